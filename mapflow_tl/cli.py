@@ -1,0 +1,55 @@
+"""The ``mapflow-tl`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(seed=args.seed, n_layers=args.layers, k=args.window)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mapflow-tl",
+        description="Map how information flows inside Video LLMs (attention knockout, logit lens, "
+                    "effective pathways).",
+    )
+    parser.add_argument("--version", action="version", version=f"mapflow-tl {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser("demo", help="run a knockout sweep and print its table")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--layers", type=int, default=8, help="backbone depth")
+    demo.add_argument("--window", type=int, default=3, help="knockout window size k")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args)
+    except ValueError as error:
+        print(f"mapflow-tl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

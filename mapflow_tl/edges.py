@@ -1,0 +1,364 @@
+"""Sets of attention edges and their algebra.
+
+An attention edge (q, k) is one query position q reading one key position k in an attention layer;
+under causal attention only k ≤ q exists. Map the Flow describes information flow between token
+segments as sets of such edges, and Attention Knockout (after Geva et al., 2023) cuts them.
+
+Direction is flow direction: ``Edges(src=keys, dst=queries)``. "video → question" means the
+question's queries attending to the video's keys, i.e. information flowing from video to question.
+
+An :class:`Edges` object is a small set expression (leaves combined with ``|``, ``&``, ``-``). It
+is materialised once per sequence length into a dense boolean ``[query, key]`` matrix restricted to
+the causal triangle, which the knockout hooks share across heads and layers.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence, Union
+
+import torch
+from jaxtyping import Bool, Int
+
+from .segments import SegmentMap, Span
+
+__all__ = [
+    "Edges",
+    "Positions",
+    "causal_edge_count",
+    "cross_frame",
+    "intra_frame",
+    "video_to_video",
+    "video_to_question",
+    "video_to_last",
+    "question_to_last",
+    "question_to_question",
+    "last_to_last",
+    "question_to_video",
+    "non_option_question_to_last",
+    "true_option_to_last",
+    "false_options_to_last",
+    "video_to_non_option_question",
+    "non_option_question_to_true_option",
+    "video_to_true_option",
+]
+
+Positions = Union[Span, range, int, Sequence[int], Sequence[Span], torch.Tensor]
+
+
+def _to_positions(value: Positions, role: str) -> tuple[torch.Tensor, str]:
+    """Normalise a position argument to a sorted, unique int64 tensor and a short label."""
+    if isinstance(value, Span):
+        return torch.arange(value.start, value.stop), value.name
+    if isinstance(value, range):
+        return torch.tensor(list(value), dtype=torch.long), f"[{value.start}, {value.stop})"
+    if isinstance(value, bool):
+        raise ValueError(f"{role}: a bool is not a position")
+    if isinstance(value, int):
+        tensor, label = torch.tensor([value], dtype=torch.long), str(value)
+    elif isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool or value.is_floating_point():
+            raise ValueError(f"{role}: positions must be an integer tensor, got {value.dtype}")
+        tensor, label = value.detach().flatten().to("cpu", torch.long), f"{value.numel()} positions"
+    else:
+        items = list(value)
+        if items and all(isinstance(item, Span) for item in items):
+            tensor = torch.cat([torch.arange(s.start, s.stop) for s in items])
+            label = "+".join(s.name for s in items) if len(items) <= 3 else f"{len(items)} spans"
+        elif all(isinstance(item, int) and not isinstance(item, bool) for item in items):
+            tensor, label = torch.tensor(items, dtype=torch.long), f"{len(items)} positions"
+        else:
+            raise ValueError(
+                f"{role}: expected a Span, a range, ints or a list of Spans, got {value!r}"
+            )
+    if tensor.numel() and int(tensor.min()) < 0:
+        raise ValueError(f"{role} {label}: negative position {int(tensor.min())}")
+    return torch.unique(tensor), label
+
+
+def causal_edge_count(n_positions: int) -> int:
+    """Number of causal edges of one attention layer over ``n_positions``: n(n+1)/2."""
+    return n_positions * (n_positions + 1) // 2
+
+
+def _causal(n_positions: int) -> Bool[torch.Tensor, "query key"]:
+    return torch.ones(n_positions, n_positions, dtype=torch.bool).tril()
+
+
+class Edges:
+    """A set of causal attention edges: queries in ``dst`` attending to keys in ``src``.
+
+    Map the Flow's pathways are edge sets between segments ("video → question" is
+    ``Edges(src=seg.video, dst=seg.question_with_options)``). Combine them with ``|`` (union),
+    ``&`` (intersection) and ``-`` (difference). Only causal edges (key ≤ query) exist: an
+    ``Edges`` whose keys all come after its queries (question → video) is valid and empty.
+
+    ``src`` and ``dst`` accept a :class:`~mapflow_tl.segments.Span`, a ``range``, an int, a list of
+    ints or Spans, or an integer tensor of positions.
+    """
+
+    __slots__ = ("_op", "_operands", "_src", "_dst", "_mask", "_name", "_dense_cache")
+
+    def __init__(self, src: Positions, dst: Positions, *, name: str | None = None) -> None:
+        self._op = "leaf"
+        self._operands: tuple[Edges, ...] = ()
+        self._src, src_label = _to_positions(src, "src")
+        self._dst, dst_label = _to_positions(dst, "dst")
+        self._mask: torch.Tensor | None = None
+        self._name = name or f"{src_label} → {dst_label}"
+        self._dense_cache: dict[int, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def _node(cls, op: str, operands: tuple["Edges", ...], name: str) -> "Edges":
+        node = cls.__new__(cls)
+        node._op, node._operands, node._name = op, operands, name
+        node._src = node._dst = node._mask = None
+        node._dense_cache = {}
+        return node
+
+    @classmethod
+    def empty(cls) -> "Edges":
+        """The empty edge set."""
+        return cls([], [], name="∅")
+
+    @classmethod
+    def from_mask(
+        cls, mask: Bool[torch.Tensor, "query key"], *, name: str = "explicit edges"
+    ) -> "Edges":
+        """Edges given as a dense boolean ``[query, key]`` matrix (entries above the diagonal are
+        dropped: they are not causal edges)."""
+        if mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+            raise ValueError(f"{name}: mask must be square [query, key], got {tuple(mask.shape)}")
+        node = cls._node("mask", (), name)
+        node._mask = mask.detach().to("cpu", torch.bool).tril()
+        return node
+
+    @classmethod
+    def from_pairs(
+        cls,
+        queries: Int[torch.Tensor, " n"],
+        keys: Int[torch.Tensor, " n"],
+        n_positions: int,
+        *,
+        name: str = "explicit edges",
+    ) -> "Edges":
+        """Edges given as parallel lists of query and key positions."""
+        queries, keys = torch.as_tensor(queries).long(), torch.as_tensor(keys).long()
+        if queries.shape != keys.shape:
+            raise ValueError(f"{name}: queries {tuple(queries.shape)} and keys "
+                             f"{tuple(keys.shape)} must have the same shape")
+        if queries.numel() and (int(queries.max()) >= n_positions or int(keys.max()) >= n_positions
+                                or int(queries.min()) < 0 or int(keys.min()) < 0):
+            raise ValueError(f"{name}: positions must lie in [0, {n_positions})")
+        mask = torch.zeros(n_positions, n_positions, dtype=torch.bool)
+        mask[queries, keys] = True
+        return cls.from_mask(mask, name=name)
+
+    # ------------------------------------------------------------------ algebra
+    def __or__(self, other: "Edges") -> "Edges":
+        return self._binary("|", other)
+
+    def __and__(self, other: "Edges") -> "Edges":
+        return self._binary("&", other)
+
+    def __sub__(self, other: "Edges") -> "Edges":
+        return self._binary("-", other)
+
+    def _binary(self, op: str, other: "Edges") -> "Edges":
+        if not isinstance(other, Edges):
+            return NotImplemented
+        return Edges._node(op, (self, other), f"({self._name} {op} {other._name})")
+
+    @staticmethod
+    def union(edge_sets: Iterable["Edges"]) -> "Edges":
+        """Union of any number of edge sets (the empty set for none)."""
+        result: Edges | None = None
+        for edges in edge_sets:
+            result = edges if result is None else result | edges
+        return Edges.empty() if result is None else result
+
+    # ------------------------------------------------------------------ materialisation
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def extent(self) -> int:
+        """One past the largest position this expression mentions (0 when it mentions none)."""
+        if self._op == "leaf":
+            largest = [int(t.max()) + 1 for t in (self._src, self._dst) if t.numel()]
+            return max(largest) if len(largest) == 2 else 0
+        if self._op == "mask":
+            return self._mask.shape[0]
+        return max(operand.extent() for operand in self._operands)
+
+    def _evaluate(self, n_positions: int) -> torch.Tensor:
+        if self._op == "leaf":
+            mask = torch.zeros(n_positions, n_positions, dtype=torch.bool)
+            if self._src.numel() and self._dst.numel():
+                for role, tensor in (("src", self._src), ("dst", self._dst)):
+                    if int(tensor.max()) >= n_positions:
+                        raise ValueError(
+                            f"edges {self._name!r}: {role} position {int(tensor.max())} is beyond "
+                            f"the sequence of {n_positions} positions"
+                        )
+                mask[self._dst[:, None], self._src[None, :]] = True
+            return mask
+        if self._op == "mask":
+            size = self._mask.shape[0]
+            if size > n_positions and bool(self._mask[n_positions:].any() |
+                                           self._mask[:, n_positions:].any()):
+                raise ValueError(
+                    f"edges {self._name!r} reach position {size - 1}, beyond the sequence of "
+                    f"{n_positions} positions"
+                )
+            mask = torch.zeros(n_positions, n_positions, dtype=torch.bool)
+            keep = min(size, n_positions)
+            mask[:keep, :keep] = self._mask[:keep, :keep]
+            return mask
+        left, right = (operand._evaluate(n_positions) for operand in self._operands)
+        if self._op == "|":
+            return left | right
+        if self._op == "&":
+            return left & right
+        return left & ~right
+
+    def dense(self, n_positions: int | None = None) -> Bool[torch.Tensor, "query key"]:
+        """The edge set as a boolean ``[query, key]`` matrix over ``n_positions`` (CPU).
+
+        Entry ``[q, k]`` is True when query position q attending to key position k is in the set;
+        only the causal triangle (k ≤ q) can be True. Cached per ``n_positions``.
+        """
+        if n_positions is None:
+            n_positions = self.extent()
+        if isinstance(n_positions, bool) or not isinstance(n_positions, int) or n_positions < 0:
+            raise ValueError(f"n_positions must be a non-negative int, got {n_positions!r}")
+        cached = self._dense_cache.get(n_positions)
+        if cached is None:
+            cached = self._evaluate(n_positions) & _causal(n_positions)
+            self._dense_cache[n_positions] = cached
+        return cached
+
+    def count(self, n_positions: int | None = None) -> int:
+        """Number of causal edges in the set."""
+        return int(self.dense(n_positions).sum())
+
+    def is_empty(self, n_positions: int | None = None) -> bool:
+        return self.count(n_positions) == 0
+
+    def first_query(self, n_positions: int) -> int | None:
+        """The smallest query position with a blocked key, or None for an empty set.
+
+        Under causal attention nothing before this position can change when these edges are cut.
+        """
+        rows = self.dense(n_positions).any(dim=1).nonzero()
+        return int(rows[0]) if rows.numel() else None
+
+    def query_positions(self, n_positions: int) -> Int[torch.Tensor, " n"]:
+        """Every query position that has at least one edge in the set."""
+        return self.dense(n_positions).any(dim=1).nonzero().flatten()
+
+    def same_as(self, other: "Edges", n_positions: int) -> bool:
+        """Whether two expressions denote the same edges over ``n_positions``."""
+        return bool(torch.equal(self.dense(n_positions), other.dense(n_positions)))
+
+    def __repr__(self) -> str:
+        return f"Edges({self._name})"
+
+
+# ---------------------------------------------------------------------- the paper's pathways
+def _need(seg: SegmentMap, what: str):
+    value = getattr(seg, what)
+    if value is None or (isinstance(value, tuple) and not value):
+        raise ValueError(f"this segment map has no {what!r} segment")
+    return value
+
+
+def cross_frame(seg: SegmentMap) -> Edges:
+    """Cross-frame interaction (Map the Flow, Finding 1): for every frame t ≥ 1, its tokens
+    attending to the tokens of every earlier frame t' < t."""
+    frames = _need(seg, "frames")
+    parts = [
+        Edges(src=list(frames[:t]), dst=frame, name=f"frames<{t} → frame_{t}")
+        for t, frame in enumerate(frames) if t >= 1
+    ]
+    return _named(Edges.union(parts), "cross-frame")
+
+
+def intra_frame(seg: SegmentMap) -> Edges:
+    """Each frame's tokens attending to tokens of the same frame."""
+    frames = _need(seg, "frames")
+    return _named(Edges.union(Edges(src=f, dst=f) for f in frames), "intra-frame")
+
+
+def video_to_video(seg: SegmentMap) -> Edges:
+    """All video-token queries attending to video-token keys (cross- and intra-frame)."""
+    video = _need(seg, "video")
+    return Edges(src=video, dst=video, name="video → video")
+
+
+def video_to_question(seg: SegmentMap) -> Edges:
+    """Video → question: the question's (with options) queries reading the video's keys."""
+    return Edges(src=_need(seg, "video"), dst=seg.question_with_options, name="video → question")
+
+
+def video_to_last(seg: SegmentMap) -> Edges:
+    """Video → last: the last position reading the video directly."""
+    return Edges(src=_need(seg, "video"), dst=seg.last, name="video → last")
+
+
+def question_to_last(seg: SegmentMap) -> Edges:
+    """Question (with options) → last."""
+    return Edges(src=seg.question_with_options, dst=seg.last, name="question → last")
+
+
+def question_to_question(seg: SegmentMap) -> Edges:
+    """Question (with options) attending to itself."""
+    question = seg.question_with_options
+    return Edges(src=question, dst=question, name="question → question")
+
+
+def last_to_last(seg: SegmentMap) -> Edges:
+    """Last → last: the last position attending to itself."""
+    return Edges(src=seg.last, dst=seg.last, name="last → last")
+
+
+def question_to_video(seg: SegmentMap) -> Edges:
+    """Question → video: video queries reading question keys — empty under causal attention."""
+    return Edges(src=seg.question_with_options, dst=_need(seg, "video"), name="question → video")
+
+
+def non_option_question_to_last(seg: SegmentMap) -> Edges:
+    """The question text without its options → last."""
+    return Edges(src=_need(seg, "question"), dst=seg.last, name="non-option question → last")
+
+
+def true_option_to_last(seg: SegmentMap) -> Edges:
+    """The true option's tokens → last."""
+    return Edges(src=seg.true_option, dst=seg.last, name="true option → last")
+
+
+def false_options_to_last(seg: SegmentMap) -> Edges:
+    """Every false option's tokens → last."""
+    return Edges(src=list(seg.false_options), dst=seg.last, name="false options → last")
+
+
+def video_to_non_option_question(seg: SegmentMap) -> Edges:
+    """Video → the question text without its options."""
+    return Edges(src=_need(seg, "video"), dst=_need(seg, "question"),
+                 name="video → non-option question")
+
+
+def non_option_question_to_true_option(seg: SegmentMap) -> Edges:
+    """The question text without its options → the true option."""
+    return Edges(src=_need(seg, "question"), dst=seg.true_option,
+                 name="non-option question → true option")
+
+
+def video_to_true_option(seg: SegmentMap) -> Edges:
+    """Video → the true option."""
+    return Edges(src=_need(seg, "video"), dst=seg.true_option, name="video → true option")
+
+
+def _named(edges: Edges, name: str) -> Edges:
+    edges._name = name
+    return edges

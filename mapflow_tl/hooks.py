@@ -1,0 +1,368 @@
+"""Composable TransformerLens hooks: attention knockout, pathway pruning, random baselines, capture.
+
+Every intervention is a plain TransformerLens hook list ``[(hook_name, fn), ...]``: pass it to
+``HookedTransformer.run_with_hooks(..., fwd_hooks=hooks)`` or ``VideoLLM.run_with_hooks``. Lists
+concatenate with ``+``; two knockouts on the same hook point both apply, in either order, because
+each one only ever lowers scores to −∞.
+
+Attention Knockout (Map the Flow §2, after Geva et al. 2023): to cut the flow from source positions
+S to destination positions D in layer l, set the pre-softmax attention score of every query in D to
+every key in S to −∞, in all heads (or the chosen ones).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+from jaxtyping import Bool, Float
+
+from .edges import Edges, causal_edge_count
+
+__all__ = [
+    "HookList",
+    "WINDOW_STYLES",
+    "attn_scores_hook_name",
+    "window",
+    "knockout",
+    "KnockoutHook",
+    "PathwaySpec",
+    "random_knockout",
+    "capture",
+    "check_hooks",
+]
+
+HookList = list[tuple[str, Callable]]
+WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
+
+
+def attn_scores_hook_name(layer: int) -> str:
+    """Name of the pre-softmax attention-score hook of a layer: ``[batch, head, query, key]``."""
+    return f"blocks.{layer}.attn.hook_attn_scores"
+
+
+def _check_layer(layer: object, n_layers: int, what: str = "layer") -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"{what} must be an int, got {layer!r}")
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"{what} {layer} is outside [0, {n_layers}) of a {n_layers}-layer model")
+    return layer
+
+
+def window(center: int, *, n_layers: int, k: int = 9, style: str = "center") -> list[int]:
+    """The layers knocked out for one point of a layer sweep (Map the Flow §2, "Window").
+
+    - ``center``: the k layers centred on ``center``, clipped to the model:
+      ``max(0, center - k//2) … min(n_layers - 1, center + (k - 1)//2)`` (k = 9: l−4 … l+4);
+    - ``inverse``: every layer except that centred window;
+    - ``top_down``: ``center … n_layers - 1``;
+    - ``bottom_up``: ``0 … center``.
+    """
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers <= 0:
+        raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+    _check_layer(center, n_layers, "window center")
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ValueError(f"window size k must be a positive int, got {k!r}")
+    if style not in WINDOW_STYLES:
+        raise ValueError(f"unknown window style {style!r}; choose one of {WINDOW_STYLES}")
+    lo, hi = max(0, center - k // 2), min(n_layers - 1, center + (k - 1) // 2)
+    if style == "center":
+        layers = list(range(lo, hi + 1))
+    elif style == "inverse":
+        layers = [layer for layer in range(n_layers) if not lo <= layer <= hi]
+    elif style == "top_down":
+        layers = list(range(center, n_layers))
+    else:
+        layers = list(range(0, center + 1))
+    if not layers:
+        raise ValueError(
+            f"window center={center}, k={k}, style={style!r} covers no layer of a "
+            f"{n_layers}-layer model"
+        )
+    return layers
+
+
+class KnockoutHook:
+    """Hook function for ``hook_attn_scores`` that sets the scores of an edge set to −∞.
+
+    Holds one boolean ``[query, key]`` matrix per sequence length and device, shared by every layer
+    and head it is attached to — never a dense float mask per head and layer. Works on suffix
+    forwards with a key/value cache: when the hook sees q queries over k keys, the queries are the
+    last q positions ``k - q … k - 1``.
+    """
+
+    def __init__(self, edges: Edges, heads: Sequence[int] | None = None) -> None:
+        self.edges = edges
+        self.heads = None if heads is None else sorted({int(h) for h in heads})
+        self._masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def mask(self, n_keys: int, device: torch.device) -> Bool[torch.Tensor, "query key"]:
+        key = (n_keys, torch.device(device))
+        mask = self._masks.get(key)
+        if mask is None:
+            dense = self.edges.dense(n_keys)
+            fully_blocked = dense.sum(dim=1) == torch.arange(1, n_keys + 1)
+            if bool(fully_blocked.any()):
+                query = int(fully_blocked.nonzero()[0])
+                raise ValueError(
+                    f"edges {self.edges.name!r} block every key of query position {query}: its "
+                    f"attention would be undefined; keep at least one key (e.g. the first token)"
+                )
+            mask = dense.to(device)
+            self._masks[key] = mask
+        return mask
+
+    def __call__(
+        self, scores: Float[torch.Tensor, "batch head query key"], hook
+    ) -> Float[torch.Tensor, "batch head query key"]:
+        n_queries, n_keys = scores.shape[-2], scores.shape[-1]
+        rows = self.mask(n_keys, scores.device)[n_keys - n_queries:]
+        if self.heads is None:
+            return scores.masked_fill(rows, float("-inf"))
+        n_heads = scores.shape[1]
+        if self.heads[-1] >= n_heads or self.heads[0] < 0:
+            raise ValueError(f"heads {self.heads} outside [0, {n_heads}) at {hook.name}")
+        head_mask = torch.zeros(n_heads, dtype=torch.bool, device=scores.device)
+        head_mask[self.heads] = True
+        return scores.masked_fill(rows & head_mask[:, None, None], float("-inf"))
+
+    def __repr__(self) -> str:
+        heads = "all heads" if self.heads is None else f"heads {self.heads}"
+        return f"KnockoutHook({self.edges.name}, {heads})"
+
+
+def knockout(
+    edges: Edges,
+    layers: Iterable[int],
+    heads: Sequence[int] | None = None,
+    *,
+    n_layers: int | None = None,
+) -> HookList:
+    """Attention Knockout of ``edges`` in ``layers`` (all heads unless ``heads`` is given).
+
+    Map the Flow §2: the attention score of every query in the edge set's destination to every key
+    in its source is set to −∞ before the softmax. Returns a hook list on
+    ``blocks.{l}.attn.hook_attn_scores``; pass ``n_layers`` to validate the layers here rather
+    than when the hooks are attached.
+    """
+    if not isinstance(edges, Edges):
+        raise ValueError(f"knockout needs an Edges object, got {type(edges).__name__}")
+    layers = list(layers)
+    if not layers:
+        raise ValueError("knockout needs at least one layer (got an empty layer list)")
+    for layer in layers:
+        if n_layers is not None:
+            _check_layer(layer, n_layers)
+        elif isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+            raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+    if heads is not None and len(heads) == 0:
+        raise ValueError("heads=[] would knock out nothing; pass None for all heads")
+    hook = KnockoutHook(edges, heads)
+    return [(attn_scores_hook_name(layer), hook) for layer in sorted(set(layers))]
+
+
+@dataclass
+class PathwaySpec:
+    """Effective-pathway pruning (Map the Flow, Finding 4): which edges are blocked in which layer.
+
+    Build it from rules: :meth:`keep` leaves an edge set open only in the given layers (it is
+    blocked everywhere else), :meth:`block` closes it in the given layers. The edges blocked in a
+    layer are the union over all rules. The paper's 7B spec, in 0-based layers::
+
+        spec = (PathwaySpec(32)
+                .keep(cross_frame(seg), range(5, 15))
+                .keep(video_to_question(seg), range(5, 20))
+                .keep(question_to_last(seg), range(15, 25))
+                .block(video_to_last(seg) | last_to_last(seg), range(32))
+                .block(video_to_video(seg), range(20, 32))
+                .block(question_to_question(seg), range(25, 32)))
+    """
+
+    n_layers: int
+    rules: list[tuple[Edges, frozenset[int], str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_layers, bool) or not isinstance(self.n_layers, int) \
+                or self.n_layers <= 0:
+            raise ValueError(f"n_layers must be a positive int, got {self.n_layers!r}")
+        self._blocked_cache: dict[int, Edges] | None = None
+
+    def _layers(self, layers: Iterable[int]) -> frozenset[int]:
+        return frozenset(_check_layer(layer, self.n_layers) for layer in layers)
+
+    def keep(self, edges: Edges, layers: Iterable[int]) -> "PathwaySpec":
+        """Keep ``edges`` open only in ``layers``; block them in every other layer."""
+        open_layers = self._layers(layers)
+        blocked = frozenset(range(self.n_layers)) - open_layers
+        self.rules.append((edges, blocked, f"keep {edges.name} in {_ranges(open_layers)}"))
+        self._blocked_cache = None
+        return self
+
+    def block(self, edges: Edges, layers: Iterable[int]) -> "PathwaySpec":
+        """Block ``edges`` in ``layers``."""
+        blocked = self._layers(layers)
+        self.rules.append((edges, blocked, f"block {edges.name} in {_ranges(blocked)}"))
+        self._blocked_cache = None
+        return self
+
+    @classmethod
+    def from_mapping(
+        cls, n_layers: int, mapping: Mapping[Edges, Iterable[int]], *, mode: str = "keep"
+    ) -> "PathwaySpec":
+        """A spec from ``{edges: layers}``, read as kept-open layers (``mode="keep"``) or as
+        blocked layers (``mode="block"``)."""
+        if mode not in ("keep", "block"):
+            raise ValueError(f"mode must be 'keep' or 'block', got {mode!r}")
+        spec = cls(n_layers)
+        for edges, layers in mapping.items():
+            (spec.keep if mode == "keep" else spec.block)(edges, layers)
+        return spec
+
+    def blocked(self, layer: int) -> Edges:
+        """The union of every edge set blocked in ``layer``."""
+        _check_layer(layer, self.n_layers)
+        if self._blocked_cache is None:
+            # Layers blocked by the same rules share one Edges object, hence one dense mask.
+            by_rules: dict[tuple[int, ...], Edges] = {}
+            cache = {}
+            for each_layer in range(self.n_layers):
+                active = tuple(i for i, rule in enumerate(self.rules) if each_layer in rule[1])
+                if active not in by_rules:
+                    by_rules[active] = Edges.union(self.rules[i][0] for i in active)
+                cache[each_layer] = by_rules[active]
+            self._blocked_cache = cache
+        return self._blocked_cache[layer]
+
+    def hooks(self) -> HookList:
+        """Knockout hooks blocking, in each layer, that layer's blocked edges."""
+        hooks: HookList = []
+        shared: dict[int, KnockoutHook] = {}
+        for layer in range(self.n_layers):
+            edges = self.blocked(layer)
+            if not edges.extent():
+                continue
+            hook = shared.setdefault(id(edges), KnockoutHook(edges))
+            hooks.append((attn_scores_hook_name(layer), hook))
+        return hooks
+
+    def blocked_counts(self, n_positions: int) -> list[int]:
+        """Number of causal edges blocked in each layer."""
+        counts: dict[int, int] = {}
+        return [counts.setdefault(id(e), e.count(n_positions))
+                for e in (self.blocked(layer) for layer in range(self.n_layers))]
+
+    def edge_accounting(self, n_positions: int) -> tuple[int, int]:
+        """(kept, total) causal edges summed over all layers — the paper's "10.8M/25.7M"."""
+        total = self.n_layers * causal_edge_count(n_positions)
+        return total - sum(self.blocked_counts(n_positions)), total
+
+    def retained_fraction(self, n_positions: int) -> float:
+        """Kept edges over the full causal triangle summed over layers (Map the Flow Table 1)."""
+        kept, total = self.edge_accounting(n_positions)
+        return kept / total
+
+    def random_like(self, region: Edges, n_positions: int, seed: int) -> "PathwaySpec":
+        """The paper's random-pruning baseline for this spec: in each layer, block as many edges
+        as this spec blocks there, drawn uniformly from the causal edges of ``region``."""
+        baseline = PathwaySpec(self.n_layers)
+        for layer, count in enumerate(self.blocked_counts(n_positions)):
+            if count:
+                edges = _random_edges(region, n_positions, count, seed, layer)
+                baseline.block(edges, [layer])
+        return baseline
+
+    def describe(self) -> str:
+        return "\n".join(rule[2] for rule in self.rules)
+
+
+def _ranges(layers: Iterable[int]) -> str:
+    ordered = sorted(layers)
+    if not ordered:
+        return "no layer"
+    parts, start, previous = [], ordered[0], ordered[0]
+    for layer in ordered[1:] + [None]:
+        if layer is None or layer != previous + 1:
+            parts.append(f"L{start}" if start == previous else f"L{start}–{previous}")
+            if layer is not None:
+                start = layer
+        if layer is not None:
+            previous = layer
+    return ", ".join(parts)
+
+
+def _random_edges(region: Edges, n_positions: int, count: int, seed: int, layer: int) -> Edges:
+    candidates = region.dense(n_positions).nonzero()
+    if count > candidates.shape[0]:
+        raise ValueError(
+            f"cannot draw {count} random edges from region {region.name!r}, which has only "
+            f"{candidates.shape[0]} causal edges"
+        )
+    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(layer))
+    chosen = candidates[torch.randperm(candidates.shape[0], generator=generator)[:count]]
+    return Edges.from_pairs(chosen[:, 0], chosen[:, 1], n_positions,
+                            name=f"random {count} of {region.name} (seed {seed}, layer {layer})")
+
+
+def random_knockout(
+    fraction: float,
+    seed: int,
+    region: Edges,
+    layers: Iterable[int],
+    n_positions: int,
+) -> HookList:
+    """The paper's random baseline: block a uniformly random ``fraction`` of the causal edges of
+    ``region`` (e.g. among positions from the video start to the last token) in each of ``layers``.
+
+    Each layer draws its own edges; the same seed always gives the same edges.
+    """
+    if not 0.0 <= fraction <= 1.0 or math.isnan(fraction):
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    layers = sorted(set(layers))
+    if not layers:
+        raise ValueError("random_knockout needs at least one layer")
+    count = round(fraction * region.count(n_positions))
+    hooks: HookList = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+            raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+        if count:
+            edges = _random_edges(region, n_positions, count, seed, layer)
+            hooks.append((attn_scores_hook_name(layer), KnockoutHook(edges)))
+    return hooks
+
+
+def capture(
+    names: str | Iterable[str], store: dict[str, torch.Tensor], *, positions=None
+) -> HookList:
+    """Hooks that copy activations into ``store[name]`` (detached), optionally only at
+    ``positions`` along the sequence axis (axis 1 of residual-stream-shaped activations)."""
+    names = [names] if isinstance(names, str) else list(names)
+    index = None if positions is None else torch.as_tensor(positions, dtype=torch.long)
+
+    def save(activation: torch.Tensor, hook) -> None:
+        value = activation.detach()
+        if index is not None:
+            value = value[:, index.to(value.device)]
+        store[hook.name] = value
+
+    return [(name, save) for name in names]
+
+
+def check_hooks(model, hooks: HookList) -> None:
+    """Raise ``ValueError`` naming any hook point the model does not have (for instance a layer
+    beyond its depth) before a forward pass starts."""
+    available = model.hook_dict
+    n_layers = model.cfg.n_layers
+    for name, fn in hooks:
+        if not callable(fn):
+            raise ValueError(f"hook for {name!r} is not callable: {fn!r}")
+        if name not in available:
+            parts = name.split(".")
+            if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
+                raise ValueError(
+                    f"hook {name!r}: layer {parts[1]} is outside [0, {n_layers}) of this "
+                    f"{n_layers}-layer model"
+                )
+            raise ValueError(f"hook {name!r} does not exist in this model")
