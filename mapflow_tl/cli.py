@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "COMMAND_MODULES"]
+
+# Modules that add subcommands: each defines ``register(subparsers)``, which adds its parsers and
+# sets ``handler`` (a function of the parsed args returning an exit code) as their default.
+COMMAND_MODULES: tuple[str, ...] = (
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -35,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--window", type=int, default=3, help="knockout window size k")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(handler=_demo)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(commands)
     return parser
 
 
