@@ -41,6 +41,7 @@ from .hooks import (
 )
 from .lens import answer_probability_trace, logit_lens, project, residual_stream, top_tokens
 from .metrics import relative_change
+from .models import Prepared, VideoLLM, VideoSample, load_videollm, supported_architectures
 from .models.backbone import hooked_from_hf, run_from_embeds
 from .segments import Frame, Option, SegmentMap, Span
 

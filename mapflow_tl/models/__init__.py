@@ -1,0 +1,92 @@
+"""VideoLLM families: one adapter file each, registered by ``config.json`` model_type.
+
+``load_videollm(name_or_path)`` reads the checkpoint's ``config.json``, picks the family adapter
+and returns a :class:`~mapflow_tl.models.base.VideoLLM`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import (
+    FamilyAdapter,
+    Prepared,
+    VideoLLM,
+    VideoSample,
+    adapter_for,
+    read_config,
+    register_adapter,
+    supported_architectures,
+)
+
+__all__ = ["load_videollm", "resolve_checkpoint", "supported_architectures", "VideoLLM",
+           "Prepared", "VideoSample", "FamilyAdapter", "register_adapter", "BUILTIN_MODELS"]
+
+# One module per family; importing it registers its adapter.
+FAMILY_MODULES: tuple[str, ...] = (
+)
+
+#: Built-in model names resolving to directories shipped with the package.
+BUILTIN_MODELS: dict[str, Path] = {}
+
+for _module in FAMILY_MODULES:
+    importlib.import_module(f"{__name__}.{_module}")
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A local checkpoint directory for a built-in name, a local path or a Hugging Face hub id
+    already in the local cache. Nothing is downloaded: a missing model is a ``ValueError`` that
+    names it and says how to download it."""
+    name = str(name_or_path)
+    if name in BUILTIN_MODELS:
+        path = BUILTIN_MODELS[name]
+        if not (path / "config.json").is_file():
+            raise ValueError(f"built-in model {name!r} is missing its files at {path}")
+        return path
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{path} is a file; pass the checkpoint directory that holds "
+                             f"config.json")
+        return path
+    if name.count("/") == 1 and not name.startswith(("/", ".")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name, local_files_only=True))
+        except Exception:  # noqa: BLE001 - any failure means "not in the local cache"
+            raise ValueError(
+                f"model {name!r} is neither a local directory nor in the local Hugging Face "
+                f"cache, and mapflow-tl never downloads at run time. Download it first "
+                f"(`hf download {name}` or `huggingface-cli download {name}`) or pass the "
+                f"local directory."
+            ) from None
+    raise ValueError(f"no model directory {path} (and {name!r} is not a built-in name: "
+                     f"{sorted(BUILTIN_MODELS)})")
+
+
+def load_videollm(
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    n_devices: int = 1,
+    **options: Any,
+) -> VideoLLM:
+    """Load a VideoLLM: its HF vision side and its language backbone as a ``HookedTransformer``.
+
+    Reads ``config.json`` (``model_type`` / ``architectures``), picks the family adapter (see
+    :func:`supported_architectures`) and loads. ``n_devices > 1`` splits the backbone across GPUs;
+    ``options`` are family-specific load options (for example a pooling shape).
+    """
+    path = resolve_checkpoint(name_or_path)
+    config = read_config(path)
+    adapter_class = adapter_for(config, str(path))
+    adapter = adapter_class(path, config, dtype=dtype, device=device, n_devices=n_devices,
+                            **options)
+    adapter.load()
+    return VideoLLM(adapter, str(name_or_path))
