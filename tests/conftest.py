@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_llama():
+    """A tiny random LlamaForCausalLM (GQA, eager attention) with weights scaled up so that
+    knockouts visibly change its outputs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=61, hidden_size=48, intermediate_size=96, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         rope_theta=1000.0, rms_norm_eps=1e-5, attn_implementation="eager")
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0, 0.25)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny_hf_llama):
+    from mapflow_tl.models.backbone import hooked_from_hf
+
+    return hooked_from_hf(tiny_hf_llama.model, tiny_hf_llama.lm_head, tiny_hf_llama.config)
+
+
+@pytest.fixture(scope="session")
+def layout():
+    """A small prompt layout: system, 3 frames of 2×3 tokens, question, 3 options, last."""
+    from mapflow_tl.segments import SegmentMap
+
+    return SegmentMap.sequential(system=2, frames=[(2, 3)] * 3, after_video=1, question=4,
+                                 options=[2, 1, 2], true_option=1, between_options=1,
+                                 before_last=1)

@@ -1,0 +1,186 @@
+"""Video reading and frame sampling on small real files written here (PyAV, Pillow).
+
+Frame i of every test video is a flat grey of level 8·i, so the decoded frames tell which source
+frame was read. Expected indices are computed by hand from the reference formula
+int(start + seg/2 + round(seg·i)), seg = (end - start) / N, round half to even.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapflow_tl.data import DataError, probe_video, read_video
+from mapflow_tl.data.video import segment_midpoints
+
+av = pytest.importorskip("av")
+Image = pytest.importorskip("PIL.Image")
+
+LEVEL = 8  # grey level step per frame
+
+
+def grey(i: int, size: int = 32) -> np.ndarray:
+    return np.full((size, size, 3), (LEVEL * i) % 256, np.uint8)
+
+
+def write_video(path: Path, n_frames: int = 30, fps: int = 10, codec: str = "libx264",
+                options: dict | None = None) -> Path:
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(n_frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(grey(i), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def source_frames(frames: np.ndarray) -> list[int]:
+    """Which source frame each decoded frame is (from its grey level)."""
+    return [int(round(float(frame.mean()) / LEVEL)) for frame in frames]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("videos")
+    files = {
+        "mp4": write_video(root / "clip.mp4"),
+        "webm": write_video(root / "clip.webm", codec="libvpx"),
+        "avi": write_video(root / "clip.avi", codec="mpeg4"),
+        "mkv": write_video(root / "clip.mkv"),
+        "short": write_video(root / "short.mp4", n_frames=5),
+        "faststart": write_video(root / "faststart.mp4", options={"movflags": "faststart"}),
+    }
+    frames = root / "frames"
+    frames.mkdir()
+    for number in range(1, 11):  # the reference numbering: 00001.jpg ...
+        Image.fromarray(grey(number)).save(frames / f"{number:05d}.jpg", quality=95)
+    files["frames"] = frames
+    gif = [Image.fromarray(grey(i)) for i in range(12)]
+    gif[0].save(root / "clip.gif", save_all=True, append_images=gif[1:], duration=40, loop=0)
+    files["gif"] = root / "clip.gif"
+    return files
+
+
+def test_segment_midpoints_by_hand():
+    # seg = 29/8 = 3.625: 1.8125 + round(3.625 i) -> 0, 4, 7, 11, 14 (14.5 rounds to even), 18, 22, 25
+    assert segment_midpoints(0, 29, 8).tolist() == [1, 5, 8, 12, 15, 19, 23, 26]
+    # seg = 0.5, a range shorter than N: frames repeat
+    assert segment_midpoints(0, 4, 8).tolist() == [0, 0, 1, 2, 2, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm", "avi", "mkv"])
+def test_uniform_sampling_reads_the_midpoint_frames(videos, kind):
+    clip = read_video(videos[kind])
+    expected = [1, 5, 8, 12, 15, 19, 23, 26]
+    assert clip.frames.dtype == np.uint8 and clip.frames.shape == (8, 32, 32, 3)
+    assert clip.indices.tolist() == expected
+    assert source_frames(clip.frames) == expected
+    np.testing.assert_allclose(clip.timestamps, np.array(expected) / 10.0)
+    assert clip.info.num_frames == 30 and clip.info.fps == pytest.approx(10.0)
+
+
+def test_bounds_in_seconds(videos):
+    # [1 s, 2 s] at 10 fps = frames 10..20, seg = 1.25
+    clip = read_video(videos["mp4"], 8, bounds=(1.0, 2.0))
+    assert clip.indices.tolist() == [10, 11, 12, 14, 15, 16, 18, 19]
+    assert source_frames(clip.frames) == clip.indices.tolist()
+    # an end past the video is clipped to the last frame
+    assert read_video(videos["mp4"], 4, bounds=(0.0, 99.0)).indices.tolist() == [3, 10, 17, 25]
+
+
+def test_bounds_outside_the_video_name_the_file(videos):
+    with pytest.raises(DataError, match="clip.mp4.*select no frame"):
+        read_video(videos["mp4"], bounds=(5.0, 6.0))
+    with pytest.raises(DataError, match="start=2.0 end=1.0"):
+        read_video(videos["mp4"], bounds=(2.0, 1.0))
+
+
+def test_fps_sampling(videos):
+    clip = read_video(videos["mp4"], fps=2.0)  # every 5th frame of a 10 fps video
+    assert clip.indices.tolist() == [0, 5, 10, 15, 20, 25]
+    assert source_frames(clip.frames) == [0, 5, 10, 15, 20, 25]
+    np.testing.assert_allclose(clip.timestamps, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
+    assert read_video(videos["mp4"], fps=2.0, bounds=(1.0, 2.0)).indices.tolist() == [10, 15, 20]
+    # 30 frames at 10 fps is more than max_frames=4: uniform sampling of 4 instead (seg = 7.25)
+    assert read_video(videos["mp4"], fps=10.0, max_frames=4).indices.tolist() == [3, 10, 17, 25]
+
+
+def test_short_video_repeats_or_raises(videos):
+    clip = read_video(videos["short"], 8)
+    assert clip.frames.shape[0] == 8
+    assert clip.indices.tolist() == [0, 0, 1, 2, 2, 2, 3, 4]
+    assert source_frames(clip.frames) == [0, 0, 1, 2, 2, 2, 3, 4]
+    with pytest.raises(DataError, match=r"short.mp4: only 5 frame\(s\), fewer than the 8"):
+        read_video(videos["short"], 8, short_video="error")
+    assert read_video(videos["short"], 4, short_video="error").frames.shape[0] == 4
+
+
+def test_frame_folder_uses_the_reference_numbering(videos):
+    # files 00001..00010 at 3 fps; first = 1, last = 10, seg = 2.25 -> file numbers 2, 4, 6, 9
+    clip = read_video(videos["frames"], 4)
+    assert clip.info.kind == "frames" and clip.info.num_frames == 10
+    assert clip.indices.tolist() == [1, 3, 5, 8]  # 0-based positions
+    assert source_frames(clip.frames) == [2, 4, 6, 9]
+    np.testing.assert_allclose(clip.timestamps, np.array([2, 4, 6, 9]) / 3.0)
+    # bounds [1 s, 2 s] -> file numbers 3..6, seg = 0.75 -> 3, 4, 5, 5
+    assert source_frames(read_video(videos["frames"], 4, bounds=(1.0, 2.0)).frames) == [3, 4, 5, 5]
+
+
+def test_gif(videos):
+    clip = read_video(videos["gif"], 4)  # 12 frames, seg = 2.75
+    assert clip.info.kind == "gif" and clip.info.fps == 25.0
+    assert clip.indices.tolist() == [1, 4, 7, 9]
+    assert source_frames(clip.frames) == [1, 4, 7, 9]
+    assert clip.frames.shape == (4, 32, 32, 3)
+
+
+def test_probe_is_cheap_and_exact(videos):
+    info = probe_video(videos["webm"])
+    assert (info.kind, info.num_frames, info.fps, info.duration) == ("video", 30, 10.0, 3.0)
+
+
+def test_missing_video(tmp_path):
+    with pytest.raises(DataError, match="nothere.mp4: no such video file") as caught:
+        read_video(tmp_path / "nothere.mp4")
+    assert isinstance(caught.value, ValueError)
+    assert caught.value.path == str(tmp_path / "nothere.mp4")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a video" * 20], ids=["empty", "garbage"])
+def test_corrupt_video(tmp_path, content):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="bad.mp4: cannot open the video"):
+        read_video(path)
+
+
+@pytest.mark.parametrize("kind", ["mp4", "faststart"])
+def test_truncated_video(videos, tmp_path, kind):
+    data = videos[kind].read_bytes()
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.mp4: cannot open the video.*truncated"):
+        probe_video(path)
+
+
+def test_bad_frame_folder_and_gif(tmp_path, videos):
+    empty = tmp_path / "empty_frames"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty_frames: the frame folder holds no images"):
+        read_video(empty)
+    broken = tmp_path / "broken_frames"
+    broken.mkdir()
+    for number in range(1, 5):
+        Image.fromarray(grey(number)).save(broken / f"{number:05d}.jpg")
+    (broken / "00003.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="broken_frames: cannot decode frames"):
+        read_video(broken, 4)
+    gif = tmp_path / "bad.gif"
+    gif.write_bytes(videos["gif"].read_bytes()[:20])
+    with pytest.raises(DataError, match="bad.gif"):
+        read_video(gif, 4)

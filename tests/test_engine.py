@@ -1,0 +1,239 @@
+"""Proof of equality for the fast knockout sweep (issue 6).
+
+The fast method (clean residual stream from the first blocked layer on, clean keys/values for the
+positions before the first blocked query, batched configurations) must give what one full forward
+per configuration gives (``method="naive"``): probabilities within 1e-5 in fp32, identical argmax,
+for every paper pathway and every window style.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mapflow_tl import edges as E
+from mapflow_tl.demo import tiny_llama
+from mapflow_tl.edges import Edges
+from mapflow_tl.engine import (
+    KnockoutConfig,
+    layer_sweep,
+    plan_sweep,
+    recomputed_cells,
+    sweep,
+)
+from mapflow_tl.hooks import WINDOW_STYLES
+from mapflow_tl.models.backbone import hooked_from_hf, run_from_embeds
+from mapflow_tl.segments import SegmentMap
+
+N_LAYERS = 6
+K = 3
+TOLERANCE = 1e-5
+
+
+def _reinit(hf_model: torch.nn.Module, std: float = 0.2, seed: int = 1) -> None:
+    """Larger weights than the default init so that knockouts visibly move the output."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in hf_model.parameters():
+            if parameter.dim() > 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+            elif parameter.dim() == 1 and not torch.all(parameter == 1):  # biases, not norms
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+
+
+def _segments() -> SegmentMap:
+    return SegmentMap.sequential(system=3, frames=[(2, 3)] * 4, separator=1, after_video=2,
+                                 question=5, options=[2, 3, 2], true_option=1,
+                                 between_options=1, before_last=2)
+
+
+def _paper_curves(seg: SegmentMap) -> dict[str, Edges]:
+    """The paper's information-flow targets (Map the Flow §3), plus the empty question → video
+    and edge sets whose first blocked query is the first video token."""
+    return {
+        "cross-frame": E.cross_frame(seg),
+        "video → question": E.video_to_question(seg),
+        "video → last": E.video_to_last(seg),
+        "question → last": E.question_to_last(seg),
+        "last → last": E.last_to_last(seg),
+        "non-option question → last": E.non_option_question_to_last(seg),
+        "true option → last": E.true_option_to_last(seg),
+        "false options → last": E.false_options_to_last(seg),
+        "video → non-option question": E.video_to_non_option_question(seg),
+        "non-option question → true option": E.non_option_question_to_true_option(seg),
+        "video → true option": E.video_to_true_option(seg),
+        "question → video": E.question_to_video(seg),
+        "intra-frame": E.intra_frame(seg),
+        "system → video": Edges(src=seg.system, dst=seg.video),
+    }
+
+
+@pytest.fixture(scope="module")
+def llama():
+    hf = tiny_llama(N_LAYERS, seed=0)
+    _reinit(hf)
+    return hooked_from_hf(hf.model, hf.lm_head, hf.config)
+
+
+@pytest.fixture(scope="module")
+def inputs(llama):
+    seg = _segments()
+    generator = torch.Generator().manual_seed(2)
+    embeds = torch.randn(1, seg.n_positions, llama.cfg.d_model, generator=generator)
+    return seg, embeds
+
+
+def _assert_equal(fast: torch.Tensor, naive: torch.Tensor, configs) -> None:
+    fast_p, naive_p = fast.softmax(-1), naive.softmax(-1)
+    difference = (fast_p - naive_p).abs().max(dim=-1).values
+    worst = int(difference.argmax())
+    assert float(difference[worst]) <= TOLERANCE, (
+        f"fast and naive differ by {float(difference[worst]):.3g} at {configs[worst]}")
+    mismatch = (fast.argmax(-1) != naive.argmax(-1)).nonzero().flatten().tolist()
+    assert not mismatch, f"argmax differs for {[configs[i] for i in mismatch]}"
+
+
+def test_first_video_token_edge_sets_start_at_video(inputs):
+    seg, _ = inputs
+    curves = _paper_curves(seg)
+    n = seg.n_positions
+    assert curves["intra-frame"].first_query(n) == seg.video.start
+    assert curves["system → video"].first_query(n) == seg.video.start
+    assert curves["question → video"].first_query(n) is None
+
+
+@pytest.mark.parametrize("style", WINDOW_STYLES)
+def test_fast_equals_naive_every_paper_curve(llama, inputs, style):
+    seg, embeds = inputs
+    curves = _paper_curves(seg)
+    configs = layer_sweep(curves, N_LAYERS, k=K, style=style)
+    layer_sets = {config.layers for config in configs}
+    if style == "center":  # the layer-0 and the last-layer windows are both in the sweep
+        assert any(0 in layers for layers in layer_sets)
+        assert any(N_LAYERS - 1 in layers for layers in layer_sets)
+    naive = sweep(llama, embeds, configs, method="naive")
+    fast = sweep(llama, embeds, configs)  # fast is the default
+    _assert_equal(fast, naive, configs)
+
+    # The check is not vacuous: every non-empty pathway moves the output somewhere in the sweep.
+    clean = run_from_embeds(llama, embeds)[0, -1].softmax(-1)
+    moved = (naive.softmax(-1) - clean).abs().max(dim=-1).values
+    for curve in curves:
+        rows = [i for i, config in enumerate(configs) if config.curve == curve]
+        if curve == "question → video":
+            assert float(moved[rows].max()) == 0.0
+        else:
+            assert float(moved[rows].max()) > 1e-3, f"knocking out {curve} changed nothing"
+
+
+def test_single_layer_windows_at_both_ends(llama, inputs):
+    seg, embeds = inputs
+    curves = _paper_curves(seg)
+    configs = [KnockoutConfig(curve, edges, (layer,), layer)
+               for curve, edges in curves.items() for layer in (0, N_LAYERS - 1)]
+    configs.append(KnockoutConfig("cut everything after the system prompt",
+                                  Edges(src=range(3, seg.n_positions),
+                                        dst=range(3, seg.n_positions)),
+                                  tuple(range(N_LAYERS))))
+    _assert_equal(sweep(llama, embeds, configs), sweep(llama, embeds, configs, method="naive"),
+                  configs)
+
+
+def test_batching_and_budget_do_not_change_results(llama, inputs):
+    seg, embeds = inputs
+    configs = layer_sweep(_paper_curves(seg), N_LAYERS, k=K, style="inverse")
+    reference = sweep(llama, embeds, configs, method="naive")
+    for options in ({"max_batch": 1}, {"max_batch": 3}, {"batch_budget_mb": 1e-6},
+                    {"batch_budget_mb": 1e4}):
+        _assert_equal(sweep(llama, embeds, configs, **options), reference, configs)
+    # A second run and a reordered sweep give the same numbers: the clean cache is never
+    # appended to by the per-configuration runs.
+    order = torch.randperm(len(configs), generator=torch.Generator().manual_seed(3)).tolist()
+    shuffled = sweep(llama, embeds, [configs[i] for i in order])
+    _assert_equal(shuffled, sweep(llama, embeds, configs)[order], [configs[i] for i in order])
+
+
+def test_empty_edge_set_is_the_clean_run_without_a_forward(llama, inputs):
+    seg, embeds = inputs
+    configs = layer_sweep({"question → video": E.question_to_video(seg)}, N_LAYERS, k=K)
+    calls = []
+    llama.add_hook(f"blocks.{N_LAYERS - 1}.hook_resid_post",
+                   lambda activation, hook: calls.append(activation.shape[0]),
+                   is_permanent=True)
+    try:
+        logits = sweep(llama, embeds, configs)
+    finally:
+        llama.reset_hooks(including_permanent=True)
+    assert len(calls) == 1  # the clean forward only
+    clean = run_from_embeds(llama, embeds)[0, -1]
+    torch.testing.assert_close(logits, clean.expand(len(configs), -1), rtol=0, atol=1e-5)
+
+
+def test_configs_sharing_start_and_first_query_run_as_one_batch(llama, inputs):
+    seg, embeds = inputs
+    curves = {name: edges for name, edges in _paper_curves(seg).items() if name.endswith("→ last")}
+    configs = layer_sweep(curves, N_LAYERS, k=K)
+    groups, empty = plan_sweep(configs, seg.n_positions)
+    assert not empty
+    assert all(group.first_query == seg.last.start for group in groups)
+    batch_sizes = []
+    llama.add_hook(f"blocks.{N_LAYERS - 1}.hook_resid_post",
+                   lambda activation, hook: batch_sizes.append(tuple(activation.shape[:2])),
+                   is_permanent=True)
+    try:
+        sweep(llama, embeds, configs)
+    finally:
+        llama.reset_hooks(including_permanent=True)
+    # One clean forward over the whole sequence, then one single-position forward per group.
+    assert batch_sizes[0] == (1, seg.n_positions)
+    assert sorted(batch_sizes[1:]) == sorted((len(g.indices), 1) for g in groups)
+
+
+def test_recomputed_cells_by_hand(inputs):
+    seg, _ = inputs
+    n = seg.n_positions
+    configs = [
+        KnockoutConfig("video → last", E.video_to_last(seg), (2, 3, 4), 3),
+        KnockoutConfig("cross-frame", E.cross_frame(seg), (0, 1), 0),
+        KnockoutConfig("question → video", E.question_to_video(seg), (0,), 0),
+    ]
+    assert recomputed_cells(configs, n, N_LAYERS, method="naive") == 3 * N_LAYERS * n
+    frame_1 = seg.frames[1].start
+    assert recomputed_cells(configs, n, N_LAYERS) == (N_LAYERS - 2) * 1 + N_LAYERS * (n - frame_1)
+
+
+def test_bad_input_names_the_problem(llama, inputs):
+    seg, embeds = inputs
+    config = KnockoutConfig("video → last", E.video_to_last(seg), (1,), 1)
+    with pytest.raises(ValueError, match="unknown sweep method 'slow'"):
+        sweep(llama, embeds, [config], method="slow")
+    with pytest.raises(ValueError, match=r"embeds must be \[1, pos"):
+        sweep(llama, embeds.expand(2, -1, -1), [config])
+    with pytest.raises(ValueError, match="max_batch"):
+        sweep(llama, embeds, [config], max_batch=0)
+    with pytest.raises(ValueError, match=f"layer {N_LAYERS} is outside"):
+        sweep(llama, embeds, [KnockoutConfig("late", E.video_to_last(seg), (N_LAYERS,))])
+    everything = Edges(src=range(seg.n_positions), dst=seg.last, name="all → last")
+    for method in ("fast", "naive"):
+        with pytest.raises(ValueError, match="'all → last' block every key"):
+            sweep(llama, embeds, [KnockoutConfig("all", everything, (1,))], method=method)
+
+
+def test_qwen2_backbone_with_biases():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=256, attn_implementation="eager")
+    hf = Qwen2ForCausalLM(config).eval()
+    _reinit(hf, seed=4)
+    assert hf.model.layers[0].self_attn.q_proj.bias is not None
+    model = hooked_from_hf(hf.model, hf.lm_head, hf.config)
+    seg = _segments()
+    embeds = torch.randn(1, seg.n_positions, 64, generator=torch.Generator().manual_seed(5))
+    configs = layer_sweep(_paper_curves(seg), 4, k=3, style="center")
+    naive = sweep(model, embeds, configs, method="naive")
+    _assert_equal(sweep(model, embeds, configs), naive, configs)
+    clean = run_from_embeds(model, embeds)[0, -1].softmax(-1)
+    assert float((naive.softmax(-1) - clean).abs().max()) > 1e-3

@@ -1,0 +1,261 @@
+import pytest
+import torch
+from reference import additive_mask, block_mask, hf_logits_with_layer_masks
+
+import mapflow_tl.edges as E
+from mapflow_tl.edges import Edges, causal_edge_count
+from mapflow_tl.hooks import PathwaySpec, knockout, random_knockout, window
+from mapflow_tl.models.backbone import run_from_embeds
+
+
+# ---------------------------------------------------------------- windows
+def test_window_styles_by_hand():
+    assert window(10, n_layers=32) == list(range(6, 15))           # l-4 … l+4
+    assert window(0, n_layers=32) == list(range(0, 5))             # clipped at the bottom
+    assert window(31, n_layers=32) == list(range(27, 32))          # clipped at the top
+    assert window(10, n_layers=32, style="inverse") == [*range(0, 6), *range(15, 32)]
+    assert window(10, n_layers=32, style="top_down") == list(range(10, 32))
+    assert window(10, n_layers=32, style="bottom_up") == list(range(0, 11))
+    assert window(5, n_layers=32, k=1) == [5]
+    assert window(5, n_layers=32, k=4) == [3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(center=32, n_layers=32), "window center 32 is outside \\[0, 32\\)"),
+    (dict(center=-1, n_layers=32), "outside"),
+    (dict(center=3, n_layers=32, k=0), "positive int"),
+    (dict(center=3, n_layers=32, style="diagonal"), "unknown window style"),
+    (dict(center=3, n_layers=4, k=9, style="inverse"), "covers no layer"),
+])
+def test_window_errors(kwargs, message):
+    center = kwargs.pop("center")
+    with pytest.raises(ValueError, match=message):
+        window(center, **kwargs)
+
+
+# ---------------------------------------------------------------- knockout against HF
+def embeds_for(model, n, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(1, n, model.cfg.d_model, generator=generator)
+
+
+def spans_of(seg):
+    video, question = seg.video.positions, range(seg.video.stop, seg.last.start)
+    frames = [f.positions for f in seg.frames]
+    return {
+        "cross-frame": [(k, q) for t in range(1, len(frames)) for k, q in
+                        [([p for f in frames[:t] for p in f], frames[t])]],
+        "video→question": [(video, question)],
+        "video→last": [(video, seg.last.positions)],
+        "question→last": [(question, seg.last.positions)],
+        "last→last": [(seg.last.positions, seg.last.positions)],
+    }
+
+
+CASES = [
+    ("cross-frame", [0, 1]),
+    ("video→question", [1, 2]),
+    ("video→last", [0]),
+    ("question→last", [3]),
+    ("last→last", [0, 1, 2, 3]),
+]
+
+
+@pytest.mark.parametrize("curve, layers", CASES)
+def test_knockout_equals_hf_with_explicit_4d_masks(tiny_hf_llama, tiny_backbone, layout, curve,
+                                                  layers):
+    n, heads = layout.n_positions, tiny_backbone.cfg.n_heads
+    edges = {
+        "cross-frame": E.cross_frame, "video→question": E.video_to_question,
+        "video→last": E.video_to_last, "question→last": E.question_to_last,
+        "last→last": E.last_to_last,
+    }[curve](layout)
+    embeds = embeds_for(tiny_backbone, n)
+    ours = run_from_embeds(tiny_backbone, embeds, fwd_hooks=knockout(edges, layers, n_layers=4))
+    blocked = block_mask(n, spans_of(layout)[curve])
+    masks = {layer: additive_mask(n, blocked, heads) for layer in layers}
+    reference = hf_logits_with_layer_masks(tiny_hf_llama, masks, additive_mask(n, None, heads),
+                                           inputs_embeds=embeds)
+    clean = run_from_embeds(tiny_backbone, embeds)
+    assert (ours - reference).abs().max() <= 1e-4
+    assert (ours - clean).abs().max() > 1e-3, "the knockout should change the output"
+
+
+def test_union_knockout_and_window(tiny_hf_llama, tiny_backbone, layout):
+    n, heads = layout.n_positions, tiny_backbone.cfg.n_heads
+    cut = E.cross_frame(layout) | E.video_to_question(layout)
+    layers = window(1, n_layers=4, k=3)
+    embeds = embeds_for(tiny_backbone, n, seed=2)
+    ours = run_from_embeds(tiny_backbone, embeds, fwd_hooks=knockout(cut, layers))
+    blocked = block_mask(n, spans_of(layout)["cross-frame"] + spans_of(layout)["video→question"])
+    reference = hf_logits_with_layer_masks(
+        tiny_hf_llama, {l: additive_mask(n, blocked, heads) for l in layers},
+        additive_mask(n, None, heads), inputs_embeds=embeds)
+    assert (ours - reference).abs().max() <= 1e-4
+
+
+def test_head_level_knockout_equals_hf(tiny_hf_llama, tiny_backbone, layout):
+    n, heads = layout.n_positions, tiny_backbone.cfg.n_heads
+    embeds = embeds_for(tiny_backbone, n, seed=3)
+    ours = run_from_embeds(tiny_backbone, embeds,
+                           fwd_hooks=knockout(E.video_to_last(layout), [1, 2], heads=[0, 3]))
+    blocked = block_mask(n, spans_of(layout)["video→last"])
+    reference = hf_logits_with_layer_masks(
+        tiny_hf_llama, {l: additive_mask(n, blocked, heads, heads=[0, 3]) for l in (1, 2)},
+        additive_mask(n, None, heads), inputs_embeds=embeds)
+    assert (ours - reference).abs().max() <= 1e-4
+
+
+def test_knocking_out_nothing_equals_the_clean_run_exactly(tiny_backbone, layout):
+    embeds = embeds_for(tiny_backbone, layout.n_positions)
+    clean = run_from_embeds(tiny_backbone, embeds)
+    empty = run_from_embeds(tiny_backbone, embeds,
+                            fwd_hooks=knockout(E.question_to_video(layout), range(4)))
+    assert torch.equal(clean, empty)
+
+
+def test_clean_run_equals_hf(tiny_hf_llama, tiny_backbone, layout):
+    embeds = embeds_for(tiny_backbone, layout.n_positions)
+    with torch.no_grad():
+        reference = tiny_hf_llama(inputs_embeds=embeds).logits
+    assert (run_from_embeds(tiny_backbone, embeds) - reference).abs().max() <= 1e-4
+
+
+def test_hook_lists_compose_in_either_order(tiny_backbone, layout):
+    embeds = embeds_for(tiny_backbone, layout.n_positions)
+    a = knockout(E.cross_frame(layout), [1, 2])
+    b = knockout(E.video_to_last(layout), [2, 3])
+    both = knockout(E.cross_frame(layout), [1]) + knockout(
+        E.cross_frame(layout) | E.video_to_last(layout), [2]) + knockout(E.video_to_last(layout), [3])
+    ab = run_from_embeds(tiny_backbone, embeds, fwd_hooks=a + b)
+    ba = run_from_embeds(tiny_backbone, embeds, fwd_hooks=b + a)
+    union = run_from_embeds(tiny_backbone, embeds, fwd_hooks=both)
+    assert torch.equal(ab, ba)
+    assert (ab - union).abs().max() <= 1e-6
+
+
+def test_suffix_forward_with_kv_cache_indexes_the_right_rows(tiny_backbone, layout):
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    model, n = tiny_backbone, layout.n_positions
+    embeds = embeds_for(model, n)
+    edges = E.video_to_last(layout) | E.question_to_last(layout)
+    hooks = knockout(edges, [1, 2])
+    full = run_from_embeds(model, embeds, fwd_hooks=hooks)
+    split = n - 3  # the suffix holds the last three positions, only one of which is blocked
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    with torch.no_grad():
+        model(embeds[:, :split], start_at_layer=0, past_kv_cache=cache, return_type=None)
+        suffix = model.run_with_hooks(embeds[:, split:], start_at_layer=0, past_kv_cache=cache,
+                                      fwd_hooks=hooks)
+    assert (suffix - full[:, split:]).abs().max() <= 1e-5
+
+
+def test_hooks_are_removed_after_an_exception(tiny_backbone, layout):
+    def explode(scores, hook):
+        raise RuntimeError("boom")
+
+    hooks = knockout(E.cross_frame(layout), [0, 1]) + [("blocks.2.attn.hook_attn_scores", explode)]
+    with pytest.raises(RuntimeError, match="boom"):
+        run_from_embeds(tiny_backbone, embeds_for(tiny_backbone, layout.n_positions),
+                        fwd_hooks=hooks)
+    assert all(not point.fwd_hooks for point in tiny_backbone.hook_dict.values())
+
+
+def test_knockout_bad_input(tiny_backbone, layout):
+    edges = E.cross_frame(layout)
+    with pytest.raises(ValueError, match="layer 4 is outside \\[0, 4\\)"):
+        knockout(edges, [2, 4], n_layers=4)
+    with pytest.raises(ValueError, match="layer 7 is outside \\[0, 4\\)"):
+        run_from_embeds(tiny_backbone, embeds_for(tiny_backbone, layout.n_positions),
+                        fwd_hooks=knockout(edges, [7]))
+    with pytest.raises(ValueError, match="at least one layer"):
+        knockout(edges, [])
+    with pytest.raises(ValueError, match="beyond the sequence"):
+        run_from_embeds(tiny_backbone, embeds_for(tiny_backbone, 10),
+                        fwd_hooks=knockout(edges, [0]))
+    with pytest.raises(ValueError, match="block every key of query position 0"):
+        run_from_embeds(tiny_backbone, embeds_for(tiny_backbone, 5),
+                        fwd_hooks=knockout(Edges(src=[0], dst=[0]), [0]))
+
+
+# ---------------------------------------------------------------- pathway specs
+def test_retained_fraction_by_hand():
+    # 6 positions, 3 layers: 21 causal edges per layer, 63 in all.
+    # keep [0,1]→[4,5] (4 edges) only in layer 1 → blocked in layers 0 and 2;
+    # block 5→5 (1 edge) in every layer → 5 + 1 + 5 = 11 blocked, 52 kept.
+    a = Edges(src=[0, 1], dst=[4, 5])
+    b = Edges(src=[5], dst=[5])
+    spec = PathwaySpec(3).keep(a, [1]).block(b, range(3))
+    assert spec.blocked_counts(6) == [5, 1, 5]
+    assert spec.edge_accounting(6) == (63 - 11, 63)
+    assert spec.retained_fraction(6) == pytest.approx(52 / 63)
+    assert spec.blocked(0).count(6) == 5 and spec.blocked(1).same_as(b, 6)
+
+
+def test_overlapping_rules_are_not_double_counted():
+    spec = PathwaySpec(2).block(Edges(src=range(3), dst=range(3)), [0]).block(
+        Edges(src=[0], dst=[2]), [0, 1])
+    assert spec.blocked_counts(3) == [6, 1]
+
+
+def test_spec_hooks_equal_per_layer_knockouts(tiny_backbone, layout):
+    embeds = embeds_for(tiny_backbone, layout.n_positions)
+    spec = (PathwaySpec(4).keep(E.cross_frame(layout), [1, 2])
+            .block(E.video_to_last(layout) | E.last_to_last(layout), range(4)))
+    manual = (knockout(E.cross_frame(layout) | E.video_to_last(layout) | E.last_to_last(layout),
+                       [0, 3]) + knockout(E.video_to_last(layout) | E.last_to_last(layout), [1, 2]))
+    ours = run_from_embeds(tiny_backbone, embeds, fwd_hooks=spec.hooks())
+    reference = run_from_embeds(tiny_backbone, embeds, fwd_hooks=manual)
+    assert (ours - reference).abs().max() <= 1e-6
+    assert "keep cross-frame in L1–2" in spec.describe()
+
+
+def test_from_mapping_modes():
+    a, b = Edges(src=[0], dst=[1]), Edges(src=[1], dst=[2])
+    keep = PathwaySpec.from_mapping(3, {a: [0], b: [1, 2]})
+    assert keep.blocked_counts(3) == [1, 1, 1]
+    block = PathwaySpec.from_mapping(3, {a: [0], b: [1, 2]}, mode="block")
+    assert block.blocked_counts(3) == [1, 1, 1] and block.blocked(0).same_as(a, 3)
+    with pytest.raises(ValueError, match="layer 3 is outside"):
+        PathwaySpec(3).keep(a, [3])
+
+
+def test_random_like_matches_counts_and_is_seeded(layout):
+    n = layout.n_positions
+    region = Edges(src=range(layout.video.start, n), dst=range(layout.video.start, n))
+    spec = (PathwaySpec(4).keep(E.cross_frame(layout), [1, 2])
+            .block(E.video_to_last(layout), range(4)))
+    baseline = spec.random_like(region, n, seed=7)
+    assert baseline.blocked_counts(n) == spec.blocked_counts(n)
+    assert baseline.retained_fraction(n) == pytest.approx(spec.retained_fraction(n))
+    again = spec.random_like(region, n, seed=7)
+    other = spec.random_like(region, n, seed=8)
+    assert all(baseline.blocked(l).same_as(again.blocked(l), n) for l in range(4))
+    assert not all(baseline.blocked(l).same_as(other.blocked(l), n) for l in range(4))
+    inside = region.dense(n)
+    assert all(not (baseline.blocked(l).dense(n) & ~inside).any() for l in range(4))
+
+
+def test_random_knockout_exact_count_and_seed(layout):
+    n = layout.n_positions
+    region = Edges(src=range(layout.video.start, n), dst=range(layout.video.start, n))
+    hooks = random_knockout(0.25, seed=3, region=region, layers=[0, 2], n_positions=n)
+    expected = round(0.25 * region.count(n))
+    assert [name for name, _ in hooks] == ["blocks.0.attn.hook_attn_scores",
+                                           "blocks.2.attn.hook_attn_scores"]
+    assert all(hook.edges.count(n) == expected for _, hook in hooks)
+    again = random_knockout(0.25, seed=3, region=region, layers=[0, 2], n_positions=n)
+    other = random_knockout(0.25, seed=4, region=region, layers=[0, 2], n_positions=n)
+    assert hooks[0][1].edges.same_as(again[0][1].edges, n)
+    assert not hooks[0][1].edges.same_as(other[0][1].edges, n)
+    assert not hooks[0][1].edges.same_as(hooks[1][1].edges, n)  # each layer draws its own
+    with pytest.raises(ValueError, match="fraction must lie in"):
+        random_knockout(1.5, seed=0, region=region, layers=[0], n_positions=n)
+
+
+def test_paper_accounting_at_paper_shape():
+    """At the paper's shape one layer has pos·(pos+1)/2 causal edges; 32 layers of a
+    ~1250-position prompt give the 25.7M total of Map the Flow Table 1 (7B)."""
+    n = 1267
+    assert 32 * causal_edge_count(n) == pytest.approx(25.7e6, rel=0.002)

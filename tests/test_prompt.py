@@ -1,0 +1,236 @@
+"""The paper's prompt format and its exact spans, for each tokenizer kind a VideoLLM family uses:
+SentencePiece-style BPE (Llama / Vicuna / Mistral), byte-level BPE (Qwen2) and word level
+(SynthTV). The tokenizers are trained here on a few sentences; nothing is downloaded.
+
+The builders (``llama_tokenizer`` & co.) are also used by the model-adapter tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mapflow_tl.data.prompt import (
+    ASSISTANT_PREFIX,
+    CharSpan,
+    answer_token_ids,
+    multiple_choice_block,
+    render_prompt,
+    token_span,
+    tokenize_prompt,
+)
+
+CORPUS = [
+    "Question: What does the person do first? Options: (A) open the door (B) close the door "
+    "(C) sit down (D) stand up Only give the best option.",
+    "USER: A chat between a curious human and an artificial intelligence assistant. "
+    "ASSISTANT: Best option:(A) Best option:(B) Best option:(C)",
+    "Which direction is the red ball moving? left right up down toward away",
+    "system user assistant You are a helpful assistant.",
+] * 10
+
+#: LLaVA / Vicuna conversation format (the llava-hf chat templates, in short).
+VICUNA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}"
+    "ASSISTANT: {% endif %}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'video' %}<video>\n"
+    "{% elif item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}"
+    "{{ item['text'] }}{% endif %}{% endfor %}{% endif %} {% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+#: ChatML (Qwen2) with the default system prompt.
+CHATML_TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'video' %}<video>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+MEDIA_TOKENS = ["<video>", "<image>"]
+
+
+def _merges(tokenizer) -> list[tuple[str, str]]:
+    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+            for m in json.loads(tokenizer.to_str())["model"]["merges"]]
+
+
+def llama_tokenizer(extra_corpus: tuple[str, ...] = ()):
+    """A SentencePiece-style Llama tokenizer (Metaspace "▁", byte fallback for newlines, BOS)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizer
+
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.pre_tokenizer = pre_tokenizers.Metaspace()
+    trained.train_from_iterator(list(CORPUS) + list(extra_corpus), trainers.BpeTrainer(
+        vocab_size=220, special_tokens=["<unk>", "<s>", "</s>"], max_token_length=6,
+        show_progress=False))
+    vocab = trained.get_vocab()
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=_merges(trained), add_bos_token=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": MEDIA_TOKENS})
+    tokenizer.chat_template = VICUNA_TEMPLATE
+    return tokenizer
+
+
+def qwen2_tokenizer(extra_corpus: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer with Qwen2's pre-tokenizer and ChatML special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    trained = Tokenizer(models.BPE())
+    trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trained.train_from_iterator(list(CORPUS) + list(extra_corpus), trainers.BpeTrainer(
+        vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False))
+    tokenizer = Qwen2Tokenizer(vocab=trained.get_vocab(), merges=_merges(trained))
+    tokenizer.add_special_tokens({"additional_special_tokens": MEDIA_TOKENS})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def word_level_tokenizer():
+    """A word-level tokenizer like SynthTV's: every word and punctuation run is one token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for line in CORPUS + ["option:("]
+                    for w in pre_tokenizers.Whitespace().pre_tokenize_str(line) for w in [w[0]]})
+    vocab = {"<unk>": 0, "<pad>": 1, "<video>": 2, "<image>": 3}
+    for word in words + [":(", "A", "B", "C", "D"]:
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                        pad_token="<pad>")
+    tokenizer.add_special_tokens({"additional_special_tokens": MEDIA_TOKENS})
+    return tokenizer
+
+
+def word_level_renderer(block: str, media: str | None) -> str:
+    return f"USER: {media} {block} ASSISTANT:" if media else f"USER: {block} ASSISTANT:"
+
+
+QUESTION = "What does the person do first?"
+OPTIONS = ["open the door", "close the door", "sit down"]
+
+
+def _kinds():
+    return {
+        "sentencepiece": (llama_tokenizer(), None),
+        "byte_level": (qwen2_tokenizer(), None),
+        "word_level": (word_level_tokenizer(), word_level_renderer),
+    }
+
+
+@pytest.fixture(scope="module")
+def kinds():
+    return _kinds()
+
+
+def _same_text(decoded: str, text: str, kind: str) -> bool:
+    if kind == "word_level":  # word-level decoding joins every token with a space
+        return "".join(decoded.split()) == "".join(text.split())
+    return decoded.strip() == text
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "byte_level", "word_level"])
+@pytest.mark.parametrize("media", ["<video>", None])
+def test_every_span_decodes_back_to_its_text(kinds, kind, media):
+    tokenizer, renderer = kinds[kind]
+    rendered = render_prompt(QUESTION, OPTIONS, answer=1, media=media,
+                             template=renderer or tokenizer)
+    assert rendered.text.endswith(ASSISTANT_PREFIX)
+    assert rendered.question.of(rendered.text) == QUESTION
+    for option, text in zip(rendered.options, OPTIONS):
+        assert option.of(rendered.text) == text == option.text
+    assert [o.is_true for o in rendered.options] == [False, True, False]
+
+    tokens = tokenize_prompt(tokenizer, rendered)
+    ids = tokens.input_ids[0].tolist()
+    assert ids == tokenizer(rendered.text)["input_ids"]
+    start, stop = tokens.question
+    assert _same_text(tokenizer.decode(ids[start:stop]), QUESTION, kind)
+    for (start, stop), text in zip(tokens.options, OPTIONS):
+        assert _same_text(tokenizer.decode(ids[start:stop]), text, kind)
+        # nothing of the option's neighbours leaks in: the tokens before and after are outside
+        assert not _same_text(tokenizer.decode(ids[start - 1:stop]), text, kind)
+        assert not _same_text(tokenizer.decode(ids[start:stop + 1]), text, kind)
+    if media is None:
+        assert tokens.media is None
+    else:
+        assert tokenizer.convert_ids_to_tokens(ids[tokens.media]) == media
+    assert tokens.last == len(ids) - 1
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "byte_level", "word_level"])
+def test_answer_tokens_are_the_letters_the_model_emits_after_the_paren(kinds, kind):
+    tokenizer, renderer = kinds[kind]
+    rendered = render_prompt(QUESTION, OPTIONS, media="<video>", template=renderer or tokenizer)
+    answer_ids = answer_token_ids(tokenizer, rendered.text, rendered.labels).tolist()
+    prompt_ids = tokenizer(rendered.text)["input_ids"]
+    for label, token in zip(rendered.labels, answer_ids):
+        assert tokenizer.decode([token]).strip() == label
+        assert tokenizer(rendered.text + label)["input_ids"] == prompt_ids + [token]
+    if kind == "sentencepiece":  # "A", not the word-start "▁A"
+        assert not any(t.startswith("▁") for t in tokenizer.convert_ids_to_tokens(answer_ids))
+
+
+def test_answer_token_when_the_letter_merges_with_the_paren():
+    # A byte-level vocabulary that learned "(A" as one token: after a prompt ending in "(" the
+    # model still emits the bare "A".
+    tokenizer = qwen2_tokenizer(extra_corpus=("(A (B (C",) * 50)
+    assert "(A" in tokenizer.get_vocab()
+    rendered = render_prompt(QUESTION, OPTIONS, media="<video>", template=tokenizer)
+    answer_ids = answer_token_ids(tokenizer, rendered.text, rendered.labels).tolist()
+    assert tokenizer.convert_ids_to_tokens(answer_ids) == ["A", "B", "C"]
+
+
+def test_open_ended_variant_has_no_options_and_no_prefix():
+    tokenizer = qwen2_tokenizer()
+    rendered = render_prompt(QUESTION, template=tokenizer, media="<video>", open_ended=True)
+    assert rendered.options == () and rendered.text.endswith("<|im_start|>assistant\n")
+    tokens = tokenize_prompt(tokenizer, rendered)
+    start, stop = tokens.question
+    assert tokenizer.decode(tokens.input_ids[0, start:stop]).strip() == QUESTION
+
+
+def test_block_format_is_the_papers():
+    block = multiple_choice_block("Q?", ["x", "y"], answer=0)
+    assert block.text == "Question: Q?\nOptions:\n(A) x\n(B) y\nOnly give the best option."
+    assert block.assistant_prefix == "Best option:("
+
+
+def test_template_that_changes_the_question_is_an_error():
+    def shouting(block, media):
+        return f"USER: {media} {block.upper()} ASSISTANT:"
+
+    with pytest.raises(ValueError, match="question block does not appear verbatim"):
+        render_prompt(QUESTION, OPTIONS, media="<video>", template=shouting)
+    with pytest.raises(ValueError, match="media placeholder"):
+        render_prompt(QUESTION, OPTIONS, media="<video>", template=lambda b, m: f"{b} ASSISTANT:")
+
+
+def test_straddling_token_is_an_error_naming_the_span():
+    text = "Question: red ball?"
+    # one token "ball?" would be fine; a token "l?Q" mixing span and outside text is not
+    offsets = [(0, 9), (9, 13), (14, 16), (16, 19)]
+    with pytest.raises(ValueError, match="question cannot be located exactly"):
+        token_span(text, offsets, CharSpan(10, 17), "question")
+    assert token_span(text, [(0, 9), (9, 13), (13, 19)], CharSpan(10, 19), "question") == (1, 3)
+
+
+def test_bad_inputs_are_named():
+    tokenizer = llama_tokenizer()
+    with pytest.raises(ValueError, match="at least 2 options"):
+        render_prompt(QUESTION, ["only one"], template=tokenizer)
+    with pytest.raises(ValueError, match="answer 3"):
+        render_prompt(QUESTION, OPTIONS, answer=3, template=tokenizer)
+    with pytest.raises(ValueError, match="whitespace"):
+        render_prompt(" padded question ", OPTIONS, template=tokenizer)
+    rendered = render_prompt(QUESTION, OPTIONS, media="<clip>", template=word_level_renderer)
+    with pytest.raises(ValueError, match="not one token"):
+        tokenize_prompt(tokenizer, rendered)

@@ -1,0 +1,121 @@
+import json
+
+import pytest
+
+from mapflow_tl.segments import Frame, Option, SegmentMap, Span
+
+
+def make(**overrides):
+    spans = dict(
+        n_positions=30,
+        system=Span("system", 0, 3, "system"),
+        frames=(Frame("frame_0", 3, 7, index=0, grid=(2, 2)),
+                Frame("frame_1", 8, 12, index=1, grid=(2, 2))),
+        separators=(Span("separator_0", 7, 8, "separator"),),
+        question=Span("question", 13, 20, "question"),
+        options=(Option("option_A", 21, 23, label="A", text="left", is_true=False),
+                 Option("option_B", 24, 26, label="B", text="right", is_true=True)),
+    )
+    spans.update(overrides)
+    return SegmentMap(**spans)
+
+
+def test_access_and_defaults():
+    seg = make()
+    assert seg.video == Span("video", 3, 12, "video")  # derived from the frames
+    assert seg.last.positions == range(29, 30)
+    assert seg.frames[1].grid == (2, 2) and len(seg.frames[1]) == 4
+    assert seg.true_option.label == "B" and [o.label for o in seg.false_options] == ["A"]
+    assert seg["question"].start == 13 and "separator_0" in seg
+    assert seg.question_with_options.positions == range(12, 29)
+    assert seg.n_frames == 2
+
+
+def test_frame_coordinates_are_frame_major():
+    seg = SegmentMap.sequential(system=1, frames=[(2, 3)] * 2, question=2, options=[1, 1],
+                                true_option=0)
+    # position = video_start + t*H*W + h*W + w
+    for t in range(2):
+        for h in range(2):
+            for w in range(3):
+                position = 1 + t * 6 + h * 3 + w
+                assert seg.frames[t].position(h, w) == position
+                assert seg.frame_of(position) == (t, h, w)
+    assert seg.frame_of(0) is None
+
+
+def test_separators_are_not_frame_tokens():
+    seg = make()
+    assert seg.frame_of(7) is None
+    assert all(7 not in frame for frame in seg.frames)
+
+
+def test_repr_one_line_per_segment():
+    text = repr(make())
+    lines = text.splitlines()
+    assert lines[0].startswith("SegmentMap(30 positions, 2 frames)")
+    assert len(lines) == 1 + len(make().spans())
+    assert any("grid 2×2" in line for line in lines)
+    assert any("(B) 'right'  (true)" in line for line in lines)
+
+
+def test_json_round_trip():
+    seg = make().with_span("keyword", 15, 16)
+    again = SegmentMap.from_json(json.dumps(seg.to_dict()))
+    assert again == seg
+    assert isinstance(again.frames[0], Frame) and isinstance(again.options[1], Option)
+    assert again["keyword"].positions == range(15, 16)
+
+
+def test_user_span_may_overlap_question():
+    seg = make().with_span("keyword", 14, 15)
+    assert seg["keyword"].overlaps(seg.question)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(question=Span("question", 13, 31, "question")),
+         "segment 'question' [13, 31) runs past the sequence length 30"),
+        (dict(question=Span("question", 10, 20, "question")), "overlaps"),
+        (dict(separators=(Span("separator_0", 6, 8, "separator"),)), "overlaps 'frame_0'"),
+        (dict(frames=(Frame("frame_0", 3, 7, index=0, grid=(2, 2)),
+                      Frame("frame_1", 8, 12, index=0, grid=(2, 2)))), "index 0, expected 1"),
+        (dict(options=(Option("option_A", 21, 23, label="A", is_true=True),
+                       Option("option_B", 24, 26, label="B", is_true=True))),
+         "at most one option may be true"),
+        (dict(options=(Option("option_A", 21, 23, label="A"),
+                       Option("option_B", 24, 26, label="A"))), "labels must be unique"),
+        (dict(last=Span("last", 28, 30, "last")), "exactly one position"),
+        (dict(video=Span("video", 3, 10, "video")), "lies outside 'video'"),
+    ],
+)
+def test_invalid_maps_name_the_segment(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[")):
+        make(**overrides)
+
+
+@pytest.mark.parametrize("start, stop, message", [(-1, 3, "starts before position 0"),
+                                                  (4, 4, "is empty"), (5, 2, "is empty")])
+def test_bad_spans(start, stop, message):
+    with pytest.raises(ValueError, match=message):
+        Span("question", start, stop)
+
+
+def test_frame_grid_must_cover_frame():
+    with pytest.raises(ValueError, match="grid 2×3 holds 6"):
+        Frame("frame_0", 0, 4, index=0, grid=(2, 3))
+
+
+def test_from_dict_rejects_unknown_fields():
+    data = make().to_dict()
+    data["frames"][0]["colour"] = "red"
+    with pytest.raises(ValueError, match="unknown fields"):
+        SegmentMap.from_dict(data)
+
+
+def test_missing_true_option():
+    seg = SegmentMap.sequential(frames=[(1, 1)], question=1, options=[1, 1])
+    with pytest.raises(ValueError, match="no true option"):
+        seg.true_option
