@@ -41,6 +41,7 @@ __all__ = [
     "supported_architectures",
     "adapter_for",
     "read_config",
+    "as_video_sample",
 ]
 
 
@@ -61,6 +62,24 @@ class VideoSample:
     end: float | None = None
     id: str = ""
     task: str = ""
+
+
+def as_video_sample(sample: Any) -> VideoSample:
+    """A :class:`VideoSample` from itself or from a benchmark sample
+    (:class:`mapflow_tl.data.benchmarks.Sample`: ``answer_index`` and bounds in seconds)."""
+    if isinstance(sample, VideoSample):
+        return sample
+    missing = [name for name in ("video", "question") if not hasattr(sample, name)]
+    if missing:
+        raise ValueError(f"a sample needs 'video' and 'question'; {type(sample).__name__} "
+                         f"lacks {missing}")
+    answer = getattr(sample, "answer_index", None)
+    if answer is None and isinstance(getattr(sample, "answer", None), int):
+        answer = sample.answer
+    return VideoSample(video=sample.video, question=sample.question,
+                       options=tuple(getattr(sample, "options", ())), answer=answer,
+                       start=getattr(sample, "start", None), end=getattr(sample, "end", None),
+                       id=str(getattr(sample, "id", "")), task=str(getattr(sample, "task", "")))
 
 
 @dataclass
@@ -199,8 +218,15 @@ class VideoLLM:
         return self.adapter.name
 
     def prepare(self, sample: VideoSample | Any) -> Prepared:
-        """Prompt + video → embeddings with the video tokens injected, and the SegmentMap."""
-        return self.adapter.prepare(sample)
+        """Prompt + video → embeddings with the video tokens injected, and the SegmentMap.
+
+        Takes a :class:`VideoSample` or a benchmark sample; the result's ``meta`` records the
+        sample's ``id`` and ``task``."""
+        sample = as_video_sample(sample)
+        prepared = self.adapter.prepare(sample)
+        prepared.meta.setdefault("id", sample.id)
+        prepared.meta.setdefault("task", sample.task)
+        return prepared
 
     def run_with_hooks(
         self,
