@@ -1,0 +1,203 @@
+"""Analysis subcommands of ``mapflow-tl``: flow, prob, lens, prune, attention, report, circuits.
+
+Every analysis command loads a model and a dataset, loops over samples with a progress bar, and
+writes tidy tables plus the resolved configuration to ``--out`` (see :mod:`mapflow_tl.runs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm import tqdm
+
+from . import analyses as A
+from .circuits import list_circuits, load_circuit
+from .hooks import WINDOW_STYLES
+from .runs import RunWriter
+
+__all__ = ["register", "load_samples", "DTYPES"]
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+#: Dataset names resolved without a data root: name → function(seed, per_task, tasks) → samples.
+BUILTIN_DATASETS: dict[str, Callable[..., list[Any]]] = {}
+
+
+def load_samples(dataset: str, data_root: str | None, tasks: list[str] | None,
+                 limit: int | None, seed: int = 0) -> list[Any]:
+    """Samples of a dataset: a built-in one (``synthtv``, generated deterministically and cached)
+    or a benchmark read from ``data_root``. ``limit`` caps the samples per task."""
+    if dataset in BUILTIN_DATASETS and data_root is None:
+        return BUILTIN_DATASETS[dataset](seed=seed, tasks=tasks, limit=limit)
+    if data_root is None:
+        raise ValueError(f"--dataset {dataset} needs --data-root (the folder the benchmark was "
+                         f"downloaded to)")
+    from .data.benchmarks import load_dataset
+
+    return list(load_dataset(dataset, data_root, tasks, limit))
+
+
+def _common(parser: argparse.ArgumentParser, *, circuit: bool = True) -> None:
+    parser.add_argument("--model", default="synthtv-video-ft",
+                        help="built-in name, local checkpoint directory or cached hub id")
+    parser.add_argument("--dataset", default="synthtv")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--task", action="append", default=None,
+                        help="task to run (repeatable; default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="samples per task at most")
+    parser.add_argument("--out", required=True, help="run directory to write")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--seed", type=int, default=0)
+    if circuit:
+        parser.add_argument("--circuit", action="append", default=None,
+                            help="circuit name or .py file (repeatable)")
+
+
+def _context(args: argparse.Namespace, command: str):
+    from .models import load_videollm
+
+    vlm = load_videollm(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    samples = load_samples(args.dataset, args.data_root, args.task, args.limit, args.seed)
+    config = {key: value for key, value in vars(args).items() if key != "handler"}
+    config.update(command=command, model_family=vlm.family, n_layers=vlm.n_layers,
+                  n_samples=len(samples))
+    return vlm, samples, RunWriter(args.out, config)
+
+
+def _loop(samples: list[Any], vlm, description: str) -> Iterable[Any]:
+    for sample in tqdm(samples, desc=description, unit="sample", dynamic_ncols=True):
+        yield vlm.prepare(sample)
+
+
+def _flow(args: argparse.Namespace) -> int:
+    vlm, samples, writer = _context(args, "flow")
+    circuits = [load_circuit(name) for name in (args.circuit or ["cross-frame", "vql-to-ql"])]
+    selected = 0
+    for x in _loop(samples, vlm, "flow"):
+        base = A.base_prediction(vlm, x)
+        writer.write("samples", [{**A._sample_fields(x), **base}])
+        if not A.select(base, args.mode):
+            continue
+        selected += 1
+        for circuit in circuits:
+            writer.write("flow", A.flow_sweep(vlm, x, circuit, k=args.window, style=args.style,
+                                              method=args.method, base=base))
+    writer.finish()
+    print(f"flow: {selected}/{len(samples)} samples in mode {args.mode!r}; tables in {args.out}")
+    return 0
+
+
+def _prob(args: argparse.Namespace) -> int:
+    vlm, samples, writer = _context(args, "prob")
+    for x in _loop(samples, vlm, "prob"):
+        writer.write("prob", A.probability_trace(vlm, x))
+    writer.finish()
+    return 0
+
+
+def _keywords(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    if args.keywords:
+        words = json.loads(Path(args.keywords).read_text())
+        return words["spatial"], words["temporal"]
+    from .synthtv import keywords
+
+    return keywords()
+
+
+def _lens(args: argparse.Namespace) -> int:
+    vlm, samples, writer = _context(args, "lens")
+    spatial, temporal = _keywords(args)
+    all_rows = []
+    for x in _loop(samples, vlm, "lens"):
+        rows = A.video_lens(vlm, x, k=args.top_k)
+        writer.write("lens", rows)
+        all_rows += rows
+    writer.write("keywords", A.keyword_frequency(all_rows, spatial, temporal))
+    writer.finish()
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    vlm, samples, writer = _context(args, "prune")
+    circuit = load_circuit((args.circuit or ["pathway-synthtv"])[0])
+    for x in _loop(samples, vlm, "prune"):
+        writer.write("prune", A.prune(vlm, x, circuit, seed=args.seed))
+    writer.finish()
+    from .report import pathway_table
+    from .runs import read_table
+
+    for row in pathway_table(read_table(args.out, "prune")):
+        print(row)
+    return 0
+
+
+def _attention(args: argparse.Namespace) -> int:
+    vlm, samples, writer = _context(args, "attention")
+    for x in _loop(samples, vlm, "attention"):
+        writer.write("attention", A.attention_to_frames(vlm, x))
+    writer.finish()
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.run_dir, args.output)
+    print(f"report written to {path}")
+    return 0
+
+
+def _circuits(args: argparse.Namespace) -> int:
+    circuits = list_circuits(args.dir or ())
+    width = max(len(name) for name in circuits)
+    for name, circuit in sorted(circuits.items()):
+        print(f"{name:<{width}}  {circuit.kind:<7}  {circuit.description}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    flow = subparsers.add_parser("flow", help="attention-knockout information-flow sweep")
+    _common(flow)
+    flow.add_argument("--window", type=int, default=9, help="window size k (default 9)")
+    flow.add_argument("--style", default="center", choices=WINDOW_STYLES)
+    flow.add_argument("--mode", default="correct", choices=A.SAMPLE_MODES)
+    flow.add_argument("--method", default="fast", help="sweep engine: fast or naive")
+    flow.set_defaults(handler=_flow)
+
+    prob = subparsers.add_parser("prob", help="answer-probability tracing (logit lens, last "
+                                              "position)")
+    _common(prob, circuit=False)
+    prob.set_defaults(handler=_prob)
+
+    lens = subparsers.add_parser("lens", help="logit lens on video tokens, keyword frequency")
+    _common(lens, circuit=False)
+    lens.add_argument("--top-k", type=int, default=5)
+    lens.add_argument("--keywords", default=None,
+                      help='JSON file {"spatial": [...], "temporal": [...]} (default: SynthTV)')
+    lens.set_defaults(handler=_lens)
+
+    prune = subparsers.add_parser("prune", help="effective-pathway pruning vs random pruning")
+    _common(prune)
+    prune.set_defaults(handler=_prune)
+
+    attention = subparsers.add_parser("attention", help="attention from the question to the "
+                                                        "frames, baseline vs cross-frame knockout")
+    _common(attention, circuit=False)
+    attention.set_defaults(handler=_attention)
+
+    report = subparsers.add_parser("report", help="build report.html from a run directory")
+    report.add_argument("run_dir")
+    report.add_argument("--output", default=None, help="default: RUN_DIR/report.html")
+    report.set_defaults(handler=_report)
+
+    circuits = subparsers.add_parser("circuits", help="list the available circuits")
+    circuits.add_argument("--dir", action="append", default=None,
+                          help="extra folder of circuit files")
+    circuits.set_defaults(handler=_circuits)
