@@ -13,6 +13,8 @@ __all__ = ["main", "COMMAND_MODULES"]
 # Modules that add subcommands: each defines ``register(subparsers)``, which adds its parsers and
 # sets ``handler`` (a function of the parsed args returning an exit code) as their default.
 COMMAND_MODULES: tuple[str, ...] = (
+    "mapflow_tl.commands",
+    "mapflow_tl.data.cli",
 )
 
 
@@ -57,6 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"mapflow-tl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = ""
+        if getattr(args, "out", None) is not None and hasattr(args, "resume"):
+            again = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
+            hint = (" Everything computed so far is saved in "
+                    f"{args.out}; continue with: mapflow-tl {' '.join(again)} --resume")
+        print(f"\nmapflow-tl {args.command}: interrupted.{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

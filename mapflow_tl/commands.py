@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import analyses as A
 from .circuits import list_circuits, load_circuit
 from .hooks import WINDOW_STYLES
-from .runs import RunWriter
+from .runs import RunWriter, read_table
 
 __all__ = ["register", "load_samples", "DTYPES"]
 
@@ -55,6 +55,8 @@ def _common(parser: argparse.ArgumentParser, *, circuit: bool = True) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in the same --out")
     if circuit:
         parser.add_argument("--circuit", action="append", default=None,
                             help="circuit name or .py file (repeatable)")
@@ -65,38 +67,46 @@ def _context(args: argparse.Namespace, command: str):
 
     vlm = load_videollm(args.model, dtype=DTYPES[args.dtype], device=args.device)
     samples = load_samples(args.dataset, args.data_root, args.task, args.limit, args.seed)
-    config = {key: value for key, value in vars(args).items() if key != "handler"}
+    config = {key: value for key, value in vars(args).items()
+              if key not in ("handler", "resume", "out", "device")}
     config.update(command=command, model_family=vlm.family, n_layers=vlm.n_layers,
                   n_samples=len(samples))
-    return vlm, samples, RunWriter(args.out, config)
+    return vlm, samples, RunWriter(args.out, config, resume=args.resume)
 
 
-def _loop(samples: list[Any], vlm, description: str) -> Iterable[Any]:
+def _loop(samples: list[Any], vlm, description: str, done: set[tuple] = frozenset()
+          ) -> Iterable[Any]:
+    """Prepared samples with a progress bar, skipping those whose id is in ``done``."""
     for sample in tqdm(samples, desc=description, unit="sample", dynamic_ncols=True):
+        if RunWriter.key({"sample": str(getattr(sample, "id", ""))}, "sample") in done:
+            continue
         yield vlm.prepare(sample)
 
 
 def _flow(args: argparse.Namespace) -> int:
     vlm, samples, writer = _context(args, "flow")
     circuits = [load_circuit(name) for name in (args.circuit or ["cross-frame", "vql-to-ql"])]
-    selected = 0
-    for x in _loop(samples, vlm, "flow"):
+    # A sample is done once its "samples" row exists; its flow rows are written just before it,
+    # so flow rows of a sample without one are a crash's leftovers and are dropped.
+    done = writer.completed("samples", "sample")
+    writer.retain("flow", "sample", done)
+    for x in _loop(samples, vlm, "flow", done):
         base = A.base_prediction(vlm, x)
-        writer.write("samples", [{**A._sample_fields(x), **base}])
-        if not A.select(base, args.mode):
-            continue
-        selected += 1
-        for circuit in circuits:
-            writer.write("flow", A.flow_sweep(vlm, x, circuit, k=args.window, style=args.style,
-                                              method=args.method, base=base))
+        if A.select(base, args.mode):
+            rows = [row for circuit in circuits for row in A.flow_sweep(
+                vlm, x, circuit, k=args.window, style=args.style, method=args.method, base=base)]
+            writer.write("flow", rows)
+        writer.write("samples", [{**A._sample_fields(x), **base,
+                                  "selected": A.select(base, args.mode)}])
     writer.finish()
+    selected = sum(bool(r["selected"]) for r in read_table(args.out, "samples"))
     print(f"flow: {selected}/{len(samples)} samples in mode {args.mode!r}; tables in {args.out}")
     return 0
 
 
 def _prob(args: argparse.Namespace) -> int:
     vlm, samples, writer = _context(args, "prob")
-    for x in _loop(samples, vlm, "prob"):
+    for x in _loop(samples, vlm, "prob", writer.completed("prob", "sample")):
         writer.write("prob", A.probability_trace(vlm, x))
     writer.finish()
     return 0
@@ -114,12 +124,10 @@ def _keywords(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 def _lens(args: argparse.Namespace) -> int:
     vlm, samples, writer = _context(args, "lens")
     spatial, temporal = _keywords(args)
-    all_rows = []
-    for x in _loop(samples, vlm, "lens"):
-        rows = A.video_lens(vlm, x, k=args.top_k)
-        writer.write("lens", rows)
-        all_rows += rows
-    writer.write("keywords", A.keyword_frequency(all_rows, spatial, temporal))
+    for x in _loop(samples, vlm, "lens", writer.completed("lens", "sample")):
+        writer.write("lens", A.video_lens(vlm, x, k=args.top_k))
+    (writer.out / "keywords.jsonl").unlink(missing_ok=True)
+    writer.write("keywords", A.keyword_frequency(read_table(args.out, "lens"), spatial, temporal))
     writer.finish()
     return 0
 
@@ -127,11 +135,10 @@ def _lens(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     vlm, samples, writer = _context(args, "prune")
     circuit = load_circuit((args.circuit or ["pathway-synthtv"])[0])
-    for x in _loop(samples, vlm, "prune"):
+    for x in _loop(samples, vlm, "prune", writer.completed("prune", "sample")):
         writer.write("prune", A.prune(vlm, x, circuit, seed=args.seed))
     writer.finish()
     from .report import pathway_table
-    from .runs import read_table
 
     for row in pathway_table(read_table(args.out, "prune")):
         print(row)
@@ -140,7 +147,7 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _attention(args: argparse.Namespace) -> int:
     vlm, samples, writer = _context(args, "attention")
-    for x in _loop(samples, vlm, "attention"):
+    for x in _loop(samples, vlm, "attention", writer.completed("attention", "sample")):
         writer.write("attention", A.attention_to_frames(vlm, x))
     writer.finish()
     return 0

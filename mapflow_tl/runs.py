@@ -8,6 +8,9 @@ A run writes to one folder::
     report.html         the figures (mapflow-tl report RUN_DIR rebuilds it)
 
 Rows are appended as each sample finishes, so an interrupted run keeps everything it computed.
+``--resume`` reopens the same folder: a half-written last line (a write cut off by a crash) is
+dropped, the rows already present are skipped, and only the rest is computed. Resuming with a
+different model, circuit, window, dataset or seed is refused, naming the difference.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["RunWriter", "read_table", "read_run_config", "package_versions"]
+__all__ = ["RunWriter", "read_table", "read_run_config", "package_versions", "IDENTITY_KEYS"]
 
 CONFIG_FILE = "run.json"
+#: Configuration keys that must match for a run to be resumed.
+IDENTITY_KEYS = ("command", "model", "dataset", "data_root", "task", "limit", "circuit", "window",
+                 "style", "mode", "method", "seed", "dtype", "top_k", "keywords")
 
 
 def package_versions() -> dict[str, str]:
@@ -38,14 +44,56 @@ def package_versions() -> dict[str, str]:
 class RunWriter:
     """Writes one run's configuration and its tables into ``out``."""
 
-    def __init__(self, out: str | Path, config: dict[str, Any]) -> None:
+    def __init__(self, out: str | Path, config: dict[str, Any], *, resume: bool = False) -> None:
         self.out = Path(out)
+        config = json.loads(json.dumps(config, default=str))
+        existing = self.out / CONFIG_FILE
+        if existing.is_file():
+            if not resume:
+                raise ValueError(f"{self.out} already holds a run; pass --resume to continue it "
+                                 f"or choose another --out")
+            previous = read_run_config(self.out)
+            differences = [f"{key}: {previous.get(key)!r} then, {config.get(key)!r} now"
+                           for key in IDENTITY_KEYS if previous.get(key) != config.get(key)]
+            if differences:
+                raise ValueError(f"cannot resume {self.out} with a different configuration: "
+                                 + "; ".join(differences))
+            for table in self.out.glob("*.jsonl"):
+                _drop_partial_line(table)
         self.out.mkdir(parents=True, exist_ok=True)
         self.config = {**config, "versions": package_versions()}
         temporary = self.out / (CONFIG_FILE + ".tmp")
         temporary.write_text(json.dumps(self.config, indent=2, default=str))
-        os.replace(temporary, self.out / CONFIG_FILE)
-        self._tables: set[str] = set()
+        os.replace(temporary, existing)
+        self._tables: set[str] = {path.stem for path in self.out.glob("*.jsonl")}
+
+    def completed(self, table: str, *keys: str) -> set[tuple]:
+        """The distinct values of ``keys`` among the rows already written to ``table``."""
+        return {tuple(json.dumps(row.get(k), default=str) for k in keys)
+                for row in read_table(self.out, table)}
+
+    def retain(self, table: str, key: str, done: set[tuple]) -> None:
+        """Drop the rows of ``table`` whose ``key`` is not in ``done`` (rows of a sample whose
+        completion was never recorded, left by a crash), rewriting the file atomically."""
+        path = self.out / f"{table}.jsonl"
+        if not path.is_file():
+            return
+        rows = read_table(self.out, table)
+        kept = [row for row in rows if self.key(row, key) in done]
+        if len(kept) == len(rows):
+            return
+        temporary = path.with_suffix(".jsonl.tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for row in kept:
+                handle.write(json.dumps(row, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+
+    @staticmethod
+    def key(row: dict[str, Any], *keys: str) -> tuple:
+        """The key of a row (or of a sample's fields) as :meth:`completed` reports it."""
+        return tuple(json.dumps(row.get(k), default=str) for k in keys)
 
     def write(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows to ``<table>.jsonl``, durably (flush + fsync) before returning."""
@@ -63,6 +111,16 @@ class RunWriter:
         """Write every table as CSV next to its JSONL."""
         for table in sorted(self._tables):
             write_csv(self.out / f"{table}.csv", read_table(self.out, table))
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a file back to its last complete line (a crash may leave half a JSON row)."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -67,7 +67,8 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_segment_midpoints_by_hand():
-    # seg = 29/8 = 3.625: 1.8125 + round(3.625 i) -> 0, 4, 7, 11, 14 (14.5 rounds to even), 18, 22, 25
+    # seg = 29/8 = 3.625: 1.8125 + round(3.625 i), round(3.625 i) = 0, 4, 7, 11, 14 (14.5 rounds
+    # to even), 18, 22, 25
     assert segment_midpoints(0, 29, 8).tolist() == [1, 5, 8, 12, 15, 19, 23, 26]
     # seg = 0.5, a range shorter than N: frames repeat
     assert segment_midpoints(0, 4, 8).tolist() == [0, 0, 1, 2, 2, 2, 3, 4]
@@ -91,6 +92,8 @@ def test_bounds_in_seconds(videos):
     assert source_frames(clip.frames) == clip.indices.tolist()
     # an end past the video is clipped to the last frame
     assert read_video(videos["mp4"], 4, bounds=(0.0, 99.0)).indices.tolist() == [3, 10, 17, 25]
+    to_the_end = read_video(videos["mp4"], 4, bounds=(0.0, float("inf")))
+    assert to_the_end.indices.tolist() == [3, 10, 17, 25]
 
 
 def test_bounds_outside_the_video_name_the_file(videos):

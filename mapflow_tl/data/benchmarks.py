@@ -1,0 +1,609 @@
+"""Multiple-choice video benchmarks as one :class:`Sample` type: TVBench, MVBench and TOMATO.
+
+Each loader reads a local root directory laid out exactly as the benchmark publishes it (see
+``docs/data.md``); nothing is downloaded. Problems are reported with the file and field at fault:
+a strict load raises :class:`~mapflow_tl.data.errors.DataError` at the first one, a non-strict
+load keeps going and records each bad sample as a :class:`Skipped`.
+
+    data = load_dataset("tvbench", "/datasets/TVBench", tasks=["action_antonym"], limit=20)
+    for sample in data: ...          # Sample(id, task, video, question, options, answer_index, ...)
+    data.skipped                     # [] in a strict load; Skipped(file, index, field, reason) else
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from .errors import DataError
+
+__all__ = [
+    "LoadedBenchmark",
+    "MVBENCH_TASKS",
+    "Sample",
+    "Skipped",
+    "TOMATO_TASKS",
+    "TVBENCH_TASKS",
+    "list_datasets",
+    "load_dataset",
+    "load_mvbench",
+    "load_tomato",
+    "load_tvbench",
+]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One multiple-choice question about one video, the same for every benchmark.
+
+    - ``id``: unique within the dataset, "<task file stem>/<entry index or key>".
+    - ``question``: the question text alone, without the options.
+    - ``options``: the answer options in benchmark order; ``answer_index`` points into it.
+    - ``video``: a video file, GIF or frame folder; ``start``/``end``: the part of it the
+      question is about, in seconds (``None``: the whole video).
+    - ``source``: "<annotation file>[<entry>]", where the sample came from.
+    - ``metadata``: the benchmark's other fields of the entry, untouched.
+    """
+
+    id: str
+    dataset: str
+    task: str
+    video: Path
+    question: str
+    options: tuple[str, ...]
+    answer_index: int
+    start: float | None = None
+    end: float | None = None
+    source: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def answer(self) -> str:
+        """The text of the true option."""
+        return self.options[self.answer_index]
+
+    @property
+    def answer_letter(self) -> str:
+        """The true option's letter, "A" for index 0."""
+        return string.ascii_uppercase[self.answer_index]
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        """(start, end) in seconds, or ``None`` when the whole video is used."""
+        if self.start is None or self.end is None:
+            return None
+        return (self.start, self.end)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample (or whole file) left out of a non-strict load, and why.
+
+    ``file`` is the annotation file or video at fault, ``index`` the entry (list position or
+    key; ``None`` for the whole file), ``field`` the offending field (``None``: the whole entry).
+    """
+
+    file: str
+    index: int | str | None
+    field: str | None
+    reason: str
+    task: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "file": self.file,
+            "index": self.index,
+            "field": self.field,
+            "reason": self.reason,
+            "task": self.task,
+        }
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.index is not None:
+            where += f" entry {self.index}"
+        if self.field is not None:
+            where += f" field '{self.field}'"
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class LoadedBenchmark:
+    """The samples of one load, in file order, plus what was skipped (non-strict loads only).
+
+    Iterating, ``len`` and indexing go over ``samples``.
+    """
+
+    name: str
+    root: Path
+    samples: list[Sample]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+    def counts(self) -> dict[str, int]:
+        """Number of samples per task, in load order."""
+        counts: dict[str, int] = {}
+        for sample in self.samples:
+            counts[sample.task] = counts.get(sample.task, 0) + 1
+        return counts
+
+
+# Task tables. TVBench: the HF dataset FunAILab/TVBench (json/<task>.json, video/<task>/...),
+# with the tasks whose questions are about a time window, as in its ``infer.ipynb`` data_list.
+TVBENCH_TASKS: dict[str, tuple[str, bool]] = {
+    "action_antonym": ("Action Antonym", False),
+    "action_count": ("Action Count", False),
+    "action_localization": ("Action Localization", True),
+    "action_sequence": ("Action Sequence", True),
+    "egocentric_sequence": ("Egocentric Sequence", False),
+    "moving_direction": ("Moving Direction", False),
+    "object_count": ("Object Count", False),
+    "object_shuffle": ("Object Shuffle", False),
+    "scene_transition": ("Scene Transition", False),
+    "unexpected_action": ("Unexpected Action", False),
+}
+
+# MVBench: the HF dataset OpenGVLab/MVBench (json/<task>.json; videos unpacked under video/),
+# with the video folder and bounds flag of each task from VideoChat2's mvbench.ipynb data_list.
+MVBENCH_TASKS: dict[str, tuple[str, str, bool]] = {
+    "action_sequence": ("Action Sequence", "star/Charades_v1_480", True),
+    "action_prediction": ("Action Prediction", "star/Charades_v1_480", True),
+    "action_antonym": ("Action Antonym", "ssv2_video", False),
+    "fine_grained_action": ("Fine-grained Action", "Moments_in_Time_Raw/videos", False),
+    "unexpected_action": ("Unexpected Action", "FunQA_test/test", False),
+    "object_existence": ("Object Existence", "clevrer/video_validation", False),
+    "object_interaction": ("Object Interaction", "star/Charades_v1_480", True),
+    "object_shuffle": ("Object Shuffle", "perception/videos", False),
+    "moving_direction": ("Moving Direction", "clevrer/video_validation", False),
+    "action_localization": ("Action Localization", "sta/sta_video", True),
+    "scene_transition": ("Scene Transition", "scene_qa/video", False),
+    "action_count": ("Action Count", "perception/videos", False),
+    "moving_count": ("Moving Count", "clevrer/video_validation", False),
+    "moving_attribute": ("Moving Attribute", "clevrer/video_validation", False),
+    "state_change": ("State Change", "perception/videos", False),
+    "fine_grained_pose": ("Fine-grained Pose", "nturgbd", False),
+    "character_order": ("Character Order", "perception/videos", False),
+    "egocentric_navigation": ("Egocentric Navigation", "vlnqa", False),
+    "episodic_reasoning": ("Episodic Reasoning", "tvqa/frames_fps3_hq", True),  # frame folders
+    "counterfactual_inference": ("Counterfactual Inference", "clevrer/video_validation", False),
+}
+
+# TOMATO: github yale-nlp/TOMATO, data/<reasoning type>.json (src/config.json "reasoning_types").
+TOMATO_TASKS: tuple[str, ...] = (
+    "count",
+    "direction",
+    "rotation",
+    "shape&trend",
+    "velocity&frequency",
+    "visual_cues",
+)
+
+
+MISSING_TASK_FILE = "task file missing (download it, or pass tasks= to load the others)"
+
+
+class _Collector:
+    """Raises at the first problem (strict) or records it as Skipped (non-strict)."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.skipped: list[Skipped] = []
+
+    def problem(
+        self,
+        file: Path | str,
+        index: int | str | None,
+        field_name: str | None,
+        reason: str,
+        task: str | None = None,
+    ) -> None:
+        record = Skipped(str(file), index, field_name, reason, task)
+        if self.strict:
+            fix = "fix the annotation" if index is not None or field_name else "fix the file"
+            raise DataError(
+                f"{record}; {fix} or load with strict=False to skip it",
+                path=file,
+                field=field_name,
+            )
+        self.skipped.append(record)
+
+
+def _task_key(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _select(
+    available: Sequence[str], display: Mapping[str, str], tasks: Sequence[str] | None, dataset: str
+) -> list[str]:
+    """File stems to load, in ``available`` order; ``tasks`` may name stems or display names."""
+    if tasks is None:
+        return list(available)
+    lookup = {_task_key(stem): stem for stem in available}
+    lookup.update({_task_key(display.get(stem, stem)): stem for stem in available})
+    chosen = []
+    for name in tasks:
+        stem = lookup.get(_task_key(name))
+        if stem is None:
+            raise DataError(
+                f"{dataset} has no task {name!r} under this data root; available: "
+                f"{', '.join(available) or 'none'}",
+                field="tasks",
+            )
+        if stem not in chosen:
+            chosen.append(stem)
+    return chosen
+
+
+def _read_json(path: Path, collector: _Collector, task: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        collector.problem(path, None, None, f"unreadable annotation file ({error})", task)
+        return None
+
+
+def _require_root(root: str | Path, sub: str, dataset: str, layout: str) -> Path:
+    root = Path(root)
+    if not (root / sub).is_dir():
+        raise DataError(
+            f"{root / sub}: not found; a {dataset} data root must hold {layout}",
+            path=root / sub,
+        )
+    return root
+
+
+def _text(entry: Mapping, name: str) -> str:
+    value = entry.get(name)
+    if not isinstance(value, str) or not value.strip():
+        if name not in entry:
+            raise _FieldError(name, "missing")
+        raise _FieldError(name, f"not a non-empty string: {value!r}")
+    return value
+
+
+def _options(entry: Mapping, name: str) -> tuple[str, ...]:
+    value = entry.get(name)
+    if name not in entry:
+        raise _FieldError(name, "missing")
+    if not isinstance(value, list) or len(value) < 2:
+        raise _FieldError(name, f"needs a list of at least 2 options, got {value!r}")
+    options = tuple(str(option) for option in value)
+    if len(set(options)) != len(options):
+        raise _FieldError(name, f"options are not distinct: {list(options)}")
+    if len(options) > len(string.ascii_uppercase):
+        raise _FieldError(name, f"{len(options)} options; at most 26 can be lettered")
+    return options
+
+
+def _seconds(entry: Mapping, name: str) -> float:
+    value = entry.get(name)
+    if name not in entry:
+        raise _FieldError(name, "missing (this task's questions are about a time window)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _FieldError(name, f"not a number of seconds: {value!r}")
+    return float(value)
+
+
+class _FieldError(Exception):
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field_name = field_name
+        self.reason = reason
+
+
+def _check_video(video: Path, check_videos: bool) -> None:
+    if check_videos and not video.exists():
+        raise _FieldError("video", f"video not found: {video}")
+
+
+def _load_candidates_format(
+    *,
+    dataset: str,
+    json_dir: Path,
+    stems: Sequence[str],
+    task_of: Callable[[str], str],
+    video_dir_of: Callable[[str], Path],
+    bounds_mode: Callable[[str], str],
+    limit: int | None,
+    collector: _Collector,
+    check_videos: bool,
+) -> list[Sample]:
+    """The MVBench-style task JSON that TVBench (and SynthTV) share: a list of
+    ``{"video", "question", "candidates", "answer"[, "start", "end"]}`` with ``answer`` the text of
+    one candidate. ``bounds_mode(stem)``: "required" (start/end must be there), "optional" (used
+    when there) or "ignored" (the reference reads no bounds for the task)."""
+    samples: list[Sample] = []
+    for stem in stems:
+        path = json_dir / f"{stem}.json"
+        task = task_of(stem)
+        if not path.is_file():
+            collector.problem(path, None, None, MISSING_TASK_FILE, task)
+            continue
+        entries = _read_json(path, collector, task)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            found = type(entries).__name__
+            reason = f"expected a JSON list of entries, got {found}"
+            collector.problem(path, None, None, reason, task)
+            continue
+        taken = 0
+        for index, entry in enumerate(entries):
+            if limit is not None and taken >= limit:
+                break
+            try:
+                if not isinstance(entry, dict):
+                    raise _FieldError("<entry>", f"expected an object, got {type(entry).__name__}")
+                video = video_dir_of(stem) / _text(entry, "video")
+                question = _text(entry, "question")
+                options = _options(entry, "candidates")
+                answer = entry.get("answer")
+                if "answer" not in entry:
+                    raise _FieldError("answer", "missing")
+                if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+                    answer = str(answer)  # numeric candidates are read as text, see _options
+                if not isinstance(answer, str) or answer not in options:
+                    raise _FieldError(
+                        "answer", f"{answer!r} is not one of the candidates {list(options)}"
+                    )
+                start = end = None
+                mode = bounds_mode(stem)
+                has_bounds = "start" in entry or "end" in entry
+                if mode == "required" or (mode == "optional" and has_bounds):
+                    start, end = _seconds(entry, "start"), _seconds(entry, "end")
+                    if end < start:
+                        raise _FieldError("end", f"end {end} s is before start {start} s")
+                _check_video(video, check_videos)
+            except _FieldError as error:
+                field_name = None if error.field_name == "<entry>" else error.field_name
+                collector.problem(path, index, field_name, error.reason, task)
+                continue
+            known = {"video", "question", "candidates", "answer", "start", "end"}
+            samples.append(
+                Sample(
+                    id=f"{stem}/{index}",
+                    dataset=dataset,
+                    task=task,
+                    video=video,
+                    question=question,
+                    options=options,
+                    answer_index=options.index(answer),
+                    start=start,
+                    end=end,
+                    source=f"{path}[{index}]",
+                    metadata={k: v for k, v in entry.items() if k not in known},
+                )
+            )
+            taken += 1
+    return samples
+
+
+def load_tvbench(
+    data_root: str | Path,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+    *,
+    strict: bool = True,
+    check_videos: bool = True,
+) -> LoadedBenchmark:
+    """TVBench as published on Hugging Face (FunAILab/TVBench, read as its ``infer.ipynb`` does):
+    ``<root>/json/<task>.json`` lists ``{"video", "question", "candidates", "answer"}`` (answer =
+    the text of one candidate; Action Sequence and Action Localization add ``"start"``/``"end"``
+    in seconds), videos at ``<root>/video/<task>/<video>``.
+
+    Every ``json/*.json`` is loaded: a file that is not one of the ten official tasks (a SynthTV
+    task, say) is read the same way, with its file stem as task name. ``start``/``end`` are used
+    when an entry of Action Sequence, Action Localization or a non-official task has them (an entry
+    without them covers the whole video, as SynthTV writes) and ignored for the other official
+    tasks, as the reference does. ``tasks`` selects tasks by stem or name, ``limit`` caps
+    the samples per task; see :func:`load_dataset` for ``strict`` and ``check_videos``.
+    """
+    root = _require_root(data_root, "json", "TVBench", "json/<task>.json and video/<task>/")
+    json_dir = root / "json"
+    available = sorted(p.stem for p in json_dir.glob("*.json"))
+    display = {stem: TVBENCH_TASKS.get(stem, (stem, False))[0] for stem in available}
+    stems = _select(available, display, tasks, "TVBench")
+
+    def bounds_mode(stem: str) -> str:
+        # Bounds of the two windowed tasks are optional so that SynthTV, which writes the same file
+        # names without windows, reads as whole videos; other official tasks ignore them as the
+        # reference does; tasks of other names use them when given.
+        if stem in TVBENCH_TASKS:
+            return "optional" if TVBENCH_TASKS[stem][1] else "ignored"
+        return "optional"
+
+    collector = _Collector(strict)
+    samples = _load_candidates_format(
+        dataset="tvbench",
+        json_dir=json_dir,
+        stems=stems,
+        task_of=lambda stem: display[stem],
+        video_dir_of=lambda stem: root / "video" / stem,
+        bounds_mode=bounds_mode,
+        limit=limit,
+        collector=collector,
+        check_videos=check_videos,
+    )
+    return LoadedBenchmark("tvbench", root, samples, collector.skipped)
+
+
+def load_mvbench(
+    data_root: str | Path,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+    *,
+    strict: bool = True,
+    check_videos: bool = True,
+) -> LoadedBenchmark:
+    """MVBench as published on Hugging Face (OpenGVLab/MVBench): ``<root>/json/<task>.json`` in the
+    same entry format as TVBench, videos unpacked under ``<root>/video/`` into the folders of
+    VideoChat2's ``mvbench.ipynb`` data_list (``star/Charades_v1_480``, ``ssv2_video``,
+    ``tvqa/frames_fps3_hq`` frame folders, ...; :data:`MVBENCH_TASKS`). Bounds are used for the
+    tasks that list them there. The 20 official tasks are loaded; a missing task file is a problem
+    (pass ``tasks`` to load a subset). Other arguments as :func:`load_dataset`.
+    """
+    root = _require_root(data_root, "json", "MVBench", "json/<task>.json and video/<source>/")
+    display = {stem: spec[0] for stem, spec in MVBENCH_TASKS.items()}
+    stems = _select(list(MVBENCH_TASKS), display, tasks, "MVBench")
+    collector = _Collector(strict)
+    samples = _load_candidates_format(
+        dataset="mvbench",
+        json_dir=root / "json",
+        stems=stems,
+        task_of=lambda stem: display[stem],
+        video_dir_of=lambda stem: root / "video" / MVBENCH_TASKS[stem][1],
+        bounds_mode=lambda stem: "required" if MVBENCH_TASKS[stem][2] else "ignored",
+        limit=limit,
+        collector=collector,
+        check_videos=check_videos,
+    )
+    return LoadedBenchmark("mvbench", root, samples, collector.skipped)
+
+
+def _tomato_answer(value: Any, options: tuple[str, ...]) -> int:
+    """TOMATO stores the answer as the option index; a letter ("B") is accepted too."""
+    if isinstance(value, bool):
+        raise _FieldError("answer", f"not an option index or letter: {value!r}")
+    if isinstance(value, int):
+        index = value
+    elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():
+        index = string.ascii_uppercase.index(value.strip().upper())
+    elif isinstance(value, str) and value.strip().isdigit():
+        index = int(value.strip())
+    else:
+        raise _FieldError("answer", f"not an option index or letter: {value!r}")
+    if not 0 <= index < len(options):
+        raise _FieldError("answer", f"{value!r} is not among the {len(options)} options")
+    return index
+
+
+def load_tomato(
+    data_root: str | Path,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+    *,
+    strict: bool = True,
+    check_videos: bool = True,
+) -> LoadedBenchmark:
+    """TOMATO as published on GitHub (yale-nlp/TOMATO, read as its ``src/evaluate.py`` does):
+    ``<root>/data/<reasoning type>.json`` maps ids to ``{"question", "options", "answer"
+    (option index), "key", "demonstration_type", ...}``; the video is
+    ``<root>/videos/<demonstration_type>/<key>.mp4``. The six reasoning types (:data:`TOMATO_TASKS`)
+    are loaded; a missing file is a problem. Other arguments as :func:`load_dataset`.
+    """
+    root = _require_root(data_root, "data", "TOMATO", "data/<reasoning type>.json and videos/")
+    stems = _select(list(TOMATO_TASKS), {}, tasks, "TOMATO")
+    collector = _Collector(strict)
+    samples: list[Sample] = []
+    known = {"question", "options", "answer", "key", "demonstration_type"}
+    for stem in stems:
+        path = root / "data" / f"{stem}.json"
+        if not path.is_file():
+            collector.problem(path, None, None, MISSING_TASK_FILE, stem)
+            continue
+        entries = _read_json(path, collector, stem)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            found = type(entries).__name__
+            collector.problem(
+                path, None, None, f"expected a JSON object of id -> entry, got {found}", stem
+            )
+            continue
+        taken = 0
+        for key, entry in entries.items():
+            if limit is not None and taken >= limit:
+                break
+            try:
+                if not isinstance(entry, dict):
+                    raise _FieldError("<entry>", f"expected an object, got {type(entry).__name__}")
+                question = _text(entry, "question")
+                options = _options(entry, "options")
+                if "answer" not in entry:
+                    raise _FieldError("answer", "missing")
+                answer_index = _tomato_answer(entry["answer"], options)
+                video_key = _text(entry, "key")
+                folder = _text(entry, "demonstration_type")
+                video = root / "videos" / folder / f"{video_key}.mp4"
+                _check_video(video, check_videos)
+            except _FieldError as error:
+                field_name = None if error.field_name == "<entry>" else error.field_name
+                collector.problem(path, key, field_name, error.reason, stem)
+                continue
+            samples.append(
+                Sample(
+                    id=f"{stem}/{key}",
+                    dataset="tomato",
+                    task=stem,
+                    video=video,
+                    question=question,
+                    options=options,
+                    answer_index=answer_index,
+                    source=f"{path}[{key}]",
+                    metadata={k: v for k, v in entry.items() if k not in known},
+                )
+            )
+            taken += 1
+    return LoadedBenchmark("tomato", root, samples, collector.skipped)
+
+
+@dataclass(frozen=True)
+class _DatasetSpec:
+    loader: Callable[..., LoadedBenchmark]
+    description: str
+
+
+_DATASETS: dict[str, _DatasetSpec] = {
+    "tvbench": _DatasetSpec(load_tvbench, "TVBench (FunAILab/TVBench); also reads SynthTV"),
+    "mvbench": _DatasetSpec(load_mvbench, "MVBench (OpenGVLab/MVBench)"),
+    "tomato": _DatasetSpec(load_tomato, "TOMATO (yale-nlp/TOMATO)"),
+}
+
+
+def list_datasets() -> list[str]:
+    """Names :func:`load_dataset` accepts."""
+    return sorted(_DATASETS)
+
+
+def load_dataset(
+    name: str,
+    data_root: str | Path,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+    *,
+    strict: bool = True,
+    check_videos: bool = True,
+) -> LoadedBenchmark:
+    """Load benchmark ``name`` (see :func:`list_datasets`) from a local ``data_root`` laid out as
+    the benchmark publishes it.
+
+    - ``tasks``: task file stems or names to load (default: all); an unknown one is an error that
+      lists the available tasks.
+    - ``limit``: at most this many samples per task (the first ones in file order).
+    - ``strict``: raise :class:`DataError` naming the file, entry and field at the first bad
+      sample (missing field, answer not among the options, missing video, unreadable annotation
+      file); with ``strict=False`` such samples are left out and listed in ``.skipped``.
+    - ``check_videos``: check that each sample's video exists (it is not opened; ``mapflow-tl data
+      check`` does that).
+    """
+    spec = _DATASETS.get(name.strip().lower())
+    if spec is None:
+        raise DataError(
+            f"unknown dataset {name!r}; available: {', '.join(list_datasets())}", field="dataset"
+        )
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    return spec.loader(data_root, tasks, limit, strict=strict, check_videos=check_videos)

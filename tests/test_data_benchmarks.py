@@ -1,0 +1,337 @@
+"""Benchmark loaders and ``mapflow-tl data check`` on fixtures in each benchmark's published layout.
+
+TVBench (HF FunAILab/TVBench) and MVBench (HF OpenGVLab/MVBench): json/<task>.json lists of
+{"video", "question", "candidates", "answer"[, "start", "end"]}; TVBench videos under
+video/<task>/, MVBench videos under video/<source folder>/. TOMATO (github yale-nlp/TOMATO):
+data/<reasoning type>.json maps ids to {"question", "options", "answer" (index), "key",
+"demonstration_type", ...}, videos at videos/<demonstration_type>/<key>.mp4.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapflow_tl.cli import main
+from mapflow_tl.data import DataError, Sample, Skipped, list_datasets, load_dataset
+from mapflow_tl.data.video import read_sample_video
+
+av = pytest.importorskip("av")
+Image = pytest.importorskip("PIL.Image")
+
+
+def write_mp4(path: Path, n_frames: int = 20, fps: int = 10) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(n_frames):
+            frame = np.full((32, 32, 3), 8 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory) -> Path:
+    """One small real mp4 (20 frames at 10 fps) that fixtures copy into place."""
+    return write_mp4(tmp_path_factory.mktemp("src") / "clip.mp4")
+
+
+def place(mp4: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(mp4, path)
+
+
+def dump(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+@pytest.fixture
+def tvbench(tmp_path, mp4) -> Path:
+    root = tmp_path / "TVBench"
+    dump(root / "json" / "action_antonym.json", [
+        {"video": "S001C001P003R001A008_rgb.mp4", "question": "What is the person doing?",
+         "candidates": ["standing up", "sitting down"], "answer": "sitting down"},
+        {"video": "S005C001P021R001A021_rgb.mp4", "question": "What is the person doing?",
+         "candidates": ["putting on a shoe", "taking off a shoe", "not sure"],
+         "answer": "putting on a shoe"},
+    ])
+    dump(root / "json" / "action_sequence.json", [
+        {"video": "1HGEX.mp4", "question": "What did the person do first?",
+         "candidates": ["Opened the door.", "Took the cup.", "Sat on the bed."],
+         "answer": "Took the cup.", "start": 0.5, "end": 1.5},
+    ])
+    # a SynthTV-style task: a name TVBench does not have, no time window
+    dump(root / "json" / "colour.json", [
+        {"video": "colour_00000.mp4", "question": "What colour is the object?",
+         "candidates": ["red", "blue"], "answer": "blue"},
+    ])
+    for task, name in [("action_antonym", "S001C001P003R001A008_rgb.mp4"),
+                       ("action_antonym", "S005C001P021R001A021_rgb.mp4"),
+                       ("action_sequence", "1HGEX.mp4"), ("colour", "colour_00000.mp4")]:
+        place(mp4, root / "video" / task / name)
+    return root
+
+
+@pytest.fixture
+def mvbench(tmp_path, mp4) -> Path:
+    root = tmp_path / "MVBench"
+    dump(root / "json" / "action_sequence.json", [
+        {"video": "ZS9XR.mp4", "question": "What happened after the person took the food?",
+         "candidates": ["Ate the medicine.", "Tidied up the blanket.",
+                        "Put down the cup/glass/bottle.", "Took the box."],
+         "answer": "Ate the medicine.", "start": 0.3, "end": 1.8},
+    ])
+    dump(root / "json" / "fine_grained_pose.json", [
+        {"video": "S012C001P037R002A049_rgb.avi", "question": "What is the pose of the person?",
+         "candidates": ["sit down", "stand up"], "answer": "stand up"},
+    ])
+    dump(root / "json" / "episodic_reasoning.json", [
+        {"video": "castle_s07e04_seg02_clip_14", "question": "Why did Castle say that?",
+         "candidates": ["joke", "anger", "fear"], "answer": "joke", "start": 0.4, "end": 2.0},
+    ])
+    place(mp4, root / "video" / "star" / "Charades_v1_480" / "ZS9XR.mp4")
+    avi = root / "video" / "nturgbd" / "S012C001P037R002A049_rgb.avi"
+    avi.parent.mkdir(parents=True)
+    with av.open(str(avi), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(12):
+            grey = np.full((32, 32, 3), 8 * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(grey, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frames = root / "video" / "tvqa" / "frames_fps3_hq" / "castle_s07e04_seg02_clip_14"
+    frames.mkdir(parents=True)
+    for number in range(1, 10):
+        grey = np.full((32, 32, 3), 8 * number, np.uint8)
+        Image.fromarray(grey).save(frames / f"{number:05d}.jpg")
+    return root
+
+
+@pytest.fixture
+def tomato(tmp_path, mp4) -> Path:
+    root = tmp_path / "TOMATO"
+    variation = {"counterfactual": 0, "composite": 0, "zoom": 1, "first_person": 0}
+    dump(root / "data" / "count.json", {
+        "0": {"question": "How many trapezoid(s) does the person draw in the air throughout the "
+                          "entire video?",
+              "options": ["2", "1", "3", "4", "5", "0"], "answer": 2, "key": "0209-03",
+              "video_source_url": "", "motion_type": "count", "variation": variation,
+              "demonstration_type": "human", "note": "drawing trapezoid"},
+        "1": {"question": "How many distinct collision(s) occur throughout the entire video?",
+              "options": ["2", "6", "3", "4", "7", "5"], "answer": 0, "key": "0000-00",
+              "video_source_url": "CLEVRER", "motion_type": "count",
+              "demonstration_type": "simulated", "variation": variation, "note": "colliding"},
+    })
+    dump(root / "data" / "direction.json", {
+        "0": {"question": "Which direction does the ball move?",
+              "options": ["left", "right", "up", "down"], "answer": 1, "key": "0100-01",
+              "video_source_url": "", "motion_type": "direction", "variation": variation,
+              "demonstration_type": "object", "note": ""},
+    })
+    place(mp4, root / "videos" / "human" / "0209-03.mp4")
+    place(mp4, root / "videos" / "simulated" / "0000-00.mp4")
+    place(mp4, root / "videos" / "object" / "0100-01.mp4")
+    return root
+
+
+def test_registry():
+    assert list_datasets() == ["mvbench", "tomato", "tvbench"]
+    with pytest.raises(DataError, match="unknown dataset 'kinetics'; available: mvbench"):
+        load_dataset("kinetics", ".")
+
+
+def test_tvbench_loads_official_and_synthtv_tasks(tvbench):
+    data = load_dataset("tvbench", tvbench)
+    assert data.counts() == {"Action Antonym": 2, "Action Sequence": 1, "colour": 1}
+    assert data.skipped == []
+    first = data[0]
+    assert isinstance(first, Sample)
+    assert first.id == "action_antonym/0" and first.dataset == "tvbench"
+    assert first.question == "What is the person doing?"
+    assert first.options == ("standing up", "sitting down")
+    assert (first.answer_index, first.answer, first.answer_letter) == (1, "sitting down", "B")
+    assert first.video == tvbench / "video" / "action_antonym" / "S001C001P003R001A008_rgb.mp4"
+    assert first.bounds is None
+    sequence = data[2]
+    assert sequence.task == "Action Sequence" and sequence.bounds == (0.5, 1.5)
+    assert sequence.answer_index == 1
+    assert data[3].task == "colour" and data[3].bounds is None
+
+
+def test_task_selection_and_limit(tvbench):
+    assert len(load_dataset("tvbench", tvbench, tasks=["Action Antonym"])) == 2
+    assert [s.task for s in load_dataset("tvbench", tvbench, tasks=["action_sequence", "colour"])] \
+        == ["Action Sequence", "colour"]
+    assert load_dataset("tvbench", tvbench, limit=1).counts() == {
+        "Action Antonym": 1, "Action Sequence": 1, "colour": 1}
+    with pytest.raises(DataError, match="no task 'object_count'.*available: action_antonym"):
+        load_dataset("tvbench", tvbench, tasks=["object_count"])
+
+
+def test_sample_video_uses_the_bounds(tvbench):
+    sample = load_dataset("tvbench", tvbench, tasks=["action_sequence"])[0]
+    clip = read_sample_video(sample, 4)
+    # [0.5 s, 1.5 s] at 10 fps = frames 5..15, seg = 2.5: 6.25 + round(2.5 i) -> 6, 8, 11, 14
+    assert clip.indices.tolist() == [6, 8, 11, 14]
+
+
+def test_mvbench_layout(mvbench):
+    tasks = ["action_sequence", "Fine-grained Pose", "episodic_reasoning"]
+    data = load_dataset("mvbench", mvbench, tasks=tasks)
+    assert data.counts() == {"Action Sequence": 1, "Fine-grained Pose": 1, "Episodic Reasoning": 1}
+    sequence, pose, episodic = data
+    assert sequence.video == mvbench / "video" / "star" / "Charades_v1_480" / "ZS9XR.mp4"
+    assert sequence.bounds == (0.3, 1.8) and sequence.answer_index == 0
+    assert pose.bounds is None and pose.answer == "stand up"
+    assert episodic.video.is_dir() and episodic.bounds == (0.4, 2.0)
+    # frames 00001..00009 at 3 fps; [0.4 s, 2 s] -> file numbers 1..6, seg = 1.25:
+    # 1.625 + round(1.25 i) -> 1, 2, 3, 5
+    clip = read_sample_video(episodic, 4)
+    assert [int(round(f.mean() / 8)) for f in clip.frames] == [1, 2, 3, 5]
+    assert read_sample_video(pose, 8).frames.shape == (8, 32, 32, 3)
+
+
+def test_mvbench_missing_task_files(mvbench):
+    with pytest.raises(DataError, match="action_prediction.json: task file missing"):
+        load_dataset("mvbench", mvbench)
+    data = load_dataset("mvbench", mvbench, strict=False)
+    assert len(data) == 3
+    assert len(data.skipped) == 17
+    assert all(s.reason.startswith("task file missing") for s in data.skipped)
+
+
+def test_tomato_layout(tomato):
+    data = load_dataset("tomato", tomato, tasks=["count", "direction"])
+    assert data.counts() == {"count": 2, "direction": 1}
+    first = data[0]
+    assert first.id == "count/0" and first.task == "count"
+    assert first.options == ("2", "1", "3", "4", "5", "0")
+    assert (first.answer_index, first.answer) == (2, "3")
+    assert first.video == tomato / "videos" / "human" / "0209-03.mp4"
+    assert first.metadata["motion_type"] == "count"
+    assert data[1].video == tomato / "videos" / "simulated" / "0000-00.mp4"
+    # the four reasoning types not in the fixture are reported in a non-strict load
+    missing = load_dataset("tomato", tomato, strict=False).skipped
+    assert {Path(s.file).name for s in missing} == {
+        "rotation.json", "shape&trend.json", "velocity&frequency.json", "visual_cues.json"}
+
+
+def test_tomato_letter_answer_and_bad_answer(tomato):
+    path = tomato / "data" / "direction.json"
+    entries = json.loads(path.read_text())
+    entries["0"]["answer"] = "D"
+    dump(path, entries)
+    assert load_dataset("tomato", tomato, tasks=["direction"])[0].answer == "down"
+    entries["0"]["answer"] = 7
+    dump(path, entries)
+    with pytest.raises(DataError, match=r"direction.json entry 0 field 'answer': 7 is not among"):
+        load_dataset("tomato", tomato, tasks=["direction"])
+
+
+def break_tvbench(root: Path) -> None:
+    entries = json.loads((root / "json" / "action_antonym.json").read_text())
+    del entries[0]["question"]
+    entries[1]["answer"] = "dancing"
+    entries.append({"video": "gone.mp4", "question": "What?", "candidates": ["a", "b"],
+                    "answer": "a"})
+    dump(root / "json" / "action_antonym.json", entries)
+    (root / "json" / "object_count.json").write_text("[{not json")
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing_field", r"action_antonym.json entry 0 field 'question': missing"),
+    ("answer", r"action_antonym.json entry 0 field 'answer': 'dancing' is not one of the cand"),
+    ("video", r"action_antonym.json entry 0 field 'video': video not found: .*gone.mp4"),
+    ("annotation", r"object_count.json: unreadable annotation file"),
+])
+def test_strict_errors_name_file_and_field(tvbench, problem, message):
+    break_tvbench(tvbench)
+    entries = json.loads((tvbench / "json" / "action_antonym.json").read_text())
+    keep = {"missing_field": [0], "answer": [1], "video": [2], "annotation": []}[problem]
+    dump(tvbench / "json" / "action_antonym.json", [entries[i] for i in keep])
+    if problem != "annotation":
+        (tvbench / "json" / "object_count.json").unlink()
+    with pytest.raises(DataError, match=message):
+        load_dataset("tvbench", tvbench)
+
+
+def test_non_strict_records_skipped(tvbench):
+    break_tvbench(tvbench)
+    data = load_dataset("tvbench", tvbench, strict=False)
+    assert data.counts() == {"Action Sequence": 1, "colour": 1}
+    problems = {(Path(s.file).name, s.index, s.field) for s in data.skipped}
+    assert problems == {("action_antonym.json", 0, "question"),
+                        ("action_antonym.json", 1, "answer"),
+                        ("action_antonym.json", 2, "video"),
+                        ("object_count.json", None, None)}
+    assert all(isinstance(s, Skipped) and s.reason for s in data.skipped)
+
+
+def test_bounds_errors(tvbench, mvbench):
+    path = tvbench / "json" / "action_sequence.json"
+    entries = json.loads(path.read_text())
+    entries[0]["end"] = "late"
+    dump(path, entries)
+    with pytest.raises(DataError, match="action_sequence.json entry 0 field 'end': not a number"):
+        load_dataset("tvbench", tvbench)
+    # MVBench's windowed tasks must carry their window
+    path = mvbench / "json" / "action_sequence.json"
+    entries = json.loads(path.read_text())
+    del entries[0]["start"]
+    dump(path, entries)
+    with pytest.raises(DataError, match="entry 0 field 'start': missing"):
+        load_dataset("mvbench", mvbench, tasks=["action_sequence"])
+
+
+def test_data_check_passes_on_a_good_download(tvbench, capsys):
+    assert main(["data", "check", "--dataset", "tvbench", "--data-root", str(tvbench)]) == 0
+    out = capsys.readouterr().out
+    assert "Action Antonym" in out and "ok" in out
+    missing_root = str(tvbench.parent / "x")
+    assert main(["data", "check", "--dataset", "tomato", "--data-root", missing_root]) == 2
+
+
+def test_data_check_lists_every_problem(tvbench, capsys):
+    break_tvbench(tvbench)
+    (tvbench / "video" / "colour" / "colour_00000.mp4").write_bytes(b"corrupt" * 10)
+    data = tvbench / "video" / "action_sequence" / "1HGEX.mp4"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # truncated
+    code = main(["data", "check", "--dataset", "tvbench", "--data-root", str(tvbench), "--json"])
+    assert code == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["samples"] == 0
+    fields = sorted((Path(p["file"]).name, p["field"]) for p in report["problems"])
+    assert fields == [("1HGEX.mp4", "video"), ("action_antonym.json", "answer"),
+                      ("action_antonym.json", "question"), ("action_antonym.json", "video"),
+                      ("colour_00000.mp4", "video"), ("object_count.json", None)]
+    assert report["tasks"]["Action Antonym"] == {"samples": 0, "problems": 3}
+    code = main(["data", "check", "--dataset", "tvbench", "--data-root", str(tvbench),
+                 "--task", "colour"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "colour_00000.mp4 entry colour/0 field 'video'" in out and "cannot open the video" in out
+
+
+def test_data_check_catches_bounds_past_the_video(tvbench, capsys):
+    path = tvbench / "json" / "action_sequence.json"
+    entries = json.loads(path.read_text())
+    entries[0].update(start=30.0, end=40.0)  # the video is 2 s long
+    dump(path, entries)
+    code = main(["data", "check", "--dataset", "tvbench", "--data-root", str(tvbench), "--json"])
+    assert code == 1
+    (problem,) = json.loads(capsys.readouterr().out)["problems"]
+    assert problem["field"] == "start/end" and "select no frame" in problem["reason"]
