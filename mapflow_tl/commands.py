@@ -30,17 +30,21 @@ BUILTIN_DATASETS: dict[str, Callable[..., list[Any]]] = {}
 
 
 def load_samples(dataset: str, data_root: str | None, tasks: list[str] | None,
-                 limit: int | None, seed: int = 0) -> list[Any]:
-    """Samples of a dataset: a built-in one (``synthtv``, generated deterministically and cached)
-    or a benchmark read from ``data_root``. ``limit`` caps the samples per task."""
+                 limit: int | None, seed: int = 0, *, strict: bool = False
+                 ) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Samples of a dataset — a built-in one (``synthtv``, generated deterministically and cached)
+    or a benchmark read from ``data_root`` — and the entries skipped as malformed (with file,
+    field and reason; a strict load raises at the first instead). ``limit`` caps the samples per
+    task."""
     if dataset in BUILTIN_DATASETS and data_root is None:
-        return BUILTIN_DATASETS[dataset](seed=seed, tasks=tasks, limit=limit)
+        return BUILTIN_DATASETS[dataset](seed=seed, tasks=tasks, limit=limit), []
     if data_root is None:
         raise ValueError(f"--dataset {dataset} needs --data-root (the folder the benchmark was "
                          f"downloaded to)")
     from .data.benchmarks import load_dataset
 
-    return list(load_dataset(dataset, data_root, tasks, limit))
+    loaded = load_dataset(dataset, data_root, tasks, limit, strict=strict)
+    return list(loaded), [skipped.to_dict() for skipped in loaded.skipped]
 
 
 def _common(parser: argparse.ArgumentParser, *, circuit: bool = True) -> None:
@@ -57,6 +61,8 @@ def _common(parser: argparse.ArgumentParser, *, circuit: bool = True) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in the same --out")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first bad sample instead of recording it as skipped")
     if circuit:
         parser.add_argument("--circuit", action="append", default=None,
                             help="circuit name or .py file (repeatable)")
@@ -66,21 +72,47 @@ def _context(args: argparse.Namespace, command: str):
     from .models import load_videollm
 
     vlm = load_videollm(args.model, dtype=DTYPES[args.dtype], device=args.device)
-    samples = load_samples(args.dataset, args.data_root, args.task, args.limit, args.seed)
+    samples, skipped = load_samples(args.dataset, args.data_root, args.task, args.limit,
+                                    args.seed, strict=args.strict)
     config = {key: value for key, value in vars(args).items()
-              if key not in ("handler", "resume", "out", "device")}
+              if key not in ("handler", "resume", "out", "device", "strict")}
     config.update(command=command, model_family=vlm.family, n_layers=vlm.n_layers,
                   n_samples=len(samples))
-    return vlm, samples, RunWriter(args.out, config, resume=args.resume)
+    writer = RunWriter(args.out, config, resume=args.resume)
+    (writer.out / "skipped.jsonl").unlink(missing_ok=True)
+    writer.write("skipped", skipped)
+    return vlm, samples, writer
 
 
-def _loop(samples: list[Any], vlm, description: str, done: set[tuple] = frozenset()
-          ) -> Iterable[Any]:
-    """Prepared samples with a progress bar, skipping those whose id is in ``done``."""
+def _loop(samples: list[Any], vlm, description: str, writer: RunWriter, strict: bool,
+          done: set[tuple] = frozenset()) -> Iterable[Any]:
+    """Prepared samples with a progress bar, skipping those whose id is in ``done``. A sample
+    that cannot be prepared (unreadable video, prompt that cannot be placed) is recorded in the
+    ``skipped`` table with its reason, unless ``strict``."""
     for sample in tqdm(samples, desc=description, unit="sample", dynamic_ncols=True):
-        if RunWriter.key({"sample": str(getattr(sample, "id", ""))}, "sample") in done:
+        sample_id = str(getattr(sample, "id", ""))
+        if RunWriter.key({"sample": sample_id}, "sample") in done:
             continue
-        yield vlm.prepare(sample)
+        try:
+            prepared = vlm.prepare(sample)
+        except ValueError as error:
+            if strict:
+                raise
+            writer.write("skipped", [{"sample": sample_id, "file": str(getattr(sample, "video",
+                                                                                 "")),
+                                      "field": getattr(error, "field", None),
+                                      "reason": str(error)}])
+            continue
+        yield prepared
+
+
+def _summarise_skipped(writer: RunWriter) -> None:
+    skipped = read_table(writer.out, "skipped")
+    if skipped:
+        print(f"{len(skipped)} sample(s) skipped; reasons in {writer.out / 'skipped.jsonl'}:",
+              file=sys.stderr)
+        for row in skipped[:5]:
+            print(f"  {row.get('sample') or row.get('file')}: {row['reason']}", file=sys.stderr)
 
 
 def _flow(args: argparse.Namespace) -> int:
@@ -90,7 +122,7 @@ def _flow(args: argparse.Namespace) -> int:
     # so flow rows of a sample without one are a crash's leftovers and are dropped.
     done = writer.completed("samples", "sample")
     writer.retain("flow", "sample", done)
-    for x in _loop(samples, vlm, "flow", done):
+    for x in _loop(samples, vlm, "flow", writer, args.strict, done):
         base = A.base_prediction(vlm, x)
         if A.select(base, args.mode):
             rows = [row for circuit in circuits for row in A.flow_sweep(
@@ -99,6 +131,7 @@ def _flow(args: argparse.Namespace) -> int:
         writer.write("samples", [{**A._sample_fields(x), **base,
                                   "selected": A.select(base, args.mode)}])
     writer.finish()
+    _summarise_skipped(writer)
     selected = sum(bool(r["selected"]) for r in read_table(args.out, "samples"))
     print(f"flow: {selected}/{len(samples)} samples in mode {args.mode!r}; tables in {args.out}")
     return 0
@@ -106,9 +139,11 @@ def _flow(args: argparse.Namespace) -> int:
 
 def _prob(args: argparse.Namespace) -> int:
     vlm, samples, writer = _context(args, "prob")
-    for x in _loop(samples, vlm, "prob", writer.completed("prob", "sample")):
+    done = writer.completed("prob", "sample")
+    for x in _loop(samples, vlm, "prob", writer, args.strict, done):
         writer.write("prob", A.probability_trace(vlm, x))
     writer.finish()
+    _summarise_skipped(writer)
     return 0
 
 
@@ -124,20 +159,24 @@ def _keywords(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 def _lens(args: argparse.Namespace) -> int:
     vlm, samples, writer = _context(args, "lens")
     spatial, temporal = _keywords(args)
-    for x in _loop(samples, vlm, "lens", writer.completed("lens", "sample")):
+    done = writer.completed("lens", "sample")
+    for x in _loop(samples, vlm, "lens", writer, args.strict, done):
         writer.write("lens", A.video_lens(vlm, x, k=args.top_k))
     (writer.out / "keywords.jsonl").unlink(missing_ok=True)
     writer.write("keywords", A.keyword_frequency(read_table(args.out, "lens"), spatial, temporal))
     writer.finish()
+    _summarise_skipped(writer)
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
     vlm, samples, writer = _context(args, "prune")
     circuit = load_circuit((args.circuit or ["pathway-synthtv"])[0])
-    for x in _loop(samples, vlm, "prune", writer.completed("prune", "sample")):
+    done = writer.completed("prune", "sample")
+    for x in _loop(samples, vlm, "prune", writer, args.strict, done):
         writer.write("prune", A.prune(vlm, x, circuit, seed=args.seed))
     writer.finish()
+    _summarise_skipped(writer)
     from .report import pathway_table
 
     for row in pathway_table(read_table(args.out, "prune")):
@@ -147,9 +186,11 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _attention(args: argparse.Namespace) -> int:
     vlm, samples, writer = _context(args, "attention")
-    for x in _loop(samples, vlm, "attention", writer.completed("attention", "sample")):
+    done = writer.completed("attention", "sample")
+    for x in _loop(samples, vlm, "attention", writer, args.strict, done):
         writer.write("attention", A.attention_to_frames(vlm, x))
     writer.finish()
+    _summarise_skipped(writer)
     return 0
 
 
