@@ -76,6 +76,30 @@ def llama_tokenizer(extra_corpus: tuple[str, ...] = ()):
     return tokenizer
 
 
+def legacy_llama_tokenizer():
+    """The tokenizer.json layout of the llava-hf Vicuna checkpoints: no pre-tokenizer, a
+    normalizer that prepends "▁" and replaces spaces, byte fallback, a BOS template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    state = json.loads(llama_tokenizer().backend_tokenizer.to_str())["model"]
+    vocab = state["vocab"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>",
+                                   byte_fallback=True, fuse_unk=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                               normalizers.Replace(" ", "▁")])
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                         decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>",
+                                        eos_token="</s>", unk_token="<unk>")
+    tokenizer.add_special_tokens({"additional_special_tokens": MEDIA_TOKENS})
+    tokenizer.chat_template = VICUNA_TEMPLATE
+    return tokenizer
+
+
 def qwen2_tokenizer(extra_corpus: tuple[str, ...] = ()):
     """A byte-level BPE tokenizer with Qwen2's pre-tokenizer and ChatML special tokens."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -118,9 +142,13 @@ QUESTION = "What does the person do first?"
 OPTIONS = ["open the door", "close the door", "sit down"]
 
 
+KINDS = ["sentencepiece", "sentencepiece_legacy", "byte_level", "word_level"]
+
+
 def _kinds():
     return {
         "sentencepiece": (llama_tokenizer(), None),
+        "sentencepiece_legacy": (legacy_llama_tokenizer(), None),
         "byte_level": (qwen2_tokenizer(), None),
         "word_level": (word_level_tokenizer(), word_level_renderer),
     }
@@ -137,7 +165,7 @@ def _same_text(decoded: str, text: str, kind: str) -> bool:
     return decoded.strip() == text
 
 
-@pytest.mark.parametrize("kind", ["sentencepiece", "byte_level", "word_level"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("media", ["<video>", None])
 def test_every_span_decodes_back_to_its_text(kinds, kind, media):
     tokenizer, renderer = kinds[kind]
@@ -156,9 +184,11 @@ def test_every_span_decodes_back_to_its_text(kinds, kind, media):
     assert _same_text(tokenizer.decode(ids[start:stop]), QUESTION, kind)
     for (start, stop), text in zip(tokens.options, OPTIONS):
         assert _same_text(tokenizer.decode(ids[start:stop]), text, kind)
-        # nothing of the option's neighbours leaks in: the tokens before and after are outside
-        assert not _same_text(tokenizer.decode(ids[start - 1:stop]), text, kind)
-        assert not _same_text(tokenizer.decode(ids[start:stop + 1]), text, kind)
+        # the span is tight: the tokens just before and after carry other text (or only spaces)
+        for neighbour in (start - 1, stop):
+            outside = tokenizer.decode(ids[neighbour:neighbour + 1])
+            assert not outside.strip() or not _same_text(
+                tokenizer.decode(ids[min(start, neighbour):max(stop, neighbour + 1)]), text, kind)
     if media is None:
         assert tokens.media is None
     else:
@@ -166,7 +196,7 @@ def test_every_span_decodes_back_to_its_text(kinds, kind, media):
     assert tokens.last == len(ids) - 1
 
 
-@pytest.mark.parametrize("kind", ["sentencepiece", "byte_level", "word_level"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_answer_tokens_are_the_letters_the_model_emits_after_the_paren(kinds, kind):
     tokenizer, renderer = kinds[kind]
     rendered = render_prompt(QUESTION, OPTIONS, media="<video>", template=renderer or tokenizer)
@@ -175,16 +205,18 @@ def test_answer_tokens_are_the_letters_the_model_emits_after_the_paren(kinds, ki
     for label, token in zip(rendered.labels, answer_ids):
         assert tokenizer.decode([token]).strip() == label
         assert tokenizer(rendered.text + label)["input_ids"] == prompt_ids + [token]
-    if kind == "sentencepiece":  # "A", not the word-start "▁A"
+    if kind.startswith("sentencepiece"):  # "A", not the word-start "▁A"
         assert not any(t.startswith("▁") for t in tokenizer.convert_ids_to_tokens(answer_ids))
 
 
 def test_answer_token_when_the_letter_merges_with_the_paren():
-    # A byte-level vocabulary that learned "(A" as one token: after a prompt ending in "(" the
-    # model still emits the bare "A".
-    tokenizer = qwen2_tokenizer(extra_corpus=("(A (B (C",) * 50)
-    assert "(A" in tokenizer.get_vocab()
+    # A SentencePiece vocabulary that learned "(A" as one token: "...:(" + "A" re-tokenizes the
+    # prompt's last token, but after a prompt ending in "(" the model emits the bare "A".
+    tokenizer = llama_tokenizer(extra_corpus=("option:(A option:(B option:(C",) * 50)
     rendered = render_prompt(QUESTION, OPTIONS, media="<video>", template=tokenizer)
+    prompt_ids = tokenizer(rendered.text)["input_ids"]
+    merged = tokenizer(rendered.text + "A")["input_ids"]
+    assert merged[:len(prompt_ids)] != prompt_ids  # the letter merged with "("
     answer_ids = answer_token_ids(tokenizer, rendered.text, rendered.labels).tolist()
     assert tokenizer.convert_ids_to_tokens(answer_ids) == ["A", "B", "C"]
 
@@ -234,3 +266,23 @@ def test_bad_inputs_are_named():
     rendered = render_prompt(QUESTION, OPTIONS, media="<clip>", template=word_level_renderer)
     with pytest.raises(ValueError, match="not one token"):
         tokenize_prompt(tokenizer, rendered)
+
+
+def test_string_only_chat_template_gets_string_content():
+    # a tokenizer template that only knows string content (renders a list as its repr)
+    tokenizer = llama_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}USER: {{ m['content'] }} {% endfor %}"
+                               "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    rendered = render_prompt(QUESTION, OPTIONS, media="<video>", template=tokenizer)
+    assert rendered.text.startswith("USER: <video>\nQuestion: ")
+    assert rendered.text.endswith("ASSISTANT: Best option:(")
+    tokens = tokenize_prompt(tokenizer, rendered)
+    assert tokenizer.convert_ids_to_tokens(int(tokens.input_ids[0, tokens.media])) == "<video>"
+
+
+def test_template_without_the_placeholder_is_an_error():
+    tokenizer = qwen2_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}{% for c in m['content'] %}"
+                               "{{ c.get('text', '') }}{% endfor %}{% endfor %}")
+    with pytest.raises(ValueError, match="does not render the question block and the placeholder"):
+        render_prompt(QUESTION, OPTIONS, media="<video>", template=tokenizer)

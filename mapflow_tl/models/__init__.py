@@ -28,6 +28,9 @@ __all__ = ["load_videollm", "resolve_checkpoint", "supported_architectures", "Vi
 
 # One module per family; importing it registers its adapter.
 FAMILY_MODULES: tuple[str, ...] = (
+    "llava_next_video",
+    "llava_next",
+    "video_llava",
 )
 
 #: Built-in model names resolving to directories shipped with the package.

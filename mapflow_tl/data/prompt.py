@@ -1,0 +1,404 @@
+"""The paper's prompt format, rendered through a model family's chat template, with exact spans.
+
+Map the Flow (§2, "Input layout") asks every model the same multiple-choice block::
+
+    Question: {question}
+    Options:
+    (A) {option 0}
+    (B) {option 1}
+    Only give the best option.
+
+as the user turn (after the video), and starts the assistant turn with ``Best option:(`` so that the
+next token is the answer letter. The open-ended variant (VCGBench) is the question alone with no
+assistant prefix.
+
+Spans are exact by construction, never found by searching decoded token strings:
+
+1. :func:`render_prompt` builds the user block itself, so it knows the character offsets of the
+   question and of every option text inside the block; it renders the conversation through the
+   family's chat template and locates the block in the rendered text (it must appear there
+   verbatim, exactly once), which shifts those offsets into the prompt.
+2. :func:`tokenize_prompt` tokenizes the prompt with a fast tokenizer's offset mapping and turns
+   every character span into the token positions that cover it. A token may stick out of a span
+   only by whitespace (SentencePiece's "▁Red", byte-level BPE's "?\\n"); a token that mixes text of
+   the span with text outside it makes the span impossible to locate exactly, which is a
+   ``ValueError`` naming the span.
+3. :func:`answer_token_ids` finds each option letter's token as the model would emit it after the
+   prompt's final "(": tokenize ``prompt + letter`` and take the one token appended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Int
+
+__all__ = [
+    "QUESTION_PREFIX",
+    "OPTIONS_HEADER",
+    "INSTRUCTION",
+    "ASSISTANT_PREFIX",
+    "option_label",
+    "CharSpan",
+    "OptionChars",
+    "PromptBlock",
+    "RenderedPrompt",
+    "PromptTokens",
+    "multiple_choice_block",
+    "open_ended_block",
+    "render_prompt",
+    "tokenize_prompt",
+    "token_span",
+    "answer_token_ids",
+]
+
+QUESTION_PREFIX = "Question: "
+OPTIONS_HEADER = "Options:"
+INSTRUCTION = "Only give the best option."
+#: The paper's assistant prefix: the next token after "(" is the answer letter.
+ASSISTANT_PREFIX = "Best option:("
+
+
+def option_label(index: int) -> str:
+    """The letter of option ``index``: A, B, C, ..."""
+    if not 0 <= index < 26:
+        raise ValueError(f"option index {index} has no letter label (at most 26 options)")
+    return chr(ord("A") + index)
+
+
+@dataclass(frozen=True)
+class CharSpan:
+    """Characters ``[start, stop)`` of a prompt text."""
+
+    start: int
+    stop: int
+
+    def shifted(self, offset: int) -> "CharSpan":
+        return CharSpan(self.start + offset, self.stop + offset)
+
+    def of(self, text: str) -> str:
+        return text[self.start:self.stop]
+
+
+@dataclass(frozen=True)
+class OptionChars(CharSpan):
+    """The characters of one option's text (without its "(A) " label)."""
+
+    label: str = ""
+    text: str = ""
+    is_true: bool = False
+
+    def shifted(self, offset: int) -> "OptionChars":
+        return replace(self, start=self.start + offset, stop=self.stop + offset)
+
+
+@dataclass(frozen=True)
+class PromptBlock:
+    """The user text of one question and the character spans inside it."""
+
+    text: str
+    question: CharSpan
+    options: tuple[OptionChars, ...] = ()
+    assistant_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A full prompt (chat template applied, assistant prefix appended) with character spans.
+
+    ``media`` is the span of the video (or image) placeholder the template inserted, if any; the
+    adapter replaces its token by the video tokens. ``answer`` is the index of the true option.
+    """
+
+    text: str
+    question: CharSpan
+    options: tuple[OptionChars, ...] = ()
+    media: CharSpan | None = None
+    answer: int | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(option.label for option in self.options)
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A tokenized prompt with token spans ``(start, stop)`` (positions, half-open).
+
+    ``media`` is the position of the single placeholder token, if the prompt has one; all positions
+    refer to ``input_ids`` as tokenized here, before any placeholder expansion.
+    """
+
+    input_ids: Int[torch.Tensor, "1 pos"]
+    offsets: tuple[tuple[int, int], ...]
+    question: tuple[int, int]
+    options: tuple[tuple[int, int], ...] = ()
+    media: int | None = None
+    rendered: RenderedPrompt | None = field(default=None, repr=False)
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def last(self) -> int:
+        return self.n_positions - 1
+
+
+# ---------------------------------------------------------------------- the user block
+def _check_text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    if value != value.strip():
+        raise ValueError(f"{what} {value!r} has leading or trailing whitespace; strip it first "
+                         f"(its span would otherwise depend on the tokenizer)")
+    return value
+
+
+def multiple_choice_block(
+    question: str, options: Sequence[str], *, answer: int | None = None
+) -> PromptBlock:
+    """The paper's multiple-choice user block with the character spans of question and options.
+
+    ``Question: {question}\\nOptions:\\n(A) {opt}\\n(B) {opt}\\nOnly give the best option.``
+    with assistant prefix ``Best option:(``.
+    """
+    question = _check_text(question, "question")
+    options = list(options)
+    if len(options) < 2:
+        raise ValueError(f"a multiple-choice prompt needs at least 2 options, got {options!r}")
+    if answer is not None and not (isinstance(answer, int) and 0 <= answer < len(options)):
+        raise ValueError(f"answer {answer!r} is not an index into the {len(options)} options")
+    text = QUESTION_PREFIX
+    question_span = CharSpan(len(text), len(text) + len(question))
+    text += question + "\n" + OPTIONS_HEADER
+    spans = []
+    for index, option in enumerate(options):
+        option = _check_text(option, f"option {index}")
+        if "\n" in option:
+            raise ValueError(f"option {index} {option!r} contains a newline; options are one line")
+        label = option_label(index)
+        text += f"\n({label}) "
+        spans.append(OptionChars(len(text), len(text) + len(option), label=label, text=option,
+                                 is_true=(index == answer)))
+        text += option
+    text += "\n" + INSTRUCTION
+    return PromptBlock(text, question_span, tuple(spans), ASSISTANT_PREFIX)
+
+
+def open_ended_block(question: str) -> PromptBlock:
+    """The open-ended variant: the question alone, no options, no assistant prefix."""
+    question = _check_text(question, "question")
+    return PromptBlock(question, CharSpan(0, len(question)))
+
+
+# ---------------------------------------------------------------------- chat templates
+#: A conversation renderer: (user text, media placeholder or None) -> (prompt text that ends where
+#: the assistant's answer begins). Families without an HF chat template supply one.
+Renderer = Callable[[str, "str | None"], str]
+
+
+def _render_with_template(template_owner: Any, block_text: str, media: str | None,
+                          media_type: str) -> str:
+    """Render one user turn, trying processor-style list content first and tokenizer-style
+    string content (``"{media}\n{block}"``) when the template does not render the list (it
+    raises, or the block / placeholder does not come out verbatim)."""
+    parts: list[dict[str, str]] = [{"type": "text", "text": block_text}]
+    if media is not None:
+        parts.insert(0, {"type": media_type})
+    string_content = block_text if media is None else f"{media}\n{block_text}"
+    errors = []
+    for content in (parts, string_content):
+        try:
+            text = template_owner.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False,
+                add_generation_prompt=True)
+        except Exception as error:  # noqa: BLE001 - reported below if no form renders
+            errors.append(str(error))
+            continue
+        if block_text in text and (media is None or media in text):
+            return text
+        errors.append(f"rendered {text!r}")
+    what = "question block" + (f" and the placeholder {media!r}" if media else "")
+    raise ValueError(
+        f"the chat template of {type(template_owner).__name__} does not render the {what} "
+        f"verbatim ({'; '.join(errors)}); pass a conversation renderer (template=callable) or a "
+        f"checkpoint with a chat template")
+
+
+def _unique(text: str, needle: str, what: str, start: int = 0) -> int:
+    first = text.find(needle, start)
+    if first < 0:
+        raise ValueError(
+            f"the {what} does not appear verbatim in the rendered prompt (the chat template "
+            f"changed it); its spans cannot be located exactly. Rendered prompt: {text!r}")
+    if text.find(needle, first + 1) >= 0:
+        raise ValueError(f"the {what} appears more than once in the rendered prompt, so its "
+                         f"position is ambiguous: {text!r}")
+    return first
+
+
+def render_prompt(
+    question: str,
+    options: Sequence[str] = (),
+    *,
+    template: Any,
+    answer: int | None = None,
+    media: str | None = None,
+    media_type: str = "video",
+    open_ended: bool = False,
+    assistant_prefix: str | None = None,
+) -> RenderedPrompt:
+    """Render the paper's prompt through a family's chat template, keeping exact char spans.
+
+    ``template`` is an object with ``apply_chat_template`` (an HF processor or tokenizer; the user
+    turn is ``[{"type": media_type}, {"type": "text", ...}]``, falling back to string content
+    ``"{media}\\n{block}"`` for tokenizer-only templates) or a :data:`Renderer` callable
+    ``(block_text, media) -> text``. ``media`` is the placeholder string the template emits for
+    the video (``"<video>"``, ``"<image>"``); it must appear exactly once before the block, or
+    not at all when ``media`` is None. The rendered text ends with the generation prompt; the
+    multiple-choice assistant prefix ``Best option:(`` is appended after it (after one space when
+    the generation prompt does not end in whitespace, as in ``ASSISTANT: Best option:(``).
+    """
+    block = open_ended_block(question) if open_ended else multiple_choice_block(
+        question, options, answer=answer)
+    if callable(template) and not hasattr(template, "apply_chat_template"):
+        text = template(block.text, media)
+        if not isinstance(text, str):
+            raise ValueError(f"the conversation renderer returned {type(text).__name__}, "
+                             f"expected the prompt string")
+    else:
+        text = _render_with_template(template, block.text, media, media_type)
+    block_start = _unique(text, block.text, "question block")
+    media_span = None
+    if media is not None:
+        media_start = _unique(text, media, f"media placeholder {media!r}")
+        if media_start > block_start:
+            raise ValueError(f"the media placeholder {media!r} comes after the question block; "
+                             f"the video must precede the question")
+        media_span = CharSpan(media_start, media_start + len(media))
+    prefix = block.assistant_prefix if assistant_prefix is None else assistant_prefix
+    if prefix:
+        text += (prefix if not text or text[-1].isspace() else " " + prefix)
+    return RenderedPrompt(
+        text=text,
+        question=block.question.shifted(block_start),
+        options=tuple(option.shifted(block_start) for option in block.options),
+        media=media_span,
+        answer=None if open_ended else answer,
+    )
+
+
+# ---------------------------------------------------------------------- token spans
+def token_span(text: str, offsets: Sequence[tuple[int, int]], span: CharSpan,
+               what: str) -> tuple[int, int]:
+    """Token positions ``(start, stop)`` covering the characters of ``span`` exactly.
+
+    A token may reach outside the span only over whitespace; a token mixing the span's text with
+    other text, a character of the span no token covers, or an empty span raise ``ValueError``.
+    """
+    inside = [i for i, (a, b) in enumerate(offsets)
+              if b > a and a < span.stop and b > span.start
+              and text[max(a, span.start):min(b, span.stop)].strip()]
+    if not inside:
+        raise ValueError(f"{what} {span.of(text)!r} (characters [{span.start}, {span.stop})) is "
+                         f"covered by no token")
+    first, last = inside[0], inside[-1]
+    a, b = offsets[first][0], offsets[last][1]
+    if a < span.start and text[a:span.start].strip():
+        raise ValueError(
+            f"{what} cannot be located exactly: token {first} {text[a:offsets[first][1]]!r} "
+            f"straddles its start (text {span.of(text)!r})")
+    if b > span.stop and text[span.stop:b].strip():
+        raise ValueError(
+            f"{what} cannot be located exactly: token {last} {text[offsets[last][0]:b]!r} "
+            f"straddles its end (text {span.of(text)!r})")
+    covered = set()
+    for i in range(first, last + 1):
+        covered.update(range(*offsets[i]))
+    missing = [c for c in range(span.start, span.stop)
+               if c not in covered and not text[c].isspace()]
+    if missing:
+        raise ValueError(f"{what} cannot be located exactly: character {missing[0]} "
+                         f"{text[missing[0]]!r} is covered by no token")
+    return first, last + 1
+
+
+def _offsets(tokenizer: Any, text: str, add_special_tokens: bool):
+    if not getattr(tokenizer, "is_fast", True):
+        raise ValueError(f"{type(tokenizer).__name__} is a slow tokenizer without offset "
+                         f"mappings; load the fast tokenizer (use_fast=True)")
+    encoding = tokenizer(text, add_special_tokens=add_special_tokens,
+                         return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])
+    offsets = [tuple(int(x) for x in pair) for pair in encoding["offset_mapping"]]
+    return ids, offsets
+
+
+def tokenize_prompt(
+    tokenizer: Any, rendered: RenderedPrompt, *, add_special_tokens: bool = True
+) -> PromptTokens:
+    """Tokenize a rendered prompt and map its character spans to exact token spans.
+
+    The media placeholder must be a single token (a special token of the tokenizer).
+    ``add_special_tokens`` as the family's processor tokenizes (LLaVA: True, adds BOS).
+    """
+    text = rendered.text
+    ids, offsets = _offsets(tokenizer, text, add_special_tokens)
+    question = token_span(text, offsets, rendered.question, "question")
+    options = tuple(token_span(text, offsets, option, f"option ({option.label})")
+                    for option in rendered.options)
+    media = None
+    if rendered.media is not None:
+        hits = [i for i, (a, b) in enumerate(offsets)
+                if a == rendered.media.start and b == rendered.media.stop]
+        if len(hits) != 1:
+            raise ValueError(
+                f"the media placeholder {rendered.media.of(text)!r} is not one token of "
+                f"{type(tokenizer).__name__}; add it as a special token")
+        media = hits[0]
+    return PromptTokens(torch.tensor([ids], dtype=torch.long), tuple(offsets), question, options,
+                        media, rendered)
+
+
+def answer_token_ids(
+    tokenizer: Any, prompt: str, labels: Sequence[str], *, add_special_tokens: bool = True
+) -> Int[torch.Tensor, " n_options"]:
+    """The token id of each option letter as the model emits it right after ``prompt``.
+
+    ``prompt + letter`` is tokenized; when it starts with the prompt's own tokens and adds exactly
+    one, that token is the answer (``"A"`` after "(" for SentencePiece, not ``"▁A"``). When the
+    letter merges with the prompt's last token (a byte-level BPE with a ``"(A"`` token), the model
+    still continues the prompt's tokens, so the letter's bare vocabulary token is used; it must
+    exist and decode to the letter.
+    """
+    prompt_ids, _ = _offsets(tokenizer, prompt, add_special_tokens)
+    answer_ids = []
+    for label in labels:
+        ids, _ = _offsets(tokenizer, prompt + label, add_special_tokens)
+        if ids[:len(prompt_ids)] == prompt_ids and len(ids) == len(prompt_ids) + 1:
+            answer_ids.append(ids[-1])
+            continue
+        token = _bare_token(tokenizer, label)
+        if token is None:
+            raise ValueError(
+                f"option letter {label!r} after {prompt[-20:]!r} is not a single token of "
+                f"{type(tokenizer).__name__}, so its probability cannot be read from one logit")
+        answer_ids.append(token)
+    return torch.tensor(answer_ids, dtype=torch.long)
+
+
+def _bare_token(tokenizer: Any, label: str) -> int | None:
+    """The vocabulary token of ``label`` with no word-start marker, or None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    pieces = backend.model.tokenize(label)
+    if len(pieces) != 1:
+        return None
+    token = pieces[0].id
+    if tokenizer.decode([token]).strip() != label:
+        return None
+    return int(token)

@@ -1,0 +1,114 @@
+"""LLaVA-NeXT image models on video frames with the paper's T-H-W pooling (``llava_next``; also
+the PLLaVA-format ``llava`` checkpoints of Map the Flow that carry ``pooling_shape``).
+
+This is how the paper's LLaVA-NeXT-7B/13B-Video-FT checkpoints and the image-only LLaVA-NeXT-7B
+control compute video tokens (PLLaVA code path, DESIGN §2): every frame goes through the CLIP
+vision tower at its base resolution (``vision_feature_layer``; CLS dropped by the "default"
+strategy) and the projector, as HF's ``get_image_features`` does before any-resolution tiling;
+then a 3D adaptive average pool over (T, h, w) of the projected features gives T×H×W tokens
+(``pooling_shape``, 8-12-12 by default: 8 frames of 24×24 patches → 8×12×12 = 1152 tokens),
+flattened frame-major, with no image-newline tokens and no any-resolution tiles.
+
+Prompt placement: the chat template's single ``<image>`` placeholder is replaced by the T·H·W
+video positions (their input ids are the image token id, as if the processor had expanded it),
+so the video sits exactly where the model's image would. Frames are resized (shortest edge) and
+centre-cropped to the tower's input size with the checkpoint's CLIP mean and std.
+
+Load options: ``pooling_shape`` (T, H, W), ``num_frames`` (frames sampled from a video file,
+default T; at least T are needed, since pooling must not invent frames).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import UInt8
+
+from .base import register_adapter
+from .common import (
+    FramePreprocessor,
+    SplicedVideoAdapter,
+    VideoTokens,
+    frame_layout,
+    load_hf_model,
+    square_grid,
+)
+
+__all__ = ["LlavaNextPooledAdapter", "DEFAULT_POOLING_SHAPE"]
+
+#: The paper's T-H-W pooling shape.
+DEFAULT_POOLING_SHAPE = (8, 12, 12)
+
+
+@register_adapter
+class LlavaNextPooledAdapter(SplicedVideoAdapter):
+    """``LlavaNextForConditionalGeneration`` (or PLLaVA-format ``LlavaForConditionalGeneration``)
+    on T-H-W pooled frames."""
+
+    model_types = ("llava_next", "llava")
+    name = "LLaVA-NeXT (T-H-W pooled frames)"
+    media_token = "<image>"
+    media_type = "image"
+    media_token_id_key = "image_token_id"
+    has_video_processor = False
+    family_options = ("pooling_shape",)
+
+    @classmethod
+    def accepts(cls, config: dict[str, Any]) -> bool:
+        # Plain LLaVA-1.5 image checkpoints are not this family; the paper's PLLaVA-format ones
+        # say model_type "llava" and carry their pooling shape.
+        model_type = config.get("model_type")
+        return model_type == "llava_next" or (model_type == "llava" and "pooling_shape" in config)
+
+    def __init__(self, path, config, **kwargs) -> None:
+        shape = kwargs.get("pooling_shape") or config.get("pooling_shape") or DEFAULT_POOLING_SHAPE
+        if len(tuple(shape)) != 3 or any(int(x) < 1 for x in shape):
+            raise ValueError(f"pooling_shape must be three positive ints (T, H, W), got {shape!r}")
+        self.pooling_shape = tuple(int(x) for x in shape)
+        self.default_num_frames = int(config.get("num_frames") or self.pooling_shape[0])
+        super().__init__(path, config, **kwargs)
+
+    def frame_limits(self) -> tuple[int, int | None]:
+        return self.pooling_shape[0], None
+
+    def load_model(self):
+        from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+        model_class = (LlavaNextForConditionalGeneration
+                       if self.config.get("model_type") == "llava_next"
+                       else LlavaForConditionalGeneration)
+        self.preprocess = FramePreprocessor(self.path, "preprocessor_config.json", video=False)
+        return load_hf_model(model_class, self.path, self.dtype)
+
+    def frame_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[T, 3, h, w]`` pixels → projected patch features ``[T, n_patches, d_model]``: the
+        steps of HF's ``get_image_features`` for one base-resolution tile per frame."""
+        model, config = self.vision.model, self.hf_config
+        output = model.vision_tower(pixels, output_hidden_states=True, return_dict=True)
+        layer = config.vision_feature_layer
+        if isinstance(layer, int):
+            selected = output.hidden_states[layer]
+        else:
+            selected = torch.cat([output.hidden_states[i] for i in layer], dim=-1)
+        if config.vision_feature_select_strategy == "default":
+            selected = selected[:, 1:]
+        return model.multi_modal_projector(selected)
+
+    def video_tokens(self, frames: UInt8[np.ndarray, "T H W 3"]) -> VideoTokens:
+        pixels = self.pixel_values(frames)
+        projected = self.frame_features(pixels)
+        n_frames, n_patches, d_model = projected.shape
+        side, _ = square_grid(n_patches, f"{self.name} frame")
+        t_out, h_out, w_out = self.pooling_shape
+        if h_out > side:
+            raise ValueError(f"pooling_shape {self.pooling_shape} asks for {h_out}×{w_out} tokens "
+                             f"per frame but the vision tower gives {side}×{side}")
+        grid = projected.reshape(n_frames, side, side, d_model).permute(3, 0, 1, 2)[None]
+        pooled = F.adaptive_avg_pool3d(grid, (t_out, h_out, w_out))  # [1, d, T, H, W]
+        features = pooled[0].permute(1, 2, 3, 0).reshape(t_out * h_out * w_out, d_model)
+        return VideoTokens(features, frame_layout(t_out, (h_out, w_out)),
+                           meta={"pixel_values": pixels.detach().cpu(),
+                                 "pooling_shape": self.pooling_shape})

@@ -1,0 +1,58 @@
+"""LLaVA-NeXT-Video (``llava_next_video``; Llama / Vicuna / Mistral backbones; SynthTV).
+
+Video tokens come from the HF model's own video path, ``get_video_features``: every frame through
+the CLIP vision tower (``vision_feature_layer``, CLS dropped by the "default" strategy), the
+model's spatial pooling (``vision_resampler``: stride-``spatial_pool_stride`` average/max/conv
+pooling of each frame's patch grid) and the projector. The frames' tokens are laid out frame-major
+(``t·H·W + h·W + w``) with no separators, exactly where the processor expands the single
+``<video>`` placeholder of the prompt. The grid of each frame is the pooled patch grid
+(24×24 → 12×12 for the 7B/34B checkpoints).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from jaxtyping import UInt8
+
+from .base import register_adapter
+from .common import (
+    FramePreprocessor,
+    SplicedVideoAdapter,
+    VideoTokens,
+    frame_layout,
+    load_hf_model,
+    square_grid,
+)
+
+__all__ = ["LlavaNextVideoAdapter"]
+
+
+@register_adapter
+class LlavaNextVideoAdapter(SplicedVideoAdapter):
+    """``LlavaNextVideoForConditionalGeneration`` with its text decoder as the backbone."""
+
+    model_types = ("llava_next_video",)
+    name = "LLaVA-NeXT-Video"
+    media_token = "<video>"
+    media_type = "video"
+    media_token_id_key = "video_token_id"
+    default_num_frames = 8
+
+    def load_model(self):
+        from transformers import LlavaNextVideoForConditionalGeneration
+
+        self.preprocess = FramePreprocessor(self.path, "video_preprocessor_config.json",
+                                            video=True)
+        return load_hf_model(LlavaNextVideoForConditionalGeneration, self.path, self.dtype)
+
+    def video_tokens(self, frames: UInt8[np.ndarray, "T H W 3"]) -> VideoTokens:
+        pixels = self.pixel_values(frames)[None]  # [1, T, 3, h, w]
+        config = self.hf_config
+        output = self.vision.model.get_video_features(
+            pixels, vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy)
+        features = output.pooler_output.reshape(-1, output.pooler_output.shape[-1])
+        n_frames = frames.shape[0]
+        grid = square_grid(features.shape[0] // n_frames, f"{self.name} pooled frame")
+        return VideoTokens(features, frame_layout(n_frames, grid),
+                           meta={"pixel_values_videos": pixels.detach().cpu()})
