@@ -31,6 +31,10 @@ FAMILY_MODULES: tuple[str, ...] = (
     "llava_next_video",
     "llava_next",
     "video_llava",
+    "llava_onevision",
+    "video_llama_3",
+    "internvl",
+    "qwen_vl",
 )
 
 #: Built-in model names resolving to directories shipped with the package.

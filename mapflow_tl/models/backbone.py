@@ -1,9 +1,9 @@
 """The language backbone as a TransformerLens ``HookedTransformer``.
 
-A VideoLLM's text model (Llama / Vicuna / Mistral / Qwen2 decoder) is converted weight by weight to
-a ``HookedTransformer`` *without* any weight processing that changes intermediate activations: no
-LayerNorm folding, no centring, no value-bias folding. Hooks therefore see exactly what the Hugging
-Face model computes, and the video tokens are injected as embeddings
+A VideoLLM's text model (Llama / Vicuna / Mistral / Qwen2 / Qwen3 decoder) is converted weight by
+weight to a ``HookedTransformer`` *without* any weight processing that changes intermediate
+activations: no LayerNorm folding, no centring, no value-bias folding. Hooks therefore see exactly
+what the Hugging Face model computes, and the video tokens are injected as embeddings
 (:func:`run_from_embeds`) rather than token ids.
 """
 
@@ -19,15 +19,24 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from ..hooks import HookList, check_hooks
 
-__all__ = ["LLAMA_LIKE", "hooked_config_from_hf", "hooked_from_hf", "run_from_embeds"]
+__all__ = ["LLAMA_LIKE", "QK_NORM", "hooked_config_from_hf", "hooked_from_hf", "run_from_embeds",
+           "RotaryPositions"]
 
 # HF text model_types that share the Llama decoder layout (q/k/v/o projections, optional q/k/v
-# biases, gated SiLU MLP, RMSNorm, rotary positions). Each maps to the TL architecture name.
+# biases, gated SiLU MLP, RMSNorm, rotary positions; Qwen3 adds an RMSNorm over each head of q and
+# k before the rotary embedding). Each maps to the TL architecture name.
 LLAMA_LIKE = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    # Text decoders of Qwen2-VL / Qwen2.5-VL: Qwen2 layers under 3D rotary positions (M-RoPE),
+    # loadable only with per-sample rotary tables (positions="per_sample", RotaryPositions).
+    "qwen2_vl_text": "Qwen2ForCausalLM",
+    "qwen2_5_vl_text": "Qwen2ForCausalLM",
 }
+# Decoders whose attention normalises q and k per head (``self_attn.q_norm`` / ``k_norm``).
+QK_NORM = {"qwen3"}
 
 
 def _rope_theta(text_config: Any) -> float:
@@ -44,6 +53,29 @@ def _rope_scaling(text_config: Any) -> dict:
     return dict(scaling or parameters)
 
 
+def _rope_scaling_config(scaling: dict, text_config: Any, model_type: str) -> dict[str, Any]:
+    """TransformerLens config fields for a HF rope scaling, or ``ValueError`` if it has none."""
+    rope_type = (scaling.get("rope_type") or scaling.get("type") or "default").lower()
+    if rope_type == "default":
+        return {}
+    if rope_type == "llama3":
+        return dict(
+            use_NTK_by_parts_rope=True,
+            NTK_original_ctx_len=scaling.get("original_max_position_embeddings",
+                                             text_config.max_position_embeddings),
+            NTK_by_parts_low_freq_factor=scaling.get("low_freq_factor", 1.0),
+            NTK_by_parts_high_freq_factor=scaling.get("high_freq_factor", 4.0),
+            NTK_by_parts_factor=scaling.get("factor", 1.0),
+        )
+    if rope_type == "linear":
+        # HF divides the inverse frequencies by the factor; TL multiplies its wavelengths by it.
+        return dict(rotary_scaling_factor=float(scaling.get("factor", 1.0)))
+    raise ValueError(
+        f"rope scaling {rope_type!r} of this {model_type} backbone cannot be reproduced by "
+        f"TransformerLens' rotary embedding; refusing to load with wrong positions"
+    )
+
+
 def hooked_config_from_hf(
     text_config: Any,
     *,
@@ -51,13 +83,23 @@ def hooked_config_from_hf(
     device: str | torch.device = "cpu",
     n_devices: int = 1,
     n_ctx: int | None = None,
+    positions: str = "sequential",
 ) -> HookedTransformerConfig:
     """A ``HookedTransformerConfig`` that reproduces a Hugging Face text-decoder config.
 
-    Handles grouped-query attention, q/k/v biases (Qwen2), ``rope_theta``, Llama-3 rope scaling,
-    the RMSNorm epsilon and the head dimension. Rope scalings TransformerLens cannot reproduce
-    raise ``ValueError`` rather than load with wrong positions.
+    Handles grouped-query attention, q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3),
+    ``rope_theta``, Llama-3 and linear rope scaling, the RMSNorm epsilon and the head dimension
+    (``head_dim`` may differ from ``hidden_size / num_attention_heads``). ``dtype`` (fp32, bf16,
+    fp16), ``device`` and ``n_devices`` pass through to TransformerLens. What TransformerLens
+    cannot reproduce exactly raises ``ValueError`` rather than load with wrong activations:
+    other rope scalings, 3D multimodal rotary positions (M-RoPE), sliding-window attention and
+    MLP biases.
+
+    ``positions="per_sample"`` accepts a multimodal rotary scheme (M-RoPE) on the promise that the
+    caller supplies every sample's rotary angles through :class:`RotaryPositions`.
     """
+    if positions not in ("sequential", "per_sample"):
+        raise ValueError(f"positions must be 'sequential' or 'per_sample', got {positions!r}")
     model_type = getattr(text_config, "model_type", None)
     if model_type not in LLAMA_LIKE:
         raise ValueError(
@@ -94,23 +136,30 @@ def hooked_config_from_hf(
         tokenizer_prepends_bos=False,
     )
     scaling = _rope_scaling(text_config)
-    rope_type = (scaling.get("rope_type") or scaling.get("type") or "default").lower()
-    if rope_type == "llama3":
-        cfg.update(
-            use_NTK_by_parts_rope=True,
-            NTK_original_ctx_len=scaling.get("original_max_position_embeddings",
-                                             text_config.max_position_embeddings),
-            NTK_by_parts_low_freq_factor=scaling.get("low_freq_factor", 1.0),
-            NTK_by_parts_high_freq_factor=scaling.get("high_freq_factor", 4.0),
-            NTK_by_parts_factor=scaling.get("factor", 1.0),
-        )
-    elif rope_type != "default":
+    if model_type in ("qwen2_vl_text", "qwen2_5_vl_text") or scaling.get("mrope_section") \
+            or scaling.get("mrope_interleaved"):
+        if positions != "per_sample":
+            raise ValueError(
+                f"this {model_type} backbone uses 3D multimodal rotary positions (M-RoPE, "
+                f"mrope_section {scaling.get('mrope_section', [16, 24, 24])}): TransformerLens' "
+                f"rotary embedding "
+                f"takes 1D positions 0..n-1 only, so it cannot reproduce them by itself; load it "
+                f"with positions='per_sample' and supply each sample's angles (RotaryPositions)"
+            )
+    elif positions == "sequential":
+        cfg.update(_rope_scaling_config(scaling, text_config, model_type))
+    if getattr(text_config, "use_sliding_window", False) and getattr(text_config, "sliding_window",
+                                                                      None):
         raise ValueError(
-            f"rope scaling {rope_type!r} of this {model_type} backbone cannot be reproduced by "
-            f"TransformerLens' rotary embedding; refusing to load with wrong positions"
+            f"{model_type} backbone with use_sliding_window=True (window "
+            f"{text_config.sliding_window}) is not supported: its per-layer sliding-window masks "
+            f"are not reproduced; set use_sliding_window=False in config.json if the prompts are "
+            f"shorter than the window"
         )
     if getattr(text_config, "mlp_bias", False):
         raise ValueError(f"{model_type} backbone with mlp_bias=True is not supported")
+    if model_type in QK_NORM:
+        cfg.update(use_qk_norm=True)
     return HookedTransformerConfig(**cfg)
 
 
@@ -137,6 +186,9 @@ def _state_dict_llama_like(
             state[f"{prefix}.attn.{underscore}b_{name}"] = (
                 torch.zeros(heads, cfg.d_head, dtype=projection.weight.dtype)
                 if bias is None else einops.rearrange(bias, "(n h) -> n h", n=heads))
+        if cfg.use_qk_norm:
+            state[f"{prefix}.attn.q_norm.w"] = attention.q_norm.weight
+            state[f"{prefix}.attn.k_norm.w"] = attention.k_norm.weight
         state[f"{prefix}.attn.W_O"] = einops.rearrange(
             attention.o_proj.weight, "m (n h) -> n h m", n=cfg.n_heads)
         o_bias = attention.o_proj.bias
@@ -164,15 +216,17 @@ def hooked_from_hf(
     device: str | torch.device = "cpu",
     n_devices: int = 1,
     n_ctx: int | None = None,
+    positions: str = "sequential",
 ) -> HookedTransformer:
     """Convert a Hugging Face text decoder (``LlamaModel`` & co.) plus its LM head to a
     ``HookedTransformer`` with unprocessed weights.
 
     ``lm_head=None`` ties the unembedding to the input embedding (``tie_word_embeddings``).
     ``n_devices > 1`` splits the blocks across that many GPUs (TransformerLens' own scheme).
+    ``positions="per_sample"``: see :func:`hooked_config_from_hf` and :class:`RotaryPositions`.
     """
     cfg = hooked_config_from_hf(text_config, dtype=dtype, device=device, n_devices=n_devices,
-                                n_ctx=n_ctx)
+                                n_ctx=n_ctx, positions=positions)
     state = {name: tensor.detach().to(dtype) for name, tensor in
              _state_dict_llama_like(text_model, lm_head, cfg).items()}
     model = HookedTransformer(cfg, move_to_device=False)
@@ -214,3 +268,129 @@ def run_from_embeds(
             embeds.to(model.cfg.device, model.cfg.dtype), start_at_layer=0,
             stop_at_layer=stop_at_layer, return_type=return_type, fwd_hooks=hooks,
         )
+
+
+class RotaryPositions:
+    """Per-sample rotary angles for a backbone whose positions are not 0 … n−1 (Qwen2-VL's 3D
+    multimodal rotary positions, M-RoPE).
+
+    TransformerLens rotates q and k as ``x·cos[p] + rotate_half(x)·sin[p]`` with tables indexed by
+    the sequence position p; HF's M-RoPE rotates by the same formula with tables computed from
+    each token's (t, h, w) position. Installing the HF tables of a sample as the tables of every
+    attention layer makes the backbone compute exactly what HF computes, including suffix forwards
+    from a key/value cache (they index the same tables from the cache offset).
+
+    The tables belong to one sample, so they are bound by the input: :meth:`register` records a
+    prepared sample's embeddings (a fingerprint: the per-position sums) with its tables, and
+    forward pre-hooks on the blocks install the matching tables whenever a forward enters block 0.
+    Embeddings this object has not seen raise ``ValueError`` (never a forward with wrong
+    positions); token ids get the text-only positions 0 … n−1 on all three axes. The sweep
+    engine's forwards work too: a suffix of the embeddings after a key/value cache must match the
+    installed sample (whose forward filled the cache) over those positions, and a forward that
+    starts mid-stack (``start_at_layer > 0``) reuses the installed tables and must fit in them.
+
+    ``rotary`` maps position ids ``[3, 1, n]`` to the HF ``(cos, sin)`` tables ``[1, n, d_head]``
+    (the HF text model's own ``rotary_emb``).
+    """
+
+    def __init__(self, model: HookedTransformer, rotary: Any, *, capacity: int = 64) -> None:
+        self.model, self.rotary, self.capacity = model, rotary, capacity
+        self._samples: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._installed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._next_block: int | None = None
+        self._tokens = False
+        self.handles = [model.embed.register_forward_pre_hook(self._before_embed)]
+        self.handles += [block.register_forward_pre_hook(self._before_block(index),
+                                                         with_kwargs=True)
+                         for index, block in enumerate(model.blocks)]
+
+    @staticmethod
+    def _fingerprint(embeds: torch.Tensor) -> torch.Tensor:
+        return embeds.detach().to(torch.float64).sum(-1).cpu()
+
+    @torch.no_grad()
+    def tables(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HF rotary tables ``[n, d_head]`` (cos, sin) of position ids ``[3, 1, n]``."""
+        device = self.model.cfg.device
+        probe = torch.zeros(1, dtype=self.model.cfg.dtype, device=device)
+        cos, sin = self.rotary(probe, position_ids.to(device))
+        return cos[0].to(self.model.cfg.dtype), sin[0].to(self.model.cfg.dtype)
+
+    def register(self, embeds: Float[torch.Tensor, "1 pos d_model"],
+                 position_ids: torch.Tensor) -> None:
+        """Bind a prepared sample's embeddings to its position ids ``[3, 1, pos]``."""
+        if position_ids.dim() != 3 or position_ids.shape[0] != 3 \
+                or position_ids.shape[-1] != embeds.shape[1]:
+            raise ValueError(f"position ids must be [3, 1, {embeds.shape[1]}], got "
+                             f"{tuple(position_ids.shape)}")
+        fingerprint = self._fingerprint(embeds[0])
+        key = (int(embeds.shape[1]), float(fingerprint.sum()))
+        self._samples.pop(key, None)
+        self._samples[key] = (fingerprint, *self.tables(position_ids))
+        while len(self._samples) > self.capacity:
+            self._samples.pop(next(iter(self._samples)))
+
+    def _install(self, cos: torch.Tensor, sin: torch.Tensor,
+                 fingerprint: torch.Tensor | None = None) -> None:
+        if self._installed is None or self._installed[0] is not cos:
+            for block in self.model.blocks:
+                device = block.attn.W_Q.device
+                block.attn.rotary_cos = cos.to(device)
+                block.attn.rotary_sin = sin.to(device)
+        self._installed = (cos, sin, fingerprint)
+
+    def _unknown(self) -> ValueError:
+        return ValueError(
+            "this backbone uses per-sample 3D rotary positions (M-RoPE), and these embeddings "
+            "were not produced by vlm.prepare() of this model (or were changed since): their "
+            "positions are unknown. Run the embeddings prepare() returned, or register modified "
+            "ones with vlm.adapter.rotary.register(embeds, x.meta['position_ids'])")
+
+    def _lookup(self, embeds: torch.Tensor, offset: int) -> None:
+        """Install the tables of the sample these embeddings (rows of a batch) belong to. With a
+        key/value cache offset the embeddings are a suffix: only the installed sample (the one
+        whose forward filled the cache) can be checked, by its fingerprint over the suffix."""
+        fingerprints = [self._fingerprint(row) for row in embeds]
+        if offset:
+            installed = self._installed
+            stop = offset + embeds.shape[1]
+            if installed is None or installed[2] is None or installed[2].shape[0] < stop or \
+                    not all(torch.equal(installed[2][offset:stop], f) for f in fingerprints):
+                raise self._unknown()
+            return
+        entries = []
+        for fingerprint in fingerprints:
+            entry = self._samples.get((int(fingerprint.shape[0]), float(fingerprint.sum())))
+            if entry is None or not torch.equal(entry[0], fingerprint):
+                raise self._unknown()
+            entries.append(entry)
+        if any(entry[1] is not entries[0][1] for entry in entries):
+            raise ValueError("a batch mixes samples with different 3D rotary positions; run "
+                             "them one at a time")
+        fingerprint, cos, sin = entries[0]
+        self._install(cos, sin, fingerprint)
+
+    def _before_embed(self, module: nn.Module, args: tuple) -> None:
+        self._tokens = True  # token ids: the next block-0 input is their text-only embedding
+
+    def _before_block(self, index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            residual = args[0] if args else kwargs["resid_pre"]
+            cache = kwargs.get("past_kv_cache_entry")
+            offset = cache.past_keys.shape[1] if cache is not None else 0
+            needed = offset + int(residual.shape[1])
+            continuing = index == self._next_block
+            self._next_block = index + 1
+            if index == 0 and self._tokens:
+                self._tokens = False
+                positions = torch.arange(needed).view(1, 1, -1).expand(3, 1, -1)
+                self._install(*self.tables(positions))
+            elif index == 0:
+                self._lookup(residual, offset)
+            elif not continuing and (self._installed is None
+                                     or self._installed[0].shape[0] < needed):
+                raise ValueError(
+                    f"a forward starting at layer {index} needs the 3D rotary positions of "
+                    f"{needed} positions, but no forward from this sample's embeddings ran "
+                    f"first; run the full forward from vlm.prepare()'s embeddings first")
+        return hook

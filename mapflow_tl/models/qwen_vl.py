@@ -1,0 +1,142 @@
+"""Qwen2-VL and Qwen2.5-VL (``qwen2_vl``, ``qwen2_5_vl``): 3D multimodal rotary positions
+(M-RoPE), reproduced exactly; Qwen3-VL (``qwen3_vl``, ``qwen3_vl_moe``): refused, with the reason.
+
+**Why M-RoPE can be exact.** Qwen2-VL gives every token a (t, h, w) position: text tokens
+(p, p, p); video tokens (t₀ + t·Δ, h₀ + h, w₀ + w) on their grid; text after the video continues
+from the largest position used. Each rotary frequency band takes one of the three coordinates
+(``mrope_section``), but the rotation itself is the ordinary ``x·cos + rotate_half(x)·sin``
+with per-position tables. TransformerLens applies exactly that formula with tables indexed by the
+sequence position, so installing the sample's HF tables (computed by the HF text model's own
+``rotary_emb`` from the position ids its own forward computed) in every attention layer makes the
+backbone compute what HF computes. The tables belong to one sample;
+:class:`~mapflow_tl.models.backbone.RotaryPositions` binds them to the embeddings ``prepare``
+returned and refuses any other embeddings, so a forward never runs with wrong positions.
+
+How Qwen2-VL lays a video out (``Qwen2VLVideoProcessor`` + ``Qwen2VLProcessor``): frames are
+resized to multiples of patch·merge (28 px) within [min_pixels, max_pixels], grouped in pairs
+(``temporal_patch_size`` 2: one *token frame* covers input frames 2t and 2t+1), cut into 14 px
+patches and merged 2×2, giving H×W tokens per token frame, flattened row-major, on
+``<|video_pad|>`` tokens between ``<|vision_start|>`` and ``<|vision_end|>``. The SegmentMap's
+frames are these token frames (``Prepared.meta["input_frames_per_frame"]`` = 2).
+
+**Why Qwen3-VL is refused.** Its decoder adds "deepstack" visual features, taken from
+intermediate vision layers, to the hidden states of the first decoder layers at the visual
+positions. Injected input embeddings cannot carry them, and loading without them gives wrong
+activations in every layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backbone import RotaryPositions
+from .base import FamilyAdapter, Prepared, register_adapter
+from .llava_onevision import NativeVideoAdapter, VideoInputs
+from .video_llama_3 import patchify, smart_resize
+
+__all__ = ["QwenVLAdapter", "Qwen3VLAdapter"]
+
+#: transformers' default when a video's frame rate is unknown (``VideoMetadata.sampled_fps``).
+UNKNOWN_FPS = 24.0
+
+
+@register_adapter
+class QwenVLAdapter(NativeVideoAdapter):
+    """Qwen2-VL / Qwen2.5-VL, exact under their 3D rotary positions (module docstring)."""
+
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+    name = "Qwen2-VL / Qwen2.5-VL"
+    placeholder_default = "<|video_pad|>"
+    positions = "per_sample"
+    # Qwen2VLVideoProcessor's class defaults (Qwen2.5-VL uses the same processor).
+    video_defaults = {"size": {"shortest_edge": 128 * 28 * 28, "longest_edge": 28 * 28 * 768},
+                      "resample": 3, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                      "image_std": [0.26862954, 0.26130258, 0.27577711], "patch_size": 14,
+                      "temporal_patch_size": 2, "merge_size": 2, "cap_pixels_per_frame": False,
+                      "max_video_tokens": 128000}
+
+    def __init__(self, path, config, **kwargs: Any) -> None:
+        super().__init__(path, config, **kwargs)
+        self.hf_class_name = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
+                              "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}[
+            config["model_type"]]
+
+    def load(self) -> None:
+        super().load()
+        #: Binds each prepared sample's M-RoPE tables to its embeddings.
+        self.rotary = RotaryPositions(self.backbone, self.vision.model.language_model.rotary_emb)
+
+    def video_inputs(self, frames, timestamps) -> VideoInputs:
+        c = self.video_config
+        size = dict(c.get("size") or {})
+        size["shortest_edge"] = c.get("min_pixels", size.get("shortest_edge"))
+        size["longest_edge"] = c.get("max_pixels", size.get("longest_edge"))
+        patch, merge, temporal = c["patch_size"], c["merge_size"], c["temporal_patch_size"]
+        n_frames, height, width = frames.shape[:3]
+        factor = patch * merge
+        max_pixels = size["longest_edge"]
+        if c.get("cap_pixels_per_frame"):  # the processor's optional total-video budget
+            total = int(c["max_video_tokens"] * factor * factor * 0.9)
+            max_pixels = max(min(max_pixels, total * temporal // n_frames),
+                             int(size["shortest_edge"] * 1.05))
+        resized = smart_resize(height, width, factor, size["shortest_edge"], max_pixels)
+        patches, (grid_t, grid_h, grid_w) = patchify(self._pixels(frames, resized), patch,
+                                                     merge, temporal)
+        grid = (grid_h // merge, grid_w // merge)
+        model_kwargs = {"pixel_values_videos": patches,
+                        "video_grid_thw": torch.tensor([[grid_t, grid_h, grid_w]])}
+        meta: dict[str, Any] = {"input_frames_per_frame": temporal}
+        if self.config["model_type"] == "qwen2_5_vl":
+            # Qwen2_5_VLProcessor: seconds per token frame = temporal_patch_size / sampled fps.
+            fps = UNKNOWN_FPS
+            if timestamps is not None and len(timestamps) > 1:
+                fps = float(1.0 / np.mean(np.diff(timestamps)))
+            model_kwargs["second_per_grid_ts"] = torch.tensor([temporal / fps])
+            meta["fps"] = fps
+        return VideoInputs(
+            model_kwargs=model_kwargs,
+            expansion=self.placeholder * (grid_t * grid[0] * grid[1]),
+            feature_token_id=self.feature_token_id("video_token_id"),
+            frame_tokens=[grid[0] * grid[1]] * grid_t,
+            grids=[grid] * grid_t,
+            meta=meta,
+        )
+
+    def extra_model_inputs(self, input_ids):
+        # The processor's token types (text 0, image 1, video 2), from which M-RoPE is computed.
+        video = input_ids == self.hf_config.video_token_id
+        return {"mm_token_type_ids": video.to(torch.int32) * 2}
+
+    def bind(self, prepared: Prepared, captured: dict[str, Any]) -> None:
+        position_ids = captured.get("position_ids")
+        if position_ids is None:
+            raise RuntimeError(f"{self.hf_class_name} computed no 3D position ids for this prompt")
+        if position_ids.shape[0] == 4:  # text positions prepended for packed sequences
+            position_ids = position_ids[1:]
+        prepared.meta["position_ids"] = position_ids.detach().cpu()
+        self.rotary.register(prepared.embeds, position_ids)
+
+
+@register_adapter
+class Qwen3VLAdapter(FamilyAdapter):
+    """Qwen3-VL: refused (deepstack visual features enter the decoder's hidden states)."""
+
+    model_types = ("qwen3_vl", "qwen3_vl_moe")
+    name = "Qwen3-VL (not supported)"
+
+    def load(self) -> None:
+        raise ValueError(
+            f"{self.path}: Qwen3-VL ({self.config.get('model_type')}) cannot be loaded exactly: "
+            f"besides its 3D rotary positions (which mapflow-tl reproduces for Qwen2-VL / "
+            f"Qwen2.5-VL), its decoder adds 'deepstack' visual features from intermediate vision "
+            f"layers to the hidden states of its first decoder layers "
+            f"(vision_config.deepstack_visual_indexes). A backbone fed injected input "
+            f"embeddings does not receive them, so every activation would differ from the Hugging "
+            f"Face model's. Use Qwen2.5-VL, or add the deepstack features as per-sample "
+            f"residual-stream additions first.")
+
+    def prepare(self, sample: Any) -> Prepared:  # pragma: no cover - load() always refuses
+        raise ValueError("Qwen3-VL is not supported; see load()")

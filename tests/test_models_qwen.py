@@ -1,0 +1,440 @@
+"""Qwen-family adapters (LLaVA-OneVision, VideoLLaMA3, InternVL) on tiny random models of the real
+Hugging Face classes, saved to a temporary directory and loaded back through ``load_videollm``.
+
+References are independent of the code under test: the HF model's own forward (eager attention) on
+the same token ids and pixel values, its own ``get_video_features`` / ``get_image_features`` for
+the frame grids, the HF processors' own ``replace_video_token`` for where video tokens go, and the
+HF model run with explicit 4D masks for knockouts.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import mapflow_tl as mf
+from mapflow_tl.models import VideoSample, load_videollm
+from reference import additive_mask, block_mask, hf_logits_with_layer_masks
+
+QUESTION = "What does the cat do in the video?"
+OPTIONS = ["It runs away.", "It sits still.", "It jumps up."]
+TEXT = ("Question: What does the cat do in the video? Options: (A) It runs away. (B) It sits "
+        "still. (C) It jumps up. Only give the best option. Best option:( system user assistant "
+        "Time Frame")
+
+
+def byte_level_tokenizer(specials: list[str], named: dict[str, str], chat_template: str):
+    """A tiny byte-level BPE tokenizer (tokenizers library) with the family's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([TEXT], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", extra_special_tokens=named)
+    fast.chat_template = chat_template
+    return fast
+
+
+def qwen_template(video: str) -> str:
+    """A ChatML template like Qwen's: the video placeholder first in the user turn."""
+    return (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% for c in message['content'] %}{% if c['type'] == 'video' %}" + video + "\n"
+        "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def scale_up(model: torch.nn.Module) -> None:
+    """Larger random weights so that attention is far from uniform and knockouts show."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 2 and "language_model" in name:
+                parameter.normal_(0, 0.15)
+
+
+def tiny_qwen2(vocab_size: int, **extra) -> dict:
+    return dict(model_type="qwen2", vocab_size=vocab_size, hidden_size=48, intermediate_size=96,
+                num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=1024, rope_theta=1000.0, rms_norm_eps=1e-6, **extra)
+
+
+def frames_array(n_frames: int = 4, height: int = 40, width: int = 48, seed: int = 0):
+    return np.random.RandomState(seed).randint(0, 256, (n_frames, height, width, 3),
+                                               dtype=np.uint8)
+
+
+def hf_model_of(path, class_name):
+    import transformers
+
+    return getattr(transformers, class_name).from_pretrained(
+        path, attn_implementation="eager").eval()
+
+
+def check_logits(vlm, hf_model, x, **feature_inputs):
+    inputs = {name: value for name, value in x.meta["model_inputs"].items()}
+    with torch.no_grad():
+        expected = hf_model(input_ids=x.input_ids, **inputs, **feature_inputs).logits
+    got = vlm.run_with_hooks(x)
+    assert got.shape == expected.shape
+    diff = (got - expected).abs().max().item()
+    assert diff <= 1e-4, diff
+    return diff
+
+
+def check_layout(x, feature_token_id):
+    """Frames lie on feature tokens, in order; separators do not; frames + separators tile the
+    video segment; nothing outside the video is a feature token."""
+    seg, ids = x.segments, x.input_ids[0]
+    for t, frame in enumerate(seg.frames):
+        assert frame.index == t
+        assert bool((ids[frame.start:frame.stop] == feature_token_id).all())
+    covered = sorted(p for span in list(seg.frames) + list(seg.separators) for p in span)
+    assert covered == list(range(seg.video.start, seg.video.stop))
+    frame_positions = {p for frame in seg.frames for p in frame}
+    for separator in seg.separators:
+        assert not frame_positions & set(separator.positions)
+    outside = [p for p in range(len(ids)) if not seg.video.start <= p < seg.video.stop]
+    assert not bool((ids[outside] == feature_token_id).any())
+
+
+# ---------------------------------------------------------------------------- LLaVA-OneVision
+@pytest.fixture(scope="module")
+def onevision_dir(tmp_path_factory):
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    tokenizer = byte_level_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<video>", "<image>"],
+        {"video_token": "<video>", "image_token": "<image>"}, qwen_template("<video>"))
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=40,
+                           patch_size=8),
+        text_config=tiny_qwen2(len(tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-1, vision_feature_select_strategy="full",
+        image_grid_pinpoints=[[40, 40]])
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    scale_up(model)
+    with torch.no_grad():  # q/k/v biases are what Qwen2 adds over Llama: make them count
+        for layer in model.model.language_model.layers:
+            layer.self_attn.q_proj.bias.normal_(0, 0.5)
+            layer.self_attn.k_proj.bias.normal_(0, 0.5)
+    path = tmp_path_factory.mktemp("llava_onevision")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "video_preprocessor_config.json").write_text(json.dumps({
+        "video_processor_type": "LlavaOnevisionVideoProcessor", "size": {"height": 40,
+                                                                         "width": 40},
+        "resample": 3, "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def onevision(onevision_dir):
+    vlm = load_videollm(onevision_dir)
+    x = vlm.prepare(VideoSample(frames_array(), QUESTION, OPTIONS, answer=1))
+    return vlm, x, hf_model_of(onevision_dir, "LlavaOnevisionForConditionalGeneration")
+
+
+def test_onevision_logits_equal_hf(onevision):
+    vlm, x, hf_model = onevision
+    assert vlm.family == "LLaVA-OneVision"
+    check_logits(vlm, hf_model, x)
+
+
+def test_onevision_video_layout_follows_the_hf_processor_and_model(onevision):
+    from transformers.models.llava_onevision.processing_llava_onevision import (
+        LlavaOnevisionProcessor,
+    )
+
+    vlm, x, hf_model = onevision
+    seg = x.segments
+    video_id = hf_model.config.video_token_index
+    # p = 40 // 8 = 5 patches per side, pooled to ceil(5 / 2) = 3: 4 frames of 3×3, then newline
+    assert [frame.grid for frame in seg.frames] == [(3, 3)] * 4
+    assert [len(s) for s in seg.separators] == [1] and seg.separators[0].stop == seg.video.stop
+    check_layout(x, video_id)
+    # Where the HF processor puts the video tokens: its own replace_video_token's text.
+    processor = SimpleNamespace(num_image_tokens=25, video_token="<video>")
+    expected = LlavaOnevisionProcessor.replace_video_token(
+        processor, {"pixel_values_videos": x.meta["model_inputs"]["pixel_values_videos"]}, 0)
+    video_ids = x.input_ids[0, seg.video.start:seg.video.stop]
+    assert vlm.tokenizer.decode(video_ids) == expected
+    # The grid the model really used: its own pooled features, [T, H, W, d], at frame.position.
+    with torch.no_grad():
+        features = hf_model.model.get_video_features(
+            x.meta["model_inputs"]["pixel_values_videos"]).pooler_output[0]
+    grid = features[:-1].reshape(4, 3, 3, -1)
+    for frame in seg.frames:
+        for h in range(3):
+            for w in range(3):
+                assert torch.equal(x.embeds[0, frame.position(h, w)], grid[frame.index, h, w])
+    assert torch.equal(x.embeds[0, seg.separators[0].start], features[-1])
+
+
+def test_onevision_question_options_answer_tokens(onevision):
+    vlm, x, _ = onevision
+    seg, tokenizer = x.segments, vlm.tokenizer
+    assert tokenizer.decode(x.input_ids[0, seg.question.start:seg.question.stop]).strip() \
+        == QUESTION
+    for option, text in zip(seg.options, OPTIONS):
+        assert tokenizer.decode(x.input_ids[0, option.start:option.stop]).strip() == text
+    assert seg.true_option.label == "B"
+    assert x.prompt.endswith("<|im_start|>assistant\nBest option:(")
+    assert [tokenizer.decode([int(i)]) for i in x.answer_ids] == ["A", "B", "C"]
+    assert seg.last.start == x.n_positions - 1
+
+
+def test_onevision_knockout_equals_hf_with_explicit_masks(onevision):
+    vlm, x, hf_model = onevision
+    seg = x.segments
+    layers = [0, 2]
+    edges = mf.cross_frame(seg) | mf.Edges(src=seg.video, dst=seg.question_with_options)
+    got = vlm.run_with_hooks(x, mf.knockout(edges, layers))
+    n = x.n_positions
+    pairs = [(seg.frames[s].positions, seg.frames[d].positions)
+             for d in range(len(seg.frames)) for s in range(d)]
+    pairs.append((seg.video.positions, range(seg.video.stop, seg.last.start)))
+    blocked = block_mask(n, pairs)
+    heads = hf_model.config.text_config.num_attention_heads
+    masks = {layer: additive_mask(n, blocked, heads) for layer in layers}
+    expected = hf_logits_with_layer_masks(hf_model, masks, additive_mask(n, None, heads),
+                                          input_ids=x.input_ids, **x.meta["model_inputs"])
+    baseline = vlm.run_with_hooks(x)
+    assert (got - baseline).abs().max() > 1e-2  # the knockout changes something
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+# ---------------------------------------------------------------------------- VideoLLaMA3
+@pytest.fixture(scope="module")
+def videollama3_dir(tmp_path_factory):
+    from transformers import VideoLlama3Config, VideoLlama3ForConditionalGeneration
+
+    tokenizer = byte_level_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|video_pad|>", "<|image_pad|>"],
+        {"video_token": "<|video_pad|>", "image_token": "<|image_pad|>"},
+        qwen_template("<|video_pad|>"))
+    config = VideoLlama3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, patch_size=8),
+        text_config=tiny_qwen2(len(tokenizer)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"))
+    torch.manual_seed(0)
+    model = VideoLlama3ForConditionalGeneration(config).eval()
+    scale_up(model)
+    path = tmp_path_factory.mktemp("video_llama_3")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    # 32×48 frames stay 32×48 (multiples of patch·merge = 16, under longest_edge / 4 frames):
+    # 4×6 patches, merged to 2×3 tokens per frame.
+    (path / "video_preprocessor_config.json").write_text(json.dumps({
+        "video_processor_type": "VideoLlama3VideoProcessor",
+        "size": {"shortest_edge": 16 * 16, "longest_edge": 4 * 32 * 48}, "patch_size": 8,
+        "merge_size": 2, "temporal_patch_size": 1, "resample": 3, "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3, "use_token_compression": True}))
+    return path
+
+
+def static_video():
+    """Frame 1 repeats frame 0 except merge blocks (0, 0) and (1, 2); frame 2 repeats frame 1;
+    frame 3 is new. VideoLLaMA3 keeps 6, 2, 1 (the minimum) and 6 tokens."""
+    frames = frames_array(4, 32, 48, seed=3)
+    frames[1] = frames[0]
+    fresh = frames_array(1, 32, 48, seed=4)[0]
+    for h, w in [(0, 0), (1, 2)]:
+        frames[1, 16 * h:16 * h + 16, 16 * w:16 * w + 16] = fresh[16 * h:16 * h + 16,
+                                                                   16 * w:16 * w + 16]
+    frames[2] = frames[1]
+    return frames
+
+
+@pytest.fixture(scope="module")
+def videollama3(videollama3_dir):
+    vlm = load_videollm(videollama3_dir)
+    x = vlm.prepare(VideoSample(static_video(), QUESTION, OPTIONS, answer=2))
+    return vlm, x, hf_model_of(videollama3_dir, "VideoLlama3ForConditionalGeneration")
+
+
+def test_videollama3_logits_equal_hf(videollama3):
+    vlm, x, hf_model = videollama3
+    check_logits(vlm, hf_model, x)
+
+
+def test_videollama3_frames_follow_the_kept_tokens(videollama3):
+    from transformers.models.video_llama_3.processing_video_llama_3 import VideoLlama3Processor
+    from transformers.video_utils import VideoMetadata
+
+    vlm, x, hf_model = videollama3
+    seg = x.segments
+    check_layout(x, hf_model.config.video_token_id)
+    assert [len(frame) for frame in seg.frames] == [6, 2, 1, 6]
+    assert [frame.grid for frame in seg.frames] == [(2, 3), None, None, (2, 3)]
+    assert x.meta["kept_coords"][1] == [(0, 0), (1, 2)]
+    assert x.meta["kept_coords"][2] == [(0, 0)]
+    # Separators: "Time 0.0s:" before frame 0, ",Time 1.0s:" etc. between frames.
+    assert len(seg.separators) == 4 and seg.separators[0].start == seg.video.start
+    decode = vlm.tokenizer.decode
+    assert decode(x.input_ids[0, seg.separators[2].start:seg.separators[2].stop]) \
+        == ",Time 2.0s:"
+    # Where the HF processor puts the video tokens: its own replace_video_token's text.
+    inputs = x.meta["model_inputs"]
+    expected = VideoLlama3Processor.replace_video_token(
+        SimpleNamespace(video_token="<|video_pad|>"),
+        {"video_grid_thw": inputs["video_grid_thw"], "video_merge_sizes": inputs[
+            "video_merge_sizes"], "video_compression_mask": inputs["video_compression_mask"],
+         "video_metadata": [VideoMetadata(total_num_frames=4, fps=None,
+                                          frames_indices=[0, 1, 2, 3])]}, 0)
+    assert decode(x.input_ids[0, seg.video.start:seg.video.stop]) == expected
+    # The model's own merged features [T, H, W, d]: kept tokens land where the map says.
+    with torch.no_grad():
+        features = hf_model.model.get_video_features(
+            inputs["pixel_values_videos"], inputs["video_grid_thw"],
+            inputs["video_merge_sizes"]).pooler_output[0].reshape(4, 2, 3, -1)
+    for frame, coords in zip(seg.frames, x.meta["kept_coords"]):
+        for position, (h, w) in zip(frame.positions, coords):
+            assert torch.equal(x.embeds[0, position], features[frame.index, h, w])
+        if frame.grid is not None:
+            assert frame.position(1, 2) == frame.start + 5
+
+
+def test_videollama3_knockout_equals_hf_with_explicit_masks(videollama3):
+    vlm, x, hf_model = videollama3
+    seg = x.segments
+    layers = [1]
+    edges = mf.cross_frame(seg)
+    got = vlm.run_with_hooks(x, mf.knockout(edges, layers))
+    n = x.n_positions
+    blocked = block_mask(n, [(seg.frames[s].positions, seg.frames[d].positions)
+                             for d in range(len(seg.frames)) for s in range(d)])
+    heads = hf_model.config.text_config.num_attention_heads
+    expected = hf_logits_with_layer_masks(
+        hf_model, {1: additive_mask(n, blocked, heads)}, additive_mask(n, None, heads),
+        input_ids=x.input_ids, **x.meta["model_inputs"])
+    assert (got - vlm.run_with_hooks(x)).abs().max() > 1e-3
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+# ---------------------------------------------------------------------------- InternVL
+@pytest.fixture(scope="module")
+def internvl_dir(tmp_path_factory):
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    tokenizer = byte_level_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>",
+         "<video>"],
+        {"start_image_token": "<img>", "end_image_token": "</img>",
+         "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+        qwen_template("<video>"))
+    config = InternVLConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=[48, 48], patch_size=[8, 8]),
+        text_config=tiny_qwen2(len(tokenizer), tie_word_embeddings=True),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=9,
+        downsample_ratio=0.5)
+    torch.manual_seed(0)
+    model = InternVLForConditionalGeneration(config).eval()
+    scale_up(model)
+    path = tmp_path_factory.mktemp("internvl")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "video_preprocessor_config.json").write_text(json.dumps({
+        "video_processor_type": "InternVLVideoProcessor", "size": {"height": 48, "width": 48},
+        "resample": 3, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def internvl(internvl_dir):
+    vlm = load_videollm(internvl_dir)
+    x = vlm.prepare(VideoSample(frames_array(3), QUESTION, OPTIONS, answer=0))
+    return vlm, x, hf_model_of(internvl_dir, "InternVLForConditionalGeneration")
+
+
+def test_internvl_logits_equal_hf(internvl):
+    vlm, x, hf_model = internvl
+    assert vlm.backbone.W_U.data_ptr() != 0
+    check_logits(vlm, hf_model, x)
+
+
+def test_internvl_frames_sit_between_img_tokens(internvl):
+    from transformers.models.internvl.processing_internvl import InternVLProcessor
+
+    vlm, x, hf_model = internvl
+    seg = x.segments
+    check_layout(x, hf_model.config.image_token_id)
+    # 48 px / 8 = 6 patches per side, pixel-shuffled by 0.5: 3×3 tokens per frame
+    assert [frame.grid for frame in seg.frames] == [(3, 3)] * 3
+    decode = vlm.tokenizer.decode
+    assert [decode(x.input_ids[0, s.start:s.stop]) for s in seg.separators] == [
+        "Frame1: <img>", "</img>\nFrame2: <img>", "</img>\nFrame3: <img>", "</img>"]
+    processor = SimpleNamespace(start_image_token="<img>", end_image_token="</img>",
+                                image_token="<IMG_CONTEXT>", image_seq_length=9)
+    expected = InternVLProcessor.replace_video_token(
+        processor, {"pixel_values_videos": [x.meta["model_inputs"]["pixel_values"]]}, 0)
+    assert decode(x.input_ids[0, seg.video.start:seg.video.stop]) == expected
+    with torch.no_grad():
+        features = hf_model.model.get_image_features(
+            x.meta["model_inputs"]["pixel_values"]).pooler_output.reshape(3, 3, 3, -1)
+    for frame in seg.frames:
+        for h in range(3):
+            for w in range(3):
+                assert torch.equal(x.embeds[0, frame.position(h, w)], features[frame.index, h, w])
+
+
+# ---------------------------------------------------------------------------- files and bad input
+def write_mp4(path, n_frames: int = 30, fps: int = 10):
+    import av
+
+    frames = frames_array(n_frames, 32, 64, seed=7)  # decord needs widths like 32, 64
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_videollama3_from_an_mp4_file_uses_its_timestamps(videollama3_dir, tmp_path):
+    from mapflow_tl.data.video import read_video
+
+    video = write_mp4(tmp_path / "clip.mp4")
+    vlm = load_videollm(videollama3_dir, num_frames=4)
+    x = vlm.prepare(VideoSample(video, QUESTION, OPTIONS, answer=0))
+    assert x.frames.shape[0] == 4 and len(x.segments.frames) == 4
+    timestamps = read_video(video, 4).timestamps
+    first = vlm.tokenizer.decode(x.input_ids[0, x.segments.separators[0].start:
+                                             x.segments.separators[0].stop])
+    assert first == f"Time {timestamps[0]:.1f}s:" and timestamps[0] > 0
+    check_logits(vlm, hf_model_of(videollama3_dir, "VideoLlama3ForConditionalGeneration"), x)
+
+
+def test_bad_input_is_refused_with_what_was_expected(onevision, onevision_dir, tmp_path):
+    vlm = onevision[0]
+    with pytest.raises(ValueError, match="uint8"):
+        vlm.prepare(VideoSample(frames_array().astype(np.float32), QUESTION, OPTIONS))
+    with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
+        vlm.prepare(VideoSample(frames_array()[..., 0], QUESTION, OPTIONS))
+    with pytest.raises(ValueError, match="more than once"):  # the placeholder in the question
+        vlm.prepare(VideoSample(frames_array(), "What is <video> about?", OPTIONS))
+    with pytest.raises(ValueError, match="unknown load option"):
+        load_videollm(onevision_dir, pooling_shape=(8, 12, 12))
+    (tmp_path / "config.json").write_text((onevision_dir / "config.json").read_text())
+    with pytest.raises(ValueError, match="no model weights"):
+        load_videollm(tmp_path)
