@@ -30,10 +30,12 @@ __all__ = ["load_videollm", "resolve_checkpoint", "supported_architectures", "Vi
 FAMILY_MODULES: tuple[str, ...] = (
     "llava_next_video",
     "llava_next",
+    "pllava",
     "video_llava",
     "llava_onevision",
     "video_llama_3",
     "internvl",
+    "internvl_chat",
     "qwen_vl",
 )
 

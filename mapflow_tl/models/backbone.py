@@ -1,10 +1,10 @@
 """The language backbone as a TransformerLens ``HookedTransformer``.
 
-A VideoLLM's text model (Llama / Vicuna / Mistral / Qwen2 / Qwen3 decoder) is converted weight by
-weight to a ``HookedTransformer`` *without* any weight processing that changes intermediate
-activations: no LayerNorm folding, no centring, no value-bias folding. Hooks therefore see exactly
-what the Hugging Face model computes, and the video tokens are injected as embeddings
-(:func:`run_from_embeds`) rather than token ids.
+A VideoLLM's text model (Llama / Vicuna / Mistral / Qwen2 / Qwen3 / Phi-3 decoder) is converted
+weight by weight to a ``HookedTransformer`` *without* any weight processing that changes
+intermediate activations: no LayerNorm folding, no centring, no value-bias folding. Hooks
+therefore see exactly what the Hugging Face model computes, and the video tokens are injected as
+embeddings (:func:`run_from_embeds`) rather than token ids.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ LLAMA_LIKE = {
     # loadable only with per-sample rotary tables (positions="per_sample", RotaryPositions).
     "qwen2_vl_text": "Qwen2ForCausalLM",
     "qwen2_5_vl_text": "Qwen2ForCausalLM",
+    # Phi-3: the same layer with fused ``qkv_proj`` and ``gate_up_proj`` weights (split on
+    # conversion), optional partial rotary, a sliding window that every layer applies.
+    "phi3": "Phi3ForCausalLM",
 }
 # Decoders whose attention normalises q and k per head (``self_attn.q_norm`` / ``k_norm``).
 QK_NORM = {"qwen3"}
@@ -53,10 +56,28 @@ def _rope_scaling(text_config: Any) -> dict:
     return dict(scaling or parameters)
 
 
+def _rope_type(text_config: Any) -> str:
+    scaling = _rope_scaling(text_config)
+    return (scaling.get("rope_type") or scaling.get("type") or "default").lower()
+
+
+def _longrope_context(text_config: Any) -> int:
+    """Positions up to which Phi-3's LongRoPE uses its short factors (HF switches the whole
+    sequence to the long factors beyond them)."""
+    parameters = _rope_scaling(text_config)
+    return int(parameters.get("original_max_position_embeddings")
+               or getattr(text_config, "original_max_position_embeddings", None)
+               or text_config.max_position_embeddings)
+
+
 def _rope_scaling_config(scaling: dict, text_config: Any, model_type: str) -> dict[str, Any]:
     """TransformerLens config fields for a HF rope scaling, or ``ValueError`` if it has none."""
     rope_type = (scaling.get("rope_type") or scaling.get("type") or "default").lower()
     if rope_type == "default":
+        return {}
+    if rope_type in ("longrope", "su") and model_type == "phi3":
+        # Per-frequency factors and a cos/sin scale TL's config cannot express: hooked_from_hf
+        # installs the HF rotary module's own tables (short factors, n_ctx capped to match).
         return {}
     if rope_type == "llama3":
         return dict(
@@ -93,7 +114,12 @@ def hooked_config_from_hf(
     fp16), ``device`` and ``n_devices`` pass through to TransformerLens. What TransformerLens
     cannot reproduce exactly raises ``ValueError`` rather than load with wrong activations:
     other rope scalings, 3D multimodal rotary positions (M-RoPE), sliding-window attention and
-    MLP biases.
+    MLP biases. Phi-3: fused qkv / gate_up weights are split, ``partial_rotary_factor`` gives a
+    partial ``rotary_dim``, and ``n_ctx`` is capped at its ``sliding_window`` and, under LongRoPE
+    ("longrope" / "su"), at ``original_max_position_embeddings`` — within both HF neither masks
+    by window nor switches to the long factors. LongRoPE's per-frequency factors and cos/sin
+    scale are not TransformerLens config fields: :func:`hooked_from_hf` installs the HF rotary
+    module's own tables, so this config alone does not carry them.
 
     ``positions="per_sample"`` accepts a multimodal rotary scheme (M-RoPE) on the promise that the
     caller supplies every sample's rotary angles through :class:`RotaryPositions`.
@@ -109,6 +135,20 @@ def hooked_config_from_hf(
     n_heads = text_config.num_attention_heads
     d_head = getattr(text_config, "head_dim", None) or text_config.hidden_size // n_heads
     n_kv = getattr(text_config, "num_key_value_heads", None) or n_heads
+    rotary_dim = d_head
+    if model_type == "phi3":
+        factor = float(_rope_scaling(text_config).get(
+            "partial_rotary_factor", getattr(text_config, "partial_rotary_factor", 1.0)) or 1.0)
+        rotary_dim = int(d_head * factor)
+        # HF masks keys more than sliding_window back in every layer and switches LongRoPE to its
+        # long factors past original_max_position_embeddings; within both limits neither
+        # happens, so the backbone's context stops there (longer prompts are refused).
+        limits = [n_ctx or text_config.max_position_embeddings]
+        if getattr(text_config, "sliding_window", None):
+            limits.append(int(text_config.sliding_window))
+        if _rope_type(text_config) in ("longrope", "su"):
+            limits.append(_longrope_context(text_config))
+        n_ctx = min(limits)
     cfg: dict[str, Any] = dict(
         d_model=text_config.hidden_size,
         d_head=d_head,
@@ -122,7 +162,7 @@ def hooked_config_from_hf(
         act_fn=text_config.hidden_act,
         normalization_type="RMS",
         positional_embedding_type="rotary",
-        rotary_dim=d_head,
+        rotary_dim=rotary_dim,
         rotary_base=_rope_theta(text_config),
         rotary_adjacent_pairs=False,
         final_rms=True,
@@ -163,6 +203,39 @@ def hooked_config_from_hf(
     return HookedTransformerConfig(**cfg)
 
 
+def _qkv(attention: nn.Module, q_size: int, kv_size: int):
+    """(weight, bias) of q, k and v: separate projections, or Phi-3's fused ``qkv_proj`` whose
+    output rows are q, then k, then v."""
+    if hasattr(attention, "qkv_proj"):
+        fused = attention.qkv_proj
+        sizes = [q_size, kv_size, kv_size]
+        weights = fused.weight.split(sizes, dim=0)
+        biases = fused.bias.split(sizes) if fused.bias is not None else (None,) * 3
+        return list(zip(weights, biases))
+    return [(p.weight, p.bias) for p in (attention.q_proj, attention.k_proj, attention.v_proj)]
+
+
+def _install_hf_rotary(model: HookedTransformer, text_model: nn.Module) -> None:
+    """Give every attention layer the HF rotary module's own (cos, sin) tables for positions
+    0 … n_ctx−1, and forbid TransformerLens from recomputing them for longer inputs."""
+    n_ctx, dtype = model.cfg.n_ctx, model.cfg.dtype
+    with torch.no_grad():
+        probe = torch.zeros(1, dtype=torch.float32)
+        cos, sin = text_model.rotary_emb(probe, torch.arange(n_ctx)[None])
+    cos, sin = cos[0].to(dtype), sin[0].to(dtype)
+
+    def refuse(new_size: int) -> None:
+        raise ValueError(
+            f"this backbone's rotary tables (LongRoPE short factors) cover {n_ctx} positions; "
+            f"longer inputs switch HF to the long factors, which are not reproduced")
+
+    for block in model.blocks:
+        device = block.attn.W_Q.device
+        block.attn.rotary_cos = cos.to(device)
+        block.attn.rotary_sin = sin.to(device)
+        block.attn._extend_rotary_embeddings = refuse
+
+
 def _state_dict_llama_like(
     text_model: nn.Module, lm_head: nn.Module | None, cfg: HookedTransformerConfig
 ) -> dict[str, torch.Tensor]:
@@ -175,16 +248,13 @@ def _state_dict_llama_like(
         attention = layer.self_attn
         state[f"{prefix}.ln1.w"] = layer.input_layernorm.weight
         state[f"{prefix}.ln2.w"] = layer.post_attention_layernorm.weight
-        for name, projection, heads, underscore in (
-            ("Q", attention.q_proj, cfg.n_heads, ""),
-            ("K", attention.k_proj, n_kv, gqa),
-            ("V", attention.v_proj, n_kv, gqa),
-        ):
+        for name, (weight, bias), heads, underscore in zip(
+            "QKV", _qkv(attention, cfg.n_heads * cfg.d_head, n_kv * cfg.d_head),
+            (cfg.n_heads, n_kv, n_kv), ("", gqa, gqa)):
             state[f"{prefix}.attn.{underscore}W_{name}"] = einops.rearrange(
-                projection.weight, "(n h) m -> n m h", n=heads)
-            bias = projection.bias
+                weight, "(n h) m -> n m h", n=heads)
             state[f"{prefix}.attn.{underscore}b_{name}"] = (
-                torch.zeros(heads, cfg.d_head, dtype=projection.weight.dtype)
+                torch.zeros(heads, cfg.d_head, dtype=weight.dtype)
                 if bias is None else einops.rearrange(bias, "(n h) -> n h", n=heads))
         if cfg.use_qk_norm:
             state[f"{prefix}.attn.q_norm.w"] = attention.q_norm.weight
@@ -195,9 +265,13 @@ def _state_dict_llama_like(
         state[f"{prefix}.attn.b_O"] = (torch.zeros(cfg.d_model, dtype=attention.o_proj.weight.dtype)
                                        if o_bias is None else o_bias)
         mlp = layer.mlp
-        state[f"{prefix}.mlp.W_in"] = mlp.up_proj.weight.T
-        state[f"{prefix}.mlp.W_gate"] = mlp.gate_proj.weight.T
-        state[f"{prefix}.mlp.b_in"] = torch.zeros(cfg.d_mlp, dtype=mlp.up_proj.weight.dtype)
+        if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate, up = gate_up_proj(x).chunk(2)
+            gate, up = mlp.gate_up_proj.weight.chunk(2, dim=0)
+        else:
+            gate, up = mlp.gate_proj.weight, mlp.up_proj.weight
+        state[f"{prefix}.mlp.W_in"] = up.T
+        state[f"{prefix}.mlp.W_gate"] = gate.T
+        state[f"{prefix}.mlp.b_in"] = torch.zeros(cfg.d_mlp, dtype=up.dtype)
         state[f"{prefix}.mlp.W_out"] = mlp.down_proj.weight.T
         state[f"{prefix}.mlp.b_out"] = torch.zeros(cfg.d_model, dtype=mlp.down_proj.weight.dtype)
     state["ln_final.w"] = text_model.norm.weight
@@ -238,6 +312,9 @@ def hooked_from_hf(
         model.move_model_modules_to_device()
     else:
         model.to(device, print_details=False)
+    if getattr(text_config, "model_type", None) == "phi3" \
+            and _rope_type(text_config) in ("longrope", "su"):
+        _install_hf_rotary(model, text_model)
     return model.eval()
 
 

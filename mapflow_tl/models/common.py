@@ -132,12 +132,14 @@ def check_weights(path: Path) -> None:
             f"--local-dir {path}`, or pass the directory that holds the weights.")
 
 
-def load_hf_model(model_class: type, path: Path, dtype: torch.dtype) -> nn.Module:
+def load_hf_model(model_class: type, path: Path, dtype: torch.dtype, **kwargs: Any) -> nn.Module:
     """``model_class.from_pretrained(path)`` on CPU in ``dtype`` with eager attention, errors
-    naming the directory instead of a traceback from deep inside transformers."""
+    naming the directory instead of a traceback from deep inside transformers. ``kwargs`` pass
+    through to ``from_pretrained`` (e.g. ``config=``)."""
     check_weights(path)
     try:
-        model = model_class.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+        model = model_class.from_pretrained(path, dtype=dtype, attn_implementation="eager",
+                                            **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ValueError(f"cannot load {model_class.__name__} from {path}: {error}") from None
     return model.eval()

@@ -1,5 +1,7 @@
-"""LLaVA-NeXT image models on video frames with the paper's T-H-W pooling (``llava_next``; also
-the PLLaVA-format ``llava`` checkpoints of Map the Flow that carry ``pooling_shape``).
+"""LLaVA-NeXT image models on video frames with the paper's T-H-W pooling (``llava_next``). The
+paper's own PLLaVA-format checkpoints (``model_type: "llava"`` with pooling fields, LoRA
+adapters, the paper's conversation) are :mod:`mapflow_tl.models.pllava`, which reuses this
+adapter's frame features and pooling.
 
 This is how the paper's LLaVA-NeXT-7B/13B-Video-FT checkpoints and the image-only LLaVA-NeXT-7B
 control compute video tokens (PLLaVA code path, DESIGN §2): every frame goes through the CLIP
@@ -45,23 +47,15 @@ DEFAULT_POOLING_SHAPE = (8, 12, 12)
 
 @register_adapter
 class LlavaNextPooledAdapter(SplicedVideoAdapter):
-    """``LlavaNextForConditionalGeneration`` (or PLLaVA-format ``LlavaForConditionalGeneration``)
-    on T-H-W pooled frames."""
+    """``LlavaNextForConditionalGeneration`` on T-H-W pooled frames."""
 
-    model_types = ("llava_next", "llava")
+    model_types = ("llava_next",)
     name = "LLaVA-NeXT (T-H-W pooled frames)"
     media_token = "<image>"
     media_type = "image"
     media_token_id_key = "image_token_id"
     has_video_processor = False
     family_options = ("pooling_shape",)
-
-    @classmethod
-    def accepts(cls, config: dict[str, Any]) -> bool:
-        # Plain LLaVA-1.5 image checkpoints are not this family; the paper's PLLaVA-format ones
-        # say model_type "llava" and carry their pooling shape.
-        model_type = config.get("model_type")
-        return model_type == "llava_next" or (model_type == "llava" and "pooling_shape" in config)
 
     def __init__(self, path, config, **kwargs) -> None:
         shape = kwargs.get("pooling_shape") or config.get("pooling_shape") or DEFAULT_POOLING_SHAPE
@@ -75,13 +69,10 @@ class LlavaNextPooledAdapter(SplicedVideoAdapter):
         return self.pooling_shape[0], None
 
     def load_model(self):
-        from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+        from transformers import LlavaNextForConditionalGeneration
 
-        model_class = (LlavaNextForConditionalGeneration
-                       if self.config.get("model_type") == "llava_next"
-                       else LlavaForConditionalGeneration)
         self.preprocess = FramePreprocessor(self.path, "preprocessor_config.json", video=False)
-        return load_hf_model(model_class, self.path, self.dtype)
+        return load_hf_model(LlavaNextForConditionalGeneration, self.path, self.dtype)
 
     def frame_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[T, 3, h, w]`` pixels → projected patch features ``[T, n_patches, d_model]``: the
@@ -100,6 +91,12 @@ class LlavaNextPooledAdapter(SplicedVideoAdapter):
     def video_tokens(self, frames: UInt8[np.ndarray, "T H W 3"]) -> VideoTokens:
         pixels = self.pixel_values(frames)
         projected = self.frame_features(pixels)
+        return self.pooled_tokens(projected, meta={"pixel_values": pixels.detach().cpu(),
+                                                   "pooling_shape": self.pooling_shape})
+
+    def pooled_tokens(self, projected: torch.Tensor, meta: dict[str, Any]) -> VideoTokens:
+        """Projected features ``[T, p·p, d]`` → 3D adaptive average pool over (T, h, w) to
+        ``pooling_shape``, flattened frame-major (t, then h, then w)."""
         n_frames, n_patches, d_model = projected.shape
         side, _ = square_grid(n_patches, f"{self.name} frame")
         t_out, h_out, w_out = self.pooling_shape
@@ -109,6 +106,4 @@ class LlavaNextPooledAdapter(SplicedVideoAdapter):
         grid = projected.reshape(n_frames, side, side, d_model).permute(3, 0, 1, 2)[None]
         pooled = F.adaptive_avg_pool3d(grid, (t_out, h_out, w_out))  # [1, d, T, H, W]
         features = pooled[0].permute(1, 2, 3, 0).reshape(t_out * h_out * w_out, d_model)
-        return VideoTokens(features, frame_layout(t_out, (h_out, w_out)),
-                           meta={"pixel_values": pixels.detach().cpu(),
-                                 "pooling_shape": self.pooling_shape})
+        return VideoTokens(features, frame_layout(t_out, (h_out, w_out)), meta=meta)
