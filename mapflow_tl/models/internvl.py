@@ -9,7 +9,7 @@ encoded as one image tile; its p×p patches (CLS dropped) are pixel-shuffled by
 sit on the ``<IMG_CONTEXT>`` tokens; "FrameN: <img>", "</img>" and newlines are separators.
 
 The paper's Mini-InternVL-4B-Video-FT ships in InternVL-1.5 remote-code format (Phi-3 backbone,
-``model_type: "internvl_chat"``); that format is not this adapter's.
+``model_type: "internvl_chat"``); :mod:`mapflow_tl.models.internvl_chat` loads that format.
 """
 
 from __future__ import annotations
