@@ -259,3 +259,14 @@ def test_paper_accounting_at_paper_shape():
     ~1250-position prompt give the 25.7M total of Map the Flow Table 1 (7B)."""
     n = 1267
     assert 32 * causal_edge_count(n) == pytest.approx(25.7e6, rel=0.002)
+
+
+def test_hooks_are_removed_after_an_interrupt(tiny_backbone, layout):
+    def interrupt(scores, hook):
+        raise KeyboardInterrupt
+
+    hooks = knockout(E.cross_frame(layout), [0]) + [("blocks.1.attn.hook_attn_scores", interrupt)]
+    with pytest.raises(KeyboardInterrupt):
+        run_from_embeds(tiny_backbone, embeds_for(tiny_backbone, layout.n_positions),
+                        fwd_hooks=hooks)
+    assert all(not point.fwd_hooks for point in tiny_backbone.hook_dict.values())
