@@ -15,13 +15,14 @@ __all__ = ["main", "COMMAND_MODULES"]
 COMMAND_MODULES: tuple[str, ...] = (
     "mapflow_tl.commands",
     "mapflow_tl.data.cli",
+    "mapflow_tl.synthtv.cli",
 )
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    summary = run_demo(seed=args.seed, n_layers=args.layers, k=args.window)
+    summary = run_demo(args.out, per_task=args.per_task, seed=args.seed, device=args.device)
     if args.json:
         print(json.dumps(summary, indent=2))
     return 0
@@ -37,10 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mapflow-tl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser("demo", help="run a knockout sweep and print its table")
+    demo = commands.add_parser("demo", help="the paper's analyses on the SynthTV models, with a "
+                                             "summary table and report.html")
+    demo.add_argument("--out", default="outputs/demo", help="run directory (default %(default)s)")
+    demo.add_argument("--per-task", type=int, default=12, help="questions per SynthTV task")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--layers", type=int, default=8, help="backbone depth")
-    demo.add_argument("--window", type=int, default=3, help="knockout window size k")
+    demo.add_argument("--device", default="cpu")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(handler=_demo)
     for module_name in COMMAND_MODULES:

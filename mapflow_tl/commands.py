@@ -25,8 +25,32 @@ __all__ = ["register", "load_samples", "DTYPES"]
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
-#: Dataset names resolved without a data root: name → function(seed, per_task, tasks) → samples.
-BUILTIN_DATASETS: dict[str, Callable[..., list[Any]]] = {}
+def synthtv_samples(seed: int = 0, tasks: list[str] | None = None, limit: int | None = None,
+                    cache: str | Path | None = None) -> list[Any]:
+    """The fixed SynthTV evaluation set: generated deterministically from the held-out evaluation
+    seed (plus ``seed``), written once in TVBench's format to a cache folder and read back with
+    the TVBench loader — exactly what a downloaded benchmark goes through. ``limit`` is the
+    number of questions per task (default 20); ``tasks`` defaults to the temporal tasks."""
+    from .data.benchmarks import load_dataset
+    from .synthtv import generator as gen
+    from .synthtv.evaluate import EVAL_SEED
+
+    tasks = list(tasks or gen.TEMPORAL_TASKS)
+    unknown = sorted(set(tasks) - set(gen.ALL_TASKS))
+    if unknown:
+        raise ValueError(f"unknown SynthTV task(s) {unknown}; tasks: {list(gen.ALL_TASKS)}")
+    per_task = limit or 20
+    root = Path(cache or Path.home() / ".cache" / "mapflow-tl" / "synthtv")
+    folder = root / f"seed{EVAL_SEED + seed}-n{per_task}-{'-'.join(sorted(tasks))}"
+    if not (folder / "complete").is_file():
+        items = gen.generate(tasks, per_task, EVAL_SEED + seed)
+        gen.write_benchmark(folder, items)
+        (folder / "complete").write_text("ok\n")
+    return list(load_dataset("tvbench", folder, tasks))
+
+
+#: Dataset names resolved without a data root: name → function(seed, tasks, limit) → samples.
+BUILTIN_DATASETS: dict[str, Callable[..., list[Any]]] = {"synthtv": synthtv_samples}
 
 
 def load_samples(dataset: str, data_root: str | None, tasks: list[str] | None,

@@ -1,18 +1,42 @@
 import json
 
+import pytest
+
 from mapflow_tl.cli import main
 
 
-def test_demo_json(capsys):
-    assert main(["demo", "--json", "--layers", "4", "--window", "3"]) == 0
-    out = capsys.readouterr().out
-    summary = json.loads(out[out.index("{\n"):])
-    assert set(summary["relative_change"]) >= {"cross-frame", "video → question", "question → last"}
-    assert all(len(row) == 4 for row in summary["relative_change"].values())
-    assert summary["edges"]["question → video"] == 0
-    assert all(value == 0 for value in summary["relative_change"]["question → video"])
-
-
-def test_help_and_version(capsys):
+def test_help_lists_every_command(capsys):
     assert main([]) == 0
-    assert "demo" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for command in ("demo", "flow", "prob", "lens", "prune", "attention", "report", "circuits",
+                    "data"):
+        assert command in out
+
+
+def test_circuits_lists_the_papers_circuits(capsys):
+    assert main(["circuits"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cross-frame", "vql-to-ql", "question-and-options-to-last", "vq-to-true-opt",
+                 "pathway-llava-next-7b", "pathway-llava-next-13b", "pathway-mini-internvl-4b",
+                 "pathway-videollama3-7b"):
+        assert name in out
+
+
+def test_user_circuit_folder(tmp_path, capsys):
+    (tmp_path / "my_circuit.py").write_text(
+        '"""mine"""\nfrom mapflow_tl import edges as E\nNAME = "my-circuit"\n'
+        'DESCRIPTION = "video → last only"\n'
+        'def curves(seg, n_layers):\n    return {"video → last": E.video_to_last(seg)}\n')
+    assert main(["circuits", "--dir", str(tmp_path)]) == 0
+    assert "my-circuit" in capsys.readouterr().out
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    code = main(["flow", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "no model directory" in capsys.readouterr().err
+
+
+def test_report_of_a_folder_without_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a mapflow-tl run directory" in capsys.readouterr().err

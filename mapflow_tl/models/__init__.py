@@ -39,8 +39,11 @@ FAMILY_MODULES: tuple[str, ...] = (
     "qwen_vl",
 )
 
-#: Built-in model names resolving to directories shipped with the package.
-BUILTIN_MODELS: dict[str, Path] = {}
+#: Built-in model names resolving to directories shipped with the package: the SynthTV model
+#: organism (see mapflow_tl/synthtv and its model cards).
+_CHECKPOINTS = Path(__file__).resolve().parents[1] / "synthtv" / "checkpoints"
+BUILTIN_MODELS: dict[str, Path] = {name: _CHECKPOINTS / name
+                                   for name in ("synthtv-image", "synthtv-video-ft")}
 
 for _module in FAMILY_MODULES:
     importlib.import_module(f"{__name__}.{_module}")
