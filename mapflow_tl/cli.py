@@ -15,7 +15,6 @@ __all__ = ["main", "COMMAND_MODULES"]
 COMMAND_MODULES: tuple[str, ...] = (
     "mapflow_tl.commands",
     "mapflow_tl.data.cli",
-    "mapflow_tl.synthtv.cli",
 )
 
 
