@@ -18,7 +18,8 @@ from tqdm import tqdm
 from . import analyses as A
 from .circuits import list_circuits, load_circuit
 from .hooks import WINDOW_STYLES
-from .runs import RunWriter, read_table
+from .distributed import shard, world
+from .runs import SHARDS_DIR, RunWriter, merge_shards, read_table
 
 __all__ = ["register", "load_samples", "DTYPES"]
 
@@ -92,61 +93,96 @@ def _common(parser: argparse.ArgumentParser, *, circuit: bool = True) -> None:
                             help="circuit name or .py file (repeatable)")
 
 
-def _context(args: argparse.Namespace, command: str):
-    from .models import load_videollm
+class _Run:
+    """One analysis run: the model, this process' samples and the writer of its results.
 
-    vlm = load_videollm(args.model, dtype=DTYPES[args.dtype], device=args.device)
-    samples, skipped = load_samples(args.dataset, args.data_root, args.task, args.limit,
-                                    args.seed, strict=args.strict)
-    config = {key: value for key, value in vars(args).items()
-              if key not in ("handler", "resume", "out", "device", "strict")}
-    config.update(command=command, model_family=vlm.family, n_layers=vlm.n_layers,
-                  n_samples=len(samples))
-    writer = RunWriter(args.out, config, resume=args.resume)
-    (writer.out / "skipped.jsonl").unlink(missing_ok=True)
-    writer.write("skipped", skipped)
-    return vlm, samples, writer
+    Under a launcher with several processes (``torchrun``, ``accelerate launch``) each rank takes
+    every ``size``-th sample, writes to ``OUT/shards/rank-NNN`` and, at :meth:`finish`, rank 0
+    merges the shards into ``OUT`` in sample order (see :mod:`mapflow_tl.distributed`).
+    """
+
+    def __init__(self, args: argparse.Namespace, command: str) -> None:
+        from .models import load_videollm
+
+        self.args, self.world = args, world()
+        self.vlm = load_videollm(args.model, dtype=DTYPES[args.dtype],
+                                 device=self.world.device(args.device))
+        samples, skipped = load_samples(args.dataset, args.data_root, args.task, args.limit,
+                                        args.seed, strict=args.strict)
+        self.order = [str(getattr(sample, "id", "")) for sample in samples]
+        self.samples = shard(samples, self.world)
+        self.config = {key: value for key, value in vars(args).items()
+                       if key not in ("handler", "resume", "out", "device", "strict")}
+        self.config.update(command=command, model_family=self.vlm.family,
+                           n_layers=self.vlm.n_layers, n_samples=len(samples),
+                           world_size=self.world.size)
+        out = Path(args.out)
+        if self.world.distributed:
+            out = out / SHARDS_DIR / f"rank-{self.world.rank:03d}"
+        self.writer = RunWriter(out, self.config, resume=args.resume)
+        (self.writer.out / "skipped.jsonl").unlink(missing_ok=True)
+        if self.world.is_main:
+            self.writer.write("skipped", skipped)
+
+    def prepared(self, table: str, done: set[tuple] | None = None) -> Iterable[Any]:
+        """This rank's prepared samples with a progress bar, skipping those already in
+        ``table`` (or in ``done``). A sample that cannot be prepared (unreadable video, prompt
+        that cannot be placed) is recorded in the ``skipped`` table with its reason, unless
+        ``--strict``."""
+        done = self.writer.completed(table, "sample") if done is None else done
+        samples = tqdm(self.samples, desc=f"{self.config['command']}"
+                       + (f" [rank {self.world.rank}]" if self.world.distributed else ""),
+                       unit="sample", dynamic_ncols=True, position=self.world.rank)
+        for sample in samples:
+            sample_id = str(getattr(sample, "id", ""))
+            if RunWriter.key({"sample": sample_id}, "sample") in done:
+                continue
+            try:
+                prepared = self.vlm.prepare(sample)
+            except ValueError as error:
+                if self.args.strict:
+                    raise
+                self.writer.write("skipped", [{
+                    "sample": sample_id, "file": str(getattr(sample, "video", "")),
+                    "field": getattr(error, "field", None), "reason": str(error)}])
+                continue
+            yield prepared
+
+    def finish(self) -> Path:
+        """Close the tables; with several ranks, wait for all and merge on rank 0. Returns the
+        run directory holding the complete tables (on rank 0)."""
+        self.writer.finish()
+        out = Path(self.args.out)
+        if self.world.distributed:
+            self.world.barrier()
+            if self.world.is_main:
+                RunWriter(out, self.config, resume=True)
+                merge_shards(out, self.order)
+            self.world.barrier()
+            self.world.close()
+        if self.world.is_main:
+            _summarise_skipped(out)
+        return out
 
 
-def _loop(samples: list[Any], vlm, description: str, writer: RunWriter, strict: bool,
-          done: set[tuple] = frozenset()) -> Iterable[Any]:
-    """Prepared samples with a progress bar, skipping those whose id is in ``done``. A sample
-    that cannot be prepared (unreadable video, prompt that cannot be placed) is recorded in the
-    ``skipped`` table with its reason, unless ``strict``."""
-    for sample in tqdm(samples, desc=description, unit="sample", dynamic_ncols=True):
-        sample_id = str(getattr(sample, "id", ""))
-        if RunWriter.key({"sample": sample_id}, "sample") in done:
-            continue
-        try:
-            prepared = vlm.prepare(sample)
-        except ValueError as error:
-            if strict:
-                raise
-            writer.write("skipped", [{"sample": sample_id, "file": str(getattr(sample, "video",
-                                                                                 "")),
-                                      "field": getattr(error, "field", None),
-                                      "reason": str(error)}])
-            continue
-        yield prepared
-
-
-def _summarise_skipped(writer: RunWriter) -> None:
-    skipped = read_table(writer.out, "skipped")
+def _summarise_skipped(out: Path) -> None:
+    skipped = read_table(out, "skipped")
     if skipped:
-        print(f"{len(skipped)} sample(s) skipped; reasons in {writer.out / 'skipped.jsonl'}:",
+        print(f"{len(skipped)} sample(s) skipped; reasons in {out / 'skipped.jsonl'}:",
               file=sys.stderr)
         for row in skipped[:5]:
             print(f"  {row.get('sample') or row.get('file')}: {row['reason']}", file=sys.stderr)
 
 
 def _flow(args: argparse.Namespace) -> int:
-    vlm, samples, writer = _context(args, "flow")
+    run = _Run(args, "flow")
+    vlm, writer = run.vlm, run.writer
     circuits = [load_circuit(name) for name in (args.circuit or ["cross-frame", "vql-to-ql"])]
     # A sample is done once its "samples" row exists; its flow rows are written just before it,
     # so flow rows of a sample without one are a crash's leftovers and are dropped.
     done = writer.completed("samples", "sample")
     writer.retain("flow", "sample", done)
-    for x in _loop(samples, vlm, "flow", writer, args.strict, done):
+    for x in run.prepared("samples", done):
         base = A.base_prediction(vlm, x)
         if A.select(base, args.mode):
             rows = [row for circuit in circuits for row in A.flow_sweep(
@@ -154,67 +190,69 @@ def _flow(args: argparse.Namespace) -> int:
             writer.write("flow", rows)
         writer.write("samples", [{**A._sample_fields(x), **base,
                                   "selected": A.select(base, args.mode)}])
-    writer.finish()
-    _summarise_skipped(writer)
-    selected = sum(bool(r["selected"]) for r in read_table(args.out, "samples"))
-    print(f"flow: {selected}/{len(samples)} samples in mode {args.mode!r}; tables in {args.out}")
+    out = run.finish()
+    if run.world.is_main:
+        selected = sum(bool(r["selected"]) for r in read_table(out, "samples"))
+        print(f"flow: {selected}/{len(run.order)} samples in mode {args.mode!r}; tables in {out}")
     return 0
 
 
 def _prob(args: argparse.Namespace) -> int:
-    vlm, samples, writer = _context(args, "prob")
-    done = writer.completed("prob", "sample")
-    for x in _loop(samples, vlm, "prob", writer, args.strict, done):
-        writer.write("prob", A.probability_trace(vlm, x))
-    writer.finish()
-    _summarise_skipped(writer)
+    run = _Run(args, "prob")
+    for x in run.prepared("prob"):
+        run.writer.write("prob", A.probability_trace(run.vlm, x))
+    run.finish()
     return 0
 
 
 def _keywords(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if args.keywords:
-        words = json.loads(Path(args.keywords).read_text())
-        return words["spatial"], words["temporal"]
-    from .synthtv import keywords
+        path = Path(args.keywords)
+        try:
+            words = json.loads(path.read_text())
+            return list(words["spatial"]), list(words["temporal"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"--keywords {path}: expected a JSON file "
+                             f'{{"spatial": [...], "temporal": [...]}} ({error})') from None
+    from .synthtv import generator as gen
 
-    return keywords()
+    return list(gen.SPATIAL_WORDS), list(gen.TEMPORAL_WORDS)
 
 
 def _lens(args: argparse.Namespace) -> int:
-    vlm, samples, writer = _context(args, "lens")
     spatial, temporal = _keywords(args)
-    done = writer.completed("lens", "sample")
-    for x in _loop(samples, vlm, "lens", writer, args.strict, done):
-        writer.write("lens", A.video_lens(vlm, x, k=args.top_k))
-    (writer.out / "keywords.jsonl").unlink(missing_ok=True)
-    writer.write("keywords", A.keyword_frequency(read_table(args.out, "lens"), spatial, temporal))
-    writer.finish()
-    _summarise_skipped(writer)
+    run = _Run(args, "lens")
+    for x in run.prepared("lens"):
+        run.writer.write("lens", A.video_lens(run.vlm, x, k=args.top_k))
+    out = run.finish()
+    if run.world.is_main:
+        (out / "keywords.jsonl").unlink(missing_ok=True)
+        keywords = RunWriter(out, run.config, resume=True)
+        keywords.write("keywords", A.keyword_frequency(read_table(out, "lens"), spatial,
+                                                       temporal))
+        keywords.finish()
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
-    vlm, samples, writer = _context(args, "prune")
     circuit = load_circuit((args.circuit or ["pathway-synthtv"])[0])
-    done = writer.completed("prune", "sample")
-    for x in _loop(samples, vlm, "prune", writer, args.strict, done):
-        writer.write("prune", A.prune(vlm, x, circuit, seed=args.seed))
-    writer.finish()
-    _summarise_skipped(writer)
-    from .report import pathway_table
+    run = _Run(args, "prune")
+    for x in run.prepared("prune"):
+        run.writer.write("prune", A.prune(run.vlm, x, circuit, seed=args.seed))
+    out = run.finish()
+    if run.world.is_main:
+        from .report import pathway_table
 
-    for row in pathway_table(read_table(args.out, "prune")):
-        print(row)
+        for row in pathway_table(read_table(out, "prune")):
+            print(row)
     return 0
 
 
 def _attention(args: argparse.Namespace) -> int:
-    vlm, samples, writer = _context(args, "attention")
-    done = writer.completed("attention", "sample")
-    for x in _loop(samples, vlm, "attention", writer, args.strict, done):
-        writer.write("attention", A.attention_to_frames(vlm, x))
-    writer.finish()
-    _summarise_skipped(writer)
+    run = _Run(args, "attention")
+    for x in run.prepared("attention"):
+        run.writer.write("attention", A.attention_to_frames(run.vlm, x))
+    run.finish()
     return 0
 
 

@@ -23,9 +23,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["RunWriter", "read_table", "read_run_config", "package_versions", "IDENTITY_KEYS"]
+__all__ = ["RunWriter", "read_table", "read_run_config", "package_versions", "IDENTITY_KEYS",
+           "merge_shards", "SHARDS_DIR"]
 
 CONFIG_FILE = "run.json"
+SHARDS_DIR = "shards"
 #: Configuration keys that must match for a run to be resumed.
 IDENTITY_KEYS = ("command", "model", "dataset", "data_root", "task", "limit", "circuit", "window",
                  "style", "mode", "method", "seed", "dtype", "top_k", "keywords")
@@ -162,3 +164,26 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a mapflow-tl run directory (no {CONFIG_FILE})")
     return json.loads(path.read_text())
+
+
+def merge_shards(out: str | Path, sample_order: list[str]) -> list[str]:
+    """Merge the per-rank shards ``out/shards/rank-*/<table>.jsonl`` into ``out/<table>.jsonl``,
+    rows ordered by their sample's position in ``sample_order`` (rows of one sample keep their
+    order), written atomically. Returns the merged table names."""
+    out = Path(out)
+    shard_dirs = sorted((out / SHARDS_DIR).glob("rank-*"))
+    position = {sample: i for i, sample in enumerate(sample_order)}
+    tables = sorted({path.stem for folder in shard_dirs for path in folder.glob("*.jsonl")})
+    for table in tables:
+        rows = [row for folder in shard_dirs for row in read_table(folder, table)]
+        rows.sort(key=lambda row: position.get(str(row.get("sample")), len(position)))
+        path = out / f"{table}.jsonl"
+        temporary = path.with_suffix(".jsonl.tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        write_csv(out / f"{table}.csv", rows)
+    return tables

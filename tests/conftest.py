@@ -35,3 +35,25 @@ def layout():
     return SegmentMap.sequential(system=2, frames=[(2, 3)] * 3, after_video=1, question=4,
                                  options=[2, 1, 2], true_option=1, between_options=1,
                                  before_last=1)
+
+
+@pytest.fixture(scope="session")
+def model_and_data(tmp_path_factory):
+    """An untrained model of SynthTV's architecture saved as a checkpoint, and a small SynthTV set
+    in TVBench's format: what a CLI run needs, in seconds."""
+    import json
+
+    build = pytest.importorskip("mapflow_tl.synthtv.build")
+    generator = pytest.importorskip("mapflow_tl.synthtv.generator")
+    root = tmp_path_factory.mktemp("run")
+    model_dir = root / "model"
+    tokenizer = build.build_tokenizer()
+    model = build.build_model(tokenizer=tokenizer, seed=3)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    for name, data in build.processor_files().items():
+        (model_dir / name).write_text(json.dumps(data))
+    data_dir = root / "data"
+    generator.write_benchmark(data_dir, generator.generate(["moving_direction", "object_count"],
+                                                           per_task=6, seed=11))
+    return model_dir, data_dir

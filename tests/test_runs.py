@@ -15,25 +15,6 @@ import pytest
 
 from mapflow_tl.runs import RunWriter, read_table
 
-build = pytest.importorskip("mapflow_tl.synthtv.build")
-generator = pytest.importorskip("mapflow_tl.synthtv.generator")
-
-
-@pytest.fixture(scope="module")
-def model_and_data(tmp_path_factory):
-    """An untrained model of SynthTV's architecture and a small SynthTV set in TVBench format."""
-    root = tmp_path_factory.mktemp("run")
-    model_dir = root / "model"
-    tokenizer = build.build_tokenizer()
-    model = build.build_model(tokenizer=tokenizer, seed=3)
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    for name, data in build.processor_files().items():
-        (model_dir / name).write_text(json.dumps(data))
-    data_dir = root / "data"
-    generator.write_benchmark(data_dir, generator.generate(["moving_direction", "object_count"],
-                                                           per_task=6, seed=11))
-    return model_dir, data_dir
 
 
 def flow_command(model_dir, data_dir, out, *extra):
