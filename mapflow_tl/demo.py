@@ -146,15 +146,3 @@ def _print_summary(summary: dict[str, Any]) -> None:
           f"points, image-only {summary['image_model_crossframe_ko_drop']:.1f} points")
     print(f"report: {summary['report']}  ({summary['seconds']} s)")
 
-
-def tiny_llama(n_layers: int = 8, seed: int = 0, vocab: int = 64):
-    """A small random-initialised Hugging Face ``LlamaForCausalLM`` (eager attention), for
-    engine checks and benchmarks that need a backbone but no trained model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, attn_implementation="eager")
-    return LlamaForCausalLM(config).eval()

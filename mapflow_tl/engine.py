@@ -27,6 +27,8 @@ logits without a forward.
 
 from __future__ import annotations
 
+import logging
+
 import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +55,8 @@ __all__ = [
     "sweep",
     "SWEEP_METHODS",
 ]
+
+logger = logging.getLogger(__name__)
 
 SWEEP_METHODS = ("fast", "naive")
 
@@ -402,9 +406,9 @@ def _fast_sweep(
             masks[id(config.edges)] = mask
         return mask[first_query:]
 
-    for batch in batches:
-        s, p, size = batch.start_layer, batch.first_query, len(batch.indices)
-        chunk = [configs[i] for i in batch.indices]
+    def run_batch(s: int, p: int, indices: tuple[int, ...]) -> None:
+        size = len(indices)
+        chunk = [configs[i] for i in indices]
         # Fresh frozen entries per batch: views of the clean prefix, never appended to.
         cache = TransformerLensKeyValueCache(
             entries=[
@@ -432,6 +436,24 @@ def _fast_sweep(
                              past_kv_cache=cache)
         logits = _last_logits(model, residual)
         del residual, cache
-        for row, index in enumerate(batch.indices):
+        for row, index in enumerate(indices):
             results[index] = logits[row]
+
+    def run_or_split(s: int, p: int, indices: tuple[int, ...]) -> None:
+        try:
+            run_batch(s, p, indices)
+        except torch.OutOfMemoryError:
+            if len(indices) == 1:
+                raise
+            half = len(indices) // 2
+            logger.warning("out of memory on a batch of %d knockout configurations; halving it "
+                           "to %d and %d and continuing", len(indices), half,
+                           len(indices) - half)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            run_or_split(s, p, indices[:half])
+            run_or_split(s, p, indices[half:])
+
+    for batch in batches:
+        run_or_split(batch.start_layer, batch.first_query, batch.indices)
     return torch.stack(results)

@@ -69,3 +69,15 @@ def hf_logits_with_layer_masks(hf_model, layer_masks: Mapping[int, torch.Tensor]
     finally:
         for handle in handles:
             handle.remove()
+
+
+def tiny_llama(n_layers: int = 8, seed: int = 0, vocab: int = 64):
+    """A small random-initialised Hugging Face ``LlamaForCausalLM`` (eager attention)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, attn_implementation="eager")
+    return LlamaForCausalLM(config).eval()

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from mapflow_tl import edges as E
-from mapflow_tl.demo import tiny_llama
 from mapflow_tl.edges import Edges
 from mapflow_tl.engine import (
     KnockoutConfig,
@@ -24,6 +23,7 @@ from mapflow_tl.engine import (
 from mapflow_tl.hooks import WINDOW_STYLES
 from mapflow_tl.models.backbone import hooked_from_hf, run_from_embeds
 from mapflow_tl.segments import SegmentMap
+from reference import tiny_llama
 
 N_LAYERS = 6
 K = 3
@@ -251,3 +251,24 @@ def test_qwen2_backbone_with_biases():
     _assert_equal(sweep(model, embeds, configs), naive, configs)
     clean = run_from_embeds(model, embeds)[0, -1].softmax(-1)
     assert float((naive.softmax(-1) - clean).abs().max()) > 1e-3
+
+
+def test_out_of_memory_halves_the_batch_and_continues(llama, inputs, caplog):
+    """A batch that runs out of memory is split in halves, logged, and the sweep goes on with the
+    same results (the OOM is provoked by a hook that refuses batches of more than 2)."""
+    seg, embeds = inputs
+    configs = layer_sweep({"video → last": E.video_to_last(seg)}, N_LAYERS, k=3)
+
+    def refuse_big_batches(scores, hook):
+        if scores.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    llama.add_hook("blocks.0.attn.hook_attn_scores", refuse_big_batches)
+    try:
+        with caplog.at_level("WARNING", logger="mapflow_tl.engine"):
+            fast = sweep(llama, embeds, configs, method="fast", max_batch=8)
+    finally:
+        llama.reset_hooks()
+    naive = sweep(llama, embeds, configs, method="naive")
+    _assert_equal(fast, naive, configs)
+    assert any("halving it" in record.message for record in caplog.records)
