@@ -427,3 +427,19 @@ def test_unlocatable_question_is_an_error(checkpoints):
 def test_unknown_load_option_is_an_error(checkpoints):
     with pytest.raises(ValueError, match="unknown load option.*pooling_shape"):
         load_videollm(checkpoints["llava_next_video"], pooling_shape=(8, 12, 12))
+
+
+def test_config_that_does_not_match_the_weights_names_the_tensors(checkpoints, tmp_path):
+    import shutil
+
+    path = tmp_path / "mismatched"
+    shutil.copytree(checkpoints["llava_next_video"], path)
+    config = json.loads((path / "config.json").read_text())
+    config["text_config"]["intermediate_size"] *= 2
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"do not have the shapes its config.json describes "
+                                         r"\(model\.language_model\.layers\.\d\.mlp\..*checkpoint"):
+        load_videollm(path)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        load_videollm(path)

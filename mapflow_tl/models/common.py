@@ -141,8 +141,29 @@ def load_hf_model(model_class: type, path: Path, dtype: torch.dtype, **kwargs: A
         model = model_class.from_pretrained(path, dtype=dtype, attn_implementation="eager",
                                             **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
+        if "mismatched" in str(error):
+            raise ValueError(f"cannot load {model_class.__name__} from {path}: the weights do "
+                             f"not have the shapes its config.json describes "
+                             f"({_mismatched(model_class, path, dtype, kwargs)}). Is config.json "
+                             f"from another model, or a weight file from another size?") from None
         raise ValueError(f"cannot load {model_class.__name__} from {path}: {error}") from None
     return model.eval()
+
+
+def _mismatched(model_class: type, path: Path, dtype: torch.dtype, kwargs: dict) -> str:
+    """A short list of the weights whose shapes disagree with the config (error path only)."""
+    try:
+        _, info = model_class.from_pretrained(path, dtype=dtype, ignore_mismatched_sizes=True,
+                                              output_loading_info=True, **kwargs)
+    except Exception:  # noqa: BLE001 - the list is a courtesy; the error is raised regardless
+        return "shapes differ"
+    entries = [f"{name}: checkpoint {tuple(saved)} vs config {tuple(expected)}"
+               if isinstance(saved, (tuple, list, torch.Size)) else str(name)
+               for name, saved, expected in (
+                   (entry + (None, None))[:3] if isinstance(entry, tuple) else (entry, None, None)
+                   for entry in info.get("mismatched_keys", []))]
+    more = f", and {len(entries) - 3} more" if len(entries) > 3 else ""
+    return "; ".join(entries[:3]) + more if entries else "shapes differ"
 
 
 def load_tokenizer(path: Path) -> Any:
