@@ -15,6 +15,7 @@ __all__ = ["main", "COMMAND_MODULES"]
 COMMAND_MODULES: tuple[str, ...] = (
     "mapflow_tl.commands",
     "mapflow_tl.data.cli",
+    "mapflow_tl.synthtv.cli",
 )
 
 

@@ -40,3 +40,22 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 def test_report_of_a_folder_without_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a mapflow-tl run directory" in capsys.readouterr().err
+
+
+def test_demo_on_synthtv_writes_the_summary_and_report(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("mapflow_tl.synthtv.generator")
+    monkeypatch.setenv("HOME", str(tmp_path))  # the SynthTV evaluation set is cached under HOME
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--per-task", "2", "--json"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{\n"):])
+    assert set(summary["tasks"]) == {"Action Antonym", "Action Sequence", "Moving Direction",
+                                     "Object Count", "Scene Transition"}
+    for row in summary["tasks"].values():
+        for key in ("base_acc", "crossframe_ko_acc", "pathway_acc", "pathway_retained",
+                    "random_acc"):
+            assert row[key] is not None and 0 <= row[key] <= 100
+    assert "image_model_crossframe_ko_drop" in summary
+    page = (tmp_path / "demo" / "report.html").read_text()
+    for figure_id in ("flow-change", "probability-trace", "keyword-frequency", "lens-overlay",
+                      "attention-maps", "pathway-table"):
+        assert f'id="{figure_id}"' in page

@@ -1,0 +1,149 @@
+"""``mapflow-tl synthtv …``: generate the benchmark, train and evaluate the SynthTV models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+__all__ = ["register"]
+
+SUMMARIES = {
+    "image": "Image-only SynthTV model: trained on single-frame image tasks only (colour, shape, "
+             "position, scene) — the miniature of the paper's image-only LLaVA-NeXT-7B.",
+    "video": "Video-fine-tuned SynthTV model: `synthtv-image` fine-tuned on the five temporal "
+             "tasks with a quarter of each step kept on image tasks — the miniature of the "
+             "paper's LLaVA-NeXT-7B-Video-FT.",
+}
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from . import generator as gen
+
+    tasks = args.tasks or list(gen.ALL_TASKS)
+    items = gen.generate(tasks, args.per_task, args.seed)
+    counts = gen.write_benchmark(args.out, items, write_videos=not args.no_videos)
+    print(json.dumps({"out": str(args.out), "seed": args.seed, "counts": counts}, indent=2))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from . import train as T
+
+    config = T.STAGES[args.stage]
+    overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads),
+                                   ("init_from", args.init_from)) if v is not None}
+    config = replace(config, **overrides)
+    name = T.MODEL_NAMES[args.stage]
+    out = Path(args.out) if args.out else T.checkpoint_path(name)
+    start = time.time()
+    model, tokenizer, rows = T.train(config, log=_log)
+    seconds = time.time() - start
+    command = "mapflow-tl synthtv train " + " ".join(shlex.quote(a) for a in sys.argv[3:]) \
+        if len(sys.argv) > 3 and sys.argv[1:3] == ["synthtv", "train"] \
+        else f"mapflow-tl synthtv train --stage {args.stage}"
+    training = {"train_config": config.to_dict(), "train_seconds": seconds,
+                "final_loss": sum(r["loss"] for r in rows[-25:]) / min(25, len(rows)),
+                "command": command, "notes": args.notes}
+    T.save_checkpoint(model, tokenizer, config, out, extra=training)
+    _log(f"saved {out} after {seconds / 60:.1f} min; measuring …")
+    return _write_card(out, args.stage, knockout=not args.no_knockout)
+
+
+def _write_card(path: Path, stage: str, knockout: bool = True) -> int:
+    """Measure the checkpoint at ``path`` and (re)write its model card."""
+    from . import train as T
+    from .card import measure, write_card
+    from .evaluate import load
+
+    training = json.loads((Path(path) / "training.json").read_text())
+    model, tokenizer = load(path)
+    measured = measure(model, tokenizer, knockout=knockout)
+    write_card(path, name=T.MODEL_NAMES[stage], summary=SUMMARIES[stage], training=training,
+               measured=measured, command=training["command"])
+    print(json.dumps({task: round(row["accuracy"], 4)
+                      for task, row in measured["eval"]["tasks"].items()}, indent=2))
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from . import train as T
+
+    stage = {name: stage for stage, name in T.MODEL_NAMES.items()}.get(args.model)
+    path = T.checkpoint_path(args.model) if stage else Path(args.model)
+    if stage is None:
+        stage = json.loads((path / "training.json").read_text())["train_config"]["stage"]
+    return _write_card(path, stage, knockout=not args.no_knockout)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from . import generator as gen
+    from .card import knockout_layer_sets
+    from .evaluate import EVAL_SEED, cross_frame_study, evaluate, load
+
+    model, tokenizer = load(args.model)
+    tasks = args.tasks or list(gen.ALL_TASKS)
+    items = gen.generate(tasks, args.per_task, args.seed if args.seed is not None else EVAL_SEED)
+    result = {"model": args.model, "seed": args.seed if args.seed is not None else EVAL_SEED,
+              "tasks": evaluate(model, tokenizer, items)}
+    if args.knockout:
+        temporal = {t: v for t, v in items.items() if t in gen.TEMPORAL_TASKS}
+        layer_sets = knockout_layer_sets(model.config.text_config.num_hidden_layers)
+        result["cross_frame_knockout"] = cross_frame_study(model, tokenizer, temporal, layer_sets)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for task, row in result["tasks"].items():
+            print(f"{task:<18} {100 * row['accuracy']:5.1f}%  (chance {100 * row['chance']:.1f}%,"
+                  f" n={row['n']})")
+    return 0
+
+
+def register(subparsers) -> None:
+    synthtv = subparsers.add_parser(
+        "synthtv", help="SynthTV: synthetic temporal VideoQA benchmark and its tiny VideoLLMs")
+    commands = synthtv.add_subparsers(dest="synthtv_command", metavar="SUBCOMMAND")
+    synthtv.set_defaults(handler=lambda args: (synthtv.print_help(), 0)[1])
+
+    generate = commands.add_parser("generate", help="write videos (.mp4) and TVBench-format JSON")
+    generate.add_argument("--out", required=True, help="output directory (json/, video/)")
+    generate.add_argument("--per-task", type=int, default=200, help="questions per task")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--tasks", nargs="*", help="subset of tasks (default: all)")
+    generate.add_argument("--no-videos", action="store_true", help="write only the JSON files")
+    generate.set_defaults(handler=_generate)
+
+    train = commands.add_parser("train", help="train a SynthTV model and write its model card")
+    train.add_argument("--stage", choices=("image", "video"), required=True)
+    train.add_argument("--steps", type=int, help="override the stage's number of steps")
+    train.add_argument("--threads", type=int, help="CPU threads (default 1: reproducible)")
+    train.add_argument("--init-from", help="checkpoint to fine-tune (video stage)")
+    train.add_argument("--out", help="checkpoint directory (default: the shipped one)")
+    train.add_argument("--no-knockout", action="store_true", help="skip the knockout study")
+    train.add_argument("--notes", help="free text added to the model card")
+    train.set_defaults(handler=_train)
+
+    card = commands.add_parser("card", help="measure a trained checkpoint, rewrite its card")
+    card.add_argument("--model", required=True,
+                      help="synthtv-image, synthtv-video-ft or a checkpoint directory")
+    card.add_argument("--no-knockout", action="store_true")
+    card.set_defaults(handler=_card)
+
+    evaluate = commands.add_parser("eval", help="per-task accuracy of a SynthTV model")
+    evaluate.add_argument("--model", default="synthtv-video-ft",
+                          help="synthtv-image, synthtv-video-ft or a checkpoint directory")
+    evaluate.add_argument("--per-task", type=int, default=200)
+    evaluate.add_argument("--seed", type=int, help="generator seed (default: held-out 1000)")
+    evaluate.add_argument("--tasks", nargs="*")
+    evaluate.add_argument("--knockout", action="store_true",
+                          help="also run the cross-frame knockout study")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(handler=_eval)

@@ -1,0 +1,279 @@
+"""Train the two SynthTV VideoLLMs on CPU, deterministically.
+
+- stage ``image``: a freshly initialised model learns the single-frame image tasks (colour, shape,
+  position, scene), each image shown as a 1-frame video — the image-only LLaVA-NeXT of the paper;
+- stage ``video``: the image model is fine-tuned on the five temporal tasks (8-frame videos) while
+  a quarter of every step stays on image tasks — the paper's Video-FT twin.
+
+Training data are drawn fresh every step from the generator (``seed`` of the stage, item indices
+counting up), so no item is seen twice and the held-out evaluation seed never appears. All
+parameters are trained (vision tower, projector, language model), with AdamW, linear warm-up and
+cosine decay, on one CPU thread (reproducible: the same command gives the same weights).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import build
+from . import generator as gen
+
+__all__ = ["TrainConfig", "STAGES", "make_batch", "make_training_batch", "answer_logits", "train", "save_checkpoint",
+           "CHECKPOINT_DIR", "checkpoint_path"]
+
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+MODEL_NAMES = {"image": "synthtv-image", "video": "synthtv-video-ft"}
+
+
+def checkpoint_path(name: str) -> Path:
+    """Directory of a shipped checkpoint: ``synthtv-image`` or ``synthtv-video-ft``."""
+    if name not in MODEL_NAMES.values():
+        raise ValueError(f"unknown SynthTV model {name!r}; known: {sorted(MODEL_NAMES.values())}")
+    return CHECKPOINT_DIR / name
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "image"
+    seed: int = 0                    # model initialisation and batch order
+    data_seed: int = 1               # generator seed of the training items
+    steps: int = 500
+    video_batch: int = 0             # temporal items per step (8-frame videos)
+    image_batch: int = 32            # image items per step (1-frame videos)
+    lr: float = 2e-3
+    warmup: int = 30
+    weight_decay: float = 0.01
+    init_from: str | None = None     # checkpoint to fine-tune (video stage)
+    # The training target is the whole answer in TVBench's format, "A) it grows": the letter and
+    # then the option it names (weight of the tokens after the letter).
+    answer_text_weight: float = 1.0
+    # Share of items asked open-ended ("Question: … ASSISTANT: Answer: it grows", no options):
+    # the model names the answer itself, which aligns video features with words directly (the
+    # role of LLaVA's alignment stage) and makes picking a letter a matter of comparison.
+    open_ended_fraction: float = 0.5
+    # Text-only multiple-choice items per step ("Question: find it grows . Options: …"): the
+    # language pretraining a real VideoLLM's LLM brings — picking the letter of the option that
+    # matches — which a from-scratch backbone otherwise needs thousands of steps to discover.
+    text_batch: int = 16
+    threads: int = 1
+    model: build.ModelConfig = field(default_factory=build.ModelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+STAGES = {
+    "image": TrainConfig(stage="image", seed=0, data_seed=1, steps=3000, video_batch=0,
+                         image_batch=32, text_batch=16, lr=3e-3, warmup=30),
+    "video": TrainConfig(stage="video", seed=0, data_seed=2, steps=2400, video_batch=16,
+                         image_batch=8, text_batch=8, lr=2e-3, warmup=30,
+                         init_from="synthtv-image"),
+}
+
+
+# ----------------------------------------------------------------------------------- batches
+def make_batch(items: Sequence[gen.Item], tokenizer, config: build.ModelConfig) -> dict[str, Any]:
+    """Left-padded token ids, attention mask, normalised frames ``[B, T, 3, H, W]`` and the answer
+    letter ids of items that all have the same number of frames."""
+    frames = {len(item.states) for item in items}
+    if len(frames) != 1:
+        raise ValueError(f"a batch needs items with one frame count, got {sorted(frames)}")
+    encoded = [build.encode_item(item, tokenizer, config) for item in items]
+    length = max(len(e["input_ids"]) for e in encoded)
+    input_ids = torch.full((len(items), length), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        n = len(e["input_ids"])
+        input_ids[row, length - n:] = torch.tensor(e["input_ids"])
+        attention_mask[row, length - n:] = 1
+    pixels = build.normalize_frames(np.stack([item.frames for item in items]))
+    return {
+        "input_ids": input_ids, "attention_mask": attention_mask, "pixel_values_videos": pixels,
+        "answer_ids": torch.tensor([e["answer_id"] for e in encoded]),
+        "tasks": [item.task for item in items],
+    }
+
+
+def make_training_batch(items: Sequence[gen.Item], tokenizer, config: build.ModelConfig,
+                        open_ended_fraction: float = 0.0) -> dict[str, Any]:
+    """Right-padded prompt + answer with per-position targets.
+
+    Multiple-choice items end in "Best option:(" and are followed by the answer in TVBench's
+    format, "A ) grows": the letter is the main target (``letter_mask``), the words after it
+    are the answer text. Open-ended items (every item whose index falls in the first
+    ``open_ended_fraction`` of each block of 100) have no options, end in the same "Best
+    option:(" and are followed by the answer words alone.
+    """
+    sequences, first_target, is_letter = [], [], []
+    for item in items:
+        open_ended = (item.index % 100) < 100 * open_ended_fraction
+        e = build.encode_item(item, tokenizer, config, open_ended=open_ended)
+        words = tokenizer(("" if open_ended else ") ") + item.answer,
+                          add_special_tokens=False)["input_ids"]
+        head = [] if open_ended else [e["answer_id"]]
+        sequences.append(e["input_ids"] + head + words)
+        first_target.append(len(e["input_ids"]) - 1)
+        is_letter.append(not open_ended)
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(items), length), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+    targets = torch.full((len(items), length), -100, dtype=torch.long)
+    letter_mask = torch.zeros((len(items), length), dtype=torch.bool)
+    for row, sequence in enumerate(sequences):
+        n = len(sequence)
+        input_ids[row, :n] = torch.tensor(sequence)
+        attention_mask[row, :n] = 1
+        start = first_target[row]
+        targets[row, start:n - 1] = torch.tensor(sequence[start + 1:n])
+        letter_mask[row, start] = is_letter[row]
+    pixels = build.normalize_frames(np.stack([item.frames for item in items]))
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "pixel_values_videos": pixels, "targets": targets, "letter_mask": letter_mask}
+
+
+def text_item(seed: int, index: int) -> tuple[str, list[str], int]:
+    """(question, candidates, answer index) of a generated item, for a text-only prompt."""
+    item = gen.make_item(gen.ALL_TASKS[index % len(gen.ALL_TASKS)], seed, index)
+    return item.question, item.candidates, item.answer_index
+
+
+def make_text_batch(seed: int, n: int, step: int, tokenizer) -> dict[str, Any]:
+    """Left-padded text-only prompts "find <answer> ." with the candidates of generated items."""
+    sequences, answers = [], []
+    for j in range(n):
+        _, candidates, answer_index = text_item(seed, step * n + j)
+        text = build.text_prompt_text(f"find {candidates[answer_index]} .", candidates)
+        sequences.append(tokenizer(text)["input_ids"])
+        answers.append(tokenizer.convert_tokens_to_ids(build.LETTERS[answer_index]))
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((n, length), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, length - len(sequence):] = torch.tensor(sequence)
+        attention_mask[row, length - len(sequence):] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "answer_ids": torch.tensor(answers)}
+
+
+def answer_logits(model, batch: dict[str, Any]) -> torch.Tensor:
+    """Next-token logits at the last prompt position, ``[B, vocab]`` (left padding)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                pixel_values_videos=batch["pixel_values_videos"], logits_to_keep=1)
+    return out.logits[:, -1]
+
+
+def _items(tasks: Sequence[str], n: int, seed: int, step: int) -> list[gen.Item]:
+    """n fresh items for one step, round-robin over ``tasks``."""
+    items = []
+    for j in range(n):
+        task = tasks[(step * n + j) % len(tasks)]
+        items.append(gen.make_item(task, seed, step * n + j))
+    return items
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------------- training
+def train(config: TrainConfig, *, log: Callable[[str], None] = print,
+          model=None, tokenizer=None) -> tuple[Any, Any, list[dict]]:
+    """Run one stage; returns (model, tokenizer, per-step log rows)."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    tokenizer = tokenizer or build.build_tokenizer()
+    if model is None:
+        if config.init_from:
+            from transformers import LlavaNextVideoForConditionalGeneration
+
+            source = (checkpoint_path(config.init_from)
+                      if config.init_from in MODEL_NAMES.values() else Path(config.init_from))
+            model = LlavaNextVideoForConditionalGeneration.from_pretrained(source)
+        else:
+            model = build.build_model(config.model, tokenizer, seed=config.seed)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
+    rows = []
+    start = time.time()
+    for step in range(config.steps):
+        groups = []
+        if config.video_batch:
+            groups.append(_items(gen.TEMPORAL_TASKS, config.video_batch, config.data_seed, step))
+        if config.image_batch:
+            groups.append(_items(gen.IMAGE_TASKS, config.image_batch, config.data_seed, step))
+        total = sum(len(g) for g in groups) + config.text_batch
+        loss_value, correct, n_letters = 0.0, 0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for items in groups:
+            batch = make_training_batch(items, tokenizer, config.model,
+                                        config.open_ended_fraction)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           pixel_values_videos=batch["pixel_values_videos"]).logits
+            per_token = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), batch["targets"], ignore_index=-100, reduction="none")
+            letter = batch["letter_mask"]
+            text = (batch["targets"] != -100) & ~letter
+            # Each item counts once: its letter (multiple choice) plus its answer words averaged.
+            words_per_item = text.sum(1, keepdim=True).clamp(min=1)
+            loss = (per_token[letter].sum()
+                    + config.answer_text_weight * (per_token * text / words_per_item).sum()) / total
+            loss.backward()
+            loss_value += float(loss.detach())
+            correct += int((logits[letter].argmax(-1) == batch["targets"][letter]).sum())
+            n_letters += int(letter.sum())
+        if config.text_batch:
+            batch = make_text_batch(config.data_seed + 100, config.text_batch, step, tokenizer)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           logits_to_keep=1).logits[:, -1]
+            loss = torch.nn.functional.cross_entropy(logits, batch["answer_ids"],
+                                                     reduction="sum") / total
+            loss.backward()
+            loss_value += float(loss.detach())
+            text_correct = int((logits.argmax(-1) == batch["answer_ids"]).sum())
+        else:
+            text_correct = 0
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        rows.append({"step": step, "loss": loss_value,
+                     "accuracy": correct / max(1, n_letters),
+                     "text_accuracy": text_correct / max(1, config.text_batch)})
+        if step % 25 == 0 or step == config.steps - 1:
+            recent = rows[-25:]
+            log(f"[{config.stage}] step {step:4d}/{config.steps}  loss "
+                f"{np.mean([r['loss'] for r in recent]):.3f}  train acc "
+                f"{np.mean([r['accuracy'] for r in recent]):.3f}  text acc "
+                f"{np.mean([r['text_accuracy'] for r in recent]):.3f}  "
+                f"{time.time() - start:6.0f}s")
+    model.eval()
+    return model, tokenizer, rows
+
+
+def save_checkpoint(model, tokenizer, config: TrainConfig, out: str | Path,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """``save_pretrained`` (safetensors) of model and tokenizer, the processor files, the chat
+    template, and ``training.json`` (config and summary)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    for name, content in build.processor_files(config.model).items():
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
+    (out / "chat_template.jinja").write_text(build.CHAT_TEMPLATE)
+    record = {"train_config": config.to_dict(), **(extra or {})}
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out

@@ -1,0 +1,205 @@
+"""SynthTV: generator, prompt/tokenizer, micro training, and the shipped checkpoints."""
+
+from __future__ import annotations
+
+import collections
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from mapflow_tl.synthtv import build, generator as gen
+from mapflow_tl.synthtv.train import MODEL_NAMES, TrainConfig, checkpoint_path, train
+
+
+# ----------------------------------------------------------------------------------- generator
+def test_generator_is_deterministic_in_the_seed():
+    first = gen.generate(gen.ALL_TASKS, 6, seed=3)
+    again = gen.generate(gen.ALL_TASKS, 6, seed=3)
+    other = gen.generate(gen.ALL_TASKS, 6, seed=4)
+    for task in gen.ALL_TASKS:
+        for a, b in zip(first[task], again[task]):
+            assert (a.question, a.candidates, a.answer) == (b.question, b.candidates, b.answer)
+            assert np.array_equal(a.frames, b.frames)
+        assert any(not np.array_equal(a.frames, c.frames)
+                   for a, c in zip(first[task], other[task]))
+
+
+@pytest.mark.parametrize("task", gen.ALL_TASKS)
+def test_answer_letters_are_balanced(task):
+    items = gen.generate_task(task, 120, seed=0)
+    by_options = collections.defaultdict(collections.Counter)
+    for item in items:
+        assert 2 <= len(item.candidates) <= 4
+        by_options[len(item.candidates)][item.answer_index] += 1
+    for n, counts in by_options.items():
+        assert set(counts) == set(range(n)), (task, n, counts)
+        assert max(counts.values()) - min(counts.values()) <= 1, (task, n, counts)
+
+
+def test_vocabulary_separates_spatial_and_temporal_words():
+    assert not set(gen.SPATIAL_WORDS) & set(gen.TEMPORAL_WORDS)
+    assert {"red", "circle", "forest", "top"} <= set(gen.SPATIAL_WORDS)
+    assert {"leftward", "before", "after", "grows", "shrinks", "appears",
+            "disappears"} <= set(gen.TEMPORAL_WORDS)
+    vocab = build.build_tokenizer().get_vocab()
+    assert all(word in vocab for word in gen.SPATIAL_WORDS + gen.TEMPORAL_WORDS)
+
+
+@pytest.mark.parametrize("task", [t for t in gen.TEMPORAL_TASKS if t != "object_count"])
+def test_reversing_the_frames_changes_the_answer(task):
+    for item in gen.generate_task(task, 40, seed=5):
+        assert gen.answer_from_states(item) == item.answer
+        assert gen.answer_from_states(item, item.states[::-1]) != item.answer
+
+
+def test_object_count_frames_all_show_the_same_number_of_objects():
+    answers = set()
+    for item in gen.generate_task("object_count", 40, seed=5):
+        assert {sum(o.visible for o in s.objects) for s in item.states} == {gen.COUNT_TOTAL}
+        answers.add(item.answer)
+    assert answers == {"one", "two", "three"}
+
+
+@pytest.mark.parametrize("task", gen.TEMPORAL_TASKS)
+def test_single_frame_check_rejects_a_still_video(task):
+    item = gen.make_item(task, 0, 1)
+    still = replace(item, states=[item.states[-1]] * gen.N_FRAMES, _frames=None)
+    with pytest.raises(ValueError, match=item.name):
+        gen.check_item(still)
+
+
+def test_single_frame_check_rejects_order_free_question():
+    """A transition question whose frames go A → B → A reads the same both ways."""
+    item = gen.make_item("scene_transition", 0, 2)
+    first, second = item.states[0].scene, item.states[-1].scene
+    there_and_back = [replace(s, scene=first if t in (0, 7) else second)
+                      for t, s in enumerate(item.states)]
+    with pytest.raises(ValueError):
+        gen.check_item(replace(item, states=there_and_back, _frames=None))
+
+
+def test_writes_tvbench_json_and_readable_mp4(tmp_path):
+    decord = pytest.importorskip("decord")
+    items = gen.generate(["moving_direction", "colour"], 2, seed=7)
+    counts = gen.write_benchmark(tmp_path, items)
+    assert counts == {"moving_direction": 2, "colour": 2}
+    entries = json.loads((tmp_path / "json" / "moving_direction.json").read_text())
+    assert isinstance(entries, list) and len(entries) == 2
+    for entry, item in zip(entries, items["moving_direction"]):
+        assert set(entry) == {"video", "question", "candidates", "answer"}
+        assert entry["answer"] in entry["candidates"]
+        path = tmp_path / "video" / "moving_direction" / entry["video"]
+        reader = decord.VideoReader(str(path))
+        assert len(reader) == gen.N_FRAMES * gen.MP4_REPEAT
+        # segment-midpoint sampling of 8 frames (TVBench's evaluation code) recovers each frame
+        n = len(reader) - 1
+        step = n / gen.N_FRAMES
+        indices = [int(step / 2 + round(step * k)) for k in range(gen.N_FRAMES)]
+        frames = reader.get_batch(indices).asnumpy()
+        assert frames.shape == item.frames.shape
+        assert np.abs(frames.astype(int) - item.frames.astype(int)).mean() < 3.0
+
+
+def test_benchmark_loader_reads_synthtv(tmp_path):
+    benchmarks = pytest.importorskip("mapflow_tl.data.benchmarks")
+    items = gen.generate(["action_antonym", "object_count", "colour"], 3, seed=1)
+    gen.write_benchmark(tmp_path, items)
+    loaded = benchmarks.load_tvbench(tmp_path)
+    assert len(loaded) == 9
+    for task, task_items in items.items():
+        for item in task_items:
+            sample = next(s for s in loaded if s.video.name == f"{item.name}.mp4")
+            assert sample.question == item.question
+            assert list(sample.options) == item.candidates
+            assert sample.answer_index == item.answer_index
+            assert sample.bounds is None
+
+
+def test_cli_generate_writes_json(tmp_path, capsys):
+    from mapflow_tl.cli import main
+
+    assert main(["synthtv", "generate", "--out", str(tmp_path), "--per-task", "2", "--seed",
+                 "1", "--no-videos"]) == 0
+    for task in gen.ALL_TASKS:
+        assert len(json.loads((tmp_path / "json" / f"{task}.json").read_text())) == 2
+
+
+# ----------------------------------------------------------------------------------- prompts
+def test_prompt_is_the_chat_template_plus_answer_prefix():
+    tokenizer = build.build_tokenizer()
+    item = gen.make_item("action_sequence", 0, 3)
+    rendered = tokenizer.apply_chat_template(build.messages(item.question, item.candidates),
+                                             add_generation_prompt=True, tokenize=False)
+    assert rendered + " " + build.ANSWER_PREFIX == build.prompt_text(item.question,
+                                                                      item.candidates)
+    ids = build.encode_item(item, tokenizer, build.ModelConfig())["input_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens[0] == "<s>" and tokens[-3:] == ["option", ":", "("]
+    assert tokens.count("<video>") == gen.N_FRAMES * 16
+    assert "<unk>" not in tokens
+
+
+def test_segment_map_matches_video_positions_and_option_text():
+    from mapflow_tl.synthtv.evaluate import segment_map
+
+    tokenizer = build.build_tokenizer()
+    config = build.ModelConfig()
+    item = gen.make_item("moving_direction", 0, 6)
+    seg, ids = segment_map(item, tokenizer, config)
+    video_id = tokenizer.convert_tokens_to_ids("<video>")
+    video_positions = [i for i, t in enumerate(ids) if t == video_id]
+    assert [p for f in seg.frames for p in f.positions] == video_positions
+    assert all(f.grid == (4, 4) for f in seg.frames) and seg.n_frames == gen.N_FRAMES
+    assert tokenizer.decode(ids[seg.question.start:seg.question.stop]) == item.question
+    for option, text in zip(seg.options, item.candidates):
+        assert tokenizer.decode(ids[option.start:option.stop]) == text
+    assert seg.true_option.text == item.answer
+    assert seg.last.start == len(ids) - 1
+
+
+def test_normalize_frames_is_clip_normalisation():
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    x = build.normalize_frames(frames)
+    assert x.shape == (2, 3, 32, 32)
+    expected = (frames[0, 5, 7, 1] / 255 - build.CLIP_MEAN[1]) / build.CLIP_STD[1]
+    assert abs(float(x[0, 1, 5, 7]) - expected) < 1e-6
+
+
+# ----------------------------------------------------------------------------------- training
+def test_micro_training_reduces_the_loss():
+    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
+                              text_layers=2, text_heads=2, text_intermediate=64)
+    config = TrainConfig(stage="image", steps=40, image_batch=8, video_batch=0, lr=3e-3,
+                         warmup=5, model=micro)
+    model, _, rows = train(config, log=lambda message: None)
+    losses = [r["loss"] for r in rows]
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
+
+    # reproducible: the same configuration gives the same weights
+    again, _, _ = train(replace(config, steps=5), log=lambda message: None)
+    twice, _, _ = train(replace(config, steps=5), log=lambda message: None)
+    for (name, a), (_, b) in zip(again.state_dict().items(), twice.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("name", sorted(MODEL_NAMES.values()))
+def test_shipped_checkpoint_matches_its_model_card(name):
+    from mapflow_tl.synthtv.evaluate import TEST_SEED, evaluate, load
+
+    path = checkpoint_path(name)
+    if not (path / "measurements.json").exists():
+        pytest.skip(f"{name} has not been trained (mapflow-tl synthtv train)")
+    weights = path / "model.safetensors"
+    assert weights.stat().st_size <= 10 * 2**20
+    card = json.loads((path / "measurements.json").read_text())["test_set"]
+    assert card["seed"] == TEST_SEED
+    model, tokenizer = load(name)
+    items = gen.generate(gen.ALL_TASKS, card["per_task"], card["seed"])
+    measured = evaluate(model, tokenizer, items)
+    for task, row in card["tasks"].items():
+        assert abs(measured[task]["accuracy"] - row["accuracy"]) <= 0.02, task
+    assert "## Cross-frame knockout" in (path / "README.md").read_text()
