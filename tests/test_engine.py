@@ -272,3 +272,20 @@ def test_out_of_memory_halves_the_batch_and_continues(llama, inputs, caplog):
     naive = sweep(llama, embeds, configs, method="naive")
     _assert_equal(fast, naive, configs)
     assert any("halving it" in record.message for record in caplog.records)
+
+
+@pytest.mark.parametrize("style", WINDOW_STYLES)
+def test_fast_equals_naive_on_synthtv(style):
+    """The shipped SynthTV model through its real adapter: every paper pathway, every style."""
+    pytest.importorskip("mapflow_tl.synthtv.generator")
+    from mapflow_tl.models import VideoSample, load_videollm
+    from mapflow_tl.synthtv import generator as gen
+
+    vlm = load_videollm("synthtv-video-ft")
+    item = gen.make_item("moving_direction", 1000, 0)
+    x = vlm.prepare(VideoSample(item.frames, item.question, item.candidates,
+                                answer=item.answer_index))
+    configs = layer_sweep(_paper_curves(x.segments), vlm.n_layers, k=3, style=style)
+    fast = sweep(vlm.backbone, x.embeds, configs, method="fast")
+    naive = sweep(vlm.backbone, x.embeds, configs, method="naive")
+    _assert_equal(fast, naive, configs)
