@@ -45,16 +45,18 @@ def curve_color(curve: str) -> str:
 
 
 def _by(rows, *keys):
-    groups: dict[tuple, list] = defaultdict(list)
+    """Rows grouped by the values of ``keys`` (one key: the value itself, else a tuple)."""
+    groups: dict[Any, list] = defaultdict(list)
     for row in rows:
-        groups[tuple(row[k] for k in keys)].append(row)
+        value = tuple(row[k] for k in keys)
+        groups[value[0] if len(keys) == 1 else value].append(row)
     return groups
 
 
 def _flow_figures(rows: list[dict[str, Any]]) -> list[tuple[str, str, go.Figure]]:
     figures = []
     change = go.Figure()
-    for (curve,), curve_rows in sorted(_by(rows, "curve").items()):
+    for curve, curve_rows in sorted(_by(rows, "curve").items()):
         layers = _by(curve_rows, "layer")
         xs = sorted(layers)
         change.add_trace(go.Scatter(
@@ -69,7 +71,7 @@ def _flow_figures(rows: list[dict[str, Any]]) -> list[tuple[str, str, go.Figure]
     if graded:
         samples = {r["sample"]: r["base_correct"] for r in graded}
         baseline = mean(bool(v) for v in samples.values())
-        for (curve,), curve_rows in sorted(_by(graded, "curve").items()):
+        for curve, curve_rows in sorted(_by(graded, "curve").items()):
             layers = _by(curve_rows, "layer")
             xs = sorted(layers)
             accuracy.add_trace(go.Scatter(
@@ -88,7 +90,7 @@ def _probability_figure(rows):
                                 ("false options", False, "#d62728")):
         layers = _by([r for r in rows if bool(r["is_true"]) == truth], "layer")
         xs = sorted(layers)
-        figure.add_trace(go.Scatter(x=[x[0] for x in xs],
+        figure.add_trace(go.Scatter(x=xs,
                                     y=[mean(r["probability"] for r in layers[x]) for x in xs],
                                     name=label, mode="lines+markers", line=dict(color=color)))
     figure.update_layout(xaxis_title="layer", yaxis_title="probability at the last position")
@@ -101,7 +103,7 @@ def _keyword_figure(rows):
     xs = sorted(layers)
     for kind, color in (("spatial", "#1f77b4"), ("temporal", "#ff7f0e")):
         figure.add_trace(go.Scatter(
-            x=[x[0] for x in xs],
+            x=xs,
             y=[100 * sum(r[kind] for r in layers[x]) / max(1, sum(r["positions"] for r in
                                                                    layers[x])) for x in xs],
             name=f"{kind} keywords", mode="lines+markers", line=dict(color=color)))

@@ -221,3 +221,27 @@ def test_report_contains_every_figure_and_rebuilds(vlm, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('class="plot-container plotly"') >= 6
     assert "Uncaught" not in result.stderr
+
+
+def test_report_figures_plot_one_point_per_layer(vlm):
+    from mapflow_tl.report import _flow_figures, _keyword_figure, _probability_figure
+
+    xs = samples(vlm, 2)
+    rows = [r for x in xs for r in A.flow_sweep(vlm, x, load_circuit("vql-to-ql"), k=3,
+                                                 method="naive")]
+    layers = list(range(vlm.n_layers))
+    for _, _, figure in _flow_figures(rows):
+        for trace in figure.data:
+            if trace.name:  # the curves (the baseline is a shape, not a trace)
+                assert list(trace.x) == layers, trace.name
+    change = _flow_figures(rows)[0][2]
+    by_curve = {trace.name: list(trace.y) for trace in change.data}
+    for layer in layers:
+        expected = sum(r["change_pred"] for r in rows if r["curve"] == "video → last"
+                       and r["layer"] == layer) / len(xs)
+        assert by_curve["video → last"][layer] == pytest.approx(expected)
+    prob = _probability_figure([r for x in xs for r in A.probability_trace(vlm, x)])[2]
+    assert all(list(trace.x) == layers for trace in prob.data)
+    lens = [r for x in xs for r in A.video_lens(vlm, x, k=2)]
+    keywords = _keyword_figure(A.keyword_frequency(lens, ["w1"], ["w2"]))[2]
+    assert all(list(trace.x) == layers for trace in keywords.data)
