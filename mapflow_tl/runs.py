@@ -84,13 +84,7 @@ class RunWriter:
         kept = [row for row in rows if self.key(row, key) in done]
         if len(kept) == len(rows):
             return
-        temporary = path.with_suffix(".jsonl.tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            for row in kept:
-                handle.write(json.dumps(row, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        _rewrite_jsonl(path, kept)
 
     @staticmethod
     def key(row: dict[str, Any], *keys: str) -> tuple:
@@ -113,6 +107,17 @@ class RunWriter:
         """Write every table as CSV next to its JSONL."""
         for table in sorted(self._tables):
             write_csv(self.out / f"{table}.csv", read_table(self.out, table))
+
+
+def _rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace a table with ``rows`` atomically: a temporary file, fsync, then rename."""
+    temporary = path.with_suffix(".jsonl.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def _drop_partial_line(path: Path) -> None:
@@ -177,13 +182,6 @@ def merge_shards(out: str | Path, sample_order: list[str]) -> list[str]:
     for table in tables:
         rows = [row for folder in shard_dirs for row in read_table(folder, table)]
         rows.sort(key=lambda row: position.get(str(row.get("sample")), len(position)))
-        path = out / f"{table}.jsonl"
-        temporary = path.with_suffix(".jsonl.tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        _rewrite_jsonl(out / f"{table}.jsonl", rows)
         write_csv(out / f"{table}.csv", rows)
     return tables

@@ -420,20 +420,9 @@ class SplicedVideoAdapter(FamilyAdapter):
 
     def check_against_processor(self, text: str, frames: np.ndarray,
                                 input_ids: torch.Tensor) -> None:
-        """Where the HF processor can run (torchvision installed), check that the ids it makes
-        of the prompt and the video equal ours, so the video positions are where it puts them."""
-        if not self.has_video_processor or not torchvision_available():
-            return
-        if self.processor is None:
-            from transformers import AutoProcessor
-
-            self.processor = AutoProcessor.from_pretrained(self.path)
-        theirs = self.processor(text=text, videos=[frames], return_tensors="pt")["input_ids"]
-        if not torch.equal(theirs.cpu(), input_ids.cpu()):
-            raise RuntimeError(
-                f"{self.name}: the HF processor makes {theirs.shape[1]} token ids of this prompt "
-                f"but mapflow-tl spliced {input_ids.shape[1]}; the video positions would be "
-                f"wrong. Please report this with the checkpoint name.")
+        """See :func:`check_processor_ids`."""
+        if self.has_video_processor:
+            check_processor_ids(self, text, frames, input_ids)
 
     # -- shared machinery --------------------------------------------------------------------
     def load(self) -> None:
@@ -527,3 +516,21 @@ def square_grid(n_tokens: int, what: str) -> tuple[int, int]:
     if side * side != n_tokens:
         raise ValueError(f"{what}: {n_tokens} tokens per frame is not a square grid")
     return side, side
+
+
+def check_processor_ids(adapter: Any, text: str, frames: np.ndarray,
+                        input_ids: Int[torch.Tensor, "1 pos"]) -> None:
+    """Where the HF processor can run (torchvision installed), check that the ids it makes of the
+    prompt and the video equal ours, so the video positions are where it puts them."""
+    if not torchvision_available():
+        return
+    if adapter.processor is None:
+        from transformers import AutoProcessor
+
+        adapter.processor = AutoProcessor.from_pretrained(adapter.path)
+    theirs = adapter.processor(text=text, videos=[frames], return_tensors="pt")["input_ids"]
+    if not torch.equal(theirs.cpu(), input_ids.cpu()):
+        raise RuntimeError(
+            f"{adapter.name}: the HF processor makes {theirs.shape[1]} token ids of this prompt "
+            f"but mapflow-tl made {input_ids.shape[1]}; the video positions would be wrong. "
+            f"Please report this with the checkpoint name.")

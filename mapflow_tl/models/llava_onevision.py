@@ -29,8 +29,8 @@ from ..data.prompt import CharSpan, answer_token_ids, render_prompt, token_span
 from ..segments import Frame, Option, SegmentMap, Span
 from .backbone import hooked_from_hf
 from .base import FamilyAdapter, Prepared, register_adapter
-from .common import (check_frames, load_chat_template, load_hf_model, load_tokenizer,
-                     torchvision_available)
+from .common import (check_frames, check_processor_ids, load_chat_template, load_hf_model,
+                     load_tokenizer)
 
 __all__ = ["VideoInputs", "NativeVideoAdapter", "LlavaOnevisionAdapter", "resize_and_normalize"]
 
@@ -317,20 +317,8 @@ class NativeVideoAdapter(FamilyAdapter):
 
     def check_against_processor(self, text: str, frames: np.ndarray,
                                 input_ids: torch.Tensor) -> None:
-        """Where the HF processor can run (torchvision installed), check that its token ids of
-        this prompt and video equal ours, so the video positions are where it puts them."""
-        if not torchvision_available():
-            return
-        if self.processor is None:
-            from transformers import AutoProcessor
-
-            self.processor = AutoProcessor.from_pretrained(self.path)
-        theirs = self.processor(text=text, videos=[frames], return_tensors="pt")["input_ids"]
-        if not torch.equal(theirs.cpu(), input_ids.cpu()):
-            raise RuntimeError(
-                f"{self.name}: the HF processor makes {theirs.shape[1]} token ids of this prompt "
-                f"but mapflow-tl made {input_ids.shape[1]}; the video positions would be wrong. "
-                f"Please report this with the checkpoint name.")
+        """See :func:`~mapflow_tl.models.common.check_processor_ids`."""
+        check_processor_ids(self, text, frames, input_ids)
 
     def _segments(self, input_ids: Int[torch.Tensor, "1 pos"], video: VideoInputs,
                   video_span: tuple[int, int], question: tuple[int, int],
