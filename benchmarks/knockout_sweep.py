@@ -56,20 +56,15 @@ def segments(scale: str) -> SegmentMap:
     return SegmentMap.sequential(true_option=1, **layout)
 
 
+FLOW_CIRCUITS = ("cross-frame", "vql-to-ql", "question-and-options-to-last", "vq-to-true-opt")
+
+
 def curves(seg: SegmentMap) -> dict[str, E.Edges]:
-    return {
-        "cross-frame": E.cross_frame(seg),
-        "video → question": E.video_to_question(seg),
-        "video → last": E.video_to_last(seg),
-        "question → last": E.question_to_last(seg),
-        "last → last": E.last_to_last(seg),
-        "non-option question → last": E.non_option_question_to_last(seg),
-        "true option → last": E.true_option_to_last(seg),
-        "false options → last": E.false_options_to_last(seg),
-        "video → non-option question": E.video_to_non_option_question(seg),
-        "non-option question → true option": E.non_option_question_to_true_option(seg),
-        "video → true option": E.video_to_true_option(seg),
-    }
+    """The paper's four information-flow targets: the curves of the four circuits in circuits/."""
+    from mapflow_tl.circuits import load_circuit
+
+    return {name: edges for circuit in FLOW_CIRCUITS
+            for name, edges in load_circuit(circuit).build_curves(seg, 0).items()}
 
 
 def build_model(args, n_positions: int):

@@ -35,7 +35,7 @@ import torch
 from .backbone import RotaryPositions
 from .base import FamilyAdapter, Prepared, register_adapter
 from .llava_onevision import NativeVideoAdapter, VideoInputs
-from .video_llama_3 import patchify, smart_resize
+from .video_llama_3 import patchify, pixel_budget, smart_resize
 
 __all__ = ["QwenVLAdapter", "Qwen3VLAdapter"]
 
@@ -71,9 +71,7 @@ class QwenVLAdapter(NativeVideoAdapter):
 
     def video_inputs(self, frames, timestamps) -> VideoInputs:
         c = self.video_config
-        size = dict(c.get("size") or {})
-        size["shortest_edge"] = c.get("min_pixels", size.get("shortest_edge"))
-        size["longest_edge"] = c.get("max_pixels", size.get("longest_edge"))
+        size = pixel_budget(c)
         patch, merge, temporal = c["patch_size"], c["merge_size"], c["temporal_patch_size"]
         n_frames, height, width = frames.shape[:3]
         factor = patch * merge

@@ -29,6 +29,15 @@ from .llava_onevision import NativeVideoAdapter, VideoInputs
 __all__ = ["VideoLlama3Adapter", "smart_resize", "patchify", "compression_mask"]
 
 
+def pixel_budget(video_config: dict) -> dict:
+    """The ``shortest_edge`` / ``longest_edge`` pixel counts of a Qwen-style video processor
+    config (``min_pixels`` / ``max_pixels`` win over ``size`` where both are given)."""
+    size = dict(video_config.get("size") or {})
+    size["shortest_edge"] = video_config.get("min_pixels", size.get("shortest_edge"))
+    size["longest_edge"] = video_config.get("max_pixels", size.get("longest_edge"))
+    return size
+
+
 def smart_resize(height: int, width: int, factor: int, min_pixels: int,
                  max_pixels: int) -> tuple[int, int]:
     """VideoLLaMA3's frame size: multiples of ``factor``, aspect ratio kept as well as possible,
@@ -107,9 +116,7 @@ class VideoLlama3Adapter(NativeVideoAdapter):
     def video_inputs(self, frames: UInt8[np.ndarray, "T H W 3"],
                      timestamps: np.ndarray | None) -> VideoInputs:
         c = self.video_config
-        size = dict(c.get("size") or {})
-        size["shortest_edge"] = c.get("min_pixels", size.get("shortest_edge"))
-        size["longest_edge"] = c.get("max_pixels", size.get("longest_edge"))
+        size = pixel_budget(c)
         patch, merge, temporal = c["patch_size"], c["merge_size"], c["temporal_patch_size"]
         n_frames, height, width = frames.shape[:3]
         resized = smart_resize(height, width, patch * merge, size["shortest_edge"],
