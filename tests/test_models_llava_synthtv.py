@@ -53,3 +53,40 @@ def test_synthtv_loads_and_matches_its_hf_model_and_training_prompt(synthtv_dir)
     with torch.no_grad():
         reference = hf(input_ids=x.input_ids, pixel_values_videos=pixels[None]).logits
     assert (vlm(x) - reference).abs().max() <= 1e-4
+
+
+
+def test_n_devices_refused_clearly_without_enough_gpus(synthtv_dir):
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="n_devices must be a positive integer"):
+            load_videollm(synthtv_dir, n_devices=bad)
+    with pytest.raises(ValueError, match="device='cuda'"):
+        load_videollm(synthtv_dir, n_devices=2, device="cpu")
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ValueError, match=r"n_devices=2 needs 2 CUDA GPUs; this machine has"):
+            load_videollm(synthtv_dir, n_devices=2, device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_n_devices_split_matches_one_device(synthtv_dir):
+    """``n_devices=2``: the backbone's blocks on two GPUs (vision on the first); clean logits
+    and a fast knockout sweep equal the single-GPU model's."""
+    from mapflow_tl import edges as E
+    from mapflow_tl.engine import layer_sweep, sweep
+
+    one = load_videollm(synthtv_dir, device="cuda")
+    two = load_videollm(synthtv_dir, device="cuda", n_devices=2)
+    assert {p.device for p in two.backbone.blocks[0].parameters()} != \
+        {p.device for p in two.backbone.blocks[-1].parameters()}
+    size = build.ModelConfig().image_size
+    frames = np.random.default_rng(1).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+    sample = VideoSample(frames, "which way does the red circle move ?", ["leftward", "upward"],
+                         answer=0)
+    x1, x2 = one.prepare(sample), two.prepare(sample)
+    assert (one(x1).cpu() - two(x2).cpu()).abs().max() <= 1e-5
+    configs = layer_sweep({"cross-frame": E.cross_frame(x1.segments),
+                           "question->last": E.question_to_last(x1.segments)},
+                          one.n_layers, k=3)
+    clean = sweep(one.backbone, x1.embeds, configs).cpu()
+    split = sweep(two.backbone, x2.embeds, configs).cpu()
+    assert (clean - split).abs().max() <= 1e-5

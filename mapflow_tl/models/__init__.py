@@ -81,6 +81,26 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
                      f"{sorted(BUILTIN_MODELS)})")
 
 
+def check_devices(n_devices: int, device: str | torch.device) -> None:
+    """Refuse a backbone split that this machine cannot hold, before any weight is read.
+
+    TransformerLens places block ``i`` of ``n_layers`` on GPU ``i * n_devices // n_layers``; it
+    needs ``n_devices`` CUDA GPUs and a CUDA ``device``.
+    """
+    if not isinstance(n_devices, int) or isinstance(n_devices, bool) or n_devices < 1:
+        raise ValueError(f"n_devices must be a positive integer, got {n_devices!r}")
+    if n_devices == 1:
+        return
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"n_devices={n_devices} splits the backbone across CUDA GPUs: pass "
+                         f"device='cuda' (got device={str(device)!r}), or n_devices=1")
+    available = torch.cuda.device_count()
+    if available < n_devices:
+        raise ValueError(f"n_devices={n_devices} needs {n_devices} CUDA GPUs; this machine has "
+                         f"{available}. Use n_devices={max(1, available)} or run on a node "
+                         f"with more GPUs (see docs/scaling.md)")
+
+
 def load_videollm(
     name_or_path: str | Path,
     *,
@@ -95,6 +115,7 @@ def load_videollm(
     :func:`supported_architectures`) and loads. ``n_devices > 1`` splits the backbone across GPUs;
     ``options`` are family-specific load options (for example a pooling shape).
     """
+    check_devices(n_devices, device)
     path = resolve_checkpoint(name_or_path)
     config = read_config(path)
     adapter_class = adapter_for(config, str(path))
