@@ -185,6 +185,36 @@ def test_micro_training_reduces_the_loss():
         assert torch.equal(a, b), name
 
 
+def test_text_pretraining_phase_learns_to_pick_the_matching_letter():
+    """The text-only multiple-choice phase runs before the main loop with its own rows."""
+    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
+                              text_layers=2, text_heads=2, text_intermediate=64)
+    config = TrainConfig(stage="image", steps=2, image_batch=4, text_batch=0, warmup=5,
+                         text_pretrain_steps=60, text_pretrain_batch=32, model=micro,
+                         open_ended_steps=1)
+    _, _, rows = train(config, log=lambda message: None)
+    text = [r for r in rows if r["phase"] == "text"]
+    assert len(text) == 60 and [r["phase"] for r in rows[60:]] == ["image", "image"]
+    assert np.mean([r["loss"] for r in text[-10:]]) < 0.8 * np.mean([r["loss"] for r in text[:5]])
+    # open_ended_steps=1: the first main step asks every item open-ended (no letter target)
+    assert rows[60]["accuracy"] == 0.0
+
+
+def test_train_set_overrides_are_typed_and_checked():
+    from mapflow_tl.synthtv.cli import _settings
+    from mapflow_tl.synthtv.train import STAGES
+
+    assert _settings(["lr=0.001", "image_batch=64", "init_from=x"], STAGES["image"]) == \
+        {"lr": 0.001, "image_batch": 64, "init_from": "x"}
+    sized = _settings(["model.text_hidden=96", "model.text_layers=8"], STAGES["image"])
+    assert (sized["model"].text_hidden, sized["model"].text_layers) == (96, 8)
+    assert sized["model"].vision_hidden == STAGES["image"].model.vision_hidden
+    with pytest.raises(SystemExit, match="KEY one of"):
+        _settings(["learning_rate=1"], STAGES["image"])
+    with pytest.raises(SystemExit, match="image_batch expects type int"):
+        _settings(["image_batch=many"], STAGES["image"])
+
+
 # ----------------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("name", sorted(MODEL_NAMES.values()))
 def test_shipped_checkpoint_matches_its_model_card(name):

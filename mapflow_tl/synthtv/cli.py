@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
     config = T.STAGES[args.stage]
     overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads),
                                    ("init_from", args.init_from)) if v is not None}
-    config = replace(config, **overrides)
+    config = replace(config, **overrides, **_settings(args.set or [], config))
     name = T.MODEL_NAMES[args.stage]
     out = Path(args.out) if args.out else T.checkpoint_path(name)
     start = time.time()
@@ -56,6 +56,38 @@ def _train(args: argparse.Namespace) -> int:
     T.save_checkpoint(model, tokenizer, config, out, extra=training)
     _log(f"saved {out} after {seconds / 60:.1f} min; measuring …")
     return _write_card(out, args.stage, knockout=not args.no_knockout)
+
+
+def _settings(pairs: list[str], config) -> dict:
+    """``--set key=value`` overrides of a stage's TrainConfig (``model.key=value`` for the
+    ModelConfig's sizes), converted to the field's type."""
+    from dataclasses import fields
+
+    def typed(target, prefix: str) -> dict[str, type]:
+        return {prefix + f.name: type(getattr(target, f.name)) for f in fields(target)
+                if f.name != "model"}
+
+    types = {**typed(config, ""), **typed(config.model, "model.")}
+    settings: dict = {}
+    model: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(sorted(types))}")
+        kind = types[key]
+        try:
+            parsed = (value if kind in (str, type(None)) else
+                      value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
+        except ValueError:
+            raise SystemExit(f"--set {pair!r}: {key} expects type {kind.__name__}") from None
+        if key.startswith("model."):
+            model[key[len("model."):]] = parsed
+        else:
+            settings[key] = parsed
+    if model:
+        settings["model"] = replace(config.model, **model)
+    return settings
 
 
 def _write_card(path: Path, stage: str, knockout: bool = True) -> int:
@@ -127,6 +159,9 @@ def register(subparsers) -> None:
     train.add_argument("--threads", type=int, help="CPU threads (default 1: reproducible)")
     train.add_argument("--init-from", help="checkpoint to fine-tune (video stage)")
     train.add_argument("--out", help="checkpoint directory (default: the shipped one)")
+    train.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                       help="override fields of the stage's training configuration, e.g. "
+                            "--set lr=0.001 image_batch=64 model.text_hidden=96")
     train.add_argument("--no-knockout", action="store_true", help="skip the knockout study")
     train.add_argument("--notes", help="free text added to the model card")
     train.set_defaults(handler=_train)
