@@ -51,11 +51,17 @@ def _train(args: argparse.Namespace) -> int:
         if len(sys.argv) > 3 and sys.argv[1:3] == ["synthtv", "train"] \
         else f"mapflow-tl synthtv train --stage {args.stage}"
     training = {"train_config": config.to_dict(), "train_seconds": seconds,
-                "final_loss": sum(r["loss"] for r in rows[-25:]) / min(25, len(rows)),
+                "final_loss": _final_loss(rows, args.stage),
                 "command": command, "notes": args.notes}
     T.save_checkpoint(model, tokenizer, config, out, extra=training)
     _log(f"saved {out} after {seconds / 60:.1f} min; measuring …")
     return _write_card(out, args.stage, knockout=not args.no_knockout)
+
+
+def _final_loss(rows: list[dict], stage: str) -> float:
+    """Mean loss of the stage's last 25 steps (rows of the text-pretraining phase excluded)."""
+    recent = [r["loss"] for r in rows if r["phase"] == stage][-25:]
+    return sum(recent) / max(1, len(recent))
 
 
 def _settings(pairs: list[str], config) -> dict:

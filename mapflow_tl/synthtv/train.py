@@ -175,9 +175,10 @@ def make_text_batch(seed: int, n: int, step: int, tokenizer) -> dict[str, Any]:
 
 
 def answer_logits(model, batch: dict[str, Any]) -> torch.Tensor:
-    """Next-token logits at the last prompt position, ``[B, vocab]`` (left padding)."""
+    """Next-token logits at the last prompt position, ``[B, vocab]`` (left padding); text-only
+    batches have no ``pixel_values_videos``."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                pixel_values_videos=batch["pixel_values_videos"], logits_to_keep=1)
+                pixel_values_videos=batch.get("pixel_values_videos"), logits_to_keep=1)
     return out.logits[:, -1]
 
 
@@ -198,19 +199,22 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
 
 
 # ----------------------------------------------------------------------------------- training
+def _optimizer(model, lr: float, config: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,
+                             betas=(0.9, 0.98))
+
+
 def _text_pretrain(model, tokenizer, config: TrainConfig, log, start: float) -> list[dict]:
     """The text-only multiple-choice phase (see ``TrainConfig.text_pretrain_steps``): its own
     AdamW with linear warm-up, then constant learning rate; items from ``data_seed + 200``."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.text_pretrain_lr,
-                                  weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    optimizer = _optimizer(model, config.text_pretrain_lr, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     rows = []
     for step in range(config.text_pretrain_steps):
         batch = make_text_batch(config.data_seed + 200, config.text_pretrain_batch, step,
                                 tokenizer)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       logits_to_keep=1).logits[:, -1]
+        logits = answer_logits(model, batch)
         loss = torch.nn.functional.cross_entropy(logits, batch["answer_ids"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -249,8 +253,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
     start = time.time()
     if config.text_pretrain_steps:
         rows += _text_pretrain(model, tokenizer, config, log, start)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    optimizer = _optimizer(model, config.lr, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     for step in range(config.steps):
         groups = []
@@ -281,8 +284,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
             n_letters += int(letter.sum())
         if config.text_batch:
             batch = make_text_batch(config.data_seed + 100, config.text_batch, step, tokenizer)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           logits_to_keep=1).logits[:, -1]
+            logits = answer_logits(model, batch)
             loss = torch.nn.functional.cross_entropy(logits, batch["answer_ids"],
                                                      reduction="sum") / total
             loss.backward()
