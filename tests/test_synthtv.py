@@ -200,6 +200,40 @@ def test_text_pretraining_phase_learns_to_pick_the_matching_letter():
     assert rows[60]["accuracy"] == 0.0
 
 
+def test_frame_labels_by_hand():
+    from mapflow_tl.synthtv.train import GRID, frame_labels
+
+    colours = list(gen.COLOURS)
+    red, blue = colours[0], colours[1]
+    state = gen.FrameState(list(gen.SCENES)[1], (
+        gen.ObjectState(red, "triangle", x=3.0, y=30.0, radius=2.0),         # column 0, row 3
+        gen.ObjectState(blue, "circle", x=20.0, y=9.0, radius=2.0, visible=False)))
+    labels = frame_labels(state)
+    n = len(colours)
+    assert len(labels) == 1 + 2 * n and labels[0] == 1
+    assert labels[1:1 + n] == [1 + gen.SHAPES.index("triangle")] + [0] * (n - 1)   # blue hidden
+    assert labels[1 + n:] == [3 * GRID + 0] + [GRID * GRID] * (n - 1)
+
+
+def test_vision_pretraining_trains_only_the_vision_side():
+    """The vision phase runs first, lowers its loss and leaves the language model untouched."""
+    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
+                              text_layers=2, text_heads=2, text_intermediate=64)
+    config = TrainConfig(stage="image", steps=0, model=micro, vision_pretrain_steps=40,
+                         vision_pretrain_batch=16, vision_pretrain_lr=3e-3)
+    tokenizer = build.build_tokenizer()
+    before = build.build_model(micro, tokenizer, seed=config.seed)
+    model, _, rows = train(config, log=lambda message: None)
+    assert [r["phase"] for r in rows] == ["vision"] * 40
+    assert np.mean([r["loss"] for r in rows[-5:]]) < 0.7 * np.mean([r["loss"] for r in rows[:5]])
+    after = model.state_dict()
+    changed = {name for name, value in before.state_dict().items()
+               if not torch.equal(value, after[name])}
+    assert changed and all("vision_tower" in n or "multi_modal_projector" in n for n in changed)
+    assert "model.multi_modal_projector.linear_2.weight" in changed
+    assert "model.vision_tower.encoder.layers.0.self_attn.q_proj.weight" in changed
+
+
 def test_train_set_overrides_are_typed_and_checked():
     from mapflow_tl.synthtv.cli import _settings
     from mapflow_tl.synthtv.train import STAGES

@@ -74,6 +74,15 @@ class TrainConfig:
     text_pretrain_steps: int = 0
     text_pretrain_batch: int = 128
     text_pretrain_lr: float = 3e-3
+    # A vision phase before everything else: the vision tower and projector learn to describe
+    # single frames (scene; for every colour, the shape and the grid cell of the object of that
+    # colour, or its absence) through a temporary classification head that is then discarded —
+    # the role of CLIP's own pre-training for a real VideoLLM, whose vision tower arrives already
+    # able to see shapes. Trained only through the language loss, the tiny tower never learns
+    # shape (open-ended shape naming stays at chance).
+    vision_pretrain_steps: int = 0
+    vision_pretrain_batch: int = 64
+    vision_pretrain_lr: float = 2e-3
     threads: int = 1
     model: build.ModelConfig = field(default_factory=build.ModelConfig)
 
@@ -233,6 +242,69 @@ def _text_pretrain(model, tokenizer, config: TrainConfig, log, start: float) -> 
     return rows
 
 
+GRID = 4    # vision pre-training locates each object in a GRID × GRID grid of cells
+
+
+def frame_labels(state: gen.FrameState) -> list[int]:
+    """Vision pre-training targets of one frame: the scene, then for every colour of
+    ``gen.COLOURS`` the shape class (0 = no visible object of that colour, 1 + index in
+    ``gen.SHAPES``), then for every colour the grid cell of its centre (``GRID²`` = absent)."""
+    colours = list(gen.COLOURS)
+    shape = [0] * len(colours)
+    cell = [GRID * GRID] * len(colours)
+    for obj in state.objects:
+        if obj.visible:
+            k = colours.index(obj.colour)
+            shape[k] = 1 + gen.SHAPES.index(obj.shape)
+            column = min(GRID - 1, int(obj.x * GRID / gen.FRAME_SIZE))
+            row = min(GRID - 1, int(obj.y * GRID / gen.FRAME_SIZE))
+            cell[k] = row * GRID + column
+    return [list(gen.SCENES).index(state.scene), *shape, *cell]
+
+
+def _vision_pretrain(model, config: TrainConfig, log, start: float) -> list[dict]:
+    """The vision phase (see ``TrainConfig.vision_pretrain_steps``): frames of image items from
+    ``data_seed + 300``; the classification head is discarded afterwards."""
+    n_colours = len(gen.COLOURS)
+    classes = [len(gen.SCENES)] + [1 + len(gen.SHAPES)] * n_colours + [GRID * GRID + 1] * n_colours
+    hidden = model.config.text_config.hidden_size
+    tokens = build.tokens_per_frame(config.model)
+    generator = torch.Generator().manual_seed(config.seed + 300)
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(tokens * hidden, 4 * hidden),
+                               torch.nn.GELU(), torch.nn.Linear(4 * hidden, sum(classes)))
+    for parameter in head.parameters():    # seeded apart from the model's own initialisation
+        torch.nn.init.normal_(parameter, std=0.02, generator=generator)
+    parameters = [*model.model.vision_tower.parameters(),
+                  *model.model.multi_modal_projector.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=config.vision_pretrain_lr,
+                                  weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    rows = []
+    for step in range(config.vision_pretrain_steps):
+        items = _items(gen.IMAGE_TASKS, config.vision_pretrain_batch, config.data_seed + 300, step)
+        pixels = build.normalize_frames(np.stack([item.frames[:1] for item in items]))
+        labels = torch.tensor([frame_labels(item.states[0]) for item in items])
+        features = model.model.get_video_features(pixel_values_videos=pixels).pooler_output
+        logits = head(features.reshape(len(items), tokens, hidden)).split(classes, dim=-1)
+        loss = sum(torch.nn.functional.cross_entropy(group, labels[:, k])
+                   for k, group in enumerate(logits)) / len(classes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        shape_logits = torch.stack(logits[1:1 + n_colours], 1)
+        present = labels[:, 1:1 + n_colours] > 0
+        shape_accuracy = float((shape_logits.argmax(-1) == labels[:, 1:1 + n_colours])[present]
+                               .float().mean())
+        rows.append({"phase": "vision", "step": step, "loss": float(loss.detach()),
+                     "shape_accuracy": shape_accuracy})
+        if step % 50 == 0 or step == config.vision_pretrain_steps - 1:
+            recent = rows[-50:]
+            log(f"[vision] step {step:4d}/{config.vision_pretrain_steps}  loss "
+                f"{np.mean([r['loss'] for r in recent]):.3f}  shape acc "
+                f"{np.mean([r['shape_accuracy'] for r in recent]):.3f}  "
+                f"{time.time() - start:6.0f}s")
+    return rows
+
+
 def train(config: TrainConfig, *, log: Callable[[str], None] = print,
           model=None, tokenizer=None) -> tuple[Any, Any, list[dict]]:
     """Run one stage; returns (model, tokenizer, per-step log rows)."""
@@ -251,6 +323,8 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
     model.train()
     rows = []
     start = time.time()
+    if config.vision_pretrain_steps:
+        rows += _vision_pretrain(model, config, log, start)
     if config.text_pretrain_steps:
         rows += _text_pretrain(model, tokenizer, config, log, start)
     optimizer = _optimizer(model, config.lr, config)
