@@ -234,6 +234,46 @@ def test_vision_pretraining_trains_only_the_vision_side():
     assert "model.vision_tower.encoder.layers.0.self_attn.q_proj.weight" in changed
 
 
+def test_answer_lens_loss_reads_the_prompts_last_position_by_hand():
+    """The logit-lens auxiliary loss equals a hand computation from the HF hidden states."""
+    from mapflow_tl.synthtv.train import _answer_lens_loss, make_training_batch
+
+    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
+                              text_layers=2, text_heads=2, text_intermediate=64)
+    tokenizer = build.build_tokenizer()
+    model = build.build_model(micro, tokenizer, seed=1)
+    items = [gen.make_item("colour", 3, i) for i in range(4)]
+    batch = make_training_batch(items, tokenizer, micro, open_ended_fraction=0.0)
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    pixel_values_videos=batch["pixel_values_videos"], output_hidden_states=True)
+        got = _answer_lens_loss(model, out.hidden_states[1], batch)
+        expected = 0.0
+        for row, item in enumerate(items):
+            ids = batch["input_ids"][row].tolist()
+            last = ids.index(tokenizer.convert_tokens_to_ids(build.LETTERS[item.answer_index]),
+                             len(ids) - 8) - 1          # the position before the answer letter
+            assert tokenizer.convert_ids_to_tokens(ids[last]) == "("
+            x = out.hidden_states[1][row, last]
+            x = x * torch.rsqrt(x.pow(2).mean() + 1e-6) * model.model.language_model.norm.weight
+            logits = x @ model.get_input_embeddings().weight.T          # tied unembedding
+            word = tokenizer.convert_tokens_to_ids(item.answer.split()[0])
+            expected += float(torch.logsumexp(logits, 0) - logits[word])
+    assert abs(float(got) - expected) < 1e-4
+
+
+def test_answer_lens_layer_is_checked_and_trained():
+    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
+                              text_layers=2, text_heads=2, text_intermediate=64)
+    config = TrainConfig(stage="image", steps=30, image_batch=8, text_batch=0, lr=3e-3,
+                         warmup=5, model=micro, answer_lens_layer=1)
+    _, _, rows = train(config, log=lambda message: None)
+    lens = [r["lens_loss"] for r in rows]
+    assert np.mean(lens[-5:]) < 0.85 * np.mean(lens[:5])     # ln(78) = 4.36 at the start
+    with pytest.raises(ValueError, match="answer_lens_layer=3: expected 0 .off. or a block 1..2"):
+        train(replace(config, answer_lens_layer=3), log=lambda message: None)
+
+
 def test_train_set_overrides_are_typed_and_checked():
     from mapflow_tl.synthtv.cli import _settings
     from mapflow_tl.synthtv.train import STAGES

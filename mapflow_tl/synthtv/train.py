@@ -80,6 +80,14 @@ class TrainConfig:
     # the role of CLIP's own pre-training for a real VideoLLM, whose vision tower arrives already
     # able to see shapes. Trained only through the language loss, the tiny tower never learns
     # shape (open-ended shape naming stays at chance).
+    # Logit-lens auxiliary loss (0: off): at the last prompt position, the residual stream after
+    # block ``answer_lens_layer`` (HF ``hidden_states[k]``), read through the final norm and the
+    # unembedding, must name the answer's first word (weight ``answer_lens_weight``). A stand-in
+    # for the next-token pre-training that leaves a real LLM's answer concepts readable in word
+    # space mid-network; it shapes where the answer becomes decodable at the last position, so a
+    # model trained with it must not be used for logit-lens claims about that position.
+    answer_lens_layer: int = 0
+    answer_lens_weight: float = 1.0
     vision_pretrain_steps: int = 0
     vision_pretrain_batch: int = 64
     vision_pretrain_lr: float = 2e-3
@@ -124,7 +132,8 @@ def make_batch(items: Sequence[gen.Item], tokenizer, config: build.ModelConfig) 
 
 def make_training_batch(items: Sequence[gen.Item], tokenizer, config: build.ModelConfig,
                         open_ended_fraction: float = 0.0) -> dict[str, Any]:
-    """Right-padded prompt + answer with per-position targets.
+    """Right-padded prompt + answer with per-position targets; ``prompt_last`` is each item's
+    last prompt position and ``answer_word`` the first token of its answer text.
 
     Multiple-choice items end in "Best option:(" and are followed by the answer in TVBench's
     format, "A ) grows": the letter is the main target (``letter_mask``), the words after it
@@ -132,7 +141,7 @@ def make_training_batch(items: Sequence[gen.Item], tokenizer, config: build.Mode
     ``open_ended_fraction`` of each block of 100) have no options, end in the same "Best
     option:(" and are followed by the answer words alone.
     """
-    sequences, first_target, is_letter = [], [], []
+    sequences, first_target, is_letter, answer_word = [], [], [], []
     for item in items:
         open_ended = (item.index % 100) < 100 * open_ended_fraction
         e = build.encode_item(item, tokenizer, config, open_ended=open_ended)
@@ -142,6 +151,7 @@ def make_training_batch(items: Sequence[gen.Item], tokenizer, config: build.Mode
         sequences.append(e["input_ids"] + head + words)
         first_target.append(len(e["input_ids"]) - 1)
         is_letter.append(not open_ended)
+        answer_word.append(tokenizer(item.answer, add_special_tokens=False)["input_ids"][0])
     length = max(len(s) for s in sequences)
     input_ids = torch.full((len(items), length), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(items), length), dtype=torch.long)
@@ -156,7 +166,8 @@ def make_training_batch(items: Sequence[gen.Item], tokenizer, config: build.Mode
         letter_mask[row, start] = is_letter[row]
     pixels = build.normalize_frames(np.stack([item.frames for item in items]))
     return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "pixel_values_videos": pixels, "targets": targets, "letter_mask": letter_mask}
+            "pixel_values_videos": pixels, "targets": targets, "letter_mask": letter_mask,
+            "prompt_last": torch.tensor(first_target), "answer_word": torch.tensor(answer_word)}
 
 
 def text_item(seed: int, index: int) -> tuple[str, list[str], int]:
@@ -208,6 +219,15 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
 
 
 # ----------------------------------------------------------------------------------- training
+def _answer_lens_loss(model, hidden: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Summed cross-entropy of the answer's first word read from ``hidden`` ``[B, pos, d]`` at
+    each item's last prompt position through the final norm and the unembedding (logit lens)."""
+    rows = torch.arange(hidden.shape[0])
+    residual = model.model.language_model.norm(hidden[rows, batch["prompt_last"]])
+    return torch.nn.functional.cross_entropy(model.lm_head(residual), batch["answer_word"],
+                                             reduction="sum")
+
+
 def _optimizer(model, lr: float, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,
                              betas=(0.9, 0.98))
@@ -320,6 +340,10 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
             model = LlavaNextVideoForConditionalGeneration.from_pretrained(source)
         else:
             model = build.build_model(config.model, tokenizer, seed=config.seed)
+    n_layers = model.config.text_config.num_hidden_layers
+    if not 0 <= config.answer_lens_layer <= n_layers:
+        raise ValueError(f"answer_lens_layer={config.answer_lens_layer}: expected 0 (off) or a "
+                         f"block 1..{n_layers} of this {n_layers}-layer backbone")
     model.train()
     rows = []
     start = time.time()
@@ -336,14 +360,16 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
         if config.image_batch:
             groups.append(_items(gen.IMAGE_TASKS, config.image_batch, config.data_seed, step))
         total = sum(len(g) for g in groups) + config.text_batch
-        loss_value, correct, n_letters = 0.0, 0, 0
+        loss_value, correct, n_letters, lens_value, n_lens = 0.0, 0, 0, 0.0, 0
         optimizer.zero_grad(set_to_none=True)
         for items in groups:
             batch = make_training_batch(
                 items, tokenizer, config.model,
                 1.0 if step < config.open_ended_steps else config.open_ended_fraction)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           pixel_values_videos=batch["pixel_values_videos"]).logits
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        pixel_values_videos=batch["pixel_values_videos"],
+                        output_hidden_states=bool(config.answer_lens_layer))
+            logits = out.logits
             per_token = torch.nn.functional.cross_entropy(
                 logits.transpose(1, 2), batch["targets"], ignore_index=-100, reduction="none")
             letter = batch["letter_mask"]
@@ -352,6 +378,11 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
             words_per_item = text.sum(1, keepdim=True).clamp(min=1)
             loss = (per_token[letter].sum()
                     + config.answer_text_weight * (per_token * text / words_per_item).sum()) / total
+            if config.answer_lens_layer:
+                lens = _answer_lens_loss(model, out.hidden_states[config.answer_lens_layer], batch)
+                loss = loss + config.answer_lens_weight * lens / total
+                lens_value += float(lens.detach())
+                n_lens += len(items)
             loss.backward()
             loss_value += float(loss.detach())
             correct += int((logits[letter].argmax(-1) == batch["targets"][letter]).sum())
@@ -371,7 +402,8 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
         scheduler.step()
         rows.append({"phase": config.stage, "step": step, "loss": loss_value,
                      "accuracy": correct / max(1, n_letters),
-                     "text_accuracy": text_correct / max(1, config.text_batch)})
+                     "text_accuracy": text_correct / max(1, config.text_batch),
+                     **({"lens_loss": lens_value / n_lens} if n_lens else {})})
         if step % 25 == 0 or step == config.steps - 1:
             recent = [r for r in rows[-25:] if r["phase"] == config.stage]
             log(f"[{config.stage}] step {step:4d}/{config.steps}  loss "
