@@ -228,15 +228,26 @@ def _answer_lens_loss(model, hidden: torch.Tensor, batch: dict[str, Any]) -> tor
                                              reduction="sum")
 
 
-def _optimizer(model, lr: float, config: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,
+def _progress(log, rows: list[dict], phase: str, step: int, steps: int, start: float,
+              metrics: Sequence[tuple[str, str]], every: int) -> None:
+    """Log the phase's mean ``metrics`` (label, row key) over its last ``every`` rows, every
+    ``every`` steps and at its last step."""
+    if step % every and step != steps - 1:
+        return
+    recent = [r for r in rows[-every:] if r["phase"] == phase]
+    means = "  ".join(f"{label} {np.mean([r[key] for r in recent]):.3f}" for label, key in metrics)
+    log(f"[{phase}] step {step:4d}/{steps}  {means}  {time.time() - start:6.0f}s")
+
+
+def _optimizer(parameters, lr: float, config: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay,
                              betas=(0.9, 0.98))
 
 
 def _text_pretrain(model, tokenizer, config: TrainConfig, log, start: float) -> list[dict]:
     """The text-only multiple-choice phase (see ``TrainConfig.text_pretrain_steps``): its own
     AdamW with linear warm-up, then constant learning rate; items from ``data_seed + 200``."""
-    optimizer = _optimizer(model, config.text_pretrain_lr, config)
+    optimizer = _optimizer(model.parameters(), config.text_pretrain_lr, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     rows = []
@@ -253,12 +264,8 @@ def _text_pretrain(model, tokenizer, config: TrainConfig, log, start: float) -> 
         accuracy = float((logits.argmax(-1) == batch["answer_ids"]).float().mean())
         rows.append({"phase": "text", "step": step, "loss": float(loss.detach()),
                      "text_accuracy": accuracy})
-        if step % 25 == 0 or step == config.text_pretrain_steps - 1:
-            recent = rows[-25:]
-            log(f"[text] step {step:4d}/{config.text_pretrain_steps}  loss "
-                f"{np.mean([r['loss'] for r in recent]):.3f}  text acc "
-                f"{np.mean([r['text_accuracy'] for r in recent]):.3f}  "
-                f"{time.time() - start:6.0f}s")
+        _progress(log, rows, "text", step, config.text_pretrain_steps, start,
+                  [("loss", "loss"), ("text acc", "text_accuracy")], every=25)
     return rows
 
 
@@ -296,8 +303,7 @@ def _vision_pretrain(model, config: TrainConfig, log, start: float) -> list[dict
         torch.nn.init.normal_(parameter, std=0.02, generator=generator)
     parameters = [*model.model.vision_tower.parameters(),
                   *model.model.multi_modal_projector.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=config.vision_pretrain_lr,
-                                  weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    optimizer = _optimizer(parameters, config.vision_pretrain_lr, config)
     rows = []
     for step in range(config.vision_pretrain_steps):
         items = _items(gen.IMAGE_TASKS, config.vision_pretrain_batch, config.data_seed + 300, step)
@@ -316,12 +322,8 @@ def _vision_pretrain(model, config: TrainConfig, log, start: float) -> list[dict
                                .float().mean())
         rows.append({"phase": "vision", "step": step, "loss": float(loss.detach()),
                      "shape_accuracy": shape_accuracy})
-        if step % 50 == 0 or step == config.vision_pretrain_steps - 1:
-            recent = rows[-50:]
-            log(f"[vision] step {step:4d}/{config.vision_pretrain_steps}  loss "
-                f"{np.mean([r['loss'] for r in recent]):.3f}  shape acc "
-                f"{np.mean([r['shape_accuracy'] for r in recent]):.3f}  "
-                f"{time.time() - start:6.0f}s")
+        _progress(log, rows, "vision", step, config.vision_pretrain_steps, start,
+                  [("loss", "loss"), ("shape acc", "shape_accuracy")], every=50)
     return rows
 
 
@@ -351,7 +353,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
         rows += _vision_pretrain(model, config, log, start)
     if config.text_pretrain_steps:
         rows += _text_pretrain(model, tokenizer, config, log, start)
-    optimizer = _optimizer(model, config.lr, config)
+    optimizer = _optimizer(model.parameters(), config.lr, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     for step in range(config.steps):
         groups = []
@@ -404,13 +406,9 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
                      "accuracy": correct / max(1, n_letters),
                      "text_accuracy": text_correct / max(1, config.text_batch),
                      **({"lens_loss": lens_value / n_lens} if n_lens else {})})
-        if step % 25 == 0 or step == config.steps - 1:
-            recent = [r for r in rows[-25:] if r["phase"] == config.stage]
-            log(f"[{config.stage}] step {step:4d}/{config.steps}  loss "
-                f"{np.mean([r['loss'] for r in recent]):.3f}  train acc "
-                f"{np.mean([r['accuracy'] for r in recent]):.3f}  text acc "
-                f"{np.mean([r['text_accuracy'] for r in recent]):.3f}  "
-                f"{time.time() - start:6.0f}s")
+        _progress(log, rows, config.stage, step, config.steps, start,
+                  [("loss", "loss"), ("train acc", "accuracy"), ("text acc", "text_accuracy")],
+                  every=25)
     model.eval()
     return model, tokenizer, rows
 
