@@ -1,10 +1,10 @@
 """Build the SynthTV VideoLLM: a word-level tokenizer, a ``LlavaNextVideoProcessor`` with a chat
 template, and a tiny ``LlavaNextVideoForConditionalGeneration`` (CLIP vision tower that sees one
-frame at a time, average pooling to 4×4 tokens per frame, small Llama backbone).
+frame at a time, average pooling to 2×2 tokens per frame, small Llama backbone).
 
 Prompts follow Map the Flow's multiple-choice format::
 
-    <s> USER: <video>×(T·16)
+    <s> USER: <video>×(T·4)
     Question: what does the red circle do ?
     Options:
     (A) it grows
@@ -36,6 +36,8 @@ LETTERS = ("A", "B", "C", "D")
 PUNCTUATION = ("(", ")", ":", "?", ".", ",")
 TEMPLATE_WORDS = ("USER", "ASSISTANT", "Question", "Options", "Only", "give", "best", "option",
                   "Best", "Answer", "find")
+# Words of the text-only training prompts only ("find next X .").
+TEXT_WORDS = ("next",)
 ANSWER_PREFIX = "Best option:("
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -61,14 +63,14 @@ class ModelConfig:
     """Sizes of the SynthTV VideoLLM. ``pool_stride`` is fixed at 2: the HF processor assumes it."""
 
     image_size: int = gen.FRAME_SIZE
-    patch_size: int = 4
-    vision_hidden: int = 48
+    patch_size: int = 8
+    vision_hidden: int = 64
     vision_layers: int = 2
     vision_heads: int = 4
-    text_hidden: int = 64
-    text_layers: int = 6
+    text_hidden: int = 96
+    text_layers: int = 8
     text_heads: int = 4
-    text_intermediate: int = 128
+    text_intermediate: int = 192
     max_positions: int = 512
     tie_embeddings: bool = True
 
@@ -83,7 +85,7 @@ def tokens_per_frame(config: ModelConfig) -> int:
 
 def vocabulary() -> list[str]:
     words = list(SPECIAL_TOKENS) + list(PUNCTUATION) + list(TEMPLATE_WORDS) + list(LETTERS)
-    for word in gen.ALL_WORDS:
+    for word in (*gen.ALL_WORDS, *TEXT_WORDS):
         if word not in words:
             words.append(word)
     return words
@@ -216,9 +218,16 @@ def prompt_text(question: str, candidates: Sequence[str]) -> str:
     return body + "ASSISTANT: " + ANSWER_PREFIX
 
 
-def text_prompt_text(question: str, candidates: Sequence[str]) -> str:
-    """A text-only multiple-choice prompt (no video): the language-pretraining data."""
-    return "USER: " + question_text(question, candidates) + "\n" + "ASSISTANT: " + ANSWER_PREFIX
+def text_prompt_text(question: str, candidates: Sequence[str], options_first: bool = False) -> str:
+    """A text-only multiple-choice prompt (no video): the language-pretraining data. With
+    ``options_first`` the options come before the question, so no option can see the question
+    and the look-up must run from the question back to the options."""
+    if not options_first:
+        return ("USER: " + question_text(question, candidates) + "\n" + "ASSISTANT: "
+                + ANSWER_PREFIX)
+    lines = ["Options:", *[f"({LETTERS[i]}) {c}" for i, c in enumerate(candidates)],
+             f"Question: {question}", "Only give the best option."]
+    return "USER: " + "\n".join(lines) + "\n" + "ASSISTANT: " + ANSWER_PREFIX
 
 
 def open_ended_prompt_text(question: str) -> str:

@@ -93,12 +93,14 @@ def write_card(path: str | Path, *, name: str, summary: str, training: dict[str,
                measured: dict[str, Any], command: str) -> Path:
     path = Path(path)
     config = training["train_config"]
+    model = config.get("model", {})
+    side = model.get("image_size", 32) // model.get("patch_size", 8) // 2
     lines = [
         f"# {name}", "",
         summary, "",
         "A SynthTV model organism of mapflow-tl: a real `LlavaNextVideoForConditionalGeneration` "
-        "(CLIP vision tower seeing one frame at a time, 2×2 average pooling to 4×4 tokens per "
-        "frame, Llama backbone), a word-level tokenizer and a `LlavaNextVideoProcessor` "
+        "(CLIP vision tower seeing one frame at a time, 2×2 average pooling to "
+        f"{side}×{side} tokens per frame, Llama backbone), a word-level tokenizer and a `LlavaNextVideoProcessor` "
         "configuration, trained on CPU from scratch on the SynthTV generator "
         "(`mapflow_tl/synthtv/generator.py`).", "",
         "## Reproduce", "", "```", command, "```", "",

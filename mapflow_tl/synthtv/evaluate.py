@@ -4,7 +4,7 @@
 The video-token embeddings come from the Hugging Face model itself (its vision tower, pooling and
 projector via ``get_video_features``, spliced at the ``<video>`` placeholders exactly as
 ``LlavaNextVideoModel.forward`` does); the SegmentMap is built from the positions of those
-placeholders (8 frames × 4×4 grid) and from the character offsets of the question and options.
+placeholders (8 frames × 2×2 grid) and from the character offsets of the question and options.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def video_embeds(model, input_ids: torch.Tensor, pixel_values_videos: torch.Tens
 
 
 def segment_map(item: gen.Item, tokenizer, config: build.ModelConfig):
-    """SegmentMap of one item's prompt: frames from the ``<video>`` positions (each a 4×4 grid),
+    """SegmentMap of one item's prompt: frames from the ``<video>`` positions (each a 2×2 grid),
     question and options from character offsets of the rendered prompt."""
     from ..segments import Frame, Option, SegmentMap, Span
 

@@ -82,10 +82,13 @@ class TrainConfig:
     # shape (open-ended shape naming stays at chance).
     # Logit-lens auxiliary loss (0: off): at the last prompt position, the residual stream after
     # block ``answer_lens_layer`` (HF ``hidden_states[k]``), read through the final norm and the
-    # unembedding, must name the answer's first word (weight ``answer_lens_weight``). A stand-in
-    # for the next-token pre-training that leaves a real LLM's answer concepts readable in word
-    # space mid-network; it shapes where the answer becomes decodable at the last position, so a
-    # model trained with it must not be used for logit-lens claims about that position.
+    # unembedding, must name the answer's first word (weight ``answer_lens_weight``) — on video,
+    # image and text-only "find X" items alike, so that the text items teach one look-up ("the
+    # option whose word is already in my residual stream") that every task then shares. A
+    # stand-in for the next-token pre-training that leaves a real LLM's answer concepts readable
+    # in word space mid-network; it shapes where the answer word becomes decodable at the last
+    # position, so a model trained with it must not be used for logit-lens claims about the
+    # answer *word* at that position.
     answer_lens_layer: int = 0
     answer_lens_weight: float = 1.0
     vision_pretrain_steps: int = 0
@@ -99,10 +102,13 @@ class TrainConfig:
 
 
 STAGES = {
-    "image": TrainConfig(stage="image", seed=0, data_seed=1, steps=3000, video_batch=0,
-                         image_batch=32, text_batch=16, lr=3e-3, warmup=30),
-    "video": TrainConfig(stage="video", seed=0, data_seed=2, steps=2400, video_batch=16,
+    "image": TrainConfig(stage="image", seed=0, data_seed=1, steps=7000, video_batch=0,
+                         image_batch=32, text_batch=16, lr=2e-3, warmup=30,
+                         open_ended_fraction=0.5, answer_lens_layer=4,
+                         vision_pretrain_steps=4000, text_pretrain_steps=300),
+    "video": TrainConfig(stage="video", seed=0, data_seed=2, steps=6000, video_batch=16,
                          image_batch=8, text_batch=8, lr=2e-3, warmup=30,
+                         open_ended_fraction=0.5, answer_lens_layer=4,
                          init_from="synthtv-image"),
 }
 
@@ -171,19 +177,55 @@ def make_training_batch(items: Sequence[gen.Item], tokenizer, config: build.Mode
 
 
 def text_item(seed: int, index: int) -> tuple[str, list[str], int]:
-    """(question, candidates, answer index) of a generated item, for a text-only prompt."""
-    item = gen.make_item(gen.ALL_TASKS[index % len(gen.ALL_TASKS)], seed, index)
+    """(question, candidates, answer index) of the ``index``-th generated item of a stream over
+    all tasks (see :func:`_round_robin`), for a text-only prompt."""
+    task, index = _round_robin(gen.ALL_TASKS, index)
+    item = gen.make_item(task, seed, index)
     return item.question, item.candidates, item.answer_index
 
 
+# Answer words by kind, for the "find next X" items: the answer is the word after X in its list
+# (cyclically) — a relation the backbone must compute, not a token it can match.
+WORD_LISTS = (tuple(gen.COLOURS), gen.SHAPES, tuple(gen.SCENES), gen.PLACES, gen.DIRECTIONS,
+              gen.NUMBERS, gen.ACTIONS)
+
+
+def _next_word(word: str) -> str | None:
+    for words in WORD_LISTS:
+        if word in words:
+            return words[(words.index(word) + 1) % len(words)]
+    return None
+
+
+def text_query(seed: int, index: int) -> tuple[str, list[str], int]:
+    """A text-only multiple-choice item: the candidates of generated item ``index`` and either
+    "find X ." (X is the answer) or, for every odd index whose answer is a single word,
+    "find next X ." where the answer is the word after X in its list and X itself is always
+    among the options. The second kind cannot be solved by matching a question token against
+    the options: the answer must first be computed, then looked up — the look-up that the
+    video and image questions need."""
+    _, candidates, answer_index = text_item(seed, index)
+    answer = candidates[answer_index]
+    previous = next((w for w in candidates if _next_word(w) == answer), None) or next(
+        (words[words.index(answer) - 1] for words in WORD_LISTS if answer in words), None)
+    if index % 2 == 0 or previous is None:
+        return f"find {answer} .", candidates, answer_index
+    if previous not in candidates:     # the trap: X itself is an option
+        slot = next(k for k in range(len(candidates)) if k != answer_index)
+        candidates = [previous if k == slot else c for k, c in enumerate(candidates)]
+    return f"find next {previous} .", candidates, answer_index
+
+
 def make_text_batch(seed: int, n: int, step: int, tokenizer) -> dict[str, Any]:
-    """Left-padded text-only prompts "find <answer> ." with the candidates of generated items."""
-    sequences, answers = [], []
+    """Left-padded text-only prompts from :func:`text_query`, with the answer letter, the last
+    position and the answer's first word (the logit-lens target)."""
+    sequences, answers, words = [], [], []
     for j in range(n):
-        _, candidates, answer_index = text_item(seed, step * n + j)
-        text = build.text_prompt_text(f"find {candidates[answer_index]} .", candidates)
+        question, candidates, answer_index = text_query(seed, step * n + j)
+        text = build.text_prompt_text(question, candidates, options_first=True)
         sequences.append(tokenizer(text)["input_ids"])
         answers.append(tokenizer.convert_tokens_to_ids(build.LETTERS[answer_index]))
+        words.append(tokenizer(candidates[answer_index], add_special_tokens=False)["input_ids"][0])
     length = max(len(s) for s in sequences)
     input_ids = torch.full((n, length), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((n, length), dtype=torch.long)
@@ -191,23 +233,44 @@ def make_text_batch(seed: int, n: int, step: int, tokenizer) -> dict[str, Any]:
         input_ids[row, length - len(sequence):] = torch.tensor(sequence)
         attention_mask[row, length - len(sequence):] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "answer_ids": torch.tensor(answers)}
+            "answer_ids": torch.tensor(answers), "prompt_last": torch.full((n,), length - 1),
+            "answer_word": torch.tensor(words)}
 
 
 def answer_logits(model, batch: dict[str, Any]) -> torch.Tensor:
     """Next-token logits at the last prompt position, ``[B, vocab]`` (left padding); text-only
     batches have no ``pixel_values_videos``."""
+    return _text_forward(model, batch, 0)[0]
+
+
+def _text_forward(model, batch: dict[str, Any], lens_layer: int):
+    """(last-position logits, residual stream after block ``lens_layer`` or None) of a
+    left-padded batch."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                pixel_values_videos=batch.get("pixel_values_videos"), logits_to_keep=1)
-    return out.logits[:, -1]
+                pixel_values_videos=batch.get("pixel_values_videos"), logits_to_keep=1,
+                output_hidden_states=bool(lens_layer))
+    return out.logits[:, -1], (out.hidden_states[lens_layer] if lens_layer else None)
+
+
+def _round_robin(tasks: Sequence[str], k: int) -> tuple[str, int]:
+    """(task, item index within that task) of the ``k``-th item of a stream that cycles through
+    ``tasks``: every task counts its own items 0, 1, 2, … exactly as the evaluation sets do.
+
+    Numbering items by ``k`` itself would tie the item index to the task (``k ≡ task number``
+    modulo the number of tasks), and the generator derives each item's option layout — how
+    many options, which letter is right — from its index cycling with period 5 (2–3 options)
+    or 9 (2–4 options): a task whose number of tasks shares the period would always have the
+    same answer letter in training.
+    """
+    return tasks[k % len(tasks)], k // len(tasks)
 
 
 def _items(tasks: Sequence[str], n: int, seed: int, step: int) -> list[gen.Item]:
-    """n fresh items for one step, round-robin over ``tasks``."""
+    """n fresh items for one step, round-robin over ``tasks`` (see :func:`_round_robin`)."""
     items = []
     for j in range(n):
-        task = tasks[(step * n + j) % len(tasks)]
-        items.append(gen.make_item(task, seed, step * n + j))
+        task, index = _round_robin(tasks, step * n + j)
+        items.append(gen.make_item(task, seed, index))
     return items
 
 
@@ -254,8 +317,11 @@ def _text_pretrain(model, tokenizer, config: TrainConfig, log, start: float) -> 
     for step in range(config.text_pretrain_steps):
         batch = make_text_batch(config.data_seed + 200, config.text_pretrain_batch, step,
                                 tokenizer)
-        logits = answer_logits(model, batch)
+        logits, hidden = _text_forward(model, batch, config.answer_lens_layer)
         loss = torch.nn.functional.cross_entropy(logits, batch["answer_ids"])
+        if hidden is not None:
+            loss = loss + config.answer_lens_weight * _answer_lens_loss(
+                model, hidden, batch) / len(logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -269,50 +335,78 @@ def _text_pretrain(model, tokenizer, config: TrainConfig, log, start: float) -> 
     return rows
 
 
-GRID = 4    # vision pre-training locates each object in a GRID × GRID grid of cells
+POSITION_BINS = 16                    # vision pre-training: object centre, 2-px bins per axis
+SIZE_EDGES = (2.75, 3.75, 4.75, 5.75)  # … and half-size (radius) in five bins
+IGNORE = -100
 
 
 def frame_labels(state: gen.FrameState) -> list[int]:
-    """Vision pre-training targets of one frame: the scene, then for every colour of
-    ``gen.COLOURS`` the shape class (0 = no visible object of that colour, 1 + index in
-    ``gen.SHAPES``), then for every colour the grid cell of its centre (``GRID²`` = absent)."""
-    colours = list(gen.COLOURS)
-    shape = [0] * len(colours)
-    cell = [GRID * GRID] * len(colours)
+    """Vision pre-training targets of one frame: the scene; then, for every colour of
+    ``gen.COLOURS``, the shape class (0 = no visible object of that colour, 1 + index in
+    ``gen.SHAPES``); then per colour the x bin, the y bin (``POSITION_BINS`` across the frame)
+    and the size bin (radius against ``SIZE_EDGES``) of its object — ``IGNORE`` when absent."""
+    n = len(gen.COLOURS)
+    shape, x_bin, y_bin, size_bin = [0] * n, [IGNORE] * n, [IGNORE] * n, [IGNORE] * n
     for obj in state.objects:
         if obj.visible:
-            k = colours.index(obj.colour)
+            k = list(gen.COLOURS).index(obj.colour)
             shape[k] = 1 + gen.SHAPES.index(obj.shape)
-            column = min(GRID - 1, int(obj.x * GRID / gen.FRAME_SIZE))
-            row = min(GRID - 1, int(obj.y * GRID / gen.FRAME_SIZE))
-            cell[k] = row * GRID + column
-    return [list(gen.SCENES).index(state.scene), *shape, *cell]
+            x_bin[k] = min(POSITION_BINS - 1, max(0, int(obj.x * POSITION_BINS / gen.FRAME_SIZE)))
+            y_bin[k] = min(POSITION_BINS - 1, max(0, int(obj.y * POSITION_BINS / gen.FRAME_SIZE)))
+            size_bin[k] = int(np.searchsorted(SIZE_EDGES, obj.radius))
+    return [list(gen.SCENES).index(state.scene), *shape, *x_bin, *y_bin, *size_bin]
+
+
+def _label_classes() -> list[int]:
+    n = len(gen.COLOURS)
+    return ([len(gen.SCENES)] + [1 + len(gen.SHAPES)] * n + [POSITION_BINS] * (2 * n)
+            + [len(SIZE_EDGES) + 1] * n)
+
+
+def pretraining_frames(seed: int, n: int, step: int) -> tuple[list[gen.FrameState], np.ndarray]:
+    """``n`` single frames for vision pre-training step ``step``: item ``step·n + j`` of every task
+    in turn (image and temporal tasks alike, so the tower sees every size, position and scene the
+    videos hold), one frame of each — frames one at a time, no order between them. Returns
+    ``(states, pixels uint8 [n, H, W, 3])``."""
+    states, pixels = [], []
+    for item in _items(gen.ALL_TASKS, n, seed, step):
+        t = (item.index * 5) % len(item.states)        # 5 is coprime with 8: every frame in turn
+        states.append(item.states[t])
+        pixels.append(item.frames[t])
+    return states, np.stack(pixels)
 
 
 def _vision_pretrain(model, config: TrainConfig, log, start: float) -> list[dict]:
-    """The vision phase (see ``TrainConfig.vision_pretrain_steps``): frames of image items from
-    ``data_seed + 300``; the classification head is discarded afterwards."""
-    n_colours = len(gen.COLOURS)
-    classes = [len(gen.SCENES)] + [1 + len(gen.SHAPES)] * n_colours + [GRID * GRID + 1] * n_colours
+    """The vision phase (see ``TrainConfig.vision_pretrain_steps``): frames from
+    ``data_seed + 300``. The temporary head reads the frame's tokens as a *set* — a per-token
+    MLP, averaged over tokens, then a linear read-out — so every token must say itself what it
+    shows and where in the frame it is (the language model sees tokens, not a flattened grid).
+    It is discarded afterwards."""
+    classes = _label_classes()
     hidden = model.config.text_config.hidden_size
     tokens = build.tokens_per_frame(config.model)
     generator = torch.Generator().manual_seed(config.seed + 300)
-    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(tokens * hidden, 4 * hidden),
-                               torch.nn.GELU(), torch.nn.Linear(4 * hidden, sum(classes)))
+    per_token = torch.nn.Sequential(torch.nn.Linear(hidden, 4 * hidden), torch.nn.GELU())
+    readout = torch.nn.Linear(4 * hidden, sum(classes))
+    head = torch.nn.ModuleList([per_token, readout])
     for parameter in head.parameters():    # seeded apart from the model's own initialisation
         torch.nn.init.normal_(parameter, std=0.02, generator=generator)
     parameters = [*model.model.vision_tower.parameters(),
                   *model.model.multi_modal_projector.parameters(), *head.parameters()]
     optimizer = _optimizer(parameters, config.vision_pretrain_lr, config)
+    n_colours = len(gen.COLOURS)
     rows = []
     for step in range(config.vision_pretrain_steps):
-        items = _items(gen.IMAGE_TASKS, config.vision_pretrain_batch, config.data_seed + 300, step)
-        pixels = build.normalize_frames(np.stack([item.frames[:1] for item in items]))
-        labels = torch.tensor([frame_labels(item.states[0]) for item in items])
+        states, frames = pretraining_frames(config.data_seed + 300, config.vision_pretrain_batch,
+                                            step)
+        pixels = build.normalize_frames(frames[:, None])
+        labels = torch.tensor([frame_labels(state) for state in states])
         features = model.model.get_video_features(pixel_values_videos=pixels).pooler_output
-        logits = head(features.reshape(len(items), tokens, hidden)).split(classes, dim=-1)
-        loss = sum(torch.nn.functional.cross_entropy(group, labels[:, k])
-                   for k, group in enumerate(logits)) / len(classes)
+        features = _unit_rms(features.reshape(len(states), tokens, hidden))
+        logits = readout(per_token(features).mean(1)).split(classes, dim=-1)
+        loss = sum(torch.nn.functional.cross_entropy(group, labels[:, k], ignore_index=IGNORE)
+                   for k, group in enumerate(logits)
+                   if (labels[:, k] != IGNORE).any()) / len(classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -320,11 +414,39 @@ def _vision_pretrain(model, config: TrainConfig, log, start: float) -> list[dict
         present = labels[:, 1:1 + n_colours] > 0
         shape_accuracy = float((shape_logits.argmax(-1) == labels[:, 1:1 + n_colours])[present]
                                .float().mean())
+        x_logits = torch.stack(logits[1 + n_colours:1 + 2 * n_colours], 1)
+        x_error = (x_logits.argmax(-1) - labels[:, 1 + n_colours:1 + 2 * n_colours]).abs()
         rows.append({"phase": "vision", "step": step, "loss": float(loss.detach()),
-                     "shape_accuracy": shape_accuracy})
+                     "shape_accuracy": shape_accuracy,
+                     "x_bin_error": float(x_error[present].float().mean())})
         _progress(log, rows, "vision", step, config.vision_pretrain_steps, start,
-                  [("loss", "loss"), ("shape acc", "shape_accuracy")], every=50)
+                  [("loss", "loss"), ("shape acc", "shape_accuracy"),
+                   ("x-bin error", "x_bin_error")], every=50)
+    scale = _rescale_projector(model, config)
+    log(f"[vision] projector output rescaled by {scale:.3g} to unit RMS per token")
     return rows
+
+
+def _unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """``x`` divided by its root mean square over the last axis: what the backbone's RMSNorm
+    makes of a token before any layer reads it."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+@torch.no_grad()
+def _rescale_projector(model, config: TrainConfig) -> float:
+    """Scale the projector's last linear layer so that video tokens have unit RMS on average
+    (norm √d, measured on fixed frames). The head reads tokens through :func:`_unit_rms`, so
+    their scale is free to drift during the vision phase; left at hundreds, it would drown
+    everything the backbone's own layers add to the video positions' residual stream."""
+    states, frames = pretraining_frames(config.data_seed + 301, 64, 0)
+    pixels = build.normalize_frames(frames[:, None])
+    features = model.model.get_video_features(pixel_values_videos=pixels).pooler_output
+    scale = float(features.pow(2).mean(-1).sqrt().mean().reciprocal())
+    last = model.model.multi_modal_projector.linear_2
+    last.weight.mul_(scale)
+    last.bias.mul_(scale)
+    return scale
 
 
 def train(config: TrainConfig, *, log: Callable[[str], None] = print,
@@ -391,9 +513,12 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
             n_letters += int(letter.sum())
         if config.text_batch:
             batch = make_text_batch(config.data_seed + 100, config.text_batch, step, tokenizer)
-            logits = answer_logits(model, batch)
+            logits, hidden = _text_forward(model, batch, config.answer_lens_layer)
             loss = torch.nn.functional.cross_entropy(logits, batch["answer_ids"],
                                                      reduction="sum") / total
+            if hidden is not None:
+                loss = loss + config.answer_lens_weight * _answer_lens_loss(
+                    model, hidden, batch) / total
             loss.backward()
             loss_value += float(loss.detach())
             text_correct = int((logits.argmax(-1) == batch["answer_ids"]).sum())
