@@ -36,8 +36,6 @@ LETTERS = ("A", "B", "C", "D")
 PUNCTUATION = ("(", ")", ":", "?", ".", ",")
 TEMPLATE_WORDS = ("USER", "ASSISTANT", "Question", "Options", "Only", "give", "best", "option",
                   "Best", "Answer", "find")
-# Words of the text-only training prompts only ("find next X .").
-TEXT_WORDS = ("next",)
 ANSWER_PREFIX = "Best option:("
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -85,7 +83,7 @@ def tokens_per_frame(config: ModelConfig) -> int:
 
 def vocabulary() -> list[str]:
     words = list(SPECIAL_TOKENS) + list(PUNCTUATION) + list(TEMPLATE_WORDS) + list(LETTERS)
-    for word in (*gen.ALL_WORDS, *TEXT_WORDS):
+    for word in gen.ALL_WORDS:
         if word not in words:
             words.append(word)
     return words
@@ -218,16 +216,9 @@ def prompt_text(question: str, candidates: Sequence[str]) -> str:
     return body + "ASSISTANT: " + ANSWER_PREFIX
 
 
-def text_prompt_text(question: str, candidates: Sequence[str], options_first: bool = False) -> str:
-    """A text-only multiple-choice prompt (no video): the language-pretraining data. With
-    ``options_first`` the options come before the question, so no option can see the question
-    and the look-up must run from the question back to the options."""
-    if not options_first:
-        return ("USER: " + question_text(question, candidates) + "\n" + "ASSISTANT: "
-                + ANSWER_PREFIX)
-    lines = ["Options:", *[f"({LETTERS[i]}) {c}" for i, c in enumerate(candidates)],
-             f"Question: {question}", "Only give the best option."]
-    return "USER: " + "\n".join(lines) + "\n" + "ASSISTANT: " + ANSWER_PREFIX
+def text_prompt_text(question: str, candidates: Sequence[str]) -> str:
+    """A text-only multiple-choice prompt (no video): the language-pretraining data."""
+    return "USER: " + question_text(question, candidates) + "\n" + "ASSISTANT: " + ANSWER_PREFIX
 
 
 def open_ended_prompt_text(question: str) -> str:

@@ -13,10 +13,12 @@ from pathlib import Path
 __all__ = ["register"]
 
 SUMMARIES = {
-    "image": "Image-only SynthTV model: trained on single-frame image tasks only (colour, shape, "
-             "position, scene) — the miniature of the paper's image-only LLaVA-NeXT-7B.",
+    "image": "Image-only SynthTV model: its language model never sees more than one frame — "
+             "trained on the single-frame image tasks (colour, shape, position, scene) after a "
+             "vision pre-training on single frames (no frame order) and a text-only option "
+             "look-up phase — the miniature of the paper's image-only LLaVA-NeXT-7B.",
     "video": "Video-fine-tuned SynthTV model: `synthtv-image` fine-tuned on the five temporal "
-             "tasks with a quarter of each step kept on image tasks — the miniature of the "
+             "tasks with a fifth of each step's items kept on image tasks — the miniature of the "
              "paper's LLaVA-NeXT-7B-Video-FT.",
 }
 

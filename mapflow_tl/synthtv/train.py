@@ -3,7 +3,7 @@
 - stage ``image``: a freshly initialised model learns the single-frame image tasks (colour, shape,
   position, scene), each image shown as a 1-frame video — the image-only LLaVA-NeXT of the paper;
 - stage ``video``: the image model is fine-tuned on the five temporal tasks (8-frame videos) while
-  a quarter of every step stays on image tasks — the paper's Video-FT twin.
+  a fifth of every step's items stay on image tasks — the paper's Video-FT twin.
 
 Training data are drawn fresh every step from the generator (``seed`` of the stage, item indices
 counting up), so no item is seen twice and the held-out evaluation seed never appears. All
@@ -83,10 +83,8 @@ class TrainConfig:
     # Logit-lens auxiliary loss (0: off): at the last prompt position, the residual stream after
     # block ``answer_lens_layer`` (HF ``hidden_states[k]``), read through the final norm and the
     # unembedding, must name the answer's first word (weight ``answer_lens_weight``) — on video,
-    # image and text-only "find X" items alike, so that the text items teach one look-up ("the
-    # option whose word is already in my residual stream") that every task then shares. A
-    # stand-in for the next-token pre-training that leaves a real LLM's answer concepts readable
-    # in word space mid-network; it shapes where the answer word becomes decodable at the last
+    # image and text-only "find X" items alike. A stand-in for the next-token pre-training that
+    # leaves a real LLM's answer concepts readable in word space mid-network; it shapes where the answer word becomes decodable at the last
     # position, so a model trained with it must not be used for logit-lens claims about the
     # answer *word* at that position.
     answer_lens_layer: int = 0
@@ -106,9 +104,9 @@ STAGES = {
                          image_batch=32, text_batch=16, lr=2e-3, warmup=30,
                          open_ended_fraction=0.5, answer_lens_layer=4,
                          vision_pretrain_steps=4000, text_pretrain_steps=300),
-    "video": TrainConfig(stage="video", seed=0, data_seed=2, steps=6000, video_batch=16,
+    "video": TrainConfig(stage="video", seed=0, data_seed=2, steps=4000, video_batch=24,
                          image_batch=8, text_batch=8, lr=2e-3, warmup=30,
-                         open_ended_fraction=0.5, answer_lens_layer=4,
+                         open_ended_fraction=0.3, answer_lens_layer=4,
                          init_from="synthtv-image"),
 }
 
@@ -143,13 +141,13 @@ def make_training_batch(items: Sequence[gen.Item], tokenizer, config: build.Mode
 
     Multiple-choice items end in "Best option:(" and are followed by the answer in TVBench's
     format, "A ) grows": the letter is the main target (``letter_mask``), the words after it
-    are the answer text. Open-ended items (every item whose index falls in the first
-    ``open_ended_fraction`` of each block of 100) have no options, end in the same "Best
-    option:(" and are followed by the answer words alone.
+    are the answer text. Open-ended items (a fraction ``open_ended_fraction`` of every block of
+    100 item indices, spread through the block: ``37 · index mod 100`` below the fraction) have
+    no options, end in the same "Best option:(" and are followed by the answer words alone.
     """
     sequences, first_target, is_letter, answer_word = [], [], [], []
     for item in items:
-        open_ended = (item.index % 100) < 100 * open_ended_fraction
+        open_ended = (37 * item.index % 100) < 100 * open_ended_fraction
         e = build.encode_item(item, tokenizer, config, open_ended=open_ended)
         words = tokenizer(("" if open_ended else ") ") + item.answer,
                           add_special_tokens=False)["input_ids"]
@@ -184,45 +182,14 @@ def text_item(seed: int, index: int) -> tuple[str, list[str], int]:
     return item.question, item.candidates, item.answer_index
 
 
-# Answer words by kind, for the "find next X" items: the answer is the word after X in its list
-# (cyclically) — a relation the backbone must compute, not a token it can match.
-WORD_LISTS = (tuple(gen.COLOURS), gen.SHAPES, tuple(gen.SCENES), gen.PLACES, gen.DIRECTIONS,
-              gen.NUMBERS, gen.ACTIONS)
-
-
-def _next_word(word: str) -> str | None:
-    for words in WORD_LISTS:
-        if word in words:
-            return words[(words.index(word) + 1) % len(words)]
-    return None
-
-
-def text_query(seed: int, index: int) -> tuple[str, list[str], int]:
-    """A text-only multiple-choice item: the candidates of generated item ``index`` and either
-    "find X ." (X is the answer) or, for every odd index whose answer is a single word,
-    "find next X ." where the answer is the word after X in its list and X itself is always
-    among the options. The second kind cannot be solved by matching a question token against
-    the options: the answer must first be computed, then looked up — the look-up that the
-    video and image questions need."""
-    _, candidates, answer_index = text_item(seed, index)
-    answer = candidates[answer_index]
-    previous = next((w for w in candidates if _next_word(w) == answer), None) or next(
-        (words[words.index(answer) - 1] for words in WORD_LISTS if answer in words), None)
-    if index % 2 == 0 or previous is None:
-        return f"find {answer} .", candidates, answer_index
-    if previous not in candidates:     # the trap: X itself is an option
-        slot = next(k for k in range(len(candidates)) if k != answer_index)
-        candidates = [previous if k == slot else c for k, c in enumerate(candidates)]
-    return f"find next {previous} .", candidates, answer_index
-
-
 def make_text_batch(seed: int, n: int, step: int, tokenizer) -> dict[str, Any]:
-    """Left-padded text-only prompts from :func:`text_query`, with the answer letter, the last
-    position and the answer's first word (the logit-lens target)."""
+    """Left-padded text-only prompts "find <answer> ." with the candidates of generated items,
+    with the answer letter, the last position and the answer's first word (the logit-lens
+    target)."""
     sequences, answers, words = [], [], []
     for j in range(n):
-        question, candidates, answer_index = text_query(seed, step * n + j)
-        text = build.text_prompt_text(question, candidates, options_first=True)
+        _, candidates, answer_index = text_item(seed, step * n + j)
+        text = build.text_prompt_text(f"find {candidates[answer_index]} .", candidates)
         sequences.append(tokenizer(text)["input_ids"])
         answers.append(tokenizer.convert_tokens_to_ids(build.LETTERS[answer_index]))
         words.append(tokenizer(candidates[answer_index], add_special_tokens=False)["input_ids"][0])
