@@ -138,7 +138,8 @@ def test_prompt_is_the_chat_template_plus_answer_prefix():
     ids = build.encode_item(item, tokenizer, build.ModelConfig())["input_ids"]
     tokens = tokenizer.convert_ids_to_tokens(ids)
     assert tokens[0] == "<s>" and tokens[-3:] == ["option", ":", "("]
-    assert tokens.count("<video>") == gen.N_FRAMES * build.tokens_per_frame(build.ModelConfig()) == 32
+    per_frame = build.tokens_per_frame(build.ModelConfig())
+    assert tokens.count("<video>") == gen.N_FRAMES * per_frame == 32
     assert "<unk>" not in tokens
 
 

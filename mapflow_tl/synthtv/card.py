@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import build
 from . import generator as gen
 from .evaluate import EVAL_SEED, TEST_SEED, cross_frame_study, evaluate
 
@@ -98,15 +99,14 @@ def write_card(path: str | Path, *, name: str, summary: str, training: dict[str,
                measured: dict[str, Any], command: str) -> Path:
     path = Path(path)
     config = training["train_config"]
-    model = config.get("model", {})
-    side = model.get("image_size", 32) // model.get("patch_size", 8) // 2
+    side = round(build.tokens_per_frame(build.ModelConfig(**config["model"])) ** 0.5)
     lines = [
         f"# {name}", "",
         summary, "",
         "A SynthTV model organism of mapflow-tl: a real `LlavaNextVideoForConditionalGeneration` "
         "(CLIP vision tower seeing one frame at a time, 2×2 average pooling to "
-        f"{side}×{side} tokens per frame, Llama backbone), a word-level tokenizer and a `LlavaNextVideoProcessor` "
-        "configuration, trained on CPU from scratch on the SynthTV generator "
+        f"{side}×{side} tokens per frame, Llama backbone), a word-level tokenizer and a "
+        "`LlavaNextVideoProcessor` configuration, trained on CPU from scratch on the SynthTV generator "
         "(`mapflow_tl/synthtv/generator.py`).", "",
         "## Reproduce", "", "```", command, "```", "",
         f"Training time: {training.get('train_seconds', 0) / 60:.1f} min on one CPU thread "

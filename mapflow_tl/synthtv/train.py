@@ -84,9 +84,9 @@ class TrainConfig:
     # block ``answer_lens_layer`` (HF ``hidden_states[k]``), read through the final norm and the
     # unembedding, must name the answer's first word (weight ``answer_lens_weight``) — on video,
     # image and text-only "find X" items alike. A stand-in for the next-token pre-training that
-    # leaves a real LLM's answer concepts readable in word space mid-network; it shapes where the answer word becomes decodable at the last
-    # position, so a model trained with it must not be used for logit-lens claims about the
-    # answer *word* at that position.
+    # leaves a real LLM's answer concepts readable in word space mid-network; it shapes where the
+    # answer word becomes decodable at the last position, so a model trained with it must not be
+    # used for logit-lens claims about the answer *word* at that position.
     answer_lens_layer: int = 0
     answer_lens_weight: float = 1.0
     vision_pretrain_steps: int = 0
@@ -219,6 +219,18 @@ def _text_forward(model, batch: dict[str, Any], lens_layer: int):
     return out.logits[:, -1], (out.hidden_states[lens_layer] if lens_layer else None)
 
 
+def _text_loss(model, batch: dict[str, Any], config: TrainConfig,
+               per: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, last-position logits) of a text-only batch: the letter's summed cross-entropy plus,
+    when ``config.answer_lens_layer`` is set, the weighted logit-lens loss on the answer word,
+    each divided by ``per``."""
+    logits, hidden = _text_forward(model, batch, config.answer_lens_layer)
+    loss = torch.nn.functional.cross_entropy(logits, batch["answer_ids"], reduction="sum") / per
+    if hidden is not None:
+        loss = loss + config.answer_lens_weight * _answer_lens_loss(model, hidden, batch) / per
+    return loss, logits
+
+
 def _round_robin(tasks: Sequence[str], k: int) -> tuple[str, int]:
     """(task, item index within that task) of the ``k``-th item of a stream that cycles through
     ``tasks``: every task counts its own items 0, 1, 2, … exactly as the evaluation sets do.
@@ -284,11 +296,7 @@ def _text_pretrain(model, tokenizer, config: TrainConfig, log, start: float) -> 
     for step in range(config.text_pretrain_steps):
         batch = make_text_batch(config.data_seed + 200, config.text_pretrain_batch, step,
                                 tokenizer)
-        logits, hidden = _text_forward(model, batch, config.answer_lens_layer)
-        loss = torch.nn.functional.cross_entropy(logits, batch["answer_ids"])
-        if hidden is not None:
-            loss = loss + config.answer_lens_weight * _answer_lens_loss(
-                model, hidden, batch) / len(logits)
+        loss, logits = _text_loss(model, batch, config, per=config.text_pretrain_batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -318,10 +326,13 @@ def frame_labels(state: gen.FrameState) -> list[int]:
         if obj.visible:
             k = list(gen.COLOURS).index(obj.colour)
             shape[k] = 1 + gen.SHAPES.index(obj.shape)
-            x_bin[k] = min(POSITION_BINS - 1, max(0, int(obj.x * POSITION_BINS / gen.FRAME_SIZE)))
-            y_bin[k] = min(POSITION_BINS - 1, max(0, int(obj.y * POSITION_BINS / gen.FRAME_SIZE)))
+            x_bin[k], y_bin[k] = _position_bin(obj.x), _position_bin(obj.y)
             size_bin[k] = int(np.searchsorted(SIZE_EDGES, obj.radius))
     return [list(gen.SCENES).index(state.scene), *shape, *x_bin, *y_bin, *size_bin]
+
+
+def _position_bin(coordinate: float) -> int:
+    return min(POSITION_BINS - 1, max(0, int(coordinate * POSITION_BINS / gen.FRAME_SIZE)))
 
 
 def _label_classes() -> list[int]:
@@ -331,8 +342,8 @@ def _label_classes() -> list[int]:
 
 
 def pretraining_frames(seed: int, n: int, step: int) -> tuple[list[gen.FrameState], np.ndarray]:
-    """``n`` single frames for vision pre-training step ``step``: item ``step·n + j`` of every task
-    in turn (image and temporal tasks alike, so the tower sees every size, position and scene the
+    """``n`` single frames for vision pre-training step ``step``: the step's items of a stream
+    over every task (:func:`_items`; image and temporal tasks alike, so the tower sees every size, position and scene the
     videos hold), one frame of each — frames one at a time, no order between them. Returns
     ``(states, pixels uint8 [n, H, W, 3])``."""
     states, pixels = [], []
@@ -406,7 +417,7 @@ def _rescale_projector(model, config: TrainConfig) -> float:
     (norm √d, measured on fixed frames). The head reads tokens through :func:`_unit_rms`, so
     their scale is free to drift during the vision phase; left at hundreds, it would drown
     everything the backbone's own layers add to the video positions' residual stream."""
-    states, frames = pretraining_frames(config.data_seed + 301, 64, 0)
+    _, frames = pretraining_frames(config.data_seed + 301, 64, 0)
     pixels = build.normalize_frames(frames[:, None])
     features = model.model.get_video_features(pixel_values_videos=pixels).pooler_output
     scale = float(features.pow(2).mean(-1).sqrt().mean().reciprocal())
@@ -480,12 +491,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
             n_letters += int(letter.sum())
         if config.text_batch:
             batch = make_text_batch(config.data_seed + 100, config.text_batch, step, tokenizer)
-            logits, hidden = _text_forward(model, batch, config.answer_lens_layer)
-            loss = torch.nn.functional.cross_entropy(logits, batch["answer_ids"],
-                                                     reduction="sum") / total
-            if hidden is not None:
-                loss = loss + config.answer_lens_weight * _answer_lens_loss(
-                    model, hidden, batch) / total
+            loss, logits = _text_loss(model, batch, config, per=total)
             loss.backward()
             loss_value += float(loss.detach())
             text_correct = int((logits.argmax(-1) == batch["answer_ids"]).sum())
