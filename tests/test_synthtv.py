@@ -335,6 +335,32 @@ def test_text_items_carry_the_lens_target():
         assert tokens[tokens.index(letter, tokens.index("Options")) + 2] == target
 
 
+def test_weighted_training_stream_numbers_each_task_consecutively():
+    """``video_task_weights`` repeats tasks in the stream's cycle; each task's items are still
+    numbered 0, 1, 2, … without gaps or repeats, and in the stated proportions."""
+    from collections import Counter
+
+    from mapflow_tl.synthtv.train import _items, task_cycle
+
+    cycle = task_cycle(gen.TEMPORAL_TASKS, "action_sequence:2, object_count:3")
+    assert Counter(cycle) == {"action_antonym": 1, "action_sequence": 2, "scene_transition": 1,
+                              "moving_direction": 1, "object_count": 3}
+    assert task_cycle(gen.TEMPORAL_TASKS, "") == gen.TEMPORAL_TASKS
+    indices: dict[str, list[int]] = {}
+    for step in range(6):
+        for item in _items(cycle, 12, 2, step):
+            indices.setdefault(item.task, []).append(item.index)
+    for task, seen in indices.items():
+        assert seen == list(range(len(seen))), task
+    assert len(indices["object_count"]) == 3 * len(indices["action_antonym"]) == 27
+    # The unweighted stream is the plain round robin (the shipped image stage relies on it).
+    assert [(i.task, i.index) for i in _items(gen.TEMPORAL_TASKS, 7, 2, 1)] == [
+        (gen.TEMPORAL_TASKS[k % 5], k // 5) for k in range(7, 14)]
+    for bad in ("object_count", "count:2", "object_count:0", "object_count:x"):
+        with pytest.raises(ValueError, match="video_task_weights.*object_count"):
+            task_cycle(gen.TEMPORAL_TASKS, bad)
+
+
 def test_training_streams_balance_answer_letters_per_task():
     """Every task of a training stream numbers its own items 0, 1, 2, … as the evaluation sets do,
     so each task sees every answer letter — numbering items by their place in the stream tied

@@ -27,8 +27,8 @@ import torch
 from . import build
 from . import generator as gen
 
-__all__ = ["TrainConfig", "STAGES", "make_batch", "make_training_batch", "answer_logits", "train", "save_checkpoint",
-           "CHECKPOINT_DIR", "checkpoint_path"]
+__all__ = ["TrainConfig", "STAGES", "make_batch", "make_training_batch", "answer_logits", "train",
+           "save_checkpoint", "CHECKPOINT_DIR", "checkpoint_path", "task_cycle"]
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 MODEL_NAMES = {"image": "synthtv-image", "video": "synthtv-video-ft"}
@@ -48,6 +48,10 @@ class TrainConfig:
     data_seed: int = 1               # generator seed of the training items
     steps: int = 500
     video_batch: int = 0             # temporal items per step (8-frame videos)
+    # Relative share of each temporal task in the video items, "task:weight,…" (integer
+    # weights; tasks not named weigh 1): "object_count:2" draws two Object Count items for
+    # every one of each other task. Empty: every task equally.
+    video_task_weights: str = ""
     image_batch: int = 32            # image items per step (1-frame videos)
     lr: float = 2e-3
     warmup: int = 30
@@ -234,6 +238,8 @@ def _text_loss(model, batch: dict[str, Any], config: TrainConfig,
 def _round_robin(tasks: Sequence[str], k: int) -> tuple[str, int]:
     """(task, item index within that task) of the ``k``-th item of a stream that cycles through
     ``tasks``: every task counts its own items 0, 1, 2, … exactly as the evaluation sets do.
+    A task may occur several times in ``tasks`` (a weighted stream, see :func:`task_cycle`):
+    its occurrences still number its items consecutively.
 
     Numbering items by ``k`` itself would tie the item index to the task (``k ≡ task number``
     modulo the number of tasks), and the generator derives each item's option layout — how
@@ -241,7 +247,22 @@ def _round_robin(tasks: Sequence[str], k: int) -> tuple[str, int]:
     or 9 (2–4 options): a task whose number of tasks shares the period would always have the
     same answer letter in training.
     """
-    return tasks[k % len(tasks)], k // len(tasks)
+    cycle, place = divmod(k, len(tasks))
+    task = tasks[place]
+    return task, cycle * tasks.count(task) + tasks[:place].count(task)
+
+
+def task_cycle(tasks: Sequence[str], weights: str = "") -> tuple[str, ...]:
+    """One cycle of a weighted training stream: each task of ``tasks`` repeated by its weight
+    in ``weights`` ("task:weight,…"; 1 when not named), in ``tasks``' order."""
+    parsed: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in weights.split(","))):
+        task, sep, value = part.partition(":")
+        if not sep or task not in tasks or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"video_task_weights: bad entry {part!r}; expected task:weight with "
+                             f"a positive integer weight and a task among {', '.join(tasks)}")
+        parsed[task] = int(value)
+    return tuple(task for task in tasks for _ in range(parsed.get(task, 1)))
 
 
 def _items(tasks: Sequence[str], n: int, seed: int, step: int) -> list[gen.Item]:
@@ -430,6 +451,7 @@ def _rescale_projector(model, config: TrainConfig) -> float:
 def train(config: TrainConfig, *, log: Callable[[str], None] = print,
           model=None, tokenizer=None) -> tuple[Any, Any, list[dict]]:
     """Run one stage; returns (model, tokenizer, per-step log rows)."""
+    video_tasks = task_cycle(gen.TEMPORAL_TASKS, config.video_task_weights)   # checked first
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     tokenizer = tokenizer or build.build_tokenizer()
@@ -458,7 +480,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
     for step in range(config.steps):
         groups = []
         if config.video_batch:
-            groups.append(_items(gen.TEMPORAL_TASKS, config.video_batch, config.data_seed, step))
+            groups.append(_items(video_tasks, config.video_batch, config.data_seed, step))
         if config.image_batch:
             groups.append(_items(gen.IMAGE_TASKS, config.image_batch, config.data_seed, step))
         total = sum(len(g) for g in groups) + config.text_batch
