@@ -41,6 +41,12 @@ How the recipe came about (every run, its time and its result: `docs/synthtv.md`
    Action Sequence and Object Count always had the same answer letter in training, so the model
    learnt a constant. Each task now numbers its own items, as the evaluation sets do; Action
    Antonym went from chance to 90 % within 2000 video steps.
+6. Weighted video stream and a later logit-lens block in the video stage (fifth session): Action
+   Sequence, Scene Transition and Object Count get two items for every one of Action Antonym and
+   Moving Direction (learnt first), and the video stage's logit-lens loss reads block 6 instead of
+   4. Sequence 38.5 → 47.0 %, count 41.5 → 48.0 %; cross-frame knockout in blocks 0–3 now costs
+   32 / 36 points on antonym / direction. With the weights but the loss at block 4 the model
+   solved antonym and direction *without* early cross-frame attention (drop ≤ 2 points).
 """
 
 

@@ -109,8 +109,9 @@ STAGES = {
                          open_ended_fraction=0.5, answer_lens_layer=4,
                          vision_pretrain_steps=4000, text_pretrain_steps=300),
     "video": TrainConfig(stage="video", seed=0, data_seed=2, steps=4000, video_batch=24,
+                         video_task_weights="action_sequence:2,scene_transition:2,object_count:2",
                          image_batch=8, text_batch=8, lr=2e-3, warmup=30,
-                         open_ended_fraction=0.3, answer_lens_layer=4,
+                         open_ended_fraction=0.3, answer_lens_layer=6,
                          init_from="synthtv-image"),
 }
 
