@@ -112,8 +112,8 @@ def write_card(path: str | Path, *, name: str, summary: str, training: dict[str,
         "A SynthTV model organism of mapflow-tl: a real `LlavaNextVideoForConditionalGeneration` "
         "(CLIP vision tower seeing one frame at a time, 2×2 average pooling to "
         f"{side}×{side} tokens per frame, Llama backbone), a word-level tokenizer and a "
-        "`LlavaNextVideoProcessor` configuration, trained on CPU from scratch on the SynthTV generator "
-        "(`mapflow_tl/synthtv/generator.py`).", "",
+        "`LlavaNextVideoProcessor` configuration, trained on CPU from scratch on the SynthTV "
+        "generator (`mapflow_tl/synthtv/generator.py`).", "",
         "## Reproduce", "", "```", command, "```", "",
         f"Training time: {training.get('train_seconds', 0) / 60:.1f} min on "
         f"{config.get('threads', 1)} CPU thread(s) ({config['steps']} steps). The same command "

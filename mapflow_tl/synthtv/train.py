@@ -366,9 +366,9 @@ def _label_classes() -> list[int]:
 
 def pretraining_frames(seed: int, n: int, step: int) -> tuple[list[gen.FrameState], np.ndarray]:
     """``n`` single frames for vision pre-training step ``step``: the step's items of a stream
-    over every task (:func:`_items`; image and temporal tasks alike, so the tower sees every size, position and scene the
-    videos hold), one frame of each — frames one at a time, no order between them. Returns
-    ``(states, pixels uint8 [n, H, W, 3])``."""
+    over every task (:func:`_items`; image and temporal tasks alike, so the tower sees every
+    size, position and scene the videos hold), one frame of each — frames one at a time, no
+    order between them. Returns ``(states, pixels uint8 [n, H, W, 3])``."""
     states, pixels = [], []
     for item in _items(gen.ALL_TASKS, n, seed, step):
         t = (item.index * 5) % len(item.states)        # 5 is coprime with 8: every frame in turn
