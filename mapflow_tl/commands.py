@@ -42,12 +42,27 @@ def synthtv_samples(seed: int = 0, tasks: list[str] | None = None, limit: int | 
         raise ValueError(f"unknown SynthTV task(s) {unknown}; tasks: {list(gen.ALL_TASKS)}")
     per_task = limit or 20
     root = Path(cache or Path.home() / ".cache" / "mapflow-tl" / "synthtv")
-    folder = root / f"seed{EVAL_SEED + seed}-n{per_task}-{'-'.join(sorted(tasks))}"
+    items = gen.generate(tasks, per_task, EVAL_SEED + seed)
+    # The folder is named after the items' content too, so a changed generator (a new question
+    # format, other colours) never reads a stale cache written by an earlier version.
+    folder = root / (f"seed{EVAL_SEED + seed}-n{per_task}-{'-'.join(sorted(tasks))}-"
+                     f"{_fingerprint(items)}")
     if not (folder / "complete").is_file():
-        items = gen.generate(tasks, per_task, EVAL_SEED + seed)
         gen.write_benchmark(folder, items)
         (folder / "complete").write_text("ok\n")
     return list(load_dataset("tvbench", folder, tasks))
+
+
+def _fingerprint(items_by_task: dict[str, list[Any]]) -> str:
+    """12 hex digits of SHA-256 over every item's TVBench entry and rendered frames."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for task in sorted(items_by_task):
+        for item in items_by_task[task]:
+            digest.update(json.dumps(item.to_tvbench(), sort_keys=True).encode())
+            digest.update(item.frames.tobytes())
+    return digest.hexdigest()[:12]
 
 
 #: Dataset names resolved without a data root: name → function(seed, tasks, limit) → samples.
