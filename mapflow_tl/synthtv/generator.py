@@ -29,7 +29,7 @@ __all__ = [
     "SPATIAL_WORDS", "TEMPORAL_WORDS", "OTHER_WORDS", "ALL_WORDS",
     "ObjectState", "FrameState", "Item",
     "make_item", "generate_task", "generate", "ALL_TASKS", "render", "check_item", "answer_from_states",
-    "write_benchmark", "write_mp4",
+    "write_benchmark", "write_mp4", "transition_phrase",
 ]
 
 N_FRAMES = 8
@@ -69,7 +69,7 @@ TEMPORAL_WORDS: tuple[str, ...] = (*DIRECTIONS, *ACTIONS, "before", "after", "fi
 # Function words of the questions and options (neither spatial nor temporal).
 OTHER_WORDS: tuple[str, ...] = (
     "what", "which", "where", "how", "many", "does", "do", "is", "the", "this", "it", "objects",
-    "object", "colour", "shape", "scene", "way", *NUMBERS,
+    "object", "colour", "shape", "scene", "way", "to", *NUMBERS,
 )
 ALL_WORDS: tuple[str, ...] = (*SPATIAL_WORDS, *TEMPORAL_WORDS, *OTHER_WORDS)
 
@@ -276,9 +276,7 @@ def _oracle_sequence(states, meta) -> str | None:
 
 def _oracle_transition(states, meta) -> str | None:
     first, last = states[0].scene, states[-1].scene
-    if first == last:
-        return None
-    return first if meta["form"] == "before" else last
+    return None if first == last else transition_phrase(first, last)
 
 
 def _oracle_direction(states, meta) -> str | None:
@@ -397,6 +395,11 @@ def _gen_action_sequence(rng, index):
     return question, candidates, true, states, meta
 
 
+def transition_phrase(first: str, second: str) -> str:
+    """The option naming a change of scene from ``first`` to ``second``: "forest to sea"."""
+    return f"{first} to {second}"
+
+
 def _gen_scene_transition(rng, index):
     first, second = (str(s) for s in rng.choice(list(SCENES), size=2, replace=False))
     switch = int(rng.integers(2, N_FRAMES - 1))
@@ -409,14 +412,13 @@ def _gen_scene_transition(rng, index):
         taken.append((x, y))
         objects.append(ObjectState(colour, shape, x, y, radius))
     states = [FrameState(first if t < switch else second, tuple(objects)) for t in range(N_FRAMES)]
-    # Which scene comes before / after the change: the video's other scene is always an
-    # option, so one frame (without its place in time) cannot decide.
-    form = ("before", "after")[(index // 3) % 2]
-    true = first if form == "before" else second
-    other = second if form == "before" else first
-    candidates = _letter_balanced(rng, _layout(index, 2, 4), list(SCENES), true, keep=[other])
-    return (f"what is the scene {form} the change ?", candidates, true, states,
-            {"form": form})
+    # TVBench's design: the only other option is the same change reversed (A to B vs B to A), so
+    # both options name exactly the video's two places and no frame, nor the set of frames
+    # without their order, tells them apart; an order-blind model is at chance (50 %).
+    true = transition_phrase(first, second)
+    candidates = _letter_balanced(rng, _layout(index, 2, 2), [transition_phrase(second, first)],
+                                  true)
+    return "how does the scene change ?", candidates, true, states, {"switch": switch}
 
 
 def _gen_moving_direction(rng, index):
