@@ -57,8 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0
+    from .runs import sticky_interrupts
+
     try:
-        return args.handler(args)
+        with sticky_interrupts():
+            return args.handler(args)
     except ValueError as error:
         print(f"mapflow-tl {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from . import analyses as A
 from .circuits import list_circuits, load_circuit
 from .hooks import WINDOW_STYLES
 from .distributed import shard, world
-from .runs import SHARDS_DIR, RunWriter, merge_shards, read_table
+from .runs import SHARDS_DIR, RunWriter, check_interrupt, merge_shards, read_table
 
 __all__ = ["register", "load_samples", "DTYPES"]
 
@@ -149,6 +149,7 @@ class _Run:
                        + (f" [rank {self.world.rank}]" if self.world.distributed else ""),
                        unit="sample", dynamic_ncols=True, position=self.world.rank)
         for sample in samples:
+            check_interrupt()
             sample_id = str(getattr(sample, "id", ""))
             if RunWriter.key({"sample": sample_id}, "sample") in done:
                 continue

@@ -23,7 +23,7 @@ from .circuits import load_circuit
 from .commands import synthtv_samples
 from .hooks import knockout
 from .report import build_report
-from .runs import RunWriter
+from .runs import RunWriter, check_interrupt
 
 __all__ = ["run_demo", "crossframe_knockout_rows"]
 
@@ -77,6 +77,7 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
     crossframe_rows: list[dict[str, Any]] = []
     prune_rows: list[dict[str, Any]] = []
     for index, sample in enumerate(tqdm(samples, desc="demo", unit="sample")):
+        check_interrupt()
         x = video.prepare(sample)
         base = A.base_prediction(video, x)
         writer.write("samples", [{**A._sample_fields(x), **base}])

@@ -19,18 +19,60 @@ import csv
 import json
 import os
 import platform
+import signal
+import threading
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
 __all__ = ["RunWriter", "read_table", "read_run_config", "package_versions", "IDENTITY_KEYS",
-           "merge_shards", "SHARDS_DIR"]
+           "merge_shards", "SHARDS_DIR", "sticky_interrupts", "check_interrupt"]
 
 CONFIG_FILE = "run.json"
 SHARDS_DIR = "shards"
 #: Configuration keys that must match for a run to be resumed.
 IDENTITY_KEYS = ("command", "model", "dataset", "data_root", "task", "limit", "circuit", "window",
                  "style", "mode", "method", "seed", "dtype", "top_k", "keywords")
+
+
+_INTERRUPTED = threading.Event()
+
+
+@contextmanager
+def sticky_interrupts():
+    """Make Ctrl-C stop a run even when Python swallows the ``KeyboardInterrupt``.
+
+    Python raises ``KeyboardInterrupt`` in whatever code runs when the signal arrives. When that
+    is a finaliser (decord's ``VideoReader.__del__`` runs after every sample), Python prints
+    "Exception ignored in ..." and carries on, and the run would finish as if nothing happened.
+    Inside this context a SIGINT still raises at once, and is also remembered:
+    :func:`check_interrupt`, called between samples, raises it again. Outside the main thread,
+    or when someone else installed a SIGINT handler, the handler is left alone.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    _INTERRUPTED.clear()
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _INTERRUPTED.clear()
+
+
+def check_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` if a SIGINT arrived inside :func:`sticky_interrupts`, even one
+    that a finaliser swallowed. Call it where stopping is safe (between samples)."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 def package_versions() -> dict[str, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mapflow_tl.runs import RunWriter, read_table
+from mapflow_tl.runs import RunWriter, check_interrupt, read_table, sticky_interrupts
 
 
 
@@ -80,6 +80,31 @@ def test_interrupted_run_resumes_to_identical_rows(model_and_data, uninterrupted
     assert rows.keys() == uninterrupted.keys()
     assert rows == uninterrupted  # floats equal to the last bit on CPU
     assert len(read_table(out, "samples")) == 12
+
+
+class _InterruptedFinaliser:
+    """Receives SIGINT inside ``__del__``, as decord's VideoReader does when Ctrl-C lands while it
+    is freed: Python prints "Exception ignored in ..." and drops the KeyboardInterrupt."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the handler runs here, inside the finaliser
+
+
+def test_interrupt_swallowed_by_a_finaliser_still_stops_the_run(monkeypatch):
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda hook: swallowed.append(hook.exc_type))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _InterruptedFinaliser()  # without the guard the interrupt is simply lost
+    assert swallowed == [KeyboardInterrupt]
+    check_interrupt()
+    with sticky_interrupts():
+        _InterruptedFinaliser()
+        assert swallowed == [KeyboardInterrupt] * 2  # swallowed by Python ...
+        with pytest.raises(KeyboardInterrupt):
+            check_interrupt()  # ... and raised again at the next sample boundary
+    check_interrupt()  # forgotten once the run is over
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_resume_with_another_configuration_is_refused(tmp_path):
