@@ -84,6 +84,32 @@ def test_scene_transition_options_are_the_change_and_its_reverse():
     assert letters.count(0) == letters.count(1) == 10
 
 
+def test_action_sequence_asks_which_of_two_changing_objects_changes_first_or_last():
+    """Both options are objects that appear or disappear once each, at different frames; the
+    answer is the one whose visibility flips first ("first") or second ("last"), read here from
+    the states by hand; reversed, the video answers the other option."""
+    letters, forms, kinds = collections.Counter(), collections.Counter(), set()
+    for item in gen.generate_task("action_sequence", 40, seed=3):
+        flips = {}
+        for name in item.candidates:
+            seen = [any(o.name == name and o.visible for o in s.objects) for s in item.states]
+            changes = [t for t in range(1, len(seen)) if seen[t] != seen[t - 1]]
+            assert len(changes) == 1, (name, seen)
+            flips[name] = changes[0]
+            kinds.add("appears" if seen[-1] else "disappears")
+        assert len(item.candidates) == 2 and len(set(flips.values())) == 2
+        earlier, later = sorted(flips, key=flips.get)
+        form = item.question.split()[3]
+        assert item.question == f"which object changes {form} ?"
+        assert item.answer == (earlier if form == "first" else later)
+        assert gen.answer_from_states(item, item.states[::-1]) == (
+            later if form == "first" else earlier)
+        letters[item.answer_index] += 1
+        forms[form] += 1
+    assert letters == {0: 20, 1: 20} and forms == {"first": 20, "last": 20}
+    assert kinds == {"appears", "disappears"}
+
+
 def test_single_frame_check_rejects_order_free_question():
     """A transition question whose frames go A → B → A reads the same both ways."""
     item = gen.make_item("scene_transition", 0, 2)

@@ -255,23 +255,9 @@ def _events(states, names) -> list[tuple[int, str]]:
 
 def _oracle_sequence(states, meta) -> str | None:
     events = _events(states, meta["objects"])
-    phrases = [p for _, p in events]
-    if len({t for t, _ in events}) != len(events):
+    if len(events) != 2 or events[0][0] == events[1][0]:
         return None
-    form = meta["form"]
-    if form == "first":
-        ordered = [p for p in phrases if p in meta["candidates"]]
-        return ordered[0] if ordered else None
-    if form == "last":
-        ordered = [p for p in phrases if p in meta["candidates"]]
-        return ordered[-1] if ordered else None
-    reference = meta["reference"]
-    if reference not in phrases:
-        return None
-    k = phrases.index(reference)
-    if form == "after":
-        return phrases[k + 1] if k + 1 < len(phrases) else None
-    return phrases[k - 1] if k >= 1 else None          # "before"
+    return events[0][1] if meta["form"] == "first" else events[1][1]
 
 
 def _oracle_transition(states, meta) -> str | None:
@@ -353,46 +339,30 @@ def _gen_action_antonym(rng, index):
 
 def _gen_action_sequence(rng, index):
     scene = _scene(rng)
-    n_objects = 3
-    pairs = _distinct_objects(rng, n_objects)
-    n_options, position = _layout(index, 2, 3)
-    # Three options need three events; two options ask about two events, or about two of three
-    # ("what happens after/before X": the third event is X itself).
-    n_events = 3 if n_options == 3 else int(rng.integers(2, 4))
-    forms = ["first", "last"] + (["after", "before"] if n_events == 3 and n_options == 2 else [])
-    form = forms[(index // 5) % len(forms)]
-    times = sorted(rng.choice(np.arange(1, N_FRAMES), size=n_events, replace=False).tolist())
+    pairs = _distinct_objects(rng, 2)
+    # Two objects, each appearing or disappearing once (the kind drawn for each), at two
+    # different frames.
+    times = sorted(rng.choice(np.arange(1, N_FRAMES), size=2, replace=False).tolist())
     taken: list[tuple[float, float]] = []
-    tracks = []
-    phrases = []
-    for k, obj_index in enumerate(rng.permutation(n_objects)):
-        colour, shape = pairs[obj_index]
+    tracks, names = [], []
+    for k, (colour, shape) in enumerate(pairs):
         radius = float(rng.uniform(3.0, 4.5))
         x, y = _free_spot(rng, taken, radius)
         taken.append((x, y))
-        if k < n_events:
-            kind = str(rng.choice(["appears", "disappears"]))
-            visible = [(t >= times[k]) == (kind == "appears") for t in range(N_FRAMES)]
-            phrases.append(f"{colour} {shape}")
-        else:
-            visible = [True] * N_FRAMES
+        kind = str(rng.choice(["appears", "disappears"]))
+        visible = [(t >= times[k]) == (kind == "appears") for t in range(N_FRAMES)]
+        names.append(f"{colour} {shape}")
         tracks.append([ObjectState(colour, shape, x, y, radius, v) for v in visible])
     states = [FrameState(scene, tuple(track[t] for track in tracks)) for t in range(N_FRAMES)]
-    meta = {"objects": [f"{c} {s}" for c, s in pairs], "form": form}
-    if form in ("first", "last"):
-        listed = phrases if n_events == n_options else sorted(
-            rng.choice(n_events, size=n_options, replace=False).tolist())
-        listed = listed if n_events == n_options else [phrases[k] for k in listed]
-        true = listed[0] if form == "first" else listed[-1]
-        question = f"which object changes {form} ?"
-    else:
-        reference = phrases[0] if form == "after" else phrases[-1]
-        meta["reference"] = reference
-        listed = [p for p in phrases if p != reference]
-        true = phrases[1]
-        question = f"which object changes {form} the {reference} ?"
-    candidates = _letter_balanced(rng, (n_options, position), listed, true)
-    return question, candidates, true, states, meta
+    # "Which of two events happened first", as TVBench asks it: both options are objects that
+    # change in the video, so no frame — nor the set of frames without their order, since each
+    # object may appear or disappear — tells them apart: an order-blind model is at chance.
+    # The question form and the answer letter are balanced independently.
+    form = ("first", "last")[(index // 2) % 2]
+    true, other = names if form == "first" else names[::-1]
+    candidates = _letter_balanced(rng, _layout(index, 2, 2), [other], true)
+    return (f"which object changes {form} ?", candidates, true, states,
+            {"objects": names, "form": form})
 
 
 def transition_phrase(first: str, second: str) -> str:
