@@ -225,6 +225,36 @@ def test_micro_training_reduces_the_loss():
         assert torch.equal(a, b), name
 
 
+def test_monitoring_logs_held_out_accuracy_and_leaves_the_weights_unchanged():
+    """``train(monitor=…, monitor_every=k)``: called after every k-th step and after the last,
+    in eval mode, its figures kept as rows; the trained weights are bitwise those of a run
+    without it."""
+    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
+                              text_layers=2, text_heads=2, text_intermediate=64)
+    config = TrainConfig(stage="video", steps=5, video_batch=4, image_batch=2, text_batch=2,
+                         model=micro)
+    items = gen.generate(["action_sequence", "colour"], 4, seed=1001)
+    calls = []
+
+    def monitor(model, tokenizer):
+        from mapflow_tl.synthtv.evaluate import evaluate
+
+        calls.append(model.training)
+        return {task: row["accuracy"] for task, row in evaluate(model, tokenizer, items).items()}
+
+    lines = []
+    watched, _, rows = train(config, log=lines.append, monitor=monitor, monitor_every=2)
+    plain, _, _ = train(config, log=lambda message: None)
+    assert calls == [False, False, False]
+    assert [r["step"] for r in rows if r["phase"] == "monitor"] == [1, 3, 4]
+    assert all(0 <= r["colour"] <= 1 for r in rows if r["phase"] == "monitor")
+    assert sum(line.startswith("[monitor] after step") for line in lines) == 3
+    for (name, a), (_, b) in zip(watched.state_dict().items(), plain.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="monitor_every=0"):
+        train(config, log=lambda message: None, monitor=monitor)
+
+
 def test_frozen_vision_tower_stays_fixed_while_the_rest_trains():
     """``freeze_vision_tower``: the main loop leaves every vision-tower weight as it was and still
     trains the projector and the language model."""
@@ -483,3 +513,22 @@ def test_evaluation_set_cache_follows_the_generator(tmp_path, monkeypatch):
     changed = synthtv_samples(tasks=["moving_direction"], limit=2, cache=tmp_path)
     assert len(list(tmp_path.iterdir())) == 2
     assert changed[0].question.startswith("where does")
+
+
+def test_cli_train_with_monitoring_records_the_curve_and_the_training_time(tmp_path):
+    from mapflow_tl.cli import main
+
+    out = tmp_path / "micro"
+    assert main(["synthtv", "train", "--stage", "image", "--steps", "3", "--out", str(out),
+                 "--no-knockout", "--eval-every", "2", "--eval-per-task", "2", "--set",
+                 "vision_pretrain_steps=0", "text_pretrain_steps=0", "image_batch=4",
+                 "text_batch=2", "answer_lens_layer=2", "model.text_hidden=32",
+                 "model.text_layers=2", "model.text_heads=2", "model.text_intermediate=64",
+                 "model.vision_hidden=16", "model.vision_layers=1",
+                 "model.vision_heads=2"]) == 0
+    training = json.loads((out / "training.json").read_text())
+    curve = training["monitor"]
+    assert [row["step"] for row in curve] == [1, 2]
+    assert set(gen.ALL_TASKS) <= set(curve[0]) and all(0 <= curve[0][t] <= 100
+                                                         for t in gen.ALL_TASKS)
+    assert training["monitor_seconds"] > 0 and training["train_seconds"] > 0

@@ -47,17 +47,44 @@ def _train(args: argparse.Namespace) -> int:
     name = T.MODEL_NAMES[args.stage]
     out = Path(args.out) if args.out else T.checkpoint_path(name)
     start = time.time()
-    model, tokenizer, rows = T.train(config, log=_log)
-    seconds = time.time() - start
+    monitor = _HeldOutMonitor(args.eval_per_task) if args.eval_every else None
+    model, tokenizer, rows = T.train(config, log=_log, monitor=monitor,
+                                     monitor_every=args.eval_every or 0)
+    # The training time leaves out the monitoring's evaluations.
+    seconds = time.time() - start - (monitor.seconds if monitor else 0.0)
     command = "mapflow-tl synthtv train " + " ".join(shlex.quote(a) for a in sys.argv[3:]) \
         if len(sys.argv) > 3 and sys.argv[1:3] == ["synthtv", "train"] \
         else f"mapflow-tl synthtv train --stage {args.stage}"
     training = {"train_config": config.to_dict(), "train_seconds": seconds,
                 "final_loss": _final_loss(rows, args.stage),
-                "command": command, "notes": args.notes}
+                "command": command, "notes": args.notes,
+                **({"monitor": [r for r in rows if r["phase"] == "monitor"],
+                    "monitor_seconds": monitor.seconds} if monitor else {})}
     T.save_checkpoint(model, tokenizer, config, out, extra=training)
     _log(f"saved {out} after {seconds / 60:.1f} min; measuring …")
     return _write_card(out, args.stage, knockout=not args.no_knockout)
+
+
+class _HeldOutMonitor:
+    """Accuracy (%) per task on ``per_task`` questions of the monitoring seed
+    (``evaluate.MONITOR_SEED``: neither a training seed nor the model card's held-out seed);
+    ``seconds`` adds up the time spent evaluating."""
+
+    def __init__(self, per_task: int):
+        from . import generator as gen
+        from .evaluate import MONITOR_SEED
+
+        self.items = gen.generate(gen.ALL_TASKS, per_task, MONITOR_SEED)
+        self.seconds = 0.0
+
+    def __call__(self, model, tokenizer) -> dict[str, float]:
+        from .evaluate import evaluate
+
+        start = time.time()
+        measured = {task: 100 * row["accuracy"]
+                    for task, row in evaluate(model, tokenizer, self.items).items()}
+        self.seconds += time.time() - start
+        return measured
 
 
 def _final_loss(rows: list[dict], stage: str) -> float:
@@ -164,7 +191,9 @@ def register(subparsers) -> None:
     train = commands.add_parser("train", help="train a SynthTV model and write its model card")
     train.add_argument("--stage", choices=("image", "video"), required=True)
     train.add_argument("--steps", type=int, help="override the stage's number of steps")
-    train.add_argument("--threads", type=int, help="CPU threads (default 1: reproducible)")
+    train.add_argument("--threads", type=int,
+                       help="CPU threads (default: the stage's, 2; the same count gives the "
+                            "same weights)")
     train.add_argument("--init-from", help="checkpoint to fine-tune (video stage)")
     train.add_argument("--out", help="checkpoint directory (default: the shipped one)")
     train.add_argument("--set", nargs="*", metavar="KEY=VALUE",
@@ -172,6 +201,11 @@ def register(subparsers) -> None:
                             "--set lr=0.001 image_batch=64 model.text_hidden=96")
     train.add_argument("--no-knockout", action="store_true", help="skip the knockout study")
     train.add_argument("--notes", help="free text added to the model card")
+    train.add_argument("--eval-every", type=int, metavar="N",
+                       help="log held-out accuracy per task every N steps (monitoring seed "
+                            "1001; the trained weights are the same with or without it)")
+    train.add_argument("--eval-per-task", type=int, default=60, metavar="K",
+                       help="questions per task of that monitoring (default 60)")
     train.set_defaults(handler=_train)
 
     card = commands.add_parser("card", help="measure a trained checkpoint, rewrite its card")

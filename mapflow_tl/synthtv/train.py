@@ -122,7 +122,7 @@ STAGES = {
                          vision_pretrain_steps=5000, vision_shape_weight=5.0,
                          freeze_vision_tower=True, text_pretrain_steps=300, threads=2),
     "video": TrainConfig(stage="video", seed=0, data_seed=2, steps=5000, video_batch=24,
-                         video_task_weights="action_sequence:2,scene_transition:2,object_count:2",
+                         video_task_weights="action_sequence:3,scene_transition:1,object_count:2",
                          image_batch=8, text_batch=8, lr=2e-3, warmup=30,
                          open_ended_fraction=0.3, answer_lens_layer=6,
                          init_from="synthtv-image", threads=2),
@@ -474,8 +474,18 @@ def _rescale_projector(model, config: TrainConfig) -> float:
 
 
 def train(config: TrainConfig, *, log: Callable[[str], None] = print,
-          model=None, tokenizer=None) -> tuple[Any, Any, list[dict]]:
-    """Run one stage; returns (model, tokenizer, per-step log rows)."""
+          model=None, tokenizer=None,
+          monitor: Callable[[Any, Any], dict[str, float]] | None = None,
+          monitor_every: int = 0) -> tuple[Any, Any, list[dict]]:
+    """Run one stage; returns (model, tokenizer, per-step log rows).
+
+    ``monitor(model, tokenizer)``, when given, is called every ``monitor_every`` main-loop steps
+    and after the last one with the model in eval mode (e.g. held-out accuracy per task); what
+    it returns is logged and kept as a row of phase ``"monitor"``. Training draws no random
+    numbers after initialisation, so monitoring leaves the trained weights unchanged.
+    """
+    if monitor is not None and monitor_every < 1:
+        raise ValueError(f"monitor_every={monitor_every}: a monitor needs a positive interval")
     video_tasks = task_cycle(gen.TEMPORAL_TASKS, config.video_task_weights)   # checked first
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -556,6 +566,14 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
         _progress(log, rows, config.stage, step, config.steps, start,
                   [("loss", "loss"), ("train acc", "accuracy"), ("text acc", "text_accuracy")],
                   every=25)
+        if monitor is not None and ((step + 1) % monitor_every == 0 or step == config.steps - 1):
+            model.eval()
+            with torch.no_grad():
+                measured = monitor(model, tokenizer)
+            model.train()
+            rows.append({"phase": "monitor", "step": step, **measured})
+            log(f"[monitor] after step {step + 1}: "
+                + "  ".join(f"{key} {value:.3g}" for key, value in measured.items()))
     model.eval()
     return model, tokenizer, rows
 
