@@ -58,6 +58,14 @@ How the recipe came about (every run, its time and its result: `docs/synthtv.md`
    sea" / "sea to forest"): the former before/after question let an order-blind model rule out
    places absent from the video; the new one was learnt within 1000 video steps. The video stage
    runs 5000 steps instead of 4000 (Object Count 74 % after 4000, 95 % after 5000).
+8. Action Sequence as "which object changes first ?" (seventh session): both options are the
+   video's two objects, each of which appears or disappears once. The former questions (first /
+   last / after / before among 2–3 objects) stayed at chance in every run; "does X change before
+   or after Y ?" stayed at 50 % and "first" or "last" drawn at random at 48 % through a whole
+   video stage, while "first" alone reached 97–100 %. With Action Sequence learnt, Object Count
+   (learnt last, and only in some runs) stayed at chance in three 5000-step runs; it takes
+   items: the video stage now draws six Object Count and three Action Sequence items for every
+   one of the other tasks, 28 videos a step (6 image and 6 text items).
 """
 
 
