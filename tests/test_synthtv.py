@@ -73,15 +73,31 @@ def test_single_frame_check_rejects_a_still_video(task):
 
 
 def test_scene_transition_options_are_the_change_and_its_reverse():
-    """TVBench's design: "A to B" against "B to A", A and B the video's first and last places."""
-    letters = []
-    for item in gen.generate_task("scene_transition", 20, seed=3):
+    """TVBench's design: "A to B" against "B to A", A and B the video's first and last places;
+    half the items say it the other way round, "B after A" against "A after B"."""
+    layouts = collections.Counter()
+    for item in gen.generate_task("scene_transition", 40, seed=3):
         first, last = item.states[0].scene, item.states[-1].scene
         assert first != last and item.question == "how does the scene change ?"
-        assert item.answer == f"{first} to {last}"
-        assert sorted(item.candidates) == sorted([f"{first} to {last}", f"{last} to {first}"])
-        letters.append(item.answer_index)
-    assert letters.count(0) == letters.count(1) == 10
+        form = item.meta["form"]
+        right, wrong = {"to": (f"{first} to {last}", f"{last} to {first}"),
+                        "after": (f"{last} after {first}", f"{first} after {last}")}[form]
+        assert item.answer == right and sorted(item.candidates) == sorted([right, wrong])
+        assert item.named_answer == f"{first} to {last}"
+        assert gen.answer_from_states(item, item.states[::-1]) == wrong
+        layouts[form, item.answer_index] += 1
+    assert layouts == {("to", 0): 10, ("to", 1): 10, ("after", 0): 10, ("after", 1): 10}
+
+
+@pytest.mark.parametrize("frame", [0, -1])
+def test_scene_transition_defeats_matching_one_frame_to_the_first_named_place(frame):
+    """A reader of one frame (the first or the last) that picks the option whose first-named
+    place is that frame's scene is right on exactly half the items, not on all or none."""
+    items = gen.generate_task("scene_transition", 40, seed=4)
+    right = [item.candidates.index(next(c for c in item.candidates
+                                        if c.split()[0] == item.states[frame].scene))
+             == item.answer_index for item in items]
+    assert sum(right) == 20
 
 
 def test_action_sequence_asks_which_of_two_changing_objects_changes_first():
@@ -370,6 +386,31 @@ def test_answer_lens_loss_reads_the_prompts_last_position_by_hand():
             word = tokenizer.convert_tokens_to_ids(item.answer.split()[0])
             expected += float(torch.logsumexp(logits, 0) - logits[word])
     assert abs(float(got) - expected) < 1e-4
+
+
+def test_open_ended_transition_items_name_the_change_as_a_to_b():
+    """Asked without options, a transition item is trained to say "A to B" whichever way its
+    options are phrased; with options, "B ) sea after forest" as the item says."""
+    from mapflow_tl.synthtv.train import make_training_batch
+
+    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
+                              text_layers=2, text_heads=2, text_intermediate=64)
+    tokenizer = build.build_tokenizer()
+    items = [item for item in gen.generate_task("scene_transition", 8, seed=5)
+             if item.meta["form"] == "after"]
+    assert items
+    for fraction in (1.0, 0.0):
+        batch = make_training_batch(items, tokenizer, micro, open_ended_fraction=fraction)
+        for row, item in enumerate(items):
+            first, last = item.states[0].scene, item.states[-1].scene
+            targets = [t for t in batch["targets"][row].tolist() if t != -100]
+            said = tokenizer.decode(targets, skip_special_tokens=True).split()
+            word = tokenizer.convert_ids_to_tokens(int(batch["answer_word"][row]))
+            if fraction:
+                assert said == [first, "to", last] and word == first
+            else:
+                assert said == [build.LETTERS[item.answer_index], ")", last, "after", first]
+                assert word == last
 
 
 def test_answer_lens_layer_is_checked_and_trained():

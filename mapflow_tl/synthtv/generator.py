@@ -29,7 +29,7 @@ __all__ = [
     "SPATIAL_WORDS", "TEMPORAL_WORDS", "OTHER_WORDS", "ALL_WORDS",
     "ObjectState", "FrameState", "Item",
     "make_item", "generate_task", "generate", "ALL_TASKS", "render", "check_item", "answer_from_states",
-    "write_benchmark", "write_mp4", "transition_phrase",
+    "write_benchmark", "write_mp4", "transition_phrase", "TRANSITION_FORMS",
 ]
 
 N_FRAMES = 8
@@ -123,6 +123,12 @@ class Item:
     @property
     def name(self) -> str:
         return f"{self.task}_{self.index:05d}"
+
+    @property
+    def named_answer(self) -> str:
+        """The answer as named without options (open-ended training): the right option's text,
+        except that a Scene Transition phrased "B after A" is named "A to B"."""
+        return str(self.meta.get("named_answer", self.answer))
 
     @property
     def frames(self) -> np.ndarray:
@@ -262,7 +268,7 @@ def _oracle_sequence(states, meta) -> str | None:
 
 def _oracle_transition(states, meta) -> str | None:
     first, last = states[0].scene, states[-1].scene
-    return None if first == last else transition_phrase(first, last)
+    return None if first == last else transition_phrase(first, last, meta.get("form", "to"))
 
 
 def _oracle_direction(states, meta) -> str | None:
@@ -364,9 +370,17 @@ def _gen_action_sequence(rng, index):
     return "which object changes first ?", candidates, true, states, {"objects": names}
 
 
-def transition_phrase(first: str, second: str) -> str:
-    """The option naming a change of scene from ``first`` to ``second``: "forest to sea"."""
-    return f"{first} to {second}"
+TRANSITION_FORMS = ("to", "after")
+
+
+def transition_phrase(first: str, second: str, form: str = "to") -> str:
+    """The option naming a change of scene from ``first`` to ``second``: "forest to sea" (form
+    ``"to"``) or, naming the places the other way round, "sea after forest" (form ``"after"``)."""
+    if form == "to":
+        return f"{first} to {second}"
+    if form == "after":
+        return f"{second} after {first}"
+    raise ValueError(f"unknown transition form {form!r}; known: {list(TRANSITION_FORMS)}")
 
 
 def _gen_scene_transition(rng, index):
@@ -384,10 +398,19 @@ def _gen_scene_transition(rng, index):
     # TVBench's design: the only other option is the same change reversed (A to B vs B to A), so
     # both options name exactly the video's two places and no frame, nor the set of frames
     # without their order, tells them apart; an order-blind model is at chance (50 %).
-    true = transition_phrase(first, second)
-    candidates = _letter_balanced(rng, _layout(index, 2, 2), [transition_phrase(second, first)],
-                                  true)
-    return "how does the scene change ?", candidates, true, states, {"switch": switch}
+    # Half the items (alternating in pairs, so every answer letter meets both forms equally
+    # often) name the places the other way round, "B after A": the place named first in an
+    # option is the video's first place as often as its last. With "A to B" alone, a reader of
+    # the last frame that matches the first-named place scored 0 % and one of the first frame
+    # 100 %: synthtv-image, which attends to the nearest frame, chose "B to A" in 157 of 200
+    # (docs/synthtv.md, eighth session).
+    form = TRANSITION_FORMS[(index // 2) % 2]
+    true = transition_phrase(first, second, form)
+    candidates = _letter_balanced(rng, _layout(index, 2, 2),
+                                  [transition_phrase(second, first, form)], true)
+    # Asked without options, the model names the change one way: "A to B".
+    meta = {"switch": switch, "form": form, "named_answer": transition_phrase(first, second)}
+    return "how does the scene change ?", candidates, true, states, meta
 
 
 def _gen_moving_direction(rng, index):

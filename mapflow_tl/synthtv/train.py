@@ -167,13 +167,14 @@ def make_training_batch(items: Sequence[gen.Item], tokenizer, config: build.Mode
     for item in items:
         open_ended = (37 * item.index % 100) < 100 * open_ended_fraction
         e = build.encode_item(item, tokenizer, config, open_ended=open_ended)
-        words = tokenizer(("" if open_ended else ") ") + item.answer,
+        text = item.named_answer if open_ended else item.answer
+        words = tokenizer(("" if open_ended else ") ") + text,
                           add_special_tokens=False)["input_ids"]
         head = [] if open_ended else [e["answer_id"]]
         sequences.append(e["input_ids"] + head + words)
         first_target.append(len(e["input_ids"]) - 1)
         is_letter.append(not open_ended)
-        answer_word.append(tokenizer(item.answer, add_special_tokens=False)["input_ids"][0])
+        answer_word.append(tokenizer(text, add_special_tokens=False)["input_ids"][0])
     length = max(len(s) for s in sequences)
     input_ids = torch.full((len(items), length), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(items), length), dtype=torch.long)
