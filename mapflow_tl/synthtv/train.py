@@ -122,7 +122,7 @@ STAGES = {
                          vision_pretrain_steps=5000, vision_shape_weight=5.0,
                          freeze_vision_tower=True, text_pretrain_steps=300, threads=2),
     "video": TrainConfig(stage="video", seed=0, data_seed=2, steps=5000, video_batch=28,
-                         video_task_weights="action_sequence:3,object_count:6",
+                         video_task_weights="action_sequence:4,object_count:5",
                          image_batch=6, text_batch=6, lr=2e-3, warmup=30,
                          open_ended_fraction=0.3, answer_lens_layer=6,
                          init_from="synthtv-image", threads=2),
