@@ -266,6 +266,23 @@ def test_monitoring_logs_held_out_accuracy_and_leaves_the_weights_unchanged():
         train(config, log=lambda message: None, monitor=monitor)
 
 
+def test_progress_line_averages_the_phases_last_rows_across_monitor_rows():
+    """A monitor row between training rows must not shorten the logged window: with losses
+    0, 1, …, 49 and a monitor row after step 39, the line at step 49 (every=25) is the mean of
+    steps 25…49 = 37, as without monitoring (the ninth session's logs differed at the monitored
+    steps only by this)."""
+    from mapflow_tl.synthtv.train import _progress
+
+    rows = []
+    for step in range(50):
+        rows.append({"phase": "video", "step": step, "loss": float(step)})
+        if step == 39:
+            rows.append({"phase": "monitor", "step": step, "colour": 1.0})
+    lines = []
+    _progress(lines.append, rows, "video", 49, 50, 0.0, [("loss", "loss")], every=25)
+    assert "loss 37.000" in lines[0]
+
+
 def test_frozen_vision_tower_stays_fixed_while_the_rest_trains():
     """``freeze_vision_tower``: the main loop leaves every vision-tower weight as it was and still
     trains the projector and the language model."""

@@ -116,12 +116,12 @@ class TrainConfig:
 
 
 STAGES = {
-    "image": TrainConfig(stage="image", seed=0, data_seed=1, steps=7000, video_batch=0,
+    "image": TrainConfig(stage="image", seed=0, data_seed=1, steps=5500, video_batch=0,
                          image_batch=32, text_batch=16, lr=2e-3, warmup=30,
                          open_ended_fraction=0.5, answer_lens_layer=4,
                          vision_pretrain_steps=5000, vision_shape_weight=5.0,
                          freeze_vision_tower=True, text_pretrain_steps=300, threads=2),
-    "video": TrainConfig(stage="video", seed=0, data_seed=2, steps=5000, video_batch=28,
+    "video": TrainConfig(stage="video", seed=0, data_seed=2, steps=4500, video_batch=28,
                          video_task_weights="action_sequence:4,object_count:5",
                          image_batch=6, text_batch=6, lr=2e-3, warmup=30,
                          open_ended_fraction=0.3, answer_lens_layer=6,
@@ -312,7 +312,12 @@ def _progress(log, rows: list[dict], phase: str, step: int, steps: int, start: f
     ``every`` steps and at its last step."""
     if step % every and step != steps - 1:
         return
-    recent = [r for r in rows[-every:] if r["phase"] == phase]
+    recent = []  # the phase's own last rows: monitor rows in between must not shorten the window
+    for row in reversed(rows):
+        if len(recent) == every:
+            break
+        if row["phase"] == phase:
+            recent.append(row)
     means = "  ".join(f"{label} {np.mean([r[key] for r in recent]):.3f}" for label, key in metrics)
     log(f"[{phase}] step {step:4d}/{steps}  {means}  {time.time() - start:6.0f}s")
 
