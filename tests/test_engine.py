@@ -92,11 +92,12 @@ def inputs(llama):
     return seg, embeds
 
 
-def _assert_equal(fast: torch.Tensor, naive: torch.Tensor, configs) -> None:
+def _assert_equal(fast: torch.Tensor, naive: torch.Tensor, configs,
+                  tolerance: float = TOLERANCE) -> None:
     fast_p, naive_p = fast.softmax(-1), naive.softmax(-1)
     difference = (fast_p - naive_p).abs().max(dim=-1).values
     worst = int(difference.argmax())
-    assert float(difference[worst]) <= TOLERANCE, (
+    assert float(difference[worst]) <= tolerance, (
         f"fast and naive differ by {float(difference[worst]):.3g} at {configs[worst]}")
     mismatch = (fast.argmax(-1) != naive.argmax(-1)).nonzero().flatten().tolist()
     assert not mismatch, f"argmax differs for {[configs[i] for i in mismatch]}"
@@ -276,7 +277,13 @@ def test_out_of_memory_halves_the_batch_and_continues(llama, inputs, caplog):
 
 @pytest.mark.parametrize("style", WINDOW_STYLES)
 def test_fast_equals_naive_on_synthtv(style):
-    """The shipped SynthTV model through its real adapter: every paper pathway, every style."""
+    """The shipped SynthTV model through its real adapter: every paper pathway, every style.
+
+    In float64: the paths differ only in the order of their sums, so they must agree to rounding
+    of float64. (In float32 the ninth session's checkpoint, logits up to ±18, differs by 1.2e-5
+    in a probability, float32 rounding: the same sweep in float64 agrees to 5e-15.)"""
+    import copy
+
     pytest.importorskip("mapflow_tl.synthtv.generator")
     from mapflow_tl.models import VideoSample, load_videollm
     from mapflow_tl.synthtv import generator as gen
@@ -286,6 +293,8 @@ def test_fast_equals_naive_on_synthtv(style):
     x = vlm.prepare(VideoSample(item.frames, item.question, item.candidates,
                                 answer=item.answer_index))
     configs = layer_sweep(_paper_curves(x.segments), vlm.n_layers, k=3, style=style)
-    fast = sweep(vlm.backbone, x.embeds, configs, method="fast")
-    naive = sweep(vlm.backbone, x.embeds, configs, method="naive")
-    _assert_equal(fast, naive, configs)
+    backbone = copy.deepcopy(vlm.backbone).to(torch.float64)
+    embeds = x.embeds.to(torch.float64)
+    fast = sweep(backbone, embeds, configs, method="fast")
+    naive = sweep(backbone, embeds, configs, method="naive")
+    _assert_equal(fast, naive, configs, tolerance=1e-12)
