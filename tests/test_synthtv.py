@@ -14,6 +14,10 @@ import torch
 from mapflow_tl.synthtv import build, generator as gen
 from mapflow_tl.synthtv.train import MODEL_NAMES, TrainConfig, checkpoint_path, train
 
+# A SynthTV model small enough to train for a few steps in a test.
+MICRO = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
+                          text_layers=2, text_heads=2, text_intermediate=64)
+
 
 # ----------------------------------------------------------------------------------- generator
 def test_generator_is_deterministic_in_the_seed():
@@ -221,10 +225,8 @@ def test_normalize_frames_is_clip_normalisation():
 
 # ----------------------------------------------------------------------------------- training
 def test_micro_training_reduces_the_loss():
-    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
-                              text_layers=2, text_heads=2, text_intermediate=64)
     config = TrainConfig(stage="image", steps=40, image_batch=8, video_batch=0, lr=3e-3,
-                         warmup=5, model=micro)
+                         warmup=5, model=MICRO)
     model, _, rows = train(config, log=lambda message: None)
     losses = [r["loss"] for r in rows]
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
@@ -240,10 +242,8 @@ def test_monitoring_logs_held_out_accuracy_and_leaves_the_weights_unchanged():
     """``train(monitor=…, monitor_every=k)``: called after every k-th step and after the last,
     in eval mode, its figures kept as rows; the trained weights are bitwise those of a run
     without it."""
-    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
-                              text_layers=2, text_heads=2, text_intermediate=64)
     config = TrainConfig(stage="video", steps=5, video_batch=4, image_batch=2, text_batch=2,
-                         model=micro)
+                         model=MICRO)
     items = gen.generate(["action_sequence", "colour"], 4, seed=1001)
     calls = []
 
@@ -286,11 +286,9 @@ def test_progress_line_averages_the_phases_last_rows_across_monitor_rows():
 def test_frozen_vision_tower_stays_fixed_while_the_rest_trains():
     """``freeze_vision_tower``: the main loop leaves every vision-tower weight as it was and still
     trains the projector and the language model."""
-    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
-                              text_layers=2, text_heads=2, text_intermediate=64)
     config = TrainConfig(stage="image", steps=3, image_batch=4, video_batch=0, text_batch=2,
-                         model=micro, freeze_vision_tower=True)
-    before = build.build_model(micro, build.build_tokenizer(), seed=config.seed).state_dict()
+                         model=MICRO, freeze_vision_tower=True)
+    before = build.build_model(MICRO, build.build_tokenizer(), seed=config.seed).state_dict()
     model, _, _ = train(config, log=lambda message: None)
     changed = {name for name, value in model.state_dict().items()
                if not torch.equal(value, before[name])}
@@ -301,10 +299,8 @@ def test_frozen_vision_tower_stays_fixed_while_the_rest_trains():
 
 def test_text_pretraining_phase_learns_to_pick_the_matching_letter():
     """The text-only multiple-choice phase runs before the main loop with its own rows."""
-    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
-                              text_layers=2, text_heads=2, text_intermediate=64)
     config = TrainConfig(stage="image", steps=2, image_batch=4, text_batch=0, warmup=5,
-                         text_pretrain_steps=60, text_pretrain_batch=32, model=micro,
+                         text_pretrain_steps=60, text_pretrain_batch=32, model=MICRO,
                          open_ended_steps=1)
     _, _, rows = train(config, log=lambda message: None)
     text = [r for r in rows if r["phase"] == "text"]
@@ -354,12 +350,10 @@ def test_vision_loss_weights_the_groups_by_hand():
 def test_vision_pretraining_trains_only_the_vision_side():
     """The vision phase runs first, lowers its loss, leaves the language model untouched and
     ends with video tokens of unit RMS."""
-    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
-                              text_layers=2, text_heads=2, text_intermediate=64)
-    config = TrainConfig(stage="image", steps=0, model=micro, vision_pretrain_steps=60,
+    config = TrainConfig(stage="image", steps=0, model=MICRO, vision_pretrain_steps=60,
                          vision_pretrain_batch=16, vision_pretrain_lr=3e-3)
     tokenizer = build.build_tokenizer()
-    before = build.build_model(micro, tokenizer, seed=config.seed)
+    before = build.build_model(MICRO, tokenizer, seed=config.seed)
     model, _, rows = train(config, log=lambda message: None)
     assert [r["phase"] for r in rows] == ["vision"] * 60
     assert np.mean([r["loss"] for r in rows[-5:]]) < 0.92 * np.mean([r["loss"] for r in rows[:5]])
@@ -381,12 +375,10 @@ def test_answer_lens_loss_reads_the_prompts_last_position_by_hand():
     """The logit-lens auxiliary loss equals a hand computation from the HF hidden states."""
     from mapflow_tl.synthtv.train import _answer_lens_loss, make_training_batch
 
-    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
-                              text_layers=2, text_heads=2, text_intermediate=64)
     tokenizer = build.build_tokenizer()
-    model = build.build_model(micro, tokenizer, seed=1)
+    model = build.build_model(MICRO, tokenizer, seed=1)
     items = [gen.make_item("colour", 3, i) for i in range(4)]
-    batch = make_training_batch(items, tokenizer, micro, open_ended_fraction=0.0)
+    batch = make_training_batch(items, tokenizer, MICRO, open_ended_fraction=0.0)
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     pixel_values_videos=batch["pixel_values_videos"], output_hidden_states=True)
@@ -410,14 +402,12 @@ def test_open_ended_transition_items_name_the_change_as_a_to_b():
     options are phrased; with options, "B ) sea after forest" as the item says."""
     from mapflow_tl.synthtv.train import make_training_batch
 
-    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
-                              text_layers=2, text_heads=2, text_intermediate=64)
     tokenizer = build.build_tokenizer()
     items = [item for item in gen.generate_task("scene_transition", 8, seed=5)
              if item.meta["form"] == "after"]
     assert items
     for fraction in (1.0, 0.0):
-        batch = make_training_batch(items, tokenizer, micro, open_ended_fraction=fraction)
+        batch = make_training_batch(items, tokenizer, MICRO, open_ended_fraction=fraction)
         for row, item in enumerate(items):
             first, last = item.states[0].scene, item.states[-1].scene
             targets = [t for t in batch["targets"][row].tolist() if t != -100]
@@ -431,10 +421,8 @@ def test_open_ended_transition_items_name_the_change_as_a_to_b():
 
 
 def test_answer_lens_layer_is_checked_and_trained():
-    micro = build.ModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
-                              text_layers=2, text_heads=2, text_intermediate=64)
     config = TrainConfig(stage="image", steps=30, image_batch=8, text_batch=0, lr=3e-3,
-                         warmup=5, model=micro, answer_lens_layer=1)
+                         warmup=5, model=MICRO, answer_lens_layer=1)
     _, _, rows = train(config, log=lambda message: None)
     lens = [r["lens_loss"] for r in rows]
     assert np.mean(lens[-5:]) < 0.85 * np.mean(lens[:5])     # ln(78) = 4.36 at the start
