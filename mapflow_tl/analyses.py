@@ -1,7 +1,7 @@
 """The paper's analyses over a loaded VideoLLM, producing tidy result rows.
 
-Each analysis takes a :class:`~mapflow_tl.models.base.VideoLLM` and prepared samples
-(:class:`~mapflow_tl.models.base.Prepared`) and yields plain dict rows — one row per sample ×
+Each analysis takes a :class:`~mapflow_tl.models.videollm.VideoLLM` and prepared samples
+(:class:`~mapflow_tl.models.videollm.Prepared`) and yields plain dict rows — one row per sample ×
 curve × layer (or the analysis' natural unit) — which :mod:`mapflow_tl.runs` writes to disk and
 :mod:`mapflow_tl.report` plots. Definitions follow Map the Flow §2:
 
@@ -26,7 +26,7 @@ from .engine import layer_sweep, sweep
 from .hooks import PathwaySpec, capture, knockout, window
 from .lens import project, residual_stream
 from .metrics import relative_change
-from .models.base import Prepared, VideoLLM
+from .models.videollm import Prepared, VideoLLM
 
 __all__ = [
     "SAMPLE_MODES",

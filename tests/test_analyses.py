@@ -14,7 +14,7 @@ from mapflow_tl import analyses as A
 from mapflow_tl.circuits import load_circuit
 from mapflow_tl.hooks import knockout, window
 from mapflow_tl.models.backbone import run_from_embeds
-from mapflow_tl.models.base import FamilyAdapter, Prepared, VideoLLM
+from mapflow_tl.models import FamilyAdapter, Prepared, VideoLLM
 from mapflow_tl.report import FIGURE_IDS, build_report
 from mapflow_tl.runs import RunWriter, read_table
 
@@ -52,7 +52,7 @@ def vlm(tiny_backbone, layout):
 
 
 def samples(vlm, count=3):
-    from mapflow_tl.models.base import VideoSample
+    from mapflow_tl.models import VideoSample
 
     prepared = []
     for i in range(count):

@@ -26,7 +26,7 @@ from test_models_llava import (IMAGE_SIZE, OPTIONS, PATCH, QUESTION, _pixel_sett
 from test_prompt import llama_tokenizer
 from torch import nn
 
-from mapflow_tl.data.prompt import multiple_choice_block
+from mapflow_tl.models.prompt import multiple_choice_block
 from mapflow_tl.models import VideoSample, load_videollm
 from mapflow_tl.models.internvl_chat import INTERNVL_SYSTEM_PROMPT
 from mapflow_tl.models.pllava import SYSTEM_PROMPT

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from mapflow_tl.data.prompt import (
+from mapflow_tl.models.prompt import (
     ASSISTANT_PREFIX,
     CharSpan,
     answer_token_ids,

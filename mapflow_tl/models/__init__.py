@@ -1,7 +1,7 @@
 """VideoLLM families: one adapter file each, registered by ``config.json`` model_type.
 
 ``load_videollm(name_or_path)`` reads the checkpoint's ``config.json``, picks the family adapter
-and returns a :class:`~mapflow_tl.models.base.VideoLLM`.
+and returns a :class:`~mapflow_tl.models.videollm.VideoLLM`.
 """
 
 from __future__ import annotations
@@ -12,16 +12,9 @@ from typing import Any
 
 import torch
 
-from .base import (
-    FamilyAdapter,
-    Prepared,
-    VideoLLM,
-    VideoSample,
-    adapter_for,
-    read_config,
-    register_adapter,
-    supported_architectures,
-)
+from .adapter import FamilyAdapter, adapter_for, register_adapter, supported_architectures
+from .loading import is_hub_id, local_hub_snapshot, read_config
+from .videollm import Prepared, VideoLLM, VideoSample
 
 __all__ = ["load_videollm", "resolve_checkpoint", "supported_architectures", "VideoLLM",
            "Prepared", "VideoSample", "FamilyAdapter", "register_adapter", "BUILTIN_MODELS"]
@@ -65,18 +58,15 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
             raise ValueError(f"{path} is a file; pass the checkpoint directory that holds "
                              f"config.json")
         return path
-    if name.count("/") == 1 and not name.startswith(("/", ".")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(name, local_files_only=True))
-        except Exception:  # noqa: BLE001 - any failure means "not in the local cache"
-            raise ValueError(
-                f"model {name!r} is neither a local directory nor in the local Hugging Face "
-                f"cache, and mapflow-tl never downloads at run time. Download it first "
-                f"(`hf download {name}` or `huggingface-cli download {name}`) or pass the "
-                f"local directory."
-            ) from None
+    if is_hub_id(name):
+        cached = local_hub_snapshot(name)
+        if cached is not None:
+            return cached
+        raise ValueError(
+            f"model {name!r} is neither a local directory nor in the local Hugging Face "
+            f"cache, and mapflow-tl never downloads at run time. Download it first "
+            f"(`hf download {name}` or `huggingface-cli download {name}`) or pass the "
+            f"local directory.")
     raise ValueError(f"no model directory {path} (and {name!r} is not a built-in name: "
                      f"{sorted(BUILTIN_MODELS)})")
 

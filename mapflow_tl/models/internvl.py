@@ -14,8 +14,9 @@ The paper's Mini-InternVL-4B-Video-FT ships in InternVL-1.5 remote-code format (
 
 from __future__ import annotations
 
-from .base import register_adapter
-from .llava_onevision import NativeVideoAdapter, VideoInputs
+from .adapter import register_adapter
+from .native_adapter import NativeVideoAdapter, VideoInputs
+from .pixels import CLIP_MEAN, CLIP_STD
 
 __all__ = ["InternVLAdapter"]
 
@@ -29,8 +30,7 @@ class InternVLAdapter(NativeVideoAdapter):
     hf_class_name = "InternVLForConditionalGeneration"
     # InternVLVideoProcessor's class defaults.
     video_defaults = {"size": {"height": 384, "width": 384}, "resample": 3,
-                      "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                      "image_std": [0.26862954, 0.26130258, 0.27577711]}
+                      "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}
 
     def frame_grid(self) -> tuple[int, int]:
         """(p·r)×(p·r) tokens per frame: p patches per side, r = downsample_ratio."""
@@ -44,14 +44,10 @@ class InternVLAdapter(NativeVideoAdapter):
         return side, side
 
     def video_inputs(self, frames, timestamps) -> VideoInputs:
-        size = self.video_config["size"]
-        if "height" not in size:
-            raise ValueError(f"{self.path}/video_preprocessor_config.json: size {size} must give "
-                             f"height and width")
         if self.video_config.get("do_center_crop"):
             raise ValueError(f"{self.path}/video_preprocessor_config.json: do_center_crop is "
                              f"not supported; InternVL checkpoints resize without cropping")
-        pixels = self._pixels(frames, (size["height"], size["width"]))
+        pixels = self._pixels(frames, self.fixed_size())
         height, width = self.frame_grid()
         tokenizer = self.tokenizer  # InternVLProcessor reads these names from the tokenizer
         start = getattr(tokenizer, "start_image_token", None) or "<img>"

@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adapter import register_adapter
 from .backbone import hooked_from_hf
-from .base import register_adapter
-from .common import check_weights, load_tokenizer
-from .llava_onevision import NativeVideoAdapter, VideoInputs
+from .loading import check_weights, load_tokenizer
+from .native_adapter import NativeVideoAdapter, VideoInputs
 
 __all__ = ["InternVLChatAdapter", "INTERNVL_SYSTEM_PROMPT", "phi3_chat_template",
            "remote_vision_state_dict"]
@@ -365,7 +365,7 @@ class InternVLChatAdapter(NativeVideoAdapter):
     def check_against_processor(self, text, frames, input_ids) -> None:
         """No HF processor exists for the remote-code format; the expansion is built here."""
 
-    def _check_length(self, n_positions: int) -> None:
+    def check_length(self, n_positions: int) -> None:
         limit = self.backbone.cfg.n_ctx
         if n_positions > limit:
             raise ValueError(

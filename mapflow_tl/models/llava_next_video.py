@@ -14,15 +14,9 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import UInt8
 
-from .base import register_adapter
-from .common import (
-    FramePreprocessor,
-    SplicedVideoAdapter,
-    VideoTokens,
-    frame_layout,
-    load_hf_model,
-    square_grid,
-)
+from .adapter import register_adapter
+from .spliced_adapter import SplicedVideoAdapter
+from .splicing import VideoTokens, frame_layout, square_grid
 
 __all__ = ["LlavaNextVideoAdapter"]
 
@@ -33,17 +27,7 @@ class LlavaNextVideoAdapter(SplicedVideoAdapter):
 
     model_types = ("llava_next_video",)
     name = "LLaVA-NeXT-Video"
-    media_token = "<video>"
-    media_type = "video"
-    media_token_id_key = "video_token_id"
-    default_num_frames = 8
-
-    def load_model(self):
-        from transformers import LlavaNextVideoForConditionalGeneration
-
-        self.preprocess = FramePreprocessor(self.path, "video_preprocessor_config.json",
-                                            video=True)
-        return load_hf_model(LlavaNextVideoForConditionalGeneration, self.path, self.dtype)
+    hf_class_name = "LlavaNextVideoForConditionalGeneration"
 
     def video_tokens(self, frames: UInt8[np.ndarray, "T H W 3"]) -> VideoTokens:
         pixels = self.pixel_values(frames)[None]  # [1, T, 3, h, w]

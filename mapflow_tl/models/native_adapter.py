@@ -1,39 +1,33 @@
-"""LLaVA-OneVision (``llava_onevision``): SigLIP tower, 2×2 bilinear pooling, Qwen2 backbone.
-
-Also home of :class:`NativeVideoAdapter`, the shared machinery of the transformers-native families
-(LLaVA-OneVision, VideoLLaMA3, InternVL): each of them only says how frames become the HF model's
-video inputs and which text the HF processor puts where the prompt's video placeholder was.
-
-How LLaVA-OneVision lays a video out (``LlavaOnevisionProcessor.replace_video_token`` and
-``LlavaOnevisionModel.get_video_features``): every frame goes through the tower, the projector maps
-its p×p patches (p = image_size // patch_size) and a bilinear resize pools them to
-⌈p/2⌉×⌈p/2⌉ tokens, flattened row-major; the frames follow each other and one learned
-``image_newline`` embedding closes the video. All of them sit on ``<video>`` placeholder tokens:
-T·⌈p/2⌉² + 1 of them. The newline is a separator, never part of a frame.
+"""The base of the transformers-native families (LLaVA-OneVision, VideoLLaMA3, InternVL,
+Qwen2-VL / Qwen2.5-VL, and InternVL-1.5 mapped onto native modules): each of them only says how
+frames become the HF model's video inputs (:class:`VideoInputs`) and which text the HF processor
+puts where the prompt's video placeholder was; :class:`NativeVideoAdapter` does the rest.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int, UInt8
 from torch import nn
 
-from ..data.prompt import CharSpan, answer_token_ids, render_prompt, token_span
 from ..segments import Frame, Option, SegmentMap, Span
+from .adapter import FamilyAdapter, answer_index, check_context_length, check_num_frames_options
 from .backbone import hooked_from_hf
-from .base import FamilyAdapter, Prepared, register_adapter
-from .common import (check_frames, check_processor_ids, load_chat_template, load_hf_model,
-                     load_tokenizer)
+from .frames import load_frames
+from .loading import check_processor_ids, load_hf_model, load_tokenizer, read_json
+from .pixels import resize_and_normalize
+from .prompt import CharSpan, answer_token_ids, render_prompt, token_span
+from .templates import load_chat_template
+from .videollm import Prepared, VideoSample, as_video_sample
 
-__all__ = ["VideoInputs", "NativeVideoAdapter", "LlavaOnevisionAdapter", "resize_and_normalize"]
+__all__ = ["VideoInputs", "NativeVideoAdapter"]
 
+#: Frames sampled from a video file when the ``num_frames`` load option does not say.
 DEFAULT_NUM_FRAMES = 8
 
 
@@ -59,50 +53,6 @@ class VideoInputs:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------- preprocessing
-_RESAMPLE = {2: "bilinear", 3: "bicubic", "bilinear": "bilinear", "bicubic": "bicubic"}
-
-
-def resize_and_normalize(
-    frames: UInt8[torch.Tensor, "T 3 H W"],
-    size: tuple[int, int],
-    *,
-    resample: int | str = 3,
-    do_resize: bool = True,
-    do_rescale: bool = True,
-    rescale_factor: float = 1 / 255,
-    do_normalize: bool = True,
-    image_mean: Sequence[float] = (0.5, 0.5, 0.5),
-    image_std: Sequence[float] = (0.5, 0.5, 0.5),
-) -> Float[torch.Tensor, "T 3 h w"]:
-    """Resize (antialiased), rescale and normalise frames as transformers' torch video processors
-    do (``TorchvisionBackend.resize`` + fused ``rescale_and_normalize``), in plain torch.
-
-    transformers' video processors need torchvision, which has no CPU build for this torch on
-    PyPI; this mirrors their arithmetic: uint8 in, float interpolation, rounded back to uint8
-    (torchvision's uint8 path), then ``(x - mean/scale) / (std/scale)``.
-    """
-    mode = _RESAMPLE.get(resample)
-    if mode is None:
-        raise ValueError(f"video resample {resample!r} is not supported; use 2 (bilinear) or 3 "
-                         f"(bicubic) in video_preprocessor_config.json")
-    if do_resize and tuple(frames.shape[-2:]) != tuple(size):
-        if mode == "bilinear" and frames.device.type == "cpu":
-            frames = nn.functional.interpolate(frames, size=list(size), mode=mode,
-                                               align_corners=False, antialias=True)
-        else:
-            resized = nn.functional.interpolate(frames.float(), size=list(size), mode=mode,
-                                                align_corners=False, antialias=True)
-            frames = resized.clamp_(0, 255).round_().to(torch.uint8)
-    pixels = frames.float()
-    if do_normalize:
-        scale = rescale_factor if do_rescale else 1.0
-        mean = torch.tensor(image_mean, dtype=torch.float32) / scale
-        std = torch.tensor(image_std, dtype=torch.float32) / scale
-        return (pixels - mean[:, None, None]) / std[:, None, None]
-    return pixels * rescale_factor if do_rescale else pixels
-
-
 class _Captured(Exception):
     """Raised from inside the HF forward to hand back the language model's keyword arguments."""
 
@@ -111,23 +61,13 @@ class _Captured(Exception):
         self.kwargs = kwargs
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-
-
-# ---------------------------------------------------------------------------- the base adapter
 class NativeVideoAdapter(FamilyAdapter):
     """A family whose whole model is a transformers class: the HF model computes the video
     features and splices them into the input embeddings exactly as in its own forward (captured
     just before its language model runs, with the position ids it computed); the text decoder
     becomes the HookedTransformer.
 
-    Unlike :class:`~mapflow_tl.models.common.SplicedVideoAdapter`, the placeholder's expansion
+    Unlike :class:`~mapflow_tl.models.spliced_adapter.SplicedVideoAdapter`, the placeholder's expansion
     may mix text with the video tokens (timestamps, "Frame1: <img>"): the expansion text is
     tokenized with the prompt, and the frames are the runs of feature tokens inside it.
 
@@ -151,13 +91,8 @@ class NativeVideoAdapter(FamilyAdapter):
 
     def __init__(self, path: Path, config: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(path, config, **kwargs)
-        unknown = sorted(set(self.options) - {"num_frames", "template"})
-        if unknown:
-            raise ValueError(f"unknown load option(s) {unknown} for the {self.name} family; "
-                             f"options: ['num_frames', 'template']")
-        self.num_frames = int(self.options.get("num_frames", DEFAULT_NUM_FRAMES))
-        if self.num_frames < 1:
-            raise ValueError(f"num_frames must be at least 1, got {self.num_frames}")
+        self.num_frames = check_num_frames_options(self, {"num_frames", "template"},
+                                                   DEFAULT_NUM_FRAMES)
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
@@ -174,7 +109,7 @@ class NativeVideoAdapter(FamilyAdapter):
         self.placeholder = (getattr(self.tokenizer, self.placeholder_attribute, None)
                             or self.placeholder_default)
         self.video_config = {**self.video_defaults,
-                             **_read_json(self.path / "video_preprocessor_config.json")}
+                             **read_json(self.path / "video_preprocessor_config.json")}
         self.hf_config = hf_model.config
         language_model = hf_model.model.language_model
         # A tied lm_head shares the embedding's weight, so passing it is right either way.
@@ -190,21 +125,6 @@ class NativeVideoAdapter(FamilyAdapter):
         self.processor = None  # loaded on first use where torchvision exists (check below)
 
     # ------------------------------------------------------------------ video
-    def frames_of(self, sample: Any) -> tuple[UInt8[np.ndarray, "T H W 3"], np.ndarray | None]:
-        """The sample's frames (uint8 ``[T, H, W, 3]``) and their timestamps in seconds (None for
-        a frames array), sampled from the file with the paper's segment midpoints for a path."""
-        video = sample.video
-        if isinstance(video, (str, Path)):
-            from ..data.video import read_video
-
-            start, end = getattr(sample, "start", None), getattr(sample, "end", None)
-            bounds = None if start is None and end is None else (
-                start if start is not None else 0.0, end if end is not None else math.inf)
-            clip = read_video(video, self.num_frames, bounds=bounds)
-            return (check_frames(clip.frames, what=str(video)),
-                    np.asarray(clip.timestamps, dtype=np.float64))
-        return check_frames(video, what=getattr(sample, "id", "") or "video"), None
-
     def video_inputs(self, frames: UInt8[np.ndarray, "T H W 3"],
                      timestamps: np.ndarray | None) -> VideoInputs:
         """Frames → the HF model's video inputs and the processor's placeholder expansion."""
@@ -222,6 +142,15 @@ class NativeVideoAdapter(FamilyAdapter):
                 f"{token_id}) is not the tokenizer's placeholder {self.placeholder!r} "
                 f"(id {placeholder_id}); config.json and the tokenizer do not belong together")
         return int(token_id)
+
+    def fixed_size(self) -> tuple[int, int]:
+        """The (height, width) every frame is resized to, from the video processor config's
+        ``size`` (for processors that resize to one fixed size)."""
+        size = self.video_config["size"]
+        if "height" not in size:
+            raise ValueError(f"{self.path}/video_preprocessor_config.json: size {size} must give "
+                             f"height and width")
+        return size["height"], size["width"]
 
     def _pixels(self, frames: UInt8[np.ndarray, "T H W 3"],
                 size: tuple[int, int]) -> Float[torch.Tensor, "T 3 h w"]:
@@ -264,17 +193,12 @@ class NativeVideoAdapter(FamilyAdapter):
     def bind(self, prepared: Prepared, captured: dict[str, Any]) -> None:
         """Attach per-sample state the backbone needs besides the embeddings (none by default)."""
 
-    def prepare(self, sample: Any) -> Prepared:
-        answer = getattr(sample, "answer_index", None)
-        if answer is None:
-            answer = getattr(sample, "answer", None)
-        if answer is not None and not isinstance(answer, (int, np.integer)):
-            raise ValueError(f"sample answer must be the index of the true option, got "
-                             f"{answer!r}")
-        answer = None if answer is None else int(answer)
-        frames, timestamps = self.frames_of(sample)
+    def prepare(self, sample: VideoSample | Any) -> Prepared:
+        sample = as_video_sample(sample)
+        answer = answer_index(sample)
+        frames, timestamps = load_frames(sample, num_frames=self.num_frames)
         video = self.video_inputs(frames, timestamps)
-        options = list(getattr(sample, "options", ()) or ())
+        options = list(sample.options)
         rendered = render_prompt(sample.question, options, template=self.tokenizer,
                                  answer=answer, media=self.placeholder, open_ended=not options)
         media = rendered.media
@@ -284,7 +208,7 @@ class NativeVideoAdapter(FamilyAdapter):
                                   return_offsets_mapping=True)
         offsets = [tuple(int(x) for x in pair) for pair in encoding["offset_mapping"]]
         input_ids = torch.tensor([encoding["input_ids"]], dtype=torch.long)
-        self._check_length(input_ids.shape[1])
+        self.check_length(input_ids.shape[1])
         if timestamps is None:  # with a file's timestamps the processor would need its metadata
             self.check_against_processor(rendered.text, frames, input_ids)
         video_span = token_span(text, offsets, CharSpan(media.start, media.start
@@ -309,15 +233,14 @@ class NativeVideoAdapter(FamilyAdapter):
         self.bind(prepared, captured)
         return prepared
 
-    def _check_length(self, n_positions: int) -> None:
-        limit = getattr(self.hf_config.text_config, "max_position_embeddings", None)
-        if limit is not None and n_positions > limit:
-            raise ValueError(f"the prompt has {n_positions} positions, more than the backbone's "
-                             f"max_position_embeddings {limit}; use fewer frames (num_frames)")
+    def check_length(self, n_positions: int) -> None:
+        """Refuse a prompt longer than the backbone reproduces (see
+        :func:`~mapflow_tl.models.adapter.check_context_length`)."""
+        check_context_length(n_positions, self.hf_config.text_config)
 
     def check_against_processor(self, text: str, frames: np.ndarray,
                                 input_ids: torch.Tensor) -> None:
-        """See :func:`~mapflow_tl.models.common.check_processor_ids`."""
+        """See :func:`~mapflow_tl.models.loading.check_processor_ids`."""
         check_processor_ids(self, text, frames, input_ids)
 
     def _segments(self, input_ids: Int[torch.Tensor, "1 pos"], video: VideoInputs,
@@ -365,43 +288,4 @@ class NativeVideoAdapter(FamilyAdapter):
             question=Span("question", *question, "question"),
             options=tuple(Option(f"option_{o.label}", a, b, label=o.label, text=o.text,
                                  is_true=o.is_true) for o, (a, b) in options),
-        )
-
-
-# ---------------------------------------------------------------------------- LLaVA-OneVision
-@register_adapter
-class LlavaOnevisionAdapter(NativeVideoAdapter):
-    """LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``), Qwen2 backbone."""
-
-    model_types = ("llava_onevision",)
-    name = "LLaVA-OneVision"
-    hf_class_name = "LlavaOnevisionForConditionalGeneration"
-    # LlavaOnevisionVideoProcessor's class defaults.
-    video_defaults = {"size": {"height": 384, "width": 384}, "resample": 3,
-                      "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                      "image_std": [0.26862954, 0.26130258, 0.27577711]}
-    add_special_tokens = True
-
-    def pooled_grid(self) -> tuple[int, int]:
-        """⌈p/2⌉×⌈p/2⌉ tokens per frame, p = image_size // patch_size (``apply_pooling``)."""
-        vision = self.hf_config.vision_config
-        patches = vision.image_size // vision.patch_size
-        return math.ceil(patches / 2), math.ceil(patches / 2)
-
-    def video_inputs(self, frames, timestamps) -> VideoInputs:
-        size = self.video_config["size"]
-        if "height" not in size:
-            raise ValueError(f"{self.path}/video_preprocessor_config.json: size {size} must give "
-                             f"height and width")
-        pixels = self._pixels(frames, (size["height"], size["width"]))
-        height, width = self.pooled_grid()
-        n_frames = pixels.shape[0]
-        token = self.placeholder
-        token_id = self.feature_token_id("video_token_index", "video_token_id")
-        return VideoInputs(
-            model_kwargs={"pixel_values_videos": pixels[None]},
-            expansion=token * (n_frames * height * width + 1),  # +1: the closing image_newline
-            feature_token_id=token_id,
-            frame_tokens=[height * width] * n_frames,
-            grids=[(height, width)] * n_frames,
         )

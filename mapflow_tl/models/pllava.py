@@ -1,5 +1,6 @@
 """PLLaVA-format LLaVA checkpoints (``llava`` with PLLaVA's pooling fields): the paper's own
-LLaVA-NeXT-7B/13B-Video-FT checkpoints and the image-only LLaVA-NeXT-7B control (DESIGN §2).
+LLaVA-NeXT-7B/13B-Video-FT checkpoints and the image-only LLaVA-NeXT-7B control
+(docs/models.md).
 
 Detection: ``config.json`` says ``model_type: "llava"`` and carries any of PLLaVA's fields
 (``pooling_shape``, ``num_frames``, ``frame_shape``, ``use_pooling``, ``pooling_method``). A plain
@@ -11,7 +12,7 @@ Video tokens (PLLaVA's ``PllavaMultiModalProjector``): every frame through the C
 linear) on every patch, then a 3D adaptive average pool over (T, h, w) to ``pooling_shape``
 (8-12-12 in the paper; a load option, e.g. ``(16, 12, 12)``), flattened frame-major with no
 image-newline tokens, at the conversation's ``<image>`` placeholder. The frames and pooling are
-:class:`~mapflow_tl.models.llava_next.LlavaNextPooledAdapter`'s; ``use_pooling: false`` keeps all
+:class:`~mapflow_tl.models.pooled_adapter.PooledFramesAdapter`'s; ``use_pooling: false`` keeps all
 T×p×p patches, ``pooling_method`` other than average is refused, ``frame_shape`` must be the
 tower's patch grid.
 
@@ -40,9 +41,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import register_adapter
-from .common import FramePreprocessor, load_hf_model
-from .llava_next import DEFAULT_POOLING_SHAPE, LlavaNextPooledAdapter
+from .adapter import register_adapter
+from .loading import has_weights, load_hf_model, local_hub_snapshot, read_json
+from .pixels import FramePreprocessor
+from .pooled_adapter import DEFAULT_POOLING_SHAPE, PooledFramesAdapter
 
 __all__ = ["PllavaAdapter", "SYSTEM_PROMPT", "pllava_conversation", "PLLAVA_FIELDS",
            "merge_lora"]
@@ -166,13 +168,6 @@ def merge_lora(model: nn.Module, adapter_dir: Path) -> int:
     return len(pairs)
 
 
-def _has_model_weights(path: Path) -> bool:
-    for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json"):
-        if any(not f.name.startswith("adapter_model") for f in path.glob(pattern)):
-            return True
-    return False
-
-
 def resolve_base(adapter_dir: Path, base: str | None) -> Path:
     """The local directory of a LoRA adapter's base model: a path (relative ones against the
     adapter directory) or a hub id in the local HF cache. Never downloads."""
@@ -182,13 +177,9 @@ def resolve_base(adapter_dir: Path, base: str | None) -> Path:
     for candidate in (Path(base).expanduser(), adapter_dir / base):
         if (candidate / "config.json").is_file():
             return candidate
-    if base.count("/") == 1 and not base.startswith(("/", ".")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(base, local_files_only=True))
-        except Exception:  # noqa: BLE001 - any failure means "not available locally"
-            pass
+    cached = local_hub_snapshot(base)
+    if cached is not None:
+        return cached
     raise ValueError(
         f"the LoRA adapter in {adapter_dir} needs its base model {base!r} "
         f"(base_model_name_or_path in adapter_config.json), which is neither a local directory "
@@ -198,7 +189,7 @@ def resolve_base(adapter_dir: Path, base: str | None) -> Path:
 
 # ---------------------------------------------------------------------- the adapter
 @register_adapter
-class PllavaAdapter(LlavaNextPooledAdapter):
+class PllavaAdapter(PooledFramesAdapter):
     """PLLaVA-format ``LlavaForConditionalGeneration`` with T-H-W pooling, LoRA merged."""
 
     model_types = ("llava",)
@@ -246,11 +237,11 @@ class PllavaAdapter(LlavaNextPooledAdapter):
     def load_model(self):
         from transformers import LlavaForConditionalGeneration
 
-        self.preprocess = FramePreprocessor(self.path, "preprocessor_config.json", video=False)
+        self.preprocess = FramePreprocessor(self.path, self.preprocessor_file, video=False)
         adapter = (self.path / "adapter_config.json").is_file()
         weights = self.path
-        if adapter and not _has_model_weights(self.path):
-            settings = json.loads((self.path / "adapter_config.json").read_text())
+        if adapter and not has_weights(self.path, ignore_prefix="adapter_model"):
+            settings = read_json(self.path / "adapter_config.json")
             weights = resolve_base(self.path, settings.get("base_model_name_or_path"))
         model = load_hf_model(LlavaForConditionalGeneration, weights, self.dtype,
                               config=self.hf_config)

@@ -1,13 +1,11 @@
-"""LLaVA-NeXT image models on video frames with the paper's T-H-W pooling (``llava_next``). The
-paper's own PLLaVA-format checkpoints (``model_type: "llava"`` with pooling fields, LoRA
-adapters, the paper's conversation) are :mod:`mapflow_tl.models.pllava`, which reuses this
-adapter's frame features and pooling.
+"""The base of image models run on video frames with the paper's T-H-W pooling (the PLLaVA code
+path): LLaVA-NeXT (``llava_next``) and the paper's PLLaVA-format LLaVA checkpoints (``llava``).
 
-This is how the paper's LLaVA-NeXT-7B/13B-Video-FT checkpoints and the image-only LLaVA-NeXT-7B
-control compute video tokens (PLLaVA code path, DESIGN §2): every frame goes through the CLIP
-vision tower at its base resolution (``vision_feature_layer``; CLS dropped by the "default"
-strategy) and the projector, as HF's ``get_image_features`` does before any-resolution tiling;
-then a 3D adaptive average pool over (T, h, w) of the projected features gives T×H×W tokens
+How these models compute video tokens (the paper's LLaVA-NeXT-7B/13B-Video-FT checkpoints and
+the image-only LLaVA-NeXT-7B control; docs/models.md): every frame goes through the CLIP vision
+tower at its base resolution (``vision_feature_layer``; CLS dropped by the "default" strategy) and
+the projector, as HF's ``get_image_features`` does before any-resolution tiling; then a 3D
+adaptive average pool over (T, h, w) of the projected features gives T×H×W tokens
 (``pooling_shape``, 8-12-12 by default: 8 frames of 24×24 patches → 8×12×12 = 1152 tokens),
 flattened frame-major, with no image-newline tokens and no any-resolution tiles.
 
@@ -27,33 +25,25 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import UInt8
+from jaxtyping import Float, UInt8
 
-from .base import register_adapter
-from .common import (
-    FramePreprocessor,
-    SplicedVideoAdapter,
-    VideoTokens,
-    frame_layout,
-    load_hf_model,
-    square_grid,
-)
+from .spliced_adapter import SplicedVideoAdapter
+from .splicing import VideoTokens, frame_layout, square_grid
 
-__all__ = ["LlavaNextPooledAdapter", "DEFAULT_POOLING_SHAPE"]
+__all__ = ["PooledFramesAdapter", "DEFAULT_POOLING_SHAPE"]
 
 #: The paper's T-H-W pooling shape.
 DEFAULT_POOLING_SHAPE = (8, 12, 12)
 
 
-@register_adapter
-class LlavaNextPooledAdapter(SplicedVideoAdapter):
-    """``LlavaNextForConditionalGeneration`` on T-H-W pooled frames."""
+class PooledFramesAdapter(SplicedVideoAdapter):
+    """A LLaVA-style image model on T-H-W pooled frames (see the module docstring). Families set
+    ``model_types``, ``name`` and ``hf_class_name`` (or their own ``load_model``)."""
 
-    model_types = ("llava_next",)
-    name = "LLaVA-NeXT (T-H-W pooled frames)"
     media_token = "<image>"
     media_type = "image"
     media_token_id_key = "image_token_id"
+    preprocessor_file = "preprocessor_config.json"
     has_video_processor = False
     family_options = ("pooling_shape",)
 
@@ -68,15 +58,10 @@ class LlavaNextPooledAdapter(SplicedVideoAdapter):
     def frame_limits(self) -> tuple[int, int | None]:
         return self.pooling_shape[0], None
 
-    def load_model(self):
-        from transformers import LlavaNextForConditionalGeneration
-
-        self.preprocess = FramePreprocessor(self.path, "preprocessor_config.json", video=False)
-        return load_hf_model(LlavaNextForConditionalGeneration, self.path, self.dtype)
-
-    def frame_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[T, 3, h, w]`` pixels → projected patch features ``[T, n_patches, d_model]``: the
-        steps of HF's ``get_image_features`` for one base-resolution tile per frame."""
+    def frame_features(self, pixels: Float[torch.Tensor, "T 3 h w"]
+                       ) -> Float[torch.Tensor, "T n_patches d_model"]:
+        """Pixels → projected patch features: the steps of HF's ``get_image_features`` for one
+        base-resolution tile per frame."""
         model, config = self.vision.model, self.hf_config
         output = model.vision_tower(pixels, output_hidden_states=True, return_dict=True)
         layer = config.vision_feature_layer

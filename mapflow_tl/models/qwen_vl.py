@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .adapter import FamilyAdapter, register_adapter
 from .backbone import RotaryPositions
-from .base import FamilyAdapter, Prepared, register_adapter
-from .llava_onevision import NativeVideoAdapter, VideoInputs
-from .video_llama_3 import patchify, pixel_budget, smart_resize
+from .native_adapter import NativeVideoAdapter, VideoInputs
+from .pixels import CLIP_MEAN, CLIP_STD, patchify, pixel_budget, smart_resize
+from .videollm import Prepared
 
 __all__ = ["QwenVLAdapter", "Qwen3VLAdapter"]
 
@@ -53,8 +54,8 @@ class QwenVLAdapter(NativeVideoAdapter):
     positions = "per_sample"
     # Qwen2VLVideoProcessor's class defaults (Qwen2.5-VL uses the same processor).
     video_defaults = {"size": {"shortest_edge": 128 * 28 * 28, "longest_edge": 28 * 28 * 768},
-                      "resample": 3, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                      "image_std": [0.26862954, 0.26130258, 0.27577711], "patch_size": 14,
+                      "resample": 3, "image_mean": list(CLIP_MEAN),
+                      "image_std": list(CLIP_STD), "patch_size": 14,
                       "temporal_patch_size": 2, "merge_size": 2, "cap_pixels_per_frame": False,
                       "max_video_tokens": 128000}
 

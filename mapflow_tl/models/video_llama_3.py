@@ -18,62 +18,15 @@ How VideoLLaMA3 lays a video out (``VideoLlama3VideoProcessor`` and
 
 from __future__ import annotations
 
-import math
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, UInt8
 
-from .base import register_adapter
-from .llava_onevision import NativeVideoAdapter, VideoInputs
+from .adapter import register_adapter
+from .native_adapter import NativeVideoAdapter, VideoInputs
+from .pixels import patchify, pixel_budget, smart_resize
 
-__all__ = ["VideoLlama3Adapter", "smart_resize", "patchify", "compression_mask"]
-
-
-def pixel_budget(video_config: dict) -> dict:
-    """The ``shortest_edge`` / ``longest_edge`` pixel counts of a Qwen-style video processor
-    config (``min_pixels`` / ``max_pixels`` win over ``size`` where both are given)."""
-    size = dict(video_config.get("size") or {})
-    size["shortest_edge"] = video_config.get("min_pixels", size.get("shortest_edge"))
-    size["longest_edge"] = video_config.get("max_pixels", size.get("longest_edge"))
-    return size
-
-
-def smart_resize(height: int, width: int, factor: int, min_pixels: int,
-                 max_pixels: int) -> tuple[int, int]:
-    """VideoLLaMA3's frame size: multiples of ``factor``, aspect ratio kept as well as possible,
-    pixel count within [min_pixels, max_pixels] (the rule of the HF video processor)."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"frame aspect ratio {max(height, width) / min(height, width):.0f} is "
-                         f"above 200; VideoLLaMA3 cannot take such frames")
-    resized_height = round(height / factor) * factor
-    resized_width = round(width / factor) * factor
-    if resized_height * resized_width > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        resized_height = max(factor, math.floor(height / beta / factor) * factor)
-        resized_width = max(factor, math.floor(width / beta / factor) * factor)
-    elif resized_height * resized_width < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        resized_height = math.ceil(height * beta / factor) * factor
-        resized_width = math.ceil(width * beta / factor) * factor
-    return resized_height, resized_width
-
-
-def patchify(
-    pixels: Float[torch.Tensor, "T 3 h w"], patch: int, merge: int, temporal: int
-) -> tuple[Float[torch.Tensor, "patches patch_dim"], tuple[int, int, int]]:
-    """Flatten frames into patches in the order of the Qwen2-VL-style video processors (also
-    VideoLLaMA3's): temporal patch, merge-block row, merge-block column, row and column inside
-    the block; each patch is (channel, time, y, x). Frames are padded to a multiple of
-    ``temporal`` by repeating the last one. Returns the patches and (T', H, W) in patches."""
-    if pad := -pixels.shape[0] % temporal:
-        pixels = torch.cat([pixels, pixels[-1:].expand(pad, -1, -1, -1)])
-    grid_t, grid_h, grid_w = (pixels.shape[0] // temporal, pixels.shape[2] // patch,
-                              pixels.shape[3] // patch)
-    patches = pixels.reshape(grid_t, temporal, 3, grid_h // merge, merge, patch,
-                             grid_w // merge, merge, patch)
-    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(
-        grid_t * grid_h * grid_w, 3 * temporal * patch * patch)
-    return patches, (grid_t, grid_h, grid_w)
+__all__ = ["VideoLlama3Adapter", "compression_mask"]
 
 
 def compression_mask(

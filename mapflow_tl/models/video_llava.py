@@ -14,14 +14,9 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import UInt8
 
-from .base import register_adapter
-from .common import (
-    FramePreprocessor,
-    SplicedVideoAdapter,
-    VideoTokens,
-    load_hf_model,
-    square_grid,
-)
+from .adapter import register_adapter
+from .spliced_adapter import SplicedVideoAdapter
+from .splicing import VideoTokens, square_grid
 
 __all__ = ["VideoLlavaAdapter"]
 
@@ -32,9 +27,7 @@ class VideoLlavaAdapter(SplicedVideoAdapter):
 
     model_types = ("video_llava",)
     name = "Video-LLaVA"
-    media_token = "<video>"
-    media_type = "video"
-    media_token_id_key = "video_token_id"
+    hf_class_name = "VideoLlavaForConditionalGeneration"
 
     def __init__(self, path, config, **kwargs) -> None:
         vision = config.get("vision_config") or {}
@@ -42,6 +35,10 @@ class VideoLlavaAdapter(SplicedVideoAdapter):
         per_frame = side * side + 1
         trained = int(config.get("video_seq_length", 8 * per_frame)) // per_frame
         self.default_num_frames = max(trained, 1)
+        # Converted checkpoints ship the video processor's settings; older ones only the image's.
+        self.preprocessor_file = ("video_preprocessor_config.json"
+                                  if (path / "video_preprocessor_config.json").is_file()
+                                  else "preprocessor_config.json")
         super().__init__(path, config, **kwargs)
         if self.num_frames != self.default_num_frames:
             raise ValueError(f"{self.name} takes exactly {self.default_num_frames} frames "
@@ -50,15 +47,6 @@ class VideoLlavaAdapter(SplicedVideoAdapter):
 
     def frame_limits(self) -> tuple[int, int | None]:
         return self.num_frames, self.num_frames
-
-    def load_model(self):
-        from transformers import VideoLlavaForConditionalGeneration
-
-        config_file = ("video_preprocessor_config.json"
-                       if (self.path / "video_preprocessor_config.json").is_file()
-                       else "preprocessor_config.json")
-        self.preprocess = FramePreprocessor(self.path, config_file, video=True)
-        return load_hf_model(VideoLlavaForConditionalGeneration, self.path, self.dtype)
 
     def video_tokens(self, frames: UInt8[np.ndarray, "T H W 3"]) -> VideoTokens:
         pixels = self.pixel_values(frames)[None]  # [1, T, 3, h, w]

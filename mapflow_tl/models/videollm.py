@@ -1,27 +1,17 @@
-"""The VideoLLM wrapper and the family-adapter interface.
+"""What experiment code sees of a model: :class:`VideoLLM`, the question it is asked
+(:class:`VideoSample`) and the prepared input (:class:`Prepared`).
 
-Flow of one analysis (DESIGN §3): ``load_videollm`` → ``prepare(sample)`` gives embeddings and a
-:class:`~mapflow_tl.segments.SegmentMap` → hooks → ``run_with_hooks``. Everything that differs
-between model families lives in one :class:`FamilyAdapter` subclass per family (one file each under
-``mapflow_tl/models/``), registered by the ``model_type`` of its ``config.json``. Experiment code
-only ever sees :class:`VideoLLM` and :class:`Prepared`.
-
-An adapter provides three things:
-
-1. the prompt: the family's chat template around the paper's multiple-choice block, with the exact
-   character spans of question, options and last position;
-2. the video features: frames through the HF vision tower and projector exactly as the HF model
-   runs them, and where in the token sequence they go (frames, their H×W grids, separators);
-3. the backbone: the HF text decoder and LM head, converted to a ``HookedTransformer``.
+Flow of one analysis (docs/concepts.md): ``load_videollm`` → ``prepare(sample)`` gives embeddings
+and a :class:`~mapflow_tl.segments.SegmentMap` → hooks → ``run_with_hooks``. Everything that
+differs between model families is behind the :class:`~mapflow_tl.models.adapter.FamilyAdapter`
+a :class:`VideoLLM` holds; experiment code never names a family.
 """
 
 from __future__ import annotations
 
-import json
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -32,17 +22,10 @@ from ..hooks import HookList
 from ..segments import SegmentMap
 from .backbone import run_from_embeds
 
-__all__ = [
-    "VideoSample",
-    "Prepared",
-    "VideoLLM",
-    "FamilyAdapter",
-    "register_adapter",
-    "supported_architectures",
-    "adapter_for",
-    "read_config",
-    "as_video_sample",
-]
+if TYPE_CHECKING:  # the adapter module imports this one; the name is needed for annotations only
+    from .adapter import FamilyAdapter
+
+__all__ = ["VideoSample", "Prepared", "VideoLLM", "as_video_sample"]
 
 
 @dataclass
@@ -107,80 +90,6 @@ class Prepared:
     def answer_token(self) -> int | None:
         """Token id of the true option's letter (the ground-truth token)."""
         return None if self.answer is None else int(self.answer_ids[self.answer])
-
-
-class FamilyAdapter(ABC):
-    """Everything one VideoLLM family does differently. Subclass, set ``model_types`` and
-    ``name``, implement the abstract methods, and decorate with :func:`register_adapter`."""
-
-    #: ``config.json`` model_type values this adapter loads.
-    model_types: ClassVar[tuple[str, ...]] = ()
-    #: Human-readable family name for errors and the support table.
-    name: ClassVar[str] = ""
-
-    def __init__(self, path: Path, config: dict[str, Any], *, dtype: torch.dtype,
-                 device: str | torch.device, n_devices: int = 1, **options: Any) -> None:
-        self.path, self.config, self.dtype, self.device = path, config, dtype, device
-        self.n_devices, self.options = n_devices, options
-
-    @classmethod
-    def accepts(cls, config: dict[str, Any]) -> bool:
-        """Whether this adapter loads a checkpoint with this ``config.json`` (default: by
-        model_type; override for formats told apart by extra fields)."""
-        return config.get("model_type") in cls.model_types
-
-    @abstractmethod
-    def load(self) -> None:
-        """Load the HF model parts from ``self.path`` (vision tower, projector, processor, text
-        model) and set ``self.backbone`` (a HookedTransformer), ``self.vision``,
-        ``self.processor`` and ``self.tokenizer``."""
-
-    @abstractmethod
-    def prepare(self, sample: VideoSample) -> Prepared:
-        """Build the prompt, tokenize it, compute the video features, splice them into the
-        embeddings and return them with the exact SegmentMap."""
-
-
-_ADAPTERS: list[type[FamilyAdapter]] = []
-
-
-def register_adapter(adapter: type[FamilyAdapter]) -> type[FamilyAdapter]:
-    """Class decorator: make an adapter available to :func:`load_videollm`."""
-    if not adapter.model_types or not adapter.name:
-        raise ValueError(f"adapter {adapter.__name__} must set model_types and name")
-    _ADAPTERS.append(adapter)
-    return adapter
-
-
-def supported_architectures() -> dict[str, str]:
-    """``{model_type: family name}`` of every registered adapter."""
-    return {model_type: adapter.name for adapter in _ADAPTERS for model_type in adapter.model_types}
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """Read ``config.json`` of a local checkpoint directory, with errors naming the file."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{path} has no config.json: is this a model directory?")
-    try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_file} is not valid JSON: {error}") from None
-
-
-def adapter_for(config: dict[str, Any], where: str) -> type[FamilyAdapter]:
-    """The adapter class that accepts this config, or a ``ValueError`` listing the supported
-    model types."""
-    matches = [adapter for adapter in _ADAPTERS if adapter.accepts(config)]
-    if not matches:
-        raise ValueError(
-            f"{where}: model_type {config.get('model_type')!r} "
-            f"(architectures {config.get('architectures')}) is not supported; supported model "
-            f"types: {sorted(supported_architectures())}"
-        )
-    # The most specific adapter wins: one that overrides accepts() over a plain model_type match.
-    matches.sort(key=lambda adapter: adapter.accepts is FamilyAdapter.accepts)
-    return matches[0]
 
 
 class VideoLLM:

@@ -1,0 +1,70 @@
+"""The frames of a sample: checked (uint8 RGB ``[T, H, W, 3]``, a frame count the model takes)
+and, for a video file, sampled with the paper's segment midpoints (:mod:`mapflow_tl.data.video`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, UInt8
+
+__all__ = ["check_frames", "load_frames"]
+
+
+def check_frames(
+    frames: Any, *, min_frames: int = 1, max_frames: int | None = None, what: str = "video"
+) -> UInt8[np.ndarray, "T H W 3"]:
+    """Validate frames: a uint8 array ``[T, H, W, 3]`` (RGB) with ``min_frames ≤ T ≤ max_frames``.
+
+    Torch tensors are accepted and converted. Errors say what was expected and what came.
+    """
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"{what}: frames must be a uint8 numpy array [T, H, W, 3], got "
+                         f"{type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"{what}: frames must be uint8 (0..255 RGB), got dtype {frames.dtype}; "
+                         f"convert with (frames * 255).round().astype(np.uint8) if they are "
+                         f"floats in [0, 1]")
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"{what}: frames must have shape [T, H, W, 3] (RGB, channels last), got "
+                         f"{tuple(frames.shape)}")
+    count = frames.shape[0]
+    if count < min_frames or (max_frames is not None and count > max_frames):
+        wanted = (f"exactly {min_frames}" if max_frames == min_frames else
+                  f"at least {min_frames}" if max_frames is None else
+                  f"{min_frames} to {max_frames}")
+        raise ValueError(f"{what}: the model needs {wanted} frames, got {count}")
+    if frames.shape[1] < 2 or frames.shape[2] < 2:
+        raise ValueError(f"{what}: frames of {frames.shape[1]}×{frames.shape[2]} pixels are too "
+                         f"small")
+    return np.ascontiguousarray(frames)
+
+
+def load_frames(
+    sample: Any, *, num_frames: int, min_frames: int = 1, max_frames: int | None = None
+) -> tuple[UInt8[np.ndarray, "T H W 3"], Float[np.ndarray, " T"] | None]:
+    """The frames of a sample and their timestamps in seconds: its array as given (timestamps
+    None), or ``num_frames`` frames sampled from its video file / frame folder / GIF (paper's
+    segment-midpoint sampling, start/end bounds applied)."""
+    video = sample.video
+    what = f"sample {getattr(sample, 'id', '') or ''}".strip() or "video"
+    timestamps = None
+    if isinstance(video, (str, Path)):
+        from ..data.video import read_video
+
+        start, end = getattr(sample, "start", None), getattr(sample, "end", None)
+        bounds = None if start is None and end is None else (
+            start if start is not None else 0.0, end if end is not None else math.inf)
+        clip = read_video(video, num_frames, bounds=bounds)
+        frames, timestamps = clip.frames, np.asarray(clip.timestamps, dtype=np.float64)
+        what = str(video)
+    else:
+        frames = video
+    return (check_frames(frames, min_frames=min_frames, max_frames=max_frames, what=what),
+            timestamps)
