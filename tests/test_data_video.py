@@ -3,36 +3,59 @@
 Frame i of every test video is a flat grey of level 8·i, so the decoded frames tell which source
 frame was read. Expected indices are computed by hand from the reference formula
 int(start + seg/2 + round(seg·i)), seg = (end - start) / N, round half to even.
+
+Every video-file test runs with each reader (decord where installed, PyAV everywhere); the last
+tests compare the two readers with each other and with the source frames on videos with many
+keyframes and B-frames, where PyAV seeks.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mapflow_tl.data import DataError, probe_video, read_video
-from mapflow_tl.data.video import segment_midpoints
+from mapflow_tl.data import video as video_module
+from mapflow_tl.data.video import resolve_reader, segment_midpoints
 
 av = pytest.importorskip("av")
 Image = pytest.importorskip("PIL.Image")
 
 LEVEL = 8  # grey level step per frame
+HAVE_DECORD = importlib.util.find_spec("decord") is not None
+READERS = [pytest.param("decord", marks=pytest.mark.skipif(not HAVE_DECORD,
+                                                            reason="decord is not installed")),
+           "pyav"]
+
+
+@pytest.fixture(params=READERS)
+def reader(request) -> str:
+    return request.param
 
 
 def grey(i: int, size: int = 32) -> np.ndarray:
     return np.full((size, size, 3), (LEVEL * i) % 256, np.uint8)
 
 
+def noise(i: int, size: int = 64) -> np.ndarray:
+    return np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
 def write_video(path: Path, n_frames: int = 30, fps: int = 10, codec: str = "libx264",
-                options: dict | None = None) -> Path:
+                options: dict | None = None, frame=grey, size: int = 32,
+                gop: int | None = None) -> Path:
     with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.width = stream.height = 32
+        stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
+        if gop is not None:  # a keyframe every `gop` frames at most, so that a reader must seek
+            stream.codec_context.gop_size = gop
         for i in range(n_frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(grey(i), format="rgb24")):
+            image = frame(i, size)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -75,8 +98,8 @@ def test_segment_midpoints_by_hand():
 
 
 @pytest.mark.parametrize("kind", ["mp4", "webm", "avi", "mkv"])
-def test_uniform_sampling_reads_the_midpoint_frames(videos, kind):
-    clip = read_video(videos[kind])
+def test_uniform_sampling_reads_the_midpoint_frames(videos, kind, reader):
+    clip = read_video(videos[kind], reader=reader)
     expected = [1, 5, 8, 12, 15, 19, 23, 26]
     assert clip.frames.dtype == np.uint8 and clip.frames.shape == (8, 32, 32, 3)
     assert clip.indices.tolist() == expected
@@ -85,14 +108,15 @@ def test_uniform_sampling_reads_the_midpoint_frames(videos, kind):
     assert clip.info.num_frames == 30 and clip.info.fps == pytest.approx(10.0)
 
 
-def test_bounds_in_seconds(videos):
+def test_bounds_in_seconds(videos, reader):
     # [1 s, 2 s] at 10 fps = frames 10..20, seg = 1.25
-    clip = read_video(videos["mp4"], 8, bounds=(1.0, 2.0))
+    clip = read_video(videos["mp4"], 8, bounds=(1.0, 2.0), reader=reader)
     assert clip.indices.tolist() == [10, 11, 12, 14, 15, 16, 18, 19]
     assert source_frames(clip.frames) == clip.indices.tolist()
     # an end past the video is clipped to the last frame
-    assert read_video(videos["mp4"], 4, bounds=(0.0, 99.0)).indices.tolist() == [3, 10, 17, 25]
-    to_the_end = read_video(videos["mp4"], 4, bounds=(0.0, float("inf")))
+    assert read_video(videos["mp4"], 4, bounds=(0.0, 99.0),
+                      reader=reader).indices.tolist() == [3, 10, 17, 25]
+    to_the_end = read_video(videos["mp4"], 4, bounds=(0.0, float("inf")), reader=reader)
     assert to_the_end.indices.tolist() == [3, 10, 17, 25]
 
 
@@ -103,8 +127,8 @@ def test_bounds_outside_the_video_name_the_file(videos):
         read_video(videos["mp4"], bounds=(2.0, 1.0))
 
 
-def test_fps_sampling(videos):
-    clip = read_video(videos["mp4"], fps=2.0)  # every 5th frame of a 10 fps video
+def test_fps_sampling(videos, reader):
+    clip = read_video(videos["mp4"], fps=2.0, reader=reader)  # every 5th frame of a 10 fps video
     assert clip.indices.tolist() == [0, 5, 10, 15, 20, 25]
     assert source_frames(clip.frames) == [0, 5, 10, 15, 20, 25]
     np.testing.assert_allclose(clip.timestamps, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
@@ -113,14 +137,14 @@ def test_fps_sampling(videos):
     assert read_video(videos["mp4"], fps=10.0, max_frames=4).indices.tolist() == [3, 10, 17, 25]
 
 
-def test_short_video_repeats_or_raises(videos):
-    clip = read_video(videos["short"], 8)
+def test_short_video_repeats_or_raises(videos, reader):
+    clip = read_video(videos["short"], 8, reader=reader)
     assert clip.frames.shape[0] == 8
     assert clip.indices.tolist() == [0, 0, 1, 2, 2, 2, 3, 4]
     assert source_frames(clip.frames) == [0, 0, 1, 2, 2, 2, 3, 4]
     with pytest.raises(DataError, match=r"short.mp4: only 5 frame\(s\), fewer than the 8"):
-        read_video(videos["short"], 8, short_video="error")
-    assert read_video(videos["short"], 4, short_video="error").frames.shape[0] == 4
+        read_video(videos["short"], 8, short_video="error", reader=reader)
+    assert read_video(videos["short"], 4, short_video="error", reader=reader).frames.shape[0] == 4
 
 
 def test_frame_folder_uses_the_reference_numbering(videos):
@@ -142,8 +166,8 @@ def test_gif(videos):
     assert clip.frames.shape == (4, 32, 32, 3)
 
 
-def test_probe_is_cheap_and_exact(videos):
-    info = probe_video(videos["webm"])
+def test_probe_is_cheap_and_exact(videos, reader):
+    info = probe_video(videos["webm"], reader=reader)
     assert (info.kind, info.num_frames, info.fps, info.duration) == ("video", 30, 10.0, 3.0)
 
 
@@ -155,20 +179,20 @@ def test_missing_video(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"this is not a video" * 20], ids=["empty", "garbage"])
-def test_corrupt_video(tmp_path, content):
+def test_corrupt_video(tmp_path, content, reader):
     path = tmp_path / "bad.mp4"
     path.write_bytes(content)
     with pytest.raises(DataError, match="bad.mp4: cannot open the video"):
-        read_video(path)
+        read_video(path, reader=reader)
 
 
 @pytest.mark.parametrize("kind", ["mp4", "faststart"])
-def test_truncated_video(videos, tmp_path, kind):
+def test_truncated_video(videos, tmp_path, kind, reader):
     data = videos[kind].read_bytes()
     path = tmp_path / "cut.mp4"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="cut.mp4: cannot open the video.*truncated"):
-        probe_video(path)
+        probe_video(path, reader=reader)
 
 
 def test_bad_frame_folder_and_gif(tmp_path, videos):
@@ -187,3 +211,64 @@ def test_bad_frame_folder_and_gif(tmp_path, videos):
     gif.write_bytes(videos["gif"].read_bytes()[:20])
     with pytest.raises(DataError, match="bad.gif"):
         read_video(gif, 4)
+
+
+def test_reader_choice(monkeypatch):
+    assert resolve_reader("pyav") == "pyav" and resolve_reader("decord") == "decord"
+    assert resolve_reader("auto") == ("decord" if HAVE_DECORD else "pyav")
+    # where decord does not install (ARM, macOS), "auto" reads with PyAV
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(video_module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "decord" else real_find_spec(name, *a))
+    assert resolve_reader("auto") == "pyav"
+    with pytest.raises(ValueError, match="video reader 'opencv' is not one of 'auto', 'decord'"):
+        read_video("clip.mp4", reader="opencv")
+
+
+@pytest.fixture(scope="module")
+def seeking_videos(tmp_path_factory) -> dict[str, Path]:
+    """120 frames of noise, a keyframe every 7 frames at most (B-frames in the H.264 ones): a
+    reader must seek and must not confuse decoding order with presentation order."""
+    root = tmp_path_factory.mktemp("seeking")
+    return {
+        "mp4": write_video(root / "gop.mp4", 120, frame=noise, size=64, gop=7),
+        "mkv": write_video(root / "gop.mkv", 120, frame=noise, size=64, gop=7),
+        "webm": write_video(root / "gop.webm", 120, codec="libvpx", frame=noise, size=64, gop=7),
+        "avi": write_video(root / "gop.avi", 120, codec="mpeg4", frame=noise, size=64, gop=7),
+    }
+
+
+def nearest_source(frames: np.ndarray, n_sources: int) -> list[int]:
+    """For each decoded frame, the source noise frame it is closest to (mean squared error)."""
+    sources = np.stack([noise(i) for i in range(n_sources)]).astype(np.float64)
+    return [int(np.argmin(((sources - frame.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))))
+            for frame in frames]
+
+
+@pytest.mark.parametrize("kind", ["mp4", "mkv", "webm", "avi"])
+def test_pyav_seeks_to_the_same_frames_as_the_source(seeking_videos, kind):
+    # out of order and repeated, as fps sampling and short videos ask
+    wanted = [0, 119, 3, 50, 50, 51, 6, 7, 8, 64, 100, 99]
+    clip = read_video(seeking_videos[kind], fps=10.0, reader="pyav")  # every frame, in order
+    assert clip.indices.tolist() == list(range(120))
+    assert nearest_source(clip.frames, 120) == list(range(120))
+    picked = video_module._decode_frames(clip.info, np.array(wanted), 1, "pyav")
+    assert nearest_source(picked, 120) == wanted
+
+
+@pytest.mark.skipif(not HAVE_DECORD, reason="decord is not installed")
+@pytest.mark.parametrize("kind", ["mp4", "webm", "avi", "mkv", "short", "faststart", "gop-mp4",
+                                  "gop-mkv", "gop-webm", "gop-avi"])
+def test_decord_and_pyav_agree(videos, seeking_videos, kind):
+    path = seeking_videos[kind[4:]] if kind.startswith("gop-") else videos[kind]
+    for options in ({}, {"num_frames": 16}, {"fps": 3.0}, {"bounds": (0.5, 2.2)}):
+        if "bounds" in options and kind == "short":
+            continue  # 5 frames, 0.5 s: nothing in these bounds
+        by_decord = read_video(path, reader="decord", **options)
+        by_pyav = read_video(path, reader="pyav", **options)
+        assert by_decord.info == by_pyav.info
+        assert by_pyav.indices.tolist() == by_decord.indices.tolist()
+        np.testing.assert_array_equal(by_pyav.timestamps, by_decord.timestamps)
+        # both decode with FFmpeg and convert with swscale; codec noise would be a few levels
+        difference = np.abs(by_pyav.frames.astype(np.int16) - by_decord.frames.astype(np.int16))
+        assert difference.max() <= 2, f"{kind} {options}: max |decord - pyav| {difference.max()}"

@@ -13,14 +13,20 @@ round-half-to-even, as in the reference. ``first`` is 0 for video files and GIFs
 folders, whose reference numbering starts at ``00001.jpg``; ``last`` is the highest frame number.
 Indices returned here are always 0-based positions in the file.
 
-Video files (mp4, webm, avi, mkv, anything FFmpeg opens) are read with decord; GIFs and frame
-folders with Pillow. GIFs are timed at 25 fps and frame folders at 3 fps unless told otherwise, as
+Video files (mp4, webm, avi, mkv, anything FFmpeg opens) are read with decord where it is
+installed (it publishes wheels for x86-64 Linux and Windows only) and with PyAV elsewhere; both
+number a file's frames the same way — every packet of the video stream is one frame, in
+presentation-timestamp order, so frame ``i`` is the packet with the ``i``-th smallest timestamp —
+and give the same pixels (FFmpeg decodes and converts to RGB in both; ``tests/test_data_video.py``
+compares them). GIFs and frame folders are read with Pillow. GIFs are timed at 25 fps and frame folders at 3 fps unless told otherwise, as
 in the reference (MVBench's TVQA frames are extracted at 3 fps).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -36,6 +42,7 @@ __all__ = [
     "FRAME_FOLDER_FPS",
     "GIF_FPS",
     "IMAGE_SUFFIXES",
+    "VIDEO_READERS",
     "ShortVideoPolicy",
     "VideoClip",
     "VideoInfo",
@@ -43,6 +50,7 @@ __all__ = [
     "probe_video",
     "read_sample_video",
     "read_video",
+    "resolve_reader",
     "segment_midpoints",
     "uniform_indices",
 ]
@@ -53,13 +61,17 @@ GIF_FPS = 25.0
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 ShortVideoPolicy = Literal["repeat", "error"]
+VideoReaderChoice = Literal["auto", "decord", "pyav"]
+#: The libraries that can read video files; "auto" picks decord where it is installed.
+VIDEO_READERS = ("decord", "pyav")
 
 
 @dataclass(frozen=True)
 class VideoInfo:
     """What opening a video tells without decoding it: frame count, frame rate and kind.
 
-    ``kind`` is "video" (decord), "gif" or "frames" (a folder of images).
+    ``kind`` is "video" (a file FFmpeg reads, with decord or PyAV), "gif" or "frames" (a folder
+    of images).
     """
 
     path: Path
@@ -245,6 +257,123 @@ def _open_decord(path: Path, num_threads: int):
     return reader, count, fps
 
 
+def resolve_reader(reader: str = "auto") -> str:
+    """The library that reads video files: "decord" or "pyav" as asked, or for "auto" decord
+    where it is installed (x86-64 Linux and Windows) and PyAV elsewhere."""
+    if reader == "auto":
+        return "decord" if importlib.util.find_spec("decord") is not None else "pyav"
+    if reader not in VIDEO_READERS:
+        raise ValueError(f"video reader {reader!r} is not one of 'auto', "
+                         f"{', '.join(repr(r) for r in VIDEO_READERS)}")
+    return reader
+
+
+@dataclass(frozen=True)
+class _PacketIndex:
+    """A video stream's frames as decord numbers them: one per packet, in timestamp order.
+    ``pts`` [N] presentation timestamps (None when the container has none), ``keyframes`` the
+    positions of keyframes, where decoding can start after a seek."""
+
+    pts: list
+    keyframes: list[int]
+    fps: float
+
+    @property
+    def timestamped(self) -> bool:
+        return all(p is not None for p in self.pts)
+
+
+def _pyav_index(path: Path) -> _PacketIndex:
+    """Demux (no decoding) every packet of the first video stream, as decord does on opening."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{path}: the file has no video stream; it is not a video",
+                                path=path)
+            stream = container.streams.video[0]
+            declared = int(stream.frames or 0)
+            fps = float(stream.average_rate) if stream.average_rate else 0.0
+            # demux ends with an empty packet without timestamps that flushes the decoder; an
+            # empty packet with timestamps is a frame (AVI's "repeat the last frame"), as in decord
+            packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream)
+                       if packet.size > 0 or packet.dts is not None or packet.pts is not None]
+    except DataError:
+        raise
+    except Exception as error:  # av.error.FFmpegError and its subclasses
+        raise DataError(
+            f"{path}: cannot open the video ({_first_line(error)}); the file is corrupt, "
+            "truncated or in a format FFmpeg cannot read: download it again",
+            path=path,
+        ) from error
+    if declared and len(packets) != declared:
+        # a file cut short after its header: decord fails to open these too
+        raise DataError(
+            f"{path}: cannot open the video (its header declares {declared} frames, the file "
+            f"holds {len(packets)}); the file is truncated: download it again",
+            path=path,
+        )
+    if all(pts is not None for pts, _ in packets):
+        packets.sort(key=lambda packet: packet[0])
+    return _PacketIndex(pts=[pts for pts, _ in packets],
+                        keyframes=[i for i, (_, key) in enumerate(packets) if key], fps=fps)
+
+
+def _open_pyav(path: Path) -> tuple[_PacketIndex, int, float]:
+    index = _pyav_index(path)
+    count, fps = len(index.pts), index.fps
+    if count < 1 or not fps > 0:
+        raise DataError(
+            f"{path}: the video reports {count} frames at {fps} fps; the file is empty or "
+            "truncated: download it again",
+            path=path,
+        )
+    return index, count, fps
+
+
+def _decode_pyav(path: Path, positions: np.ndarray, num_threads: int) -> np.ndarray:
+    """uint8 ``[len(positions), H, W, 3]`` for sorted unique 0-based ``positions``: seek to the
+    nearest keyframe at or before each wanted frame when that skips decoding, then decode
+    forward to it. Frames are matched by timestamp, so B-frame reordering cannot shift them."""
+    import av
+
+    index, _, _ = _open_pyav(path)
+    position_of = {pts: i for i, pts in enumerate(index.pts)}
+    picked: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = max(1, int(num_threads))
+        frames, current = None, -1
+        for target in (int(i) for i in positions):
+            before = bisect.bisect_right(index.keyframes, target) - 1
+            keyframe = index.keyframes[before] if before >= 0 else 0
+            if frames is None or (index.timestamped and keyframe > current):
+                if keyframe > 0 and index.timestamped:
+                    container.seek(index.pts[keyframe], stream=stream, backward=True)
+                frames, current = container.decode(stream), -1
+            for frame in frames:
+                # a container without timestamps: frames are counted in decoding order
+                current = position_of.get(frame.pts) if index.timestamped else current + 1
+                if current is None or current > target:
+                    raise DataError(
+                        f"{path}: cannot decode frame {target} (the decoder gave frame "
+                        f"{current} instead); the file's timestamps are inconsistent: "
+                        "re-encode it",
+                        path=path,
+                    )
+                if current == target:
+                    picked[target] = frame.to_ndarray(format="rgb24")
+                    break
+            if target not in picked:
+                raise DataError(
+                    f"{path}: cannot decode frame {target}; the decoder stopped before it: the "
+                    "file is corrupt or truncated: download it again",
+                    path=path,
+                )
+    return np.stack([picked[int(i)] for i in positions])
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0][:200] if text else type(error).__name__
@@ -255,10 +384,13 @@ def probe_video(
     *,
     frame_folder_fps: float = FRAME_FOLDER_FPS,
     gif_fps: float = GIF_FPS,
+    reader: VideoReaderChoice = "auto",
 ) -> VideoInfo:
     """Open a video file, GIF or frame folder cheaply (container and frame count, no decoding of
     video frames) and return its :class:`VideoInfo`; :class:`DataError` naming the file when it is
-    missing, empty or unreadable."""
+    missing, empty or unreadable. ``reader`` picks the video-file library
+    (:func:`resolve_reader`)."""
+    reader = resolve_reader(reader)
     path = Path(path)
     if not path.exists():
         raise DataError(
@@ -288,20 +420,28 @@ def probe_video(
                 path=path,
             ) from error
         return VideoInfo(path, kind, count, float(gif_fps))
-    reader, count, fps = _open_decord(path, num_threads=1)
-    del reader
+    if reader == "pyav":
+        _, count, fps = _open_pyav(path)
+        return VideoInfo(path, kind, count, fps)
+    video, count, fps = _open_decord(path, num_threads=1)
+    del video
     return VideoInfo(path, kind, count, fps)
 
 
-def _decode_frames(info: VideoInfo, indices: np.ndarray, num_threads: int) -> np.ndarray:
-    """uint8 ``[T, H, W, 3]`` for 0-based ``indices`` (repeats allowed)."""
+def _decode_frames(
+    info: VideoInfo, indices: np.ndarray, num_threads: int, reader: str
+) -> np.ndarray:
+    """uint8 ``[T, H, W, 3]`` for 0-based ``indices`` (repeats allowed); ``reader`` is "decord"
+    or "pyav" (:func:`resolve_reader`)."""
     unique, inverse = np.unique(indices, return_inverse=True)
     path = info.path
     try:
-        if info.kind == "video":
-            reader, _, _ = _open_decord(path, num_threads)
+        if info.kind == "video" and reader == "pyav":
+            frames = _decode_pyav(path, unique, num_threads)
+        elif info.kind == "video":
+            video, _, _ = _open_decord(path, num_threads)
             with _quiet_stderr():
-                frames = reader.get_batch([int(i) for i in unique]).asnumpy()
+                frames = video.get_batch([int(i) for i in unique]).asnumpy()
         elif info.kind == "gif":
             from PIL import Image, ImageSequence
 
@@ -328,7 +468,8 @@ def _decode_frames(info: VideoInfo, indices: np.ndarray, num_threads: int) -> np
             # decord 0.6 mis-sizes rows of some narrow videos (widths 16, 24, 48, 72 seen)
             raise DataError(
                 f"{path}: decord cannot copy out frames of this small size ({_first_line(error)}); "
-                "re-encode the video at a width of at least 80 pixels (or 32, 64)",
+                "read it with PyAV (reader='pyav') or re-encode the video at a width of at least "
+                "80 pixels (or 32, 64)",
                 path=path,
             ) from error
         raise DataError(
@@ -356,6 +497,7 @@ def read_video(
     frame_folder_fps: float = FRAME_FOLDER_FPS,
     gif_fps: float = GIF_FPS,
     num_threads: int = 1,
+    reader: VideoReaderChoice = "auto",
 ) -> VideoClip:
     """Read a video file, GIF or frame folder and sample frames from it.
 
@@ -364,18 +506,21 @@ def read_video(
     ignored, ``max_frames`` caps the count). ``bounds`` = (start, end) in seconds restricts
     sampling to that part of the file (``end`` may be ``inf``: to the end). ``short_video`` says
     what to do when the range holds fewer than ``num_frames`` frames ("repeat": repeat frames,
-    reference behaviour; "error": raise).
+    reference behaviour; "error": raise). ``reader`` picks the video-file library: "auto"
+    (decord where installed, else PyAV; :func:`resolve_reader`), "decord" or "pyav" — the same
+    frames either way.
 
     Returns a :class:`VideoClip` with frames uint8 ``[T, H, W, 3]``, 0-based ``indices [T]`` and
     ``timestamps [T]`` in seconds (frame folders: frame number / fps, the reference's numbering).
     Raises :class:`DataError` naming the file when it is missing, corrupt, truncated or unreadable.
     """
-    info = probe_video(path, frame_folder_fps=frame_folder_fps, gif_fps=gif_fps)
+    reader = resolve_reader(reader)
+    info = probe_video(path, frame_folder_fps=frame_folder_fps, gif_fps=gif_fps, reader=reader)
     if fps is None:
         indices = uniform_indices(info, num_frames, bounds, short_video)
     else:
         indices = fps_indices(info, fps, bounds, max_frames)
-    frames = _decode_frames(info, indices, num_threads)
+    frames = _decode_frames(info, indices, num_threads, reader)
     first = 1 if info.kind == "frames" else 0
     timestamps = (indices + first).astype(np.float64) / info.fps
     return VideoClip(frames=frames, indices=indices, timestamps=timestamps, info=info)
