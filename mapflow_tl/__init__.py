@@ -4,45 +4,69 @@ Attention Knockout, Logit Lens and effective-pathway pruning (Map the Flow, ICLR
 composable TransformerLens hooks over an annotated map of the token sequence.
 
     import mapflow_tl as mf
+    vlm = mf.load_videollm("synthtv-video-ft")
+    x = vlm.prepare(sample)                            # .embeds, .segments, .answer_ids
     seg = x.segments                                   # frames, question, options, last
     cut = mf.cross_frame(seg) | mf.Edges(src=seg.video, dst=seg.question)
-    hooks = mf.knockout(cut, layers=mf.window(10, k=9, n_layers=32))
+    logits = vlm.run_with_hooks(x, fwd_hooks=mf.knockout(cut, layers=mf.window(10, n_layers=32)))
+
+Names are resolved on first use: ``import mapflow_tl`` loads neither torch-heavy TransformerLens
+nor transformers nor plotly, so the command line and data tools start fast.
 """
 
-from .edges import (
-    Edges,
-    causal_edge_count,
-    cross_frame,
-    false_options_to_last,
-    intra_frame,
-    last_to_last,
-    non_option_question_to_last,
-    non_option_question_to_true_option,
-    question_to_last,
-    question_to_question,
-    question_to_video,
-    true_option_to_last,
-    video_to_last,
-    video_to_non_option_question,
-    video_to_question,
-    video_to_true_option,
-    video_to_video,
-)
-from .engine import KnockoutConfig, layer_sweep, sweep
-from .hooks import (
-    KnockoutHook,
-    PathwaySpec,
-    attn_scores_hook_name,
-    capture,
-    check_hooks,
-    knockout,
-    random_knockout,
-    window,
-)
-from .lens import answer_probability_trace, logit_lens, project, residual_stream, top_tokens
-from .metrics import relative_change
-from .models import Prepared, VideoLLM, VideoSample, load_videollm, supported_architectures
-from .models.backbone import hooked_from_hf, run_from_embeds
-from .segments import Frame, Option, SegmentMap, Span
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Public name → the module that defines it. One obvious way for each thing.
+_EXPORTS: dict[str, str] = {
+    # token segments and edge sets
+    **dict.fromkeys(("Span", "Frame", "Option", "SegmentMap"), "segments"),
+    **dict.fromkeys((
+        "Edges", "causal_edge_count", "cross_frame", "intra_frame", "video_to_video",
+        "video_to_question", "video_to_last", "question_to_last", "question_to_question",
+        "last_to_last", "question_to_video", "non_option_question_to_last",
+        "true_option_to_last", "false_options_to_last", "video_to_non_option_question",
+        "non_option_question_to_true_option", "video_to_true_option"), "edges"),
+    # layers and hooks
+    **dict.fromkeys(("window", "layer_range", "early_to_middle_layers", "default_window_size",
+                     "WINDOW_STYLES"), "layers"),
+    **dict.fromkeys(("knockout", "KnockoutHook", "PathwaySpec", "random_knockout", "capture",
+                     "check_hooks", "attn_scores_hook_name"), "hooks"),
+    # sweeps, lens, metrics
+    **dict.fromkeys(("KnockoutConfig", "layer_sweep", "sweep"), "engine"),
+    **dict.fromkeys(("answer_probability_trace", "logit_lens", "project", "residual_stream",
+                     "top_tokens"), "lens"),
+    "relative_change": "metrics",
+    # models
+    **dict.fromkeys(("Prepared", "VideoLLM", "VideoSample", "load_videollm",
+                     "supported_architectures"), "models"),
+    **dict.fromkeys(("hooked_from_hf", "run_from_embeds"), "models.backbone"),
+    # analyses (one function per analysis of the paper)
+    **dict.fromkeys(("base_prediction", "flow_sweep", "probability_trace", "video_lens",
+                     "keyword_frequency", "prune", "attention_to_frames", "crossframe_knockout"),
+                    "analyses"),
+    # circuits, data, runs
+    **dict.fromkeys(("Circuit", "load_circuit", "list_circuits"), "circuits"),
+    **dict.fromkeys(("load_dataset", "list_datasets"), "data.datasets"),
+    **dict.fromkeys(("read_table", "read_run_config"), "runs"),
+    "build_report": "report",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mapflow_tl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -23,9 +23,11 @@ from . import edges as E
 from .circuits import Circuit
 from .edges import Edges
 from .engine import layer_sweep, sweep
-from .hooks import PathwaySpec, capture, knockout, window
+from .hooks import PathwaySpec, knockout
+from .layers import early_to_middle_layers
 from .lens import project, residual_stream
 from .metrics import relative_change
+from .schema import SAMPLE_MODES, sample_fields
 from .models.videollm import Prepared, VideoLLM
 
 __all__ = [
@@ -39,14 +41,9 @@ __all__ = [
     "keyword_frequency",
     "prune",
     "attention_to_frames",
+    "crossframe_knockout",
     "early_to_middle_layers",
 ]
-
-SAMPLE_MODES = ("correct", "wrong", "all")
-
-
-def _sample_fields(x: Prepared) -> dict[str, Any]:
-    return {"sample": x.meta.get("id", ""), "task": x.meta.get("task", "")}
 
 
 def base_prediction(vlm: VideoLLM, x: Prepared) -> dict[str, Any]:
@@ -102,7 +99,7 @@ def flow_sweep(
         p_pred = float(p[base["base_token"]])
         p_true = None if truth is None else float(p[truth])
         rows.append({
-            **_sample_fields(x), "circuit": circuit.name, "curve": config.curve,
+            **sample_fields(x), "circuit": circuit.name, "curve": config.curve,
             "layer": config.center, "layers": list(config.layers), "k": k, "style": style,
             **base,
             "p_pred": p_pred, "p_true": p_true,
@@ -138,7 +135,7 @@ def probability_trace(vlm: VideoLLM, x: Prepared) -> list[dict[str, Any]]:
     rows = []
     for layer in range(vlm.n_layers):
         for option, p in enumerate(probabilities[layer].tolist()):
-            rows.append({**_sample_fields(x), "layer": layer, "option": option,
+            rows.append({**sample_fields(x), "layer": layer, "option": option,
                          "is_true": x.answer == option, "probability": p})
     return rows
 
@@ -164,7 +161,7 @@ def video_lens(vlm: VideoLLM, x: Prepared, *, k: int = 5, norm: bool = False,
         for index, position in enumerate(positions):
             t, h, w = seg.frame_of(position)
             ids = top.indices[index].tolist()
-            rows.append({**_sample_fields(x), "layer": layer, "position": position, "frame": t,
+            rows.append({**sample_fields(x), "layer": layer, "position": position, "frame": t,
                          "h": h, "w": w, "top_ids": ids,
                          "top_tokens": [_normalise(s) for s in
                                         vlm.tokenizer.convert_ids_to_tokens(ids)],
@@ -217,18 +214,12 @@ def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seed: int = 0,
         token = int(probabilities.argmax())
         kept, total = (variant_spec.edge_accounting(n) if variant_spec is not None
                        else (vlm.n_layers * E.causal_edge_count(n),) * 2)
-        rows.append({**_sample_fields(x), "circuit": circuit.name, "variant": variant,
+        rows.append({**sample_fields(x), "circuit": circuit.name, "variant": variant,
                      "seed": seed if variant == "random" else None, "token": token,
                      "correct": None if truth is None else token == truth,
                      "p_true": None if truth is None else float(probabilities[truth]),
                      "kept_edges": kept, "total_edges": total, "retained": kept / total})
     return rows
-
-
-def early_to_middle_layers(n_layers: int) -> list[int]:
-    """The paper's early-to-middle block for cross-frame knockout: layers 1–16 of 32 (1-based),
-    i.e. the first half of the model, scaled to its depth (0-based indices)."""
-    return list(range(0, max(1, n_layers // 2)))
 
 
 def attention_to_frames(
@@ -265,7 +256,25 @@ def attention_to_frames(
         for layer, name in enumerate(names):
             for position, weight in zip(video, store[name].tolist()):
                 t, h, w = seg.frame_of(position)
-                rows.append({**_sample_fields(x), "condition": condition, "layer": layer,
+                rows.append({**sample_fields(x), "condition": condition, "layer": layer,
                              "position": position, "frame": t, "h": h, "w": w,
                              "attention": weight})
+    return rows
+
+
+def crossframe_knockout(vlm: VideoLLM, x: Prepared, layers: Sequence[int] | None = None, *,
+                        model: str = "") -> list[dict[str, Any]]:
+    """Finding 1 for one sample: the answer with and without cross-frame attention (every frame's
+    tokens blocked from the tokens of earlier frames) in ``layers`` (default: the early-to-middle
+    half, :func:`~mapflow_tl.layers.early_to_middle_layers`, as the paper's layers 1–16 of 32).
+    One row per condition ("base", "cross-frame knockout"); ``model`` labels the rows."""
+    layers = early_to_middle_layers(vlm.n_layers) if layers is None else list(layers)
+    rows = []
+    for condition, hooks in (("base", []), ("cross-frame knockout",
+                                            knockout(E.cross_frame(x.segments), layers))):
+        probabilities = vlm.run_with_hooks(x, hooks)[0, -1].float().softmax(-1)
+        token = int(probabilities.argmax())
+        rows.append({**sample_fields(x), "model": model, "condition": condition,
+                     "layers": list(layers), "token": token,
+                     "correct": None if x.answer is None else token == x.answer_token})
     return rows

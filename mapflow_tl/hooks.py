@@ -20,12 +20,11 @@ import torch
 from jaxtyping import Bool, Float
 
 from .edges import Edges, causal_edge_count
+from .layers import WINDOW_STYLES, check_layer, window
 
 __all__ = [
     "HookList",
-    "WINDOW_STYLES",
     "attn_scores_hook_name",
-    "window",
     "knockout",
     "KnockoutHook",
     "PathwaySpec",
@@ -35,53 +34,11 @@ __all__ = [
 ]
 
 HookList = list[tuple[str, Callable]]
-WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
 
 
 def attn_scores_hook_name(layer: int) -> str:
     """Name of the pre-softmax attention-score hook of a layer: ``[batch, head, query, key]``."""
     return f"blocks.{layer}.attn.hook_attn_scores"
-
-
-def _check_layer(layer: object, n_layers: int, what: str = "layer") -> int:
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ValueError(f"{what} must be an int, got {layer!r}")
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"{what} {layer} is outside [0, {n_layers}) of a {n_layers}-layer model")
-    return layer
-
-
-def window(center: int, *, n_layers: int, k: int = 9, style: str = "center") -> list[int]:
-    """The layers knocked out for one point of a layer sweep (Map the Flow §2, "Window").
-
-    - ``center``: the k layers centred on ``center``, clipped to the model:
-      ``max(0, center - k//2) … min(n_layers - 1, center + (k - 1)//2)`` (k = 9: l−4 … l+4);
-    - ``inverse``: every layer except that centred window;
-    - ``top_down``: ``center … n_layers - 1``;
-    - ``bottom_up``: ``0 … center``.
-    """
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers <= 0:
-        raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
-    _check_layer(center, n_layers, "window center")
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise ValueError(f"window size k must be a positive int, got {k!r}")
-    if style not in WINDOW_STYLES:
-        raise ValueError(f"unknown window style {style!r}; choose one of {WINDOW_STYLES}")
-    lo, hi = max(0, center - k // 2), min(n_layers - 1, center + (k - 1) // 2)
-    if style == "center":
-        layers = list(range(lo, hi + 1))
-    elif style == "inverse":
-        layers = [layer for layer in range(n_layers) if not lo <= layer <= hi]
-    elif style == "top_down":
-        layers = list(range(center, n_layers))
-    else:
-        layers = list(range(0, center + 1))
-    if not layers:
-        raise ValueError(
-            f"window center={center}, k={k}, style={style!r} covers no layer of a "
-            f"{n_layers}-layer model"
-        )
-    return layers
 
 
 class KnockoutHook:
@@ -154,7 +111,7 @@ def knockout(
         raise ValueError("knockout needs at least one layer (got an empty layer list)")
     for layer in layers:
         if n_layers is not None:
-            _check_layer(layer, n_layers)
+            check_layer(layer, n_layers)
         elif isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
             raise ValueError(f"layer must be a non-negative int, got {layer!r}")
     if heads is not None and len(heads) == 0:
@@ -190,7 +147,7 @@ class PathwaySpec:
         self._blocked_cache: dict[int, Edges] | None = None
 
     def _layers(self, layers: Iterable[int]) -> frozenset[int]:
-        return frozenset(_check_layer(layer, self.n_layers) for layer in layers)
+        return frozenset(check_layer(layer, self.n_layers) for layer in layers)
 
     def keep(self, edges: Edges, layers: Iterable[int]) -> "PathwaySpec":
         """Keep ``edges`` open only in ``layers``; block them in every other layer."""
@@ -222,7 +179,7 @@ class PathwaySpec:
 
     def blocked(self, layer: int) -> Edges:
         """The union of every edge set blocked in ``layer``."""
-        _check_layer(layer, self.n_layers)
+        check_layer(layer, self.n_layers)
         if self._blocked_cache is None:
             # Layers blocked by the same rules share one Edges object, hence one dense mask.
             by_rules: dict[tuple[int, ...], Edges] = {}

@@ -197,21 +197,23 @@ def test_prompt_is_the_chat_template_plus_answer_prefix():
     assert "<unk>" not in tokens
 
 
-def test_segment_map_matches_video_positions_and_option_text():
-    from mapflow_tl.synthtv.evaluate import segment_map
+def test_videollm_segment_map_matches_video_positions_and_option_text():
+    """SynthTV items go through the one pipeline (VideoLLM.prepare): the frames are exactly the
+    <video> positions of the tokenized prompt, the question span decodes to the question."""
+    from mapflow_tl.models import load_videollm
+    from mapflow_tl.synthtv.evaluate import as_sample
 
-    tokenizer = build.build_tokenizer()
-    config = build.ModelConfig()
+    vlm = load_videollm("synthtv-video-ft")
     item = gen.make_item("moving_direction", 0, 6)
-    seg, ids = segment_map(item, tokenizer, config)
-    video_id = tokenizer.convert_tokens_to_ids("<video>")
+    x = vlm.prepare(as_sample(item))
+    seg, ids = x.segments, x.input_ids[0].tolist()
+    video_id = vlm.tokenizer.convert_tokens_to_ids("<video>")
     video_positions = [i for i, t in enumerate(ids) if t == video_id]
     assert [p for f in seg.frames for p in f.positions] == video_positions
     assert all(f.grid == (2, 2) for f in seg.frames) and seg.n_frames == gen.N_FRAMES
-    assert tokenizer.decode(ids[seg.question.start:seg.question.stop]) == item.question
-    for option, text in zip(seg.options, item.candidates):
-        assert tokenizer.decode(ids[option.start:option.stop]) == text
-    assert seg.true_option.text == item.answer
+    assert item.question in vlm.tokenizer.decode(ids[seg.question.start:seg.question.stop])
+    assert [o.text for o in seg.options] == list(item.candidates)
+    assert seg.true_option.text == item.answer and x.meta["id"] == item.name
     assert seg.last.start == len(ids) - 1
 
 
@@ -431,7 +433,7 @@ def test_answer_lens_layer_is_checked_and_trained():
 
 
 def test_train_set_overrides_are_typed_and_checked():
-    from mapflow_tl.synthtv.cli import _settings
+    from mapflow_tl.cli.synthtv import _settings
     from mapflow_tl.synthtv.train import STAGES
 
     assert _settings(["lr=0.001", "image_batch=64", "init_from=x"], STAGES["image"]) == \
@@ -536,7 +538,7 @@ def test_evaluation_set_cache_follows_the_generator(tmp_path, monkeypatch):
     """The cached TVBench copy of the evaluation set is keyed by the items' content: a changed
     generator writes a new folder instead of serving the stale one."""
     pytest.importorskip("decord")
-    from mapflow_tl.commands import synthtv_samples
+    from mapflow_tl.synthtv.dataset import load_synthtv as synthtv_samples
 
     first = synthtv_samples(tasks=["moving_direction"], limit=2, cache=tmp_path)
     assert len(list(tmp_path.iterdir())) == 1

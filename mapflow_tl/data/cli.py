@@ -1,17 +1,17 @@
-"""``mapflow-tl data check``: validate a downloaded benchmark before a long GPU run."""
+"""Validate a downloaded benchmark before a long GPU run (``mapflow-tl data check``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from .benchmarks import Skipped, list_datasets, load_dataset
+from .benchmarks import Skipped
+from .datasets import load_dataset
 from .errors import DataError
 from .video import probe_video, uniform_indices
 
-__all__ = ["check_dataset", "register"]
+__all__ = ["check_dataset", "print_report"]
 
 
 def check_dataset(
@@ -68,7 +68,7 @@ def check_dataset(
     }
 
 
-def _print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any]) -> None:
     print(f"{report['dataset']} at {report['data_root']}")
     width = max([len(task) for task in report["tasks"]] + [4])
     print(f"  {'task':<{width}}  samples  problems")
@@ -84,33 +84,3 @@ def _print_report(report: dict[str, Any]) -> None:
         print("no samples found: check --data-root and --task")
     else:
         print("ok")
-
-
-def _check(args: argparse.Namespace) -> int:
-    report = check_dataset(args.dataset, args.data_root, args.task, args.limit)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        _print_report(report)
-    return 0 if report["ok"] else 1
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``data check`` to the ``mapflow-tl`` command line."""
-    data = subparsers.add_parser("data", help="benchmark data: validate a download")
-    commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    check = commands.add_parser(
-        "check",
-        help="count samples per task and find missing or unreadable videos and malformed entries",
-        description="Validate a downloaded benchmark before a long GPU run. Exit code 0 when every "
-        "sample is usable, 1 when problems were found.",
-    )
-    check.add_argument("--dataset", required=True, choices=list_datasets())
-    check.add_argument("--data-root", required=True, type=Path, help="the benchmark's root folder")
-    check.add_argument(
-        "--task", action="append", default=None, help="only this task (stem or name); repeatable"
-    )
-    check.add_argument("--limit", type=int, default=None, help="check only the first N per task")
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
-    check.set_defaults(handler=_check)
-    data.set_defaults(handler=lambda args: (data.print_help(), 0)[1])

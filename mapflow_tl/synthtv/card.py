@@ -97,7 +97,11 @@ def knockout_layer_sets(n_layers: int) -> dict[str, list[int]]:
 
 
 def measure(model, tokenizer, *, eval_per_task: int = EVAL_PER_TASK,
-            test_per_task: int = TEST_PER_TASK, knockout: bool = True) -> dict[str, Any]:
+            test_per_task: int = TEST_PER_TASK, knockout: bool = True,
+            path: str | Path | None = None) -> dict[str, Any]:
+    """Everything a model card states: held-out and test-set accuracy per task (``model``,
+    ``tokenizer``: the Hugging Face model) and, with ``knockout``, the cross-frame knockout
+    study on the checkpoint at ``path`` loaded as a VideoLLM."""
     held_out = gen.generate(gen.ALL_TASKS, eval_per_task, EVAL_SEED)
     test_set = gen.generate(gen.ALL_TASKS, test_per_task, TEST_SEED)
     result: dict[str, Any] = {
@@ -109,8 +113,10 @@ def measure(model, tokenizer, *, eval_per_task: int = EVAL_PER_TASK,
     if knockout:
         n_layers = model.config.text_config.num_hidden_layers
         temporal = {task: held_out[task] for task in gen.TEMPORAL_TASKS}
+        from ..models import load_videollm
+
         result["cross_frame_knockout"] = cross_frame_study(
-            model, tokenizer, temporal, knockout_layer_sets(n_layers))
+            load_videollm(path), temporal, knockout_layer_sets(n_layers))
     return result
 
 
@@ -167,9 +173,10 @@ def write_card(path: str | Path, *, name: str, summary: str, training: dict[str,
             "## Cross-frame knockout (Map the Flow, Finding 1)", "",
             "Accuracy (%) on the held-out temporal questions when every frame-t token is kept "
             "from attending to the tokens of frames < t in the given layers (0-based), through "
-            "`mapflow_tl.knockout(mapflow_tl.cross_frame(seg), layers)` on the HookedTransformer "
-            "backbone fed with the HF model's own video embeddings. `early_to_middle` = the first "
-            "half of the layers; `window_l` = layers l−1…l+1.", "",
+            "`mapflow_tl.crossframe_knockout` (the demo's function) on the checkpoint loaded with "
+            "`mapflow_tl.load_videollm`; an answer is correct when the argmax over the whole "
+            "vocabulary is the true letter. `early_to_middle` = the first half of the layers; "
+            "`window_l` = layers l−1…l+1.", "",
             *_knockout_table(study), "",
         ]
     notes = training.get("notes")

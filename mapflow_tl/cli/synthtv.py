@@ -28,7 +28,7 @@ def _log(message: str) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from . import generator as gen
+    from ..synthtv import generator as gen
 
     tasks = args.tasks or list(gen.ALL_TASKS)
     items = gen.generate(tasks, args.per_task, args.seed)
@@ -38,7 +38,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from . import train as T
+    from ..synthtv import train as T
 
     config = T.STAGES[args.stage]
     overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads),
@@ -71,14 +71,14 @@ class _HeldOutMonitor:
     ``seconds`` adds up the time spent evaluating."""
 
     def __init__(self, per_task: int):
-        from . import generator as gen
-        from .evaluate import MONITOR_SEED
+        from ..synthtv import generator as gen
+        from ..synthtv.evaluate import MONITOR_SEED
 
         self.items = gen.generate(gen.ALL_TASKS, per_task, MONITOR_SEED)
         self.seconds = 0.0
 
     def __call__(self, model, tokenizer) -> dict[str, float]:
-        from .evaluate import evaluate
+        from ..synthtv.evaluate import evaluate
 
         start = time.time()
         measured = {task: 100 * row["accuracy"]
@@ -127,13 +127,13 @@ def _settings(pairs: list[str], config) -> dict:
 
 def _write_card(path: Path, stage: str, knockout: bool = True) -> int:
     """Measure the checkpoint at ``path`` and (re)write its model card."""
-    from . import train as T
-    from .card import measure, write_card
-    from .evaluate import load
+    from ..synthtv import train as T
+    from ..synthtv.card import measure, write_card
+    from ..synthtv.evaluate import load
 
     training = json.loads((Path(path) / "training.json").read_text())
     model, tokenizer = load(path)
-    measured = measure(model, tokenizer, knockout=knockout)
+    measured = measure(model, tokenizer, knockout=knockout, path=path)
     write_card(path, name=T.MODEL_NAMES[stage], summary=SUMMARIES[stage], training=training,
                measured=measured, command=training["command"])
     print(json.dumps({task: round(row["accuracy"], 4)
@@ -142,7 +142,7 @@ def _write_card(path: Path, stage: str, knockout: bool = True) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
-    from . import train as T
+    from ..synthtv import train as T
 
     stage = {name: stage for stage, name in T.MODEL_NAMES.items()}.get(args.model)
     path = T.checkpoint_path(args.model) if stage else Path(args.model)
@@ -152,9 +152,9 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from . import generator as gen
-    from .card import knockout_layer_sets
-    from .evaluate import EVAL_SEED, cross_frame_study, evaluate, load
+    from ..synthtv import generator as gen
+    from ..synthtv.card import knockout_layer_sets
+    from ..synthtv.evaluate import EVAL_SEED, cross_frame_study, evaluate, load
 
     model, tokenizer = load(args.model)
     tasks = args.tasks or list(gen.ALL_TASKS)
@@ -164,7 +164,13 @@ def _eval(args: argparse.Namespace) -> int:
     if args.knockout:
         temporal = {t: v for t, v in items.items() if t in gen.TEMPORAL_TASKS}
         layer_sets = knockout_layer_sets(model.config.text_config.num_hidden_layers)
-        result["cross_frame_knockout"] = cross_frame_study(model, tokenizer, temporal, layer_sets)
+        from ..models import load_videollm
+        from ..synthtv.train import MODEL_NAMES, checkpoint_path
+
+        path = (checkpoint_path(args.model) if args.model in MODEL_NAMES.values()
+                else args.model)
+        result["cross_frame_knockout"] = cross_frame_study(load_videollm(path), temporal,
+                                                           layer_sets)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -1,0 +1,240 @@
+"""How every analysis command runs over samples: one orchestration for all of them.
+
+An :class:`AnalysisRun` loads the model and the dataset, takes this process' share of the samples,
+opens the run folder (:class:`~mapflow_tl.runs.RunWriter`: refuses foreign folders, locks, resumes)
+and yields prepared samples with a progress bar, recording the ones that cannot be prepared.
+Commands only say what to compute per sample. Under a launcher with several processes
+(``torchrun``, ``accelerate launch``) each rank takes every ``size``-th sample, writes to
+``OUT/shards/rank-NNN`` and rank 0 merges the shards in sample order at :meth:`finish`.
+
+Nothing heavy is imported at module level: building the parser must stay cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["AnalysisRun", "add_run_arguments", "positive_int", "DTYPE_NAMES", "canonical_dtype",
+           "choose_threads"]
+
+#: Accepted ``--dtype`` spellings → the canonical torch name (equal spellings are one config).
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+               "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+
+#: Arguments that do not change the rows (where and how fast, not what), left out of run.json's
+#: identity.
+_NOT_CONFIG = ("handler", "resume", "out", "device", "strict", "debug", "threads", "overwrite")
+
+
+def canonical_dtype(name: str) -> str:
+    """The canonical name of a dtype spelling (``fp32`` → ``float32``)."""
+    try:
+        return DTYPE_NAMES[str(name).strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPE_NAMES)}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1 (``--limit 0`` or ``--window -3`` is refused before
+    anything is written)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) -> None:
+    """The arguments every analysis command shares."""
+    from ..data.datasets import list_datasets
+
+    parser.add_argument("--model", default="synthtv-video-ft",
+                        help="built-in name, local checkpoint directory or cached hub id")
+    parser.add_argument("--dataset", default="synthtv", type=str.lower, choices=list_datasets(),
+                        help="dataset name (default %(default)s)")
+    parser.add_argument("--data-root", default=None,
+                        help="the benchmark's folder, as downloaded (not needed for synthtv)")
+    parser.add_argument("--task", action="append", default=None,
+                        help="task to run, as a file stem or as tables print it (repeatable; "
+                             "default: all)")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="samples per task at most")
+    parser.add_argument("--out", required=True, help="run directory to write")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", type=canonical_dtype,
+                        help=f"one of {', '.join(sorted(DTYPE_NAMES))} (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for torch (default: chosen for the model's size)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in the same --out")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first bad sample instead of recording it as skipped")
+    if circuit:
+        parser.add_argument("--circuit", action="append", default=None,
+                            help="circuit name or .py file (repeatable)")
+
+
+def check_device(device: str) -> str:
+    """``device`` when torch can use it here; a one-line error with the fix otherwise."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device torch knows; use cpu, cuda, "
+                         f"cuda:N or mps") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch has no CUDA device available; run "
+                         f"with --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None \
+            and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) "
+                         f"here")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available; run with --device cpu")
+    return device
+
+
+def choose_threads(d_model: int, n_layers: int, requested: int | None = None) -> int:
+    """Torch CPU threads for a model of this size: ``requested`` when given; one thread for a
+    small model, where splitting each small matrix product over cores costs more in
+    synchronisation than it saves (a SynthTV flow ran 1.7–6.7× faster on one thread than with
+    the default on a loaded 2-core machine); torch's default otherwise."""
+    import torch
+
+    if requested is not None:
+        return requested
+    if d_model * n_layers <= 512 * 12:
+        return 1
+    return torch.get_num_threads()
+
+
+class AnalysisRun:
+    """One analysis command over a dataset: the model(s), this process' samples and the writer.
+
+    ``command`` names the run in ``run.json``; ``config`` adds to the configuration recorded
+    there (everything that changes the rows belongs in it, so that ``--resume`` can refuse a
+    different one).
+    """
+
+    def __init__(self, args: argparse.Namespace, command: str,
+                 config: dict[str, Any] | None = None) -> None:
+        import torch
+
+        from ..data.datasets import load_dataset
+        from ..distributed import shard, world
+        from ..models import load_videollm
+        from ..runs import RunWriter
+
+        self.args, self.world = args, world()
+        self.device = device = self.world.device(check_device(args.device))
+        self.vlm = load_videollm(args.model, dtype=getattr(torch, args.dtype), device=device)
+        if str(device).startswith("cpu"):
+            torch.set_num_threads(choose_threads(self.vlm.backbone.cfg.d_model,
+                                                 self.vlm.n_layers, args.threads))
+        loaded = load_dataset(args.dataset, args.data_root, args.task, args.limit,
+                              seed=args.seed, strict=args.strict)
+        samples = list(loaded)
+        self.order = [str(getattr(sample, "id", "")) for sample in samples]
+        self.samples = shard(samples, self.world)
+        self.config = {key: value for key, value in vars(args).items() if key not in _NOT_CONFIG}
+        self.config.update(config or {})
+        self.config.update(command=command, model_family=self.vlm.family,
+                           n_layers=self.vlm.n_layers, n_samples=len(samples),
+                           world_size=self.world.size)
+        out = Path(args.out)
+        if self.world.distributed:
+            out = out / "shards" / f"rank-{self.world.rank:03d}"
+        if getattr(args, "overwrite", False):
+            clear_run(out)
+        self.writer = RunWriter(out, self.config, resume=args.resume)
+        (self.writer.out / "skipped.jsonl").unlink(missing_ok=True)
+        if self.world.is_main:
+            self.writer.write("skipped", [s.to_dict() for s in loaded.skipped])
+
+    def each(self, table: str, done: set[tuple] | None = None) -> Iterator[tuple[Any, Any]]:
+        """``(sample, prepared)`` for this rank's samples, with a progress bar, skipping those
+        already in ``table`` (or in ``done``). A sample that cannot be prepared (unreadable
+        video, prompt that cannot be placed) is recorded in the ``skipped`` table with its
+        reason, unless ``--strict``."""
+        from tqdm import tqdm
+
+        from ..runs import RunWriter, check_interrupt
+
+        done = self.writer.completed(table, "sample") if done is None else done
+        samples = tqdm(self.samples, desc=f"{self.config['command']}"
+                       + (f" [rank {self.world.rank}]" if self.world.distributed else ""),
+                       unit="sample", dynamic_ncols=True, position=self.world.rank)
+        for sample in samples:
+            check_interrupt()
+            sample_id = str(getattr(sample, "id", ""))
+            if RunWriter.key({"sample": sample_id}, "sample") in done:
+                continue
+            try:
+                prepared = self.vlm.prepare(sample)
+            except ValueError as error:
+                if self.args.strict:
+                    raise
+                self.writer.write("skipped", [{
+                    "sample": sample_id, "file": str(getattr(sample, "video", "")),
+                    "index": None, "field": getattr(error, "field", None),
+                    "reason": str(error)}])
+                continue
+            yield sample, prepared
+
+    def prepared(self, table: str, done: set[tuple] | None = None) -> Iterator[Any]:
+        """The prepared samples of :meth:`each`."""
+        for _, prepared in self.each(table, done):
+            yield prepared
+
+    def finish(self) -> Path:
+        """Close the tables; with several ranks, wait for all and merge on rank 0. Returns the
+        run directory holding the complete tables (on rank 0)."""
+        from ..runs import RunWriter, merge_shards
+
+        self.writer.finish()
+        out = Path(self.args.out)
+        if self.world.distributed:
+            self.world.barrier()
+            if self.world.is_main:
+                RunWriter(out, self.config, resume=True)
+                merge_shards(out, self.order)
+            self.world.barrier()
+            self.world.close()
+        if self.world.is_main:
+            summarise_skipped(out)
+        return out
+
+
+def clear_run(out: Path) -> None:
+    """Delete what a run of ours wrote in ``out`` (``--overwrite``). A folder without our
+    ``run.json`` is left alone: the run writer then refuses it by name."""
+    from ..runs import CONFIG_FILE
+
+    out = Path(out)
+    if not (out / CONFIG_FILE).is_file():
+        return
+    for pattern in ("*.jsonl", "*.csv", "*.parquet", "report.html", CONFIG_FILE):
+        for path in out.glob(pattern):
+            path.unlink()
+
+
+def summarise_skipped(out: Path) -> None:
+    """Print how many samples were skipped and the first reasons, with their entries."""
+    from ..runs import read_table
+
+    skipped = read_table(out, "skipped")
+    if skipped:
+        print(f"{len(skipped)} sample(s) skipped; reasons in {out / 'skipped.jsonl'}:",
+              file=sys.stderr)
+        for row in skipped[:5]:
+            where = row.get("sample") or row.get("file")
+            if row.get("index") is not None:
+                where = f"{where} [entry {row['index']}]"
+            print(f"  {where}: {row['reason']}", file=sys.stderr)

@@ -1,0 +1,99 @@
+"""The dataset registry: every name that ``load_dataset`` and ``--dataset`` accept.
+
+A benchmark is read from a local folder laid out as it is published (``data_root``); a built-in
+dataset (``synthtv``) is generated deterministically and needs no folder. Registering a new
+benchmark is one entry here (see docs/adding_a_benchmark.md). The loaders are imported only when
+a dataset is loaded, so listing the names costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DataError
+
+__all__ = ["DatasetSpec", "DATASETS", "list_datasets", "load_dataset", "resolve_dataset"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registered dataset: its loader as ``"module:function"`` (called as
+    ``loader(data_root, tasks, limit, strict=..., check_videos=...)``, or for a built-in dataset
+    ``loader(tasks, limit, seed=...)``), and a line for listings."""
+
+    loader: str
+    description: str
+    builtin: bool = False
+
+    def load(self):
+        module, _, function = self.loader.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "synthtv": DatasetSpec("mapflow_tl.synthtv.dataset:load_synthtv",
+                           "SynthTV, generated (no download): the built-in evaluation set",
+                           builtin=True),
+    "tvbench": DatasetSpec("mapflow_tl.data.benchmarks:load_tvbench",
+                           "TVBench (FunAILab/TVBench); also reads a written SynthTV set"),
+    "mvbench": DatasetSpec("mapflow_tl.data.benchmarks:load_mvbench",
+                           "MVBench (OpenGVLab/MVBench)"),
+    "tomato": DatasetSpec("mapflow_tl.data.benchmarks:load_tomato", "TOMATO (yale-nlp/TOMATO)"),
+}
+
+
+def list_datasets(*, builtin: bool | None = None) -> list[str]:
+    """Names :func:`load_dataset` accepts (``builtin=False``: only those read from a folder)."""
+    return sorted(name for name, spec in DATASETS.items()
+                  if builtin is None or spec.builtin == builtin)
+
+
+def resolve_dataset(name: str) -> DatasetSpec:
+    """The registry entry of ``name`` (case and surrounding spaces ignored), or a DataError
+    listing the names."""
+    spec = DATASETS.get(str(name).strip().lower())
+    if spec is None:
+        raise DataError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}",
+                        field="dataset")
+    return spec
+
+
+def load_dataset(
+    name: str,
+    data_root: str | Path | None = None,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+    *,
+    seed: int = 0,
+    strict: bool = True,
+    check_videos: bool = True,
+):
+    """Load dataset ``name`` (see :func:`list_datasets`) as a
+    :class:`~mapflow_tl.data.benchmarks.LoadedBenchmark` (iterate it for samples; ``.skipped``
+    lists what a non-strict load left out).
+
+    - ``data_root``: the benchmark's local folder, laid out as the benchmark publishes it;
+      built-in datasets need none (given one, ``synthtv`` reads a written SynthTV set from it
+      in TVBench's format).
+    - ``tasks``: task file stems or names (default: all; for ``synthtv`` the temporal tasks).
+    - ``limit``: at most this many samples per task.
+    - ``seed``: the generator seed offset of a built-in dataset (benchmarks ignore it).
+    - ``strict``: raise :class:`~mapflow_tl.data.errors.DataError` naming the file, entry and
+      field at the first bad sample; with ``strict=False`` such samples go to ``.skipped``.
+    - ``check_videos``: check that each sample's video exists (``mapflow-tl data check`` also
+      opens them).
+    """
+    spec = resolve_dataset(name)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"limit must be a whole number of at least 1, got {limit!r}",
+                        field="limit")
+    if spec.builtin and data_root is None:
+        return spec.load()(tasks, limit, seed=seed)
+    if data_root is None:
+        raise DataError(f"dataset {name!r} is read from the folder it was downloaded to: pass "
+                        f"data_root (--data-root on the command line)", field="data_root")
+    loader = DATASETS["tvbench"].load() if spec.builtin else spec.load()
+    return loader(data_root, tasks, limit, strict=strict, check_videos=check_videos)

@@ -1,0 +1,78 @@
+"""Layer selection: which layers an intervention acts in.
+
+Plain Python (no torch), so the command line can offer the window styles without loading a model.
+Layers are 0-based block indices throughout the library; the paper writes 1-based, inclusive
+ranges ("L6–15"), which :func:`layer_range` converts.
+"""
+
+from __future__ import annotations
+
+__all__ = ["WINDOW_STYLES", "check_layer", "window", "layer_range", "early_to_middle_layers",
+           "default_window_size"]
+
+WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
+
+
+def check_layer(layer: object, n_layers: int, what: str = "layer") -> int:
+    """``layer`` itself when it is an int in ``[0, n_layers)``; otherwise a ValueError naming it."""
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"{what} must be an int, got {layer!r}")
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"{what} {layer} is outside [0, {n_layers}) of a {n_layers}-layer model")
+    return layer
+
+
+def window(center: int, *, n_layers: int, k: int = 9, style: str = "center") -> list[int]:
+    """The layers knocked out for one point of a layer sweep (Map the Flow §2, "Window").
+
+    - ``center``: the k layers centred on ``center``, clipped to the model:
+      ``max(0, center - k//2) … min(n_layers - 1, center + (k - 1)//2)`` (k = 9: l−4 … l+4);
+    - ``inverse``: every layer except that centred window;
+    - ``top_down``: ``center … n_layers - 1``;
+    - ``bottom_up``: ``0 … center``.
+    """
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers <= 0:
+        raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+    check_layer(center, n_layers, "window center")
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ValueError(f"window size k must be a positive int, got {k!r}")
+    if style not in WINDOW_STYLES:
+        raise ValueError(f"unknown window style {style!r}; choose one of {WINDOW_STYLES}")
+    lo, hi = max(0, center - k // 2), min(n_layers - 1, center + (k - 1) // 2)
+    if style == "center":
+        layers = list(range(lo, hi + 1))
+    elif style == "inverse":
+        layers = [layer for layer in range(n_layers) if not lo <= layer <= hi]
+    elif style == "top_down":
+        layers = list(range(center, n_layers))
+    else:
+        layers = list(range(0, center + 1))
+    if not layers:
+        raise ValueError(
+            f"window center={center}, k={k}, style={style!r} covers no layer of a "
+            f"{n_layers}-layer model"
+        )
+    return layers
+
+
+def layer_range(first: int, last: int, n_layers: int, *, circuit: str = "") -> range:
+    """0-based layers for the paper's 1-based, inclusive "L{first}–{last}", checked against the
+    model's depth."""
+    if not 1 <= first <= last <= n_layers:
+        raise ValueError(f"{circuit or 'circuit'}: layers L{first}–{last} (1-based) do not fit a "
+                         f"{n_layers}-layer model")
+    return range(first - 1, last)
+
+
+def early_to_middle_layers(n_layers: int) -> list[int]:
+    """The paper's early-to-middle block for cross-frame knockout (Finding 1): layers 1–16 of 32
+    (1-based), i.e. the first half of the model, scaled to its depth (0-based indices)."""
+    return list(range(0, max(1, n_layers // 2)))
+
+
+def default_window_size(n_layers: int) -> int:
+    """The knockout window for a model of this depth: the paper's k = 9 of 32 layers (28 %)
+    scaled to ``n_layers`` and rounded to the nearest odd number, so the window stays centred
+    (32 layers: 9; 40: 11; 28: 7; 8: 3)."""
+    scaled = 9 * n_layers / 32
+    return max(1, 2 * round((scaled - 1) / 2) + 1)

@@ -1,0 +1,66 @@
+"""The result tables' schema: table names, their columns, the sample modes and the pathway names.
+
+Analyses produce rows with exactly these columns, the run writer stores them, the report and
+``load_run`` read them. Everything that more than one module needs to agree on is declared here
+once (and a test checks that every analysis' rows carry exactly their table's columns).
+Plain Python: the command line reads it without importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+__all__ = ["SAMPLE_MODES", "PATHWAY_ORDER", "TABLES", "SAMPLE_COLUMNS", "BASE_COLUMNS",
+           "sample_fields", "check_row"]
+
+#: Which samples a knockout analysis uses: those the model answers correctly (the paper's
+#: default), the wrong ones, or all.
+SAMPLE_MODES = ("correct", "wrong", "all")
+
+#: The paper's pathways in a fixed order: a pathway keeps its colour in every figure.
+PATHWAY_ORDER = (
+    "cross-frame", "video → question", "video → last", "question → last", "last → last",
+    "non-option question → last", "true option → last", "false options → last",
+    "video → non-option question", "non-option question → true option", "video → true option",
+)
+
+#: Columns identifying the sample a row belongs to.
+SAMPLE_COLUMNS = ("sample", "task")
+
+#: The clean run's answer, repeated on every knockout row so a row reads on its own.
+BASE_COLUMNS = ("base_token", "base_p_pred", "base_p_true", "base_correct", "base_option")
+
+#: Table name → its columns, in order.
+TABLES: dict[str, tuple[str, ...]] = {
+    "samples": SAMPLE_COLUMNS + BASE_COLUMNS + ("selected",),
+    "flow": SAMPLE_COLUMNS + ("circuit", "curve", "layer", "layers", "k", "style")
+    + BASE_COLUMNS + ("p_pred", "p_true", "change_pred", "change_true", "token", "option",
+                      "correct", "edges"),
+    "prob": SAMPLE_COLUMNS + ("layer", "option", "is_true", "probability"),
+    "lens": SAMPLE_COLUMNS + ("layer", "position", "frame", "h", "w", "top_ids", "top_tokens",
+                              "top_probs"),
+    "keywords": ("layer", "spatial", "temporal", "positions"),
+    "prune": SAMPLE_COLUMNS + ("circuit", "variant", "seed", "token", "correct", "p_true",
+                               "kept_edges", "total_edges", "retained"),
+    "attention": SAMPLE_COLUMNS + ("condition", "layer", "position", "frame", "h", "w",
+                                   "attention"),
+    "crossframe": SAMPLE_COLUMNS + ("model", "condition", "layers", "token", "correct"),
+    "skipped": ("sample", "file", "index", "field", "reason"),
+}
+
+
+def sample_fields(x: Any) -> dict[str, Any]:
+    """The sample columns of a row about prepared sample ``x`` (its id and task)."""
+    meta = getattr(x, "meta", {}) or {}
+    return {"sample": meta.get("id", ""), "task": meta.get("task", "")}
+
+
+def check_row(table: str, row: Mapping[str, Any]) -> None:
+    """Raise a ValueError naming the columns when ``row`` does not have exactly the columns of
+    ``table``."""
+    expected = TABLES[table]
+    if tuple(row) != expected and set(row) != set(expected):
+        missing = [c for c in expected if c not in row]
+        extra = [c for c in row if c not in expected]
+        raise ValueError(f"a {table!r} row has columns missing {missing} and extra {extra}; "
+                         f"declare them in mapflow_tl/schema.py")
