@@ -1,14 +1,22 @@
 """Named circuits: the paper's experiments (and a user's own) as data.
 
-A circuit is one Python file in a circuits folder (the repository's ``circuits/`` by default, plus
-any folder or file the user names). It defines:
+A circuit is one Python file in a circuits folder. The ones that ship with mapflow-tl are the
+repository's ``circuits/`` folder, installed as the package ``mapflow_tl.builtin_circuits`` and
+read with :mod:`importlib.resources` (a wheel and an editable install read the same files); a
+user's own come from ``--dir`` folders, ``$MAPFLOW_CIRCUITS`` or a ``.py`` path. A circuit file
+defines:
 
-- ``NAME`` — the circuit's name (``cross-frame``, ``vql-to-ql``, …);
+- ``NAME`` — the circuit's name (``cross-frame``, ``vql-to-ql``, …), a plain string literal:
+  circuits are found by reading ``NAME`` from the source without running the file;
 - ``DESCRIPTION`` — one line for ``mapflow-tl circuits``;
 - either ``curves(seg, n_layers) -> {curve name: Edges}`` — an information-flow circuit: each curve
   is one edge set knocked out with a sliding layer window (Map the Flow §2);
 - or ``pathway(seg, n_layers) -> PathwaySpec`` — an effective-pathway circuit (Finding 4): the
   edges kept open and blocked in every layer.
+
+Loading a circuit runs its file's code, like an import: load circuits you trust. Asking for a
+circuit by name runs only the file that declares that name; a ``.py`` file without a ``NAME``
+(a helper) is not a circuit and is never run by a lookup.
 
 Circuits are built from a SegmentMap and the layer count only: no model-family branches, no layer
 ranges keyed by a model-size string. A user's circuit is a new file of the same shape.
@@ -16,6 +24,9 @@ ranges keyed by a model-size string. A user's circuit is a new file of the same 
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib.resources
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -27,10 +38,20 @@ from .edges import Edges
 from .hooks import PathwaySpec
 from .segments import SegmentMap
 
-__all__ = ["Circuit", "load_circuit", "list_circuits", "circuit_dirs", "layer_range"]
+__all__ = [
+    "Circuit",
+    "CircuitFile",
+    "builtin_dir",
+    "circuit_dirs",
+    "circuit_files",
+    "layer_range",
+    "list_circuits",
+    "load_circuit",
+    "paper_pathway",
+]
 
-#: The repository's circuits folder (next to the package in a source checkout / editable install).
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "circuits"
+#: The package the repository's ``circuits/`` folder is installed as (see setup.py).
+BUILTIN_PACKAGE = "mapflow_tl.builtin_circuits"
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,20 @@ class Circuit:
         return spec
 
 
+@dataclass(frozen=True)
+class CircuitFile:
+    """A ``.py`` file in a circuits folder, read without running it.
+
+    ``name`` is its literal ``NAME``; None with ``problem`` None means the file declares no
+    ``NAME`` (a helper, not a circuit); ``problem`` says why the name could not be read (a syntax
+    error, a ``NAME`` that is not a string literal).
+    """
+
+    path: Path
+    name: str | None
+    problem: str | None = None
+
+
 def layer_range(first: int, last: int, n_layers: int, *, circuit: str = "") -> range:
     """0-based layers for the paper's 1-based, inclusive "L{first}–{last}", checked against the
     model's depth."""
@@ -77,21 +112,78 @@ def layer_range(first: int, last: int, n_layers: int, *, circuit: str = "") -> r
     return range(first - 1, last)
 
 
+def builtin_dir() -> Path:
+    """The folder of the circuits that ship with mapflow-tl: ``mapflow_tl/builtin_circuits`` in
+    an installed wheel, the repository's ``circuits/`` in an editable install."""
+    try:
+        folder = importlib.resources.files(BUILTIN_PACKAGE)
+    except ModuleNotFoundError:
+        raise ImportError(f"the built-in circuits ({BUILTIN_PACKAGE}) are not installed: this "
+                          f"install of mapflow-tl predates them; reinstall it (in a source "
+                          f"checkout: pip install -e .)") from None
+    if not isinstance(folder, Path):  # e.g. a zipped install: circuit files must be real files
+        raise ImportError(f"the built-in circuits ({BUILTIN_PACKAGE}) are not a folder on disk "
+                          f"({folder!r}); install mapflow-tl unzipped")
+    return folder
+
+
 def circuit_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
-    """Folders searched for circuits: the given ones, ``$MAPFLOW_CIRCUITS`` (os.pathsep-separated),
-    then the repository's ``circuits/``."""
+    """Folders searched for circuits, earliest first: the given ones, ``$MAPFLOW_CIRCUITS``
+    (os.pathsep-separated), then the built-in circuits (:func:`builtin_dir`)."""
     dirs = [Path(p) for p in extra]
     dirs += [Path(p) for p in os.environ.get("MAPFLOW_CIRCUITS", "").split(os.pathsep) if p]
-    dirs.append(DEFAULT_DIR)
+    dirs.append(builtin_dir())
     return dirs
 
 
+def _declared_name(path: Path) -> CircuitFile:
+    """Read ``NAME = "..."`` from the file's top level without running it (the last assignment
+    counts, as it would when the file runs)."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as error:
+        return CircuitFile(path, None, f"syntax error on line {error.lineno}: {error.msg}")
+    except (OSError, ValueError) as error:  # unreadable, or null bytes
+        return CircuitFile(path, None, f"cannot be read ({error})")
+    value: ast.expr | None = None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "NAME" for t in node.targets):
+            value = node.value
+        elif (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+              and node.target.id == "NAME" and node.value is not None):
+            value = node.value
+    if value is None:
+        return CircuitFile(path, None)
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        return CircuitFile(path, value.value)
+    return CircuitFile(path, None, 'NAME must be a plain string literal (NAME = "my-circuit") so '
+                                   'that circuits are found without running their files')
+
+
+def circuit_files(extra_dirs: Iterable[str | Path] = ()) -> list[CircuitFile]:
+    """Every ``.py`` file in the circuit folders (:func:`circuit_dirs` order, then by file name;
+    names starting with ``_`` skipped), with its ``NAME`` read statically: no file is run."""
+    files: list[CircuitFile] = []
+    for folder in circuit_dirs(extra_dirs):
+        if folder.is_dir():
+            files += [_declared_name(path) for path in sorted(folder.glob("*.py"))
+                      if not path.name.startswith("_")]
+    return files
+
+
 def _import(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"mapflow_circuit_{path.stem}", path)
+    # a module name unique to the file, so two folders' "pathway.py" do not meet in tracebacks
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    spec = importlib.util.spec_from_file_location(f"mapflow_circuit_{path.stem}_{digest}", path)
     if spec is None or spec.loader is None:
         raise ValueError(f"cannot import circuit file {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # a user's file may raise anything; name the file, keep the cause
+        raise ValueError(f"circuit file {path} failed to run: {type(error).__name__}: "
+                         f"{error}") from error
     return module
 
 
@@ -106,31 +198,57 @@ def _from_module(module: ModuleType, path: Path) -> Circuit:
     return Circuit(module.NAME, module.DESCRIPTION, path, curves, pathway)
 
 
-def list_circuits(extra_dirs: Iterable[str | Path] = ()) -> dict[str, Circuit]:
-    """Every circuit found, by name (an earlier folder wins over a later one)."""
+def _load(file: CircuitFile) -> Circuit:
+    if file.problem is not None:
+        raise ValueError(f"circuit file {file.path}: {file.problem}")
+    circuit = _from_module(_import(file.path), file.path)
+    if circuit.name != file.name:
+        raise ValueError(f"circuit file {file.path}: NAME reads {file.name!r} in the source but "
+                         f"is {circuit.name!r} once run; assign NAME once, as a string literal")
+    return circuit
+
+
+def list_circuits(
+    extra_dirs: Iterable[str | Path] = (), *, errors: list[str] | None = None
+) -> dict[str, Circuit]:
+    """Every circuit found, by name (an earlier folder wins over a later one). This runs every
+    circuit file (to read its description and kind); files without ``NAME`` are helpers and are
+    not run.
+
+    A circuit file that cannot be loaded raises ValueError naming it, or, when ``errors`` is a
+    list, adds that one-line message to it and is left out.
+    """
     found: dict[str, Circuit] = {}
-    for folder in circuit_dirs(extra_dirs):
-        if not folder.is_dir():
+    for file in circuit_files(extra_dirs):
+        if (file.name is None and file.problem is None) or file.name in found:
             continue
-        for path in sorted(folder.glob("*.py")):
-            if path.name.startswith("_"):
-                continue
-            circuit = _from_module(_import(path), path)
-            found.setdefault(circuit.name, circuit)
+        try:
+            circuit = _load(file)
+        except ValueError as error:
+            if errors is None:
+                raise
+            errors.append(str(error))
+            continue
+        found[circuit.name] = circuit
     return found
 
 
 def load_circuit(name_or_path: str | Path, extra_dirs: Iterable[str | Path] = ()) -> Circuit:
-    """A circuit by name, or from a ``.py`` file path."""
+    """A circuit by name (running only the file that declares it) or from a ``.py`` file path."""
     path = Path(name_or_path)
     if path.suffix == ".py":
         if not path.is_file():
             raise ValueError(f"circuit file {path} does not exist")
         return _from_module(_import(path), path)
-    circuits = list_circuits(extra_dirs)
-    if str(name_or_path) not in circuits:
-        raise ValueError(f"unknown circuit {str(name_or_path)!r}; available: {sorted(circuits)}")
-    return circuits[str(name_or_path)]
+    name = str(name_or_path)
+    files = circuit_files(extra_dirs)
+    for file in files:
+        if file.name == name:
+            return _load(file)
+    available = sorted({file.name for file in files if file.name is not None})
+    unread = [f"{file.path} ({file.problem})" for file in files if file.problem is not None]
+    raise ValueError(f"unknown circuit {name!r}; available: {available}"
+                     + (f"; not read: {'; '.join(unread)}" if unread else ""))
 
 
 def paper_pathway(
