@@ -46,7 +46,7 @@ from torch import nn
 
 from .adapter import register_adapter
 from .backbone import hooked_from_hf
-from .loading import check_weights, load_tokenizer
+from .loading import check_weights, load_tokenizer, read_weight_files
 from .native_adapter import NativeVideoAdapter, VideoInputs
 
 __all__ = ["InternVLChatAdapter", "INTERNVL_SYSTEM_PROMPT", "phi3_chat_template",
@@ -77,19 +77,12 @@ def phi3_chat_template(system: str) -> str:
 
 # ---------------------------------------------------------------------- weights
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = sorted(f for f in path.glob("*.safetensors") if not f.name.startswith("adapter"))
-    if files:
-        state: dict[str, torch.Tensor] = {}
-        for file in files:
-            state.update(load_file(str(file)))
-        return state
-    files = sorted(f for f in path.glob("*.bin") if not f.name.startswith("adapter"))
-    state = {}
-    for file in files:
-        state.update(torch.load(file, map_location="cpu", weights_only=True))
-    return state
+    # safetensors shards when there are any, else .bin shards (checkpoints ship one kind).
+    for pattern in ("*.safetensors", "*.bin"):
+        files = sorted(f for f in path.glob(pattern) if not f.name.startswith("adapter"))
+        if files:
+            return read_weight_files(files)
+    return {}
 
 
 def remote_vision_state_dict(state: dict[str, torch.Tensor], n_layers: int,

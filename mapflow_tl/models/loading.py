@@ -21,6 +21,7 @@ __all__ = [
     "is_hub_id",
     "local_hub_snapshot",
     "load_hf_model",
+    "read_weight_files",
     "load_tokenizer",
     "torchvision_available",
     "check_processor_ids",
@@ -80,6 +81,20 @@ def local_hub_snapshot(name: str) -> Path | None:
         return Path(snapshot_download(name, local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure means "not in the local cache"
         return None
+
+
+def read_weight_files(files: list[Path]) -> dict[str, torch.Tensor]:
+    """The tensors of ``*.safetensors`` / ``*.bin`` weight files, merged into one state dict (for
+    formats loaded by mapping weights by hand rather than through ``from_pretrained``)."""
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state.update(load_file(str(file)))
+        else:
+            state.update(torch.load(file, map_location="cpu", weights_only=True))
+    return state
 
 
 def load_hf_model(model_class: type, path: Path, dtype: torch.dtype, **kwargs: Any) -> nn.Module:

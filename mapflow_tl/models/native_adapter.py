@@ -67,9 +67,9 @@ class NativeVideoAdapter(FamilyAdapter):
     just before its language model runs, with the position ids it computed); the text decoder
     becomes the HookedTransformer.
 
-    Unlike :class:`~mapflow_tl.models.spliced_adapter.SplicedVideoAdapter`, the placeholder's expansion
-    may mix text with the video tokens (timestamps, "Frame1: <img>"): the expansion text is
-    tokenized with the prompt, and the frames are the runs of feature tokens inside it.
+    Unlike :class:`~mapflow_tl.models.spliced_adapter.SplicedVideoAdapter`, the placeholder's
+    expansion may mix text with the video tokens (timestamps, "Frame1: <img>"): the expansion
+    text is tokenized with the prompt, and the frames are the runs of feature tokens inside it.
 
     Subclasses set ``hf_class_name``, ``video_defaults`` (the HF video processor's class
     defaults) and implement :meth:`video_inputs`. Load options: ``num_frames`` (frames sampled

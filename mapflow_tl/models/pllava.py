@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .adapter import register_adapter
-from .loading import has_weights, load_hf_model, local_hub_snapshot, read_json
+from .loading import has_weights, load_hf_model, local_hub_snapshot, read_json, read_weight_files
 from .pixels import FramePreprocessor
 from .pooled_adapter import DEFAULT_POOLING_SHAPE, PooledFramesAdapter
 
@@ -79,13 +79,8 @@ _OLD_LAYOUT = (("language_model.model.", "model.language_model."),
 
 def _read_adapter_weights(path: Path) -> dict[str, torch.Tensor]:
     for name in _ADAPTER_WEIGHTS:
-        file = path / name
-        if file.is_file():
-            if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                return load_file(str(file))
-            return torch.load(file, map_location="cpu", weights_only=True)
+        if (path / name).is_file():
+            return read_weight_files([path / name])
     raise ValueError(f"{path} has adapter_config.json but no adapter weights "
                      f"({' or '.join(_ADAPTER_WEIGHTS)})")
 
