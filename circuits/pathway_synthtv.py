@@ -1,31 +1,15 @@
 """Effective pathway for the SynthTV model organism (``synthtv-video-ft``, 8 layers).
 
-Ranges read off the model's own flow curves (``mapflow-tl flow --model synthtv-video-ft --task
-action_antonym --task action_sequence --task scene_transition --task moving_direction --task
-object_count --limit 40 --window 3 --circuit vql-to-ql --circuit cross-frame``; 1-based window
-centres; first derived in the seventh session, re-measured on every retrained model since; these
-figures: the ninth session's): video→question hurts in windows centred on L1–5 on every task
-(Moving Direction −63 to −64 % relative p(true) at L1–2, Action Antonym −54 to −58 %, Object
-Count −37 to −41 %, Action Sequence −33 to −41 % at L3–4), question→last in the late windows
-L6–8 on every task and also at L1–2 for Scene Transition (−56 %), cross-frame in windows centred
-on L1–3 for Action Sequence (−36.5 to −46.6 %; the other tasks ≤ 2.5 %), and — unlike the paper's
-7B models — video→last in windows centred on L1–2 for Scene Transition (−6 and −13 %; in the
-eighth session's model it was Object Count at L4–6).
-
-Hence the paper's shape (:func:`~mapflow_tl.circuits.paper_pathway`: cross-frame, then
-video→question, then question→last; last→last blocked; video→video blocked after the
-video→question range) with two measured departures: question→last stays open from L1, and
-video→last stays open in L1–3. ``mapflow-tl prune`` on 40 questions per task (antonym / sequence
-/ transition / direction / count; full model 100 / 97.5 / 100 / 100 / 100): this spec keeps
-72 % of the edges and 100 / 97.5 / 100 / 100 / 100 %, random pruning of as many edges 25 / 82.5
-/ 5 / 37.5 / 10 %; with question→last open only in L5–8 and video→last blocked, as in the paper,
-Action Antonym falls to 42.5 %, Action Sequence to 0 % and Scene Transition to 2.5 %; with
-video→last open in L4–6 instead of L1–3 (the eighth session's spec), Scene Transition falls to
-85 % (``docs/synthtv.md``, "Ninth session").
+The ranges are read off the model's own flow curves (``mapflow-tl flow --model synthtv-video-ft
+--limit 40 --window 3 --circuit vql-to-ql --circuit cross-frame`` over the five temporal tasks):
+the paper's shape (:func:`~mapflow_tl.circuits.paper_pathway`) with two measured departures,
+question→last open from L1 and video→last open in L1–3, because this model reads the video from
+the last position early on Scene Transition. The curves, the pruning results and the variants
+that failed are in docs/synthtv.md, "The measured pathway".
 """
 
 from mapflow_tl import edges as E
-from mapflow_tl.circuits import layer_range
+from mapflow_tl.layers import layer_range
 from mapflow_tl.hooks import PathwaySpec
 
 NAME = "pathway-synthtv"
