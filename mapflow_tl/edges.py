@@ -253,10 +253,6 @@ class Edges:
         rows = self.dense(n_positions).any(dim=1).nonzero()
         return int(rows[0]) if rows.numel() else None
 
-    def query_positions(self, n_positions: int) -> Int[torch.Tensor, " n"]:
-        """Every query position that has at least one edge in the set."""
-        return self.dense(n_positions).any(dim=1).nonzero().flatten()
-
     def same_as(self, other: "Edges", n_positions: int) -> bool:
         """Whether two expressions denote the same edges over ``n_positions``."""
         return bool(torch.equal(self.dense(n_positions), other.dense(n_positions)))
