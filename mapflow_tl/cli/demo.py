@@ -35,7 +35,7 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
              threads: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run the demo into ``out`` (continuing a demo run already there); returns the summary of
     :func:`summarise`."""
-    from .. import analyses as A
+    from .. import analyses
     from ..circuits import load_circuit
     from ..models import load_videollm
     from ..report import build_report
@@ -64,24 +64,25 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
     position = {str(getattr(sample, "id", "")): i for i, sample in enumerate(run.samples)}
     for sample, x in run.each("samples", done):
         index = position[str(getattr(sample, "id", ""))]
-        base = A.base_prediction(video, x)
+        base = analyses.base_prediction(video, x)
         if base["base_correct"]:
             for circuit in flows:
-                writer.write("flow", A.flow_sweep(video, x, circuit, k=window_k, base=base))
-        writer.write("prob", A.probability_trace(video, x))
+                writer.write("flow", analyses.flow_sweep(video, x, circuit, k=window_k, base=base))
+        writer.write("prob", analyses.probability_trace(video, x))
         if index < lens_samples:
-            writer.write("lens", A.video_lens(video, x, k=3))
+            writer.write("lens", analyses.video_lens(video, x, k=3))
         if index == 0:
-            writer.write("attention", A.attention_to_frames(video, x))
-        writer.write("prune", A.prune(video, x, pathway, seed=seed, base=base))
-        writer.write("crossframe", A.crossframe_knockout(video, x, model=VIDEO_MODEL)
-                     + A.crossframe_knockout(image, image.prepare(sample), model=IMAGE_MODEL))
+            writer.write("attention", analyses.attention_to_frames(video, x))
+        writer.write("prune", analyses.prune(video, x, pathway, seeds=(seed,), base=base))
+        writer.write("crossframe", analyses.crossframe_knockout(video, x, model=VIDEO_MODEL)
+                     + analyses.crossframe_knockout(image, image.prepare(sample), model=IMAGE_MODEL))
         writer.write("samples", [{**sample_fields(x), **base, "selected": True}])
     out = run.finish()
     (out / "keywords.jsonl").unlink(missing_ok=True)
     keywords = RunWriter(out, run.config, resume=True)
-    keywords.write("keywords", A.keyword_frequency(read_table(out, "lens"), gen.SPATIAL_WORDS,
-                                                   gen.TEMPORAL_WORDS))
+    keywords.write("keywords", analyses.keyword_frequency(read_table(out, "lens"), gen.SPATIAL_WORDS,
+                                                   gen.TEMPORAL_WORDS,
+                                                   tokenizer=video.tokenizer))
     keywords.finish()
     summary = summarise(out)
     summary.update(samples_per_task=per_task, report=str(build_report(out)),

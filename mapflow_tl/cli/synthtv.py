@@ -38,17 +38,17 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..synthtv import train as T
+    from ..synthtv import train
 
-    config = T.STAGES[args.stage]
+    config = train.STAGES[args.stage]
     overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads),
                                    ("init_from", args.init_from)) if v is not None}
     config = replace(config, **overrides, **_settings(args.set or [], config))
-    name = T.MODEL_NAMES[args.stage]
-    out = Path(args.out) if args.out else T.checkpoint_path(name)
+    name = train.MODEL_NAMES[args.stage]
+    out = Path(args.out) if args.out else train.checkpoint_path(name)
     start = time.time()
     monitor = _HeldOutMonitor(args.eval_per_task) if args.eval_every else None
-    model, tokenizer, rows = T.train(config, log=_log, monitor=monitor,
+    model, tokenizer, rows = train.train(config, log=_log, monitor=monitor,
                                      monitor_every=args.eval_every or 0)
     # The training time leaves out the monitoring's evaluations.
     seconds = time.time() - start - (monitor.seconds if monitor else 0.0)
@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
                 "command": command, "notes": args.notes,
                 **({"monitor": [r for r in rows if r["phase"] == "monitor"],
                     "monitor_seconds": monitor.seconds} if monitor else {})}
-    T.save_checkpoint(model, tokenizer, config, out, extra=training)
+    train.save_checkpoint(model, tokenizer, config, out, extra=training)
     _log(f"saved {out} after {seconds / 60:.1f} min; measuring …")
     return _write_card(out, args.stage, knockout=not args.no_knockout)
 
@@ -127,14 +127,14 @@ def _settings(pairs: list[str], config) -> dict:
 
 def _write_card(path: Path, stage: str, knockout: bool = True) -> int:
     """Measure the checkpoint at ``path`` and (re)write its model card."""
-    from ..synthtv import train as T
+    from ..synthtv import train
     from ..synthtv.card import measure, write_card
     from ..synthtv.evaluate import load
 
     training = json.loads((Path(path) / "training.json").read_text())
     model, tokenizer = load(path)
     measured = measure(model, tokenizer, knockout=knockout, path=path)
-    write_card(path, name=T.MODEL_NAMES[stage], summary=SUMMARIES[stage], training=training,
+    write_card(path, name=train.MODEL_NAMES[stage], summary=SUMMARIES[stage], training=training,
                measured=measured, command=training["command"])
     print(json.dumps({task: round(row["accuracy"], 4)
                       for task, row in measured["eval"]["tasks"].items()}, indent=2))
@@ -142,10 +142,10 @@ def _write_card(path: Path, stage: str, knockout: bool = True) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
-    from ..synthtv import train as T
+    from ..synthtv import train
 
-    stage = {name: stage for stage, name in T.MODEL_NAMES.items()}.get(args.model)
-    path = T.checkpoint_path(args.model) if stage else Path(args.model)
+    stage = {name: stage for stage, name in train.MODEL_NAMES.items()}.get(args.model)
+    path = train.checkpoint_path(args.model) if stage else Path(args.model)
     if stage is None:
         stage = json.loads((path / "training.json").read_text())["train_config"]["stage"]
     return _write_card(path, stage, knockout=not args.no_knockout)
