@@ -187,4 +187,8 @@ def test_mrope_bf16_runs_close_to_hf_bf16(qwen_vl, tmp_path):
         expected = hf_low(input_ids=y.input_ids, **inputs).logits.float()
     got = low.run_with_hooks(y).float()
     assert (got - expected).abs().max().item() < 0.15  # bf16 rounding, not wrong positions
-    assert torch.equal(got[0, -1].argmax(), expected[0, -1].argmax())
+    # The same answer up to a bf16 tie: the token we pick is, in HF's own logits, within one bf16
+    # step (2^-7 relative) of HF's best (the random model's top two can be one step apart).
+    best = expected[0, -1].max()
+    ours = expected[0, -1, got[0, -1].argmax()]
+    assert best - ours <= best.abs() * 2 ** -7
