@@ -3,37 +3,77 @@
 A run writes to one folder::
 
     run.json            resolved configuration, model id, package versions, seeds
+    run.lock            held while a process writes the run (pid and host of the holder)
     <table>.jsonl       one JSON row per line, appended per sample (flush + fsync)
     <table>.csv         the same rows as CSV, written when the run finishes
     report.html         the figures (mapflow-tl report RUN_DIR rebuilds it)
 
-Rows are appended as each sample finishes, so an interrupted run keeps everything it computed.
-``--resume`` reopens the same folder: a half-written last line (a write cut off by a crash) is
-dropped, the rows already present are skipped, and only the rest is computed. Resuming with a
-different model, circuit, window, dataset or seed is refused, naming the difference.
+Nothing is lost, nothing is mixed:
+
+- A folder that is not empty and holds no ``run.json`` is not a run of ours: it is refused by
+  name and nothing in it is touched.
+- One process at a time writes a run: :class:`RunWriter` takes an exclusive lock on the folder
+  (a kernel ``flock``, so a killed holder never leaves the folder stuck; where the filesystem
+  has no ``flock``, a lock left by a dead process on this host is recognised by its pid and
+  reclaimed). A second process is refused with the holder's pid and host.
+- Rows are appended as each sample finishes, so an interrupted run keeps everything it computed.
+  ``--resume`` reopens the same folder: a damaged last line (a write cut off by a crash, or a
+  line that is not a JSON object) is dropped, the rows already present are skipped, and only the
+  rest is computed. Resuming with anything that changes the rows (:data:`IDENTITY_KEYS`: model,
+  dataset, circuits and their file content, window, seed, number of ranks, definitions, ...) is
+  refused, naming the difference.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import json
 import os
 import platform
 import signal
+import socket
 import threading
+import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["RunWriter", "read_table", "read_run_config", "package_versions", "IDENTITY_KEYS",
-           "merge_shards", "SHARDS_DIR", "sticky_interrupts", "check_interrupt"]
+try:  # the kernel lock; absent on Windows, where the pid check below is the only guard
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux / macOS
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["RunWriter", "RunFolderError", "read_table", "read_run_config", "package_versions",
+           "IDENTITY_KEYS", "identity_differences", "circuit_fingerprint", "merge_shards",
+           "SHARDS_DIR", "CONFIG_FILE", "LOCK_FILE", "SKIPPED_COLUMNS", "skipped_row",
+           "skipped_at_load", "skipped_at_prepare", "describe_skipped", "write_csv",
+           "sticky_interrupts", "check_interrupt"]
 
 CONFIG_FILE = "run.json"
+LOCK_FILE = "run.lock"
 SHARDS_DIR = "shards"
-#: Configuration keys that must match for a run to be resumed.
-IDENTITY_KEYS = ("command", "model", "dataset", "data_root", "task", "limit", "circuit", "window",
-                 "style", "mode", "method", "seed", "dtype", "top_k", "keywords")
+#: Configuration keys that must match for a run to be resumed: everything that changes the rows.
+#: ``world_size`` (ranks split the samples and write per-rank shards), ``circuit_content`` (the
+#: text of each circuit file, :func:`circuit_fingerprint`: one name can be two different files)
+#: and ``definitions`` (the metric and window definitions in force).
+IDENTITY_KEYS = ("command", "model", "dataset", "data_root", "task", "limit", "circuit",
+                 "circuit_content", "window", "style", "mode", "method", "seed", "dtype", "top_k",
+                 "keywords", "world_size", "definitions")
+#: Columns of the ``skipped`` table, one schema for entries left out when the dataset is loaded
+#: (``stage`` "load": a malformed entry, a missing video) and samples that could not be prepared
+#: (``stage`` "prepare": an unreadable video, a prompt that does not fit). ``index`` is the entry
+#: in its annotation file (list position or key), ``file`` the file at fault.
+SKIPPED_COLUMNS = ("sample", "task", "file", "index", "field", "reason", "stage")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked, with the folder and the fix in one line.
+
+    Subclasses ``ValueError`` so that the command line reports it as a user error (exit code 2).
+    """
 
 
 _INTERRUPTED = threading.Event()
@@ -85,32 +125,311 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-class RunWriter:
-    """Writes one run's configuration and its tables into ``out``."""
+def circuit_fingerprint(circuit: Any) -> str:
+    """16 hex digits of SHA-256 over a circuit file's text: what ``--resume`` compares, so that a
+    different file under the same name (a user's file shadowing a built-in one, an edited
+    circuit) is a different configuration.
 
-    def __init__(self, out: str | Path, config: dict[str, Any], *, resume: bool = False) -> None:
+    ``circuit``: a loaded :class:`~mapflow_tl.circuits.Circuit` (its ``path`` is read) or the
+    path of a circuit ``.py`` file. The text is read with universal newlines, so a CRLF checkout
+    of the same file has the same fingerprint. Only the file itself is hashed, not the modules it
+    imports.
+    """
+    path = Path(getattr(circuit, "path", circuit))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read circuit file {path} to fingerprint it ({error})") from None
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def identity_differences(previous: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """The :data:`IDENTITY_KEYS` on which two configurations differ, as "key: then, now" lines
+    (both sides compared in their JSON form)."""
+    previous, config = _jsonable(dict(previous)), _jsonable(dict(config))
+    return [f"{key}: {previous.get(key)!r} then, {config.get(key)!r} now"
+            for key in IDENTITY_KEYS if previous.get(key) != config.get(key)]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# ---------------------------------------------------------------------------------- the lock
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), telling a process
+    apart from a later one that got the same pid; ``None`` where /proc is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+class _FolderLock:
+    """An exclusive lock on a run folder, held by this process (shared by its writers).
+
+    The lock is ``OUT/run.lock``, ``flock``-ed while held, holding the holder's pid, host, start
+    time. The kernel drops a ``flock`` when its process dies however it dies, so a killed run never
+    leaves the folder stuck. Where the filesystem refuses ``flock``, the file's content decides:
+    a holder on this host whose pid is gone (or is now another process) is stale and the lock is
+    taken over; a live one, or one on another host that cannot be checked, is refused.
+    """
+
+    _held: dict[str, "_FolderLock"] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.path = folder, folder / LOCK_FILE
+        self.key, self.pid, self.count, self.fd = os.path.realpath(folder), os.getpid(), 0, -1
+
+    @classmethod
+    def acquire(cls, folder: Path) -> "_FolderLock":
+        key = os.path.realpath(folder)
+        with cls._guard:
+            lock = cls._held.get(key)
+            if lock is None or lock.pid != os.getpid():  # a forked child holds nothing
+                lock = cls(folder)
+                lock._take()
+                cls._held[key] = lock
+            lock.count += 1
+            return lock
+
+    def release(self) -> None:
+        with self._guard:
+            self.count -= 1
+            if self.count > 0 or self.fd < 0:
+                return
+            if self._held.get(self.key) is self:
+                del self._held[self.key]
+            try:  # remove the file only while it is still ours, then let the kernel lock go
+                if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = -1
+
+    def _take(self) -> None:
+        for _ in range(20):  # retried only when a releasing holder removed the file meanwhile
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                kernel = self._flock(fd)
+                try:
+                    current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    current = False
+                if not current:
+                    os.close(fd)
+                    continue
+                if not kernel:
+                    holder = _read_holder(fd)
+                    if holder and not self._stale(holder):
+                        raise self._busy(holder, kernel=False)
+                _write_holder(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd = fd
+            return
+        raise RunFolderError(f"cannot lock {self.folder}: {self.path} keeps being replaced; "
+                             f"another process is opening the same run, choose another --out")
+
+    def _flock(self, fd: int) -> bool:
+        """Take the kernel lock; ``False`` where the filesystem has none (fall back to pids)."""
+        if fcntl is None:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._busy(_read_holder(fd), kernel=True) from None
+        except OSError as error:
+            if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _stale(holder: dict[str, Any]) -> bool:
+        pid = holder.get("pid")
+        if not isinstance(pid, int) or holder.get("host") != socket.gethostname():
+            return not isinstance(pid, int)  # another host's process cannot be checked
+        if pid == os.getpid() or not _alive(pid):
+            return True
+        started = holder.get("started_ticks")
+        return started is not None and started != _process_start(pid)  # pid reused
+
+    def _busy(self, holder: dict[str, Any] | None, *, kernel: bool) -> RunFolderError:
+        holder = holder or {}
+        who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+               + (f" (since {holder['since']})" if holder.get("since") else ""))
+        fix = "wait for it to finish or stop it, or choose another --out"
+        if not kernel and holder.get("host") != socket.gethostname():
+            fix += f"; if that process is gone, delete {self.path}"
+        return RunFolderError(f"{self.folder} is in use by another run: {who} holds "
+                              f"{self.path}; {fix}")
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        holder = json.loads(os.read(fd, 4096) or b"null")
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _write_holder(fd: int) -> None:
+    record = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "started_ticks": _process_start(os.getpid())}
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, (json.dumps(record) + "\n").encode())
+    os.fsync(fd)
+
+
+# ---------------------------------------------------------------------------- the run folder
+def _foreign_entries(folder: Path) -> list[str]:
+    """The names in ``folder`` that no run of ours wrote, when it holds no ``run.json`` (a lock
+    file and a ``shards/`` folder of rank runs are ours)."""
+    if not folder.exists() or (folder / CONFIG_FILE).is_file():
+        return []
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in (LOCK_FILE, CONFIG_FILE + ".tmp"):
+            continue
+        if (entry.name == SHARDS_DIR and entry.is_dir()
+                and all(rank.is_dir() and rank.name.startswith("rank-")
+                        and not _foreign_entries(rank) for rank in entry.iterdir())):
+            continue
+        foreign.append(entry.name)
+    return foreign
+
+
+def _previous_config(folder: Path) -> dict[str, Any] | None:
+    """The configuration of the run in ``folder``: its ``run.json``, or while a run of several
+    ranks has not been merged yet, that of its first rank's shard."""
+    if (folder / CONFIG_FILE).is_file():
+        return read_run_config(folder)
+    ranks = sorted((folder / SHARDS_DIR).glob(f"rank-*/{CONFIG_FILE}"))
+    return read_run_config(ranks[0].parent) if ranks else None
+
+
+class RunWriter:
+    """Writes one run's configuration and its tables into ``out``, holding the folder's lock.
+
+    The constructor checks the folder before touching anything: a non-empty folder that is not
+    a run of ours is refused; a run of ours needs ``resume=True`` (or ``overwrite=True`` to
+    replace its tables) and, to resume, the same :data:`IDENTITY_KEYS`. It then takes the
+    folder's lock (another process writing the same run is refused with its pid), drops damaged
+    last lines and writes ``run.json``. The lock is held until :meth:`finish` or :meth:`close`
+    (or the writer is garbage collected, or the process ends, however it ends); a
+    :meth:`write` after :meth:`finish` takes it again. Use it as a context manager to release
+    the lock on any exit. Writers of one process on one folder share the lock.
+
+    ``columns``: table name → its columns, for the header of a table's CSV when it has no rows
+    (default: the ``skipped`` table's :data:`SKIPPED_COLUMNS`).
+
+    Every refusal and every failing write to the folder (read-only, full disk) is a
+    :class:`RunFolderError` naming the folder and the fix.
+    """
+
+    def __init__(self, out: str | Path, config: dict[str, Any], *, resume: bool = False,
+                 overwrite: bool = False,
+                 columns: Mapping[str, Sequence[str]] | None = None) -> None:
         self.out = Path(out)
-        config = json.loads(json.dumps(config, default=str))
-        existing = self.out / CONFIG_FILE
-        if existing.is_file():
+        self.columns = {"skipped": SKIPPED_COLUMNS, **(columns or {})}
+        #: Damaged last lines dropped on resume, per table (a crash's torn write).
+        self.repaired: dict[str, int] = {}
+        self._lock: _FolderLock | None = None
+        if resume and overwrite:
+            raise RunFolderError(f"{self.out}: resume and overwrite exclude each other; "
+                                 f"pass one of them")
+        if self.out.exists() and not self.out.is_dir():
+            raise RunFolderError(f"{self.out} is a file, not a folder; choose a folder for --out")
+        foreign = _foreign_entries(self.out)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                              if len(foreign) > 5 else "")
+            raise RunFolderError(
+                f"{self.out} is not empty and is not a mapflow-tl run (no {CONFIG_FILE}; it "
+                f"holds {shown}); nothing in it was changed: choose a new or empty --out folder")
+        config = _jsonable(config)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._lock = _FolderLock.acquire(self.out)
+            self._open(config, resume=resume, overwrite=overwrite)
+        except BaseException as error:
+            self.close()
+            if isinstance(error, OSError):
+                raise _write_error(self.out, error) from error
+            raise
+        self._tables: set[str] = {path.stem for path in self.out.glob("*.jsonl")}
+
+    def _open(self, config: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+        """Under the lock: compare with the run already there, repair its tables, write
+        ``run.json``."""
+        previous = _previous_config(self.out)
+        if previous is not None and overwrite:
+            for pattern in ("*.jsonl", "*.csv", "report.html", CONFIG_FILE):
+                for path in self.out.glob(pattern):
+                    path.unlink()
+        elif previous is not None:
             if not resume:
-                raise ValueError(f"{self.out} already holds a run; pass --resume to continue it "
-                                 f"or choose another --out")
-            previous = read_run_config(self.out)
-            differences = [f"{key}: {previous.get(key)!r} then, {config.get(key)!r} now"
-                           for key in IDENTITY_KEYS if previous.get(key) != config.get(key)]
+                raise RunFolderError(f"{self.out} already holds a run; pass --resume to continue "
+                                     f"it, --overwrite to replace it, or choose another --out")
+            differences = identity_differences(previous, config)
             if differences:
-                raise ValueError(f"cannot resume {self.out} with a different configuration: "
-                                 + "; ".join(differences))
-            for table in self.out.glob("*.jsonl"):
-                _drop_partial_line(table)
-        self.out.mkdir(parents=True, exist_ok=True)
+                raise RunFolderError(f"cannot resume {self.out} with a different configuration: "
+                                     + "; ".join(differences)
+                                     + "; choose another --out for the new configuration")
+            for table in sorted(self.out.glob("*.jsonl")):
+                dropped = _drop_damaged_tail(table)
+                if dropped:
+                    self.repaired[table.stem] = dropped
         self.config = {**config, "versions": package_versions()}
         temporary = self.out / (CONFIG_FILE + ".tmp")
         temporary.write_text(json.dumps(self.config, indent=2, default=str))
-        os.replace(temporary, existing)
-        self._tables: set[str] = {path.stem for path in self.out.glob("*.jsonl")}
+        os.replace(temporary, self.out / CONFIG_FILE)
 
+    # ---------------------------------------------------------------- the lock's lifetime
+    def close(self) -> None:
+        """Release the folder's lock (idempotent)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def _locked(self) -> None:
+        if self._lock is None:
+            try:
+                self._lock = _FolderLock.acquire(self.out)
+            except OSError as error:
+                raise _write_error(self.out, error) from error
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
+    # -------------------------------------------------------------------------- the rows
     def completed(self, table: str, *keys: str) -> set[tuple]:
         """The distinct values of ``keys`` among the rows already written to ``table``."""
         return {tuple(json.dumps(row.get(k), default=str) for k in keys)
@@ -126,7 +445,11 @@ class RunWriter:
         kept = [row for row in rows if self.key(row, key) in done]
         if len(kept) == len(rows):
             return
-        _rewrite_jsonl(path, kept)
+        self._locked()
+        try:
+            _rewrite_jsonl(path, kept)
+        except OSError as error:
+            raise _write_error(self.out, error) from error
 
     @staticmethod
     def key(row: dict[str, Any], *keys: str) -> tuple:
@@ -139,16 +462,39 @@ class RunWriter:
         self._tables.add(table)
         if not rows:
             return
-        with open(self.out / f"{table}.jsonl", "a", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        self._locked()
+        try:
+            with open(self.out / f"{table}.jsonl", "a", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, default=str) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise _write_error(self.out, error) from error
 
     def finish(self) -> None:
-        """Write every table as CSV next to its JSONL."""
-        for table in sorted(self._tables):
-            write_csv(self.out / f"{table}.csv", read_table(self.out, table))
+        """Write every table as CSV next to its JSONL, then release the lock."""
+        self._locked()
+        try:
+            for table in sorted(self._tables):
+                write_csv(self.out / f"{table}.csv", read_table(self.out, table),
+                          self.columns.get(table, ()))
+        except OSError as error:
+            raise _write_error(self.out, error) from error
+        finally:
+            self.close()
+
+
+def _write_error(out: Path, error: OSError) -> RunFolderError:
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        fix = "free some space and continue with --resume (rows written so far are kept)"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "choose a writable --out"
+    else:
+        fix = "check the folder, then continue with --resume or choose another --out"
+    where = f" ({error.filename})" if error.filename else ""
+    return RunFolderError(f"cannot write the run folder {out}{where}: {reason}; {fix}")
 
 
 def _rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -162,18 +508,42 @@ def _rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(temporary, path)
 
 
-def _drop_partial_line(path: Path) -> None:
-    """Cut a file back to its last complete line (a crash may leave half a JSON row)."""
+def _row(line: bytes | str) -> dict[str, Any] | None:
+    """The JSON object on a line, or ``None`` when the line is not one."""
+    try:
+        row = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _drop_damaged_tail(path: Path) -> int:
+    """Cut a table back to its last line that is a complete JSON object: a crash can leave half
+    a row without its newline, and a torn write can leave a line of garbage (NUL bytes, a
+    fragment) or a JSON value that is not a row. Returns the number of lines dropped."""
     data = path.read_bytes()
+    keep, dropped = len(data), 0
     if data and not data.endswith(b"\n"):
+        keep, dropped = data.rfind(b"\n") + 1, 1
+    while keep:
+        start = data.rfind(b"\n", 0, keep - 1) + 1
+        line = data[start:keep]
+        if line.strip() and _row(line) is not None:
+            break
+        dropped += bool(line.strip())
+        keep = start
+    if keep != len(data):
         with open(path, "r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
+            handle.truncate(keep)
             handle.flush()
             os.fsync(handle.fileno())
+    return dropped
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] = ()) -> None:
+    """Rows as CSV (lists and dicts as JSON), written atomically; ``columns`` come first and make
+    the header of a table without rows."""
+    columns = list(columns)
     for row in rows:
         columns += [key for key in row if key not in columns]
     temporary = path.with_suffix(".csv.tmp")
@@ -187,32 +557,87 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_table(run_dir: str | Path, table: str) -> list[dict[str, Any]]:
-    """Rows of ``<table>.jsonl`` (an empty list when the table was not written). A truncated
-    last line — a write cut off by a crash — is ignored."""
+    """Rows of ``<table>.jsonl`` (an empty list when the table was not written). Damaged last
+    lines — a write cut off by a crash, lines that are not JSON objects — are ignored, as
+    ``--resume`` drops them; a damaged line before a good row is a :class:`RunFolderError`
+    naming it."""
     path = Path(run_dir) / f"{table}.jsonl"
     if not path.is_file():
         return []
+    parsed = [(number, _row(line)) for number, line in
+              enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+              if line.strip()]
+    while parsed and parsed[-1][1] is None:  # the damaged tail that --resume drops
+        parsed.pop()
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}: line {number} is not valid JSON") from None
+    for number, row in parsed:
+        if row is None:
+            raise RunFolderError(f"{path}: line {number} is not a JSON object row (a damaged "
+                                 f"file): delete that line to keep the others, or rerun into "
+                                 f"another --out")
+        rows.append(row)
     return rows
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise ValueError(f"{run_dir} is not a mapflow-tl run directory (no {CONFIG_FILE})")
-    return json.loads(path.read_text())
+        raise RunFolderError(f"{run_dir} is not a mapflow-tl run directory (no {CONFIG_FILE})")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RunFolderError(f"{path} cannot be read ({error}); it is damaged: restore it or "
+                             f"start the run again in another --out") from None
+    if not isinstance(config, dict):
+        raise RunFolderError(f"{path} holds {type(config).__name__}, not a run configuration; "
+                             f"restore it or start the run again in another --out")
+    return config
 
 
+# ---------------------------------------------------------------------------- skipped rows
+def skipped_row(*, reason: str, stage: str, sample: str | None = None, task: str | None = None,
+                file: str | None = None, index: int | str | None = None,
+                field: str | None = None) -> dict[str, Any]:
+    """One row of the ``skipped`` table, with exactly :data:`SKIPPED_COLUMNS`."""
+    row = {"sample": sample, "task": task, "file": None if file is None else str(file),
+           "index": index, "field": field, "reason": str(reason), "stage": stage}
+    return {column: row[column] for column in SKIPPED_COLUMNS}
+
+
+def skipped_at_load(skipped: Any) -> dict[str, Any]:
+    """The row of an entry a non-strict load left out (a
+    :class:`~mapflow_tl.data.benchmarks.Skipped`: file, index, field, reason, task)."""
+    return skipped_row(reason=skipped.reason, stage="load", task=skipped.task, file=skipped.file,
+                       index=skipped.index, field=skipped.field)
+
+
+def skipped_at_prepare(sample: Any, error: BaseException) -> dict[str, Any]:
+    """The row of a sample that could not be prepared: its id, task and entry (``entry``, or
+    ``None`` for a sample built by hand), the file at fault (the error's ``path`` when it names
+    one, else the sample's video) and the error's ``field``."""
+    path = getattr(error, "path", None)
+    video = getattr(sample, "video", None)
+    file = path if path is not None else (video if isinstance(video, (str, Path)) else None)
+    return skipped_row(reason=str(error), stage="prepare",
+                       sample=str(getattr(sample, "id", "") or "") or None,
+                       task=getattr(sample, "task", None), file=file,
+                       index=getattr(sample, "entry", None), field=getattr(error, "field", None))
+
+
+def describe_skipped(row: Mapping[str, Any]) -> str:
+    """One line for a skipped row: "<file> entry <index> field '<field>' (sample <id>):
+    <reason>"."""
+    where = str(row.get("file") or row.get("sample") or "?")
+    if row.get("index") is not None:
+        where += f" entry {row['index']}"
+    if row.get("field"):
+        where += f" field '{row['field']}'"
+    if row.get("sample") and str(row.get("sample")) not in where:
+        where += f" (sample {row['sample']})"
+    return f"{where}: {row.get('reason')}"
+
+
+# ---------------------------------------------------------------------------------- shards
 def merge_shards(out: str | Path, sample_order: list[str]) -> list[str]:
     """Merge the per-rank shards ``out/shards/rank-*/<table>.jsonl`` into ``out/<table>.jsonl``,
     rows ordered by their sample's position in ``sample_order`` (rows of one sample keep their
@@ -225,5 +650,5 @@ def merge_shards(out: str | Path, sample_order: list[str]) -> list[str]:
         rows = [row for folder in shard_dirs for row in read_table(folder, table)]
         rows.sort(key=lambda row: position.get(str(row.get("sample")), len(position)))
         _rewrite_jsonl(out / f"{table}.jsonl", rows)
-        write_csv(out / f"{table}.csv", rows)
+        write_csv(out / f"{table}.csv", rows, SKIPPED_COLUMNS if table == "skipped" else ())
     return tables

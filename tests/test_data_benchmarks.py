@@ -10,6 +10,7 @@ data/<reasoning type>.json maps ids to {"question", "options", "answer" (index),
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -149,7 +150,8 @@ def tomato(tmp_path, mp4) -> Path:
 
 
 def test_registry():
-    assert list_datasets() == ["mvbench", "tomato", "tvbench"]
+    assert list_datasets() == ["mvbench", "synthtv", "tomato", "tvbench"]
+    assert list_datasets(builtin=False) == ["mvbench", "tomato", "tvbench"]
     with pytest.raises(DataError, match="unknown dataset 'kinetics'; available: mvbench"):
         load_dataset("kinetics", ".")
 
@@ -335,3 +337,215 @@ def test_data_check_catches_bounds_past_the_video(tvbench, capsys):
     assert code == 1
     (problem,) = json.loads(capsys.readouterr().out)["problems"]
     assert problem["field"] == "start/end" and "select no frame" in problem["reason"]
+
+
+# ------------------------------------------------------------------ issue 24: faults injected
+def windowless_sequence(root: Path) -> None:
+    path = root / "json" / "action_sequence.json"
+    entries = json.loads(path.read_text())
+    entries.append({"video": "1HGEX.mp4", "question": "And then?", "candidates": ["a", "b"],
+                    "answer": "a"})  # no start/end: the question is about a window it lost
+    dump(path, entries)
+
+
+def test_tvbench_windowed_task_without_window_is_an_error_naming_the_entry(tvbench, capsys):
+    windowless_sequence(tvbench)
+    with pytest.raises(DataError, match=r"action_sequence.json entry 1 field 'start': missing "
+                                        r"\(this task's questions are about a time window\)"):
+        load_dataset("tvbench", tvbench)
+    data = load_dataset("tvbench", tvbench, strict=False)
+    assert [(s.index, s.field) for s in data.skipped] == [(1, "start")]
+    assert [s.bounds for s in data if s.task == "Action Sequence"] == [(0.5, 1.5)]
+    # a SynthTV set writes these task names without windows: read as whole videos when asked
+    from mapflow_tl.data import load_tvbench
+
+    whole = load_tvbench(tvbench, ["action_sequence"], require_windows=False)
+    assert [s.bounds for s in whole] == [(0.5, 1.5), None]
+    assert main(["data", "check", "--dataset", "tvbench", "--data-root", str(tvbench),
+                 "--json"]) == 1
+    (problem,) = json.loads(capsys.readouterr().out)["problems"]
+    assert (Path(problem["file"]).name, problem["index"], problem["field"]) == (
+        "action_sequence.json", 1, "start")
+
+
+def test_synthtv_sets_still_read_windowless_sequences(tmp_path):
+    generator = pytest.importorskip("mapflow_tl.synthtv.generator")
+    generator.write_benchmark(tmp_path, generator.generate(["action_sequence"], 2, seed=1),
+                              write_videos=False)
+    data = load_dataset("synthtv", tmp_path, check_videos=False)
+    assert len(data) == 2 and all(s.bounds is None for s in data)
+
+
+def write_narrow_mp4(path: Path, width: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, 32, "yuv420p"
+        for i in range(20):
+            frame = np.full((32, width, 3), 8 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_data_check_runs_the_analyses_frame_reading(tvbench, capsys):
+    """A 48-pixel-wide video opens and counts its frames fine; what fails is reading its frames
+    the way every analysis does. data check must say so before a run does."""
+    from mapflow_tl.models.frames import load_frames
+
+    narrow = write_narrow_mp4(tvbench / "video" / "colour" / "colour_00000.mp4", 48)
+    sample = next(s for s in load_dataset("tvbench", tvbench) if s.task == "colour")
+    try:  # the analyses' reading of this video, whatever it decides, is data check's verdict
+        load_frames(sample, num_frames=8)
+        analysis_error = None
+    except ValueError as error:
+        analysis_error = str(error)
+    code = main(["data", "check", "--dataset", "tvbench", "--data-root", str(tvbench), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    if analysis_error is None:  # a reader that copes with the size: nothing to report
+        assert code == 0 and report["ok"]
+        pytest.skip(f"this video reader reads {narrow.name} at 48 pixels")
+    assert code == 1
+    (problem,) = report["problems"]
+    assert (Path(problem["file"]).name, problem["field"]) == ("colour_00000.mp4", "video")
+    # the same verdict (the decoder's own detail in parentheses may differ between two reads)
+    assert problem["reason"].split(" (")[0] == analysis_error.removeprefix(f"{narrow}: ").split(
+        " (")[0]
+    assert report["tasks"]["colour"] == {"samples": 0, "problems": 1}
+
+
+@pytest.fixture
+def mvbench_video_revision(tmp_path, mp4) -> Path:
+    """MVBench's "video" revision on the Hub: source folders at the root beside json/, the
+    windowed tasks' clips already cut (star/Charades_segment), SSv2 as mp4, NTU RGB+D absent."""
+    root = tmp_path / "MVBench"
+    dump(root / "json" / "action_sequence.json", [
+        {"video": "ZS9XR.mp4", "question": "What happened after the person took the food?",
+         "candidates": ["Ate the medicine.", "Took the box."], "answer": "Ate the medicine.",
+         "start": 11.3, "end": 19.8}])  # seconds in the uncut Charades video
+    dump(root / "json" / "action_antonym.json", [
+        {"video": "166583.webm", "question": "What is the action performed by the person?",
+         "candidates": ["Pulling something", "Pushing something"],
+         "answer": "Pushing something"}])
+    dump(root / "json" / "fine_grained_pose.json", [
+        {"video": "S012C001P037R002A049_rgb.mp4", "question": "What is the pose?",
+         "candidates": ["sit down", "stand up"], "answer": "stand up"}])
+    place(mp4, root / "star" / "Charades_segment" / "ZS9XR.mp4")
+    place(mp4, root / "ssv2_video_mp4" / "166583.webm")
+    return root
+
+
+def test_mvbench_video_revision_loads(mvbench_video_revision):
+    root = mvbench_video_revision
+    sequence, antonym = load_dataset("mvbench", root, tasks=["action_sequence", "action_antonym"])
+    assert sequence.video == root / "star" / "Charades_segment" / "ZS9XR.mp4"
+    # the clip is the window already: 11.3-19.8 s of the uncut video would select no frame of it
+    assert sequence.bounds is None
+    assert (sequence.metadata["start"], sequence.metadata["end"]) == (11.3, 19.8)
+    assert read_sample_video(sequence, 4).frames.shape == (4, 32, 32, 3)
+    assert antonym.video == root / "ssv2_video_mp4" / "166583.webm"
+    assert antonym.answer == "Pushing something"
+
+
+def test_mvbench_missing_ntu_videos_say_where_they_come_from(mvbench_video_revision):
+    with pytest.raises(DataError, match=r"fine_grained_pose.json entry 0 field 'video': video not "
+                                        r"found: .*nturgbd_convert.*MVBench does not distribute "
+                                        r"the NTU RGB\+D videos .*rose1.ntu.edu.sg"):
+        load_dataset("mvbench", mvbench_video_revision, tasks=["fine_grained_pose"])
+    # the main revision's layout (video/nturgbd) gets the same words
+    with pytest.raises(DataError, match=r"video/nturgbd/.*MVBench does not distribute"):
+        (mvbench_video_revision / "video").mkdir()
+        load_dataset("mvbench", mvbench_video_revision, tasks=["fine_grained_pose"])
+
+
+@pytest.mark.parametrize("name", ["../../../outside.mp4", "../colour/../../../outside.mp4",
+                                  "ABSOLUTE"])
+def test_annotation_paths_outside_the_root_are_refused(tvbench, mp4, name):
+    outside = tvbench.parent / "outside.mp4"
+    place(mp4, outside)
+    name = str(outside) if name == "ABSOLUTE" else name
+    path = tvbench / "json" / "colour.json"
+    entries = json.loads(path.read_text())
+    entries[0]["video"] = name
+    dump(path, entries)
+    with pytest.raises(DataError, match=r"colour.json entry 0 field 'video': .* outside the "
+                                        r"benchmark root .*--allow-outside-root"):
+        load_dataset("tvbench", tvbench, tasks=["colour"])
+    from mapflow_tl.data import load_tvbench
+
+    (sample,) = load_tvbench(tvbench, ["colour"], allow_outside_root=True)
+    assert os.path.normpath(sample.video) == str(outside)
+    # inside the root after normalising: fine
+    entries[0]["video"] = "../colour/colour_00000.mp4"
+    dump(path, entries)
+    assert len(load_dataset("tvbench", tvbench, tasks=["colour"])) == 1
+
+
+def test_tomato_paths_outside_the_root_are_refused(tomato):
+    path = tomato / "data" / "direction.json"
+    entries = json.loads(path.read_text())
+    entries["0"]["demonstration_type"] = "../../elsewhere"
+    dump(path, entries)
+    with pytest.raises(DataError, match="direction.json entry 0 field 'video': .*outside the "
+                                        "benchmark root"):
+        load_dataset("tomato", tomato, tasks=["direction"])
+
+
+@pytest.mark.parametrize("answer, message", [
+    ("Sitting down", r"'Sitting down' is not one of .*; did you mean 'sitting down'\?"),
+    ("sitting down ", r"'sitting down ' is not one of .*; did you mean 'sitting down'\?"),
+    ("dancing", r"'dancing' is not one of the candidates \['standing up', 'sitting down'\];"
+                r" fix"),
+])
+def test_near_miss_answers_name_the_candidate(tvbench, answer, message):
+    path = tvbench / "json" / "action_antonym.json"
+    entries = json.loads(path.read_text())
+    entries[0]["answer"] = answer
+    dump(path, entries)
+    with pytest.raises(DataError, match=message):
+        load_dataset("tvbench", tvbench, tasks=["action_antonym"])
+
+
+@pytest.mark.parametrize("candidates, answer, expected", [
+    (["2", "3", "4"], 3.0, "3"), (["2", "3", "4"], 3, "3"), (["2.0", "3.0"], 2, "2.0"),
+    (["2", "2.0"], 2.0, "2.0"),  # the exact text wins over equal values
+])
+def test_numeric_answers_equal_to_a_candidate_are_accepted(tvbench, candidates, answer, expected):
+    path = tvbench / "json" / "action_antonym.json"
+    entries = json.loads(path.read_text())
+    entries[0].update(candidates=candidates, answer=answer)
+    dump(path, entries)
+    assert load_dataset("tvbench", tvbench, tasks=["action_antonym"])[0].answer == expected
+
+
+def test_ambiguous_or_boolean_numeric_answers_are_refused(tvbench):
+    path = tvbench / "json" / "action_antonym.json"
+    entries = json.loads(path.read_text())
+    for candidates, answer in ((["2", "02", "3"], 2.0), (["1", "0"], True), (["2", "3"], 2.5)):
+        entries[0].update(candidates=candidates, answer=answer)
+        dump(path, entries)
+        with pytest.raises(DataError, match="entry 0 field 'answer': .* is not one of"):
+            load_dataset("tvbench", tvbench, tasks=["action_antonym"])
+
+
+def test_tomato_float_index_answer(tomato):
+    path = tomato / "data" / "direction.json"
+    entries = json.loads(path.read_text())
+    entries["0"]["answer"] = 3.0
+    dump(path, entries)
+    assert load_dataset("tomato", tomato, tasks=["direction"])[0].answer == "down"
+
+
+def test_hints_name_the_command_line_option(tomato):
+    with pytest.raises(DataError, match=r"rotation.json: task file missing: download it, or "
+                                        r"choose the tasks you have \(--task on the command line, "
+                                        r"tasks= in Python\); fix the file, or skip it \(run "
+                                        r"without --strict; strict=False in Python\)"):
+        load_dataset("tomato", tomato)
+
+
+def test_samples_know_their_entry(tvbench, tomato):
+    assert [s.entry for s in load_dataset("tvbench", tvbench)] == [0, 1, 0, 0]
+    assert [s.entry for s in load_dataset("tomato", tomato, tasks=["count"])] == ["0", "1"]

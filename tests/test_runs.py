@@ -3,6 +3,7 @@ run — identical rows, none duplicated, none missing."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mapflow_tl.runs import RunWriter, check_interrupt, read_table, sticky_interrupts
+from mapflow_tl import runs
+from mapflow_tl.runs import (RunFolderError, RunWriter, check_interrupt, circuit_fingerprint,
+                             read_table, skipped_at_load, skipped_at_prepare, sticky_interrupts)
 
 
 
@@ -136,5 +139,260 @@ def test_half_written_row_is_dropped_on_resume(tmp_path):
 
 def test_corrupt_row_in_the_middle_is_an_error_naming_the_line(tmp_path):
     (tmp_path / "flow.jsonl").write_text('{"a": 1}\nnot json\n{"a": 2}\n')
-    with pytest.raises(ValueError, match="flow.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(RunFolderError, match="flow.jsonl: line 2 is not a JSON object row"):
         read_table(tmp_path, "flow")
+    (tmp_path / "flow.jsonl").write_text('{"a": 1}\n[1, 2]\n{"a": 2}\n')
+    with pytest.raises(RunFolderError, match="flow.jsonl: line 2 is not a JSON object row"):
+        read_table(tmp_path, "flow")
+
+
+# ------------------------------------------------------------------ issue 24: faults injected
+CONFIG = {"command": "flow", "model": "m", "dataset": "tvbench", "circuit": ["cross-frame"],
+          "window": 9, "seed": 0, "dtype": "float32"}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_foreign_folder_is_refused_and_left_untouched(tmp_path, resume):
+    """The user's own flow.jsonl and CSVs in --out (no run.json): refused by name, and not one
+    byte in the folder changes (today's data loss: rows rewritten, CSVs overwritten)."""
+    (tmp_path / "flow.jsonl").write_text('{"mine": 1}\n')
+    (tmp_path / "results.csv").write_text("a,b\n1,2\n")
+    before = snapshot(tmp_path)
+    with pytest.raises(RunFolderError, match=rf"{tmp_path} is not empty and is not a mapflow-tl "
+                       r"run \(no run.json; it holds flow.jsonl, results.csv\); nothing in it "
+                       r"was changed"):
+        RunWriter(tmp_path, CONFIG, resume=resume)
+    assert snapshot(tmp_path) == before
+
+
+def test_empty_and_own_folders_are_accepted(tmp_path):
+    (tmp_path / "empty").mkdir()
+    RunWriter(tmp_path / "empty", CONFIG).finish()
+    RunWriter(tmp_path / "new" / "nested", CONFIG).finish()
+    # a folder holding only per-rank shards of a run not merged yet is ours, and is that run
+    RunWriter(tmp_path / "dist" / "shards" / "rank-000", {**CONFIG, "world_size": 2}).finish()
+    with pytest.raises(RunFolderError, match="already holds a run; pass --resume"):
+        RunWriter(tmp_path / "dist", {**CONFIG, "world_size": 2})
+    with pytest.raises(RunFolderError, match="world_size: 2 then, 1 now"):
+        RunWriter(tmp_path / "dist", {**CONFIG, "world_size": 1}, resume=True)
+    RunWriter(tmp_path / "dist", {**CONFIG, "world_size": 2}, resume=True).finish()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file, not a folder"):
+        RunWriter(tmp_path / "file", CONFIG)
+
+
+HOLDER = """
+import sys, time
+from mapflow_tl.runs import RunWriter
+writer = RunWriter(sys.argv[1], {"command": "flow", "model": "m"}, resume=True)
+writer.write("flow", [{"sample": "held"}])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "locked"
+    return process
+
+
+def test_second_process_is_refused_with_the_holders_pid(tmp_path):
+    holder = hold_lock(tmp_path)
+    try:
+        for resume in (True, False):
+            with pytest.raises(RunFolderError, match=rf"{tmp_path} is in use by another run: "
+                               rf"process {holder.pid} on .* holds .*run.lock; wait for it"):
+                RunWriter(tmp_path, {"command": "flow", "model": "m"}, resume=resume)
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed with SIGKILL: the kernel dropped its lock; the stale lock file is taken over
+    assert (tmp_path / "run.lock").is_file()
+    with RunWriter(tmp_path, {"command": "flow", "model": "m"}, resume=True) as writer:
+        writer.write("flow", [{"sample": "mine"}])
+        assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    assert not (tmp_path / "run.lock").exists()  # released and removed on exit
+    assert [r["sample"] for r in read_table(tmp_path, "flow")] == ["held", "mine"]
+
+
+def test_lock_is_released_on_exceptions_and_shared_within_a_process(tmp_path):
+    def failing_run():
+        writer = RunWriter(tmp_path, {"command": "flow", "model": "m"})
+        writer.write("flow", [{"sample": "1"}])
+        raise RuntimeError("a bug mid-run")
+
+    with pytest.raises(RuntimeError):
+        failing_run()
+    other = subprocess.run([sys.executable, "-c", HOLDER.replace("time.sleep(120)", ""),
+                            str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0, other.stderr[-2000:]
+    # two writers of one process (the lens command's keyword table) share the lock
+    first = RunWriter(tmp_path, {"command": "flow", "model": "m"}, resume=True)
+    second = RunWriter(tmp_path, {"command": "flow", "model": "m"}, resume=True)
+    first.finish()
+    holder_check = [sys.executable, "-c", "import sys; from mapflow_tl.runs import RunWriter; "
+                    "RunWriter(sys.argv[1], {'command': 'flow', 'model': 'm'}, resume=True)",
+                    str(tmp_path)]
+    refused = subprocess.run(holder_check, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and f"process {os.getpid()}" in refused.stderr
+    second.close()
+    assert subprocess.run(holder_check, capture_output=True, timeout=60).returncode == 0
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("holder, refused", [
+    ("dead", None), ("live", "process {pid} on {host}"),
+    ("other-host", r"process 1 on elsewhere .*if that process is gone, delete .*run.lock")])
+def test_without_kernel_locks_stale_holders_are_found_by_pid_and_host(
+        tmp_path, monkeypatch, holder, refused):
+    """Filesystems without flock: the lock file's pid and host decide."""
+    import socket
+
+    monkeypatch.setattr(runs, "fcntl", None)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid = {"dead": dead_pid(), "live": sleeper.pid, "other-host": 1}[holder]
+        host = "elsewhere" if holder == "other-host" else socket.gethostname()
+        (tmp_path / "run.lock").write_text(json.dumps({"pid": pid, "host": host}))
+        if refused is None:
+            RunWriter(tmp_path, CONFIG).finish()
+            assert not (tmp_path / "run.lock").exists()
+        else:
+            with pytest.raises(RunFolderError, match=refused.format(pid=pid, host=host)):
+                RunWriter(tmp_path, CONFIG)
+            assert json.loads((tmp_path / "run.lock").read_text())["pid"] == pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("key, then, now", [
+    ("world_size", 2, 3),
+    ("definitions", {"relative_change": "paper"}, {"relative_change": "reference"}),
+])
+def test_resume_identity_covers_ranks_and_definitions(tmp_path, key, then, now):
+    RunWriter(tmp_path, {**CONFIG, key: then}).write("flow", [{"sample": "1"}])
+    with pytest.raises(RunFolderError, match=rf"{key}: .* then, .* now"):
+        RunWriter(tmp_path, {**CONFIG, key: now}, resume=True)
+    RunWriter(tmp_path, {**CONFIG, key: then}, resume=True).finish()
+
+
+def test_resume_identity_covers_the_circuit_file_content(tmp_path):
+    """A user's file shadowing a built-in name: same name, other content, refused."""
+    builtin, shadow = tmp_path / "a" / "cross_frame.py", tmp_path / "b" / "cross_frame.py"
+    builtin.parent.mkdir()
+    shadow.parent.mkdir()
+    builtin.write_text("NAME = 'cross-frame'\nEDGES = 448\n")
+    shadow.write_text("NAME = 'cross-frame'\nEDGES = 32\n")
+    crlf = tmp_path / "crlf.py"
+    crlf.write_bytes(builtin.read_text().replace("\n", "\r\n").encode())
+    assert circuit_fingerprint(builtin) == circuit_fingerprint(crlf) != circuit_fingerprint(shadow)
+
+    class Loaded:  # what load_circuit returns: a Circuit with its file's path
+        path = shadow
+
+    assert circuit_fingerprint(Loaded()) == circuit_fingerprint(shadow)
+    run = tmp_path / "run"
+    RunWriter(run, {**CONFIG, "circuit_content": {"cross-frame": circuit_fingerprint(builtin)}})
+    with pytest.raises(RunFolderError, match="circuit_content: {'cross-frame': '[0-9a-f]{16}'} "
+                                             "then, {'cross-frame': '[0-9a-f]{16}'} now"):
+        RunWriter(run, {**CONFIG, "circuit_content": {"cross-frame": circuit_fingerprint(shadow)}},
+                  resume=True)
+    with pytest.raises(ValueError, match="cannot read circuit file .*missing.py"):
+        circuit_fingerprint(tmp_path / "missing.py")
+
+
+@pytest.mark.parametrize("tail", [
+    '{"sample": "3", "va\x00\x00\n',   # torn write, newline included
+    "\x00\x00\x00\x00\n",               # zero-filled block
+    "[1, 2]\n", "3\n", "null\n",        # valid JSON, not a row
+    '{"sample": "3", "va',              # half a line (the case handled before)
+    '[1]\n\n{"sample": "3"\n\n',         # several damaged lines and blanks at the end
+])
+def test_damaged_last_lines_are_dropped_and_later_resumes_work(tmp_path, tail):
+    writer = RunWriter(tmp_path, CONFIG)
+    writer.write("flow", [{"sample": "1"}, {"sample": "2"}])
+    writer.close()
+    with open(tmp_path / "flow.jsonl", "a") as handle:
+        handle.write(tail)
+    assert [r["sample"] for r in read_table(tmp_path, "flow")] == ["1", "2"]
+    for extra in ("3", "4"):  # resume, add a row; resume again: nothing fails on the old tail
+        writer = RunWriter(tmp_path, CONFIG, resume=True)
+        assert writer.completed("flow", "sample") == {(json.dumps(str(i)),)
+                                                      for i in range(1, int(extra))}
+        writer.write("flow", [{"sample": extra}])
+        writer.finish()
+    assert [r["sample"] for r in read_table(tmp_path, "flow")] == ["1", "2", "3", "4"]
+    assert (tmp_path / "flow.jsonl").read_text() == "".join(
+        json.dumps({"sample": str(i)}) + "\n" for i in range(1, 5))
+
+
+def test_empty_skipped_table_has_its_header(tmp_path):
+    writer = RunWriter(tmp_path, CONFIG)
+    writer.write("skipped", [])
+    writer.finish()
+    assert (tmp_path / "skipped.csv").read_text().splitlines() == [
+        "sample,task,file,index,field,reason,stage"]
+
+
+def test_skipped_rows_have_one_schema_with_the_entry():
+    from mapflow_tl.data.benchmarks import Sample, Skipped
+    from mapflow_tl.data.errors import DataError
+
+    at_load = skipped_at_load(Skipped("/b/json/a.json", 3, "answer", "'z' is not one of",
+                                      "Action Antonym"))
+    sample = Sample(id="action_antonym/4", dataset="tvbench", task="Action Antonym",
+                    video=Path("/b/video/x.mp4"), question="q", options=("a", "b"),
+                    answer_index=0, entry=4)
+    at_prepare = skipped_at_prepare(sample, DataError("/b/video/x.mp4: cannot decode",
+                                                      path="/b/video/x.mp4"))
+    assert list(at_load) == list(at_prepare) == list(runs.SKIPPED_COLUMNS)
+    assert at_load == {"sample": None, "task": "Action Antonym", "file": "/b/json/a.json",
+                       "index": 3, "field": "answer", "reason": "'z' is not one of",
+                       "stage": "load"}
+    assert at_prepare == {"sample": "action_antonym/4", "task": "Action Antonym",
+                          "file": "/b/video/x.mp4", "index": 4, "field": None,
+                          "reason": "/b/video/x.mp4: cannot decode", "stage": "prepare"}
+    assert runs.describe_skipped(at_prepare) == ("/b/video/x.mp4 entry 4 (sample "
+                                                 "action_antonym/4): /b/video/x.mp4: cannot decode")
+
+
+def test_unwritable_or_full_folder_is_a_one_line_run_folder_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match=rf"cannot write the run folder {tmp_path}/file/run "
+                                             r".*Not a directory"):
+        RunWriter(tmp_path / "file" / "run", CONFIG)
+    writer = RunWriter(tmp_path / "run", CONFIG)
+    writer.write("flow", [{"sample": "1"}])
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(RunFolderError, match=r"cannot write the run folder .*: No space left on "
+                                             r"device; free some space and continue with "
+                                             r"--resume \(rows written so far are kept\)"):
+        writer.write("flow", [{"sample": "2"}])
+    monkeypatch.undo()
+    writer.close()
+    assert [r["sample"] for r in read_table(tmp_path / "run", "flow")][:1] == ["1"]
+
+
+def test_overwrite_replaces_our_run_under_the_lock(tmp_path):
+    writer = RunWriter(tmp_path, CONFIG)
+    writer.write("flow", [{"sample": "old"}])
+    writer.finish()
+    RunWriter(tmp_path, {**CONFIG, "window": 5}, overwrite=True).finish()
+    assert not (tmp_path / "flow.jsonl").exists() and not (tmp_path / "flow.csv").exists()
+    assert json.loads((tmp_path / "run.json").read_text())["window"] == 5

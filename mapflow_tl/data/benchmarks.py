@@ -5,7 +5,7 @@ Each loader reads a local root directory laid out exactly as the benchmark publi
 a strict load raises :class:`~mapflow_tl.data.errors.DataError` at the first one, a non-strict
 load keeps going and records each bad sample as a :class:`Skipped`.
 
-    data = load_dataset("tvbench", "/datasets/TVBench", tasks=["action_antonym"], limit=20)
+    data = load_tvbench("/datasets/TVBench", tasks=["action_antonym"], limit=20)
     for sample in data: ...          # Sample(id, task, video, question, options, answer_index, ...)
     data.skipped                     # [] in a strict load; Skipped(file, index, field, reason) else
 """
@@ -13,6 +13,7 @@ load keeps going and records each bad sample as a :class:`Skipped`.
 from __future__ import annotations
 
 import json
+import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,6 @@ __all__ = [
     "Skipped",
     "TOMATO_TASKS",
     "TVBENCH_TASKS",
-    "list_datasets",
-    "load_dataset",
     "load_mvbench",
     "load_tomato",
     "load_tvbench",
@@ -44,7 +43,8 @@ class Sample:
     - ``options``: the answer options in benchmark order; ``answer_index`` points into it.
     - ``video``: a video file, GIF or frame folder; ``start``/``end``: the part of it the
       question is about, in seconds (``None``: the whole video).
-    - ``source``: "<annotation file>[<entry>]", where the sample came from.
+    - ``source``: "<annotation file>[<entry>]", where the sample came from; ``entry``: that
+      entry's list position or key (``None`` for a sample built by hand).
     - ``metadata``: the benchmark's other fields of the entry, untouched.
     """
 
@@ -59,6 +59,7 @@ class Sample:
     end: float | None = None
     source: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    entry: int | str | None = None
 
     @property
     def answer(self) -> str:
@@ -180,6 +181,30 @@ MVBENCH_TASKS: dict[str, tuple[str, str, bool]] = {
     "counterfactual_inference": ("Counterfactual Inference", "clevrer/video_validation", False),
 }
 
+# MVBench's "video" revision on the Hub (what lmms-eval reads): the source folders sit at the root
+# beside json/ (no video/ level), SSv2 and NTU RGB+D converted to mp4 (``ssv2_video_mp4``,
+# ``nturgbd_convert``), and the windowed tasks' clips already cut to the question's window
+# (``*_segment``), so their start/end (seconds in the uncut video) must not be applied again.
+# Per task: candidate folders in order, each with whether start/end apply to its videos.
+MVBENCH_VIDEO_REVISION: dict[str, tuple[tuple[str, bool], ...]] = {
+    "action_sequence": (("star/Charades_segment", False), ("star/Charades_v1_480", True)),
+    "action_prediction": (("star/Charades_segment", False), ("star/Charades_v1_480", True)),
+    "object_interaction": (("star/Charades_segment", False), ("star/Charades_v1_480", True)),
+    "action_localization": (("sta/sta_video_segment", False), ("sta/sta_video", True)),
+    "episodic_reasoning": (("tvqa/video_fps3_hq_segment", False), ("tvqa/frames_fps3_hq", True)),
+    "action_antonym": (("ssv2_video_mp4", False), ("ssv2_video", False)),
+    "fine_grained_pose": (("nturgbd_convert", False), ("nturgbd", False)),
+}
+
+#: Videos a benchmark's download does not include: (dataset, task) -> where they come from.
+NOT_DISTRIBUTED: dict[tuple[str, str], str] = {
+    ("mvbench", "fine_grained_pose"): (
+        "MVBench does not distribute the NTU RGB+D videos of Fine-grained Pose (they are "
+        "licensed by the ROSE Lab, NTU Singapore): request NTU RGB+D at "
+        "https://rose1.ntu.edu.sg/dataset/actionRecognition/ and put the listed videos in {folder}, "
+        "or leave the task out (--task / tasks=)"),
+}
+
 # TOMATO: github yale-nlp/TOMATO, data/<reasoning type>.json (src/config.json "reasoning_types").
 TOMATO_TASKS: tuple[str, ...] = (
     "count",
@@ -191,7 +216,8 @@ TOMATO_TASKS: tuple[str, ...] = (
 )
 
 
-MISSING_TASK_FILE = "task file missing (download it, or pass tasks= to load the others)"
+MISSING_TASK_FILE = ("task file missing: download it, or choose the tasks you have (--task on the "
+                     "command line, tasks= in Python)")
 
 
 class _Collector:
@@ -211,9 +237,10 @@ class _Collector:
     ) -> None:
         record = Skipped(str(file), index, field_name, reason, task)
         if self.strict:
-            fix = "fix the annotation" if index is not None or field_name else "fix the file"
+            fix = ("fix the video or the annotation" if field_name == "video" else
+                   "fix the annotation" if index is not None or field_name else "fix the file")
             raise DataError(
-                f"{record}; {fix} or load with strict=False to skip it",
+                f"{record}; {fix}, or skip it (run without --strict; strict=False in Python)",
                 path=file,
                 field=field_name,
             )
@@ -304,9 +331,56 @@ class _FieldError(Exception):
         self.reason = reason
 
 
-def _check_video(video: Path, check_videos: bool) -> None:
+def _check_video(video: Path, check_videos: bool, missing: str | None = None) -> None:
+    """``missing``: what to say when the video is absent (why, and where it comes from)."""
     if check_videos and not video.exists():
-        raise _FieldError("video", f"video not found: {video}")
+        raise _FieldError("video", missing or f"video not found: {video}")
+
+
+def _inside(root: Path, folder: Path, name: str, allow_outside_root: bool) -> Path:
+    """``folder / name`` for an annotation's relative file name, refusing a name that leaves the
+    benchmark root (an absolute path, ``..`` past the root) unless ``allow_outside_root``: a
+    hostile or mistaken annotation file must not make a run read files elsewhere. The check is
+    on the names (no symlinks resolved), so a video folder that is a symlink to another disk is
+    fine."""
+    path = folder / name
+    if allow_outside_root:
+        return path
+    escapes = os.path.isabs(name) or not os.path.normpath(path).startswith(
+        os.path.join(os.path.normpath(root), ""))
+    if escapes:
+        kind = "an absolute path" if os.path.isabs(name) else "a path"
+        raise _FieldError("video", f"{name!r} is {kind} outside the benchmark root {root}; fix "
+                                   f"the annotation, or allow it explicitly (--allow-outside-root "
+                                   f"on the command line, allow_outside_root=True in Python)")
+    return path
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return None
+
+
+def _answer_index(answer: Any, options: tuple[str, ...]) -> int:
+    """The option an answer names: its exact text, or for a number (JSON ``3`` or ``3.0``) the one
+    candidate of that value ("3"). Anything else is an error; a candidate that differs only in
+    case or surrounding spaces is named as "did you mean", never taken silently."""
+    if isinstance(answer, str) and answer in options:
+        return options.index(answer)
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        if str(answer) in options:
+            return options.index(str(answer))
+        equal = [i for i, option in enumerate(options) if _number(option) == answer]
+        if len(equal) == 1:
+            return equal[0]
+    near = [option for option in options
+            if isinstance(answer, (str, int, float)) and not isinstance(answer, bool)
+            and option.strip().casefold() == str(answer).strip().casefold()]
+    hint = f"; did you mean {near[0]!r}?" if len(near) == 1 else (
+        f"; did you mean one of {near}?" if near else "")
+    raise _FieldError("answer", f"{answer!r} is not one of the candidates {list(options)}{hint}")
 
 
 def _load_candidates_format(
@@ -320,11 +394,17 @@ def _load_candidates_format(
     limit: int | None,
     collector: _Collector,
     check_videos: bool,
+    root: Path,
+    allow_outside_root: bool,
+    missing_video: Callable[[str], str | None] = lambda stem: None,
+    window_hint: str = "",
 ) -> list[Sample]:
     """The MVBench-style task JSON that TVBench (and SynthTV) share: a list of
     ``{"video", "question", "candidates", "answer"[, "start", "end"]}`` with ``answer`` the text of
     one candidate. ``bounds_mode(stem)``: "required" (start/end must be there), "optional" (used
-    when there) or "ignored" (the reference reads no bounds for the task)."""
+    when there) or "ignored" (the reference reads no bounds for the task). Video names may not
+    leave ``root`` unless ``allow_outside_root``; ``missing_video(stem)``: the message for a
+    video the benchmark does not distribute (``None``: "video not found")."""
     samples: list[Sample] = []
     for stem in stems:
         path = json_dir / f"{stem}.json"
@@ -347,31 +427,35 @@ def _load_candidates_format(
             try:
                 if not isinstance(entry, dict):
                     raise _FieldError("<entry>", f"expected an object, got {type(entry).__name__}")
-                video = video_dir_of(stem) / _text(entry, "video")
+                video = _inside(root, video_dir_of(stem), _text(entry, "video"),
+                                allow_outside_root)
                 question = _text(entry, "question")
                 options = _options(entry, "candidates")
-                answer = entry.get("answer")
                 if "answer" not in entry:
                     raise _FieldError("answer", "missing")
-                if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-                    answer = str(answer)  # numeric candidates are read as text, see _options
-                if not isinstance(answer, str) or answer not in options:
-                    raise _FieldError(
-                        "answer", f"{answer!r} is not one of the candidates {list(options)}"
-                    )
+                answer_index = _answer_index(entry.get("answer"), options)
                 start = end = None
                 mode = bounds_mode(stem)
                 has_bounds = "start" in entry or "end" in entry
                 if mode == "required" or (mode == "optional" and has_bounds):
-                    start, end = _seconds(entry, "start"), _seconds(entry, "end")
+                    try:
+                        start, end = _seconds(entry, "start"), _seconds(entry, "end")
+                    except _FieldError as error:
+                        if mode == "required" and error.reason.startswith("missing"):
+                            error.reason += window_hint
+                        raise
                     if end < start:
                         raise _FieldError("end", f"end {end} s is before start {start} s")
-                _check_video(video, check_videos)
+                missing = missing_video(stem)
+                _check_video(video, check_videos,
+                             None if missing is None else f"video not found: {video}; {missing}")
             except _FieldError as error:
                 field_name = None if error.field_name == "<entry>" else error.field_name
                 collector.problem(path, index, field_name, error.reason, task)
                 continue
-            known = {"video", "question", "candidates", "answer", "start", "end"}
+            # start/end stay in metadata when they were not applied (a task that ignores them)
+            known = {"video", "question", "candidates", "answer"} | (
+                {"start", "end"} if start is not None else set())
             samples.append(
                 Sample(
                     id=f"{stem}/{index}",
@@ -380,11 +464,12 @@ def _load_candidates_format(
                     video=video,
                     question=question,
                     options=options,
-                    answer_index=options.index(answer),
+                    answer_index=answer_index,
                     start=start,
                     end=end,
                     source=f"{path}[{index}]",
                     metadata={k: v for k, v in entry.items() if k not in known},
+                    entry=index,
                 )
             )
             taken += 1
@@ -398,6 +483,8 @@ def load_tvbench(
     *,
     strict: bool = True,
     check_videos: bool = True,
+    require_windows: bool = True,
+    allow_outside_root: bool = False,
 ) -> LoadedBenchmark:
     """TVBench as published on Hugging Face (FunAILab/TVBench, read as its ``infer.ipynb`` does):
     ``<root>/json/<task>.json`` lists ``{"video", "question", "candidates", "answer"}`` (answer =
@@ -405,11 +492,15 @@ def load_tvbench(
     in seconds), videos at ``<root>/video/<task>/<video>``.
 
     Every ``json/*.json`` is loaded: a file that is not one of the ten official tasks (a SynthTV
-    task, say) is read the same way, with its file stem as task name. ``start``/``end`` are used
-    when an entry of Action Sequence, Action Localization or a non-official task has them (an entry
-    without them covers the whole video, as SynthTV writes) and ignored for the other official
-    tasks, as the reference does. ``tasks`` selects tasks by stem or name, ``limit`` caps
-    the samples per task; see :func:`load_dataset` for ``strict`` and ``check_videos``.
+    task, say) is read the same way, with its file stem as task name, its ``start``/``end`` used
+    when given. An entry of Action Sequence or Action Localization without ``start``/``end`` is
+    an error naming the entry (the question is about a window, and the whole video would answer
+    another question); ``require_windows=False`` reads such entries as whole videos, for a
+    SynthTV set, which writes these task names without windows. The other official tasks'
+    bounds are ignored, as the reference does. Video names that leave the root (``../``, an
+    absolute path) are refused unless ``allow_outside_root``. ``tasks`` selects tasks by stem or
+    name, ``limit`` caps the samples per task; ``strict`` and ``check_videos`` as in
+    :func:`~mapflow_tl.data.datasets.load_dataset`.
     """
     root = _require_root(data_root, "json", "TVBench", "json/<task>.json and video/<task>/")
     json_dir = root / "json"
@@ -418,11 +509,10 @@ def load_tvbench(
     stems = _select(available, display, tasks, "TVBench")
 
     def bounds_mode(stem: str) -> str:
-        # Bounds of the two windowed tasks are optional so that SynthTV, which writes the same file
-        # names without windows, reads as whole videos; other official tasks ignore them as the
-        # reference does; tasks of other names use them when given.
         if stem in TVBENCH_TASKS:
-            return "optional" if TVBENCH_TASKS[stem][1] else "ignored"
+            if not TVBENCH_TASKS[stem][1]:
+                return "ignored"
+            return "required" if require_windows else "optional"
         return "optional"
 
     collector = _Collector(strict)
@@ -436,8 +526,26 @@ def load_tvbench(
         limit=limit,
         collector=collector,
         check_videos=check_videos,
+        root=root,
+        allow_outside_root=allow_outside_root,
+        window_hint=" (a SynthTV set, written without windows, loads with --dataset synthtv "
+                    "--data-root, or require_windows=False in Python)",
     )
     return LoadedBenchmark("tvbench", root, samples, collector.skipped)
+
+
+def _mvbench_folder(root: Path, stem: str) -> tuple[Path, bool]:
+    """The video folder of an MVBench task and whether its entries' start/end apply to the
+    videos in it, for either published layout: ``video/<source>/`` (the main revision, unpacked)
+    or the "video" revision's source folders at the root (:data:`MVBENCH_VIDEO_REVISION`)."""
+    _, source, bounded = MVBENCH_TASKS[stem]
+    if (root / "video").is_dir():
+        return root / "video" / source, bounded
+    candidates = MVBENCH_VIDEO_REVISION.get(stem, ((source, bounded),))
+    for folder, applies in candidates:
+        if (root / folder).is_dir():
+            return root / folder, applies
+    return root / candidates[0][0], candidates[0][1]
 
 
 def load_mvbench(
@@ -447,36 +555,59 @@ def load_mvbench(
     *,
     strict: bool = True,
     check_videos: bool = True,
+    allow_outside_root: bool = False,
 ) -> LoadedBenchmark:
     """MVBench as published on Hugging Face (OpenGVLab/MVBench): ``<root>/json/<task>.json`` in the
-    same entry format as TVBench, videos unpacked under ``<root>/video/`` into the folders of
-    VideoChat2's ``mvbench.ipynb`` data_list (``star/Charades_v1_480``, ``ssv2_video``,
-    ``tvqa/frames_fps3_hq`` frame folders, ...; :data:`MVBENCH_TASKS`). Bounds are used for the
-    tasks that list them there. The 20 official tasks are loaded; a missing task file is a problem
-    (pass ``tasks`` to load a subset). Other arguments as :func:`load_dataset`.
+    same entry format as TVBench, and the videos in either published layout:
+
+    - the main revision's archives unpacked under ``<root>/video/`` into the folders of
+      VideoChat2's ``mvbench.ipynb`` data_list (``star/Charades_v1_480``, ``ssv2_video``,
+      ``tvqa/frames_fps3_hq`` frame folders, ...; :data:`MVBENCH_TASKS`); start/end are used for
+      the tasks that list them there;
+    - the "video" revision: the source folders at the root beside ``json/`` (``star/``,
+      ``ssv2_video_mp4/``, ``nturgbd_convert/``, ...; :data:`MVBENCH_VIDEO_REVISION`), where the
+      windowed tasks' clips are already cut to their window (start/end kept in ``metadata``, not
+      applied again).
+
+    MVBench does not distribute the NTU RGB+D videos (Fine-grained Pose): a missing one says where
+    they come from. The 20 official tasks are loaded; a missing task file is a problem (choose a
+    subset with ``tasks``). Video names that leave the root are refused unless
+    ``allow_outside_root``. Other arguments as :func:`load_tvbench`.
     """
-    root = _require_root(data_root, "json", "MVBench", "json/<task>.json and video/<source>/")
+    root = _require_root(data_root, "json", "MVBench", "json/<task>.json and the video folders")
     display = {stem: spec[0] for stem, spec in MVBENCH_TASKS.items()}
     stems = _select(list(MVBENCH_TASKS), display, tasks, "MVBench")
+    folders = {stem: _mvbench_folder(root, stem) for stem in stems}
+
+    def missing_video(stem: str) -> str | None:
+        hint = NOT_DISTRIBUTED.get(("mvbench", stem))
+        return None if hint is None else hint.format(folder=folders[stem][0])
+
     collector = _Collector(strict)
     samples = _load_candidates_format(
         dataset="mvbench",
         json_dir=root / "json",
         stems=stems,
         task_of=lambda stem: display[stem],
-        video_dir_of=lambda stem: root / "video" / MVBENCH_TASKS[stem][1],
-        bounds_mode=lambda stem: "required" if MVBENCH_TASKS[stem][2] else "ignored",
+        video_dir_of=lambda stem: folders[stem][0],
+        bounds_mode=lambda stem: "required" if folders[stem][1] else "ignored",
         limit=limit,
         collector=collector,
         check_videos=check_videos,
+        root=root,
+        allow_outside_root=allow_outside_root,
+        missing_video=missing_video,
     )
     return LoadedBenchmark("mvbench", root, samples, collector.skipped)
 
 
 def _tomato_answer(value: Any, options: tuple[str, ...]) -> int:
-    """TOMATO stores the answer as the option index; a letter ("B") is accepted too."""
+    """TOMATO stores the answer as the option index (``2``, or ``2.0`` from a float column); a
+    letter ("B") is accepted too."""
     if isinstance(value, bool):
         raise _FieldError("answer", f"not an option index or letter: {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int):
         index = value
     elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():
@@ -497,12 +628,15 @@ def load_tomato(
     *,
     strict: bool = True,
     check_videos: bool = True,
+    allow_outside_root: bool = False,
 ) -> LoadedBenchmark:
     """TOMATO as published on GitHub (yale-nlp/TOMATO, read as its ``src/evaluate.py`` does):
     ``<root>/data/<reasoning type>.json`` maps ids to ``{"question", "options", "answer"
     (option index), "key", "demonstration_type", ...}``; the video is
     ``<root>/videos/<demonstration_type>/<key>.mp4``. The six reasoning types (:data:`TOMATO_TASKS`)
-    are loaded; a missing file is a problem. Other arguments as :func:`load_dataset`.
+    are loaded; a missing file is a problem. A ``key`` or ``demonstration_type`` that leads
+    outside the root is refused unless ``allow_outside_root``. Other arguments as
+    :func:`load_tvbench`.
     """
     root = _require_root(data_root, "data", "TOMATO", "data/<reasoning type>.json and videos/")
     stems = _select(list(TOMATO_TASKS), {}, tasks, "TOMATO")
@@ -537,7 +671,8 @@ def load_tomato(
                 answer_index = _tomato_answer(entry["answer"], options)
                 video_key = _text(entry, "key")
                 folder = _text(entry, "demonstration_type")
-                video = root / "videos" / folder / f"{video_key}.mp4"
+                video = _inside(root, root / "videos", f"{folder}/{video_key}.mp4",
+                                allow_outside_root)
                 _check_video(video, check_videos)
             except _FieldError as error:
                 field_name = None if error.field_name == "<entry>" else error.field_name
@@ -554,56 +689,8 @@ def load_tomato(
                     answer_index=answer_index,
                     source=f"{path}[{key}]",
                     metadata={k: v for k, v in entry.items() if k not in known},
+                    entry=key,
                 )
             )
             taken += 1
     return LoadedBenchmark("tomato", root, samples, collector.skipped)
-
-
-@dataclass(frozen=True)
-class _DatasetSpec:
-    loader: Callable[..., LoadedBenchmark]
-    description: str
-
-
-_DATASETS: dict[str, _DatasetSpec] = {
-    "tvbench": _DatasetSpec(load_tvbench, "TVBench (FunAILab/TVBench); also reads SynthTV"),
-    "mvbench": _DatasetSpec(load_mvbench, "MVBench (OpenGVLab/MVBench)"),
-    "tomato": _DatasetSpec(load_tomato, "TOMATO (yale-nlp/TOMATO)"),
-}
-
-
-def list_datasets() -> list[str]:
-    """Names :func:`load_dataset` accepts."""
-    return sorted(_DATASETS)
-
-
-def load_dataset(
-    name: str,
-    data_root: str | Path,
-    tasks: Sequence[str] | None = None,
-    limit: int | None = None,
-    *,
-    strict: bool = True,
-    check_videos: bool = True,
-) -> LoadedBenchmark:
-    """Load benchmark ``name`` (see :func:`list_datasets`) from a local ``data_root`` laid out as
-    the benchmark publishes it.
-
-    - ``tasks``: task file stems or names to load (default: all); an unknown one is an error that
-      lists the available tasks.
-    - ``limit``: at most this many samples per task (the first ones in file order).
-    - ``strict``: raise :class:`DataError` naming the file, entry and field at the first bad
-      sample (missing field, answer not among the options, missing video, unreadable annotation
-      file); with ``strict=False`` such samples are left out and listed in ``.skipped``.
-    - ``check_videos``: check that each sample's video exists (it is not opened; ``mapflow-tl data
-      check`` does that).
-    """
-    spec = _DATASETS.get(name.strip().lower())
-    if spec is None:
-        raise DataError(
-            f"unknown dataset {name!r}; available: {', '.join(list_datasets())}", field="dataset"
-        )
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
-    return spec.loader(data_root, tasks, limit, strict=strict, check_videos=check_videos)

@@ -8,8 +8,6 @@ from typing import Any
 
 from .benchmarks import Skipped
 from .datasets import load_dataset
-from .errors import DataError
-from .video import probe_video, uniform_indices
 
 __all__ = ["check_dataset", "print_report"]
 
@@ -20,35 +18,36 @@ def check_dataset(
     tasks: list[str] | None = None,
     limit: int | None = None,
     num_frames: int = 8,
+    *,
+    allow_outside_root: bool = False,
 ) -> dict[str, Any]:
-    """Load a benchmark non-strictly, open every video cheaply (container and frame count, no
-    decoding) and check each sample's start/end bounds against its video.
+    """Load a benchmark non-strictly and read every sample's frames the way the analyses do:
+    :func:`mapflow_tl.models.frames.load_frames` (the sample's start/end window, ``num_frames``
+    frames decoded at the paper's segment midpoints, the frame checks every model runs), so a
+    video that would fail a run (corrupt, truncated, a size the decoder cannot copy out, a
+    window past its end) fails here first. Entries the loader refuses (a windowed task without
+    its window, a path outside the root, an answer not among the candidates) are listed too.
 
     Returns a JSON-ready report: ``dataset``, ``data_root``, ``tasks`` (task -> ``{"samples":
     usable samples, "problems": count}``), ``problems`` (each with file, index, field, reason,
     task), ``videos_checked`` and ``ok`` (no problems and at least one usable sample).
     """
-    loaded = load_dataset(name, data_root, tasks, limit, strict=False, check_videos=True)
+    from ..models.frames import load_frames  # the analyses' own check (imports torch)
+
+    # passed only when set, so that a registry whose loaders predate the flag keeps working
+    options = {"allow_outside_root": True} if allow_outside_root else {}
+    loaded = load_dataset(name, data_root, tasks, limit, strict=False, check_videos=True,
+                          **options)
     problems: list[Skipped] = list(loaded.skipped)
     usable = []
-    video_errors: dict[Path, DataError | None] = {}
-    infos = {}
+    videos = set()
     for sample in loaded:
-        if sample.video not in video_errors:
-            try:
-                infos[sample.video] = probe_video(sample.video)
-                video_errors[sample.video] = None
-            except DataError as error:
-                video_errors[sample.video] = error
-        error = video_errors[sample.video]
-        if error is None and sample.bounds is not None:
-            try:
-                uniform_indices(infos[sample.video], num_frames, sample.bounds)
-            except DataError as bounds_error:
-                error = bounds_error
-        if error is not None:
+        videos.add(sample.video)
+        try:
+            load_frames(sample, num_frames=num_frames)
+        except ValueError as error:  # DataError from the reader, ValueError from check_frames
             reason = str(error).removeprefix(f"{sample.video}: ")
-            field_name = error.field or "video"
+            field_name = getattr(error, "field", None) or "video"
             problems.append(Skipped(str(sample.video), sample.id, field_name, reason, sample.task))
             continue
         usable.append(sample)
@@ -62,7 +61,7 @@ def check_dataset(
         "data_root": str(loaded.root),
         "tasks": per_task,
         "samples": len(usable),
-        "videos_checked": len(video_errors),
+        "videos_checked": len(videos),
         "problems": [problem.to_dict() for problem in problems],
         "ok": not problems and bool(usable),
     }
