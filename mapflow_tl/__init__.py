@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("load_dataset", "list_datasets"), "data.datasets"),
     **dict.fromkeys(("read_table", "read_run_config"), "runs"),
     "build_report": "report",
+    "load_run": "results",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

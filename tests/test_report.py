@@ -1,0 +1,567 @@
+"""Results and the report: typed tables (pandas / Parquet), frame thumbnails, the figures' numbers
+checked against hand computations on hand-made run folders, and the report opened in a real
+headless browser (Chromium over the DevTools protocol): no console error, every figure drawn."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapflow_tl.report import FIGURE_IDS, bootstrap_band, build_report
+from mapflow_tl.results import frame_thumbnails, load_run, table_frame, write_tables
+from mapflow_tl.runs import RunWriter, read_table
+from mapflow_tl.segments import Frame, SegmentMap
+
+TASKS = ("Task A", "Task B")
+
+
+# ----------------------------------------------------------------------------- hand-made run
+def _colour(t):
+    """A distinct flat colour per source frame, so a thumbnail shows which frame it is."""
+    return np.array([30 * t % 256, 255 - 30 * t % 256, 100], dtype=np.uint8)
+
+
+class _Prepared:
+    """The parts of a Prepared that frame_thumbnails reads."""
+
+    def __init__(self, segments, n_source_frames, sample="s0", meta=None):
+        self.segments = segments
+        self.frames = np.stack([np.broadcast_to(_colour(t), (48, 64, 3))
+                                for t in range(n_source_frames)]).copy()
+        self.meta = {"id": sample, "task": "Task A", **(meta or {})}
+
+
+def _mixed_layout():
+    """Three token frames: a 2×3 grid, a 3×2 grid, and a compressed frame of 2 kept tokens of a
+    2×3 grid (VideoLLaMA3's kind: grid None, kept (h, w) in meta); separators between frames."""
+    seg = SegmentMap.sequential(system=1, frames=[(2, 3), (3, 2), (1, 2)], separator=1,
+                                after_video=1, question=3, options=[1, 1], true_option=0,
+                                between_options=1, before_last=1)
+    last = seg.frames[2]
+    compressed = Frame(last.name, last.start, last.stop, index=last.index, grid=None)
+    return replace(seg, frames=seg.frames[:2] + (compressed,))
+
+
+KEPT = [[[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]], [], [[1, 2], [0, 1]]]
+
+
+def _frames_rows(sample="s0"):
+    x = _Prepared(_mixed_layout(), 6, sample, meta={"kept_coords": KEPT, "frame_grid": [2, 3]})
+    return frame_thumbnails(x)
+
+
+def _run_folder(root: Path) -> Path:
+    """A run folder with every table the report draws, its numbers chosen by hand: two tasks,
+    per task two samples answered correctly and one wrongly; two curves over four layers."""
+    out = root / "run"
+    writer = RunWriter(out, {"command": "demo", "model": "video-model", "image_model":
+                             "image-model", "dataset": "handmade", "seed": 0,
+                             "model_family": "Test", "n_layers": 4,
+                             "definitions": {"correct": "decoded-letter"},
+                             "versions": {"python": "3"}})
+    samples, flow, prob, crossframe, prune = [], [], [], [], []
+    for t, task in enumerate(TASKS):
+        for i in range(3):
+            sample = f"{task[-1]}{i}"
+            correct = i < 2
+            samples.append({"sample": sample, "task": task, "base_token": 1,
+                            "base_p_pred": 0.9, "base_p_true": 0.9 if correct else 0.1,
+                            "base_correct": correct, "base_option": 0, "selected": True})
+            for curve in ("cross-frame", "video → last"):
+                for layer in range(4):
+                    change = -10.0 * (i + 1) * layer if curve == "cross-frame" else -5.0 * t
+                    flow.append({"sample": sample, "task": task, "circuit": "c",
+                                 "curve": curve, "layer": layer, "layers": [layer], "k": 1,
+                                 "style": "center", "base_token": 1, "base_p_pred": 0.9,
+                                 "base_p_true": 0.9, "base_correct": correct, "base_option": 0,
+                                 "p_pred": 0.5, "p_true": 0.5, "change_pred": change,
+                                 "change_true": change, "token": 1, "option": 0,
+                                 "correct": layer != 2 or i == 0, "edges": 4})
+            for layer in range(4):
+                for option in range(2):
+                    prob.append({"sample": sample, "task": task, "layer": layer,
+                                 "option": option, "is_true": option == 0,
+                                 "probability": 0.25 * layer if option == 0 else 0.1})
+            for model, drop in (("video-model", True), ("image-model", False)):
+                for condition in ("base", "cross-frame knockout"):
+                    crossframe.append({
+                        "sample": sample, "task": task, "model": model, "condition": condition,
+                        "layers": [0, 1], "token": 1,
+                        "correct": correct and not (drop and condition != "base" and i == 1)})
+            for variant in ("full", "pathway", "random"):
+                prune.append({"sample": sample, "task": task, "circuit": "c",
+                              "variant": variant, "seed": 0 if variant == "random" else None,
+                              "token": 1, "correct": variant != "random", "p_true": 0.5,
+                              "kept_edges": 10 if variant == "full" else 6, "total_edges": 10,
+                              "retained": 1.0 if variant == "full" else 0.6})
+    writer.write("samples", samples)
+    writer.write("flow", flow)
+    writer.write("prob", prob)
+    writer.write("crossframe", crossframe)
+    writer.write("prune", prune)
+    writer.write("keywords", [{"layer": l, "spatial": l, "temporal": 4 - l, "positions": 16}
+                              for l in range(4)])
+    layout = _mixed_layout()
+    lens, attention = [], []
+    for layer in range(4):
+        for frame in layout.frames:
+            for position in frame.positions:
+                _, h, w = layout.frame_of(position)
+                cell = {"sample": "s0", "task": "Task A", "position": position,
+                        "frame": frame.index, "h": h, "w": w}
+                lens.append({**cell, "layer": layer, "top_ids": [position, 0],
+                             "top_tokens": [f"p{position}", "x"], "top_probs": [0.5, 0.1]})
+                for condition in ("baseline", "cross-frame knockout"):
+                    attention.append({**cell, "condition": condition, "layer": layer,
+                                      "attention": position / 100 + layer})
+    writer.write("lens", lens)
+    writer.write("attention", attention)
+    writer.write("frames", _frames_rows())
+    writer.finish()
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return _run_folder(tmp_path_factory.mktemp("report"))
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    return build_report(run_dir)
+
+
+# ------------------------------------------------------------------------------- load_run
+def test_load_run_gives_typed_frames_and_parquet_round_trips(tmp_path):
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "test", "model": "m"})
+    rows = [{"sample": "a", "task": "t", "layer": 0, "seed": None, "correct": None,
+             "p": 0.5, "top_tokens": ["x", "y"], "top_probs": [0.75, 0.25]},
+            {"sample": "b", "task": "t", "layer": 3, "seed": 2, "correct": True,
+             "p": 1, "top_tokens": ["z"], "top_probs": [1.0]}]
+    writer.write("custom", rows)
+    writer.write("samples", [{"sample": "a", "task": "t", "base_correct": True}])
+    writer.finish()
+    run = load_run(out)
+    assert set(run) == {"custom", "samples"} and run.config["model"] == "m"
+    frame = run.custom
+    assert str(frame.layer.dtype) == "int64" and list(frame.layer) == [0, 3]
+    assert str(frame.seed.dtype) == "Int64" and frame.seed.isna().tolist() == [True, False]
+    assert str(frame.correct.dtype) == "boolean" and frame.correct.isna().tolist() == [True, False]
+    assert bool(frame.correct[1]) is True
+    assert str(frame.p.dtype) == "float64" and frame.p.tolist() == [0.5, 1.0]
+    assert frame.top_tokens.tolist() == [["x", "y"], ["z"]]
+    assert run["samples"].base_correct.dtype == bool
+    # the schema's columns come first, in order, even for a table with fewer fields
+    assert list(run.samples.columns[:2]) == ["sample", "task"]
+    paths = write_tables(out)
+    assert sorted(p.name for p in paths) == ["custom.parquet", "samples.parquet"]
+    again = load_run(out)
+    parquet = again.custom
+    assert dict(parquet.dtypes.astype(str)) == dict(frame.dtypes.astype(str))
+    assert parquet.top_tokens.tolist() == [["x", "y"], ["z"]]
+    assert type(parquet.top_probs[0]) is list and type(parquet.top_probs[0][0]) is float
+    assert parquet.top_probs.tolist() == [[0.75, 0.25], [1.0]]
+    # a JSONL newer than its Parquet (a resumed run still writing) is read instead
+    time.sleep(0.01)
+    RunWriter(out, {"command": "test", "model": "m"}, resume=True).write(
+        "custom", [{**rows[1], "sample": "c"}])
+    assert load_run(out).custom["sample"].tolist() == ["a", "b", "c"]
+    with pytest.raises(KeyError, match="no table 'nope'"):
+        run["nope"]
+
+
+def test_table_frame_of_mixed_kinds_and_empty_tables():
+    frame = table_frame([{"index": 3}, {"index": "key"}], "skipped")
+    assert frame["index"].tolist() == ["3", "key"]
+    empty = table_frame([], "flow")
+    assert "change_pred" in empty.columns and len(empty) == 0
+
+
+def test_import_stays_light():
+    code = ("import sys, mapflow_tl as mf; mf.load_run; "
+            "assert 'pandas' not in sys.modules and 'pyarrow' not in sys.modules, 'heavy'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ----------------------------------------------------------------------------- thumbnails
+def _decode(uri):
+    from PIL import Image
+
+    assert uri.startswith("data:image/jpeg;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_frame_thumbnails_follow_each_frames_grid_and_source_frame():
+    rows = _frames_rows()
+    assert [r["frame"] for r in rows] == [0, 1, 2]
+    assert [(r["grid_h"], r["grid_w"]) for r in rows] == [(2, 3), (3, 2), (2, 3)]
+    assert [r["coords"] for r in rows] == [None, None, [[1, 2], [0, 1]]]
+    # 6 input frames over 3 token frames: token frame t shows input frame 2t (its pair's first)
+    assert [r["source_frame"] for r in rows] == [0, 2, 4]
+    for r in rows:
+        pixels = _decode(r["image"])
+        assert pixels.shape[:2] == (r["height"], r["width"]) and max(pixels.shape[:2]) <= 160
+        assert np.abs(pixels.reshape(-1, 3).mean(0) - _colour(r["source_frame"])).max() < 4
+    # thumbnails stay small: the longest side is capped, never upscaled
+    big = _Prepared(SegmentMap.sequential(frames=[(2, 2)]), 1)
+    big.frames = np.zeros((1, 720, 1280, 3), dtype=np.uint8)
+    (row,) = frame_thumbnails(big)
+    assert (row["width"], row["height"]) == (160, 90) and len(row["image"]) < 4000
+    with pytest.raises(ValueError, match="uint8"):
+        big.frames = big.frames.astype(np.float32)
+        frame_thumbnails(big)
+
+
+# -------------------------------------------------------------------------------- figures
+def test_bootstrap_band_by_hand():
+    # two samples, 0 and 100: resampled means are 0, 50, 100 with probability 1/4, 1/2, 1/4
+    centre, low, high = bootstrap_band(np.array([[0.0, 5.0], [100.0, 5.0]]))
+    assert centre.tolist() == [50.0, 5.0]
+    assert (low[0], high[0]) == (0.0, 100.0) and low[1] == high[1] == 5.0
+    one = bootstrap_band(np.array([[3.0, np.nan]]))
+    assert one[0][0] == one[1][0] == one[2][0] == 3.0 and np.isnan(one[0][1])
+    values = np.random.default_rng(1).normal(size=(40, 3))
+    again = bootstrap_band(values)
+    first = bootstrap_band(values)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))  # seeded
+    # the normal-theory interval of a mean of 40 standard normals is about ±0.31
+    assert np.all((first[2] - first[1]) > 0.4) and np.all((first[2] - first[1]) < 0.9)
+
+
+def _figure(page: str, figure_id: str) -> dict:
+    """The traces and layout ``Plotly.newPlot`` receives for ``figure_id`` in the page."""
+    match = re.search(r'Plotly\.newPlot\(\s*"' + re.escape(figure_id) + r'",\s*', page)
+    assert match, figure_id
+    decoder = json.JSONDecoder()
+    data, end = decoder.raw_decode(page, match.end())
+    layout, _ = decoder.raw_decode(page, page.index("{", end))
+    return {"data": data, "layout": layout}
+
+
+def test_report_has_every_figure_and_a_readable_header(report, run_dir):
+    page = report.read_text()
+    for figure_id in FIGURE_IDS:
+        assert f'id="{figure_id}"' in page, figure_id
+    assert "<script src=" not in page and "http://" not in page.split("<script")[0]
+    header = page[page.index('<table class="meta">'):page.index("</table>")]
+    for text in ("video-model", "handmade", "6 evaluated in 2 tasks", "Task A: 3",
+                 "accuracy without knockout 66.7 %", "decoded-letter", "numbered from 0",
+                 "python 3", "bootstrap"):
+        assert text in header, text
+    assert re.search(r"This file: \d+\.\d\d MB", page)
+    size = report.stat().st_size
+    stated = float(re.search(r"This file: (\d+\.\d\d) MB", page).group(1))
+    assert abs(stated - size / 1e6) < 0.011
+
+
+def test_flow_figures_by_hand(report):
+    page = report.read_text()
+    change = _figure(page, "flow-change")
+    # the main figures use the samples answered correctly (i = 0, 1) when the run has both
+    lines = {(t.get("name"), t["xaxis"] if "xaxis" in t else "x"): t for t in change["data"]
+             if t.get("mode") == "lines+markers"}
+    all_tasks = lines[("cross-frame", "x")]
+    assert all_tasks["x"] == [0, 1, 2, 3]
+    assert all_tasks["y"] == pytest.approx([-15.0 * layer for layer in range(4)])
+    task_b = lines[("video → last", "x3")]  # third panel: Task B, change −5 at every layer
+    assert task_b["y"] == pytest.approx([-5.0] * 4)
+    titles = [a["text"] for a in change["layout"]["annotations"]]
+    assert any("all tasks" in t and "n = 4" in t for t in titles)
+    assert any("Task B" in t and "n = 2" in t for t in titles)
+    for axis in ("xaxis", "xaxis2", "xaxis3"):
+        assert change["layout"][axis]["tickvals"] == [0, 1, 2, 3]  # layers, not fractions
+    accuracy = _figure(page, "flow-accuracy")
+    curve = next(t for t in accuracy["data"] if t.get("name") == "cross-frame"
+                 and t.get("mode") == "lines+markers")
+    assert curve["y"] == pytest.approx([100, 100, 50, 100])  # layer 2: only sample 0 right
+    # the no-knockout line is the accuracy over all six evaluated samples (4/6), not 100 %
+    lines = [s for s in accuracy["layout"]["shapes"] if s.get("y0") == s.get("y1")]
+    assert pytest.approx(100 * 4 / 6) in [s["y0"] for s in lines]
+
+
+def test_finding_one_and_failure_diagnosis_by_hand(report):
+    page = report.read_text()
+    finding = _figure(page, "finding-1")
+    bars = {(t["name"], t.get("xaxis", "x")): t["y"] for t in finding["data"]}
+    # video model: 4 of 6 right without knockout; under knockout sample 1 of each task fails
+    assert bars[("no knockout", "x")] == pytest.approx([100 * 4 / 6, 100 * 2 / 3, 100 * 2 / 3])
+    assert bars[("cross-frame knockout", "x")] == pytest.approx([100 * 2 / 6, 100 / 3, 100 / 3])
+    assert bars[("cross-frame knockout", "x2")] == bars[("no knockout", "x2")]
+    failure = _figure(page, "failure-diagnosis")
+    titles = [a["text"] for a in failure["layout"]["annotations"]]
+    assert any("answered wrongly" in t and "n = 2" in t for t in titles)
+    wrong = next(t for t in failure["data"] if t.get("name") == "cross-frame"
+                 and t.get("xaxis") == "x2" and t.get("mode") == "lines+markers")
+    assert wrong["y"] == pytest.approx([-30.0 * layer for layer in range(4)])  # i = 2
+
+
+def test_frame_views_put_each_token_on_its_frames_grid(report):
+    page = report.read_text()
+    lens = _figure(page, "lens-overlay")
+    heatmaps = [t for t in lens["data"] if t["type"] == "heatmap"]
+    assert len(heatmaps) == 4 * 3  # 4 layers × 3 frames
+    layout = _mixed_layout()
+    shapes = [(len(h["z"]), len(h["z"][0])) for h in heatmaps[:3]]
+    assert shapes == [(2, 3), (3, 2), (2, 3)]
+    compressed = heatmaps[2]
+    kept = list(layout.frames[2].positions)
+    # the compressed frame's two tokens sit at their kept (h, w): (1, 2) then (0, 1)
+    assert compressed["text"][1][2] == f"p{kept[0]}" and compressed["text"][0][1] == f"p{kept[1]}"
+    assert compressed["z"][0][0] is None
+    assert len(lens["layout"]["images"]) == 12 and lens["layout"]["coloraxis"]["colorbar"]
+    attention = _figure(page, "attention-maps")
+    assert "attention" in attention["layout"]["coloraxis"]["colorbar"]["title"]["text"]
+    slider = attention["layout"]["sliders"][0]
+    assert [s["label"] for s in slider["steps"]] == ["0", "1", "2", "3"]
+    visible = [t for t in attention["data"] if t.get("visible", True) is True]
+    assert len(visible) == 2 * 3  # baseline and knockout rows, three frames, one layer shown
+    first = visible[0]
+    position = layout.frames[0].start
+    assert first["z"][0][0] == pytest.approx(position / 100 + 2)  # layer 2, the middle one
+
+
+def test_report_rebuilds_identically(report, tmp_path):
+    again = build_report(report.parent, tmp_path / "again.html").read_text()
+    page = report.read_text()
+    strip = lambda text: re.sub(r"(run folder</th><td>)[^<]*|This file: [^<]*", "", text)
+    assert strip(again) == strip(page)
+
+
+# ------------------------------------------------------------------------- a real browser
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+class _DevTools:
+    """Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: the
+    browser reads commands on fd 3 and writes on fd 4, NUL-separated JSON)."""
+
+    def __init__(self, chromium: str, profile: Path):
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--disable-extensions", "--disable-background-networking",
+                   "--disable-component-update", "--disable-sync", "--mute-audio",
+                   f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+        self.process = subprocess.Popen(
+            ["bash", "-c", f'exec "$@" 3<&{to_browser_r} 4>&{from_browser_w}', "chromium",
+             *command], pass_fds=(to_browser_r, from_browser_w),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        os.close(to_browser_r), os.close(from_browser_w)
+        self.events: list[dict] = []
+        self._replies: dict[int, dict] = {}
+        self._next = 0
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        buffer = b""
+        while chunk := os.read(self._from_browser, 1 << 16):
+            buffer += chunk
+            *messages, buffer = buffer.split(b"\0")
+            with self._cond:
+                for raw in messages:
+                    message = json.loads(raw)
+                    if "id" in message:
+                        self._replies[message["id"]] = message
+                    else:
+                        self.events.append(message)
+                self._cond.notify_all()
+
+    def send(self, method, params=None, session=None, timeout=30):
+        self._next += 1
+        ident = self._next
+        message = {"id": ident, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        with self._cond:
+            if not self._cond.wait_for(lambda: ident in self._replies, timeout):
+                raise TimeoutError(f"Chromium did not answer {method} in {timeout} s")
+            reply = self._replies.pop(ident)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply.get("result", {})
+
+    def wait_event(self, method, timeout=30):
+        with self._cond:
+            if not self._cond.wait_for(
+                    lambda: any(e["method"] == method for e in self.events), timeout):
+                raise TimeoutError(f"no {method} in {timeout} s")
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=5)
+        except (OSError, TimeoutError, RuntimeError):
+            pass
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        os.close(self._to_browser)
+
+
+_CHECK_FIGURES = """JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => ({
+  id: d.id,
+  svg: d.querySelectorAll('svg.main-svg').length,
+  traces: (d._fullData || []).filter(t => t.visible === true).length,
+  drawn: d.querySelectorAll('g.trace, g.hm').length,
+  width: d.getBoundingClientRect().width})))"""
+
+
+def render(path: Path, profile: Path) -> tuple[list[dict], list[str]]:
+    """Open ``path`` in headless Chromium; returns each plot's drawing summary and the console
+    errors / uncaught exceptions the page raised."""
+    chromium = _chromium()
+    browser = _DevTools(chromium, profile)
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target,
+                                                         "flatten": True})["sessionId"]
+        for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+            browser.send(domain, session=session)
+        browser.send("Page.navigate", {"url": path.as_uri()}, session=session)
+        browser.wait_event("Page.loadEventFired", timeout=60)
+        result = browser.send("Runtime.evaluate", {"expression": _CHECK_FIGURES,
+                                                   "returnByValue": True}, session=session)
+        plots = json.loads(result["result"]["value"])
+        errors = []
+        for event in browser.events:
+            params = event.get("params", {})
+            if event["method"] == "Runtime.exceptionThrown":
+                details = params["exceptionDetails"]
+                errors.append("uncaught: " + str(details.get("exception", {}).get(
+                    "description", details.get("text"))))
+            elif event["method"] == "Runtime.consoleAPICalled" and params["type"] in (
+                    "error", "assert"):
+                errors.append("console: " + " ".join(str(a.get("value", a.get("description")))
+                                                     for a in params["args"]))
+            elif event["method"] == "Log.entryAdded" and params["entry"]["level"] == "error":
+                errors.append("log: " + params["entry"]["text"])
+        return plots, errors
+    finally:
+        browser.close()
+
+
+def test_report_renders_in_a_real_browser(report, tmp_path):
+    if _chromium() is None:
+        pytest.skip("headless Chromium is not installed: the report was not opened in a browser "
+                    "(.ci/run installs Debian's chromium; apt-get install chromium to run this)")
+    start = time.time()
+    plots, errors = render(report, tmp_path / "profile")
+    assert errors == []
+    page = report.read_text()
+    expected = re.findall(r'Plotly\.newPlot\(\s*"([^"]+)"', page)
+    assert sorted(p["id"] for p in plots) == sorted(expected) and len(expected) >= 8
+    for plot in plots:
+        assert plot["svg"] >= 1 and plot["traces"] >= 1 and plot["drawn"] >= 1, plot
+        assert plot["width"] > 300, plot
+    assert time.time() - start < 30
+
+
+def test_browser_check_catches_a_broken_page(tmp_path):
+    """The rendering check can fail: a page whose script throws, and a figure that never draws,
+    are both caught."""
+    if _chromium() is None:
+        pytest.skip("headless Chromium is not installed")
+    page = tmp_path / "broken.html"
+    page.write_text('<html><body><div class="js-plotly-plot" id="empty"></div>'
+                    '<script>console.error("bad thing"); undefinedFunction();</script>'
+                    '</body></html>')
+    plots, errors = render(page, tmp_path / "profile")
+    assert any("bad thing" in e for e in errors)
+    assert any("undefinedFunction" in e for e in errors)
+    assert plots == [{"id": "empty", "svg": 0, "traces": 0, "drawn": 0,
+                      "width": plots[0]["width"]}]
+
+
+# ------------------------------------------------------------ the real analyses, end to end
+class _Letters:
+    """Every token decodes to a letter: id % 3 → A, B, C."""
+
+    def decode(self, ids):
+        return "".join("ABC"[int(i) % 3] for i in ids)
+
+    def convert_ids_to_tokens(self, ids):
+        return ["ABC"[int(i) % 3] for i in ids]
+
+
+def test_report_of_the_real_analyses_on_a_tiny_model(tiny_backbone, layout, tmp_path):
+    """The analyses' own rows (tiny random backbone, random video embeddings and frames) make a
+    report with every figure; the flow curve is the plain mean of the rows' change_pred."""
+    import torch
+
+    from mapflow_tl import analyses as A
+    from mapflow_tl.circuits import load_circuit
+    from mapflow_tl.models import FamilyAdapter, Prepared, VideoLLM, VideoSample
+
+    class Adapter(FamilyAdapter):
+        model_types, name = ("test-report",), "test-report"
+
+        def __init__(self):
+            self.backbone, self.vision, self.processor = tiny_backbone, None, None
+            self.tokenizer = _Letters()
+
+        def load(self):
+            pass
+
+        def prepare(self, sample):
+            generator = torch.Generator().manual_seed(int(sample.id))
+            embeds = torch.randn(1, layout.n_positions, tiny_backbone.cfg.d_model,
+                                 generator=generator)
+            frames = np.random.default_rng(int(sample.id)).integers(
+                0, 255, (len(layout.frames), 40, 60, 3), dtype=np.uint8)
+            return Prepared(embeds=embeds, segments=layout, frames=frames,
+                            input_ids=torch.zeros(1, layout.n_positions, dtype=torch.long),
+                            answer_ids=torch.tensor([30, 31, 32]), answer=int(sample.id) % 3,
+                            meta={"id": sample.id, "task": sample.task})
+
+    vlm = VideoLLM(Adapter(), "tiny")
+    writer = RunWriter(tmp_path / "run", {"command": "test", "model": "tiny"})
+    for i in range(3):
+        x = vlm.prepare(VideoSample(video="unused", question="q", options=("a", "b", "c"),
+                                    id=str(i), task="t" if i < 2 else "u"))
+        base = A.base_prediction(vlm, x)
+        writer.write("samples", [{"sample": str(i), "task": x.meta["task"], **base,
+                                  "selected": True}])
+        writer.write("flow", A.flow_sweep(vlm, x, load_circuit("cross-frame"), k=3,
+                                          method="naive", base=base))
+        writer.write("prob", A.probability_trace(vlm, x))
+        writer.write("lens", A.video_lens(vlm, x, k=2))
+        writer.write("attention", A.attention_to_frames(vlm, x))
+        writer.write("crossframe", A.crossframe_knockout(vlm, x, model="tiny"))
+        writer.write("frames", frame_thumbnails(x))
+    writer.finish()
+    flow = read_table(tmp_path / "run", "flow")
+    page = build_report(tmp_path / "run").read_text()
+    for figure_id in ("flow-change", "flow-accuracy", "finding-1", "probability-trace",
+                      "lens-overlay", "attention-maps"):
+        assert f'id="{figure_id}"' in page, figure_id
+    change = _figure(page, "flow-change")
+    curve = next(t for t in change["data"] if t.get("name") == "cross-frame"
+                 and t.get("mode") == "lines+markers" and t.get("xaxis", "x") == "x")
+    layers = list(range(vlm.n_layers))
+    assert curve["x"] == layers
+    chosen = [r for r in flow if r["curve"] == "cross-frame"]
+    if {r["base_correct"] for r in flow} == {True, False}:
+        chosen = [r for r in chosen if r["base_correct"]]
+    for layer in layers:
+        values = [r["change_pred"] for r in chosen if r["layer"] == layer]
+        assert curve["y"][layer] == pytest.approx(sum(values) / len(values))
+    lens = _figure(page, "lens-overlay")
+    assert len(lens["layout"]["images"]) == len(layout.frames) * min(4, vlm.n_layers)
