@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-HEAVY = ("transformer_lens", "transformers", "plotly", "mapflow_tl.models")
+HEAVY = ("transformer_lens", "transformers", "plotly", "mapflow_tl.models.videollm",
+         "mapflow_tl.models.load", "mapflow_tl.models.backbone")
 
 
 def _modules_after(code: str) -> set[str]:
