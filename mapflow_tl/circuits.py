@@ -36,6 +36,7 @@ from typing import Callable, Iterable
 
 from .edges import Edges
 from .hooks import PathwaySpec
+from .layers import layer_range  # re-exported: circuit files import it from here (docs)
 from .segments import SegmentMap
 
 __all__ = [
@@ -101,15 +102,6 @@ class CircuitFile:
     path: Path
     name: str | None
     problem: str | None = None
-
-
-def layer_range(first: int, last: int, n_layers: int, *, circuit: str = "") -> range:
-    """0-based layers for the paper's 1-based, inclusive "L{first}–{last}", checked against the
-    model's depth."""
-    if not 1 <= first <= last <= n_layers:
-        raise ValueError(f"{circuit or 'circuit'}: layers L{first}–{last} (1-based) do not fit a "
-                         f"{n_layers}-layer model")
-    return range(first - 1, last)
 
 
 def builtin_dir() -> Path:
