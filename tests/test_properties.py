@@ -112,3 +112,146 @@ def test_frames_out_of_order_or_outside_video_raise(grids, shift):
         with pytest.raises(ValueError, match="frame_"):
             SegmentMap(seg.n_positions, system=seg.system, video=seg.video,
                        frames=tuple(frames), question=seg.question)
+
+
+# ------------------------------------------------------------------ run folders (issue 24)
+import json  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from mapflow_tl.runs import IDENTITY_KEYS, RunFolderError, RunWriter, read_table  # noqa: E402
+
+RUN_CONFIG = {"command": "flow", "model": "m", "window": 3}
+
+
+class Killed(Exception):
+    """The process died here."""
+
+
+class KilledWriter(RunWriter):
+    """A RunWriter whose process dies after ``budget`` more bytes: a write is cut at any byte,
+    as SIGKILL or a power cut mid-``write`` leaves it."""
+
+    def __init__(self, *args, budget: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.budget = budget
+
+    def write(self, table, rows):
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        if len(text) <= self.budget:
+            self.budget -= len(text)
+            return super().write(table, rows)
+        with open(self.out / f"{table}.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(text[:self.budget])
+        self._tables.add(table)
+        self.close()  # the kernel drops a dead process' lock
+        raise Killed
+
+
+def sample_rows(i: int, per_sample: list[int]) -> list[dict]:
+    return [{"sample": f"s{i}", "layer": j, "p": (31 * i + j) / 7} for j in range(per_sample[i])]
+
+
+def run_protocol(writer: RunWriter, per_sample: list[int]) -> None:
+    """The flow command's protocol: a sample is done once its ``samples`` row exists; its rows
+    are written just before, so rows of a sample without one are a crash's leftovers."""
+    done = writer.completed("samples", "sample")
+    writer.retain("flow", "sample", done)
+    for i in range(len(per_sample)):
+        if RunWriter.key({"sample": f"s{i}"}, "sample") in done:
+            continue
+        writer.write("flow", sample_rows(i, per_sample))
+        writer.write("samples", [{"sample": f"s{i}", "correct": i % 2 == 0}])
+    writer.finish()
+
+
+def damage_tail(folder: Path, how: str) -> None:
+    """What a torn write can leave after the last complete line, or instead of it."""
+    for path in sorted(folder.glob("*.jsonl")):
+        data = path.read_bytes()
+        if how == "garbage-line":
+            path.write_bytes(data + b'{"sample": "s\x00\x00\n')
+        elif how == "not-an-object":
+            path.write_bytes(data + b"[1, 2]\n")
+        elif how == "zeroed-last-line" and data.endswith(b"\n") and data.count(b"\n") >= 1:
+            start = data.rfind(b"\n", 0, len(data) - 1) + 1
+            path.write_bytes(data[:start] + b"\x00" * (len(data) - start - 1) + b"\n")
+
+
+@settings(max_examples=60, deadline=None)
+@given(per_sample=st.lists(st.integers(1, 4), min_size=1, max_size=6),
+       kills=st.lists(st.floats(0, 1), min_size=1, max_size=3),
+       damage=st.sampled_from(["none", "garbage-line", "not-an-object", "zeroed-last-line"]))
+def test_resume_after_kills_at_any_byte_gives_the_uninterrupted_rows(per_sample, kills, damage):
+    """Kill the run at any byte (any number of times), damage the torn tail, resume: exactly
+    the rows of a run that was never interrupted, none duplicated, none missing."""
+    with tempfile.TemporaryDirectory() as scratch:
+        reference, out = Path(scratch) / "reference", Path(scratch) / "run"
+        run_protocol(RunWriter(reference, RUN_CONFIG), per_sample)
+        total = sum((reference / f"{t}.jsonl").stat().st_size for t in ("flow", "samples"))
+        for attempt, fraction in enumerate(kills):
+            try:
+                run_protocol(KilledWriter(out, RUN_CONFIG, resume=attempt > 0,
+                                          budget=int(fraction * total)), per_sample)
+            except Killed:
+                damage_tail(out, damage)
+        run_protocol(RunWriter(out, RUN_CONFIG, resume=(out / "run.json").exists()), per_sample)
+        for table in ("flow", "samples"):
+            assert read_table(out, table) == read_table(reference, table)
+            assert (out / f"{table}.jsonl").read_bytes() == (
+                reference / f"{table}.jsonl").read_bytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(names=st.lists(st.sampled_from(["flow.jsonl", "samples.jsonl", "results.csv", "notes.txt",
+                                       "report.html", "shards", "run.lock", "data"]),
+                      min_size=1, max_size=4, unique=True),
+       resume=st.booleans())
+def test_a_folder_that_is_not_ours_is_never_touched(names, resume):
+    """Any non-empty folder without run.json (other than our own lock file) is refused, and
+    every byte in it stays as it was."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        for name in names:
+            if name in ("shards", "data"):
+                (folder / name).mkdir()
+                (folder / name / "x.jsonl").write_text('{"mine": 1}\n')
+            else:
+                (folder / name).write_text(f"user content of {name}\n")
+        before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        foreign = sorted(set(names) - {"run.lock"})
+        if not foreign:
+            RunWriter(folder, RUN_CONFIG, resume=resume).finish()
+            return
+        with pytest.raises(RunFolderError, match="is not a mapflow-tl run"):
+            RunWriter(folder, RUN_CONFIG, resume=resume)
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+IDENTITY_VALUES = st.one_of(st.none(), st.integers(-2, 2), st.sampled_from(["a", "b"]),
+                            st.lists(st.sampled_from(["a", "b"]), max_size=2),
+                            st.dictionaries(st.sampled_from(["x", "y"]), st.integers(0, 1),
+                                            max_size=2))
+
+
+@settings(max_examples=100, deadline=None)
+@given(then=st.dictionaries(st.sampled_from(IDENTITY_KEYS + ("device", "threads")),
+                            IDENTITY_VALUES, max_size=6),
+       changes=st.dictionaries(st.sampled_from(IDENTITY_KEYS + ("device", "threads")),
+                               IDENTITY_VALUES, max_size=3))
+def test_resume_is_refused_exactly_when_an_identity_key_differs(then, changes):
+    """Reference: the keys of IDENTITY_KEYS whose JSON values differ, by a plain comparison."""
+    now = {**then, **changes}
+    differing = sorted(key for key in IDENTITY_KEYS
+                       if json.dumps(then.get(key), sort_keys=True)
+                       != json.dumps(now.get(key), sort_keys=True))
+    with tempfile.TemporaryDirectory() as scratch:
+        RunWriter(scratch, then).finish()
+        if not differing:
+            RunWriter(scratch, now, resume=True).finish()
+            return
+        with pytest.raises(RunFolderError, match="different configuration") as refused:
+            RunWriter(scratch, now, resume=True)
+        named = sorted(key for key in IDENTITY_KEYS if f"; {key}: " in f"; {refused.value}"
+                       or f": {key}: " in str(refused.value))
+        assert named == differing
