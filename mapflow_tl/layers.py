@@ -7,6 +7,8 @@ ranges ("L6–15"), which :func:`layer_range` converts.
 
 from __future__ import annotations
 
+import warnings
+
 __all__ = ["WINDOW_STYLES", "check_layer", "window", "layer_range", "early_to_middle_layers",
            "default_window_size"]
 
@@ -22,8 +24,14 @@ def check_layer(layer: object, n_layers: int, what: str = "layer") -> int:
     return layer
 
 
-def window(center: int, *, n_layers: int, k: int = 9, style: str = "center") -> list[int]:
+def window(center: int, *, n_layers: int, k: int | None = None,
+           style: str = "center") -> list[int]:
     """The layers knocked out for one point of a layer sweep (Map the Flow §2, "Window").
+
+    ``k`` defaults to the paper's 9 of 32 layers scaled to the model's depth
+    (:func:`default_window_size`). A centred window that covers every layer of the model blocks
+    the same layers at every centre, so a sweep over it is flat: that draws a warning with the
+    fix.
 
     - ``center``: the k layers centred on ``center``, clipped to the model:
       ``max(0, center - k//2) … min(n_layers - 1, center + (k - 1)//2)`` (k = 9: l−4 … l+4);
@@ -34,6 +42,8 @@ def window(center: int, *, n_layers: int, k: int = 9, style: str = "center") -> 
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers <= 0:
         raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
     check_layer(center, n_layers, "window center")
+    if k is None:
+        k = default_window_size(n_layers)
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise ValueError(f"window size k must be a positive int, got {k!r}")
     if style not in WINDOW_STYLES:
@@ -41,6 +51,11 @@ def window(center: int, *, n_layers: int, k: int = 9, style: str = "center") -> 
     lo, hi = max(0, center - k // 2), min(n_layers - 1, center + (k - 1) // 2)
     if style == "center":
         layers = list(range(lo, hi + 1))
+        if len(layers) == n_layers and n_layers > 1 and k >= n_layers:
+            warnings.warn(f"a window of k={k} layers covers all {n_layers} layers of the model, "
+                          f"so every window centre knocks out the same layers; use "
+                          f"k={default_window_size(n_layers)} (the paper's 9 of 32 scaled to "
+                          f"this depth) or fewer", stacklevel=2)
     elif style == "inverse":
         layers = [layer for layer in range(n_layers) if not lo <= layer <= hi]
     elif style == "top_down":
