@@ -5,10 +5,10 @@ Each module in :data:`COMMAND_MODULES` adds its subcommands with ``register(subp
 the parser imports no torch, TransformerLens or model code: handlers import what they need, so
 ``mapflow-tl --help`` starts in a fraction of a second.
 
-Errors: the project's own input errors (:class:`ValueError` subclasses raised for a bad argument,
-file, folder or sample, and ``OSError`` from the file system) are printed as one line naming the
-thing and the fix, with exit code 2; anything else is a bug and keeps its traceback. ``--debug``
-shows the traceback of every error.
+Errors: the project's own input errors (:class:`~mapflow_tl.errors.InputError`, raised for a bad
+argument, file, folder or sample, and ``OSError`` from the file system) are printed as one line
+naming the thing and the fix, with exit code 2; anything else is a bug and keeps its traceback.
+``--debug`` shows the traceback of every error.
 """
 
 from __future__ import annotations
@@ -46,23 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _is_input_error(error: BaseException) -> bool:
-    """Errors that describe bad input rather than a bug: the project's own ValueErrors (their
-    class is defined in mapflow_tl, or they are plain ValueErrors raised from mapflow_tl code)
-    and file-system errors."""
-    if isinstance(error, OSError):
-        return True
-    if not isinstance(error, ValueError):
-        return False
-    if type(error).__module__.startswith("mapflow_tl"):
+    """Errors that describe bad input rather than a bug: the project's own
+    :class:`~mapflow_tl.errors.InputError` and file-system errors (a read-only or full output
+    folder, a missing file)."""
+    from ..errors import InputError
+
+    if isinstance(error, (InputError, OSError)):
         return True
     if type(error) is not ValueError:
         return False
-    traceback = error.__traceback__
-    origin = None
+    traceback, origin = error.__traceback__, ""
     while traceback is not None:
         origin = traceback.tb_frame.f_globals.get("__name__", "")
         traceback = traceback.tb_next
-    return bool(origin and origin.startswith("mapflow_tl"))
+    return origin.startswith("mapflow_tl")
 
 
 def _one_line(error: BaseException) -> str:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 __all__ = ["DataError"]
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A video or annotation file that cannot be used, with the file and field that are wrong.
 
-    Subclasses ``ValueError`` so that the command line reports it as a user error (exit code 2).
+    An :class:`~mapflow_tl.errors.InputError`, so the command line reports it as a user error in
+    one line (exit code 2).
     ``path`` is the offending file (or folder), ``field`` the annotation field or ``None`` when the
     whole file is at fault.
     """
