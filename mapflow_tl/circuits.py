@@ -155,7 +155,12 @@ def _declared_name(path: Path) -> CircuitFile:
 
 def circuit_files(extra_dirs: Iterable[str | Path] = ()) -> list[CircuitFile]:
     """Every ``.py`` file in the circuit folders (:func:`circuit_dirs` order, then by file name;
-    names starting with ``_`` skipped), with its ``NAME`` read statically: no file is run."""
+    names starting with ``_`` skipped), with its ``NAME`` read statically: no file is run. A
+    folder in ``extra_dirs`` must exist; one in ``$MAPFLOW_CIRCUITS`` that does not is skipped."""
+    extra_dirs = list(extra_dirs)
+    missing = [str(folder) for folder in extra_dirs if not Path(folder).is_dir()]
+    if missing:  # a mistyped --dir would otherwise just find nothing
+        raise ValueError(f"circuit folder(s) {missing} do not exist")
     files: list[CircuitFile] = []
     for folder in circuit_dirs(extra_dirs):
         if folder.is_dir():

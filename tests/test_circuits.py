@@ -131,3 +131,8 @@ def test_a_file_path_loads_that_file(user_dir, tmp_path):
     (tmp_path / "no_name.py").write_text("def curves(seg, n_layers):\n    return {}\n")
     with pytest.raises(ValueError, match=r"no_name.py lacks \['NAME', 'DESCRIPTION'\]"):
         load_circuit(tmp_path / "no_name.py")
+
+
+def test_a_missing_folder_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"circuit folder\(s\) \['.*nothere'\] do not exist"):
+        load_circuit("cross-frame", [tmp_path / "nothere"])
