@@ -88,7 +88,8 @@ class Edges:
     """A set of causal attention edges: queries in ``dst`` attending to keys in ``src``.
 
     Map the Flow's pathways are edge sets between segments ("video → question" is
-    ``Edges(src=seg.video, dst=seg.question_with_options)``). Combine them with ``|`` (union),
+    ``Edges(src=seg.video, dst=seg.question_with_options)``, the coarse question from "Question:"
+    through the last option). Combine them with ``|`` (union),
     ``&`` (intersection) and ``-`` (difference). Only causal edges (key ≤ query) exist: an
     ``Edges`` whose keys all come after its queries (question → video) is valid and empty.
 
@@ -269,13 +270,20 @@ def _need(seg: SegmentMap, what: str):
     return value
 
 
-def cross_frame(seg: SegmentMap) -> Edges:
+def cross_frame(seg: SegmentMap, *, frame_text: bool = True) -> Edges:
     """Cross-frame interaction (Map the Flow, Finding 1): for every frame t ≥ 1, its tokens
-    attending to the tokens of every earlier frame t' < t."""
+    attending to the tokens of every earlier frame t' < t.
+
+    A frame is its :attr:`~mapflow_tl.segments.Frame.extent`: its tokens plus the text a model
+    writes with it (VideoLLaMA3's "," and "Time 1.0s:"), as the official code delimits frames.
+    ``frame_text=False`` uses the frames' token grids alone. The two agree for models without
+    text between frames.
+    """
     frames = _need(seg, "frames")
+    spans = [frame.extent if frame_text else frame for frame in frames]
     parts = [
-        Edges(src=list(frames[:t]), dst=frame, name=f"frames<{t} → frame_{t}")
-        for t, frame in enumerate(frames) if t >= 1
+        Edges(src=spans[:t], dst=spans[t], name=f"frames<{t} → frame_{t}")
+        for t in range(1, len(spans))
     ]
     return _named(Edges.union(parts), "cross-frame")
 
@@ -293,8 +301,10 @@ def video_to_video(seg: SegmentMap) -> Edges:
 
 
 def video_to_question(seg: SegmentMap) -> Edges:
-    """Video → question: the question's (with options) queries reading the video's keys."""
-    return Edges(src=_need(seg, "video"), dst=seg.question_with_options, name="video → question")
+    """Video → question: the coarse question's queries ("Question:" through the last option,
+    :attr:`~mapflow_tl.segments.SegmentMap.question_with_options`) reading the video's keys."""
+    return Edges(src=_need(seg, "video"), dst=_need(seg, "question_with_options"),
+                 name="video → question")
 
 
 def video_to_last(seg: SegmentMap) -> Edges:
@@ -303,13 +313,13 @@ def video_to_last(seg: SegmentMap) -> Edges:
 
 
 def question_to_last(seg: SegmentMap) -> Edges:
-    """Question (with options) → last."""
-    return Edges(src=seg.question_with_options, dst=seg.last, name="question → last")
+    """Question ("Question:" through the last option) → last."""
+    return Edges(src=_need(seg, "question_with_options"), dst=seg.last, name="question → last")
 
 
 def question_to_question(seg: SegmentMap) -> Edges:
-    """Question (with options) attending to itself."""
-    question = seg.question_with_options
+    """Question ("Question:" through the last option) attending to itself, diagonal included."""
+    question = _need(seg, "question_with_options")
     return Edges(src=question, dst=question, name="question → question")
 
 
@@ -320,7 +330,8 @@ def last_to_last(seg: SegmentMap) -> Edges:
 
 def question_to_video(seg: SegmentMap) -> Edges:
     """Question → video: video queries reading question keys — empty under causal attention."""
-    return Edges(src=seg.question_with_options, dst=_need(seg, "video"), name="question → video")
+    return Edges(src=_need(seg, "question_with_options"), dst=_need(seg, "video"),
+                 name="question → video")
 
 
 def non_option_question_to_last(seg: SegmentMap) -> Edges:
@@ -329,12 +340,12 @@ def non_option_question_to_last(seg: SegmentMap) -> Edges:
 
 
 def true_option_to_last(seg: SegmentMap) -> Edges:
-    """The true option's tokens → last."""
+    """The true option's tokens ("(A) text", label included) → last."""
     return Edges(src=seg.true_option, dst=seg.last, name="true option → last")
 
 
 def false_options_to_last(seg: SegmentMap) -> Edges:
-    """Every false option's tokens → last."""
+    """Every false option's tokens ("(B) text", labels included) → last."""
     return Edges(src=list(seg.false_options), dst=seg.last, name="false options → last")
 
 

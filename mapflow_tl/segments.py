@@ -2,11 +2,25 @@
 
 A VideoLLM prompt (Map the Flow, §2 "Input layout") is laid out as
 
-    <system> USER: <video tokens> Question: ... Options: (A) ... (B) ... ASSISTANT: Best option:(
+    <system> USER: <video tokens> USER: Question: ... Options: (A) ... (B) ... Only give the best
+    option. ASSISTANT:Best option:(
 
 and every analysis of the paper is phrased in terms of these segments: frames 0..T-1 of the video
 (each an H×W grid of tokens, flattened frame-major), the question without its options, each option
 (one of them true), and the last input position, whose next-token prediction is the answer.
+
+The spans follow the paper's official code (byminji/map-the-flow; docs/paper_parity.md):
+
+- an option is the tokens of "(A) text", label included, trailing newline not (``Option.text_span``
+  is the text alone);
+- :attr:`SegmentMap.question_with_options`, the coarse "question" of video→question and
+  question→last, runs from "Question:" through the end of the last option: the instruction, the
+  assistant prefix and the turn separators are not in it (:attr:`SegmentMap.between_video_and_last`
+  is every position between the video and the last position);
+- ``question`` is the question text alone ("Question:" and the options not in it);
+- a frame is its H×W token grid; models that write text between frames (VideoLLaMA3's
+  "Time 1.0s:" and ",") give each frame an ``extent`` that also holds that text, and cross-frame
+  edges use the extents, so the extents tile the video while the grids stay exact.
 
 A :class:`SegmentMap` records exactly which positions belong to which segment. Model adapters build
 it from the positions they computed; circuits read it to build edge sets; results store it (as a
@@ -88,9 +102,19 @@ class Frame(Span):
     kind: str = "frame"
     index: int = 0
     grid: tuple[int, int] | None = None
+    extent_start: int | None = None
+    extent_stop: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if (self.extent_start is None) != (self.extent_stop is None):
+            raise ValueError(f"segment {self.name!r}: give both extent_start and extent_stop, "
+                             f"or neither")
+        if self.extent_start is not None and not (
+                0 <= self.extent_start <= self.start and self.stop <= self.extent_stop):
+            raise ValueError(
+                f"segment {self.name!r}: extent [{self.extent_start}, {self.extent_stop}) must "
+                f"contain the frame's tokens {self._range()}")
         if self.grid is not None:
             object.__setattr__(self, "grid", tuple(int(x) for x in self.grid))
             height, width = self.grid
@@ -99,6 +123,15 @@ class Frame(Span):
                     f"segment {self.name!r} {self._range()} has {len(self)} positions but its "
                     f"grid {height}×{width} holds {height * width}: the grid must cover the frame"
                 )
+
+    @property
+    def extent(self) -> Span:
+        """The frame with the text a model writes around its tokens (VideoLLaMA3: the "," before
+        it and its "Time 1.0s:"), as the official code delimits frames for cross-frame edges;
+        the frame's own tokens when it has no such text."""
+        if self.extent_start is None:
+            return Span(self.name, self.start, self.stop, "frame")
+        return Span(f"{self.name}_extent", self.extent_start, self.extent_stop, "frame")
 
     def position(self, h: int, w: int) -> int:
         """Sequence position of the token at row ``h``, column ``w`` of this frame."""
@@ -119,17 +152,45 @@ class Frame(Span):
 
     def describe(self) -> str:
         grid = f"  grid {self.grid[0]}×{self.grid[1]}" if self.grid else ""
+        if self.extent_start is not None and (self.extent_start, self.extent_stop) != (
+                self.start, self.stop):
+            grid += f"  extent [{self.extent_start}, {self.extent_stop})"
         return super().describe() + grid
 
 
 @dataclass(frozen=True)
 class Option(Span):
-    """One answer option of a multiple-choice prompt: its ``label`` ("A"), ``text`` and truth."""
+    """One answer option of a multiple-choice prompt: its ``label`` ("A"), ``text`` and truth.
+
+    The span is the tokens of "(A) text", label included (the official code's option span);
+    ``text_start``/``text_stop`` delimit the text alone (:attr:`text_span`), None when the option
+    has no label tokens (then the text is the whole span).
+    """
 
     kind: str = "option"
     label: str = ""
     text: str = ""
     is_true: bool = False
+    text_start: int | None = None
+    text_stop: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.text_start is None) != (self.text_stop is None):
+            raise ValueError(f"segment {self.name!r}: give both text_start and text_stop, or "
+                             f"neither")
+        if self.text_start is not None and not (
+                self.start <= self.text_start < self.text_stop <= self.stop):
+            raise ValueError(
+                f"segment {self.name!r}: text [{self.text_start}, {self.text_stop}) must be a "
+                f"non-empty part of the option {self._range()}")
+
+    @property
+    def text_span(self) -> Span:
+        """The option's text without its "(A) " label."""
+        if self.text_start is None:
+            return Span(f"{self.name}_text", self.start, self.stop, "option_text")
+        return Span(f"{self.name}_text", self.text_start, self.text_stop, "option_text")
 
     def describe(self) -> str:
         truth = "  (true)" if self.is_true else ""
@@ -154,9 +215,12 @@ class SegmentMap:
 
     Map the Flow §2 segments: ``system``, ``video`` (made of ``frames[t]``, each with its H×W grid,
     plus ``separators`` between frames — newline or timestamp tokens some models insert, never
-    counted as frame tokens), ``question`` (question text without options), ``options[i]`` and
-    ``last`` (the final input position). ``extra`` holds a user's own named spans (for instance one
-    temporal keyword inside the question); these may overlap the built-in segments.
+    counted as frame tokens; a frame's ``extent`` may include them), ``question`` (question text
+    without "Question:" and the options), ``options[i]`` ("(A) text", label included),
+    ``question_with_options`` (the coarse question: "Question:" through the end of the last option;
+    derived from ``question`` and ``options`` when not given) and ``last`` (the final input
+    position). ``extra`` holds a user's own named spans (for instance one temporal keyword inside
+    the question); these may overlap the built-in segments.
 
     Build it with explicit :class:`Span` objects (model adapters compute them) or lay a synthetic
     prompt out with :meth:`sequential`. Every inconsistency raises ``ValueError`` naming the
@@ -172,6 +236,7 @@ class SegmentMap:
     options: tuple[Option, ...] = ()
     last: Span | None = None
     extra: tuple[Span, ...] = field(default=())
+    question_with_options: Span | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.n_positions, bool) or not isinstance(self.n_positions, int):
@@ -187,8 +252,13 @@ class SegmentMap:
             last_position = self.n_positions - 1
             object.__setattr__(self, "last", Span("last", last_position, last_position + 1, "last"))
         if self.video is None and self.frames:
-            video = Span("video", self.frames[0].start, self.frames[-1].stop, "video")
+            video = Span("video", self.frames[0].extent.start, self.frames[-1].extent.stop,
+                         "video")
             object.__setattr__(self, "video", video)
+        if self.question_with_options is None and self.question is not None:
+            stop = max([self.question.stop] + [option.stop for option in self.options])
+            object.__setattr__(self, "question_with_options", Span(
+                "question_with_options", self.question.start, stop, "text"))
         self._validate()
 
     # ------------------------------------------------------------------ validation
@@ -211,17 +281,20 @@ class SegmentMap:
         top_level = [s for s in (self.system, self.video, self.question, self.last) if s]
         top_level += list(self.options)
         self._check_disjoint(top_level, "")
+        self._validate_question_with_options()
         if self.frames or self.separators:
             if self.video is None:
                 raise ValueError("frames or separators given without a 'video' segment")
             inside = list(self.frames) + list(self.separators)
+            inside += [frame.extent for frame in self.frames if frame.extent_start is not None]
             for span in inside:
                 if not (self.video.start <= span.start and span.stop <= self.video.stop):
                     raise ValueError(
                         f"segment {span.name!r} [{span.start}, {span.stop}) lies outside "
                         f"'video' [{self.video.start}, {self.video.stop})"
                     )
-            self._check_disjoint(inside, " inside 'video'")
+            self._check_disjoint(list(self.frames) + list(self.separators), " inside 'video'")
+            self._check_disjoint([frame.extent for frame in self.frames], " inside 'video'")
         for t, frame in enumerate(self.frames):
             if not isinstance(frame, Frame):
                 raise ValueError(f"frames[{t}] must be a Frame, got {type(frame).__name__}")
@@ -240,6 +313,21 @@ class SegmentMap:
                 f"at most one option may be true, got {[o.label for o in self.options if o.is_true]}"
             )
 
+    def _validate_question_with_options(self) -> None:
+        coarse = self.question_with_options
+        if coarse is None:
+            return
+        where = f"segment 'question_with_options' [{coarse.start}, {coarse.stop})"
+        if coarse.stop > self.n_positions:
+            raise ValueError(f"{where} runs past the sequence length {self.n_positions}")
+        if coarse.overlaps(self.last) or (self.video is not None and coarse.overlaps(self.video)):
+            raise ValueError(f"{where} overlaps the video or the last position; it is the text "
+                             f"from 'Question:' through the last option")
+        for span in ([self.question] if self.question else []) + list(self.options):
+            if not (coarse.start <= span.start and span.stop <= coarse.stop):
+                raise ValueError(f"{where} does not contain {span.name!r} [{span.start}, "
+                                 f"{span.stop})")
+
     @staticmethod
     def _check_disjoint(spans: Sequence[Span], where: str) -> None:
         ordered = sorted(spans, key=lambda s: s.start)
@@ -253,7 +341,8 @@ class SegmentMap:
     # ------------------------------------------------------------------ access
     def spans(self) -> list[Span]:
         """Every span of the map, ordered by start position."""
-        candidates: list[Span | None] = [self.system, self.video, self.question, self.last]
+        candidates: list[Span | None] = [self.system, self.video, self.question,
+                                         self.question_with_options, self.last]
         candidates += list(self.frames) + list(self.separators) + list(self.options)
         candidates += list(self.extra)
         return sorted((s for s in candidates if s is not None), key=lambda s: (s.start, -s.stop))
@@ -283,18 +372,41 @@ class SegmentMap:
         return tuple(option for option in self.options if not option.is_true)
 
     @property
-    def question_with_options(self) -> Span:
-        """All text between the video and the last position: question, options, instructions.
+    def option_texts(self) -> tuple[Span, ...]:
+        """Each option's text without its "(A) " label (:attr:`Option.text_span`), in order."""
+        return tuple(option.text_span for option in self.options)
 
-        This is the paper's coarse "question" segment of the video→question and question→last
-        pathways; the finer targets use :attr:`question` (without options) and :attr:`options`.
+    @property
+    def between_video_and_last(self) -> Span:
+        """Every position between the video and the last position: the question, the options,
+        the instruction, the turn separators and the assistant prefix.
+
+        The wider alternative to :attr:`question_with_options` (the official coarse question);
+        :meth:`with_question_span` makes the pathways use it.
         """
-        if self.question is None:
-            raise ValueError("this segment map has no 'question' segment")
-        start = self.video.stop if self.video is not None else self.question.start
+        start = self.video.stop if self.video is not None else (
+            self.question_with_options.start if self.question_with_options else None)
+        if start is None:
+            raise ValueError("this segment map has neither a 'video' nor a 'question' segment")
         if start >= self.last.start:
             raise ValueError("no positions between the video and the last position")
-        return Span("question_with_options", start, self.last.start, "text")
+        return Span("between_video_and_last", start, self.last.start, "text")
+
+    def with_question_span(self, which: str) -> "SegmentMap":
+        """A copy whose coarse question (:attr:`question_with_options`, used by video→question,
+        question→last, question→question and the pathways) is ``which``:
+
+        - ``"official"``: "Question:" through the end of the last option (the map's own);
+        - ``"between_video_and_last"``: every position between the video and the last one.
+        """
+        if which == "official":
+            return self
+        if which == "between_video_and_last":
+            wide = self.between_video_and_last
+            return replace(self, question_with_options=Span(
+                "question_with_options", wide.start, wide.stop, "text"))
+        raise ValueError(f"question span {which!r} is not one of 'official', "
+                         f"'between_video_and_last'")
 
     def frame_of(self, position: int) -> tuple[int, int, int] | None:
         """(t, h, w) of a video-token position, or None for a position outside every frame."""
@@ -316,9 +428,12 @@ class SegmentMap:
         system: int = 0,
         frames: Sequence[tuple[int, int]] = (),
         separator: int = 0,
+        separators_in_frames: bool = False,
         after_video: int = 0,
+        question_prefix: int = 0,
         question: int = 0,
         options: Sequence[int] = (),
+        option_label: int = 0,
         true_option: int | None = None,
         between_options: int = 0,
         before_last: int = 0,
@@ -326,10 +441,14 @@ class SegmentMap:
         """Lay out a prompt from segment lengths, left to right.
 
         ``system`` positions, then each frame's H×W grid (with ``separator`` tokens after every
-        frame but the last), ``after_video`` text positions, the ``question``, the options (each of
-        the given length, ``between_options`` positions apart), ``before_last`` positions of
-        instruction text and finally the last position. Used for synthetic layouts (tests,
-        benchmarks); model adapters build maps from the positions they computed.
+        frame but the last; ``separators_in_frames`` makes each separator part of the next frame's
+        extent, as VideoLLaMA3's "," and "Time 1.0s:"), ``after_video`` text positions,
+        ``question_prefix`` positions ("Question:") and the ``question``, the options (each of the
+        given length, its first ``option_label`` positions being the "(A)" label,
+        ``between_options`` positions apart), ``before_last`` positions of instruction text and
+        finally the last position. The coarse question runs from the prefix through the last
+        option. Used for synthetic layouts (tests, benchmarks); model adapters build maps from
+        the positions they computed.
         """
         cursor = 0
         spans: dict[str, Any] = {}
@@ -338,15 +457,22 @@ class SegmentMap:
             cursor = system
         frame_spans: list[Frame] = []
         separator_spans: list[Span] = []
+        extent_start = cursor
         for t, (height, width) in enumerate(frames):
+            extent = {}
+            if separators_in_frames and separator:
+                extent = dict(extent_start=extent_start, extent_stop=cursor + height * width)
             frame_spans.append(Frame(f"frame_{t}", cursor, cursor + height * width, index=t,
-                                     grid=(height, width)))
+                                     grid=(height, width), **extent))
             cursor += height * width
+            extent_start = cursor
             if separator and t < len(frames) - 1:
                 separator_spans.append(Span(f"separator_{t}", cursor, cursor + separator,
                                             "separator"))
                 cursor += separator
         cursor += after_video
+        coarse_start = cursor
+        cursor += question_prefix
         if question:
             spans["question"] = Span("question", cursor, cursor + question, "question")
             cursor += question
@@ -355,9 +481,18 @@ class SegmentMap:
             if i:
                 cursor += between_options
             label = chr(ord("A") + i)
+            text = {}
+            if option_label:
+                if not 0 < option_label < length:
+                    raise ValueError(f"option_label {option_label} must be shorter than the "
+                                     f"option's {length} positions")
+                text = dict(text_start=cursor + option_label, text_stop=cursor + length)
             option_spans.append(Option(f"option_{label}", cursor, cursor + length, label=label,
-                                       is_true=(i == true_option)))
+                                       is_true=(i == true_option), **text))
             cursor += length
+        if question:
+            spans["question_with_options"] = Span("question_with_options", coarse_start, cursor,
+                                                  "text")
         cursor += before_last
         return cls(cursor + 1, frames=tuple(frame_spans), separators=tuple(separator_spans),
                    options=tuple(option_spans), **spans)
@@ -379,6 +514,7 @@ class SegmentMap:
             "options": [one(o) for o in self.options],
             "last": one(self.last),
             "extra": [one(s) for s in self.extra],
+            "question_with_options": one(self.question_with_options),
         }
 
     @classmethod
@@ -402,6 +538,7 @@ class SegmentMap:
             options=tuple(_span_from_dict(o) for o in data.get("options", ())),
             last=one(data.get("last")),
             extra=tuple(_span_from_dict(s) for s in data.get("extra", ())),
+            question_with_options=one(data.get("question_with_options")),
         )
 
     def to_json(self) -> str:

@@ -44,8 +44,12 @@ def test_intra_plus_cross_frame_is_video_to_video_without_separators(layout):
 
 
 def test_named_pathways_by_hand(layout):
+    # conftest layout: system [0,2), video [2,20), one text token, question [21,25), options
+    # A [25,27), B [28,29), C [30,32), one instruction token, last 33. The coarse question of the
+    # official code runs from the question through the end of the last option: [21, 32).
     n, video, last = layout.n_positions, layout.video.positions, layout.last.positions
-    question = range(layout.video.stop, layout.last.start)
+    assert (n, video, last) == (34, range(2, 20), range(33, 34))
+    question = range(21, 32)
     true = layout.true_option.positions
     false = [p for o in layout.false_options for p in o.positions]
     expected = {
@@ -63,6 +67,30 @@ def test_named_pathways_by_hand(layout):
     }
     for constructor, reference in expected.items():
         assert as_set(constructor(layout).dense(n)) == reference, constructor.__name__
+
+
+def test_wide_question_span_is_an_option(layout):
+    # every position between the video and the last one: [20, 33)
+    wide = layout.with_question_span("between_video_and_last")
+    n, video, last = layout.n_positions, range(2, 20), [33]
+    assert as_set(E.video_to_question(wide).dense(n)) == pairs(video, range(20, 33))
+    assert as_set(E.question_to_last(wide).dense(n)) == pairs(range(20, 33), last)
+    assert as_set(E.question_to_question(wide).dense(n)) == pairs(range(20, 33), range(20, 33))
+    # the finer targets do not move
+    assert as_set(E.true_option_to_last(wide).dense(n)) == pairs(range(28, 29), last)
+
+
+def test_cross_frame_uses_frame_extents_with_the_text_between_frames():
+    # VideoLLaMA3-like: 3 frames of 1×2 tokens, 2 text tokens ("," and "Time 1.0s:") before
+    # frames 1 and 2 that belong to them (official frames: from the comma up to the next one)
+    seg = SegmentMap.sequential(frames=[(1, 2)] * 3, separator=2, separators_in_frames=True,
+                                question=1, options=[1, 1], true_option=0)
+    assert [(f.start, f.stop) for f in seg.frames] == [(0, 2), (4, 6), (8, 10)]
+    assert [(f.extent.start, f.extent.stop) for f in seg.frames] == [(0, 2), (2, 6), (6, 10)]
+    expected = pairs(range(0, 2), range(2, 6)) | pairs(range(0, 6), range(6, 10))
+    assert as_set(E.cross_frame(seg).dense(seg.n_positions)) == expected
+    tokens_only = pairs([0, 1], [4, 5]) | pairs([0, 1, 4, 5], [8, 9])
+    assert as_set(E.cross_frame(seg, frame_text=False).dense(seg.n_positions)) == tokens_only
 
 
 def test_causal_edge_count():

@@ -334,9 +334,17 @@ def test_text_segments_decode_to_question_and_options(family, loaded):
     seg, ids = x.segments, x.input_ids[0]
     decode = vlm.tokenizer.decode
     assert decode(ids[seg.question.start:seg.question.stop]).strip() == QUESTION
-    assert [decode(ids[o.start:o.stop]).strip() for o in seg.options] == OPTIONS
+    labelled = [f"({label}) {text}" for label, text in zip("ABCD", OPTIONS)]
+    assert [decode(ids[o.start:o.stop]).strip() for o in seg.options] == labelled
+    assert [decode(ids[t.start:t.stop]).strip() for t in seg.option_texts] == OPTIONS
+    coarse = seg.question_with_options
+    assert decode(ids[coarse.start:coarse.stop]).strip() == (
+        f"Question: {QUESTION}\nOptions:\n" + "\n".join(labelled))
     assert seg.true_option.label == "C" and seg.true_option.text == "sit down"
-    assert seg.last.start == x.n_positions - 1 and x.prompt.endswith("ASSISTANT: Best option:(")
+    # PLLaVA-format checkpoints get the official eval_mvbench spacing, the others the plain block
+    ending = ("option. ASSISTANT:Best option:(" if family == "pllava"
+              else "option. ASSISTANT: Best option:(")
+    assert seg.last.start == x.n_positions - 1 and x.prompt.endswith(ending)
     assert seg.system.start == 0 and seg.system.stop == seg.video.start
     letters = vlm.tokenizer.convert_ids_to_tokens(x.answer_ids.tolist())
     assert letters == ["A", "B", "C"] and x.answer_token == x.answer_ids[2]
@@ -366,7 +374,9 @@ def test_knockout_equals_hf_with_explicit_4d_mask(family, checkpoints, loaded):
     layers = [0, 2]
     ours = vlm.run_with_hooks(x, fwd_hooks=knockout(cut, layers))
     frames = [list(f.positions) for f in seg.frames]
-    question_block = range(seg.video.stop, seg.last.start)
+    # the coarse question ("Question:" … last option), whose text the decode test pins
+    question_block = range(seg.question_with_options.start, seg.question_with_options.stop)
+    assert seg.video.stop < question_block.start and question_block.stop < seg.last.start
     pairs = [(sum(frames[:t], []), frames[t]) for t in range(1, len(frames))]
     pairs += [(seg.video.positions, question_block),
               (seg.options[1].positions, seg.last.positions)]  # the sample's true option is B

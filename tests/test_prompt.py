@@ -12,6 +12,9 @@ import pytest
 
 from mapflow_tl.models.prompt import (
     ASSISTANT_PREFIX,
+    MAPFLOW_STYLE,
+    MVBENCH_STYLE,
+    VIDEOLLAMA3_STYLE,
     CharSpan,
     answer_token_ids,
     multiple_choice_block,
@@ -173,16 +176,23 @@ def test_every_span_decodes_back_to_its_text(kinds, kind, media):
                              template=renderer or tokenizer)
     assert rendered.text.endswith(ASSISTANT_PREFIX)
     assert rendered.question.of(rendered.text) == QUESTION
-    for option, text in zip(rendered.options, OPTIONS):
-        assert option.of(rendered.text) == text == option.text
+    labelled = [f"({label}) {text}" for label, text in zip("ABC", OPTIONS)]
+    for option, text, with_label in zip(rendered.options, OPTIONS, labelled):
+        assert option.of(rendered.text) == with_label  # the official span: label included
+        assert option.text_chars.of(rendered.text) == text == option.text
     assert [o.is_true for o in rendered.options] == [False, True, False]
+    coarse = f"Question: {QUESTION}\nOptions:\n" + "\n".join(labelled)
+    assert rendered.question_with_options.of(rendered.text) == coarse
 
     tokens = tokenize_prompt(tokenizer, rendered)
     ids = tokens.input_ids[0].tolist()
     assert ids == tokenizer(rendered.text)["input_ids"]
     start, stop = tokens.question
     assert _same_text(tokenizer.decode(ids[start:stop]), QUESTION, kind)
-    for (start, stop), text in zip(tokens.options, OPTIONS):
+    assert _same_text(tokenizer.decode(ids[slice(*tokens.question_with_options)]), coarse, kind)
+    for (start, stop), text in zip(tokens.option_texts, OPTIONS):
+        assert _same_text(tokenizer.decode(ids[start:stop]), text, kind)
+    for (start, stop), text in zip(tokens.options, labelled):
         assert _same_text(tokenizer.decode(ids[start:stop]), text, kind)
         # the span is tight: the tokens just before and after carry other text (or only spaces)
         for neighbour in (start - 1, stop):
@@ -234,6 +244,87 @@ def test_block_format_is_the_papers():
     block = multiple_choice_block("Q?", ["x", "y"], answer=0)
     assert block.text == "Question: Q?\nOptions:\n(A) x\n(B) y\nOnly give the best option."
     assert block.assistant_prefix == "Best option:("
+    # the official eval_mvbench conversations: query + " " + "\nOnly give the best option."
+    block = multiple_choice_block("Q?", ["x", "y"], style=MVBENCH_STYLE)
+    assert block.text == "Question: Q?\nOptions:\n(A) x\n(B) y \nOnly give the best option."
+    # VideoLLaMA3's own instruction, every option line ending in a newline, no prefix
+    block = multiple_choice_block("Q?", ["x", "y"], style=VIDEOLLAMA3_STYLE)
+    assert block.text == ("Question: Q?\nOptions:\n(A) x\n(B) y\nAnswer with the option's letter "
+                          "from the given choices directly and only give the best option.")
+    assert block.assistant_prefix == ""
+
+
+def test_prefix_joins_the_generation_prompt_as_the_style_says():
+    def renderer(block, media):
+        return f"USER: {media}\n USER: {block} ASSISTANT:"
+
+    plain = render_prompt("Q?", ["x", "y"], media="<video>", template=renderer)
+    assert plain.text.endswith("(B) y\nOnly give the best option. ASSISTANT: Best option:(")
+    official = render_prompt("Q?", ["x", "y"], media="<video>", template=renderer,
+                             style=MVBENCH_STYLE)
+    assert official.text == ("USER: <video>\n USER: Question: Q?\nOptions:\n(A) x\n(B) y \n"
+                             "Only give the best option. ASSISTANT:Best option:(")
+    v3 = render_prompt("Q?", ["x", "y"], media="<video>", template=renderer,
+                       style=VIDEOLLAMA3_STYLE)
+    assert v3.text.endswith("only give the best option. ASSISTANT:")
+
+
+def official_find_token_range(tokenizer, ids, substring, remove_margin=True):
+    """The official span finder, re-stated from its description (official.md §0): decode every
+    token on its own, join without separators, drop every space from the substring (unless
+    remove_margin is False), take the first occurrence and return the tokens holding its first
+    and last characters, [start, stop)."""
+    pieces = [tokenizer.decode([i]) for i in ids]
+    whole = "".join(pieces)
+    if remove_margin:
+        substring = substring.replace(" ", "")
+    at = whole.index(substring)
+    end = at + len(substring)
+    start = stop = None
+    seen = 0
+    for i, piece in enumerate(pieces):
+        seen += len(piece)
+        if start is None and seen > at:
+            start = i
+        if stop is None and seen >= end:
+            stop = i + 1
+            break
+    return start, stop
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "sentencepiece_legacy"])
+def test_spans_equal_the_official_finder_on_the_mvbench_prompt(kinds, kind):
+    # LLaVA / InternVL path: option "(A) text" without newline, coarse question = the example's
+    # "question" field rstripped, non-option question = the raw question (official.md §1, §2)
+    tokenizer, _ = kinds[kind]
+    rendered = render_prompt(QUESTION, OPTIONS, answer=1, media="<video>", template=tokenizer,
+                             style=MVBENCH_STYLE)
+    tokens = tokenize_prompt(tokenizer, rendered)
+    ids = tokens.input_ids[0].tolist()
+    options = [f"({label}) {text}" for label, text in zip("ABC", OPTIONS)]
+    example_question = (f"Question: {QUESTION}\nOptions:\n"
+                        + "".join(option + "\n" for option in options)).rstrip()
+    assert tokens.question == official_find_token_range(tokenizer, ids, QUESTION)
+    assert tokens.question_with_options == official_find_token_range(tokenizer, ids,
+                                                                     example_question)
+    for span, option in zip(tokens.options, options):
+        assert span == official_find_token_range(tokenizer, ids, option)
+
+
+def test_spans_equal_the_official_finder_on_the_videollama3_prompt(kinds):
+    # VideoLLaMA3 path (Qwen2 byte-level BPE, remove_margin=False): the question and each option
+    # with their trailing newline; the coarse question from "Question" to the last option's end
+    tokenizer, _ = kinds["byte_level"]
+    rendered = render_prompt(QUESTION, OPTIONS, answer=1, media="<video>", template=tokenizer,
+                             style=VIDEOLLAMA3_STYLE)
+    assert rendered.text.endswith("<|im_start|>assistant\n")
+    tokens = tokenize_prompt(tokenizer, rendered)
+    ids = tokens.input_ids[0].tolist()
+    find = lambda text: official_find_token_range(tokenizer, ids, text, remove_margin=False)
+    assert tokens.question == find(QUESTION + "\n")
+    options = [find(f"({label}) {text}\n") for label, text in zip("ABC", OPTIONS)]
+    assert list(tokens.options) == options
+    assert tokens.question_with_options == (find("Question:")[0], max(s for _, s in options))
 
 
 def test_template_that_changes_the_question_is_an_error():

@@ -27,7 +27,9 @@ def test_access_and_defaults():
     assert seg.frames[1].grid == (2, 2) and len(seg.frames[1]) == 4
     assert seg.true_option.label == "B" and [o.label for o in seg.false_options] == ["A"]
     assert seg["question"].start == 13 and "separator_0" in seg
-    assert seg.question_with_options.positions == range(12, 29)
+    # derived coarse question: from the question through the last option (no prefix tokens here)
+    assert seg.question_with_options.positions == range(13, 26)
+    assert seg.between_video_and_last.positions == range(12, 29)
     assert seg.n_frames == 2
 
 
@@ -119,3 +121,58 @@ def test_missing_true_option():
     seg = SegmentMap.sequential(frames=[(1, 1)], question=1, options=[1, 1])
     with pytest.raises(ValueError, match="no true option"):
         seg.true_option
+
+
+def test_sequential_paper_layout_by_hand():
+    # system 3 | frame 2×2 | 1 text | "Question:" 2 | question 4 | (A) 1+2 | 1 | (B) 1+3 | 5 | last
+    seg = SegmentMap.sequential(system=3, frames=[(2, 2)], after_video=1, question_prefix=2,
+                                question=4, options=[3, 4], option_label=1, true_option=1,
+                                between_options=1, before_last=5)
+    assert seg.question.positions == range(10, 14)
+    assert [o.positions for o in seg.options] == [range(14, 17), range(18, 22)]
+    assert [t.positions for t in seg.option_texts] == [range(15, 17), range(19, 22)]
+    assert seg.true_option.text_span.positions == range(19, 22)
+    assert seg.question_with_options.positions == range(8, 22)  # "Question:" … last option
+    assert seg.between_video_and_last.positions == range(7, 27)
+    assert seg.last.start == 27 == seg.n_positions - 1
+
+
+def test_option_text_span_must_lie_inside_the_option():
+    assert Option("option_A", 5, 9, label="A").text_span.positions == range(5, 9)
+    with pytest.raises(ValueError, match="must be a non-empty part of the option"):
+        Option("option_A", 5, 9, label="A", text_start=6, text_stop=10)
+    with pytest.raises(ValueError, match="both text_start and text_stop"):
+        Option("option_A", 5, 9, label="A", text_start=6)
+
+
+def test_frame_extents_hold_their_tokens_and_tile_in_order():
+    frame = Frame("frame_1", 6, 10, index=1, grid=(2, 2), extent_start=3, extent_stop=10)
+    assert frame.extent.positions == range(3, 10) and frame.position(1, 1) == 9
+    with pytest.raises(ValueError, match="must contain the frame's tokens"):
+        Frame("frame_1", 6, 10, index=1, grid=(2, 2), extent_start=7, extent_stop=10)
+    with pytest.raises(ValueError, match="overlaps"):
+        make(frames=(Frame("frame_0", 3, 7, index=0, grid=(2, 2), extent_start=3, extent_stop=8),
+                     Frame("frame_1", 8, 12, index=1, grid=(2, 2), extent_start=7,
+                           extent_stop=12)))
+
+
+def test_question_with_options_must_hold_question_and_options():
+    with pytest.raises(ValueError, match="does not contain 'option_B'"):
+        make(question_with_options=Span("question_with_options", 13, 24, "text"))
+    with pytest.raises(ValueError, match="overlaps the video or the last position"):
+        make(question_with_options=Span("question_with_options", 11, 26, "text"))
+    with pytest.raises(ValueError, match="not one of"):
+        make().with_question_span("everything")
+
+
+def test_json_round_trip_keeps_extents_text_spans_and_the_coarse_question():
+    seg = SegmentMap.sequential(frames=[(1, 2)] * 2, separator=1, separators_in_frames=True,
+                                question_prefix=1, question=2, options=[2, 2], option_label=1,
+                                true_option=0, before_last=2)
+    again = SegmentMap.from_json(seg.to_json())
+    assert again == seg and again.frames[1].extent.positions == range(2, 5)
+    assert again.options[0].text_span == seg.options[0].text_span
+    old = seg.to_dict()
+    del old["question_with_options"]  # a map saved before the field existed: derived
+    assert seg.question_with_options.positions == range(5, 12)  # "Question:" at 5
+    assert SegmentMap.from_dict(old).question_with_options.positions == range(6, 12)

@@ -21,7 +21,8 @@ from .backbone import hooked_from_hf
 from .frames import load_frames
 from .loading import check_processor_ids, load_hf_model, load_tokenizer, read_json
 from .pixels import resize_and_normalize
-from .prompt import CharSpan, answer_token_ids, render_prompt, token_span
+from .prompt import (MAPFLOW_STYLE, CharSpan, PromptStyle, answer_token_ids, prompt_spans,
+                     render_prompt, token_span)
 from .templates import load_chat_template
 from .videollm import Prepared, VideoSample, as_video_sample
 
@@ -88,6 +89,10 @@ class NativeVideoAdapter(FamilyAdapter):
     add_special_tokens: ClassVar[bool] = True
     #: "sequential" rotary positions 0..n-1, or "per_sample" (M-RoPE; see RotaryPositions).
     positions: ClassVar[str] = "sequential"
+    #: How the multiple-choice block is written (:class:`~mapflow_tl.models.prompt.PromptStyle`).
+    prompt_style: PromptStyle = MAPFLOW_STYLE
+    #: Whether each frame's extent takes the text before it (the official VideoLLaMA3 frames).
+    frame_extents: bool = False
 
     def __init__(self, path: Path, config: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(path, config, **kwargs)
@@ -129,6 +134,10 @@ class NativeVideoAdapter(FamilyAdapter):
                      timestamps: np.ndarray | None) -> VideoInputs:
         """Frames → the HF model's video inputs and the processor's placeholder expansion."""
         raise NotImplementedError
+
+    def conversation(self) -> Any:
+        """What renders the conversation: the tokenizer (its chat template) by default."""
+        return self.tokenizer
 
     def feature_token_id(self, *config_fields: str) -> int:
         """The token id the HF model scatters video features onto (from its config), checked
@@ -199,8 +208,9 @@ class NativeVideoAdapter(FamilyAdapter):
         frames, timestamps = load_frames(sample, num_frames=self.num_frames)
         video = self.video_inputs(frames, timestamps)
         options = list(sample.options)
-        rendered = render_prompt(sample.question, options, template=self.tokenizer,
-                                 answer=answer, media=self.placeholder, open_ended=not options)
+        rendered = render_prompt(sample.question, options, template=self.conversation(),
+                                 answer=answer, media=self.placeholder, open_ended=not options,
+                                 style=self.prompt_style)
         media = rendered.media
         text = rendered.text[:media.start] + video.expansion + rendered.text[media.stop:]
         shift = len(video.expansion) - (media.stop - media.start)
@@ -213,11 +223,11 @@ class NativeVideoAdapter(FamilyAdapter):
             self.check_against_processor(rendered.text, frames, input_ids)
         video_span = token_span(text, offsets, CharSpan(media.start, media.start
                                                          + len(video.expansion)), "video")
-        segments = self._segments(
-            input_ids, video, video_span,
-            token_span(text, offsets, rendered.question.shifted(shift), "question"),
-            [(option, token_span(text, offsets, option.shifted(shift),
-                                 f"option ({option.label})")) for option in rendered.options])
+        question, option_spans, option_texts, coarse = prompt_spans(text, offsets, rendered,
+                                                                    shift)
+        segments = self._segments(input_ids, video, video_span, question,
+                                  list(zip(rendered.options, option_spans, option_texts)),
+                                  coarse)
         model_inputs = {**video.model_kwargs, **self.extra_model_inputs(input_ids)}
         captured = self.capture(input_ids, model_inputs)
         embeds = captured["inputs_embeds"].detach()
@@ -245,9 +255,13 @@ class NativeVideoAdapter(FamilyAdapter):
 
     def _segments(self, input_ids: Int[torch.Tensor, "1 pos"], video: VideoInputs,
                   video_span: tuple[int, int], question: tuple[int, int],
-                  options: list[tuple[Any, tuple[int, int]]]) -> SegmentMap:
+                  options: list[tuple[Any, tuple[int, int], tuple[int, int]]],
+                  question_with_options: tuple[int, int] | None = None) -> SegmentMap:
         """Frames from the feature positions the model fills, in order; everything else inside
-        the video's text (newlines, timestamps, image start/end tokens) as separators."""
+        the video's text (newlines, timestamps, image start/end tokens) as separators. With
+        :attr:`frame_extents`, each frame's extent runs from the end of the previous frame's
+        tokens (the video's start for frame 0) to the end of its own, so that the text between
+        frames belongs to the frame after it, as the official VideoLLaMA3 code cuts them."""
         start, stop = video_span
         ids = input_ids[0]
         features = (ids[start:stop] == video.feature_token_id).nonzero()[:, 0] + start
@@ -266,7 +280,11 @@ class NativeVideoAdapter(FamilyAdapter):
             if last - first + 1 != count:
                 raise ValueError(f"{self.name}: frame {t}'s feature tokens are not contiguous "
                                  f"({first}…{last} for {count} tokens)")
-            frames.append(Frame(f"frame_{t}", first, last + 1, index=t, grid=grid))
+            extent = {}
+            if self.frame_extents:
+                extent = dict(extent_start=frames[-1].stop if frames else start,
+                              extent_stop=last + 1 if t < len(video.frame_tokens) - 1 else stop)
+            frames.append(Frame(f"frame_{t}", first, last + 1, index=t, grid=grid, **extent))
         inside = set(range(start, stop))
         for frame in frames:
             inside -= set(frame.positions)
@@ -287,5 +305,8 @@ class NativeVideoAdapter(FamilyAdapter):
             separators=tuple(separators),
             question=Span("question", *question, "question"),
             options=tuple(Option(f"option_{o.label}", a, b, label=o.label, text=o.text,
-                                 is_true=o.is_true) for o, (a, b) in options),
+                                 is_true=o.is_true, text_start=ta, text_stop=tb)
+                          for o, (a, b), (ta, tb) in options),
+            question_with_options=(None if question_with_options is None else
+                                   Span("question_with_options", *question_with_options, "text")),
         )

@@ -23,11 +23,16 @@ the directory's own model weights or, when it ships none, ``base_model_name_or_p
 locally (a directory, relative paths against the checkpoint, or the local HF cache); a missing
 base is an error naming it. DoRA, LoRA biases and embedding LoRA are refused.
 
-Prompt: the paper's conversation for these models (PLLaVA's ``conv_eval_mvbench``, MM_ALONE)::
+Prompt: the paper's conversation for these models (PLLaVA's ``conv_eval_mvbench``, MM_ALONE),
+exactly as the official evaluation writes it (tasks/eval/eval_utils.py)::
 
-    {system}\\n USER: <image>\\n USER: {question block} ASSISTANT: Best option:(
+    {system}\\n USER: <image>\\n USER: Question: …\\n(B) … \\nOnly give the best option.
+    ASSISTANT:Best option:(       (one line: " ASSISTANT:" follows "option.")
 
-with the system prompt :data:`SYSTEM_PROMPT`; the ``template`` load option overrides it.
+with the system prompt :data:`SYSTEM_PROMPT`: the query and "\\nOnly give the best option." are
+joined by a space, "Best option:(" follows "ASSISTANT:" with none (:data:`MVBENCH_STYLE`). The
+load option ``prompt_format="mapflow"`` writes mapflow-tl's plain block instead ("…(B) …\\nOnly
+give the best option. ASSISTANT: Best option:("); ``template`` replaces the conversation.
 """
 
 from __future__ import annotations
@@ -45,9 +50,13 @@ from .adapter import register_adapter
 from .loading import has_weights, load_hf_model, local_hub_snapshot, read_json, read_weight_files
 from .pixels import FramePreprocessor
 from .pooled_adapter import DEFAULT_POOLING_SHAPE, PooledFramesAdapter
+from .prompt import MAPFLOW_STYLE, MVBENCH_STYLE
 
 __all__ = ["PllavaAdapter", "SYSTEM_PROMPT", "pllava_conversation", "PLLAVA_FIELDS",
-           "merge_lora"]
+           "merge_lora", "PROMPT_FORMATS"]
+
+#: ``prompt_format`` load option → how the multiple-choice block is written.
+PROMPT_FORMATS = {"paper": MVBENCH_STYLE, "mapflow": MAPFLOW_STYLE}
 
 #: config.json fields that mark the PLLaVA format.
 PLLAVA_FIELDS = ("pooling_shape", "num_frames", "frame_shape", "use_pooling", "pooling_method")
@@ -189,6 +198,7 @@ class PllavaAdapter(PooledFramesAdapter):
 
     model_types = ("llava",)
     name = "PLLaVA-format LLaVA (T-H-W pooled frames)"
+    family_options = ("pooling_shape", "prompt_format")
 
     @classmethod
     def accepts(cls, config: dict[str, Any]) -> bool:
@@ -211,6 +221,11 @@ class PllavaAdapter(PooledFramesAdapter):
         if not self.use_pooling and kwargs.get("pooling_shape"):
             raise ValueError(f"{path}/config.json says use_pooling: false; a pooling_shape load "
                              f"option would pool anyway")
+        prompt_format = kwargs.get("prompt_format", "paper")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format {prompt_format!r} is not one of "
+                             f"{sorted(PROMPT_FORMATS)}")
+        self.prompt_style = PROMPT_FORMATS[prompt_format]
         if not self.use_pooling:
             frames = int(config.get("num_frames") or DEFAULT_POOLING_SHAPE[0])
             kwargs.setdefault("num_frames", frames)

@@ -10,7 +10,16 @@ Map the Flow (§2, "Input layout") asks every model the same multiple-choice blo
 
 as the user turn (after the video), and starts the assistant turn with ``Best option:(`` so that the
 next token is the answer letter. The open-ended variant (VCGBench) is the question alone with no
-assistant prefix.
+assistant prefix. A :class:`PromptStyle` says how one model's official evaluation writes it: the
+PLLaVA / InternVL conversation joins the instruction with ``" \n"`` and the prefix with no space
+(:data:`MVBENCH_STYLE`), VideoLLaMA3 uses its own instruction and no prefix
+(:data:`VIDEOLLAMA3_STYLE`); :data:`MAPFLOW_STYLE` is the plain block above.
+
+Spans (as the official Map-the-Flow code delimits them, docs/paper_parity.md): the non-option
+question is the question text; each option is "(A) text", label included (its text alone is kept
+too); the coarse question runs from "Question:" through the end of the last option. Under
+VideoLLaMA3's style the question and every option also take their trailing newline, as the
+official VideoLLaMA3 code's spans do.
 
 Spans are exact by construction, never found by searching decoded token strings:
 
@@ -40,6 +49,11 @@ __all__ = [
     "OPTIONS_HEADER",
     "INSTRUCTION",
     "ASSISTANT_PREFIX",
+    "VIDEOLLAMA3_INSTRUCTION",
+    "PromptStyle",
+    "MAPFLOW_STYLE",
+    "MVBENCH_STYLE",
+    "VIDEOLLAMA3_STYLE",
     "option_label",
     "CharSpan",
     "OptionChars",
@@ -51,6 +65,7 @@ __all__ = [
     "render_prompt",
     "tokenize_prompt",
     "token_span",
+    "prompt_spans",
     "answer_token_ids",
 ]
 
@@ -59,6 +74,41 @@ OPTIONS_HEADER = "Options:"
 INSTRUCTION = "Only give the best option."
 #: The paper's assistant prefix: the next token after "(" is the answer letter.
 ASSISTANT_PREFIX = "Best option:("
+#: VideoLLaMA3's own multiple-choice instruction, which the official VideoLLaMA3 runs use instead
+#: of "Only give the best option." (VideoLLaMA3 evaluation/benchmarks/tvbench.py, tomato.py).
+VIDEOLLAMA3_INSTRUCTION = ("Answer with the option's letter from the given choices directly and "
+                           "only give the best option.")
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How one model's evaluation writes the multiple-choice block around the question.
+
+    - ``instruction`` follows the last option after ``before_instruction``;
+    - ``assistant_prefix`` is appended after the generation prompt, joined by ``before_prefix``
+      (None: one space unless the generation prompt ends in whitespace);
+    - ``newline_in_spans``: the question's and every option's span take the newline that follows
+      them (VideoLLaMA3's official spans).
+    """
+
+    name: str
+    instruction: str = INSTRUCTION
+    before_instruction: str = "\n"
+    assistant_prefix: str = ASSISTANT_PREFIX
+    before_prefix: str | None = None
+    newline_in_spans: bool = False
+
+
+#: The plain block: "...\n(B) text\nOnly give the best option." and " Best option:(".
+MAPFLOW_STYLE = PromptStyle("mapflow")
+#: PLLaVA's ``eval_mvbench`` conversations (LLaVA-NeXT-Video-FT, Mini-InternVL): the query and the
+#: post prompt "\nOnly give the best option." are joined by a space, and the answer prompt
+#: "Best option:(" follows the "ASSISTANT:" role with no space (official tasks/eval/eval_utils.py).
+MVBENCH_STYLE = PromptStyle("mvbench", before_instruction=" \n", before_prefix="")
+#: The official VideoLLaMA3 runs: VideoLLaMA3's own instruction, no assistant prefix, spans with
+#: their trailing newline.
+VIDEOLLAMA3_STYLE = PromptStyle("videollama3", instruction=VIDEOLLAMA3_INSTRUCTION,
+                                assistant_prefix="", before_prefix="", newline_in_spans=True)
 
 
 def option_label(index: int) -> str:
@@ -84,14 +134,22 @@ class CharSpan:
 
 @dataclass(frozen=True)
 class OptionChars(CharSpan):
-    """The characters of one option's text (without its "(A) " label)."""
+    """The characters of one option: ``[start, stop)`` is "(A) text" (label included),
+    ``[text_start, text_stop)`` the text alone."""
 
     label: str = ""
     text: str = ""
     is_true: bool = False
+    text_start: int = 0
+    text_stop: int = 0
 
     def shifted(self, offset: int) -> "OptionChars":
-        return replace(self, start=self.start + offset, stop=self.stop + offset)
+        return replace(self, start=self.start + offset, stop=self.stop + offset,
+                       text_start=self.text_start + offset, text_stop=self.text_stop + offset)
+
+    @property
+    def text_chars(self) -> CharSpan:
+        return CharSpan(self.text_start, self.text_stop)
 
 
 @dataclass(frozen=True)
@@ -102,6 +160,8 @@ class PromptBlock:
     question: CharSpan
     options: tuple[OptionChars, ...] = ()
     assistant_prefix: str = ""
+    question_with_options: CharSpan | None = None
+    style: PromptStyle = MAPFLOW_STYLE
 
 
 @dataclass(frozen=True)
@@ -110,6 +170,7 @@ class RenderedPrompt:
 
     ``media`` is the span of the video (or image) placeholder the template inserted, if any; the
     adapter replaces its token by the video tokens. ``answer`` is the index of the true option.
+    ``question_with_options`` is the coarse question ("Question:" through the last option).
     """
 
     text: str
@@ -117,6 +178,8 @@ class RenderedPrompt:
     options: tuple[OptionChars, ...] = ()
     media: CharSpan | None = None
     answer: int | None = None
+    question_with_options: CharSpan | None = None
+    style: PromptStyle = MAPFLOW_STYLE
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -137,6 +200,8 @@ class PromptTokens:
     options: tuple[tuple[int, int], ...] = ()
     media: int | None = None
     rendered: RenderedPrompt | None = field(default=None, repr=False)
+    option_texts: tuple[tuple[int, int], ...] = ()
+    question_with_options: tuple[int, int] | None = None
 
     @property
     def n_positions(self) -> int:
@@ -158,12 +223,15 @@ def _check_text(value: Any, what: str) -> str:
 
 
 def multiple_choice_block(
-    question: str, options: Sequence[str], *, answer: int | None = None
+    question: str, options: Sequence[str], *, answer: int | None = None,
+    style: PromptStyle = MAPFLOW_STYLE,
 ) -> PromptBlock:
     """The paper's multiple-choice user block with the character spans of question and options.
 
-    ``Question: {question}\\nOptions:\\n(A) {opt}\\n(B) {opt}\\nOnly give the best option.``
-    with assistant prefix ``Best option:(``.
+    ``Question: {question}\nOptions:\n(A) {opt}\n(B) {opt}{before_instruction}{instruction}``
+    (``style``, default :data:`MAPFLOW_STYLE`: ``"\n"`` and "Only give the best option.") with
+    the style's assistant prefix (``Best option:(``). Option spans cover "(A) text"; the coarse
+    question covers "Question:" through the last option.
     """
     question = _check_text(question, "question")
     options = list(options)
@@ -171,8 +239,10 @@ def multiple_choice_block(
         raise ValueError(f"a multiple-choice prompt needs at least 2 options, got {options!r}")
     if answer is not None and not (isinstance(answer, int) and 0 <= answer < len(options)):
         raise ValueError(f"answer {answer!r} is not an index into the {len(options)} options")
+    # A span that takes its trailing newline (VideoLLaMA3) ends one character later.
+    newline = 1 if style.newline_in_spans else 0
     text = QUESTION_PREFIX
-    question_span = CharSpan(len(text), len(text) + len(question))
+    question_span = CharSpan(len(text), len(text) + len(question) + newline)
     text += question + "\n" + OPTIONS_HEADER
     spans = []
     for index, option in enumerate(options):
@@ -180,12 +250,19 @@ def multiple_choice_block(
         if "\n" in option:
             raise ValueError(f"option {index} {option!r} contains a newline; options are one line")
         label = option_label(index)
-        text += f"\n({label}) "
-        spans.append(OptionChars(len(text), len(text) + len(option), label=label, text=option,
-                                 is_true=(index == answer)))
+        text += "\n"
+        start = len(text)
+        text += f"({label}) "
+        spans.append(OptionChars(start, len(text) + len(option) + newline, label=label,
+                                 text=option, is_true=(index == answer), text_start=len(text),
+                                 text_stop=len(text) + len(option)))
         text += option
-    text += "\n" + INSTRUCTION
-    return PromptBlock(text, question_span, tuple(spans), ASSISTANT_PREFIX)
+    if newline and not style.before_instruction.startswith("\n"):
+        raise ValueError(f"prompt style {style.name!r}: spans with their trailing newline need an "
+                         f"instruction that starts on a new line")
+    text += style.before_instruction + style.instruction
+    coarse = CharSpan(0, spans[-1].stop)
+    return PromptBlock(text, question_span, tuple(spans), style.assistant_prefix, coarse, style)
 
 
 def open_ended_block(question: str) -> PromptBlock:
@@ -250,6 +327,7 @@ def render_prompt(
     media_type: str = "video",
     open_ended: bool = False,
     assistant_prefix: str | None = None,
+    style: PromptStyle = MAPFLOW_STYLE,
 ) -> RenderedPrompt:
     """Render the paper's prompt through a family's chat template, keeping exact char spans.
 
@@ -259,11 +337,12 @@ def render_prompt(
     ``(block_text, media) -> text``. ``media`` is the placeholder string the template emits for
     the video (``"<video>"``, ``"<image>"``); it must appear exactly once before the block, or
     not at all when ``media`` is None. The rendered text ends with the generation prompt; the
-    multiple-choice assistant prefix ``Best option:(`` is appended after it (after one space when
-    the generation prompt does not end in whitespace, as in ``ASSISTANT: Best option:(``).
+    ``style``'s assistant prefix (``Best option:(``; ``assistant_prefix`` overrides it) is
+    appended after it, joined by the style's ``before_prefix`` (default: one space when the
+    generation prompt does not end in whitespace, as in ``ASSISTANT: Best option:(``).
     """
     block = open_ended_block(question) if open_ended else multiple_choice_block(
-        question, options, answer=answer)
+        question, options, answer=answer, style=style)
     if callable(template) and not hasattr(template, "apply_chat_template"):
         text = template(block.text, media)
         if not isinstance(text, str):
@@ -281,23 +360,31 @@ def render_prompt(
         media_span = CharSpan(media_start, media_start + len(media))
     prefix = block.assistant_prefix if assistant_prefix is None else assistant_prefix
     if prefix:
-        text += (prefix if not text or text[-1].isspace() else " " + prefix)
+        if style.before_prefix is not None:
+            text += style.before_prefix + prefix
+        else:
+            text += (prefix if not text or text[-1].isspace() else " " + prefix)
+    coarse = block.question_with_options
     return RenderedPrompt(
         text=text,
         question=block.question.shifted(block_start),
         options=tuple(option.shifted(block_start) for option in block.options),
         media=media_span,
         answer=None if open_ended else answer,
+        question_with_options=None if coarse is None else coarse.shifted(block_start),
+        style=style,
     )
 
 
 # ---------------------------------------------------------------------- token spans
 def token_span(text: str, offsets: Sequence[tuple[int, int]], span: CharSpan,
-               what: str) -> tuple[int, int]:
+               what: str, *, trailing_whitespace: bool = False) -> tuple[int, int]:
     """Token positions ``(start, stop)`` covering the characters of ``span`` exactly.
 
     A token may reach outside the span only over whitespace; a token mixing the span's text with
     other text, a character of the span no token covers, or an empty span raise ``ValueError``.
+    Tokens that hold only whitespace of the span's edges are left out, except, with
+    ``trailing_whitespace``, those at its end (VideoLLaMA3's spans that end in a newline token).
     """
     inside = [i for i, (a, b) in enumerate(offsets)
               if b > a and a < span.stop and b > span.start
@@ -306,6 +393,11 @@ def token_span(text: str, offsets: Sequence[tuple[int, int]], span: CharSpan,
         raise ValueError(f"{what} {span.of(text)!r} (characters [{span.start}, {span.stop})) is "
                          f"covered by no token")
     first, last = inside[0], inside[-1]
+    if trailing_whitespace:
+        while (last + 1 < len(offsets) and offsets[last][1] < span.stop
+               and offsets[last + 1][1] > offsets[last + 1][0]
+               and offsets[last + 1][0] < span.stop):
+            last += 1
     a, b = offsets[first][0], offsets[last][1]
     if a < span.start and text[a:span.start].strip():
         raise ValueError(
@@ -347,9 +439,7 @@ def tokenize_prompt(
     """
     text = rendered.text
     ids, offsets = _offsets(tokenizer, text, add_special_tokens)
-    question = token_span(text, offsets, rendered.question, "question")
-    options = tuple(token_span(text, offsets, option, f"option ({option.label})")
-                    for option in rendered.options)
+    question, options, option_texts, coarse = prompt_spans(text, offsets, rendered)
     media = None
     if rendered.media is not None:
         hits = [i for i, (a, b) in enumerate(offsets)
@@ -360,7 +450,27 @@ def tokenize_prompt(
                 f"{type(tokenizer).__name__}; add it as a special token")
         media = hits[0]
     return PromptTokens(torch.tensor([ids], dtype=torch.long), tuple(offsets), question, options,
-                        media, rendered)
+                        media, rendered, option_texts, coarse)
+
+
+def prompt_spans(text: str, offsets: Sequence[tuple[int, int]], rendered: RenderedPrompt,
+                 shift: int = 0):
+    """The token spans of a rendered prompt's question, options ("(A) text"), option texts and
+    coarse question, in a tokenization of ``text`` (``rendered.text`` with its character spans
+    moved by ``shift``: an adapter that expands the placeholder into text first)."""
+    tail = rendered.style.newline_in_spans
+    question = token_span(text, offsets, rendered.question.shifted(shift), "question",
+                          trailing_whitespace=tail)
+    options = tuple(token_span(text, offsets, option.shifted(shift), f"option ({option.label})",
+                               trailing_whitespace=tail) for option in rendered.options)
+    option_texts = tuple(token_span(text, offsets, option.text_chars.shifted(shift),
+                                    f"option ({option.label}) text")
+                         for option in rendered.options)
+    coarse = None
+    if rendered.question_with_options is not None:
+        coarse = token_span(text, offsets, rendered.question_with_options.shifted(shift),
+                            "question with options", trailing_whitespace=tail)
+    return question, options, option_texts, coarse
 
 
 def answer_token_ids(

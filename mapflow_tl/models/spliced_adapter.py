@@ -31,7 +31,7 @@ from .backbone import hooked_from_hf
 from .frames import load_frames
 from .loading import check_processor_ids, check_weights, load_hf_model, load_tokenizer
 from .pixels import FramePreprocessor
-from .prompt import answer_token_ids, render_prompt, tokenize_prompt
+from .prompt import MAPFLOW_STYLE, PromptStyle, answer_token_ids, render_prompt, tokenize_prompt
 from .splicing import VideoTokens, splice_video
 from .templates import TokenizerWithTemplate, load_chat_template, vicuna_conversation
 from .videollm import Prepared, VideoSample, as_video_sample
@@ -65,6 +65,8 @@ class SplicedVideoAdapter(FamilyAdapter):
     has_video_processor: ClassVar[bool] = True
     #: Load options this family accepts besides the common ones.
     family_options: ClassVar[tuple[str, ...]] = ()
+    #: How the multiple-choice block is written (:class:`~mapflow_tl.models.prompt.PromptStyle`).
+    prompt_style: PromptStyle = MAPFLOW_STYLE
 
     def __init__(self, path: Path, config: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(path, config, **kwargs)
@@ -144,7 +146,7 @@ class SplicedVideoAdapter(FamilyAdapter):
                                 max_frames=maximum)
         rendered = render_prompt(question, options, template=self.template, answer=answer,
                                  media=self.media_token, media_type=self.media_type,
-                                 open_ended=not options)
+                                 open_ended=not options, style=self.prompt_style)
         tokens = tokenize_prompt(self.tokenizer, rendered, add_special_tokens=True)
         with torch.no_grad():
             video = self.video_tokens(frames)

@@ -59,7 +59,8 @@ def splice_video(
     Returns the expanded input ids (the placeholder repeated, as the HF processors do), the
     embeddings (text tokens through ``embed``, video positions set to ``video.features``) and the
     SegmentMap: ``system`` = everything before the video, frames with their grids, separators,
-    question, options and last, all shifted by the video's length.
+    question, options ("(A) text", with their text spans), the coarse question and last, all
+    shifted by the video's length.
     """
     if tokens.media is None:
         raise ValueError("the prompt has no video placeholder to splice the video into")
@@ -97,11 +98,18 @@ def splice_video(
     for index, span in enumerate(tokens.options):
         start, stop = moved(span)
         chars = rendered.options[index] if rendered is not None else None
+        text_span = {}
+        if index < len(tokens.option_texts):
+            text_start, text_stop = moved(tokens.option_texts[index])
+            text_span = dict(text_start=text_start, text_stop=text_stop)
         options.append(Option(f"option_{chars.label if chars else index}", start, stop,
                               label=chars.label if chars else str(index),
                               text=chars.text if chars else "",
-                              is_true=bool(chars.is_true) if chars else False))
+                              is_true=bool(chars.is_true) if chars else False, **text_span))
     q_start, q_stop = moved(tokens.question)
+    coarse = None
+    if tokens.question_with_options is not None:
+        coarse = Span("question_with_options", *moved(tokens.question_with_options), "text")
     n_positions = expanded.shape[1]
     segments = SegmentMap(
         n_positions=n_positions,
@@ -111,6 +119,7 @@ def splice_video(
         separators=tuple(separators),
         question=Span("question", q_start, q_stop, "question"),
         options=tuple(options),
+        question_with_options=coarse,
     )
     return expanded, embeds, segments
 
