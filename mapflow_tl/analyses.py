@@ -1,21 +1,25 @@
 """The paper's analyses over a loaded VideoLLM, producing tidy result rows.
 
-Each analysis takes a :class:`~mapflow_tl.models.videollm.VideoLLM` and prepared samples
-(:class:`~mapflow_tl.models.videollm.Prepared`) and yields plain dict rows — one row per sample ×
-curve × layer (or the analysis' natural unit) — which :mod:`mapflow_tl.runs` writes to disk and
-:mod:`mapflow_tl.report` plots. Definitions follow Map the Flow §2:
+Each analysis takes a :class:`~mapflow_tl.models.videollm.VideoLLM` and a prepared sample
+(:class:`~mapflow_tl.models.videollm.Prepared`), ``(vlm, x)``, and returns plain dict rows — one
+row per sample × curve × layer (or the analysis' natural unit), with exactly the columns of its
+table in :mod:`mapflow_tl.schema` — which :mod:`mapflow_tl.runs` writes and :mod:`mapflow_tl.report`
+plots. Definitions follow the official Map-the-Flow code by default (docs/paper_parity.md gives
+each with its official file:line and the option for the other behaviour):
 
-- predicted answer: the model's own next token at the last position (argmax over the vocabulary);
-  ground truth: the true option's letter token; correct when they are equal;
-- relative change: ``(p_knockout − p_base) / p_base × 100``, for the predicted and the ground-truth
-  token; accuracy per layer: the fraction of samples whose knocked-out prediction is correct;
-- sample modes: ``correct`` (only samples the model answers correctly, the paper's default),
-  ``wrong``, ``all``.
+- predicted answer: the argmax over the full vocabulary at the last position; ground-truth
+  token: the true option's letter as the model emits it after the prompt (``x.answer_token``);
+- correct (``correctness="decoded-letter"``): the decoded predicted token equals the true letter
+  ignoring case and surrounding whitespace ("▁A" counts); ``"token-id"``: the exact letter token;
+- relative change: ``(p_knockout − p_base) / p_base × 100`` under the full-vocabulary softmax, for
+  the predicted token and for the ground-truth token (each divided by its own base probability);
+- accuracy under knockout: hits over all evaluated samples (:func:`accuracy_by_layer`);
+- sample modes: ``correct`` (the paper's default), ``wrong``, ``all``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -23,22 +27,29 @@ from . import edges as E
 from .circuits import Circuit
 from .edges import Edges
 from .engine import layer_sweep, sweep
-from .hooks import PathwaySpec, knockout
-from .layers import early_to_middle_layers
-from .lens import project, residual_stream
-from .metrics import relative_change
+from .hooks import RANDOM_BASELINES, PathwaySpec, knockout
+from .keywords import reduce_keywords
+from .layers import default_window_size, early_to_middle_layers
+from .lens import answer_probability_trace, iter_logit_lens, top_tokens
+from .metrics import CORRECTNESS, accuracy_by_layer, base_accuracy, is_correct, relative_change
 from .schema import SAMPLE_MODES, sample_fields
 from .models.videollm import Prepared, VideoLLM
 
 __all__ = [
     "SAMPLE_MODES",
+    "CORRECTNESS",
     "base_prediction",
+    "grade",
     "select",
     "flow_sweep",
     "accuracy_by_layer",
+    "base_accuracy",
     "probability_trace",
     "video_lens",
     "keyword_frequency",
+    "keyword_counts",
+    "keyword_bins",
+    "video_region",
     "prune",
     "attention_to_frames",
     "crossframe_knockout",
@@ -46,8 +57,32 @@ __all__ = [
 ]
 
 
-def base_prediction(vlm: VideoLLM, x: Prepared) -> dict[str, Any]:
-    """The clean run's answer: predicted token, its probability, the ground-truth probability."""
+def _decode(vlm: VideoLLM, token: int) -> str:
+    """One token decoded on its own (as the official code decodes the argmax)."""
+    return vlm.tokenizer.decode([int(token)])
+
+
+def grade(vlm: VideoLLM, x: Prepared, token: int,
+          correctness: str = "decoded-letter") -> bool | None:
+    """Whether predicted ``token`` answers ``x`` correctly (None without a known answer):
+    ``"decoded-letter"`` (official) compares the decoded token with the true letter (the decoded
+    ground-truth token) ignoring case and surrounding whitespace; ``"token-id"`` requires the
+    exact ground-truth token."""
+    if correctness not in CORRECTNESS:
+        raise ValueError(f"correctness must be one of {CORRECTNESS}, got {correctness!r}")
+    truth = x.answer_token
+    if truth is None:
+        return None
+    if correctness == "token-id":
+        return int(token) == truth
+    return is_correct(_decode(vlm, token), _decode(vlm, truth))
+
+
+def base_prediction(vlm: VideoLLM, x: Prepared, *,
+                    correctness: str = "decoded-letter") -> dict[str, Any]:
+    """The clean run's answer (the ``BASE_COLUMNS``): predicted token (argmax over the full
+    vocabulary at the last position), its probability, the ground-truth token's probability,
+    whether it is correct (see :func:`grade`) and the most probable option."""
     probabilities = vlm.run_with_hooks(x)[0, -1].float().softmax(-1)
     predicted = int(probabilities.argmax())
     truth = x.answer_token
@@ -55,7 +90,7 @@ def base_prediction(vlm: VideoLLM, x: Prepared) -> dict[str, Any]:
         "base_token": predicted,
         "base_p_pred": float(probabilities[predicted]),
         "base_p_true": None if truth is None else float(probabilities[truth]),
-        "base_correct": None if truth is None else predicted == truth,
+        "base_correct": grade(vlm, x, predicted, correctness),
         "base_option": int(probabilities[x.answer_ids.to(probabilities.device)].argmax()),
     }
 
@@ -72,24 +107,37 @@ def select(base: dict[str, Any], mode: str) -> bool:
     return base["base_correct"] == (mode == "correct")
 
 
+def _change(p: float | None, base: float | None) -> float | None:
+    """Relative change, None where the base probability is 0 or unknown (official divides by
+    a bf16 probability that can be 0.0)."""
+    if p is None or not base:
+        return None
+    return relative_change(base=base, knockout=p)
+
+
 def flow_sweep(
     vlm: VideoLLM,
     x: Prepared,
     circuit: Circuit,
     *,
-    k: int = 9,
+    k: int | None = None,
     style: str = "center",
+    centers: Iterable[int] | None = None,
     method: str = "fast",
     base: dict[str, Any] | None = None,
+    correctness: str = "decoded-letter",
 ) -> list[dict[str, Any]]:
     """Information-flow sweep of one sample (Map the Flow §2): for each curve of ``circuit`` and
-    each window centre, knock the curve's edges out in the window and record base and
-    knocked-out probabilities of the predicted and ground-truth tokens, their relative change
-    ×100 and the new answer. One row per curve × layer."""
-    base = base or base_prediction(vlm, x)
+    each window centre (``centers``, default every layer), knock the curve's edges out in the
+    window of ``k`` layers (default :func:`~mapflow_tl.layers.default_window_size`) and record
+    the knocked-out probabilities of the clean run's predicted token and of the ground-truth
+    token, their relative change ×100 (each against its own clean probability), and the new
+    answer with its correctness. One row per curve × centre (``flow`` table)."""
+    base = base or base_prediction(vlm, x, correctness=correctness)
     n_layers = vlm.n_layers
+    k = default_window_size(n_layers) if k is None else k
     curves = circuit.build_curves(x.segments, n_layers)
-    configs = layer_sweep(curves, n_layers, k=k, style=style)
+    configs = layer_sweep(curves, n_layers, k=k, style=style, centers=centers)
     probabilities = sweep(vlm.backbone, x.embeds, configs, method=method).float().softmax(-1)
     truth = x.answer_token
     option_ids = x.answer_ids.to(probabilities.device)
@@ -103,120 +151,186 @@ def flow_sweep(
             "layer": config.center, "layers": list(config.layers), "k": k, "style": style,
             **base,
             "p_pred": p_pred, "p_true": p_true,
-            "change_pred": relative_change(p_pred, base["base_p_pred"]),
-            "change_true": None if truth is None or not base["base_p_true"]
-            else relative_change(p_true, base["base_p_true"]),
+            "change_pred": _change(p_pred, base["base_p_pred"]),
+            "change_true": _change(p_true, base["base_p_true"]),
             "token": token, "option": int(p[option_ids].argmax()),
-            "correct": None if truth is None else token == truth,
+            "correct": grade(vlm, x, token, correctness),
             "edges": config.edges.count(x.n_positions),
         })
     return rows
 
 
-def accuracy_by_layer(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, int], float]:
-    """Accuracy per (curve, layer) over flow-sweep rows: the fraction of knocked-out
-    predictions that equal the ground truth."""
-    totals: dict[tuple[str, int], list[int]] = {}
-    for row in rows:
-        if row["correct"] is None:
-            continue
-        entry = totals.setdefault((row["curve"], row["layer"]), [0, 0])
-        entry[0] += bool(row["correct"])
-        entry[1] += 1
-    return {key: hits / count for key, (hits, count) in totals.items()}
-
-
-def probability_trace(vlm: VideoLLM, x: Prepared) -> list[dict[str, Any]]:
-    """Answer-probability tracing (Finding 3): logit lens at the last position per layer, the
-    probability of every option's letter, marked true or false. One row per layer × option."""
-    residual = residual_stream(vlm.backbone, x.embeds, [x.n_positions - 1])[:, 0]
-    probabilities = project(vlm.backbone, residual).float().softmax(-1)
-    probabilities = probabilities[:, x.answer_ids.to(probabilities.device)]
+def probability_trace(vlm: VideoLLM, x: Prepared, *, norm: bool = False, top_k: int = 10,
+                      base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Answer-probability tracing (Finding 3) through
+    :func:`~mapflow_tl.lens.answer_probability_trace`: at the last position, per layer, the
+    probability of every option's letter (``is_true`` marks the ground truth's), of the clean
+    run's predicted token (``p_pred``), and the layer's ``top_k`` tokens. Official defaults:
+    block outputs through ``W_U`` without the final norm at intermediate layers, the last layer
+    the model's own output. One row per layer × option (``prob`` table)."""
+    base = base or base_prediction(vlm, x)
+    n_options = len(x.answer_ids)
+    ids = torch.cat([x.answer_ids.cpu(), torch.tensor([base["base_token"]])])
+    trace = answer_probability_trace(vlm, x, ids, norm=norm, top_k=top_k)
     rows = []
     for layer in range(vlm.n_layers):
-        for option, p in enumerate(probabilities[layer].tolist()):
+        top_ids = trace.top_ids[layer].tolist()
+        top = {"top_ids": top_ids, "top_tokens": [_decode(vlm, i) for i in top_ids],
+               "top_probs": trace.top_probabilities[layer].tolist()}
+        p_pred = float(trace.probabilities[layer, n_options])
+        for option in range(n_options):
             rows.append({**sample_fields(x), "layer": layer, "option": option,
-                         "is_true": x.answer == option, "probability": p})
+                         "token": int(x.answer_ids[option]), "is_true": x.answer == option,
+                         "probability": float(trace.probabilities[layer, option]),
+                         "p_pred": p_pred, **top})
     return rows
 
 
-def _normalise(token: str) -> str:
-    return token.replace("▁", " ").replace("Ġ", " ").strip().lower()
+def video_lens(vlm: VideoLLM, x: Prepared, *, k: int = 5, read: str = "input",
+               norm: bool = False, matrix: str = "embed", final_output: bool = True,
+               fwd_hooks=()) -> list[dict[str, Any]]:
+    """Logit Lens on video tokens (Finding 2): the ``k`` most probable tokens (full-vocabulary
+    softmax, via :func:`~mapflow_tl.lens.top_tokens`) of every video position in every layer.
 
-
-def video_lens(vlm: VideoLLM, x: Prepared, *, k: int = 5, norm: bool = False,
-               matrix: str = "embed") -> list[dict[str, Any]]:
-    """Logit Lens on video tokens (Finding 2): the top-k tokens of every video position in every
-    layer — by default the paper's lens, the input embedding matrix without the final norm.
-    One row per layer × video position."""
+    Official defaults: "layer i" is the **input** of block i for i = 0 … L−2 (layer 0 = the
+    embeddings) and the last entry the normed final output; the input embedding matrix, no
+    norm; top-5 kept (of the official top-10, the same five), top-1 counted by
+    :func:`keyword_frequency`. ``read="output"``, ``norm=True``, ``matrix="unembed"`` give
+    other lenses. One row per layer × video position (``lens`` table); ``top_tokens`` are the
+    tokens decoded one by one."""
     seg = x.segments
     positions = [p for frame in seg.frames for p in frame.positions]
     if not positions:
         raise ValueError("this sample has no video frames to read with the lens")
-    stream = residual_stream(vlm.backbone, x.embeds, positions)
     rows = []
-    for layer in range(vlm.n_layers):
-        logits = project(vlm.backbone, stream[layer], norm=norm, matrix=matrix)
-        top = logits.float().softmax(-1).topk(k, dim=-1)
+    for layer, logits in iter_logit_lens(vlm, x, positions, read=read, norm=norm,
+                                         final_output=final_output, matrix=matrix,
+                                         fwd_hooks=fwd_hooks):
+        probabilities, ids = top_tokens(logits, k=k)
         for index, position in enumerate(positions):
             t, h, w = seg.frame_of(position)
-            ids = top.indices[index].tolist()
+            top_ids = ids[index].tolist()
             rows.append({**sample_fields(x), "layer": layer, "position": position, "frame": t,
-                         "h": h, "w": w, "top_ids": ids,
-                         "top_tokens": [_normalise(s) for s in
-                                        vlm.tokenizer.convert_ids_to_tokens(ids)],
-                         "top_probs": top.values[index].tolist()})
+                         "h": h, "w": w, "top_ids": top_ids,
+                         "top_tokens": [_decode(vlm, i) for i in top_ids],
+                         "top_probs": probabilities[index].tolist()})
     return rows
 
 
+def _reduced_groups(tokenizer: Any, spatial: Sequence[str],
+                    temporal: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    return {"spatial": reduce_keywords(tokenizer, spatial),
+            "temporal": reduce_keywords(tokenizer, temporal)}
+
+
+def keyword_counts(rows: Iterable[dict[str, Any]], spatial: Sequence[str],
+                   temporal: Sequence[str], *, tokenizer: Any) -> list[dict[str, Any]]:
+    """Per keyword and layer: how many video positions (over all ``video_lens`` rows given) have
+    the keyword as their top-1 lens token (Finding 2, official matching: the keyword reduced to
+    its first sub-token by ``tokenizer``, compared exactly and case-sensitively with the decoded
+    top-1 token, surrounding whitespace ignored). One row per (group, reduced keyword, layer)
+    (``keyword_counts`` table)."""
+    groups = _reduced_groups(tokenizer, spatial, temporal)
+    counts: dict[int, dict[str, int]] = {}
+    for row in rows:
+        top1 = row["top_tokens"][0].strip()
+        per_layer = counts.setdefault(row["layer"], {})
+        per_layer[top1] = per_layer.get(top1, 0) + 1
+    out = []
+    for group, reduced in groups.items():
+        for token, words in reduced.items():
+            for layer in sorted(counts):
+                out.append({"group": group, "keyword": token, "words": words, "layer": layer,
+                            "count": counts[layer].get(token, 0)})
+    return out
+
+
+def keyword_bins(counts: Iterable[dict[str, Any]], *, size: int = 5) -> list[dict[str, Any]]:
+    """:func:`keyword_counts` summed over bins of ``size`` layers: 0-based layers
+    ``[i, i + size)`` labelled ``"i+1–i+size"`` (1-based), the last bin cut at the model's
+    depth. Five layers per bin, as the paper's labels say (the official plotting code sums six,
+    ``.loc[kw, i:i+5]`` being inclusive — not reproduced). One row per (group, keyword, bin)
+    (``keyword_bins`` table)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"bin size must be a whole number of layers ≥ 1, got {size!r}")
+    bins: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for row in counts:
+        first = row["layer"] // size * size
+        entry = bins.setdefault((row["group"], row["keyword"], first), {
+            "group": row["group"], "keyword": row["keyword"], "first_layer": first,
+            "last_layer": first, "count": 0})
+        entry["last_layer"] = max(entry["last_layer"], row["layer"])
+        entry["count"] += row["count"]
+    out = []
+    for entry in bins.values():
+        out.append({"group": entry["group"], "keyword": entry["keyword"],
+                    "bin": f"{entry['first_layer'] + 1}–{entry['first_layer'] + size}",
+                    "first_layer": entry["first_layer"], "last_layer": entry["last_layer"],
+                    "count": entry["count"]})
+    return out
+
+
 def keyword_frequency(rows: Iterable[dict[str, Any]], spatial: Sequence[str],
-                      temporal: Sequence[str], *, top: int = 1) -> list[dict[str, Any]]:
-    """Per layer: how many video positions have a spatial / temporal keyword among their
-    ``top`` lens tokens (Finding 2's keyword count), over all rows given."""
-    spatial_set = {w.lower() for w in spatial}
-    temporal_set = {w.lower() for w in temporal}
+                      temporal: Sequence[str], *, tokenizer: Any) -> list[dict[str, Any]]:
+    """Per layer: how many video positions have a spatial / temporal keyword as their top-1
+    lens token (the matching of :func:`keyword_counts`), and how many positions were read. One
+    row per layer (``keywords`` table)."""
+    groups = _reduced_groups(tokenizer, spatial, temporal)
     counts: dict[int, dict[str, int]] = {}
     for row in rows:
         entry = counts.setdefault(row["layer"], {"spatial": 0, "temporal": 0, "positions": 0})
-        tokens = row["top_tokens"][:top]
-        entry["spatial"] += any(t in spatial_set for t in tokens)
-        entry["temporal"] += any(t in temporal_set for t in tokens)
+        top1 = row["top_tokens"][0].strip()
+        entry["spatial"] += top1 in groups["spatial"]
+        entry["temporal"] += top1 in groups["temporal"]
         entry["positions"] += 1
     return [{"layer": layer, **entry} for layer, entry in sorted(counts.items())]
 
 
 def video_region(x: Prepared) -> Edges:
-    """The random baseline's region: causal edges among positions from the video start to the
-    last token (Map the Flow §2)."""
+    """The random baseline's region: causal edges among positions from the video start through
+    the last token, included (official: query and key both ≥ the video start)."""
     seg = x.segments
     start = seg.video.start if seg.video is not None else 0
     positions = range(start, x.n_positions)
     return Edges(src=positions, dst=positions, name="video start → last")
 
 
-def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seed: int = 0,
-          base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seeds: Sequence[int] = (0, 1, 2),
+          baseline: str = "official-uniform", ratio: float | None = None,
+          base: dict[str, Any] | None = None,
+          correctness: str = "decoded-letter") -> list[dict[str, Any]]:
     """Effective-pathway pruning (Finding 4) of one sample: the answer of the full model, of the
-    circuit's pathway spec and of a random pruning that blocks as many edges per layer, with the
-    edge accounting (kept / total over all layers). One row per variant."""
-    base = base or base_prediction(vlm, x)
+    circuit's pathway spec and of the random-pruning baseline once per seed in ``seeds``
+    (:meth:`~mapflow_tl.hooks.PathwaySpec.random_like`: ``baseline="official-uniform"`` blocks
+    ``int(ratio × n(n+1)/2)`` edges in every layer, ``ratio`` defaulting to the fraction the
+    pathway blocks; ``"per-layer-matched"`` as many per layer as the pathway), drawn in
+    :func:`video_region`, with the edge accounting (kept / total over all layers). One row per
+    variant and seed (``prune`` table); report the random rows as mean ± sd over seeds
+    (:func:`~mapflow_tl.metrics.prune_summary`)."""
+    if baseline not in RANDOM_BASELINES:
+        raise ValueError(f"random baseline must be one of {RANDOM_BASELINES}, got {baseline!r}")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("prune needs at least one random seed (e.g. seeds=(0, 1, 2))")
+    base = base or base_prediction(vlm, x, correctness=correctness)
     spec = circuit.build_pathway(x.segments, vlm.n_layers)
     n = x.n_positions
-    variants: list[tuple[str, PathwaySpec | None]] = [
-        ("full", None), ("pathway", spec),
-        ("random", spec.random_like(video_region(x), n, seed=seed)),
-    ]
+    region = video_region(x)
+    variants: list[tuple[str, int | None, PathwaySpec | None]] = [
+        ("full", None, None), ("pathway", None, spec)]
+    variants += [("random", seed, spec.random_like(region, n, seed, baseline=baseline,
+                                                   ratio=ratio)) for seed in seeds]
     truth = x.answer_token
     rows = []
-    for variant, variant_spec in variants:
+    for variant, seed, variant_spec in variants:
         hooks = [] if variant_spec is None else variant_spec.hooks()
         probabilities = vlm.run_with_hooks(x, hooks)[0, -1].float().softmax(-1)
         token = int(probabilities.argmax())
         kept, total = (variant_spec.edge_accounting(n) if variant_spec is not None
                        else (vlm.n_layers * E.causal_edge_count(n),) * 2)
         rows.append({**sample_fields(x), "circuit": circuit.name, "variant": variant,
-                     "seed": seed if variant == "random" else None, "token": token,
-                     "correct": None if truth is None else token == truth,
+                     "seed": seed, "baseline": baseline if variant == "random" else None,
+                     "token": token, "correct": grade(vlm, x, token, correctness),
                      "p_true": None if truth is None else float(probabilities[truth]),
                      "kept_edges": kept, "total_edges": total, "retained": kept / total})
     return rows
@@ -263,7 +377,8 @@ def attention_to_frames(
 
 
 def crossframe_knockout(vlm: VideoLLM, x: Prepared, layers: Sequence[int] | None = None, *,
-                        model: str = "") -> list[dict[str, Any]]:
+                        model: str = "",
+                        correctness: str = "decoded-letter") -> list[dict[str, Any]]:
     """Finding 1 for one sample: the answer with and without cross-frame attention (every frame's
     tokens blocked from the tokens of earlier frames) in ``layers`` (default: the early-to-middle
     half, :func:`~mapflow_tl.layers.early_to_middle_layers`, as the paper's layers 1–16 of 32).
@@ -276,5 +391,5 @@ def crossframe_knockout(vlm: VideoLLM, x: Prepared, layers: Sequence[int] | None
         token = int(probabilities.argmax())
         rows.append({**sample_fields(x), "model": model, "condition": condition,
                      "layers": list(layers), "token": token,
-                     "correct": None if x.answer is None else token == x.answer_token})
+                     "correct": grade(vlm, x, token, correctness)})
     return rows

@@ -29,6 +29,8 @@ __all__ = [
     "KnockoutHook",
     "PathwaySpec",
     "random_knockout",
+    "RANDOM_BASELINES",
+    "random_baseline_counts",
     "capture",
     "check_hooks",
 ]
@@ -220,15 +222,28 @@ class PathwaySpec:
         kept, total = self.edge_accounting(n_positions)
         return kept / total
 
-    def random_like(self, region: Edges, n_positions: int, seed: int) -> "PathwaySpec":
-        """The paper's random-pruning baseline for this spec: in each layer, block as many edges
-        as this spec blocks there, drawn uniformly from the causal edges of ``region``."""
-        baseline = PathwaySpec(self.n_layers)
-        for layer, count in enumerate(self.blocked_counts(n_positions)):
-            if count:
-                edges = _random_edges(region, n_positions, count, seed, layer)
-                baseline.block(edges, [layer])
-        return baseline
+    def random_like(self, region: Edges, n_positions: int, seed: int, *,
+                    baseline: str = "official-uniform",
+                    ratio: float | None = None) -> "PathwaySpec":
+        """The random-pruning baseline for this spec (Map the Flow, Finding 4), drawn by
+        :func:`random_baseline_counts` and :func:`random_knockout`'s one sampler:
+
+        - ``baseline="official-uniform"`` (official default): in **every** layer the same
+          ``N = int(ratio × n(n+1)/2)`` causal edges are blocked, drawn fresh per layer from the
+          causal edges of ``region`` (the paper: query and key both at or after the video
+          start, last token included); ``ratio`` defaults to the fraction of edges this spec
+          blocks, ``1 − retained_fraction``;
+        - ``baseline="per-layer-matched"``: in each layer as many edges as this spec blocks
+          *in that layer* (the total matches exactly, layer by layer).
+
+        Seeded: one ``torch.Generator(seed)`` draws the layers in order, so a seed always gives
+        the same edges (the official LLaVA/InternVL scripts were unseeded).
+        """
+        counts = random_baseline_counts(self, n_positions, baseline=baseline, ratio=ratio)
+        baseline_spec = PathwaySpec(self.n_layers)
+        for layer, edges in _random_edges_per_layer(region, n_positions, counts, seed).items():
+            baseline_spec.block(edges, [layer])
+        return baseline_spec
 
     def describe(self) -> str:
         return "\n".join(rule[2] for rule in self.rules)
@@ -249,45 +264,86 @@ def _ranges(layers: Iterable[int]) -> str:
     return ", ".join(parts)
 
 
-def _random_edges(region: Edges, n_positions: int, count: int, seed: int, layer: int) -> Edges:
+#: The random-pruning baselines: the official one (the same number of edges in every layer) and
+#: the per-layer-matched one (each layer as many edges as the pathway blocks there).
+RANDOM_BASELINES = ("official-uniform", "per-layer-matched")
+
+
+def random_baseline_counts(spec: PathwaySpec, n_positions: int, *,
+                           baseline: str = "official-uniform",
+                           ratio: float | None = None) -> dict[int, int]:
+    """Edges to block per layer for the random baseline of ``spec`` (see
+    :meth:`PathwaySpec.random_like`): ``{layer: count}``."""
+    if baseline not in RANDOM_BASELINES:
+        raise ValueError(f"random baseline must be one of {RANDOM_BASELINES}, got {baseline!r}")
+    if baseline == "per-layer-matched":
+        if ratio is not None:
+            raise ValueError("ratio applies to the official-uniform baseline only; the "
+                             "per-layer-matched one copies the pathway's counts")
+        return dict(enumerate(spec.blocked_counts(n_positions)))
+    if ratio is None:
+        ratio = 1.0 - spec.retained_fraction(n_positions)
+    count = _official_count(ratio, n_positions)
+    return {layer: count for layer in range(spec.n_layers)}
+
+
+def _official_count(ratio: float, n_positions: int) -> int:
+    """``int(ratio × n(n+1)/2)``: a fraction of the whole causal triangle (official)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio) \
+            or not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"random pruning ratio must lie in [0, 1], got {ratio!r}")
+    return int(ratio * causal_edge_count(n_positions))
+
+
+def _random_edges_per_layer(region: Edges, n_positions: int, counts: Mapping[int, int],
+                            seed: int) -> dict[int, Edges]:
+    """The one sampler of the random baseline: for each layer (in increasing order) ``count``
+    distinct causal edges of ``region``, uniformly, from one generator seeded with ``seed``."""
     candidates = region.dense(n_positions).nonzero()
-    if count > candidates.shape[0]:
-        raise ValueError(
-            f"cannot draw {count} random edges from region {region.name!r}, which has only "
-            f"{candidates.shape[0]} causal edges"
-        )
-    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(layer))
-    chosen = candidates[torch.randperm(candidates.shape[0], generator=generator)[:count]]
-    return Edges.from_pairs(chosen[:, 0], chosen[:, 1], n_positions,
-                            name=f"random {count} of {region.name} (seed {seed}, layer {layer})")
+    generator = torch.Generator().manual_seed(int(seed))
+    drawn = {}
+    for layer in sorted(counts):
+        count = counts[layer]
+        if count > candidates.shape[0]:
+            # The official code silently blocks every candidate then; we refuse.
+            raise ValueError(
+                f"cannot draw {count} random edges from region {region.name!r}, which has only "
+                f"{candidates.shape[0]} causal edges; lower the ratio or widen the region")
+        order = torch.randperm(candidates.shape[0], generator=generator)
+        if count:
+            chosen = candidates[order[:count]]
+            drawn[layer] = Edges.from_pairs(
+                chosen[:, 0], chosen[:, 1], n_positions,
+                name=f"random {count} of {region.name} (seed {seed}, layer {layer})")
+    return drawn
 
 
 def random_knockout(
-    fraction: float,
+    ratio: float,
     seed: int,
     region: Edges,
     layers: Iterable[int],
     n_positions: int,
 ) -> HookList:
-    """The paper's random baseline: block a uniformly random ``fraction`` of the causal edges of
-    ``region`` (e.g. among positions from the video start to the last token) in each of ``layers``.
+    """The paper's random baseline as hooks: in each of ``layers``, block
+    ``N = int(ratio × n(n+1)/2)`` causal edges (a fraction of the **whole** causal triangle, as
+    the official code counts it) drawn uniformly from the causal edges of ``region`` (the paper:
+    positions from the video start to the last token).
 
-    Each layer draws its own edges; the same seed always gives the same edges.
+    Each layer draws its own edges; one ``torch.Generator(seed)`` draws the layers in order, so
+    the same seed always gives the same edges. :meth:`PathwaySpec.random_like` uses the same
+    sampler.
     """
-    if not 0.0 <= fraction <= 1.0 or math.isnan(fraction):
-        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
     layers = sorted(set(layers))
     if not layers:
         raise ValueError("random_knockout needs at least one layer")
-    count = round(fraction * region.count(n_positions))
-    hooks: HookList = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
             raise ValueError(f"layer must be a non-negative int, got {layer!r}")
-        if count:
-            edges = _random_edges(region, n_positions, count, seed, layer)
-            hooks.append((attn_scores_hook_name(layer), KnockoutHook(edges)))
-    return hooks
+    count = _official_count(ratio, n_positions)
+    drawn = _random_edges_per_layer(region, n_positions, dict.fromkeys(layers, count), seed)
+    return [(attn_scores_hook_name(layer), KnockoutHook(edges))
+            for layer, edges in drawn.items()]
 
 
 def capture(

@@ -1,16 +1,127 @@
-"""The paper's knockout metrics."""
+"""The paper's knockout metrics: relative change, correctness, accuracy, the pruning summary.
+
+Plain Python (no torch import), so the report and the command line can use the same
+definitions without loading a model. Definitions (Map the Flow §2, official code
+byminji/map-the-flow @566f3ed; docs/paper_parity.md has the file:line of each):
+
+- relative change: ``(p_knockout − p_base) / p_base × 100`` of one token's probability under the
+  full-vocabulary softmax at the last position;
+- correct: the decoded argmax token equals the true option's letter, ignoring case and
+  surrounding whitespace (so SentencePiece's ``"▁A"`` counts as ``"A"``);
+- accuracy under knockout: hits over **all evaluated samples** (those that took part and those
+  the sample mode left out), so a knockout without effect gives exactly the base accuracy, which
+  is the reference line.
+"""
 
 from __future__ import annotations
 
-import torch
-from jaxtyping import Float
+from collections import defaultdict
+from statistics import mean, stdev
+from typing import Any, Iterable, Mapping
 
-__all__ = ["relative_change"]
+__all__ = ["relative_change", "is_correct", "CORRECTNESS", "ACCURACY_OVER", "base_accuracy",
+           "accuracy_by_layer", "prune_summary"]
+
+#: How a prediction is graded: the decoded token against the letter (official), or the exact
+#: token id of the letter as the prompt continues (stricter: "▁A" after "(" is wrong).
+CORRECTNESS = ("decoded-letter", "token-id")
+
+#: Accuracy's denominator: every evaluated sample (official), or only the samples the sample
+#: mode selected (the per-mode view: 100 % without knockout in "correct" mode by construction).
+ACCURACY_OVER = ("all-samples", "selected")
 
 
-def relative_change(
-    p_knockout: Float[torch.Tensor, "..."] | float, p_base: Float[torch.Tensor, "..."] | float
-) -> Float[torch.Tensor, "..."] | float:
+def relative_change(*, base, knockout):
     """Relative change of probability in percent (Map the Flow §2, "Metric"):
-    ``(p_knockout − p_base) / p_base × 100``."""
-    return (p_knockout - p_base) / p_base * 100.0
+    ``(knockout − base) / base × 100``. Keyword-only, because the two are easy to swap and the
+    swap silently flips signs. Works on floats and on tensors of any shape (elementwise)."""
+    return (knockout - base) / base * 100.0
+
+
+def is_correct(predicted: str, letter: str) -> bool:
+    """Whether a decoded prediction is the option ``letter``: equal ignoring case and
+    surrounding whitespace (official: ``decode([argmax]).lower() == letter.lower()``, where
+    decoding one SentencePiece token drops its "▁"; stripping does the same for tokenizers that
+    keep the space, e.g. Qwen's " A")."""
+    if not letter.strip():
+        raise ValueError(f"the true option's letter is empty ({letter!r}): cannot grade")
+    return predicted.strip().lower() == letter.strip().lower()
+
+
+def base_accuracy(samples: Iterable[Mapping[str, Any]]) -> float:
+    """Base accuracy (fraction) over ``samples`` rows (the ``samples`` table: ``base_correct``),
+    every evaluated sample counted; samples without a known answer are left out."""
+    graded = [bool(r["base_correct"]) for r in samples if r.get("base_correct") is not None]
+    if not graded:
+        raise ValueError("no sample with a known answer: base accuracy is undefined")
+    return sum(graded) / len(graded)
+
+
+def accuracy_by_layer(
+    rows: Iterable[Mapping[str, Any]],
+    samples: Iterable[Mapping[str, Any]] | None = None,
+    *,
+    over: str = "all-samples",
+) -> dict[tuple[str, int], float]:
+    """Accuracy (fraction) per ``(curve, layer)`` of flow-sweep ``rows``.
+
+    ``over="all-samples"`` (official): knocked-out predictions that are correct, over every
+    evaluated sample in ``samples`` (the ``samples`` table, with a known answer), including those
+    the sample mode did not select — so, in "correct" mode, a knockout without effect gives the
+    base accuracy (:func:`base_accuracy`). ``over="selected"``: over the samples that have rows
+    for that (curve, layer) (the per-mode view). Rows and samples should come from one task (or
+    one pool) — filter first for per-task curves.
+    """
+    if over not in ACCURACY_OVER:
+        raise ValueError(f"accuracy over must be one of {ACCURACY_OVER}, got {over!r}")
+    rows = list(rows)
+    hits: dict[tuple[str, int], int] = defaultdict(int)
+    counts: dict[tuple[str, int], int] = defaultdict(int)
+    for row in rows:
+        if row["correct"] is None:
+            continue
+        key = (row["curve"], row["layer"])
+        hits[key] += bool(row["correct"])
+        counts[key] += 1
+    if over == "selected":
+        return {key: hits[key] / counts[key] for key in counts}
+    if samples is None:
+        raise ValueError("accuracy over all samples needs the samples table (every evaluated "
+                         "sample, selected or not); pass samples=, or over='selected'")
+    evaluated = {r["sample"] for r in samples if r.get("base_correct") is not None}
+    if not evaluated:
+        raise ValueError("no evaluated sample with a known answer in samples")
+    rowless = {r["sample"] for r in rows if r["correct"] is not None} - evaluated
+    if rowless:
+        raise ValueError(f"flow rows of samples missing from the samples table: "
+                         f"{sorted(rowless)[:3]}; pass the samples table of the same run")
+    return {key: hits[key] / len(evaluated) for key in counts}
+
+
+def prune_summary(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per task and variant of ``prune`` rows: accuracy (%) and retained edges; for the random
+    baseline the mean ± sample standard deviation over its seeds (each seed's accuracy over the
+    task's samples first), as the paper's Table 1 should be read with several seeds."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["task"], row["variant"])].append(row)
+    table = []
+    for (task, variant), group in sorted(groups.items()):
+        by_seed: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
+        for row in group:
+            by_seed[row.get("seed")].append(row)
+        accuracies = []
+        for seed_rows in by_seed.values():
+            graded = [bool(r["correct"]) for r in seed_rows if r["correct"] is not None]
+            if graded:
+                accuracies.append(100 * sum(graded) / len(graded))
+        kept = sum(r["kept_edges"] for r in group)
+        total = sum(r["total_edges"] for r in group)
+        table.append({
+            "task": task, "variant": variant,
+            "samples": len({r["sample"] for r in group}), "seeds": len(by_seed),
+            "accuracy": mean(accuracies) if accuracies else None,
+            "accuracy_sd": stdev(accuracies) if len(accuracies) > 1 else None,
+            "retained": kept / total if total else None,
+        })
+    return table

@@ -221,27 +221,51 @@ def test_from_mapping_modes():
         PathwaySpec(3).keep(a, [3])
 
 
-def test_random_like_matches_counts_and_is_seeded(layout):
+def test_random_like_official_uniform_and_per_layer_matched(layout):
     n = layout.n_positions
     region = Edges(src=range(layout.video.start, n), dst=range(layout.video.start, n))
     spec = (PathwaySpec(4).keep(E.cross_frame(layout), [1, 2])
             .block(E.video_to_last(layout), range(4)))
+    triangle = n * (n + 1) // 2
+    blocked = [int(block_mask(n, pairs).sum()) for pairs in (
+        [*_cross_pairs(layout), _video_last(layout)], [_video_last(layout)],
+        [_video_last(layout)], [*_cross_pairs(layout), _video_last(layout)])]
+    # official: the same int(ratio · n(n+1)/2) in every layer, ratio = the blocked fraction
+    count = int(sum(blocked) / (4 * triangle) * triangle)
     baseline = spec.random_like(region, n, seed=7)
-    assert baseline.blocked_counts(n) == spec.blocked_counts(n)
-    assert baseline.retained_fraction(n) == pytest.approx(spec.retained_fraction(n))
+    assert baseline.blocked_counts(n) == [count] * 4
+    assert spec.random_like(region, n, seed=7, ratio=0.1).blocked_counts(n) \
+        == [int(0.1 * triangle)] * 4
+    matched = spec.random_like(region, n, seed=7, baseline="per-layer-matched")
+    assert matched.blocked_counts(n) == blocked
     again = spec.random_like(region, n, seed=7)
     other = spec.random_like(region, n, seed=8)
     assert all(baseline.blocked(l).same_as(again.blocked(l), n) for l in range(4))
     assert not all(baseline.blocked(l).same_as(other.blocked(l), n) for l in range(4))
+    assert not baseline.blocked(0).same_as(baseline.blocked(1), n)  # fresh per layer
     inside = region.dense(n)
     assert all(not (baseline.blocked(l).dense(n) & ~inside).any() for l in range(4))
+    with pytest.raises(ValueError, match="random baseline must be one of"):
+        spec.random_like(region, n, seed=0, baseline="uniform")
+    with pytest.raises(ValueError, match="cannot draw"):
+        spec.random_like(region, n, seed=0, ratio=1.0)
 
 
-def test_random_knockout_exact_count_and_seed(layout):
+def _cross_pairs(layout):
+    frames = [range(f.start, f.stop) for f in layout.frames]
+    return [([p for f in frames[:t] for p in f], frames[t]) for t in range(1, len(frames))]
+
+
+def _video_last(layout):
+    return (range(layout.video.start, layout.video.stop), [layout.n_positions - 1])
+
+
+def test_random_knockout_official_count_and_seed(layout):
     n = layout.n_positions
     region = Edges(src=range(layout.video.start, n), dst=range(layout.video.start, n))
     hooks = random_knockout(0.25, seed=3, region=region, layers=[0, 2], n_positions=n)
-    expected = round(0.25 * region.count(n))
+    expected = int(0.25 * (n * (n + 1) // 2))  # of the whole causal triangle, as the paper
+
     assert [name for name, _ in hooks] == ["blocks.0.attn.hook_attn_scores",
                                            "blocks.2.attn.hook_attn_scores"]
     assert all(hook.edges.count(n) == expected for _, hook in hooks)
@@ -250,7 +274,7 @@ def test_random_knockout_exact_count_and_seed(layout):
     assert hooks[0][1].edges.same_as(again[0][1].edges, n)
     assert not hooks[0][1].edges.same_as(other[0][1].edges, n)
     assert not hooks[0][1].edges.same_as(hooks[1][1].edges, n)  # each layer draws its own
-    with pytest.raises(ValueError, match="fraction must lie in"):
+    with pytest.raises(ValueError, match="ratio must lie in"):
         random_knockout(1.5, seed=0, region=region, layers=[0], n_positions=n)
 
 

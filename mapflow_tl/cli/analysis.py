@@ -8,8 +8,6 @@ which owns loading, resuming, progress and writing; the step calls one function 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from ..layers import WINDOW_STYLES
 from ..schema import SAMPLE_MODES
@@ -18,73 +16,115 @@ from .run import AnalysisRun, add_run_arguments, positive_int
 __all__ = ["register"]
 
 
+#: What the analysis commands compute, recorded in run.json's ``definitions`` (docs/paper_parity.md
+#: names each one; "official" = the byminji/map-the-flow code).
+_METRICS = {"correct": "decoded-letter", "true_token": "letter-after-prompt",
+            "softmax": "full-vocabulary, last position"}
+
+
+def _sweep_check(args: argparse.Namespace):
+    """A check of ``--sweep-range`` and ``--window`` against the loaded model's depth."""
+    def check(vlm) -> None:
+        n_layers = vlm.n_layers
+        if args.sweep_range is not None:
+            first, stop = args.sweep_range
+            if not 0 <= first < stop <= n_layers:
+                raise ValueError(f"--sweep-range {first} {stop}: window centres run from START "
+                                 f"to END-1 (0-based) and must lie in [0, {n_layers}) of this "
+                                 f"{n_layers}-layer model, with START < END")
+    return check
+
+
+def _selected(run: AnalysisRun, table: str, mode: str, correctness: str):
+    """This rank's prepared samples with their clean prediction, for those ``mode`` selects;
+    every sample gets its ``samples`` row (the completion marker, written after its rows), so
+    accuracies can count all evaluated samples."""
+    from .. import analyses as A
+    from ..schema import sample_fields
+
+    done = run.writer.completed("samples", "sample")
+    run.writer.retain(table, "sample", done)
+    for x in run.prepared("samples", done):
+        base = A.base_prediction(run.vlm, x, correctness=correctness)
+        selected = A.select(base, mode)
+        if selected:
+            yield x, base
+        run.writer.write("samples", [{**sample_fields(x), **base, "selected": selected}])
+
+
 def _flow(args: argparse.Namespace) -> int:
     from .. import analyses as A
     from ..circuits import load_circuit
     from ..layers import default_window_size
     from ..runs import read_table
-    from ..schema import sample_fields
 
     circuits = [load_circuit(name) for name in (args.circuit or ["cross-frame", "vql-to-ql"])]
-    run = AnalysisRun(args, "flow")
+    definitions = {**_METRICS, "correct": args.correctness, "accuracy": args.accuracy,
+                   "relative_change": "(p_knockout - p_base) / p_base * 100, own base",
+                   "sample_mode": args.mode}
+    run = AnalysisRun(args, "flow", config={"definitions": definitions},
+                      check=_sweep_check(args))
     vlm, writer = run.vlm, run.writer
     k = args.window or default_window_size(vlm.n_layers)
-    # A sample is done once its "samples" row exists; its flow rows are written just before it,
-    # so flow rows of a sample without one are a crash's leftovers and are dropped.
-    done = writer.completed("samples", "sample")
-    writer.retain("flow", "sample", done)
-    for x in run.prepared("samples", done):
-        base = A.base_prediction(vlm, x)
-        selected = A.select(base, args.mode)
-        if selected:
-            writer.write("flow", [row for circuit in circuits for row in A.flow_sweep(
-                vlm, x, circuit, k=k, style=args.style, method=args.method, base=base)])
-        writer.write("samples", [{**sample_fields(x), **base, "selected": selected}])
+    centers = None if args.sweep_range is None else range(*args.sweep_range)
+    for x, base in _selected(run, "flow", args.mode, args.correctness):
+        writer.write("flow", [row for circuit in circuits for row in A.flow_sweep(
+            vlm, x, circuit, k=k, style=args.style, centers=centers, method=args.method,
+            base=base, correctness=args.correctness)])
     out = run.finish()
     if run.world.is_main:
-        selected = sum(bool(r["selected"]) for r in read_table(out, "samples"))
-        print(f"flow: {selected}/{len(run.order)} samples in mode {args.mode!r}, window k={k}; "
-              f"tables in {out}")
+        samples = read_table(out, "samples")
+        selected = sum(bool(r["selected"]) for r in samples)
+        graded = [r for r in samples if r.get("base_correct") is not None]
+        accuracy = (f", base accuracy {100 * A.base_accuracy(graded):.1f}% "
+                    f"({len(graded)} samples)" if graded else "")
+        print(f"flow: {selected}/{len(run.order)} samples in mode {args.mode!r}, window "
+              f"k={k}{accuracy}; tables in {out}")
     return 0
 
 
 def _prob(args: argparse.Namespace) -> int:
     from .. import analyses as A
 
-    run = AnalysisRun(args, "prob")
-    for x in run.prepared("prob"):
-        run.writer.write("prob", A.probability_trace(run.vlm, x))
+    definitions = {**_METRICS, "correct": args.correctness, "sample_mode": args.mode,
+                   "trace_read": "block output", "trace_matrix": "unembed",
+                   "trace_norm": args.norm, "trace_last_layer": "normed model output",
+                   "top_k": args.top_k}
+    run = AnalysisRun(args, "prob", config={"definitions": definitions})
+    for x, base in _selected(run, "prob", args.mode, args.correctness):
+        run.writer.write("prob", A.probability_trace(run.vlm, x, norm=args.norm,
+                                                     top_k=args.top_k, base=base))
     run.finish()
     return 0
 
 
-def _keywords(path: str | None) -> tuple[list[str], list[str]]:
-    if path:
-        try:
-            words = json.loads(Path(path).read_text())
-            return list(words["spatial"]), list(words["temporal"])
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"--keywords {path}: expected a JSON file "
-                             f'{{"spatial": [...], "temporal": [...]}} ({error})') from None
-    from ..synthtv import generator as gen
-
-    return list(gen.SPATIAL_WORDS), list(gen.TEMPORAL_WORDS)
-
-
 def _lens(args: argparse.Namespace) -> int:
     from .. import analyses as A
+    from ..keywords import keyword_lists
     from ..runs import RunWriter, read_table
 
-    spatial, temporal = _keywords(args.keywords)
-    run = AnalysisRun(args, "lens")
-    for x in run.prepared("lens"):
+    spatial, temporal = keyword_lists(args.keywords)
+    definitions = {**_METRICS, "correct": args.correctness, "sample_mode": args.mode,
+                   "lens_read": "block input (layer 0 = embeddings), last = normed output",
+                   "lens_matrix": "embed", "lens_norm": False, "lens_kept": args.top_k,
+                   "keyword_match": "first sub-token, exact, case-sensitive, top-1",
+                   "keyword_bin": args.bin_size}
+    run = AnalysisRun(args, "lens", config={"definitions": definitions})
+    for x, _ in _selected(run, "lens", args.mode, args.correctness):
         run.writer.write("lens", A.video_lens(run.vlm, x, k=args.top_k))
     out = run.finish()
     if run.world.is_main:
-        (out / "keywords.jsonl").unlink(missing_ok=True)
+        rows = read_table(out, "lens")
+        tokenizer = run.vlm.tokenizer
+        tables = ("keywords", "keyword_counts", "keyword_bins")
+        for table in tables:
+            (out / f"{table}.jsonl").unlink(missing_ok=True)
+        counts = A.keyword_counts(rows, spatial, temporal, tokenizer=tokenizer)
         keywords = RunWriter(out, run.config, resume=True)
-        keywords.write("keywords", A.keyword_frequency(read_table(out, "lens"), spatial,
-                                                       temporal))
+        keywords.write("keywords", A.keyword_frequency(rows, spatial, temporal,
+                                                       tokenizer=tokenizer))
+        keywords.write("keyword_counts", counts)
+        keywords.write("keyword_bins", A.keyword_bins(counts, size=args.bin_size))
         keywords.finish()
     return 0
 
@@ -92,24 +132,58 @@ def _lens(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     from .. import analyses as A
     from ..circuits import load_circuit
-    from ..report import pathway_table
+    from ..metrics import prune_summary
     from ..runs import read_table
 
     circuit = load_circuit((args.circuit or ["pathway-synthtv"])[0])
-    run = AnalysisRun(args, "prune")
+    definitions = {**_METRICS, "correct": args.correctness,
+                   "random_baseline": args.random_baseline,
+                   "random_ratio": args.random_ratio if args.random_ratio is not None
+                   else "pathway's blocked fraction",
+                   "random_region": "query and key >= video start, last token included",
+                   "random_seeds": list(args.random_seeds)}
+    run = AnalysisRun(args, "prune", config={"definitions": definitions})
     for x in run.prepared("prune"):
-        run.writer.write("prune", A.prune(run.vlm, x, circuit, seed=args.seed))
+        run.writer.write("prune", A.prune(run.vlm, x, circuit, seeds=args.random_seeds,
+                                          baseline=args.random_baseline,
+                                          ratio=args.random_ratio,
+                                          correctness=args.correctness))
     out = run.finish()
     if run.world.is_main:
-        for row in pathway_table(read_table(out, "prune")):
-            print(row)
+        for row in prune_summary(read_table(out, "prune")):
+            spread = "" if row["accuracy_sd"] is None else f" ± {row['accuracy_sd']:.1f}"
+            accuracy = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.1f}{spread}"
+            print(f"{row['task']:<24} {row['variant']:<8} accuracy {accuracy}% over "
+                  f"{row['samples']} samples, {row['seeds']} seed(s); "
+                  f"{100 * row['retained']:.1f}% of edges kept")
     return 0
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
+def _add_correctness(parser: argparse.ArgumentParser) -> None:
+    from ..metrics import CORRECTNESS
+
+    parser.add_argument("--correctness", default="decoded-letter", choices=CORRECTNESS,
+                        help="a prediction is correct when the decoded token is the letter "
+                             "(ignoring case and spaces; official, default) or is exactly the "
+                             "letter's token")
 
 
 def _attention(args: argparse.Namespace) -> int:
     from .. import analyses as A
 
-    run = AnalysisRun(args, "attention")
+    definitions = {"attention_heads": "mean over heads", "queries": "question segment",
+                   "knockout_layers": "early-to-middle half (first n_layers // 2)"}
+    run = AnalysisRun(args, "attention", config={"definitions": definitions})
     for x in run.prepared("attention"):
         run.writer.write("attention", A.attention_to_frames(run.vlm, x))
     run.finish()
@@ -144,6 +218,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "model's depth, odd)")
     flow.add_argument("--style", default="center", choices=WINDOW_STYLES)
     flow.add_argument("--mode", default="correct", choices=SAMPLE_MODES)
+    flow.add_argument("--sweep-range", type=int, nargs=2, default=None, metavar=("START", "END"),
+                      help="window centres START … END-1 (0-based, END exclusive, as the "
+                           "official --sweep_range; default every layer)")
+    flow.add_argument("--accuracy", default="all-samples", choices=("all-samples", "selected"),
+                      help="accuracy under knockout over every evaluated sample (official, "
+                           "default) or over the selected ones only")
+    _add_correctness(flow)
     flow.add_argument("--method", default="fast", choices=("fast", "naive"),
                       help="sweep engine (default %(default)s)")
     flow.set_defaults(handler=_flow)
@@ -151,17 +232,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prob = subparsers.add_parser("prob", help="answer-probability tracing (logit lens, last "
                                               "position)")
     add_run_arguments(prob, circuit=False)
+    prob.add_argument("--mode", default="correct", choices=SAMPLE_MODES)
+    prob.add_argument("--norm", action="store_true",
+                      help="apply the final norm at intermediate layers too (official: off)")
+    prob.add_argument("--top-k", type=positive_int, default=10,
+                      help="top tokens recorded per layer (default %(default)s)")
+    _add_correctness(prob)
     prob.set_defaults(handler=_prob)
 
     lens = subparsers.add_parser("lens", help="logit lens on video tokens, keyword frequency")
     add_run_arguments(lens, circuit=False)
-    lens.add_argument("--top-k", type=positive_int, default=5)
-    lens.add_argument("--keywords", default=None,
-                      help='JSON file {"spatial": [...], "temporal": [...]} (default: SynthTV)')
+    lens.add_argument("--mode", default="correct", choices=SAMPLE_MODES)
+    lens.add_argument("--top-k", type=positive_int, default=5,
+                      help="lens tokens kept per position (default %(default)s; top-1 counted)")
+    lens.add_argument("--keywords", default="synthtv",
+                      help="action-sequence (the paper's lists), synthtv (default) or a JSON "
+                           'file {"spatial": [...], "temporal": [...]}')
+    lens.add_argument("--bin-size", type=positive_int, default=5,
+                      help="layers per keyword bin (default %(default)s)")
+    _add_correctness(lens)
     lens.set_defaults(handler=_lens)
 
     prune = subparsers.add_parser("prune", help="effective-pathway pruning vs random pruning")
     add_run_arguments(prune)
+    prune.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2],
+                       metavar="SEED", help="one random baseline per seed (default 0 1 2)")
+    prune.add_argument("--random-baseline", default="official-uniform",
+                       choices=("official-uniform", "per-layer-matched"),
+                       help="official-uniform: int(ratio·n(n+1)/2) edges in every layer "
+                            "(default); per-layer-matched: as many per layer as the pathway")
+    prune.add_argument("--random-ratio", type=_ratio, default=None,
+                       help="official-uniform's ratio (default: the pathway's blocked "
+                            "fraction)")
+    _add_correctness(prune)
     prune.set_defaults(handler=_prune)
 
     attention = subparsers.add_parser("attention", help="attention from the question to the "

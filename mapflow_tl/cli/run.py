@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = ["AnalysisRun", "add_run_arguments", "positive_int", "DTYPE_NAMES", "canonical_dtype",
-           "choose_threads"]
+           "choose_threads", "subsample_per_task", "check_sampling"]
 
 #: Accepted ``--dtype`` spellings → the canonical torch name (equal spellings are one config).
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
@@ -63,7 +63,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) 
                         help="task to run, as a file stem or as tables print it (repeatable; "
                              "default: all)")
     parser.add_argument("--limit", type=positive_int, default=None,
-                        help="samples per task at most")
+                        help="the first N samples of each task")
+    parser.add_argument("--sample", type=positive_int, default=None, metavar="N",
+                        help="N samples of each task drawn at random, seeded with --sample-seed "
+                             "(the official --test_ratio: random.seed(seed); random.sample, per "
+                             "task)")
+    parser.add_argument("--sample-seed", type=int, default=42,
+                        help="seed of --sample (default %(default)s, the official one)")
     parser.add_argument("--out", required=True, help="run directory to write")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", type=canonical_dtype,
@@ -78,6 +84,33 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) 
     if circuit:
         parser.add_argument("--circuit", action="append", default=None,
                             help="circuit name or .py file (repeatable)")
+
+
+def check_sampling(args: argparse.Namespace) -> None:
+    """Refuse ``--limit`` with ``--sample`` (two different selections), in one line."""
+    if getattr(args, "limit", None) is not None and getattr(args, "sample", None) is not None:
+        raise ValueError(f"--limit {args.limit} takes the first samples of each task and "
+                         f"--sample {args.sample} a seeded random draw: pass one of them")
+
+
+def subsample_per_task(samples: list[Any], n: int | None, seed: int) -> list[Any]:
+    """``n`` samples of each task drawn without replacement, as the official ``--test_ratio``
+    does (``random.seed(seed)`` then ``random.sample(task_samples, min(n, len))``, reseeded for
+    every task, so one task's draw does not depend on the others). Tasks keep their order of
+    first appearance; within a task the samples come in ``random.sample``'s order (the official
+    processing order). ``n=None`` keeps everything."""
+    import random
+
+    if n is None:
+        return list(samples)
+    by_task: dict[str, list[Any]] = {}
+    for sample in samples:
+        by_task.setdefault(str(getattr(sample, "task", "")), []).append(sample)
+    chosen = []
+    for task_samples in by_task.values():
+        random.seed(seed)
+        chosen += random.sample(task_samples, min(n, len(task_samples)))
+    return chosen
 
 
 def check_device(device: str) -> str:
@@ -120,11 +153,15 @@ class AnalysisRun:
 
     ``command`` names the run in ``run.json``; ``config`` adds to the configuration recorded
     there (everything that changes the rows belongs in it, so that ``--resume`` can refuse a
-    different one).
+    different one) — in particular ``definitions``, the metric and lens definitions the command
+    uses (e.g. ``{"correct": "decoded-letter", "accuracy": "all-samples"}``), so that an old run
+    stays interpretable. ``check(vlm)`` validates arguments that depend on the model (a layer
+    range) after loading it and before anything is written.
     """
 
     def __init__(self, args: argparse.Namespace, command: str,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None,
+                 check: Callable[[Any], None] | None = None) -> None:
         import torch
 
         from ..data.datasets import load_dataset
@@ -132,15 +169,19 @@ class AnalysisRun:
         from ..models import load_videollm
         from ..runs import RunWriter
 
+        check_sampling(args)
         self.args, self.world = args, world()
         self.device = device = self.world.device(check_device(args.device))
         self.vlm = load_videollm(args.model, dtype=getattr(torch, args.dtype), device=device)
         if str(device).startswith("cpu"):
             torch.set_num_threads(choose_threads(self.vlm.backbone.cfg.d_model,
                                                  self.vlm.n_layers, args.threads))
+        if check is not None:
+            check(self.vlm)
         loaded = load_dataset(args.dataset, args.data_root, args.task, args.limit,
                               seed=args.seed, strict=args.strict)
-        samples = list(loaded)
+        samples = subsample_per_task(list(loaded), getattr(args, "sample", None),
+                                     getattr(args, "sample_seed", 42))
         self.order = [str(getattr(sample, "id", "")) for sample in samples]
         self.samples = shard(samples, self.world)
         self.config = {key: value for key, value in vars(args).items() if key not in _NOT_CONFIG}
