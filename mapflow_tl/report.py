@@ -51,6 +51,15 @@ FIGURE_IDS = ("flow-change", "flow-accuracy", "finding-1", "failure-diagnosis",
 LAYER_NUMBERING = ("Layers are numbered from 0: layer ℓ is decoder block ℓ (0 = the first), "
                    "as in the tables; the paper's figures count from 1 (paper layer = ℓ + 1).")
 _LAYER_AXIS = "layer (0-based)"
+# the option curves share a figure with the pathway curves (failure diagnosis): dark shades
+# that no pathway uses
+_TRUE_COLOR, _FALSE_COLOR = "#00441b", "#67000d"
+# colour scales of the frame views: transparent at 0 so the frame shows through where the
+# value is low (plotly.js' named scales differ from plotly.py's, so they are spelled out)
+_LENS_SCALE = [[0, "rgba(8,48,107,0)"], [1, "rgba(8,48,107,0.6)"]]
+_ATTENTION_SCALE = [[0, "rgba(255,255,178,0)"], [0.25, "rgba(254,204,92,0.5)"],
+                    [0.5, "rgba(253,141,60,0.65)"], [0.75, "rgba(240,59,32,0.8)"],
+                    [1, "rgba(189,0,38,0.92)"]]
 _BOOTSTRAP_RESAMPLES = 2000
 _BOOTSTRAP_SEED = 0
 _MAX_FRAMES = 8        # frame columns in a frame-grounded figure (evenly spaced beyond that)
@@ -183,7 +192,7 @@ def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
     titles = [f"<b>{html.escape(str(task))}</b> · {_n_label(task_rows)}"
               for task, task_rows in panels]
     figure = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles,
-                           horizontal_spacing=0.07, vertical_spacing=0.5 / n_rows + 0.04)
+                           horizontal_spacing=0.07, vertical_spacing=0.3 / n_rows)
     xs = sorted({r["layer"] for r in rows})
     for i, (task, task_rows) in enumerate(panels):
         row, col = divmod(i, n_cols)
@@ -238,7 +247,8 @@ def _flow_sections(flow, samples, config):
               "the failure diagnosis below compares them with the others"
               if filtered else _sample_set_phrase(rows, config))
     k = sorted({r.get("k") for r in rows if r.get("k") is not None})
-    window = (f"a window of {k[0]} consecutive layers centred on each layer (cut at the model's "
+    window = ("one layer at a time" if k == [1] else
+              f"a window of {k[0]} consecutive layers centred on each layer (cut at the model's "
               f"ends)" if len(k) == 1 else "the run's layer windows")
     sections = []
     change = _curve_panels(rows, curves, lambda r: r.get("change_pred"),
@@ -304,8 +314,8 @@ def _base_accuracy(samples, flow) -> dict[str | None, tuple[float, int]]:
 
 
 def _probability_section(rows):
-    curves = [("true option", "#2ca02c", lambda r: bool(r["is_true"])),
-              ("false options", "#d62728", lambda r: not bool(r["is_true"]))]
+    curves = [("true option", _TRUE_COLOR, lambda r: bool(r["is_true"])),
+              ("false options", _FALSE_COLOR, lambda r: not bool(r["is_true"]))]
     figure = _curve_panels(rows, curves, lambda r: r["probability"],
                            y_title="probability at the last position")
     return ("probability-trace", "Answer probability per layer (logit lens)",
@@ -381,8 +391,8 @@ def _finding_one_section(rows, config):
                 hovertemplate=f"{html.escape(model)}, {html.escape(name)}<br>%{{x}}: "
                               f"%{{y:.1f}} %<extra></extra>"), row=1, col=i + 1)
     figure.update_yaxes(title_text="accuracy (%)", range=[0, 105], col=1)
-    figure.update_layout(barmode="group", height=420, margin=dict(t=70),
-                         legend=dict(orientation="h", y=1.12, x=0))
+    figure.update_layout(barmode="group", height=440, margin=dict(t=50, b=90),
+                         legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
     layers = ", ".join(_layer_span(l) for l in knockout_layers) or "the run's layers"
     return ("finding-1", "Finding 1: cross-frame knockout, video-fine-tuned vs image-only model",
             f"Accuracy per task without knockout and with every frame's tokens blocked from "
@@ -423,8 +433,8 @@ def _failure_section(flow, prob, samples):
                   for _, want in groups}
     if prob and prob_split[True] and prob_split[False]:
         parts.append(("prob", prob, lambda r: r["probability"], "p(option) at the last position",
-                      [("true option", "#2ca02c", lambda r: bool(r["is_true"])),
-                       ("false options", "#d62728", lambda r: not bool(r["is_true"]))]))
+                      [("true option", _TRUE_COLOR, lambda r: bool(r["is_true"])),
+                       ("false options", _FALSE_COLOR, lambda r: not bool(r["is_true"]))]))
     if not parts:
         if not (counts["answered correctly"] and counts["answered wrongly"]):
             notes.insert(0, f"Every evaluated sample was answered "
@@ -490,48 +500,83 @@ class _FrameGrid:
         return row["h"], row["w"]
 
 
-def _frame_subplots(n_rows, frame_ids, grids, row_titles, *, colorbar_title):
-    n_cols = len(frame_ids)
-    cell_width = 1080 / n_cols
-    aspect = max(g.aspect for g in grids.values())
-    figure = make_subplots(rows=n_rows, cols=n_cols, horizontal_spacing=0.012,
-                           vertical_spacing=0.03 if n_rows > 1 else 0,
-                           column_titles=[f"frame {t}" for t in frame_ids],
-                           row_titles=row_titles)
-    height = int(n_rows * cell_width * aspect * 1.04 + 130)
-    figure.update_layout(height=height, margin=dict(t=50, l=40, r=110, b=60),
-                         plot_bgcolor="white")
-    figure.update_annotations(font_size=11)
-    del colorbar_title
-    return figure
+class _FrameFigure:
+    """A grid of frame cells (rows × frames) built as plain plotly.js JSON: the plotly Python
+    objects validate every property on every update, which took tens of seconds for a few
+    hundred heatmaps; the frame views need none of it."""
 
+    def __init__(self, n_rows: int, frame_ids: Sequence[int], grids: dict, row_titles):
+        self.n_rows, self.n_cols = n_rows, len(frame_ids)
+        cell_width = 1080 / self.n_cols
+        aspect = max(g.aspect for g in grids.values())
+        self.height = int(n_rows * cell_width * aspect * 1.04 + 130)
+        self.data: list[dict] = []
+        h_space, v_space = 0.012, (0.03 if n_rows > 1 else 0.0)
+        self.width_share = (1 - h_space * (self.n_cols - 1)) / self.n_cols
+        self.height_share = (1 - v_space * (n_rows - 1)) / n_rows
+        self.h_space, self.v_space = h_space, v_space
+        annotations = [dict(text=f"frame {t}", x=self._x(j) + self.width_share / 2, y=1.0,
+                            xref="paper", yref="paper", xanchor="center", yanchor="bottom",
+                            showarrow=False, font=dict(size=11))
+                       for j, t in enumerate(frame_ids)]
+        annotations += [dict(text=html.escape(str(title)), x=1.0, y=self._y(i)
+                             + self.height_share / 2, xref="paper", yref="paper",
+                             xanchor="left", yanchor="middle", textangle=90, showarrow=False,
+                             font=dict(size=11))
+                        for i, title in enumerate(row_titles)]
+        self.layout: dict[str, Any] = dict(
+            height=self.height, margin=dict(t=50, l=40, r=110, b=60), font=_FONT,
+            plot_bgcolor="white", paper_bgcolor="white", annotations=annotations, images=[],
+            showlegend=False, hovermode="closest")
 
-def _draw_frame(figure, grid: _FrameGrid, z, text, hover, *, row, col, n_cols, coloraxis,
-                opacity, visible=True, show_text=True):
-    """One frame cell: the thumbnail (if any) under the token grid's heatmap."""
-    axis = (row - 1) * n_cols + col
-    suffix = "" if axis == 1 else str(axis)
-    figure.add_trace(go.Heatmap(
-        z=z, text=text, hovertext=hover, hoverinfo="text", coloraxis=coloraxis,
-        opacity=opacity if grid.image else 1.0, xgap=0.5 if not grid.image else 0,
-        ygap=0.5 if not grid.image else 0,
-        texttemplate="%{text}" if show_text else None, textfont=dict(size=9),
-        visible=visible), row=row, col=col)
-    if grid.image and visible is not False:
-        figure.add_layout_image(dict(
-            source=grid.image, xref=f"x{suffix}", yref=f"y{suffix}", x=-0.5, y=-0.5,
-            sizex=grid.width, sizey=grid.height, sizing="stretch", layer="below",
-            xanchor="left", yanchor="top"))
-    step_x = max(1, math.ceil(grid.width / 4))
-    step_y = max(1, math.ceil(grid.height / 4))
-    ratio = grid.aspect * grid.width / grid.height
-    figure.update_xaxes(range=[-0.5, grid.width - 0.5], tickmode="array",
-                        tickvals=list(range(0, grid.width, step_x)), tickfont_size=8,
-                        showgrid=False, zeroline=False, constrain="domain", row=row, col=col)
-    figure.update_yaxes(range=[grid.height - 0.5, -0.5], tickmode="array",
-                        tickvals=list(range(0, grid.height, step_y)), tickfont_size=8,
-                        showgrid=False, zeroline=False, scaleanchor=f"x{suffix}",
-                        scaleratio=ratio, constrain="domain", row=row, col=col)
+    def _x(self, col: int) -> float:
+        return col * (self.width_share + self.h_space)
+
+    def _y(self, row: int) -> float:  # row 0 on top
+        return 1 - row * (self.height_share + self.v_space) - self.height_share
+
+    def draw(self, grid: "_FrameGrid", z, text, hover, *, row: int, col: int, coloraxis: str,
+             opacity: float, visible: bool = True, show_text: bool = True) -> None:
+        """One frame cell (0-based row, col): the thumbnail (if any) under the token grid's
+        heatmap, on axes with integer row / column ticks and the frame's aspect ratio."""
+        number = row * self.n_cols + col + 1
+        suffix = "" if number == 1 else str(number)
+        trace = dict(type="heatmap", z=z, hovertext=hover, hoverinfo="text",
+                     coloraxis=coloraxis, opacity=opacity,
+                     xgap=0 if grid.image else 0.5, ygap=0 if grid.image else 0.5,
+                     xaxis=f"x{suffix}", yaxis=f"y{suffix}", visible=visible)
+        if show_text and text is not None:
+            trace.update(text=text, texttemplate="%{text}",
+                         textfont=dict(size=9, color="white", shadow="0px 0px 2px black"))
+        self.data.append(trace)
+        if grid.image and visible:
+            self.layout["images"].append(dict(
+                source=grid.image, xref=f"x{suffix}", yref=f"y{suffix}", x=-0.5, y=-0.5,
+                sizex=grid.width, sizey=grid.height, sizing="stretch", layer="below",
+                xanchor="left", yanchor="top"))
+        if f"xaxis{suffix}" in self.layout:
+            return
+        step_x = max(1, math.ceil(grid.width / 4))
+        step_y = max(1, math.ceil(grid.height / 4))
+        axis = dict(tickmode="array", tickfont=dict(size=8), showgrid=False, zeroline=False,
+                    constrain="domain", fixedrange=False)
+        self.layout[f"xaxis{suffix}"] = dict(
+            axis, domain=[self._x(col), self._x(col) + self.width_share], anchor=f"y{suffix}",
+            range=[-0.5, grid.width - 0.5], tickvals=list(range(0, grid.width, step_x)))
+        self.layout[f"yaxis{suffix}"] = dict(
+            axis, domain=[self._y(row), self._y(row) + self.height_share],
+            anchor=f"x{suffix}", range=[grid.height - 0.5, -0.5],
+            tickvals=list(range(0, grid.height, step_y)), scaleanchor=f"x{suffix}",
+            scaleratio=grid.aspect * grid.width / grid.height)
+
+    def html(self, div_id: str) -> str:
+        data = json.dumps(self.data, separators=(",", ":"))
+        layout = json.dumps(self.layout, separators=(",", ":"))
+        config = json.dumps(_PLOT_CONFIG)
+        return (f'<div id="{div_id}" class="plotly-graph-div" '
+                f'style="height:{self.layout["height"]}px; width:100%;"></div>\n'
+                f'<script type="text/javascript">Plotly.newPlot("{div_id}", {data}, {layout}, '
+                f'{config});</script>')
 
 
 def _frame_rows(frames_table, sample):
@@ -565,8 +610,7 @@ def _lens_sections(rows, frames_table, config):
         big = max(max(g.height, g.width) for g in grids.values()) > 12
         row_keys = [(c, l) for c in conditions for l in layers]
         titles = [f"{c}, layer {l}" if len(conditions) > 1 else f"layer {l}" for c, l in row_keys]
-        figure = _frame_subplots(len(row_keys), frame_ids, grids, titles,
-                                 colorbar_title="top-1 probability")
+        figure = _FrameFigure(len(row_keys), frame_ids, grids, titles)
         cells = _by(sample_rows, "frame", "layer")
         for i, (condition, layer) in enumerate(row_keys):
             for j, t in enumerate(frame_ids):
@@ -577,10 +621,10 @@ def _lens_sections(rows, frames_table, config):
                     lambda r: html.escape(str(r["top_tokens"][0]))[:8],
                     lambda r: "<br>".join(f"{html.escape(str(tok))}: {p:.2f}" for tok, p in
                                           zip(r["top_tokens"][:3], r["top_probs"][:3])))
-                _draw_frame(figure, grids[t], z, text, tips, row=i + 1, col=j + 1,
-                            n_cols=len(frame_ids), coloraxis="coloraxis", opacity=0.45, show_text=not big)
-        figure.update_layout(coloraxis=dict(
-            colorscale="Blues", cmin=0, cmax=1,
+                figure.draw(grids[t], z, text, tips, row=i, col=j, coloraxis="coloraxis",
+                            opacity=1.0, show_text=not big)
+        figure.layout.update(coloraxis=dict(
+            colorscale=_LENS_SCALE, cmin=0, cmax=1,
             colorbar=dict(title=dict(text="top-1<br>probability", side="top"), len=0.6,
                           thickness=12)))
         has_images = any(g.image for g in grids.values())
@@ -623,8 +667,7 @@ def _attention_sections(rows, frames_table, config):
             thumbs = _frame_rows(frames_table, sample)
             by_frame = _by(chosen_rows, "frame")
             grids = {t: _FrameGrid(thumbs.get(t), by_frame[t]) for t in frame_ids}
-            figure = _frame_subplots(len(conditions), frame_ids, grids, conditions,
-                                     colorbar_title="attention")
+            figure = _FrameFigure(len(conditions), frame_ids, grids, conditions)
             cells = _by(chosen_rows, "condition", "frame", "layer")
             active = layers[len(layers) // 2]
             visibility, maxima = [], []
@@ -636,8 +679,8 @@ def _attention_sections(rows, frames_table, config):
                             lambda r: r["attention"], lambda r: "",
                             lambda r, layer=layer: f"layer {layer}: attention "
                                                    f"{r['attention']:.4f}")
-                        _draw_frame(figure, grids[t], z, None, tips, row=i + 1, col=j + 1,
-                                    n_cols=len(frame_ids), coloraxis="coloraxis", opacity=0.6,
+                        figure.draw(grids[t], z, None, tips, row=i, col=j,
+                                    coloraxis="coloraxis", opacity=1.0,
                                     visible=layer == active, show_text=False)
                         visibility.append(layer)
                 maxima.append(max((r["attention"] for c in conditions for t in frame_ids
@@ -647,14 +690,14 @@ def _attention_sections(rows, frames_table, config):
                           args=[{"visible": [v == layer for v in visibility]},
                                 {"coloraxis.cmax": maxima[k]}])
                      for k, layer in enumerate(layers)]
-            figure.update_layout(
-                coloraxis=dict(colorscale="Inferno", cmin=0, cmax=maxima[layers.index(active)],
+            figure.layout.update(
+                coloraxis=dict(colorscale=_ATTENTION_SCALE, cmin=0, cmax=maxima[layers.index(active)],
                                colorbar=dict(title=dict(text="attention<br>weight", side="top"),
                                              len=0.7, thickness=12)),
                 sliders=[dict(active=layers.index(active), steps=steps, pad=dict(t=30),
-                              currentvalue=dict(prefix="layer ", font_size=12), len=0.9,
+                              currentvalue=dict(prefix="layer ", font=dict(size=12)), len=0.9,
                               x=0.05)])
-            figure.update_layout(height=figure.layout.height + 60)
+            figure.layout["height"] += 60
             query_text = html.escape(query) if query else html.escape(str(default_query))
             has_images = any(g.image for g in grids.values())
             knockout = [c for c in conditions if c != "baseline"]
@@ -814,6 +857,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for figure_id, title, caption, figure in sections:
         if figure is None:
             content = f'<p class="caption" id="{figure_id}">{caption}</p>'
+        elif isinstance(figure, _FrameFigure):
+            content = f'<p class="caption">{caption}</p>\n' + figure.html(figure_id)
         else:
             figure.update_layout(template="plotly_white", font=_FONT)
             content = (f'<p class="caption">{caption}</p>\n'

@@ -462,7 +462,6 @@ def test_report_renders_in_a_real_browser(report, tmp_path):
     if _chromium() is None:
         pytest.skip("headless Chromium is not installed: the report was not opened in a browser "
                     "(.ci/run installs Debian's chromium; apt-get install chromium to run this)")
-    start = time.time()
     plots, errors = render(report, tmp_path / "profile")
     assert errors == []
     page = report.read_text()
@@ -471,7 +470,6 @@ def test_report_renders_in_a_real_browser(report, tmp_path):
     for plot in plots:
         assert plot["svg"] >= 1 and plot["traces"] >= 1 and plot["drawn"] >= 1, plot
         assert plot["width"] > 300, plot
-    assert time.time() - start < 30
 
 
 def test_browser_check_catches_a_broken_page(tmp_path):
