@@ -1,9 +1,9 @@
 """Effective pathway of LLaVA-NeXT-13B-Video-FT (Map the Flow, Table 1: 37% of edges kept,
 14.3M / 32.2M, TVBench 54.6).
 
-The paper's reference code moves question→last to L16–30 for the 13B model; the other ranges are
-those of the 7B spec (the design notes state no others), with question→question blocked after
-question→last ends, as in the 7B spec.
+Ranges of the official script (effective_pathway_analysis.py, 0-based 5–14 / 5–19 / 15–29, here
+1-based): cross-frame L6–15, video→question L6–20, question→last L16–30 of 40 layers;
+video→video blocked after L20, question→question after L30.
 """
 
 from mapflow_tl.circuits import paper_pathway

@@ -1,5 +1,10 @@
 """Effective pathway of LLaVA-NeXT-7B-Video-FT (Map the Flow, Finding 4 and Table 1):
-42% of edges kept (10.8M / 25.7M), TVBench 51.2 (−0.3 vs the full model)."""
+42% of edges kept (10.8M / 25.7M), TVBench 51.2 (−0.3 vs the full model).
+
+Ranges of the official script (effective_pathway_analysis.py, 0-based 5–14 / 5–19 / 15–24, here
+1-based): cross-frame L6–15, video→question L6–20, question→last L16–25 of 32 layers;
+video→video blocked after L20, question→question after L25. docs/paper_parity.md has the edge
+accounting on the paper's layout."""
 
 from mapflow_tl.circuits import paper_pathway
 

@@ -1,8 +1,9 @@
 """Effective pathway of Mini-InternVL-4B-Video-FT (Map the Flow, Table 1: 40% of edges kept,
 29.6M / 74.6M, TVBench 56.0).
 
-The paper's reference code uses question→last L11–30 for InternVL; the other ranges are those of
-the 7B spec (the design notes state no others).
+Ranges of the official script (effective_pathway_analysis.py, 0-based 5–14 / 5–19 / 10–29, here
+1-based): cross-frame L6–15, video→question L6–20, question→last L11–30 of 32 layers;
+video→video blocked after L20, question→question after L30.
 """
 
 from mapflow_tl.circuits import paper_pathway

@@ -147,12 +147,21 @@ def test_pllava_video_tokens_and_logits_equal_the_hf_modules(pllava):
 def test_pllava_prompt_is_the_papers_conversation(pllava):
     vlm = load_videollm(pllava[0])
     x = vlm.prepare(_sample(answer=2))
-    block = multiple_choice_block(QUESTION, OPTIONS).text
-    assert x.prompt == (f"{SYSTEM_PROMPT}\n USER: <image>\n USER: {block} ASSISTANT: "
-                        f"Best option:(")
+    # the official eval_mvbench conversation, both spaces: "… \nOnly give the best option." and
+    # " ASSISTANT:Best option:(" (official tasks/eval/eval_utils.py, repr in docs/paper_parity.md)
+    options = "".join(f"\n({label}) {text}" for label, text in zip("ABC", OPTIONS))
+    assert x.prompt == (f"{OFFICIAL_SYSTEM} USER: <image>\n USER: Question: {QUESTION}\nOptions:"
+                        f"{options} \nOnly give the best option. ASSISTANT:Best option:(")
     seg, ids, decode = x.segments, x.input_ids[0], vlm.tokenizer.decode
     assert decode(ids[seg.question.start:seg.question.stop]).strip() == QUESTION
-    assert [decode(ids[o.start:o.stop]).strip() for o in seg.options] == OPTIONS
+    labelled = [f"({label}) {text}" for label, text in zip("ABC", OPTIONS)]
+    assert [decode(ids[o.start:o.stop]).strip() for o in seg.options] == labelled
+    assert [decode(ids[o.start:o.stop]).strip() for o in seg.option_texts] == OPTIONS
+    # ours stays available: the plain block, "ASSISTANT: Best option:("
+    plain = load_videollm(pllava[0], prompt_format="mapflow").prepare(_sample(answer=2))
+    block = multiple_choice_block(QUESTION, OPTIONS).text
+    assert plain.prompt == (f"{OFFICIAL_SYSTEM} USER: <image>\n USER: {block} ASSISTANT: "
+                            f"Best option:(")
     assert seg.true_option.text == "sit down" and seg.last.start == x.n_positions - 1
     assert vlm.tokenizer.convert_ids_to_tokens(x.answer_ids.tolist()) == ["A", "B", "C"]
 
@@ -431,10 +440,54 @@ def internvl(tmp_path_factory):
             for name, kwargs in INTERNVL_VARIANTS.items()}
 
 
+#: SYSTEM_MVBENCH of the official tasks/eval/eval_utils.py, with its trailing newline.
+OFFICIAL_SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of "
+                   "events, the detail and movement of objects, and the action and pose of "
+                   "persons. Based on your observations, select the best option that accurately "
+                   "addresses the question.\n")
+
+
+@pytest.mark.parametrize("variant", list(INTERNVL_VARIANTS))
+def test_internvl_chat_paper_layout_is_the_official_evaluation(variant, internvl):
+    # conv_eval_mvbench_phi3: system + " " + "<|user|>\n" + "<img><IMG_CONTEXT></img>\n" + " " +
+    # "<|user|>\n" + query + " " + "\nOnly give the best option." + " " + "<|assistant|>\n" +
+    # "Best option:(", the single <IMG_CONTEXT> standing for every frame's tokens in order
+    path, remote = internvl[variant]
+    vlm = load_videollm(path)
+    x = vlm.prepare(_sample(answer=2))
+    tokenizer = vlm.tokenizer
+    options = "".join(f"\n({label}) {text}" for label, text in zip("ABC", OPTIONS))
+    query = (f"{OFFICIAL_SYSTEM} <|user|>\n<img>{'<IMG_CONTEXT>' * 4 * N_FRAMES}</img>\n "
+             f"<|user|>\nQuestion: {QUESTION}\nOptions:{options} \nOnly give the best option. "
+             f"<|assistant|>\nBest option:(")
+    ids = torch.tensor([tokenizer(query)["input_ids"]])
+    assert torch.equal(x.input_ids, ids)
+    context = (ids[0] == tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")).nonzero()[:, 0]
+    seg = x.segments
+    assert list(seg.video.positions) == context.tolist()  # <img>, </img> outside the video
+    assert context.tolist() == list(range(context[0], context[0] + 4 * N_FRAMES))
+    assert [(f.index, f.start, f.grid) for f in seg.frames] == [
+        (t, int(context[0]) + 4 * t, (2, 2)) for t in range(N_FRAMES)]
+    assert seg.separators == ()
+    features = remote.extract_feature(internvl_pixels(x.frames)).reshape(-1, 64)
+    with torch.no_grad():
+        embeds = remote.language_model.get_input_embeddings()(ids).clone()
+        embeds[0, context] = features
+        reference = remote.language_model(inputs_embeds=embeds).logits
+    assert (vlm(x) - reference).abs().max() <= TOL
+    decode = tokenizer.decode
+    assert decode(ids[0, seg.question.start:seg.question.stop]).strip() == QUESTION
+    labelled = [f"({label}) {text}" for label, text in zip("ABC", OPTIONS)]
+    assert [decode(ids[0, o.start:o.stop]).strip() for o in seg.options] == labelled
+    coarse = seg.question_with_options
+    assert decode(ids[0, coarse.start:coarse.stop]).strip() == (
+        f"Question: {QUESTION}\nOptions:{options}")
+
+
 @pytest.mark.parametrize("variant", list(INTERNVL_VARIANTS))
 def test_internvl_chat_tokens_and_logits_equal_the_remote_computation(variant, internvl):
     path, remote = internvl[variant]
-    vlm = load_videollm(path)
+    vlm = load_videollm(path, prompt_format="chat")
     x = vlm.prepare(_sample())
     tokenizer = vlm.tokenizer
     video = "\n".join(f"Frame{t + 1}: <img>{'<IMG_CONTEXT>' * 4}</img>" for t in range(N_FRAMES))
@@ -457,7 +510,7 @@ def test_internvl_chat_tokens_and_logits_equal_the_remote_computation(variant, i
     assert (vlm(x) - reference).abs().max() <= TOL
     decode = tokenizer.decode
     assert decode(ids[0, seg.question.start:seg.question.stop]).strip() == QUESTION
-    assert [decode(ids[0, o.start:o.stop]).strip() for o in seg.options] == OPTIONS
+    assert [decode(ids[0, o.start:o.stop]).strip() for o in seg.option_texts] == OPTIONS
 
 
 def _edited(internvl, tmp_path, edit):

@@ -18,11 +18,25 @@ transformers-native modules that compute the same thing.
   ``original_max_position_embeddings``, longer prompts refused).
 
 Frames: each resized to 448×448 with PIL bicubic (the remote ``dynamic_preprocess`` with one tile
-+ ``build_transform``), scaled to [0, 1], normalised with the ImageNet mean/std. Prompt: the
-InternVL-1.5 ``phi3-chat`` conversation, ``<|system|>\\n{system}<|end|><|user|>\\n{video}\\n
-{question block}<|end|><|assistant|>\\nBest option:(``, the video as the remote video chat writes
-it: ``Frame1: <img><IMG_CONTEXT>×256</img>\\nFrame2: …``; the features replace the
-``<IMG_CONTEXT>`` embeddings, "FrameN: <img>" / "</img>" / newlines are separators.
++ ``build_transform``), scaled to [0, 1], normalised with the ImageNet mean/std.
+
+Prompt (``prompt_format``):
+
+- ``"paper"`` (default): the official Map-the-Flow evaluation of Mini-InternVL-4B-Video-FT
+  (``conv_eval_mvbench_phi3`` in tasks/eval/eval_utils.py): the MVBench system prompt as bare
+  text, the video in a user turn of its own as one ``<img>…</img>`` whose single
+  ``<IMG_CONTEXT>`` stands for all T×256 video tokens, contiguous and frame-major (no
+  "FrameN:" text, no separators), and no ``<|end|>``::
+
+      {MVBench system}\\n <|user|>\\n<img>{T×256 video tokens}</img>\\n <|user|>\\nQuestion: …
+      (D) … \\nOnly give the best option. <|assistant|>\\nBest option:(
+
+  The video segment is the T×256 context tokens; ``<img>`` and ``</img>`` are text around it.
+- ``"chat"``: the InternVL-1.5 ``phi3-chat`` conversation with the video as the remote video
+  chat writes it, ``<|system|>\\n{system}<|end|><|user|>\\nFrame1: <img><IMG_CONTEXT>×256</img>
+  \\nFrame2: …\\n{question block}<|end|><|assistant|>\\nBest option:(`` ("FrameN: <img>",
+  "</img>" and the newlines are separators), system message ``system_prompt`` (InternVL's own by
+  default). A ``template`` load option implies this format.
 
 What is refused, each by a ``ValueError`` naming the part: another ``ps_version`` ("v1" keeps
 the transposed layout), a ``force_image_size`` other than the tower's ``image_size`` (the position
@@ -30,8 +44,9 @@ embeddings would be interpolated), a ``norm_type`` other than layer_norm / rms_n
 than Phi-3 / Llama / Qwen2 (InternLM2), a conversation template other than ``phi3-chat`` unless a
 ``template`` is given, weights that do not map one to one (missing or unexpected keys).
 
-Load options: ``num_frames`` (default 8), ``system_prompt`` (the conversation's system message),
-``template`` (a chat-template string replacing the conversation).
+Load options: ``num_frames`` (default 8), ``prompt_format`` ("paper" or "chat"),
+``system_prompt`` (the system message of either format), ``template`` (a chat-template string
+replacing the "chat" conversation).
 """
 
 from __future__ import annotations
@@ -48,9 +63,10 @@ from .adapter import register_adapter
 from .backbone import hooked_from_hf
 from .loading import check_weights, load_tokenizer, read_weight_files
 from .native_adapter import NativeVideoAdapter, VideoInputs
+from .prompt import MAPFLOW_STYLE, MVBENCH_STYLE, MVBENCH_SYSTEM_PROMPT
 
 __all__ = ["InternVLChatAdapter", "INTERNVL_SYSTEM_PROMPT", "phi3_chat_template",
-           "remote_vision_state_dict"]
+           "mvbench_phi3_conversation", "remote_vision_state_dict"]
 
 #: The system message of InternVL-1.5's ``phi3-chat`` conversation template.
 INTERNVL_SYSTEM_PROMPT = ("你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫"
@@ -73,6 +89,19 @@ def phi3_chat_template(system: str) -> str:
         "{% for item in message['content'] %}{% if item['type'] == 'video' %}<video>\n"
         "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
         "<|end|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def mvbench_phi3_conversation(system: str = MVBENCH_SYSTEM_PROMPT):
+    """The official evaluation's ``conv_eval_mvbench_phi3``: system text, the video alone in a
+    user turn (``<img>{media}</img>``), the question turn, the assistant role; separators " "."""
+
+    def render(block: str, media: str | None) -> str:
+        text = f"{system}\n <|user|>\n"
+        if media is not None:
+            text += f"{IMG_START}{media}{IMG_END}\n <|user|>\n"
+        return text + f"{block} <|assistant|>\n"
+
+    return render
 
 
 # ---------------------------------------------------------------------- weights
@@ -140,7 +169,17 @@ class InternVLChatAdapter(NativeVideoAdapter):
     placeholder_default = "<video>"
 
     def __init__(self, path: Path, config: dict[str, Any], **kwargs: Any) -> None:
-        self.system_prompt = kwargs.pop("system_prompt", INTERNVL_SYSTEM_PROMPT)
+        default_format = "chat" if kwargs.get("template") is not None else "paper"
+        self.prompt_format = kwargs.pop("prompt_format", default_format)
+        if self.prompt_format not in ("paper", "chat"):
+            raise ValueError(f"prompt_format {self.prompt_format!r} is not one of 'paper', 'chat'")
+        if self.prompt_format == "paper" and kwargs.get("template") is not None:
+            raise ValueError("the template load option replaces the 'chat' conversation; it "
+                             "cannot be combined with prompt_format='paper'")
+        self.system_prompt = kwargs.pop("system_prompt", MVBENCH_SYSTEM_PROMPT
+                                        if self.prompt_format == "paper"
+                                        else INTERNVL_SYSTEM_PROMPT)
+        self.prompt_style = MVBENCH_STYLE if self.prompt_format == "paper" else MAPFLOW_STYLE
         super().__init__(path, config, **kwargs)
 
     def _refuse(self, part: str, why: str) -> ValueError:
@@ -184,6 +223,7 @@ class InternVLChatAdapter(NativeVideoAdapter):
         self.tokenizer = load_tokenizer(self.path)
         self.tokenizer.chat_template = (self.options.get("template")
                                         or phi3_chat_template(self.system_prompt))
+        self._paper_conversation = mvbench_phi3_conversation(self.system_prompt)
         self.placeholder = self.placeholder_default
         self.video_config = {}
         vision, projector = self._vision(vit, llm, state)
@@ -311,12 +351,19 @@ class InternVLChatAdapter(NativeVideoAdapter):
         std = torch.tensor(IMAGENET_STD)[:, None, None]
         pixels = (pixels - mean) / std
         height, width = self.grid
-        expansion = "\n".join(f"Frame{t + 1}: {IMG_START}{IMG_CONTEXT * (height * width)}"
-                              f"{IMG_END}" for t in range(len(frames)))
+        if self.prompt_format == "paper":  # one <img>…</img> around all frames' tokens
+            expansion = IMG_CONTEXT * (height * width * len(frames))
+        else:
+            expansion = "\n".join(f"Frame{t + 1}: {IMG_START}{IMG_CONTEXT * (height * width)}"
+                                  f"{IMG_END}" for t in range(len(frames)))
         return VideoInputs(model_kwargs={"pixel_values": pixels}, expansion=expansion,
                            feature_token_id=self.context_id,
                            frame_tokens=[height * width] * len(frames),
                            grids=[self.grid] * len(frames))
+
+    def conversation(self):
+        """The official evaluation conversation ("paper") or the phi3-chat template ("chat")."""
+        return self._paper_conversation if self.prompt_format == "paper" else self.tokenizer
 
     def pixel_shuffle(self, features: torch.Tensor) -> torch.Tensor:
         """InternVL's pixel shuffle (``ps_version`` v2) of ``[n, w, h, c]`` features."""

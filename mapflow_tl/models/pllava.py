@@ -50,7 +50,7 @@ from .adapter import register_adapter
 from .loading import has_weights, load_hf_model, local_hub_snapshot, read_json, read_weight_files
 from .pixels import FramePreprocessor
 from .pooled_adapter import DEFAULT_POOLING_SHAPE, PooledFramesAdapter
-from .prompt import MAPFLOW_STYLE, MVBENCH_STYLE
+from .prompt import MAPFLOW_STYLE, MVBENCH_STYLE, MVBENCH_SYSTEM_PROMPT
 
 __all__ = ["PllavaAdapter", "SYSTEM_PROMPT", "pllava_conversation", "PLLAVA_FIELDS",
            "merge_lora", "PROMPT_FORMATS"]
@@ -62,10 +62,7 @@ PROMPT_FORMATS = {"paper": MVBENCH_STYLE, "mapflow": MAPFLOW_STYLE}
 PLLAVA_FIELDS = ("pooling_shape", "num_frames", "frame_shape", "use_pooling", "pooling_method")
 
 #: The paper's system prompt for the PLLaVA-format models (PLLaVA's ``SYSTEM_MVBENCH``).
-SYSTEM_PROMPT = ("Carefully watch the video and pay attention to the cause and sequence of "
-                 "events, the detail and movement of objects, and the action and pose of "
-                 "persons. Based on your observations, select the best option that accurately "
-                 "addresses the question.")
+SYSTEM_PROMPT = MVBENCH_SYSTEM_PROMPT
 
 
 def pllava_conversation(block: str, media: str | None) -> str:

@@ -50,6 +50,7 @@ __all__ = [
     "INSTRUCTION",
     "ASSISTANT_PREFIX",
     "VIDEOLLAMA3_INSTRUCTION",
+    "MVBENCH_SYSTEM_PROMPT",
     "PromptStyle",
     "MAPFLOW_STYLE",
     "MVBENCH_STYLE",
@@ -74,6 +75,13 @@ OPTIONS_HEADER = "Options:"
 INSTRUCTION = "Only give the best option."
 #: The paper's assistant prefix: the next token after "(" is the answer letter.
 ASSISTANT_PREFIX = "Best option:("
+#: The system prompt of the official MVBench / TVBench evaluation conversations (PLLaVA's
+#: ``SYSTEM_MVBENCH``, used for the LLaVA-NeXT-Video-FT and Mini-InternVL models), without the
+#: newline the conversations put after it.
+MVBENCH_SYSTEM_PROMPT = ("Carefully watch the video and pay attention to the cause and sequence of "
+                         "events, the detail and movement of objects, and the action and pose of "
+                         "persons. Based on your observations, select the best option that "
+                         "accurately addresses the question.")
 #: VideoLLaMA3's own multiple-choice instruction, which the official VideoLLaMA3 runs use instead
 #: of "Only give the best option." (VideoLLaMA3 evaluation/benchmarks/tvbench.py, tomato.py).
 VIDEOLLAMA3_INSTRUCTION = ("Answer with the option's letter from the given choices directly and "
