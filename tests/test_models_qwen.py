@@ -190,8 +190,11 @@ def test_onevision_question_options_answer_tokens(onevision):
     seg, tokenizer = x.segments, vlm.tokenizer
     assert tokenizer.decode(x.input_ids[0, seg.question.start:seg.question.stop]).strip() \
         == QUESTION
-    for option, text in zip(seg.options, OPTIONS):
-        assert tokenizer.decode(x.input_ids[0, option.start:option.stop]).strip() == text
+    for option, label, text in zip(seg.options, "ABC", OPTIONS):  # "(A) text", label included
+        assert tokenizer.decode(x.input_ids[0, option.start:option.stop]).strip() == \
+            f"({label}) {text}"
+        span = option.text_span
+        assert tokenizer.decode(x.input_ids[0, span.start:span.stop]).strip() == text
     assert seg.true_option.label == "B"
     assert x.prompt.endswith("<|im_start|>assistant\nBest option:(")
     assert [tokenizer.decode([int(i)]) for i in x.answer_ids] == ["A", "B", "C"]
@@ -207,7 +210,12 @@ def test_onevision_knockout_equals_hf_with_explicit_masks(onevision):
     n = x.n_positions
     pairs = [(seg.frames[s].positions, seg.frames[d].positions)
              for d in range(len(seg.frames)) for s in range(d)]
-    pairs.append((seg.video.positions, range(seg.video.stop, seg.last.start)))
+    # the coarse question: from "Question:" through the last option ("(C) It jumps up.")
+    ids, decode = x.input_ids[0], vlm.tokenizer.decode
+    coarse = seg.question_with_options
+    assert decode(ids[coarse.start:coarse.stop]).strip() == (
+        f"Question: {QUESTION}\nOptions:\n(A) {OPTIONS[0]}\n(B) {OPTIONS[1]}\n(C) {OPTIONS[2]}")
+    pairs.append((seg.video.positions, coarse.positions))
     blocked = block_mask(n, pairs)
     heads = hf_model.config.text_config.num_attention_heads
     masks = {layer: additive_mask(n, blocked, heads) for layer in layers}
@@ -262,9 +270,15 @@ def static_video():
     return frames
 
 
+#: The checkpoint's own processing (its compression and pixel budget, its chat template): the
+#: layout tests below pin it against the HF processor; the official runs' settings (the defaults)
+#: are tested further down.
+MODEL_OWN = dict(token_compression=True, max_visual_tokens=None, prompt_format="chat")
+
+
 @pytest.fixture(scope="module")
 def videollama3(videollama3_dir):
-    vlm = load_videollm(videollama3_dir)
+    vlm = load_videollm(videollama3_dir, **MODEL_OWN)
     x = vlm.prepare(VideoSample(static_video(), QUESTION, OPTIONS, answer=2))
     return vlm, x, hf_model_of(videollama3_dir, "VideoLlama3ForConditionalGeneration")
 
@@ -315,7 +329,7 @@ def test_videollama3_knockout_equals_hf_with_explicit_masks(videollama3):
     vlm, x, hf_model = videollama3
     seg = x.segments
     layers = [1]
-    edges = mf.cross_frame(seg)
+    edges = mf.cross_frame(seg, frame_text=False)  # the frames' token grids alone (our option)
     got = vlm.run_with_hooks(x, mf.knockout(edges, layers))
     n = x.n_positions
     blocked = block_mask(n, [(seg.frames[s].positions, seg.frames[d].positions)
@@ -326,6 +340,79 @@ def test_videollama3_knockout_equals_hf_with_explicit_masks(videollama3):
         input_ids=x.input_ids, **x.meta["model_inputs"])
     assert (got - vlm.run_with_hooks(x)).abs().max() > 1e-3
     assert (got - expected).abs().max().item() <= 1e-4
+
+
+OFFICIAL_V3_INSTRUCTION = ("Answer with the option's letter from the given choices directly "
+                           "and only give the best option.")
+
+
+def official_v3_frames(ids, decode, n_frames):
+    """The official VideoLLaMA3 frame cut, re-stated: the video lies between the first two
+    standalone "\\n" tokens; frame 0 runs from there to the first "," token, frame i from comma
+    i-1 (included) to comma i, the last frame to the second "\\n" (official.md §10)."""
+    pieces = [decode([int(i)]) for i in ids]
+    borders = [i for i, piece in enumerate(pieces) if piece == "\n"][:2]
+    commas = [i for i, piece in enumerate(pieces) if piece.startswith(",")][:n_frames - 1]
+    starts = [borders[0] + 1] + commas
+    stops = commas + [borders[1]]
+    return (borders[0] + 1, borders[1]), list(zip(starts, stops))
+
+
+@pytest.fixture(scope="module")
+def videollama3_paper(videollama3_dir):
+    frames = frames_array(4, 64, 96, seed=5)
+    frames[1] = frames[0]  # a static frame: the official runs keep all its tokens anyway
+    vlm = load_videollm(videollama3_dir)  # defaults = the official runs' settings
+    x = vlm.prepare(VideoSample(frames, QUESTION, OPTIONS, answer=1))
+    return vlm, x, hf_model_of(videollama3_dir, "VideoLlama3ForConditionalGeneration")
+
+
+def test_videollama3_paper_prompt_is_the_official_conversation(videollama3_paper):
+    vlm, x, hf_model = videollama3_paper
+    options = "".join(f"({label}) {text}\n" for label, text in zip("ABC", OPTIONS))
+    assert x.prompt == (f"<|im_start|>user\n<|video_pad|>\nQuestion: {QUESTION}\nOptions:\n"
+                        f"{options}{OFFICIAL_V3_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n")
+    # no compression, 1152-token budget: 64×96 frames stay 64×96 (multiples of patch·merge = 16,
+    # 24 tokens ≤ 1152/4, ≥ 16), so 4×6 tokens per frame, the static frame included
+    seg, ids, decode = x.segments, x.input_ids[0], vlm.tokenizer.decode
+    assert [(frame.grid, len(frame)) for frame in seg.frames] == [((4, 6), 24)] * 4
+    assert decode(ids[seg.video.start:seg.video.stop]) == ",".join(
+        f"Time {t}.0s:" + "<|video_pad|>" * 24 for t in range(4))
+    # the question and each option take their trailing newline, as the official spans
+    assert decode(ids[seg.question.start:seg.question.stop]).lstrip(" ") == f"{QUESTION}\n"
+    assert [decode(ids[o.start:o.stop]) for o in seg.options] == [
+        f"({label}) {text}\n" for label, text in zip("ABC", OPTIONS)]
+    coarse = seg.question_with_options
+    assert decode(ids[coarse.start:coarse.stop]) == f"Question: {QUESTION}\nOptions:\n{options}"
+    assert x.meta["token_compression"] is False and x.meta["max_visual_tokens"] == 1152
+    check_logits(vlm, hf_model, x)
+
+
+def test_videollama3_frame_extents_are_the_official_frames(videollama3_paper):
+    vlm, x, hf_model = videollama3_paper
+    seg = x.segments
+    video, frames = official_v3_frames(x.input_ids[0], vlm.tokenizer.decode, 4)
+    assert (seg.video.start, seg.video.stop) == video
+    assert [(f.extent.start, f.extent.stop) for f in seg.frames] == frames
+    # cross-frame knockout with the official frames equals the HF model with explicit masks
+    layers = [1]
+    got = vlm.run_with_hooks(x, mf.knockout(mf.cross_frame(seg), layers))
+    n = x.n_positions
+    blocked = block_mask(n, [(range(frames[s][0], frames[s][1]), range(*frames[d]))
+                             for d in range(4) for s in range(d)])
+    heads = hf_model.config.text_config.num_attention_heads
+    expected = hf_logits_with_layer_masks(
+        hf_model, {1: additive_mask(n, blocked, heads)}, additive_mask(n, None, heads),
+        input_ids=x.input_ids, **x.meta["model_inputs"])
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert (got - vlm.run_with_hooks(x)).abs().max() > 1e-3
+
+
+def test_videollama3_remote_code_release_is_refused_with_the_reason(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "videollama3_qwen2", "architectures": ["Videollama3Qwen2ForCausalLM"]}))
+    with pytest.raises(ValueError, match="remote-code release.*model_type 'video_llama_3'"):
+        load_videollm(tmp_path)
 
 
 # ---------------------------------------------------------------------------- InternVL
@@ -412,17 +499,27 @@ def write_mp4(path, n_frames: int = 30, fps: int = 10):
 
 
 def test_videollama3_from_an_mp4_file_uses_its_timestamps(videollama3_dir, tmp_path):
-    from mapflow_tl.data.video import read_video
+    video = write_mp4(tmp_path / "clip.mp4")  # 30 frames at 10 fps
+    hf_model = hf_model_of(videollama3_dir, "VideoLlama3ForConditionalGeneration")
+    # default: the official VideoLLaMA3 sampling, np.linspace(0, 29, 4, dtype=int) = 0, 9, 19, 29
+    # midpoints (the LLaVA path's): int(3.625 + round(7.25 k)) = 3, 10, 17, 25
+    for options, seconds in [({}, ["0.0", "0.9", "1.9", "2.9"]),
+                             ({"frame_sampler": "midpoints"}, ["0.3", "1.0", "1.7", "2.5"])]:
+        vlm = load_videollm(videollama3_dir, num_frames=4, **options)
+        x = vlm.prepare(VideoSample(video, QUESTION, OPTIONS, answer=0))
+        assert x.frames.shape[0] == 4 and len(x.segments.frames) == 4
+        decode = vlm.tokenizer.decode
+        texts = [decode(x.input_ids[0, s.start:s.stop]) for s in x.segments.separators]
+        assert texts == [f"{',' if t else ''}Time {second}s:" for t, second in enumerate(seconds)]
+        check_logits(vlm, hf_model, x)
+    import av
 
-    video = write_mp4(tmp_path / "clip.mp4")
-    vlm = load_videollm(videollama3_dir, num_frames=4)
-    x = vlm.prepare(VideoSample(video, QUESTION, OPTIONS, answer=0))
-    assert x.frames.shape[0] == 4 and len(x.segments.frames) == 4
-    timestamps = read_video(video, 4).timestamps
-    first = vlm.tokenizer.decode(x.input_ids[0, x.segments.separators[0].start:
-                                             x.segments.separators[0].stop])
-    assert first == f"Time {timestamps[0]:.1f}s:" and timestamps[0] > 0
-    check_logits(vlm, hf_model_of(videollama3_dir, "VideoLlama3ForConditionalGeneration"), x)
+    with av.open(str(video)) as container:  # every frame, decoded independently of the reader
+        every = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert np.array_equal(x.frames, every[[3, 10, 17, 25]])
+    linspace = load_videollm(videollama3_dir, num_frames=4).prepare(
+        VideoSample(video, QUESTION, OPTIONS, answer=0))
+    assert np.array_equal(linspace.frames, every[[0, 9, 19, 29]])
 
 
 def test_bad_input_is_refused_with_what_was_expected(onevision, onevision_dir, tmp_path):

@@ -46,7 +46,9 @@ __all__ = [
     "ShortVideoPolicy",
     "VideoClip",
     "VideoInfo",
+    "FRAME_SAMPLERS",
     "fps_indices",
+    "linspace_indices",
     "probe_video",
     "read_sample_video",
     "read_video",
@@ -172,6 +174,26 @@ def uniform_indices(
             path=info.path,
         )
     return segment_midpoints(start_idx, end_idx, num_frames) - first
+
+
+def linspace_indices(
+    info: VideoInfo,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    bounds: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """0-based frame positions ``[num_frames]`` spread evenly from the first to the last frame of
+    the (bounded) range, both included: ``np.linspace(start_idx, end_idx, num_frames,
+    dtype=int)``, as TOMATO's own code (``np.linspace(0, n - 1, k, dtype=int)``) and the official
+    VideoLLaMA3 evaluation sample. A range shorter than ``num_frames`` repeats frames."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    first, start_idx, end_idx = _index_range(info, bounds)
+    return np.linspace(start_idx, end_idx, num_frames, dtype=int).astype(np.int64) - first
+
+
+#: Frame samplers by name: the paper's segment midpoints (LLaVA / InternVL path, TVBench and
+#: TOMATO) and linspace (TOMATO's own code, the official VideoLLaMA3 path).
+FRAME_SAMPLERS = ("midpoints", "linspace")
 
 
 def fps_indices(
@@ -498,6 +520,7 @@ def read_video(
     gif_fps: float = GIF_FPS,
     num_threads: int = 1,
     reader: VideoReaderChoice = "auto",
+    sampler: str = "midpoints",
 ) -> VideoClip:
     """Read a video file, GIF or frame folder and sample frames from it.
 
@@ -508,7 +531,8 @@ def read_video(
     what to do when the range holds fewer than ``num_frames`` frames ("repeat": repeat frames,
     reference behaviour; "error": raise). ``reader`` picks the video-file library: "auto"
     (decord where installed, else PyAV; :func:`resolve_reader`), "decord" or "pyav" — the same
-    frames either way.
+    frames either way. ``sampler`` picks the ``num_frames`` frames: "midpoints" (default, above)
+    or "linspace" (:func:`linspace_indices`: first to last frame, TOMATO's and VideoLLaMA3's).
 
     Returns a :class:`VideoClip` with frames uint8 ``[T, H, W, 3]``, 0-based ``indices [T]`` and
     ``timestamps [T]`` in seconds (frame folders: frame number / fps, the reference's numbering).
@@ -516,7 +540,11 @@ def read_video(
     """
     reader = resolve_reader(reader)
     info = probe_video(path, frame_folder_fps=frame_folder_fps, gif_fps=gif_fps, reader=reader)
-    if fps is None:
+    if sampler not in FRAME_SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is not one of {FRAME_SAMPLERS}")
+    if fps is None and sampler == "linspace":
+        indices = linspace_indices(info, num_frames, bounds)
+    elif fps is None:
         indices = uniform_indices(info, num_frames, bounds, short_video)
     else:
         indices = fps_indices(info, fps, bounds, max_frames)

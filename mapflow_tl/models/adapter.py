@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .videollm import Prepared, VideoSample
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "supported_architectures",
     "adapter_for",
     "check_num_frames_options",
+    "frame_sampler_option",
+    "refuse_format",
     "answer_index",
     "check_context_length",
 ]
@@ -73,12 +76,20 @@ class FamilyAdapter(ABC):
 
 
 _ADAPTERS: list[type[FamilyAdapter]] = []
+#: model_type → why a known checkpoint format is refused (see :func:`refuse_format`).
+_REFUSED: dict[str, str] = {}
+
+
+def refuse_format(model_type: str, reason: str) -> None:
+    """Name a checkpoint format that mapflow-tl knows and refuses, with the reason and the fix
+    (for instance a remote-code release whose weights are not mapped onto native classes)."""
+    _REFUSED[model_type] = reason
 
 
 def register_adapter(adapter: type[FamilyAdapter]) -> type[FamilyAdapter]:
     """Class decorator: make an adapter available to :func:`~mapflow_tl.models.load_videollm`."""
     if not adapter.model_types or not adapter.name:
-        raise ValueError(f"adapter {adapter.__name__} must set model_types and name")
+        raise TypeError(f"adapter {adapter.__name__} must set model_types and name")
     _ADAPTERS.append(adapter)
     return adapter
 
@@ -94,11 +105,13 @@ def _overrides_accepts(adapter: type[FamilyAdapter]) -> bool:
 
 
 def adapter_for(config: dict[str, Any], where: str) -> type[FamilyAdapter]:
-    """The adapter class that accepts this config, or a ``ValueError`` listing the supported
-    model types."""
+    """The adapter class that accepts this config, or an :class:`InputError` listing the
+    supported model types."""
     matches = [adapter for adapter in _ADAPTERS if adapter.accepts(config)]
+    if not matches and config.get("model_type") in _REFUSED:
+        raise InputError(f"{where}: {_REFUSED[config['model_type']]}")
     if not matches:
-        raise ValueError(
+        raise InputError(
             f"{where}: model_type {config.get('model_type')!r} "
             f"(architectures {config.get('architectures')}) is not supported; supported model "
             f"types: {sorted(supported_architectures())}"
@@ -112,24 +125,65 @@ def adapter_for(config: dict[str, Any], where: str) -> type[FamilyAdapter]:
 def check_num_frames_options(adapter: FamilyAdapter, known: Iterable[str],
                              default_num_frames: int) -> int:
     """Refuse load options the family does not know and return the ``num_frames`` option
-    (frames sampled from a video file; ``default_num_frames`` when not given)."""
-    known = set(known)
+    (frames sampled from a video file; ``default_num_frames`` when not given). Every family also
+    takes ``frame_sampler`` ("midpoints" or "linspace", see :func:`frame_sampler_option`)."""
+    known = set(known) | {"frame_sampler"}
     unknown = sorted(set(adapter.options) - known)
     if unknown:
-        raise ValueError(f"unknown load option(s) {unknown} for the {adapter.name} family; "
+        raise InputError(f"unknown load option(s) {unknown} for the {adapter.name} family; "
                          f"options: {sorted(known)}")
-    num_frames = int(adapter.options.get("num_frames", default_num_frames))
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
-    return num_frames
+    num_frames = adapter.options.get("num_frames", default_num_frames)
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) \
+            or num_frames < 1:
+        raise InputError(f"num_frames must be a positive int, got {num_frames!r}")
+    return int(num_frames)
+
+
+def frame_sampler_option(adapter: FamilyAdapter, default: str = "midpoints") -> str:
+    """The ``frame_sampler`` load option: how frames are picked from a video file, "midpoints"
+    (the paper's LLaVA / InternVL evaluation, TVBench and TOMATO alike) or "linspace" (TOMATO's
+    own code and the official VideoLLaMA3 runs); ``default`` is the family's official one."""
+    sampler = adapter.options.get("frame_sampler", default)
+    if sampler not in ("midpoints", "linspace"):
+        raise InputError(f"frame_sampler {sampler!r} is not one of 'midpoints', 'linspace'")
+    return sampler
 
 
 def answer_index(sample: VideoSample) -> int | None:
-    """The sample's true option as an int index (None when unknown)."""
+    """Check the sample's options and answer and return the answer as an int index (None when
+    unknown).
+
+    Refused, each by an :class:`InputError` naming the sample: an option that is not a
+    non-empty string, two options with the same text (the true one would be ambiguous and two
+    letters would mean the same thing), an answer that is not an int index (``True`` is a bool,
+    not option 1; ``"B"`` is a letter), an index outside the options, and an answer for a sample
+    without options. A sample with no options and no answer is the open-ended variant.
+    """
+    where = f"sample {sample.id!r}" if getattr(sample, "id", "") else "this sample"
+    options = list(sample.options)
+    seen: dict[str, int] = {}
+    for index, option in enumerate(options):
+        if not isinstance(option, str) or not option.strip():
+            raise InputError(f"{where}: option {index} must be non-empty text, got {option!r}")
+        key = " ".join(option.split()).casefold()
+        if key in seen:
+            raise InputError(f"{where}: options {seen[key]} and {index} are the same text "
+                             f"({option!r}); each option must differ, or the true one is "
+                             f"ambiguous")
+        seen[key] = index
     answer = sample.answer
-    if answer is not None and not isinstance(answer, (int, np.integer)):
-        raise ValueError(f"sample answer must be the index of the true option, got {answer!r}")
-    return None if answer is None else int(answer)
+    if answer is None:
+        return None
+    if isinstance(answer, (bool, np.bool_)) or not isinstance(answer, (int, np.integer)):
+        raise InputError(f"{where}: answer must be the int index of the true option "
+                         f"(0 for the first), got {answer!r} ({type(answer).__name__})")
+    if not options:
+        raise InputError(f"{where}: answer {int(answer)} given but the sample has no options; "
+                         f"give the options, or answer=None for the open-ended question")
+    if not 0 <= answer < len(options):
+        raise InputError(f"{where}: answer {int(answer)} is not an index into its "
+                         f"{len(options)} options (0 … {len(options) - 1})")
+    return int(answer)
 
 
 def check_context_length(n_positions: int, text_config: Any) -> None:
@@ -137,12 +191,12 @@ def check_context_length(n_positions: int, text_config: Any) -> None:
     past an active sliding window (the HookedTransformer backbone attends to all positions)."""
     limit = getattr(text_config, "max_position_embeddings", None)
     if limit is not None and n_positions > limit:
-        raise ValueError(f"the prompt has {n_positions} positions, more than the backbone's "
+        raise InputError(f"the prompt has {n_positions} positions, more than the backbone's "
                          f"max_position_embeddings {limit}; use fewer frames (num_frames)")
     window = getattr(text_config, "sliding_window", None)
     if window is not None and getattr(text_config, "use_sliding_window", True) \
             and n_positions > window:
-        raise ValueError(
+        raise InputError(
             f"the prompt has {n_positions} positions, more than the backbone's sliding "
             f"window {window}; the HookedTransformer backbone attends to all positions, so "
             f"it would not reproduce the model. Use fewer frames (num_frames)")

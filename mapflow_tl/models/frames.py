@@ -1,5 +1,6 @@
 """The frames of a sample: checked (uint8 RGB ``[T, H, W, 3]``, a frame count the model takes)
-and, for a video file, sampled with the paper's segment midpoints (:mod:`mapflow_tl.data.video`).
+and, for a video file, sampled with the paper's segment midpoints or linspace
+(:mod:`mapflow_tl.data.video`; the official VideoLLaMA3 runs use linspace).
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ def check_frames(
 
 
 def load_frames(
-    sample: Any, *, num_frames: int, min_frames: int = 1, max_frames: int | None = None
+    sample: Any, *, num_frames: int, min_frames: int = 1, max_frames: int | None = None,
+    sampler: str = "midpoints",
 ) -> tuple[UInt8[np.ndarray, "T H W 3"], Float[np.ndarray, " T"] | None]:
     """The frames of a sample and their timestamps in seconds: its array as given (timestamps
-    None), or ``num_frames`` frames sampled from its video file / frame folder / GIF (paper's
-    segment-midpoint sampling, start/end bounds applied)."""
+    None), or ``num_frames`` frames sampled from its video file / frame folder / GIF by
+    ``sampler`` ("midpoints": the paper's segment midpoints; "linspace": first to last frame, as
+    TOMATO's code and the official VideoLLaMA3 runs), start/end bounds applied."""
     video = sample.video
     what = f"sample {getattr(sample, 'id', '') or ''}".strip() or "video"
     timestamps = None
@@ -61,7 +64,7 @@ def load_frames(
         start, end = getattr(sample, "start", None), getattr(sample, "end", None)
         bounds = None if start is None and end is None else (
             start if start is not None else 0.0, end if end is not None else math.inf)
-        clip = read_video(video, num_frames, bounds=bounds)
+        clip = read_video(video, num_frames, bounds=bounds, sampler=sampler)
         frames, timestamps = clip.frames, np.asarray(clip.timestamps, dtype=np.float64)
         what = str(video)
     else:

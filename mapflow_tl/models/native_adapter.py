@@ -16,7 +16,8 @@ from jaxtyping import Float, Int, UInt8
 from torch import nn
 
 from ..segments import Frame, Option, SegmentMap, Span
-from .adapter import FamilyAdapter, answer_index, check_context_length, check_num_frames_options
+from .adapter import (FamilyAdapter, answer_index, check_context_length, check_num_frames_options,
+                      frame_sampler_option)
 from .backbone import hooked_from_hf
 from .frames import load_frames
 from .loading import check_processor_ids, load_hf_model, load_tokenizer, read_json
@@ -93,11 +94,16 @@ class NativeVideoAdapter(FamilyAdapter):
     prompt_style: PromptStyle = MAPFLOW_STYLE
     #: Whether each frame's extent takes the text before it (the official VideoLLaMA3 frames).
     frame_extents: bool = False
+    #: How frames are sampled from a video file by default ("midpoints" or "linspace").
+    default_frame_sampler: ClassVar[str] = "midpoints"
+    #: Load options this family accepts besides the common ones.
+    family_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: Path, config: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(path, config, **kwargs)
-        self.num_frames = check_num_frames_options(self, {"num_frames", "template"},
-                                                   DEFAULT_NUM_FRAMES)
+        self.num_frames = check_num_frames_options(
+            self, {"num_frames", "template", *self.family_options}, DEFAULT_NUM_FRAMES)
+        self.frame_sampler = frame_sampler_option(self, self.default_frame_sampler)
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
@@ -205,7 +211,8 @@ class NativeVideoAdapter(FamilyAdapter):
     def prepare(self, sample: VideoSample | Any) -> Prepared:
         sample = as_video_sample(sample)
         answer = answer_index(sample)
-        frames, timestamps = load_frames(sample, num_frames=self.num_frames)
+        frames, timestamps = load_frames(sample, num_frames=self.num_frames,
+                                         sampler=self.frame_sampler)
         video = self.video_inputs(frames, timestamps)
         options = list(sample.options)
         rendered = render_prompt(sample.question, options, template=self.conversation(),

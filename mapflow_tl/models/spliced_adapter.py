@@ -26,7 +26,8 @@ import torch
 from jaxtyping import UInt8
 from torch import nn
 
-from .adapter import FamilyAdapter, answer_index, check_context_length, check_num_frames_options
+from .adapter import (FamilyAdapter, answer_index, check_context_length, check_num_frames_options,
+                      frame_sampler_option)
 from .backbone import hooked_from_hf
 from .frames import load_frames
 from .loading import check_processor_ids, check_weights, load_hf_model, load_tokenizer
@@ -58,8 +59,9 @@ class SplicedVideoAdapter(FamilyAdapter):
     media_type: ClassVar[str] = "video"
     #: Config attribute holding the placeholder's token id (expanded into the video positions).
     media_token_id_key: ClassVar[str] = "video_token_id"
-    #: Frames sampled from a video file when the load options do not say.
+    #: Frames sampled from a video file when the load options do not say, and how.
     default_num_frames: ClassVar[int] = 8
+    default_frame_sampler: ClassVar[str] = "midpoints"
     #: Whether the checkpoint's HF processor handles videos (then, where torchvision is
     #: installed, its token ids are checked against ours on every prepare).
     has_video_processor: ClassVar[bool] = True
@@ -72,6 +74,7 @@ class SplicedVideoAdapter(FamilyAdapter):
         super().__init__(path, config, **kwargs)
         self.num_frames = check_num_frames_options(
             self, {"num_frames", "template", *self.family_options}, self.default_num_frames)
+        self.frame_sampler = frame_sampler_option(self, self.default_frame_sampler)
 
     # -- what a family provides ------------------------------------------------------------
     def load_model(self) -> nn.Module:
@@ -89,6 +92,11 @@ class SplicedVideoAdapter(FamilyAdapter):
     def frame_limits(self) -> tuple[int, int | None]:
         """(min, max) frame count the model accepts (max None: any)."""
         return 1, None
+
+    def video_token_count(self, n_frames: int) -> int | None:
+        """How many positions ``n_frames`` frames take, known before the vision tower runs, so
+        that a too-long prompt is refused first (None: unknown until the tower has run)."""
+        return None
 
     def check_against_processor(self, text: str, frames: np.ndarray,
                                 input_ids: torch.Tensor) -> None:
@@ -143,20 +151,29 @@ class SplicedVideoAdapter(FamilyAdapter):
         question, options, answer = sample.question, tuple(sample.options), answer_index(sample)
         minimum, maximum = self.frame_limits()
         frames, _ = load_frames(sample, num_frames=self.num_frames, min_frames=minimum,
-                                max_frames=maximum)
+                                max_frames=maximum, sampler=self.frame_sampler)
         rendered = render_prompt(question, options, template=self.template, answer=answer,
                                  media=self.media_token, media_type=self.media_type,
                                  open_ended=not options, style=self.prompt_style)
         tokens = tokenize_prompt(self.tokenizer, rendered, add_special_tokens=True)
+        answer_ids = (answer_token_ids(self.tokenizer, rendered.text, rendered.labels)
+                      if options else torch.zeros(0, dtype=torch.long))
+        # The placeholder becomes the video's positions, whose number the frame count and grid
+        # fix: refuse a too-long prompt before the vision tower spends memory on the frames.
+        n_video = self.video_token_count(len(frames))
+        if n_video is not None:
+            check_context_length(tokens.input_ids.shape[1] - 1 + n_video, self.text_config)
         with torch.no_grad():
             video = self.video_tokens(frames)
+        if n_video is not None and video.features.shape[0] != n_video:
+            raise RuntimeError(f"{self.name}: {len(frames)} frames gave {video.features.shape[0]} "
+                               f"video tokens, video_token_count said {n_video}; please report "
+                               f"this with the checkpoint name")
         input_ids, embeds, segments = splice_video(
             tokens, video, video_token_id=self.media_token_id,
             embed=lambda ids: self.backbone.embed(ids.to(self.backbone.cfg.device)))
         check_context_length(segments.n_positions, self.text_config)
         self.check_against_processor(rendered.text, frames, input_ids)
-        answer_ids = (answer_token_ids(self.tokenizer, rendered.text, rendered.labels)
-                      if options else torch.zeros(0, dtype=torch.long))
         return Prepared(embeds=embeds, segments=segments, input_ids=input_ids,
                         answer_ids=answer_ids, answer=answer, prompt=rendered.text,
                         frames=frames, meta={"family": self.name, **video.meta})

@@ -4,16 +4,39 @@ positions, bilinear 2×2 merge, Qwen2 / Qwen2.5 backbone with ordinary 1D positi
 How VideoLLaMA3 lays a video out (``VideoLlama3VideoProcessor`` and
 ``VideoLlama3Processor.replace_video_token``):
 
-- every frame is resized to the same (h, w), multiples of patch·merge, so that all frames together
-  stay under ``longest_edge`` pixels; the tower sees (h/patch)×(w/patch) patches per frame and the
-  merge pools them to H×W = (h/patch/merge)×(w/patch/merge) tokens, flattened row-major;
+- every frame is resized to the same (h, w), multiples of patch·merge, aspect ratio kept, so that
+  all frames together stay under a pixel budget; the tower sees (h/patch)×(w/patch) patches per
+  frame and the merge pools them to H×W = (h/patch/merge)×(w/patch/merge) tokens, row-major;
 - token compression: a token of frame t ≥ 1 is dropped when its pixels differ from the same
   token of frame t−1 by at most 0.1 grey levels on average (at least one token per frame is
-  kept). Frames therefore keep different numbers of tokens; the SegmentMap follows what the model
-  kept: a frame that kept everything carries its H×W grid, a compressed one carries ``grid=None``
-  and ``Prepared.meta["kept_coords"][t]`` lists the (h, w) of each kept token, in order;
+  kept). Frames then keep different numbers of tokens; a frame that kept everything carries its
+  H×W grid, a compressed one ``grid=None`` and ``Prepared.meta["kept_coords"][t]`` lists the
+  (h, w) of each kept token, in order;
 - the text is ``Time 0.0s:<tokens of frame 0>,Time 1.0s:<tokens of frame 1>,…``: timestamps and
-  commas are separators between the frames.
+  commas are separators between the frames' token grids, and each frame's ``extent`` holds the
+  "," before it and its "Time …s:" (frame 0: its "Time 0.0s:"), as the official Map-the-Flow
+  code cuts frames for cross-frame edges; the extents tile the video.
+
+Defaults follow the official Map-the-Flow VideoLLaMA3 runs (each a load option):
+
+- ``token_compression=False`` (the official scripts set ``use_token_compression = False``);
+  ``True`` uses the checkpoint's video processor setting;
+- ``max_visual_tokens=1152`` (8×12×12, the official script's budget): each of the T frames is
+  resized under (1152/T)·(patch·merge)² pixels and above 16·(patch·merge)², as the official
+  processor's ``simple_batched_resize``. Tokens per frame depend on the aspect ratio: 12×12 for
+  square frames, 10×13 = 130 for 4:3, 9×16 for 16:9 (the paper's "8×12×12" is the upper
+  bound). ``None`` uses the checkpoint's own ``size`` budget;
+- ``prompt_format="paper"``: no system message, ``<|im_start|>user\\n{video}\\n{question block}
+  <|im_end|>\\n<|im_start|>assistant\\n`` with VideoLLaMA3's own instruction ("Answer with the
+  option's letter from the given choices directly and only give the best option.") and no
+  "Best option:(" prefix; the question's and the options' spans take their trailing newline.
+  ``"chat"`` renders the checkpoint's chat template around the plain block with "Best option:(";
+- ``frame_sampler="linspace"``: frames of a video file at ``np.linspace(first, last, T,
+  dtype=int)``, as the official path samples the decoded frames.
+
+When the settings differ from the checkpoint's processor (compression off, another budget), the
+HF processor cannot make the same ids, so the cross-check against it is skipped; the tests
+compare logits with the HF model fed the same inputs instead.
 """
 
 from __future__ import annotations
@@ -22,11 +45,39 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, UInt8
 
-from .adapter import register_adapter
+from .adapter import refuse_format, register_adapter
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import patchify, pixel_budget, smart_resize
+from .prompt import MAPFLOW_STYLE, VIDEOLLAMA3_STYLE
 
-__all__ = ["VideoLlama3Adapter", "compression_mask"]
+__all__ = ["VideoLlama3Adapter", "compression_mask",
+           "videollama3_conversation", "PAPER_MAX_VISUAL_TOKENS"]
+
+#: The official Map-the-Flow VideoLLaMA3 runs' visual-token budget (8 frames × 12 × 12).
+PAPER_MAX_VISUAL_TOKENS = 1152
+#: The official processor's lower bound on a frame's tokens (``simple_batched_resize``).
+MIN_FRAME_TOKENS = 16
+
+
+# The remote-code release the paper ran (DAMO-NLP-SG/VideoLLaMA3-7B): its weights are named after
+# the remote code's modules (model.vision_encoder.*, model.mm_projector.*) and its processor is
+# remote code too. Mapping them onto the native classes needs the exact key correspondence and a
+# check that the remote encoder computes what the native one does, which cannot be verified here
+# without that code; an approximate load would give numbers that are not the model's.
+refuse_format(
+    "videollama3_qwen2",
+    "model_type 'videollama3_qwen2' is VideoLLaMA3's remote-code release "
+    "(Videollama3Qwen2ForCausalLM); mapflow-tl runs no remote code and does not map its weights "
+    "onto the native classes (their correspondence is not verified). Use a transformers-native "
+    "VideoLLaMA3 checkpoint of the same weights (model_type 'video_llama_3', "
+    "VideoLlama3ForConditionalGeneration)")
+
+
+def videollama3_conversation(block: str, media: str | None) -> str:
+    """The official VideoLLaMA3 conversation: one user message, the video then the question, no
+    system message, the generation prompt (VideoLLaMA3's processor template)."""
+    video = f"{media}\n" if media is not None else ""
+    return f"<|im_start|>user\n{video}{block}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def compression_mask(
@@ -60,24 +111,61 @@ class VideoLlama3Adapter(NativeVideoAdapter):
     name = "VideoLLaMA3"
     hf_class_name = "VideoLlama3ForConditionalGeneration"
     placeholder_default = "<|video_pad|>"
+    family_options = ("prompt_format", "token_compression", "max_visual_tokens")
+    default_frame_sampler = "linspace"
+    frame_extents = True
     # VideoLlama3VideoProcessor's class defaults.
     video_defaults = {"size": {"shortest_edge": 128 * 28 * 28, "longest_edge": 28 * 28 * 768},
                       "resample": 3, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
                       "patch_size": 14, "temporal_patch_size": 1, "merge_size": 2,
                       "use_token_compression": True}
 
+    def __init__(self, path, config, **kwargs) -> None:
+        super().__init__(path, config, **kwargs)
+        self.prompt_format = self.options.get("prompt_format", "paper")
+        if self.prompt_format not in ("paper", "chat"):
+            raise ValueError(f"prompt_format {self.prompt_format!r} is not one of 'paper', "
+                             f"'chat'")
+        self.prompt_style = VIDEOLLAMA3_STYLE if self.prompt_format == "paper" else MAPFLOW_STYLE
+        self.token_compression = bool(self.options.get("token_compression", False))
+        budget = self.options.get("max_visual_tokens", PAPER_MAX_VISUAL_TOKENS)
+        if budget is not None and (isinstance(budget, bool) or int(budget) < 1):
+            raise ValueError(f"max_visual_tokens must be a positive int or None, got {budget!r}")
+        self.max_visual_tokens = None if budget is None else int(budget)
+
+    def conversation(self):
+        """The official conversation ("paper") or the checkpoint's chat template ("chat")."""
+        return videollama3_conversation if self.prompt_format == "paper" else self.tokenizer
+
+    def check_against_processor(self, text, frames, input_ids) -> None:
+        """Only with the processor's own settings (compression on, its pixel budget): otherwise it
+        cannot make the same ids."""
+        if self.token_compression and self.max_visual_tokens is None:
+            super().check_against_processor(text, frames, input_ids)
+
+    def frame_size(self, height: int, width: int, n_frames: int) -> tuple[int, int]:
+        """The (h, w) every frame is resized to: under ``max_visual_tokens`` (the official
+        ``simple_batched_resize``: per frame at most budget/T tokens, at least 16) or under the
+        checkpoint's ``size`` budget."""
+        c = self.video_config
+        factor = c["patch_size"] * c["merge_size"]
+        if self.max_visual_tokens is None:
+            size = pixel_budget(c)
+            return smart_resize(height, width, factor, size["shortest_edge"],
+                                size["longest_edge"] // n_frames)
+        return smart_resize(height, width, factor, MIN_FRAME_TOKENS * factor ** 2,
+                            self.max_visual_tokens * factor ** 2 // n_frames)
+
     def video_inputs(self, frames: UInt8[np.ndarray, "T H W 3"],
                      timestamps: np.ndarray | None) -> VideoInputs:
         c = self.video_config
-        size = pixel_budget(c)
         patch, merge, temporal = c["patch_size"], c["merge_size"], c["temporal_patch_size"]
         n_frames, height, width = frames.shape[:3]
-        resized = smart_resize(height, width, patch * merge, size["shortest_edge"],
-                               size["longest_edge"] // n_frames)
+        resized = self.frame_size(height, width, n_frames)
         pixels = self._pixels(frames, resized)  # [T, 3, h, w]
         patches, (grid_t, grid_h, grid_w) = patchify(pixels, patch, merge, temporal)
-        kept = (compression_mask(patches, (grid_t, grid_h, grid_w), merge)
-                if c.get("use_token_compression", True)
+        compress = self.token_compression and c.get("use_token_compression", True)
+        kept = (compression_mask(patches, (grid_t, grid_h, grid_w), merge) if compress
                 else torch.ones(grid_t * grid_h * grid_w // merge ** 2, dtype=torch.bool))
         grid = (grid_h // merge, grid_w // merge)
         per_frame = kept.reshape(grid_t, grid[0] * grid[1])
@@ -103,5 +191,8 @@ class VideoLlama3Adapter(NativeVideoAdapter):
             frame_tokens=counts,
             grids=[grid if n == grid[0] * grid[1] else None for n in counts],
             meta={"kept_coords": kept_coords, "frame_grid": grid,
-                  "timestamps": [float(t) for t in timestamps]},
+                  "timestamps": [float(t) for t in timestamps],
+                  "token_compression": bool(compress),
+                  "max_visual_tokens": self.max_visual_tokens,
+                  "prompt_format": self.prompt_format, "frame_sampler": self.frame_sampler},
         )
