@@ -365,12 +365,26 @@ def capture(
 
 def check_hooks(model, hooks: HookList) -> None:
     """Raise ``ValueError`` naming any hook point the model does not have (for instance a layer
-    beyond its depth) before a forward pass starts."""
+    beyond its depth) before a forward pass starts.
+
+    A hook's name is a hook point name or, as in TransformerLens, a filter function
+    ``name -> bool`` that attaches the hook to every hook point it accepts; a filter that accepts
+    none is refused too (it would silently hook nothing)."""
     available = model.hook_dict
     n_layers = model.cfg.n_layers
     for name, fn in hooks:
         if not callable(fn):
             raise ValueError(f"hook for {name!r} is not callable: {fn!r}")
+        if callable(name):
+            if not any(name(point) for point in available):
+                label = getattr(name, "__name__", repr(name))
+                raise ValueError(
+                    f"hook name filter {label} accepts none of this model's {len(available)} "
+                    f"hook points (e.g. 'blocks.0.attn.hook_pattern'); check its condition")
+            continue
+        if not isinstance(name, str):
+            raise ValueError(f"hook name must be a hook point name or a filter function "
+                             f"name -> bool, got {name!r}")
         if name not in available:
             parts = name.split(".")
             if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():

@@ -9,18 +9,18 @@ embeddings (:func:`run_from_embeds`) rather than token ids.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import einops
 import torch
 from jaxtyping import Float
 from torch import nn
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
 
 from ..hooks import HookList, check_hooks
 
 __all__ = ["LLAMA_LIKE", "QK_NORM", "hooked_config_from_hf", "hooked_from_hf", "run_from_embeds",
-           "RotaryPositions"]
+           "cache_from_embeds", "RotaryPositions"]
 
 # HF text model_types that share the Llama decoder layout (q/k/v/o projections, optional q/k/v
 # biases, gated SiLU MLP, RMSNorm, rotary positions; Qwen3 adds an RMSNorm over each head of q and
@@ -318,6 +318,30 @@ def hooked_from_hf(
     return model.eval()
 
 
+def _check_embeds(model: HookedTransformer, embeds: torch.Tensor) -> None:
+    if embeds.dim() != 3 or embeds.shape[-1] != model.cfg.d_model:
+        raise ValueError(
+            f"embeds must be [batch, pos, {model.cfg.d_model}], got {tuple(embeds.shape)}"
+        )
+
+
+def _forward_from_embeds(
+    model: HookedTransformer,
+    embeds: Float[torch.Tensor, "batch pos d_model"],
+    *,
+    return_type: str | None,
+    stop_at_layer: int | None,
+) -> Any:
+    """The one forward every embeddings path shares. The embeddings pass ``hook_embed`` first, so
+    hooks and caches see them where TransformerLens puts token embeddings (``cache["embed"]``, the
+    "embed" term of ``cache.decompose_resid``) and a hook there can patch them; they then enter
+    block 0 as the residual stream (``start_at_layer=0``): rotary models add no positional
+    embedding."""
+    residual = model.hook_embed(embeds.to(model.cfg.device, model.cfg.dtype))
+    return model(residual, start_at_layer=0, stop_at_layer=stop_at_layer,
+                 return_type=return_type)
+
+
 def run_from_embeds(
     model: HookedTransformer,
     embeds: Float[torch.Tensor, "batch pos d_model"],
@@ -329,22 +353,60 @@ def run_from_embeds(
 ) -> Float[torch.Tensor, "batch pos d_vocab"]:
     """Run the backbone on input embeddings (text and injected video tokens) with hooks.
 
-    The embeddings enter as the residual stream before block 0 (``start_at_layer=0``): for rotary
-    models there is no positional embedding to add. Hooks are validated first (a layer beyond the
-    model's depth is a ``ValueError``) and removed when the forward ends, exceptions included.
-    Gradients are off unless ``grad=True``.
+    The embeddings pass ``hook_embed`` and enter block 0 as the residual stream
+    (``start_at_layer=0``). ``fwd_hooks`` are ``(name or name filter, fn)`` pairs as in
+    TransformerLens; they are validated first (a layer beyond the model's depth, or a filter that
+    matches no hook point, is a ``ValueError``) and removed when the forward ends, exceptions
+    included. Gradients are off unless ``grad=True``.
     """
-    if embeds.dim() != 3 or embeds.shape[-1] != model.cfg.d_model:
-        raise ValueError(
-            f"embeds must be [batch, pos, {model.cfg.d_model}], got {tuple(embeds.shape)}"
-        )
+    _check_embeds(model, embeds)
     hooks = list(fwd_hooks)
     check_hooks(model, hooks)
-    with torch.set_grad_enabled(grad):
-        return model.run_with_hooks(
-            embeds.to(model.cfg.device, model.cfg.dtype), start_at_layer=0,
-            stop_at_layer=stop_at_layer, return_type=return_type, fwd_hooks=hooks,
-        )
+    with torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks):
+        return _forward_from_embeds(model, embeds, return_type=return_type,
+                                    stop_at_layer=stop_at_layer)
+
+
+def _no_op(activation: torch.Tensor, hook: Any) -> None:
+    return None
+
+
+def cache_from_embeds(
+    model: HookedTransformer,
+    embeds: Float[torch.Tensor, "batch pos d_model"],
+    *,
+    names_filter: str | Sequence[str] | Callable[[str], bool] | None = None,
+    fwd_hooks: HookList | Sequence = (),
+    return_type: str | None = "logits",
+    stop_at_layer: int | None = None,
+    device: str | torch.device | None = None,
+    remove_batch_dim: bool = False,
+    grad: bool = False,
+) -> tuple[Any, ActivationCache]:
+    """:func:`run_from_embeds` that also caches activations: ``(output, ActivationCache)``, as
+    ``HookedTransformer.run_with_cache`` returns for token ids.
+
+    ``names_filter`` picks the hook points cached (a name, a list of names or a function
+    ``name -> bool``; None caches all); a name the model lacks, or a filter that matches nothing,
+    is a ``ValueError``. ``fwd_hooks`` run before the caching hooks, so the cache holds the
+    activations as the hooks left them (TransformerLens' order for ``run_with_cache`` inside
+    ``hooks()``). The cache has ``hook_embed`` (the input embeddings), so
+    ``cache.decompose_resid()`` sums to the final residual stream.
+    """
+    _check_embeds(model, embeds)
+    hooks = list(fwd_hooks)
+    check_hooks(model, hooks)
+    if names_filter is not None:
+        names = [names_filter] if isinstance(names_filter, str) or callable(names_filter) \
+            else list(names_filter)
+        check_hooks(model, [(name, _no_op) for name in names])
+    cache, caching_hooks, _ = model.get_caching_hooks(
+        names_filter=names_filter, incl_bwd=False, device=device,
+        remove_batch_dim=remove_batch_dim)
+    with torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks + caching_hooks):
+        output = _forward_from_embeds(model, embeds, return_type=return_type,
+                                      stop_at_layer=stop_at_layer)
+    return output, ActivationCache(cache, model, has_batch_dim=not remove_batch_dim)
 
 
 class RotaryPositions:

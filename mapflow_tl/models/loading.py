@@ -5,8 +5,9 @@ ids against the checkpoint's own HF processor."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ __all__ = [
     "is_hub_id",
     "local_hub_snapshot",
     "load_hf_model",
+    "quiet_progress_bars",
     "read_weight_files",
     "load_tokenizer",
     "torchvision_available",
@@ -97,14 +99,37 @@ def read_weight_files(files: list[Path]) -> dict[str, torch.Tensor]:
     return state
 
 
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Silence transformers' progress bars (the "Loading weights" bar of every
+    ``from_pretrained``) inside the block, and restore the previous setting on exit: a caller
+    who turned the bars on or off keeps that setting for their own loads."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from huggingface_hub.utils import disable_progress_bars as disable_hub_bars
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hub_was_disabled = are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # also turns off huggingface_hub's bars
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()  # turns huggingface_hub's back on: undo if it was off
+            if hub_was_disabled:
+                disable_hub_bars()
+
+
 def load_hf_model(model_class: type, path: Path, dtype: torch.dtype, **kwargs: Any) -> nn.Module:
     """``model_class.from_pretrained(path)`` on CPU in ``dtype`` with eager attention, errors
-    naming the directory instead of a traceback from deep inside transformers. ``kwargs`` pass
+    naming the directory instead of a traceback from deep inside transformers, and without the
+    progress bar (:func:`quiet_progress_bars`; a local load takes seconds). ``kwargs`` pass
     through to ``from_pretrained`` (e.g. ``config=``)."""
     check_weights(path)
     try:
-        model = model_class.from_pretrained(path, dtype=dtype, attn_implementation="eager",
-                                            **kwargs)
+        with quiet_progress_bars():
+            model = model_class.from_pretrained(path, dtype=dtype, attn_implementation="eager",
+                                                **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         if "mismatched" in str(error):
             raise ValueError(f"cannot load {model_class.__name__} from {path}: the weights do "
@@ -118,8 +143,9 @@ def load_hf_model(model_class: type, path: Path, dtype: torch.dtype, **kwargs: A
 def _mismatched(model_class: type, path: Path, dtype: torch.dtype, kwargs: dict) -> str:
     """A short list of the weights whose shapes disagree with the config (error path only)."""
     try:
-        _, info = model_class.from_pretrained(path, dtype=dtype, ignore_mismatched_sizes=True,
-                                              output_loading_info=True, **kwargs)
+        with quiet_progress_bars():
+            _, info = model_class.from_pretrained(path, dtype=dtype, ignore_mismatched_sizes=True,
+                                                  output_loading_info=True, **kwargs)
     except Exception:  # noqa: BLE001 - the list is a courtesy; the error is raised regardless
         return "shapes differ"
     entries = [f"{name}: checkpoint {tuple(saved)} vs config {tuple(expected)}"

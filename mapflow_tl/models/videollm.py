@@ -2,30 +2,32 @@
 (:class:`VideoSample`) and the prepared input (:class:`Prepared`).
 
 Flow of one analysis (docs/concepts.md): ``load_videollm`` → ``prepare(sample)`` gives embeddings
-and a :class:`~mapflow_tl.segments.SegmentMap` → hooks → ``run_with_hooks``. Everything that
-differs between model families is behind the :class:`~mapflow_tl.models.adapter.FamilyAdapter`
-a :class:`VideoLLM` holds; experiment code never names a family.
+and a :class:`~mapflow_tl.segments.SegmentMap` → hooks → ``run_with_hooks`` / ``run_with_cache``.
+Everything that differs between model families is behind the
+:class:`~mapflow_tl.models.adapter.FamilyAdapter` a :class:`VideoLLM` holds; experiment code never
+names a family.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int, UInt8
-from transformer_lens import HookedTransformer
+from transformer_lens import ActivationCache, HookedTransformer
 
-from ..hooks import HookList
+from ..hooks import HookList, check_hooks
 from ..segments import SegmentMap
-from .backbone import run_from_embeds
+from .backbone import cache_from_embeds, run_from_embeds
 
 if TYPE_CHECKING:  # the adapter module imports this one; the name is needed for annotations only
     from .adapter import FamilyAdapter
 
-__all__ = ["VideoSample", "Prepared", "VideoLLM", "as_video_sample"]
+__all__ = ["VideoSample", "Prepared", "VideoLLM", "as_video_sample", "placeholder_token_ids"]
 
 
 @dataclass
@@ -92,15 +94,103 @@ class Prepared:
         return None if self.answer is None else int(self.answer_ids[self.answer])
 
 
+#: Where families keep the token id(s) whose embeddings ``prepare`` replaces with video features:
+#: adapter attributes (spliced and pooled families, InternVL chat) and HF config fields (native
+#: families). Image placeholders count too: embedded as text they are as wrong as video ones.
+_PLACEHOLDER_ATTRIBUTES = ("media_token_id", "context_id")
+_PLACEHOLDER_CONFIG_FIELDS = ("video_token_id", "video_token_index", "image_token_id",
+                              "image_token_index")
+
+
+def placeholder_token_ids(adapter: Any) -> frozenset[int]:
+    """Token ids of the adapter's video/image placeholders: the ids whose input embeddings
+    ``prepare`` replaces with vision features (empty when the adapter declares none)."""
+    found = [getattr(adapter, name, None) for name in _PLACEHOLDER_ATTRIBUTES]
+    config = getattr(adapter, "hf_config", None)
+    found += [getattr(config, name, None) for name in _PLACEHOLDER_CONFIG_FIELDS]
+    return frozenset(int(i) for i in found
+                     if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0)
+
+
+class _PlaceholderGuard:
+    """Forward pre-hook on the backbone's token embedding (``backbone.embed``): token ids holding
+    placeholder ids are refused.
+
+    ``vlm.backbone(x.input_ids)`` would embed each placeholder as text instead of the video and
+    return wrong logits without complaint. Every token-id path of TransformerLens goes through
+    ``backbone.embed`` (``forward``, ``run_with_hooks``, ``run_with_cache``, ``generate``); a
+    forward from embeddings (``start_at_layer=0``: what ``VideoLLM`` runs) never does. The
+    adapters embed the prompt's text with ``backbone.embed`` inside ``prepare`` and overwrite the
+    placeholder rows, so ``VideoLLM.prepare`` suspends the check while they do."""
+
+    def __init__(self, backbone: HookedTransformer, ids: frozenset[int]) -> None:
+        self.ids = torch.tensor(sorted(ids), dtype=torch.long)
+        self.suspended = 0
+        self.handle = backbone.embed.register_forward_pre_hook(self)
+
+    def __call__(self, module: Any, args: tuple) -> None:
+        tokens = args[0] if args else None
+        if self.suspended or not isinstance(tokens, torch.Tensor) or tokens.is_floating_point():
+            return
+        hits = torch.isin(tokens, self.ids.to(tokens.device))
+        if hits.any():
+            found = sorted(set(tokens[hits].tolist()))
+            raise ValueError(
+                f"these token ids hold video placeholder id(s) {found} at {int(hits.sum())} "
+                f"positions, which vlm.backbone would embed as text instead of the video (wrong "
+                f"logits); run the prepared input through the VideoLLM: vlm(x), "
+                f"vlm.run_with_hooks(x, hooks) or vlm.run_with_cache(x)")
+
+    @contextmanager
+    def suspend(self) -> Iterator[None]:
+        self.suspended += 1
+        try:
+            yield
+        finally:
+            self.suspended -= 1
+
+
+def _install_placeholder_guard(backbone: HookedTransformer,
+                               ids: frozenset[int]) -> _PlaceholderGuard | None:
+    """One guard per backbone (a second VideoLLM on the same backbone widens its id set)."""
+    guard = getattr(backbone, "_mapflow_placeholder_guard", None)
+    if guard is not None:
+        ids = ids | frozenset(guard.ids.tolist())
+        guard.handle.remove()
+    guard = _PlaceholderGuard(backbone, ids) if ids else None
+    backbone._mapflow_placeholder_guard = guard
+    return guard
+
+
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+
+
 class VideoLLM:
     """A loaded VideoLLM: HF vision side + ``HookedTransformer`` language backbone.
 
     ``backbone`` is the HookedTransformer (unprocessed weights, hooks see what HF computes);
     ``vision`` the HF vision tower and projector; ``processor`` / ``tokenizer`` the HF ones.
+
+    TransformerLens conventions hold on the whole model, video included: ``vlm.run_with_hooks(x,
+    fwd_hooks)``, ``vlm.run_with_cache(x, names_filter=...)`` → ``(logits, ActivationCache)``,
+    ``with vlm.hooks(fwd_hooks): ...``; hook names may be filter functions. The backbone alone
+    runs text: token ids holding the video placeholders are refused there (they would be
+    embedded as text), since the video enters only as embeddings.
     """
 
     def __init__(self, adapter: FamilyAdapter, name: str) -> None:
         self.adapter, self.name = adapter, name
+        _install_placeholder_guard(self.backbone, placeholder_token_ids(adapter))
+
+    @contextmanager
+    def _building_embeddings(self) -> Iterator[None]:
+        """Let the adapter embed placeholder ids (rows it overwrites with the video)."""
+        guard = getattr(self.backbone, "_mapflow_placeholder_guard", None)
+        if guard is None:
+            yield
+        else:
+            with guard.suspend():
+                yield
 
     @property
     def backbone(self) -> HookedTransformer:
@@ -132,7 +222,8 @@ class VideoLLM:
         Takes a :class:`VideoSample` or a benchmark sample; the result's ``meta`` records the
         sample's ``id`` and ``task``."""
         sample = as_video_sample(sample)
-        prepared = self.adapter.prepare(sample)
+        with self._building_embeddings():
+            prepared = self.adapter.prepare(sample)
         prepared.meta.setdefault("id", sample.id)
         prepared.meta.setdefault("task", sample.task)
         return prepared
@@ -144,9 +235,54 @@ class VideoLLM:
         *,
         return_type: str | None = "logits",
     ) -> Float[torch.Tensor, "1 pos d_vocab"]:
-        """Backbone forward from the injected embeddings with TransformerLens hooks."""
-        return run_from_embeds(self.backbone, x.embeds, fwd_hooks=fwd_hooks,
+        """Backbone forward from the injected embeddings with TransformerLens hooks
+        (``(name or name filter, fn)`` pairs, removed when the forward ends)."""
+        return run_from_embeds(self.backbone, _embeds(x), fwd_hooks=fwd_hooks,
                                return_type=return_type)
+
+    def run_with_cache(
+        self,
+        x: Prepared,
+        fwd_hooks: HookList = (),
+        *,
+        names_filter: NamesFilter = None,
+        return_type: str | None = "logits",
+        stop_at_layer: int | None = None,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+    ) -> tuple[Float[torch.Tensor, "1 pos d_vocab"], ActivationCache]:
+        """``(logits, cache)`` of the real sequence, video injected, as TransformerLens'
+        ``HookedTransformer.run_with_cache`` gives for text.
+
+        ``names_filter``: a hook name, a list of names or a function ``name -> bool`` (None: all
+        activations). The cache is a TransformerLens ``ActivationCache`` over all ``pos``
+        positions: ``cache["pattern", l]`` is ``[1, n_heads, pos, pos]``,
+        ``cache.accumulated_resid()`` ``[n_layers + 1, 1, pos, d_model]``, and
+        ``cache.decompose_resid()`` (embed, then each layer's attention and MLP output) sums to
+        the final residual stream, ``cache["resid_post", n_layers - 1]``. ``fwd_hooks`` apply
+        before caching, so the cache shows their effect (e.g. a knockout's patterns).
+        """
+        return cache_from_embeds(self.backbone, _embeds(x), names_filter=names_filter,
+                                 fwd_hooks=fwd_hooks, return_type=return_type,
+                                 stop_at_layer=stop_at_layer, device=device,
+                                 remove_batch_dim=remove_batch_dim)
+
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: HookList = (),
+        bwd_hooks: HookList = (),
+        *,
+        reset_hooks_end: bool = True,
+    ) -> Iterator["VideoLLM"]:
+        """Context manager: ``fwd_hooks`` / ``bwd_hooks`` stay on the backbone for every forward
+        inside the block (``vlm(x)``, ``run_with_hooks``, ``run_with_cache``, analyses) and are
+        removed on exit, exceptions included (TransformerLens' ``hooks()``). Hooks are validated
+        before any is added. Yields the VideoLLM."""
+        fwd, bwd = list(fwd_hooks), list(bwd_hooks)
+        check_hooks(self.backbone, fwd + bwd)
+        with self.backbone.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=reset_hooks_end):
+            yield self
 
     def __call__(self, x: Prepared) -> Float[torch.Tensor, "1 pos d_vocab"]:
         return self.run_with_hooks(x)
@@ -162,3 +298,12 @@ class VideoLLM:
         cfg = self.backbone.cfg
         return (f"VideoLLM({self.name!r}, family={self.family}, {cfg.n_layers} layers, "
                 f"d_model={cfg.d_model})")
+
+
+def _embeds(x: Any) -> Float[torch.Tensor, "1 pos d_model"]:
+    """A Prepared's embeddings; anything else is refused with the call that makes one."""
+    if isinstance(x, Prepared):
+        return x.embeds
+    raise ValueError(f"VideoLLM methods take a Prepared (x = vlm.prepare(sample)), got "
+                     f"{type(x).__name__}; for raw embeddings use "
+                     f"mapflow_tl.models.backbone.run_from_embeds(vlm.backbone, embeds)")

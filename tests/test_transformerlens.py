@@ -1,0 +1,295 @@
+"""TransformerLens conventions on a whole VideoLLM (video injected as embeddings):
+``vlm.run_with_cache`` / ``run_with_hooks`` / ``hooks()``, name filters, and the
+``ActivationCache`` methods, checked against the Hugging Face model's own forward (eager attention,
+``output_hidden_states`` / ``output_attentions``) on the shipped SynthTV checkpoint; and the
+backbone refusing token ids that hold the video placeholders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformer_lens import ActivationCache
+
+from mapflow_tl.edges import Edges, video_to_last, video_to_question
+from mapflow_tl.hooks import check_hooks, knockout
+from mapflow_tl.models import BUILTIN_MODELS, VideoSample, load_videollm
+
+build = pytest.importorskip("mapflow_tl.synthtv.build")
+
+NAME = "synthtv-video-ft"
+# Both sides in float64, so what is left of the differences is HF's: it computes the rotary angles
+# in float32 even in a float64 model (from identical embeddings, the layer-0 attention patterns
+# already differ by 8.5e-7). Measured: logits 2.3e-5 (of |logit| <= 20), residuals 6.8e-5 (of 127),
+# patterns 5.0e-6: within 1e-5 of the reference's scale. Our own paths agree to summation order.
+DTYPE = torch.float64
+RELATIVE = 1e-5
+OWN = 1e-9
+
+
+def close(ours: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Whether ``ours`` is within ``RELATIVE`` of the reference's scale (at least 1)."""
+    assert ours.shape == reference.shape
+    scale = max(1.0, float(reference.abs().max()))
+    return float((ours - reference).abs().max()) <= RELATIVE * scale
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    return load_videollm(NAME, dtype=DTYPE)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    size = build.ModelConfig().image_size
+    return np.random.default_rng(3).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def x(vlm, frames):
+    return vlm.prepare(VideoSample(frames, "what does the red circle do ?",
+                                   ["it grows", "it shrinks"], answer=1))
+
+
+@pytest.fixture(scope="module")
+def hf(vlm, frames, x):
+    """The HF model's own forward on the same prompt and pixels: logits, every layer's input
+    (``hidden_states[l]`` for l < n_layers), attention patterns, and the last layer's output
+    before the final norm (caught by a forward hook: HF's last hidden state is normed)."""
+    from transformers import LlavaNextVideoForConditionalGeneration
+
+    model = LlavaNextVideoForConditionalGeneration.from_pretrained(
+        BUILTIN_MODELS[NAME], attn_implementation="eager", dtype=DTYPE).eval()
+    caught = {}
+
+    def last_layer(module, args, output):
+        caught["resid_final"] = output[0] if isinstance(output, tuple) else output
+
+    handle = model.model.language_model.layers[-1].register_forward_hook(last_layer)
+    with torch.no_grad():
+        out = model(input_ids=x.input_ids, pixel_values_videos=build.normalize_frames(frames)[None].to(DTYPE),
+                    output_hidden_states=True, output_attentions=True)
+    handle.remove()
+    return {"model": model, "logits": out.logits, "hidden": out.hidden_states,
+            "attentions": out.attentions, **caught}
+
+
+def _no_hooks_left(vlm) -> bool:
+    return all(not point.fwd_hooks and not point.bwd_hooks
+               for point in vlm.backbone.hook_dict.values())
+
+
+def _blocked(x) -> Edges:
+    return video_to_question(x.segments) | video_to_last(x.segments)
+
+
+# ------------------------------------------------------------------ run_with_cache against HF
+def test_run_with_cache_equals_run_with_hooks_and_the_hf_model(vlm, x, hf):
+    logits, cache = vlm.run_with_cache(x)
+    assert isinstance(cache, ActivationCache)
+    n, pos = vlm.n_layers, x.n_positions
+    assert logits.shape == (1, pos, vlm.backbone.cfg.d_vocab)
+    assert torch.equal(logits, vlm.run_with_hooks(x))
+    assert close(logits, hf["logits"])
+    # the cache is of the real sequence: the injected embeddings, then HF's activations
+    assert torch.equal(cache["embed"], x.embeds)
+    assert close(cache["embed"], hf["hidden"][0])
+    for layer in range(n):
+        assert close(cache["resid_pre", layer], hf["hidden"][layer])
+        assert cache["pattern", layer].shape == (1, vlm.backbone.cfg.n_heads, pos, pos)
+        assert close(cache["pattern", layer], hf["attentions"][layer])
+    assert close(cache["resid_post", n - 1], hf["resid_final"])
+
+
+def test_accumulated_and_decomposed_residual_match_hf(vlm, x, hf):
+    _, cache = vlm.run_with_cache(x)
+    n, pos, d_model = vlm.n_layers, x.n_positions, vlm.backbone.cfg.d_model
+    accumulated, labels = cache.accumulated_resid(return_labels=True)
+    assert accumulated.shape == (n + 1, 1, pos, d_model) and len(labels) == n + 1
+    for layer in range(n):
+        assert close(accumulated[layer], hf["hidden"][layer])
+    assert close(accumulated[n], hf["resid_final"])
+    assert torch.equal(accumulated[n], cache["resid_post", n - 1])
+
+    parts, labels = cache.decompose_resid(return_labels=True)
+    assert parts.shape == (1 + 2 * n, 1, pos, d_model)
+    assert labels[:3] == ["embed", "0_attn_out", "0_mlp_out"]
+    # embed + every attention and MLP output = the final residual stream (HF's, pre-norm)
+    assert close(parts.sum(0), hf["resid_final"])
+    assert (parts.sum(0) - cache["resid_post", n - 1]).abs().max() <= OWN
+
+
+def test_logit_attrs_sum_to_the_hf_logit_with_the_final_norm_weight(vlm, x, hf):
+    """Weights are unprocessed (the final RMSNorm weight is not folded into W_U), so per-component
+    logit attributions take the stack times ``ln_final.w``; they then sum to the logit."""
+    logits, cache = vlm.run_with_cache(x)
+    token = x.answer_token
+    stack = cache.decompose_resid()[:, :, -1] * vlm.backbone.ln_final.w.detach()
+    attrs = cache.logit_attrs(stack, tokens=token, pos_slice=-1)
+    assert attrs.shape == (1 + 2 * vlm.n_layers, 1)
+    assert close(attrs.sum(0), hf["logits"][0, -1, token][None])
+    assert (attrs.sum(0) - logits[0, -1, token]).abs().max() <= OWN
+
+
+# ------------------------------------------------------------------------------- names filter
+def test_names_filter_as_string_list_and_function(vlm, x):
+    _, everything = vlm.run_with_cache(x)
+    name = "blocks.2.attn.hook_pattern"
+    _, one = vlm.run_with_cache(x, names_filter=name)
+    assert list(one.keys()) == [name]
+    assert torch.equal(one[name], everything[name])
+    names = ["blocks.0.hook_resid_pre", "blocks.3.hook_mlp_out"]
+    _, some = vlm.run_with_cache(x, names_filter=names)
+    assert sorted(some.keys()) == sorted(names)
+    _, patterns = vlm.run_with_cache(x, names_filter=lambda n: n.endswith("hook_pattern"))
+    assert sorted(patterns.keys()) == sorted(f"blocks.{l}.attn.hook_pattern"
+                                             for l in range(vlm.n_layers))
+    assert _no_hooks_left(vlm)
+
+
+def test_names_filter_that_caches_nothing_is_refused(vlm, x):
+    with pytest.raises(ValueError, match=r"blocks.99.attn.hook_pattern.*layer 99 is outside"):
+        vlm.run_with_cache(x, names_filter="blocks.99.attn.hook_pattern")
+    with pytest.raises(ValueError, match="'hook_typo'"):
+        vlm.run_with_cache(x, names_filter=["blocks.0.hook_resid_pre", "hook_typo"])
+    with pytest.raises(ValueError, match="accepts none of this model's"):
+        vlm.run_with_cache(x, names_filter=lambda n: n.endswith("hook_nothing"))
+    assert _no_hooks_left(vlm)
+
+
+# -------------------------------------------------------------------- hooks with name filters
+def test_fwd_hooks_accept_a_name_filter_function(vlm, x):
+    """A filter function attaches the hook to every accepted hook point (TransformerLens); it
+    used to crash inside check_hooks ("'function' object has no attribute 'split'")."""
+    seen = []
+    vlm.run_with_hooks(x, [(lambda n: n.endswith("hook_attn_out"),
+                            lambda act, hook: seen.append(hook.name))])
+    assert seen == [f"blocks.{l}.hook_attn_out" for l in range(vlm.n_layers)]
+    check_hooks(vlm.backbone, [(lambda n: "hook_pattern" in n, lambda act, hook: None)])
+    with pytest.raises(ValueError, match="accepts none"):
+        check_hooks(vlm.backbone, [(lambda n: False, lambda act, hook: None)])
+    with pytest.raises(ValueError, match="hook name must be"):
+        check_hooks(vlm.backbone, [(3, lambda act, hook: None)])
+
+    # zeroing every attention output through a filter = zeroing each by name
+    def zero(act, hook):
+        return torch.zeros_like(act)
+
+    by_filter = vlm.run_with_hooks(x, [(lambda n: n.endswith("hook_attn_out"), zero)])
+    by_name = vlm.run_with_hooks(x, [(f"blocks.{l}.hook_attn_out", zero)
+                                     for l in range(vlm.n_layers)])
+    assert torch.equal(by_filter, by_name)
+    assert (by_filter - vlm(x)).abs().max() > 1e-2
+    assert _no_hooks_left(vlm)
+
+
+def test_run_with_cache_shows_the_hooks_effect(vlm, x):
+    """``fwd_hooks`` run before caching: a knockout's blocked edges have zero attention in the
+    cached patterns, and the logits are run_with_hooks' with the same hooks."""
+    edges, layers = _blocked(x), [1, 2]
+    hooks = knockout(edges, layers)
+    logits, cache = vlm.run_with_cache(x, hooks, names_filter=lambda n: "hook_pattern" in n)
+    assert torch.equal(logits, vlm.run_with_hooks(x, hooks))
+    assert (logits[0, -1] - vlm(x)[0, -1]).abs().max() > 1e-3
+    blocked = edges.dense(x.n_positions)
+    for layer in range(vlm.n_layers):
+        pattern = cache["pattern", layer][0]
+        if layer in layers:
+            assert pattern[:, blocked].abs().max() == 0
+        else:
+            assert pattern[:, blocked].abs().max() > 0
+    assert _no_hooks_left(vlm)
+
+
+# -------------------------------------------------------------------- hooks() context manager
+def test_hooks_context_manager_applies_inside_and_cleans_up(vlm, x):
+    clean = vlm(x)
+    hooks = knockout(_blocked(x), [0, 1, 2])
+    with vlm.hooks(fwd_hooks=hooks) as model:
+        assert model is vlm
+        inside = vlm(x)
+        logits, cache = vlm.run_with_cache(x, names_filter="blocks.1.attn.hook_pattern")
+    assert torch.equal(inside, vlm.run_with_hooks(x, hooks))
+    assert torch.equal(logits, inside)
+    assert cache["pattern", 1][0][:, _blocked(x).dense(x.n_positions)].abs().max() == 0
+    assert not torch.equal(inside, clean)
+    assert _no_hooks_left(vlm)
+    assert torch.equal(vlm(x), clean)
+
+
+def test_hooks_context_manager_cleans_up_on_exception(vlm, x):
+    clean = vlm(x)
+    with pytest.raises(RuntimeError, match="inside the block"):
+        with vlm.hooks(fwd_hooks=[(lambda n: n.endswith("hook_mlp_out"),
+                                   lambda act, hook: act * 0)]):
+            assert not torch.equal(vlm(x), clean)
+            raise RuntimeError("inside the block")
+    assert _no_hooks_left(vlm)
+    assert torch.equal(vlm(x), clean)
+    # a hook that raises during the forward is removed as well
+    with pytest.raises(RuntimeError, match="hook failed"):
+        vlm.run_with_hooks(x, [("blocks.0.hook_resid_pre",
+                                lambda act, hook: (_ for _ in ()).throw(RuntimeError("hook failed")))])
+    assert _no_hooks_left(vlm)
+    # a bad hook is refused before any hook is added
+    with pytest.raises(ValueError, match="layer 99 is outside"):
+        with vlm.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: act),
+                                  ("blocks.99.hook_resid_pre", lambda act, hook: act)]):
+            pass
+    assert _no_hooks_left(vlm)
+
+
+def test_methods_refuse_what_is_not_a_prepared_input(vlm, x):
+    with pytest.raises(ValueError, match=r"take a Prepared \(x = vlm.prepare\(sample\)\)"):
+        vlm.run_with_cache(x.embeds)
+
+
+# --------------------------------------------------------------- backbone and placeholder ids
+def test_backbone_refuses_token_ids_with_video_placeholders(vlm, x, hf):
+    """``vlm.backbone`` on ``x.input_ids`` would embed the video placeholders as text: wrong
+    logits without complaint. It is an error naming the fix; the embeddings path and text-only
+    token ids are unaffected."""
+    video_id = vlm.adapter.media_token_id
+    assert int((x.input_ids == video_id).sum()) == x.segments.video.stop - x.segments.video.start
+    for call in (lambda: vlm.backbone(x.input_ids),
+                 lambda: vlm.backbone.run_with_cache(x.input_ids),
+                 lambda: vlm.backbone.run_with_hooks(x.input_ids, fwd_hooks=[])):
+        with pytest.raises(ValueError, match=rf"placeholder id\(s\) \[{video_id}\].*"
+                                             r"vlm.run_with_cache\(x\)"):
+            call()
+    assert _no_hooks_left(vlm)
+    # the embeddings path (what VideoLLM runs) is not checked
+    direct = vlm.backbone(x.embeds, start_at_layer=0)
+    assert close(direct, hf["logits"])
+    # text-only ids still run, and equal HF's text forward
+    text = x.input_ids[:, x.segments.video.stop:]
+    with torch.no_grad():
+        reference = hf["model"](input_ids=text).logits
+    assert close(vlm.backbone(text), reference)
+
+
+def test_a_second_videollm_on_the_backbone_keeps_one_guard(vlm, x):
+    from mapflow_tl.models import VideoLLM
+
+    before = len(vlm.backbone.embed._forward_pre_hooks)
+    again = VideoLLM(vlm.adapter, NAME)
+    assert len(vlm.backbone.embed._forward_pre_hooks) == before
+    with pytest.raises(ValueError, match="placeholder"):
+        again.backbone(x.input_ids)
+
+
+# ---------------------------------------------------------------------- quiet loading bars
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_prints_no_progress_bar_and_restores_the_setting(capfd, enabled):
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        capfd.readouterr()
+        load_videollm(NAME)
+        captured = capfd.readouterr()
+        assert "Loading weights" not in captured.err + captured.out
+        assert hf_logging.is_progress_bar_enabled() is enabled
+    finally:
+        (hf_logging.enable_progress_bar if previous else hf_logging.disable_progress_bar)()
