@@ -36,7 +36,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from .runs import read_run_config, read_table
+from .results import read_rows
+from .runs import read_run_config
 from .schema import PATHWAY_ORDER
 
 __all__ = ["build_report", "curve_color", "bootstrap_band", "pathway_table", "FIGURE_IDS",
@@ -538,11 +539,13 @@ class _FrameFigure:
     def draw(self, grid: "_FrameGrid", z, text, hover, *, row: int, col: int, coloraxis: str,
              opacity: float, visible: bool = True, show_text: bool = True) -> None:
         """One frame cell (0-based row, col): the thumbnail (if any) under the token grid's
-        heatmap, on axes with integer row / column ticks and the frame's aspect ratio."""
+        heatmap, on axes with integer row / column ticks and the frame's aspect ratio.
+        ``hover``: a text per cell, or one plotly.js hover template for all cells (smaller)."""
         number = row * self.n_cols + col + 1
         suffix = "" if number == 1 else str(number)
-        trace = dict(type="heatmap", z=z, hovertext=hover, hoverinfo="text",
-                     coloraxis=coloraxis, opacity=opacity,
+        hovering = (dict(hovertemplate=hover) if isinstance(hover, str)
+                    else dict(hovertext=hover, hoverinfo="text"))
+        trace = dict(type="heatmap", z=z, **hovering, coloraxis=coloraxis, opacity=opacity,
                      xgap=0 if grid.image else 0.5, ygap=0 if grid.image else 0.5,
                      xaxis=f"x{suffix}", yaxis=f"y{suffix}", visible=visible)
         if show_text and text is not None:
@@ -617,7 +620,7 @@ def _lens_sections(rows, frames_table, config):
                 chosen = [r for r in cells.get((t, layer), [])
                           if (r.get("condition") or "baseline") == condition]
                 z, text, tips = _grid_matrix(
-                    grids[t], chosen, lambda r: r["top_probs"][0],
+                    grids[t], chosen, lambda r: float(f"{r['top_probs'][0]:.3g}"),
                     lambda r: html.escape(str(r["top_tokens"][0]))[:8],
                     lambda r: "<br>".join(f"{html.escape(str(tok))}: {p:.2f}" for tok, p in
                                           zip(r["top_tokens"][:3], r["top_probs"][:3])))
@@ -674,11 +677,12 @@ def _attention_sections(rows, frames_table, config):
             for layer in layers:
                 for i, condition in enumerate(conditions):
                     for j, t in enumerate(frame_ids):
-                        z, _, tips = _grid_matrix(
+                        z, _, _ = _grid_matrix(
                             grids[t], cells.get((condition, t, layer), []),
-                            lambda r: r["attention"], lambda r: "",
-                            lambda r, layer=layer: f"layer {layer}: attention "
-                                                   f"{r['attention']:.4f}")
+                            lambda r: float(f"{r['attention']:.4g}"), lambda r: "",
+                            lambda r: "")
+                        tips = (f"row %{{y}}, column %{{x}}<br>layer {layer}: attention "
+                                f"%{{z:.4g}}<extra>{html.escape(condition)}</extra>")
                         figure.draw(grids[t], z, None, tips, row=i, col=j,
                                     coloraxis="coloraxis", opacity=1.0,
                                     visible=layer == active, show_text=False)
@@ -704,7 +708,8 @@ def _attention_sections(rows, frames_table, config):
             figure_id = "attention-maps" if number == 0 else f"attention-maps-{number + 1}"
             number += 1
             sections.append((
-                figure_id, f"Attention over the frames — {sample} ({task}), query: {query_text}",
+                figure_id, f"Attention over the frames — {sample} ({task}), query: "
+                           f"{query or default_query}",
                 f"Attention weight from the query ({query_text}; mean over heads and query "
                 f"positions) to each video token, on the token's cell over its frame. Rows: "
                 f"{' vs '.join(html.escape(c) for c in conditions)}"
@@ -831,7 +836,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fetched when it is opened. Raises ``ValueError`` when the folder holds no result table."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    tables = {name: read_table(run_dir, name) for name in
+    tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
                "prune", "frames")}
     samples, flow, prob = tables["samples"], tables["flow"], tables["prob"]

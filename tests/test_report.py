@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from mapflow_tl.report import FIGURE_IDS, bootstrap_band, build_report
-from mapflow_tl.results import frame_thumbnails, load_run, table_frame, write_tables
+from mapflow_tl.results import frame_thumbnails, load_run, read_rows, table_frame, write_tables
 from mapflow_tl.runs import RunWriter, read_table
 from mapflow_tl.segments import Frame, SegmentMap
 
@@ -166,6 +166,7 @@ def test_load_run_gives_typed_frames_and_parquet_round_trips(tmp_path):
     # the schema's columns come first, in order, even for a table with fewer fields
     assert list(run.samples.columns[:2]) == ["sample", "task"]
     paths = write_tables(out)
+    assert read_rows(out, "custom") == read_table(out, "custom")  # from the Parquet file
     assert sorted(p.name for p in paths) == ["custom.parquet", "samples.parquet"]
     again = load_run(out)
     parquet = again.custom
@@ -330,6 +331,38 @@ def test_frame_views_put_each_token_on_its_frames_grid(report):
     first = visible[0]
     position = layout.frames[0].start
     assert first["z"][0][0] == pytest.approx(position / 100 + 2)  # layer 2, the middle one
+
+
+def test_frame_views_draw_knockout_lens_rows_and_each_attention_query(tmp_path):
+    """Lens rows with a ``condition`` get their own figure rows; attention rows with a
+    ``query`` (a question keyword, the last token) get one figure per query."""
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "lens", "model": "m"})
+    layout = SegmentMap.sequential(frames=[(1, 2), (1, 2)], question=2, before_last=1)
+    lens, attention = [], []
+    for frame in layout.frames:
+        for position in frame.positions:
+            _, h, w = layout.frame_of(position)
+            cell = {"sample": "s", "task": "T", "position": position, "frame": frame.index,
+                    "h": h, "w": w, "layer": 0}
+            for condition, token in (("baseline", "dog"), ("cross-frame knockout", "cat")):
+                lens.append({**cell, "condition": condition, "top_ids": [1],
+                             "top_tokens": [token], "top_probs": [0.9]})
+                for query in ("keyword 'before'", "last token"):
+                    attention.append({**cell, "condition": condition, "query": query,
+                                      "attention": 0.5})
+    writer.write("lens", lens)
+    writer.write("attention", attention)
+    writer.finish()
+    page = build_report(out).read_text()
+    figure = _figure(page, "lens-overlay")
+    rows = [a["text"] for a in figure["layout"]["annotations"] if a.get("textangle") == 90]
+    assert rows == ["baseline, layer 0", "cross-frame knockout, layer 0"]
+    tokens = [t["text"][0][0] for t in figure["data"]]
+    assert tokens == ["dog", "dog", "cat", "cat"]
+    assert "query: keyword &#x27;before&#x27;" in page and "query: last token" in page
+    assert 'id="attention-maps"' in page and 'id="attention-maps-2"' in page
+    assert "no frame thumbnails" in page  # this run saved none: said, not hidden
 
 
 def test_report_rebuilds_identically(report, tmp_path):
