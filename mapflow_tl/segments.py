@@ -432,6 +432,7 @@ class SegmentMap:
         after_video: int = 0,
         question_prefix: int = 0,
         question: int = 0,
+        after_question: int = 0,
         options: Sequence[int] = (),
         option_label: int = 0,
         true_option: int | None = None,
@@ -443,9 +444,9 @@ class SegmentMap:
         ``system`` positions, then each frame's H×W grid (with ``separator`` tokens after every
         frame but the last; ``separators_in_frames`` makes each separator part of the next frame's
         extent, as VideoLLaMA3's "," and "Time 1.0s:"), ``after_video`` text positions,
-        ``question_prefix`` positions ("Question:") and the ``question``, the options (each of the
-        given length, its first ``option_label`` positions being the "(A)" label,
-        ``between_options`` positions apart), ``before_last`` positions of instruction text and
+        ``question_prefix`` positions ("Question:") and the ``question``, ``after_question``
+        positions ("Options:"), the options (each of the given length, its first
+        ``option_label`` positions being the "(A)" label, ``between_options`` positions apart), ``before_last`` positions of instruction text and
         finally the last position. The coarse question runs from the prefix through the last
         option. Used for synthetic layouts (tests, benchmarks); model adapters build maps from
         the positions they computed.
@@ -476,6 +477,7 @@ class SegmentMap:
         if question:
             spans["question"] = Span("question", cursor, cursor + question, "question")
             cursor += question
+        cursor += after_question
         option_spans = []
         for i, length in enumerate(options):
             if i:
