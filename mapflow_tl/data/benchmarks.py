@@ -31,6 +31,8 @@ __all__ = [
     "load_mvbench",
     "load_tomato",
     "load_tvbench",
+    "task_choices",
+    "task_key",
 ]
 
 
@@ -247,25 +249,37 @@ class _Collector:
         self.skipped.append(record)
 
 
-def _task_key(name: str) -> str:
-    return name.strip().lower().replace(" ", "_").replace("-", "_")
+def task_key(name: str) -> str:
+    """The form every loader matches task names in: case, spaces, underscores and hyphens
+    ignored, so "Action Sequence" (how tables print it), "action_sequence" (the file stem),
+    "action sequence" and "ActionSequence" name the same task."""
+    return "".join(ch for ch in str(name).lower() if not (ch.isspace() or ch in "_-"))
+
+
+def task_choices(stems: Sequence[str], display: Mapping[str, str]) -> str:
+    """The tasks for an error message, in both forms a task is known by:
+    "action_sequence ('Action Sequence'), colour"."""
+    return ", ".join(f"{stem} ({display[stem]!r})" if display.get(stem, stem) != stem else stem
+                     for stem in stems) or "none"
 
 
 def _select(
     available: Sequence[str], display: Mapping[str, str], tasks: Sequence[str] | None, dataset: str
 ) -> list[str]:
-    """File stems to load, in ``available`` order; ``tasks`` may name stems or display names."""
+    """File stems to load, in ``available`` order; ``tasks`` may name stems or display names
+    (matched by :func:`task_key`)."""
     if tasks is None:
         return list(available)
-    lookup = {_task_key(stem): stem for stem in available}
-    lookup.update({_task_key(display.get(stem, stem)): stem for stem in available})
+    lookup = {task_key(stem): stem for stem in available}
+    lookup.update({task_key(display.get(stem, stem)): stem for stem in available})
     chosen = []
     for name in tasks:
-        stem = lookup.get(_task_key(name))
+        stem = lookup.get(task_key(name))
         if stem is None:
             raise DataError(
                 f"{dataset} has no task {name!r} under this data root; available: "
-                f"{', '.join(available) or 'none'}",
+                f"{task_choices(available, display)} (by file stem or name; case, spaces and "
+                f"underscores ignored)",
                 field="tasks",
             )
         if stem not in chosen:

@@ -32,18 +32,21 @@ def load_synthtv(tasks: Sequence[str] | None = None, limit: int | None = None, *
     :class:`~mapflow_tl.data.benchmarks.LoadedBenchmark`: ``limit`` questions per task (default
     20) of ``tasks`` (default: the five temporal tasks), generated from the held-out evaluation
     seed plus ``seed``."""
-    from ..data.benchmarks import load_tvbench
+    from ..data.benchmarks import TVBENCH_TASKS, load_tvbench, task_choices, task_key
     from ..data.errors import DataError
     from . import generator as gen
     from .evaluate import EVAL_SEED
 
     tasks = list(tasks or gen.TEMPORAL_TASKS)
-    by_key = {_key(task): task for task in gen.ALL_TASKS}
-    unknown = [task for task in tasks if _key(task) not in by_key]
+    by_key = {task_key(task): task for task in gen.ALL_TASKS}
+    unknown = [task for task in tasks if task_key(task) not in by_key]
     if unknown:
-        raise DataError(f"unknown SynthTV task(s) {unknown}; tasks: {list(gen.ALL_TASKS)}",
+        display = {task: TVBENCH_TASKS[task][0] for task in gen.ALL_TASKS if task in TVBENCH_TASKS}
+        raise DataError(f"unknown SynthTV task(s) {unknown}; tasks: "
+                        f"{task_choices(gen.ALL_TASKS, display)} (by file stem or name; case, "
+                        f"spaces and underscores ignored)",
                         field="task")
-    resolved = list(dict.fromkeys(by_key[_key(task)] for task in tasks))
+    resolved = list(dict.fromkeys(by_key[task_key(task)] for task in tasks))
     per_task = limit or DEFAULT_PER_TASK
     root = Path(cache) if cache is not None else cache_root()
     items = gen.generate(resolved, per_task, EVAL_SEED + seed)
@@ -56,12 +59,6 @@ def load_synthtv(tasks: Sequence[str] | None = None, limit: int | None = None, *
         (folder / "complete").write_text("ok\n")
     loaded = load_tvbench(folder, resolved, require_windows=False)  # SynthTV writes none
     return type(loaded)("synthtv", loaded.root, loaded.samples, loaded.skipped)
-
-
-def _key(name: str) -> str:
-    """Task names match ignoring case, spaces and underscores ("Action Sequence" =
-    "action_sequence")."""
-    return "".join(str(name).lower().split()).replace("_", "")
 
 
 def _fingerprint(items_by_task: dict[str, list[Any]]) -> str:
