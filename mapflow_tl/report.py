@@ -29,7 +29,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -201,10 +201,8 @@ def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
             chosen = [r for r in task_rows if keep(r)]
             if not chosen:
                 continue
-            n = len({r["sample"] for r in chosen})
             _add_curve(figure, xs, _matrix(chosen, value, xs), name=name, color=color,
                        row=row + 1, col=col + 1, showlegend=i == 0, hover_unit=hover_unit)
-            del n
         if baseline is not None and (line := baseline(task_rows, task)) is not None:
             y, label = line
             figure.add_hline(y=y, line_dash="dash", line_color="#444", line_width=1,
@@ -343,7 +341,8 @@ def _keyword_section(rows):
                          height=380, margin=dict(t=30))
     n = positions[0] if positions else 0
     return ("keyword-frequency", "Spatial vs temporal concepts in video tokens",
-            f"Share of video tokens whose top-1 logit-lens token is a spatial or a temporal keyword, "
+            f"Share of video tokens whose top-1 logit-lens token is a spatial or a temporal "
+            f"keyword, "
             f"per layer, over the {n} video tokens read per layer (all lens samples together).",
             figure)
 
@@ -446,7 +445,8 @@ def _failure_section(flow, prob, samples):
                 " ".join(notes), None)
     figure = make_subplots(
         rows=len(parts), cols=2, horizontal_spacing=0.07, vertical_spacing=0.18,
-        subplot_titles=[f"<b>{label}</b> · {_n_label(flow_split[want] if kind == 'flow' else prob_split[want])}"
+        subplot_titles=[f"<b>{label}</b> · "
+                        f"{_n_label((flow_split if kind == 'flow' else prob_split)[want])}"
                         for kind, *_ in parts for label, want in groups])
     for i, (kind, rows, value, y_title, curves) in enumerate(parts):
         xs = sorted({r["layer"] for r in rows})
@@ -695,7 +695,8 @@ def _attention_sections(rows, frames_table, config):
                                 {"coloraxis.cmax": maxima[k]}])
                      for k, layer in enumerate(layers)]
             figure.layout.update(
-                coloraxis=dict(colorscale=_ATTENTION_SCALE, cmin=0, cmax=maxima[layers.index(active)],
+                coloraxis=dict(colorscale=_ATTENTION_SCALE, cmin=0,
+                               cmax=maxima[layers.index(active)],
                                colorbar=dict(title=dict(text="attention<br>weight", side="top"),
                                              len=0.7, thickness=12)),
                 sliders=[dict(active=layers.index(active), steps=steps, pad=dict(t=30),
@@ -786,8 +787,8 @@ def _header_rows(config, samples, run_dir) -> list[tuple[str, str]]:
     if samples:
         tasks = _by(samples, "task")
         graded = [r for r in samples if r.get("base_correct") is not None]
-        accuracy = (f"; accuracy without knockout {100 * mean(bool(r['base_correct']) for r in graded):.1f} %"
-                    if graded else "")
+        share = 100 * mean(bool(r["base_correct"]) for r in graded) if graded else None
+        accuracy = f"; accuracy without knockout {share:.1f} %" if graded else ""
         rows.append(("samples", f"{len(samples)} evaluated in {len(tasks)} task"
                      f"{'s' if len(tasks) != 1 else ''} ("
                      + ", ".join(f"{t}: {len(g)}" for t, g in sorted(tasks.items()))
@@ -884,10 +885,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     body = "\n".join(f'<section id="sec-{i}"><h2>{html.escape(t)}</h2>\n{c}</section>'
                      for i, t, c in blocks)
     plotly_js = get_plotlyjs()
+    title = html.escape(str(config.get("model", "")))
 
     def page(size_note: str) -> str:
         return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>mapflow-tl report: {html.escape(str(config.get('model', '')))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>mapflow-tl report: {title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <script type="text/javascript">{plotly_js}</script>
 <style>{_CSS}</style>

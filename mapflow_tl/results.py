@@ -108,7 +108,8 @@ def load_run(run_dir: str | Path) -> Run:
     """
     path = Path(run_dir)
     config = read_run_config(path)
-    names = sorted({p.stem for p in path.glob("*.jsonl")} | {p.stem for p in path.glob("*.parquet")})
+    names = sorted({p.stem for p in path.glob("*.jsonl")}
+                   | {p.stem for p in path.glob("*.parquet")})
     return Run(path, config, names)
 
 

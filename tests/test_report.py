@@ -449,7 +449,8 @@ class _DevTools:
         os.close(self._to_browser)
 
 
-_CHECK_FIGURES = """JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => ({
+_CHECK_FIGURES = """JSON.stringify(
+  Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => ({
   id: d.id,
   svg: d.querySelectorAll('svg.main-svg').length,
   traces: (d._fullData || []).filter(t => t.visible === true).length,
