@@ -33,8 +33,11 @@ def load(name_or_path: str | Path):
     if not (path / "config.json").exists():
         raise ValueError(f"no SynthTV checkpoint at {path}: train it with "
                          f"`mapflow-tl synthtv train --stage image|video`")
-    model = LlavaNextVideoForConditionalGeneration.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    from ..models.loading import quiet_progress_bars
+
+    with quiet_progress_bars():
+        model = LlavaNextVideoForConditionalGeneration.from_pretrained(path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
 
 
