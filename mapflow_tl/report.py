@@ -190,8 +190,13 @@ def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
     ``baseline(task_rows, task) -> (y, label) | None`` a dashed reference line per panel."""
     panels = _panels(rows)
     n_rows, n_cols = _panel_grid(len(panels))
+    lines = [baseline(task_rows, task) if baseline is not None else None
+             for task, task_rows in panels]
+    # the reference line's value goes in the panel's title, where it cannot cover a curve
     titles = [f"<b>{html.escape(str(task))}</b> · {_n_label(task_rows)}"
-              for task, task_rows in panels]
+              + (f"<br><span style='font-size:10px'>{html.escape(line[1])}</span>" if line
+                 else "")
+              for (task, task_rows), line in zip(panels, lines)]
     figure = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles,
                            horizontal_spacing=0.07, vertical_spacing=0.3 / n_rows)
     xs = sorted({r["layer"] for r in rows})
@@ -203,11 +208,9 @@ def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
                 continue
             _add_curve(figure, xs, _matrix(chosen, value, xs), name=name, color=color,
                        row=row + 1, col=col + 1, showlegend=i == 0, hover_unit=hover_unit)
-        if baseline is not None and (line := baseline(task_rows, task)) is not None:
-            y, label = line
-            figure.add_hline(y=y, line_dash="dash", line_color="#444", line_width=1,
-                             annotation_text=label, annotation_position="bottom left",
-                             annotation_font_size=10, row=row + 1, col=col + 1)
+        if lines[i] is not None:
+            figure.add_hline(y=lines[i][0], line_dash="dash", line_color="#444", line_width=1,
+                             row=row + 1, col=col + 1)
     _integer_layer_axes(figure, xs)
     figure.update_yaxes(title_text=y_title, col=1)
     figure.update_xaxes(title_text=_LAYER_AXIS, row=n_rows)
@@ -267,7 +270,7 @@ def _flow_sections(flow, samples, config):
             if key not in base_by_task:
                 return None
             accuracy, n = base_by_task[key]
-            return 100 * accuracy, f"no knockout: {100 * accuracy:.0f} % of {n} evaluated"
+            return 100 * accuracy, f"dashed: no knockout, {100 * accuracy:.1f} % of {n} evaluated"
 
         accuracy = _curve_panels(graded, curves, lambda r: 100.0 * bool(r["correct"]),
                                  y_title="accuracy (%)", hover_unit=" %", baseline=baseline)
@@ -461,8 +464,8 @@ def _failure_section(flow, prob, samples):
         figure.update_yaxes(matches=f"y{2 * i + 1}" if i else "y", row=i + 1, col=2)
         _integer_layer_axes(figure, xs)
     figure.update_xaxes(title_text=_LAYER_AXIS, row=len(parts))
-    figure.update_layout(height=330 * len(parts) + 60, margin=dict(t=90),
-                         legend=dict(orientation="h", y=1.0 + 0.16 / len(parts), x=0))
+    figure.update_layout(height=330 * len(parts) + 60, margin=dict(t=100),
+                         legend=dict(orientation="h", y=1.0 + 0.2 / len(parts), x=0))
     return ("failure-diagnosis", "Failure diagnosis: correct vs wrong samples",
             "The same curves for samples the model answers correctly (left) and wrongly (right) "
             "without knockout, side by side on one scale: where the flow or the answer's "
@@ -824,7 +827,8 @@ table.meta th{text-align:left;padding:3px 14px 3px 0;color:#555;font-weight:600;
 vertical-align:top;white-space:nowrap}
 table.meta td{padding:3px 0}
 table.data td,table.data th{border:1px solid #ccc;padding:4px 10px;text-align:right}
-table.data td:first-child,table.data td:nth-child(2){text-align:left}
+table.data td:first-child,table.data td:nth-child(2),table.data th:first-child,
+table.data th:nth-child(2){text-align:left}
 nav ul{columns:2;font-size:0.92em;padding-left:20px}
 .size{color:#666;font-size:0.85em}
 """
