@@ -14,11 +14,14 @@ import torch
 from jaxtyping import Int
 from torch import nn
 
+from ..errors import InputError
+
 __all__ = [
     "read_config",
     "read_json",
     "has_weights",
     "check_weights",
+    "check_loaded_keys",
     "is_hub_id",
     "local_hub_snapshot",
     "load_hf_model",
@@ -34,19 +37,33 @@ _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON file of the checkpoint as a dict (``{}`` when the file does not exist)."""
+    """A JSON file of the checkpoint as a dict (``{}`` when the file does not exist). Every
+    checkpoint JSON file (config, preprocessor, adapter settings) is an object; anything else
+    (a list, ``null``, a number, not JSON, not text) is an :class:`InputError` naming the file."""
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path} is not valid JSON ({error}); restore it from the "
+                         f"checkpoint's download") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} holds {_json_kind(data)}, expected a JSON object "
+                         f"({{\"model_type\": ...}} and the model's settings); restore it from "
+                         f"the checkpoint's download")
+    return data
+
+
+def _json_kind(data: Any) -> str:
+    if data is None:
+        return "null"
+    return {list: "a list", str: "a string", bool: "a boolean"}.get(type(data), "a number")
 
 
 def read_config(path: Path) -> dict[str, Any]:
     """Read ``config.json`` of a local checkpoint directory, with errors naming the file."""
     if not (path / "config.json").is_file():
-        raise ValueError(f"{path} has no config.json: is this a model directory?")
+        raise InputError(f"{path} has no config.json: is this a model directory?")
     return read_json(path / "config.json")
 
 
@@ -58,12 +75,43 @@ def has_weights(path: Path, *, ignore_prefix: str | None = None) -> bool:
 
 
 def check_weights(path: Path) -> None:
-    """A checkpoint directory must hold weight files; say how to get them when it does not."""
+    """A checkpoint directory must hold weight files, each readable: an empty file, or a
+    ``*.safetensors`` file whose header cannot be read (truncated, overwritten, a Git LFS
+    pointer), is an :class:`InputError` naming the file, before any weight is loaded. Reading a
+    safetensors header costs one small read per file."""
     if not has_weights(path):
-        raise ValueError(
+        raise InputError(
             f"{path} has a config.json but no model weights (*.safetensors or *.bin): the "
             f"download is incomplete. Download the checkpoint again, e.g. `hf download <hub id> "
             f"--local-dir {path}`, or pass the directory that holds the weights.")
+    for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth"):
+        for file in sorted(path.glob(pattern)):
+            check_weight_file(file)
+
+
+_REDOWNLOAD = "download the checkpoint again (e.g. `hf download <hub id> --local-dir <dir>`)"
+
+
+def check_weight_file(file: Path) -> None:
+    """Refuse a weight file that is empty or, for safetensors, whose header does not parse."""
+    try:
+        size = file.stat().st_size
+    except OSError as error:
+        raise InputError(f"cannot read the weight file {file}: {error.strerror or error}") \
+            from None
+    if size == 0:
+        raise InputError(f"the weight file {file} is empty (0 bytes): the download is "
+                         f"incomplete; {_REDOWNLOAD}")
+    if file.suffix != ".safetensors":
+        return
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError, ValueError) as error:
+        raise InputError(f"the weight file {file} ({size} bytes) is not a readable safetensors "
+                         f"file ({error}): it is truncated or corrupt; {_REDOWNLOAD}") from None
 
 
 def is_hub_id(name: str) -> bool:
@@ -88,14 +136,22 @@ def local_hub_snapshot(name: str) -> Path | None:
 def read_weight_files(files: list[Path]) -> dict[str, torch.Tensor]:
     """The tensors of ``*.safetensors`` / ``*.bin`` weight files, merged into one state dict (for
     formats loaded by mapping weights by hand rather than through ``from_pretrained``)."""
+    import pickle
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state.update(load_file(str(file)))
-        else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
+        check_weight_file(file)
+        try:
+            if file.suffix == ".safetensors":
+                state.update(load_file(str(file)))
+            else:
+                state.update(torch.load(file, map_location="cpu", weights_only=True))
+        except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as error:
+            raise InputError(f"cannot read the weight file {file}: {error}; it is truncated or "
+                             f"corrupt: {_REDOWNLOAD}") from None
     return state
 
 
@@ -125,19 +181,72 @@ def load_hf_model(model_class: type, path: Path, dtype: torch.dtype, **kwargs: A
     naming the directory instead of a traceback from deep inside transformers, and without the
     progress bar (:func:`quiet_progress_bars`; a local load takes seconds). ``kwargs`` pass
     through to ``from_pretrained`` (e.g. ``config=``)."""
+    import pickle
+
+    from safetensors import SafetensorError
+
     check_weights(path)
     try:
         with quiet_progress_bars():
-            model = model_class.from_pretrained(path, dtype=dtype, attn_implementation="eager",
-                                                **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+            model, info = model_class.from_pretrained(
+                path, dtype=dtype, attn_implementation="eager", output_loading_info=True,
+                **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError,
+            SafetensorError) as error:
         if "mismatched" in str(error):
-            raise ValueError(f"cannot load {model_class.__name__} from {path}: the weights do "
+            raise InputError(f"cannot load {model_class.__name__} from {path}: the weights do "
                              f"not have the shapes its config.json describes "
                              f"({_mismatched(model_class, path, dtype, kwargs)}). Is config.json "
                              f"from another model, or a weight file from another size?") from None
-        raise ValueError(f"cannot load {model_class.__name__} from {path}: {error}") from None
+        raise InputError(f"cannot load {model_class.__name__} from {path}: {error}") from None
+    check_loaded_keys(model, info.get("missing_keys", ()), info.get("unexpected_keys", ()),
+                      f"{model_class.__name__} from {path}")
     return model.eval()
+
+
+def check_loaded_keys(model: nn.Module, missing: Any, unexpected: Any, what: str) -> None:
+    """Refuse a load whose weights and config disagree on which tensors exist.
+
+    ``from_pretrained`` leaves a weight the checkpoint lacks (``missing``) randomly initialised
+    and drops a tensor the config has no place for (``unexpected``), with a log line only: a
+    ``num_hidden_layers`` one off in config.json, or one vision layer too many, would load and
+    give wrong logits. Unexpected keys that name one of the model's buffers (``position_ids``,
+    rotary ``inv_freq`` saved by older versions) are recomputed, not lost, and are let through.
+    """
+    buffers = {name for name, _ in model.named_buffers()}
+    missing = sorted(missing)
+    unexpected = sorted(key for key in unexpected if key not in buffers)
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing from the checkpoint (the config describes them): "
+                     f"{_summarise_keys(missing)}")
+    if unexpected:
+        parts.append(f"in the checkpoint but not in the model its config describes: "
+                     f"{_summarise_keys(unexpected)}")
+    raise InputError(f"cannot load {what}: the weights do not match config.json; "
+                     f"{'; '.join(parts)}. Check num_hidden_layers (text and vision) and the "
+                     f"other sizes in config.json against the weights, or download the "
+                     f"checkpoint again if a weight file is missing")
+
+
+def _summarise_keys(keys: list[str], shown: int = 6) -> str:
+    """``["a.layers.3.x", "a.layers.3.y", "b"]`` → ``"a.layers.3.{x, y}, b"`` (a short list:
+    keys grouped by the prefix through their first layer index)."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split(".")
+        cut = next((i + 1 for i, part in enumerate(parts) if part.isdigit()), len(parts) - 1)
+        groups.setdefault(".".join(parts[:cut]), []).append(".".join(parts[cut:]))
+    entries = []
+    for prefix, rests in groups.items():
+        if len(rests) == 1:
+            entries.append(f"{prefix}.{rests[0]}" if prefix else rests[0])
+        else:
+            entries.append(f"{prefix}.* ({len(rests)} tensors)")
+    more = f", and {len(entries) - shown} more groups" if len(entries) > shown else ""
+    return f"{len(keys)} tensor(s): " + ", ".join(entries[:shown]) + more
 
 
 def _mismatched(model_class: type, path: Path, dtype: torch.dtype, kwargs: dict) -> str:
@@ -164,10 +273,10 @@ def load_tokenizer(path: Path) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as error:  # noqa: BLE001
-        raise ValueError(f"cannot load the tokenizer of {path}: {error}. The checkpoint needs "
+        raise InputError(f"cannot load the tokenizer of {path}: {error}. The checkpoint needs "
                          f"its tokenizer files (tokenizer.json or tokenizer_config.json)") from None
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"the tokenizer of {path} is a slow tokenizer; mapflow-tl needs a fast "
+        raise InputError(f"the tokenizer of {path} is a slow tokenizer; mapflow-tl needs a fast "
                          f"tokenizer (tokenizer.json) for exact token spans")
     return tokenizer
 
