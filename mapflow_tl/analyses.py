@@ -83,6 +83,12 @@ def base_prediction(vlm: VideoLLM, x: Prepared, *,
     """The clean run's answer (the ``BASE_COLUMNS``): predicted token (argmax over the full
     vocabulary at the last position), its probability, the ground-truth token's probability,
     whether it is correct (see :func:`grade`) and the most probable option."""
+    if not len(x.answer_ids):
+        from .errors import InputError
+
+        raise InputError(f"sample {x.meta.get('id', '')!r} has no options (an open-ended "
+                         f"prompt): the analyses read the option letters' probabilities; give "
+                         f"the sample its options")
     probabilities = vlm.run_with_hooks(x)[0, -1].float().softmax(-1)
     predicted = int(probabilities.argmax())
     truth = x.answer_token

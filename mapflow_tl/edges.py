@@ -14,11 +14,13 @@ the causal triangle, which the knockout hooks share across heads and layers.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence, Union
+from functools import wraps
+from typing import Callable, Iterable, Sequence, Union
 
 import torch
 from jaxtyping import Bool, Int
 
+from .errors import InputError
 from .segments import SegmentMap, Span
 
 __all__ = [
@@ -97,7 +99,8 @@ class Edges:
     ints or Spans, or an integer tensor of positions.
     """
 
-    __slots__ = ("_op", "_operands", "_src", "_dst", "_mask", "_name", "_dense_cache")
+    __slots__ = ("_op", "_operands", "_src", "_dst", "_mask", "_name", "_dense_cache",
+                 "_segment_map")
 
     def __init__(self, src: Positions, dst: Positions, *, name: str | None = None) -> None:
         self._op = "leaf"
@@ -107,6 +110,7 @@ class Edges:
         self._mask: torch.Tensor | None = None
         self._name = name or f"{src_label} → {dst_label}"
         self._dense_cache: dict[int, torch.Tensor] = {}
+        self._segment_map: SegmentMap | None = None  # set by the pathway functions below
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -115,6 +119,7 @@ class Edges:
         node._op, node._operands, node._name = op, operands, name
         node._src = node._dst = node._mask = None
         node._dense_cache = {}
+        node._segment_map = None
         return node
 
     @classmethod
@@ -254,6 +259,37 @@ class Edges:
         rows = self.dense(n_positions).any(dim=1).nonzero()
         return int(rows[0]) if rows.numel() else None
 
+    def segment_maps(self) -> list[SegmentMap]:
+        """The distinct segment maps this expression's pathways were built from (the pathway
+        functions below record theirs; ``Edges(src=..., dst=...)`` from spans records none)."""
+        found: list[SegmentMap] = []
+        stack = [self]
+        while stack:
+            edges = stack.pop()
+            if edges._segment_map is not None and edges._segment_map not in found:
+                found.append(edges._segment_map)
+            stack.extend(edges._operands)
+        return found
+
+    def check_fits(self, segments: SegmentMap) -> None:
+        """Refuse running these edges on a sample they were not built for, before any forward:
+        a pathway built from another sample's segment map (another length or other frames)
+        would cut the wrong positions without a word, and positions beyond the sequence would
+        fail inside the forward. Raises :class:`~mapflow_tl.errors.InputError` naming both."""
+        n = segments.n_positions
+        for built in self.segment_maps():
+            if built != segments:
+                raise InputError(
+                    f"edges {self._name!r} were built from another sample's segment map "
+                    f"({built.n_positions} positions, {len(built.frames)} frames) but run on one "
+                    f"of {n} positions, {len(segments.frames)} frames; build them from this "
+                    f"sample's x.segments")
+        try:
+            self.dense(n)
+        except ValueError as error:
+            raise InputError(f"{error}; these edges were built for a longer sequence: build "
+                             f"them from this sample's x.segments") from None
+
     def same_as(self, other: "Edges", n_positions: int) -> bool:
         """Whether two expressions denote the same edges over ``n_positions``."""
         return bool(torch.equal(self.dense(n_positions), other.dense(n_positions)))
@@ -263,6 +299,19 @@ class Edges:
 
 
 # ---------------------------------------------------------------------- the paper's pathways
+def _records_segment_map(pathway: Callable[..., Edges]) -> Callable[..., Edges]:
+    """Let the edges a pathway function returns remember the segment map they come from
+    (:meth:`Edges.check_fits` refuses running them on another sample's input)."""
+
+    @wraps(pathway)
+    def build(seg: SegmentMap, *args, **kwargs) -> Edges:
+        edges = pathway(seg, *args, **kwargs)
+        edges._segment_map = seg
+        return edges
+
+    return build
+
+
 def _need(seg: SegmentMap, what: str):
     value = getattr(seg, what)
     if value is None or (isinstance(value, tuple) and not value):
@@ -270,6 +319,7 @@ def _need(seg: SegmentMap, what: str):
     return value
 
 
+@_records_segment_map
 def cross_frame(seg: SegmentMap, *, frame_text: bool = True) -> Edges:
     """Cross-frame interaction (Map the Flow, Finding 1): for every frame t ≥ 1, its tokens
     attending to the tokens of every earlier frame t' < t.
@@ -288,18 +338,21 @@ def cross_frame(seg: SegmentMap, *, frame_text: bool = True) -> Edges:
     return _named(Edges.union(parts), "cross-frame")
 
 
+@_records_segment_map
 def intra_frame(seg: SegmentMap) -> Edges:
     """Each frame's tokens attending to tokens of the same frame."""
     frames = _need(seg, "frames")
     return _named(Edges.union(Edges(src=f, dst=f) for f in frames), "intra-frame")
 
 
+@_records_segment_map
 def video_to_video(seg: SegmentMap) -> Edges:
     """All video-token queries attending to video-token keys (cross- and intra-frame)."""
     video = _need(seg, "video")
     return Edges(src=video, dst=video, name="video → video")
 
 
+@_records_segment_map
 def video_to_question(seg: SegmentMap) -> Edges:
     """Video → question: the coarse question's queries ("Question:" through the last option,
     :attr:`~mapflow_tl.segments.SegmentMap.question_with_options`) reading the video's keys."""
@@ -307,60 +360,71 @@ def video_to_question(seg: SegmentMap) -> Edges:
                  name="video → question")
 
 
+@_records_segment_map
 def video_to_last(seg: SegmentMap) -> Edges:
     """Video → last: the last position reading the video directly."""
     return Edges(src=_need(seg, "video"), dst=seg.last, name="video → last")
 
 
+@_records_segment_map
 def question_to_last(seg: SegmentMap) -> Edges:
     """Question ("Question:" through the last option) → last."""
     return Edges(src=_need(seg, "question_with_options"), dst=seg.last, name="question → last")
 
 
+@_records_segment_map
 def question_to_question(seg: SegmentMap) -> Edges:
     """Question ("Question:" through the last option) attending to itself, diagonal included."""
     question = _need(seg, "question_with_options")
     return Edges(src=question, dst=question, name="question → question")
 
 
+@_records_segment_map
 def last_to_last(seg: SegmentMap) -> Edges:
     """Last → last: the last position attending to itself."""
     return Edges(src=seg.last, dst=seg.last, name="last → last")
 
 
+@_records_segment_map
 def question_to_video(seg: SegmentMap) -> Edges:
     """Question → video: video queries reading question keys — empty under causal attention."""
     return Edges(src=_need(seg, "question_with_options"), dst=_need(seg, "video"),
                  name="question → video")
 
 
+@_records_segment_map
 def non_option_question_to_last(seg: SegmentMap) -> Edges:
     """The question text without its options → last."""
     return Edges(src=_need(seg, "question"), dst=seg.last, name="non-option question → last")
 
 
+@_records_segment_map
 def true_option_to_last(seg: SegmentMap) -> Edges:
     """The true option's tokens ("(A) text", label included) → last."""
     return Edges(src=seg.true_option, dst=seg.last, name="true option → last")
 
 
+@_records_segment_map
 def false_options_to_last(seg: SegmentMap) -> Edges:
     """Every false option's tokens ("(B) text", labels included) → last."""
     return Edges(src=list(seg.false_options), dst=seg.last, name="false options → last")
 
 
+@_records_segment_map
 def video_to_non_option_question(seg: SegmentMap) -> Edges:
     """Video → the question text without its options."""
     return Edges(src=_need(seg, "video"), dst=_need(seg, "question"),
                  name="video → non-option question")
 
 
+@_records_segment_map
 def non_option_question_to_true_option(seg: SegmentMap) -> Edges:
     """The question text without its options → the true option."""
     return Edges(src=_need(seg, "question"), dst=seg.true_option,
                  name="non-option question → true option")
 
 
+@_records_segment_map
 def video_to_true_option(seg: SegmentMap) -> Edges:
     """Video → the true option."""
     return Edges(src=_need(seg, "video"), dst=seg.true_option, name="video → true option")

@@ -386,10 +386,20 @@ def check_hooks(model, hooks: HookList) -> None:
             raise ValueError(f"hook name must be a hook point name or a filter function "
                              f"name -> bool, got {name!r}")
         if name not in available:
+            from difflib import get_close_matches
+
+            from .errors import InputError
+
             parts = name.split(".")
-            if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
-                raise ValueError(
+            if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() \
+                    and int(parts[1]) >= n_layers:
+                raise InputError(
                     f"hook {name!r}: layer {parts[1]} is outside [0, {n_layers}) of this "
                     f"{n_layers}-layer model"
                 )
-            raise ValueError(f"hook {name!r} does not exist in this model")
+            # A layer in range (or no layer): the hook point's own name is wrong.
+            close = get_close_matches(name, list(available), n=1, cutoff=0.8)
+            hint = f"; did you mean {close[0]!r}?" if close else (
+                " (hook points are named like 'blocks.0.attn.hook_attn_scores'; list them with "
+                "vlm.backbone.hook_dict)")
+            raise InputError(f"hook {name!r} is not a hook point of this model{hint}")

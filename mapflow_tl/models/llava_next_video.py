@@ -29,6 +29,13 @@ class LlavaNextVideoAdapter(SplicedVideoAdapter):
     name = "LLaVA-NeXT-Video"
     hf_class_name = "LlavaNextVideoForConditionalGeneration"
 
+    def video_token_count(self, n_frames: int) -> int:
+        # Each frame's patch grid, pooled with stride spatial_pool_stride (HF's
+        # LlavaNextVideoPooler: kernel = stride, so side // stride per axis).
+        vision = self.hf_config.vision_config
+        side = (vision.image_size // vision.patch_size) // self.hf_config.spatial_pool_stride
+        return n_frames * side * side
+
     def video_tokens(self, frames: UInt8[np.ndarray, "T H W 3"]) -> VideoTokens:
         pixels = self.pixel_values(frames)[None]  # [1, T, 3, h, w]
         config = self.hf_config

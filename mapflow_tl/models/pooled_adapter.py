@@ -58,6 +58,11 @@ class PooledFramesAdapter(SplicedVideoAdapter):
     def frame_limits(self) -> tuple[int, int | None]:
         return self.pooling_shape[0], None
 
+    def video_token_count(self, n_frames: int) -> int | None:
+        # Pooling gives T×H×W tokens whatever the number of frames it pools.
+        t_out, h_out, w_out = self.pooling_shape
+        return t_out * h_out * w_out
+
     def frame_features(self, pixels: Float[torch.Tensor, "T 3 h w"]
                        ) -> Float[torch.Tensor, "T n_patches d_model"]:
         """Pixels → projected patch features: the steps of HF's ``get_image_features`` for one

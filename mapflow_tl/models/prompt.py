@@ -490,20 +490,33 @@ def answer_token_ids(
     one, that token is the answer (``"A"`` after "(" for SentencePiece, not ``"▁A"``). When the
     letter merges with the prompt's last token (a byte-level BPE with a ``"(A"`` token), the model
     still continues the prompt's tokens, so the letter's bare vocabulary token is used; it must
-    exist and decode to the letter.
+    exist and decode to the letter. A letter the tokenizer encodes as its unknown token, or as a
+    token that decodes to something else, is an :class:`~mapflow_tl.errors.InputError` naming the
+    letter and the tokenizer (its probability would be that of ``<unk>``, and several options
+    would share it).
     """
+    from ..errors import InputError
+
     prompt_ids, _ = _offsets(tokenizer, prompt, add_special_tokens)
+    name = f"{type(tokenizer).__name__} {getattr(tokenizer, 'name_or_path', '')!s}".strip()
     answer_ids = []
     for label in labels:
         ids, _ = _offsets(tokenizer, prompt + label, add_special_tokens)
         if ids[:len(prompt_ids)] == prompt_ids and len(ids) == len(prompt_ids) + 1:
-            answer_ids.append(ids[-1])
+            token = int(ids[-1])
+            decoded = tokenizer.decode([token]).strip()
+            if token == getattr(tokenizer, "unk_token_id", None) or decoded != label:
+                raise InputError(
+                    f"option letter {label!r} is not a token of the tokenizer {name} (it "
+                    f"encodes as {decoded!r}), so its answer cannot be scored; this model can "
+                    f"answer only questions whose option letters it has: use fewer options")
+            answer_ids.append(token)
             continue
         token = _bare_token(tokenizer, label)
         if token is None:
-            raise ValueError(
-                f"option letter {label!r} after {prompt[-20:]!r} is not a single token of "
-                f"{type(tokenizer).__name__}, so its probability cannot be read from one logit")
+            raise InputError(
+                f"option letter {label!r} after {prompt[-20:]!r} is not a single token of the "
+                f"tokenizer {name}, so its probability cannot be read from one logit")
         answer_ids.append(token)
     return torch.tensor(answer_ids, dtype=torch.long)
 

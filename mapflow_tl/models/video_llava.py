@@ -48,6 +48,11 @@ class VideoLlavaAdapter(SplicedVideoAdapter):
     def frame_limits(self) -> tuple[int, int | None]:
         return self.num_frames, self.num_frames
 
+    def video_token_count(self, n_frames: int) -> int:
+        # Every frame keeps its CLS token and its whole patch grid.
+        vision = self.hf_config.vision_config
+        return n_frames * ((vision.image_size // vision.patch_size) ** 2 + 1)
+
     def video_tokens(self, frames: UInt8[np.ndarray, "T H W 3"]) -> VideoTokens:
         pixels = self.pixel_values(frames)[None]  # [1, T, 3, h, w]
         output = self.vision.model.get_video_features(

@@ -237,6 +237,7 @@ class VideoLLM:
     ) -> Float[torch.Tensor, "1 pos d_vocab"]:
         """Backbone forward from the injected embeddings with TransformerLens hooks
         (``(name or name filter, fn)`` pairs, removed when the forward ends)."""
+        fwd_hooks = _edges_checked(x, fwd_hooks)
         return run_from_embeds(self.backbone, _embeds(x), fwd_hooks=fwd_hooks,
                                return_type=return_type)
 
@@ -262,6 +263,7 @@ class VideoLLM:
         the final residual stream, ``cache["resid_post", n_layers - 1]``. ``fwd_hooks`` apply
         before caching, so the cache shows their effect (e.g. a knockout's patterns).
         """
+        fwd_hooks = _edges_checked(x, fwd_hooks)
         return cache_from_embeds(self.backbone, _embeds(x), names_filter=names_filter,
                                  fwd_hooks=fwd_hooks, return_type=return_type,
                                  stop_at_layer=stop_at_layer, device=device,
@@ -298,6 +300,22 @@ class VideoLLM:
         cfg = self.backbone.cfg
         return (f"VideoLLM({self.name!r}, family={self.family}, {cfg.n_layers} layers, "
                 f"d_model={cfg.d_model})")
+
+
+def _edges_checked(x: Any, fwd_hooks: HookList) -> list:
+    """The hooks as a list, after checking that every knockout's edges were built for ``x``
+    (:meth:`~mapflow_tl.edges.Edges.check_fits`: another sample's edges cut wrong positions)."""
+    hooks = list(fwd_hooks)
+    if isinstance(x, Prepared):
+        from ..edges import Edges
+
+        checked: set[int] = set()
+        for _, fn in hooks:
+            edges = getattr(fn, "edges", None)
+            if isinstance(edges, Edges) and id(edges) not in checked:
+                edges.check_fits(x.segments)
+                checked.add(id(edges))
+    return hooks
 
 
 def _embeds(x: Any) -> Float[torch.Tensor, "1 pos d_model"]:

@@ -1,0 +1,289 @@
+"""Faults in model folders and API input are refused by name (issue 24, "Model loading").
+
+Each test injects one fault into a tiny checkpoint of the real HF class (built by the family
+tests' own builders) or into a call, and checks the outcome: an :class:`InputError` naming the
+offending thing, before anything is computed with it. The "before" behaviour of every fault is in
+/work/notes/faults24.md (most loaded silently and gave wrong numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_models_llava import BUILDERS, LOAD_OPTIONS, N_FRAMES, OPTIONS, QUESTION
+
+import mapflow_tl.edges as E
+from mapflow_tl.errors import InputError
+from mapflow_tl.hooks import knockout
+from mapflow_tl.models import VideoSample, load_videollm
+from mapflow_tl.models.load import BUILTIN_MODELS
+
+
+def _frames(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 40, 48, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return {}
+
+
+def _checkpoint(checkpoints, tmp_path_factory, family):
+    if family not in checkpoints:
+        checkpoints[family] = BUILDERS[family](tmp_path_factory.mktemp(family))
+    return checkpoints[family]
+
+
+def _copy_with_config(source, target, edit):
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    edit(config)
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def _layers(part: str, delta: int):
+    def edit(config):
+        config[part]["num_hidden_layers"] += delta
+    return edit
+
+
+# ---------------------------------------------------------------------- weight keys
+@pytest.mark.parametrize("family, edit, listed", [
+    # config.json one text layer short of the weights: layer 2's tensors would be dropped
+    ("llava_next_video", _layers("text_config", -1),
+     r"in the checkpoint but not in the model.*model\.language_model\.layers\.2\.\* \(9 tensors\)"),
+    # one text layer more than the weights: layer 3 would be random
+    ("llava_next_video", _layers("text_config", +1),
+     r"missing from the checkpoint.*model\.language_model\.layers\.3\.\* \(9 tensors\)"),
+    # one vision layer more: a random CLIP layer in the tower
+    ("llava_next_video", _layers("vision_config", +1),
+     r"missing from the checkpoint.*model\.vision_tower\.encoder\.layers\.2\.\* \(16 tensors\)"),
+    # the PLLaVA format loads through the same from_pretrained
+    ("pllava", _layers("text_config", -1),
+     r"not in the model.*model\.language_model\.layers\.2\.\*"),
+])
+def test_weights_that_config_json_does_not_describe_are_refused_with_their_keys(
+        checkpoints, tmp_path_factory, tmp_path, family, edit, listed):
+    source = _checkpoint(checkpoints, tmp_path_factory, family)
+    path = _copy_with_config(source, tmp_path / "edited", edit)
+    with pytest.raises(InputError, match=listed) as raised:
+        load_videollm(path, **LOAD_OPTIONS[family])
+    assert str(path) in str(raised.value) and "num_hidden_layers" in str(raised.value)
+
+
+def test_a_saved_buffer_is_not_an_unexpected_weight(checkpoints, tmp_path_factory, tmp_path):
+    """Older checkpoints save buffers the model recomputes (CLIP's position_ids): they load,
+    with the same logits as without them."""
+    from safetensors.torch import load_file, save_file
+
+    source = _checkpoint(checkpoints, tmp_path_factory, "llava_next_video")
+    path = tmp_path / "with_buffer"
+    shutil.copytree(source, path)
+    (weights,) = path.glob("*.safetensors")
+    state = load_file(str(weights))
+    state["model.vision_tower.embeddings.position_ids"] = torch.arange(17)[None]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    sample = VideoSample(_frames(N_FRAMES["llava_next_video"]), QUESTION, OPTIONS, answer=1)
+    with_buffer = load_videollm(path, num_frames=4)
+    plain = load_videollm(source, num_frames=4)
+    assert torch.equal(with_buffer(with_buffer.prepare(sample)), plain(plain.prepare(sample)))
+
+
+def test_internvl_chat_hand_mapped_weights_name_the_keys_they_lack(tmp_path):
+    from test_models_paper_formats import build_internvl_chat
+
+    source = tmp_path / "internvl"
+    source.mkdir()
+    build_internvl_chat(source)
+    llm = _copy_with_config(source, tmp_path / "llm", _layers("llm_config", +1))
+    with pytest.raises(ValueError, match=r"Phi3 language model weights.*missing "
+                                         r"\['model\.layers\.2\."):
+        load_videollm(llm)
+    vit = _copy_with_config(source, tmp_path / "vit", _layers("vision_config", +1))
+    with pytest.raises(ValueError, match=r"InternViT weights.*missing \['encoder\.layer\.2\."):
+        load_videollm(vit)
+
+
+# ---------------------------------------------------------------------- prompt length
+def _tower_calls(module) -> list:
+    calls: list = []
+    module.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_too_long_prompt_is_refused_before_the_vision_tower_runs(
+        checkpoints, tmp_path_factory, tmp_path, family):
+    source = _checkpoint(checkpoints, tmp_path_factory, family)
+    sample = VideoSample(_frames(N_FRAMES[family]), QUESTION, OPTIONS, answer=1)
+    # The count the adapter predicts before the tower is the count the tower gives.
+    vlm = load_videollm(source, **LOAD_OPTIONS[family])
+    x = vlm.prepare(sample)
+    n_video = x.segments.video.stop - x.segments.video.start
+    assert vlm.adapter.video_token_count(N_FRAMES[family]) == n_video
+    limit = x.n_positions - 1
+    path = _copy_with_config(source, tmp_path / "short",
+                             lambda c: c["text_config"].update(max_position_embeddings=limit))
+    short = load_videollm(path, **LOAD_OPTIONS[family])
+    towers = [m for name, m in short.vision.model.named_children() if name.endswith("tower")]
+    calls = [_tower_calls(tower) for tower in towers]
+    with pytest.raises(InputError, match=f"the prompt has {x.n_positions} positions, more than "
+                                         f"the backbone's max_position_embeddings {limit}"):
+        short.prepare(sample)
+    assert towers and not any(calls), "the vision tower ran before the length check"
+
+
+def test_native_family_checks_the_length_before_its_vision_tower(tmp_path):
+    from test_models_paper_formats import build_internvl_chat
+
+    path = tmp_path / "internvl"
+    path.mkdir()
+    build_internvl_chat(path)
+    config = json.loads((path / "config.json").read_text())
+    config["llm_config"]["original_max_position_embeddings"] = 16
+    (path / "config.json").write_text(json.dumps(config))
+    vlm = load_videollm(path)
+    calls = _tower_calls(vlm.vision["vision_tower"])
+    with pytest.raises(ValueError, match="more than the 16 this backbone reproduces"):
+        vlm.prepare(VideoSample(_frames(4), QUESTION, OPTIONS, answer=1))
+    assert not calls
+
+
+# ---------------------------------------------------------------------- answer letters
+@pytest.fixture(scope="module")
+def synthtv():
+    from mapflow_tl.synthtv import generator as gen
+
+    item = gen.generate_task("object_count", 1, seed=0)[0]
+    return load_videollm("synthtv-video-ft"), item
+
+
+def test_an_option_letter_the_tokenizer_lacks_is_an_error_not_unk(synthtv):
+    vlm, item = synthtv
+    tokenizer = vlm.tokenizer
+    # The shipped word-level tokenizer has A-D only: "E" is its unknown token.
+    assert tokenizer.convert_tokens_to_ids("E") == tokenizer.unk_token_id
+    assert tokenizer.convert_tokens_to_ids("D") != tokenizer.unk_token_id
+    options = ["red", "blue", "green", "circle", "square", "forest"]
+    with pytest.raises(InputError, match=r"option letter 'E' is not a token of the tokenizer "
+                                         r".*synthtv-video-ft.*'<unk>'"):
+        vlm.prepare(VideoSample(item.frames, item.question, options, answer=5))
+    x = vlm.prepare(VideoSample(item.frames, item.question, options[:4], answer=3))
+    assert [tokenizer.decode([int(i)]) for i in x.answer_ids] == ["A", "B", "C", "D"]
+
+
+# ---------------------------------------------------------------------- API input
+@pytest.mark.parametrize("options, answer, message", [
+    (["red", "red", "blue"], 0, r"sample 's1': options 0 and 1 are the same text \('red'\)"),
+    (["red", "Red "], None, r"options 0 and 1 are the same text"),
+    (["red", "blue"], True, r"answer must be the int index .* got True \(bool\)"),
+    (["red", "blue"], "B", r"answer must be the int index .* got 'B' \(str\)"),
+    (["red", "blue"], 2, r"answer 2 is not an index into its 2 options \(0 … 1\)"),
+    (["red", "blue"], -1, r"answer -1 is not an index into its 2 options"),
+    ([], 0, r"answer 0 given but the sample has no options"),
+    (["red", ""], 0, r"option 1 must be non-empty text"),
+])
+def test_bad_options_and_answers_are_named(synthtv, options, answer, message):
+    vlm, item = synthtv
+    with pytest.raises(InputError, match=message):
+        vlm.prepare(VideoSample(item.frames, item.question, options, answer=answer, id="s1"))
+
+
+def test_zero_options_is_the_open_ended_prompt_and_analyses_refuse_it(synthtv):
+    from mapflow_tl.analyses import base_prediction
+
+    vlm, item = synthtv
+    x = vlm.prepare(VideoSample(item.frames, item.question, [], id="s2"))
+    assert x.segments.options == () and len(x.answer_ids) == 0
+    with pytest.raises(InputError, match=r"sample 's2' has no options"):
+        base_prediction(vlm, x)
+
+
+def test_edges_of_another_sample_are_refused_naming_both_lengths(synthtv):
+    vlm, item = synthtv
+    two = vlm.prepare(VideoSample(item.frames, item.question, ["red", "blue"], answer=0))
+    four = vlm.prepare(VideoSample(item.frames, item.question,
+                                   ["red", "blue", "green", "circle"], answer=0))
+    fewer_frames = vlm.prepare(VideoSample(item.frames[:4], item.question, ["red", "blue"],
+                                           answer=0))
+    layers = range(vlm.n_layers)
+    # longer: the edges reach past this sample's sequence
+    with pytest.raises(InputError, match=rf"built from another sample's segment map "
+                                         rf"\({four.n_positions} positions, 8 frames\) but run "
+                                         rf"on one of {two.n_positions} positions, 8 frames"):
+        vlm.run_with_hooks(two, knockout(E.video_to_last(four.segments), layers))
+    # shorter, other frames: these would cut wrong positions silently
+    with pytest.raises(InputError, match=rf"\({fewer_frames.n_positions} positions, 4 frames\) "
+                                         rf"but run on one of {two.n_positions} positions, 8 "
+                                         rf"frames"):
+        vlm.run_with_cache(two, knockout(E.cross_frame(fewer_frames.segments), layers))
+    # combined expressions carry their parts' maps
+    mixed = E.video_to_last(two.segments) | E.question_to_last(fewer_frames.segments)
+    with pytest.raises(InputError, match="another sample's segment map"):
+        vlm.run_with_hooks(two, knockout(mixed, layers))
+    # edges written from spans: only their reach is known
+    beyond = E.Edges(src=four.segments.video, dst=four.segments.last)
+    with pytest.raises(InputError, match=rf"beyond the sequence of {two.n_positions} positions"):
+        vlm.run_with_hooks(two, knockout(beyond, layers))
+    # the sample's own edges, and an equal map from another call, run
+    own = knockout(E.cross_frame(two.segments), layers)
+    again = vlm.prepare(VideoSample(item.frames, item.question, ["red", "blue"], answer=0))
+    assert torch.equal(vlm.run_with_hooks(two, own), vlm.run_with_hooks(again, own))
+
+
+def test_a_misspelt_hook_point_is_named_not_its_layer(synthtv):
+    vlm, item = synthtv
+    x = vlm.prepare(VideoSample(item.frames, item.question, ["red", "blue"], answer=0))
+
+    def identity(tensor, hook):
+        return tensor
+
+    with pytest.raises(InputError, match=r"hook 'blocks\.1\.attn\.hook_patern' is not a hook "
+                                         r"point of this model; did you mean "
+                                         r"'blocks\.1\.attn\.hook_pattern'\?"):
+        vlm.run_with_hooks(x, [("blocks.1.attn.hook_patern", identity)])
+    with pytest.raises(InputError, match=r"layer 99 is outside \[0, 8\)"):
+        vlm.run_with_hooks(x, [("blocks.99.attn.hook_pattern", identity)])
+
+
+# ---------------------------------------------------------------------- command line
+def _broken_model(tmp_path, weights=None, config=None):
+    path = tmp_path / "model"
+    shutil.copytree(BUILTIN_MODELS["synthtv-video-ft"], path)
+    if weights is not None:
+        weights(path / "model.safetensors")
+    if config is not None:
+        (path / "config.json").write_text(config)
+    return path
+
+
+@pytest.mark.parametrize("fault, message", [
+    (dict(weights=lambda p: p.write_bytes(b"")), r"the weight file \S+model\.safetensors is "
+                                                 r"empty \(0 bytes\)"),
+    (dict(weights=lambda p: p.write_bytes(b"\x07garbage" * 10)),
+     r"the weight file \S+model\.safetensors \(80 bytes\) is not a readable safetensors file"),
+    (dict(weights=lambda p: p.write_bytes(p.read_bytes()[:100_000])),
+     r"the weight file \S+model\.safetensors \(100000 bytes\) is not a readable safetensors"),
+    (dict(config="[1, 2]"), r"\S+config\.json holds a list, expected a JSON object"),
+    (dict(config="null"), r"\S+config\.json holds null, expected a JSON object"),
+    (dict(config="{not json"), r"\S+config\.json is not valid JSON"),
+])
+def test_broken_model_folders_are_one_line_at_the_command_line(tmp_path, capsys, fault,
+                                                               message):
+    import re
+
+    from mapflow_tl.cli import main
+
+    model = _broken_model(tmp_path, **fault)
+    code = main(["flow", "--model", str(model), "--limit", "1", "--task", "object_count",
+                 "--out", str(tmp_path / "run"), "--circuit", "cross-frame"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("mapflow-tl flow: error: ")
+    assert re.search(message, err), err
+    assert str(model) in err
