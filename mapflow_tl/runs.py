@@ -41,6 +41,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .errors import InputError
+
 try:  # the kernel lock; absent on Windows, where the pid check below is the only guard
     import fcntl
 except ImportError:  # pragma: no cover - not on Linux / macOS
@@ -69,10 +71,11 @@ IDENTITY_KEYS = ("command", "model", "dataset", "data_root", "task", "limit", "c
 SKIPPED_COLUMNS = ("sample", "task", "file", "index", "field", "reason", "stage")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(InputError):
     """A run folder that cannot be used as asked, with the folder and the fix in one line.
 
-    Subclasses ``ValueError`` so that the command line reports it as a user error (exit code 2).
+    An :class:`~mapflow_tl.errors.InputError`: the command line reports it in one line (exit
+    code 2).
     """
 
 
@@ -382,7 +385,7 @@ class RunWriter:
         ``run.json``."""
         previous = _previous_config(self.out)
         if previous is not None and overwrite:
-            for pattern in ("*.jsonl", "*.csv", "report.html", CONFIG_FILE):
+            for pattern in ("*.jsonl", "*.csv", "*.parquet", "report.html", CONFIG_FILE):
                 for path in self.out.glob(pattern):
                     path.unlink()
         elif previous is not None:
