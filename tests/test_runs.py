@@ -393,6 +393,7 @@ def test_overwrite_replaces_our_run_under_the_lock(tmp_path):
     writer = RunWriter(tmp_path, CONFIG)
     writer.write("flow", [{"sample": "old"}])
     writer.finish()
+    (tmp_path / "flow.parquet").write_bytes(b"PAR1")  # the typed copy a finished run may have
     RunWriter(tmp_path, {**CONFIG, "window": 5}, overwrite=True).finish()
-    assert not (tmp_path / "flow.jsonl").exists() and not (tmp_path / "flow.csv").exists()
+    assert not any((tmp_path / f"flow.{ext}").exists() for ext in ("jsonl", "csv", "parquet"))
     assert json.loads((tmp_path / "run.json").read_text())["window"] == 5
