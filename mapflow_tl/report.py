@@ -482,6 +482,12 @@ def _pick(values: Sequence[Any], count: int) -> list[Any]:
     return [values[round(i * (len(values) - 1) / (count - 1))] for i in range(count)]
 
 
+def _sample_label(sample, task) -> str:
+    """The figure-title suffix ' — sample (task)', leaving out what the rows do not name."""
+    label = " ".join(p for p in (str(sample or ""), f"({task})" if task else "") if p)
+    return f" — {label}" if label else ""
+
+
 class _FrameGrid:
     """One token frame of one sample: its grid, its thumbnail and how a row's (h, w) maps to a
     grid cell (for a frame stored as a list of kept tokens, ``w`` is the token's index)."""
@@ -642,7 +648,7 @@ def _lens_sections(rows, frames_table, config):
                      "(rows with a <code>condition</code>) is drawn as extra rows.")
         figure_id = "lens-overlay" if number == 0 else f"lens-overlay-{number + 1}"
         sections.append((
-            figure_id, f"Logit lens over the frames — {sample} ({task})",
+            figure_id, f"Logit lens over the frames{_sample_label(sample, task)}",
             f"Each video token's most probable vocabulary token under the logit lens (text; "
             f"colour: its probability), drawn on the token's cell of its frame's own grid over "
             f"the frame itself; rows are layers {', '.join(map(str, layers))} "
@@ -712,7 +718,7 @@ def _attention_sections(rows, frames_table, config):
             figure_id = "attention-maps" if number == 0 else f"attention-maps-{number + 1}"
             number += 1
             sections.append((
-                figure_id, f"Attention over the frames — {sample} ({task}), query: "
+                figure_id, f"Attention over the frames{_sample_label(sample, task)}, query: "
                            f"{query or default_query}",
                 f"Attention weight from the query ({query_text}; mean over heads and query "
                 f"positions) to each video token, on the token's cell over its frame. Rows: "
