@@ -87,7 +87,7 @@ class Span:
         return asdict(self)
 
     def describe(self) -> str:
-        return f"{self.name:<18} [{self.start:>6}, {self.stop:>6})  {len(self):>6} positions"
+        return f"{self.name:<22} [{self.start:>6}, {self.stop:>6})  {len(self):>6} positions"
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,9 @@ def embeds_for(model, n, seed=1):
 
 
 def spans_of(seg):
-    video, question = seg.video.positions, range(seg.video.stop, seg.last.start)
+    # the official coarse question: from the question through the end of the last option (this
+    # layout has no "Question:" tokens); the instruction before the last position is not in it
+    video, question = seg.video.positions, range(seg.question.start, seg.options[-1].stop)
     frames = [f.positions for f in seg.frames]
     return {
         "cross-frame": [(k, q) for t in range(1, len(frames)) for k, q in

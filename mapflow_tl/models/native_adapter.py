@@ -246,7 +246,8 @@ class NativeVideoAdapter(FamilyAdapter):
                             answer_ids=answer_ids, answer=answer, prompt=rendered.text,
                             frames=frames,
                             meta={"family": self.name, "model_inputs": model_inputs,
-                                  **video.meta})
+                                  "prompt_style": self.prompt_style.name,
+                                  "frame_sampler": self.frame_sampler, **video.meta})
         self.bind(prepared, captured)
         return prepared
 

@@ -176,7 +176,9 @@ class SplicedVideoAdapter(FamilyAdapter):
         self.check_against_processor(rendered.text, frames, input_ids)
         return Prepared(embeds=embeds, segments=segments, input_ids=input_ids,
                         answer_ids=answer_ids, answer=answer, prompt=rendered.text,
-                        frames=frames, meta={"family": self.name, **video.meta})
+                        frames=frames, meta={"family": self.name, **video.meta,
+                                             "prompt_style": self.prompt_style.name,
+                                             "frame_sampler": self.frame_sampler})
 
     def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
         """Frames → pixels on the vision device in the vision dtype."""
