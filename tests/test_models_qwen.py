@@ -501,9 +501,10 @@ def write_mp4(path, n_frames: int = 30, fps: int = 10):
 def test_videollama3_from_an_mp4_file_uses_its_timestamps(videollama3_dir, tmp_path):
     video = write_mp4(tmp_path / "clip.mp4")  # 30 frames at 10 fps
     hf_model = hf_model_of(videollama3_dir, "VideoLlama3ForConditionalGeneration")
-    # default: the official VideoLLaMA3 sampling, np.linspace(0, 29, 4, dtype=int) = 0, 9, 19, 29
-    # midpoints (the LLaVA path's): int(3.625 + round(7.25 k)) = 3, 10, 17, 25
-    for options, seconds in [({}, ["0.0", "0.9", "1.9", "2.9"]),
+    # default: the official VideoLLaMA3 sampling, np.linspace(0, 29, 4, dtype=int) = 0, 9, 19, 29,
+    # timed as its load_video: np.linspace(0, 3.0 s, 30)[i] = 0, 0.93, 1.97, 3.0
+    # midpoints (the LLaVA path's): int(3.625 + round(7.25 k)) = 3, 10, 17, 25, at i / 10 fps
+    for options, seconds in [({}, ["0.0", "0.9", "2.0", "3.0"]),
                              ({"frame_sampler": "midpoints"}, ["0.3", "1.0", "1.7", "2.5"])]:
         vlm = load_videollm(videollama3_dir, num_frames=4, **options)
         x = vlm.prepare(VideoSample(video, QUESTION, OPTIONS, answer=0))
@@ -520,6 +521,16 @@ def test_videollama3_from_an_mp4_file_uses_its_timestamps(videollama3_dir, tmp_p
     linspace = load_videollm(videollama3_dir, num_frames=4).prepare(
         VideoSample(video, QUESTION, OPTIONS, answer=0))
     assert np.array_equal(linspace.frames, every[[0, 9, 19, 29]])
+
+
+def test_linspace_timestamps_are_spread_over_the_clip_as_videollama3_times_them():
+    from mapflow_tl.models.frames import evenly_timed
+
+    # whole file: 30 frames at 10 fps are np.linspace(0, 3.0, 30); frame 29 is at 3.0 s
+    assert np.allclose(evenly_timed(np.array([0, 29]), 30, 10.0, None), [0.0, 3.0])
+    # bounds 2–5 s of a 100-frame 10 fps file: frames 20 … 50 spread over 3 s, 0.1 s apart
+    assert np.allclose(evenly_timed(np.array([20, 30, 50]), 100, 10.0, (2.0, 5.0)),
+                       [2.0, 3.0, 5.0])
 
 
 def test_bad_input_is_refused_with_what_was_expected(onevision, onevision_dir, tmp_path):

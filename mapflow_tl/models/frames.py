@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, UInt8
 
-__all__ = ["check_frames", "load_frames"]
+__all__ = ["check_frames", "load_frames", "evenly_timed"]
 
 
 def check_frames(
@@ -47,6 +47,25 @@ def check_frames(
     return np.ascontiguousarray(frames)
 
 
+def evenly_timed(indices: np.ndarray, n_frames: int, fps: float,
+                 bounds: tuple[float, float] | None) -> Float[np.ndarray, " T"]:
+    """Timestamps of sampled frames as the official VideoLLaMA3 path times a video file's decoded
+    frames: evenly over the clip, ``np.linspace(start, start + duration, n)[i]`` for the i-th of
+    the n decoded frames (VideoLLaMA3 ``mm_utils.load_video`` with ``fps=None``), the clip being
+    the whole file (duration n_frames / fps) or its [start, end] bounds."""
+    start, duration = 0.0, n_frames / fps
+    first, last = 0, n_frames - 1
+    if bounds is not None:
+        start = max(0.0, float(bounds[0]))
+        duration = min(duration, float(bounds[1])) - start
+        first = max(0, int(np.round(start * fps)))
+        last = min(int(np.round(float(bounds[1]) * fps)), n_frames - 1) if math.isfinite(
+            float(bounds[1])) else n_frames - 1
+    count = last - first + 1
+    step = duration / (count - 1) if count > 1 else 0.0
+    return start + (np.asarray(indices, dtype=np.float64) - first) * step
+
+
 def load_frames(
     sample: Any, *, num_frames: int, min_frames: int = 1, max_frames: int | None = None,
     sampler: str = "midpoints",
@@ -66,6 +85,8 @@ def load_frames(
             start if start is not None else 0.0, end if end is not None else math.inf)
         clip = read_video(video, num_frames, bounds=bounds, sampler=sampler)
         frames, timestamps = clip.frames, np.asarray(clip.timestamps, dtype=np.float64)
+        if sampler == "linspace" and clip.info.kind == "video":
+            timestamps = evenly_timed(clip.indices, clip.info.num_frames, clip.info.fps, bounds)
         what = str(video)
     else:
         frames = video
