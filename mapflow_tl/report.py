@@ -812,6 +812,9 @@ def _header_rows(config, samples, run_dir) -> list[tuple[str, str]]:
     definitions = config.get("definitions")
     if isinstance(definitions, dict) and definitions:
         rows.append(("definitions", "; ".join(f"{k}: {text(v)}" for k, v in definitions.items())))
+    else:
+        rows.append(("definitions", "not recorded in run.json; each figure's caption states "
+                                    "what it computes"))
     rows.append(("layer numbering", LAYER_NUMBERING))
     rows.append(("uncertainty", f"95 % percentile bootstrap over samples "
                                 f"({_BOOTSTRAP_RESAMPLES} resamples, seed {_BOOTSTRAP_SEED})"))
