@@ -22,19 +22,25 @@ from mapflow_tl.edges import Edges
 from mapflow_tl.models import FamilyAdapter, Prepared, VideoLLM, VideoSample
 from mapflow_tl.schema import TABLES
 
-#: Every token decodes to one spelling of a letter: id % 3 → "A", " B" (a word-start space, as
-#: SentencePiece's "▁B"), "c" (lower case). The option tokens are 30, 31, 32.
-FORMS = ("A", " B", "c")
+#: Every token decodes to one spelling of a letter (id % 3 → A, B, C): the option tokens 30, 31,
+#: 32 as "A", "B", "C", every other token as " a" (a word-start space, as SentencePiece's "▁a"
+#: decoded by a tokenizer that keeps it), "b " or " C" — the same letter, another spelling.
 OPTION_IDS = (30, 31, 32)
+OTHER_FORMS = (" a", "b ", " C")
 K = 3  # window size for the 4-layer model
+
+
+def spelled(token: int) -> str:
+    token = int(token)
+    return "ABC"[token % 3] if token in OPTION_IDS else OTHER_FORMS[token % 3]
 
 
 class LetterTokenizer:
     def decode(self, ids):
-        return "".join(FORMS[int(i) % 3] for i in ids)
+        return "".join(spelled(i) for i in ids)
 
     def convert_ids_to_tokens(self, ids):
-        return [FORMS[int(i) % 3] for i in ids]
+        return [spelled(i) for i in ids]
 
 
 class RandomVideoAdapter(FamilyAdapter):
@@ -66,7 +72,7 @@ def vlm(tiny_backbone, layout):
 
 # ----------------------------------------------------------------------------- references
 def letter(token: int) -> str:
-    return FORMS[token % 3].strip().lower()
+    return spelled(token).strip().lower()
 
 
 def hf_probabilities(hf, x, blocked_by_layer=None):
@@ -184,6 +190,7 @@ def test_base_prediction_correctness_definitions(vlm, xs, tiny_hf_llama):
         strict = A.base_prediction(vlm, x, correctness="token-id")
         assert official["base_correct"] == (letter(predicted) == letter(x.answer_token))
         assert strict["base_correct"] == (predicted == x.answer_token)
+        assert A.grade(vlm, x, predicted) == official["base_correct"]
     with pytest.raises(ValueError, match="correctness must be one of"):
         A.base_prediction(vlm, xs[0], correctness="exact")
 
@@ -257,7 +264,7 @@ def test_probability_trace_against_hf_hidden_states(vlm, xs, tiny_hf_llama):
                 assert row["probability"] == pytest.approx(float(p[row["token"]]), abs=1e-5)
                 assert row["p_pred"] == pytest.approx(float(p[predicted]), abs=1e-5)
                 assert row["top_ids"] == p.topk(10).indices.tolist()
-                assert row["top_tokens"] == [FORMS[i % 3] for i in row["top_ids"]]
+                assert row["top_tokens"] == [spelled(i) for i in row["top_ids"]]
                 assert row["top_probs"] == pytest.approx(p.topk(10).values.tolist(), abs=1e-5)
     # the truth is not always the most probable option: is_true cannot follow the top option
     assert any(A.base_prediction(vlm, x)["base_option"] != x.answer for x in xs)
@@ -278,7 +285,7 @@ def test_video_lens_official_indexing_against_hf(vlm, xs, tiny_hf_llama):
         p = (state @ embedding.T).double().softmax(-1)
         assert row["top_ids"] == p.topk(5).indices.tolist(), row["layer"]
         assert row["top_probs"] == pytest.approx(p.topk(5).values.tolist(), abs=1e-5)
-        assert row["top_tokens"] == [FORMS[i % 3] for i in row["top_ids"]]
+        assert row["top_tokens"] == [spelled(i) for i in row["top_ids"]]
         assert row["position"] in video
         t, h, w = row["frame"], row["h"], row["w"]
         frame = x.segments.frames[t]
@@ -494,7 +501,7 @@ def test_rows_have_exactly_their_tables_columns(vlm, xs, tmp_path):
     tables = {
         "flow": A.flow_sweep(vlm, x, load_circuit("cross-frame"), k=K),
         "prob": A.probability_trace(vlm, x), "lens": lens,
-        "keywords": A.keyword_frequency(lens, ["A"], ["c"], tokenizer=_Letters()),
+        "keywords": A.keyword_frequency(lens, ["A"], ["C"], tokenizer=_Letters()),
         "keyword_counts": counts, "keyword_bins": A.keyword_bins(counts),
         "prune": A.prune(vlm, x, load_circuit(path), seeds=(0,)),
         "attention": A.attention_to_frames(vlm, x),
@@ -507,7 +514,7 @@ def test_rows_have_exactly_their_tables_columns(vlm, xs, tmp_path):
 
 class _Letters(LetterTokenizer):
     def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [FORMS.index(text)]}
+        return {"input_ids": [OPTION_IDS["ABC".index(text)]]}
 
 
 # ----------------------------------------------------------------------------- the CLI

@@ -109,7 +109,7 @@ def test_answer_probability_trace(tiny_backbone, tiny_hf_llama, layout):
     hooks = knockout(E.video_to_last(layout) | E.question_to_last(layout), [0, 1, 2, 3])
     knocked = answer_probability_trace(vlm, x, [5, 9, 17], fwd_hooks=hooks)
     video, last = range(layout.video.start, layout.video.stop), [n - 1]
-    text = range(layout.video.stop, n - 1)
+    text = range(layout.question_with_options.start, layout.question_with_options.stop)
     blocked = additive_mask(n, block_mask(n, [(video, last), (text, last)]),
                             tiny_hf_llama.config.num_attention_heads)
     final = hf_logits_with_layer_masks(tiny_hf_llama, dict.fromkeys(range(4), blocked),
