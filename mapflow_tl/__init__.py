@@ -37,17 +37,17 @@ _EXPORTS: dict[str, str] = {
                      "check_hooks", "attn_scores_hook_name"), "hooks"),
     # sweeps, lens, metrics
     **dict.fromkeys(("KnockoutConfig", "layer_sweep", "sweep"), "engine"),
-    **dict.fromkeys(("answer_probability_trace", "logit_lens", "project", "residual_stream",
-                     "top_tokens"), "lens"),
-    "relative_change": "metrics",
+    **dict.fromkeys(("answer_probability_trace", "AnswerTrace", "logit_lens", "iter_logit_lens",
+                     "project", "residual_stream", "top_tokens"), "lens"),
+    **dict.fromkeys(("relative_change", "accuracy_by_layer", "base_accuracy"), "metrics"),
     # models
     **dict.fromkeys(("Prepared", "VideoLLM", "VideoSample", "load_videollm",
                      "supported_architectures"), "models"),
     **dict.fromkeys(("hooked_from_hf", "run_from_embeds"), "models.backbone"),
     # analyses (one function per analysis of the paper)
     **dict.fromkeys(("base_prediction", "flow_sweep", "probability_trace", "video_lens",
-                     "keyword_frequency", "prune", "attention_to_frames", "crossframe_knockout"),
-                    "analyses"),
+                     "keyword_frequency", "keyword_counts", "keyword_bins", "prune",
+                     "attention_to_frames", "crossframe_knockout"), "analyses"),
     # circuits, data, runs
     **dict.fromkeys(("Circuit", "load_circuit", "list_circuits"), "circuits"),
     **dict.fromkeys(("load_dataset", "list_datasets"), "data.datasets"),
