@@ -543,6 +543,10 @@ def test_bad_input_is_refused_with_what_was_expected(onevision, onevision_dir, t
         vlm.prepare(VideoSample(frames_array(), "What is <video> about?", OPTIONS))
     with pytest.raises(ValueError, match="unknown load option"):
         load_videollm(onevision_dir, pooling_shape=(8, 12, 12))
+    with pytest.raises(ValueError, match="frame_sampler 'random' is not one of"):
+        load_videollm(onevision_dir, frame_sampler="random")
+    with pytest.raises(ValueError, match="unknown load option.*prompt_format"):
+        load_videollm(onevision_dir, prompt_format="paper")  # only the paper's own models
     (tmp_path / "config.json").write_text((onevision_dir / "config.json").read_text())
     with pytest.raises(ValueError, match="no model weights"):
         load_videollm(tmp_path)
