@@ -45,8 +45,7 @@ __all__ = ["Run", "load_run", "read_rows", "table_frame", "write_parquet", "writ
 #: whose kept tokens have no grid, VideoLLaMA3's compressed frames, the full grid they come
 #: from); ``coords`` the (h, w) of each of the frame's tokens in sequence order, only where the
 #: order is not row-major (else null); ``image`` a ``data:image/jpeg;base64,…`` URI.
-FRAMES_COLUMNS = SAMPLE_COLUMNS + ("frame", "source_frame", "grid_h", "grid_w", "coords",
-                                   "width", "height", "image")
+FRAMES_COLUMNS = TABLES["frames"]
 
 #: Longest side of a thumbnail in pixels: big enough to recognise the scene under a 24×24 token
 #: grid, small enough that a report with a few samples × 8–32 frames stays a few hundred kB.
@@ -54,8 +53,6 @@ THUMBNAIL_SIZE = 160
 
 
 def _columns(table: str) -> tuple[str, ...]:
-    if table == "frames":
-        return FRAMES_COLUMNS
     return TABLES.get(table, ())
 
 

@@ -48,7 +48,13 @@ TABLES: dict[str, tuple[str, ...]] = {
     "attention": SAMPLE_COLUMNS + ("condition", "layer", "position", "frame", "h", "w",
                                    "attention"),
     "crossframe": SAMPLE_COLUMNS + ("model", "condition", "layers", "token", "correct"),
-    "skipped": ("sample", "file", "index", "field", "reason"),
+    # One row per token frame of a sample: its thumbnail (``image``, a data: URI) and token grid,
+    # drawn under the lens and attention grids of the report (mapflow_tl.results documents it).
+    "frames": SAMPLE_COLUMNS + ("frame", "source_frame", "grid_h", "grid_w", "coords", "width",
+                                "height", "image"),
+    # stage: "load" (an entry the loader left out) or "prepare" (a sample that could not be
+    # prepared); index: the entry in its annotation file; file: the file at fault.
+    "skipped": ("sample", "task", "file", "index", "field", "reason", "stage"),
 }
 
 

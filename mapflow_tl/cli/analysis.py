@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import InputError
 from ..layers import WINDOW_STYLES
 from ..schema import SAMPLE_MODES
-from .run import AnalysisRun, add_run_arguments, positive_int
+from .run import AnalysisRun, add_run_arguments, circuit_config, positive_int
 
 __all__ = ["register"]
 
@@ -26,6 +27,13 @@ def _sweep_check(args: argparse.Namespace):
     """A check of ``--sweep-range`` and ``--window`` against the loaded model's depth."""
     def check(vlm) -> None:
         n_layers = vlm.n_layers
+        if args.window is not None and args.style == "center" and args.window >= n_layers > 1:
+            from ..layers import default_window_size
+
+            raise InputError(f"--window {args.window} covers all {n_layers} layers of this model, "
+                             f"so every window centre knocks out the same layers and the flow "
+                             f"curves are flat; use --window {default_window_size(n_layers)} "
+                             f"(the paper's 9 of 32 layers scaled to this depth) or leave it out")
         if args.sweep_range is not None:
             first, stop = args.sweep_range
             if not 0 <= first < stop <= n_layers:
@@ -62,7 +70,8 @@ def _flow(args: argparse.Namespace) -> int:
     definitions = {**_METRICS, "correct": args.correctness, "accuracy": args.accuracy,
                    "relative_change": "(p_knockout - p_base) / p_base * 100, own base",
                    "sample_mode": args.mode}
-    run = AnalysisRun(args, "flow", config={"definitions": definitions},
+    run = AnalysisRun(args, "flow", config={"definitions": definitions,
+                                            **circuit_config(circuits)},
                       check=_sweep_check(args))
     vlm, writer = run.vlm, run.writer
     k = args.window or default_window_size(vlm.n_layers)
@@ -142,7 +151,8 @@ def _prune(args: argparse.Namespace) -> int:
                    else "pathway's blocked fraction",
                    "random_region": "query and key >= video start, last token included",
                    "random_seeds": list(args.random_seeds)}
-    run = AnalysisRun(args, "prune", config={"definitions": definitions})
+    run = AnalysisRun(args, "prune", config={"definitions": definitions,
+                                             **circuit_config([circuit])})
     for x in run.prepared("prune"):
         run.writer.write("prune", A.prune(run.vlm, x, circuit, seeds=args.random_seeds,
                                           baseline=args.random_baseline,

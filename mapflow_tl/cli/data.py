@@ -15,7 +15,8 @@ __all__ = ["register"]
 def _check(args: argparse.Namespace) -> int:
     from ..data.cli import check_dataset, print_report
 
-    report = check_dataset(args.dataset, args.data_root, args.task, args.limit)
+    report = check_dataset(args.dataset, args.data_root, args.task, args.limit,
+                           allow_outside_root=args.allow_outside_root)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -40,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("--limit", type=positive_int, default=None,
                        help="check only the first N per task")
+    check.add_argument("--allow-outside-root", action="store_true",
+                       help="accept annotation paths that lead outside --data-root")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=_check)
     data.set_defaults(handler=lambda args: (data.print_help(), 0)[1])

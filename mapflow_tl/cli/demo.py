@@ -27,7 +27,7 @@ __all__ = ["register", "run_demo", "summarise"]
 VIDEO_MODEL, IMAGE_MODEL = "synthtv-video-ft", "synthtv-image"
 FLOW_CIRCUITS = ("cross-frame", "vql-to-ql")
 PATHWAY_CIRCUIT = "pathway-synthtv"
-DEMO_TABLES = ("flow", "prob", "lens", "attention", "prune", "crossframe")
+DEMO_TABLES = ("flow", "prob", "lens", "attention", "prune", "crossframe", "frames")
 
 
 def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int = 0,
@@ -39,10 +39,11 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
     from ..circuits import load_circuit
     from ..models import load_videollm
     from ..report import build_report
+    from ..results import frame_thumbnails
     from ..runs import CONFIG_FILE, RunWriter, read_table
     from ..schema import sample_fields
     from ..synthtv import generator as gen
-    from .run import AnalysisRun
+    from .run import AnalysisRun, circuit_config
 
     start = time.time()
     out = Path(out)
@@ -55,7 +56,7 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
     pathway = load_circuit(PATHWAY_CIRCUIT)
     run = AnalysisRun(args, "demo", config={
         "image_model": IMAGE_MODEL, "window": window_k, "lens_samples": lens_samples,
-        "circuit": list(FLOW_CIRCUITS) + [PATHWAY_CIRCUIT]})
+        "circuit": list(FLOW_CIRCUITS) + [PATHWAY_CIRCUIT], **circuit_config(flows + [pathway])})
     video, writer = run.vlm, run.writer
     image = load_videollm(IMAGE_MODEL, device=run.device)
     done = writer.completed("samples", "sample")
@@ -65,24 +66,26 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
     for sample, x in run.each("samples", done):
         index = position[str(getattr(sample, "id", ""))]
         base = analyses.base_prediction(video, x)
-        if base["base_correct"]:
-            for circuit in flows:
-                writer.write("flow", analyses.flow_sweep(video, x, circuit, k=window_k, base=base))
+        # every sample's flow: the report's curves use the correct ones, as the paper does, and
+        # its failure diagnosis sets the wrong ones beside them
+        for circuit in flows:
+            writer.write("flow", analyses.flow_sweep(video, x, circuit, k=window_k, base=base))
         writer.write("prob", analyses.probability_trace(video, x))
         if index < lens_samples:
+            writer.write("frames", frame_thumbnails(x))
             writer.write("lens", analyses.video_lens(video, x, k=3))
         if index == 0:
             writer.write("attention", analyses.attention_to_frames(video, x))
         writer.write("prune", analyses.prune(video, x, pathway, seeds=(seed,), base=base))
         writer.write("crossframe", analyses.crossframe_knockout(video, x, model=VIDEO_MODEL)
-                     + analyses.crossframe_knockout(image, image.prepare(sample), model=IMAGE_MODEL))
+                     + analyses.crossframe_knockout(image, image.prepare(sample),
+                                                    model=IMAGE_MODEL))
         writer.write("samples", [{**sample_fields(x), **base, "selected": True}])
     out = run.finish()
     (out / "keywords.jsonl").unlink(missing_ok=True)
     keywords = RunWriter(out, run.config, resume=True)
-    keywords.write("keywords", analyses.keyword_frequency(read_table(out, "lens"), gen.SPATIAL_WORDS,
-                                                   gen.TEMPORAL_WORDS,
-                                                   tokenizer=video.tokenizer))
+    keywords.write("keywords", analyses.keyword_frequency(
+        read_table(out, "lens"), gen.SPATIAL_WORDS, gen.TEMPORAL_WORDS, tokenizer=video.tokenizer))
     keywords.finish()
     summary = summarise(out)
     summary.update(samples_per_task=per_task, report=str(build_report(out)),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 __all__ = ["AnalysisRun", "add_run_arguments", "positive_int", "DTYPE_NAMES", "canonical_dtype",
-           "choose_threads", "subsample_per_task", "check_sampling"]
+           "choose_threads", "subsample_per_task", "check_sampling", "circuit_config"]
 
 #: Accepted ``--dtype`` spellings → the canonical torch name (equal spellings are one config).
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
@@ -26,7 +26,8 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
 
 #: Arguments that do not change the rows (where and how fast, not what), left out of run.json's
 #: identity.
-_NOT_CONFIG = ("handler", "resume", "out", "device", "strict", "debug", "threads", "overwrite")
+_NOT_CONFIG = ("handler", "resume", "out", "device", "strict", "debug", "threads", "overwrite",
+               "allow_outside_root")
 
 
 def canonical_dtype(name: str) -> str:
@@ -79,8 +80,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) 
                         help="CPU threads for torch (default: chosen for the model's size)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in the same --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run of ours already in --out (never a folder we did "
+                             "not write)")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first bad sample instead of recording it as skipped")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept annotation paths that lead outside --data-root")
     if circuit:
         parser.add_argument("--circuit", action="append", default=None,
                             help="circuit name or .py file (repeatable)")
@@ -167,7 +173,7 @@ class AnalysisRun:
         from ..data.datasets import load_dataset
         from ..distributed import shard, world
         from ..models import load_videollm
-        from ..runs import RunWriter
+        from ..runs import RunWriter, skipped_at_load
 
         check_sampling(args)
         self.args, self.world = args, world()
@@ -179,7 +185,8 @@ class AnalysisRun:
         if check is not None:
             check(self.vlm)
         loaded = load_dataset(args.dataset, args.data_root, args.task, args.limit,
-                              seed=args.seed, strict=args.strict)
+                              seed=args.seed, strict=args.strict,
+                              allow_outside_root=getattr(args, "allow_outside_root", False))
         samples = subsample_per_task(list(loaded), getattr(args, "sample", None),
                                      getattr(args, "sample_seed", 42))
         self.order = [str(getattr(sample, "id", "")) for sample in samples]
@@ -192,12 +199,11 @@ class AnalysisRun:
         out = Path(args.out)
         if self.world.distributed:
             out = out / "shards" / f"rank-{self.world.rank:03d}"
-        if getattr(args, "overwrite", False):
-            clear_run(out)
-        self.writer = RunWriter(out, self.config, resume=args.resume)
+        self.writer = RunWriter(out, self.config, resume=args.resume,
+                                overwrite=getattr(args, "overwrite", False))
         (self.writer.out / "skipped.jsonl").unlink(missing_ok=True)
         if self.world.is_main:
-            self.writer.write("skipped", [s.to_dict() for s in loaded.skipped])
+            self.writer.write("skipped", [skipped_at_load(s) for s in loaded.skipped])
 
     def each(self, table: str, done: set[tuple] | None = None) -> Iterator[tuple[Any, Any]]:
         """``(sample, prepared)`` for this rank's samples, with a progress bar, skipping those
@@ -206,7 +212,7 @@ class AnalysisRun:
         reason, unless ``--strict``."""
         from tqdm import tqdm
 
-        from ..runs import RunWriter, check_interrupt
+        from ..runs import RunWriter, check_interrupt, skipped_at_prepare
 
         done = self.writer.completed(table, "sample") if done is None else done
         samples = tqdm(self.samples, desc=f"{self.config['command']}"
@@ -222,10 +228,7 @@ class AnalysisRun:
             except ValueError as error:
                 if self.args.strict:
                     raise
-                self.writer.write("skipped", [{
-                    "sample": sample_id, "file": str(getattr(sample, "video", "")),
-                    "index": None, "field": getattr(error, "field", None),
-                    "reason": str(error)}])
+                self.writer.write("skipped", [skipped_at_prepare(sample, error)])
                 continue
             yield sample, prepared
 
@@ -244,8 +247,9 @@ class AnalysisRun:
         if self.world.distributed:
             self.world.barrier()
             if self.world.is_main:
-                RunWriter(out, self.config, resume=True)
+                merged = RunWriter(out, self.config, resume=True)   # holds the lock while merging
                 merge_shards(out, self.order)
+                merged.close()
             self.world.barrier()
             self.world.close()
         if self.world.is_main:
@@ -253,29 +257,22 @@ class AnalysisRun:
         return out
 
 
-def clear_run(out: Path) -> None:
-    """Delete what a run of ours wrote in ``out`` (``--overwrite``). A folder without our
-    ``run.json`` is left alone: the run writer then refuses it by name."""
-    from ..runs import CONFIG_FILE
-
-    out = Path(out)
-    if not (out / CONFIG_FILE).is_file():
-        return
-    for pattern in ("*.jsonl", "*.csv", "*.parquet", "report.html", CONFIG_FILE):
-        for path in out.glob(pattern):
-            path.unlink()
-
-
 def summarise_skipped(out: Path) -> None:
     """Print how many samples were skipped and the first reasons, with their entries."""
-    from ..runs import read_table
+    from ..runs import describe_skipped, read_table
 
     skipped = read_table(out, "skipped")
     if skipped:
         print(f"{len(skipped)} sample(s) skipped; reasons in {out / 'skipped.jsonl'}:",
               file=sys.stderr)
         for row in skipped[:5]:
-            where = row.get("sample") or row.get("file")
-            if row.get("index") is not None:
-                where = f"{where} [entry {row['index']}]"
-            print(f"  {where}: {row['reason']}", file=sys.stderr)
+            print(f"  {describe_skipped(row)}", file=sys.stderr)
+
+
+def circuit_config(circuits) -> dict[str, Any]:
+    """What a run records of its circuits: their names and, for ``--resume``, a fingerprint of
+    each file's content (a different file under the same name is a different configuration)."""
+    from ..runs import circuit_fingerprint
+
+    return {"circuit_content": {circuit.name: circuit_fingerprint(circuit)
+                                for circuit in circuits}}

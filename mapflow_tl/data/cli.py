@@ -34,10 +34,8 @@ def check_dataset(
     """
     from ..models.frames import load_frames  # the analyses' own check (imports torch)
 
-    # passed only when set, so that a registry whose loaders predate the flag keeps working
-    options = {"allow_outside_root": True} if allow_outside_root else {}
     loaded = load_dataset(name, data_root, tasks, limit, strict=False, check_videos=True,
-                          **options)
+                          allow_outside_root=allow_outside_root)
     problems: list[Skipped] = list(loaded.skipped)
     usable = []
     videos = set()

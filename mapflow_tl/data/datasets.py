@@ -70,6 +70,7 @@ def load_dataset(
     seed: int = 0,
     strict: bool = True,
     check_videos: bool = True,
+    allow_outside_root: bool = False,
 ):
     """Load dataset ``name`` (see :func:`list_datasets`) as a
     :class:`~mapflow_tl.data.benchmarks.LoadedBenchmark` (iterate it for samples; ``.skipped``
@@ -85,6 +86,9 @@ def load_dataset(
       field at the first bad sample; with ``strict=False`` such samples go to ``.skipped``.
     - ``check_videos``: check that each sample's video exists (``mapflow-tl data check`` also
       opens them).
+    - ``allow_outside_root``: accept annotation paths that lead outside ``data_root`` (``../``,
+      absolute paths); refused by default, so a hostile annotation file cannot point a run at
+      arbitrary files.
     """
     spec = resolve_dataset(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -98,4 +102,6 @@ def load_dataset(
     loader = DATASETS["tvbench"].load() if spec.builtin else spec.load()
     # a written SynthTV set has TVBench's windowed task names without windows: whole videos
     options = {"require_windows": False} if spec.builtin else {}
+    if allow_outside_root:
+        options["allow_outside_root"] = True
     return loader(data_root, tasks, limit, strict=strict, check_videos=check_videos, **options)
