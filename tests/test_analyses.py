@@ -593,3 +593,15 @@ def test_cli_refuses_bad_sampling_before_writing(model_and_data, tmp_path, capsy
     assert main(["flow", *common, "--out", str(out), "--sweep-range", "3", "99"]) == 2
     assert "--sweep-range 3 99" in capsys.readouterr().err and not out.exists()
 
+
+
+def test_resume_refuses_another_sample_draw_or_sweep_range(tmp_path):
+    from mapflow_tl.runs import RunFolderError, RunWriter
+
+    config = {"command": "flow", "model": "m", "sample": 2, "sample_seed": 42,
+              "sweep_range": None}
+    RunWriter(tmp_path, config).write("flow", [{"sample": "1"}])
+    for key, value in (("sample", 3), ("sample_seed", 0), ("sweep_range", [1, 3])):
+        with pytest.raises(RunFolderError, match=key):
+            RunWriter(tmp_path, {**config, key: value}, resume=True)
+    RunWriter(tmp_path, config, resume=True).finish()
