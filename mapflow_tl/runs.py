@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import InputError
+from .schema import TABLES
 
 try:  # the kernel lock; absent on Windows, where the pid check below is the only guard
     import fcntl
@@ -65,11 +66,10 @@ IDENTITY_KEYS = ("command", "model", "dataset", "data_root", "task", "limit", "s
                  "sample_seed", "circuit", "circuit_content", "window", "style", "mode",
                  "sweep_range", "method", "seed", "dtype", "top_k", "keywords", "world_size",
                  "definitions")
-#: Columns of the ``skipped`` table, one schema for entries left out when the dataset is loaded
-#: (``stage`` "load": a malformed entry, a missing video) and samples that could not be prepared
-#: (``stage`` "prepare": an unreadable video, a prompt that does not fit). ``index`` is the entry
-#: in its annotation file (list position or key), ``file`` the file at fault.
-SKIPPED_COLUMNS = ("sample", "task", "file", "index", "field", "reason", "stage")
+#: Columns of the ``skipped`` table (declared in :mod:`mapflow_tl.schema`): one schema for entries
+#: left out when the dataset is loaded (``stage`` "load") and samples that could not be prepared
+#: (``stage`` "prepare").
+SKIPPED_COLUMNS = TABLES["skipped"]
 
 
 class RunFolderError(InputError):
@@ -477,12 +477,15 @@ class RunWriter:
             raise _write_error(self.out, error) from error
 
     def finish(self) -> None:
-        """Write every table as CSV next to its JSONL, then release the lock."""
+        """Write every table as CSV and Parquet next to its JSONL, then release the lock."""
+        from .results import write_parquet
+
         self._locked()
         try:
             for table in sorted(self._tables):
                 write_csv(self.out / f"{table}.csv", read_table(self.out, table),
                           self.columns.get(table, ()))
+                write_parquet(self.out, table)
         except OSError as error:
             raise _write_error(self.out, error) from error
         finally:
