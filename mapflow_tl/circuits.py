@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Callable, Iterable
 
 from .edges import Edges
+from .errors import InputError
 from .hooks import PathwaySpec
 from .layers import layer_range  # re-exported: circuit files import it from here (docs)
 from .segments import SegmentMap
@@ -71,21 +72,21 @@ class Circuit:
 
     def build_curves(self, seg: SegmentMap, n_layers: int) -> dict[str, Edges]:
         if self.curves is None:
-            raise ValueError(f"circuit {self.name!r} ({self.path}) is a pathway circuit; it has "
+            raise InputError(f"circuit {self.name!r} ({self.path}) is a pathway circuit; it has "
                              f"no knockout curves")
         curves = self.curves(seg, n_layers)
         if not curves or not all(isinstance(e, Edges) for e in curves.values()):
-            raise ValueError(f"circuit {self.name!r} ({self.path}): curves() must return a "
+            raise InputError(f"circuit {self.name!r} ({self.path}): curves() must return a "
                              f"non-empty {{name: Edges}} mapping")
         return curves
 
     def build_pathway(self, seg: SegmentMap, n_layers: int) -> PathwaySpec:
         if self.pathway is None:
-            raise ValueError(f"circuit {self.name!r} ({self.path}) is an information-flow "
+            raise InputError(f"circuit {self.name!r} ({self.path}) is an information-flow "
                              f"circuit; it has no pathway spec")
         spec = self.pathway(seg, n_layers)
         if not isinstance(spec, PathwaySpec):
-            raise ValueError(f"circuit {self.name!r} ({self.path}): pathway() must return a "
+            raise InputError(f"circuit {self.name!r} ({self.path}): pathway() must return a "
                              f"PathwaySpec")
         return spec
 
@@ -160,7 +161,7 @@ def circuit_files(extra_dirs: Iterable[str | Path] = ()) -> list[CircuitFile]:
     extra_dirs = list(extra_dirs)
     missing = [str(folder) for folder in extra_dirs if not Path(folder).is_dir()]
     if missing:  # a mistyped --dir would otherwise just find nothing
-        raise ValueError(f"circuit folder(s) {missing} do not exist")
+        raise InputError(f"circuit folder(s) {missing} do not exist")
     files: list[CircuitFile] = []
     for folder in circuit_dirs(extra_dirs):
         if folder.is_dir():
@@ -174,12 +175,12 @@ def _import(path: Path) -> ModuleType:
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
     spec = importlib.util.spec_from_file_location(f"mapflow_circuit_{path.stem}_{digest}", path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"cannot import circuit file {path}")
+        raise InputError(f"cannot import circuit file {path}")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as error:  # a user's file may raise anything; name the file, keep the cause
-        raise ValueError(f"circuit file {path} failed to run: {type(error).__name__}: "
+        raise InputError(f"circuit file {path} failed to run: {type(error).__name__}: "
                          f"{error}") from error
     return module
 
@@ -187,20 +188,20 @@ def _import(path: Path) -> ModuleType:
 def _from_module(module: ModuleType, path: Path) -> Circuit:
     missing = [attr for attr in ("NAME", "DESCRIPTION") if not hasattr(module, attr)]
     if missing:
-        raise ValueError(f"circuit file {path} lacks {missing}: define NAME and DESCRIPTION")
+        raise InputError(f"circuit file {path} lacks {missing}: define NAME and DESCRIPTION")
     curves, pathway = getattr(module, "curves", None), getattr(module, "pathway", None)
     if (curves is None) == (pathway is None):
-        raise ValueError(f"circuit file {path} must define exactly one of curves(seg, n_layers) "
+        raise InputError(f"circuit file {path} must define exactly one of curves(seg, n_layers) "
                          f"or pathway(seg, n_layers)")
     return Circuit(module.NAME, module.DESCRIPTION, path, curves, pathway)
 
 
 def _load(file: CircuitFile) -> Circuit:
     if file.problem is not None:
-        raise ValueError(f"circuit file {file.path}: {file.problem}")
+        raise InputError(f"circuit file {file.path}: {file.problem}")
     circuit = _from_module(_import(file.path), file.path)
     if circuit.name != file.name:
-        raise ValueError(f"circuit file {file.path}: NAME reads {file.name!r} in the source but "
+        raise InputError(f"circuit file {file.path}: NAME reads {file.name!r} in the source but "
                          f"is {circuit.name!r} once run; assign NAME once, as a string literal")
     return circuit
 
@@ -235,7 +236,7 @@ def load_circuit(name_or_path: str | Path, extra_dirs: Iterable[str | Path] = ()
     path = Path(name_or_path)
     if path.suffix == ".py":
         if not path.is_file():
-            raise ValueError(f"circuit file {path} does not exist")
+            raise InputError(f"circuit file {path} does not exist")
         return _from_module(_import(path), path)
     name = str(name_or_path)
     files = circuit_files(extra_dirs)
@@ -244,7 +245,7 @@ def load_circuit(name_or_path: str | Path, extra_dirs: Iterable[str | Path] = ()
             return _load(file)
     available = sorted({file.name for file in files if file.name is not None})
     unread = [f"{file.path} ({file.problem})" for file in files if file.problem is not None]
-    raise ValueError(f"unknown circuit {name!r}; available: {available}"
+    raise InputError(f"unknown circuit {name!r}; available: {available}"
                      + (f"; not read: {'; '.join(unread)}" if unread else ""))
 
 

@@ -16,6 +16,8 @@ from typing import Sequence, TypeVar
 
 import torch
 
+from .errors import InputError
+
 __all__ = ["World", "world", "shard"]
 
 T = TypeVar("T")
@@ -57,7 +59,7 @@ def world() -> World:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     if not 0 <= rank < size:
-        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={size}: check the launcher")
+        raise InputError(f"RANK={rank} is outside WORLD_SIZE={size}: check the launcher")
     current = World(rank, size, local_rank)
     if current.distributed and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"

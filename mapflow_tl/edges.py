@@ -54,12 +54,12 @@ def _to_positions(value: Positions, role: str) -> tuple[torch.Tensor, str]:
     if isinstance(value, range):
         return torch.tensor(list(value), dtype=torch.long), f"[{value.start}, {value.stop})"
     if isinstance(value, bool):
-        raise ValueError(f"{role}: a bool is not a position")
+        raise InputError(f"{role}: a bool is not a position")
     if isinstance(value, int):
         tensor, label = torch.tensor([value], dtype=torch.long), str(value)
     elif isinstance(value, torch.Tensor):
         if value.dtype == torch.bool or value.is_floating_point():
-            raise ValueError(f"{role}: positions must be an integer tensor, got {value.dtype}")
+            raise InputError(f"{role}: positions must be an integer tensor, got {value.dtype}")
         tensor, label = value.detach().flatten().to("cpu", torch.long), f"{value.numel()} positions"
     else:
         items = list(value)
@@ -69,11 +69,11 @@ def _to_positions(value: Positions, role: str) -> tuple[torch.Tensor, str]:
         elif all(isinstance(item, int) and not isinstance(item, bool) for item in items):
             tensor, label = torch.tensor(items, dtype=torch.long), f"{len(items)} positions"
         else:
-            raise ValueError(
+            raise InputError(
                 f"{role}: expected a Span, a range, ints or a list of Spans, got {value!r}"
             )
     if tensor.numel() and int(tensor.min()) < 0:
-        raise ValueError(f"{role} {label}: negative position {int(tensor.min())}")
+        raise InputError(f"{role} {label}: negative position {int(tensor.min())}")
     return torch.unique(tensor), label
 
 
@@ -134,7 +134,7 @@ class Edges:
         """Edges given as a dense boolean ``[query, key]`` matrix (entries above the diagonal are
         dropped: they are not causal edges)."""
         if mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
-            raise ValueError(f"{name}: mask must be square [query, key], got {tuple(mask.shape)}")
+            raise InputError(f"{name}: mask must be square [query, key], got {tuple(mask.shape)}")
         node = cls._node("mask", (), name)
         node._mask = mask.detach().to("cpu", torch.bool).tril()
         return node
@@ -151,11 +151,11 @@ class Edges:
         """Edges given as parallel lists of query and key positions."""
         queries, keys = torch.as_tensor(queries).long(), torch.as_tensor(keys).long()
         if queries.shape != keys.shape:
-            raise ValueError(f"{name}: queries {tuple(queries.shape)} and keys "
+            raise InputError(f"{name}: queries {tuple(queries.shape)} and keys "
                              f"{tuple(keys.shape)} must have the same shape")
         if queries.numel() and (int(queries.max()) >= n_positions or int(keys.max()) >= n_positions
                                 or int(queries.min()) < 0 or int(keys.min()) < 0):
-            raise ValueError(f"{name}: positions must lie in [0, {n_positions})")
+            raise InputError(f"{name}: positions must lie in [0, {n_positions})")
         mask = torch.zeros(n_positions, n_positions, dtype=torch.bool)
         mask[queries, keys] = True
         return cls.from_mask(mask, name=name)
@@ -203,7 +203,7 @@ class Edges:
             if self._src.numel() and self._dst.numel():
                 for role, tensor in (("src", self._src), ("dst", self._dst)):
                     if int(tensor.max()) >= n_positions:
-                        raise ValueError(
+                        raise InputError(
                             f"edges {self._name!r}: {role} position {int(tensor.max())} is beyond "
                             f"the sequence of {n_positions} positions"
                         )
@@ -213,7 +213,7 @@ class Edges:
             size = self._mask.shape[0]
             if size > n_positions and bool(self._mask[n_positions:].any() |
                                            self._mask[:, n_positions:].any()):
-                raise ValueError(
+                raise InputError(
                     f"edges {self._name!r} reach position {size - 1}, beyond the sequence of "
                     f"{n_positions} positions"
                 )
@@ -237,7 +237,7 @@ class Edges:
         if n_positions is None:
             n_positions = self.extent()
         if isinstance(n_positions, bool) or not isinstance(n_positions, int) or n_positions < 0:
-            raise ValueError(f"n_positions must be a non-negative int, got {n_positions!r}")
+            raise InputError(f"n_positions must be a non-negative int, got {n_positions!r}")
         cached = self._dense_cache.get(n_positions)
         if cached is None:
             cached = self._evaluate(n_positions) & _causal(n_positions)
@@ -315,7 +315,7 @@ def _records_segment_map(pathway: Callable[..., Edges]) -> Callable[..., Edges]:
 def _need(seg: SegmentMap, what: str):
     value = getattr(seg, what)
     if value is None or (isinstance(value, tuple) and not value):
-        raise ValueError(f"this segment map has no {what!r} segment")
+        raise InputError(f"this segment map has no {what!r} segment")
     return value
 
 

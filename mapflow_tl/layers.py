@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import warnings
 
+from .errors import InputError
+
 __all__ = ["WINDOW_STYLES", "check_layer", "window", "layer_range", "early_to_middle_layers",
            "default_window_size"]
 
@@ -18,9 +20,9 @@ WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
 def check_layer(layer: object, n_layers: int, what: str = "layer") -> int:
     """``layer`` itself when it is an int in ``[0, n_layers)``; otherwise a ValueError naming it."""
     if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ValueError(f"{what} must be an int, got {layer!r}")
+        raise InputError(f"{what} must be an int, got {layer!r}")
     if not 0 <= layer < n_layers:
-        raise ValueError(f"{what} {layer} is outside [0, {n_layers}) of a {n_layers}-layer model")
+        raise InputError(f"{what} {layer} is outside [0, {n_layers}) of a {n_layers}-layer model")
     return layer
 
 
@@ -40,14 +42,14 @@ def window(center: int, *, n_layers: int, k: int | None = None,
     - ``bottom_up``: ``0 … center``.
     """
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers <= 0:
-        raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+        raise InputError(f"n_layers must be a positive int, got {n_layers!r}")
     check_layer(center, n_layers, "window center")
     if k is None:
         k = default_window_size(n_layers)
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise ValueError(f"window size k must be a positive int, got {k!r}")
+        raise InputError(f"window size k must be a positive int, got {k!r}")
     if style not in WINDOW_STYLES:
-        raise ValueError(f"unknown window style {style!r}; choose one of {WINDOW_STYLES}")
+        raise InputError(f"unknown window style {style!r}; choose one of {WINDOW_STYLES}")
     lo, hi = max(0, center - k // 2), min(n_layers - 1, center + (k - 1) // 2)
     if style == "center":
         layers = list(range(lo, hi + 1))
@@ -63,7 +65,7 @@ def window(center: int, *, n_layers: int, k: int | None = None,
     else:
         layers = list(range(0, center + 1))
     if not layers:
-        raise ValueError(
+        raise InputError(
             f"window center={center}, k={k}, style={style!r} covers no layer of a "
             f"{n_layers}-layer model"
         )
@@ -74,7 +76,7 @@ def layer_range(first: int, last: int, n_layers: int, *, circuit: str = "") -> r
     """0-based layers for the paper's 1-based, inclusive "L{first}–{last}", checked against the
     model's depth."""
     if not 1 <= first <= last <= n_layers:
-        raise ValueError(f"{circuit or 'circuit'}: layers L{first}–{last} (1-based) do not fit a "
+        raise InputError(f"{circuit or 'circuit'}: layers L{first}–{last} (1-based) do not fit a "
                          f"{n_layers}-layer model")
     return range(first - 1, last)
 

@@ -36,6 +36,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from .errors import InputError
 from .results import read_rows
 from .runs import read_run_config
 from .schema import PATHWAY_ORDER
@@ -723,7 +724,7 @@ def _attention_sections(rows, frames_table, config):
                 f"Attention weight from the query ({query_text}; mean over heads and query "
                 f"positions) to each video token, on the token's cell over its frame. Rows: "
                 f"{' vs '.join(html.escape(c) for c in conditions)}"
-                + (f" (cross-frame edges blocked in the early-to-middle layers)" if knockout
+                + (" (cross-frame edges blocked in the early-to-middle layers)" if knockout
                    else "")
                 + "; the slider picks the layer (colour scale per layer, shared by the rows)."
                 + ("" if has_images else " This run saved no frame thumbnails (no "
@@ -870,7 +871,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if tables["attention"]:
         sections += _attention_sections(tables["attention"], tables["frames"], config)
     if not sections and not tables["prune"]:
-        raise ValueError(f"{run_dir} holds no result tables to report (flow, prob, keywords, "
+        raise InputError(f"{run_dir} holds no result tables to report (flow, prob, keywords, "
                          f"crossframe, lens, attention or prune); run an analysis into it first")
     blocks = []
     for figure_id, title, caption, figure in sections:

@@ -29,8 +29,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from .errors import InputError
 from .runs import read_run_config, read_table
-from .schema import SAMPLE_COLUMNS, TABLES
+from .schema import TABLES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -256,9 +257,9 @@ def frame_thumbnails(x: Any, *, size: int = THUMBNAIL_SIZE) -> list[dict[str, An
         return []
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"x.frames has shape {frames.shape}; expected uint8 [T, H, W, 3]")
+        raise InputError(f"x.frames has shape {frames.shape}; expected uint8 [T, H, W, 3]")
     if frames.dtype != np.uint8:
-        raise ValueError(f"x.frames has dtype {frames.dtype}; expected uint8 pixels 0-255")
+        raise InputError(f"x.frames has dtype {frames.dtype}; expected uint8 pixels 0-255")
     meta = getattr(x, "meta", {}) or {}
     kept = meta.get("kept_coords")
     full_grid = meta.get("frame_grid")

@@ -143,7 +143,7 @@ def circuit_fingerprint(circuit: Any) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read circuit file {path} to fingerprint it ({error})") from None
+        raise InputError(f"cannot read circuit file {path} to fingerprint it ({error})") from None
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -35,6 +35,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 __all__ = ["Span", "Frame", "Option", "SegmentMap"]
 
+from .errors import InputError
 
 @dataclass(frozen=True)
 class Span:
@@ -53,13 +54,13 @@ class Span:
         for attribute in ("start", "stop"):
             value = getattr(self, attribute)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(
+                raise InputError(
                     f"segment {self.name!r}: {attribute} must be an int, got {value!r}"
                 )
         if self.start < 0:
-            raise ValueError(f"segment {self.name!r} {self._range()} starts before position 0")
+            raise InputError(f"segment {self.name!r} {self._range()} starts before position 0")
         if self.stop <= self.start:
-            raise ValueError(
+            raise InputError(
                 f"segment {self.name!r} {self._range()} is empty: stop must be greater than start"
             )
 
@@ -108,18 +109,18 @@ class Frame(Span):
     def __post_init__(self) -> None:
         super().__post_init__()
         if (self.extent_start is None) != (self.extent_stop is None):
-            raise ValueError(f"segment {self.name!r}: give both extent_start and extent_stop, "
+            raise InputError(f"segment {self.name!r}: give both extent_start and extent_stop, "
                              f"or neither")
         if self.extent_start is not None and not (
                 0 <= self.extent_start <= self.start and self.stop <= self.extent_stop):
-            raise ValueError(
+            raise InputError(
                 f"segment {self.name!r}: extent [{self.extent_start}, {self.extent_stop}) must "
                 f"contain the frame's tokens {self._range()}")
         if self.grid is not None:
             object.__setattr__(self, "grid", tuple(int(x) for x in self.grid))
             height, width = self.grid
             if height <= 0 or width <= 0 or height * width != len(self):
-                raise ValueError(
+                raise InputError(
                     f"segment {self.name!r} {self._range()} has {len(self)} positions but its "
                     f"grid {height}×{width} holds {height * width}: the grid must cover the frame"
                 )
@@ -136,18 +137,18 @@ class Frame(Span):
     def position(self, h: int, w: int) -> int:
         """Sequence position of the token at row ``h``, column ``w`` of this frame."""
         if self.grid is None:
-            raise ValueError(f"segment {self.name!r} has no (H, W) grid")
+            raise InputError(f"segment {self.name!r} has no (H, W) grid")
         height, width = self.grid
         if not (0 <= h < height and 0 <= w < width):
-            raise ValueError(f"({h}, {w}) is outside the {height}×{width} grid of {self.name!r}")
+            raise InputError(f"({h}, {w}) is outside the {height}×{width} grid of {self.name!r}")
         return self.start + h * width + w
 
     def coords(self, position: int) -> tuple[int, int]:
         """(h, w) of a sequence position inside this frame."""
         if position not in self:
-            raise ValueError(f"position {position} is not in segment {self.name!r} {self._range()}")
+            raise InputError(f"position {position} is not in segment {self.name!r} {self._range()}")
         if self.grid is None:
-            raise ValueError(f"segment {self.name!r} has no (H, W) grid")
+            raise InputError(f"segment {self.name!r} has no (H, W) grid")
         return divmod(position - self.start, self.grid[1])
 
     def describe(self) -> str:
@@ -177,11 +178,11 @@ class Option(Span):
     def __post_init__(self) -> None:
         super().__post_init__()
         if (self.text_start is None) != (self.text_stop is None):
-            raise ValueError(f"segment {self.name!r}: give both text_start and text_stop, or "
+            raise InputError(f"segment {self.name!r}: give both text_start and text_stop, or "
                              f"neither")
         if self.text_start is not None and not (
                 self.start <= self.text_start < self.text_stop <= self.stop):
-            raise ValueError(
+            raise InputError(
                 f"segment {self.name!r}: text [{self.text_start}, {self.text_stop}) must be a "
                 f"non-empty part of the option {self._range()}")
 
@@ -205,7 +206,7 @@ def _span_from_dict(data: Mapping[str, Any]) -> Span:
     known = {f.name for f in fields(span_type)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"segment {data.get('name')!r}: unknown fields {sorted(unknown)}")
+        raise InputError(f"segment {data.get('name')!r}: unknown fields {sorted(unknown)}")
     return span_type(**dict(data))
 
 
@@ -240,9 +241,9 @@ class SegmentMap:
 
     def __post_init__(self) -> None:
         if isinstance(self.n_positions, bool) or not isinstance(self.n_positions, int):
-            raise ValueError(f"n_positions must be an int, got {self.n_positions!r}")
+            raise InputError(f"n_positions must be an int, got {self.n_positions!r}")
         if self.n_positions <= 0:
-            raise ValueError(f"n_positions must be positive, got {self.n_positions}")
+            raise InputError(f"n_positions must be positive, got {self.n_positions}")
         object.__setattr__(self, "frames", tuple(self.frames))
         object.__setattr__(self, "separators", tuple(self.separators))
         object.__setattr__(self, "options", tuple(self.options))
@@ -266,16 +267,16 @@ class SegmentMap:
         n = self.n_positions
         for span in self.spans():
             if span.stop > n:
-                raise ValueError(
+                raise InputError(
                     f"segment {span.name!r} [{span.start}, {span.stop}) runs past the sequence "
                     f"length {n}"
                 )
         names = [span.name for span in self.spans()]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"segment names must be unique; repeated: {duplicates}")
+            raise InputError(f"segment names must be unique; repeated: {duplicates}")
         if len(self.last) != 1:
-            raise ValueError(
+            raise InputError(
                 f"segment 'last' [{self.last.start}, {self.last.stop}) must be exactly one position"
             )
         top_level = [s for s in (self.system, self.video, self.question, self.last) if s]
@@ -284,12 +285,12 @@ class SegmentMap:
         self._validate_question_with_options()
         if self.frames or self.separators:
             if self.video is None:
-                raise ValueError("frames or separators given without a 'video' segment")
+                raise InputError("frames or separators given without a 'video' segment")
             inside = list(self.frames) + list(self.separators)
             inside += [frame.extent for frame in self.frames if frame.extent_start is not None]
             for span in inside:
                 if not (self.video.start <= span.start and span.stop <= self.video.stop):
-                    raise ValueError(
+                    raise InputError(
                         f"segment {span.name!r} [{span.start}, {span.stop}) lies outside "
                         f"'video' [{self.video.start}, {self.video.stop})"
                     )
@@ -297,19 +298,19 @@ class SegmentMap:
             self._check_disjoint([frame.extent for frame in self.frames], " inside 'video'")
         for t, frame in enumerate(self.frames):
             if not isinstance(frame, Frame):
-                raise ValueError(f"frames[{t}] must be a Frame, got {type(frame).__name__}")
+                raise InputError(f"frames[{t}] must be a Frame, got {type(frame).__name__}")
             if frame.index != t:
-                raise ValueError(f"segment {frame.name!r} has index {frame.index}, expected {t}")
+                raise InputError(f"segment {frame.name!r} has index {frame.index}, expected {t}")
             if t and frame.start < self.frames[t - 1].stop:
-                raise ValueError(
+                raise InputError(
                     f"segment {frame.name!r} starts at {frame.start}, before frame {t - 1} "
                     f"ends at {self.frames[t - 1].stop}: frames must be in order"
                 )
         labels = [option.label for option in self.options]
         if len(set(labels)) != len(labels):
-            raise ValueError(f"option labels must be unique, got {labels}")
+            raise InputError(f"option labels must be unique, got {labels}")
         if sum(option.is_true for option in self.options) > 1:
-            raise ValueError(
+            raise InputError(
                 f"at most one option may be true, got {[o.label for o in self.options if o.is_true]}"
             )
 
@@ -319,13 +320,13 @@ class SegmentMap:
             return
         where = f"segment 'question_with_options' [{coarse.start}, {coarse.stop})"
         if coarse.stop > self.n_positions:
-            raise ValueError(f"{where} runs past the sequence length {self.n_positions}")
+            raise InputError(f"{where} runs past the sequence length {self.n_positions}")
         if coarse.overlaps(self.last) or (self.video is not None and coarse.overlaps(self.video)):
-            raise ValueError(f"{where} overlaps the video or the last position; it is the text "
+            raise InputError(f"{where} overlaps the video or the last position; it is the text "
                              f"from 'Question:' through the last option")
         for span in ([self.question] if self.question else []) + list(self.options):
             if not (coarse.start <= span.start and span.stop <= coarse.stop):
-                raise ValueError(f"{where} does not contain {span.name!r} [{span.start}, "
+                raise InputError(f"{where} does not contain {span.name!r} [{span.start}, "
                                  f"{span.stop})")
 
     @staticmethod
@@ -333,7 +334,7 @@ class SegmentMap:
         ordered = sorted(spans, key=lambda s: s.start)
         for previous, current in zip(ordered, ordered[1:]):
             if previous.overlaps(current):
-                raise ValueError(
+                raise InputError(
                     f"segment {current.name!r} [{current.start}, {current.stop}) overlaps "
                     f"{previous.name!r} [{previous.start}, {previous.stop}){where}"
                 )
@@ -365,7 +366,7 @@ class SegmentMap:
         for option in self.options:
             if option.is_true:
                 return option
-        raise ValueError("this segment map has no true option (the sample has no answer)")
+        raise InputError("this segment map has no true option (the sample has no answer)")
 
     @property
     def false_options(self) -> tuple[Option, ...]:
@@ -387,9 +388,9 @@ class SegmentMap:
         start = self.video.stop if self.video is not None else (
             self.question_with_options.start if self.question_with_options else None)
         if start is None:
-            raise ValueError("this segment map has neither a 'video' nor a 'question' segment")
+            raise InputError("this segment map has neither a 'video' nor a 'question' segment")
         if start >= self.last.start:
-            raise ValueError("no positions between the video and the last position")
+            raise InputError("no positions between the video and the last position")
         return Span("between_video_and_last", start, self.last.start, "text")
 
     def with_question_span(self, which: str) -> "SegmentMap":
@@ -405,7 +406,7 @@ class SegmentMap:
             wide = self.between_video_and_last
             return replace(self, question_with_options=Span(
                 "question_with_options", wide.start, wide.stop, "text"))
-        raise ValueError(f"question span {which!r} is not one of 'official', "
+        raise InputError(f"question span {which!r} is not one of 'official', "
                          f"'between_video_and_last'")
 
     def frame_of(self, position: int) -> tuple[int, int, int] | None:
@@ -486,7 +487,7 @@ class SegmentMap:
             text = {}
             if option_label:
                 if not 0 < option_label < length:
-                    raise ValueError(f"option_label {option_label} must be shorter than the "
+                    raise InputError(f"option_label {option_label} must be shorter than the "
                                      f"option's {length} positions")
                 text = dict(text_start=cursor + option_label, text_stop=cursor + length)
             option_spans.append(Option(f"option_{label}", cursor, cursor + length, label=label,
@@ -523,9 +524,9 @@ class SegmentMap:
     def from_dict(cls, data: Mapping[str, Any]) -> "SegmentMap":
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"segment map: unknown fields {sorted(unknown)}")
+            raise InputError(f"segment map: unknown fields {sorted(unknown)}")
         if "n_positions" not in data:
-            raise ValueError("segment map: missing field 'n_positions'")
+            raise InputError("segment map: missing field 'n_positions'")
 
         def one(value: Any) -> Span | None:
             return None if value is None else _span_from_dict(value)

@@ -35,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import InputError
 from .errors import DataError
 
 __all__ = [
@@ -113,7 +114,7 @@ def segment_midpoints(start_idx: int, end_idx: int, num_frames: int) -> np.ndarr
     """The reference ``get_index`` core: midpoints of ``num_frames`` equal segments of
     ``[start_idx, end_idx]``, as int64 ``[num_frames]`` (see the module docstring)."""
     if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        raise InputError(f"num_frames must be at least 1, got {num_frames}")
     seg_size = float(end_idx - start_idx) / num_frames
     return np.array(
         [int(start_idx + seg_size / 2 + np.round(seg_size * i)) for i in range(num_frames)],
@@ -163,7 +164,7 @@ def uniform_indices(
     exactly ``num_frames`` frames); ``"error"`` raises :class:`DataError`.
     """
     if short_video not in ("repeat", "error"):
-        raise ValueError(f"short_video must be 'repeat' or 'error', got {short_video!r}")
+        raise InputError(f"short_video must be 'repeat' or 'error', got {short_video!r}")
     first, start_idx, end_idx = _index_range(info, bounds)
     available = end_idx - start_idx + 1
     if available < num_frames and short_video == "error":
@@ -186,7 +187,7 @@ def linspace_indices(
     dtype=int)``, as TOMATO's own code (``np.linspace(0, n - 1, k, dtype=int)``) and the official
     VideoLLaMA3 evaluation sample. A range shorter than ``num_frames`` repeats frames."""
     if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        raise InputError(f"num_frames must be at least 1, got {num_frames}")
     first, start_idx, end_idx = _index_range(info, bounds)
     return np.linspace(start_idx, end_idx, num_frames, dtype=int).astype(np.int64) - first
 
@@ -210,7 +211,7 @@ def fps_indices(
     VideoLLM evaluation code does for long videos. Returns int64 ``[T]``, T >= 1.
     """
     if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+        raise InputError(f"fps must be positive, got {fps}")
     first, start_idx, end_idx = _index_range(info, bounds)
     step = max(info.fps / fps, 1.0)
     count = int(np.floor((end_idx - start_idx) / step + 1e-9)) + 1
@@ -285,7 +286,7 @@ def resolve_reader(reader: str = "auto") -> str:
     if reader == "auto":
         return "decord" if importlib.util.find_spec("decord") is not None else "pyav"
     if reader not in VIDEO_READERS:
-        raise ValueError(f"video reader {reader!r} is not one of 'auto', "
+        raise InputError(f"video reader {reader!r} is not one of 'auto', "
                          f"{', '.join(repr(r) for r in VIDEO_READERS)}")
     return reader
 
@@ -541,7 +542,7 @@ def read_video(
     reader = resolve_reader(reader)
     info = probe_video(path, frame_folder_fps=frame_folder_fps, gif_fps=gif_fps, reader=reader)
     if sampler not in FRAME_SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is not one of {FRAME_SAMPLERS}")
+        raise InputError(f"sampler {sampler!r} is not one of {FRAME_SAMPLERS}")
     if fps is None and sampler == "linspace":
         indices = linspace_indices(info, num_frames, bounds)
     elif fps is None:

@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import nn
 from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
 
+from ..errors import InputError
 from ..hooks import HookList, check_hooks
 
 __all__ = ["LLAMA_LIKE", "QK_NORM", "hooked_config_from_hf", "hooked_from_hf", "run_from_embeds",
@@ -91,7 +92,7 @@ def _rope_scaling_config(scaling: dict, text_config: Any, model_type: str) -> di
     if rope_type == "linear":
         # HF divides the inverse frequencies by the factor; TL multiplies its wavelengths by it.
         return dict(rotary_scaling_factor=float(scaling.get("factor", 1.0)))
-    raise ValueError(
+    raise InputError(
         f"rope scaling {rope_type!r} of this {model_type} backbone cannot be reproduced by "
         f"TransformerLens' rotary embedding; refusing to load with wrong positions"
     )
@@ -125,10 +126,10 @@ def hooked_config_from_hf(
     caller supplies every sample's rotary angles through :class:`RotaryPositions`.
     """
     if positions not in ("sequential", "per_sample"):
-        raise ValueError(f"positions must be 'sequential' or 'per_sample', got {positions!r}")
+        raise InputError(f"positions must be 'sequential' or 'per_sample', got {positions!r}")
     model_type = getattr(text_config, "model_type", None)
     if model_type not in LLAMA_LIKE:
-        raise ValueError(
+        raise InputError(
             f"text backbone model_type {model_type!r} is not supported; supported: "
             f"{sorted(LLAMA_LIKE)}"
         )
@@ -179,7 +180,7 @@ def hooked_config_from_hf(
     if model_type in ("qwen2_vl_text", "qwen2_5_vl_text") or scaling.get("mrope_section") \
             or scaling.get("mrope_interleaved"):
         if positions != "per_sample":
-            raise ValueError(
+            raise InputError(
                 f"this {model_type} backbone uses 3D multimodal rotary positions (M-RoPE, "
                 f"mrope_section {scaling.get('mrope_section', [16, 24, 24])}): TransformerLens' "
                 f"rotary embedding "
@@ -190,14 +191,14 @@ def hooked_config_from_hf(
         cfg.update(_rope_scaling_config(scaling, text_config, model_type))
     if getattr(text_config, "use_sliding_window", False) and getattr(text_config, "sliding_window",
                                                                       None):
-        raise ValueError(
+        raise InputError(
             f"{model_type} backbone with use_sliding_window=True (window "
             f"{text_config.sliding_window}) is not supported: its per-layer sliding-window masks "
             f"are not reproduced; set use_sliding_window=False in config.json if the prompts are "
             f"shorter than the window"
         )
     if getattr(text_config, "mlp_bias", False):
-        raise ValueError(f"{model_type} backbone with mlp_bias=True is not supported")
+        raise InputError(f"{model_type} backbone with mlp_bias=True is not supported")
     if model_type in QK_NORM:
         cfg.update(use_qk_norm=True)
     return HookedTransformerConfig(**cfg)
@@ -225,7 +226,7 @@ def _install_hf_rotary(model: HookedTransformer, text_model: nn.Module) -> None:
     cos, sin = cos[0].to(dtype), sin[0].to(dtype)
 
     def refuse(new_size: int) -> None:
-        raise ValueError(
+        raise InputError(
             f"this backbone's rotary tables (LongRoPE short factors) cover {n_ctx} positions; "
             f"longer inputs switch HF to the long factors, which are not reproduced")
 
@@ -320,7 +321,7 @@ def hooked_from_hf(
 
 def _check_embeds(model: HookedTransformer, embeds: torch.Tensor) -> None:
     if embeds.dim() != 3 or embeds.shape[-1] != model.cfg.d_model:
-        raise ValueError(
+        raise InputError(
             f"embeds must be [batch, pos, {model.cfg.d_model}], got {tuple(embeds.shape)}"
         )
 
@@ -460,7 +461,7 @@ class RotaryPositions:
         """Bind a prepared sample's embeddings to its position ids ``[3, 1, pos]``."""
         if position_ids.dim() != 3 or position_ids.shape[0] != 3 \
                 or position_ids.shape[-1] != embeds.shape[1]:
-            raise ValueError(f"position ids must be [3, 1, {embeds.shape[1]}], got "
+            raise InputError(f"position ids must be [3, 1, {embeds.shape[1]}], got "
                              f"{tuple(position_ids.shape)}")
         fingerprint = self._fingerprint(embeds[0])
         key = (int(embeds.shape[1]), float(fingerprint.sum()))
@@ -504,7 +505,7 @@ class RotaryPositions:
                 raise self._unknown()
             entries.append(entry)
         if any(entry[1] is not entries[0][1] for entry in entries):
-            raise ValueError("a batch mixes samples with different 3D rotary positions; run "
+            raise InputError("a batch mixes samples with different 3D rotary positions; run "
                              "them one at a time")
         fingerprint, cos, sin = entries[0]
         self._install(cos, sin, fingerprint)
@@ -528,7 +529,7 @@ class RotaryPositions:
                 self._lookup(residual, offset)
             elif not continuing and (self._installed is None
                                      or self._installed[0].shape[0] < needed):
-                raise ValueError(
+                raise InputError(
                     f"a forward starting at layer {index} needs the 3D rotary positions of "
                     f"{needed} positions, but no forward from this sample's embeddings ran "
                     f"first; run the full forward from vlm.prepare()'s embeddings first")

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from jaxtyping import Float, UInt8
 
+from ..errors import InputError
+
 __all__ = ["check_frames", "load_frames", "evenly_timed"]
 
 
@@ -26,23 +28,23 @@ def check_frames(
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
     if not isinstance(frames, np.ndarray):
-        raise ValueError(f"{what}: frames must be a uint8 numpy array [T, H, W, 3], got "
+        raise InputError(f"{what}: frames must be a uint8 numpy array [T, H, W, 3], got "
                          f"{type(frames).__name__}")
     if frames.dtype != np.uint8:
-        raise ValueError(f"{what}: frames must be uint8 (0..255 RGB), got dtype {frames.dtype}; "
+        raise InputError(f"{what}: frames must be uint8 (0..255 RGB), got dtype {frames.dtype}; "
                          f"convert with (frames * 255).round().astype(np.uint8) if they are "
                          f"floats in [0, 1]")
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"{what}: frames must have shape [T, H, W, 3] (RGB, channels last), got "
+        raise InputError(f"{what}: frames must have shape [T, H, W, 3] (RGB, channels last), got "
                          f"{tuple(frames.shape)}")
     count = frames.shape[0]
     if count < min_frames or (max_frames is not None and count > max_frames):
         wanted = (f"exactly {min_frames}" if max_frames == min_frames else
                   f"at least {min_frames}" if max_frames is None else
                   f"{min_frames} to {max_frames}")
-        raise ValueError(f"{what}: the model needs {wanted} frames, got {count}")
+        raise InputError(f"{what}: the model needs {wanted} frames, got {count}")
     if frames.shape[1] < 2 or frames.shape[2] < 2:
-        raise ValueError(f"{what}: frames of {frames.shape[1]}×{frames.shape[2]} pixels are too "
+        raise InputError(f"{what}: frames of {frames.shape[1]}×{frames.shape[2]} pixels are too "
                          f"small")
     return np.ascontiguousarray(frames)
 

@@ -14,6 +14,7 @@ The paper's Mini-InternVL-4B-Video-FT ships in InternVL-1.5 remote-code format (
 
 from __future__ import annotations
 
+from ..errors import InputError
 from .adapter import register_adapter
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import CLIP_MEAN, CLIP_STD
@@ -38,14 +39,14 @@ class InternVLAdapter(NativeVideoAdapter):
         patches = vision.image_size[0] // vision.patch_size[0]
         side = int(patches * self.hf_config.downsample_ratio)
         if side * side != self.hf_config.image_seq_length:
-            raise ValueError(
+            raise InputError(
                 f"{self.path}/config.json: image_seq_length {self.hf_config.image_seq_length} "
                 f"is not the {side}×{side} tokens the tower gives per frame")
         return side, side
 
     def video_inputs(self, frames, timestamps) -> VideoInputs:
         if self.video_config.get("do_center_crop"):
-            raise ValueError(f"{self.path}/video_preprocessor_config.json: do_center_crop is "
+            raise InputError(f"{self.path}/video_preprocessor_config.json: do_center_crop is "
                              f"not supported; InternVL checkpoints resize without cropping")
         pixels = self._pixels(frames, self.fixed_size())
         height, width = self.frame_grid()
@@ -55,7 +56,7 @@ class InternVLAdapter(NativeVideoAdapter):
         context = getattr(tokenizer, "context_image_token", None) or "<IMG_CONTEXT>"
         context_id = tokenizer.convert_tokens_to_ids(context)
         if context_id != self.hf_config.image_token_id:
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: the model's image_token_id {self.hf_config.image_token_id} is not "
                 f"the tokenizer's {context!r} (id {context_id}); config.json and the tokenizer "
                 f"do not belong together")

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .adapter import register_adapter
 from .backbone import hooked_from_hf
 from .loading import check_weights, load_tokenizer, read_weight_files
@@ -81,7 +82,7 @@ def phi3_chat_template(system: str) -> str:
     """InternVL-1.5's ``phi3-chat`` conversation (MPT separators) as a chat template; the video
     placeholder ``<video>`` is followed by a newline, as the remote video chat's frame prefix."""
     if any(mark in system for mark in ("{{", "{%", "{#")):
-        raise ValueError("the system prompt must not contain Jinja delimiters")
+        raise InputError("the system prompt must not contain Jinja delimiters")
     return (
         "<|system|>\n" + system + "<|end|>"
         "{% for message in messages %}{% if message['role'] == 'user' %}<|user|>\n"
@@ -155,7 +156,7 @@ def _load_exact(module: nn.Module, state: dict[str, torch.Tensor], what: str,
     result = module.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in result.missing_keys if k not in allow_missing]
     if missing or result.unexpected_keys:
-        raise ValueError(f"the {what} weights do not map one to one onto the native modules: "
+        raise InputError(f"the {what} weights do not map one to one onto the native modules: "
                          f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
 
 
@@ -172,9 +173,9 @@ class InternVLChatAdapter(NativeVideoAdapter):
         default_format = "chat" if kwargs.get("template") is not None else "paper"
         self.prompt_format = kwargs.pop("prompt_format", default_format)
         if self.prompt_format not in ("paper", "chat"):
-            raise ValueError(f"prompt_format {self.prompt_format!r} is not one of 'paper', 'chat'")
+            raise InputError(f"prompt_format {self.prompt_format!r} is not one of 'paper', 'chat'")
         if self.prompt_format == "paper" and kwargs.get("template") is not None:
-            raise ValueError("the template load option replaces the 'chat' conversation; it "
+            raise InputError("the template load option replaces the 'chat' conversation; it "
                              "cannot be combined with prompt_format='paper'")
         self.system_prompt = kwargs.pop("system_prompt", MVBENCH_SYSTEM_PROMPT
                                         if self.prompt_format == "paper"
@@ -194,7 +195,7 @@ class InternVLChatAdapter(NativeVideoAdapter):
                                                f"is not InternVLChatModel")
         llm, vit = dict(config.get("llm_config") or {}), dict(config.get("vision_config") or {})
         if not llm or not vit:
-            raise ValueError(f"{self.path}/config.json: an InternVL-1.5 config needs llm_config "
+            raise InputError(f"{self.path}/config.json: an InternVL-1.5 config needs llm_config "
                              f"and vision_config")
         ps_version = config.get("ps_version", "v1")
         if ps_version != "v2":
@@ -244,7 +245,7 @@ class InternVLChatAdapter(NativeVideoAdapter):
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
         if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise ValueError(f"{self.path}: the tokenizer has no {token!r} token; InternVL-1.5 "
+            raise InputError(f"{self.path}: the tokenizer has no {token!r} token; InternVL-1.5 "
                              f"checkpoints add <img>, </img> and <IMG_CONTEXT>")
         return int(token_id)
 
@@ -397,7 +398,7 @@ class InternVLChatAdapter(NativeVideoAdapter):
         features = features.reshape(-1, features.shape[-1]).to(embeds.device, embeds.dtype)
         positions = (input_ids[0] == self.context_id).nonzero()[:, 0].to(embeds.device)
         if positions.numel() != features.shape[0]:
-            raise ValueError(f"{self.name}: {positions.numel()} <IMG_CONTEXT> tokens for "
+            raise InputError(f"{self.name}: {positions.numel()} <IMG_CONTEXT> tokens for "
                              f"{features.shape[0]} video tokens")
         embeds[0, positions] = features
         return {"inputs_embeds": embeds}
@@ -408,7 +409,7 @@ class InternVLChatAdapter(NativeVideoAdapter):
     def check_length(self, n_positions: int) -> None:
         limit = self.backbone.cfg.n_ctx
         if n_positions > limit:
-            raise ValueError(
+            raise InputError(
                 f"the prompt has {n_positions} positions, more than the {limit} this backbone "
                 f"reproduces exactly (its sliding window, LongRoPE's original context or "
                 f"max_position_embeddings); use fewer frames (num_frames)")

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from .adapter import adapter_for
 from .adapter import supported_architectures as _registered
 from .loading import is_hub_id, local_hub_snapshot, read_config
@@ -57,24 +58,24 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     if name in BUILTIN_MODELS:
         path = BUILTIN_MODELS[name]
         if not (path / "config.json").is_file():
-            raise ValueError(f"built-in model {name!r} is missing its files at {path}")
+            raise InputError(f"built-in model {name!r} is missing its files at {path}")
         return path
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"{path} is a file; pass the checkpoint directory that holds "
+            raise InputError(f"{path} is a file; pass the checkpoint directory that holds "
                              f"config.json")
         return path
     if is_hub_id(name):
         cached = local_hub_snapshot(name)
         if cached is not None:
             return cached
-        raise ValueError(
+        raise InputError(
             f"model {name!r} is neither a local directory nor in the local Hugging Face "
             f"cache, and mapflow-tl never downloads at run time. Download it first "
             f"(`hf download {name}` or `huggingface-cli download {name}`) or pass the "
             f"local directory.")
-    raise ValueError(f"no model directory {path} (and {name!r} is not a built-in name: "
+    raise InputError(f"no model directory {path} (and {name!r} is not a built-in name: "
                      f"{sorted(BUILTIN_MODELS)})")
 
 
@@ -85,15 +86,15 @@ def check_devices(n_devices: int, device: str | torch.device) -> None:
     needs ``n_devices`` CUDA GPUs and a CUDA ``device``.
     """
     if not isinstance(n_devices, int) or isinstance(n_devices, bool) or n_devices < 1:
-        raise ValueError(f"n_devices must be a positive integer, got {n_devices!r}")
+        raise InputError(f"n_devices must be a positive integer, got {n_devices!r}")
     if n_devices == 1:
         return
     if torch.device(device).type != "cuda":
-        raise ValueError(f"n_devices={n_devices} splits the backbone across CUDA GPUs: pass "
+        raise InputError(f"n_devices={n_devices} splits the backbone across CUDA GPUs: pass "
                          f"device='cuda' (got device={str(device)!r}), or n_devices=1")
     available = torch.cuda.device_count()
     if available < n_devices:
-        raise ValueError(f"n_devices={n_devices} needs {n_devices} CUDA GPUs; this machine has "
+        raise InputError(f"n_devices={n_devices} needs {n_devices} CUDA GPUs; this machine has "
                          f"{available}. Use n_devices={max(1, available)} or run on a node "
                          f"with more GPUs (see docs/scaling.md)")
 

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float, Int, UInt8
 from torch import nn
 
+from ..errors import InputError
 from ..segments import Frame, Option, SegmentMap, Span
 from .adapter import (FamilyAdapter, answer_index, check_context_length, check_num_frames_options,
                       frame_sampler_option)
@@ -114,7 +115,7 @@ class NativeVideoAdapter(FamilyAdapter):
         self.tokenizer = load_tokenizer(self.path)
         template = self.options.get("template") or load_chat_template(self.path, self.tokenizer)
         if not isinstance(template, str):
-            raise ValueError(f"{self.path} has no chat template (chat_template.jinja, "
+            raise InputError(f"{self.path} has no chat template (chat_template.jinja, "
                              f"chat_template.json or the tokenizer's); pass template='...'")
         self.tokenizer.chat_template = template
         self.placeholder = (getattr(self.tokenizer, self.placeholder_attribute, None)
@@ -152,7 +153,7 @@ class NativeVideoAdapter(FamilyAdapter):
                          if getattr(self.hf_config, f, None) is not None), None)
         placeholder_id = self.tokenizer.convert_tokens_to_ids(self.placeholder)
         if token_id is None or token_id != placeholder_id:
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: the model's video token id ({'/'.join(config_fields)} = "
                 f"{token_id}) is not the tokenizer's placeholder {self.placeholder!r} "
                 f"(id {placeholder_id}); config.json and the tokenizer do not belong together")
@@ -163,7 +164,7 @@ class NativeVideoAdapter(FamilyAdapter):
         ``size`` (for processors that resize to one fixed size)."""
         size = self.video_config["size"]
         if "height" not in size:
-            raise ValueError(f"{self.path}/video_preprocessor_config.json: size {size} must give "
+            raise InputError(f"{self.path}/video_preprocessor_config.json: size {size} must give "
                              f"height and width")
         return size["height"], size["width"]
 
@@ -275,7 +276,7 @@ class NativeVideoAdapter(FamilyAdapter):
         features = (ids[start:stop] == video.feature_token_id).nonzero()[:, 0] + start
         outside = int((ids == video.feature_token_id).sum()) - len(features)
         if outside or len(features) < sum(video.frame_tokens):
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: the prompt holds {len(features)} video feature tokens inside the "
                 f"video and {outside} outside it, but the frames need {sum(video.frame_tokens)}; "
                 f"the question or the chat template must not contain {self.placeholder!r} or "
@@ -286,7 +287,7 @@ class NativeVideoAdapter(FamilyAdapter):
             cursor += count
             first, last = int(positions[0]), int(positions[-1])
             if last - first + 1 != count:
-                raise ValueError(f"{self.name}: frame {t}'s feature tokens are not contiguous "
+                raise InputError(f"{self.name}: frame {t}'s feature tokens are not contiguous "
                                  f"({first}…{last} for {count} tokens)")
             extent = {}
             if self.frame_extents:

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float, UInt8
 from torch import nn
 
+from ..errors import InputError
 from .loading import read_json, torchvision_available
 
 __all__ = ["FramePreprocessor", "resize_and_normalize", "smart_resize", "pixel_budget",
@@ -46,7 +47,7 @@ class FramePreprocessor:
     def __init__(self, path: Path, config_file: str, *, video: bool) -> None:
         self.path, self.config_file = path, path / config_file
         if not self.config_file.is_file():
-            raise ValueError(f"{path} has no {config_file}: the checkpoint's processor "
+            raise InputError(f"{path} has no {config_file}: the checkpoint's processor "
                              f"configuration is missing (download it with the model)")
         self.settings = read_json(self.config_file)
         self.hf_processor = None
@@ -101,7 +102,7 @@ def resize_and_normalize(
     """
     mode = _RESAMPLE.get(resample)
     if mode is None:
-        raise ValueError(f"video resample {resample!r} is not supported; use 2 (bilinear) or 3 "
+        raise InputError(f"video resample {resample!r} is not supported; use 2 (bilinear) or 3 "
                          f"(bicubic) in video_preprocessor_config.json")
     if do_resize and tuple(frames.shape[-2:]) != tuple(size):
         if mode == "bilinear" and frames.device.type == "cpu":
@@ -136,7 +137,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int,
     ``factor``, aspect ratio kept as well as possible, pixel count within [min_pixels,
     max_pixels]."""
     if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"frame aspect ratio {max(height, width) / min(height, width):.0f} is "
+        raise InputError(f"frame aspect ratio {max(height, width) / min(height, width):.0f} is "
                          f"above 200; the video processor cannot take such frames")
     resized_height = round(height / factor) * factor
     resized_width = round(width / factor) * factor

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .adapter import register_adapter
 from .loading import has_weights, load_hf_model, local_hub_snapshot, read_json, read_weight_files
 from .pixels import FramePreprocessor
@@ -87,7 +88,7 @@ def _read_adapter_weights(path: Path) -> dict[str, torch.Tensor]:
     for name in _ADAPTER_WEIGHTS:
         if (path / name).is_file():
             return read_weight_files([path / name])
-    raise ValueError(f"{path} has adapter_config.json but no adapter weights "
+    raise InputError(f"{path} has adapter_config.json but no adapter weights "
                      f"({' or '.join(_ADAPTER_WEIGHTS)})")
 
 
@@ -108,7 +109,7 @@ def _locate(model: nn.Module, name: str) -> tuple[str, nn.Module]:
             return candidate, model.get_submodule(candidate)
         except AttributeError:
             continue
-    raise ValueError(f"the LoRA adapter names module {name!r}, which the model does not have "
+    raise InputError(f"the LoRA adapter names module {name!r}, which the model does not have "
                      f"(nor under {[c for c in candidates[1:]]}); is the adapter for this base?")
 
 
@@ -118,12 +119,12 @@ def merge_lora(model: nn.Module, adapter_dir: Path) -> int:
     linear layer, and copy ``modules_to_save`` weights. Returns the number of merged layers."""
     settings = json.loads((adapter_dir / "adapter_config.json").read_text())
     if str(settings.get("peft_type", "LORA")).upper() != "LORA":
-        raise ValueError(f"{adapter_dir}/adapter_config.json: peft_type "
+        raise InputError(f"{adapter_dir}/adapter_config.json: peft_type "
                          f"{settings.get('peft_type')!r} is not supported; only LoRA adapters "
                          f"are merged")
     for flag in ("use_dora", "lora_bias"):
         if settings.get(flag):
-            raise ValueError(f"{adapter_dir}/adapter_config.json: {flag}=true is not supported "
+            raise InputError(f"{adapter_dir}/adapter_config.json: {flag}=true is not supported "
                              f"(only plain LoRA merges as W + scale·B·A)")
     rank, alpha = int(settings.get("r", 8)), float(settings.get("lora_alpha", 8))
     rank_pattern, alpha_pattern = settings.get("rank_pattern") or {}, settings.get(
@@ -137,7 +138,7 @@ def merge_lora(model: nn.Module, adapter_dir: Path) -> int:
         if match:
             pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
         elif "lora_" in name:
-            raise ValueError(f"{adapter_dir}: adapter weight {key!r} is not a LoRA A/B matrix of "
+            raise InputError(f"{adapter_dir}: adapter weight {key!r} is not a LoRA A/B matrix of "
                              f"a linear layer (embedding LoRA, DoRA magnitudes and LoRA biases "
                              f"are not supported)")
         else:  # modules_to_save: a full replacement of this parameter
@@ -145,16 +146,16 @@ def merge_lora(model: nn.Module, adapter_dir: Path) -> int:
             located, module = _locate(model, module_name)
             target = getattr(module, parameter, None)
             if not isinstance(target, torch.Tensor) or target.shape != tensor.shape:
-                raise ValueError(f"{adapter_dir}: saved module weight {key!r} does not fit "
+                raise InputError(f"{adapter_dir}: saved module weight {key!r} does not fit "
                                  f"{located}.{parameter}")
             target.copy_(tensor.to(target.dtype))
     for name, matrices in pairs.items():
         if set(matrices) != {"A", "B"}:
-            raise ValueError(f"{adapter_dir}: LoRA layer {name!r} lacks its lora_"
+            raise InputError(f"{adapter_dir}: LoRA layer {name!r} lacks its lora_"
                              f"{({'A', 'B'} - set(matrices)).pop()} weight")
         located, module = _locate(model, name)
         if not isinstance(module, nn.Linear):
-            raise ValueError(f"LoRA on {located} ({type(module).__name__}) is not supported; "
+            raise InputError(f"LoRA on {located} ({type(module).__name__}) is not supported; "
                              f"only linear layers")
         r = int(_pattern_value(rank_pattern, name, rank))
         a = float(_pattern_value(alpha_pattern, name, alpha))
@@ -163,7 +164,7 @@ def merge_lora(model: nn.Module, adapter_dir: Path) -> int:
         if settings.get("fan_in_fan_out"):
             delta = delta.T
         if delta.shape != module.weight.shape:
-            raise ValueError(f"LoRA layer {name!r} gives a {tuple(delta.shape)} update for the "
+            raise InputError(f"LoRA layer {name!r} gives a {tuple(delta.shape)} update for the "
                              f"{tuple(module.weight.shape)} weight of {located}")
         module.weight.copy_((module.weight.float() + scale * delta).to(module.weight.dtype))
     return len(pairs)
@@ -173,7 +174,7 @@ def resolve_base(adapter_dir: Path, base: str | None) -> Path:
     """The local directory of a LoRA adapter's base model: a path (relative ones against the
     adapter directory) or a hub id in the local HF cache. Never downloads."""
     if not base:
-        raise ValueError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path and "
+        raise InputError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path and "
                          f"the directory holds no model weights to merge the adapter into")
     for candidate in (Path(base).expanduser(), adapter_dir / base):
         if (candidate / "config.json").is_file():
@@ -181,7 +182,7 @@ def resolve_base(adapter_dir: Path, base: str | None) -> Path:
     cached = local_hub_snapshot(base)
     if cached is not None:
         return cached
-    raise ValueError(
+    raise InputError(
         f"the LoRA adapter in {adapter_dir} needs its base model {base!r} "
         f"(base_model_name_or_path in adapter_config.json), which is neither a local directory "
         f"nor in the local Hugging Face cache; mapflow-tl never downloads at run time. Download "
@@ -204,7 +205,7 @@ class PllavaAdapter(PooledFramesAdapter):
     def __init__(self, path, config, **kwargs) -> None:
         present = [name for name in PLLAVA_FIELDS if name in config]
         if not present:
-            raise ValueError(
+            raise InputError(
                 f"{path}/config.json: model_type 'llava' without PLLaVA's fields "
                 f"{list(PLLAVA_FIELDS)} is a plain LLaVA-1.5 image checkpoint (one image → its "
                 f"patch tokens), which mapflow-tl does not load as a video model. The paper's "
@@ -212,15 +213,15 @@ class PllavaAdapter(PooledFramesAdapter):
                 f"(e.g. \"pooling_shape\": [8, 12, 12]) to run it on T-H-W pooled frames.")
         method = str(config.get("pooling_method", "avg")).lower()
         if method not in ("avg", "average", "mean"):
-            raise ValueError(f"{path}/config.json: pooling_method {method!r} is not supported; "
+            raise InputError(f"{path}/config.json: pooling_method {method!r} is not supported; "
                              f"only PLLaVA's 3D adaptive average pooling ('avg') is reproduced")
         self.use_pooling = bool(config.get("use_pooling", True))
         if not self.use_pooling and kwargs.get("pooling_shape"):
-            raise ValueError(f"{path}/config.json says use_pooling: false; a pooling_shape load "
+            raise InputError(f"{path}/config.json says use_pooling: false; a pooling_shape load "
                              f"option would pool anyway")
         prompt_format = kwargs.get("prompt_format", "paper")
         if prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"prompt_format {prompt_format!r} is not one of "
+            raise InputError(f"prompt_format {prompt_format!r} is not one of "
                              f"{sorted(PROMPT_FORMATS)}")
         self.prompt_style = PROMPT_FORMATS[prompt_format]
         if not self.use_pooling:
@@ -262,7 +263,7 @@ class PllavaAdapter(PooledFramesAdapter):
         side = vision.image_size // vision.patch_size
         shape = self.config.get("frame_shape")
         if shape is not None and tuple(int(x) for x in shape) != (side, side):
-            raise ValueError(f"{self.path}/config.json: frame_shape {shape} is not the vision "
+            raise InputError(f"{self.path}/config.json: frame_shape {shape} is not the vision "
                              f"tower's {side}×{side} patch grid")
         if not self.use_pooling:
             self.pooling_shape = (self.num_frames, side, side)

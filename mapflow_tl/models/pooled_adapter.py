@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, UInt8
 
+from ..errors import InputError
 from .spliced_adapter import SplicedVideoAdapter
 from .splicing import VideoTokens, frame_layout, square_grid
 
@@ -50,7 +51,7 @@ class PooledFramesAdapter(SplicedVideoAdapter):
     def __init__(self, path, config, **kwargs) -> None:
         shape = kwargs.get("pooling_shape") or config.get("pooling_shape") or DEFAULT_POOLING_SHAPE
         if len(tuple(shape)) != 3 or any(int(x) < 1 for x in shape):
-            raise ValueError(f"pooling_shape must be three positive ints (T, H, W), got {shape!r}")
+            raise InputError(f"pooling_shape must be three positive ints (T, H, W), got {shape!r}")
         self.pooling_shape = tuple(int(x) for x in shape)
         self.default_num_frames = int(config.get("num_frames") or self.pooling_shape[0])
         super().__init__(path, config, **kwargs)
@@ -91,7 +92,7 @@ class PooledFramesAdapter(SplicedVideoAdapter):
         side, _ = square_grid(n_patches, f"{self.name} frame")
         t_out, h_out, w_out = self.pooling_shape
         if h_out > side:
-            raise ValueError(f"pooling_shape {self.pooling_shape} asks for {h_out}×{w_out} tokens "
+            raise InputError(f"pooling_shape {self.pooling_shape} asks for {h_out}×{w_out} tokens "
                              f"per frame but the vision tower gives {side}×{side}")
         grid = projected.reshape(n_frames, side, side, d_model).permute(3, 0, 1, 2)[None]
         pooled = F.adaptive_avg_pool3d(grid, (t_out, h_out, w_out))  # [1, d, T, H, W]

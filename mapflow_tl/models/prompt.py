@@ -44,6 +44,8 @@ from typing import Any, Callable, Sequence
 import torch
 from jaxtyping import Int
 
+from ..errors import InputError
+
 __all__ = [
     "QUESTION_PREFIX",
     "OPTIONS_HEADER",
@@ -122,7 +124,7 @@ VIDEOLLAMA3_STYLE = PromptStyle("videollama3", instruction=VIDEOLLAMA3_INSTRUCTI
 def option_label(index: int) -> str:
     """The letter of option ``index``: A, B, C, ..."""
     if not 0 <= index < 26:
-        raise ValueError(f"option index {index} has no letter label (at most 26 options)")
+        raise InputError(f"option index {index} has no letter label (at most 26 options)")
     return chr(ord("A") + index)
 
 
@@ -223,9 +225,9 @@ class PromptTokens:
 # ---------------------------------------------------------------------- the user block
 def _check_text(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+        raise InputError(f"{what} must be a non-empty string, got {value!r}")
     if value != value.strip():
-        raise ValueError(f"{what} {value!r} has leading or trailing whitespace; strip it first "
+        raise InputError(f"{what} {value!r} has leading or trailing whitespace; strip it first "
                          f"(its span would otherwise depend on the tokenizer)")
     return value
 
@@ -244,9 +246,9 @@ def multiple_choice_block(
     question = _check_text(question, "question")
     options = list(options)
     if len(options) < 2:
-        raise ValueError(f"a multiple-choice prompt needs at least 2 options, got {options!r}")
+        raise InputError(f"a multiple-choice prompt needs at least 2 options, got {options!r}")
     if answer is not None and not (isinstance(answer, int) and 0 <= answer < len(options)):
-        raise ValueError(f"answer {answer!r} is not an index into the {len(options)} options")
+        raise InputError(f"answer {answer!r} is not an index into the {len(options)} options")
     # A span that takes its trailing newline (VideoLLaMA3) ends one character later.
     newline = 1 if style.newline_in_spans else 0
     text = QUESTION_PREFIX
@@ -256,7 +258,7 @@ def multiple_choice_block(
     for index, option in enumerate(options):
         option = _check_text(option, f"option {index}")
         if "\n" in option:
-            raise ValueError(f"option {index} {option!r} contains a newline; options are one line")
+            raise InputError(f"option {index} {option!r} contains a newline; options are one line")
         label = option_label(index)
         text += "\n"
         start = len(text)
@@ -266,7 +268,7 @@ def multiple_choice_block(
                                  text_stop=len(text) + len(option)))
         text += option
     if newline and not style.before_instruction.startswith("\n"):
-        raise ValueError(f"prompt style {style.name!r}: spans with their trailing newline need an "
+        raise InputError(f"prompt style {style.name!r}: spans with their trailing newline need an "
                          f"instruction that starts on a new line")
     text += style.before_instruction + style.instruction
     coarse = CharSpan(0, spans[-1].stop)
@@ -307,7 +309,7 @@ def _render_with_template(template_owner: Any, block_text: str, media: str | Non
             return text
         errors.append(f"rendered {text!r}")
     what = "question block" + (f" and the placeholder {media!r}" if media else "")
-    raise ValueError(
+    raise InputError(
         f"the chat template of {type(template_owner).__name__} does not render the {what} "
         f"verbatim ({'; '.join(errors)}); pass a conversation renderer (template=callable) or a "
         f"checkpoint with a chat template")
@@ -316,11 +318,11 @@ def _render_with_template(template_owner: Any, block_text: str, media: str | Non
 def _unique(text: str, needle: str, what: str, start: int = 0) -> int:
     first = text.find(needle, start)
     if first < 0:
-        raise ValueError(
+        raise InputError(
             f"the {what} does not appear verbatim in the rendered prompt (the chat template "
             f"changed it); its spans cannot be located exactly. Rendered prompt: {text!r}")
     if text.find(needle, first + 1) >= 0:
-        raise ValueError(f"the {what} appears more than once in the rendered prompt, so its "
+        raise InputError(f"the {what} appears more than once in the rendered prompt, so its "
                          f"position is ambiguous: {text!r}")
     return first
 
@@ -354,7 +356,7 @@ def render_prompt(
     if callable(template) and not hasattr(template, "apply_chat_template"):
         text = template(block.text, media)
         if not isinstance(text, str):
-            raise ValueError(f"the conversation renderer returned {type(text).__name__}, "
+            raise InputError(f"the conversation renderer returned {type(text).__name__}, "
                              f"expected the prompt string")
     else:
         text = _render_with_template(template, block.text, media, media_type)
@@ -363,7 +365,7 @@ def render_prompt(
     if media is not None:
         media_start = _unique(text, media, f"media placeholder {media!r}")
         if media_start > block_start:
-            raise ValueError(f"the media placeholder {media!r} comes after the question block; "
+            raise InputError(f"the media placeholder {media!r} comes after the question block; "
                              f"the video must precede the question")
         media_span = CharSpan(media_start, media_start + len(media))
     prefix = block.assistant_prefix if assistant_prefix is None else assistant_prefix
@@ -398,7 +400,7 @@ def token_span(text: str, offsets: Sequence[tuple[int, int]], span: CharSpan,
               if b > a and a < span.stop and b > span.start
               and text[max(a, span.start):min(b, span.stop)].strip()]
     if not inside:
-        raise ValueError(f"{what} {span.of(text)!r} (characters [{span.start}, {span.stop})) is "
+        raise InputError(f"{what} {span.of(text)!r} (characters [{span.start}, {span.stop})) is "
                          f"covered by no token")
     first, last = inside[0], inside[-1]
     if trailing_whitespace:
@@ -408,11 +410,11 @@ def token_span(text: str, offsets: Sequence[tuple[int, int]], span: CharSpan,
             last += 1
     a, b = offsets[first][0], offsets[last][1]
     if a < span.start and text[a:span.start].strip():
-        raise ValueError(
+        raise InputError(
             f"{what} cannot be located exactly: token {first} {text[a:offsets[first][1]]!r} "
             f"straddles its start (text {span.of(text)!r})")
     if b > span.stop and text[span.stop:b].strip():
-        raise ValueError(
+        raise InputError(
             f"{what} cannot be located exactly: token {last} {text[offsets[last][0]:b]!r} "
             f"straddles its end (text {span.of(text)!r})")
     covered = set()
@@ -421,14 +423,14 @@ def token_span(text: str, offsets: Sequence[tuple[int, int]], span: CharSpan,
     missing = [c for c in range(span.start, span.stop)
                if c not in covered and not text[c].isspace()]
     if missing:
-        raise ValueError(f"{what} cannot be located exactly: character {missing[0]} "
+        raise InputError(f"{what} cannot be located exactly: character {missing[0]} "
                          f"{text[missing[0]]!r} is covered by no token")
     return first, last + 1
 
 
 def _offsets(tokenizer: Any, text: str, add_special_tokens: bool):
     if not getattr(tokenizer, "is_fast", True):
-        raise ValueError(f"{type(tokenizer).__name__} is a slow tokenizer without offset "
+        raise InputError(f"{type(tokenizer).__name__} is a slow tokenizer without offset "
                          f"mappings; load the fast tokenizer (use_fast=True)")
     encoding = tokenizer(text, add_special_tokens=add_special_tokens,
                          return_offsets_mapping=True)
@@ -453,7 +455,7 @@ def tokenize_prompt(
         hits = [i for i, (a, b) in enumerate(offsets)
                 if a == rendered.media.start and b == rendered.media.stop]
         if len(hits) != 1:
-            raise ValueError(
+            raise InputError(
                 f"the media placeholder {rendered.media.of(text)!r} is not one token of "
                 f"{type(tokenizer).__name__}; add it as a special token")
         media = hits[0]

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .adapter import FamilyAdapter, register_adapter
 from .backbone import RotaryPositions
 from .native_adapter import NativeVideoAdapter, VideoInputs
@@ -127,7 +128,7 @@ class Qwen3VLAdapter(FamilyAdapter):
     name = "Qwen3-VL (not supported)"
 
     def load(self) -> None:
-        raise ValueError(
+        raise InputError(
             f"{self.path}: Qwen3-VL ({self.config.get('model_type')}) cannot be loaded exactly: "
             f"besides its 3D rotary positions (which mapflow-tl reproduces for Qwen2-VL / "
             f"Qwen2.5-VL), its decoder adds 'deepstack' visual features from intermediate vision "
@@ -138,4 +139,4 @@ class Qwen3VLAdapter(FamilyAdapter):
             f"residual-stream additions first.")
 
     def prepare(self, sample: Any) -> Prepared:  # pragma: no cover - load() always refuses
-        raise ValueError("Qwen3-VL is not supported; see load()")
+        raise InputError("Qwen3-VL is not supported; see load()")

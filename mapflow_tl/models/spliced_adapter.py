@@ -26,6 +26,7 @@ import torch
 from jaxtyping import UInt8
 from torch import nn
 
+from ..errors import InputError
 from .adapter import (FamilyAdapter, answer_index, check_context_length, check_num_frames_options,
                       frame_sampler_option)
 from .backbone import hooked_from_hf
@@ -131,7 +132,7 @@ class SplicedVideoAdapter(FamilyAdapter):
         self.processor = getattr(self, "processor", None)
         token_id = getattr(hf_config, self.media_token_id_key, None)
         if token_id is None or self.tokenizer.convert_tokens_to_ids(self.media_token) != token_id:
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: the tokenizer's {self.media_token!r} token id "
                 f"{self.tokenizer.convert_tokens_to_ids(self.media_token)} differs from the "
                 f"config's {self.media_token_id_key} {token_id}")

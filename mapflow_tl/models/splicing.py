@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 from jaxtyping import Float, Int
 
+from ..errors import InputError
 from ..segments import Frame, Option, SegmentMap, Span
 from .prompt import PromptTokens, RenderedPrompt
 
@@ -63,7 +64,7 @@ def splice_video(
     shifted by the video's length.
     """
     if tokens.media is None:
-        raise ValueError("the prompt has no video placeholder to splice the video into")
+        raise InputError("the prompt has no video placeholder to splice the video into")
     ids = tokens.input_ids[0]
     at, n_video = tokens.media, video.features.shape[0]
     expanded = torch.cat([ids[:at], torch.full((n_video,), video_token_id, dtype=ids.dtype),
@@ -133,5 +134,5 @@ def square_grid(n_tokens: int, what: str) -> tuple[int, int]:
     """(s, s) for a square number of tokens per frame."""
     side = int(round(n_tokens ** 0.5))
     if side * side != n_tokens:
-        raise ValueError(f"{what}: {n_tokens} tokens per frame is not a square grid")
+        raise InputError(f"{what}: {n_tokens} tokens per frame is not a square grid")
     return side, side

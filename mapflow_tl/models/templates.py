@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from .loading import read_json
 
 __all__ = ["load_chat_template", "vicuna_conversation", "TokenizerWithTemplate"]
@@ -23,7 +24,7 @@ def load_chat_template(path: Path, tokenizer: Any) -> str | None:
         try:
             return read_json(as_json)["chat_template"]
         except KeyError as error:
-            raise ValueError(f"{as_json} is not a chat template file: {error}") from None
+            raise InputError(f"{as_json} is not a chat template file: {error}") from None
     return getattr(tokenizer, "chat_template", None) or None
 
 

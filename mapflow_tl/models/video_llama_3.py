@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, UInt8
 
+from ..errors import InputError
 from .adapter import refuse_format, register_adapter
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import patchify, pixel_budget, smart_resize
@@ -124,13 +125,13 @@ class VideoLlama3Adapter(NativeVideoAdapter):
         super().__init__(path, config, **kwargs)
         self.prompt_format = self.options.get("prompt_format", "paper")
         if self.prompt_format not in ("paper", "chat"):
-            raise ValueError(f"prompt_format {self.prompt_format!r} is not one of 'paper', "
+            raise InputError(f"prompt_format {self.prompt_format!r} is not one of 'paper', "
                              f"'chat'")
         self.prompt_style = VIDEOLLAMA3_STYLE if self.prompt_format == "paper" else MAPFLOW_STYLE
         self.token_compression = bool(self.options.get("token_compression", False))
         budget = self.options.get("max_visual_tokens", PAPER_MAX_VISUAL_TOKENS)
         if budget is not None and (isinstance(budget, bool) or int(budget) < 1):
-            raise ValueError(f"max_visual_tokens must be a positive int or None, got {budget!r}")
+            raise InputError(f"max_visual_tokens must be a positive int or None, got {budget!r}")
         self.max_visual_tokens = None if budget is None else int(budget)
 
     def conversation(self):
@@ -172,7 +173,7 @@ class VideoLlama3Adapter(NativeVideoAdapter):
         if timestamps is None:  # frames without metadata: the HF processor assumes 1 fps
             timestamps = np.arange(grid_t, dtype=np.float64)
         if len(timestamps) != grid_t:
-            raise ValueError(f"{len(timestamps)} timestamps for {grid_t} frames")
+            raise InputError(f"{len(timestamps)} timestamps for {grid_t} frames")
         token = self.placeholder
         counts = [int(frame.sum()) for frame in per_frame]
         expansion = ",".join(f"Time {float(t):.1f}s:" + token * n

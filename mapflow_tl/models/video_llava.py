@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import UInt8
 
+from ..errors import InputError
 from .adapter import register_adapter
 from .spliced_adapter import SplicedVideoAdapter
 from .splicing import VideoTokens, square_grid
@@ -41,7 +42,7 @@ class VideoLlavaAdapter(SplicedVideoAdapter):
                                   else "preprocessor_config.json")
         super().__init__(path, config, **kwargs)
         if self.num_frames != self.default_num_frames:
-            raise ValueError(f"{self.name} takes exactly {self.default_num_frames} frames "
+            raise InputError(f"{self.name} takes exactly {self.default_num_frames} frames "
                              f"(video_seq_length {config.get('video_seq_length')}), got "
                              f"num_frames={self.num_frames}")
 

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float, Int, UInt8
 from transformer_lens import ActivationCache, HookedTransformer
 
+from ..errors import InputError
 from ..hooks import HookList, check_hooks
 from ..segments import SegmentMap
 from .backbone import cache_from_embeds, run_from_embeds
@@ -56,7 +57,7 @@ def as_video_sample(sample: Any) -> VideoSample:
         return sample
     missing = [name for name in ("video", "question") if not hasattr(sample, name)]
     if missing:
-        raise ValueError(f"a sample needs 'video' and 'question'; {type(sample).__name__} "
+        raise InputError(f"a sample needs 'video' and 'question'; {type(sample).__name__} "
                          f"lacks {missing}")
     answer = getattr(sample, "answer_index", None)
     if answer is None and isinstance(getattr(sample, "answer", None), int):
@@ -135,7 +136,7 @@ class _PlaceholderGuard:
         hits = torch.isin(tokens, self.ids.to(tokens.device))
         if hits.any():
             found = sorted(set(tokens[hits].tolist()))
-            raise ValueError(
+            raise InputError(
                 f"these token ids hold video placeholder id(s) {found} at {int(hits.sum())} "
                 f"positions, which vlm.backbone would embed as text instead of the video (wrong "
                 f"logits); run the prepared input through the VideoLLM: vlm(x), "
@@ -322,6 +323,6 @@ def _embeds(x: Any) -> Float[torch.Tensor, "1 pos d_model"]:
     """A Prepared's embeddings; anything else is refused with the call that makes one."""
     if isinstance(x, Prepared):
         return x.embeds
-    raise ValueError(f"VideoLLM methods take a Prepared (x = vlm.prepare(sample)), got "
+    raise InputError(f"VideoLLM methods take a Prepared (x = vlm.prepare(sample)), got "
                      f"{type(x).__name__}; for raw embeddings use "
                      f"mapflow_tl.models.backbone.run_from_embeds(vlm.backbone, embeds)")

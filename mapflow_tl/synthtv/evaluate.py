@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..errors import InputError
 from . import build
 from . import generator as gen
 from .train import MODEL_NAMES, checkpoint_path, make_batch, answer_logits
@@ -31,7 +32,7 @@ def load(name_or_path: str | Path):
     path = (checkpoint_path(str(name_or_path)) if str(name_or_path) in MODEL_NAMES.values()
             else Path(name_or_path))
     if not (path / "config.json").exists():
-        raise ValueError(f"no SynthTV checkpoint at {path}: train it with "
+        raise InputError(f"no SynthTV checkpoint at {path}: train it with "
                          f"`mapflow-tl synthtv train --stage image|video`")
     from ..models.loading import quiet_progress_bars
 

@@ -17,7 +17,7 @@ Everything is deterministic in ``seed``: item ``i`` of task ``k`` draws from its
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -35,6 +35,7 @@ __all__ = [
 N_FRAMES = 8
 FRAME_SIZE = 32
 # Each generated frame is written this many times to the .mp4 so that a reader sampling 8 frames
+from ..errors import InputError
 # by segment midpoints (TVBench / MVBench evaluation code) lands on each original frame exactly.
 MP4_REPEAT = 4
 MP4_FPS = 8
@@ -602,7 +603,7 @@ def make_item(task: str, seed: int, index: int) -> Item:
     """Item ``index`` of ``task`` for ``seed`` (drawn from ``default_rng((seed, task_id, index))``),
     checked with :func:`check_item`."""
     if task not in GENERATORS:
-        raise ValueError(f"unknown SynthTV task {task!r}; known: {list(GENERATORS)}")
+        raise InputError(f"unknown SynthTV task {task!r}; known: {list(GENERATORS)}")
     rng = np.random.default_rng((seed, ALL_TASKS.index(task), index))
     question, candidates, answer, states, meta = GENERATORS[task](rng, index)
     meta["noise_seed"] = int(rng.integers(2**31))

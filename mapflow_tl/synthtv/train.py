@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..errors import InputError
 from . import build
 from . import generator as gen
 
@@ -40,7 +40,7 @@ MODEL_NAMES = {"image": "synthtv-image", "video": "synthtv-video-ft"}
 def checkpoint_path(name: str) -> Path:
     """Directory of a shipped checkpoint: ``synthtv-image`` or ``synthtv-video-ft``."""
     if name not in MODEL_NAMES.values():
-        raise ValueError(f"unknown SynthTV model {name!r}; known: {sorted(MODEL_NAMES.values())}")
+        raise InputError(f"unknown SynthTV model {name!r}; known: {sorted(MODEL_NAMES.values())}")
     return CHECKPOINT_DIR / name
 
 
@@ -274,7 +274,7 @@ def task_cycle(tasks: Sequence[str], weights: str = "") -> tuple[str, ...]:
     for part in filter(None, (p.strip() for p in weights.split(","))):
         task, sep, value = part.partition(":")
         if not sep or task not in tasks or not value.strip().isdigit() or int(value) < 1:
-            raise ValueError(f"video_task_weights: bad entry {part!r}; expected task:weight with "
+            raise InputError(f"video_task_weights: bad entry {part!r}; expected task:weight with "
                              f"a positive integer weight and a task among {', '.join(tasks)}")
         parsed[task] = int(value)
     return tuple(task for task in tasks for _ in range(parsed.get(task, 1)))
@@ -491,7 +491,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
     numbers after initialisation, so monitoring leaves the trained weights unchanged.
     """
     if monitor is not None and monitor_every < 1:
-        raise ValueError(f"monitor_every={monitor_every}: a monitor needs a positive interval")
+        raise InputError(f"monitor_every={monitor_every}: a monitor needs a positive interval")
     video_tasks = task_cycle(gen.TEMPORAL_TASKS, config.video_task_weights)   # checked first
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -507,7 +507,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
             model = build.build_model(config.model, tokenizer, seed=config.seed)
     n_layers = model.config.text_config.num_hidden_layers
     if not 0 <= config.answer_lens_layer <= n_layers:
-        raise ValueError(f"answer_lens_layer={config.answer_lens_layer}: expected 0 (off) or a "
+        raise InputError(f"answer_lens_layer={config.answer_lens_layer}: expected 0 (off) or a "
                          f"block 1..{n_layers} of this {n_layers}-layer backbone")
     model.train()
     rows = []
