@@ -19,8 +19,8 @@ from collections import defaultdict
 from statistics import mean, stdev
 from typing import Any, Iterable, Mapping
 
-__all__ = ["relative_change", "is_correct", "CORRECTNESS", "ACCURACY_OVER", "base_accuracy",
-           "accuracy_by_layer", "prune_summary"]
+__all__ = ["relative_change", "is_correct", "CORRECTNESS", "ACCURACY_OVER", "DEFINITIONS",
+           "base_accuracy", "accuracy_by_layer", "prune_summary"]
 
 #: How a prediction is graded: the decoded token against the letter (official), or the exact
 #: token id of the letter as the prompt continues (stricter: "▁A" after "(" is wrong).
@@ -29,6 +29,32 @@ CORRECTNESS = ("decoded-letter", "token-id")
 #: Accuracy's denominator: every evaluated sample (official), or only the samples the sample
 #: mode selected (the per-mode view: 100 % without knockout in "correct" mode by construction).
 ACCURACY_OVER = ("all-samples", "selected")
+
+
+#: The definitions the analyses use by default (the official code's, docs/paper_parity.md), as
+#: recorded in a run's ``run.json`` under ``definitions``; a command overrides what it changes.
+DEFINITIONS: dict[str, object] = {
+    "correct": "decoded-letter",
+    "true_token": "letter-after-prompt",
+    "softmax": "full-vocabulary, last position",
+    "relative_change": "(p_knockout - p_base) / p_base * 100, own base",
+    "accuracy": "all-samples",
+    "sample_mode": "correct",
+    "random_baseline": "official-uniform",
+    "random_ratio": "pathway's blocked fraction",
+    "random_region": "query and key >= video start, last token included",
+    "trace_read": "block output",
+    "trace_matrix": "unembed",
+    "trace_norm": False,
+    "trace_last_layer": "normed model output",
+    "lens_read": "block input (layer 0 = embeddings), last = normed output",
+    "lens_matrix": "embed",
+    "lens_norm": False,
+    "keyword_match": "first sub-token, exact, case-sensitive, top-1",
+    "keyword_bin": 5,
+    "attention_heads": "mean over heads",
+    "crossframe_layers": "early-to-middle half (first n_layers // 2)",
+}
 
 
 def relative_change(*, base, knockout):

@@ -572,6 +572,8 @@ def test_cli_defaults_as_a_user_calls_them(model_and_data, tmp_path, capsys):
     assert main(["lens", *common, "--out", str(out), "--mode", "all", "--keywords",
                  "synthtv"]) == 0
     assert read_table(out, "keyword_bins") and read_table(out, "keywords")
+    lens_definitions = json.loads((out / "run.json").read_text())["definitions"]
+    assert lens_definitions["lens_matrix"] == "embed" and lens_definitions["keyword_bin"] == 5
 
     out = tmp_path / "prob"
     assert main(["prob", *common, "--out", str(out)]) == 0   # default mode: correct
@@ -580,6 +582,7 @@ def test_cli_defaults_as_a_user_calls_them(model_and_data, tmp_path, capsys):
     correct = {r["sample"] for r in samples if r["selected"]}
     assert {r["sample"] for r in prob} == correct
     assert all(r["base_correct"] == r["selected"] for r in samples)
+    assert json.loads((out / "run.json").read_text())["definitions"]["trace_norm"] is False
 
 
 def test_cli_refuses_bad_sampling_before_writing(model_and_data, tmp_path, capsys):

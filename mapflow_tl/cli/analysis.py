@@ -17,10 +17,12 @@ from .run import AnalysisRun, add_run_arguments, circuit_config, positive_int
 __all__ = ["register"]
 
 
-#: What the analysis commands compute, recorded in run.json's ``definitions`` (docs/paper_parity.md
-#: names each one; "official" = the byminji/map-the-flow code).
-_METRICS = {"correct": "decoded-letter", "true_token": "letter-after-prompt",
-            "softmax": "full-vocabulary, last position"}
+def _definitions(**changes) -> dict:
+    """What a command computes, recorded in run.json's ``definitions``: the defaults
+    (:data:`mapflow_tl.metrics.DEFINITIONS`, the official code's) with the command's choices."""
+    from ..metrics import DEFINITIONS
+
+    return {**DEFINITIONS, **changes}
 
 
 def _sweep_check(args: argparse.Namespace):
@@ -67,9 +69,8 @@ def _flow(args: argparse.Namespace) -> int:
     from ..runs import read_table
 
     circuits = [load_circuit(name) for name in (args.circuit or ["cross-frame", "vql-to-ql"])]
-    definitions = {**_METRICS, "correct": args.correctness, "accuracy": args.accuracy,
-                   "relative_change": "(p_knockout - p_base) / p_base * 100, own base",
-                   "sample_mode": args.mode}
+    definitions = _definitions(correct=args.correctness, accuracy=args.accuracy,
+                               sample_mode=args.mode)
     run = AnalysisRun(args, "flow", config={"definitions": definitions,
                                             **circuit_config(circuits)},
                       check=_sweep_check(args))
@@ -95,10 +96,8 @@ def _flow(args: argparse.Namespace) -> int:
 def _prob(args: argparse.Namespace) -> int:
     from .. import analyses as A
 
-    definitions = {**_METRICS, "correct": args.correctness, "sample_mode": args.mode,
-                   "trace_read": "block output", "trace_matrix": "unembed",
-                   "trace_norm": args.norm, "trace_last_layer": "normed model output",
-                   "top_k": args.top_k}
+    definitions = _definitions(correct=args.correctness, sample_mode=args.mode,
+                               trace_norm=args.norm, trace_top_k=args.top_k)
     run = AnalysisRun(args, "prob", config={"definitions": definitions})
     for x, base in _selected(run, "prob", args.mode, args.correctness):
         run.writer.write("prob", A.probability_trace(run.vlm, x, norm=args.norm,
@@ -113,11 +112,8 @@ def _lens(args: argparse.Namespace) -> int:
     from ..runs import RunWriter, read_table
 
     spatial, temporal = keyword_lists(args.keywords)
-    definitions = {**_METRICS, "correct": args.correctness, "sample_mode": args.mode,
-                   "lens_read": "block input (layer 0 = embeddings), last = normed output",
-                   "lens_matrix": "embed", "lens_norm": False, "lens_kept": args.top_k,
-                   "keyword_match": "first sub-token, exact, case-sensitive, top-1",
-                   "keyword_bin": args.bin_size}
+    definitions = _definitions(correct=args.correctness, sample_mode=args.mode,
+                               lens_kept=args.top_k, keyword_bin=args.bin_size)
     run = AnalysisRun(args, "lens", config={"definitions": definitions})
     for x, _ in _selected(run, "lens", args.mode, args.correctness):
         run.writer.write("lens", A.video_lens(run.vlm, x, k=args.top_k))
@@ -145,12 +141,10 @@ def _prune(args: argparse.Namespace) -> int:
     from ..runs import read_table
 
     circuit = load_circuit((args.circuit or ["pathway-synthtv"])[0])
-    definitions = {**_METRICS, "correct": args.correctness,
-                   "random_baseline": args.random_baseline,
-                   "random_ratio": args.random_ratio if args.random_ratio is not None
-                   else "pathway's blocked fraction",
-                   "random_region": "query and key >= video start, last token included",
-                   "random_seeds": list(args.random_seeds)}
+    definitions = _definitions(correct=args.correctness, random_baseline=args.random_baseline,
+                               random_seeds=list(args.random_seeds))
+    if args.random_ratio is not None:
+        definitions["random_ratio"] = args.random_ratio
     run = AnalysisRun(args, "prune", config={"definitions": definitions,
                                              **circuit_config([circuit])})
     for x in run.prepared("prune"):
@@ -191,8 +185,7 @@ def _add_correctness(parser: argparse.ArgumentParser) -> None:
 def _attention(args: argparse.Namespace) -> int:
     from .. import analyses as A
 
-    definitions = {"attention_heads": "mean over heads", "queries": "question segment",
-                   "knockout_layers": "early-to-middle half (first n_layers // 2)"}
+    definitions = _definitions(attention_queries="question segment")
     run = AnalysisRun(args, "attention", config={"definitions": definitions})
     for x in run.prepared("attention"):
         run.writer.write("attention", A.attention_to_frames(run.vlm, x))

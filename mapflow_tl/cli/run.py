@@ -193,6 +193,10 @@ class AnalysisRun:
         self.samples = shard(samples, self.world)
         self.config = {key: value for key, value in vars(args).items() if key not in _NOT_CONFIG}
         self.config.update(config or {})
+        if "definitions" not in self.config:  # a caller that changes none records the defaults
+            from ..metrics import DEFINITIONS
+
+            self.config["definitions"] = dict(DEFINITIONS)
         self.config.update(command=command, model_family=self.vlm.family,
                            n_layers=self.vlm.n_layers, n_samples=len(samples),
                            world_size=self.world.size)
