@@ -208,6 +208,13 @@ def video_lens(vlm: VideoLLM, x: Prepared, *, k: int = 5, read: str = "input",
     positions = [p for frame in seg.frames for p in frame.positions]
     if not positions:
         raise ValueError("this sample has no video frames to read with the lens")
+    decoded: dict[int, str] = {}  # 1152 positions × 32 layers × k decodes: each id once
+
+    def decode(token: int) -> str:
+        if token not in decoded:
+            decoded[token] = _decode(vlm, token)
+        return decoded[token]
+
     rows = []
     for layer, logits in iter_logit_lens(vlm, x, positions, read=read, norm=norm,
                                          final_output=final_output, matrix=matrix,
@@ -218,7 +225,7 @@ def video_lens(vlm: VideoLLM, x: Prepared, *, k: int = 5, read: str = "input",
             top_ids = ids[index].tolist()
             rows.append({**sample_fields(x), "layer": layer, "position": position, "frame": t,
                          "h": h, "w": w, "top_ids": top_ids,
-                         "top_tokens": [_decode(vlm, i) for i in top_ids],
+                         "top_tokens": [decode(i) for i in top_ids],
                          "top_probs": probabilities[index].tolist()})
     return rows
 
