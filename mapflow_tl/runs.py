@@ -613,7 +613,7 @@ def skipped_row(*, reason: str, stage: str, sample: str | None = None, task: str
 
 def skipped_at_load(skipped: Any) -> dict[str, Any]:
     """The row of an entry a non-strict load left out (a
-    :class:`~mapflow_tl.data.benchmarks.Skipped`: file, index, field, reason, task)."""
+    :class:`~mapflow_tl.data.loaders.Skipped`: file, index, field, reason, task)."""
     return skipped_row(reason=skipped.reason, stage="load", task=skipped.task, file=skipped.file,
                        index=skipped.index, field=skipped.field)
 

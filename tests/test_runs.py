@@ -347,7 +347,7 @@ def test_empty_skipped_table_has_its_header(tmp_path):
 
 
 def test_skipped_rows_have_one_schema_with_the_entry():
-    from mapflow_tl.data.benchmarks import Sample, Skipped
+    from mapflow_tl.data.loaders import Sample, Skipped
     from mapflow_tl.data.errors import DataError
 
     at_load = skipped_at_load(Skipped("/b/json/a.json", 3, "answer", "'z' is not one of",

@@ -158,7 +158,7 @@ def test_writes_tvbench_json_and_readable_mp4(tmp_path):
 
 
 def test_benchmark_loader_reads_synthtv(tmp_path):
-    benchmarks = pytest.importorskip("mapflow_tl.data.benchmarks")
+    benchmarks = pytest.importorskip("mapflow_tl.data.loaders")
     items = gen.generate(["action_antonym", "object_count", "colour"], 3, seed=1)
     gen.write_benchmark(tmp_path, items)
     loaded = benchmarks.load_tvbench(tmp_path)

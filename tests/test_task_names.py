@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mapflow_tl.data.benchmarks import load_mvbench, load_tomato, load_tvbench, task_key
+from mapflow_tl.data.loaders import load_mvbench, load_tomato, load_tvbench, task_key
 from mapflow_tl.data.errors import DataError
 from mapflow_tl.synthtv.dataset import load_synthtv
 

@@ -13,7 +13,7 @@ __all__ = ["register"]
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ..data.cli import check_dataset, print_report
+    from ..data.check import check_dataset, print_report
 
     report = check_dataset(args.dataset, args.data_root, args.task, args.limit,
                            allow_outside_root=args.allow_outside_root)

@@ -10,7 +10,7 @@ from .._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("LoadedBenchmark", "Sample", "Skipped", "load_mvbench", "load_tomato",
-                     "load_tvbench"), "benchmarks"),
+                     "load_tvbench"), "loaders"),
     **dict.fromkeys(("DATASETS", "list_datasets", "load_dataset"), "datasets"),
     "DataError": "errors",
     **dict.fromkeys(("VideoClip", "VideoInfo", "probe_video", "read_sample_video",

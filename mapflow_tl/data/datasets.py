@@ -37,11 +37,11 @@ DATASETS: dict[str, DatasetSpec] = {
     "synthtv": DatasetSpec("mapflow_tl.synthtv.dataset:load_synthtv",
                            "SynthTV, generated (no download): the built-in evaluation set",
                            builtin=True),
-    "tvbench": DatasetSpec("mapflow_tl.data.benchmarks:load_tvbench",
+    "tvbench": DatasetSpec("mapflow_tl.data.loaders:load_tvbench",
                            "TVBench (FunAILab/TVBench); also reads a written SynthTV set"),
-    "mvbench": DatasetSpec("mapflow_tl.data.benchmarks:load_mvbench",
+    "mvbench": DatasetSpec("mapflow_tl.data.loaders:load_mvbench",
                            "MVBench (OpenGVLab/MVBench)"),
-    "tomato": DatasetSpec("mapflow_tl.data.benchmarks:load_tomato", "TOMATO (yale-nlp/TOMATO)"),
+    "tomato": DatasetSpec("mapflow_tl.data.loaders:load_tomato", "TOMATO (yale-nlp/TOMATO)"),
 }
 
 
@@ -73,7 +73,7 @@ def load_dataset(
     allow_outside_root: bool = False,
 ):
     """Load dataset ``name`` (see :func:`list_datasets`) as a
-    :class:`~mapflow_tl.data.benchmarks.LoadedBenchmark` (iterate it for samples; ``.skipped``
+    :class:`~mapflow_tl.data.loaders.LoadedBenchmark` (iterate it for samples; ``.skipped``
     lists what a non-strict load left out).
 
     - ``data_root``: the benchmark's local folder, laid out as the benchmark publishes it;

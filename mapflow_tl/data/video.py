@@ -556,6 +556,6 @@ def read_video(
 
 
 def read_sample_video(sample, num_frames: int = DEFAULT_NUM_FRAMES, **options) -> VideoClip:
-    """:func:`read_video` for a benchmark :class:`~mapflow_tl.data.benchmarks.Sample`, with its
+    """:func:`read_video` for a benchmark :class:`~mapflow_tl.data.loaders.Sample`, with its
     start/end bounds applied. ``options`` go to :func:`read_video`."""
     return read_video(sample.video, num_frames, bounds=sample.bounds, **options)

@@ -52,7 +52,7 @@ class VideoSample:
 
 def as_video_sample(sample: Any) -> VideoSample:
     """A :class:`VideoSample` from itself or from a benchmark sample
-    (:class:`mapflow_tl.data.benchmarks.Sample`: ``answer_index`` and bounds in seconds)."""
+    (:class:`mapflow_tl.data.loaders.Sample`: ``answer_index`` and bounds in seconds)."""
     if isinstance(sample, VideoSample):
         return sample
     missing = [name for name in ("video", "question") if not hasattr(sample, name)]

@@ -29,10 +29,10 @@ def cache_root() -> Path:
 def load_synthtv(tasks: Sequence[str] | None = None, limit: int | None = None, *, seed: int = 0,
                  cache: str | Path | None = None):
     """The fixed SynthTV evaluation set as a
-    :class:`~mapflow_tl.data.benchmarks.LoadedBenchmark`: ``limit`` questions per task (default
+    :class:`~mapflow_tl.data.loaders.LoadedBenchmark`: ``limit`` questions per task (default
     20) of ``tasks`` (default: the five temporal tasks), generated from the held-out evaluation
     seed plus ``seed``."""
-    from ..data.benchmarks import TVBENCH_TASKS, load_tvbench, task_choices, task_key
+    from ..data.loaders import TVBENCH_TASKS, load_tvbench, task_choices, task_key
     from ..data.errors import DataError
     from . import generator as gen
     from .evaluate import EVAL_SEED

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .benchmarks import Skipped
+from .loaders import Skipped
 from .datasets import load_dataset
 
 __all__ = ["check_dataset", "print_report"]
