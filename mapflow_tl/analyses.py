@@ -27,6 +27,7 @@ from . import edges as E
 from .circuits import Circuit
 from .edges import Edges
 from .engine import layer_sweep, sweep
+from .errors import InputError
 from .hooks import RANDOM_BASELINES, PathwaySpec, knockout
 from .keywords import reduce_keywords
 from .layers import default_window_size, early_to_middle_layers
@@ -69,7 +70,7 @@ def grade(vlm: VideoLLM, x: Prepared, token: int,
     ground-truth token) ignoring case and surrounding whitespace; ``"token-id"`` requires the
     exact ground-truth token."""
     if correctness not in CORRECTNESS:
-        raise ValueError(f"correctness must be one of {CORRECTNESS}, got {correctness!r}")
+        raise InputError(f"correctness must be one of {CORRECTNESS}, got {correctness!r}")
     truth = x.answer_token
     if truth is None:
         return None
@@ -84,8 +85,6 @@ def base_prediction(vlm: VideoLLM, x: Prepared, *,
     vocabulary at the last position), its probability, the ground-truth token's probability,
     whether it is correct (see :func:`grade`) and the most probable option."""
     if not len(x.answer_ids):
-        from .errors import InputError
-
         raise InputError(f"sample {x.meta.get('id', '')!r} has no options (an open-ended "
                          f"prompt): the analyses read the option letters' probabilities; give "
                          f"the sample its options")
@@ -104,11 +103,11 @@ def base_prediction(vlm: VideoLLM, x: Prepared, *,
 def select(base: dict[str, Any], mode: str) -> bool:
     """Whether a sample with this clean prediction takes part under ``mode``."""
     if mode not in SAMPLE_MODES:
-        raise ValueError(f"sample mode must be one of {SAMPLE_MODES}, got {mode!r}")
+        raise InputError(f"sample mode must be one of {SAMPLE_MODES}, got {mode!r}")
     if mode == "all":
         return True
     if base["base_correct"] is None:
-        raise ValueError("sample mode 'correct'/'wrong' needs samples with a known answer; "
+        raise InputError("sample mode 'correct'/'wrong' needs samples with a known answer; "
                          "use mode='all'")
     return base["base_correct"] == (mode == "correct")
 
@@ -207,7 +206,7 @@ def video_lens(vlm: VideoLLM, x: Prepared, *, k: int = 5, read: str = "input",
     seg = x.segments
     positions = [p for frame in seg.frames for p in frame.positions]
     if not positions:
-        raise ValueError("this sample has no video frames to read with the lens")
+        raise InputError("this sample has no video frames to read with the lens")
     decoded: dict[int, str] = {}  # 1152 positions × 32 layers × k decodes: each id once
 
     def decode(token: int) -> str:
@@ -265,7 +264,7 @@ def keyword_bins(counts: Iterable[dict[str, Any]], *, size: int = 5) -> list[dic
     ``.loc[kw, i:i+5]`` being inclusive — not reproduced). One row per (group, keyword, bin)
     (``keyword_bins`` table)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"bin size must be a whole number of layers ≥ 1, got {size!r}")
+        raise InputError(f"bin size must be a whole number of layers ≥ 1, got {size!r}")
     bins: dict[tuple[str, str, int], dict[str, Any]] = {}
     for row in counts:
         first = row["layer"] // size * size
@@ -321,10 +320,10 @@ def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seeds: Sequence[int] 
     variant and seed (``prune`` table); report the random rows as mean ± sd over seeds
     (:func:`~mapflow_tl.metrics.prune_summary`)."""
     if baseline not in RANDOM_BASELINES:
-        raise ValueError(f"random baseline must be one of {RANDOM_BASELINES}, got {baseline!r}")
+        raise InputError(f"random baseline must be one of {RANDOM_BASELINES}, got {baseline!r}")
     seeds = list(seeds)
     if not seeds:
-        raise ValueError("prune needs at least one random seed (e.g. seeds=(0, 1, 2))")
+        raise InputError("prune needs at least one random seed (e.g. seeds=(0, 1, 2))")
     base = base or base_prediction(vlm, x, correctness=correctness)
     spec = circuit.build_pathway(x.segments, vlm.n_layers)
     n = x.n_positions
@@ -363,11 +362,11 @@ def attention_to_frames(
     seg = x.segments
     if queries is None:
         if seg.question is None:
-            raise ValueError("no queries given and the sample has no 'question' segment")
+            raise InputError("no queries given and the sample has no 'question' segment")
         queries = list(seg.question.positions)
     queries = list(queries)
     if not queries or min(queries) < 0 or max(queries) >= x.n_positions:
-        raise ValueError(f"attention queries must lie in [0, {x.n_positions}), got {queries}")
+        raise InputError(f"attention queries must lie in [0, {x.n_positions}), got {queries}")
     video = [p for frame in seg.frames for p in frame.positions]
     layers = early_to_middle_layers(vlm.n_layers) if knockout_layers is None else knockout_layers
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(vlm.n_layers)]

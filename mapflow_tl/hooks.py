@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from .edges import Edges, causal_edge_count
+from .errors import InputError
 from .layers import WINDOW_STYLES, check_layer, window
 
 __all__ = [
@@ -65,7 +66,7 @@ class KnockoutHook:
             fully_blocked = dense.sum(dim=1) == torch.arange(1, n_keys + 1)
             if bool(fully_blocked.any()):
                 query = int(fully_blocked.nonzero()[0])
-                raise ValueError(
+                raise InputError(
                     f"edges {self.edges.name!r} block every key of query position {query}: its "
                     f"attention would be undefined; keep at least one key (e.g. the first token)"
                 )
@@ -82,7 +83,7 @@ class KnockoutHook:
             return scores.masked_fill(rows, float("-inf"))
         n_heads = scores.shape[1]
         if self.heads[-1] >= n_heads or self.heads[0] < 0:
-            raise ValueError(f"heads {self.heads} outside [0, {n_heads}) at {hook.name}")
+            raise InputError(f"heads {self.heads} outside [0, {n_heads}) at {hook.name}")
         head_mask = torch.zeros(n_heads, dtype=torch.bool, device=scores.device)
         head_mask[self.heads] = True
         return scores.masked_fill(rows & head_mask[:, None, None], float("-inf"))
@@ -107,17 +108,17 @@ def knockout(
     than when the hooks are attached.
     """
     if not isinstance(edges, Edges):
-        raise ValueError(f"knockout needs an Edges object, got {type(edges).__name__}")
+        raise InputError(f"knockout needs an Edges object, got {type(edges).__name__}")
     layers = list(layers)
     if not layers:
-        raise ValueError("knockout needs at least one layer (got an empty layer list)")
+        raise InputError("knockout needs at least one layer (got an empty layer list)")
     for layer in layers:
         if n_layers is not None:
             check_layer(layer, n_layers)
         elif isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-            raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+            raise InputError(f"layer must be a non-negative int, got {layer!r}")
     if heads is not None and len(heads) == 0:
-        raise ValueError("heads=[] would knock out nothing; pass None for all heads")
+        raise InputError("heads=[] would knock out nothing; pass None for all heads")
     hook = KnockoutHook(edges, heads)
     return [(attn_scores_hook_name(layer), hook) for layer in sorted(set(layers))]
 
@@ -145,7 +146,7 @@ class PathwaySpec:
     def __post_init__(self) -> None:
         if isinstance(self.n_layers, bool) or not isinstance(self.n_layers, int) \
                 or self.n_layers <= 0:
-            raise ValueError(f"n_layers must be a positive int, got {self.n_layers!r}")
+            raise InputError(f"n_layers must be a positive int, got {self.n_layers!r}")
         self._blocked_cache: dict[int, Edges] | None = None
 
     def _layers(self, layers: Iterable[int]) -> frozenset[int]:
@@ -173,7 +174,7 @@ class PathwaySpec:
         """A spec from ``{edges: layers}``, read as kept-open layers (``mode="keep"``) or as
         blocked layers (``mode="block"``)."""
         if mode not in ("keep", "block"):
-            raise ValueError(f"mode must be 'keep' or 'block', got {mode!r}")
+            raise InputError(f"mode must be 'keep' or 'block', got {mode!r}")
         spec = cls(n_layers)
         for edges, layers in mapping.items():
             (spec.keep if mode == "keep" else spec.block)(edges, layers)
@@ -275,10 +276,10 @@ def random_baseline_counts(spec: PathwaySpec, n_positions: int, *,
     """Edges to block per layer for the random baseline of ``spec`` (see
     :meth:`PathwaySpec.random_like`): ``{layer: count}``."""
     if baseline not in RANDOM_BASELINES:
-        raise ValueError(f"random baseline must be one of {RANDOM_BASELINES}, got {baseline!r}")
+        raise InputError(f"random baseline must be one of {RANDOM_BASELINES}, got {baseline!r}")
     if baseline == "per-layer-matched":
         if ratio is not None:
-            raise ValueError("ratio applies to the official-uniform baseline only; the "
+            raise InputError("ratio applies to the official-uniform baseline only; the "
                              "per-layer-matched one copies the pathway's counts")
         return dict(enumerate(spec.blocked_counts(n_positions)))
     if ratio is None:
@@ -291,7 +292,7 @@ def _official_count(ratio: float, n_positions: int) -> int:
     """``int(ratio × n(n+1)/2)``: a fraction of the whole causal triangle (official)."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio) \
             or not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"random pruning ratio must lie in [0, 1], got {ratio!r}")
+        raise InputError(f"random pruning ratio must lie in [0, 1], got {ratio!r}")
     return int(ratio * causal_edge_count(n_positions))
 
 
@@ -306,7 +307,7 @@ def _random_edges_per_layer(region: Edges, n_positions: int, counts: Mapping[int
         count = counts[layer]
         if count > candidates.shape[0]:
             # The official code silently blocks every candidate then; we refuse.
-            raise ValueError(
+            raise InputError(
                 f"cannot draw {count} random edges from region {region.name!r}, which has only "
                 f"{candidates.shape[0]} causal edges; lower the ratio or widen the region")
         order = torch.randperm(candidates.shape[0], generator=generator)
@@ -336,10 +337,10 @@ def random_knockout(
     """
     layers = sorted(set(layers))
     if not layers:
-        raise ValueError("random_knockout needs at least one layer")
+        raise InputError("random_knockout needs at least one layer")
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-            raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+            raise InputError(f"layer must be a non-negative int, got {layer!r}")
     count = _official_count(ratio, n_positions)
     drawn = _random_edges_per_layer(region, n_positions, dict.fromkeys(layers, count), seed)
     return [(attn_scores_hook_name(layer), KnockoutHook(edges))
@@ -374,21 +375,20 @@ def check_hooks(model, hooks: HookList) -> None:
     n_layers = model.cfg.n_layers
     for name, fn in hooks:
         if not callable(fn):
-            raise ValueError(f"hook for {name!r} is not callable: {fn!r}")
+            raise InputError(f"hook for {name!r} is not callable: {fn!r}")
         if callable(name):
             if not any(name(point) for point in available):
                 label = getattr(name, "__name__", repr(name))
-                raise ValueError(
+                raise InputError(
                     f"hook name filter {label} accepts none of this model's {len(available)} "
                     f"hook points (e.g. 'blocks.0.attn.hook_pattern'); check its condition")
             continue
         if not isinstance(name, str):
-            raise ValueError(f"hook name must be a hook point name or a filter function "
+            raise InputError(f"hook name must be a hook point name or a filter function "
                              f"name -> bool, got {name!r}")
         if name not in available:
             from difflib import get_close_matches
 
-            from .errors import InputError
 
             parts = name.split(".")
             if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() \

@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import InputError
+
 __all__ = ["ACTION_SEQUENCE_SPATIAL", "ACTION_SEQUENCE_TEMPORAL", "KEYWORD_LISTS",
            "keyword_lists", "first_subtoken", "reduce_keywords"]
 
@@ -51,7 +53,7 @@ def keyword_lists(name_or_file: str | None = None) -> tuple[list[str], list[str]
         return list(generator.SPATIAL_WORDS), list(generator.TEMPORAL_WORDS)
     path = Path(name)
     if not path.suffix == ".json":
-        raise ValueError(f"keywords {name!r}: choose one of {KEYWORD_LISTS} or a JSON file "
+        raise InputError(f"keywords {name!r}: choose one of {KEYWORD_LISTS} or a JSON file "
                          f'{{"spatial": [...], "temporal": [...]}}')
     try:
         words = json.loads(path.read_text())
@@ -60,7 +62,7 @@ def keyword_lists(name_or_file: str | None = None) -> tuple[list[str], list[str]
             raise TypeError("every keyword must be a non-empty string")
         return list(spatial), list(temporal)
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"keywords {name}: expected a JSON file "
+        raise InputError(f"keywords {name}: expected a JSON file "
                          f'{{"spatial": [...], "temporal": [...]}} ({error})') from None
 
 
@@ -69,13 +71,13 @@ def first_subtoken(tokenizer: Any, word: str) -> str:
     stripped."""
     ids = tokenizer(word, add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ValueError(f"keyword {word!r} tokenizes to nothing")
+        raise InputError(f"keyword {word!r} tokenizes to nothing")
     reduced = tokenizer.decode([ids[0]]).strip()
     if not reduced:
         # A lone word-start piece ("▁") first: the word's text starts at the next one.
         reduced = tokenizer.decode([ids[1]]).strip() if len(ids) > 1 else ""
     if not reduced:
-        raise ValueError(f"keyword {word!r}: its first sub-token decodes to nothing")
+        raise InputError(f"keyword {word!r}: its first sub-token decodes to nothing")
     return reduced
 
 

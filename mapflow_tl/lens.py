@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
+from .errors import InputError
 from .hooks import HookList, capture
 from .models.backbone import run_from_embeds
 
@@ -56,16 +57,16 @@ def _positions(positions: int | Sequence[int] | torch.Tensor | range,
                             dtype=torch.long).flatten()
     index = torch.where(index < 0, index + n_positions, index)
     if index.numel() == 0:
-        raise ValueError("logit lens needs at least one position")
+        raise InputError("logit lens needs at least one position")
     if int(index.min()) < 0 or int(index.max()) >= n_positions:
-        raise ValueError(f"lens positions must lie in [0, {n_positions}), got "
+        raise InputError(f"lens positions must lie in [0, {n_positions}), got "
                          f"{int(index.min())}…{int(index.max())}")
     return index
 
 
 def _check_embeds(embeds: torch.Tensor) -> None:
     if embeds.dim() != 3 or embeds.shape[0] != 1:
-        raise ValueError(f"the lens reads one sample: embeds must be [1, pos, d_model], "
+        raise InputError(f"the lens reads one sample: embeds must be [1, pos, d_model], "
                          f"got {tuple(embeds.shape)}")
 
 
@@ -73,7 +74,7 @@ def _states(model: HookedTransformer, embeds: torch.Tensor, index: torch.Tensor,
             fwd_hooks: HookList, final: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(states [layer, n, d_model] as ``read`` says, the last block's output [n, d] or None)."""
     if read not in LENS_READS:
-        raise ValueError(f"lens read must be one of {LENS_READS}, got {read!r}")
+        raise InputError(f"lens read must be one of {LENS_READS}, got {read!r}")
     _check_embeds(embeds)
     n_layers = model.cfg.n_layers
     point = "hook_resid_post" if read == "output" else "hook_resid_pre"
@@ -131,7 +132,7 @@ def project(
     """
     model = _backbone(model)
     if matrix not in LENS_MATRICES:
-        raise ValueError(f"lens matrix must be one of {LENS_MATRICES}, got {matrix!r}")
+        raise InputError(f"lens matrix must be one of {LENS_MATRICES}, got {matrix!r}")
     with torch.no_grad():
         residual = residual.to(model.cfg.device, model.cfg.dtype)
         if norm:
@@ -154,7 +155,7 @@ def iter_logit_lens_from_embeds(
 ) -> Iterator[tuple[int, Float[torch.Tensor, "n_positions d_vocab"]]]:
     """Low-level :func:`iter_logit_lens` on a HookedTransformer and embeddings."""
     if matrix not in LENS_MATRICES:
-        raise ValueError(f"lens matrix must be one of {LENS_MATRICES}, got {matrix!r}")
+        raise InputError(f"lens matrix must be one of {LENS_MATRICES}, got {matrix!r}")
     index = _positions(positions, embeds.shape[1])
     states, final = _states(model, embeds, index, read, fwd_hooks, final=final_output)
     last = model.cfg.n_layers - 1
@@ -222,7 +223,7 @@ def top_tokens(
     """The k most probable tokens: (probabilities under the softmax over the full vocabulary,
     ids), most probable first."""
     if k <= 0 or k > logits.shape[-1]:
-        raise ValueError(f"k must lie in [1, {logits.shape[-1]}], got {k}")
+        raise InputError(f"k must lie in [1, {logits.shape[-1]}], got {k}")
     probabilities = logits.float().softmax(dim=-1)
     return probabilities.topk(k, dim=-1)
 
@@ -253,9 +254,9 @@ def answer_probability_trace_from_embeds(
     """Low-level :func:`answer_probability_trace` on a HookedTransformer and embeddings."""
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
     if ids.numel() == 0:
-        raise ValueError("answer_probability_trace needs at least one token id")
+        raise InputError("answer_probability_trace needs at least one token id")
     if int(ids.min()) < 0 or int(ids.max()) >= model.cfg.d_vocab:
-        raise ValueError(f"token ids must lie in [0, {model.cfg.d_vocab}), got {ids.tolist()}")
+        raise InputError(f"token ids must lie in [0, {model.cfg.d_vocab}), got {ids.tolist()}")
     logits = logit_lens_from_embeds(model, embeds, [position], read="output", norm=norm,
                                     final_output=True, matrix=matrix, fwd_hooks=fwd_hooks)[:, 0]
     top_probabilities, top_ids = top_tokens(logits, k=top_k)

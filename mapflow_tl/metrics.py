@@ -19,6 +19,8 @@ from collections import defaultdict
 from statistics import mean, stdev
 from typing import Any, Iterable, Mapping
 
+from .errors import InputError
+
 __all__ = ["relative_change", "is_correct", "CORRECTNESS", "ACCURACY_OVER", "DEFINITIONS",
            "base_accuracy", "accuracy_by_layer", "prune_summary"]
 
@@ -70,7 +72,7 @@ def is_correct(predicted: str, letter: str) -> bool:
     decoding one SentencePiece token drops its "▁"; stripping does the same for tokenizers that
     keep the space, e.g. Qwen's " A")."""
     if not letter.strip():
-        raise ValueError(f"the true option's letter is empty ({letter!r}): cannot grade")
+        raise InputError(f"the true option's letter is empty ({letter!r}): cannot grade")
     return predicted.strip().lower() == letter.strip().lower()
 
 
@@ -79,7 +81,7 @@ def base_accuracy(samples: Iterable[Mapping[str, Any]]) -> float:
     every evaluated sample counted; samples without a known answer are left out."""
     graded = [bool(r["base_correct"]) for r in samples if r.get("base_correct") is not None]
     if not graded:
-        raise ValueError("no sample with a known answer: base accuracy is undefined")
+        raise InputError("no sample with a known answer: base accuracy is undefined")
     return sum(graded) / len(graded)
 
 
@@ -99,7 +101,7 @@ def accuracy_by_layer(
     one pool) — filter first for per-task curves.
     """
     if over not in ACCURACY_OVER:
-        raise ValueError(f"accuracy over must be one of {ACCURACY_OVER}, got {over!r}")
+        raise InputError(f"accuracy over must be one of {ACCURACY_OVER}, got {over!r}")
     rows = list(rows)
     hits: dict[tuple[str, int], int] = defaultdict(int)
     counts: dict[tuple[str, int], int] = defaultdict(int)
@@ -112,14 +114,14 @@ def accuracy_by_layer(
     if over == "selected":
         return {key: hits[key] / counts[key] for key in counts}
     if samples is None:
-        raise ValueError("accuracy over all samples needs the samples table (every evaluated "
+        raise InputError("accuracy over all samples needs the samples table (every evaluated "
                          "sample, selected or not); pass samples=, or over='selected'")
     evaluated = {r["sample"] for r in samples if r.get("base_correct") is not None}
     if not evaluated:
-        raise ValueError("no evaluated sample with a known answer in samples")
+        raise InputError("no evaluated sample with a known answer in samples")
     rowless = {r["sample"] for r in rows if r["correct"] is not None} - evaluated
     if rowless:
-        raise ValueError(f"flow rows of samples missing from the samples table: "
+        raise InputError(f"flow rows of samples missing from the samples table: "
                          f"{sorted(rowless)[:3]}; pass the samples table of the same run")
     return {key: hits[key] / len(evaluated) for key in counts}
 

@@ -59,3 +59,38 @@ def test_demo_on_synthtv_writes_the_summary_and_report(tmp_path, capsys, monkeyp
     for figure_id in ("flow-change", "probability-trace", "keyword-frequency", "lens-overlay",
                       "attention-maps", "pathway-table"):
         assert f'id="{figure_id}"' in page
+
+
+def test_input_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    """The project's own InputError is one line with exit code 2 (and a traceback with
+    --debug); an unexpected ValueError from inside the code is a bug and is raised, not hidden."""
+    from mapflow_tl import circuits
+    from mapflow_tl.errors import InputError
+
+    def bad_input(*args, **kwargs):
+        raise InputError("circuit folder /nowhere does not exist; pass an existing --dir")
+
+    monkeypatch.setattr(circuits, "list_circuits", bad_input)
+    assert main(["circuits"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("mapflow-tl circuits: error: circuit folder /nowhere does not exist; "
+                           "pass an existing --dir")
+    with pytest.raises(InputError):
+        main(["--debug", "circuits"])
+
+    def bug(*args, **kwargs):
+        return int("not a number")       # an internal ValueError: a bug, not bad input
+
+    monkeypatch.setattr(circuits, "list_circuits", bug)
+    with pytest.raises(ValueError, match="invalid literal"):
+        main(["circuits"])
+
+
+def test_os_errors_name_the_file(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["flow", "--out", str(blocker / "run"), "--limit", "1", "--task",
+                 "action_sequence"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(blocker) in err[0]

@@ -51,15 +51,7 @@ def _is_input_error(error: BaseException) -> bool:
     folder, a missing file)."""
     from ..errors import InputError
 
-    if isinstance(error, (InputError, OSError)):
-        return True
-    if type(error) is not ValueError:
-        return False
-    traceback, origin = error.__traceback__, ""
-    while traceback is not None:
-        origin = traceback.tb_frame.f_globals.get("__name__", "")
-        traceback = traceback.tb_next
-    return origin.startswith("mapflow_tl")
+    return isinstance(error, (InputError, OSError))
 
 
 def _one_line(error: BaseException) -> str:

@@ -39,7 +39,7 @@ def _sweep_check(args: argparse.Namespace):
         if args.sweep_range is not None:
             first, stop = args.sweep_range
             if not 0 <= first < stop <= n_layers:
-                raise ValueError(f"--sweep-range {first} {stop}: window centres run from START "
+                raise InputError(f"--sweep-range {first} {stop}: window centres run from START "
                                  f"to END-1 (0-based) and must lie in [0, {n_layers}) of this "
                                  f"{n_layers}-layer model, with START < END")
     return check

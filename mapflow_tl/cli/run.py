@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..errors import InputError
+
 __all__ = ["AnalysisRun", "add_run_arguments", "positive_int", "DTYPE_NAMES", "canonical_dtype",
            "choose_threads", "subsample_per_task", "check_sampling", "circuit_config"]
 
@@ -35,7 +37,7 @@ def canonical_dtype(name: str) -> str:
     try:
         return DTYPE_NAMES[str(name).strip().lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPE_NAMES)}") from None
+        raise InputError(f"unknown dtype {name!r}; choose one of {sorted(DTYPE_NAMES)}") from None
 
 
 def positive_int(text: str) -> int:
@@ -95,7 +97,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) 
 def check_sampling(args: argparse.Namespace) -> None:
     """Refuse ``--limit`` with ``--sample`` (two different selections), in one line."""
     if getattr(args, "limit", None) is not None and getattr(args, "sample", None) is not None:
-        raise ValueError(f"--limit {args.limit} takes the first samples of each task and "
+        raise InputError(f"--limit {args.limit} takes the first samples of each task and "
                          f"--sample {args.sample} a seeded random draw: pass one of them")
 
 
@@ -126,17 +128,17 @@ def check_device(device: str) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a device torch knows; use cpu, cuda, "
+        raise InputError(f"--device {device!r} is not a device torch knows; use cpu, cuda, "
                          f"cuda:N or mps") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch has no CUDA device available; run "
+        raise InputError(f"--device {device}: this torch has no CUDA device available; run "
                          f"with --device cpu")
     if parsed.type == "cuda" and parsed.index is not None \
             and parsed.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) "
+        raise InputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) "
                          f"here")
     if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available; run with --device cpu")
+        raise InputError(f"--device {device}: MPS is not available; run with --device cpu")
     return device
 
 

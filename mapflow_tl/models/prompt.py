@@ -497,8 +497,6 @@ def answer_token_ids(
     letter and the tokenizer (its probability would be that of ``<unk>``, and several options
     would share it).
     """
-    from ..errors import InputError
-
     prompt_ids, _ = _offsets(tokenizer, prompt, add_special_tokens)
     name = f"{type(tokenizer).__name__} {getattr(tokenizer, 'name_or_path', '')!s}".strip()
     answer_ids = []
