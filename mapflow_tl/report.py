@@ -273,18 +273,39 @@ def _flow_sections(flow, samples, config):
             accuracy, n = base_by_task[key]
             return 100 * accuracy, f"dashed: no knockout, {100 * accuracy:.1f} % of {n} evaluated"
 
-        accuracy = _curve_panels(graded, curves, lambda r: 100.0 * bool(r["correct"]),
+        evaluated = _over_all_evaluated(graded, samples)
+        accuracy = _curve_panels(evaluated, curves, lambda r: 100.0 * bool(r["correct"]),
                                  y_title="accuracy (%)", hover_unit=" %", baseline=baseline)
         accuracy.update_yaxes(range=[-5, 105])
+        over_all = len(evaluated) > len(graded)
+        if over_all:
+            caption = ("Accuracy when each pathway is blocked, over every evaluated sample (the "
+                       "official definition, <code>metrics.accuracy_by_layer</code>): a "
+                       "knocked-out answer counts when it is correct, and the samples the run "
+                       f"did not sweep count as not correct (swept: {chosen.split(';')[0]})")
+        else:
+            caption = (f"Accuracy of the swept samples when each pathway is blocked. "
+                       f"Samples: {chosen}")
         sections.append((
             "flow-accuracy", "Accuracy under knockout",
-            f"Accuracy of the swept samples when each pathway is blocked (mean and 95 % bootstrap "
-            f"interval over samples; n per panel). Samples: {chosen}"
-            + (" — so every curve starts from 100 % by selection" if _only_correct(rows) else "")
-            + ". Dashed: the model's accuracy without knockout over all samples it was "
-              "evaluated on (the samples table), the reference the drops compare to.",
-            accuracy))
+            caption + " (mean and 95 % bootstrap interval over samples; n per panel). Dashed: "
+            "the model's accuracy without knockout over all samples it was evaluated on, the "
+            "reference the drops compare to.", accuracy))
     return sections
+
+
+def _over_all_evaluated(graded: list[dict], samples: list[dict]) -> list[dict]:
+    """Flow rows plus, for every evaluated sample without rows (one the sample mode left out or
+    the figure does not show), a not-correct row at each (curve, layer): the mean over samples is
+    then hits / all evaluated samples, the official accuracy under knockout
+    (:func:`mapflow_tl.metrics.accuracy_by_layer` with ``over="all-samples"``)."""
+    swept = {r["sample"] for r in graded}
+    keys = sorted({(r["curve"], r["layer"]) for r in graded}, key=str)
+    unswept = [s for s in samples or [] if s.get("base_correct") is not None
+               and s["sample"] not in swept]
+    return graded + [{"sample": s["sample"], "task": s.get("task"), "curve": curve,
+                      "layer": layer, "correct": False}
+                     for s in unswept for curve, layer in keys]
 
 
 def _only_correct(rows) -> bool:
@@ -734,25 +755,24 @@ def _attention_sections(rows, frames_table, config):
 
 # ---------------------------------------------------------------------------- pathway table
 def pathway_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task and variant (full / pathway / random): accuracy, distinct samples and retained
-    edges — the paper's Table 1 layout. Random rows of several seeds are averaged."""
+    """Per task and variant (full / pathway / random): accuracy, samples, random seeds and
+    retained edges — the paper's Table 1 layout, from :func:`mapflow_tl.metrics.prune_summary`:
+    the random baseline's accuracy is the mean ± standard deviation over its seeds, each seed's
+    accuracy taken over the task's samples first."""
+    from .metrics import prune_summary
+
     table = []
-    for (task, variant), group in sorted(_by(rows, "task", "variant").items()):
-        graded = [r for r in group if r.get("correct") is not None]
-        kept, total = sum(r["kept_edges"] for r in group), sum(r["total_edges"] for r in group)
-        seeds = sorted({r.get("seed") for r in group if r.get("seed") is not None})
-        table.append({"task": task, "variant": variant,
-                      "samples": len({r["sample"] for r in group}),
-                      "seeds": len(seeds) or None,
-                      "accuracy": 100 * mean(bool(r["correct"]) for r in graded) if graded
-                      else None,
-                      "retained": kept / total if total else None,
-                      "kept_edges": kept // len(group), "total_edges": total // len(group)})
+    for row in prune_summary(rows):
+        group = [r for r in rows if r["task"] == row["task"] and r["variant"] == row["variant"]]
+        table.append({**row, "seeds": row["seeds"] if row["variant"] == "random" else None,
+                      "kept_edges": sum(r["kept_edges"] for r in group) // len(group),
+                      "total_edges": sum(r["total_edges"] for r in group) // len(group)})
     return table
 
 
 def _table_html(rows: list[dict[str, Any]], element_id: str = "") -> str:
-    columns = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
+    columns = [c for c in rows[0] if c != "accuracy_sd"
+               and any(r.get(c) is not None for r in rows)]
     head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in columns)
     body = ""
     for row in rows:
@@ -764,7 +784,8 @@ def _table_html(rows: list[dict[str, Any]], element_id: str = "") -> str:
             elif c == "retained":
                 v = f"{100 * v:.1f} %"
             elif c == "accuracy":
-                v = f"{v:.1f} %"
+                sd = row.get("accuracy_sd")
+                v = f"{v:.1f} ± {sd:.1f} %" if sd is not None else f"{v:.1f} %"
             elif isinstance(v, float):
                 v = f"{v:.3g}"
             elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10000:
