@@ -53,6 +53,7 @@ __all__ = [
     "video_region",
     "prune",
     "attention_to_frames",
+    "attention_queries",
     "crossframe_knockout",
     "early_to_middle_layers",
 ]
@@ -348,25 +349,56 @@ def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seeds: Sequence[int] 
     return rows
 
 
+def attention_queries(vlm: VideoLLM, x: Prepared,
+                      query: str | Sequence[int] = "question") -> tuple[str, list[int]]:
+    """The query positions an attention map reads, and their label: ``"question"`` (the
+    question without options), ``"last"`` (the last token, where the answer is read out),
+    ``"word:<text>"`` (the question's tokens that spell ``<text>``, e.g. ``"word:first"``), or
+    explicit positions."""
+    seg = x.segments
+    if not isinstance(query, str):
+        positions = list(query)
+        label = f"positions {positions[0]}…{positions[-1]}" if positions else "positions"
+    elif query == "question":
+        if seg.question is None:
+            raise InputError("query 'question': the sample has no 'question' segment")
+        positions, label = list(seg.question.positions), "question"
+    elif query == "last":
+        positions, label = [x.n_positions - 1], "last token"
+    elif query.startswith("word:") and query[5:].strip():
+        word = query[5:].strip()
+        if seg.question is None:
+            raise InputError(f"query {query!r}: the sample has no 'question' segment")
+        ids = x.input_ids[0].tolist()
+        spelled = {p: vlm.tokenizer.decode([ids[p]]).replace("▁", " ").strip().lower()
+                   for p in seg.question.positions}
+        positions = [p for p, text in spelled.items() if text and text == word.lower()]
+        if not positions:
+            raise InputError(f"query {query!r}: no token of the question spells {word!r}; its "
+                             f"tokens: {[t for t in spelled.values() if t]}")
+        label = f"'{word}'"
+    else:
+        raise InputError(f"query must be 'question', 'last', 'word:<text>' or positions, got "
+                         f"{query!r}")
+    if not positions or min(positions) < 0 or max(positions) >= x.n_positions:
+        raise InputError(f"attention queries must lie in [0, {x.n_positions}), got {positions}")
+    return label, positions
+
+
 def attention_to_frames(
     vlm: VideoLLM,
     x: Prepared,
-    queries: Sequence[int] | None = None,
+    queries: str | Sequence[int] = "question",
     *,
     knockout_layers: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Attention from chosen query positions (default: the question without options) to every
-    video token, averaged over heads and queries, per layer — for the clean model and under
+    """Attention from chosen query positions (:func:`attention_queries`: the question without
+    options by default, the last token, a question word or explicit positions) to every video
+    token, averaged over heads and query positions, per layer — for the clean model and under
     cross-frame knockout in ``knockout_layers`` (default: the early-to-middle half). One row per
-    condition × layer × video position, with the token's (frame, h, w)."""
+    condition × layer × video position, with the token's (frame, h, w) and the query's label."""
     seg = x.segments
-    if queries is None:
-        if seg.question is None:
-            raise InputError("no queries given and the sample has no 'question' segment")
-        queries = list(seg.question.positions)
-    queries = list(queries)
-    if not queries or min(queries) < 0 or max(queries) >= x.n_positions:
-        raise InputError(f"attention queries must lie in [0, {x.n_positions}), got {queries}")
+    label, queries = attention_queries(vlm, x, queries)
     video = [p for frame in seg.frames for p in frame.positions]
     layers = early_to_middle_layers(vlm.n_layers) if knockout_layers is None else knockout_layers
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(vlm.n_layers)]
@@ -382,8 +414,8 @@ def attention_to_frames(
         for layer, name in enumerate(names):
             for position, weight in zip(video, store[name].tolist()):
                 t, h, w = seg.frame_of(position)
-                rows.append({**sample_fields(x), "condition": condition, "layer": layer,
-                             "position": position, "frame": t, "h": h, "w": w,
+                rows.append({**sample_fields(x), "query": label, "condition": condition,
+                             "layer": layer, "position": position, "frame": t, "h": h, "w": w,
                              "attention": weight})
     return rows
 

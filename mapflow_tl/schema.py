@@ -45,8 +45,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "keyword_bins": ("group", "keyword", "bin", "first_layer", "last_layer", "count"),
     "prune": SAMPLE_COLUMNS + ("circuit", "variant", "seed", "baseline", "token", "correct",
                                "p_true", "kept_edges", "total_edges", "retained"),
-    "attention": SAMPLE_COLUMNS + ("condition", "layer", "position", "frame", "h", "w",
-                                   "attention"),
+    "attention": SAMPLE_COLUMNS + ("query", "condition", "layer", "position", "frame", "h",
+                                   "w", "attention"),
     "crossframe": SAMPLE_COLUMNS + ("model", "condition", "layers", "token", "correct"),
     # One row per token frame of a sample: its thumbnail (``image``, a data: URI) and token grid,
     # drawn under the lens and attention grids of the report (mapflow_tl.results documents it).

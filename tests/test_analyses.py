@@ -10,6 +10,7 @@ change answers.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -353,9 +354,10 @@ def test_official_action_sequence_keywords():
 def test_attention_to_frames_is_the_head_mean_of_hf_attentions(vlm, xs, tiny_hf_llama):
     x, n = xs[0], xs[0].n_positions
     seg = x.segments
-    queries = positions(seg.question)
+    by_query = {"question": positions(seg.question), "last token": [n - 1]}
     video = [p for f in seg.frames for p in positions(f)]
-    rows = A.attention_to_frames(vlm, x)
+    rows = A.attention_to_frames(vlm, x) + A.attention_to_frames(vlm, x, "last")
+    assert {r["query"] for r in rows} == set(by_query)
     heads = tiny_hf_llama.config.num_attention_heads
     blocked = additive_mask(n, block_mask(n, hand_cross_frame(seg)), heads)
     layers = [0, 1]  # the early-to-middle half of 4 layers
@@ -381,11 +383,26 @@ def test_attention_to_frames_is_the_head_mean_of_hf_attentions(vlm, xs, tiny_hf_
         finally:
             for handle in handles:
                 handle.remove()
-        for layer in range(vlm.n_layers):
+        for (label, queries), layer in itertools.product(by_query.items(), range(vlm.n_layers)):
             expected = captured[layer][0][:, queries][:, :, video].mean(dim=(0, 1))
-            got = [r["attention"] for r in rows
-                   if r["condition"] == condition and r["layer"] == layer]
-            assert got == pytest.approx(expected.tolist(), abs=1e-6), (condition, layer)
+            got = [r["attention"] for r in rows if r["condition"] == condition
+                   and r["layer"] == layer and r["query"] == label]
+            assert got == pytest.approx(expected.tolist(), abs=1e-6), (condition, layer, label)
+
+
+def test_attention_queries_by_word_and_their_errors(vlm, xs):
+    x = xs[0]
+    ids = x.input_ids[0].tolist()
+    question = positions(x.segments.question)
+    word = vlm.tokenizer.decode([ids[question[0]]]).replace("▁", " ").strip()
+    label, found = A.attention_queries(vlm, x, f"word:{word}")
+    assert label == f"'{word}'" and question[0] in found
+    assert all(vlm.tokenizer.decode([ids[p]]).replace("▁", " ").strip().lower() == word.lower()
+               for p in found)
+    with pytest.raises(ValueError, match="no token of the question spells"):
+        A.attention_queries(vlm, x, "word:zzzqqq")
+    with pytest.raises(ValueError, match="query must be"):
+        A.attention_queries(vlm, x, "middle")
 
 
 def test_crossframe_knockout_default_layers_against_hf(vlm, xs, tiny_hf_llama):

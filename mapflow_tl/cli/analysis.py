@@ -115,7 +115,10 @@ def _lens(args: argparse.Namespace) -> int:
     definitions = _definitions(correct=args.correctness, sample_mode=args.mode,
                                lens_kept=args.top_k, keyword_bin=args.bin_size)
     run = AnalysisRun(args, "lens", config={"definitions": definitions})
+    from ..results import frame_thumbnails
+
     for x, _ in _selected(run, "lens", args.mode, args.correctness):
+        run.writer.write("frames", frame_thumbnails(x))
         run.writer.write("lens", A.video_lens(run.vlm, x, k=args.top_k))
     out = run.finish()
     if run.world.is_main:
@@ -185,10 +188,15 @@ def _add_correctness(parser: argparse.ArgumentParser) -> None:
 def _attention(args: argparse.Namespace) -> int:
     from .. import analyses as A
 
-    definitions = _definitions(attention_queries="question segment")
+    from ..results import frame_thumbnails
+
+    queries = args.query or ["question", "last"]
+    definitions = _definitions(attention_queries=queries)
     run = AnalysisRun(args, "attention", config={"definitions": definitions})
     for x in run.prepared("attention"):
-        run.writer.write("attention", A.attention_to_frames(run.vlm, x))
+        run.writer.write("frames", frame_thumbnails(x))
+        run.writer.write("attention", [row for query in queries
+                                       for row in A.attention_to_frames(run.vlm, x, query)])
     run.finish()
     return 0
 
@@ -273,6 +281,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attention = subparsers.add_parser("attention", help="attention from the question to the "
                                                         "frames, baseline vs cross-frame knockout")
     add_run_arguments(attention, circuit=False)
+    attention.add_argument("--query", action="append", default=None,
+                           help="where attention is read from: question, last, word:WORD (a "
+                                "question word) — repeatable (default: question and last)")
     attention.set_defaults(handler=_attention)
 
     report = subparsers.add_parser("report", help="build report.html from a run directory")

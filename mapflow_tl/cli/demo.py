@@ -75,7 +75,8 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
             writer.write("frames", frame_thumbnails(x))
             writer.write("lens", analyses.video_lens(video, x, k=3))
         if index == 0:
-            writer.write("attention", analyses.attention_to_frames(video, x))
+            writer.write("attention", analyses.attention_to_frames(video, x)
+                         + analyses.attention_to_frames(video, x, "last"))
         writer.write("prune", analyses.prune(video, x, pathway, seeds=(seed,), base=base))
         writer.write("crossframe", analyses.crossframe_knockout(video, x, model=VIDEO_MODEL)
                      + analyses.crossframe_knockout(image, image.prepare(sample),
