@@ -8,6 +8,7 @@ which owns loading, resuming, progress and writing; the step calls one function 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import InputError
 from ..layers import WINDOW_STYLES
@@ -212,13 +213,16 @@ def _report(args: argparse.Namespace) -> int:
 def _circuits(args: argparse.Namespace) -> int:
     from ..circuits import list_circuits
 
-    circuits = list_circuits(args.dir or ())
+    errors: list[str] = []
+    circuits = list_circuits(args.dir or (), errors=errors)
     width = max((len(name) for name in circuits), default=0)
     for name, circuit in sorted(circuits.items()):
         print(f"{name:<{width}}  {circuit.kind:<7}  {circuit.description}")
     if not circuits:
         print("no circuits found")
-    return 0
+    for error in errors:         # a broken file is named, and the others are still listed
+        print(f"mapflow-tl circuits: skipped: {error}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
