@@ -891,6 +891,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         sections += _lens_sections(tables["lens"], tables["frames"], config)
     if tables["attention"]:
         sections += _attention_sections(tables["attention"], tables["frames"], config)
+    if samples and not any(r.get("selected", True) for r in samples):
+        mode = (config.get("definitions") or {}).get("sample_mode") or config.get("mode")
+        sections.insert(0, ("no-selected-samples", "No sample was selected",
+                            f"All {len(samples)} evaluated samples are in the samples table, "
+                            f"but none matched the sample mode {mode!r}, so no knockout was run; "
+                            f"run again with another --mode (e.g. all) to sweep them.", None))
     if not sections and not tables["prune"]:
         raise InputError(f"{run_dir} holds no result tables to report (flow, prob, keywords, "
                          f"crossframe, lens, attention or prune); run an analysis into it first")

@@ -600,3 +600,19 @@ def test_report_of_the_real_analyses_on_a_tiny_model(tiny_backbone, layout, tmp_
         assert curve["y"][layer] == pytest.approx(sum(values) / len(values))
     lens = _figure(page, "lens-overlay")
     assert len(lens["layout"]["images"]) == len(layout.frames) * min(4, vlm.n_layers)
+
+
+def test_a_run_with_no_selected_sample_still_gets_a_report(tmp_path):
+    """A finished flow run whose sample mode selected nothing (say --mode wrong on a model that
+    answers everything) has a samples table and no flow table: the report says so and shows the
+    header, instead of refusing the folder."""
+    from mapflow_tl.runs import RunWriter
+
+    writer = RunWriter(tmp_path / "run", {"command": "flow", "model": "m", "mode": "wrong"})
+    writer.write("samples", [{"sample": f"s{i}", "task": "T", "base_token": 5,
+                              "base_p_pred": 0.9, "base_p_true": 0.9, "base_correct": True,
+                              "base_option": 0, "selected": False} for i in range(3)])
+    writer.finish()
+    page = build_report(tmp_path / "run").read_text()
+    assert 'id="no-selected-samples"' in page and "none matched the sample mode 'wrong'" in page
+    assert "All 3 evaluated samples" in page
