@@ -42,19 +42,76 @@ def test_report_of_a_folder_without_a_run(tmp_path, capsys):
     assert "not a mapflow-tl run directory" in capsys.readouterr().err
 
 
-def test_demo_on_synthtv_writes_the_summary_and_report(tmp_path, capsys, monkeypatch):
+def _decoded_correct(vlm, x, hooks=()):
+    """Whether the full-vocabulary argmax at the last position decodes to the true letter (case
+    and surrounding spaces ignored) — the official grading, restated here by hand."""
+    token = int(vlm.run_with_hooks(x, list(hooks))[0, -1].argmax())
+    return vlm.tokenizer.decode([token]).strip().upper() == "ABCDEFG"[x.answer]
+
+
+def test_demo_table_agrees_with_the_analyses_run_separately(tmp_path, capsys, monkeypatch):
+    """The demo's printed table and JSON summary equal the same figures computed here without the
+    demo: its samples are ``mf.load_dataset("synthtv", limit=2)``; the base and cross-frame
+    knockout accuracies of both models are recomputed by hand (first half of the layers blocked,
+    the argmax decoded), the pathway and random-pruning figures with ``mf.prune`` (seed 0)."""
     pytest.importorskip("mapflow_tl.synthtv.generator")
+    import torch
+
+    import mapflow_tl as mf
+
     monkeypatch.setenv("HOME", str(tmp_path))  # the SynthTV evaluation set is cached under HOME
+    monkeypatch.delenv("MAPFLOW_CACHE", raising=False)
     assert main(["demo", "--out", str(tmp_path / "demo"), "--per-task", "2", "--json"]) == 0
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("{\n"):])
-    assert set(summary["tasks"]) == {"Action Antonym", "Action Sequence", "Moving Direction",
-                                     "Object Count", "Scene Transition"}
-    for row in summary["tasks"].values():
-        for key in ("base_acc", "crossframe_ko_acc", "pathway_acc", "pathway_retained",
-                    "random_acc"):
-            assert row[key] is not None and 0 <= row[key] <= 100
-    assert "image_model_crossframe_ko_drop" in summary
+    tasks = {"Action Antonym", "Action Sequence", "Moving Direction", "Object Count",
+             "Scene Transition"}
+    assert set(summary["tasks"]) == tasks
+
+    torch.set_grad_enabled(False)
+    video, image = mf.load_videollm("synthtv-video-ft"), mf.load_videollm("synthtv-image")
+    pathway = mf.load_circuit("pathway-synthtv")
+    first_half = range(video.n_layers // 2)   # the paper's layers 1-16 of 32, scaled
+    assert mf.early_to_middle_layers(video.n_layers) == list(first_half)
+    hits: dict[tuple[str, str], list[bool]] = {}
+    retained: dict[str, list[float]] = {}
+    samples = mf.load_dataset("synthtv", limit=2)
+    assert sorted({s.task for s in samples}) == sorted(tasks) and len(samples) == 10
+    for sample in samples:
+        for prefix, model in (("", video), ("image_", image)):
+            x = model.prepare(sample)
+            cut = mf.knockout(mf.cross_frame(x.segments), first_half)
+            hits.setdefault((sample.task, prefix + "base_acc"), []).append(
+                _decoded_correct(model, x))
+            hits.setdefault((sample.task, prefix + "crossframe_ko_acc"), []).append(
+                _decoded_correct(model, x, cut))
+        x = video.prepare(sample)
+        for row in mf.prune(video, x, pathway, seeds=(0,)):
+            if row["variant"] != "full":
+                hits.setdefault((sample.task, row["variant"] + "_acc"), []).append(row["correct"])
+            if row["variant"] == "pathway":
+                retained.setdefault(sample.task, []).append(row["retained"])
+                spec = pathway.build_pathway(x.segments, video.n_layers)
+                assert row["correct"] == _decoded_correct(video, x, spec.hooks())
+
+    table = out[:out.index("{\n")].splitlines()
+    columns = ("base_acc", "crossframe_ko_acc", "pathway_acc", "pathway_retained", "random_acc",
+               "image_base_acc", "image_crossframe_ko_acc")
+    for task in sorted(tasks):
+        expected = {key: 100 * sum(hits[(task, key)]) / len(hits[(task, key)])
+                    for key in columns if key != "pathway_retained"}
+        expected["pathway_retained"] = 100 * sum(retained[task]) / len(retained[task])
+        row = summary["tasks"][task]
+        for key in columns:
+            assert row[key] == pytest.approx(expected[key], abs=1e-9), (task, key)
+        printed = next(line for line in table if line.startswith(task))
+        assert printed.split()[len(task.split()):] == [f"{expected[key]:.1f}" for key in columns]
+    for prefix, key in (("", "video_model_crossframe_ko_drop"),
+                        ("image_", "image_model_crossframe_ko_drop")):
+        base = [h for t in tasks for h in hits[(t, prefix + "base_acc")]]
+        cut = [h for t in tasks for h in hits[(t, prefix + "crossframe_ko_acc")]]
+        assert summary[key] == pytest.approx(100 * (sum(base) - sum(cut)) / len(base), abs=1e-9)
+
     page = (tmp_path / "demo" / "report.html").read_text()
     for figure_id in ("flow-change", "probability-trace", "keyword-frequency", "lens-overlay",
                       "attention-maps", "pathway-table"):
@@ -94,3 +151,14 @@ def test_os_errors_name_the_file(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(blocker) in err[0]
+
+
+def test_circuits_lists_the_good_files_and_names_the_broken_one(tmp_path, capsys):
+    (tmp_path / "good.py").write_text(
+        'from mapflow_tl import edges\nNAME = "good-one"\nDESCRIPTION = "fine"\n'
+        'def curves(seg, n_layers):\n    return {"v": edges.video_to_last(seg)}\n')
+    (tmp_path / "broken.py").write_text('NAME = "broken-one"\nraise RuntimeError("oops")\n')
+    assert main(["circuits", "--dir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "good-one" in captured.out and "cross-frame" in captured.out
+    assert "broken.py" in captured.err and len(captured.err.strip().splitlines()) == 1
