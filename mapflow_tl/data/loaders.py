@@ -397,6 +397,44 @@ def _answer_index(answer: Any, options: tuple[str, ...]) -> int:
     raise _FieldError("answer", f"{answer!r} is not one of the candidates {list(options)}{hint}")
 
 
+def _read_task_file(
+    path: Path,
+    task: str,
+    collector: _Collector,
+    limit: int | None,
+    build: Callable[[int | str, Mapping[str, Any]], Sample],
+    *,
+    keyed: bool = False,
+) -> list[Sample]:
+    """The samples of one task file: a JSON list of entries (ids: list positions) or, ``keyed``,
+    an object of id → entry. ``build(id, entry)`` makes a sample or raises ``_FieldError``; a
+    missing or unreadable file, a file of the wrong shape and every bad entry are recorded with
+    ``collector`` (which raises in a strict load). At most ``limit`` samples, in file order."""
+    if not path.is_file():
+        collector.problem(path, None, None, MISSING_TASK_FILE, task)
+        return []
+    entries = _read_json(path, collector, task)
+    if entries is None:
+        return []
+    if not isinstance(entries, dict if keyed else list):
+        expected = "a JSON object of id -> entry" if keyed else "a JSON list of entries"
+        collector.problem(path, None, None,
+                          f"expected {expected}, got {type(entries).__name__}", task)
+        return []
+    samples: list[Sample] = []
+    for key, entry in (entries.items() if keyed else enumerate(entries)):
+        if limit is not None and len(samples) >= limit:
+            break
+        try:
+            if not isinstance(entry, dict):
+                raise _FieldError("<entry>", f"expected an object, got {type(entry).__name__}")
+            samples.append(build(key, entry))
+        except _FieldError as error:
+            field_name = None if error.field_name == "<entry>" else error.field_name
+            collector.problem(path, key, field_name, error.reason, task)
+    return samples
+
+
 def _load_candidates_format(
     *,
     dataset: str,
@@ -419,74 +457,43 @@ def _load_candidates_format(
     when there) or "ignored" (the reference reads no bounds for the task). Video names may not
     leave ``root`` unless ``allow_outside_root``; ``missing_video(stem)``: the message for a
     video the benchmark does not distribute (``None``: "video not found")."""
+    def build(stem: str, task: str, path: Path, index: int, entry: Mapping[str, Any]) -> Sample:
+        video = _inside(root, video_dir_of(stem), _text(entry, "video"), allow_outside_root)
+        question = _text(entry, "question")
+        options = _options(entry, "candidates")
+        if "answer" not in entry:
+            raise _FieldError("answer", "missing")
+        answer_index = _answer_index(entry.get("answer"), options)
+        start = end = None
+        mode = bounds_mode(stem)
+        has_bounds = "start" in entry or "end" in entry
+        if mode == "required" or (mode == "optional" and has_bounds):
+            try:
+                start, end = _seconds(entry, "start"), _seconds(entry, "end")
+            except _FieldError as error:
+                if mode == "required" and error.reason.startswith("missing"):
+                    error.reason += window_hint
+                raise
+            if end < start:
+                raise _FieldError("end", f"end {end} s is before start {start} s")
+        missing = missing_video(stem)
+        _check_video(video, check_videos,
+                     None if missing is None else f"video not found: {video}; {missing}")
+        # start/end stay in metadata when they were not applied (a task that ignores them)
+        known = {"video", "question", "candidates", "answer"} | (
+            {"start", "end"} if start is not None else set())
+        return Sample(id=f"{stem}/{index}", dataset=dataset, task=task, video=video,
+                      question=question, options=options, answer_index=answer_index,
+                      start=start, end=end, source=f"{path}[{index}]",
+                      metadata={k: v for k, v in entry.items() if k not in known}, entry=index)
+
     samples: list[Sample] = []
     for stem in stems:
-        path = json_dir / f"{stem}.json"
-        task = task_of(stem)
-        if not path.is_file():
-            collector.problem(path, None, None, MISSING_TASK_FILE, task)
-            continue
-        entries = _read_json(path, collector, task)
-        if entries is None:
-            continue
-        if not isinstance(entries, list):
-            found = type(entries).__name__
-            reason = f"expected a JSON list of entries, got {found}"
-            collector.problem(path, None, None, reason, task)
-            continue
-        taken = 0
-        for index, entry in enumerate(entries):
-            if limit is not None and taken >= limit:
-                break
-            try:
-                if not isinstance(entry, dict):
-                    raise _FieldError("<entry>", f"expected an object, got {type(entry).__name__}")
-                video = _inside(root, video_dir_of(stem), _text(entry, "video"),
-                                allow_outside_root)
-                question = _text(entry, "question")
-                options = _options(entry, "candidates")
-                if "answer" not in entry:
-                    raise _FieldError("answer", "missing")
-                answer_index = _answer_index(entry.get("answer"), options)
-                start = end = None
-                mode = bounds_mode(stem)
-                has_bounds = "start" in entry or "end" in entry
-                if mode == "required" or (mode == "optional" and has_bounds):
-                    try:
-                        start, end = _seconds(entry, "start"), _seconds(entry, "end")
-                    except _FieldError as error:
-                        if mode == "required" and error.reason.startswith("missing"):
-                            error.reason += window_hint
-                        raise
-                    if end < start:
-                        raise _FieldError("end", f"end {end} s is before start {start} s")
-                missing = missing_video(stem)
-                _check_video(video, check_videos,
-                             None if missing is None else f"video not found: {video}; {missing}")
-            except _FieldError as error:
-                field_name = None if error.field_name == "<entry>" else error.field_name
-                collector.problem(path, index, field_name, error.reason, task)
-                continue
-            # start/end stay in metadata when they were not applied (a task that ignores them)
-            known = {"video", "question", "candidates", "answer"} | (
-                {"start", "end"} if start is not None else set())
-            samples.append(
-                Sample(
-                    id=f"{stem}/{index}",
-                    dataset=dataset,
-                    task=task,
-                    video=video,
-                    question=question,
-                    options=options,
-                    answer_index=answer_index,
-                    start=start,
-                    end=end,
-                    source=f"{path}[{index}]",
-                    metadata={k: v for k, v in entry.items() if k not in known},
-                    entry=index,
-                )
-            )
-            taken += 1
+        path, task = json_dir / f"{stem}.json", task_of(stem)
+        samples += _read_task_file(
+            path, task, collector, limit,
+            lambda index, entry, stem=stem, task=task, path=path:
+                build(stem, task, path, index, entry))
     return samples
 
 
@@ -655,56 +662,27 @@ def load_tomato(
     root = _require_root(data_root, "data", "TOMATO", "data/<reasoning type>.json and videos/")
     stems = _select(list(TOMATO_TASKS), {}, tasks, "TOMATO")
     collector = _Collector(strict)
-    samples: list[Sample] = []
     known = {"question", "options", "answer", "key", "demonstration_type"}
+
+    def build(stem: str, path: Path, key: str, entry: Mapping[str, Any]) -> Sample:
+        question = _text(entry, "question")
+        options = _options(entry, "options")
+        if "answer" not in entry:
+            raise _FieldError("answer", "missing")
+        answer_index = _tomato_answer(entry["answer"], options)
+        video_key = _text(entry, "key")
+        folder = _text(entry, "demonstration_type")
+        video = _inside(root, root / "videos", f"{folder}/{video_key}.mp4", allow_outside_root)
+        _check_video(video, check_videos)
+        return Sample(id=f"{stem}/{key}", dataset="tomato", task=stem, video=video,
+                      question=question, options=options, answer_index=answer_index,
+                      source=f"{path}[{key}]",
+                      metadata={k: v for k, v in entry.items() if k not in known}, entry=key)
+
+    samples: list[Sample] = []
     for stem in stems:
         path = root / "data" / f"{stem}.json"
-        if not path.is_file():
-            collector.problem(path, None, None, MISSING_TASK_FILE, stem)
-            continue
-        entries = _read_json(path, collector, stem)
-        if entries is None:
-            continue
-        if not isinstance(entries, dict):
-            found = type(entries).__name__
-            collector.problem(
-                path, None, None, f"expected a JSON object of id -> entry, got {found}", stem
-            )
-            continue
-        taken = 0
-        for key, entry in entries.items():
-            if limit is not None and taken >= limit:
-                break
-            try:
-                if not isinstance(entry, dict):
-                    raise _FieldError("<entry>", f"expected an object, got {type(entry).__name__}")
-                question = _text(entry, "question")
-                options = _options(entry, "options")
-                if "answer" not in entry:
-                    raise _FieldError("answer", "missing")
-                answer_index = _tomato_answer(entry["answer"], options)
-                video_key = _text(entry, "key")
-                folder = _text(entry, "demonstration_type")
-                video = _inside(root, root / "videos", f"{folder}/{video_key}.mp4",
-                                allow_outside_root)
-                _check_video(video, check_videos)
-            except _FieldError as error:
-                field_name = None if error.field_name == "<entry>" else error.field_name
-                collector.problem(path, key, field_name, error.reason, stem)
-                continue
-            samples.append(
-                Sample(
-                    id=f"{stem}/{key}",
-                    dataset="tomato",
-                    task=stem,
-                    video=video,
-                    question=question,
-                    options=options,
-                    answer_index=answer_index,
-                    source=f"{path}[{key}]",
-                    metadata={k: v for k, v in entry.items() if k not in known},
-                    entry=key,
-                )
-            )
-            taken += 1
+        samples += _read_task_file(
+            path, stem, collector, limit,
+            lambda key, entry, stem=stem, path=path: build(stem, path, key, entry), keyed=True)
     return LoadedBenchmark("tomato", root, samples, collector.skipped)
