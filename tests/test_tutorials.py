@@ -60,12 +60,16 @@ def test_tutorials_use_public_names_only(path):
         tree = ast.parse(_python(source))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mapflow_tl"):
-                private = [a.name for a in node.names if a.name.startswith("_")]
+                private = [a.name for a in node.names if _private(a.name)]
                 assert not private, f"{path.name} imports private {private} from {node.module}"
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                    and node.value.id in {"mf", "A"} and node.attr.startswith("_"):
+                    and node.value.id == "mf" and _private(node.attr):
                 raise AssertionError(f"{path.name} reads the private name {node.value.id}."
                                      f"{node.attr}")
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
 def _python(source: str) -> str:
