@@ -247,11 +247,14 @@ class PathwaySpec:
         return baseline_spec
 
     def describe(self) -> str:
+        """The rules, one a line, with 1-based layer ranges as the paper and the circuit files
+        write them ("keep cross-frame in L6–15" = blocks 5…14)."""
         return "\n".join(rule[2] for rule in self.rules)
 
 
 def _ranges(layers: Iterable[int]) -> str:
-    ordered = sorted(layers)
+    """0-based blocks as the paper's 1-based ranges: [5, 6, 7, 9] → "L6–8, L10"."""
+    ordered = sorted(layer + 1 for layer in layers)
     if not ordered:
         return "no layer"
     parts, start, previous = [], ordered[0], ordered[0]

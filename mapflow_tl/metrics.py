@@ -15,6 +15,7 @@ byminji/map-the-flow @566f3ed; docs/paper_parity.md has the file:line of each):
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from statistics import mean, stdev
 from typing import Any, Iterable, Mapping
@@ -137,7 +138,9 @@ def prune_summary(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for (task, variant), group in sorted(groups.items()):
         by_seed: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
         for row in group:
-            by_seed[row.get("seed")].append(row)
+            seed = row.get("seed")
+            # rows that went through pandas carry NaN for "no seed" (full model, pathway)
+            by_seed[None if isinstance(seed, float) and math.isnan(seed) else seed].append(row)
         accuracies = []
         for seed_rows in by_seed.values():
             graded = [bool(r["correct"]) for r in seed_rows if r["correct"] is not None]

@@ -625,3 +625,23 @@ def test_resume_refuses_another_sample_draw_or_sweep_range(tmp_path):
         with pytest.raises(RunFolderError, match=key):
             RunWriter(tmp_path, {**config, key: value}, resume=True)
     RunWriter(tmp_path, config, resume=True).finish()
+
+
+def test_prune_summary_reads_rows_that_went_through_pandas():
+    """The full model and the pathway have no seed; after a DataFrame round trip their seed is
+    NaN, which must still be one group, not one seed per row."""
+    import pandas as pd
+
+    from mapflow_tl.metrics import prune_summary
+
+    rows = [{"sample": f"s{i}", "task": "T", "variant": variant, "seed": seed,
+             "correct": correct, "kept_edges": 1, "total_edges": 2}
+            for i in range(4)
+            for variant, seed, correct in (("full", None, True), ("pathway", None, i < 3),
+                                           ("random", 0, i < 1), ("random", 1, i < 3))]
+    through_pandas = pd.DataFrame(rows).to_dict("records")
+    for table in (prune_summary(rows), prune_summary(through_pandas)):
+        by_variant = {row["variant"]: row for row in table}
+        assert by_variant["full"]["seeds"] == 1 and by_variant["pathway"]["accuracy"] == 75.0
+        assert by_variant["random"]["seeds"] == 2 and by_variant["random"]["accuracy"] == 50.0
+        assert by_variant["random"]["accuracy_sd"] == pytest.approx(35.3553, abs=1e-3)

@@ -210,7 +210,9 @@ def test_spec_hooks_equal_per_layer_knockouts(tiny_backbone, layout):
     ours = run_from_embeds(tiny_backbone, embeds, fwd_hooks=spec.hooks())
     reference = run_from_embeds(tiny_backbone, embeds, fwd_hooks=manual)
     assert (ours - reference).abs().max() <= 1e-6
-    assert "keep cross-frame in L1–2" in spec.describe()
+    # 1-based ranges, as the paper and the circuit files write them: blocks 1–2 are L2–3
+    assert spec.describe().splitlines() == ["keep cross-frame in L2–3",
+                                            "block (video → last | last → last) in L1–4"]
 
 
 def test_from_mapping_modes():

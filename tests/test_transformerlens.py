@@ -293,3 +293,24 @@ def test_loading_prints_no_progress_bar_and_restores_the_setting(capfd, enabled)
         assert hf_logging.is_progress_bar_enabled() is enabled
     finally:
         (hf_logging.enable_progress_bar if previous else hf_logging.disable_progress_bar)()
+
+
+def test_hooks_writing_in_place_leave_the_prepared_embeddings_alone():
+    """A TransformerLens user patches the residual stream in place; with token input that tensor
+    is fresh on every run, so the prepared embeddings must be too (else every later run on the
+    same sample is silently wrong)."""
+    import mapflow_tl as mf
+
+    vlm = mf.load_videollm("synthtv-video-ft")
+    x = vlm.prepare(mf.load_dataset("synthtv", tasks=["action_antonym"], limit=1)[0])
+    before = x.embeds.clone()
+
+    def zero(residual, hook):
+        residual[:, 3:9] = 0
+        return residual
+
+    for name in ("hook_embed", "blocks.0.hook_resid_pre"):
+        patched = vlm.run_with_hooks(x, [(name, zero)])
+        assert torch.equal(x.embeds, before), name
+    clean = vlm.run_with_hooks(x)
+    assert not torch.allclose(patched, clean)   # the patch itself took effect

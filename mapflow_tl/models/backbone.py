@@ -337,8 +337,10 @@ def _forward_from_embeds(
     hooks and caches see them where TransformerLens puts token embeddings (``cache["embed"]``, the
     "embed" term of ``cache.decompose_resid``) and a hook there can patch them; they then enter
     block 0 as the residual stream (``start_at_layer=0``): rotary models add no positional
-    embedding."""
-    residual = model.hook_embed(embeds.to(model.cfg.device, model.cfg.dtype))
+    embedding. The residual stream starts as a copy: a hook that writes in place (at
+    ``hook_embed`` or ``blocks.0.hook_resid_pre``) must not change the caller's prepared
+    embeddings, which TransformerLens users expect since token embeddings are always fresh."""
+    residual = model.hook_embed(embeds.to(model.cfg.device, model.cfg.dtype, copy=True))
     return model(residual, start_at_layer=0, stop_at_layer=stop_at_layer,
                  return_type=return_type)
 
