@@ -69,3 +69,15 @@ if __name__ == "__main__":
     head = CLI_DOC.read_text().split(GENERATED)[0]
     CLI_DOC.write_text(head + GENERATED + "\n\n" + cli_reference())
     print(f"wrote {CLI_DOC}")
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_the_first_code_example_runs(page, tmp_path, monkeypatch):
+    """The first Python example a reader meets (README's "In code", the docs' home page) runs as
+    written, on the shipped SynthTV model and data."""
+    text = (ROOT / page).read_text()
+    start = text.index("```python\n") + len("```python\n")
+    code = text[start:text.index("```", start)]
+    monkeypatch.setenv("MAPFLOW_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, page, "exec"), {"__name__": "__readme__"})
