@@ -162,3 +162,31 @@ def test_circuits_lists_the_good_files_and_names_the_broken_one(tmp_path, capsys
     captured = capsys.readouterr()
     assert "good-one" in captured.out and "cross-frame" in captured.out
     assert "broken.py" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_crossframe_command_runs_finding_one_on_two_checkpoints(tmp_path, capsys, monkeypatch):
+    """Finding 1 on any pair of checkpoints: the rows equal crossframe_knockout on the same
+    prepared samples, both models are drawn in the report, and --layers is 1-based."""
+    import mapflow_tl as mf
+    from mapflow_tl.runs import read_table
+
+    monkeypatch.setenv("MAPFLOW_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "f1"
+    assert main(["crossframe", "--model", "synthtv-video-ft", "--compare-model", "synthtv-image",
+                 "--task", "Action Sequence", "--limit", "2", "--layers", "1-4",
+                 "--out", str(out)]) == 0
+    rows = read_table(out, "crossframe")
+    assert {r["model"] for r in rows} == {"synthtv-video-ft", "synthtv-image"}
+    assert all(r["layers"] == [0, 1, 2, 3] for r in rows)
+    video = mf.load_videollm("synthtv-video-ft")
+    for sample in mf.load_dataset("synthtv", tasks=["action_sequence"], limit=2):
+        expected = mf.crossframe_knockout(video, video.prepare(sample), [0, 1, 2, 3],
+                                          model="synthtv-video-ft")
+        got = [r for r in rows if r["sample"] == sample.id and r["model"] == "synthtv-video-ft"]
+        assert [r["correct"] for r in got] == [r["correct"] for r in expected]
+    page = mf.build_report(out).read_text()
+    assert 'id="finding-1"' in page and "image-only" in page
+    assert main(["crossframe", "--model", "synthtv-video-ft", "--layers", "5-9",
+                 "--out", str(tmp_path / "bad"), "--limit", "1"]) == 2
+    assert "L5–9" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()           # refused before anything was written

@@ -202,6 +202,75 @@ def _attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layer_list(text: str) -> tuple[int, int]:
+    """argparse type for ``--layers FIRST-LAST``: the paper's 1-based, inclusive range."""
+    first, sep, last = text.partition("-")
+    try:
+        bounds = (int(first), int(last if sep else first))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST-LAST (1-based, e.g. 1-16), got "
+                                         f"{text!r}") from None
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 1 <= FIRST <= LAST, got {text!r}")
+    return bounds
+
+
+def _crossframe(args: argparse.Namespace) -> int:
+    """Finding 1 on any checkpoint: each sample's answer with and without cross-frame attention
+    in the early-to-middle layers, for ``--model`` and (optionally) a ``--compare-model`` such as
+    the image-only twin; the report draws both side by side per task."""
+    import torch
+
+    from .. import analyses as A
+    from ..layers import early_to_middle_layers, layer_range
+    from ..models import load_videollm
+    from ..runs import read_table
+    from ..schema import sample_fields
+
+    def check(vlm) -> None:
+        if args.layers is not None:
+            layer_range(*args.layers, vlm.n_layers, circuit="--layers")
+
+    definitions = _definitions(correct=args.correctness,
+                               crossframe_layers="--layers" if args.layers else
+                               "early-to-middle half (the paper's L1-16 of 32, scaled)")
+    run = AnalysisRun(args, "crossframe", check=check, config={
+        "definitions": definitions, "compare_model": args.compare_model,
+        "image_model": args.compare_model, "layers": args.layers})
+    vlm, writer = run.vlm, run.writer
+    layers = (list(layer_range(*args.layers, vlm.n_layers)) if args.layers
+              else early_to_middle_layers(vlm.n_layers))
+    other = (load_videollm(args.compare_model, dtype=getattr(torch, args.dtype),
+                           device=run.device) if args.compare_model else None)
+    if other is not None and args.layers:
+        layer_range(*args.layers, other.n_layers, circuit="--layers")
+    done = writer.completed("samples", "sample")
+    writer.retain("crossframe", "sample", done)
+    for sample, x in run.each("samples", done):
+        rows = A.crossframe_knockout(vlm, x, layers, model=args.model,
+                                     correctness=args.correctness)
+        if other is not None:
+            other_layers = (list(layer_range(*args.layers, other.n_layers)) if args.layers
+                            else early_to_middle_layers(other.n_layers))
+            rows += A.crossframe_knockout(other, other.prepare(sample), other_layers,
+                                          model=args.compare_model, correctness=args.correctness)
+        writer.write("crossframe", rows)
+        base = A.base_prediction(vlm, x, correctness=args.correctness)
+        writer.write("samples", [{**sample_fields(x), **base, "selected": True}])
+    out = run.finish()
+    if run.world.is_main:
+        rows = read_table(out, "crossframe")
+        for model in dict.fromkeys(r["model"] for r in rows):
+            for condition in ("base", "cross-frame knockout"):
+                graded = [bool(r["correct"]) for r in rows if r["model"] == model
+                          and r["condition"] == condition and r["correct"] is not None]
+                if graded:
+                    print(f"{model}: {condition}: {100 * sum(graded) / len(graded):.1f} % of "
+                          f"{len(graded)}")
+        print(f"tables in {out}; mapflow-tl report {out} draws Finding 1 per task")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from ..report import build_report
 
@@ -289,6 +358,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="where attention is read from: question, last, word:WORD (a "
                                 "question word) — repeatable (default: question and last)")
     attention.set_defaults(handler=_attention)
+
+    crossframe = subparsers.add_parser(
+        "crossframe", help="Finding 1: accuracy with and without cross-frame attention in the "
+                           "early-to-middle layers, for a model and optionally its image-only twin")
+    add_run_arguments(crossframe, circuit=False)
+    crossframe.add_argument("--compare-model", default=None,
+                            help="a second model run on the same samples, e.g. the image-only "
+                                 "twin (drawn beside the first in the report)")
+    crossframe.add_argument("--layers", type=_layer_list, default=None, metavar="FIRST-LAST",
+                            help="knocked-out layers, 1-based and inclusive as the paper writes "
+                                 "them (default: the first half, the paper's 1-16 of 32)")
+    _add_correctness(crossframe)
+    crossframe.set_defaults(handler=_crossframe)
 
     report = subparsers.add_parser("report", help="build report.html from a run directory")
     report.add_argument("run_dir")
