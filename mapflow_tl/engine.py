@@ -44,6 +44,7 @@ from transformer_lens.utilities import apply_softcap
 from .edges import Edges
 from .hooks import HookList, KnockoutHook, attn_scores_hook_name, check_hooks, knockout, window
 from .models.backbone import run_from_embeds
+from .suffix_forward import backbone_weights, clean_forward, lean_unsupported, suffix_logits
 
 __all__ = [
     "KnockoutConfig",
@@ -54,11 +55,13 @@ __all__ = [
     "recomputed_cells",
     "sweep",
     "SWEEP_METHODS",
+    "SUFFIX_FORWARDS",
 ]
 
 logger = logging.getLogger(__name__)
 
 SWEEP_METHODS = ("fast", "naive")
+SUFFIX_FORWARDS = ("auto", "lean", "hooked")
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,8 @@ def sweep(
     method: str = "fast",
     batch_budget_mb: float | None = None,
     max_batch: int | None = None,
+    fwd_hooks: HookList | Sequence = (),
+    suffix: str = "auto",
 ) -> Float[torch.Tensor, "config d_vocab"]:
     """Last-position logits of the model under each knockout configuration.
 
@@ -210,9 +215,20 @@ def sweep(
     clean forward with a key/value cache needs), and at most ``max_batch`` configurations. Configurations with the same first blocked query but different
     first blocked layers may share a batch starting at the earliest of those layers when that is
     estimated to be cheaper (few recomputed positions: the fixed cost of a layer call dominates).
+
+    ``suffix`` picks how the fast method recomputes: ``"lean"`` runs the recomputed layers through
+    :mod:`mapflow_tl.suffix_forward` (a plain-torch restatement of the backbone block: packed
+    weights, the clean run's rotated keys/values cached once, no hooks), ``"hooked"`` through the
+    ``HookedTransformer`` with knockout hooks, ``"auto"`` (default) the lean one unless the sweep
+    carries hooks of its own — ``fwd_hooks``, or hooks attached to the model's hook points — or
+    the model is one the lean forward does not restate; then it says why, once, and runs hooked.
+    ``fwd_hooks`` are applied in every configuration's forward (in the fast method they see the
+    clean forward and the suffix forwards, so they must act per position, as knockout hooks do).
     """
     if method not in SWEEP_METHODS:
         raise ValueError(f"unknown sweep method {method!r}; choose one of {SWEEP_METHODS}")
+    if suffix not in SUFFIX_FORWARDS:
+        raise ValueError(f"unknown suffix forward {suffix!r}; choose one of {SUFFIX_FORWARDS}")
     if embeds.dim() != 3 or embeds.shape[0] != 1 or embeds.shape[-1] != model.cfg.d_model:
         raise ValueError(f"sweep runs one sample: embeds must be [1, pos, {model.cfg.d_model}], "
                          f"got {tuple(embeds.shape)}")
@@ -226,14 +242,25 @@ def sweep(
         knockout(config.edges, config.layers, n_layers=n_layers)  # validates the layers
     if not configs:
         return torch.empty(0, model.cfg.d_vocab, device=model.cfg.device, dtype=model.cfg.dtype)
+    user_hooks: HookList = list(fwd_hooks)
+    check_hooks(model, user_hooks)
     if method == "naive":
         rows = []
         for config in configs:
-            hooks = knockout(config.edges, config.layers, n_layers=n_layers)
+            hooks = knockout(config.edges, config.layers, n_layers=n_layers) + user_hooks
             rows.append(run_from_embeds(model, embeds, fwd_hooks=hooks)[0, -1])
         return torch.stack(rows)
+    lean = suffix != "hooked"
+    if lean:
+        reason = _lean_refusal(model, embeds.shape[1], user_hooks)
+        if reason is not None:
+            if suffix == "lean":
+                raise ValueError(f"the lean suffix forward cannot run this sweep: {reason}; use "
+                                 f"suffix='auto' or 'hooked'")
+            _warn_once(f"knockout sweep runs on the hooked path (slower): {reason}")
+            lean = False
     with torch.no_grad():
-        return _fast_sweep(model, embeds, configs, batch_budget_mb, max_batch)
+        return _fast_sweep(model, embeds, configs, batch_budget_mb, max_batch, user_hooks, lean)
 
 
 def _last_logits(model: HookedTransformer, residual: torch.Tensor) -> torch.Tensor:
@@ -263,16 +290,23 @@ def _working_bytes_per_config(model: HookedTransformer, n_queries: int, n_keys: 
     return elements * _itemsize(model)
 
 
-# Cost model of one layer of a batched suffix forward, in units of "one recomputed position":
-# a fixed cost per layer call (Python, hook dispatch, kernel launches) and, per batch element, its
-# recomputed positions plus the handling of every key (TransformerLens concatenates the cached
-# keys/values and rotates all keys again, per element). Calibrated on CPU (d_model 128, 194
-# positions: ≈0.7 ms per call, ≈14 µs per position, a key ≈ 1/4 position). It decides when
-# configurations with different first blocked layers (same first blocked query) share one batch
-# that starts at the earliest of them: worth it for few recomputed positions ("→ last": one), not
-# for many.
-_LAYER_CALL_COST_POSITIONS = 48
-_KEY_COST_POSITIONS = 1 / 4
+@dataclass(frozen=True)
+class _CostModel:
+    """Cost of one layer of a batched suffix forward, in units of "one recomputed position": a
+    fixed cost per layer call (Python, kernel launches) and, per batch element, its recomputed
+    positions plus ``key`` × the number of keys (attention over the whole sequence)."""
+
+    layer_call: float
+    key: float
+
+
+# Hooked path, calibrated on CPU (d_model 128, 194 positions: ≈0.7 ms per call, ≈14 µs per
+# position; TransformerLens concatenates the cached keys/values and rotates all keys again per
+# element, so a key costs ≈ 1/4 position).
+_HOOKED_COSTS = _CostModel(layer_call=48, key=1 / 4)
+# Lean path (mapflow_tl.suffix_forward), fitted by benchmarks/fit_cost_model.py on CPU
+# (d_model 128, 32 layers, 194 and 1257 positions, --threads 1): see that script's output.
+_LEAN_COSTS = _CostModel(layer_call=48, key=1 / 4)
 
 
 @dataclass(frozen=True)
@@ -288,6 +322,7 @@ def _batches(
     n_layers: int,
     n_positions: int,
     batch_size,
+    costs: _CostModel = _HOOKED_COSTS,
 ) -> list[_Batch]:
     """Split the configurations of each first blocked query p into batches.
 
@@ -307,14 +342,14 @@ def _batches(
         members.sort()
         n_queries = n_positions - p
         size = batch_size(n_queries)
-        per_element = n_queries + _KEY_COST_POSITIONS * n_positions
+        per_element = n_queries + costs.key * n_positions
         count = len(members)
         best = [0.0] + [float("inf")] * count
         cut = [0] * (count + 1)
         for j in range(1, count + 1):
             for i in range(max(0, j - size), j):
                 cost = best[i] + (n_layers - members[i][0]) * (
-                    _LAYER_CALL_COST_POSITIONS + (j - i) * per_element)
+                    costs.layer_call + (j - i) * per_element)
                 if cost < best[j]:
                     best[j], cut[j] = cost, i
         j = count
@@ -351,12 +386,61 @@ def _attached(model: HookedTransformer, hooks: HookList):
             point.remove_hooks("fwd", level=level)
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
+
+def _hooked_points(model: HookedTransformer) -> list[str]:
+    """Names of the model's hook points that carry forward hooks (attached by the user: the
+    engine's own hooks are attached only during its forwards)."""
+    return [name for name, point in model.hook_dict.items() if point.fwd_hooks]
+
+
+def _lean_refusal(model: HookedTransformer, n_positions: int, user_hooks: HookList) -> str | None:
+    """Why this sweep cannot run the lean suffix forward, or ``None``."""
+    if user_hooks:
+        names = sorted({name for name, _ in user_hooks})
+        return f"the sweep carries hooks on {names[:3]}{' …' if len(names) > 3 else ''}"
+    attached = _hooked_points(model)
+    if attached:
+        return (f"the model has hooks attached on {attached[:3]}"
+                f"{' …' if len(attached) > 3 else ''} (remove them with model.reset_hooks())")
+    unsupported = lean_unsupported(model)
+    if unsupported is not None:
+        return f"it does not restate {unsupported}"
+    return None
+
+
+def _ensure_rotary(model: HookedTransformer, embeds: torch.Tensor) -> None:
+    """Make the attention layers hold this sample's rotary tables before they are read.
+
+    Backbones with per-sample positions (M-RoPE, :class:`~mapflow_tl.models.backbone.
+    RotaryPositions`) install and check a sample's tables when a forward enters block 0, and
+    TransformerLens extends short tables in the layer that needs them; one block-0 forward of
+    the hooked model does both (its output is not used)."""
+    n = embeds.shape[1]
+    per_sample = bool(model.blocks[0]._forward_pre_hooks)
+    if per_sample or model.blocks[0].attn.rotary_cos.shape[0] < n:
+        model(embeds, start_at_layer=0, stop_at_layer=1)
+    short = [index for index, block in enumerate(model.blocks)
+             if block.attn.rotary_cos.shape[0] < n]
+    for index in short:
+        model.blocks[index].attn._extend_rotary_embeddings(n)
+
+
 def _fast_sweep(
     model: HookedTransformer,
     embeds: torch.Tensor,
     configs: Sequence[KnockoutConfig],
     batch_budget_mb: float | None,
     max_batch: int | None,
+    user_hooks: HookList,
+    lean: bool,
 ) -> torch.Tensor:
     n_layers, n_positions = model.cfg.n_layers, embeds.shape[1]
     groups, _ = plan_sweep(configs, n_positions)
@@ -377,25 +461,10 @@ def _fast_sweep(
         size = max(1, int(budget // _working_bytes_per_config(model, n_queries, n_positions)))
         return size if max_batch is None else min(size, max_batch)
 
-    batches = _batches(configs, groups, n_layers, n_positions, batch_size)
-
-    # One clean forward fills a key/value cache (the keys before rotary, as TransformerLens
-    # caches them) and keeps the residual stream entering each layer some batch starts from.
-    clean_resid: dict[int, torch.Tensor] = {}
-
-    def keep_resid(activation: torch.Tensor, hook) -> None:
-        clean_resid[hook.layer()] = activation.detach()
-
-    clean_cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    costs = _LEAN_COSTS if lean else _HOOKED_COSTS
+    batches = _batches(configs, groups, n_layers, n_positions, batch_size, costs)
     start_layers = sorted({batch.start_layer for batch in batches})
-    with _attached(model, [(f"blocks.{layer}.hook_resid_pre", keep_resid)
-                           for layer in start_layers]):
-        residual = model(embeds.to(model.cfg.device, model.cfg.dtype), start_at_layer=0,
-                         stop_at_layer=n_layers, past_kv_cache=clean_cache)
-    clean_logits = _last_logits(model, residual)[0]
-    del residual
-    results: list[torch.Tensor] = [clean_logits] * len(configs)
-
+    embeds = embeds.to(model.cfg.device, model.cfg.dtype)
     masks: dict[int, torch.Tensor] = {}  # one dense mask per distinct edge set
 
     def rows(config: KnockoutConfig, first_query: int, device) -> torch.Tensor:
@@ -405,6 +474,63 @@ def _fast_sweep(
             mask = KnockoutHook(config.edges).mask(n_positions, device)
             masks[id(config.edges)] = mask
         return mask[first_query:]
+
+    if lean:
+        _ensure_rotary(model, embeds)
+        weights = backbone_weights(model)
+        clean = clean_forward(weights, embeds, set(start_layers))
+        results: list[torch.Tensor] = [clean.logits] * len(configs)
+
+        def run_batch(s: int, p: int, indices: tuple[int, ...]) -> None:
+            chunk = [configs[i] for i in indices]
+            blocked = torch.stack([rows(config, p, embeds.device) for config in chunk])
+            active = torch.tensor([[layer in config.layers for config in chunk]
+                                   for layer in range(n_layers)], device=embeds.device)
+            logits = suffix_logits(weights, clean, s, p, blocked, active)
+            for row, index in enumerate(indices):
+                results[index] = logits[row]
+    else:
+        results, run_batch = _hooked_runner(model, embeds, configs, start_layers, rows,
+                                            user_hooks)
+
+    def run_or_split(s: int, p: int, indices: tuple[int, ...]) -> None:
+        try:
+            run_batch(s, p, indices)
+        except torch.OutOfMemoryError:
+            if len(indices) == 1:
+                raise
+            half = len(indices) // 2
+            logger.warning("out of memory on a batch of %d knockout configurations; halving it "
+                           "to %d and %d and continuing", len(indices), half,
+                           len(indices) - half)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            run_or_split(s, p, indices[:half])
+            run_or_split(s, p, indices[half:])
+
+    for batch in batches:
+        run_or_split(batch.start_layer, batch.first_query, batch.indices)
+    return torch.stack(results)
+
+
+def _hooked_runner(model, embeds, configs, start_layers, rows, user_hooks):
+    """The hooked suffix forward: ``(results, run_batch)`` after one clean forward that fills a
+    TransformerLens key/value cache (keys before rotary, as TransformerLens caches them) and keeps
+    the residual stream entering each layer some batch starts from."""
+    n_layers = model.cfg.n_layers
+    clean_resid: dict[int, torch.Tensor] = {}
+
+    def keep_resid(activation: torch.Tensor, hook) -> None:
+        clean_resid[hook.layer()] = activation.detach()
+
+    clean_cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    with _attached(model, [(f"blocks.{layer}.hook_resid_pre", keep_resid)
+                           for layer in start_layers] + user_hooks):
+        residual = model(embeds, start_at_layer=0, stop_at_layer=n_layers,
+                         past_kv_cache=clean_cache)
+    clean_logits = _last_logits(model, residual)[0]
+    del residual
+    results: list[torch.Tensor] = [clean_logits] * len(configs)
 
     def run_batch(s: int, p: int, indices: tuple[int, ...]) -> None:
         size = len(indices)
@@ -431,7 +557,7 @@ def _fast_sweep(
             if bool(active.any()):
                 hooks.append((attn_scores_hook_name(layer),
                               BatchedKnockoutHook(batch_masks, active)))
-        with _attached(model, hooks):
+        with _attached(model, hooks + user_hooks):
             residual = model(start.repeat(size, 1, 1), start_at_layer=s, stop_at_layer=n_layers,
                              past_kv_cache=cache)
         logits = _last_logits(model, residual)
@@ -439,21 +565,4 @@ def _fast_sweep(
         for row, index in enumerate(indices):
             results[index] = logits[row]
 
-    def run_or_split(s: int, p: int, indices: tuple[int, ...]) -> None:
-        try:
-            run_batch(s, p, indices)
-        except torch.OutOfMemoryError:
-            if len(indices) == 1:
-                raise
-            half = len(indices) // 2
-            logger.warning("out of memory on a batch of %d knockout configurations; halving it "
-                           "to %d and %d and continuing", len(indices), half,
-                           len(indices) - half)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            run_or_split(s, p, indices[:half])
-            run_or_split(s, p, indices[half:])
-
-    for batch in batches:
-        run_or_split(batch.start_layer, batch.first_query, batch.indices)
-    return torch.stack(results)
+    return results, run_batch
