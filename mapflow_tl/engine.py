@@ -14,7 +14,7 @@ whose blocked layers start at layer s and whose first blocked query is position 
   the clean residual stream entering layer s (``start_at_layer=s``);
 - under causal attention no position before p can see a cut edge, so in every layer their keys and
   values are the clean run's; they come from a key/value cache filled by one clean forward, and
-  only positions p … pos−1 are recomputed (TransformerLens ``past_kv_cache``). For a "→ last"
+  only positions p … pos−1 are recomputed. For a "→ last"
   knockout that is one position instead of the whole sequence;
 - configurations that share (s, p) run as one batch whose size a memory budget bounds; each batch
   element carries its own edge mask and layers (:class:`BatchedKnockoutHook`). When few positions
@@ -23,6 +23,15 @@ whose blocked layers start at layer s and whose first blocked query is position 
 
 An empty edge set (question → video under causal attention) changes nothing: it gets the clean
 logits without a forward.
+
+The recomputed cells run through :mod:`mapflow_tl.suffix_forward` (``suffix="lean"``, chosen
+automatically): a plain-torch restatement of the backbone block with weights prepared once, the
+clean run's rotated keys/values cached once and the knockout as an attention mask — no hooks, no
+per-call weight copies. A sweep that carries hooks of its own (``fwd_hooks``, or hooks attached to
+the model) runs them through the ``HookedTransformer`` instead (``suffix="hooked"``: the clean
+run fills a TransformerLens key/value cache, suffix forwards start mid-stack with
+``start_at_layer=s`` and ``past_kv_cache``, each batch element carries its own mask through
+:class:`BatchedKnockoutHook`). Both give the naive method's logits up to rounding.
 """
 
 from __future__ import annotations
