@@ -53,6 +53,7 @@ from transformer_lens.utilities import apply_softcap
 from .edges import Edges
 from .hooks import HookList, KnockoutHook, attn_scores_hook_name, check_hooks, knockout, window
 from .models.backbone import run_from_embeds
+from . import suffix_forward
 from .suffix_forward import backbone_weights, clean_forward, lean_unsupported, suffix_logits
 
 __all__ = [
@@ -299,23 +300,47 @@ def _working_bytes_per_config(model: HookedTransformer, n_queries: int, n_keys: 
     return elements * _itemsize(model)
 
 
+def _lean_working_bytes_per_config(model: HookedTransformer, n_queries: int, n_keys: int) -> int:
+    """Estimated peak working memory of one batch element of a lean suffix forward (one layer).
+
+    Few queries (batch-folded attention): the scores, their mask, softmax and the prefix part of
+    the pattern (≈4 × heads × queries × keys) — no copy of the cached keys. Many queries (SDPA):
+    the cached keys/values concatenated with the element's own (2 × keys × kv width), the
+    additive mask and SDPA's own scores (≈3 × heads × queries × keys at most). Plus the
+    residual/MLP activations of the recomputed queries."""
+    cfg = model.cfg
+    d_kv = (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+    attention = 4 * cfg.n_heads * n_queries * n_keys
+    if n_queries >= suffix_forward.SDPA_MIN_QUERIES:
+        attention = 2 * n_keys * d_kv + 3 * cfg.n_heads * n_queries * n_keys
+    elements = attention + n_queries * (4 * (cfg.d_mlp or 0) + 8 * cfg.d_model
+                                        + 3 * cfg.n_heads * cfg.d_head)
+    return elements * _itemsize(model)
+
+
 @dataclass(frozen=True)
 class _CostModel:
     """Cost of one layer of a batched suffix forward, in units of "one recomputed position": a
-    fixed cost per layer call (Python, kernel launches) and, per batch element, its recomputed
-    positions plus ``key`` × the number of keys (attention over the whole sequence)."""
+    fixed cost per layer call (Python, kernel launches) and, per batch element, its Q recomputed
+    positions, each with ``query_key`` × the number of keys n (its attention row), plus ``key``
+    × n (per-element handling of the cached keys): ``layer_call + B·(Q·(1 + query_key·n) +
+    key·n)``."""
 
     layer_call: float
     key: float
+    query_key: float = 0.0
 
 
 # Hooked path, calibrated on CPU (d_model 128, 194 positions: ≈0.7 ms per call, ≈14 µs per
 # position; TransformerLens concatenates the cached keys/values and rotates all keys again per
 # element, so a key costs ≈ 1/4 position).
 _HOOKED_COSTS = _CostModel(layer_call=48, key=1 / 4)
-# Lean path (mapflow_tl.suffix_forward), fitted by benchmarks/fit_cost_model.py on CPU
-# (d_model 128, 32 layers, 194 and 1257 positions, --threads 1): see that script's output.
-_LEAN_COSTS = _CostModel(layer_call=48, key=1 / 4)
+# Lean path (mapflow_tl.suffix_forward), fitted by benchmarks/fit_cost_model.py on CPU (d_model
+# 128, 32 layers, 194 and 1257 positions, --threads 1): ≈0.69 ms per layer call, ≈8.6 µs per
+# position, ≈0.015 µs per (query, key) pair and ≈0.009 µs per key per element. A layer call costs
+# as much as ~80 positions: "→ last" configurations (one query each) share one batch from the
+# earliest first blocked layer; configurations with many queries keep their own.
+_LEAN_COSTS = _CostModel(layer_call=80, key=0.001, query_key=0.0018)
 
 
 @dataclass(frozen=True)
@@ -351,7 +376,8 @@ def _batches(
         members.sort()
         n_queries = n_positions - p
         size = batch_size(n_queries)
-        per_element = n_queries + costs.key * n_positions
+        per_element = (n_queries * (1 + costs.query_key * n_positions)
+                       + costs.key * n_positions)
         count = len(members)
         best = [0.0] + [float("inf")] * count
         cut = [0] * (count + 1)
@@ -466,8 +492,10 @@ def _fast_sweep(
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         budget = max(full - kept, full / 4, weights / 4)
 
+    working = _lean_working_bytes_per_config if lean else _working_bytes_per_config
+
     def batch_size(n_queries: int) -> int:
-        size = max(1, int(budget // _working_bytes_per_config(model, n_queries, n_positions)))
+        size = max(1, int(budget // working(model, n_queries, n_positions)))
         return size if max_batch is None else min(size, max_batch)
 
     costs = _LEAN_COSTS if lean else _HOOKED_COSTS

@@ -26,8 +26,8 @@ Attention has two exact forms, picked by the number of recomputed queries Q:
   causal mask as an additive ``[batch, 1, Q, pos]`` mask (faster than a boolean one on CPU);
 - few queries (a "→ last" knockout recomputes one): the batch is folded into the query axis, so
   the clean prefix keys/values are read once for all configurations — no per-configuration copy of
-  ``pos`` keys — and the softmax is assembled from its prefix and suffix parts (shared maximum, one
-  denominator), which equals the softmax over the concatenated scores.
+  ``pos`` keys — and one softmax runs over the prefix scores and the batch's own scores side by
+  side (``[batch, heads, Q, pos]``, the size the attention pattern has anyway).
 
 The block restated (TransformerLens' ``HookedTransformer`` with the configs that
 :func:`~mapflow_tl.models.backbone.hooked_config_from_hf` produces — Llama / Mistral / Qwen2 /
@@ -229,13 +229,11 @@ def backbone_weights(model) -> BackboneWeights:
 
 # ---------------------------------------------------------------------- the block
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """TransformerLens' RMSNorm: ``x / sqrt(mean(x²) + eps) · w``, normalised in fp32 for half
-    types."""
-    dtype = x.dtype
-    if dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    return x.to(dtype) * weight
+    """TransformerLens' RMSNorm ``x / sqrt(mean(x²) + eps) · w`` (one fused kernel), normalised
+    in fp32 for half types."""
+    if x.dtype in (torch.float32, torch.float64):
+        return F.rms_norm(x, weight.shape, weight, eps)
+    return F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype) * weight
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -261,17 +259,18 @@ def _qkv(weights: BackboneWeights, index: int, x: torch.Tensor, first: int, stop
         qkv = qkv + layer.b_qkv
     d_head, n_q = weights.d_head, weights.n_heads * weights.d_head
     n_kv = weights.n_kv_heads * d_head
-    q = qkv[..., :n_q].unflatten(-1, (weights.n_heads, d_head))
-    k = qkv[..., n_q:n_q + n_kv].unflatten(-1, (weights.n_kv_heads, d_head))
+    # q and k heads rotate in one pass: they are adjacent columns of the packed projection
+    qk = qkv[..., :n_q + n_kv].unflatten(-1, (weights.n_heads + weights.n_kv_heads, d_head))
     v = qkv[..., n_q + n_kv:].unflatten(-1, (weights.n_kv_heads, d_head))
     if layer.q_norm is not None:
-        q, k = _rms(q, layer.q_norm, weights.eps), _rms(k, layer.k_norm, weights.eps)
+        qk = torch.cat([_rms(qk[..., :weights.n_heads, :], layer.q_norm, weights.eps),
+                        _rms(qk[..., weights.n_heads:, :], layer.k_norm, weights.eps)], dim=-2)
     cos, sin = weights.rotary[index]
     if cos.shape[0] < stop:
         raise ValueError(f"layer {index}'s rotary tables cover {cos.shape[0]} positions, the "
                          f"sequence has {stop}; run the model on it once to extend them")
-    cos, sin = cos[first:stop], sin[first:stop]
-    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+    qk = _rotate(qk, cos[first:stop], sin[first:stop])
+    return qk[..., :weights.n_heads, :], qk[..., weights.n_heads:, :], v
 
 
 def _finish_block(weights: BackboneWeights, layer: LayerWeights, x: torch.Tensor,
@@ -312,7 +311,7 @@ class CleanRun:
     logits: torch.Tensor
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def clean_forward(weights: BackboneWeights, embeds: Float[torch.Tensor, "1 pos d_model"],
                   keep_residual: set[int] | frozenset[int] = frozenset()) -> CleanRun:
     """One unablated forward of a sample, keeping what its knockout configurations reuse."""
@@ -334,50 +333,35 @@ def clean_forward(weights: BackboneWeights, embeds: Float[torch.Tensor, "1 pos d
 
 
 def _folded_attention(weights: BackboneWeights, q, k, v, prefix_k, prefix_v,
-                      blocked: torch.Tensor | None) -> torch.Tensor:
+                      mask: torch.Tensor) -> torch.Tensor:
     """Attention of few queries per configuration, exact, without copying the clean prefix.
 
     q ``[B, Q, heads, d]``, k/v ``[B, Q, kv, d]`` (the batch's own positions p … pos−1),
-    prefix_k/v ``[kv, p, d]`` (the clean run's positions 0 … p−1, shared), blocked ``[B, Q, pos]``
-    (True: score set to −∞) or None. The batch and the query heads of each key/value head are
-    folded into the query axis for the prefix, so its keys are read once for all configurations.
-    Returns ``[B, Q, heads·d]``.
+    prefix_k/v ``[kv, p, d]`` (the clean run's positions 0 … p−1, shared), mask ``[B, 1, Q, 1,
+    pos]`` additive (0 or −∞: causal and knockout). The batch and the query heads of each
+    key/value head are folded into the query axis for the prefix, so its keys and values are read
+    once for all configurations. Returns ``[B, Q, heads·d]``.
     """
     B, Q, _, d = q.shape
     kv, g = weights.n_kv_heads, weights.n_heads // weights.n_kv_heads
     p = prefix_k.shape[1]
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     q = q.unflatten(2, (kv, g)) * (1.0 / weights.attn_scale)  # [B, Q, kv, g, d]
-    # the batch's own keys: scores [B, kv, Q, g, Q'], causal among the recomputed positions
+    # the clean prefix: [kv, B·Q·g, p] in one matmul, read as [B, kv, Q, g, p]
+    folded = q.permute(2, 0, 1, 3, 4).reshape(kv, B * Q * g, d)
+    shared = (folded @ prefix_k.transpose(1, 2)).unflatten(1, (B, Q, g)).permute(1, 0, 2, 3, 4)
+    # the batch's own keys: [B, kv, Q·g, Q'] read as [B, kv, Q, g, Q']
     own = (q.permute(0, 2, 1, 3, 4).reshape(B, kv, Q * g, d)
-           @ k.permute(0, 2, 3, 1)).unflatten(2, (Q, g)).to(compute)
-    future = torch.ones(Q, Q, dtype=torch.bool, device=q.device).triu(1)
-    own_mask = future[None, :, None, :]  # [1, Q, 1, Q'] -> broadcast over B, kv, g via views
-    if blocked is not None:
-        own_mask = own_mask | blocked[:, :, None, p:]
-    own = own.masked_fill(own_mask[:, None], float("-inf"))
-    maximum = own.amax(-1)  # [B, kv, Q, g]
-    if p:
-        # prefix scores [kv, B·Q·g, p], read as [kv, B, Q, g, p]
-        folded = q.permute(2, 0, 1, 3, 4).reshape(kv, B * Q * g, d)
-        shared = (folded @ prefix_k.transpose(1, 2)).unflatten(1, (B, Q, g)).to(compute)
-        if blocked is not None:
-            shared = shared.masked_fill(blocked[None, :, :, None, :p], float("-inf"))
-        maximum = torch.maximum(maximum, shared.amax(-1).permute(1, 0, 2, 3))
-    own = torch.exp(own - maximum[..., None])
-    total = own.sum(-1)
-    out = (own.to(v.dtype).flatten(2, 3) @ v.permute(0, 2, 1, 3)).unflatten(2, (Q, g))
-    out = out.to(compute)  # [B, kv, Q, g, d]
-    if p:
-        shared = torch.exp(shared - maximum.permute(1, 0, 2, 3)[..., None])
-        total = total + shared.sum(-1).permute(1, 0, 2, 3)
-        prefix_out = (shared.to(v.dtype).flatten(1, 3) @ prefix_v).unflatten(1, (B, Q, g))
-        out = out + prefix_out.permute(1, 0, 2, 3, 4).to(compute)
-    out = (out / total[..., None]).to(v.dtype)
+           @ k.permute(0, 2, 3, 1)).unflatten(2, (Q, g))
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    scores = torch.cat([shared, own], dim=-1).to(compute) + mask
+    probabilities = scores.softmax(-1).to(v.dtype)  # [B, kv, Q, g, pos]
+    prefix_part = probabilities[..., :p].permute(1, 0, 2, 3, 4).reshape(kv, B * Q * g, p)
+    out = (prefix_part @ prefix_v).unflatten(1, (B, Q, g)).permute(1, 0, 2, 3, 4)
+    out = out + (probabilities[..., p:].flatten(2, 3) @ v.permute(0, 2, 1, 3)).unflatten(2, (Q, g))
     return out.permute(0, 2, 1, 3, 4).reshape(B, Q, weights.n_heads * d)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def suffix_logits(
     weights: BackboneWeights,
     clean: CleanRun,
@@ -401,28 +385,28 @@ def suffix_logits(
         raise ValueError(f"blocked rows {Q} from first query {p} do not end at the sequence "
                          f"length {n}")
     x = clean.residual[start_layer][:, p:].expand(B, -1, -1)
-    masks: dict[tuple[bool, ...], torch.Tensor | None] = {}
+    masks: dict[tuple[bool, ...], torch.Tensor] = {}
     use_sdpa = Q >= SDPA_MIN_QUERIES
     gqa = weights.n_kv_heads != weights.n_heads
 
-    def mask_for(layer: int) -> torch.Tensor | None:
+    def mask_for(layer: int) -> torch.Tensor:
+        """The additive mask of a layer (0 or −∞: causal and each active configuration's
+        knockout), one per pattern of active configurations."""
         pattern = tuple(active[layer].tolist())
         if pattern not in masks:
-            if not any(pattern):
-                layer_blocked = None
-            elif all(pattern):
-                layer_blocked = blocked
-            else:
-                layer_blocked = blocked & active[layer].to(blocked.device)[:, None, None]
-            if use_sdpa:
-                causal = torch.ones(Q, n, dtype=torch.bool, device=blocked.device).tril(p)
-                allowed = causal if layer_blocked is None else causal & ~layer_blocked
-                additive = torch.zeros(allowed.shape, dtype=weights.dtype, device=blocked.device)
-                additive = additive.masked_fill(~allowed, float("-inf"))
-                masks[pattern] = additive.unsqueeze(-3) if additive.dim() == 3 \
-                    else additive[None, None]
-            else:
-                masks[pattern] = layer_blocked
+            allowed = torch.ones(Q, n, dtype=torch.bool, device=blocked.device).tril(p)
+            if all(pattern):
+                allowed = allowed & ~blocked
+            elif any(pattern):
+                allowed = allowed & ~(blocked & active[layer].to(blocked.device)[:, None, None])
+            compute = weights.dtype if use_sdpa or weights.dtype not in (
+                torch.float16, torch.bfloat16) else torch.float32
+            additive = torch.zeros(allowed.shape, dtype=compute, device=blocked.device)
+            additive.masked_fill_(~allowed, float("-inf"))
+            if additive.dim() == 2:
+                additive = additive[None]
+            # SDPA: [B, 1, Q, pos]; folded: [B, 1, Q, 1, pos] (kv heads, query heads per kv head)
+            masks[pattern] = additive[:, None] if use_sdpa else additive[:, None, :, None]
         return masks[pattern]
 
     for index in range(start_layer, weights.n_layers):
