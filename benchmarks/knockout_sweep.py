@@ -26,7 +26,8 @@ curves as a sweep of their own); its time is the mean over rounds. Times are wal
 process CPU time beside them (robust when other jobs share the cores).
 
 Memory: the fast sweep and a clean forward filling a key/value cache each run once more in a
-child process of their own, whose peak resident memory (CPU) or peak CUDA memory is theirs.
+child process of their own; the peak resident memory while that path runs (sampled every 0.5 ms;
+model and runtime included) or the peak CUDA memory is reported.
 
     python benchmarks/knockout_sweep.py --threads 1 --scale small
     python benchmarks/knockout_sweep.py --threads 1 --scale paper --stride 16 --rounds 2
@@ -36,17 +37,23 @@ child process of their own, whose peak resident memory (CPU) or peak CUDA memory
 Prints ONE JSON line: the settings, and per scale ``speedup_vs_hf_sdpa``, ``speedup_vs_hf_eager``,
 ``ideal_speedup``, ``fast_over_ideal``, ``last_speedup_vs_hf_sdpa``, ``max_abs_diff``
 (probabilities, fast vs the HF eager and SDPA references over the configurations they ran),
-``argmax_equal``, the times (``*_s``, ``*_cpu_s``) and the memory ratio ``fast_peak_over_clean``.
+``argmax_equal``, the times (``*_s``, ``*_cpu_s``), the memory ratio ``fast_peak_over_clean``, and
+on CPU ``float64_max_abs_diff_vs_naive`` / ``_vs_hf_sdpa``: the fast sweep against the naive sweep
+and HF SDPA, all in float64, on every ``--float64-stride``-th configuration (float64 rounding
+against the naive sweep if the fast path is exact; HF computes its norms and rotary in float32).
+All paths use the HF model's rotary tables (``share_rotary_tables``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import platform
-import resource
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,6 +114,7 @@ def random_workload(args, scale: str):
             else:
                 parameter.normal_(0.0, args.init_std / (d_model / 128) ** 0.5)
     backbone = hooked_from_hf(hf.model, hf.lm_head, hf.config, dtype=dtype, device=args.device)
+    share_rotary_tables(backbone, hf.model)
     generator = torch.Generator().manual_seed(args.seed + 1)
     embeds = torch.randn(1, n, d_model, generator=generator).to(args.device, dtype)
     configs = layer_sweep(paper_curves(seg), args.n_layers, k=args.k)
@@ -128,9 +136,20 @@ def synthtv_workload(args):
                                 answer=item.answer_index))
     hf = LlavaNextVideoForConditionalGeneration.from_pretrained(
         vlm.adapter.path, dtype=torch.float32, attn_implementation="sdpa").eval().to(args.device)
+    share_rotary_tables(vlm.backbone, hf.model.language_model)
     curves = load_circuit("vql-to-ql").build_curves(x.segments, vlm.n_layers)
     configs = layer_sweep(curves, vlm.n_layers, k=args.k)
     return hf.model.language_model, hf.lm_head, vlm.backbone, x.embeds, configs
+
+
+def share_rotary_tables(backbone, decoder) -> None:
+    """Give the backbone the HF model's own rotary (cos, sin) tables, so that every path runs on
+    the same weights *and* the same positions. TransformerLens computes its tables in float64,
+    HF its angles in float32: at 1257 positions the tables differ by ~1e-5, which over 32
+    layers of this random model moves probabilities by ~2e-5 whatever the sweep method."""
+    from mapflow_tl.models.backbone import _install_hf_rotary
+
+    _install_hf_rotary(backbone, decoder)
 
 
 # ---------------------------------------------------------------------- the HF peers
@@ -201,8 +220,34 @@ class Clock:
         self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - cpu
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS(threading.Thread):
+    """Samples resident memory every half millisecond while a path runs (torch kernels release
+    the GIL): the peak of *that* phase, which ``ru_maxrss`` cannot give once building the model
+    has set a higher mark."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.running = rss_mb(), True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, rss_mb())
+            time.sleep(0.0005)
+
+    def __enter__(self) -> "PeakRSS":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.running = False
+        self.join()
+        self.peak = max(self.peak, rss_mb())
 
 
 def memory_child(args, scale: str, path: str) -> dict:
@@ -222,12 +267,13 @@ def run_memory_child(args) -> None:
     decoder, lm_head, backbone, embeds, configs = (
         synthtv_workload(args) if scale == "synthtv" else random_workload(args, scale))
     del decoder, lm_head  # only the backbone runs here
+    gc.collect()
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base = peak_rss_mb()
-    with torch.inference_mode():
+    base = rss_mb()
+    with torch.inference_mode(), PeakRSS() as peak:
         if args.memory_child == "fast":
             sweep(backbone, embeds, configs)
         else:
@@ -235,7 +281,7 @@ def run_memory_child(args) -> None:
 
             cache = TransformerLensKeyValueCache.init_cache(backbone.cfg, backbone.cfg.device, 1)
             backbone(embeds, start_at_layer=0, past_kv_cache=cache)
-    out = {"peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
+    out = {"peak_rss_mb": peak.peak, "base_rss_mb": base}
     if cuda:
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(out))
@@ -339,6 +385,9 @@ def run_scale(args, scale: str) -> dict:
     with torch.no_grad():
         clean_p = backbone(embeds, start_at_layer=0)[0, -1].float().softmax(-1).cpu()
     result["max_knockout_effect"] = float((fast_p[indices] - clean_p).abs().max())
+    if not args.no_float64 and not args.device.startswith("cuda"):
+        result.update(float64_check(decoder, lm_head, backbone, embeds,
+                                    configs[::args.float64_stride]))
     del decoder, lm_head, backbone
     if not args.no_memory:
         fast_memory = memory_child(args, scale, "fast")
@@ -346,9 +395,32 @@ def run_scale(args, scale: str) -> dict:
         key = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
         result["peak_mb"] = {"fast": round(fast_memory[key], 1),
                              "clean_forward_with_kv_cache": round(clean_memory[key], 1),
-                             "base": round(clean_memory["base_rss_mb"], 1)}
+                             "before_the_run": round(clean_memory["base_rss_mb"], 1)}
         result["fast_peak_over_clean"] = round(fast_memory[key] / clean_memory[key], 3)
     return result
+
+
+def float64_check(decoder, lm_head, backbone, embeds, configs) -> dict[str, float]:
+    """Max |Δp| of the fast sweep in float64 against the naive sweep (one HookedTransformer
+    forward per configuration) and against HF SDPA with 4D masks, all in float64.
+
+    Against the naive sweep: float64 rounding (~1e-13) if the fast path computes exactly the
+    backbone. HF casts to float32 inside its RMSNorm and rotary embedding (and eager attention's
+    softmax) whatever the model's dtype, so against HF the difference stays at float32 rounding.
+    """
+    import copy
+
+    decoder, lm_head = copy.deepcopy(decoder).double(), copy.deepcopy(lm_head).double()
+    backbone = copy.deepcopy(backbone).to(torch.float64, print_details=False)
+    embeds = embeds.double()
+    masks = LayerMasks(decoder)
+    set_attention(decoder, "sdpa")
+    hf = hf_sweep(decoder, lm_head, masks, embeds, configs).softmax(-1)
+    masks.remove()
+    fast = sweep(backbone, embeds, configs).softmax(-1)
+    naive = sweep(backbone, embeds, configs, method="naive").softmax(-1)
+    return {"float64_max_abs_diff_vs_naive": float((fast - naive).abs().max()),
+            "float64_max_abs_diff_vs_hf_sdpa": float((fast - hf).abs().max())}
 
 
 def main() -> None:
@@ -368,6 +440,10 @@ def main() -> None:
     parser.add_argument("--stride-small", type=int, default=4,
                         help="the same at the small and SynthTV scales")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory children")
+    parser.add_argument("--no-float64", action="store_true",
+                        help="skip the float64 exactness check (CPU only)")
+    parser.add_argument("--float64-stride", type=int, default=32,
+                        help="the float64 check runs every n-th configuration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON line here")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
