@@ -378,6 +378,12 @@ def run_scale(args, scale: str) -> dict:
         differences[peer] = float((fast_p[indices] - peer_p).abs().max())
         argmax_equal &= bool(torch.equal(fast_p[indices].argmax(-1), peer_p.argmax(-1)))
     result["max_abs_diff"] = max(differences["hf_eager"], differences["hf_sdpa"])
+    # float32 rounding between two exact implementations of this model, for scale: HF eager
+    # against HF SDPA on the same configurations
+    indices = sorted(logits["hf_sdpa"])
+    eager_p = torch.stack([logits["hf_eager"][i] for i in indices]).softmax(-1)
+    sdpa_p = torch.stack([logits["hf_sdpa"][i] for i in indices]).softmax(-1)
+    result["hf_eager_vs_hf_sdpa_max_abs_diff"] = float((eager_p - sdpa_p).abs().max())
     result["max_abs_diff_by_peer"] = differences
     result["argmax_equal"] = argmax_equal
     # how far the knockouts move the probabilities at all (a check is vacuous at 0)
