@@ -7,7 +7,8 @@ Peers, all on the same weights and the same input embeddings:
   knocked-out layers and the plain causal mask elsewhere — the paper's official method;
 - ``hf_sdpa``: the same with SDPA attention (what a modern user runs);
 - ``naive``: ``sweep(method="naive")``, one HookedTransformer forward per configuration;
-- ``fast``: ``sweep(method="fast")``, the default (lean suffix forward, :mod:`mapflow_tl.suffix_forward`);
+- ``fast``: ``sweep(method="fast")``, the default (the lean suffix forward of
+  :mod:`mapflow_tl.suffix_forward`);
 - ``ideal``: the HF SDPA time divided by the ideal speedup, the ratio of (layer, position) cells a
   full forward per configuration computes to the cells the fast method recomputes.
 
@@ -394,7 +395,6 @@ def run_scale(args, scale: str) -> dict:
     if not args.no_float64 and not args.device.startswith("cuda"):
         result.update(float64_check(decoder, lm_head, backbone, embeds,
                                     configs[::args.float64_stride]))
-    del decoder, lm_head, backbone
     if not args.no_memory:
         fast_memory = memory_child(args, scale, "fast")
         clean_memory = memory_child(args, scale, "clean")

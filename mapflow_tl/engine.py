@@ -222,9 +222,10 @@ def sweep(
     keys/values are kept; each batch is sized so that its estimated working memory stays within
     ``batch_budget_mb`` (default: the estimated working memory of one full forward less the kept
     clean state, at least a quarter of the weights' memory, so that a sweep needs about what one
-    clean forward with a key/value cache needs), and at most ``max_batch`` configurations. Configurations with the same first blocked query but different
-    first blocked layers may share a batch starting at the earliest of those layers when that is
-    estimated to be cheaper (few recomputed positions: the fixed cost of a layer call dominates).
+    clean forward with a key/value cache needs), and at most ``max_batch`` configurations.
+    Configurations with the same first blocked query but different first blocked layers may share
+    a batch starting at the earliest of those layers when that is estimated to be cheaper (few
+    recomputed positions: the fixed cost of a layer call dominates).
 
     ``suffix`` picks how the fast method recomputes: ``"lean"`` runs the recomputed layers through
     :mod:`mapflow_tl.suffix_forward` (a plain-torch restatement of the backbone block: packed
