@@ -43,16 +43,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+from typing import TYPE_CHECKING
+
 import torch
 from jaxtyping import Bool, Float
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-from transformer_lens.utilities import apply_softcap
 
 from .edges import Edges
 from .hooks import HookList, KnockoutHook, attn_scores_hook_name, check_hooks, knockout, window
-from .models.backbone import run_from_embeds
 from . import suffix_forward
 from .suffix_forward import backbone_weights, clean_forward, lean_unsupported, suffix_logits
 
@@ -67,6 +64,9 @@ __all__ = [
     "SWEEP_METHODS",
     "SUFFIX_FORWARDS",
 ]
+
+if TYPE_CHECKING:  # TransformerLens is imported where the hooked path runs, not on import
+    from transformer_lens import HookedTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +256,8 @@ def sweep(
     user_hooks: HookList = list(fwd_hooks)
     check_hooks(model, user_hooks)
     if method == "naive":
+        from .models.backbone import run_from_embeds
+
         rows = []
         for config in configs:
             hooks = knockout(config.edges, config.layers, n_layers=n_layers) + user_hooks
@@ -276,6 +278,8 @@ def sweep(
 
 def _last_logits(model: HookedTransformer, residual: torch.Tensor) -> torch.Tensor:
     """The model's head (final norm, unembedding, soft cap) at the last position only."""
+    from transformer_lens.utilities import apply_softcap
+
     residual = residual[:, -1:]
     if model.cfg.normalization_type is not None:
         residual = model.ln_final(residual)
@@ -555,6 +559,9 @@ def _hooked_runner(model, embeds, configs, start_layers, rows, user_hooks):
     """The hooked suffix forward: ``(results, run_batch)`` after one clean forward that fills a
     TransformerLens key/value cache (keys before rotary, as TransformerLens caches them) and keeps
     the residual stream entering each layer some batch starts from."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
     n_layers = model.cfg.n_layers
     clean_resid: dict[int, torch.Tensor] = {}
 
