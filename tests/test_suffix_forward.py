@@ -345,3 +345,39 @@ def test_single_layer_windows_at_both_ends_and_a_full_cut(llama_family):
     lean = sweep(backbone, embeds, configs, suffix="lean")
     naive = sweep(backbone, embeds, configs, method="naive")
     assert (lean.softmax(-1) - naive.softmax(-1)).abs().max().item() <= TOLERANCE
+
+
+def test_empty_edge_sets_get_the_clean_logits(llama_family):
+    """Question → video has no causal edge: the lean sweep returns the clean run's logits (the
+    hooked model's own forward as the reference)."""
+    backbone, embeds, _ = llama_family
+    seg = _segments()
+    configs = layer_sweep({"question → video": Edges(src=seg.question, dst=seg.video)},
+                          N_LAYERS, k=1)
+    got = sweep(backbone, embeds, configs, suffix="lean")
+    clean = backbone(embeds, start_at_layer=0)[0, -1].detach()
+    assert (got - clean).abs().max().item() <= 1e-5
+
+
+def test_bfloat16_lean_sweep_stays_at_bfloat16_rounding():
+    """In bf16 the lean and the naive sweeps round differently; they must stay within bf16
+    rounding of the fp32 HF reference and of each other."""
+    torch.manual_seed(0)
+    hf_model = _llama().eval()
+    _scale(hf_model, seed=5)
+    backbone = hooked_from_hf(hf_model.model, hf_model.lm_head, hf_model.config,
+                              dtype=torch.bfloat16)
+    seg = _segments()
+    embeds = torch.randn(1, seg.n_positions, 64, generator=torch.Generator().manual_seed(7))
+    curves = _curves(seg)
+    configs = layer_sweep({curve: edges for curve, (edges, _) in curves.items()}, N_LAYERS, k=1)
+    lean = sweep(backbone, embeds.to(torch.bfloat16), configs, suffix="lean").float().softmax(-1)
+    naive = sweep(backbone, embeds.to(torch.bfloat16), configs,
+                  method="naive").float().softmax(-1)
+    heads = hf_model.config.num_attention_heads
+    reference = torch.stack([
+        _reference(hf_model, embeds, curves[config.curve][1], config.layers, heads)
+        for config in configs]).softmax(-1)
+    assert (lean - naive).abs().max().item() < 0.03
+    assert (lean - reference).abs().max().item() < 0.03
+    assert (naive - reference).abs().max().item() < 0.03
