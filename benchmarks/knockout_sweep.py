@@ -1,235 +1,478 @@
-"""Benchmark: fast knockout sweep (``sweep(method="fast")``) against one forward per configuration.
+"""Benchmark: the knockout sweep against the method users actually run, in one process.
 
-A paper-shaped random Llama backbone — 32 layers, 8 frames of video tokens, question, three
-options, last token — runs the paper's four information-flow targets (11 pathways: cross-frame;
-video → question / last, question → last, last → last; non-option question / true option / false
-options → last; video → non-option question, non-option question → true option, video → true
-option) over every window centre (k = 9), once per method. Each method runs in its own child
-process so that its peak memory is its own. Prints ONE JSON line.
+Peers, all on the same weights and the same input embeddings:
 
-    python benchmarks/knockout_sweep.py                      # small scale, CPU, a minute or two
-    python benchmarks/knockout_sweep.py --scale paper        # 8×12×12 video tokens, 1257 positions
+- ``hf_eager``: the Hugging Face model with eager attention, one full forward per configuration,
+  the configuration's additive ``[1, 1, pos, pos]`` mask (causal + −∞ on its blocked edges) in its
+  knocked-out layers and the plain causal mask elsewhere — the paper's official method;
+- ``hf_sdpa``: the same with SDPA attention (what a modern user runs);
+- ``naive``: ``sweep(method="naive")``, one HookedTransformer forward per configuration;
+- ``fast``: ``sweep(method="fast")``, the default (the lean suffix forward of
+  :mod:`mapflow_tl.suffix_forward`);
+- ``ideal``: the HF SDPA time divided by the ideal speedup, the ratio of (layer, position) cells a
+  full forward per configuration computes to the cells the fast method recomputes.
+
+The workload: the paper's four information-flow targets (11 pathways) over every window centre
+(k = 9) of a random Llama-shaped backbone with 32 layers and 8 frames of video tokens (``small``:
+8×4×4 video tokens, 194 positions; ``paper``: 8×12×12, 1257 positions), or the shipped SynthTV
+model's vql-to-ql circuit on one generated sample (``synthtv``).
+
+Interleaving: the run is cut into ``--rounds`` rounds; in each round every path runs once, in an
+order that rotates from round to round, so that load from other jobs on a shared machine falls on
+all paths alike. The full-forward peers (whose cost per configuration does not depend on the
+configuration) run a fixed stride of the configurations: round r runs configurations
+``r·stride/rounds, … + stride, …``; their sweep time is the mean time per configuration × the
+number of configurations. The fast path runs the whole sweep in every round (and the "→ last"
+curves as a sweep of their own); its time is the mean over rounds. Times are wall clock, with
+process CPU time beside them (robust when other jobs share the cores).
+
+Memory: the fast sweep and a clean forward filling a key/value cache each run once more in a
+child process of their own; the peak resident memory while that path runs (sampled every 0.5 ms;
+model and runtime included) or the peak CUDA memory is reported.
+
+    python benchmarks/knockout_sweep.py --threads 1 --scale small
+    python benchmarks/knockout_sweep.py --threads 1 --scale paper --stride 16 --rounds 2
+    python benchmarks/knockout_sweep.py --threads 1 --scale synthtv
     python benchmarks/knockout_sweep.py --device cuda --d-model 4096 --dtype bfloat16 --scale paper
 
-Fields: naive_s, fast_s, speedup (all configurations, wall clock), last_naive_s, last_fast_s,
-last_speedup (the "→ last" curves alone), naive_cpu_s, fast_cpu_s, cpu_speedup,
-last_cpu_speedup (process CPU time: robust when other jobs share the cores), ideal_speedup /
-last_ideal_speedup (ratio of recomputed (layer, position) cells, naive over fast), max_abs_diff
-(probabilities, fast vs naive), argmax_equal, peak_rss_mb per path (naive, fast, clean = one clean forward filling the key/value
-cache, run_with_cache = TransformerLens' full activation cache) and base_rss_mb (model built, no
-forward yet). On CUDA, peak_cuda_mb per path too. Each path first runs one configuration untimed
-(warm-up). The "→ last" and the other curves are timed as two sweeps, so the fast path's total
-includes two clean forwards.
+Prints ONE JSON line: the settings, and per scale ``speedup_vs_hf_sdpa``, ``speedup_vs_hf_eager``,
+``ideal_speedup``, ``fast_over_ideal``, ``last_speedup_vs_hf_sdpa``, ``max_abs_diff``
+(probabilities, fast vs the HF eager and SDPA references over the configurations they ran),
+``argmax_equal``, the times (``*_s``, ``*_cpu_s``), the memory ratio ``fast_peak_over_clean``, and
+on CPU ``float64_max_abs_diff_vs_naive`` / ``_vs_hf_sdpa``: the fast sweep against the naive sweep
+and HF SDPA, all in float64, on every ``--float64-stride``-th configuration (float64 rounding
+against the naive sweep if the fast path is exact; HF computes its norms and rotary in float32).
+All paths use the HF model's rotary tables (``share_rotary_tables``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import resource
+import platform
 import subprocess
 import sys
-import tempfile
+import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 from mapflow_tl import edges as E
 from mapflow_tl.engine import layer_sweep, recomputed_cells, sweep
-from mapflow_tl.models.backbone import hooked_config_from_hf
 from mapflow_tl.segments import SegmentMap
 
 SCALES = {
     # frames: 8 frames of (H, W) tokens; text lengths around them (≈100 text tokens at paper scale)
     "small": dict(frames=[(4, 4)] * 8, system=20, after_video=4, question=16, options=[5, 5, 5],
-                  between_options=2, before_last=6, d_model=128),
+                  between_options=2, before_last=6),
     "paper": dict(frames=[(12, 12)] * 8, system=35, after_video=5, question=30, options=[6, 6, 6],
-                  between_options=3, before_last=10, d_model=128),
+                  between_options=3, before_last=10),
 }
 LAST_CURVES = ("video → last", "question → last", "last → last", "non-option question → last",
                "true option → last", "false options → last")
-
-
-def segments(scale: str) -> SegmentMap:
-    layout = {key: value for key, value in SCALES[scale].items() if key != "d_model"}
-    return SegmentMap.sequential(true_option=1, **layout)
-
-
 FLOW_CIRCUITS = ("cross-frame", "vql-to-ql", "question-and-options-to-last", "vq-to-true-opt")
+SYNTHTV = "synthtv-video-ft"
 
 
-def curves(seg: SegmentMap) -> dict[str, E.Edges]:
-    """The paper's four information-flow targets: the curves of the four circuits in circuits/."""
+# ---------------------------------------------------------------------- workloads
+def paper_curves(seg: SegmentMap) -> dict[str, E.Edges]:
+    """The paper's four information-flow targets: the curves of the four circuits."""
     from mapflow_tl.circuits import load_circuit
 
     return {name: edges for circuit in FLOW_CIRCUITS
             for name, edges in load_circuit(circuit).build_curves(seg, 0).items()}
 
 
-def build_model(args, n_positions: int):
-    """A random Llama-shaped HookedTransformer (32 heads of 128 at 7B width, no GQA: Vicuna)."""
-    from transformers import LlamaConfig
-    from transformer_lens import HookedTransformer
+def random_workload(args, scale: str):
+    """A random Llama-shaped HF model (32 heads of 128 at 7B width, no GQA: Vicuna), its
+    HookedTransformer, input embeddings and the sweep's configurations."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
+    from mapflow_tl.models.backbone import hooked_from_hf
+
+    seg = SegmentMap.sequential(true_option=1, **SCALES[scale])
+    n = seg.n_positions
     d_model = args.d_model
     n_heads = max(4, d_model // 128)
-    d_head = d_model // n_heads
     config = LlamaConfig(vocab_size=args.vocab, hidden_size=d_model,
                          intermediate_size=int(round(d_model * 11008 / 4096)),
                          num_hidden_layers=args.n_layers, num_attention_heads=n_heads,
-                         head_dim=d_head, max_position_embeddings=max(2048, n_positions))
+                         head_dim=d_model // n_heads, max_position_embeddings=max(2048, n),
+                         attn_implementation="sdpa")
     dtype = getattr(torch, args.dtype)
-    cfg = hooked_config_from_hf(config, dtype=dtype, device=args.device)
     torch.manual_seed(args.seed)
-    model = HookedTransformer(cfg, move_to_device=False)
-    # Fill the weights where they will live: a 7B-shaped bf16 fill on one CPU core takes ~4 min
-    # per child process (measured on the H200 machine), on the GPU well under a second.
-    # torch.manual_seed seeds every device, so each child still builds the same weights.
-    model.to(args.device, print_details=False)
+    # Built and filled where it will run: a 7B-shaped fill on one CPU core takes minutes.
+    with torch.device(args.device):
+        hf = LlamaForCausalLM(config).to(dtype).eval()
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(".w"):  # RMSNorm weights
+        for name, parameter in hf.named_parameters():
+            if "norm" in name:
                 parameter.fill_(1.0)
-            elif ".b_" in name or name.startswith("unembed.b"):
-                parameter.zero_()
             else:
                 parameter.normal_(0.0, args.init_std / (d_model / 128) ** 0.5)
-    return model.eval()
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
-
-
-def child(args) -> None:
-    """Run one path and write its timings, memory and logits."""
-    torch.set_num_threads(args.threads)
-    seg = segments(args.scale)
-    model = build_model(args, seg.n_positions)
+    backbone = hooked_from_hf(hf.model, hf.lm_head, hf.config, dtype=dtype, device=args.device)
+    share_rotary_tables(backbone, hf.model)
     generator = torch.Generator().manual_seed(args.seed + 1)
-    embeds = torch.randn(1, seg.n_positions, args.d_model, generator=generator)
-    embeds = embeds.to(args.device, model.cfg.dtype)
-    configs = layer_sweep(curves(seg), args.n_layers, k=args.k)
-    last = [c for c in configs if c.curve in LAST_CURVES]
-    other = [c for c in configs if c.curve not in LAST_CURVES]
+    embeds = torch.randn(1, n, d_model, generator=generator).to(args.device, dtype)
+    configs = layer_sweep(paper_curves(seg), args.n_layers, k=args.k)
+    return hf.model, hf.lm_head, backbone, embeds, configs
+
+
+def synthtv_workload(args):
+    """The shipped SynthTV model: its backbone, one generated sample's embeddings, the vql-to-ql
+    flow sweep (k = 9, the CLI default), and the HF text decoder loaded from its checkpoint."""
+    from transformers import LlavaNextVideoForConditionalGeneration
+
+    from mapflow_tl.circuits import load_circuit
+    from mapflow_tl.models import VideoSample, load_videollm
+    from mapflow_tl.synthtv import generator as gen
+
+    vlm = load_videollm(SYNTHTV, device=args.device)
+    item = gen.make_item("moving_direction", 1000, 0)
+    x = vlm.prepare(VideoSample(item.frames, item.question, item.candidates,
+                                answer=item.answer_index))
+    hf = LlavaNextVideoForConditionalGeneration.from_pretrained(
+        vlm.adapter.path, dtype=torch.float32, attn_implementation="sdpa").eval().to(args.device)
+    share_rotary_tables(vlm.backbone, hf.model.language_model)
+    curves = load_circuit("vql-to-ql").build_curves(x.segments, vlm.n_layers)
+    configs = layer_sweep(curves, vlm.n_layers, k=args.k)
+    return hf.model.language_model, hf.lm_head, vlm.backbone, x.embeds, configs
+
+
+def share_rotary_tables(backbone, decoder) -> None:
+    """Give the backbone the HF model's own rotary (cos, sin) tables, so that every path runs on
+    the same weights *and* the same positions. TransformerLens computes its tables in float64,
+    HF its angles in float32: at 1257 positions the tables differ by ~1e-5, which over 32
+    layers of this random model moves probabilities by ~2e-5 whatever the sweep method."""
+    from mapflow_tl.models.backbone import _install_hf_rotary
+
+    _install_hf_rotary(backbone, decoder)
+
+
+# ---------------------------------------------------------------------- the HF peers
+class LayerMasks:
+    """Forward pre-hooks that give decoder layer l the mask ``masks[l]`` (``default`` elsewhere),
+    replacing the ``attention_mask`` the HF model passes — the official code's per-layer mask."""
+
+    def __init__(self, decoder) -> None:
+        self.masks: dict[int, torch.Tensor] = {}
+        self.default: torch.Tensor | None = None
+        self.handles = [layer.register_forward_pre_hook(self._swap(index), with_kwargs=True)
+                        for index, layer in enumerate(decoder.layers)]
+
+    def _swap(self, index: int):
+        def swap(module, args, kwargs):
+            kwargs["attention_mask"] = self.masks.get(index, self.default)
+            return args, kwargs
+        return swap
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def set_attention(decoder, implementation: str) -> None:
+    decoder.set_attn_implementation(implementation)
+    assert decoder.config._attn_implementation == implementation
+
+
+@torch.no_grad()
+def hf_sweep(decoder, lm_head, masks: LayerMasks, embeds, configs) -> torch.Tensor:
+    """Last-position logits: one full HF forward per configuration with its additive masks."""
+    n = embeds.shape[1]
+    minimum = torch.finfo(embeds.dtype).min
+    causal = torch.zeros(n, n, dtype=embeds.dtype, device=embeds.device)
+    causal.masked_fill_(torch.ones(n, n, dtype=torch.bool, device=embeds.device).triu(1),
+                        minimum)
+    masks.default = causal[None, None]
+    rows = []
+    for config in configs:
+        blocked = config.edges.dense(n).to(embeds.device)
+        knocked = causal.masked_fill(blocked, minimum)[None, None]
+        masks.masks = {layer: knocked for layer in config.layers}
+        hidden = decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state[:, -1]
+        rows.append(lm_head(hidden)[0])
+    masks.masks = {}
+    return torch.stack(rows)
+
+
+# ---------------------------------------------------------------------- timing
+class Clock:
+    """Wall and process-CPU seconds per path, summed over rounds."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def time(self, key: str):
+        if self.cuda:
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.wall[key] = self.wall.get(key, 0.0) + time.perf_counter() - wall
+        self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - cpu
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS(threading.Thread):
+    """Samples resident memory every half millisecond while a path runs (torch kernels release
+    the GIL): the peak of *that* phase, which ``ru_maxrss`` cannot give once building the model
+    has set a higher mark."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.running = rss_mb(), True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, rss_mb())
+            time.sleep(0.0005)
+
+    def __enter__(self) -> "PeakRSS":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.running = False
+        self.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+def memory_child(args, scale: str, path: str) -> dict:
+    """Peak memory of one path in a fresh process: ``fast`` (the sweep) or ``clean`` (one
+    HookedTransformer forward filling a TransformerLens key/value cache)."""
+    command = [sys.executable, __file__, "--memory-child", path, "--scale", scale,
+               "--device", args.device, "--dtype", args.dtype, "--d-model", str(args.d_model),
+               "--n-layers", str(args.n_layers), "--k", str(args.k), "--vocab", str(args.vocab),
+               "--threads", str(args.threads), "--seed", str(args.seed)]
+    finished = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def run_memory_child(args) -> None:
+    torch.set_num_threads(args.threads)
+    scale = args.scale[0]
+    decoder, lm_head, backbone, embeds, configs = (
+        synthtv_workload(args) if scale == "synthtv" else random_workload(args, scale))
+    del decoder, lm_head  # only the backbone runs here
+    gc.collect()
     cuda = args.device.startswith("cuda")
-    out: dict = {"base_rss_mb": peak_rss_mb()}
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    base = rss_mb()
+    with torch.inference_mode(), PeakRSS() as peak:
+        if args.memory_child == "fast":
+            sweep(backbone, embeds, configs)
+        else:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-    def timed(fn, key):
-        if cuda:
-            torch.cuda.synchronize()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        if cuda:
-            torch.cuda.synchronize()
-        out[key] = time.perf_counter() - start
-        out[key.replace("_s", "_cpu_s")] = time.process_time() - start_cpu
-        return result
-
-    if args.path in ("naive", "fast"):
-        # Untimed warm-up (allocator, kernel selection): one configuration through the same path.
-        sweep(model, embeds, configs[:1], method=args.path)
-        last_logits = timed(lambda: sweep(model, embeds, last, method=args.path), "last_s")
-        other_logits = timed(lambda: sweep(model, embeds, other, method=args.path), "other_s")
-        order = {id(c): i for i, c in enumerate(last + other)}
-        logits = torch.cat([last_logits, other_logits])
-        logits = logits[[order[id(c)] for c in configs]]
-        torch.save(logits.float().cpu(), args.logits_out)
-    elif args.path == "clean":
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-        with torch.inference_mode():
-            cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-            logits = timed(lambda: model(embeds, start_at_layer=0, past_kv_cache=cache),
-                           "clean_s")
-        torch.save(logits[0, -1:].float().cpu(), args.logits_out)
-    else:  # TransformerLens' full activation cache
-        with torch.inference_mode():
-            timed(lambda: model.run_with_cache(embeds, start_at_layer=0), "clean_s")
-    out["peak_rss_mb"] = peak_rss_mb()
+            cache = TransformerLensKeyValueCache.init_cache(backbone.cfg, backbone.cfg.device, 1)
+            backbone(embeds, start_at_layer=0, past_kv_cache=cache)
+    out = {"peak_rss_mb": peak.peak, "base_rss_mb": base}
     if cuda:
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(out))
 
 
+def run_scale(args, scale: str) -> dict:
+    decoder, lm_head, backbone, embeds, configs = (
+        synthtv_workload(args) if scale == "synthtv" else random_workload(args, scale))
+    n, n_layers = embeds.shape[1], backbone.cfg.n_layers
+    last = [c for c in configs if c.curve in LAST_CURVES]
+    stride = args.stride if scale == "paper" else args.stride_small
+    rounds = min(args.rounds, stride)
+    masks = LayerMasks(decoder)
+    clock = Clock(args.device)
+    ran: dict[str, list[int]] = {"hf_eager": [], "hf_sdpa": [], "naive": []}
+    logits: dict[str, dict[int, torch.Tensor]] = {path: {} for path in ran}
+    fast_logits = None
+
+    def full_forward_peer(path: str, indices: list[int]) -> None:
+        chunk = [configs[i] for i in indices]
+        if path == "naive":
+            with clock.time(path):
+                out = sweep(backbone, embeds, chunk, method="naive")
+        else:
+            set_attention(decoder, path.removeprefix("hf_"))
+            with clock.time(path):
+                out = hf_sweep(decoder, lm_head, masks, embeds, chunk)
+        ran[path] += indices
+        logits[path].update({i: row.float().cpu() for i, row in zip(indices, out)})
+
+    # Untimed warm-up of every path (allocator, kernel choice, weight preparation).
+    for path in ran:
+        full_forward_peer(path, [0])
+        ran[path].clear()
+    sweep(backbone, embeds, configs[:2])
+    clock.wall.clear(), clock.cpu.clear()
+
+    paths = ["hf_eager", "hf_sdpa", "naive", "fast"]
+    for r in range(rounds):
+        offset = r * stride // rounds
+        indices = list(range(offset, len(configs), stride))
+        for path in paths[r % len(paths):] + paths[:r % len(paths)]:
+            if path == "fast":
+                with clock.time("fast"):
+                    out = sweep(backbone, embeds, configs)
+                with clock.time("fast_last"):
+                    sweep(backbone, embeds, last)
+                fast_logits = out.float().cpu()
+            else:
+                full_forward_peer(path, indices)
+    masks.remove()
+
+    def per_sweep(path: str, count: int, cpu: bool = False) -> float:
+        total = (clock.cpu if cpu else clock.wall)[path]
+        return total / len(ran[path]) * count
+
+    result: dict = {"n_positions": n, "n_layers": n_layers, "n_configs": len(configs),
+                    "n_last_configs": len(last), "rounds": rounds,
+                    "peer_configs_timed": len(ran["hf_sdpa"]), "peer_stride": stride}
+    for cpu in (False, True):
+        suffix = "_cpu_s" if cpu else "_s"
+        fast = (clock.cpu if cpu else clock.wall)["fast"] / rounds
+        fast_last = (clock.cpu if cpu else clock.wall)["fast_last"] / rounds
+        for path in ran:
+            result[f"{path}{suffix}"] = round(per_sweep(path, len(configs), cpu), 3)
+            result[f"{path}_last{suffix}"] = round(per_sweep(path, len(last), cpu), 3)
+        result[f"fast{suffix}"] = round(fast, 3)
+        result[f"fast_last{suffix}"] = round(fast_last, 3)
+    ideal = (recomputed_cells(configs, n, n_layers, method="naive")
+             / recomputed_cells(configs, n, n_layers))
+    result["ideal_speedup"] = round(ideal, 2)
+    if last:
+        result["last_ideal_speedup"] = round(
+            recomputed_cells(last, n, n_layers, method="naive")
+            / recomputed_cells(last, n, n_layers), 2)
+    for peer in ("hf_sdpa", "hf_eager", "naive"):
+        result[f"speedup_vs_{peer}"] = round(result[f"{peer}_s"] / result["fast_s"], 2)
+        result[f"cpu_speedup_vs_{peer}"] = round(result[f"{peer}_cpu_s"] / result["fast_cpu_s"],
+                                                 2)
+        if last:
+            result[f"last_speedup_vs_{peer}"] = round(
+                result[f"{peer}_last_s"] / result["fast_last_s"], 2)
+            result[f"last_cpu_speedup_vs_{peer}"] = round(
+                result[f"{peer}_last_cpu_s"] / result["fast_last_cpu_s"], 2)
+    result["ideal_s"] = round(result["hf_sdpa_s"] / ideal, 3)
+    result["fast_over_ideal"] = round(result["fast_s"] / result["ideal_s"], 3)
+    result["cpu_fast_over_ideal"] = round(ideal / result["cpu_speedup_vs_hf_sdpa"], 3)
+
+    fast_p = fast_logits.softmax(-1)
+    differences, argmax_equal = {}, True
+    for peer in ("hf_eager", "hf_sdpa", "naive"):
+        indices = sorted(logits[peer])
+        peer_p = torch.stack([logits[peer][i] for i in indices]).softmax(-1)
+        differences[peer] = float((fast_p[indices] - peer_p).abs().max())
+        argmax_equal &= bool(torch.equal(fast_p[indices].argmax(-1), peer_p.argmax(-1)))
+    result["max_abs_diff"] = max(differences["hf_eager"], differences["hf_sdpa"])
+    # float32 rounding between two exact implementations of this model, for scale: HF eager
+    # against HF SDPA on the same configurations
+    indices = sorted(logits["hf_sdpa"])
+    eager_p = torch.stack([logits["hf_eager"][i] for i in indices]).softmax(-1)
+    sdpa_p = torch.stack([logits["hf_sdpa"][i] for i in indices]).softmax(-1)
+    result["hf_eager_vs_hf_sdpa_max_abs_diff"] = float((eager_p - sdpa_p).abs().max())
+    result["max_abs_diff_by_peer"] = differences
+    result["argmax_equal"] = argmax_equal
+    # how far the knockouts move the probabilities at all (a check is vacuous at 0)
+    indices = sorted(logits["hf_sdpa"])
+    with torch.no_grad():
+        clean_p = backbone(embeds, start_at_layer=0)[0, -1].float().softmax(-1).cpu()
+    result["max_knockout_effect"] = float((fast_p[indices] - clean_p).abs().max())
+    if not args.no_float64 and not args.device.startswith("cuda"):
+        result.update(float64_check(decoder, lm_head, backbone, embeds,
+                                    configs[::args.float64_stride]))
+    if not args.no_memory:
+        fast_memory = memory_child(args, scale, "fast")
+        clean_memory = memory_child(args, scale, "clean")
+        key = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
+        result["peak_mb"] = {"fast": round(fast_memory[key], 1),
+                             "clean_forward_with_kv_cache": round(clean_memory[key], 1),
+                             "before_the_run": round(clean_memory["base_rss_mb"], 1)}
+        result["fast_peak_over_clean"] = round(fast_memory[key] / clean_memory[key], 3)
+    return result
+
+
+def float64_check(decoder, lm_head, backbone, embeds, configs) -> dict[str, float]:
+    """Max |Δp| of the fast sweep in float64 against the naive sweep (one HookedTransformer
+    forward per configuration) and against HF SDPA with 4D masks, all in float64.
+
+    Against the naive sweep: float64 rounding (~1e-13) if the fast path computes exactly the
+    backbone. HF casts to float32 inside its RMSNorm and rotary embedding (and eager attention's
+    softmax) whatever the model's dtype, so against HF the difference stays at float32 rounding.
+    """
+    import copy
+
+    decoder, lm_head = copy.deepcopy(decoder).double(), copy.deepcopy(lm_head).double()
+    backbone = copy.deepcopy(backbone).to(torch.float64, print_details=False)
+    embeds = embeds.double()
+    masks = LayerMasks(decoder)
+    set_attention(decoder, "sdpa")
+    hf = hf_sweep(decoder, lm_head, masks, embeds, configs).softmax(-1)
+    masks.remove()
+    fast = sweep(backbone, embeds, configs).softmax(-1)
+    naive = sweep(backbone, embeds, configs, method="naive").softmax(-1)
+    return {"float64_max_abs_diff_vs_naive": float((fast - naive).abs().max()),
+            "float64_max_abs_diff_vs_hf_sdpa": float((fast - hf).abs().max())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--scale", nargs="+", choices=[*SCALES, "synthtv"], default=["small"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--d-model", type=int, default=None,
-                        help="model width (default 128; 4096 = 7B)")
+    parser.add_argument("--d-model", type=int, default=128, help="model width (4096 = 7B)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--n-layers", type=int, default=32)
-    parser.add_argument("--k", type=int, default=9, help="window size (paper: 9)")
+    parser.add_argument("--k", type=int, default=9, help="window size (paper and CLI: 9)")
     parser.add_argument("--vocab", type=int, default=512)
     parser.add_argument("--init-std", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
+    parser.add_argument("--stride", type=int, default=16,
+                        help="full-forward peers run every stride-th configuration (paper scale)")
+    parser.add_argument("--stride-small", type=int, default=4,
+                        help="the same at the small and SynthTV scales")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory children")
+    parser.add_argument("--no-float64", action="store_true",
+                        help="skip the float64 exactness check (CPU only)")
+    parser.add_argument("--float64-stride", type=int, default=32,
+                        help="the float64 check runs every n-th configuration")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--path", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--logits-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON line here")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.d_model is None:
-        args.d_model = SCALES[args.scale]["d_model"]
-    if args.path is not None:
-        child(args)
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        run_memory_child(args)
         return
+    import transformers
 
-    seg = segments(args.scale)
-    configs = layer_sweep(curves(seg), args.n_layers, k=args.k)
-    last = [c for c in configs if c.curve in LAST_CURVES]
-    n, layers = seg.n_positions, args.n_layers
-    results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for path in ("clean", "run_with_cache", "fast", "naive"):
-            logits_out = os.path.join(folder, f"{path}.pt")
-            command = [sys.executable, __file__, *sys.argv[1:], "--path", path,
-                       "--logits-out", logits_out, "--d-model", str(args.d_model),
-                       "--threads", str(args.threads)]
-            finished = subprocess.run(command, check=True, capture_output=True, text=True)
-            results[path] = json.loads(finished.stdout.strip().splitlines()[-1])
-            if path in ("fast", "naive", "clean"):
-                results[path]["logits"] = torch.load(logits_out)
-    fast, naive = results["fast"], results["naive"]
-    fast_p, naive_p = fast["logits"].softmax(-1), naive["logits"].softmax(-1)
-    naive_s, fast_s = naive["last_s"] + naive["other_s"], fast["last_s"] + fast["other_s"]
-    naive_cpu = naive["last_cpu_s"] + naive["other_cpu_s"]
-    fast_cpu = fast["last_cpu_s"] + fast["other_cpu_s"]
-    report = {
-        "scale": args.scale, "device": args.device, "dtype": args.dtype, "d_model": args.d_model,
-        "n_layers": layers, "n_positions": n, "n_configs": len(configs), "threads": args.threads,
-        "naive_s": round(naive_s, 3), "fast_s": round(fast_s, 3),
-        "speedup": round(naive_s / fast_s, 2),
-        "ideal_speedup": round(recomputed_cells(configs, n, layers, method="naive")
-                               / recomputed_cells(configs, n, layers), 2),
-        "last_naive_s": round(naive["last_s"], 3), "last_fast_s": round(fast["last_s"], 3),
-        "last_speedup": round(naive["last_s"] / fast["last_s"], 2),
-        "last_ideal_speedup": round(recomputed_cells(last, n, layers, method="naive")
-                                    / recomputed_cells(last, n, layers), 2),
-        # process CPU time: robust to other jobs sharing the cores (wall time is not)
-        "naive_cpu_s": round(naive_cpu, 3), "fast_cpu_s": round(fast_cpu, 3),
-        "cpu_speedup": round(naive_cpu / fast_cpu, 2),
-        "last_cpu_speedup": round(naive["last_cpu_s"] / fast["last_cpu_s"], 2),
-        "max_abs_diff": float((fast_p - naive_p).abs().max()),
-        "argmax_equal": bool(torch.equal(fast_p.argmax(-1), naive_p.argmax(-1))),
-        # how far the knockouts move the probabilities at all (a check is vacuous at 0)
-        "max_knockout_effect": float(
-            (naive_p - results["clean"]["logits"].softmax(-1)).abs().max()),
-        "peak_rss_mb": {path: round(results[path]["peak_rss_mb"], 1) for path in results},
-        "base_rss_mb": round(results["clean"]["base_rss_mb"], 1),
-        "fast_peak_over_clean": round(results["fast"]["peak_rss_mb"]
-                                      / results["clean"]["peak_rss_mb"], 3),
-        "fast_peak_over_run_with_cache": round(results["fast"]["peak_rss_mb"]
-                                               / results["run_with_cache"]["peak_rss_mb"], 3),
-        "clean_forward_s": round(results["clean"]["clean_s"], 3),
-    }
+    report = {"device": args.device, "dtype": args.dtype, "d_model": args.d_model,
+              "threads": args.threads, "k": args.k, "torch": torch.__version__,
+              "transformers": transformers.__version__, "machine": platform.machine(),
+              "date": time.strftime("%Y-%m-%d", time.gmtime()), "scales": {}}
     if args.device.startswith("cuda"):
-        report["peak_cuda_mb"] = {path: round(results[path]["peak_cuda_mb"], 1)
-                                  for path in results}
-    print(json.dumps(report))
+        report["gpu"] = torch.cuda.get_device_name()
+    for scale in args.scale:
+        report["scales"][scale] = run_scale(args, scale)
+    line = json.dumps(report)
+    print(line)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
 
 
 if __name__ == "__main__":

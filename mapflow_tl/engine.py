@@ -14,7 +14,7 @@ whose blocked layers start at layer s and whose first blocked query is position 
   the clean residual stream entering layer s (``start_at_layer=s``);
 - under causal attention no position before p can see a cut edge, so in every layer their keys and
   values are the clean run's; they come from a key/value cache filled by one clean forward, and
-  only positions p … pos−1 are recomputed (TransformerLens ``past_kv_cache``). For a "→ last"
+  only positions p … pos−1 are recomputed. For a "→ last"
   knockout that is one position instead of the whole sequence;
 - configurations that share (s, p) run as one batch whose size a memory budget bounds; each batch
   element carries its own edge mask and layers (:class:`BatchedKnockoutHook`). When few positions
@@ -23,6 +23,15 @@ whose blocked layers start at layer s and whose first blocked query is position 
 
 An empty edge set (question → video under causal attention) changes nothing: it gets the clean
 logits without a forward.
+
+The recomputed cells run through :mod:`mapflow_tl.suffix_forward` (``suffix="lean"``, chosen
+automatically): a plain-torch restatement of the backbone block with weights prepared once, the
+clean run's rotated keys/values cached once and the knockout as an attention mask — no hooks, no
+per-call weight copies. A sweep that carries hooks of its own (``fwd_hooks``, or hooks attached to
+the model) runs them through the ``HookedTransformer`` instead (``suffix="hooked"``: the clean
+run fills a TransformerLens key/value cache, suffix forwards start mid-stack with
+``start_at_layer=s`` and ``past_kv_cache``, each batch element carries its own mask through
+:class:`BatchedKnockoutHook`). Both give the naive method's logits up to rounding.
 """
 
 from __future__ import annotations
@@ -34,16 +43,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+from typing import TYPE_CHECKING
+
 import torch
 from jaxtyping import Bool, Float
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-from transformer_lens.utilities import apply_softcap
 
 from .edges import Edges
 from .hooks import HookList, KnockoutHook, attn_scores_hook_name, check_hooks, knockout, window
-from .models.backbone import run_from_embeds
+from . import suffix_forward
+from .suffix_forward import backbone_weights, clean_forward, lean_unsupported, suffix_logits
 
 __all__ = [
     "KnockoutConfig",
@@ -54,11 +62,16 @@ __all__ = [
     "recomputed_cells",
     "sweep",
     "SWEEP_METHODS",
+    "SUFFIX_FORWARDS",
 ]
+
+if TYPE_CHECKING:  # TransformerLens is imported where the hooked path runs, not on import
+    from transformer_lens import HookedTransformer
 
 logger = logging.getLogger(__name__)
 
 SWEEP_METHODS = ("fast", "naive")
+SUFFIX_FORWARDS = ("auto", "lean", "hooked")
 
 
 @dataclass(frozen=True)
@@ -193,6 +206,8 @@ def sweep(
     method: str = "fast",
     batch_budget_mb: float | None = None,
     max_batch: int | None = None,
+    fwd_hooks: HookList | Sequence = (),
+    suffix: str = "auto",
 ) -> Float[torch.Tensor, "config d_vocab"]:
     """Last-position logits of the model under each knockout configuration.
 
@@ -207,12 +222,24 @@ def sweep(
     keys/values are kept; each batch is sized so that its estimated working memory stays within
     ``batch_budget_mb`` (default: the estimated working memory of one full forward less the kept
     clean state, at least a quarter of the weights' memory, so that a sweep needs about what one
-    clean forward with a key/value cache needs), and at most ``max_batch`` configurations. Configurations with the same first blocked query but different
-    first blocked layers may share a batch starting at the earliest of those layers when that is
-    estimated to be cheaper (few recomputed positions: the fixed cost of a layer call dominates).
+    clean forward with a key/value cache needs), and at most ``max_batch`` configurations.
+    Configurations with the same first blocked query but different first blocked layers may share
+    a batch starting at the earliest of those layers when that is estimated to be cheaper (few
+    recomputed positions: the fixed cost of a layer call dominates).
+
+    ``suffix`` picks how the fast method recomputes: ``"lean"`` runs the recomputed layers through
+    :mod:`mapflow_tl.suffix_forward` (a plain-torch restatement of the backbone block: packed
+    weights, the clean run's rotated keys/values cached once, no hooks), ``"hooked"`` through the
+    ``HookedTransformer`` with knockout hooks, ``"auto"`` (default) the lean one unless the sweep
+    carries hooks of its own — ``fwd_hooks``, or hooks attached to the model's hook points — or
+    the model is one the lean forward does not restate; then it says why, once, and runs hooked.
+    ``fwd_hooks`` are applied in every configuration's forward (in the fast method they see the
+    clean forward and the suffix forwards, so they must act per position, as knockout hooks do).
     """
     if method not in SWEEP_METHODS:
         raise ValueError(f"unknown sweep method {method!r}; choose one of {SWEEP_METHODS}")
+    if suffix not in SUFFIX_FORWARDS:
+        raise ValueError(f"unknown suffix forward {suffix!r}; choose one of {SUFFIX_FORWARDS}")
     if embeds.dim() != 3 or embeds.shape[0] != 1 or embeds.shape[-1] != model.cfg.d_model:
         raise ValueError(f"sweep runs one sample: embeds must be [1, pos, {model.cfg.d_model}], "
                          f"got {tuple(embeds.shape)}")
@@ -226,18 +253,33 @@ def sweep(
         knockout(config.edges, config.layers, n_layers=n_layers)  # validates the layers
     if not configs:
         return torch.empty(0, model.cfg.d_vocab, device=model.cfg.device, dtype=model.cfg.dtype)
+    user_hooks: HookList = list(fwd_hooks)
+    check_hooks(model, user_hooks)
     if method == "naive":
+        from .models.backbone import run_from_embeds
+
         rows = []
         for config in configs:
-            hooks = knockout(config.edges, config.layers, n_layers=n_layers)
+            hooks = knockout(config.edges, config.layers, n_layers=n_layers) + user_hooks
             rows.append(run_from_embeds(model, embeds, fwd_hooks=hooks)[0, -1])
         return torch.stack(rows)
+    lean = suffix != "hooked"
+    if lean:
+        reason = _lean_refusal(model, embeds.shape[1], user_hooks)
+        if reason is not None:
+            if suffix == "lean":
+                raise ValueError(f"the lean suffix forward cannot run this sweep: {reason}; use "
+                                 f"suffix='auto' or 'hooked'")
+            _warn_once(f"knockout sweep runs on the hooked path (slower): {reason}")
+            lean = False
     with torch.no_grad():
-        return _fast_sweep(model, embeds, configs, batch_budget_mb, max_batch)
+        return _fast_sweep(model, embeds, configs, batch_budget_mb, max_batch, user_hooks, lean)
 
 
 def _last_logits(model: HookedTransformer, residual: torch.Tensor) -> torch.Tensor:
     """The model's head (final norm, unembedding, soft cap) at the last position only."""
+    from transformer_lens.utilities import apply_softcap
+
     residual = residual[:, -1:]
     if model.cfg.normalization_type is not None:
         residual = model.ln_final(residual)
@@ -263,16 +305,47 @@ def _working_bytes_per_config(model: HookedTransformer, n_queries: int, n_keys: 
     return elements * _itemsize(model)
 
 
-# Cost model of one layer of a batched suffix forward, in units of "one recomputed position":
-# a fixed cost per layer call (Python, hook dispatch, kernel launches) and, per batch element, its
-# recomputed positions plus the handling of every key (TransformerLens concatenates the cached
-# keys/values and rotates all keys again, per element). Calibrated on CPU (d_model 128, 194
-# positions: ≈0.7 ms per call, ≈14 µs per position, a key ≈ 1/4 position). It decides when
-# configurations with different first blocked layers (same first blocked query) share one batch
-# that starts at the earliest of them: worth it for few recomputed positions ("→ last": one), not
-# for many.
-_LAYER_CALL_COST_POSITIONS = 48
-_KEY_COST_POSITIONS = 1 / 4
+def _lean_working_bytes_per_config(model: HookedTransformer, n_queries: int, n_keys: int) -> int:
+    """Estimated peak working memory of one batch element of a lean suffix forward (one layer).
+
+    Few queries (batch-folded attention): the scores, their mask, softmax and the prefix part of
+    the pattern (≈4 × heads × queries × keys) — no copy of the cached keys. Many queries (SDPA):
+    the cached keys/values concatenated with the element's own (2 × keys × kv width), the
+    additive mask and SDPA's own scores (≈3 × heads × queries × keys at most). Plus the
+    residual/MLP activations of the recomputed queries."""
+    cfg = model.cfg
+    d_kv = (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+    attention = 4 * cfg.n_heads * n_queries * n_keys
+    if n_queries >= suffix_forward.SDPA_MIN_QUERIES:
+        attention = 2 * n_keys * d_kv + 3 * cfg.n_heads * n_queries * n_keys
+    elements = attention + n_queries * (4 * (cfg.d_mlp or 0) + 8 * cfg.d_model
+                                        + 3 * cfg.n_heads * cfg.d_head)
+    return elements * _itemsize(model)
+
+
+@dataclass(frozen=True)
+class _CostModel:
+    """Cost of one layer of a batched suffix forward, in units of "one recomputed position": a
+    fixed cost per layer call (Python, kernel launches) and, per batch element, its Q recomputed
+    positions, each with ``query_key`` × the number of keys n (its attention row), plus ``key``
+    × n (per-element handling of the cached keys): ``layer_call + B·(Q·(1 + query_key·n) +
+    key·n)``."""
+
+    layer_call: float
+    key: float
+    query_key: float = 0.0
+
+
+# Hooked path, calibrated on CPU (d_model 128, 194 positions: ≈0.7 ms per call, ≈14 µs per
+# position; TransformerLens concatenates the cached keys/values and rotates all keys again per
+# element, so a key costs ≈ 1/4 position).
+_HOOKED_COSTS = _CostModel(layer_call=48, key=1 / 4)
+# Lean path (mapflow_tl.suffix_forward), fitted by benchmarks/fit_cost_model.py on CPU (d_model
+# 128, 32 layers, 194 and 1257 positions, --threads 1): ≈0.69 ms per layer call, ≈8.6 µs per
+# position, ≈0.015 µs per (query, key) pair and ≈0.009 µs per key per element. A layer call costs
+# as much as ~80 positions: "→ last" configurations (one query each) share one batch from the
+# earliest first blocked layer; configurations with many queries keep their own.
+_LEAN_COSTS = _CostModel(layer_call=80, key=0.001, query_key=0.0018)
 
 
 @dataclass(frozen=True)
@@ -288,6 +361,7 @@ def _batches(
     n_layers: int,
     n_positions: int,
     batch_size,
+    costs: _CostModel = _HOOKED_COSTS,
 ) -> list[_Batch]:
     """Split the configurations of each first blocked query p into batches.
 
@@ -307,14 +381,15 @@ def _batches(
         members.sort()
         n_queries = n_positions - p
         size = batch_size(n_queries)
-        per_element = n_queries + _KEY_COST_POSITIONS * n_positions
+        per_element = (n_queries * (1 + costs.query_key * n_positions)
+                       + costs.key * n_positions)
         count = len(members)
         best = [0.0] + [float("inf")] * count
         cut = [0] * (count + 1)
         for j in range(1, count + 1):
             for i in range(max(0, j - size), j):
                 cost = best[i] + (n_layers - members[i][0]) * (
-                    _LAYER_CALL_COST_POSITIONS + (j - i) * per_element)
+                    costs.layer_call + (j - i) * per_element)
                 if cost < best[j]:
                     best[j], cut[j] = cost, i
         j = count
@@ -351,12 +426,61 @@ def _attached(model: HookedTransformer, hooks: HookList):
             point.remove_hooks("fwd", level=level)
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
+
+def _hooked_points(model: HookedTransformer) -> list[str]:
+    """Names of the model's hook points that carry forward hooks (attached by the user: the
+    engine's own hooks are attached only during its forwards)."""
+    return [name for name, point in model.hook_dict.items() if point.fwd_hooks]
+
+
+def _lean_refusal(model: HookedTransformer, n_positions: int, user_hooks: HookList) -> str | None:
+    """Why this sweep cannot run the lean suffix forward, or ``None``."""
+    if user_hooks:
+        names = sorted({name for name, _ in user_hooks})
+        return f"the sweep carries hooks on {names[:3]}{' …' if len(names) > 3 else ''}"
+    attached = _hooked_points(model)
+    if attached:
+        return (f"the model has hooks attached on {attached[:3]}"
+                f"{' …' if len(attached) > 3 else ''} (remove them with model.reset_hooks())")
+    unsupported = lean_unsupported(model)
+    if unsupported is not None:
+        return f"it does not restate {unsupported}"
+    return None
+
+
+def _ensure_rotary(model: HookedTransformer, embeds: torch.Tensor) -> None:
+    """Make the attention layers hold this sample's rotary tables before they are read.
+
+    Backbones with per-sample positions (M-RoPE, :class:`~mapflow_tl.models.backbone.
+    RotaryPositions`) install and check a sample's tables when a forward enters block 0, and
+    TransformerLens extends short tables in the layer that needs them; one block-0 forward of
+    the hooked model does both (its output is not used)."""
+    n = embeds.shape[1]
+    per_sample = bool(model.blocks[0]._forward_pre_hooks)
+    if per_sample or model.blocks[0].attn.rotary_cos.shape[0] < n:
+        model(embeds, start_at_layer=0, stop_at_layer=1)
+    short = [index for index, block in enumerate(model.blocks)
+             if block.attn.rotary_cos.shape[0] < n]
+    for index in short:
+        model.blocks[index].attn._extend_rotary_embeddings(n)
+
+
 def _fast_sweep(
     model: HookedTransformer,
     embeds: torch.Tensor,
     configs: Sequence[KnockoutConfig],
     batch_budget_mb: float | None,
     max_batch: int | None,
+    user_hooks: HookList,
+    lean: bool,
 ) -> torch.Tensor:
     n_layers, n_positions = model.cfg.n_layers, embeds.shape[1]
     groups, _ = plan_sweep(configs, n_positions)
@@ -373,29 +497,16 @@ def _fast_sweep(
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         budget = max(full - kept, full / 4, weights / 4)
 
+    working = _lean_working_bytes_per_config if lean else _working_bytes_per_config
+
     def batch_size(n_queries: int) -> int:
-        size = max(1, int(budget // _working_bytes_per_config(model, n_queries, n_positions)))
+        size = max(1, int(budget // working(model, n_queries, n_positions)))
         return size if max_batch is None else min(size, max_batch)
 
-    batches = _batches(configs, groups, n_layers, n_positions, batch_size)
-
-    # One clean forward fills a key/value cache (the keys before rotary, as TransformerLens
-    # caches them) and keeps the residual stream entering each layer some batch starts from.
-    clean_resid: dict[int, torch.Tensor] = {}
-
-    def keep_resid(activation: torch.Tensor, hook) -> None:
-        clean_resid[hook.layer()] = activation.detach()
-
-    clean_cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    costs = _LEAN_COSTS if lean else _HOOKED_COSTS
+    batches = _batches(configs, groups, n_layers, n_positions, batch_size, costs)
     start_layers = sorted({batch.start_layer for batch in batches})
-    with _attached(model, [(f"blocks.{layer}.hook_resid_pre", keep_resid)
-                           for layer in start_layers]):
-        residual = model(embeds.to(model.cfg.device, model.cfg.dtype), start_at_layer=0,
-                         stop_at_layer=n_layers, past_kv_cache=clean_cache)
-    clean_logits = _last_logits(model, residual)[0]
-    del residual
-    results: list[torch.Tensor] = [clean_logits] * len(configs)
-
+    embeds = embeds.to(model.cfg.device, model.cfg.dtype)
     masks: dict[int, torch.Tensor] = {}  # one dense mask per distinct edge set
 
     def rows(config: KnockoutConfig, first_query: int, device) -> torch.Tensor:
@@ -405,6 +516,66 @@ def _fast_sweep(
             mask = KnockoutHook(config.edges).mask(n_positions, device)
             masks[id(config.edges)] = mask
         return mask[first_query:]
+
+    if lean:
+        _ensure_rotary(model, embeds)
+        weights = backbone_weights(model)
+        clean = clean_forward(weights, embeds, set(start_layers))
+        results: list[torch.Tensor] = [clean.logits] * len(configs)
+
+        def run_batch(s: int, p: int, indices: tuple[int, ...]) -> None:
+            chunk = [configs[i] for i in indices]
+            blocked = torch.stack([rows(config, p, embeds.device) for config in chunk])
+            active = torch.tensor([[layer in config.layers for config in chunk]
+                                   for layer in range(n_layers)], device=embeds.device)
+            logits = suffix_logits(weights, clean, s, p, blocked, active)
+            for row, index in enumerate(indices):
+                results[index] = logits[row]
+    else:
+        results, run_batch = _hooked_runner(model, embeds, configs, start_layers, rows,
+                                            user_hooks)
+
+    def run_or_split(s: int, p: int, indices: tuple[int, ...]) -> None:
+        try:
+            run_batch(s, p, indices)
+        except torch.OutOfMemoryError:
+            if len(indices) == 1:
+                raise
+            half = len(indices) // 2
+            logger.warning("out of memory on a batch of %d knockout configurations; halving it "
+                           "to %d and %d and continuing", len(indices), half,
+                           len(indices) - half)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            run_or_split(s, p, indices[:half])
+            run_or_split(s, p, indices[half:])
+
+    for batch in batches:
+        run_or_split(batch.start_layer, batch.first_query, batch.indices)
+    return torch.stack(results)
+
+
+def _hooked_runner(model, embeds, configs, start_layers, rows, user_hooks):
+    """The hooked suffix forward: ``(results, run_batch)`` after one clean forward that fills a
+    TransformerLens key/value cache (keys before rotary, as TransformerLens caches them) and keeps
+    the residual stream entering each layer some batch starts from."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    n_layers = model.cfg.n_layers
+    clean_resid: dict[int, torch.Tensor] = {}
+
+    def keep_resid(activation: torch.Tensor, hook) -> None:
+        clean_resid[hook.layer()] = activation.detach()
+
+    clean_cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    with _attached(model, [(f"blocks.{layer}.hook_resid_pre", keep_resid)
+                           for layer in start_layers] + user_hooks):
+        residual = model(embeds, start_at_layer=0, stop_at_layer=n_layers,
+                         past_kv_cache=clean_cache)
+    clean_logits = _last_logits(model, residual)[0]
+    del residual
+    results: list[torch.Tensor] = [clean_logits] * len(configs)
 
     def run_batch(s: int, p: int, indices: tuple[int, ...]) -> None:
         size = len(indices)
@@ -431,7 +602,7 @@ def _fast_sweep(
             if bool(active.any()):
                 hooks.append((attn_scores_hook_name(layer),
                               BatchedKnockoutHook(batch_masks, active)))
-        with _attached(model, hooks):
+        with _attached(model, hooks + user_hooks):
             residual = model(start.repeat(size, 1, 1), start_at_layer=s, stop_at_layer=n_layers,
                              past_kv_cache=cache)
         logits = _last_logits(model, residual)
@@ -439,21 +610,4 @@ def _fast_sweep(
         for row, index in enumerate(indices):
             results[index] = logits[row]
 
-    def run_or_split(s: int, p: int, indices: tuple[int, ...]) -> None:
-        try:
-            run_batch(s, p, indices)
-        except torch.OutOfMemoryError:
-            if len(indices) == 1:
-                raise
-            half = len(indices) // 2
-            logger.warning("out of memory on a batch of %d knockout configurations; halving it "
-                           "to %d and %d and continuing", len(indices), half,
-                           len(indices) - half)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            run_or_split(s, p, indices[:half])
-            run_or_split(s, p, indices[half:])
-
-    for batch in batches:
-        run_or_split(batch.start_layer, batch.first_query, batch.indices)
-    return torch.stack(results)
+    return results, run_batch

@@ -171,7 +171,7 @@ def test_empty_edge_set_is_the_clean_run_without_a_forward(llama, inputs):
                    lambda activation, hook: calls.append(activation.shape[0]),
                    is_permanent=True)
     try:
-        logits = sweep(llama, embeds, configs)
+        logits = sweep(llama, embeds, configs, suffix="hooked")
     finally:
         llama.reset_hooks(including_permanent=True)
     assert len(calls) == 1  # the clean forward only
@@ -192,7 +192,7 @@ def test_configs_sharing_first_query_share_batches(llama, inputs):
                    lambda activation, hook: forwards.append(tuple(activation.shape[:2])),
                    is_permanent=True)
     try:
-        logits = sweep(llama, embeds, configs, batch_budget_mb=1e4)
+        logits = sweep(llama, embeds, configs, batch_budget_mb=1e4, suffix="hooked")
     finally:
         llama.reset_hooks(including_permanent=True)
     # One clean forward over the whole sequence, then single-position forwards that together
@@ -267,7 +267,7 @@ def test_out_of_memory_halves_the_batch_and_continues(llama, inputs, caplog):
     llama.add_hook("blocks.0.attn.hook_attn_scores", refuse_big_batches)
     try:
         with caplog.at_level("WARNING", logger="mapflow_tl.engine"):
-            fast = sweep(llama, embeds, configs, method="fast", max_batch=8)
+            fast = sweep(llama, embeds, configs, method="fast", max_batch=8, suffix="hooked")
     finally:
         llama.reset_hooks()
     naive = sweep(llama, embeds, configs, method="naive")
