@@ -36,22 +36,21 @@ run fills a TransformerLens key/value cache, suffix forwards start mid-stack wit
 
 from __future__ import annotations
 
-import logging
-
 import itertools
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import torch
 from jaxtyping import Bool, Float
 
 from .edges import Edges
-from .hooks import HookList, KnockoutHook, attn_scores_hook_name, check_hooks, knockout, window
-from . import suffix_forward
-from .suffix_forward import backbone_weights, clean_forward, lean_unsupported, suffix_logits
+from .errors import InputError
+from .hooks import HookList, KnockoutHook, attn_scores_hook_name, check_hooks, knockout
+from .layers import window
+from .suffix_forward import (SDPA_MIN_QUERIES, backbone_weights, clean_forward, lean_unsupported,
+                             suffix_logits)
 
 __all__ = [
     "KnockoutConfig",
@@ -85,7 +84,7 @@ class KnockoutConfig:
 
     def __post_init__(self) -> None:
         if not self.layers:
-            raise ValueError(f"knockout config {self.curve!r} (center {self.center}) has no layer")
+            raise InputError(f"knockout config {self.curve!r} (center {self.center}) has no layer")
 
     @property
     def start_layer(self) -> int:
@@ -155,7 +154,7 @@ def recomputed_cells(
     empty edge set. The ratio naive / fast is the ideal speedup of the fast method.
     """
     if method not in SWEEP_METHODS:
-        raise ValueError(f"unknown sweep method {method!r}; choose one of {SWEEP_METHODS}")
+        raise InputError(f"unknown sweep method {method!r}; choose one of {SWEEP_METHODS}")
     if method == "naive":
         return len(configs) * n_layers * n_positions
     groups, _ = plan_sweep(configs, n_positions)
@@ -237,17 +236,17 @@ def sweep(
     clean forward and the suffix forwards, so they must act per position, as knockout hooks do).
     """
     if method not in SWEEP_METHODS:
-        raise ValueError(f"unknown sweep method {method!r}; choose one of {SWEEP_METHODS}")
+        raise InputError(f"unknown sweep method {method!r}; choose one of {SWEEP_METHODS}")
     if suffix not in SUFFIX_FORWARDS:
-        raise ValueError(f"unknown suffix forward {suffix!r}; choose one of {SUFFIX_FORWARDS}")
+        raise InputError(f"unknown suffix forward {suffix!r}; choose one of {SUFFIX_FORWARDS}")
     if embeds.dim() != 3 or embeds.shape[0] != 1 or embeds.shape[-1] != model.cfg.d_model:
-        raise ValueError(f"sweep runs one sample: embeds must be [1, pos, {model.cfg.d_model}], "
+        raise InputError(f"sweep runs one sample: embeds must be [1, pos, {model.cfg.d_model}], "
                          f"got {tuple(embeds.shape)}")
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
                                   or max_batch < 1):
-        raise ValueError(f"max_batch must be a positive int or None, got {max_batch!r}")
+        raise InputError(f"max_batch must be a positive int or None, got {max_batch!r}")
     if batch_budget_mb is not None and not batch_budget_mb > 0:
-        raise ValueError(f"batch_budget_mb must be positive or None, got {batch_budget_mb!r}")
+        raise InputError(f"batch_budget_mb must be positive or None, got {batch_budget_mb!r}")
     n_layers = model.cfg.n_layers
     for config in configs:
         knockout(config.edges, config.layers, n_layers=n_layers)  # validates the layers
@@ -268,7 +267,7 @@ def sweep(
         reason = _lean_refusal(model, embeds.shape[1], user_hooks)
         if reason is not None:
             if suffix == "lean":
-                raise ValueError(f"the lean suffix forward cannot run this sweep: {reason}; use "
+                raise InputError(f"the lean suffix forward cannot run this sweep: {reason}; use "
                                  f"suffix='auto' or 'hooked'")
             _warn_once(f"knockout sweep runs on the hooked path (slower): {reason}")
             lean = False
@@ -316,7 +315,7 @@ def _lean_working_bytes_per_config(model: HookedTransformer, n_queries: int, n_k
     cfg = model.cfg
     d_kv = (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
     attention = 4 * cfg.n_heads * n_queries * n_keys
-    if n_queries >= suffix_forward.SDPA_MIN_QUERIES:
+    if n_queries >= SDPA_MIN_QUERIES:
         attention = 2 * n_keys * d_kv + 3 * cfg.n_heads * n_queries * n_keys
     elements = attention + n_queries * (4 * (cfg.d_mlp or 0) + 8 * cfg.d_model
                                         + 3 * cfg.n_heads * cfg.d_head)

@@ -21,7 +21,7 @@ from jaxtyping import Bool, Float
 
 from .edges import Edges, causal_edge_count
 from .errors import InputError
-from .layers import WINDOW_STYLES, check_layer, window
+from .layers import check_layer
 
 __all__ = [
     "HookList",

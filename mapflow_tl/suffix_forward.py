@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 
+from .errors import InputError
+
 __all__ = [
     "SDPA_MIN_QUERIES",
     "BackboneWeights",
@@ -267,7 +269,7 @@ def _qkv(weights: BackboneWeights, index: int, x: torch.Tensor, first: int, stop
                         _rms(qk[..., weights.n_heads:, :], layer.k_norm, weights.eps)], dim=-2)
     cos, sin = weights.rotary[index]
     if cos.shape[0] < stop:
-        raise ValueError(f"layer {index}'s rotary tables cover {cos.shape[0]} positions, the "
+        raise InputError(f"layer {index}'s rotary tables cover {cos.shape[0]} positions, the "
                          f"sequence has {stop}; run the model on it once to extend them")
     qk = _rotate(qk, cos[first:stop], sin[first:stop])
     return qk[..., :weights.n_heads, :], qk[..., weights.n_heads:, :], v

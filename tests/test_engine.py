@@ -20,7 +20,7 @@ from mapflow_tl.engine import (
     recomputed_cells,
     sweep,
 )
-from mapflow_tl.hooks import WINDOW_STYLES
+from mapflow_tl.layers import WINDOW_STYLES
 from mapflow_tl.models.backbone import hooked_from_hf, run_from_embeds
 from mapflow_tl.segments import SegmentMap
 from reference import tiny_llama

@@ -7,7 +7,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mapflow_tl.edges import Edges
-from mapflow_tl.hooks import WINDOW_STYLES, knockout, window
+from mapflow_tl.hooks import knockout
+from mapflow_tl.layers import WINDOW_STYLES, window
 from mapflow_tl.segments import Frame, SegmentMap, Span
 
 

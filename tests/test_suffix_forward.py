@@ -16,7 +16,7 @@ import mapflow_tl as mf
 from mapflow_tl import engine, suffix_forward
 from mapflow_tl.edges import Edges
 from mapflow_tl.engine import KnockoutConfig, layer_sweep, sweep
-from mapflow_tl.hooks import WINDOW_STYLES
+from mapflow_tl.layers import WINDOW_STYLES
 from mapflow_tl.models.backbone import hooked_from_hf
 from mapflow_tl.segments import SegmentMap
 from reference import additive_mask, block_mask, hf_logits_with_layer_masks
