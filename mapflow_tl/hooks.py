@@ -286,8 +286,12 @@ def random_baseline_counts(spec: PathwaySpec, n_positions: int, *,
                              "per-layer-matched one copies the pathway's counts")
         return dict(enumerate(spec.blocked_counts(n_positions)))
     if ratio is None:
-        ratio = 1.0 - spec.retained_fraction(n_positions)
-    count = _official_count(ratio, n_positions)
+        # The pathway's blocked fraction of the triangle, in whole numbers: int(ratio × n(n+1)/2)
+        # with ratio = blocked / (layers × n(n+1)/2) is blocked // layers. Through a float ratio
+        # (1 − kept/total) it can round one edge short (502 for an exact 503).
+        count = sum(spec.blocked_counts(n_positions)) // spec.n_layers
+    else:
+        count = _official_count(ratio, n_positions)
     return {layer: count for layer in range(spec.n_layers)}
 
 

@@ -299,3 +299,22 @@ def test_hooks_are_removed_after_an_interrupt(tiny_backbone, layout):
         run_from_embeds(tiny_backbone, embeds_for(tiny_backbone, layout.n_positions),
                         fwd_hooks=hooks)
     assert all(not point.fwd_hooks for point in tiny_backbone.hook_dict.values())
+
+
+def test_random_baseline_count_is_exact_when_the_ratio_is_the_pathways_own():
+    """N = int(ratio × n(n+1)/2) with ratio the pathway's blocked fraction, in exact arithmetic:
+    on 66 positions (2211 causal edges) and 8 layers with 4024 blocked edges the fraction is
+    4024 / 17688 and N = 503; through the float 1 − 13664/17688 it would be 502."""
+    from fractions import Fraction
+
+    from mapflow_tl.hooks import random_baseline_counts
+
+    class Spec:                       # the two things the count reads of a pathway spec
+        n_layers = 8
+
+        def blocked_counts(self, n_positions):
+            return [503] * 8
+
+    exact = int(Fraction(4024, 8 * causal_edge_count(66)) * causal_edge_count(66))
+    assert exact == 503 and int((1 - 13664 / 17688) * 2211) == 502
+    assert random_baseline_counts(Spec(), 66) == dict.fromkeys(range(8), 503)
