@@ -126,6 +126,6 @@ def write_card(path: str | Path, *, name: str, summary: str, training: dict[str,
     notes = training.get("notes")
     lines += ["## Notes", ""] + ([notes, ""] if notes else []) + [RECIPE_HISTORY]
     path.mkdir(parents=True, exist_ok=True)
-    (path / "README.md").write_text("\n".join(lines))
+    (path / "README.md").write_text("\n".join(lines) + "\n")
     (path / "measurements.json").write_text(json.dumps(measured, indent=1) + "\n")
     return path / "README.md"
