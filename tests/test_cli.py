@@ -190,3 +190,34 @@ def test_crossframe_command_runs_finding_one_on_two_checkpoints(tmp_path, capsys
                  "--out", str(tmp_path / "bad"), "--limit", "1"]) == 2
     assert "L5–9" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()           # refused before anything was written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--window", "0"], "--window: must be at least 1"),
+    (["--limit", "0"], "--limit: must be at least 1"),
+    (["--limit", "-3"], "--limit: must be at least 1"),
+    (["--dtype", "float8"], "--dtype"),
+])
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        main(["flow", "--out", str(out), *argv])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("device, message", [
+    ("banana", "is not a device torch knows"),
+    ("cuda", "no CUDA device available"),
+])
+def test_an_unusable_device_is_one_line_before_anything_is_written(tmp_path, capsys, device,
+                                                                   message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    assert main(["flow", "--out", str(out), "--device", device, "--limit", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
