@@ -49,7 +49,8 @@ def _decoded_correct(vlm, x, hooks=()):
     return vlm.tokenizer.decode([token]).strip().upper() == "ABCDEFG"[x.answer]
 
 
-def test_demo_table_agrees_with_the_analyses_run_separately(tmp_path, capsys, monkeypatch):
+def test_demo_table_agrees_with_the_analyses_run_separately(tmp_path, capsys, monkeypatch,
+                                                            request):
     """The demo's printed table and JSON summary equal the same figures computed here without the
     demo: its samples are ``mf.load_dataset("synthtv", limit=2)``; the base and cross-frame
     knockout accuracies of both models are recomputed by hand (first half of the layers blocked,
@@ -68,7 +69,9 @@ def test_demo_table_agrees_with_the_analyses_run_separately(tmp_path, capsys, mo
              "Scene Transition"}
     assert set(summary["tasks"]) == tasks
 
+    previous = torch.is_grad_enabled()   # global state: restored for the tests that train
     torch.set_grad_enabled(False)
+    request.addfinalizer(lambda: torch.set_grad_enabled(previous))
     video, image = mf.load_videollm("synthtv-video-ft"), mf.load_videollm("synthtv-image")
     pathway = mf.load_circuit("pathway-synthtv")
     first_half = range(video.n_layers // 2)   # the paper's layers 1-16 of 32, scaled
