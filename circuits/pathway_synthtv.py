@@ -13,7 +13,7 @@ curves, the pruning table against the official random baseline and the variants 
 docs/synthtv.md, "The measured pathway" and "Tenth session".
 """
 
-from mapflow_tl import edges as E
+from mapflow_tl import edges
 from mapflow_tl.layers import layer_range
 from mapflow_tl.hooks import PathwaySpec
 
@@ -27,9 +27,9 @@ def pathway(seg, n_layers):
         return layer_range(first, last, n_layers, circuit=NAME)
 
     return (PathwaySpec(n_layers)
-            .keep(E.cross_frame(seg), layers(1, 4))
-            .keep(E.video_to_question(seg), layers(1, 5))
-            .keep(E.question_to_last(seg), layers(1, 8))
-            .keep(E.video_to_last(seg), layers(1, 3))
-            .block(E.last_to_last(seg), range(n_layers))
-            .block(E.video_to_video(seg), range(5, n_layers)))
+            .keep(edges.cross_frame(seg), layers(1, 4))
+            .keep(edges.video_to_question(seg), layers(1, 5))
+            .keep(edges.question_to_last(seg), layers(1, 8))
+            .keep(edges.video_to_last(seg), layers(1, 3))
+            .block(edges.last_to_last(seg), range(n_layers))
+            .block(edges.video_to_video(seg), range(5, n_layers)))

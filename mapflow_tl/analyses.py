@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from . import edges as E
+from . import edges
 from .circuits import Circuit
 from .edges import Edges
 from .engine import layer_sweep, sweep
@@ -340,7 +340,7 @@ def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seeds: Sequence[int] 
         probabilities = vlm.run_with_hooks(x, hooks)[0, -1].float().softmax(-1)
         token = int(probabilities.argmax())
         kept, total = (variant_spec.edge_accounting(n) if variant_spec is not None
-                       else (vlm.n_layers * E.causal_edge_count(n),) * 2)
+                       else (vlm.n_layers * edges.causal_edge_count(n),) * 2)
         rows.append({**sample_fields(x), "circuit": circuit.name, "variant": variant,
                      "seed": seed, "baseline": baseline if variant == "random" else None,
                      "token": token, "correct": grade(vlm, x, token, correctness),
@@ -404,7 +404,7 @@ def attention_to_frames(
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(vlm.n_layers)]
     rows = []
     for condition, hooks in (("baseline", []),
-                             ("cross-frame knockout", knockout(E.cross_frame(seg), layers))):
+                             ("cross-frame knockout", knockout(edges.cross_frame(seg), layers))):
         store: dict[str, torch.Tensor] = {}
 
         def keep(pattern, hook, store=store):
@@ -430,7 +430,7 @@ def crossframe_knockout(vlm: VideoLLM, x: Prepared, layers: Sequence[int] | None
     layers = early_to_middle_layers(vlm.n_layers) if layers is None else list(layers)
     rows = []
     for condition, hooks in (("base", []), ("cross-frame knockout",
-                                            knockout(E.cross_frame(x.segments), layers))):
+                                            knockout(edges.cross_frame(x.segments), layers))):
         probabilities = vlm.run_with_hooks(x, hooks)[0, -1].float().softmax(-1)
         token = int(probabilities.argmax())
         rows.append({**sample_fields(x), "model": model, "condition": condition,

@@ -50,21 +50,21 @@ def _selected(run: AnalysisRun, table: str, mode: str, correctness: str):
     """This rank's prepared samples with their clean prediction, for those ``mode`` selects;
     every sample gets its ``samples`` row (the completion marker, written after its rows), so
     accuracies can count all evaluated samples."""
-    from .. import analyses as A
+    from .. import analyses
     from ..schema import sample_fields
 
     done = run.writer.completed("samples", "sample")
     run.writer.retain(table, "sample", done)
     for x in run.prepared("samples", done):
-        base = A.base_prediction(run.vlm, x, correctness=correctness)
-        selected = A.select(base, mode)
+        base = analyses.base_prediction(run.vlm, x, correctness=correctness)
+        selected = analyses.select(base, mode)
         if selected:
             yield x, base
         run.writer.write("samples", [{**sample_fields(x), **base, "selected": selected}])
 
 
 def _flow(args: argparse.Namespace) -> int:
-    from .. import analyses as A
+    from .. import analyses
     from ..circuits import load_circuit
     from ..layers import default_window_size
     from ..runs import read_table
@@ -79,7 +79,7 @@ def _flow(args: argparse.Namespace) -> int:
     k = args.window or default_window_size(vlm.n_layers)
     centers = None if args.sweep_range is None else range(*args.sweep_range)
     for x, base in _selected(run, "flow", args.mode, args.correctness):
-        writer.write("flow", [row for circuit in circuits for row in A.flow_sweep(
+        writer.write("flow", [row for circuit in circuits for row in analyses.flow_sweep(
             vlm, x, circuit, k=k, style=args.style, centers=centers, method=args.method,
             base=base, correctness=args.correctness)])
     out = run.finish()
@@ -87,7 +87,7 @@ def _flow(args: argparse.Namespace) -> int:
         samples = read_table(out, "samples")
         selected = sum(bool(r["selected"]) for r in samples)
         graded = [r for r in samples if r.get("base_correct") is not None]
-        accuracy = (f", base accuracy {100 * A.base_accuracy(graded):.1f}% "
+        accuracy = (f", base accuracy {100 * analyses.base_accuracy(graded):.1f}% "
                     f"({len(graded)} samples)" if graded else "")
         print(f"flow: {selected}/{len(run.order)} samples in mode {args.mode!r}, window "
               f"k={k}{accuracy}; tables in {out}")
@@ -95,20 +95,20 @@ def _flow(args: argparse.Namespace) -> int:
 
 
 def _prob(args: argparse.Namespace) -> int:
-    from .. import analyses as A
+    from .. import analyses
 
     definitions = _definitions(correct=args.correctness, sample_mode=args.mode,
                                trace_norm=args.norm, trace_top_k=args.top_k)
     run = AnalysisRun(args, "prob", config={"definitions": definitions})
     for x, base in _selected(run, "prob", args.mode, args.correctness):
-        run.writer.write("prob", A.probability_trace(run.vlm, x, norm=args.norm,
+        run.writer.write("prob", analyses.probability_trace(run.vlm, x, norm=args.norm,
                                                      top_k=args.top_k, base=base))
     run.finish()
     return 0
 
 
 def _lens(args: argparse.Namespace) -> int:
-    from .. import analyses as A
+    from .. import analyses
     from ..keywords import keyword_lists
     from ..runs import RunWriter, read_table
 
@@ -120,7 +120,7 @@ def _lens(args: argparse.Namespace) -> int:
 
     for x, _ in _selected(run, "lens", args.mode, args.correctness):
         run.writer.write("frames", frame_thumbnails(x))
-        run.writer.write("lens", A.video_lens(run.vlm, x, k=args.top_k))
+        run.writer.write("lens", analyses.video_lens(run.vlm, x, k=args.top_k))
     out = run.finish()
     if run.world.is_main:
         rows = read_table(out, "lens")
@@ -128,18 +128,18 @@ def _lens(args: argparse.Namespace) -> int:
         tables = ("keywords", "keyword_counts", "keyword_bins")
         for table in tables:
             (out / f"{table}.jsonl").unlink(missing_ok=True)
-        counts = A.keyword_counts(rows, spatial, temporal, tokenizer=tokenizer)
+        counts = analyses.keyword_counts(rows, spatial, temporal, tokenizer=tokenizer)
         keywords = RunWriter(out, run.config, resume=True)
-        keywords.write("keywords", A.keyword_frequency(rows, spatial, temporal,
+        keywords.write("keywords", analyses.keyword_frequency(rows, spatial, temporal,
                                                        tokenizer=tokenizer))
         keywords.write("keyword_counts", counts)
-        keywords.write("keyword_bins", A.keyword_bins(counts, size=args.bin_size))
+        keywords.write("keyword_bins", analyses.keyword_bins(counts, size=args.bin_size))
         keywords.finish()
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from .. import analyses as A
+    from .. import analyses
     from ..circuits import load_circuit
     from ..metrics import prune_summary
     from ..runs import read_table
@@ -152,7 +152,7 @@ def _prune(args: argparse.Namespace) -> int:
     run = AnalysisRun(args, "prune", config={"definitions": definitions,
                                              **circuit_config([circuit])})
     for x in run.prepared("prune"):
-        run.writer.write("prune", A.prune(run.vlm, x, circuit, seeds=args.random_seeds,
+        run.writer.write("prune", analyses.prune(run.vlm, x, circuit, seeds=args.random_seeds,
                                           baseline=args.random_baseline,
                                           ratio=args.random_ratio,
                                           correctness=args.correctness))
@@ -187,7 +187,7 @@ def _add_correctness(parser: argparse.ArgumentParser) -> None:
 
 
 def _attention(args: argparse.Namespace) -> int:
-    from .. import analyses as A
+    from .. import analyses
 
     from ..results import frame_thumbnails
 
@@ -197,7 +197,7 @@ def _attention(args: argparse.Namespace) -> int:
     for x in run.prepared("attention"):
         run.writer.write("frames", frame_thumbnails(x))
         run.writer.write("attention", [row for query in queries
-                                       for row in A.attention_to_frames(run.vlm, x, query)])
+                                       for row in analyses.attention_to_frames(run.vlm, x, query)])
     run.finish()
     return 0
 
@@ -221,7 +221,7 @@ def _crossframe(args: argparse.Namespace) -> int:
     the image-only twin; the report draws both side by side per task."""
     import torch
 
-    from .. import analyses as A
+    from .. import analyses
     from ..layers import early_to_middle_layers, layer_range
     from ..models import load_videollm
     from ..runs import read_table
@@ -247,15 +247,15 @@ def _crossframe(args: argparse.Namespace) -> int:
     done = writer.completed("samples", "sample")
     writer.retain("crossframe", "sample", done)
     for sample, x in run.each("samples", done):
-        rows = A.crossframe_knockout(vlm, x, layers, model=args.model,
+        rows = analyses.crossframe_knockout(vlm, x, layers, model=args.model,
                                      correctness=args.correctness)
         if other is not None:
             other_layers = (list(layer_range(*args.layers, other.n_layers)) if args.layers
                             else early_to_middle_layers(other.n_layers))
-            rows += A.crossframe_knockout(other, other.prepare(sample), other_layers,
+            rows += analyses.crossframe_knockout(other, other.prepare(sample), other_layers,
                                           model=args.compare_model, correctness=args.correctness)
         writer.write("crossframe", rows)
-        base = A.base_prediction(vlm, x, correctness=args.correctness)
+        base = analyses.base_prediction(vlm, x, correctness=args.correctness)
         writer.write("samples", [{**sample_fields(x), **base, "selected": True}])
     out = run.finish()
     if run.world.is_main:
