@@ -19,6 +19,20 @@ from mapflow_tl.runs import (RunFolderError, RunWriter, check_interrupt, circuit
                              read_table, skipped_at_load, skipped_at_prepare, sticky_interrupts)
 
 
+@pytest.fixture(autouse=True)
+def default_sigint():
+    """Ctrl-C handling is tested as a terminal delivers it. A suite started in the background
+    (``make test &``, nohup) inherits SIGINT *ignored*, which Python then keeps, so put Python's
+    default handler back for these tests (and give it to the runs they start, below)."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_default() -> None:   # in the child, before exec: Python installs its handler again
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 def flow_command(model_dir, data_dir, out, *extra):
     return [sys.executable, "-m", "mapflow_tl.cli", "flow", "--model", str(model_dir),
@@ -34,7 +48,8 @@ def run(command, **kwargs):
 
 def start_and_interrupt(command, out: Path, sig: int, after_samples: int):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=_sigint_default)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         if len(read_table(out, "samples")) >= after_samples:
