@@ -412,3 +412,30 @@ def test_overwrite_replaces_our_run_under_the_lock(tmp_path):
     RunWriter(tmp_path, {**CONFIG, "window": 5}, overwrite=True).finish()
     assert not any((tmp_path / f"flow.{ext}").exists() for ext in ("jsonl", "csv", "parquet"))
     assert json.loads((tmp_path / "run.json").read_text())["window"] == 5
+
+
+def test_resume_refuses_a_retrained_checkpoint_or_edited_annotations(model_and_data, tmp_path):
+    """The same --model path with another config.json, or the same data root with an edited
+    question, would mix rows of two models or two datasets under one run: refused by name."""
+    import shutil
+
+    model_dir, data_dir = model_and_data
+    model, data = tmp_path / "model", tmp_path / "data"
+    shutil.copytree(model_dir, model)
+    shutil.copytree(data_dir, data)
+    out = tmp_path / "run"
+    command = flow_command(model, data, out, "--limit", "1")
+    assert run(command).returncode == 0
+    original = (model / "config.json").read_text()
+    (model / "config.json").write_text(json.dumps({**json.loads(original), "note": "retrained"}))
+    refused = run(command + ["--resume"])
+    assert refused.returncode == 2 and "model_content" in refused.stderr
+    (model / "config.json").write_text(original)
+    assert run(command + ["--resume"]).returncode == 0      # the same checkpoint again
+    annotation = next((data / "json").glob("*.json"))
+    entries = json.loads(annotation.read_text())
+    entries[0]["question"] = entries[0]["question"] + " really"
+    annotation.write_text(json.dumps(entries))
+    refused = run(command + ["--resume"])
+    assert refused.returncode == 2 and "dataset_content" in refused.stderr
+    assert "model_content" not in refused.stderr

@@ -201,7 +201,9 @@ class AnalysisRun:
             self.config["definitions"] = dict(DEFINITIONS)
         self.config.update(command=command, model_family=self.vlm.family,
                            n_layers=self.vlm.n_layers, n_samples=len(samples),
-                           world_size=self.world.size)
+                           world_size=self.world.size,
+                           model_content=checkpoint_fingerprint(args.model),
+                           dataset_content=samples_fingerprint(samples))
         out = Path(args.out)
         if self.world.distributed:
             out = out / "shards" / f"rank-{self.world.rank:03d}"
@@ -273,6 +275,42 @@ def summarise_skipped(out: Path) -> None:
               file=sys.stderr)
         for row in skipped[:5]:
             print(f"  {describe_skipped(row)}", file=sys.stderr)
+
+
+def checkpoint_fingerprint(name_or_path: str) -> str:
+    """16 hex digits of SHA-256 over a checkpoint's ``config.json`` text and the names and sizes
+    of its other files: what ``--resume`` compares, so that a checkpoint retrained into the same
+    folder is a different configuration. (Sizes, not contents: hashing gigabytes of weights at
+    every start would cost more than the check is worth; a retrained model of the same shape
+    keeps its sizes, and the config's training fields usually change.)"""
+    import hashlib
+
+    from ..models import resolve_checkpoint
+
+    folder = resolve_checkpoint(name_or_path)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        if path.name == "config.json" or path.suffix == ".json" and path.stat().st_size < 1 << 20:
+            digest.update(path.read_bytes())
+        else:
+            digest.update(str(path.stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+def samples_fingerprint(samples) -> str:
+    """16 hex digits of SHA-256 over every sample's id, question, options, answer and window:
+    an edited annotation file, or a dataset generated differently, is a different configuration
+    on ``--resume``. (Not the video paths: a dataset moved to another folder is the same.)"""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for sample in samples:
+        fields = [str(getattr(sample, name, None)) for name in
+                  ("id", "question", "options", "answer_index", "start", "end")]
+        digest.update(json.dumps(fields).encode())
+    return digest.hexdigest()[:16]
 
 
 def circuit_config(circuits) -> dict[str, Any]:
