@@ -916,8 +916,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         blocks.append(("pathway-table", "Effective pathways vs random pruning",
                        '<p class="caption">Accuracy per task with the full model, with only the '
                        'circuit\'s effective pathways kept, and with as many edges per layer '
-                       'pruned at random (mean over seeds); retained: the share of causal '
-                       'attention edges kept over all layers.</p>'
+                       'pruned at random (mean ± standard deviation over the random seeds); '
+                       'retained: the share of causal attention edges kept over all layers.</p>'
                        + _table_html(pathway_table(rows), "pathway-table")))
     header = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                      for k, v in _header_rows(config, samples, run_dir))
