@@ -110,14 +110,13 @@ def _prob(args: argparse.Namespace) -> int:
 def _lens(args: argparse.Namespace) -> int:
     from .. import analyses
     from ..keywords import keyword_lists
-    from ..runs import RunWriter, read_table
+    from ..results import frame_thumbnails
+    from ..runs import read_table
 
     spatial, temporal = keyword_lists(args.keywords)
     definitions = _definitions(correct=args.correctness, sample_mode=args.mode,
                                lens_kept=args.top_k, keyword_bin=args.bin_size)
     run = AnalysisRun(args, "lens", config={"definitions": definitions})
-    from ..results import frame_thumbnails
-
     for x, _ in _selected(run, "lens", args.mode, args.correctness):
         run.writer.write("frames", frame_thumbnails(x))
         run.writer.write("lens", analyses.video_lens(run.vlm, x, k=args.top_k))
@@ -125,16 +124,11 @@ def _lens(args: argparse.Namespace) -> int:
     if run.world.is_main:
         rows = read_table(out, "lens")
         tokenizer = run.vlm.tokenizer
-        tables = ("keywords", "keyword_counts", "keyword_bins")
-        for table in tables:
-            (out / f"{table}.jsonl").unlink(missing_ok=True)
         counts = analyses.keyword_counts(rows, spatial, temporal, tokenizer=tokenizer)
-        keywords = RunWriter(out, run.config, resume=True)
-        keywords.write("keywords", analyses.keyword_frequency(rows, spatial, temporal,
-                                                       tokenizer=tokenizer))
-        keywords.write("keyword_counts", counts)
-        keywords.write("keyword_bins", analyses.keyword_bins(counts, size=args.bin_size))
-        keywords.finish()
+        run.write_derived(out, {
+            "keywords": analyses.keyword_frequency(rows, spatial, temporal, tokenizer=tokenizer),
+            "keyword_counts": counts,
+            "keyword_bins": analyses.keyword_bins(counts, size=args.bin_size)})
     return 0
 
 

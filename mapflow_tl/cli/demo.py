@@ -40,7 +40,7 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
     from ..models import load_videollm
     from ..report import build_report
     from ..results import frame_thumbnails
-    from ..runs import CONFIG_FILE, RunWriter, read_table
+    from ..runs import CONFIG_FILE, read_table
     from ..schema import sample_fields
     from ..synthtv import generator as gen
     from .run import AnalysisRun, circuit_config
@@ -83,11 +83,8 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
                                                     model=IMAGE_MODEL))
         writer.write("samples", [{**sample_fields(x), **base, "selected": True}])
     out = run.finish()
-    (out / "keywords.jsonl").unlink(missing_ok=True)
-    keywords = RunWriter(out, run.config, resume=True)
-    keywords.write("keywords", analyses.keyword_frequency(
-        read_table(out, "lens"), gen.SPATIAL_WORDS, gen.TEMPORAL_WORDS, tokenizer=video.tokenizer))
-    keywords.finish()
+    run.write_derived(out, {"keywords": analyses.keyword_frequency(
+        read_table(out, "lens"), gen.SPATIAL_WORDS, gen.TEMPORAL_WORDS, tokenizer=video.tokenizer)})
     summary = summarise(out)
     summary.update(samples_per_task=per_task, report=str(build_report(out)),
                    seconds=round(time.time() - start, 1))

@@ -245,6 +245,18 @@ class AnalysisRun:
         for _, prepared in self.each(table, done):
             yield prepared
 
+    def write_derived(self, out: Path, tables: dict[str, list[dict[str, Any]]]) -> None:
+        """Tables computed from the finished run's own tables (keyword counts from the lens
+        table), replaced whole on every run and resume."""
+        from ..runs import RunWriter
+
+        for table in tables:
+            (Path(out) / f"{table}.jsonl").unlink(missing_ok=True)
+        writer = RunWriter(out, self.config, resume=True)
+        for table, rows in tables.items():
+            writer.write(table, rows)
+        writer.finish()
+
     def finish(self) -> Path:
         """Close the tables; with several ranks, wait for all and merge on rank 0. Returns the
         run directory holding the complete tables (on rank 0)."""
