@@ -68,13 +68,7 @@ def _paper_curves(seg: SegmentMap) -> dict[str, Edges]:
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared CI cores: OpenMP threads waiting on each other cost more than they gain."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
