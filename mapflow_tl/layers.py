@@ -12,7 +12,7 @@ import warnings
 from .errors import InputError
 
 __all__ = ["WINDOW_STYLES", "check_layer", "window", "layer_range", "early_to_middle_layers",
-           "default_window_size"]
+           "default_window_size", "covers_every_layer"]
 
 WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
 
@@ -53,7 +53,7 @@ def window(center: int, *, n_layers: int, k: int | None = None,
     lo, hi = max(0, center - k // 2), min(n_layers - 1, center + (k - 1) // 2)
     if style == "center":
         layers = list(range(lo, hi + 1))
-        if len(layers) == n_layers and n_layers > 1 and k >= n_layers:
+        if covers_every_layer(k, n_layers):
             warnings.warn(f"a window of k={k} layers covers all {n_layers} layers of the model, "
                           f"so every window centre knocks out the same layers; use "
                           f"k={default_window_size(n_layers)} (the paper's 9 of 32 scaled to "
@@ -70,6 +70,12 @@ def window(center: int, *, n_layers: int, k: int | None = None,
             f"{n_layers}-layer model"
         )
     return layers
+
+
+def covers_every_layer(k: int, n_layers: int) -> bool:
+    """Whether a centred window of ``k`` layers blocks every layer of an ``n_layers``-deep model
+    at every centre — a flat sweep, whatever the pathway."""
+    return k >= n_layers > 1
 
 
 def layer_range(first: int, last: int, n_layers: int, *, circuit: str = "") -> range:

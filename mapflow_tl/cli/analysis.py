@@ -11,7 +11,8 @@ import argparse
 import sys
 
 from ..errors import InputError
-from ..layers import WINDOW_STYLES
+from ..layers import (WINDOW_STYLES, covers_every_layer, default_window_size,
+                      early_to_middle_layers, layer_range)
 from ..schema import SAMPLE_MODES
 from .run import AnalysisRun, add_run_arguments, circuit_config, positive_int
 
@@ -30,9 +31,8 @@ def _sweep_check(args: argparse.Namespace):
     """A check of ``--sweep-range`` and ``--window`` against the loaded model's depth."""
     def check(vlm) -> None:
         n_layers = vlm.n_layers
-        if args.window is not None and args.style == "center" and args.window >= n_layers > 1:
-            from ..layers import default_window_size
-
+        if args.window is not None and args.style == "center" \
+                and covers_every_layer(args.window, n_layers):
             raise InputError(f"--window {args.window} covers all {n_layers} layers of this model, "
                              f"so every window centre knocks out the same layers and the flow "
                              f"curves are flat; use --window {default_window_size(n_layers)} "
@@ -66,7 +66,6 @@ def _selected(run: AnalysisRun, table: str, mode: str, correctness: str):
 def _flow(args: argparse.Namespace) -> int:
     from .. import analyses
     from ..circuits import load_circuit
-    from ..layers import default_window_size
     from ..runs import read_table
 
     circuits = [load_circuit(name) for name in (args.circuit or ["cross-frame", "vql-to-ql"])]
@@ -216,7 +215,6 @@ def _crossframe(args: argparse.Namespace) -> int:
     import torch
 
     from .. import analyses
-    from ..layers import early_to_middle_layers, layer_range
     from ..models import load_videollm
     from ..runs import read_table
     from ..schema import sample_fields

@@ -32,7 +32,8 @@ def load_synthtv(tasks: Sequence[str] | None = None, limit: int | None = None, *
     :class:`~mapflow_tl.data.loaders.LoadedBenchmark`: ``limit`` questions per task (default
     20) of ``tasks`` (default: the five temporal tasks), generated from the held-out evaluation
     seed plus ``seed``."""
-    from ..data.loaders import TVBENCH_TASKS, load_tvbench, task_choices, task_key
+    from ..data.loaders import (TVBENCH_TASKS, LoadedBenchmark, load_tvbench, task_choices,
+                                 task_key)
     from ..data.errors import DataError
     from . import generator as gen
     from .evaluate import EVAL_SEED
@@ -58,7 +59,7 @@ def load_synthtv(tasks: Sequence[str] | None = None, limit: int | None = None, *
         gen.write_benchmark(folder, items)
         (folder / "complete").write_text("ok\n")
     loaded = load_tvbench(folder, resolved, require_windows=False)  # SynthTV writes none
-    return type(loaded)("synthtv", loaded.root, loaded.samples, loaded.skipped)
+    return LoadedBenchmark("synthtv", loaded.root, loaded.samples, loaded.skipped)
 
 
 def _fingerprint(items_by_task: dict[str, list[Any]]) -> str:
