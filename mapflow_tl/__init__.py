@@ -36,7 +36,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("knockout", "KnockoutHook", "PathwaySpec", "random_knockout", "capture",
                      "check_hooks", "attn_scores_hook_name"), "hooks"),
     # sweeps, lens, metrics
-    **dict.fromkeys(("KnockoutConfig", "layer_sweep", "sweep"), "engine"),
+    **dict.fromkeys(("KnockoutConfig", "layer_sweep", "sweep", "sweep_samples"), "engine"),
     **dict.fromkeys(("answer_probability_trace", "AnswerTrace", "logit_lens", "iter_logit_lens",
                      "project", "residual_stream", "top_tokens"), "lens"),
     **dict.fromkeys(("relative_change", "accuracy_by_layer", "base_accuracy"), "metrics"),
@@ -45,8 +45,8 @@ _EXPORTS: dict[str, str] = {
                      "supported_architectures"), "models"),
     **dict.fromkeys(("hooked_from_hf", "run_from_embeds"), "models.backbone"),
     # analyses (one function per analysis of the paper)
-    **dict.fromkeys(("base_prediction", "flow_sweep", "probability_trace", "video_lens",
-                     "keyword_frequency", "keyword_counts", "keyword_bins", "prune",
+    **dict.fromkeys(("base_prediction", "flow_sweep", "flow_sweeps", "probability_trace",
+                     "video_lens", "keyword_frequency", "keyword_counts", "keyword_bins", "prune",
                      "attention_to_frames", "crossframe_knockout"), "analyses"),
     # circuits, data, runs
     **dict.fromkeys(("Circuit", "load_circuit", "list_circuits"), "circuits"),

@@ -26,7 +26,7 @@ import torch
 from . import edges
 from .circuits import Circuit
 from .edges import Edges
-from .engine import layer_sweep, sweep
+from .engine import layer_sweep, sweep_samples
 from .errors import InputError
 from .hooks import RANDOM_BASELINES, PathwaySpec, knockout
 from .keywords import reduce_keywords
@@ -43,6 +43,7 @@ __all__ = [
     "grade",
     "select",
     "flow_sweep",
+    "flow_sweeps",
     "accuracy_by_layer",
     "base_accuracy",
     "probability_trace",
@@ -138,22 +139,62 @@ def flow_sweep(
     window of ``k`` layers (default :func:`~mapflow_tl.layers.default_window_size`) and record
     the knocked-out probabilities of the clean run's predicted token and of the ground-truth
     token, their relative change ×100 (each against its own clean probability), and the new
-    answer with its correctness. One row per curve × centre (``flow`` table)."""
-    base = base or base_prediction(vlm, x, correctness=correctness)
+    answer with its correctness. One row per curve × centre (``flow`` table).
+    :func:`flow_sweeps` runs several samples and circuits at once."""
+    return flow_sweeps(vlm, [x], [circuit], k=k, style=style, centers=centers, method=method,
+                       bases=None if base is None else [base], correctness=correctness)[0]
+
+
+def flow_sweeps(
+    vlm: VideoLLM,
+    xs: Sequence[Prepared],
+    circuits: Sequence[Circuit],
+    *,
+    k: int | None = None,
+    style: str = "center",
+    centers: Iterable[int] | None = None,
+    method: str = "fast",
+    bases: Sequence[dict[str, Any] | None] | None = None,
+    correctness: str = "decoded-letter",
+    max_samples: int | None = None,
+) -> list[list[dict[str, Any]]]:
+    """:func:`flow_sweep` of every sample in ``xs`` under every circuit: the rows of each sample
+    (its circuits' rows in order), computed as one knockout sweep
+    (:func:`~mapflow_tl.engine.sweep_samples`), so that the samples and circuits share the clean
+    forwards and layer calls; at most ``max_samples`` samples share them at a time."""
     n_layers = vlm.n_layers
     k = default_window_size(n_layers) if k is None else k
-    curves = circuit.build_curves(x.segments, n_layers)
-    configs = layer_sweep(curves, n_layers, k=k, style=style, centers=centers)
-    probabilities = sweep(vlm.backbone, x.embeds, configs, method=method).float().softmax(-1)
+    centers = None if centers is None else list(centers)
+    bases = [None] * len(xs) if bases is None else list(bases)
+    if len(bases) != len(xs):
+        raise InputError(f"flow_sweeps needs one base per sample, got {len(bases)} for "
+                         f"{len(xs)} samples")
+    bases = [base or base_prediction(vlm, x, correctness=correctness)
+             for x, base in zip(xs, bases)]
+    labelled = [[(circuit.name, config) for circuit in circuits
+                 for config in layer_sweep(circuit.build_curves(x.segments, n_layers), n_layers,
+                                           k=k, style=style, centers=centers)]
+                for x in xs]
+    logits = sweep_samples(vlm.backbone, [x.embeds for x in xs],
+                           [[config for _, config in sample] for sample in labelled],
+                           method=method, max_samples=max_samples)
+    return [_flow_rows(vlm, x, sample, sample_logits.float().softmax(-1), k, style, base,
+                       correctness)
+            for x, sample, sample_logits, base in zip(xs, labelled, logits, bases)]
+
+
+def _flow_rows(vlm: VideoLLM, x: Prepared, labelled, probabilities: torch.Tensor, k: int,
+               style: str, base: dict[str, Any], correctness: str) -> list[dict[str, Any]]:
+    """The ``flow`` rows of one sample from its configurations' knocked-out probabilities."""
     truth = x.answer_token
     option_ids = x.answer_ids.to(probabilities.device)
     rows = []
-    for config, p in zip(configs, probabilities):
+    for (circuit, config), p in zip(labelled, probabilities):
         token = int(p.argmax())
         p_pred = float(p[base["base_token"]])
         p_true = None if truth is None else float(p[truth])
         rows.append({
-            **sample_fields(x), "circuit": circuit.name, "curve": config.curve,
+            **sample_fields(x), "circuit": circuit, "curve": config.curve,
             "layer": config.center, "layers": list(config.layers), "k": k, "style": style,
             **base,
             "p_pred": p_pred, "p_true": p_true,

@@ -60,6 +60,7 @@ __all__ = [
     "plan_sweep",
     "recomputed_cells",
     "sweep",
+    "sweep_samples",
     "SWEEP_METHODS",
     "SUFFIX_FORWARDS",
 ]
@@ -220,8 +221,9 @@ def sweep(
     Fast-method memory: the clean run's residual stream (at the layers a batch starts from) and
     keys/values are kept; each batch is sized so that its estimated working memory stays within
     ``batch_budget_mb`` (default: the estimated working memory of one full forward less the kept
-    clean state, at least a quarter of the weights' memory, so that a sweep needs about what one
-    clean forward with a key/value cache needs), and at most ``max_batch`` configurations.
+    clean state, at least a quarter of the weights' memory and ``BATCH_MIN_MB``, so that a sweep
+    needs about what one clean forward with a key/value cache needs), and at most ``max_batch``
+    configurations.
     Configurations with the same first blocked query but different first blocked layers may share
     a batch starting at the earliest of those layers when that is estimated to be cheaper (few
     recomputed positions: the fixed cost of a layer call dominates).
@@ -234,45 +236,105 @@ def sweep(
     the model is one the lean forward does not restate; then it says why, once, and runs hooked.
     ``fwd_hooks`` are applied in every configuration's forward (in the fast method they see the
     clean forward and the suffix forwards, so they must act per position, as knockout hooks do).
+
+    :func:`sweep_samples` runs the sweeps of several samples together.
+    """
+    if embeds.dim() != 3 or embeds.shape[0] != 1 or embeds.shape[-1] != model.cfg.d_model:
+        raise InputError(f"sweep runs one sample: embeds must be [1, pos, {model.cfg.d_model}], "
+                         f"got {tuple(embeds.shape)}; sweep_samples runs several")
+    return sweep_samples(model, [embeds], [configs], method=method,
+                         batch_budget_mb=batch_budget_mb, max_batch=max_batch,
+                         fwd_hooks=fwd_hooks, suffix=suffix)[0]
+
+
+def sweep_samples(
+    model: HookedTransformer,
+    embeds: Sequence[Float[torch.Tensor, "1 _ d_model"]],
+    configs: Sequence[Sequence[KnockoutConfig]],
+    *,
+    method: str = "fast",
+    batch_budget_mb: float | None = None,
+    max_batch: int | None = None,
+    fwd_hooks: HookList | Sequence = (),
+    suffix: str = "auto",
+    max_samples: int | None = None,
+) -> list[Float[torch.Tensor, "config d_vocab"]]:
+    """The knockout sweeps of several samples: ``sweep(model, embeds[i], configs[i])`` for each
+    i, computed together.
+
+    Same definition, options and results (up to rounding) as :func:`sweep`; what changes is the
+    cost. On the lean path the samples' clean forwards run as one right-padded batch, and
+    configurations of different samples that recompute the same number of last positions share
+    their layer calls (each reads its own sample's cached keys and values; different lengths are
+    laid out end-aligned with the padding masked), so the fixed cost of a layer call — which
+    dominates "→ last" curves and small models — is paid once for many samples. Samples are
+    grouped by length, at most ``max_samples`` at a time (default: as many as keep the groups'
+    kept clean state within the memory one sample's sweep may use for its batches; at least one).
+    The hooked path runs the samples one at a time.
     """
     if method not in SWEEP_METHODS:
         raise InputError(f"unknown sweep method {method!r}; choose one of {SWEEP_METHODS}")
     if suffix not in SUFFIX_FORWARDS:
         raise InputError(f"unknown suffix forward {suffix!r}; choose one of {SUFFIX_FORWARDS}")
-    if embeds.dim() != 3 or embeds.shape[0] != 1 or embeds.shape[-1] != model.cfg.d_model:
-        raise InputError(f"sweep runs one sample: embeds must be [1, pos, {model.cfg.d_model}], "
-                         f"got {tuple(embeds.shape)}")
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
-                                  or max_batch < 1):
-        raise InputError(f"max_batch must be a positive int or None, got {max_batch!r}")
+    embeds, configs = list(embeds), [list(c) for c in configs]
+    if len(embeds) != len(configs):
+        raise InputError(f"sweep_samples needs one configuration list per sample, got "
+                         f"{len(embeds)} samples and {len(configs)} lists")
+    for index, sample in enumerate(embeds):
+        if sample.dim() != 3 or sample.shape[0] != 1 or sample.shape[-1] != model.cfg.d_model:
+            raise InputError(f"sample {index}: embeds must be [1, pos, {model.cfg.d_model}], "
+                             f"got {tuple(sample.shape)}")
+    for name, value in (("max_batch", max_batch), ("max_samples", max_samples)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise InputError(f"{name} must be a positive int or None, got {value!r}")
     if batch_budget_mb is not None and not batch_budget_mb > 0:
         raise InputError(f"batch_budget_mb must be positive or None, got {batch_budget_mb!r}")
     n_layers = model.cfg.n_layers
-    for config in configs:
-        knockout(config.edges, config.layers, n_layers=n_layers)  # validates the layers
-    if not configs:
-        return torch.empty(0, model.cfg.d_vocab, device=model.cfg.device, dtype=model.cfg.dtype)
+    for sample_configs in configs:
+        for config in sample_configs:
+            knockout(config.edges, config.layers, n_layers=n_layers)  # validates the layers
     user_hooks: HookList = list(fwd_hooks)
     check_hooks(model, user_hooks)
     if method == "naive":
         from .models.backbone import run_from_embeds
 
-        rows = []
-        for config in configs:
-            hooks = knockout(config.edges, config.layers, n_layers=n_layers) + user_hooks
-            rows.append(run_from_embeds(model, embeds, fwd_hooks=hooks)[0, -1])
-        return torch.stack(rows)
+        results = []
+        for sample, sample_configs in zip(embeds, configs):
+            rows = [run_from_embeds(model, sample, fwd_hooks=knockout(
+                config.edges, config.layers, n_layers=n_layers) + user_hooks)[0, -1]
+                for config in sample_configs]
+            results.append(torch.stack(rows) if rows else _no_logits(model))
+        return results
     lean = suffix != "hooked"
     if lean:
-        reason = _lean_refusal(model, embeds.shape[1], user_hooks)
+        reason = _lean_refusal(model, user_hooks)
         if reason is not None:
             if suffix == "lean":
                 raise InputError(f"the lean suffix forward cannot run this sweep: {reason}; use "
                                  f"suffix='auto' or 'hooked'")
             _warn_once(f"knockout sweep runs on the hooked path (slower): {reason}")
             lean = False
+    results: list[torch.Tensor] = [_no_logits(model)] * len(embeds)
     with torch.no_grad():
-        return _fast_sweep(model, embeds, configs, batch_budget_mb, max_batch, user_hooks, lean)
+        if not lean:
+            for index, (sample, sample_configs) in enumerate(zip(embeds, configs)):
+                if sample_configs:
+                    results[index] = _fast_sweep_hooked(model, sample, sample_configs,
+                                                        batch_budget_mb, max_batch, user_hooks)
+            return results
+        busy = [index for index, sample_configs in enumerate(configs) if sample_configs]
+        for chunk in _sample_chunks(model, [embeds[i].shape[1] for i in busy], max_samples):
+            chunk = [busy[i] for i in chunk]
+            for index, logits in zip(chunk, _fast_sweep_lean(
+                    model, [embeds[i] for i in chunk], [configs[i] for i in chunk],
+                    batch_budget_mb, max_batch)):
+                results[index] = logits
+    return results
+
+
+def _no_logits(model: HookedTransformer) -> torch.Tensor:
+    return torch.empty(0, model.cfg.d_vocab, device=model.cfg.device, dtype=model.cfg.dtype)
 
 
 def _last_logits(model: HookedTransformer, residual: torch.Tensor) -> torch.Tensor:
@@ -349,39 +411,42 @@ _LEAN_COSTS = _CostModel(layer_call=80, key=0.001, query_key=0.0018)
 
 @dataclass(frozen=True)
 class _Batch:
+    """Configurations recomputed together: from ``start_layer`` on, each one's last
+    ``n_queries`` positions; ``members`` are (sample, configuration index) pairs."""
+
     start_layer: int
-    first_query: int
-    indices: tuple[int, ...]
+    n_queries: int
+    members: tuple[tuple[int, int], ...]
 
 
 def _batches(
-    configs: Sequence[KnockoutConfig],
-    groups: Sequence[SweepGroup],
+    plans: Sequence[tuple[Sequence[SweepGroup], int]],
     n_layers: int,
-    n_positions: int,
+    n_keys: int,
     batch_size,
     costs: _CostModel = _HOOKED_COSTS,
 ) -> list[_Batch]:
-    """Split the configurations of each first blocked query p into batches.
+    """Split the configurations of one or more samples into batches.
 
-    Configurations sorted by first blocked layer are cut into consecutive runs (at most
-    ``batch_size(n_queries)`` long); a run starts at the first blocked layer of its earliest
-    member. The cut minimises the estimated cost Σ over runs of layers run × (fixed cost per
-    layer call + per-element cost × run length) by dynamic programming; with a large fixed cost
-    and few recomputed positions runs span several first blocked layers, with many recomputed
-    positions they are the (s, p) groups of the method.
+    ``plans`` holds each sample's groups (:func:`plan_sweep`) and its length. Configurations
+    that recompute the same number Q of last positions — across samples too — are sorted by
+    first blocked layer and cut into consecutive runs (at most ``batch_size(Q)`` long); a run
+    starts at the first blocked layer of its earliest member. The cut minimises the estimated
+    cost Σ over runs of layers run × (fixed cost per layer call + per-element cost × run length)
+    by dynamic programming (n keys: the longest sample's); with a large fixed cost and few
+    recomputed positions runs span several first blocked layers and samples, with many
+    recomputed positions they are the (s, p) groups of the method.
     """
-    by_query: dict[int, list[tuple[int, int]]] = {}
-    for group in groups:
-        by_query.setdefault(group.first_query, []).extend(
-            (group.start_layer, index) for index in group.indices)
+    by_queries: dict[int, list[tuple[int, int, int]]] = {}
+    for sample, (groups, n_positions) in enumerate(plans):
+        for group in groups:
+            by_queries.setdefault(n_positions - group.first_query, []).extend(
+                (group.start_layer, sample, index) for index in group.indices)
     batches: list[_Batch] = []
-    for p, members in sorted(by_query.items()):
+    for n_queries, members in sorted(by_queries.items()):
         members.sort()
-        n_queries = n_positions - p
         size = batch_size(n_queries)
-        per_element = (n_queries * (1 + costs.query_key * n_positions)
-                       + costs.key * n_positions)
+        per_element = (n_queries * (1 + costs.query_key * n_keys) + costs.key * n_keys)
         count = len(members)
         best = [0.0] + [float("inf")] * count
         cut = [0] * (count + 1)
@@ -397,7 +462,8 @@ def _batches(
             runs.append(members[cut[j]:j])
             j = cut[j]
         for run in reversed(runs):
-            batches.append(_Batch(run[0][0], p, tuple(index for _, index in run)))
+            batches.append(_Batch(run[0][0], n_queries,
+                                  tuple(sorted((sample, index) for _, sample, index in run))))
     return batches
 
 
@@ -440,7 +506,7 @@ def _hooked_points(model: HookedTransformer) -> list[str]:
     return [name for name, point in model.hook_dict.items() if point.fwd_hooks]
 
 
-def _lean_refusal(model: HookedTransformer, n_positions: int, user_hooks: HookList) -> str | None:
+def _lean_refusal(model: HookedTransformer, user_hooks: HookList) -> str | None:
     """Why this sweep cannot run the lean suffix forward, or ``None``."""
     if user_hooks:
         names = sorted({name for name, _ in user_hooks})
@@ -472,41 +538,68 @@ def _ensure_rotary(model: HookedTransformer, embeds: torch.Tensor) -> None:
         model.blocks[index].attn._extend_rotary_embeddings(n)
 
 
-def _fast_sweep(
-    model: HookedTransformer,
-    embeds: torch.Tensor,
-    configs: Sequence[KnockoutConfig],
-    batch_budget_mb: float | None,
-    max_batch: int | None,
-    user_hooks: HookList,
-    lean: bool,
-) -> torch.Tensor:
-    n_layers, n_positions = model.cfg.n_layers, embeds.shape[1]
-    groups, _ = plan_sweep(configs, n_positions)
-    if batch_budget_mb is not None:
-        budget = batch_budget_mb * 2**20
-    else:
-        # One full forward's working memory less what the fast method keeps of the clean run
-        # (residual stream at every layer at most, keys and values) — but never below a quarter
-        # of that working memory or of the weights, which small models' kept state can exceed.
-        cfg = model.cfg
-        d_kv = (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
-        kept = n_layers * n_positions * (cfg.d_model + 2 * d_kv) * _itemsize(model)
-        full = _working_bytes_per_config(model, n_positions, n_positions)
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        budget = max(full - kept, full / 4, weights / 4)
+def _kept_bytes(model: HookedTransformer, n_positions: int) -> int:
+    """What the fast method keeps of one sample's clean run: the residual stream at every layer
+    at most, and the keys and values."""
+    cfg = model.cfg
+    d_kv = (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+    return cfg.n_layers * n_positions * (cfg.d_model + 2 * d_kv) * _itemsize(model)
 
-    working = _lean_working_bytes_per_config if lean else _working_bytes_per_config
+
+def _default_budget(model: HookedTransformer, n_positions: int) -> float:
+    """Default working memory of a sweep's batches, in bytes: one full forward's working memory
+    less what the fast method keeps of the clean run — but never below a quarter of that working
+    memory or of the weights, which small models' kept state can exceed, nor below
+    ``BATCH_MIN_MB`` (a small model's whole forward needs less than a batch's fixed costs)."""
+    full = _working_bytes_per_config(model, n_positions, n_positions)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(full - _kept_bytes(model, n_positions), full / 4, weights / 4,
+               BATCH_MIN_MB * 2**20)
+
+
+#: A sweep's batches may always use this much working memory (MiB).
+BATCH_MIN_MB = 64
+#: Samples swept together may keep this much clean state even where one sample's batch budget
+#: is smaller (small models: their whole state is a few MB).
+GROUP_MIN_MB = 256
+
+
+def _sample_chunks(model: HookedTransformer, lengths: Sequence[int],
+                   max_samples: int | None) -> list[list[int]]:
+    """Indices of samples swept together: sorted by length (little padding), each group's kept
+    clean state within the default batch budget of its longest sample or ``GROUP_MIN_MB``,
+    whichever is larger, and at most ``max_samples`` samples; at least one sample per group."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    chunks: list[list[int]] = []
+    for index in order:
+        if chunks:
+            chunk = chunks[-1]
+            longest = max(lengths[index], lengths[chunk[-1]])
+            fits = (len(chunk) + 1) * _kept_bytes(model, longest) \
+                <= max(_default_budget(model, longest), GROUP_MIN_MB * 2**20)
+            if fits and (max_samples is None or len(chunk) < max_samples):
+                chunk.append(index)
+                continue
+        chunks.append([index])
+    return chunks
+
+
+def _batch_sizer(model: HookedTransformer, n_positions: int, batch_budget_mb: float | None,
+                 max_batch: int | None, working):
+    budget = _default_budget(model, n_positions) if batch_budget_mb is None \
+        else batch_budget_mb * 2**20
 
     def batch_size(n_queries: int) -> int:
         size = max(1, int(budget // working(model, n_queries, n_positions)))
         return size if max_batch is None else min(size, max_batch)
 
-    costs = _LEAN_COSTS if lean else _HOOKED_COSTS
-    batches = _batches(configs, groups, n_layers, n_positions, batch_size, costs)
-    start_layers = sorted({batch.start_layer for batch in batches})
-    embeds = embeds.to(model.cfg.device, model.cfg.dtype)
-    masks: dict[int, torch.Tensor] = {}  # one dense mask per distinct edge set
+    return batch_size
+
+
+def _edge_rows(n_positions: int):
+    """``rows(config, first_query, device)``: the blocked rows ``first_query …`` of a
+    configuration's dense edge mask, one mask per distinct edge set."""
+    masks: dict[int, torch.Tensor] = {}
 
     def rows(config: KnockoutConfig, first_query: int, device) -> torch.Tensor:
         mask = masks.get(id(config.edges))
@@ -516,58 +609,100 @@ def _fast_sweep(
             masks[id(config.edges)] = mask
         return mask[first_query:]
 
-    if lean:
-        _ensure_rotary(model, embeds)
-        weights = backbone_weights(model)
-        clean = clean_forward(weights, embeds, set(start_layers))
-        results: list[torch.Tensor] = [clean.logits] * len(configs)
+    return rows
 
-        def run_batch(s: int, p: int, indices: tuple[int, ...]) -> None:
-            chunk = [configs[i] for i in indices]
-            blocked = torch.stack([rows(config, p, embeds.device) for config in chunk])
-            active = torch.tensor([[layer in config.layers for config in chunk]
-                                   for layer in range(n_layers)], device=embeds.device)
-            logits = suffix_logits(weights, clean, s, p, blocked, active)
-            for row, index in enumerate(indices):
-                results[index] = logits[row]
-    else:
-        results, run_batch = _hooked_runner(model, embeds, configs, start_layers, rows,
-                                            user_hooks)
 
-    def run_or_split(s: int, p: int, indices: tuple[int, ...]) -> None:
-        try:
-            run_batch(s, p, indices)
-        except torch.OutOfMemoryError:
-            if len(indices) == 1:
-                raise
-            half = len(indices) // 2
-            logger.warning("out of memory on a batch of %d knockout configurations; halving it "
-                           "to %d and %d and continuing", len(indices), half,
-                           len(indices) - half)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            run_or_split(s, p, indices[:half])
-            run_or_split(s, p, indices[half:])
+def _split_on_oom(run_batch, start_layer: int, n_queries: int,
+                  members: tuple[tuple[int, int], ...]) -> None:
+    """Run a batch; out of memory, run its halves instead (recursively)."""
+    try:
+        run_batch(start_layer, n_queries, members)
+    except torch.OutOfMemoryError:
+        if len(members) == 1:
+            raise
+        half = len(members) // 2
+        logger.warning("out of memory on a batch of %d knockout configurations; halving it "
+                       "to %d and %d and continuing", len(members), half, len(members) - half)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _split_on_oom(run_batch, start_layer, n_queries, members[:half])
+        _split_on_oom(run_batch, start_layer, n_queries, members[half:])
+
+
+def _fast_sweep_lean(
+    model: HookedTransformer,
+    embeds: Sequence[torch.Tensor],
+    configs: Sequence[Sequence[KnockoutConfig]],
+    batch_budget_mb: float | None,
+    max_batch: int | None,
+) -> list[torch.Tensor]:
+    """The fast method on the lean suffix forward for a group of samples swept together."""
+    n_layers = model.cfg.n_layers
+    lengths = [sample.shape[1] for sample in embeds]
+    n_keys = max(lengths)
+    plans = [(plan_sweep(sample_configs, n)[0], n) for sample_configs, n in zip(configs, lengths)]
+    batch_size = _batch_sizer(model, n_keys, batch_budget_mb, max_batch,
+                              _lean_working_bytes_per_config)
+    batches = _batches(plans, n_layers, n_keys, batch_size, _LEAN_COSTS)
+    embeds = [sample.to(model.cfg.device, model.cfg.dtype) for sample in embeds]
+    rotary = []
+    for sample in embeds:  # each sample's rotary tables (per-sample M-RoPE) as installed for it
+        _ensure_rotary(model, sample)
+        rotary.append(backbone_weights(model).rotary)
+    weights = backbone_weights(model)
+    clean = clean_forward(weights, embeds, {batch.start_layer for batch in batches},
+                          rotary=rotary)
+    rows = [_edge_rows(n) for n in lengths]
+    results = [[clean.logits[sample]] * len(sample_configs)
+               for sample, sample_configs in enumerate(configs)]
+    device = embeds[0].device
+
+    def run_batch(s: int, n_queries: int, members: tuple[tuple[int, int], ...]) -> None:
+        chunk = [(sample, configs[sample][index]) for sample, index in members]
+        blocked = [rows[sample](config, lengths[sample] - n_queries, device)
+                   for sample, config in chunk]
+        active = torch.tensor([[layer in config.layers for _, config in chunk]
+                               for layer in range(n_layers)], device=device)
+        logits = suffix_logits(weights, clean, s, blocked, active,
+                               [sample for sample, _ in chunk])
+        for row, (sample, index) in enumerate(members):
+            results[sample][index] = logits[row]
 
     for batch in batches:
-        run_or_split(batch.start_layer, batch.first_query, batch.indices)
-    return torch.stack(results)
+        _split_on_oom(run_batch, batch.start_layer, batch.n_queries, batch.members)
+    return [torch.stack(sample_results) for sample_results in results]
 
 
-def _hooked_runner(model, embeds, configs, start_layers, rows, user_hooks):
-    """The hooked suffix forward: ``(results, run_batch)`` after one clean forward that fills a
-    TransformerLens key/value cache (keys before rotary, as TransformerLens caches them) and keeps
-    the residual stream entering each layer some batch starts from."""
+def _fast_sweep_hooked(
+    model: HookedTransformer,
+    embeds: torch.Tensor,
+    configs: Sequence[KnockoutConfig],
+    batch_budget_mb: float | None,
+    max_batch: int | None,
+    user_hooks: HookList,
+) -> torch.Tensor:
+    """The fast method through the ``HookedTransformer`` for one sample: one clean forward fills
+    a TransformerLens key/value cache (keys before rotary, as TransformerLens caches them) and
+    keeps the residual stream entering each layer some batch starts from; each batch then runs
+    from its first blocked layer with :class:`BatchedKnockoutHook` and the user's hooks."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-    n_layers = model.cfg.n_layers
+    n_layers, n_positions = model.cfg.n_layers, embeds.shape[1]
+    groups, _ = plan_sweep(configs, n_positions)
+    batch_size = _batch_sizer(model, n_positions, batch_budget_mb, max_batch,
+                              _working_bytes_per_config)
+    batches = _batches([(groups, n_positions)], n_layers, n_positions, batch_size,
+                       _HOOKED_COSTS)
+    embeds = embeds.to(model.cfg.device, model.cfg.dtype)
+    rows = _edge_rows(n_positions)
     clean_resid: dict[int, torch.Tensor] = {}
 
     def keep_resid(activation: torch.Tensor, hook) -> None:
         clean_resid[hook.layer()] = activation.detach()
 
     clean_cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    start_layers = sorted({batch.start_layer for batch in batches})
     with _attached(model, [(f"blocks.{layer}.hook_resid_pre", keep_resid)
                            for layer in start_layers] + user_hooks):
         residual = model(embeds, start_at_layer=0, stop_at_layer=n_layers,
@@ -576,9 +711,9 @@ def _hooked_runner(model, embeds, configs, start_layers, rows, user_hooks):
     del residual
     results: list[torch.Tensor] = [clean_logits] * len(configs)
 
-    def run_batch(s: int, p: int, indices: tuple[int, ...]) -> None:
-        size = len(indices)
-        chunk = [configs[i] for i in indices]
+    def run_batch(s: int, n_queries: int, members: tuple[tuple[int, int], ...]) -> None:
+        size, p = len(members), n_positions - n_queries
+        chunk = [configs[index] for _, index in members]
         # Fresh frozen entries per batch: views of the clean prefix, never appended to.
         cache = TransformerLensKeyValueCache(
             entries=[
@@ -606,7 +741,9 @@ def _hooked_runner(model, embeds, configs, start_layers, rows, user_hooks):
                              past_kv_cache=cache)
         logits = _last_logits(model, residual)
         del residual, cache
-        for row, index in enumerate(indices):
+        for row, (_, index) in enumerate(members):
             results[index] = logits[row]
 
-    return results, run_batch
+    for batch in batches:
+        _split_on_oom(run_batch, batch.start_layer, batch.n_queries, batch.members)
+    return torch.stack(results)

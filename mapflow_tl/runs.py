@@ -462,7 +462,11 @@ class RunWriter:
         return tuple(json.dumps(row.get(k), default=str) for k in keys)
 
     def write(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
-        """Append rows to ``<table>.jsonl``, durably (flush + fsync) before returning."""
+        """Append rows to ``<table>.jsonl``, durably (flush + fsync) before returning, in one
+        write call, so that a killed process does not leave only some of the rows written
+        together (the completion markers of samples computed together: a resume then computes
+        the same group again). A machine crash can still tear the write; resume drops a damaged
+        last line and redoes the samples whose markers are missing."""
         rows = list(rows)
         self._tables.add(table)
         if not rows:
@@ -470,8 +474,7 @@ class RunWriter:
         self._locked()
         try:
             with open(self.out / f"{table}.jsonl", "a", encoding="utf-8") as handle:
-                for row in rows:
-                    handle.write(json.dumps(row, default=str) + "\n")
+                handle.write("".join(json.dumps(row, default=str) + "\n" for row in rows))
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as error:

@@ -47,7 +47,7 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -241,9 +241,10 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding ``x·cos + rotate_half(x)·sin`` of the first ``rotary_dim`` dimensions.
 
-    x ``[..., pos, heads, d_head]``, cos/sin ``[pos, rotary_dim]``."""
+    x ``[batch, pos, heads, d_head]``, cos/sin ``[pos, rotary_dim]`` (shared by the batch) or
+    ``[batch, pos, rotary_dim]`` (each element its own positions)."""
     rotary_dim = cos.shape[-1]
-    cos, sin = cos[:, None, :], sin[:, None, :]
+    cos, sin = cos[..., None, :], sin[..., None, :]
     rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
     half = rotary_dim // 2
     flipped = torch.cat([-rotated[..., half:], rotated[..., :half]], dim=-1)
@@ -251,9 +252,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return rotated if passed.shape[-1] == 0 else torch.cat([rotated, passed], dim=-1)
 
 
-def _qkv(weights: BackboneWeights, index: int, x: torch.Tensor, first: int, stop: int):
+def _qkv(weights: BackboneWeights, index: int, x: torch.Tensor, cos: torch.Tensor,
+         sin: torch.Tensor):
     """Rotated q ``[batch, Q, heads, d_head]`` and k, v ``[batch, Q, kv_heads, d_head]`` of the
-    positions ``first … stop−1`` whose residual stream is x ``[batch, Q, d_model]``."""
+    positions whose residual stream is x ``[batch, Q, d_model]`` and whose rotary tables are
+    cos/sin (``[Q, rotary_dim]`` or ``[batch, Q, rotary_dim]``)."""
     layer = weights.layers[index]
     h = _rms(x, layer.ln_attn, weights.eps)
     qkv = h @ layer.W_qkv
@@ -267,11 +270,7 @@ def _qkv(weights: BackboneWeights, index: int, x: torch.Tensor, first: int, stop
     if layer.q_norm is not None:
         qk = torch.cat([_rms(qk[..., :weights.n_heads, :], layer.q_norm, weights.eps),
                         _rms(qk[..., weights.n_heads:, :], layer.k_norm, weights.eps)], dim=-2)
-    cos, sin = weights.rotary[index]
-    if cos.shape[0] < stop:
-        raise InputError(f"layer {index}'s rotary tables cover {cos.shape[0]} positions, the "
-                         f"sequence has {stop}; run the model on it once to extend them")
-    qk = _rotate(qk, cos[first:stop], sin[first:stop])
+    qk = _rotate(qk, cos, sin)
     return qk[..., :weights.n_heads, :], qk[..., weights.n_heads:, :], v
 
 
@@ -301,65 +300,209 @@ def _head(weights: BackboneWeights, x: torch.Tensor) -> Float[torch.Tensor, "bat
     return logits if cap <= 0 else cap * torch.tanh(logits / cap)
 
 
+# ---------------------------------------------------------------------- the clean run
+Tables = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
 @dataclass
 class CleanRun:
-    """What a sweep keeps of the clean forward: rotated keys and values of every layer
-    ``[kv_heads, pos, d_head]``, the residual stream entering the layers it starts from
-    ``{layer: [1, pos, d_model]}``, and the clean last-position logits ``[d_vocab]``."""
+    """What a sweep keeps of the clean forward of S samples (lengths n_s, padded at the end to
+    N = max n_s): rotated keys and values of every layer ``[S, kv_heads, N, d_head]``, the
+    residual stream entering the layers it starts from ``{layer: [S, N, d_model]}``, the clean
+    last-position logits ``[S, d_vocab]`` and each layer's rotary tables — ``[n_ctx,
+    rotary_dim]`` when the samples share them, ``[S, N, rotary_dim]`` when each has its own
+    (M-RoPE). Entries past a sample's length are padding: no real position ever attends them."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     residual: dict[int, torch.Tensor]
     logits: torch.Tensor
+    lengths: tuple[int, ...]
+    rotary: Tables
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.lengths)
+
+
+def _sample_tables(rotaries: Sequence[Tables], lengths: Sequence[int]) -> Tables:
+    """Each layer's rotary tables for a group of samples: the model's own table when every
+    sample's is the same tensor (sequential positions), else the samples' tables stacked and
+    zero-padded to the longest (per-sample M-RoPE)."""
+    n = max(lengths)
+    tables = []
+    for index, layer in enumerate(zip(*rotaries)):
+        cos, sin = layer[0]
+        for (sample_cos, _), length in zip(layer, lengths):
+            if sample_cos.shape[0] < length:
+                raise InputError(f"layer {index}'s rotary tables cover {sample_cos.shape[0]} "
+                                 f"positions, the sequence has {length}; run the model on it "
+                                 f"once to extend them")
+        if all(c is cos and s is sin for c, s in layer):
+            tables.append((cos, sin))
+            continue
+        stacked = []
+        for part in (0, 1):
+            table = torch.zeros(len(lengths), n, cos.shape[-1], dtype=cos.dtype,
+                                device=cos.device)
+            for row, (pair, length) in enumerate(zip(layer, lengths)):
+                table[row, :length] = pair[part][:length]
+            stacked.append(table)
+        tables.append((stacked[0], stacked[1]))
+    return tuple(tables)
 
 
 @torch.inference_mode()
-def clean_forward(weights: BackboneWeights, embeds: Float[torch.Tensor, "1 pos d_model"],
-                  keep_residual: set[int] | frozenset[int] = frozenset()) -> CleanRun:
-    """One unablated forward of a sample, keeping what its knockout configurations reuse."""
-    x = embeds
-    n = x.shape[1]
+def clean_forward(
+    weights: BackboneWeights,
+    embeds: Float[torch.Tensor, "1 pos d_model"] | Sequence[Float[torch.Tensor, "1 _ d_model"]],
+    keep_residual: set[int] | frozenset[int] = frozenset(),
+    *,
+    rotary: Sequence[Tables] | None = None,
+) -> CleanRun:
+    """One unablated forward of one sample, or of several in one batch, keeping what their
+    knockout configurations reuse.
+
+    Several samples of different lengths run right-padded to the longest: under causal
+    attention a real position never sees the padding after it, so each sample's keys, values
+    and residual stream are its own forward's (up to batched-matmul rounding). ``rotary`` gives
+    each sample's per-layer (cos, sin) tables as :func:`backbone_weights` read them when that
+    sample's tables were installed (default: ``weights.rotary`` for every sample)."""
+    samples = [embeds] if isinstance(embeds, torch.Tensor) else list(embeds)
+    for sample in samples:
+        if sample.dim() != 3 or sample.shape[0] != 1:
+            raise InputError(f"clean_forward takes [1, pos, d_model] embeddings per sample, got "
+                             f"{tuple(sample.shape)}")
+    lengths = tuple(int(sample.shape[1]) for sample in samples)
+    n = max(lengths)
+    rotary = [weights.rotary] * len(samples) if rotary is None else list(rotary)
+    tables = _sample_tables(rotary, lengths)
+    if len(samples) == 1:
+        x = samples[0]
+    else:
+        x = samples[0].new_zeros(len(samples), n, samples[0].shape[-1])
+        for row, sample in enumerate(samples):
+            x[row, :sample.shape[1]] = sample[0]
     keys, values, residual = [], [], {}
     for index, layer in enumerate(weights.layers):
         if index in keep_residual:
             residual[index] = x
-        q, k, v = _qkv(weights, index, x, 0, n)
+        cos, sin = tables[index]
+        q, k, v = _qkv(weights, index, x, cos[..., :n, :], sin[..., :n, :])
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        keys.append(k[0].contiguous())
-        values.append(v[0].contiguous())
+        keys.append(k.contiguous())
+        values.append(v.contiguous())
         z = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, scale=1.0 / weights.attn_scale,
             enable_gqa=weights.n_kv_heads != weights.n_heads)
         x = _finish_block(weights, layer, x, z.transpose(1, 2).flatten(2))
-    return CleanRun(keys, values, residual, _head(weights, x[:, -1])[0])
+    last = x[torch.arange(len(samples), device=x.device),
+             torch.tensor(lengths, device=x.device) - 1]
+    return CleanRun(keys, values, residual, _head(weights, last), lengths, tables)
+
+
+# ---------------------------------------------------------------------- the suffix
+@dataclass(frozen=True)
+class _Layout:
+    """Where a batch's elements read the clean run. Element b recomputes the last Q positions of
+    sample ``samples[b]`` (``first[b]`` … length − 1); its keys are laid out as ``P`` prefix slots
+    (slot j = clean position j, valid for j < first[b]) followed by its Q own positions.
+
+    The prefix is read per group of elements: ``groups`` clean-run rows with ``per_group``
+    elements each (elements sorted by sample and every sample contributing the same number), or
+    — when the counts differ — one group per element."""
+
+    samples: torch.Tensor  # [B] long
+    first: torch.Tensor  # [B] long
+    n_prefix: int
+    groups: torch.Tensor | slice  # clean-run rows the prefix is read from
+    per_group: int
+    shared_first: int | None  # every element's first recomputed position, when they agree
+
+
+def _layout(clean: CleanRun, samples: Sequence[int], n_queries: int, device) -> _Layout:
+    first = [clean.lengths[s] - n_queries for s in samples]
+    if min(first) < 0:
+        raise InputError(f"{n_queries} recomputed positions exceed a sample of "
+                         f"{min(clean.lengths)} positions")
+    counts: dict[int, int] = {}
+    for s in samples:
+        counts[s] = counts.get(s, 0) + 1
+    contiguous = list(samples) == sorted(samples)
+    if contiguous and len(set(counts.values())) == 1:
+        used = sorted(counts)
+        groups: torch.Tensor | slice = (
+            slice(used[0], used[-1] + 1) if used == list(range(used[0], used[-1] + 1))
+            else torch.tensor(used, device=device))
+        per_group = len(samples) // len(used)
+    else:
+        groups, per_group = torch.tensor(list(samples), device=device), 1
+    return _Layout(torch.tensor(list(samples), device=device),
+                   torch.tensor(first, device=device), max(first), groups, per_group,
+                   first[0] if len(set(first)) == 1 else None)
+
+
+def _slot_blocked(blocked: Sequence[torch.Tensor], layout: _Layout, n_queries: int) -> torch.Tensor:
+    """Each element's blocked rows ``[Q, length]`` as ``[B, Q, P + Q]`` in the slot layout."""
+    if layout.shared_first is not None and all(b.shape[1] == layout.n_prefix + n_queries
+                                               for b in blocked):
+        return torch.stack(list(blocked))
+    P = layout.n_prefix
+    slots = torch.zeros(len(blocked), n_queries, P + n_queries, dtype=torch.bool,
+                        device=blocked[0].device)
+    for row, (rows, first) in enumerate(zip(blocked, layout.first.tolist())):
+        slots[row, :, :first] = rows[:, :first]
+        slots[row, :, P:] = rows[:, first:]
+    return slots
+
+
+def _allowed(layout: _Layout, n_queries: int, device) -> torch.Tensor:
+    """``[B, Q, P + Q]``: valid prefix slots and causal own positions (before any knockout)."""
+    P, Q = layout.n_prefix, n_queries
+    own = torch.ones(Q, Q, dtype=torch.bool, device=device).tril()
+    if layout.shared_first is not None:
+        return torch.cat([torch.ones(Q, P, dtype=torch.bool, device=device), own], dim=1)[None]
+    prefix = torch.arange(P, device=device)[None, :] < layout.first.to(device)[:, None]
+    return torch.cat([prefix[:, None, :].expand(-1, Q, -1),
+                      own[None].expand(len(layout.first), -1, -1)], dim=2)
+
+
+def _prefix(cached: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """The prefix slots of one layer's clean keys or values ``[S, kv, N, d]`` per group:
+    ``[groups, kv, P, d]`` (a view when the groups are consecutive clean-run rows)."""
+    return cached[layout.groups, :, :layout.n_prefix]
 
 
 def _folded_attention(weights: BackboneWeights, q, k, v, prefix_k, prefix_v,
                       mask: torch.Tensor) -> torch.Tensor:
     """Attention of few queries per configuration, exact, without copying the clean prefix.
 
-    q ``[B, Q, heads, d]``, k/v ``[B, Q, kv, d]`` (the batch's own positions p … pos−1),
-    prefix_k/v ``[kv, p, d]`` (the clean run's positions 0 … p−1, shared), mask ``[B, 1, Q, 1,
-    pos]`` additive (0 or −∞: causal and knockout). The batch and the query heads of each
-    key/value head are folded into the query axis for the prefix, so its keys and values are read
-    once for all configurations. Returns ``[B, Q, heads·d]``.
+    q ``[B, Q, heads, d]``, k/v ``[B, Q, kv, d]`` (the batch's own positions), prefix_k/v ``[G,
+    kv, P, d]`` (the clean prefix of G groups of B/G consecutive elements each), mask ``[B, 1, Q,
+    1, P + Q]`` additive (0 or −∞: padding, causal and knockout). The elements of a group and the
+    query heads of each key/value head are folded into the query axis for the prefix, so its keys
+    and values are read once per group. Returns ``[B, Q, heads·d]``.
     """
     B, Q, _, d = q.shape
     kv, g = weights.n_kv_heads, weights.n_heads // weights.n_kv_heads
-    p = prefix_k.shape[1]
+    G, P = prefix_k.shape[0], prefix_k.shape[2]
+    m = B // G
     q = q.unflatten(2, (kv, g)) * (1.0 / weights.attn_scale)  # [B, Q, kv, g, d]
-    # the clean prefix: [kv, B·Q·g, p] in one matmul, read as [B, kv, Q, g, p]
-    folded = q.permute(2, 0, 1, 3, 4).reshape(kv, B * Q * g, d)
-    shared = (folded @ prefix_k.transpose(1, 2)).unflatten(1, (B, Q, g)).permute(1, 0, 2, 3, 4)
+    # the clean prefix: [G, kv, m·Q·g, P] in one batched matmul, read as [B, kv, Q, g, P]
+    folded = q.unflatten(0, (G, m)).permute(0, 3, 1, 2, 4, 5).reshape(G, kv, m * Q * g, d)
+    shared = (folded @ prefix_k.transpose(-1, -2)).unflatten(2, (m, Q, g)) \
+        .permute(0, 2, 1, 3, 4, 5).reshape(B, kv, Q, g, P)
     # the batch's own keys: [B, kv, Q·g, Q'] read as [B, kv, Q, g, Q']
     own = (q.permute(0, 2, 1, 3, 4).reshape(B, kv, Q * g, d)
            @ k.permute(0, 2, 3, 1)).unflatten(2, (Q, g))
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     scores = torch.cat([shared, own], dim=-1).to(compute) + mask
-    probabilities = scores.softmax(-1).to(v.dtype)  # [B, kv, Q, g, pos]
-    prefix_part = probabilities[..., :p].permute(1, 0, 2, 3, 4).reshape(kv, B * Q * g, p)
-    out = (prefix_part @ prefix_v).unflatten(1, (B, Q, g)).permute(1, 0, 2, 3, 4)
-    out = out + (probabilities[..., p:].flatten(2, 3) @ v.permute(0, 2, 1, 3)).unflatten(2, (Q, g))
+    probabilities = scores.softmax(-1).to(v.dtype)  # [B, kv, Q, g, P + Q]
+    prefix_part = probabilities[..., :P].unflatten(0, (G, m)).permute(0, 2, 1, 3, 4, 5) \
+        .reshape(G, kv, m * Q * g, P)
+    out = (prefix_part @ prefix_v).unflatten(2, (m, Q, g)).permute(0, 2, 1, 3, 4, 5) \
+        .reshape(B, kv, Q, g, d)
+    out = out + (probabilities[..., P:].flatten(2, 3) @ v.permute(0, 2, 1, 3)).unflatten(2, (Q, g))
     return out.permute(0, 2, 1, 3, 4).reshape(B, Q, weights.n_heads * d)
 
 
@@ -368,56 +511,102 @@ def suffix_logits(
     weights: BackboneWeights,
     clean: CleanRun,
     start_layer: int,
-    first_query: int,
-    blocked: Bool[torch.Tensor, "batch query key"],
+    blocked: Bool[torch.Tensor, "batch query key"] | Sequence[Bool[torch.Tensor, "query _"]],
     active: Bool[torch.Tensor, "layer batch"],
+    samples: Sequence[int] | None = None,
 ) -> Float[torch.Tensor, "batch d_vocab"]:
-    """Last-position logits of a batch of knockout configurations.
+    """Last-position logits of a batch of knockout configurations, possibly of several samples.
 
-    Configuration b blocks the (query, key) pairs ``blocked[b]`` — the rows ``first_query …
-    pos−1`` of its edge set, over all ``pos`` keys — in the layers l where ``active[l, b]``.
-    Layers before ``start_layer`` and positions before ``first_query`` are the clean run's
-    (``clean.residual[start_layer]`` must be kept, and no configuration may block a query before
-    ``first_query`` or a layer before ``start_layer``): the suffix forward restates the backbone
-    block on the recomputed cells only (module docstring).
+    Element b belongs to clean-run sample ``samples[b]`` (default: all to sample 0) and blocks
+    the (query, key) pairs ``blocked[b]`` — the last Q rows of its edge set (queries length − Q …
+    length − 1) over its ``length`` keys; Q is the same for the whole batch — in the layers l
+    where ``active[l, b]``. Layers before ``start_layer`` and a sample's positions before its
+    last Q are the clean run's (``clean.residual[start_layer]`` must be kept, and no element may
+    block an earlier query or layer): the suffix forward restates the backbone block on the
+    recomputed cells only (module docstring). Elements of different samples share every layer
+    call; each reads its own sample's clean keys and values.
     """
-    B, Q, n = blocked.shape
-    p = first_query
-    if p + Q != n:
-        raise ValueError(f"blocked rows {Q} from first query {p} do not end at the sequence "
-                         f"length {n}")
-    x = clean.residual[start_layer][:, p:].expand(B, -1, -1)
+    B, Q = len(blocked), blocked[0].shape[0]
+    samples = [0] * B if samples is None else list(samples)
+    if len(samples) != B or active.shape[1] != B:
+        raise ValueError(f"{B} blocked row sets, {len(samples)} sample indices and "
+                         f"{active.shape[1]} active columns must agree")
+    for row, s in zip(blocked, samples):
+        if row.shape != (Q, clean.lengths[s]):
+            raise ValueError(f"blocked rows {tuple(row.shape)} of sample {s} must be [{Q}, "
+                             f"{clean.lengths[s]}]: the last {Q} queries over every key")
+    order = sorted(range(B), key=samples.__getitem__)
+    if order != list(range(B)):  # group elements by sample; logits are put back in order
+        logits = suffix_logits(weights, clean, start_layer, [blocked[i] for i in order],
+                               active[:, order], [samples[i] for i in order])
+        return logits[torch.tensor(order, device=logits.device).argsort()]
+    device = blocked[0].device
+    layout = _layout(clean, samples, Q, device)
+    P = layout.n_prefix
+    slot_blocked = _slot_blocked(blocked, layout, Q)
+    allowed_base = _allowed(layout, Q, device)
+    residual = clean.residual[start_layer]
+    single = len(set(samples)) == 1
+    positions = None if layout.shared_first is not None else \
+        layout.first.to(residual.device)[:, None] + torch.arange(Q, device=residual.device)
+    if single and layout.shared_first is not None:
+        x = residual[samples[0]:samples[0] + 1, P:P + Q].expand(B, -1, -1)
+    elif layout.shared_first is not None:
+        x = residual[layout.samples.to(residual.device), P:P + Q]
+    else:
+        x = residual[layout.samples.to(residual.device)[:, None], positions]
     masks: dict[tuple[bool, ...], torch.Tensor] = {}
+    tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     use_sdpa = Q >= SDPA_MIN_QUERIES
     gqa = weights.n_kv_heads != weights.n_heads
 
     def mask_for(layer: int) -> torch.Tensor:
-        """The additive mask of a layer (0 or −∞: causal and each active configuration's
-        knockout), one per pattern of active configurations."""
+        """The additive mask of a layer (0 or −∞: padding, causal and each active element's
+        knockout), one per pattern of active elements."""
         pattern = tuple(active[layer].tolist())
         if pattern not in masks:
-            allowed = torch.ones(Q, n, dtype=torch.bool, device=blocked.device).tril(p)
+            allowed = allowed_base
             if all(pattern):
-                allowed = allowed & ~blocked
+                allowed = allowed & ~slot_blocked
             elif any(pattern):
-                allowed = allowed & ~(blocked & active[layer].to(blocked.device)[:, None, None])
+                allowed = allowed & ~(slot_blocked & active[layer].to(device)[:, None, None])
             compute = weights.dtype if use_sdpa or weights.dtype not in (
                 torch.float16, torch.bfloat16) else torch.float32
-            additive = torch.zeros(allowed.shape, dtype=compute, device=blocked.device)
+            additive = torch.zeros(allowed.shape, dtype=compute, device=device)
             additive.masked_fill_(~allowed, float("-inf"))
-            if additive.dim() == 2:
-                additive = additive[None]
-            # SDPA: [B, 1, Q, pos]; folded: [B, 1, Q, 1, pos] (kv heads, query heads per kv head)
+            # SDPA: [B, 1, Q, P+Q]; folded: [B, 1, Q, 1, P+Q] (kv heads, query heads per kv head)
             masks[pattern] = additive[:, None] if use_sdpa else additive[:, None, :, None]
         return masks[pattern]
 
+    def rotary_for(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recomputed positions' rotary tables: ``[Q, rot]`` or ``[B, Q, rot]``."""
+        cos, sin = clean.rotary[index]
+        key = id(cos)
+        if key not in tables:
+            if cos.dim() == 2 and layout.shared_first is not None:
+                tables[key] = cos[P:P + Q], sin[P:P + Q]
+            elif cos.dim() == 2:
+                tables[key] = cos[positions], sin[positions]
+            else:
+                rows = layout.samples.to(cos.device)[:, None]
+                at = positions if positions is not None else torch.arange(P, P + Q,
+                                                                          device=cos.device)
+                tables[key] = cos[rows, at], sin[rows, at]
+        return tables[key]
+
     for index in range(start_layer, weights.n_layers):
         layer = weights.layers[index]
-        q, k, v = _qkv(weights, index, x, p, n)
-        prefix_k, prefix_v = clean.keys[index][:, :p], clean.values[index][:, :p]
+        q, k, v = _qkv(weights, index, x, *rotary_for(index))
+        prefix_k, prefix_v = _prefix(clean.keys[index], layout), _prefix(clean.values[index],
+                                                                          layout)
         if use_sdpa:
-            keys = torch.cat([prefix_k.expand(B, -1, -1, -1), k.transpose(1, 2)], dim=2)
-            values = torch.cat([prefix_v.expand(B, -1, -1, -1), v.transpose(1, 2)], dim=2)
+            if layout.per_group > 1:
+                prefix_k = prefix_k.repeat_interleave(layout.per_group, 0) \
+                    if prefix_k.shape[0] > 1 else prefix_k.expand(B, -1, -1, -1)
+                prefix_v = prefix_v.repeat_interleave(layout.per_group, 0) \
+                    if prefix_v.shape[0] > 1 else prefix_v.expand(B, -1, -1, -1)
+            keys = torch.cat([prefix_k, k.transpose(1, 2)], dim=2)
+            values = torch.cat([prefix_v, v.transpose(1, 2)], dim=2)
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), keys, values, attn_mask=mask_for(index),
                 scale=1.0 / weights.attn_scale, enable_gqa=gqa).transpose(1, 2).flatten(2)
@@ -425,4 +614,3 @@ def suffix_logits(
             z = _folded_attention(weights, q, k, v, prefix_k, prefix_v, mask_for(index))
         x = _finish_block(weights, layer, x, z)
     return _head(weights, x[:, -1])
-

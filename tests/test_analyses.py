@@ -177,6 +177,25 @@ def test_every_flow_row_equals_the_hf_model_with_explicit_masks(vlm, xs, tiny_hf
     assert flipped > 0, "no knockout changed an answer's correctness: the test would be blind"
 
 
+def test_flow_sweeps_of_several_samples_equal_each_sample_alone(vlm, xs):
+    """Samples and circuits swept together (shared clean forwards and layer calls) give each
+    sample's own rows: the same keys and answers, probabilities to rounding."""
+    circuits = [load_circuit("cross-frame"), load_circuit("vql-to-ql")]
+    together = A.flow_sweeps(vlm, xs, circuits, k=K)
+    assert len(together) == len(xs)
+    for x, rows in zip(xs, together):
+        alone = [row for circuit in circuits for row in A.flow_sweep(vlm, x, circuit, k=K)]
+        assert len(rows) == len(alone) == 5 * vlm.n_layers
+        for got, expected in zip(rows, alone):
+            floats = ("p_pred", "p_true", "change_pred", "change_true")
+            assert {k: v for k, v in got.items() if k not in floats} == \
+                {k: v for k, v in expected.items() if k not in floats}
+            assert got["p_pred"] == pytest.approx(expected["p_pred"], abs=1e-6)
+            assert got["p_true"] == pytest.approx(expected["p_true"], abs=1e-6)
+    with pytest.raises(ValueError, match="one base per sample, got 1 for 2 samples"):
+        A.flow_sweeps(vlm, xs[:2], circuits, bases=[None])
+
+
 def test_flow_sweep_defaults_and_sweep_range(vlm, xs):
     x = xs[0]
     rows = A.flow_sweep(vlm, x, load_circuit("cross-frame"), centers=range(1, 3))

@@ -50,17 +50,38 @@ def _selected(run: AnalysisRun, table: str, mode: str, correctness: str):
     """This rank's prepared samples with their clean prediction, for those ``mode`` selects;
     every sample gets its ``samples`` row (the completion marker, written after its rows), so
     accuracies can count all evaluated samples."""
+    for chunk in _selected_chunks(run, table, mode, correctness, 1):
+        yield chunk[0]
+
+
+def _selected_chunks(run: AnalysisRun, table: str, mode: str, correctness: str, size: int):
+    """:func:`_selected` in lists of up to ``size`` selected samples, for analyses that compute
+    several samples together. The ``samples`` rows (completion markers) of a list's samples are
+    written when the next list is asked for, i.e. after the caller wrote their rows: an
+    interrupted run redoes at most the list it was computing."""
     from .. import analyses
     from ..schema import sample_fields
 
     done = run.writer.completed("samples", "sample")
     run.writer.retain(table, "sample", done)
+    pending: list = []
+
+    def hand_over():
+        yield list(pending)
+        run.writer.write("samples", [{**sample_fields(x), **base, "selected": True}
+                                     for x, base in pending])
+        pending.clear()
+
     for x in run.prepared("samples", done):
         base = analyses.base_prediction(run.vlm, x, correctness=correctness)
-        selected = analyses.select(base, mode)
-        if selected:
-            yield x, base
-        run.writer.write("samples", [{**sample_fields(x), **base, "selected": selected}])
+        if analyses.select(base, mode):
+            pending.append((x, base))
+            if len(pending) == size:
+                yield from hand_over()
+        else:
+            run.writer.write("samples", [{**sample_fields(x), **base, "selected": False}])
+    if pending:
+        yield from hand_over()
 
 
 def _flow(args: argparse.Namespace) -> int:
@@ -77,10 +98,12 @@ def _flow(args: argparse.Namespace) -> int:
     vlm, writer = run.vlm, run.writer
     k = args.window or default_window_size(vlm.n_layers)
     centers = None if args.sweep_range is None else range(*args.sweep_range)
-    for x, base in _selected(run, "flow", args.mode, args.correctness):
-        writer.write("flow", [row for circuit in circuits for row in analyses.flow_sweep(
-            vlm, x, circuit, k=k, style=args.style, centers=centers, method=args.method,
-            base=base, correctness=args.correctness)])
+    for chunk in _selected_chunks(run, "flow", args.mode, args.correctness, args.sample_batch):
+        for rows in analyses.flow_sweeps(vlm, [x for x, _ in chunk], circuits, k=k,
+                                         style=args.style, centers=centers, method=args.method,
+                                         bases=[base for _, base in chunk],
+                                         correctness=args.correctness):
+            writer.write("flow", rows)
     out = run.finish()
     if run.world.is_main:
         samples = read_table(out, "samples")
@@ -303,6 +326,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_correctness(flow)
     flow.add_argument("--method", default="fast", choices=("fast", "naive"),
                       help="sweep engine (default %(default)s)")
+    flow.add_argument("--sample-batch", type=positive_int, default=8, metavar="N",
+                      help="sweep up to N samples together: they share clean forwards and "
+                           "layer calls (fewer where memory is short) and their rows are written "
+                           "together, so an interrupted run redoes at most N (default "
+                           "%(default)s)")
     flow.set_defaults(handler=_flow)
 
     prob = subparsers.add_parser("prob", help="answer-probability tracing (logit lens, last "

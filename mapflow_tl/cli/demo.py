@@ -68,8 +68,8 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
         base = analyses.base_prediction(video, x)
         # every sample's flow: the report's curves use the correct ones, as the paper does, and
         # its failure diagnosis sets the wrong ones beside them
-        for circuit in flows:
-            writer.write("flow", analyses.flow_sweep(video, x, circuit, k=window_k, base=base))
+        writer.write("flow", analyses.flow_sweeps(video, [x], flows, k=window_k,
+                                                  bases=[base])[0])
         writer.write("prob", analyses.probability_trace(video, x))
         if index < lens_samples:
             writer.write("frames", frame_thumbnails(x))

@@ -26,10 +26,10 @@ __all__ = ["AnalysisRun", "add_run_arguments", "positive_int", "DTYPE_NAMES", "c
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
                "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 
-#: Arguments that do not change the rows (where and how fast, not what), left out of run.json's
-#: identity.
+#: Arguments that do not change the rows (where and how fast, not what; ``--sample-batch`` up to
+#: rounding), left out of run.json's identity.
 _NOT_CONFIG = ("handler", "resume", "out", "device", "strict", "debug", "threads", "overwrite",
-               "allow_outside_root")
+               "allow_outside_root", "sample_batch")
 
 
 def canonical_dtype(name: str) -> str:
