@@ -8,6 +8,10 @@ b·B·Q + c·B·Q·n + e·B·n`` by least squares and prints ``layer_call = a / 
 b`` and ``key = e / b`` (negative fits clipped to 0) as one JSON line.
 
     python benchmarks/fit_cost_model.py --threads 1
+    python benchmarks/fit_cost_model.py --device cuda --d-model 4096 --dtype bfloat16
+
+On CUDA the times are wall clock after a synchronize (process CPU time measures only the
+launching thread there).
 """
 
 from __future__ import annotations
@@ -32,10 +36,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = argparse.Namespace(d_model=args.d_model, vocab=512, n_layers=32, seed=0,
-                                  device="cpu", dtype="float32", init_std=0.2, k=9)
+                                  device=args.device, dtype=args.dtype, init_std=0.2, k=9)
+    cuda = args.device.startswith("cuda")
+
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.process_time()
+
     rows = []
     for scale in ("small", "paper"):
         _, _, backbone, embeds, _ = random_workload(settings, scale)
@@ -46,22 +60,23 @@ def main() -> None:
         for batch, queries in itertools.product((1, 8, 32, 128), (1, 2, 4, 8, 32, 128)):
             if batch * queries > 4096:
                 continue
-            blocked = torch.zeros(batch, queries, n, dtype=torch.bool)
+            blocked = torch.zeros(batch, queries, n, dtype=torch.bool, device=args.device)
             blocked[:, :, 1] = True  # one blocked key: the mask path is exercised
-            active = torch.ones(weights.n_layers, batch, dtype=torch.bool)
+            active = torch.ones(weights.n_layers, batch, dtype=torch.bool, device=args.device)
             suffix_logits(weights, clean, start, blocked, active)
             best = float("inf")
             for _ in range(args.repeats):
-                began = time.process_time()
+                began = clock()
                 suffix_logits(weights, clean, start, blocked, active)
-                best = min(best, time.process_time() - began)
+                best = min(best, clock() - began)
             rows.append((batch, queries, n, best / (weights.n_layers - start)))
     # relative residuals: each sample weighs the same whatever its size
     design = torch.tensor([[1.0 / t, b * q / t, b * q * n / t, b * n / t] for b, q, n, t in rows],
                           dtype=torch.float64)
     ones = torch.ones(len(rows), 1, dtype=torch.float64)
     a, b, c, e = torch.linalg.lstsq(design, ones).solution.flatten().tolist()
-    print(json.dumps({"layer_call_s": a, "position_s": b, "query_key_s": c, "key_s": e,
+    print(json.dumps({"device": args.device, "dtype": args.dtype, "d_model": args.d_model,
+                      "layer_call_s": a, "position_s": b, "query_key_s": c, "key_s": e,
                       "layer_call": round(max(a, 0) / b, 1),
                       "query_key": round(max(c, 0) / b, 5), "key": round(max(e, 0) / b, 5),
                       "samples": [dict(B=B, Q=Q, n=n, seconds_per_layer=t)

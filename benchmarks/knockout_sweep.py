@@ -124,10 +124,12 @@ def random_workload(args, scale: str):
 
 def synthtv_workload(args):
     """The shipped SynthTV model: its backbone, one generated sample's embeddings, the vql-to-ql
-    flow sweep (k = 9, the CLI default), and the HF text decoder loaded from its checkpoint."""
+    flow sweep (the CLI's default window for its 8 layers, 3), and the HF text decoder loaded
+    from its checkpoint."""
     from transformers import LlavaNextVideoForConditionalGeneration
 
     from mapflow_tl.circuits import load_circuit
+    from mapflow_tl.layers import default_window_size
     from mapflow_tl.models import VideoSample, load_videollm
     from mapflow_tl.synthtv import generator as gen
 
@@ -139,7 +141,7 @@ def synthtv_workload(args):
         vlm.adapter.path, dtype=torch.float32, attn_implementation="sdpa").eval().to(args.device)
     share_rotary_tables(vlm.backbone, hf.model.language_model)
     curves = load_circuit("vql-to-ql").build_curves(x.segments, vlm.n_layers)
-    configs = layer_sweep(curves, vlm.n_layers, k=args.k)
+    configs = layer_sweep(curves, vlm.n_layers, k=default_window_size(vlm.n_layers))
     return hf.model.language_model, hf.lm_head, vlm.backbone, x.embeds, configs
 
 

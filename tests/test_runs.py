@@ -100,6 +100,25 @@ def test_interrupted_run_resumes_to_identical_rows(model_and_data, uninterrupted
     assert len(read_table(out, "samples")) == 12
 
 
+def test_sample_batch_changes_how_not_what(model_and_data, uninterrupted, tmp_path):
+    """--sample-batch 1 (one sample per sweep) gives the default run's rows up to rounding, and
+    is not part of the run's identity: a resume may change it."""
+    model_dir, data_dir = model_and_data
+    out = tmp_path / "run"
+    command = flow_command(model_dir, data_dir, out)
+    result = run(command + ["--sample-batch", "1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = rows_by_key(out)
+    assert rows.keys() == uninterrupted.keys()
+    for key, row in rows.items():
+        expected = uninterrupted[key]
+        assert row["token"] == expected["token"] and row["correct"] == expected["correct"]
+        assert row["p_pred"] == pytest.approx(expected["p_pred"], abs=1e-5)
+    resumed = run(command + ["--sample-batch", "3", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert rows_by_key(out) == rows
+
+
 class _InterruptedFinaliser:
     """Receives SIGINT inside ``__del__``, as decord's VideoReader does when Ctrl-C lands while it
     is freed: Python prints "Exception ignored in ..." and drops the KeyboardInterrupt."""
