@@ -30,6 +30,7 @@ OWN = 1e-9
 def close(ours: torch.Tensor, reference: torch.Tensor) -> bool:
     """Whether ``ours`` is within ``RELATIVE`` of the reference's scale (at least 1)."""
     assert ours.shape == reference.shape
+    ours, reference = ours.detach(), reference.detach()
     scale = max(1.0, float(reference.abs().max()))
     return float((ours - reference).abs().max()) <= RELATIVE * scale
 
