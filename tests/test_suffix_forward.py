@@ -161,10 +161,11 @@ def test_lean_sweep_equals_hf_with_explicit_masks(family, style):
     assert moved > 1e-3, f"{name}: no knockout moved the output; the check would be vacuous"
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "folded"])
+@pytest.mark.parametrize("attention", ["sdpa", "sdpa-chunked", "folded"])
 @pytest.mark.parametrize("name", ["llama-gqa-untied", "qwen2-qkv-bias"])
 def test_both_attention_forms_equal_hf(name, attention, monkeypatch):
-    """Every configuration through one attention form (SDPA on concatenated keys/values, or the
+    """Every configuration through one attention form (SDPA on concatenated keys/values — whole,
+    or in chunks of 3 queries that each see only the keys up to their last query — or the
     batch-folded form with the clean prefix read once), batched several at a time. The forms do
     not depend on the family: GQA and MHA suffice."""
     torch.manual_seed(0)
@@ -174,7 +175,10 @@ def test_both_attention_forms_equal_hf(name, attention, monkeypatch):
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, hf_model.config.hidden_size,
                          generator=torch.Generator().manual_seed(7))
-    monkeypatch.setattr(suffix_forward, "SDPA_MIN_QUERIES", 1 if attention == "sdpa" else 10**9)
+    monkeypatch.setattr(suffix_forward, "SDPA_MIN_QUERIES",
+                        10**9 if attention == "folded" else 1)
+    monkeypatch.setattr(suffix_forward, "SDPA_QUERY_CHUNK",
+                        3 if attention == "sdpa-chunked" else 10**9)
     curves = _curves(seg)
     configs = layer_sweep({curve: edges for curve, (edges, _) in curves.items()}, N_LAYERS, k=2,
                           style="center")

@@ -70,12 +70,15 @@ def _expected(hf_model, embeds, pairs, layers) -> torch.Tensor:
                                       inputs_embeds=embeds)[0, -1]
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "folded"])
+@pytest.mark.parametrize("attention", ["sdpa", "sdpa-chunked", "folded"])
 @pytest.mark.parametrize("name", ["llama-gqa-untied", "qwen2-qkv-bias"])
 def test_samples_of_different_lengths_equal_hf_each_alone(name, attention, monkeypatch):
     hf_model, backbone = _model(name, seed=5)
     segs, embeds = _samples(hf_model.config.hidden_size)
-    monkeypatch.setattr(suffix_forward, "SDPA_MIN_QUERIES", 1 if attention == "sdpa" else 10**9)
+    monkeypatch.setattr(suffix_forward, "SDPA_MIN_QUERIES",
+                        10**9 if attention == "folded" else 1)
+    monkeypatch.setattr(suffix_forward, "SDPA_QUERY_CHUNK",
+                        3 if attention == "sdpa-chunked" else 10**9)
     curves = [_curves(seg) for seg in segs]
     configs = [layer_sweep({c: e for c, (e, _) in sample.items()}, N_LAYERS, k=2)
                for sample in curves]
@@ -187,3 +190,24 @@ def test_mrope_samples_with_their_own_positions_share_a_sweep(tmp_path_factory):
                 hf_model, masks, additive_mask(n, None, heads), input_ids=x.input_ids,
                 **x.meta["model_inputs"])[0, -1]
             _check(row, expected, ("qwen2_vl", n, config))
+
+
+def test_bfloat16_samples_together_stay_at_bfloat16_rounding():
+    """In bf16 (the GPU dtype) samples swept together stay within bf16 rounding of each sample's
+    fp32 HF reference and of the naive bf16 sweep."""
+    hf_model, _ = _model("llama-gqa-untied", seed=5)
+    backbone = hooked_from_hf(hf_model.model, hf_model.lm_head, hf_model.config,
+                              dtype=torch.bfloat16)
+    segs, embeds = _samples(64)
+    curves = [_curves(seg) for seg in segs]
+    configs = [layer_sweep({c: e for c, (e, _) in sample.items()}, N_LAYERS, k=1)
+               for sample in curves]
+    half = [e.to(torch.bfloat16) for e in embeds]
+    together = sweep_samples(backbone, half, configs, batch_budget_mb=1e4)
+    naive = sweep_samples(backbone, half, configs, method="naive")
+    for index, (sample_configs, got, slow) in enumerate(zip(configs, together, naive)):
+        got, slow = got.float().softmax(-1), slow.float().softmax(-1)
+        reference = torch.stack([_expected(hf_model, embeds[index], curves[index][c.curve][1],
+                                           c.layers) for c in sample_configs]).softmax(-1)
+        assert (got - slow).abs().max().item() < 0.03
+        assert (got - reference).abs().max().item() < 0.03
