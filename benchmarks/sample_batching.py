@@ -26,8 +26,9 @@ seconds are reported.
 
 Prints ONE JSON line: per path the seconds for all samples, ``together_vs_one_at_a_time``,
 ``together_vs_hf_sdpa`` (wall and CPU), ``ideal_speedup`` (full-forward cells over recomputed
-cells, all samples) with ``together_over_ideal`` (wall time over HF SDPA's ÷ the ideal speedup), ``max_abs_diff_vs_one_at_a_time`` and
-``max_abs_diff_vs_hf_sdpa`` (probabilities), ``argmax_equal``.
+cells, all samples) with ``together_over_ideal`` (wall time over HF SDPA's ÷ the ideal
+speedup), ``max_abs_diff_vs_one_at_a_time`` and ``max_abs_diff_vs_hf_sdpa`` (probabilities),
+``argmax_equal``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from knockout_sweep import (SCALES, SYNTHTV, Clock, LayerMasks, hf_sweep, paper_curves,  # noqa: E402
-                            random_workload, set_attention, share_rotary_tables)
+from knockout_sweep import (SCALES, SYNTHTV, Clock, LayerMasks,  # noqa: E402
+                            hf_sweep, paper_curves, random_workload, set_attention,
+                            share_rotary_tables)
 
 from mapflow_tl.engine import layer_sweep, recomputed_cells, sweep_samples  # noqa: E402
 from mapflow_tl.segments import SegmentMap  # noqa: E402

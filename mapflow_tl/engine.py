@@ -221,7 +221,7 @@ def sweep(
     Fast-method memory: the clean run's residual stream (at the layers a batch starts from) and
     keys/values are kept; each batch is sized so that its estimated working memory stays within
     ``batch_budget_mb`` (default: the estimated working memory of one full forward less the kept
-    clean state, at least a quarter of the weights' memory and ``BATCH_MIN_MB``, so that a sweep
+    clean state, at least a quarter of that working memory and ``BATCH_MIN_MB``, so that a sweep
     needs about what one clean forward with a key/value cache needs), and at most ``max_batch``
     configurations.
     Configurations with the same first blocked query but different first blocked layers may share
@@ -549,34 +549,34 @@ def _kept_bytes(model: HookedTransformer, n_positions: int) -> int:
 def _default_budget(model: HookedTransformer, n_positions: int) -> float:
     """Default working memory of a sweep's batches, in bytes: one full forward's working memory
     less what the fast method keeps of the clean run — but never below a quarter of that working
-    memory or of the weights, which small models' kept state can exceed, nor below
-    ``BATCH_MIN_MB`` (a small model's whole forward needs less than a batch's fixed costs)."""
+    memory, which the kept state can exceed, nor below ``BATCH_MIN_MB`` (a small model's whole
+    forward needs less than a batch's fixed costs)."""
     full = _working_bytes_per_config(model, n_positions, n_positions)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return max(full - _kept_bytes(model, n_positions), full / 4, weights / 4,
-               BATCH_MIN_MB * 2**20)
+    return max(full - _kept_bytes(model, n_positions), full / 4, BATCH_MIN_MB * 2**20)
 
 
 #: A sweep's batches may always use this much working memory (MiB).
 BATCH_MIN_MB = 64
-#: Samples swept together may keep this much clean state even where one sample's batch budget
-#: is smaller (small models: their whole state is a few MB).
+#: Samples swept together may keep this much clean state (MiB) even where a fifth of the
+#: weights is less (small models: their whole state is a few MB).
 GROUP_MIN_MB = 256
 
 
 def _sample_chunks(model: HookedTransformer, lengths: Sequence[int],
                    max_samples: int | None) -> list[list[int]]:
     """Indices of samples swept together: sorted by length (little padding), each group's kept
-    clean state within the default batch budget of its longest sample or ``GROUP_MIN_MB``,
-    whichever is larger, and at most ``max_samples`` samples; at least one sample per group."""
+    clean state within a fifth of the weights' memory or ``GROUP_MIN_MB``, whichever is larger
+    (a 7B backbone: two samples of ~1250 positions), and at most ``max_samples`` samples; at
+    least one sample per group."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    allowed = max(weights / 5, GROUP_MIN_MB * 2**20)
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     chunks: list[list[int]] = []
     for index in order:
         if chunks:
             chunk = chunks[-1]
             longest = max(lengths[index], lengths[chunk[-1]])
-            fits = (len(chunk) + 1) * _kept_bytes(model, longest) \
-                <= max(_default_budget(model, longest), GROUP_MIN_MB * 2**20)
+            fits = (len(chunk) + 1) * _kept_bytes(model, longest) <= allowed
             if fits and (max_samples is None or len(chunk) < max_samples):
                 chunk.append(index)
                 continue

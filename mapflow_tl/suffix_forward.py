@@ -10,8 +10,9 @@ the same arithmetic without any of that:
 - :func:`backbone_weights` reads the backbone's weights once per model, device and dtype (the only
   place that knows where they live, so another backend — a TransformerLens-4 ``TransformerBridge``
   — can supply the same :class:`BackboneWeights`). Q, K and V are packed into one ``[d_model,
-  (heads + 2·kv_heads)·d_head]`` matrix (one matmul instead of three); every other weight is a view
-  of the model's own storage, so no per-call copies and only the Q/K/V weights are held twice;
+  (heads + 2·kv_heads)·d_head]`` matrix (one matmul instead of three), kept for small backbones
+  and made per layer call for large ones (``PACKED_QKV_MAX_MB``: a 7B backbone would hold a
+  quarter of its weights twice); every other weight is a view of the model's own storage;
 - :func:`clean_forward` runs the clean (unablated) sample once and keeps its *rotated* keys and
   values of every layer (``[kv_heads, pos, d_head]``) and the residual stream entering the layers a
   sweep starts from;
@@ -88,7 +89,11 @@ class LayerWeights:
     """One decoder block's weights, laid out ``[in, out]`` for ``x @ W``."""
 
     ln_attn: Float[torch.Tensor, " d_model"]
-    W_qkv: Float[torch.Tensor, "d_model qkv"]  # columns: q heads, then k heads, then v heads
+    #: the packed Q/K/V projection ``[d_model, (heads + 2·kv_heads)·d_head]`` (columns: q heads,
+    #: then k heads, then v heads), or None: packed from ``qkv_parts`` when the layer runs
+    W_qkv: Float[torch.Tensor, "d_model qkv"] | None
+    #: the model's own W_Q, W_K, W_V ``[heads, d_model, d_head]`` (views, never copies)
+    qkv_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     b_qkv: Float[torch.Tensor, " qkv"] | None
     q_norm: Float[torch.Tensor, " d_head"] | None
     k_norm: Float[torch.Tensor, " d_head"] | None
@@ -162,6 +167,26 @@ def lean_unsupported(model) -> str | None:
 _WEIGHTS: "weakref.WeakKeyDictionary[object, tuple[tuple, BackboneWeights]]" = \
     weakref.WeakKeyDictionary()
 
+#: The packed Q/K/V copy of every layer is kept when together they take at most this many MiB.
+#: A larger backbone (a 7B one: 3.2 GB in bf16, a quarter of its weights) packs each layer's when
+#: the layer runs instead — a transient copy of one layer's Q/K/V — so that a sweep never holds a
+#: second copy of them.
+PACKED_QKV_MAX_MB = 512
+
+
+def _pack_qkv(parts: tuple[torch.Tensor, ...]) -> Float[torch.Tensor, "d_model qkv"]:
+    """W_Q, W_K, W_V ``[heads, d_model, d_head]`` as one ``[d_model, Σ heads·d_head]`` matrix,
+    head-major like HF's q_proj rows (one copy)."""
+    d_model = parts[0].shape[1]
+    widths = [part.shape[0] * part.shape[2] for part in parts]
+    packed = parts[0].new_empty(d_model, sum(widths))
+    column = 0
+    for part, width in zip(parts, widths):
+        packed[:, column:column + width].view(d_model, part.shape[0], part.shape[2]).copy_(
+            part.permute(1, 0, 2))
+        column += width
+    return packed
+
 
 def _stamp(model) -> tuple:
     """Changes whenever a weight is replaced, moved, cast or edited in place."""
@@ -174,11 +199,12 @@ def backbone_weights(model) -> BackboneWeights:
     Reads only a ``HookedTransformer``'s public parameters (``W_Q [heads, d_model, d_head]``, …),
     its config, and the rotary (cos, sin) tables its attention layers hold (the adapters install
     per-sample M-RoPE or LongRoPE tables there; they are read on every call, never cached). Q/K/V
-    are packed into one matrix (a copy, made once); every other weight is a view. The cached
+    are packed into one matrix (a copy, made once, if all layers' take at most
+    ``PACKED_QKV_MAX_MB``; else made per layer call); every other weight is a view. The cached
     weights are rebuilt when any parameter changes (moved, cast, replaced or edited in place).
     """
     rotary = tuple((block.attn.rotary_cos, block.attn.rotary_sin) for block in model.blocks)
-    stamp = _stamp(model)
+    stamp = (_stamp(model), PACKED_QKV_MAX_MB)
     cached = _WEIGHTS.get(model)
     if cached is not None and cached[0] == stamp:
         return replace(cached[1], rotary=rotary)
@@ -188,28 +214,31 @@ def backbone_weights(model) -> BackboneWeights:
     gqa = cfg.n_key_value_heads is not None
 
     def qkv(attn, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's own ``[heads, d_model, d_head]`` weight and its bias ``[heads·d_head]``."""
         weight = getattr(attn, f"_W_{name}" if gqa and name != "Q" else f"W_{name}")
         bias = getattr(attn, f"_b_{name}" if gqa and name != "Q" else f"b_{name}", None)
-        # [heads, d_model, d_head] -> [d_model, heads·d_head], head-major like HF's q_proj rows
-        return weight.permute(1, 0, 2).reshape(cfg.d_model, -1), \
-            None if bias is None else bias.reshape(-1)
+        return weight, None if bias is None else bias.reshape(-1)
 
     def nonzero(bias: torch.Tensor | None) -> torch.Tensor | None:
         return None if bias is None or not bool(bias.any()) else bias
 
+    itemsize = torch.empty(0, dtype=cfg.dtype).element_size()
+    keep_packed = (cfg.n_layers * cfg.d_model * (n_heads + 2 * n_kv) * d_head * itemsize
+                   <= PACKED_QKV_MAX_MB * 2**20)
     layers = []
     with torch.no_grad():
         for block in model.blocks:
             attn, mlp = block.attn, block.mlp
             parts = [qkv(attn, name) for name in "QKV"]
-            biases = [bias if bias is not None else torch.zeros(weight.shape[1],
-                                                                 dtype=weight.dtype,
-                                                                 device=weight.device)
-                      for weight, bias in parts]
+            biases = [bias if bias is not None else torch.zeros(
+                weight.shape[0] * weight.shape[2], dtype=weight.dtype, device=weight.device)
+                for weight, bias in parts]
             b_qkv = nonzero(torch.cat(biases))
+            raw = tuple(weight for weight, _ in parts)
             layers.append(LayerWeights(
                 ln_attn=block.ln1.w,
-                W_qkv=torch.cat([weight for weight, _ in parts], dim=1).contiguous(),
+                W_qkv=_pack_qkv(raw) if keep_packed else None,
+                qkv_parts=raw,
                 b_qkv=b_qkv,
                 q_norm=attn.q_norm.w if cfg.use_qk_norm else None,
                 k_norm=attn.k_norm.w if cfg.use_qk_norm else None,
@@ -261,7 +290,7 @@ def _qkv(weights: BackboneWeights, index: int, x: torch.Tensor, cos: torch.Tenso
     cos/sin (``[Q, rotary_dim]`` or ``[batch, Q, rotary_dim]``)."""
     layer = weights.layers[index]
     h = _rms(x, layer.ln_attn, weights.eps)
-    qkv = h @ layer.W_qkv
+    qkv = h @ (layer.W_qkv if layer.W_qkv is not None else _pack_qkv(layer.qkv_parts))
     if layer.b_qkv is not None:
         qkv = qkv + layer.b_qkv
     d_head, n_q = weights.d_head, weights.n_heads * weights.d_head

@@ -308,6 +308,23 @@ def test_weights_are_prepared_once_and_follow_edits(llama_family):
             backbone.blocks[0].attn.W_Q.mul_(0.5)
 
 
+def test_large_backbones_pack_qkv_per_layer_call(llama_family, monkeypatch):
+    """Above PACKED_QKV_MAX_MB no packed copy is kept (the layer packs its Q/K/V when it runs):
+    the same logits, and the hooked path agrees."""
+    backbone, embeds, configs = llama_family
+    kept = sweep(backbone, embeds, configs)
+    layers = suffix_forward.backbone_weights(backbone).layers
+    assert all(layer.W_qkv is not None for layer in layers)
+    monkeypatch.setattr(suffix_forward, "PACKED_QKV_MAX_MB", 0)
+    weights = suffix_forward.backbone_weights(backbone)
+    assert all(layer.W_qkv is None for layer in weights.layers)
+    assert weights.layers[0].qkv_parts[0] is backbone.blocks[0].attn.W_Q  # a view, not a copy
+    transient = sweep(backbone, embeds, configs)
+    hooked = sweep(backbone, embeds, configs, suffix="hooked")
+    assert (transient - kept).abs().max().item() <= 1e-6
+    assert (transient.softmax(-1) - hooked.softmax(-1)).abs().max().item() <= TOLERANCE
+
+
 def test_out_of_memory_on_the_lean_path_halves_the_batch(llama_family, monkeypatch, caplog):
     backbone, embeds, configs = llama_family
     reference = sweep(backbone, embeds, configs, suffix="hooked")
