@@ -10,9 +10,9 @@ the same arithmetic without any of that:
 - :func:`backbone_weights` reads the backbone's weights once per model, device and dtype (the only
   place that knows where they live, so another backend — a TransformerLens-4 ``TransformerBridge``
   — can supply the same :class:`BackboneWeights`). Q, K and V are packed into one ``[d_model,
-  (heads + 2·kv_heads)·d_head]`` matrix (one matmul instead of three), kept for small backbones
-  and made per layer call for large ones (``PACKED_QKV_MAX_MB``: a 7B backbone would hold a
-  quarter of its weights twice); every other weight is a view of the model's own storage;
+  (heads + 2·kv_heads)·d_head]`` matrix (one matmul instead of three) for small backbones; large
+  ones (``PACKED_QKV_MAX_MB``: a 7B backbone would hold a quarter of its weights twice) project
+  from the model's own weights; every other weight is a view of the model's own storage;
 - :func:`clean_forward` runs the clean (unablated) sample once and keeps its *rotated* keys and
   values of every layer (``[kv_heads, pos, d_head]``) and the residual stream entering the layers a
   sweep starts from;
@@ -90,7 +90,7 @@ class LayerWeights:
 
     ln_attn: Float[torch.Tensor, " d_model"]
     #: the packed Q/K/V projection ``[d_model, (heads + 2·kv_heads)·d_head]`` (columns: q heads,
-    #: then k heads, then v heads), or None: packed from ``qkv_parts`` when the layer runs
+    #: then k heads, then v heads), or None: projected with ``qkv_parts`` as they are
     W_qkv: Float[torch.Tensor, "d_model qkv"] | None
     #: the model's own W_Q, W_K, W_V ``[heads, d_model, d_head]`` (views, never copies)
     qkv_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -168,9 +168,9 @@ _WEIGHTS: "weakref.WeakKeyDictionary[object, tuple[tuple, BackboneWeights]]" = \
     weakref.WeakKeyDictionary()
 
 #: The packed Q/K/V copy of every layer is kept when together they take at most this many MiB.
-#: A larger backbone (a 7B one: 3.2 GB in bf16, a quarter of its weights) packs each layer's when
-#: the layer runs instead — a transient copy of one layer's Q/K/V — so that a sweep never holds a
-#: second copy of them.
+#: A larger backbone (a 7B one: 3.2 GB in bf16, a quarter of its weights) projects with one
+#: batched matmul per projection straight from the model's own weights instead, so that a sweep
+#: never holds a second copy of them (on CPU at width 4096 a sweep took as long either way).
 PACKED_QKV_MAX_MB = 512
 
 
@@ -199,8 +199,8 @@ def backbone_weights(model) -> BackboneWeights:
     Reads only a ``HookedTransformer``'s public parameters (``W_Q [heads, d_model, d_head]``, …),
     its config, and the rotary (cos, sin) tables its attention layers hold (the adapters install
     per-sample M-RoPE or LongRoPE tables there; they are read on every call, never cached). Q/K/V
-    are packed into one matrix (a copy, made once, if all layers' take at most
-    ``PACKED_QKV_MAX_MB``; else made per layer call); every other weight is a view. The cached
+    are packed into one matrix (a copy, made once) if all layers' take at most
+    ``PACKED_QKV_MAX_MB``, else read as they are; every other weight is a view. The cached
     weights are rebuilt when any parameter changes (moved, cast, replaced or edited in place).
     """
     rotary = tuple((block.attn.rotary_cos, block.attn.rotary_sin) for block in model.blocks)
@@ -290,7 +290,7 @@ def _qkv(weights: BackboneWeights, index: int, x: torch.Tensor, cos: torch.Tenso
     cos/sin (``[Q, rotary_dim]`` or ``[batch, Q, rotary_dim]``)."""
     layer = weights.layers[index]
     h = _rms(x, layer.ln_attn, weights.eps)
-    qkv = h @ (layer.W_qkv if layer.W_qkv is not None else _pack_qkv(layer.qkv_parts))
+    qkv = _project_qkv(layer, h)
     if layer.b_qkv is not None:
         qkv = qkv + layer.b_qkv
     d_head, n_q = weights.d_head, weights.n_heads * weights.d_head
@@ -303,6 +303,18 @@ def _qkv(weights: BackboneWeights, index: int, x: torch.Tensor, cos: torch.Tenso
                         _rms(qk[..., weights.n_heads:, :], layer.k_norm, weights.eps)], dim=-2)
     qk = _rotate(qk, cos, sin)
     return qk[..., :weights.n_heads, :], qk[..., weights.n_heads:, :], v
+
+
+def _project_qkv(layer: LayerWeights, h: torch.Tensor) -> torch.Tensor:
+    """``h [..., d_model] → [..., (heads + 2·kv_heads)·d_head]``: one matmul with the packed
+    weight, or, without one, a batched matmul per projection straight from the model's
+    ``[heads, d_model, d_head]`` weight (the input broadcast over heads, no weight copied)."""
+    if layer.W_qkv is not None:
+        return h @ layer.W_qkv
+    flat = h.reshape(-1, h.shape[-1])
+    parts = [torch.bmm(flat.expand(weight.shape[0], -1, -1), weight).transpose(0, 1)
+             .reshape(flat.shape[0], -1) for weight in layer.qkv_parts]
+    return torch.cat(parts, dim=-1).reshape(*h.shape[:-1], -1)
 
 
 def _finish_block(weights: BackboneWeights, layer: LayerWeights, x: torch.Tensor,
