@@ -105,11 +105,11 @@ def test_sample_batch_changes_how_not_what(model_and_data, uninterrupted, tmp_pa
     is not part of the run's identity: a resume may change it."""
     model_dir, data_dir = model_and_data
     out = tmp_path / "run"
-    command = flow_command(model_dir, data_dir, out)
+    command = flow_command(model_dir, data_dir, out, "--limit", "2")  # 2 samples per task
     result = run(command + ["--sample-batch", "1"])
     assert result.returncode == 0, result.stderr[-3000:]
     rows = rows_by_key(out)
-    assert rows.keys() == uninterrupted.keys()
+    assert len({key[0] for key in rows}) > 2 and rows.keys() <= uninterrupted.keys()
     for key, row in rows.items():
         expected = uninterrupted[key]
         assert row["token"] == expected["token"] and row["correct"] == expected["correct"]
