@@ -215,10 +215,14 @@ def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
     _integer_layer_axes(figure, xs)
     figure.update_yaxes(title_text=y_title, col=1)
     figure.update_xaxes(title_text=_LAYER_AXIS, row=n_rows)
+    # a reference line's label makes the first row's titles two lines high: lift the legend
+    two_line = any(line is not None for line in lines[:n_cols])
     figure.update_layout(height=height_per_row * n_rows + 80,
-                         legend=dict(orientation="h", yanchor="bottom", y=1.0 + 0.12 / n_rows,
+                         legend=dict(orientation="h", yanchor="bottom",
+                                     y=1.0 + (0.12 + 0.1 * two_line) / n_rows,
                                      x=0, xanchor="left"),
-                         margin=dict(t=60 + 20 * math.ceil(len(curves) / 4), b=50))
+                         margin=dict(t=60 + 25 * two_line + 20 * math.ceil(len(curves) / 4),
+                                     b=50))
     return figure
 
 
