@@ -199,15 +199,17 @@ def test_lean_equals_hooked_path(family):
     assert torch.equal(lean.argmax(-1), hooked.argmax(-1))
 
 
-def test_mrope_lean_sweep_equals_hf_with_explicit_masks(tmp_path_factory):
-    """Qwen2-VL's 3D rotary positions reach the lean forward through the tables the adapter
-    installs: the lean sweep equals the HF VLM (its own M-RoPE positions) with explicit masks."""
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
+def test_mrope_lean_sweep_equals_hf_with_explicit_masks(tmp_path_factory, model_type):
+    """Qwen2-VL's and Qwen2.5-VL's (time-scaled) 3D rotary positions reach the lean forward
+    through the tables the adapter installs: the lean sweep equals the HF VLM (its own M-RoPE
+    positions) with explicit masks."""
     from test_models_qwen_vl import CLASSES, build
     from test_models_qwen import OPTIONS, QUESTION, frames_array, hf_model_of
 
-    path = build("qwen2_vl", tmp_path_factory.mktemp("qwen2_vl"))
+    path = build(model_type, tmp_path_factory.mktemp(model_type))
     vlm = mf.load_videollm(path)
-    hf_model = hf_model_of(path, CLASSES["qwen2_vl"][1])
+    hf_model = hf_model_of(path, CLASSES[model_type][1])
     x = vlm.prepare(mf.VideoSample(frames_array(4, 32, 48), QUESTION, OPTIONS, answer=1))
     # another sample prepared after x: the sweep must still use x's positions
     vlm.prepare(mf.VideoSample(frames_array(2, 32, 32, seed=5), "Where?", ["L.", "R."]))
@@ -228,7 +230,7 @@ def test_mrope_lean_sweep_equals_hf_with_explicit_masks(tmp_path_factory):
             expected = hf_logits_with_layer_masks(
                 hf_model, masks, additive_mask(n, None, heads), input_ids=x.input_ids,
                 **x.meta["model_inputs"])[0, -1]
-            _check(logits, expected, ("qwen2_vl", config))
+            _check(logits, expected, (model_type, config))
 
 
 @pytest.fixture()
