@@ -24,6 +24,10 @@ whose blocked layers start at layer s and whose first blocked query is position 
 An empty edge set (question → video under causal attention) changes nothing: it gets the clean
 logits without a forward.
 
+:func:`sweep_samples` sweeps several samples at once: one right-padded clean forward for all of
+them, and batches that mix samples — configurations that recompute the same number of last
+positions share a layer call, each reading its own sample's cached keys and values.
+
 The recomputed cells run through :mod:`mapflow_tl.suffix_forward` (``suffix="lean"``, chosen
 automatically): a plain-torch restatement of the backbone block with weights prepared once, the
 clean run's rotated keys/values cached once and the knockout as an attention mask — no hooks, no
