@@ -79,6 +79,14 @@ def _llama(tied: bool = False):
         tie_word_embeddings=tied, attn_implementation="eager"))
 
 
+def _mistral():
+    from transformers import MistralConfig, MistralForCausalLM
+    return MistralForCausalLM(MistralConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=N_LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        sliding_window=128, attn_implementation="eager"))
+
+
 def _qwen2():
     from transformers import Qwen2Config, Qwen2ForCausalLM
     return Qwen2ForCausalLM(Qwen2Config(
@@ -116,6 +124,7 @@ def _phi3(rope: str):
 FAMILIES = {
     "llama-gqa-untied": lambda: _llama(tied=False),
     "llama-tied": lambda: _llama(tied=True),
+    "mistral-gqa": _mistral,
     "qwen2-qkv-bias": _qwen2,
     "qwen3-qk-norm": _qwen3,
     "phi3-partial-rotary": lambda: _phi3("partial"),
