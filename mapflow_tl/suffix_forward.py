@@ -630,7 +630,6 @@ def suffix_logits(
     masks: dict[tuple[bool, ...], torch.Tensor] = {}
     tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     use_sdpa = Q >= SDPA_MIN_QUERIES
-    gqa = weights.n_kv_heads != weights.n_heads
 
     def mask_for(layer: int) -> torch.Tensor:
         """The additive mask of a layer (0 or −∞: padding, causal and each active element's
