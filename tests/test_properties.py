@@ -3,7 +3,7 @@ ValueError with a message; valid ones match an independent reference."""
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from mapflow_tl.edges import Edges
@@ -38,6 +38,8 @@ def test_window_valid_or_value_error(center, n_layers, k, style):
 @settings(max_examples=200, deadline=None)
 @given(n=st.integers(1, 30), spans=st.lists(st.tuples(st.integers(-2, 32), st.integers(-2, 32)),
                                             min_size=1, max_size=4))
+@example(n=3, spans=[(0, 1), (1, 2)])  # valid maps with a question: random draws rarely are
+@example(n=12, spans=[(0, 2), (3, 5), (5, 7), (8, 10)])
 def test_segment_maps_valid_or_value_error(n, spans):
     """Spans as question / options / system: valid iff each is non-empty, inside [0, n), leaves
     the last position alone and none overlap."""
@@ -57,8 +59,14 @@ def test_segment_maps_valid_or_value_error(n, spans):
         return SegmentMap(n, options=tuple(options), **kwargs)
     if valid:
         seg = build()
-        covered = [p for s in seg.spans() for p in s.positions]
+        # the coarse question (question through the last option) contains the question and the
+        # options by definition; every other span is disjoint from the rest
+        coarse = seg.question_with_options
+        covered = [p for s in seg.spans() if s is not coarse for p in s.positions]
         assert len(covered) == len(set(covered))  # non-overlapping, as the reference says
+        if coarse is not None:
+            assert all(coarse.start <= s.start and s.stop <= coarse.stop
+                       for s in [seg.question, *seg.options])
     else:
         with pytest.raises(ValueError, match=r"segment|positions|start|stop|empty"):
             build()
