@@ -1,5 +1,14 @@
+import os
+
 import pytest
 import torch
+from hypothesis import settings
+
+# CI (.ci/run) sets HYPOTHESIS_PROFILE=ci: the same examples on every run, so that a fresh
+# clone's result does not depend on what the property tests happen to draw; a local run keeps
+# exploring new examples.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="module")
