@@ -54,7 +54,7 @@ from .errors import InputError
 from .hooks import HookList, KnockoutHook, attn_scores_hook_name, check_hooks, knockout
 from .layers import window
 from .suffix_forward import (SDPA_MIN_QUERIES, backbone_weights, clean_forward, lean_unsupported,
-                             suffix_logits)
+                             rotary_tables, suffix_logits)
 
 __all__ = [
     "KnockoutConfig",
@@ -652,7 +652,7 @@ def _fast_sweep_lean(
     rotary = []
     for sample in embeds:  # each sample's rotary tables (per-sample M-RoPE) as installed for it
         _ensure_rotary(model, sample)
-        rotary.append(backbone_weights(model).rotary)
+        rotary.append(rotary_tables(model))
     weights = backbone_weights(model)
     clean = clean_forward(weights, embeds, {batch.start_layer for batch in batches},
                           rotary=rotary)

@@ -64,6 +64,7 @@ __all__ = [
     "LayerWeights",
     "CleanRun",
     "backbone_weights",
+    "rotary_tables",
     "lean_unsupported",
     "clean_forward",
     "suffix_logits",
@@ -193,6 +194,12 @@ def _stamp(model) -> tuple:
     return tuple((p.data_ptr(), p.dtype, p.device, p._version) for p in model.parameters())
 
 
+def rotary_tables(model) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """Each layer's rotary (cos, sin) tables ``[n_ctx, rotary_dim]`` as the model holds them now
+    (per-sample M-RoPE tables are installed there by the adapter)."""
+    return tuple((block.attn.rotary_cos, block.attn.rotary_sin) for block in model.blocks)
+
+
 def backbone_weights(model) -> BackboneWeights:
     """The backbone's weights as the lean forward reads them, prepared once and cached.
 
@@ -203,7 +210,7 @@ def backbone_weights(model) -> BackboneWeights:
     ``PACKED_QKV_MAX_MB``, else read as they are; every other weight is a view. The cached
     weights are rebuilt when any parameter changes (moved, cast, replaced or edited in place).
     """
-    rotary = tuple((block.attn.rotary_cos, block.attn.rotary_sin) for block in model.blocks)
+    rotary = rotary_tables(model)
     stamp = (_stamp(model), PACKED_QKV_MAX_MB)
     cached = _WEIGHTS.get(model)
     if cached is not None and cached[0] == stamp:
@@ -362,10 +369,6 @@ class CleanRun:
     logits: torch.Tensor
     lengths: tuple[int, ...]
     rotary: Tables
-
-    @property
-    def n_samples(self) -> int:
-        return len(self.lengths)
 
 
 def _sample_tables(rotaries: Sequence[Tables], lengths: Sequence[int]) -> Tables:
