@@ -15,13 +15,14 @@ import random
 
 import pytest
 import torch
-from reference import additive_mask, block_mask, hf_logits_with_layer_masks
 
 from mapflow_tl import analyses as A
 from mapflow_tl.circuits import Circuit, load_circuit
 from mapflow_tl.edges import Edges
 from mapflow_tl.models import FamilyAdapter, Prepared, VideoLLM, VideoSample
 from mapflow_tl.schema import TABLES
+from mapflow_tl.testing import (additive_mask, assert_rows_close, block_mask,
+                                hf_logits_with_layer_masks)
 
 #: Every token decodes to one spelling of a letter (id % 3 → A, B, C): the option tokens 30, 31,
 #: 32 as "A", "B", "C", every other token as " a" (a word-start space, as SentencePiece's "▁a"
@@ -186,12 +187,7 @@ def test_flow_sweeps_of_several_samples_equal_each_sample_alone(vlm, xs):
     for x, rows in zip(xs, together):
         alone = [row for circuit in circuits for row in A.flow_sweep(vlm, x, circuit, k=K)]
         assert len(rows) == len(alone) == 5 * vlm.n_layers
-        for got, expected in zip(rows, alone):
-            floats = ("p_pred", "p_true", "change_pred", "change_true")
-            assert {k: v for k, v in got.items() if k not in floats} == \
-                {k: v for k, v in expected.items() if k not in floats}
-            assert got["p_pred"] == pytest.approx(expected["p_pred"], abs=1e-6)
-            assert got["p_true"] == pytest.approx(expected["p_true"], abs=1e-6)
+        assert_rows_close(rows, alone)
     with pytest.raises(ValueError, match="one base per sample, got 1 for 2 samples"):
         A.flow_sweeps(vlm, xs[:2], circuits, bases=[None])
 

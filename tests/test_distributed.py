@@ -1,4 +1,5 @@
-"""Data-parallel runs under torchrun: 2 CPU processes (gloo) give exactly the rows of 1 process."""
+"""Data-parallel runs under torchrun: 2 CPU processes (gloo) give the rows of 1 process, up to the
+float rounding that different batch shapes make (docs/scaling.md, the numerical contract)."""
 
 import os
 import socket
@@ -6,6 +7,7 @@ import subprocess
 import sys
 
 from mapflow_tl.runs import read_table
+from mapflow_tl.testing import assert_rows_close
 
 
 def free_port() -> int:
@@ -33,7 +35,10 @@ def test_two_gloo_processes_equal_one(model_and_data, tmp_path):
     assert double.returncode == 0, double.stderr[-3000:]
     for table in ("flow", "samples"):
         one, two = read_table(tmp_path / "one", table), read_table(tmp_path / "two", table)
-        assert len(one) > 0 and one == two, table
+        assert len(one) > 0, table
+        # each rank batches its own samples together, so a sample's sums run in other shapes:
+        # the same rows, answers and flags, probabilities within rounding
+        assert_rows_close(two, one)
     shards = sorted(p.name for p in (tmp_path / "two" / "shards").iterdir())
     assert shards == ["rank-000", "rank-001"]
     per_rank = [len(read_table(tmp_path / "two" / "shards" / s, "samples")) for s in shards]

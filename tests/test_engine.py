@@ -23,7 +23,7 @@ from mapflow_tl.engine import (
 from mapflow_tl.layers import WINDOW_STYLES
 from mapflow_tl.models.backbone import hooked_from_hf, run_from_embeds
 from mapflow_tl.segments import SegmentMap
-from reference import tiny_llama
+from mapflow_tl.testing import tiny_llama
 
 N_LAYERS = 6
 K = 3

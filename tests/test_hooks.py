@@ -1,12 +1,12 @@
 import pytest
 import torch
-from reference import additive_mask, block_mask, hf_logits_with_layer_masks
 
 import mapflow_tl.edges as E
 from mapflow_tl.edges import Edges, causal_edge_count
 from mapflow_tl.hooks import PathwaySpec, knockout, random_knockout
 from mapflow_tl.layers import window
 from mapflow_tl.models.backbone import run_from_embeds
+from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 
 
 # ---------------------------------------------------------------- windows

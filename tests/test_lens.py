@@ -10,7 +10,7 @@ from mapflow_tl.lens import (answer_probability_trace, answer_probability_trace_
                              iter_logit_lens, logit_lens, logit_lens_from_embeds, project,
                              residual_stream, residual_stream_from_embeds, top_tokens)
 from mapflow_tl.models.backbone import run_from_embeds
-from reference import additive_mask, block_mask, hf_logits_with_layer_masks
+from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 
 
 class Sample:

@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from reference import additive_mask, block_mask, hf_logits_with_layer_masks
 from test_prompt import VICUNA_TEMPLATE, legacy_llama_tokenizer, llama_tokenizer
 
 import mapflow_tl.edges as E
 from mapflow_tl.hooks import knockout
 from mapflow_tl.models import VideoSample, load_videollm, supported_architectures
+from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]

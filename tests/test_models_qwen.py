@@ -18,7 +18,7 @@ import torch
 
 import mapflow_tl as mf
 from mapflow_tl.models import VideoSample, load_videollm
-from reference import additive_mask, block_mask, hf_logits_with_layer_masks
+from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 
 QUESTION = "What does the cat do in the video?"
 OPTIONS = ["It runs away.", "It sits still.", "It jumps up."]

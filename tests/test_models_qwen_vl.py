@@ -17,7 +17,7 @@ import torch
 import mapflow_tl as mf
 from mapflow_tl.models import VideoSample, load_videollm
 from mapflow_tl.models.backbone import run_from_embeds
-from reference import additive_mask, block_mask, hf_logits_with_layer_masks
+from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 from test_models_qwen import (OPTIONS, QUESTION, byte_level_tokenizer, check_layout, check_logits,
                               frames_array, hf_model_of, scale_up)
 

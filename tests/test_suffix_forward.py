@@ -19,7 +19,7 @@ from mapflow_tl.engine import KnockoutConfig, layer_sweep, sweep
 from mapflow_tl.layers import WINDOW_STYLES
 from mapflow_tl.models.backbone import hooked_from_hf
 from mapflow_tl.segments import SegmentMap
-from reference import additive_mask, block_mask, hf_logits_with_layer_masks
+from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 
 TOLERANCE = 1e-5
 N_LAYERS = 3

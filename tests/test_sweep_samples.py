@@ -17,7 +17,7 @@ from mapflow_tl.edges import Edges
 from mapflow_tl.engine import layer_sweep, sweep, sweep_samples
 from mapflow_tl.models.backbone import hooked_from_hf
 from mapflow_tl.segments import SegmentMap
-from reference import additive_mask, block_mask, hf_logits_with_layer_masks
+from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 from test_suffix_forward import FAMILIES, N_LAYERS, TOLERANCE, _check, _scale
 
 pytestmark = pytest.mark.usefixtures("one_thread")
