@@ -15,6 +15,10 @@ each with its official file:line and the option for the other behaviour):
   the predicted token and for the ground-truth token (each divided by its own base probability);
 - accuracy under knockout: hits over all evaluated samples (:func:`accuracy_by_layer`);
 - sample modes: ``correct`` (the paper's default), ``wrong``, ``all``.
+
+The analyses measure; they never need gradients, so each runs under ``torch.no_grad()``
+whatever the caller's mode (the model's own methods, ``vlm(x)``, ``run_with_hooks``,
+``run_with_cache``, let gradients flow as TransformerLens does).
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ def grade(vlm: VideoLLM, x: Prepared, token: int,
     return is_correct(_decode(vlm, token), _decode(vlm, truth))
 
 
+@torch.no_grad()
 def base_prediction(vlm: VideoLLM, x: Prepared, *,
                     correctness: str = "decoded-letter") -> dict[str, Any]:
     """The clean run's answer (the ``BASE_COLUMNS``): predicted token (argmax over the full
@@ -145,6 +150,7 @@ def flow_sweep(
                        bases=None if base is None else [base], correctness=correctness)[0]
 
 
+@torch.no_grad()
 def flow_sweeps(
     vlm: VideoLLM,
     xs: Sequence[Prepared],
@@ -207,6 +213,7 @@ def _flow_rows(vlm: VideoLLM, x: Prepared, labelled, probabilities: torch.Tensor
     return rows
 
 
+@torch.no_grad()
 def probability_trace(vlm: VideoLLM, x: Prepared, *, norm: bool = False, top_k: int = 10,
                       base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Answer-probability tracing (Finding 3) through
@@ -233,6 +240,7 @@ def probability_trace(vlm: VideoLLM, x: Prepared, *, norm: bool = False, top_k: 
     return rows
 
 
+@torch.no_grad()
 def video_lens(vlm: VideoLLM, x: Prepared, *, k: int = 5, read: str = "input",
                norm: bool = False, matrix: str = "embed", final_output: bool = True,
                fwd_hooks=()) -> list[dict[str, Any]]:
@@ -349,6 +357,7 @@ def video_region(x: Prepared) -> Edges:
     return Edges(src=positions, dst=positions, name="video start → last")
 
 
+@torch.no_grad()
 def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seeds: Sequence[int] = (0, 1, 2),
           baseline: str = "official-uniform", ratio: float | None = None,
           base: dict[str, Any] | None = None,
@@ -426,6 +435,7 @@ def attention_queries(vlm: VideoLLM, x: Prepared,
     return label, positions
 
 
+@torch.no_grad()
 def attention_to_frames(
     vlm: VideoLLM,
     x: Prepared,
@@ -461,6 +471,7 @@ def attention_to_frames(
     return rows
 
 
+@torch.no_grad()
 def crossframe_knockout(vlm: VideoLLM, x: Prepared, layers: Sequence[int] | None = None, *,
                         model: str = "",
                         correctness: str = "decoded-letter") -> list[dict[str, Any]]:

@@ -306,7 +306,7 @@ def sweep_samples(
         results = []
         for sample, sample_configs in zip(embeds, configs):
             rows = [run_from_embeds(model, sample, fwd_hooks=knockout(
-                config.edges, config.layers, n_layers=n_layers) + user_hooks)[0, -1]
+                config.edges, config.layers, n_layers=n_layers) + user_hooks, grad=False)[0, -1]
                 for config in sample_configs]
             results.append(torch.stack(rows) if rows else _no_logits(model))
         return results

@@ -82,9 +82,10 @@ def _states(model: HookedTransformer, embeds: torch.Tensor, index: torch.Tensor,
     last = f"blocks.{n_layers - 1}.hook_resid_post"
     wanted = names + ([last] if final and last not in names else [])
     store: dict[str, torch.Tensor] = {}
+    # the lens reads states to project them (without gradients, see project): no graph
     run_from_embeds(model, embeds, fwd_hooks=list(fwd_hooks) + capture(wanted, store,
                                                                          positions=index),
-                    return_type=None)
+                    return_type=None, grad=False)
     return (torch.stack([store[name][0] for name in names]),
             store[last][0] if final else None)
 

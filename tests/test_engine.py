@@ -120,7 +120,7 @@ def test_fast_equals_naive_every_paper_curve(llama, inputs, style):
     _assert_equal(fast, naive, configs)
 
     # The check is not vacuous: every non-empty pathway moves the output somewhere in the sweep.
-    clean = run_from_embeds(llama, embeds)[0, -1].softmax(-1)
+    clean = run_from_embeds(llama, embeds, grad=False)[0, -1].softmax(-1)
     moved = (naive.softmax(-1) - clean).abs().max(dim=-1).values
     for curve in curves:
         rows = [i for i, config in enumerate(configs) if config.curve == curve]
@@ -169,7 +169,7 @@ def test_empty_edge_set_is_the_clean_run_without_a_forward(llama, inputs):
     finally:
         llama.reset_hooks(including_permanent=True)
     assert len(calls) == 1  # the clean forward only
-    clean = run_from_embeds(llama, embeds)[0, -1]
+    clean = run_from_embeds(llama, embeds, grad=False)[0, -1]
     torch.testing.assert_close(logits, clean.expand(len(configs), -1), rtol=0, atol=1e-5)
 
 
@@ -244,7 +244,7 @@ def test_qwen2_backbone_with_biases():
     configs = layer_sweep(_paper_curves(seg), 4, k=3, style="center")
     naive = sweep(model, embeds, configs, method="naive")
     _assert_equal(sweep(model, embeds, configs), naive, configs)
-    clean = run_from_embeds(model, embeds)[0, -1].softmax(-1)
+    clean = run_from_embeds(model, embeds, grad=False)[0, -1].softmax(-1)
     assert float((naive.softmax(-1) - clean).abs().max()) > 1e-3
 
 

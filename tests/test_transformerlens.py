@@ -6,6 +6,8 @@ backbone refusing token ids that hold the video placeholders."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -132,6 +134,147 @@ def test_logit_attrs_sum_to_the_hf_logit_with_the_final_norm_weight(vlm, x, hf):
     assert (attrs.sum(0) - logits[0, -1, token]).abs().max() <= OWN
 
 
+# ------------------------------------------------------------------------------------ gradients
+def _with_leaf_embeds(x):
+    """``x`` with its embeddings as a fresh leaf that records gradients."""
+    return dataclasses.replace(x, embeds=x.embeds.detach().clone().requires_grad_(True))
+
+
+def _hf_gradients(hf, x, layer):
+    """Autograd through the HF language model on the same input embeddings: d logit(answer at
+    the last position) / d (input of decoder layer ``layer``) and / d (input embeddings)."""
+    model = hf["model"]
+    embeds = x.embeds.detach().clone().requires_grad_(True)
+    caught = {}
+
+    def keep_input(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden.retain_grad()
+        caught["hidden"] = hidden
+
+    handle = model.model.language_model.layers[layer].register_forward_pre_hook(
+        keep_input, with_kwargs=True)
+    try:
+        hidden = model.model.language_model(inputs_embeds=embeds).last_hidden_state
+    finally:
+        handle.remove()
+    model.lm_head(hidden)[0, -1, x.answer_token].backward()
+    model.zero_grad(set_to_none=True)
+    return caught["hidden"].grad, embeds.grad
+
+
+def test_a_backward_hook_receives_the_hf_models_gradient(vlm, x, hf):
+    """Gradients flow by default (TransformerLens' habit): a backward hook on
+    ``blocks.2.hook_resid_pre`` receives d logit / d resid_pre equal to HF autograd on the same
+    input embeddings, and the gradient reaches the prepared embeddings, video positions too."""
+    assert not x.embeds.requires_grad  # prepared without a graph into the vision tower
+    ours_x, received = _with_leaf_embeds(x), {}
+
+    def save(gradient, hook):
+        received[hook.name] = gradient.detach().clone()
+
+    logits = vlm.run_with_hooks(ours_x, bwd_hooks=[("blocks.2.hook_resid_pre", save)],
+                                reset_hooks_end=False)
+    assert logits.requires_grad
+    logits[0, -1, x.answer_token].backward()
+    vlm.reset_hooks()
+    vlm.backbone.zero_grad(set_to_none=True)
+    assert _no_hooks_left(vlm)
+    hidden_grad, embeds_grad = _hf_gradients(hf, x, layer=2)
+    assert received["blocks.2.hook_resid_pre"].shape == (1, x.n_positions, vlm.backbone.cfg.d_model)
+    assert close(received["blocks.2.hook_resid_pre"], hidden_grad)
+    assert close(ours_x.embeds.grad, embeds_grad)
+    video = x.segments.video
+    assert float(ours_x.embeds.grad[0, video.start:video.stop].abs().max()) > 1e-6  # not vacuous
+    # gradient × input per frame, the one-liner of docs/concepts.md
+    saliency = (ours_x.embeds.grad * ours_x.embeds).sum(-1)[0].detach()
+    per_frame = torch.stack([saliency[f.start:f.stop].sum() for f in x.segments.frames])
+    reference = (embeds_grad * x.embeds).sum(-1)[0]
+    assert close(per_frame, torch.stack([reference[f.start:f.stop].sum()
+                                         for f in x.segments.frames]))
+
+
+def test_backward_hooks_in_the_hooks_block_and_after_run_with_hooks_ends(vlm, x):
+    name = "blocks.0.hook_resid_post"
+    received = []
+
+    def keep(gradient, hook):
+        received.append(gradient)
+
+    with vlm.hooks(bwd_hooks=[(name, keep)]):
+        vlm(_with_leaf_embeds(x))[0, -1].sum().backward()
+    assert len(received) == 1 and _no_hooks_left(vlm)
+    # run_with_hooks has removed its hooks when it returns, yet the backward of its output
+    # reaches them (bound to the graph at forward time); a later forward does not
+    logits = vlm.run_with_hooks(x, bwd_hooks=[(name, keep)])
+    assert _no_hooks_left(vlm)
+    logits[0, -1].sum().backward()
+    assert len(received) == 2
+    torch.testing.assert_close(received[1], received[0], rtol=0, atol=1e-12)
+    vlm(x)[0, -1].sum().backward()
+    assert len(received) == 2
+    # reset_hooks_end=False leaves them on the backbone until reset_hooks()
+    logits = vlm.run_with_hooks(x, bwd_hooks=[(name, keep)], reset_hooks_end=False)
+    assert not _no_hooks_left(vlm)
+    logits[0, -1].sum().backward()
+    assert len(received) == 3
+    vlm.reset_hooks()
+    assert _no_hooks_left(vlm)
+    vlm.backbone.zero_grad(set_to_none=True)
+
+
+def test_gradients_follow_the_callers_mode_and_analyses_run_without(vlm, x):
+    from mapflow_tl import analyses
+
+    # the cache holds detached activations, as TransformerLens' does; its output keeps the graph
+    assert vlm(x).requires_grad and vlm.run_with_cache(x)[0].requires_grad
+    with torch.no_grad():
+        assert not vlm(x).requires_grad
+    with torch.inference_mode():
+        assert not vlm.run_with_hooks(x).requires_grad
+    seen = []
+    with vlm.hooks([("blocks.1.hook_resid_pre", lambda a, hook: seen.append(a.requires_grad))]):
+        analyses.base_prediction(vlm, x)
+        analyses.crossframe_knockout(vlm, x)
+    assert seen and not any(seen)
+    assert torch.is_grad_enabled()  # and the caller's mode is left as it was
+
+
+# ----------------------------------------------------------- the HookedTransformer surface
+def test_cfg_hook_dict_and_str_tokens(vlm, x):
+    assert vlm.cfg is vlm.backbone.cfg and vlm.cfg.n_layers == vlm.n_layers
+    assert vlm.hook_dict is vlm.backbone.hook_dict and "blocks.2.hook_resid_pre" in vlm.hook_dict
+    strings = vlm.to_str_tokens(x)
+    assert x.str_tokens == strings and len(strings) == x.n_positions
+    frame = x.segments.frames[3]
+    assert strings[frame.position(1, 0)] == "<f3 r1c0>"
+    assert strings[frame.start] == "<f3 r0c0>" and strings[frame.stop - 1] == "<f3 r1c1>"
+    video = set(x.segments.video.positions)
+    text = [p for p in range(x.n_positions) if p not in video]
+    ids = x.input_ids[0].tolist()
+    assert [strings[p] for p in text] == [vlm.tokenizer.decode([ids[p]]) for p in text]
+    # SynthTV's tokenizer is word-level: one word per position
+    assert [strings[p].strip() for p in x.segments.question.positions] == \
+        "what does the red circle do ?".split()
+
+
+def test_return_types_as_in_transformerlens(vlm, x):
+    logits = vlm(x)
+    loss = vlm(x, return_type="loss")
+    expected = -logits[0, -1].log_softmax(-1)[x.answer_token]
+    assert loss.shape == () and abs(float(loss.detach() - expected.detach())) <= OWN
+    both_logits, both_loss = vlm(x, return_type="both")
+    assert torch.equal(both_logits, logits) and torch.equal(both_loss, loss)
+    assert vlm(x, return_type=None) is None
+    loss.backward()  # a loss to train or attribute with
+    vlm.backbone.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="return_type must be one of"):
+        vlm(x, return_type="probs")
+    unanswered = dataclasses.replace(x, answer=None)
+    with pytest.raises(ValueError, match="answer=<option index>"):
+        vlm(unanswered, return_type="loss")
+
+
 # ------------------------------------------------------------------------------- names filter
 def test_names_filter_as_string_list_and_function(vlm, x):
     _, everything = vlm.run_with_cache(x)
@@ -238,6 +381,15 @@ def test_hooks_context_manager_cleans_up_on_exception(vlm, x):
                                   ("blocks.99.hook_resid_pre", lambda act, hook: act)]):
             pass
     assert _no_hooks_left(vlm)
+
+
+def test_several_samples_are_refused_with_the_loop_to_write(vlm, x):
+    sample = VideoSample(np.zeros((8, 32, 32, 3), np.uint8), "what moves ?", ["up", "down"])
+    with pytest.raises(ValueError, match=r"prepare takes one sample.*\[vlm.prepare\(s\) for s"):
+        vlm.prepare([sample, sample])
+    for call in (vlm, vlm.run_with_hooks, vlm.run_with_cache):
+        with pytest.raises(ValueError, match=r"got a list of 2.*\[vlm\(x\) for x in xs\]"):
+            call([x, x])
 
 
 def test_methods_refuse_what_is_not_a_prepared_input(vlm, x):

@@ -9,6 +9,7 @@ embeddings (:func:`run_from_embeds`) rather than token ids.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 import einops
@@ -352,7 +353,7 @@ def run_from_embeds(
     fwd_hooks: HookList | Sequence = (),
     return_type: str | None = "logits",
     stop_at_layer: int | None = None,
-    grad: bool = False,
+    grad: bool | None = None,
 ) -> Float[torch.Tensor, "batch pos d_vocab"]:
     """Run the backbone on input embeddings (text and injected video tokens) with hooks.
 
@@ -360,14 +361,21 @@ def run_from_embeds(
     (``start_at_layer=0``). ``fwd_hooks`` are ``(name or name filter, fn)`` pairs as in
     TransformerLens; they are validated first (a layer beyond the model's depth, or a filter that
     matches no hook point, is a ``ValueError``) and removed when the forward ends, exceptions
-    included. Gradients are off unless ``grad=True``.
+    included. Gradients follow the caller, as in TransformerLens: they flow unless the caller
+    turned them off (``torch.no_grad()``, ``torch.inference_mode()``); ``grad=True`` / ``False``
+    overrides that for this forward.
     """
     _check_embeds(model, embeds)
     hooks = list(fwd_hooks)
     check_hooks(model, hooks)
-    with torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks):
+    with _grad_mode(grad), model.hooks(fwd_hooks=hooks):
         return _forward_from_embeds(model, embeds, return_type=return_type,
                                     stop_at_layer=stop_at_layer)
+
+
+def _grad_mode(grad: bool | None) -> Any:
+    """The caller's gradient mode (``None``) or the one asked for."""
+    return contextlib.nullcontext() if grad is None else torch.set_grad_enabled(grad)
 
 
 def _no_op(activation: torch.Tensor, hook: Any) -> None:
@@ -384,7 +392,7 @@ def cache_from_embeds(
     stop_at_layer: int | None = None,
     device: str | torch.device | None = None,
     remove_batch_dim: bool = False,
-    grad: bool = False,
+    grad: bool | None = None,
 ) -> tuple[Any, ActivationCache]:
     """:func:`run_from_embeds` that also caches activations: ``(output, ActivationCache)``, as
     ``HookedTransformer.run_with_cache`` returns for token ids.
@@ -394,7 +402,8 @@ def cache_from_embeds(
     is a ``ValueError``. ``fwd_hooks`` run before the caching hooks, so the cache holds the
     activations as the hooks left them (TransformerLens' order for ``run_with_cache`` inside
     ``hooks()``). The cache has ``hook_embed`` (the input embeddings), so
-    ``cache.decompose_resid()`` sums to the final residual stream.
+    ``cache.decompose_resid()`` sums to the final residual stream. Gradients as in
+    :func:`run_from_embeds`.
     """
     _check_embeds(model, embeds)
     hooks = list(fwd_hooks)
@@ -406,7 +415,7 @@ def cache_from_embeds(
     cache, caching_hooks, _ = model.get_caching_hooks(
         names_filter=names_filter, incl_bwd=False, device=device,
         remove_batch_dim=remove_batch_dim)
-    with torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks + caching_hooks):
+    with _grad_mode(grad), model.hooks(fwd_hooks=hooks + caching_hooks):
         output = _forward_from_embeds(model, embeds, return_type=return_type,
                                       stop_at_layer=stop_at_layer)
     return output, ActivationCache(cache, model, has_batch_dim=not remove_batch_dim)

@@ -84,16 +84,28 @@ class Prepared:
     prompt: str = ""
     frames: UInt8[np.ndarray, "T H W 3"] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The tokenizer that made ``input_ids`` (set by ``vlm.prepare``), for :attr:`str_tokens`.
+    tokenizer: Any = field(default=None, repr=False, compare=False)
 
     @property
     def n_positions(self) -> int:
         return self.embeds.shape[1]
 
     @property
+    def str_tokens(self) -> list[str]:
+        """One string per position: :meth:`VideoLLM.to_str_tokens` of this input."""
+        if self.tokenizer is None:
+            raise InputError("this input carries no tokenizer: use vlm.to_str_tokens(x)")
+        return str_tokens(self.tokenizer, self)
+
+    @property
     def answer_token(self) -> int | None:
         """Token id of the true option's letter (the ground-truth token)."""
         return None if self.answer is None else int(self.answer_ids[self.answer])
 
+
+#: What ``vlm(x, return_type=...)`` returns, as TransformerLens' forward.
+RETURN_TYPES = ("logits", "loss", "both", None)
 
 #: Where families keep the token id(s) whose embeddings ``prepare`` replaces with video features:
 #: adapter attributes (spliced and pooled families, InternVL chat) and HF config fields (native
@@ -214,6 +226,24 @@ class VideoLLM:
         return self.backbone.cfg.n_layers
 
     @property
+    def cfg(self) -> Any:
+        """The backbone's ``HookedTransformerConfig`` (``vlm.cfg.n_layers``, ``d_model``, …)."""
+        return self.backbone.cfg
+
+    @property
+    def hook_dict(self) -> dict[str, Any]:
+        """Hook point name → ``HookPoint`` of the backbone, where every hook of the VideoLLM
+        attaches (the video enters as embeddings at ``hook_embed``)."""
+        return self.backbone.hook_dict
+
+    def to_str_tokens(self, x: Prepared) -> list[str]:
+        """One string per position of ``x``, as TransformerLens' ``to_str_tokens``: text
+        positions decoded one token at a time; a frame's tokens labelled by frame and grid cell,
+        ``"<f3 r1c0>"`` (frame 3, row 1, column 0; ``"<f3 #5>"`` for the sixth token of a frame
+        without a grid). Text between frames (separators, timestamps) stays text."""
+        return str_tokens(self.tokenizer, x)
+
+    @property
     def family(self) -> str:
         return self.adapter.name
 
@@ -222,25 +252,49 @@ class VideoLLM:
 
         Takes a :class:`VideoSample` or a benchmark sample; the result's ``meta`` records the
         sample's ``id`` and ``task``."""
+        if isinstance(sample, (list, tuple)):
+            raise InputError(f"prepare takes one sample, got a {type(sample).__name__} of "
+                             f"{len(sample)}: prompts of different lengths are not batched; use "
+                             f"[vlm.prepare(s) for s in samples] (analyses.flow_sweeps sweeps "
+                             f"several prepared samples together)")
         sample = as_video_sample(sample)
-        with self._building_embeddings():
+        # preprocessing, not part of the model's computation: the embeddings are a leaf (no graph
+        # back into the vision tower kept alive with every prepared sample); gradients with
+        # respect to them are one ``x.embeds.requires_grad_()`` away
+        with self._building_embeddings(), torch.no_grad():
             prepared = self.adapter.prepare(sample)
         prepared.meta.setdefault("id", sample.id)
         prepared.meta.setdefault("task", sample.task)
+        prepared.tokenizer = self.tokenizer
         return prepared
 
     def run_with_hooks(
         self,
         x: Prepared,
         fwd_hooks: HookList = (),
+        bwd_hooks: HookList = (),
         *,
+        reset_hooks_end: bool = True,
         return_type: str | None = "logits",
     ) -> Float[torch.Tensor, "1 pos d_vocab"]:
         """Backbone forward from the injected embeddings with TransformerLens hooks
-        (``(name or name filter, fn)`` pairs, removed when the forward ends)."""
-        fwd_hooks = _edges_checked(x, fwd_hooks)
-        return run_from_embeds(self.backbone, _embeds(x), fwd_hooks=fwd_hooks,
-                               return_type=return_type)
+        (``(name or name filter, fn)`` pairs), as ``HookedTransformer.run_with_hooks``.
+
+        Gradients flow unless the caller turned them off (``torch.no_grad()``). The hooks are
+        removed when the call ends (``reset_hooks_end=True``), exceptions included; the
+        ``bwd_hooks`` still fire on a later ``.backward()`` of this call's output, because
+        PyTorch binds a module's backward hooks to the graph when the forward runs — later
+        forwards do not see them. ``reset_hooks_end=False`` leaves every hook on for later calls
+        until :meth:`reset_hooks`."""
+        fwd, bwd = _edges_checked(x, fwd_hooks), list(bwd_hooks)
+        check_hooks(self.backbone, fwd + bwd)
+        with self.backbone.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=reset_hooks_end):
+            return run_from_embeds(self.backbone, _embeds(x), return_type=return_type)
+
+    def reset_hooks(self, *, including_permanent: bool = False) -> None:
+        """Remove the hooks left on the backbone (``run_with_hooks(..., reset_hooks_end=False)``,
+        ``hooks(..., reset_hooks_end=False)``), as ``HookedTransformer.reset_hooks``."""
+        self.backbone.reset_hooks(including_permanent=including_permanent)
 
     def run_with_cache(
         self,
@@ -287,8 +341,24 @@ class VideoLLM:
         with self.backbone.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=reset_hooks_end):
             yield self
 
-    def __call__(self, x: Prepared) -> Float[torch.Tensor, "1 pos d_vocab"]:
-        return self.run_with_hooks(x)
+    def __call__(self, x: Prepared, return_type: str | None = "logits") -> Any:
+        """The prepared sample through the model, video injected, as ``HookedTransformer``'s
+        forward: ``return_type="logits"`` ``[1, pos, d_vocab]``; ``"loss"`` the cross-entropy of
+        the true option's letter at the last position, ``-log softmax(logits[0, -1])[answer]``
+        (the one token a multiple-choice prompt predicts); ``"both"`` ``(logits, loss)``;
+        ``None`` nothing (hooks only). Gradients as in :meth:`run_with_hooks`."""
+        if return_type not in RETURN_TYPES:
+            raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+        if return_type in ("loss", "both") and getattr(x, "answer", None) is None:
+            raise InputError("return_type='loss' needs the true option: prepare the sample with "
+                             "answer=<option index>, or use return_type='logits'")
+        logits = self.run_with_hooks(x, return_type=None if return_type is None else "logits")
+        if return_type is None or return_type == "logits":
+            return logits
+        # at least float32 (a bf16 log-softmax loses the loss' digits), float64 kept
+        last = logits[0, -1].to(torch.promote_types(logits.dtype, torch.float32))
+        loss = -last.log_softmax(-1)[x.answer_token]
+        return loss if return_type == "loss" else (logits, loss)
 
     def option_probabilities(
         self, x: Prepared, fwd_hooks: HookList = ()
@@ -319,10 +389,37 @@ def _edges_checked(x: Any, fwd_hooks: HookList) -> list:
     return hooks
 
 
+def str_tokens(tokenizer: Any, x: Prepared) -> list[str]:
+    """:meth:`VideoLLM.to_str_tokens` with the tokenizer given: text decoded one token at a time
+    (without clean-up, as TransformerLens), frame tokens labelled ``"<f{t} r{h}c{w}>"``."""
+    _embeds(x)
+    ids = x.input_ids.reshape(-1).tolist()
+    if len(ids) != x.n_positions:
+        raise InputError(f"the prepared input has {len(ids)} token ids for {x.n_positions} "
+                         f"positions: prepare it with vlm.prepare(sample)")
+    if hasattr(tokenizer, "batch_decode"):
+        strings = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+    else:
+        strings = [tokenizer.decode([i]) for i in ids]
+    for frame in x.segments.frames:
+        for offset, position in enumerate(frame.positions):
+            if frame.grid is None:
+                strings[position] = f"<f{frame.index} #{offset}>"
+            else:
+                row, column = divmod(offset, frame.grid[1])
+                strings[position] = f"<f{frame.index} r{row}c{column}>"
+    return strings
+
+
 def _embeds(x: Any) -> Float[torch.Tensor, "1 pos d_model"]:
     """A Prepared's embeddings; anything else is refused with the call that makes one."""
     if isinstance(x, Prepared):
         return x.embeds
+    if isinstance(x, (list, tuple)):
+        raise InputError(f"VideoLLM methods take one Prepared, got a {type(x).__name__} of "
+                         f"{len(x)}: several samples are not batched (their lengths differ); "
+                         f"loop, [vlm(x) for x in xs], or sweep them together with "
+                         f"analyses.flow_sweeps(vlm, xs, circuits)")
     raise InputError(f"VideoLLM methods take a Prepared (x = vlm.prepare(sample)), got "
                      f"{type(x).__name__}; for raw embeddings use "
                      f"mapflow_tl.models.backbone.run_from_embeds(vlm.backbone, embeds)")
