@@ -835,6 +835,10 @@ def _header_rows(config, samples, run_dir) -> list[tuple[str, str]]:
                        ("dtype", "dtype"), ("task", "tasks chosen"), ("limit", "limit per task")):
         if config.get(key) not in (None, "", []):
             rows.append((label, text(config[key])))
+        elif key == "window" and isinstance(config.get("definitions"), dict) \
+                and config["definitions"].get("window"):
+            # the default window depends on the model's depth; run.json says what it was
+            rows.append((label, text(config["definitions"]["window"])))
     definitions = config.get("definitions")
     if isinstance(definitions, dict) and definitions:
         rows.append(("definitions", "; ".join(f"{k}: {text(v)}" for k, v in definitions.items())))
