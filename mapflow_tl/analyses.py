@@ -33,7 +33,8 @@ from .engine import layer_sweep, sweep_samples
 from .errors import InputError
 from .hooks import RANDOM_BASELINES, PathwaySpec, knockout
 from .keywords import reduce_keywords
-from .layers import default_window_size, early_to_middle_layers
+from .layers import (attention_map_layers, check_layer, default_window_size,
+                     early_to_middle_layers)
 from .lens import answer_probability_trace, iter_logit_lens, top_tokens
 from .metrics import (CORRECTNESS, accuracy_by_layer, base_accuracy, is_correct,
                       official_correct, relative_change)
@@ -61,6 +62,7 @@ __all__ = [
     "prune",
     "attention_to_frames",
     "attention_queries",
+    "ATTENTION_VIEWS",
     "crossframe_knockout",
     "early_to_middle_layers",
 ]
@@ -463,38 +465,83 @@ def attention_queries(vlm: VideoLLM, x: Prepared,
     return label, positions
 
 
+#: The attention figures: the official one (a map per question word, layers 11–20 of 32 scaled,
+#: cross-frame knockout in every layer) and ours (the mean over the query positions, every
+#: layer, knockout in the early-to-middle half).
+ATTENTION_VIEWS = ("per-word", "mean")
+
+#: Tokens the official figure never draws: ``if op in " /()ABCD.?": continue``
+#: (analysis/attention_visualization.py:471) — a substring test, so the empty string, the option
+#: letters, brackets and punctuation.
+OFFICIAL_SKIPPED_QUERIES = " /()ABCD.?"
+
+
 def attention_to_frames(
     vlm: VideoLLM,
     x: Prepared,
     queries: str | Sequence[int] = "question",
     *,
+    view: str = "per-word",
+    layers: Sequence[int] | None = None,
     knockout_layers: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Attention from chosen query positions (:func:`attention_queries`: the question without
-    options by default, the last token, a question word or explicit positions) to every video
-    token, averaged over heads and query positions, per layer — for the clean model and under
-    cross-frame knockout in ``knockout_layers`` (default: the early-to-middle half). One row per
-    condition × layer × video position, with the token's (frame, h, w) and the query's label."""
+    """Attention (mean over heads) from chosen query positions (:func:`attention_queries`: the
+    question without options by default, the last token, a question word or explicit positions)
+    to every video token, for the clean model and under cross-frame knockout. One row per
+    condition × query × layer × video position, with the token's (frame, h, w).
+
+    ``view="per-word"`` (official, analysis/attention_visualization.py:300-311, 323-348,
+    468-517): one map per query token, labelled ``'word' @position``; for ``"question"`` the
+    tokens the official figure skips (:data:`OFFICIAL_SKIPPED_QUERIES`) are left out; layers
+    default to the official 0-based 10 … 19 of 32 scaled to the depth
+    (:func:`~mapflow_tl.layers.attention_map_layers`); cross-frame knockout in **every**
+    layer. The figure draws ``log10(5e-5 + attention)`` (official ``normalize_attention``);
+    rows keep the attention itself. ``view="mean"``: one map averaged over the query positions,
+    every layer, knockout in the early-to-middle half. ``layers`` and ``knockout_layers``
+    override either view's choice."""
+    if view not in ATTENTION_VIEWS:
+        raise InputError(f"attention view must be one of {ATTENTION_VIEWS}, got {view!r}")
     seg = x.segments
-    label, queries = attention_queries(vlm, x, queries)
+    n_layers = vlm.n_layers
+    label, positions = attention_queries(vlm, x, queries)
+    if view == "per-word":
+        ids = x.input_ids[0].tolist()
+        groups = []
+        for position in positions:
+            text = vlm.tokenizer.decode([ids[position]]).replace("▁", " ").strip()
+            if queries == "question" and (not text or text in OFFICIAL_SKIPPED_QUERIES):
+                continue
+            groups.append((f"'{text}' @{position}", [positions.index(position)]))
+        if not groups:
+            raise InputError(f"query {queries!r}: every token is one the official figure skips "
+                             f"({OFFICIAL_SKIPPED_QUERIES!r}); name a word with word:<text>")
+        default_layers = attention_map_layers(n_layers)
+        default_knockout = list(range(n_layers))
+    else:
+        groups = [(label, list(range(len(positions))))]
+        default_layers = list(range(n_layers))
+        default_knockout = early_to_middle_layers(n_layers)
+    layers = default_layers if layers is None else [check_layer(l, n_layers) for l in layers]
+    knocked = default_knockout if knockout_layers is None else list(knockout_layers)
     video = [p for frame in seg.frames for p in frame.positions]
-    layers = early_to_middle_layers(vlm.n_layers) if knockout_layers is None else knockout_layers
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(vlm.n_layers)]
+    names = {f"blocks.{l}.attn.hook_pattern": l for l in layers}
     rows = []
     for condition, hooks in (("baseline", []),
-                             ("cross-frame knockout", knockout(edges.cross_frame(seg), layers))):
+                             ("cross-frame knockout", knockout(edges.cross_frame(seg), knocked))):
         store: dict[str, torch.Tensor] = {}
 
         def keep(pattern, hook, store=store):
-            store[hook.name] = pattern[0][:, queries][:, :, video].float().mean(dim=(0, 1))
+            store[hook.name] = pattern[0][:, positions][:, :, video].float().mean(dim=0)
 
         vlm.run_with_hooks(x, hooks + [(name, keep) for name in names], return_type=None)
-        for layer, name in enumerate(names):
-            for position, weight in zip(video, store[name].tolist()):
-                t, h, w = seg.frame_of(position)
-                rows.append({**sample_fields(x), "query": label, "condition": condition,
-                             "layer": layer, "position": position, "frame": t, "h": h, "w": w,
-                             "attention": weight})
+        for query, rows_of_query in groups:
+            for name, layer in names.items():
+                weights = store[name][rows_of_query].mean(dim=0).tolist()
+                for position, weight in zip(video, weights):
+                    t, h, w = seg.frame_of(position)
+                    rows.append({**sample_fields(x), "query": query, "condition": condition,
+                                 "layer": layer, "position": position, "frame": t, "h": h,
+                                 "w": w, "attention": weight})
     return rows
 
 

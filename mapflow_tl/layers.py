@@ -122,8 +122,9 @@ def default_window_size(n_layers: int) -> int:
 
 
 def window_rule(n_layers: int, k: int | None = None) -> str:
-    """How a run's window size was chosen, as run.json and the report header state it."""
-    if k is not None and k != default_window_size(n_layers):
+    """How a run's window size was chosen, as run.json and the report header state it: ``k``
+    given by the user, or the default for ``n_layers`` and why."""
+    if k is not None:
         return f"k = {k} (--window)"
     if n_layers >= OFFICIAL_WINDOW_MIN_LAYERS:
         return (f"k = {OFFICIAL_WINDOW} (official, every model with >= "

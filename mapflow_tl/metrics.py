@@ -63,6 +63,10 @@ DEFINITIONS: dict[str, object] = {
     "keyword_match": "first sub-token, exact, case-sensitive, top-1",
     "keyword_bin": 5,
     "attention_heads": "mean over heads",
+    "attention_view": "per-word",
+    "attention_layers": "official 11-20 of 32 (1-based), scaled to the depth",
+    "attention_knockout": "cross-frame in every layer",
+    "attention_scale": "log10(5e-5 + attention)",
     "crossframe_layers": "early-to-middle half (first n_layers // 2)",
 }
 

@@ -223,13 +223,18 @@ def _attention(args: argparse.Namespace) -> int:
 
     from ..results import frame_thumbnails
 
-    queries = args.query or ["question", "last"]
-    definitions = _definitions(attention_queries=queries)
+    queries = args.query or (["question"] if args.view == "per-word" else ["question", "last"])
+    definitions = _definitions(attention_queries=queries, attention_view=args.view)
+    if args.view == "mean":
+        definitions.update(attention_layers="every layer",
+                           attention_knockout="cross-frame in the early-to-middle half",
+                           attention_scale="attention weight")
     run = AnalysisRun(args, "attention", config={"definitions": definitions})
     for x in run.prepared("attention"):
         run.writer.write("frames", frame_thumbnails(x))
         run.writer.write("attention", [row for query in queries
-                                       for row in analyses.attention_to_frames(run.vlm, x, query)])
+                                       for row in analyses.attention_to_frames(
+                                           run.vlm, x, query, view=args.view)])
     run.finish()
     return 0
 
@@ -393,9 +398,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attention = subparsers.add_parser("attention", help="attention from the question to the "
                                                         "frames, baseline vs cross-frame knockout")
     add_run_arguments(attention, circuit=False)
+    attention.add_argument("--view", default="per-word", choices=("per-word", "mean"),
+                           help="per-word (official, default): a map per query token, layers "
+                                "11-20 of 32 scaled to the depth, log10(5e-5 + a), cross-frame "
+                                "knockout in every layer; mean: the mean over the query "
+                                "positions, every layer, knockout in the early-to-middle half")
     attention.add_argument("--query", action="append", default=None,
                            help="where attention is read from: question, last, word:WORD (a "
-                                "question word) — repeatable (default: question and last)")
+                                "question word) — repeatable (default: question; with --view "
+                                "mean, question and last)")
     attention.set_defaults(handler=_attention)
 
     crossframe = subparsers.add_parser(
