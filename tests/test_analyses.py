@@ -414,12 +414,77 @@ def test_official_action_sequence_keywords():
 
 
 # ----------------------------------------------------------------------------- attention
+def hf_attentions(hf, x, masks):
+    """Every layer's attention probabilities of the HF model with ``masks`` ({layer: additive
+    mask}) in place of the causal one."""
+    n, heads = x.n_positions, hf.config.num_attention_heads
+    captured, handles = {}, []
+    for index, layer in enumerate(hf.model.layers):
+        mask = masks.get(index, additive_mask(n, None, heads))
+
+        def swap(module, args, kwargs, mask=mask):
+            kwargs["attention_mask"] = mask
+            return args, kwargs
+
+        def keep(module, args, output, index=index):
+            captured[index] = output[1]
+
+        handles.append(layer.register_forward_pre_hook(swap, with_kwargs=True))
+        handles.append(layer.self_attn.register_forward_hook(keep))
+    try:
+        with torch.no_grad():
+            hf(inputs_embeds=x.embeds, output_attentions=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def test_attention_official_view_per_word_layers_and_knockout_against_hf(vlm, xs,
+                                                                         tiny_hf_llama):
+    """The default attention map is the official figure's (attention_visualization.py):
+    one map per question token (tokens decoding to one of " /()ABCD.?" skipped, :471), the head
+    mean (:334-337) of that token's row (not an average over the question), layers 10 … 19 of
+    32 scaled (:501) — 1, 2 of 4 — and cross-frame knockout in every layer (:303-307)."""
+    import dataclasses
+
+    x = xs[0]
+    n, seg = x.n_positions, x.segments
+    question = positions(seg.question)
+    # question tokens spelled "A" (option letter: skipped), "C" (skipped), "b " (kept), " a"
+    ids = x.input_ids.clone()
+    ids[0, question[0]], ids[0, question[1]] = 30, 32   # "A", "C"
+    ids[0, question[2]] = 1                             # "b "
+    x = dataclasses.replace(x, input_ids=ids)
+    kept = question[2:]
+    rows = A.attention_to_frames(vlm, x)
+    expected_queries = {f"'{spelled(ids[0, p]).strip()}' @{p}" for p in kept}
+    assert {r["query"] for r in rows} == expected_queries
+    assert sorted({r["layer"] for r in rows}) == [1, 2]
+    heads = tiny_hf_llama.config.num_attention_heads
+    blocked = additive_mask(n, block_mask(n, hand_cross_frame(seg)), heads)
+    video = [p for f in seg.frames for p in positions(f)]
+    for condition, masks in (("baseline", {}),
+                             ("cross-frame knockout", dict.fromkeys(range(4), blocked))):
+        captured = hf_attentions(tiny_hf_llama, x, masks)
+        for p, layer in itertools.product(kept, (1, 2)):
+            expected = captured[layer][0][:, p, video].mean(dim=0)
+            got = [r["attention"] for r in rows if r["condition"] == condition
+                   and r["layer"] == layer and r["query"].endswith(f"@{p}")]
+            assert got == pytest.approx(expected.tolist(), abs=1e-6), (condition, layer, p)
+    with pytest.raises(ValueError, match="attention view must be one of"):
+        A.attention_to_frames(vlm, x, view="official")
+
+
 def test_attention_to_frames_is_the_head_mean_of_hf_attentions(vlm, xs, tiny_hf_llama):
+    """The mean view (an option): the mean over heads and query positions, every layer, knockout
+    in the early-to-middle half."""
     x, n = xs[0], xs[0].n_positions
     seg = x.segments
     by_query = {"question": positions(seg.question), "last token": [n - 1]}
     video = [p for f in seg.frames for p in positions(f)]
-    rows = A.attention_to_frames(vlm, x) + A.attention_to_frames(vlm, x, "last")
+    rows = (A.attention_to_frames(vlm, x, view="mean")
+            + A.attention_to_frames(vlm, x, "last", view="mean"))
     assert {r["query"] for r in rows} == set(by_query)
     heads = tiny_hf_llama.config.num_attention_heads
     blocked = additive_mask(n, block_mask(n, hand_cross_frame(seg)), heads)
@@ -649,8 +714,10 @@ def test_cli_defaults_as_a_user_calls_them(model_and_data, tmp_path, capsys):
     samples = read_table(out, "samples")
     assert [r["sample"] for r in samples] == expected
     config = json.loads((out / "run.json").read_text())
-    assert config["definitions"]["correct"] == "decoded-letter"
+    assert config["definitions"]["correct"] == "official"
     assert config["definitions"]["accuracy"] == "all-samples"
+    assert config["definitions"]["window"] == "k = 3 (--window)"
+    assert config["dtype"] == "float32"          # --dtype auto on the CPU
     flow = read_table(out, "flow")
     assert sorted({r["layer"] for r in flow}) == [1, 2]
     vlm = load_videollm(str(model_dir))
@@ -669,8 +736,10 @@ def test_cli_defaults_as_a_user_calls_them(model_and_data, tmp_path, capsys):
     assert {(r["variant"], r["seed"]) for r in prune} == {("full", None), ("pathway", None),
                                                          ("random", 0), ("random", 1)}
     assert "±" in capsys.readouterr().out
-    assert json.loads((out / "run.json").read_text())["definitions"]["random_baseline"] \
-        == "official-uniform"
+    prune_definitions = json.loads((out / "run.json").read_text())["definitions"]
+    assert prune_definitions["random_baseline"] == "official-uniform"
+    assert prune_definitions["random_ratio"] == ("each sample's blocked fraction "
+                                                 "(pathway-synthtv carries no paper ratio)")
 
     out = tmp_path / "lens"
     assert main(["lens", *common, "--out", str(out), "--mode", "all", "--keywords",
