@@ -614,7 +614,7 @@ def test_report_of_the_real_analyses_on_a_tiny_model(tiny_backbone, layout, tmp_
                                           method="naive", base=base))
         writer.write("prob", A.probability_trace(vlm, x))
         writer.write("lens", A.video_lens(vlm, x, k=2))
-        writer.write("attention", A.attention_to_frames(vlm, x))
+        writer.write("attention", A.attention_to_frames(vlm, x, view="mean"))
         writer.write("crossframe", A.crossframe_knockout(vlm, x, model="tiny"))
         writer.write("frames", frame_thumbnails(x))
     writer.finish()
