@@ -25,7 +25,8 @@ from typing import Any, Iterable, Mapping
 
 from .errors import InputError
 
-__all__ = ["relative_change", "is_correct", "official_correct", "CORRECTNESS", "ACCURACY_OVER", "DEFINITIONS",
+__all__ = ["relative_change", "is_correct", "official_correct", "CORRECTNESS",
+           "ACCURACY_OVER", "DEFINITIONS",
            "base_accuracy", "accuracy_by_layer", "prune_summary"]
 
 #: How a prediction is graded: the decoded token against the bare letter as the official code

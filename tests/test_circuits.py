@@ -140,9 +140,9 @@ def test_a_missing_folder_is_named(tmp_path):
 
 def test_paper_pathways_carry_the_official_random_ratio(tmp_path):
     """The official random baseline's ratio per model, as the released scripts pass it
-    (``--random_block_ratio``: scripts/analysis/effective_pathway_analysis_llava_next_7b_video_ft.sh:22
-    0.58, _13b_:22 0.63, _mini_internvl_4b_:22 0.6, _videollama3.sh:28 0.42), is the circuit's
-    default; a circuit without one (SynthTV's measured pathway) has none."""
+    (``--random_block_ratio`` in scripts/analysis/effective_pathway_analysis_*: llava_next_7b
+    :22 0.58, llava_next_13b :22 0.63, mini_internvl_4b :22 0.6, videollama3 :28 0.42), is the
+    circuit's default; a circuit without one (SynthTV's measured pathway) has none."""
     official = {"pathway_llava_next_7b.py": 0.58, "pathway_llava_next_13b.py": 0.63,
                 "pathway_mini_internvl_4b.py": 0.6, "pathway_videollama3_7b.py": 0.42,
                 "pathway_synthtv.py": None}
