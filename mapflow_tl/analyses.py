@@ -509,7 +509,8 @@ def attention_to_frames(
         groups = []
         for position in positions:
             text = vlm.tokenizer.decode([ids[position]]).replace("▁", " ").strip()
-            if queries == "question" and (not text or text in OFFICIAL_SKIPPED_QUERIES):
+            if isinstance(queries, str) and queries == "question" \
+                    and (not text or text in OFFICIAL_SKIPPED_QUERIES):
                 continue
             groups.append((f"'{text}' @{position}", [positions.index(position)]))
         if not groups:
