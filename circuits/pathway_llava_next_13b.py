@@ -12,6 +12,11 @@ NAME = "pathway-llava-next-13b"
 DESCRIPTION = ("effective pathway of LLaVA-NeXT-13B-Video-FT: cross-frame L6–15, video→question "
                "L6–20, question→last L16–30 (40 layers)")
 
+#: The official random baseline's ratio for this model, the default of ``prune``'s random
+#: pruning: ``--random_block_ratio 0.63`` in the official
+#: scripts/analysis/effective_pathway_analysis_llava_next_13b_video_ft.sh:22.
+RANDOM_RATIO = 0.63
+
 
 def pathway(seg, n_layers):
     return paper_pathway(seg, n_layers, cross_frame=(6, 15), video_to_question=(6, 20),

@@ -12,6 +12,11 @@ NAME = "pathway-mini-internvl-4b"
 DESCRIPTION = ("effective pathway of Mini-InternVL-4B-Video-FT: cross-frame L6–15, "
                "video→question L6–20, question→last L11–30 (32 layers)")
 
+#: The official random baseline's ratio for this model, the default of ``prune``'s random
+#: pruning: ``--random_block_ratio 0.6`` in the official
+#: scripts/analysis/effective_pathway_analysis_mini_internvl_4b_video_ft.sh:22.
+RANDOM_RATIO = 0.6
+
 
 def pathway(seg, n_layers):
     return paper_pathway(seg, n_layers, cross_frame=(6, 15), video_to_question=(6, 20),

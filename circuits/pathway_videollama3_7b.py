@@ -15,6 +15,11 @@ NAME = "pathway-videollama3-7b"
 DESCRIPTION = ("effective pathway of VideoLLaMA3-7B: cross-frame L1–15, video→question L6–20, "
                "question→last L21–28 (28 layers; official script)")
 
+#: The official random baseline's ratio for this model, the default of ``prune``'s random
+#: pruning: ``--random_block_ratio 0.42`` in the official
+#: scripts/analysis/effective_pathway_analysis_videollama3.sh:28.
+RANDOM_RATIO = 0.42
+
 
 def pathway(seg, n_layers):
     return paper_pathway(seg, n_layers, cross_frame=(1, 15), video_to_question=(6, 20),

@@ -9,8 +9,11 @@ each with its official file:line and the option for the other behaviour):
 
 - predicted answer: the argmax over the full vocabulary at the last position; ground-truth
   token: the true option's letter as the model emits it after the prompt (``x.answer_token``);
-- correct (``correctness="decoded-letter"``): the decoded predicted token equals the true letter
-  ignoring case and surrounding whitespace ("▁A" counts); ``"token-id"``: the exact letter token;
+- correct (``correctness="official"``): the decoded predicted token against the true option's
+  bare letter as the official code compares them — lower-cased in the clean run, case-sensitive
+  under knockout, no whitespace stripped (SentencePiece's "▁A" counts, byte-level " A" does
+  not); ``"decoded-letter"``: ignoring case and surrounding whitespace in both runs;
+  ``"token-id"``: the exact letter token;
 - relative change: ``(p_knockout − p_base) / p_base × 100`` under the full-vocabulary softmax, for
   the predicted token and for the ground-truth token (each divided by its own base probability);
 - accuracy under knockout: hits over all evaluated samples (:func:`accuracy_by_layer`);
@@ -34,10 +37,13 @@ from .engine import layer_sweep, sweep_samples
 from .errors import InputError
 from .hooks import RANDOM_BASELINES, PathwaySpec, knockout
 from .keywords import reduce_keywords
-from .layers import default_window_size, early_to_middle_layers
+from .layers import (attention_map_layers, check_layer, default_window_size,
+                     early_to_middle_layers)
 from .lens import answer_probability_trace, iter_logit_lens, top_tokens
-from .metrics import CORRECTNESS, accuracy_by_layer, base_accuracy, is_correct, relative_change
+from .metrics import (CORRECTNESS, accuracy_by_layer, base_accuracy, is_correct,
+                      official_correct, relative_change)
 from .schema import SAMPLE_MODES, sample_fields
+from .models.prompt import option_label
 from .models.videollm import Prepared, VideoLLM
 
 __all__ = [
@@ -56,9 +62,11 @@ __all__ = [
     "keyword_counts",
     "keyword_bins",
     "video_region",
+    "random_ratio",
     "prune",
     "attention_to_frames",
     "attention_queries",
+    "ATTENTION_VIEWS",
     "crossframe_knockout",
     "early_to_middle_layers",
 ]
@@ -69,12 +77,18 @@ def _decode(vlm: VideoLLM, token: int) -> str:
     return vlm.tokenizer.decode([int(token)])
 
 
-def grade(vlm: VideoLLM, x: Prepared, token: int,
-          correctness: str = "decoded-letter") -> bool | None:
-    """Whether predicted ``token`` answers ``x`` correctly (None without a known answer):
-    ``"decoded-letter"`` (official) compares the decoded token with the true letter (the decoded
-    ground-truth token) ignoring case and surrounding whitespace; ``"token-id"`` requires the
-    exact ground-truth token."""
+def grade(vlm: VideoLLM, x: Prepared, token: int, correctness: str = "official", *,
+          knockout: bool = False) -> bool | None:
+    """Whether predicted ``token`` answers ``x`` correctly (None without a known answer), in
+    the clean run or, with ``knockout=True``, under a knockout:
+
+    - ``"official"`` (default): the token decoded on its own against the true option's bare
+      letter ("A", as the official ``example["answer"][1]``), lower-cased in the clean run and
+      case-sensitive under knockout, no whitespace stripped
+      (:func:`~mapflow_tl.metrics.official_correct`);
+    - ``"decoded-letter"``: the decoded token against the letter ignoring case and surrounding
+      whitespace, in both runs;
+    - ``"token-id"``: exactly the ground-truth token."""
     if correctness not in CORRECTNESS:
         raise InputError(f"correctness must be one of {CORRECTNESS}, got {correctness!r}")
     truth = x.answer_token
@@ -82,12 +96,14 @@ def grade(vlm: VideoLLM, x: Prepared, token: int,
         return None
     if correctness == "token-id":
         return int(token) == truth
+    if correctness == "official":
+        return official_correct(_decode(vlm, token), option_label(x.answer), knockout=knockout)
     return is_correct(_decode(vlm, token), _decode(vlm, truth))
 
 
 @torch.no_grad()
 def base_prediction(vlm: VideoLLM, x: Prepared, *,
-                    correctness: str = "decoded-letter") -> dict[str, Any]:
+                    correctness: str = "official") -> dict[str, Any]:
     """The clean run's answer (the ``BASE_COLUMNS``): predicted token (argmax over the full
     vocabulary at the last position), its probability, the ground-truth token's probability,
     whether it is correct (see :func:`grade`) and the most probable option."""
@@ -137,7 +153,7 @@ def flow_sweep(
     centers: Iterable[int] | None = None,
     method: str = "fast",
     base: dict[str, Any] | None = None,
-    correctness: str = "decoded-letter",
+    correctness: str = "official",
 ) -> list[dict[str, Any]]:
     """Information-flow sweep of one sample (Map the Flow §2): for each curve of ``circuit`` and
     each window centre (``centers``, default every layer), knock the curve's edges out in the
@@ -161,7 +177,7 @@ def flow_sweeps(
     centers: Iterable[int] | None = None,
     method: str = "fast",
     bases: Sequence[dict[str, Any] | None] | None = None,
-    correctness: str = "decoded-letter",
+    correctness: str = "official",
     max_samples: int | None = None,
 ) -> list[list[dict[str, Any]]]:
     """:func:`flow_sweep` of every sample in ``xs`` under every circuit: the rows of each sample
@@ -207,7 +223,7 @@ def _flow_rows(vlm: VideoLLM, x: Prepared, labelled, probabilities: torch.Tensor
             "change_pred": _change(p_pred, base["base_p_pred"]),
             "change_true": _change(p_true, base["base_p_true"]),
             "token": token, "option": int(p[option_ids].argmax()),
-            "correct": grade(vlm, x, token, correctness),
+            "correct": grade(vlm, x, token, correctness, knockout=True),
             "edges": config.edges.count(x.n_positions),
         })
     return rows
@@ -357,32 +373,54 @@ def video_region(x: Prepared) -> Edges:
     return Edges(src=positions, dst=positions, name="video start → last")
 
 
+def random_ratio(circuit: Circuit, ratio: float | str | None = None) -> float | None:
+    """The random baseline's ratio for ``circuit``: ``ratio`` when it is a number; by default
+    (None) the paper's ratio the pathway circuit carries (its ``RANDOM_RATIO``, the official
+    ``--random_block_ratio``: 0.58 / 0.63 / 0.6 / 0.42), or, for a circuit without one, None —
+    each sample's own blocked fraction; ``"per-sample"`` asks for that fraction always."""
+    if ratio is None:
+        return circuit.random_ratio
+    if ratio == "per-sample":
+        return None
+    if isinstance(ratio, str):
+        raise InputError(f"random ratio must be a number in [0, 1], 'per-sample' or None (the "
+                         f"circuit's), got {ratio!r}")
+    return ratio
+
+
 @torch.no_grad()
 def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seeds: Sequence[int] = (0, 1, 2),
-          baseline: str = "official-uniform", ratio: float | None = None,
+          baseline: str = "official-uniform", ratio: float | str | None = None,
           base: dict[str, Any] | None = None,
-          correctness: str = "decoded-letter") -> list[dict[str, Any]]:
+          correctness: str = "official") -> list[dict[str, Any]]:
     """Effective-pathway pruning (Finding 4) of one sample: the answer of the full model, of the
     circuit's pathway spec and of the random-pruning baseline once per seed in ``seeds``
     (:meth:`~mapflow_tl.hooks.PathwaySpec.random_like`: ``baseline="official-uniform"`` blocks
-    ``int(ratio × n(n+1)/2)`` edges in every layer, ``ratio`` defaulting to the fraction the
-    pathway blocks; ``"per-layer-matched"`` as many per layer as the pathway), drawn in
-    :func:`video_region`, with the edge accounting (kept / total over all layers). One row per
-    variant and seed (``prune`` table); report the random rows as mean ± sd over seeds
+    ``int(ratio × n(n+1)/2)`` edges in every layer, ``ratio`` by :func:`random_ratio`: the
+    paper's ratio of the circuit, else the fraction the pathway blocks on this sample;
+    ``"per-layer-matched"`` as many per layer as the pathway), drawn in :func:`video_region`
+    afresh for every sample (the generator keyed by seed and sample id), with the edge
+    accounting (kept / total over all layers). One row per variant and seed (``prune`` table);
+    report the random rows as mean ± sd over seeds
     (:func:`~mapflow_tl.metrics.prune_summary`)."""
     if baseline not in RANDOM_BASELINES:
         raise InputError(f"random baseline must be one of {RANDOM_BASELINES}, got {baseline!r}")
     seeds = list(seeds)
     if not seeds:
         raise InputError("prune needs at least one random seed (e.g. seeds=(0, 1, 2))")
+    # per-layer-matched copies the pathway's counts: no ratio applies to it
+    ratio = random_ratio(circuit, ratio) if baseline == "official-uniform" else (
+        None if ratio in (None, "per-sample") else ratio)
     base = base or base_prediction(vlm, x, correctness=correctness)
     spec = circuit.build_pathway(x.segments, vlm.n_layers)
     n = x.n_positions
     region = video_region(x)
+    sample = str(sample_fields(x)["sample"])
     variants: list[tuple[str, int | None, PathwaySpec | None]] = [
         ("full", None, None), ("pathway", None, spec)]
     variants += [("random", seed, spec.random_like(region, n, seed, baseline=baseline,
-                                                   ratio=ratio)) for seed in seeds]
+                                                   ratio=ratio, sample=sample))
+                 for seed in seeds]
     truth = x.answer_token
     rows = []
     for variant, seed, variant_spec in variants:
@@ -393,7 +431,8 @@ def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seeds: Sequence[int] 
                        else (vlm.n_layers * edges.causal_edge_count(n),) * 2)
         rows.append({**sample_fields(x), "circuit": circuit.name, "variant": variant,
                      "seed": seed, "baseline": baseline if variant == "random" else None,
-                     "token": token, "correct": grade(vlm, x, token, correctness),
+                     "token": token,
+                     "correct": grade(vlm, x, token, correctness, knockout=variant != "full"),
                      "p_true": None if truth is None else float(probabilities[truth]),
                      "kept_edges": kept, "total_edges": total, "retained": kept / total})
     return rows
@@ -435,46 +474,92 @@ def attention_queries(vlm: VideoLLM, x: Prepared,
     return label, positions
 
 
+#: The attention figures: the official one (a map per question word, layers 11–20 of 32 scaled,
+#: cross-frame knockout in every layer) and ours (the mean over the query positions, every
+#: layer, knockout in the early-to-middle half).
+ATTENTION_VIEWS = ("per-word", "mean")
+
+#: Tokens the official figure never draws: ``if op in " /()ABCD.?": continue``
+#: (analysis/attention_visualization.py:471) — a substring test, so the empty string, the option
+#: letters, brackets and punctuation.
+OFFICIAL_SKIPPED_QUERIES = " /()ABCD.?"
+
+
 @torch.no_grad()
 def attention_to_frames(
     vlm: VideoLLM,
     x: Prepared,
     queries: str | Sequence[int] = "question",
     *,
+    view: str = "per-word",
+    layers: Sequence[int] | None = None,
     knockout_layers: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Attention from chosen query positions (:func:`attention_queries`: the question without
-    options by default, the last token, a question word or explicit positions) to every video
-    token, averaged over heads and query positions, per layer — for the clean model and under
-    cross-frame knockout in ``knockout_layers`` (default: the early-to-middle half). One row per
-    condition × layer × video position, with the token's (frame, h, w) and the query's label."""
+    """Attention (mean over heads) from chosen query positions (:func:`attention_queries`: the
+    question without options by default, the last token, a question word or explicit positions)
+    to every video token, for the clean model and under cross-frame knockout. One row per
+    condition × query × layer × video position, with the token's (frame, h, w).
+
+    ``view="per-word"`` (official, analysis/attention_visualization.py:300-311, 323-348,
+    468-517): one map per query token, labelled ``'word' @position``; for ``"question"`` the
+    tokens the official figure skips (:data:`OFFICIAL_SKIPPED_QUERIES`) are left out; layers
+    default to the official 0-based 10 … 19 of 32 scaled to the depth
+    (:func:`~mapflow_tl.layers.attention_map_layers`); cross-frame knockout in **every**
+    layer. The figure draws ``log10(5e-5 + attention)`` (official ``normalize_attention``);
+    rows keep the attention itself. ``view="mean"``: one map averaged over the query positions,
+    every layer, knockout in the early-to-middle half. ``layers`` and ``knockout_layers``
+    override either view's choice."""
+    if view not in ATTENTION_VIEWS:
+        raise InputError(f"attention view must be one of {ATTENTION_VIEWS}, got {view!r}")
     seg = x.segments
-    label, queries = attention_queries(vlm, x, queries)
+    n_layers = vlm.n_layers
+    label, positions = attention_queries(vlm, x, queries)
+    if view == "per-word":
+        ids = x.input_ids[0].tolist()
+        groups = []
+        for position in positions:
+            text = vlm.tokenizer.decode([ids[position]]).replace("▁", " ").strip()
+            if isinstance(queries, str) and queries == "question" \
+                    and (not text or text in OFFICIAL_SKIPPED_QUERIES):
+                continue
+            groups.append((f"'{text}' @{position}", [positions.index(position)]))
+        if not groups:
+            raise InputError(f"query {queries!r}: every token is one the official figure skips "
+                             f"({OFFICIAL_SKIPPED_QUERIES!r}); name a word with word:<text>")
+        default_layers = attention_map_layers(n_layers)
+        default_knockout = list(range(n_layers))
+    else:
+        groups = [(label, list(range(len(positions))))]
+        default_layers = list(range(n_layers))
+        default_knockout = early_to_middle_layers(n_layers)
+    layers = default_layers if layers is None else [check_layer(l, n_layers) for l in layers]
+    knocked = default_knockout if knockout_layers is None else list(knockout_layers)
     video = [p for frame in seg.frames for p in frame.positions]
-    layers = early_to_middle_layers(vlm.n_layers) if knockout_layers is None else knockout_layers
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(vlm.n_layers)]
+    names = {f"blocks.{l}.attn.hook_pattern": l for l in layers}
     rows = []
     for condition, hooks in (("baseline", []),
-                             ("cross-frame knockout", knockout(edges.cross_frame(seg), layers))):
+                             ("cross-frame knockout", knockout(edges.cross_frame(seg), knocked))):
         store: dict[str, torch.Tensor] = {}
 
         def keep(pattern, hook, store=store):
-            store[hook.name] = pattern[0][:, queries][:, :, video].float().mean(dim=(0, 1))
+            store[hook.name] = pattern[0][:, positions][:, :, video].float().mean(dim=0)
 
         vlm.run_with_hooks(x, hooks + [(name, keep) for name in names], return_type=None)
-        for layer, name in enumerate(names):
-            for position, weight in zip(video, store[name].tolist()):
-                t, h, w = seg.frame_of(position)
-                rows.append({**sample_fields(x), "query": label, "condition": condition,
-                             "layer": layer, "position": position, "frame": t, "h": h, "w": w,
-                             "attention": weight})
+        for query, rows_of_query in groups:
+            for name, layer in names.items():
+                weights = store[name][rows_of_query].mean(dim=0).tolist()
+                for position, weight in zip(video, weights):
+                    t, h, w = seg.frame_of(position)
+                    rows.append({**sample_fields(x), "query": query, "condition": condition,
+                                 "layer": layer, "position": position, "frame": t, "h": h,
+                                 "w": w, "attention": weight})
     return rows
 
 
 @torch.no_grad()
 def crossframe_knockout(vlm: VideoLLM, x: Prepared, layers: Sequence[int] | None = None, *,
                         model: str = "",
-                        correctness: str = "decoded-letter") -> list[dict[str, Any]]:
+                        correctness: str = "official") -> list[dict[str, Any]]:
     """Finding 1 for one sample: the answer with and without cross-frame attention (every frame's
     tokens blocked from the tokens of earlier frames) in ``layers`` (default: the early-to-middle
     half, :func:`~mapflow_tl.layers.early_to_middle_layers`, as the paper's layers 1–16 of 32).
@@ -487,5 +572,6 @@ def crossframe_knockout(vlm: VideoLLM, x: Prepared, layers: Sequence[int] | None
         token = int(probabilities.argmax())
         rows.append({**sample_fields(x), "model": model, "condition": condition,
                      "layers": list(layers), "token": token,
-                     "correct": grade(vlm, x, token, correctness)})
+                     "correct": grade(vlm, x, token, correctness,
+                                      knockout=condition != "base")})
     return rows

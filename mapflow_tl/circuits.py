@@ -65,6 +65,9 @@ class Circuit:
     path: Path
     curves: Callable[[SegmentMap, int], dict[str, Edges]] | None = None
     pathway: Callable[[SegmentMap, int], PathwaySpec] | None = None
+    #: The random-pruning ratio the paper used against this pathway (the file's
+    #: ``RANDOM_RATIO``; the official ``--random_block_ratio``), None when it has none.
+    random_ratio: float | None = None
 
     @property
     def kind(self) -> str:
@@ -193,7 +196,17 @@ def _from_module(module: ModuleType, path: Path) -> Circuit:
     if (curves is None) == (pathway is None):
         raise InputError(f"circuit file {path} must define exactly one of curves(seg, n_layers) "
                          f"or pathway(seg, n_layers)")
-    return Circuit(module.NAME, module.DESCRIPTION, path, curves, pathway)
+    ratio = getattr(module, "RANDOM_RATIO", None)
+    if ratio is not None:
+        if pathway is None:
+            raise InputError(f"circuit file {path}: RANDOM_RATIO belongs to a pathway circuit "
+                             f"(one with pathway(seg, n_layers)); remove it")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) \
+                or not 0.0 < ratio < 1.0:
+            raise InputError(f"circuit file {path}: RANDOM_RATIO must be a fraction in (0, 1) "
+                             f"of the causal edges to block, got {ratio!r}")
+        ratio = float(ratio)
+    return Circuit(module.NAME, module.DESCRIPTION, path, curves, pathway, ratio)
 
 
 def _load(file: CircuitFile) -> Circuit:

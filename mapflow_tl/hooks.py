@@ -12,6 +12,7 @@ every key in S to −∞, in all heads (or the chosen ones).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ __all__ = [
     "random_knockout",
     "RANDOM_BASELINES",
     "random_baseline_counts",
+    "random_draw_seed",
     "capture",
     "check_hooks",
 ]
@@ -225,7 +227,7 @@ class PathwaySpec:
 
     def random_like(self, region: Edges, n_positions: int, seed: int, *,
                     baseline: str = "official-uniform",
-                    ratio: float | None = None) -> "PathwaySpec":
+                    ratio: float | None = None, sample: str | None = None) -> "PathwaySpec":
         """The random-pruning baseline for this spec (Map the Flow, Finding 4), drawn by
         :func:`random_baseline_counts` and :func:`random_knockout`'s one sampler:
 
@@ -237,12 +239,16 @@ class PathwaySpec:
         - ``baseline="per-layer-matched"``: in each layer as many edges as this spec blocks
           *in that layer* (the total matches exactly, layer by layer).
 
-        Seeded: one ``torch.Generator(seed)`` draws the layers in order, so a seed always gives
-        the same edges (the official LLaVA/InternVL scripts were unseeded).
+        Each sample draws afresh, as the official code does (an unseeded ``torch.randperm`` per
+        sample and layer, causal_intervention_tools.py:42), yet reproducibly: one generator
+        seeded with :func:`random_draw_seed` of ``(seed, sample)`` draws the layers in order, so
+        two samples of the same length get different edges and a (seed, sample) pair always the
+        same ones. Without ``sample`` the generator is seeded with ``seed`` alone.
         """
         counts = random_baseline_counts(self, n_positions, baseline=baseline, ratio=ratio)
         baseline_spec = PathwaySpec(self.n_layers)
-        for layer, edges in _random_edges_per_layer(region, n_positions, counts, seed).items():
+        for layer, edges in _random_edges_per_layer(region, n_positions, counts, seed,
+                                                    sample).items():
             baseline_spec.block(edges, [layer])
         return baseline_spec
 
@@ -303,12 +309,26 @@ def _official_count(ratio: float, n_positions: int) -> int:
     return int(ratio * causal_edge_count(n_positions))
 
 
+def random_draw_seed(seed: int, sample: str | None = None) -> int:
+    """The generator seed of one random-baseline draw: ``seed`` itself without a sample; with
+    one, the first 63 bits of SHA-256 over ``"{seed}:{sample}"`` — stable across processes and
+    Python versions (``hash()`` of a string is salted per process), and different for every
+    sample, so each sample draws its own edges as the official code does."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"random seed must be an int, got {seed!r}")
+    if sample is None:
+        return seed
+    digest = hashlib.sha256(f"{seed}:{sample}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 def _random_edges_per_layer(region: Edges, n_positions: int, counts: Mapping[int, int],
-                            seed: int) -> dict[int, Edges]:
+                            seed: int, sample: str | None = None) -> dict[int, Edges]:
     """The one sampler of the random baseline: for each layer (in increasing order) ``count``
-    distinct causal edges of ``region``, uniformly, from one generator seeded with ``seed``."""
+    distinct causal edges of ``region``, uniformly, from one generator seeded with
+    :func:`random_draw_seed` of ``(seed, sample)``."""
     candidates = region.dense(n_positions).nonzero()
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(random_draw_seed(seed, sample))
     drawn = {}
     for layer in sorted(counts):
         count = counts[layer]
@@ -322,7 +342,8 @@ def _random_edges_per_layer(region: Edges, n_positions: int, counts: Mapping[int
             chosen = candidates[order[:count]]
             drawn[layer] = Edges.from_pairs(
                 chosen[:, 0], chosen[:, 1], n_positions,
-                name=f"random {count} of {region.name} (seed {seed}, layer {layer})")
+                name=f"random {count} of {region.name} (seed {seed}"
+                     + (f", sample {sample}" if sample is not None else "") + f", layer {layer})")
     return drawn
 
 
@@ -332,15 +353,17 @@ def random_knockout(
     region: Edges,
     layers: Iterable[int],
     n_positions: int,
+    sample: str | None = None,
 ) -> HookList:
     """The paper's random baseline as hooks: in each of ``layers``, block
     ``N = int(ratio × n(n+1)/2)`` causal edges (a fraction of the **whole** causal triangle, as
     the official code counts it) drawn uniformly from the causal edges of ``region`` (the paper:
     positions from the video start to the last token).
 
-    Each layer draws its own edges; one ``torch.Generator(seed)`` draws the layers in order, so
-    the same seed always gives the same edges. :meth:`PathwaySpec.random_like` uses the same
-    sampler.
+    Each layer draws its own edges; one generator seeded with :func:`random_draw_seed` of
+    ``(seed, sample)`` draws the layers in order, so the same seed and sample always give the
+    same edges and different samples different ones. :meth:`PathwaySpec.random_like` uses the
+    same sampler.
     """
     layers = sorted(set(layers))
     if not layers:
@@ -349,7 +372,8 @@ def random_knockout(
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
             raise InputError(f"layer must be a non-negative int, got {layer!r}")
     count = _official_count(ratio, n_positions)
-    drawn = _random_edges_per_layer(region, n_positions, dict.fromkeys(layers, count), seed)
+    drawn = _random_edges_per_layer(region, n_positions, dict.fromkeys(layers, count), seed,
+                                    sample)
     return [(attn_scores_hook_name(layer), KnockoutHook(edges))
             for layer, edges in drawn.items()]
 

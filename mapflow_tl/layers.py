@@ -12,7 +12,7 @@ import warnings
 from .errors import InputError
 
 __all__ = ["WINDOW_STYLES", "check_layer", "window", "layer_range", "early_to_middle_layers",
-           "default_window_size", "covers_every_layer"]
+           "default_window_size", "window_rule", "covers_every_layer", "attention_map_layers"]
 
 WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
 
@@ -30,7 +30,7 @@ def window(center: int, *, n_layers: int, k: int | None = None,
            style: str = "center") -> list[int]:
     """The layers knocked out for one point of a layer sweep (Map the Flow §2, "Window").
 
-    ``k`` defaults to the paper's 9 of 32 layers scaled to the model's depth
+    ``k`` defaults to the official 9, scaled to the depth only below 18 layers
     (:func:`default_window_size`). A centred window that covers every layer of the model blocks
     the same layers at every centre, so a sweep over it is flat: that draws a warning with the
     fix.
@@ -56,8 +56,8 @@ def window(center: int, *, n_layers: int, k: int | None = None,
         if covers_every_layer(k, n_layers):
             warnings.warn(f"a window of k={k} layers covers all {n_layers} layers of the model, "
                           f"so every window centre knocks out the same layers; use "
-                          f"k={default_window_size(n_layers)} (the paper's 9 of 32 scaled to "
-                          f"this depth) or fewer", stacklevel=2)
+                          f"k={default_window_size(n_layers)} (the default for this depth) or "
+                          f"fewer", stacklevel=2)
     elif style == "inverse":
         layers = [layer for layer in range(n_layers) if not lo <= layer <= hi]
     elif style == "top_down":
@@ -93,9 +93,41 @@ def early_to_middle_layers(n_layers: int) -> list[int]:
     return list(range(0, max(1, n_layers // 2)))
 
 
+#: Below this depth the official k = 9 no longer fits the model (at 8 layers it would cover every
+#: layer, a flat sweep): the window is then the paper's 9 of 32 layers scaled to the depth.
+OFFICIAL_WINDOW, OFFICIAL_WINDOW_MIN_LAYERS = 9, 18
+
+
+def attention_map_layers(n_layers: int) -> list[int]:
+    """The layers the official attention figure shows: 0-based 10 … 19 of 32, labelled 11–20
+    (analysis/attention_visualization.py:501-506), scaled to ``n_layers`` (28 layers: 9 … 17;
+    8 layers: 3 … 4)."""
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers <= 0:
+        raise InputError(f"n_layers must be a positive int, got {n_layers!r}")
+    first = (10 * n_layers + 16) // 32
+    stop = max(first + 1, (20 * n_layers + 16) // 32)
+    return list(range(min(first, n_layers - 1), min(stop, n_layers)))
+
+
 def default_window_size(n_layers: int) -> int:
-    """The knockout window for a model of this depth: the paper's k = 9 of 32 layers (28 %)
-    scaled to ``n_layers`` and rounded to the nearest odd number, so the window stays centred
-    (32 layers: 9; 40: 11; 28: 7; 8: 3)."""
+    """The knockout window for a model of this depth: the official k = 9 on every model with at
+    least 18 layers (information_flow_analysis.py:66 ``--window 9`` on LLaVA-NeXT-7B/13B,
+    Mini-InternVL-4B; information_flow_analysis_videollama3.py:119 ``window = 9``); below 18
+    layers the paper's 9 of 32 (28 %) scaled to ``n_layers`` and rounded to the nearest odd
+    number, so the window stays centred (17 layers: 5; 8: 3; 4: 1)."""
+    if n_layers >= OFFICIAL_WINDOW_MIN_LAYERS:
+        return OFFICIAL_WINDOW
     scaled = 9 * n_layers / 32
     return max(1, 2 * round((scaled - 1) / 2) + 1)
+
+
+def window_rule(n_layers: int, k: int | None = None) -> str:
+    """How a run's window size was chosen, as run.json and the report header state it: ``k``
+    given by the user, or the default for ``n_layers`` and why."""
+    if k is not None:
+        return f"k = {k} (--window)"
+    if n_layers >= OFFICIAL_WINDOW_MIN_LAYERS:
+        return (f"k = {OFFICIAL_WINDOW} (official, every model with >= "
+                f"{OFFICIAL_WINDOW_MIN_LAYERS} layers)")
+    return (f"k = {default_window_size(n_layers)} (the paper's 9 of 32 layers scaled to "
+            f"{n_layers} layers, below {OFFICIAL_WINDOW_MIN_LAYERS})")

@@ -6,8 +6,11 @@ byminji/map-the-flow @566f3ed; docs/paper_parity.md has the file:line of each):
 
 - relative change: ``(p_knockout − p_base) / p_base × 100`` of one token's probability under the
   full-vocabulary softmax at the last position;
-- correct: the decoded argmax token equals the true option's letter, ignoring case and
-  surrounding whitespace (so SentencePiece's ``"▁A"`` counts as ``"A"``);
+- correct (``"official"``, default): the argmax token decoded on its own, compared with the
+  true option's bare letter exactly as the official code does — lower-cased in the clean run
+  (``decode([argmax]).lower() == letter.lower()``), case-sensitive under knockout
+  (``letter == decode([new])``); SentencePiece's ``"▁A"`` decodes to ``"A"`` and counts, a
+  byte-level BPE's ``" A"`` keeps its space and does not;
 - accuracy under knockout: hits over **all evaluated samples** (those that took part and those
   the sample mode left out), so a knockout without effect gives exactly the base accuracy, which
   is the reference line.
@@ -22,12 +25,16 @@ from typing import Any, Iterable, Mapping
 
 from .errors import InputError
 
-__all__ = ["relative_change", "is_correct", "CORRECTNESS", "ACCURACY_OVER", "DEFINITIONS",
+__all__ = ["relative_change", "is_correct", "official_correct", "CORRECTNESS",
+           "ACCURACY_OVER", "DEFINITIONS",
            "base_accuracy", "accuracy_by_layer", "prune_summary"]
 
-#: How a prediction is graded: the decoded token against the letter (official), or the exact
-#: token id of the letter as the prompt continues (stricter: "▁A" after "(" is wrong).
-CORRECTNESS = ("decoded-letter", "token-id")
+#: How a prediction is graded: the decoded token against the bare letter as the official code
+#: compares them ("official": exact string, lower-cased only in the clean run); the decoded
+#: token ignoring case and surrounding whitespace in every run ("decoded-letter": one rule for
+#: every tokenizer and both runs); or the exact token id of the letter as the prompt continues
+#: ("token-id": "▁A" after "(" is wrong).
+CORRECTNESS = ("official", "decoded-letter", "token-id")
 
 #: Accuracy's denominator: every evaluated sample (official), or only the samples the sample
 #: mode selected (the per-mode view: 100 % without knockout in "correct" mode by construction).
@@ -37,14 +44,15 @@ ACCURACY_OVER = ("all-samples", "selected")
 #: The definitions the analyses use by default (the official code's, docs/paper_parity.md), as
 #: recorded in a run's ``run.json`` under ``definitions``; a command overrides what it changes.
 DEFINITIONS: dict[str, object] = {
-    "correct": "decoded-letter",
+    "correct": "official",
     "true_token": "letter-after-prompt",
     "softmax": "full-vocabulary, last position",
     "relative_change": "(p_knockout - p_base) / p_base * 100, own base",
     "accuracy": "all-samples",
     "sample_mode": "correct",
     "random_baseline": "official-uniform",
-    "random_ratio": "pathway's blocked fraction",
+    "random_ratio": "the circuit's paper ratio, else each sample's blocked fraction",
+    "random_draw": "fresh per sample: generator keyed by (seed, sample id)",
     "random_region": "query and key >= video start, last token included",
     "trace_read": "block output",
     "trace_matrix": "unembed",
@@ -56,6 +64,10 @@ DEFINITIONS: dict[str, object] = {
     "keyword_match": "first sub-token, exact, case-sensitive, top-1",
     "keyword_bin": 5,
     "attention_heads": "mean over heads",
+    "attention_view": "per-word",
+    "attention_layers": "official 11-20 of 32 (1-based), scaled to the depth",
+    "attention_knockout": "cross-frame in every layer",
+    "attention_scale": "log10(5e-5 + attention)",
     "crossframe_layers": "early-to-middle half (first n_layers // 2)",
 }
 
@@ -67,11 +79,26 @@ def relative_change(*, base, knockout):
     return (knockout - base) / base * 100.0
 
 
+def official_correct(predicted: str, letter: str, *, knockout: bool) -> bool:
+    """The official grading of a decoded prediction against the true option's bare letter
+    (byminji/map-the-flow @566f3ed): the clean run compares lower-cased strings
+    (information_flow_analysis.py:222, 229), a knockout compares them case-sensitively
+    (information_flow_analysis.py:438, effective_pathway_analysis.py:396). No whitespace is
+    stripped: decoding one SentencePiece token drops its "▁", so "▁A" counts, while a byte-level
+    BPE decodes " A" with its space, which does not. ``knockout`` says which of the two runs
+    is graded (the case rules differ there, official bug 1 in docs/paper_parity.md)."""
+    if not letter.strip():
+        raise InputError(f"the true option's letter is empty ({letter!r}): cannot grade")
+    if knockout:
+        return predicted == letter
+    return predicted.lower() == letter.lower()
+
+
 def is_correct(predicted: str, letter: str) -> bool:
-    """Whether a decoded prediction is the option ``letter``: equal ignoring case and
-    surrounding whitespace (official: ``decode([argmax]).lower() == letter.lower()``, where
-    decoding one SentencePiece token drops its "▁"; stripping does the same for tokenizers that
-    keep the space, e.g. Qwen's " A")."""
+    """Whether a decoded prediction is the option ``letter`` under ``"decoded-letter"``: equal
+    ignoring case and surrounding whitespace, in the clean run and under knockout alike (one
+    rule for every tokenizer: Qwen's " A" counts as SentencePiece's "▁A" does; the official
+    rule is :func:`official_correct`)."""
     if not letter.strip():
         raise InputError(f"the true option's letter is empty ({letter!r}): cannot grade")
     return predicted.strip().lower() == letter.strip().lower()

@@ -691,6 +691,13 @@ def _attention_sections(rows, frames_table, config):
     samples = list(dict.fromkeys(r["sample"] for r in rows))[:_MAX_FRAME_SAMPLES]
     definitions = config.get("definitions") if isinstance(config.get("definitions"), dict) else {}
     default_query = definitions.get("queries", "the question tokens")
+    # the official figure (per-word view) draws log10(5e-5 + a) (attention_visualization.py:398-
+    # 411); runs written before the view was recorded hold the mean view's plain weights
+    official = definitions.get("attention_view") == "per-word"
+
+    def value(row):
+        return math.log10(5e-5 + row["attention"]) if official else row["attention"]
+
     number = 0
     for sample in samples:
         for query in queries:
@@ -708,31 +715,36 @@ def _attention_sections(rows, frames_table, config):
             figure = _FrameFigure(len(conditions), frame_ids, grids, conditions)
             cells = _by(chosen_rows, "condition", "frame", "layer")
             active = layers[len(layers) // 2]
-            visibility, maxima = [], []
+            visibility, maxima, minima = [], [], []
             for layer in layers:
                 for i, condition in enumerate(conditions):
                     for j, t in enumerate(frame_ids):
                         z, _, _ = _grid_matrix(
                             grids[t], cells.get((condition, t, layer), []),
-                            lambda r: float(f"{r['attention']:.4g}"), lambda r: "",
+                            lambda r: float(f"{value(r):.4g}"), lambda r: "",
                             lambda r: "")
-                        tips = (f"row %{{y}}, column %{{x}}<br>layer {layer}: attention "
+                        tips = (f"row %{{y}}, column %{{x}}<br>layer {layer}: "
+                                f"{'log10(5e-5 + attention)' if official else 'attention'} "
                                 f"%{{z:.4g}}<extra>{html.escape(condition)}</extra>")
                         figure.draw(grids[t], z, None, tips, row=i, col=j,
                                     coloraxis="coloraxis", opacity=1.0,
                                     visible=layer == active, show_text=False)
                         visibility.append(layer)
-                maxima.append(max((r["attention"] for c in conditions for t in frame_ids
-                                   for r in cells.get((c, t, layer), [])), default=1.0))
+                values = [value(r) for c in conditions for t in frame_ids
+                          for r in cells.get((c, t, layer), [])]
+                maxima.append(max(values, default=1.0))
+                minima.append(min(values, default=0.0) if official else 0)
             # images were added once per cell (the visible layer's pass); keep one copy each
             steps = [dict(method="update", label=str(layer),
                           args=[{"visible": [v == layer for v in visibility]},
-                                {"coloraxis.cmax": maxima[k]}])
+                                {"coloraxis.cmax": maxima[k], "coloraxis.cmin": minima[k]}])
                      for k, layer in enumerate(layers)]
             figure.layout.update(
-                coloraxis=dict(colorscale=_ATTENTION_SCALE, cmin=0,
+                coloraxis=dict(colorscale=_ATTENTION_SCALE, cmin=minima[layers.index(active)],
                                cmax=maxima[layers.index(active)],
-                               colorbar=dict(title=dict(text="attention<br>weight", side="top"),
+                               colorbar=dict(title=dict(text="log10(5e-5 +<br>attention)"
+                                                        if official else "attention<br>weight",
+                                                        side="top"),
                                              len=0.7, thickness=12)),
                 sliders=[dict(active=layers.index(active), steps=steps, pad=dict(t=30),
                               currentvalue=dict(prefix="layer ", font=dict(size=12)), len=0.9,
@@ -746,10 +758,15 @@ def _attention_sections(rows, frames_table, config):
             sections.append((
                 figure_id, f"Attention over the frames{_sample_label(sample, task)}, query: "
                            f"{query or default_query}",
-                f"Attention weight from the query ({query_text}; mean over heads and query "
-                f"positions) to each video token, on the token's cell over its frame. Rows: "
-                f"{' vs '.join(html.escape(c) for c in conditions)}"
-                + (" (cross-frame edges blocked in the early-to-middle layers)" if knockout
+                (f"log10(5e-5 + attention) from the query token ({query_text}; mean over "
+                 f"heads), as the official figure draws it, to each video token, on the "
+                 f"token's cell over its frame; layers {layers[0]}–{layers[-1]} (the official "
+                 f"11–20 of 32, scaled). Rows: " if official else
+                 f"Attention weight from the query ({query_text}; mean over heads and query "
+                 f"positions) to each video token, on the token's cell over its frame. Rows: ")
+                + f"{' vs '.join(html.escape(c) for c in conditions)}"
+                + ((" (cross-frame edges blocked in every layer)" if official else
+                    " (cross-frame edges blocked in the early-to-middle layers)") if knockout
                    else "")
                 + "; the slider picks the layer (colour scale per layer, shared by the rows)."
                 + ("" if has_images else " This run saved no frame thumbnails (no "
@@ -835,6 +852,10 @@ def _header_rows(config, samples, run_dir) -> list[tuple[str, str]]:
                        ("dtype", "dtype"), ("task", "tasks chosen"), ("limit", "limit per task")):
         if config.get(key) not in (None, "", []):
             rows.append((label, text(config[key])))
+        elif key == "window" and isinstance(config.get("definitions"), dict) \
+                and config["definitions"].get("window"):
+            # the default window depends on the model's depth; run.json says what it was
+            rows.append((label, text(config["definitions"]["window"])))
     definitions = config.get("definitions")
     if isinstance(definitions, dict) and definitions:
         rows.append(("definitions", "; ".join(f"{k}: {text(v)}" for k, v in definitions.items())))

@@ -77,6 +77,19 @@ def letter(token: int) -> str:
     return spelled(token).strip().lower()
 
 
+def official_clean(token: int, x) -> bool:
+    """information_flow_analysis.py:216, 222: ``gt = example["answer"][1]`` (the bare letter),
+    ``answer.lower() == gt.lower()`` with ``answer = decode([argmax])`` — no strip."""
+    gt = "ABC"[x.answer]
+    return spelled(token).lower() == gt.lower()
+
+
+def official_knockout(token: int, x) -> bool:
+    """information_flow_analysis.py:438 (effective_pathway_analysis.py:396):
+    ``result['gt'] == result["new_answer"]`` — case-sensitive, no strip."""
+    return "ABC"[x.answer] == spelled(token)
+
+
 def hf_probabilities(hf, x, blocked_by_layer=None):
     """Last-position full-vocabulary probabilities of the HF model with ``blocked_by_layer``
     ({layer: bool [query, key]}) as explicit additive masks."""
@@ -163,7 +176,7 @@ def test_every_flow_row_equals_the_hf_model_with_explicit_masks(vlm, xs, tiny_hf
             assert row["base_token"] == predicted
             assert row["base_p_pred"] == pytest.approx(float(clean[predicted]), abs=1e-5)
             assert row["base_p_true"] == pytest.approx(float(clean[truth]), abs=1e-5)
-            assert row["base_correct"] == (letter(predicted) == letter(truth))
+            assert row["base_correct"] == official_clean(predicted, x)
             assert row["p_pred"] == pytest.approx(float(knocked[predicted]), abs=1e-5)
             assert row["p_true"] == pytest.approx(float(knocked[truth]), abs=1e-5)
             change_pred = (knocked[predicted] - clean[predicted]) / clean[predicted] * 100
@@ -172,9 +185,9 @@ def test_every_flow_row_equals_the_hf_model_with_explicit_masks(vlm, xs, tiny_hf
             assert row["change_true"] == pytest.approx(float(change_true), rel=1e-3, abs=1e-3)
             assert row["token"] == token
             assert row["option"] == int(knocked[list(OPTION_IDS)].argmax())
-            assert row["correct"] == (letter(token) == letter(truth))
+            assert row["correct"] == official_knockout(token, x)
             assert row["edges"] == int(blocked.sum())
-            flipped += row["correct"] != row["base_correct"]
+            flipped += (letter(token) == letter(truth)) != (letter(predicted) == letter(truth))
     assert flipped > 0, "no knockout changed an answer's correctness: the test would be blind"
 
 
@@ -203,16 +216,47 @@ def test_base_prediction_correctness_definitions(vlm, xs, tiny_hf_llama):
     for x in xs:
         predicted = int(hf_probabilities(tiny_hf_llama, x).argmax())
         official = A.base_prediction(vlm, x)
+        ours = A.base_prediction(vlm, x, correctness="decoded-letter")
         strict = A.base_prediction(vlm, x, correctness="token-id")
-        assert official["base_correct"] == (letter(predicted) == letter(x.answer_token))
+        assert official["base_correct"] == official_clean(predicted, x)
+        assert ours["base_correct"] == (letter(predicted) == letter(x.answer_token))
         assert strict["base_correct"] == (predicted == x.answer_token)
         assert A.grade(vlm, x, predicted) == official["base_correct"]
     with pytest.raises(ValueError, match="correctness must be one of"):
         A.base_prediction(vlm, xs[0], correctness="exact")
 
 
+def test_official_correctness_per_tokenizer_and_run():
+    """Issue 36: the default grading is the official comparison of the decoded token with the
+    bare letter, per tokenizer: SentencePiece decodes "▁A" to "A" (correct), a byte-level BPE
+    decodes " A" with its space (wrong, where the old default stripped it and said correct);
+    the clean run lower-cases (IFA:222), a knockout does not (IFA:438)."""
+    from types import SimpleNamespace
+
+    decoded = {0: "A", 1: "a", 2: " A", 3: "A ", 4: "B", 5: " a", 6: "b"}
+
+    class Tokenizer:
+        def decode(self, ids):
+            return decoded[int(ids[0])]
+
+    vlm = SimpleNamespace(tokenizer=Tokenizer())
+    x = SimpleNamespace(answer=0, answer_token=0)     # true option A, its token decodes "A"
+    gt = "A"                                          # example["answer"][1]
+    for token, text in decoded.items():
+        assert A.grade(vlm, x, token) == (text.lower() == gt.lower()), text
+        assert A.grade(vlm, x, token, knockout=True) == (gt == text), text
+        for knockout in (False, True):
+            assert A.grade(vlm, x, token, "decoded-letter", knockout=knockout) \
+                == (text.strip().lower() == "a"), text
+    # byte-level " A": wrong officially in both runs, right under our option
+    assert not A.grade(vlm, x, 2) and A.grade(vlm, x, 2, "decoded-letter")
+    # "a": right in the clean run, wrong under knockout (official bug 1, kept to match its
+    # numbers)
+    assert A.grade(vlm, x, 1) and not A.grade(vlm, x, 1, knockout=True)
+
+
 def test_sample_modes(vlm, xs):
-    bases = [A.base_prediction(vlm, x) for x in xs]
+    bases = [A.base_prediction(vlm, x, correctness="decoded-letter") for x in xs]
     assert [b["base_correct"] for b in bases] == [True, False, True, False]
     assert [A.select(b, "correct") for b in bases] == [True, False, True, False]
     assert [A.select(b, "wrong") for b in bases] == [False, True, False, True]
@@ -366,12 +410,77 @@ def test_official_action_sequence_keywords():
 
 
 # ----------------------------------------------------------------------------- attention
+def hf_attentions(hf, x, masks):
+    """Every layer's attention probabilities of the HF model with ``masks`` ({layer: additive
+    mask}) in place of the causal one."""
+    n, heads = x.n_positions, hf.config.num_attention_heads
+    captured, handles = {}, []
+    for index, layer in enumerate(hf.model.layers):
+        mask = masks.get(index, additive_mask(n, None, heads))
+
+        def swap(module, args, kwargs, mask=mask):
+            kwargs["attention_mask"] = mask
+            return args, kwargs
+
+        def keep(module, args, output, index=index):
+            captured[index] = output[1]
+
+        handles.append(layer.register_forward_pre_hook(swap, with_kwargs=True))
+        handles.append(layer.self_attn.register_forward_hook(keep))
+    try:
+        with torch.no_grad():
+            hf(inputs_embeds=x.embeds, output_attentions=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def test_attention_official_view_per_word_layers_and_knockout_against_hf(vlm, xs,
+                                                                         tiny_hf_llama):
+    """The default attention map is the official figure's (attention_visualization.py):
+    one map per question token (tokens decoding to one of " /()ABCD.?" skipped, :471), the head
+    mean (:334-337) of that token's row (not an average over the question), layers 10 … 19 of
+    32 scaled (:501) — 1, 2 of 4 — and cross-frame knockout in every layer (:303-307)."""
+    import dataclasses
+
+    x = xs[0]
+    n, seg = x.n_positions, x.segments
+    question = positions(seg.question)
+    # question tokens spelled "A" (option letter: skipped), "C" (skipped), "b " (kept), " a"
+    ids = x.input_ids.clone()
+    ids[0, question[0]], ids[0, question[1]] = 30, 32   # "A", "C"
+    ids[0, question[2]] = 1                             # "b "
+    x = dataclasses.replace(x, input_ids=ids)
+    kept = question[2:]
+    rows = A.attention_to_frames(vlm, x)
+    expected_queries = {f"'{spelled(ids[0, p]).strip()}' @{p}" for p in kept}
+    assert {r["query"] for r in rows} == expected_queries
+    assert sorted({r["layer"] for r in rows}) == [1, 2]
+    heads = tiny_hf_llama.config.num_attention_heads
+    blocked = additive_mask(n, block_mask(n, hand_cross_frame(seg)), heads)
+    video = [p for f in seg.frames for p in positions(f)]
+    for condition, masks in (("baseline", {}),
+                             ("cross-frame knockout", dict.fromkeys(range(4), blocked))):
+        captured = hf_attentions(tiny_hf_llama, x, masks)
+        for p, layer in itertools.product(kept, (1, 2)):
+            expected = captured[layer][0][:, p, video].mean(dim=0)
+            got = [r["attention"] for r in rows if r["condition"] == condition
+                   and r["layer"] == layer and r["query"].endswith(f"@{p}")]
+            assert got == pytest.approx(expected.tolist(), abs=1e-6), (condition, layer, p)
+    with pytest.raises(ValueError, match="attention view must be one of"):
+        A.attention_to_frames(vlm, x, view="official")
+
+
 def test_attention_to_frames_is_the_head_mean_of_hf_attentions(vlm, xs, tiny_hf_llama):
+    """The mean view (an option): the mean over heads and query positions, every layer, knockout
+    in the early-to-middle half."""
     x, n = xs[0], xs[0].n_positions
     seg = x.segments
     by_query = {"question": positions(seg.question), "last token": [n - 1]}
     video = [p for f in seg.frames for p in positions(f)]
-    rows = A.attention_to_frames(vlm, x) + A.attention_to_frames(vlm, x, "last")
+    rows = (A.attention_to_frames(vlm, x, view="mean")
+            + A.attention_to_frames(vlm, x, "last", view="mean"))
     assert {r["query"] for r in rows} == set(by_query)
     heads = tiny_hf_llama.config.num_attention_heads
     blocked = additive_mask(n, block_mask(n, hand_cross_frame(seg)), heads)
@@ -431,7 +540,8 @@ def test_crossframe_knockout_default_layers_against_hf(vlm, xs, tiny_hf_llama):
         for row, p in zip(rows, (clean, knocked)):
             token = int(p.argmax())
             assert row["token"] == token
-            assert row["correct"] == (letter(token) == letter(x.answer_token))
+            assert row["correct"] == (official_clean(token, x) if row["condition"] == "base"
+                                      else official_knockout(token, x))
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -455,13 +565,21 @@ def hand_pathway_blocked(seg, n):
             2: always + cross, 3: always + cross + [(video, question), (video, video)]}
 
 
-def hand_random_masks(seg, n, n_layers, count, seed):
+def draw_key(seed, sample):
+    """The generator seed of one sample's draw: SHA-256 of "seed:sample", first 63 bits."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{sample}".encode()).digest()[:8], "big") >> 1
+
+
+def hand_random_masks(seg, n, n_layers, count, seed, sample):
     """The official baseline re-stated: candidates = causal (query, key) pairs with both at or
-    after the video start, last token included, row-major; per layer a fresh permutation from
-    one generator seeded with ``seed``; the first ``count`` blocked."""
+    after the video start, last token included, row-major; per layer a fresh permutation (a
+    fresh draw for every sample, as the official unseeded ``randperm``) from one generator keyed
+    by (seed, sample); the first ``count`` blocked."""
     start = seg.video.start
     candidates = [(q, k) for q in range(start, n) for k in range(start, q + 1)]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(draw_key(seed, sample))
     masks = {}
     for layer in range(n_layers):
         order = torch.randperm(len(candidates), generator=generator)[:count].tolist()
@@ -492,12 +610,14 @@ def test_prune_rows_against_hf_and_the_official_random_baseline(vlm, xs, tiny_hf
     count = int(ratio * triangle)
     references = {("full", None): {}, ("pathway", None): blocked}
     for seed in (0, 1):
-        references[("random", seed)] = hand_random_masks(seg, n, n_layers, count, seed)
+        references[("random", seed)] = hand_random_masks(seg, n, n_layers, count, seed,
+                                                         x.meta["id"])
     for row in rows:
         p = hf_probabilities(tiny_hf_llama, x, references[(row["variant"], row["seed"])])
         token = int(p.argmax())
         assert row["token"] == token, row["variant"]
-        assert row["correct"] == (letter(token) == letter(x.answer_token))
+        assert row["correct"] == (official_clean(token, x) if row["variant"] == "full"
+                                  else official_knockout(token, x))
         assert row["p_true"] == pytest.approx(float(p[x.answer_token]), abs=1e-5)
         assert row["total_edges"] == n_layers * triangle
     by_variant = {(r["variant"], r["seed"]): r for r in rows}
@@ -505,6 +625,19 @@ def test_prune_rows_against_hf_and_the_official_random_baseline(vlm, xs, tiny_hf
     assert by_variant[("random", 0)]["kept_edges"] == n_layers * (triangle - count)
     assert by_variant[("random", 0)]["baseline"] == "official-uniform"
     assert by_variant[("full", None)]["retained"] == 1.0
+    # a circuit carrying the paper's ratio (RANDOM_RATIO, the official --random_block_ratio)
+    # draws int(ratio · n(n+1)/2) per layer by default; "per-sample" gives the sample's own
+    # blocked fraction
+    with_ratio = tmp_path / "tiny_pathway_ratio.py"
+    with_ratio.write_text(PATHWAY.replace("'tiny-pathway'", "'tiny-pathway-ratio'")
+                          + "RANDOM_RATIO = 0.3\n")
+    paper = load_circuit(with_ratio)
+    assert paper.random_ratio == 0.3 and circuit.random_ratio is None
+    by_ratio = A.prune(vlm, x, paper, seeds=(0,))
+    assert by_ratio[2]["kept_edges"] == n_layers * (triangle - int(0.3 * triangle))
+    per_sample = A.prune(vlm, x, paper, seeds=(0,), ratio="per-sample")
+    assert per_sample[2]["kept_edges"] == n_layers * (triangle - count)
+    assert A.random_ratio(paper, 0.2) == 0.2
     # the per-layer-matched option: each layer as many edges as the pathway blocks there
     matched = A.prune(vlm, x, circuit, seeds=(0,), baseline="per-layer-matched")
     assert matched[2]["kept_edges"] == kept
@@ -577,8 +710,10 @@ def test_cli_defaults_as_a_user_calls_them(model_and_data, tmp_path, capsys):
     samples = read_table(out, "samples")
     assert [r["sample"] for r in samples] == expected
     config = json.loads((out / "run.json").read_text())
-    assert config["definitions"]["correct"] == "decoded-letter"
+    assert config["definitions"]["correct"] == "official"
     assert config["definitions"]["accuracy"] == "all-samples"
+    assert config["definitions"]["window"] == "k = 3 (--window)"
+    assert config["dtype"] == "float32"          # --dtype auto on the CPU
     flow = read_table(out, "flow")
     assert sorted({r["layer"] for r in flow}) == [1, 2]
     vlm = load_videollm(str(model_dir))
@@ -597,8 +732,10 @@ def test_cli_defaults_as_a_user_calls_them(model_and_data, tmp_path, capsys):
     assert {(r["variant"], r["seed"]) for r in prune} == {("full", None), ("pathway", None),
                                                          ("random", 0), ("random", 1)}
     assert "±" in capsys.readouterr().out
-    assert json.loads((out / "run.json").read_text())["definitions"]["random_baseline"] \
-        == "official-uniform"
+    prune_definitions = json.loads((out / "run.json").read_text())["definitions"]
+    assert prune_definitions["random_baseline"] == "official-uniform"
+    assert prune_definitions["random_ratio"] == ("each sample's blocked fraction "
+                                                 "(pathway-synthtv carries no paper ratio)")
 
     out = tmp_path / "lens"
     assert main(["lens", *common, "--out", str(out), "--mode", "all", "--keywords",

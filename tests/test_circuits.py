@@ -136,3 +136,29 @@ def test_a_file_path_loads_that_file(user_dir, tmp_path):
 def test_a_missing_folder_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"circuit folder\(s\) \['.*nothere'\] do not exist"):
         load_circuit("cross-frame", [tmp_path / "nothere"])
+
+
+def test_paper_pathways_carry_the_official_random_ratio(tmp_path):
+    """The official random baseline's ratio per model, as the released scripts pass it
+    (``--random_block_ratio`` in scripts/analysis/effective_pathway_analysis_*: llava_next_7b
+    :22 0.58, llava_next_13b :22 0.63, mini_internvl_4b :22 0.6, videollama3 :28 0.42), is the
+    circuit's default; a circuit without one (SynthTV's measured pathway) has none."""
+    official = {"pathway_llava_next_7b.py": 0.58, "pathway_llava_next_13b.py": 0.63,
+                "pathway_mini_internvl_4b.py": 0.6, "pathway_videollama3_7b.py": 0.42,
+                "pathway_synthtv.py": None}
+    for file, ratio in official.items():
+        assert load_circuit(REPO_CIRCUITS / file).random_ratio == ratio, file
+    pathway = ("from mapflow_tl.hooks import PathwaySpec\nNAME = 'p'\nDESCRIPTION = 'p'\n"
+               "RANDOM_RATIO = {}\ndef pathway(seg, n_layers):\n    return PathwaySpec(n_layers)\n")
+    good = tmp_path / "good.py"
+    good.write_text(pathway.format("0.25"))
+    assert load_circuit(good).random_ratio == 0.25
+    for index, bad in enumerate(("1.5", "'0.5'", "True", "0")):
+        path = tmp_path / f"bad_{index}.py"
+        path.write_text(pathway.format(bad))
+        with pytest.raises(ValueError, match="RANDOM_RATIO must be a fraction in \\(0, 1\\)"):
+            load_circuit(path)
+    flow = tmp_path / "flow_with_ratio.py"
+    flow.write_text(circuit_source("f", tmp_path / "m", "RANDOM_RATIO = 0.5\n"))
+    with pytest.raises(ValueError, match="RANDOM_RATIO belongs to a pathway circuit"):
+        load_circuit(flow)

@@ -224,3 +224,32 @@ def test_an_unusable_device_is_one_line_before_anything_is_written(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_dtype_auto_is_the_checkpoints_own_on_a_gpu_and_float32_on_the_cpu(tmp_path):
+    """Issue 36: every official run is bf16 (tasks/eval/model_utils.py:108-111, 217: the model
+    loaded in bfloat16); ``--dtype auto`` (the default) gives the checkpoint's declared dtype on
+    CUDA, float32 on the CPU, and an explicit --dtype always wins."""
+    import argparse
+
+    from mapflow_tl.cli.run import add_run_arguments, checkpoint_dtype, resolve_dtype
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    assert parser.parse_args(["--out", "o"]).dtype == "auto"
+    llava = tmp_path / "llava"
+    llava.mkdir()
+    (llava / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {
+        "torch_dtype": "bfloat16"}}))
+    qwen = tmp_path / "qwen"
+    qwen.mkdir()
+    (qwen / "config.json").write_text(json.dumps({"dtype": "float16"}))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert checkpoint_dtype(str(llava)) == "bfloat16" and checkpoint_dtype(str(bare)) is None
+    assert resolve_dtype("auto", str(llava), "cuda:0") == "bfloat16"
+    assert resolve_dtype("auto", str(qwen), "cuda") == "float16"
+    assert resolve_dtype("auto", str(bare), "cuda") == "bfloat16"   # the official runs' dtype
+    assert resolve_dtype("auto", str(llava), "cpu") == "float32"
+    assert resolve_dtype("float32", str(llava), "cuda") == "float32"

@@ -318,3 +318,59 @@ def test_random_baseline_count_is_exact_when_the_ratio_is_the_pathways_own():
     exact = int(Fraction(4024, 8 * causal_edge_count(66)) * causal_edge_count(66))
     assert exact == 503 and int((1 - 13664 / 17688) * 2211) == 502
     assert random_baseline_counts(Spec(), 66) == dict.fromkeys(range(8), 503)
+
+
+def official_random_draw(region_start, n, count, n_layers, generator):
+    """The official random baseline re-stated (effective_pathway_analysis.py:291-314,
+    causal_intervention_tools.py:37-45): candidates = ``tril_indices`` of the whole prompt with
+    query and key at or after the video start (row-major), per layer
+    ``valid[randperm(len(valid))[:N]]`` — a fresh permutation for every layer of every sample."""
+    rows, cols = torch.tril_indices(n, n)
+    keep = (rows >= region_start) & (cols >= region_start)
+    valid = torch.stack([rows[keep], cols[keep]], dim=1)
+    masks = []
+    for _ in range(n_layers):
+        chosen = valid[torch.randperm(valid.shape[0], generator=generator)[:count]]
+        mask = torch.zeros(n, n, dtype=torch.bool)
+        mask[chosen[:, 0], chosen[:, 1]] = True
+        masks.append(mask)
+    return masks
+
+
+def test_random_baseline_draws_afresh_for_every_sample(layout):
+    """Issue 36: one seed used to draw the identical edges for every sample of the same length;
+    the official code draws each sample afresh. The draw is now keyed by (seed, sample id):
+    samples differ, a (seed, sample) pair repeats, and each draw is the official procedure from
+    a generator seeded by SHA-256 of "seed:sample" (never Python's salted hash())."""
+    import hashlib
+
+    from mapflow_tl.hooks import random_draw_seed
+
+    n, start = layout.n_positions, layout.video.start
+    region = Edges(src=range(start, n), dst=range(start, n))
+    spec = PathwaySpec(4).block(E.video_to_last(layout), range(4))
+    count = spec.blocked_counts(n)[0]
+    draws = {}
+    for sample in ("tvbench/0001", "tvbench/0002"):
+        for seed in (0, 1, 2):
+            key = int.from_bytes(hashlib.sha256(f"{seed}:{sample}".encode()).digest()[:8],
+                                 "big") >> 1
+            assert random_draw_seed(seed, sample) == key
+            expected = official_random_draw(start, n, count, 4,
+                                            torch.Generator().manual_seed(key))
+            baseline = spec.random_like(region, n, seed, sample=sample)
+            got = [baseline.blocked(l).dense(n) for l in range(4)]
+            assert all(torch.equal(g, e) for g, e in zip(got, expected)), (sample, seed)
+            draws[(sample, seed)] = got
+            again = spec.random_like(region, n, seed, sample=sample)
+            assert all(torch.equal(again.blocked(l).dense(n), got[l]) for l in range(4))
+    for seed in (0, 1, 2):   # same length, same seed, another sample: other edges
+        assert not torch.equal(draws[("tvbench/0001", seed)][0], draws[("tvbench/0002", seed)][0])
+    hooks = random_knockout(0.1, seed=0, region=region, layers=[0], n_positions=n,
+                            sample="tvbench/0001")
+    other = random_knockout(0.1, seed=0, region=region, layers=[0], n_positions=n,
+                            sample="tvbench/0002")
+    assert not hooks[0][1].edges.same_as(other[0][1].edges, n)
+    assert random_draw_seed(5) == 5   # no sample: the seed itself
+    with pytest.raises(ValueError, match="random seed must be an int"):
+        random_draw_seed("5", "s")

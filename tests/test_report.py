@@ -368,6 +368,42 @@ def test_frame_views_draw_knockout_lens_rows_and_each_attention_query(tmp_path):
     assert "no frame thumbnails" in page  # this run saved none: said, not hidden
 
 
+def test_official_attention_view_is_drawn_on_the_official_log_scale_with_the_window(tmp_path):
+    """A run of the official attention view (run.json: attention_view per-word) draws
+    log10(5e-5 + a) (attention_visualization.py:398-411) with the colour scale from the map's
+    minimum to its maximum; the header states the window the run chose (definitions.window)."""
+    import math
+
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "attention", "model": "m", "window": None,
+                             "definitions": {"attention_view": "per-word",
+                                             "window": "k = 9 (official)"}})
+    layout = SegmentMap.sequential(frames=[(1, 2), (1, 2)], question=2, before_last=1)
+    attention = []
+    for frame in layout.frames:
+        for position in frame.positions:
+            _, h, w = layout.frame_of(position)
+            for condition in ("baseline", "cross-frame knockout"):
+                attention.append({"sample": "s", "task": "T", "position": position,
+                                  "frame": frame.index, "h": h, "w": w, "layer": 10,
+                                  "condition": condition, "query": "'first' @7",
+                                  "attention": 0.001 * (position + 1)})
+    writer.write("attention", attention)
+    writer.finish()
+    page = build_report(out).read_text()
+    figure = _figure(page, "attention-maps")
+    values = [math.log10(5e-5 + r["attention"]) for r in attention]
+    drawn = [v for t in figure["data"] if "z" in t for row in t["z"] for v in row
+             if v is not None]
+    assert sorted(set(drawn)) == pytest.approx(sorted(set(float(f"{v:.4g}") for v in values)))
+    axis = figure["layout"]["coloraxis"]
+    assert axis["cmin"] == pytest.approx(min(values), abs=1e-3)
+    assert axis["cmax"] == pytest.approx(max(values), abs=1e-3)
+    assert "log10" in axis["colorbar"]["title"]["text"]
+    header = page[page.index('<table class="meta">'):page.index("</table>")]
+    assert "window k</th><td>k = 9 (official)" in header
+
+
 def test_report_rebuilds_identically(report, tmp_path):
     again = build_report(report.parent, tmp_path / "again.html").read_text()
     page = report.read_text()
@@ -578,7 +614,7 @@ def test_report_of_the_real_analyses_on_a_tiny_model(tiny_backbone, layout, tmp_
                                           method="naive", base=base))
         writer.write("prob", A.probability_trace(vlm, x))
         writer.write("lens", A.video_lens(vlm, x, k=2))
-        writer.write("attention", A.attention_to_frames(vlm, x))
+        writer.write("attention", A.attention_to_frames(vlm, x, view="mean"))
         writer.write("crossframe", A.crossframe_knockout(vlm, x, model="tiny"))
         writer.write("frames", frame_thumbnails(x))
     writer.finish()

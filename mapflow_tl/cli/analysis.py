@@ -12,7 +12,7 @@ import sys
 
 from ..errors import InputError
 from ..layers import (WINDOW_STYLES, covers_every_layer, default_window_size,
-                      early_to_middle_layers, layer_range)
+                      early_to_middle_layers, layer_range, window_rule)
 from ..schema import SAMPLE_MODES
 from .run import AnalysisRun, add_run_arguments, circuit_config, positive_int
 
@@ -27,16 +27,20 @@ def _definitions(**changes) -> dict:
     return {**DEFINITIONS, **changes}
 
 
-def _sweep_check(args: argparse.Namespace):
-    """A check of ``--sweep-range`` and ``--window`` against the loaded model's depth."""
+def _sweep_check(args: argparse.Namespace, definitions: dict | None = None):
+    """A check of ``--sweep-range`` and ``--window`` against the loaded model's depth; records
+    the window size and how it was chosen in ``definitions`` (run.json), which only the loaded
+    model's depth decides."""
     def check(vlm) -> None:
         n_layers = vlm.n_layers
+        if definitions is not None:
+            definitions["window"] = window_rule(n_layers, args.window)
         if args.window is not None and args.style == "center" \
                 and covers_every_layer(args.window, n_layers):
             raise InputError(f"--window {args.window} covers all {n_layers} layers of this model, "
                              f"so every window centre knocks out the same layers and the flow "
                              f"curves are flat; use --window {default_window_size(n_layers)} "
-                             f"(the paper's 9 of 32 layers scaled to this depth) or leave it out")
+                             f"(the default at this depth) or leave it out")
         if args.sweep_range is not None:
             first, stop = args.sweep_range
             if not 0 <= first < stop <= n_layers:
@@ -94,7 +98,7 @@ def _flow(args: argparse.Namespace) -> int:
                                sample_mode=args.mode)
     run = AnalysisRun(args, "flow", config={"definitions": definitions,
                                             **circuit_config(circuits)},
-                      check=_sweep_check(args))
+                      check=_sweep_check(args, definitions))
     vlm, writer = run.vlm, run.writer
     k = args.window or default_window_size(vlm.n_layers)
     centers = None if args.sweep_range is None else range(*args.sweep_range)
@@ -163,8 +167,16 @@ def _prune(args: argparse.Namespace) -> int:
     circuit = load_circuit((args.circuit or ["pathway-synthtv"])[0])
     definitions = _definitions(correct=args.correctness, random_baseline=args.random_baseline,
                                random_seeds=list(args.random_seeds))
-    if args.random_ratio is not None:
-        definitions["random_ratio"] = args.random_ratio
+    ratio = analyses.random_ratio(circuit, args.random_ratio)
+    if args.random_baseline == "per-layer-matched":
+        definitions["random_ratio"] = "per-layer counts of the pathway"
+    elif ratio is None:
+        definitions["random_ratio"] = ("each sample's blocked fraction" + (
+            "" if args.random_ratio == "per-sample" else f" ({circuit.name} carries no paper "
+                                                         f"ratio)"))
+    else:
+        definitions["random_ratio"] = (f"{ratio} (--random-ratio)" if args.random_ratio
+                                       is not None else f"{ratio} (the paper's, {circuit.name})")
     run = AnalysisRun(args, "prune", config={"definitions": definitions,
                                              **circuit_config([circuit])})
     for x in run.prepared("prune"):
@@ -183,11 +195,14 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ratio(text: str) -> float:
+def _ratio(text: str) -> float | str:
+    if text == "per-sample":
+        return text
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or per-sample, got "
+                                         f"{text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
     return value
@@ -196,10 +211,11 @@ def _ratio(text: str) -> float:
 def _add_correctness(parser: argparse.ArgumentParser) -> None:
     from ..metrics import CORRECTNESS
 
-    parser.add_argument("--correctness", default="decoded-letter", choices=CORRECTNESS,
-                        help="a prediction is correct when the decoded token is the letter "
-                             "(ignoring case and spaces; official, default) or is exactly the "
-                             "letter's token")
+    parser.add_argument("--correctness", default="official", choices=CORRECTNESS,
+                        help="official (default): the decoded token equals the bare letter, "
+                             "lower-cased in the clean run, case-sensitive under knockout, no "
+                             "space stripped; decoded-letter: ignoring case and spaces in both "
+                             "runs; token-id: exactly the letter's token")
 
 
 def _attention(args: argparse.Namespace) -> int:
@@ -207,13 +223,18 @@ def _attention(args: argparse.Namespace) -> int:
 
     from ..results import frame_thumbnails
 
-    queries = args.query or ["question", "last"]
-    definitions = _definitions(attention_queries=queries)
+    queries = args.query or (["question"] if args.view == "per-word" else ["question", "last"])
+    definitions = _definitions(attention_queries=queries, attention_view=args.view)
+    if args.view == "mean":
+        definitions.update(attention_layers="every layer",
+                           attention_knockout="cross-frame in the early-to-middle half",
+                           attention_scale="attention weight")
     run = AnalysisRun(args, "attention", config={"definitions": definitions})
     for x in run.prepared("attention"):
         run.writer.write("frames", frame_thumbnails(x))
         run.writer.write("attention", [row for query in queries
-                                       for row in analyses.attention_to_frames(run.vlm, x, query)])
+                                       for row in analyses.attention_to_frames(
+                                           run.vlm, x, query, view=args.view)])
     run.finish()
     return 0
 
@@ -313,8 +334,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flow = subparsers.add_parser("flow", help="attention-knockout information-flow sweep")
     add_run_arguments(flow)
     flow.add_argument("--window", type=positive_int, default=None,
-                      help="window size k (default: the paper's 9 of 32 layers scaled to the "
-                           "model's depth, odd)")
+                      help="window size k (default: the official 9 on models with >= 18 "
+                           "layers; below, the paper's 9 of 32 scaled to the depth, odd: 3 on "
+                           "SynthTV's 8)")
     flow.add_argument("--style", default="center", choices=WINDOW_STYLES)
     flow.add_argument("--mode", default="correct", choices=SAMPLE_MODES)
     flow.add_argument("--sweep-range", type=int, nargs=2, default=None, metavar=("START", "END"),
@@ -366,17 +388,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="official-uniform: int(ratio·n(n+1)/2) edges in every layer "
                             "(default); per-layer-matched: as many per layer as the pathway")
     prune.add_argument("--random-ratio", type=_ratio, default=None,
-                       help="official-uniform's ratio (default: the pathway's blocked "
-                            "fraction)")
+                       help="official-uniform's ratio: a number in [0, 1], or per-sample (each "
+                            "sample's own blocked fraction); default: the paper's ratio the "
+                            "circuit carries (0.58 / 0.63 / 0.6 / 0.42), per-sample for a "
+                            "circuit without one")
     _add_correctness(prune)
     prune.set_defaults(handler=_prune)
 
     attention = subparsers.add_parser("attention", help="attention from the question to the "
                                                         "frames, baseline vs cross-frame knockout")
     add_run_arguments(attention, circuit=False)
+    attention.add_argument("--view", default="per-word", choices=("per-word", "mean"),
+                           help="per-word (official, default): a map per query token, layers "
+                                "11-20 of 32 scaled to the depth, log10(5e-5 + a), cross-frame "
+                                "knockout in every layer; mean: the mean over the query "
+                                "positions, every layer, knockout in the early-to-middle half")
     attention.add_argument("--query", action="append", default=None,
                            help="where attention is read from: question, last, word:WORD (a "
-                                "question word) — repeatable (default: question and last)")
+                                "question word) — repeatable (default: question; with --view "
+                                "mean, question and last)")
     attention.set_defaults(handler=_attention)
 
     crossframe = subparsers.add_parser(

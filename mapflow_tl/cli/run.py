@@ -20,11 +20,13 @@ from typing import Any, Callable, Iterator
 from ..errors import InputError
 
 __all__ = ["AnalysisRun", "add_run_arguments", "positive_int", "DTYPE_NAMES", "canonical_dtype",
+           "resolve_dtype", "checkpoint_dtype",
            "choose_threads", "subsample_per_task", "check_sampling", "circuit_config"]
 
-#: Accepted ``--dtype`` spellings → the canonical torch name (equal spellings are one config).
+#: Accepted ``--dtype`` spellings → the canonical torch name (equal spellings are one config);
+#: ``auto`` is resolved by :func:`resolve_dtype` once the device is known.
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
-               "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+               "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "auto": "auto"}
 
 #: Arguments that do not change the rows (where and how fast, not what; ``--sample-batch`` up to
 #: rounding), left out of run.json's identity.
@@ -38,6 +40,35 @@ def canonical_dtype(name: str) -> str:
         return DTYPE_NAMES[str(name).strip().lower()]
     except KeyError:
         raise InputError(f"unknown dtype {name!r}; choose one of {sorted(DTYPE_NAMES)}") from None
+
+
+def checkpoint_dtype(name_or_path: str) -> str | None:
+    """The dtype a checkpoint's ``config.json`` declares (``torch_dtype`` or ``dtype``, at the
+    top or in its language model's sub-config), canonical; None when it declares none."""
+    import json
+
+    from ..models import resolve_checkpoint
+
+    config = json.loads((resolve_checkpoint(name_or_path) / "config.json").read_text())
+    for section in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
+        for key in ("torch_dtype", "dtype"):
+            declared = section.get(key) if isinstance(section, dict) else None
+            if isinstance(declared, str) and declared.lower() in DTYPE_NAMES:
+                return DTYPE_NAMES[declared.lower()]
+    return None
+
+
+def resolve_dtype(requested: str, model: str, device: str) -> str:
+    """The dtype a run uses: ``requested`` unless it is ``auto`` (the default), which is the
+    checkpoint's own dtype on a CUDA GPU — every official run is bf16, the dtype the paper's
+    checkpoints declare (tasks/eval/model_utils.py:108-111, 217) — bfloat16 where the
+    checkpoint declares none; float32 elsewhere (CPU, MPS), where half precision is slow or
+    partly supported and its rounding flips near-tied answers."""
+    if requested != "auto":
+        return requested
+    if not str(device).startswith("cuda"):
+        return "float32"
+    return checkpoint_dtype(model) or "bfloat16"
 
 
 def positive_int(text: str) -> int:
@@ -75,8 +106,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) 
                         help="seed of --sample (default %(default)s, the official one)")
     parser.add_argument("--out", required=True, help="run directory to write")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", type=canonical_dtype,
-                        help=f"one of {', '.join(sorted(DTYPE_NAMES))} (default %(default)s)")
+    parser.add_argument("--dtype", default="auto", type=canonical_dtype,
+                        help=f"one of {', '.join(sorted(DTYPE_NAMES))} (default auto: the "
+                             f"checkpoint's own dtype on a GPU, as the official bf16 runs; "
+                             f"float32 on the CPU); run.json records the dtype used")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: chosen for the model's size)")
@@ -180,6 +213,7 @@ class AnalysisRun:
         check_sampling(args)
         self.args, self.world = args, world()
         self.device = device = self.world.device(check_device(args.device))
+        args.dtype = resolve_dtype(args.dtype, args.model, str(device))   # run.json: the one used
         self.vlm = load_videollm(args.model, dtype=getattr(torch, args.dtype), device=device)
         if str(device).startswith("cpu"):
             torch.set_num_threads(choose_threads(self.vlm.backbone.cfg.d_model,
