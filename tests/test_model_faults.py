@@ -287,3 +287,35 @@ def test_broken_model_folders_are_one_line_at_the_command_line(tmp_path, capsys,
     assert len(err.splitlines()) == 1 and err.startswith("mapflow-tl flow: error: ")
     assert re.search(message, err), err
     assert str(model) in err
+
+
+# ---------------------------------------------------------------------- issue 36: silent inputs
+def test_options_given_as_one_string_are_refused_not_split_into_letters(synthtv):
+    from pathlib import Path
+
+    from mapflow_tl.data import Sample
+
+    vlm, item = synthtv
+    message = (r"sample 's3': options must be a list of option texts, got the string 'up' "
+               r"\(read as one option per character\); pass options=\['up', \.\.\.\]")
+    with pytest.raises(InputError, match=message):
+        VideoSample(item.frames, item.question, "up", id="s3")
+    # a benchmark Sample built by hand goes through the same check on its way to prepare
+    sample = Sample(id="s3", dataset="x", task="t", video=Path("v.mp4"), question="q?",
+                    options="up", answer_index=0)
+    with pytest.raises(InputError, match=message):
+        vlm.prepare(sample)
+    with pytest.raises(InputError, match="options must be a list of option texts, got int"):
+        VideoSample(item.frames, item.question, 3)
+
+
+def test_an_empty_names_filter_is_refused_with_the_fix(synthtv):
+    vlm, item = synthtv
+    x = vlm.prepare(VideoSample(item.frames, item.question, ["red", "blue"], answer=0))
+    with pytest.raises(InputError, match=r"names_filter is an empty list, which caches nothing; "
+                                         r"pass the hook names .* or names_filter=None"):
+        vlm.run_with_cache(x, names_filter=[])
+    # a generator of names is read once for the check and still caches what it names
+    wanted = (f"blocks.{layer}.hook_resid_post" for layer in (0, 1))
+    _, cache = vlm.run_with_cache(x, names_filter=wanted)
+    assert sorted(cache.keys()) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
