@@ -312,7 +312,12 @@ class VideoLLM:
         self, x: Prepared, fwd_hooks: HookList = ()
     ) -> Float[torch.Tensor, " n_options"]:
         """Probability of each option's letter at the last position (softmax over the vocab)."""
+        from ..finite import require_finite
+
+        fwd_hooks = list(fwd_hooks)
         logits = self.run_with_hooks(x, fwd_hooks)[0, -1]
+        require_finite(logits, self.backbone, x.embeds, fwd_hooks, what="the forward",
+                       sample=str(x.meta.get("id", "") or ""))
         return logits.float().softmax(-1)[x.answer_ids.to(logits.device)]
 
     def __repr__(self) -> str:
