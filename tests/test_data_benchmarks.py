@@ -690,3 +690,19 @@ def test_tvbench_applies_start_end_only_where_the_reference_does(tvbench, mp4):
     # a task outside the official ten uses its bounds when given
     _edit(tvbench / "json" / "colour.json", lambda e: e[0].update(start=0.1, end=0.9))
     assert load_dataset("tvbench", tvbench, tasks=["colour"])[0].bounds == (0.1, 0.9)
+
+
+def test_window_end_beyond_any_frame_is_a_skipped_sample_of_a_run(tvbench, tmp_path, capsys):
+    # the run reads the frames in prepare: the entry goes to skipped.jsonl with its reason and
+    # the other samples run (it was an OverflowError traceback that ended the run)
+    _edit(tvbench / "json" / "action_sequence.json", lambda e: e[0].update(end=1e308))
+    out = tmp_path / "run"
+    code = main(["flow", "--model", "synthtv-video-ft", "--dataset", "tvbench", "--data-root",
+                 str(tvbench), "--task", "action_sequence", "--task", "colour", "--out",
+                 str(out), "--circuit", "cross-frame", "--mode", "all"])
+    assert code == 0, capsys.readouterr().err
+    (skipped,) = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert skipped["sample"] == "action_sequence/0"
+    assert "beyond any frame number" in json.dumps(skipped)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [row["sample"] for row in samples] == ["colour/0"]
