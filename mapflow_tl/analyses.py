@@ -89,7 +89,8 @@ def _last_probabilities(vlm: VideoLLM, x: Prepared, hooks=(), *,
     instead of becoming an argmax of token 0 and a NaN probability."""
     hooks = list(hooks)
     logits = vlm.run_with_hooks(x, hooks)[0, -1]
-    require_finite(logits, vlm.backbone, x.embeds, hooks, what=what, sample=_sample_id(x))
+    require_finite(logits, vlm.backbone, x.embeds, hooks, what=f"the logits of {what}",
+                   sample=_sample_id(x))
     return logits.float().softmax(-1)
 
 
@@ -212,10 +213,10 @@ def _require_finite_sweep(vlm: VideoLLM, x: Prepared, labelled,
     circuit, config = labelled[int(bad.nonzero()[0])]
     hooks = knockout(config.edges, config.layers, n_layers=vlm.n_layers)
     clean = vlm.run_with_hooks(x)[0, -1]
-    require_finite(clean, vlm.backbone, x.embeds, (), what="the clean forward",
+    require_finite(clean, vlm.backbone, x.embeds, (), what="the logits of the clean forward",
                    sample=_sample_id(x))
-    what = (f"the knockout sweep's configuration {circuit!r} curve {config.curve!r} in layers "
-            f"{list(config.layers)}")
+    what = (f"the logits of the knockout sweep's configuration {circuit!r} curve "
+            f"{config.curve!r} in layers {list(config.layers)}")
     rerun = vlm.run_with_hooks(x, hooks)[0, -1]
     require_finite(rerun, vlm.backbone, x.embeds, hooks, what=what, sample=_sample_id(x))
     # the rerun alone is finite: the sweep's batched forward was not
@@ -301,7 +302,7 @@ def video_lens(vlm: VideoLLM, x: Prepared, *, k: int = 5, read: str = "input",
                                          final_output=final_output, matrix=matrix,
                                          fwd_hooks=fwd_hooks):
         require_finite(logits, vlm.backbone, x.embeds, list(fwd_hooks),
-                       what=f"the video-token lens at layer {layer}", sample=_sample_id(x))
+                       what=f"the video-token lens logits at layer {layer}", sample=_sample_id(x))
         probabilities, ids = top_tokens(logits, k=k)
         for index, position in enumerate(positions):
             t, h, w = seg.frame_of(position)
@@ -495,9 +496,17 @@ def attention_to_frames(
         def keep(pattern, hook, store=store):
             store[hook.name] = pattern[0][:, queries][:, :, video].float().mean(dim=(0, 1))
 
-        vlm.run_with_hooks(x, hooks + [(name, keep) for name in names], return_type=None)
-        require_finite(torch.stack([store[name] for name in names]), vlm.backbone, x.embeds,
-                       hooks, what=f"the {condition} forward's attention", sample=_sample_id(x))
+        def keep_output(residual, hook, store=store):
+            store["output"] = residual
+
+        # TransformerLens turns NaN attention patterns into 0 (its guard for fully masked rows),
+        # so the patterns would look finite: the final residual stream carries any NaN instead
+        vlm.run_with_hooks(x, hooks + [(name, keep) for name in names]
+                           + [(f"blocks.{vlm.n_layers - 1}.hook_resid_post", keep_output)],
+                           return_type=None)
+        require_finite(store.pop("output"), vlm.backbone, x.embeds, hooks,
+                       what=f"the values of the residual stream of the {condition} forward",
+                       sample=_sample_id(x))
         for layer, name in enumerate(names):
             for position, weight in zip(video, store[name].tolist()):
                 t, h, w = seg.frame_of(position)

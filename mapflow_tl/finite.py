@@ -8,7 +8,8 @@ finite run the forward once more with a cheap check on the residual stream of ev
 name where the values first stop being finite — and, when the weights of that place hold NaN or
 inf, which weights.
 
-    require_finite(logits, vlm.backbone, x.embeds, hooks, what="the clean forward", sample="s1")
+    require_finite(logits, vlm.backbone, x.embeds, hooks, what="the logits of the clean forward",
+                   sample="s1")
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def require_finite(
 ) -> None:
     """Raise :class:`NonFiniteError` when ``values`` (logits or probabilities a result is made
     of, computed by a forward from ``embeds`` with ``fwd_hooks``) hold NaN or inf, naming the
-    sample, ``what`` forward it was ("the clean forward", "knockout 'cross-frame' in layers
-    0-2"), where the values first stop being finite and the fix. Free when they are finite."""
+    sample, ``what`` they are ("the logits of the clean forward"), where the values first stop
+    being finite and the fix. Free when they are finite."""
     if bool(torch.isfinite(values).all()):
         return
     where = f"sample {sample!r}" if sample else "this sample"
@@ -96,7 +97,7 @@ def require_finite(
                 if dtype == torch.float16 else "")
     if found is None:  # the rerun is finite: the first forward was not reproducible
         raise NonFiniteError(
-            f"{where}: the logits of {what} are not finite (NaN or inf), but a rerun of the same "
+            f"{where}: {what} are not finite (NaN or inf), but a rerun of the same "
             f"forward is; check hooks that keep state between calls{overflow}")
     place, weights = found
     if weights:
@@ -106,5 +107,5 @@ def require_finite(
                f"checkpoint again")
     else:
         fix = f"its weights are finite: check the hooks that write activations{overflow}"
-    raise NonFiniteError(f"{where}: the logits of {what} are not finite (NaN or inf); the values "
+    raise NonFiniteError(f"{where}: {what} are not finite (NaN or inf); the values "
                          f"first become non-finite in {place}; {fix}")

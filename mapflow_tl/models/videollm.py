@@ -316,7 +316,7 @@ class VideoLLM:
 
         fwd_hooks = list(fwd_hooks)
         logits = self.run_with_hooks(x, fwd_hooks)[0, -1]
-        require_finite(logits, self.backbone, x.embeds, fwd_hooks, what="the forward",
+        require_finite(logits, self.backbone, x.embeds, fwd_hooks, what="the logits of the forward",
                        sample=str(x.meta.get("id", "") or ""))
         return logits.float().softmax(-1)[x.answer_ids.to(logits.device)]
 
