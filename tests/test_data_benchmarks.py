@@ -663,7 +663,8 @@ def test_sibling_folder_with_the_root_as_prefix_is_outside_the_root(tvbench, mp4
     # /…/TVBench2 starts with the text /…/TVBench: the check must compare whole components
     sibling = tvbench.parent / (tvbench.name + "2")
     place(mp4, sibling / "clip.mp4")
-    _edit(tvbench / "json" / "colour.json", lambda e: e[0].update(video="../../../TVBench2/clip.mp4"))
+    _edit(tvbench / "json" / "colour.json",
+          lambda e: e[0].update(video="../../../TVBench2/clip.mp4"))
     with pytest.raises(DataError, match=r"'\.\./\.\./\.\./TVBench2/clip\.mp4' is a path outside "
                                         r"the benchmark root"):
         load_dataset("tvbench", tvbench, tasks=["colour"])
@@ -672,8 +673,9 @@ def test_sibling_folder_with_the_root_as_prefix_is_outside_the_root(tvbench, mp4
 def test_tvbench_applies_start_end_only_where_the_reference_does(tvbench, mp4):
     # the official TVBenchDataset (tasks/eval/mvbench/__init__.py) reads bounds for Action
     # Sequence and Action Localization only; the other tasks' start/end stay metadata
-    assert {stem for stem, (_, bounded) in __import__(
-        "mapflow_tl.data.loaders", fromlist=["x"]).TVBENCH_TASKS.items() if bounded} == {
+    from mapflow_tl.data.loaders import TVBENCH_TASKS
+
+    assert {stem for stem, (_, bounded) in TVBENCH_TASKS.items() if bounded} == {
         "action_sequence", "action_localization"}
     _edit(tvbench / "json" / "action_antonym.json",
           lambda e: e[0].update(start=0.5, end=1.5))
@@ -706,3 +708,15 @@ def test_window_end_beyond_any_frame_is_a_skipped_sample_of_a_run(tvbench, tmp_p
     assert "beyond any frame number" in json.dumps(skipped)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [row["sample"] for row in samples] == ["colour/0"]
+
+
+def test_mvbench_applies_start_end_only_on_its_windowed_tasks(mvbench):
+    # VideoChat2's data_list: Action Sequence has bounds, Fine-grained Pose does not (its
+    # start/end, if an entry had them, stay metadata)
+    _edit(mvbench / "json" / "fine_grained_pose.json", lambda e: e[0].update(start=0.1, end=0.5))
+    data = {s.task: s for s in load_dataset("mvbench", mvbench,
+                                            tasks=["action_sequence", "fine_grained_pose"],
+                                            check_videos=False)}
+    assert data["Action Sequence"].bounds == (0.3, 1.8)
+    pose = data["Fine-grained Pose"]
+    assert pose.bounds is None and pose.metadata == {"start": 0.1, "end": 0.5}

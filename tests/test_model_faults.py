@@ -307,6 +307,9 @@ def test_options_given_as_one_string_are_refused_not_split_into_letters(synthtv)
         vlm.prepare(sample)
     with pytest.raises(InputError, match="options must be a list of option texts, got int"):
         VideoSample(item.frames, item.question, 3)
+    # lists, tuples and 1-D arrays of texts are option lists
+    for options in (["up", "down"], ("up", "down"), np.array(["up", "down"])):
+        assert len(VideoSample(item.frames, item.question, options).options) == 2
 
 
 def test_an_empty_names_filter_is_refused_with_the_fix(synthtv):

@@ -61,7 +61,8 @@ def _check_options_container(options: Any, sample_id: str = "") -> None:
         raise InputError(f"{where}: options must be a list of option texts, got the string "
                          f"{options!r} (read as one option per character); pass "
                          f"options=[{options!r}, ...]")
-    if not isinstance(options, Sequence):
+    if not (isinstance(options, Sequence) or (isinstance(options, np.ndarray)
+                                              and options.ndim == 1)):
         raise InputError(f"{where}: options must be a list of option texts, got "
                          f"{type(options).__name__}")
 
