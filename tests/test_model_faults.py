@@ -400,7 +400,8 @@ def _write_nan(at: int):
 
 
 def test_a_hook_writing_nan_is_named_with_its_place(synthtv):
-    from mapflow_tl.analyses import base_prediction, crossframe_knockout
+    from mapflow_tl.analyses import base_prediction, crossframe_knockout, flow_sweep
+    from mapflow_tl.circuits import load_circuit
 
     vlm, item = synthtv
     x = vlm.prepare(VideoSample(item.frames, item.question, ["red", "blue"], answer=0, id="s6"))
@@ -416,6 +417,12 @@ def test_a_hook_writing_nan_is_named_with_its_place(synthtv):
             base_prediction(vlm, x)
         with pytest.raises(InputError, match=r"the base forward .*blocks\.3\.hook_mlp_out"):
             crossframe_knockout(vlm, x)
+        # the engine's hooked sweep (hooks attached to the model), with a base given
+        base = {"base_token": 0, "base_p_pred": 0.5, "base_p_true": 0.5, "base_correct": True,
+                "base_option": 0}
+        with pytest.raises(InputError, match=r"sample 's6': the logits of the clean forward .*"
+                                             r"blocks\.3\.hook_mlp_out.*check the hooks"):
+            flow_sweep(vlm, x, load_circuit("cross-frame"), base=base)
     # written into the embeddings: named as the input
     with pytest.raises(InputError, match=r"the input embeddings as hooked \(hook_embed\)"):
         vlm.option_probabilities(x, [("hook_embed", _write_nan(at=0))])
