@@ -35,6 +35,7 @@ from .circuits import Circuit
 from .edges import Edges
 from .engine import layer_sweep, sweep_samples
 from .errors import InputError
+from .finite import require_finite
 from .hooks import RANDOM_BASELINES, PathwaySpec, knockout
 from .keywords import reduce_keywords
 from .layers import (attention_map_layers, check_layer, default_window_size,
@@ -101,6 +102,22 @@ def grade(vlm: VideoLLM, x: Prepared, token: int, correctness: str = "official",
     return is_correct(_decode(vlm, token), _decode(vlm, truth))
 
 
+def _last_probabilities(vlm: VideoLLM, x: Prepared, hooks=(), *,
+                        what: str = "the clean forward") -> torch.Tensor:
+    """Full-vocabulary probabilities at the last position of a forward with ``hooks``; a NaN or
+    inf logit stops here, naming where it first appears (:func:`~mapflow_tl.finite.require_finite`),
+    instead of becoming an argmax of token 0 and a NaN probability."""
+    hooks = list(hooks)
+    logits = vlm.run_with_hooks(x, hooks)[0, -1]
+    require_finite(logits, vlm.backbone, x.embeds, hooks, what=f"the logits of {what}",
+                   sample=_sample_id(x))
+    return logits.float().softmax(-1)
+
+
+def _sample_id(x: Prepared) -> str:
+    return str(x.meta.get("id", "") or "")
+
+
 @torch.no_grad()
 def base_prediction(vlm: VideoLLM, x: Prepared, *,
                     correctness: str = "official") -> dict[str, Any]:
@@ -111,7 +128,7 @@ def base_prediction(vlm: VideoLLM, x: Prepared, *,
         raise InputError(f"sample {x.meta.get('id', '')!r} has no options (an open-ended "
                          f"prompt): the analyses read the option letters' probabilities; give "
                          f"the sample its options")
-    probabilities = vlm.run_with_hooks(x)[0, -1].float().softmax(-1)
+    probabilities = _last_probabilities(vlm, x)
     predicted = int(probabilities.argmax())
     truth = x.answer_token
     return {
@@ -200,9 +217,33 @@ def flow_sweeps(
     logits = sweep_samples(vlm.backbone, [x.embeds for x in xs],
                            [[config for _, config in sample] for sample in labelled],
                            method=method, max_samples=max_samples)
+    for x, sample, sample_logits in zip(xs, labelled, logits):
+        _require_finite_sweep(vlm, x, sample, sample_logits)
     return [_flow_rows(vlm, x, sample, sample_logits.float().softmax(-1), k, style, base,
                        correctness)
             for x, sample, sample_logits, base in zip(xs, labelled, logits, bases)]
+
+
+def _require_finite_sweep(vlm: VideoLLM, x: Prepared, labelled,
+                          logits: torch.Tensor) -> None:
+    """Stop at a sweep whose logits hold NaN or inf, naming the first such configuration and
+    where its forward first goes non-finite (rerun alone, the clean forward first: a NaN
+    checkpoint is named as such, not as a knockout's effect)."""
+    bad = ~torch.isfinite(logits).all(dim=-1)
+    if not bool(bad.any()):
+        return
+    circuit, config = labelled[int(bad.nonzero()[0])]
+    hooks = knockout(config.edges, config.layers, n_layers=vlm.n_layers)
+    clean = vlm.run_with_hooks(x)[0, -1]
+    require_finite(clean, vlm.backbone, x.embeds, (), what="the logits of the clean forward",
+                   sample=_sample_id(x))
+    what = (f"the logits of the knockout sweep's configuration {circuit!r} curve "
+            f"{config.curve!r} in layers {list(config.layers)}")
+    rerun = vlm.run_with_hooks(x, hooks)[0, -1]
+    require_finite(rerun, vlm.backbone, x.embeds, hooks, what=what, sample=_sample_id(x))
+    # the rerun alone is finite: the sweep's batched forward was not
+    require_finite(logits, vlm.backbone, x.embeds, hooks, what=what + " (batched in the sweep)",
+                   sample=_sample_id(x))
 
 
 def _flow_rows(vlm: VideoLLM, x: Prepared, labelled, probabilities: torch.Tensor, k: int,
@@ -284,6 +325,8 @@ def video_lens(vlm: VideoLLM, x: Prepared, *, k: int = 5, read: str = "input",
     for layer, logits in iter_logit_lens(vlm, x, positions, read=read, norm=norm,
                                          final_output=final_output, matrix=matrix,
                                          fwd_hooks=fwd_hooks):
+        require_finite(logits, vlm.backbone, x.embeds, list(fwd_hooks),
+                       what=f"the video-token lens logits at layer {layer}", sample=_sample_id(x))
         probabilities, ids = top_tokens(logits, k=k)
         for index, position in enumerate(positions):
             t, h, w = seg.frame_of(position)
@@ -425,7 +468,9 @@ def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seeds: Sequence[int] 
     rows = []
     for variant, seed, variant_spec in variants:
         hooks = [] if variant_spec is None else variant_spec.hooks()
-        probabilities = vlm.run_with_hooks(x, hooks)[0, -1].float().softmax(-1)
+        probabilities = _last_probabilities(
+            vlm, x, hooks, what=f"the {variant} variant" + ("" if seed is None else
+                                                           f" (seed {seed})"))
         token = int(probabilities.argmax())
         kept, total = (variant_spec.edge_accounting(n) if variant_spec is not None
                        else (vlm.n_layers * edges.causal_edge_count(n),) * 2)
@@ -544,7 +589,17 @@ def attention_to_frames(
         def keep(pattern, hook, store=store):
             store[hook.name] = pattern[0][:, positions][:, :, video].float().mean(dim=0)
 
-        vlm.run_with_hooks(x, hooks + [(name, keep) for name in names], return_type=None)
+        def keep_output(residual, hook, store=store):
+            store["output"] = residual
+
+        # TransformerLens turns NaN attention patterns into 0 (its guard for fully masked rows),
+        # so the patterns would look finite: the final residual stream carries any NaN instead
+        vlm.run_with_hooks(x, hooks + [(name, keep) for name in names]
+                           + [(f"blocks.{n_layers - 1}.hook_resid_post", keep_output)],
+                           return_type=None)
+        require_finite(store.pop("output"), vlm.backbone, x.embeds, hooks,
+                       what=f"the values of the residual stream of the {condition} forward",
+                       sample=_sample_id(x))
         for query, rows_of_query in groups:
             for name, layer in names.items():
                 weights = store[name][rows_of_query].mean(dim=0).tolist()
@@ -568,7 +623,7 @@ def crossframe_knockout(vlm: VideoLLM, x: Prepared, layers: Sequence[int] | None
     rows = []
     for condition, hooks in (("base", []), ("cross-frame knockout",
                                             knockout(edges.cross_frame(x.segments), layers))):
-        probabilities = vlm.run_with_hooks(x, hooks)[0, -1].float().softmax(-1)
+        probabilities = _last_probabilities(vlm, x, hooks, what=f"the {condition} forward")
         token = int(probabilities.argmax())
         rows.append({**sample_fields(x), "model": model, "condition": condition,
                      "layers": list(layers), "token": token,

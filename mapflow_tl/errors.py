@@ -8,8 +8,15 @@ line with exit code 2; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "NonFiniteError"]
 
 
 class InputError(ValueError):
     """Bad input, described in one line: what is wrong, where, and how to fix it."""
+
+
+class NonFiniteError(InputError):
+    """A result that would be made of NaN or inf (a NaN weight, a float16 overflow, a hook that
+    writes NaN), with the sample, the forward and where the values first stop being finite. An
+    :class:`InputError`: the checkpoint or the hooks are at fault, and the command line stops
+    with one line (exit code 2) before such a result is written."""

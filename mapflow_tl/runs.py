@@ -30,6 +30,7 @@ import csv
 import errno
 import hashlib
 import json
+import math
 import os
 import platform
 import signal
@@ -41,7 +42,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .schema import TABLES
 
 try:  # the kernel lock; absent on Windows, where the pid check below is the only guard
@@ -471,10 +472,11 @@ class RunWriter:
         self._tables.add(table)
         if not rows:
             return
+        payload = "".join(_json_line(table, row) for row in rows)
         self._locked()
         try:
             with open(self.out / f"{table}.jsonl", "a", encoding="utf-8") as handle:
-                handle.write("".join(json.dumps(row, default=str) + "\n" for row in rows))
+                handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as error:
@@ -494,6 +496,31 @@ class RunWriter:
             raise _write_error(self.out, error) from error
         finally:
             self.close()
+
+
+def _json_line(table: str, row: dict[str, Any]) -> str:
+    """One row as a JSON line. NaN and inf are refused (JSON has neither; Python would write
+    the invalid tokens ``NaN``/``Infinity`` that other readers reject), naming the column, so
+    that no row of such numbers is ever presented as a result."""
+    try:
+        return json.dumps(row, default=str, allow_nan=False) + "\n"
+    except ValueError:
+        columns = [key for key, value in row.items() if not _finite(value)]
+        sample = f" of sample {row['sample']!r}" if "sample" in row else ""
+        raise NonFiniteError(
+            f"table {table!r}: the row{sample} holds NaN or inf in {columns}, which JSON cannot "
+            f"hold; nothing of it was written: the computation produced non-finite numbers "
+            f"(a NaN weight, a float16 overflow or a hook writing NaN)") from None
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(item) for item in value)
+    return True
 
 
 def _write_error(out: Path, error: OSError) -> RunFolderError:

@@ -549,3 +549,174 @@ def test_hints_name_the_command_line_option(tomato):
 def test_samples_know_their_entry(tvbench, tomato):
     assert [s.entry for s in load_dataset("tvbench", tvbench)] == [0, 1, 0, 0]
     assert [s.entry for s in load_dataset("tomato", tomato, tasks=["count"])] == ["0", "1"]
+
+
+# ------------------------------------------------------------------ issue 36: faults in inputs
+def _edit(path: Path, change) -> None:
+    entries = json.loads(path.read_text())
+    change(entries)
+    dump(path, entries)
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ("é", "not an option index or letter: 'é'"),     # ascii_uppercase.index('É'): ValueError
+    ("²", "not an option index or letter: '²'"),     # isdigit() but int() cannot read it
+    ("", "not an option index or letter: ''"),
+])
+def test_tomato_answers_that_are_not_ascii_letters_or_digits_are_skipped(tomato, answer, reason):
+    _edit(tomato / "data" / "direction.json", lambda e: e["0"].update(answer=answer))
+    data = load_dataset("tomato", tomato, tasks=["count", "direction"], strict=False)
+    assert data.counts() == {"count": 2}   # the other entries still load
+    (skipped,) = data.skipped
+    assert (Path(skipped.file).name, skipped.index, skipped.field) == ("direction.json", "0",
+                                                                        "answer")
+    assert skipped.reason == reason
+    with pytest.raises(DataError, match="direction.json entry 0 field 'answer'"):
+        load_dataset("tomato", tomato, tasks=["direction"])
+
+
+@pytest.mark.parametrize("answer", [4, "4", "E"])
+def test_tomato_answer_index_equal_to_the_option_count_is_refused(tomato, answer):
+    # direction has 4 options: index 4 (letter E) is one past the last
+    _edit(tomato / "data" / "direction.json", lambda e: e["0"].update(answer=answer))
+    with pytest.raises(DataError, match=rf"entry 0 field 'answer': {answer!r} is not among the "
+                                        rf"4 options"):
+        load_dataset("tomato", tomato, tasks=["direction"])
+    _edit(tomato / "data" / "direction.json", lambda e: e["0"].update(answer=3))
+    assert load_dataset("tomato", tomato, tasks=["direction"])[0].answer == "down"
+
+
+def test_deeply_nested_annotation_file_is_one_bad_file(tvbench, capsys):
+    (tvbench / "json" / "object_count.json").write_text("[" * 100_000 + "]" * 100_000)
+    data = load_dataset("tvbench", tvbench, strict=False)
+    assert data.counts() == {"Action Antonym": 2, "Action Sequence": 1, "colour": 1}
+    (skipped,) = data.skipped
+    assert Path(skipped.file).name == "object_count.json" and skipped.index is None
+    assert "nested too deeply" in skipped.reason
+    code = main(["data", "check", "--dataset", "tvbench", "--data-root", str(tvbench), "--json"])
+    assert code == 1
+    (problem,) = json.loads(capsys.readouterr().out)["problems"]
+    assert "nested too deeply" in problem["reason"]
+
+
+@pytest.mark.parametrize("candidates, reason", [
+    (["sitting down", None], "option 1 is None, not a text"),       # was the option "None"
+    (["sitting down", ["a"]], "option 1 is ['a'], not a text"),
+    (["sitting down", True], "option 1 is True, not a text"),
+    (["sitting down", "  "], "option 1 is empty text '  '"),
+    (["sitting down", "Sitting  down"], "options are not distinct"),  # one answer, two letters
+    ("up", "needs a list of at least 2 options, got 'up'"),          # not the options 'u', 'p'
+])
+def test_candidates_that_are_not_option_texts_are_refused(tvbench, candidates, reason):
+    _edit(tvbench / "json" / "action_antonym.json",
+          lambda e: e[0].update(candidates=candidates, answer="sitting down"))
+    data = load_dataset("tvbench", tvbench, tasks=["action_antonym"], strict=False)
+    assert len(data) == 1
+    (skipped,) = data.skipped
+    assert (skipped.index, skipped.field) == (0, "candidates") and reason in skipped.reason
+
+
+def test_null_tomato_option_is_refused(tomato):
+    _edit(tomato / "data" / "direction.json",
+          lambda e: e["0"].update(options=["left", None, "up", "down"]))
+    with pytest.raises(DataError, match=r"direction.json entry 0 field 'options': option 1 is "
+                                        r"None, not a text"):
+        load_dataset("tomato", tomato, tasks=["direction"])
+
+
+@pytest.mark.parametrize("start, end, field, reason", [
+    (0.5, float("nan"), "end", "not a finite number of seconds: nan"),
+    (float("-inf"), 1.5, "start", "not a finite number of seconds: -inf"),
+    (0.5, float("inf"), "end", "not a finite number of seconds: inf"),
+])
+def test_non_finite_window_bounds_are_refused_at_load(tvbench, start, end, field, reason):
+    _edit(tvbench / "json" / "action_sequence.json", lambda e: e[0].update(start=start, end=end))
+    data = load_dataset("tvbench", tvbench, tasks=["action_sequence"], strict=False)
+    (skipped,) = data.skipped
+    assert (skipped.field, skipped.reason) == (field, reason)
+
+
+def test_window_end_beyond_any_frame_is_skipped_in_data_check(tvbench, capsys):
+    # 1e308 s loads (a finite number) but 1e308 * fps overflows: it was an OverflowError
+    # traceback in data check and in runs; now the entry's problem, with the reason
+    _edit(tvbench / "json" / "action_sequence.json", lambda e: e[0].update(end=1e308))
+    code = main(["data", "check", "--dataset", "tvbench", "--data-root", str(tvbench), "--json"])
+    assert code == 1
+    report = json.loads(capsys.readouterr().out)
+    (problem,) = report["problems"]
+    assert problem["field"] == "start/end" and "beyond any frame number" in problem["reason"]
+    assert problem["index"] == "action_sequence/0" and report["samples"] == 3
+
+
+def test_video_names_the_file_system_cannot_take_are_skipped(tvbench):
+    # Path.exists() raises OSError for a name longer than the file system takes: the whole
+    # load stopped there
+    _edit(tvbench / "json" / "colour.json", lambda e: e[0].update(video="v" * 300 + ".mp4"))
+    data = load_dataset("tvbench", tvbench, tasks=["colour", "action_antonym"], strict=False)
+    assert len(data) == 2
+    (skipped,) = data.skipped
+    assert skipped.field == "video"
+    assert skipped.reason.startswith("not a usable file name (File name too long): 'vvvv")
+
+
+def test_sibling_folder_with_the_root_as_prefix_is_outside_the_root(tvbench, mp4):
+    # /…/TVBench2 starts with the text /…/TVBench: the check must compare whole components
+    sibling = tvbench.parent / (tvbench.name + "2")
+    place(mp4, sibling / "clip.mp4")
+    _edit(tvbench / "json" / "colour.json",
+          lambda e: e[0].update(video="../../../TVBench2/clip.mp4"))
+    with pytest.raises(DataError, match=r"'\.\./\.\./\.\./TVBench2/clip\.mp4' is a path outside "
+                                        r"the benchmark root"):
+        load_dataset("tvbench", tvbench, tasks=["colour"])
+
+
+def test_tvbench_applies_start_end_only_where_the_reference_does(tvbench, mp4):
+    # the official TVBenchDataset (tasks/eval/mvbench/__init__.py) reads bounds for Action
+    # Sequence and Action Localization only; the other tasks' start/end stay metadata
+    from mapflow_tl.data.loaders import TVBENCH_TASKS
+
+    assert {stem for stem, (_, bounded) in TVBENCH_TASKS.items() if bounded} == {
+        "action_sequence", "action_localization"}
+    _edit(tvbench / "json" / "action_antonym.json",
+          lambda e: e[0].update(start=0.5, end=1.5))
+    dump(tvbench / "json" / "action_localization.json", [
+        {"video": "loc.mp4", "question": "When does it happen?",
+         "candidates": ["beginning", "end"], "answer": "end", "start": 0.2, "end": 1.2}])
+    place(mp4, tvbench / "video" / "action_localization" / "loc.mp4")
+    data = {s.id: s for s in load_dataset("tvbench", tvbench)}
+    antonym = data["action_antonym/0"]
+    assert antonym.bounds is None and antonym.metadata == {"start": 0.5, "end": 1.5}
+    assert data["action_sequence/0"].bounds == (0.5, 1.5)
+    assert data["action_localization/0"].bounds == (0.2, 1.2)
+    assert data["colour/0"].bounds is None
+    # a task outside the official ten uses its bounds when given
+    _edit(tvbench / "json" / "colour.json", lambda e: e[0].update(start=0.1, end=0.9))
+    assert load_dataset("tvbench", tvbench, tasks=["colour"])[0].bounds == (0.1, 0.9)
+
+
+def test_window_end_beyond_any_frame_is_a_skipped_sample_of_a_run(tvbench, tmp_path, capsys):
+    # the run reads the frames in prepare: the entry goes to skipped.jsonl with its reason and
+    # the other samples run (it was an OverflowError traceback that ended the run)
+    _edit(tvbench / "json" / "action_sequence.json", lambda e: e[0].update(end=1e308))
+    out = tmp_path / "run"
+    code = main(["flow", "--model", "synthtv-video-ft", "--dataset", "tvbench", "--data-root",
+                 str(tvbench), "--task", "action_sequence", "--task", "colour", "--out",
+                 str(out), "--circuit", "cross-frame", "--mode", "all"])
+    assert code == 0, capsys.readouterr().err
+    (skipped,) = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert skipped["sample"] == "action_sequence/0"
+    assert "beyond any frame number" in json.dumps(skipped)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [row["sample"] for row in samples] == ["colour/0"]
+
+
+def test_mvbench_applies_start_end_only_on_its_windowed_tasks(mvbench):
+    # VideoChat2's data_list: Action Sequence has bounds, Fine-grained Pose does not (its
+    # start/end, if an entry had them, stay metadata)
+    _edit(mvbench / "json" / "fine_grained_pose.json", lambda e: e[0].update(start=0.1, end=0.5))
+    data = {s.task: s for s in load_dataset("mvbench", mvbench,
+                                            tasks=["action_sequence", "fine_grained_pose"],
+                                            check_videos=False)}
+    assert data["Action Sequence"].bounds == (0.3, 1.8)
+    pose = data["Fine-grained Pose"]
+    assert pose.bounds is None and pose.metadata == {"start": 0.1, "end": 0.5}

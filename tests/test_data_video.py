@@ -272,3 +272,51 @@ def test_decord_and_pyav_agree(videos, seeking_videos, kind):
         # both decode with FFmpeg and convert with swscale; codec noise would be a few levels
         difference = np.abs(by_pyav.frames.astype(np.int16) - by_decord.frames.astype(np.int16))
         assert difference.max() <= 2, f"{kind} {options}: max |decord - pyav| {difference.max()}"
+
+
+# ------------------------------------------------------------------ issue 36: faults in inputs
+def test_window_ends_are_rounded_to_the_nearest_frame_not_truncated(videos, reader):
+    # start 0.46 s, end 1.46 s at 10 fps: frames 4.6 -> 5 and 14.6 -> 15 (the reference's
+    # round(t * fps)); seg = 10 / 2 = 5: int(5 + 2.5) = 7, int(5 + 2.5 + 5) = 12. Truncating
+    # would give frames 4..14 and [6, 11].
+    clip = read_video(videos["mp4"], 2, bounds=(0.46, 1.46), reader=reader)
+    assert clip.indices.tolist() == [7, 12]
+    assert source_frames(clip.frames) == [7, 12]
+    # the same on a frame folder (3 fps, numbered from 1): 1.2 s -> frame 3.6 -> 4, 2.9 s ->
+    # 8.7 -> 9; seg = 2.5: int(4 + 1.25) = 5, int(5.25 + round(2.5) = 2) = 7, 0-based 4 and 6
+    # (truncated: frames 3..8 and 0-based [3, 5])
+    assert read_video(videos["frames"], 2, bounds=(1.2, 2.9)).indices.tolist() == [4, 6]
+
+
+def test_fps_above_the_source_rate_gives_every_frame_once(videos, reader):
+    clip = read_video(videos["mp4"], fps=100.0, reader=reader)
+    assert clip.indices.tolist() == list(range(30))
+    assert source_frames(clip.frames) == list(range(30))
+    # within a window too: [1 s, 2 s] = frames 10..20, each once
+    window = read_video(videos["mp4"], fps=25.0, bounds=(1.0, 2.0), reader=reader)
+    assert window.indices.tolist() == list(range(10, 21))
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1e308), (1e308, float("inf")), (-1e308, 1.0)])
+def test_window_bounds_beyond_any_frame_number_are_a_data_error(videos, bounds):
+    # int(round(1e308 * fps)) raised OverflowError (a traceback in runs and data check)
+    with pytest.raises(DataError, match=r"clip.mp4: bounds .* beyond any frame number at 10 fps; "
+                                        r"fix the sample's start/end"):
+        read_video(videos["mp4"], bounds=bounds)
+
+
+def test_sixteen_bit_png_frames_are_scaled_to_eight_bits(tmp_path):
+    folder = tmp_path / "frames16"
+    folder.mkdir()
+    levels = [0, 40, 129, 200, 255]
+    for number, level in enumerate(levels, start=1):
+        # 16-bit greyscale: level * 257 is the 16-bit value of the 8-bit level (255 -> 65535)
+        values = np.full((8, 8), level * 257, np.uint16)
+        values[0, 0] = level * 257 + (128 if level < 255 else -128)  # rounds to the same level
+        Image.fromarray(values).save(folder / f"{number:05d}.png")
+    assert Image.open(folder / "00002.png").mode.startswith("I")  # really a 16-bit file
+    clip = read_video(folder, fps=1.0, frame_folder_fps=1.0)  # every frame once
+    assert clip.indices.tolist() == [0, 1, 2, 3, 4]
+    assert clip.frames.dtype == np.uint8 and clip.frames.shape == (5, 8, 8, 3)
+    for frame, level in zip(clip.frames, levels):
+        assert np.all(frame == level), (level, np.unique(frame))

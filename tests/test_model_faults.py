@@ -287,3 +287,144 @@ def test_broken_model_folders_are_one_line_at_the_command_line(tmp_path, capsys,
     assert len(err.splitlines()) == 1 and err.startswith("mapflow-tl flow: error: ")
     assert re.search(message, err), err
     assert str(model) in err
+
+
+# ---------------------------------------------------------------------- issue 36: silent inputs
+def test_options_given_as_one_string_are_refused_not_split_into_letters(synthtv):
+    from pathlib import Path
+
+    from mapflow_tl.data import Sample
+
+    vlm, item = synthtv
+    message = (r"sample 's3': options must be a list of option texts, got the string 'up' "
+               r"\(read as one option per character\); pass options=\['up', \.\.\.\]")
+    with pytest.raises(InputError, match=message):
+        VideoSample(item.frames, item.question, "up", id="s3")
+    # a benchmark Sample built by hand goes through the same check on its way to prepare
+    sample = Sample(id="s3", dataset="x", task="t", video=Path("v.mp4"), question="q?",
+                    options="up", answer_index=0)
+    with pytest.raises(InputError, match=message):
+        vlm.prepare(sample)
+    with pytest.raises(InputError, match="options must be a list of option texts, got int"):
+        VideoSample(item.frames, item.question, 3)
+    # lists, tuples and 1-D arrays of texts are option lists
+    for options in (["up", "down"], ("up", "down"), np.array(["up", "down"])):
+        assert len(VideoSample(item.frames, item.question, options).options) == 2
+
+
+def test_an_empty_names_filter_is_refused_with_the_fix(synthtv):
+    vlm, item = synthtv
+    x = vlm.prepare(VideoSample(item.frames, item.question, ["red", "blue"], answer=0))
+    with pytest.raises(InputError, match=r"names_filter is an empty list, which caches nothing; "
+                                         r"pass the hook names .* or names_filter=None"):
+        vlm.run_with_cache(x, names_filter=[])
+    # a generator of names is read once for the check and still caches what it names
+    wanted = (f"blocks.{layer}.hook_resid_post" for layer in (0, 1))
+    _, cache = vlm.run_with_cache(x, names_filter=wanted)
+    assert sorted(cache.keys()) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+
+
+# ---------------------------------------------------------------------- issue 36: non-finite
+def _nan_checkpoint(tmp_path, key: str):
+    """The shipped SynthTV model with one weight entry set to NaN (a corrupt checkpoint)."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "nan-model"
+    shutil.copytree(BUILTIN_MODELS["synthtv-video-ft"], path)
+    weights = load_file(str(path / "model.safetensors"))
+    weights[key][0, 0] = float("nan")
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+@pytest.mark.parametrize("command", [["flow", "--circuit", "cross-frame"],
+                                     ["prune", "--circuit", "pathway-synthtv"],
+                                     ["crossframe"], ["prob"], ["lens"], ["attention"]])
+@pytest.mark.parametrize("key, place, weight", [
+    ("language_model.model.layers.2.mlp.down_proj.weight",
+     r"the MLP output of layer 2 \(blocks\.2\.hook_mlp_out\)", r"blocks\.2\.mlp\.W_out"),
+    ("language_model.model.layers.0.self_attn.v_proj.weight",
+     r"the attention output of layer 0 \(blocks\.0\.hook_attn_out\)", r"blocks\.0\.attn\.W_V"),
+])
+def test_a_nan_weight_stops_the_run_naming_the_layer_and_weight(tmp_path, capsys, command, key,
+                                                                 place, weight):
+    """Before: exit 0, "base accuracy 0.0 %", rows with NaN (not JSON)."""
+    import re
+
+    from mapflow_tl.cli import main
+
+    model = _nan_checkpoint(tmp_path, key)
+    out = tmp_path / "run"
+    code = main([command[0], "--model", str(model), "--limit", "1", "--task", "object_count",
+                 "--out", str(out), *command[1:]])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert re.search(rf"error: sample 'object_count/0': the .* are not finite \(NaN "
+                     rf"or inf\); the values first become non-finite in {place}; the "
+                     rf"checkpoint's weights {weight} hold NaN/inf", err), err
+    for table in out.glob("*.jsonl"):  # nothing but what was refused at load
+        assert table.name == "skipped.jsonl" or not table.read_text().strip(), table
+
+
+@pytest.fixture(scope="module")
+def nan_vlm(tmp_path_factory):
+    path = _nan_checkpoint(tmp_path_factory.mktemp("nan"),
+                           "language_model.model.layers.1.mlp.down_proj.weight")
+    return load_videollm(path)
+
+
+def test_the_fast_sweep_refuses_nan_logits_even_with_a_given_base(nan_vlm, synthtv):
+    """The engine's lean sweep path: a base computed elsewhere skips the clean check of
+    base_prediction, and the sweep's NaN logits became NaN rows."""
+    from mapflow_tl.analyses import flow_sweep
+    from mapflow_tl.circuits import load_circuit
+
+    _, item = synthtv
+    x = nan_vlm.prepare(VideoSample(item.frames, item.question, ["red", "blue"], answer=0,
+                                    id="s5"))
+    base = {"base_token": 0, "base_p_pred": 0.5, "base_p_true": 0.5, "base_correct": True,
+            "base_option": 0}
+    with pytest.raises(InputError, match=r"sample 's5': the logits of the clean forward are not "
+                                         r"finite .* the MLP output of layer 1 "
+                                         r"\(blocks\.1\.hook_mlp_out\); the checkpoint's weights "
+                                         r"blocks\.1\.mlp\.W_out hold NaN/inf"):
+        flow_sweep(nan_vlm, x, load_circuit("cross-frame"), base=base)
+
+
+def _write_nan(at: int):
+    def hook(activation, hook):
+        activation = activation.clone()
+        activation[:, at] = float("nan")
+        return activation
+    return hook
+
+
+def test_a_hook_writing_nan_is_named_with_its_place(synthtv):
+    from mapflow_tl.analyses import base_prediction, crossframe_knockout, flow_sweep
+    from mapflow_tl.circuits import load_circuit
+
+    vlm, item = synthtv
+    x = vlm.prepare(VideoSample(item.frames, item.question, ["red", "blue"], answer=0, id="s6"))
+    hooks = [("blocks.3.hook_mlp_out", _write_nan(at=5))]
+    message = (r"sample 's6': the logits of the forward are not finite \(NaN or inf\); the "
+               r"values first become non-finite in the MLP output of layer 3 "
+               r"\(blocks\.3\.hook_mlp_out\); its weights are finite: check the hooks")
+    with pytest.raises(InputError, match=message):
+        vlm.option_probabilities(x, hooks)
+    # attached with vlm.hooks(): the analyses' own forwards see it too
+    with vlm.hooks(hooks):
+        with pytest.raises(InputError, match=r"clean forward .*blocks\.3\.hook_mlp_out"):
+            base_prediction(vlm, x)
+        with pytest.raises(InputError, match=r"the base forward .*blocks\.3\.hook_mlp_out"):
+            crossframe_knockout(vlm, x)
+        # the engine's hooked sweep (hooks attached to the model), with a base given
+        base = {"base_token": 0, "base_p_pred": 0.5, "base_p_true": 0.5, "base_correct": True,
+                "base_option": 0}
+        with pytest.raises(InputError, match=r"sample 's6': the logits of the clean forward .*"
+                                             r"blocks\.3\.hook_mlp_out.*check the hooks"):
+            flow_sweep(vlm, x, load_circuit("cross-frame"), base=base)
+    # written into the embeddings: named as the input
+    with pytest.raises(InputError, match=r"the input embeddings as hooked \(hook_embed\)"):
+        vlm.option_probabilities(x, [("hook_embed", _write_nan(at=0))])
+    # the model itself is fine
+    assert torch.isfinite(vlm.option_probabilities(x)).all()

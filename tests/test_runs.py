@@ -458,3 +458,19 @@ def test_resume_refuses_a_retrained_checkpoint_or_edited_annotations(model_and_d
     refused = run(command + ["--resume"])
     assert refused.returncode == 2 and "dataset_content" in refused.stderr
     assert "model_content" not in refused.stderr
+
+
+def test_rows_with_nan_or_inf_are_refused_and_nothing_is_written(tmp_path):
+    """JSON has no NaN: Python wrote the token NaN, which other readers reject (issue 36)."""
+    from mapflow_tl.errors import NonFiniteError
+
+    writer = RunWriter(tmp_path, {"command": "flow", "model": "a"})
+    writer.write("flow", [{"sample": "1", "p_pred": 0.5}])
+    before = (tmp_path / "flow.jsonl").read_text()
+    with pytest.raises(NonFiniteError, match=r"table 'flow': the row of sample '2' holds NaN or "
+                                             r"inf in \['p_pred', 'top_probs'\]"):
+        writer.write("flow", [{"sample": "2", "p_pred": 0.1},
+                              {"sample": "2", "p_pred": float("nan"),
+                               "top_probs": [0.5, float("inf")], "token": 3}])
+    assert (tmp_path / "flow.jsonl").read_text() == before  # not the first row of the two either
+    assert all(json.loads(line) for line in before.splitlines())

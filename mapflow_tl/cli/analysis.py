@@ -144,8 +144,10 @@ def _lens(args: argparse.Namespace) -> int:
                                lens_kept=args.top_k, keyword_bin=args.bin_size)
     run = AnalysisRun(args, "lens", config={"definitions": definitions})
     for x, _ in _selected(run, "lens", args.mode, args.correctness):
+        rows = analyses.video_lens(run.vlm, x, k=args.top_k)
+        # thumbnails only beside rows: a sample whose analysis stops leaves nothing behind
         run.writer.write("frames", frame_thumbnails(x))
-        run.writer.write("lens", analyses.video_lens(run.vlm, x, k=args.top_k))
+        run.writer.write("lens", rows)
     out = run.finish()
     if run.world.is_main:
         rows = read_table(out, "lens")
@@ -231,10 +233,10 @@ def _attention(args: argparse.Namespace) -> int:
                            attention_scale="attention weight")
     run = AnalysisRun(args, "attention", config={"definitions": definitions})
     for x in run.prepared("attention"):
+        rows = [row for query in queries
+                for row in analyses.attention_to_frames(run.vlm, x, query, view=args.view)]
         run.writer.write("frames", frame_thumbnails(x))
-        run.writer.write("attention", [row for query in queries
-                                       for row in analyses.attention_to_frames(
-                                           run.vlm, x, query, view=args.view)])
+        run.writer.write("attention", rows)
     run.finish()
     return 0
 

@@ -13,6 +13,7 @@ load keeps going and records each bad sample as a :class:`Skipped`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import string
 from dataclasses import dataclass, field
@@ -294,6 +295,13 @@ def _read_json(path: Path, collector: _Collector, task: str) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         collector.problem(path, None, None, f"unreadable annotation file ({error})", task)
         return None
+    except RecursionError:
+        # json nests one Python call per level: a hostile or broken file of deeply nested
+        # brackets must be one bad file, not a crash of the whole load
+        collector.problem(path, None, None, "unreadable annotation file (JSON nested too deeply "
+                                            "to read; no benchmark nests more than a few levels)",
+                          task)
+        return None
 
 
 def _require_root(root: str | Path, sub: str, dataset: str, layout: str) -> Path:
@@ -321,8 +329,20 @@ def _options(entry: Mapping, name: str) -> tuple[str, ...]:
         raise _FieldError(name, "missing")
     if not isinstance(value, list) or len(value) < 2:
         raise _FieldError(name, f"needs a list of at least 2 options, got {value!r}")
+    for index, option in enumerate(value):
+        # str() would turn null into the option "None" and a list into its repr: only text and
+        # plain numbers (TVBench's counts, "3" or 3) are option texts
+        if isinstance(option, bool) or not isinstance(option, (str, int, float)) or (
+                isinstance(option, float) and not math.isfinite(option)):
+            raise _FieldError(name, f"option {index} is {option!r}, not a text; every option "
+                                    f"must be a non-empty string")
+        if isinstance(option, str) and not option.strip():
+            raise _FieldError(name, f"option {index} is empty text {option!r}")
     options = tuple(str(option) for option in value)
-    if len(set(options)) != len(options):
+    # the same test the prompt builder applies (case and spacing ignored): options that differ
+    # only there would be two letters for one answer
+    keys = [" ".join(option.split()).casefold() for option in options]
+    if len(set(keys)) != len(keys):
         raise _FieldError(name, f"options are not distinct: {list(options)}")
     if len(options) > len(string.ascii_uppercase):
         raise _FieldError(name, f"{len(options)} options; at most 26 can be lettered")
@@ -335,6 +355,8 @@ def _seconds(entry: Mapping, name: str) -> float:
         raise _FieldError(name, "missing (this task's questions are about a time window)")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _FieldError(name, f"not a number of seconds: {value!r}")
+    if not math.isfinite(value):  # Python's json reads NaN and Infinity
+        raise _FieldError(name, f"not a finite number of seconds: {value!r}")
     return float(value)
 
 
@@ -347,7 +369,15 @@ class _FieldError(Exception):
 
 def _check_video(video: Path, check_videos: bool, missing: str | None = None) -> None:
     """``missing``: what to say when the video is absent (why, and where it comes from)."""
-    if check_videos and not video.exists():
+    if not check_videos:
+        return
+    try:
+        exists = video.exists()
+    except (OSError, ValueError) as error:  # a name too long for the file system, say
+        reason = getattr(error, "strerror", None) or error
+        raise _FieldError("video", f"not a usable file name ({reason}): {video.name[:80]!r}"
+                                   f"{'…' if len(video.name) > 80 else ''}") from None
+    if not exists:
         raise _FieldError("video", missing or f"video not found: {video}")
 
 
@@ -631,9 +661,10 @@ def _tomato_answer(value: Any, options: tuple[str, ...]) -> int:
         value = int(value)
     if isinstance(value, int):
         index = value
-    elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():
+    elif isinstance(value, str) and value.strip().upper() in tuple(string.ascii_uppercase):
         index = string.ascii_uppercase.index(value.strip().upper())
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        # isdigit alone accepts "²" and other digits int() cannot read
         index = int(value.strip())
     else:
         raise _FieldError("answer", f"not an option index or letter: {value!r}")

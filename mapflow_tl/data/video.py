@@ -138,8 +138,18 @@ def _index_range(
             path=info.path,
             field="start/end",
         )
-    start_idx = max(first, int(np.round(start_s * info.fps)))
-    end_idx = last if end_s == np.inf else min(int(np.round(end_s * info.fps)), last)
+    start_frame, end_frame = start_s * info.fps, end_s * info.fps
+    if not np.isfinite(start_frame) or (end_s != np.inf and not np.isfinite(end_frame)):
+        # int() of an infinite frame number raises OverflowError, which no caller expects
+        raise DataError(
+            f"{info.path}: bounds start={start_s} end={end_s} s are beyond any frame number at "
+            f"{info.fps:g} fps; fix the sample's start/end fields",
+            path=info.path,
+            field="start/end",
+        )
+    # rounded to the nearest frame (half to even), as the reference's round(end * fps)
+    start_idx = max(first, int(np.round(start_frame)))
+    end_idx = last if end_s == np.inf else min(int(np.round(end_frame)), last)
     if start_idx > end_idx:
         raise DataError(
             f"{info.path}: bounds [{start_s}, {end_s}] s select no frame of a video of "
@@ -219,6 +229,21 @@ def fps_indices(
         return segment_midpoints(start_idx, end_idx, max_frames) - first
     indices = start_idx + np.round(np.arange(count) * step).astype(np.int64)
     return np.minimum(indices, end_idx) - first
+
+
+#: Pillow's modes of 16-bit greyscale images (PNG); "I" is what older Pillow opens them as.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _rgb8(image) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB of a Pillow image. A 16-bit greyscale frame is scaled to 8 bits
+    (``round(v / 257)``, so 65535 → 255): Pillow's ``convert("RGB")`` clips it instead, and every
+    value above 255 — nearly the whole frame — would read as white."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+        grey = np.round(values / 257).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
 
 
 def _kind(path: Path) -> str:
@@ -482,7 +507,7 @@ def _decode_frames(
             arrays = []
             for i in unique:
                 with Image.open(files[int(i)]) as image:
-                    arrays.append(np.asarray(image.convert("RGB")))
+                    arrays.append(_rgb8(image))
             frames = np.stack(arrays)
     except DataError:
         raise

@@ -10,7 +10,7 @@ embeddings (:func:`run_from_embeds`) rather than token ids.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import einops
 import torch
@@ -409,9 +409,19 @@ def cache_from_embeds(
     hooks = list(fwd_hooks)
     check_hooks(model, hooks)
     if names_filter is not None:
+        if not (isinstance(names_filter, (str, Iterable)) or callable(names_filter)):
+            raise InputError(f"names_filter must be a hook name, a list of hook names or a "
+                             f"function name -> bool, got {names_filter!r}")
         names = [names_filter] if isinstance(names_filter, str) or callable(names_filter) \
             else list(names_filter)
+        if not names:
+            # TransformerLens caches nothing for an empty list, without a word
+            raise InputError("names_filter is an empty list, which caches nothing; pass the hook "
+                             "names to cache (e.g. ['blocks.0.hook_resid_post']), or "
+                             "names_filter=None for every activation")
         check_hooks(model, [(name, _no_op) for name in names])
+        if not (isinstance(names_filter, str) or callable(names_filter)):
+            names_filter = names  # a generator would reach TransformerLens already consumed
     cache, caching_hooks, _ = model.get_caching_hooks(
         names_filter=names_filter, incl_bwd=False, device=device,
         remove_batch_dim=remove_batch_dim)

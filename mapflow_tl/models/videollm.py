@@ -49,6 +49,23 @@ class VideoSample:
     id: str = ""
     task: str = ""
 
+    def __post_init__(self) -> None:
+        _check_options_container(self.options, self.id)
+
+
+def _check_options_container(options: Any, sample_id: str = "") -> None:
+    """Refuse options that are not a sequence of option texts: a string would be read letter by
+    letter ("up" as the options "u" and "p")."""
+    where = f"sample {sample_id!r}" if sample_id else "this sample"
+    if isinstance(options, (str, bytes)):
+        raise InputError(f"{where}: options must be a list of option texts, got the string "
+                         f"{options!r} (read as one option per character); pass "
+                         f"options=[{options!r}, ...]")
+    if not (isinstance(options, Sequence) or (isinstance(options, np.ndarray)
+                                              and options.ndim == 1)):
+        raise InputError(f"{where}: options must be a list of option texts, got "
+                         f"{type(options).__name__}")
+
 
 def as_video_sample(sample: Any) -> VideoSample:
     """A :class:`VideoSample` from itself or from a benchmark sample
@@ -59,11 +76,13 @@ def as_video_sample(sample: Any) -> VideoSample:
     if missing:
         raise InputError(f"a sample needs 'video' and 'question'; {type(sample).__name__} "
                          f"lacks {missing}")
+    options = getattr(sample, "options", ())
+    _check_options_container(options, str(getattr(sample, "id", "")))
     answer = getattr(sample, "answer_index", None)
     if answer is None and isinstance(getattr(sample, "answer", None), int):
         answer = sample.answer
     return VideoSample(video=sample.video, question=sample.question,
-                       options=tuple(getattr(sample, "options", ())), answer=answer,
+                       options=tuple(options), answer=answer,
                        start=getattr(sample, "start", None), end=getattr(sample, "end", None),
                        id=str(getattr(sample, "id", "")), task=str(getattr(sample, "task", "")))
 
@@ -364,7 +383,12 @@ class VideoLLM:
         self, x: Prepared, fwd_hooks: HookList = ()
     ) -> Float[torch.Tensor, " n_options"]:
         """Probability of each option's letter at the last position (softmax over the vocab)."""
+        from ..finite import require_finite
+
+        fwd_hooks = list(fwd_hooks)
         logits = self.run_with_hooks(x, fwd_hooks)[0, -1]
+        require_finite(logits, self.backbone, x.embeds, fwd_hooks, what="the logits of the forward",
+                       sample=str(x.meta.get("id", "") or ""))
         return logits.float().softmax(-1)[x.answer_ids.to(logits.device)]
 
     def __repr__(self) -> str:
