@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from . import edges
-from .circuits import Circuit
+from .circuits import Circuit, load_circuit
 from .edges import Edges
 from .engine import layer_sweep, sweep_samples
 from .errors import InputError
@@ -163,7 +163,7 @@ def _change(p: float | None, base: float | None) -> float | None:
 def flow_sweep(
     vlm: VideoLLM,
     x: Prepared,
-    circuit: Circuit,
+    circuit: Circuit | str,
     *,
     k: int | None = None,
     style: str = "center",
@@ -177,7 +177,8 @@ def flow_sweep(
     window of ``k`` layers (default :func:`~mapflow_tl.layers.default_window_size`) and record
     the knocked-out probabilities of the clean run's predicted token and of the ground-truth
     token, their relative change ×100 (each against its own clean probability), and the new
-    answer with its correctness. One row per curve × centre (``flow`` table).
+    answer with its correctness. One row per curve × centre (``flow`` table). ``circuit`` is a
+    :class:`~mapflow_tl.circuits.Circuit` or its name (``"cross-frame"``) or file.
     :func:`flow_sweeps` runs several samples and circuits at once."""
     return flow_sweeps(vlm, [x], [circuit], k=k, style=style, centers=centers, method=method,
                        bases=None if base is None else [base], correctness=correctness)[0]
@@ -187,7 +188,7 @@ def flow_sweep(
 def flow_sweeps(
     vlm: VideoLLM,
     xs: Sequence[Prepared],
-    circuits: Sequence[Circuit],
+    circuits: Sequence[Circuit | str] | Circuit | str,
     *,
     k: int | None = None,
     style: str = "center",
@@ -200,7 +201,12 @@ def flow_sweeps(
     """:func:`flow_sweep` of every sample in ``xs`` under every circuit: the rows of each sample
     (its circuits' rows in order), computed as one knockout sweep
     (:func:`~mapflow_tl.engine.sweep_samples`), so that the samples and circuits share the clean
-    forwards and layer calls; at most ``max_samples`` samples share them at a time."""
+    forwards and layer calls; at most ``max_samples`` samples share them at a time. Circuits
+    may be given by name."""
+    circuits = _circuits(circuits)
+    if isinstance(xs, Prepared):
+        raise InputError("flow_sweeps takes a list of prepared samples; for one use "
+                         "flow_sweep(vlm, x, circuit)")
     n_layers = vlm.n_layers
     k = default_window_size(n_layers) if k is None else k
     centers = None if centers is None else list(centers)
@@ -244,6 +250,14 @@ def _require_finite_sweep(vlm: VideoLLM, x: Prepared, labelled,
     # the rerun alone is finite: the sweep's batched forward was not
     require_finite(logits, vlm.backbone, x.embeds, hooks, what=what + " (batched in the sweep)",
                    sample=_sample_id(x))
+
+
+def _circuits(circuits: Sequence[Circuit | str] | Circuit | str) -> list[Circuit]:
+    """Circuits as objects: a name or file is loaded (:func:`~mapflow_tl.circuits.load_circuit`);
+    one circuit alone is a list of one."""
+    if isinstance(circuits, (str, Circuit)):
+        circuits = [circuits]
+    return [load_circuit(c) if isinstance(c, str) else c for c in circuits]
 
 
 def _flow_rows(vlm: VideoLLM, x: Prepared, labelled, probabilities: torch.Tensor, k: int,
@@ -432,7 +446,7 @@ def random_ratio(circuit: Circuit, ratio: float | str | None = None) -> float | 
 
 
 @torch.no_grad()
-def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seeds: Sequence[int] = (0, 1, 2),
+def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit | str, *, seeds: Sequence[int] = (0, 1, 2),
           baseline: str = "official-uniform", ratio: float | str | None = None,
           base: dict[str, Any] | None = None,
           correctness: str = "official") -> list[dict[str, Any]]:
@@ -446,6 +460,7 @@ def prune(vlm: VideoLLM, x: Prepared, circuit: Circuit, *, seeds: Sequence[int] 
     accounting (kept / total over all layers). One row per variant and seed (``prune`` table);
     report the random rows as mean ± sd over seeds
     (:func:`~mapflow_tl.metrics.prune_summary`)."""
+    [circuit] = _circuits(circuit)
     if baseline not in RANDOM_BASELINES:
         raise InputError(f"random baseline must be one of {RANDOM_BASELINES}, got {baseline!r}")
     seeds = list(seeds)

@@ -185,6 +185,23 @@ class Edges:
 
     # ------------------------------------------------------------------ materialisation
     @property
+    def src(self) -> Int[torch.Tensor, " n_src"]:
+        """The key positions of a plain ``Edges(src, dst)`` (sorted, unique). A union, an
+        intersection or a mask has no single source: that is refused with what to use instead."""
+        return self._leaf_side("src")
+
+    @property
+    def dst(self) -> Int[torch.Tensor, " n_dst"]:
+        """The query positions of a plain ``Edges(src, dst)`` (sorted, unique); see :attr:`src`."""
+        return self._leaf_side("dst")
+
+    def _leaf_side(self, side: str) -> torch.Tensor:
+        if self._op != "leaf":
+            raise InputError(f"edge set {self.name!r} ({self._op}) has no single {side}: read "
+                             f"its (query, key) pairs with .dense(n_positions).nonzero()")
+        return (self._src if side == "src" else self._dst).clone()
+
+    @property
     def name(self) -> str:
         return self._name
 

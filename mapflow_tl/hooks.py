@@ -97,7 +97,7 @@ class KnockoutHook:
 
 def knockout(
     edges: Edges,
-    layers: Iterable[int],
+    layers: int | Iterable[int],
     heads: Sequence[int] | None = None,
     *,
     n_layers: int | None = None,
@@ -105,13 +105,19 @@ def knockout(
     """Attention Knockout of ``edges`` in ``layers`` (all heads unless ``heads`` is given).
 
     Map the Flow §2: the attention score of every query in the edge set's destination to every key
-    in its source is set to −∞ before the softmax. Returns a hook list on
-    ``blocks.{l}.attn.hook_attn_scores``; pass ``n_layers`` to validate the layers here rather
-    than when the hooks are attached.
+    in its source is set to −∞ before the softmax. ``layers`` are 0-based block indices, one int
+    or several. Returns a hook list on ``blocks.{l}.attn.hook_attn_scores``; pass ``n_layers`` to
+    validate the layers here rather than when the hooks are attached.
     """
     if not isinstance(edges, Edges):
         raise InputError(f"knockout needs an Edges object, got {type(edges).__name__}")
-    layers = list(layers)
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise InputError(f"knockout layers must be an int or a list of ints (0-based), got "
+                         f"{layers!r}") from None
     if not layers:
         raise InputError("knockout needs at least one layer (got an empty layer list)")
     for layer in layers:

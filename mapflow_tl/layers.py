@@ -78,10 +78,18 @@ def covers_every_layer(k: int, n_layers: int) -> bool:
     return k >= n_layers > 1
 
 
-def layer_range(first: int, last: int, n_layers: int, *, circuit: str = "") -> range:
-    """0-based layers for the paper's 1-based, inclusive "L{first}–{last}", checked against the
-    model's depth."""
-    if not 1 <= first <= last <= n_layers:
+def layer_range(first: int, last: int, n_layers: int | None = None, *,
+                circuit: str = "") -> range:
+    """0-based layers for the paper's 1-based, inclusive "L{first}–{last}" (``layer_range(6,
+    15)`` = ``range(5, 15)``), checked against the model's depth when ``n_layers`` is given."""
+    for name, value in (("first", first), ("last", last)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"layer_range {name} must be an int (1-based, as the paper writes "
+                             f"L6–15), got {value!r}")
+    if not 1 <= first <= last:
+        raise InputError(f"{circuit or 'circuit'}: layers L{first}–{last} are not a range of the "
+                         f"paper's 1-based layers (layers count from 1, first <= last)")
+    if n_layers is not None and last > n_layers:
         raise InputError(f"{circuit or 'circuit'}: layers L{first}–{last} (1-based) do not fit a "
                          f"{n_layers}-layer model")
     return range(first - 1, last)

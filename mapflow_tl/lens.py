@@ -32,6 +32,7 @@ from transformer_lens import HookedTransformer
 from .errors import InputError
 from .hooks import HookList, capture
 from .models.backbone import run_from_embeds
+from .segments import Span
 
 __all__ = ["LENS_MATRICES", "LENS_READS", "residual_stream", "logit_lens", "iter_logit_lens",
            "project", "top_tokens", "answer_probability_trace", "AnswerTrace",
@@ -49,10 +50,15 @@ def _backbone(model: Any) -> HookedTransformer:
     return getattr(model, "backbone", model)
 
 
-def _positions(positions: int | Sequence[int] | torch.Tensor | range,
+def _positions(positions: int | Sequence[int] | torch.Tensor | range | Span,
                n_positions: int) -> torch.Tensor:
+    if isinstance(positions, Span):  # a segment: every position of it
+        positions = positions.positions
     if isinstance(positions, int):
         positions = [positions]
+    elif not isinstance(positions, (torch.Tensor, range, Sequence)):
+        raise InputError(f"lens positions must be an int, a list of ints, a range, a tensor or "
+                         f"a segment (e.g. x.segments.last), got {type(positions).__name__}")
     index = torch.as_tensor(list(positions) if isinstance(positions, range) else positions,
                             dtype=torch.long).flatten()
     index = torch.where(index < 0, index + n_positions, index)

@@ -797,3 +797,13 @@ def test_prune_summary_reads_rows_that_went_through_pandas():
         assert by_variant["full"]["seeds"] == 1 and by_variant["pathway"]["accuracy"] == 75.0
         assert by_variant["random"]["seeds"] == 2 and by_variant["random"]["accuracy"] == 50.0
         assert by_variant["random"]["accuracy_sd"] == pytest.approx(35.3553, abs=1e-3)
+
+
+def test_circuits_may_be_given_by_name(vlm, xs):
+    by_name = A.flow_sweep(vlm, xs[0], "cross-frame", k=K)
+    assert by_name == A.flow_sweep(vlm, xs[0], load_circuit("cross-frame"), k=K)
+    assert A.flow_sweeps(vlm, xs[:1], "cross-frame", k=K) == [by_name]
+    with pytest.raises(ValueError, match="takes a list of prepared samples"):
+        A.flow_sweeps(vlm, xs[0], ["cross-frame"], k=K)
+    with pytest.raises(ValueError, match="no-such-circuit"):
+        A.flow_sweep(vlm, xs[0], "no-such-circuit", k=K)

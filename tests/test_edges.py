@@ -288,3 +288,16 @@ def test_edge_accounting_on_the_papers_layouts(circuit, layout, n_layers, ranges
     assert (kept, total) == official_edge_count(seg, n_layers, *ranges)
     # the paper's Table 1 is a mean over TVBench samples; one sample's layout lands within 2 points
     assert abs(kept / total - paper) < 0.02, kept / total
+
+
+def test_src_and_dst_of_a_plain_edge_set_and_the_refusal_of_a_union(layout):
+    edges = Edges(src=layout.video, dst=[layout.last.start, 3, 3])
+    assert edges.src.tolist() == list(layout.video.positions)
+    assert edges.dst.tolist() == [3, layout.last.start]          # sorted, unique
+    edges.src[0] = 99                                              # a copy: the set is unchanged
+    assert edges.src[0] == layout.video.start
+    assert E.video_to_question(layout).dst.tolist() == list(layout.question_with_options.positions)
+    with pytest.raises(ValueError, match=r"no single src.*dense\(n_positions\)"):
+        E.cross_frame(layout).src
+    with pytest.raises(ValueError, match="no single dst"):
+        (E.video_to_last(layout) | E.question_to_last(layout)).dst

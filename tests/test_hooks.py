@@ -374,3 +374,14 @@ def test_random_baseline_draws_afresh_for_every_sample(layout):
     assert random_draw_seed(5) == 5   # no sample: the seed itself
     with pytest.raises(ValueError, match="random seed must be an int"):
         random_draw_seed("5", "s")
+
+
+def test_knockout_takes_one_layer_as_an_int(tiny_backbone, layout):
+    edges = E.video_to_last(layout)
+    assert [name for name, _ in knockout(edges, 2)] == ["blocks.2.attn.hook_attn_scores"]
+    assert [name for name, _ in knockout(edges, layers=2)] == \
+        [name for name, _ in knockout(edges, [2])]
+    with pytest.raises(ValueError, match="an int or a list of ints"):
+        knockout(edges, layers=2.5)
+    with pytest.raises(ValueError, match="layer 4 is outside"):
+        knockout(edges, 4, n_layers=4)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mapflow_tl.layers import attention_map_layers, default_window_size, window, window_rule
+from mapflow_tl.layers import (attention_map_layers, default_window_size, layer_range, window,
+                                window_rule)
 
 
 def official_window(n_layers: int) -> int:
@@ -47,3 +48,17 @@ def test_attention_map_layers_are_the_official_eleven_to_twenty():
     assert attention_map_layers(4) == [1, 2]
     with pytest.raises(ValueError, match="n_layers must be a positive int"):
         attention_map_layers(0)
+
+
+def test_layer_range_reads_the_papers_one_based_ranges_with_or_without_the_depth():
+    assert layer_range(6, 15) == range(5, 15)            # the paper's "L6–15", 0-based 5 … 14
+    assert layer_range(6, 15, 32) == range(5, 15)
+    assert layer_range(32, 32, 32) == range(31, 32)
+    with pytest.raises(ValueError, match="L30–33 .* 32-layer model"):
+        layer_range(30, 33, 32)
+    with pytest.raises(ValueError, match="layers count from 1"):
+        layer_range(0, 4)
+    with pytest.raises(ValueError, match="L5–4"):
+        layer_range(5, 4)
+    with pytest.raises(ValueError, match="first must be an int"):
+        layer_range(2.0, 4)

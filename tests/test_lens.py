@@ -155,3 +155,14 @@ def test_lens_bad_input(tiny_backbone):
         residual_stream(vlm, Sample(torch.cat([embeds, embeds])), [0])
     with pytest.raises(ValueError, match="k must lie in"):
         top_tokens(torch.zeros(3, 5), k=6)
+
+
+def test_lens_positions_may_be_a_segment(tiny_backbone, layout):
+    embeds = embeds_for(tiny_backbone, layout.n_positions)
+    x, vlm = Sample(embeds), Model(tiny_backbone)
+    by_span = logit_lens(vlm, x, layout.last)
+    assert torch.equal(by_span, logit_lens(vlm, x, [layout.last.start]))
+    frames = logit_lens(vlm, x, layout.frames[1])
+    assert torch.equal(frames, logit_lens(vlm, x, list(layout.frames[1].positions)))
+    with pytest.raises(ValueError, match=r"a segment \(e.g. x.segments.last\)"):
+        logit_lens(vlm, x, 3.5)
