@@ -122,16 +122,22 @@ def test_accumulated_and_decomposed_residual_match_hf(vlm, x, hf):
     assert (parts.sum(0) - cache["resid_post", n - 1]).abs().max() <= OWN
 
 
-def test_logit_attrs_sum_to_the_hf_logit_with_the_final_norm_weight(vlm, x, hf):
-    """Weights are unprocessed (the final RMSNorm weight is not folded into W_U), so per-component
-    logit attributions take the stack times ``ln_final.w``; they then sum to the logit."""
+def test_logit_attrs_and_a_hand_written_logit_lens_are_exact_on_unprocessed_weights(vlm, x, hf):
+    """The final norm's weight is not folded into W_U; the cache applies it where
+    TransformerLens assumes it folded, so a TransformerLens user's recipes give the true numbers:
+    per-component logit attributions sum to the HF model's logit, and the hand-written logit lens
+    ``accumulated_resid(apply_ln=True) @ W_U`` ends at the model's own logits."""
     logits, cache = vlm.run_with_cache(x)
     token = x.answer_token
-    stack = cache.decompose_resid()[:, :, -1] * vlm.backbone.ln_final.w.detach()
+    stack = cache.decompose_resid()[:, :, -1]
     attrs = cache.logit_attrs(stack, tokens=token, pos_slice=-1)
     assert attrs.shape == (1 + 2 * vlm.n_layers, 1)
     assert close(attrs.sum(0), hf["logits"][0, -1, token][None])
     assert (attrs.sum(0) - logits[0, -1, token]).abs().max() <= OWN
+    assert float(vlm.backbone.ln_final.w.detach().sub(1).abs().max()) > 0.05  # not vacuous
+    lens = cache.accumulated_resid(apply_ln=True, pos_slice=-1) @ vlm.backbone.W_U
+    assert lens.shape == (vlm.n_layers + 1, 1, vlm.cfg.d_vocab)
+    assert close(lens[-1], hf["logits"][:, -1])
 
 
 # ------------------------------------------------------------------------------------ gradients

@@ -428,7 +428,32 @@ def cache_from_embeds(
     with _grad_mode(grad), model.hooks(fwd_hooks=hooks + caching_hooks):
         output = _forward_from_embeds(model, embeds, return_type=return_type,
                                       stop_at_layer=stop_at_layer)
-    return output, ActivationCache(cache, model, has_batch_dim=not remove_batch_dim)
+    return output, BackboneCache(cache, model, has_batch_dim=not remove_batch_dim)
+
+
+class BackboneCache(ActivationCache):
+    """TransformerLens' ``ActivationCache``, exact on unprocessed weights.
+
+    mapflow-tl keeps the Hugging Face weights as they are (hooks see what HF computes), so the
+    final norm's weight is not folded into ``W_U`` as ``HookedTransformer.from_pretrained(...,
+    fold_ln=True)`` would fold it. TransformerLens' ``apply_ln_to_stack`` only divides by the
+    cached scale, assuming the weight was folded: ``logit_attrs`` then fell short of the logit
+    (10.39 for 12.47 on SynthTV) and ``accumulated_resid(apply_ln=True) @ W_U`` was not the
+    logit lens. Here the final norm's weight is applied after the scale, which is what folding
+    it would compute: attributions sum to the logit (less ``b_U``, which TransformerLens leaves
+    out too), and ``accumulated_resid(apply_ln=True)[-1] @ W_U`` is the model's own logits.
+    Intermediate layers' norms are left as TransformerLens applies them (their weights go into
+    ``W_Q/W_K/W_V`` or ``W_in`` only when folded; the cache's inputs to those are exact)."""
+
+    def apply_ln_to_stack(self, residual_stack, layer=None, mlp_input=False, pos_slice=None,
+                          batch_slice=None, has_batch_dim=True, recompute_ln=False):
+        scaled = super().apply_ln_to_stack(residual_stack, layer, mlp_input, pos_slice,
+                                           batch_slice, has_batch_dim, recompute_ln)
+        final = layer is None or layer == -1 or layer == self.model.cfg.n_layers
+        weight = getattr(getattr(self.model, "ln_final", None), "w", None)
+        if recompute_ln or not final or weight is None:
+            return scaled  # recompute_ln runs ln_final itself, weight included
+        return scaled * weight
 
 
 class RotaryPositions:
