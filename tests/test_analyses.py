@@ -487,26 +487,7 @@ def test_attention_to_frames_is_the_head_mean_of_hf_attentions(vlm, xs, tiny_hf_
     layers = [0, 1]  # the early-to-middle half of 4 layers
     for condition, masks in (("baseline", {}),
                              ("cross-frame knockout", {l: blocked for l in layers})):
-        captured = {}
-        handles = []
-        for index, layer in enumerate(tiny_hf_llama.model.layers):
-            mask = masks.get(index, additive_mask(n, None, heads))
-
-            def swap(module, args, kwargs, mask=mask):
-                kwargs["attention_mask"] = mask
-                return args, kwargs
-
-            def keep(module, args, output, index=index):
-                captured[index] = output[1]
-
-            handles.append(layer.register_forward_pre_hook(swap, with_kwargs=True))
-            handles.append(layer.self_attn.register_forward_hook(keep))
-        try:
-            with torch.no_grad():
-                tiny_hf_llama(inputs_embeds=x.embeds, output_attentions=True)
-        finally:
-            for handle in handles:
-                handle.remove()
+        captured = hf_attentions(tiny_hf_llama, x, masks)
         for (label, queries), layer in itertools.product(by_query.items(), range(vlm.n_layers)):
             expected = captured[layer][0][:, queries][:, :, video].mean(dim=(0, 1))
             got = [r["attention"] for r in rows if r["condition"] == condition
