@@ -7,7 +7,7 @@ composable TransformerLens hooks over an annotated map of the token sequence.
     vlm = mf.load_videollm("synthtv-video-ft")
     x = vlm.prepare(sample)                            # .embeds, .segments, .answer_ids
     seg = x.segments                                   # frames, question, options, last
-    cut = mf.cross_frame(seg) | mf.Edges(src=seg.video, dst=seg.question)
+    cut = mf.cross_frame(seg) | mf.video_to_question(seg)   # video keys -> question+options queries
     logits = vlm.run_with_hooks(x, fwd_hooks=mf.knockout(cut, layers=mf.window(10, n_layers=32)))
 
 Names are resolved on first use: ``import mapflow_tl`` loads neither torch-heavy TransformerLens

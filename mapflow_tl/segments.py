@@ -552,6 +552,21 @@ class SegmentMap:
         return cls.from_dict(json.loads(text))
 
     def __repr__(self) -> str:
+        """Every span, and every stretch of positions no span names (the instruction, the
+        assistant prefix, the role tags between segments), so that each position is accounted
+        for."""
         lines = [f"SegmentMap({self.n_positions} positions, {self.n_frames} frames)"]
-        lines += ["  " + span.describe() for span in self.spans()]
+        spans = self.spans()
+        covered, before = 0, None
+        for span in spans + [None]:
+            start = self.n_positions if span is None else span.start
+            if start > covered:
+                after = "the end" if span is None else span.name
+                where = f"before {after}" if before is None else f"between {before} and {after}"
+                lines.append(f"  {'(unnamed)':<22} [{covered:>6}, {start:>6})  "
+                             f"{start - covered:>6} positions  {where}")
+            if span is not None:
+                lines.append("  " + span.describe())
+                if span.stop > covered:
+                    covered, before = span.stop, span.name
         return "\n".join(lines)

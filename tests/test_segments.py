@@ -52,13 +52,20 @@ def test_separators_are_not_frame_tokens():
     assert all(7 not in frame for frame in seg.frames)
 
 
-def test_repr_one_line_per_segment():
+def test_repr_one_line_per_segment_and_per_unnamed_stretch():
     text = repr(make())
     lines = text.splitlines()
     assert lines[0].startswith("SegmentMap(30 positions, 2 frames)")
-    assert len(lines) == 1 + len(make().spans())
+    unnamed = [line.split() for line in lines if "(unnamed)" in line]
+    # what no span names is printed too, so every position is accounted for: the role tag
+    # between the video and the question, the instruction and assistant prefix before the last
+    assert [u[1:4] for u in unnamed] == [["[", "12,", "13)"], ["[", "26,", "29)"]]
+    assert "between video and question_with_options" in text
+    assert "between question_with_options and last" in text
+    assert len(lines) == 1 + len(make().spans()) + 2
     assert any("grid 2×2" in line for line in lines)
     assert any("(B) 'right'  (true)" in line for line in lines)
+    assert "[    26,     29)" not in repr(make(n_positions=27))  # options run into the last
 
 
 def test_json_round_trip():
