@@ -56,12 +56,17 @@ _LAYER_AXIS = "layer (0-based)"
 # the option curves share a figure with the pathway curves (failure diagnosis): dark shades
 # that no pathway uses
 _TRUE_COLOR, _FALSE_COLOR = "#00441b", "#67000d"
-# colour scales of the frame views: transparent at 0 so the frame shows through where the
-# value is low (plotly.js' named scales differ from plotly.py's, so they are spelled out)
-_LENS_SCALE = [[0, "rgba(8,48,107,0)"], [1, "rgba(8,48,107,0.6)"]]
-_ATTENTION_SCALE = [[0, "rgba(255,255,178,0)"], [0.25, "rgba(254,204,92,0.5)"],
-                    [0.5, "rgba(253,141,60,0.65)"], [0.75, "rgba(240,59,32,0.8)"],
-                    [1, "rgba(189,0,38,0.92)"]]
+# colour scales of the frame views: opaque, so a cell's colour is the colour bar's colour for
+# its value (a translucent scale blended with the frame's pixels showed near-zero attention in
+# the frame's own colours); the frame itself is drawn beside the cells, in its own row.
+# plotly.js' named scales differ from plotly.py's, so they are spelled out (Blues, YlOrRd).
+_LENS_SCALE = [[0, "#f7fbff"], [0.25, "#c6dbef"], [0.5, "#6baed6"], [0.75, "#2171b5"],
+               [1, "#08306b"]]
+_ATTENTION_SCALE = [[0, "#ffffb2"], [0.25, "#fecc5c"], [0.5, "#fd8d3c"], [0.75, "#f03b20"],
+                    [1, "#bd0026"]]
+#: Below this many samples a curve gets no bootstrap band (a percentile interval of 2–4 samples
+#: is mostly the samples themselves); its panel carries a warning instead.
+MIN_BAND_SAMPLES = 5
 _BOOTSTRAP_RESAMPLES = 2000
 _BOOTSTRAP_SEED = 0
 _MAX_FRAMES = 8        # frame columns in a frame-grounded figure (evenly spaced beyond that)
@@ -539,9 +544,16 @@ class _FrameGrid:
 class _FrameFigure:
     """A grid of frame cells (rows × frames) built as plain plotly.js JSON: the plotly Python
     objects validate every property on every update, which took tens of seconds for a few
-    hundred heatmaps; the frame views need none of it."""
+    hundred heatmaps; the frame views need none of it.
+
+    When the run saved thumbnails, the first row shows each frame itself and the heatmap rows
+    below it are opaque (their colours are the colour bar's); ``draw``'s ``row`` counts the
+    heatmap rows only."""
 
     def __init__(self, n_rows: int, frame_ids: Sequence[int], grids: dict, row_titles):
+        self.frame_row = int(any(g.image for g in grids.values()))
+        row_titles = ["video frame"] * self.frame_row + list(row_titles)
+        n_rows += self.frame_row
         self.n_rows, self.n_cols = n_rows, len(frame_ids)
         cell_width = 1080 / self.n_cols
         aspect = max(g.aspect for g in grids.values())
@@ -564,6 +576,14 @@ class _FrameFigure:
             height=self.height, margin=dict(t=50, l=40, r=110, b=60), font=_FONT,
             plot_bgcolor="white", paper_bgcolor="white", annotations=annotations, images=[],
             showlegend=False, hovermode="closest")
+        for j, t in enumerate(frame_ids):
+            grid = grids[t]
+            if grid.image:
+                suffix = self._axes(grid, 0, j)
+                self.layout["images"].append(dict(
+                    source=grid.image, xref=f"x{suffix}", yref=f"y{suffix}", x=-0.5, y=-0.5,
+                    sizex=grid.width, sizey=grid.height, sizing="stretch", layer="below",
+                    xanchor="left", yanchor="top"))
 
     def _x(self, col: int) -> float:
         return col * (self.width_share + self.h_space)
@@ -573,27 +593,27 @@ class _FrameFigure:
 
     def draw(self, grid: "_FrameGrid", z, text, hover, *, row: int, col: int, coloraxis: str,
              opacity: float, visible: bool = True, show_text: bool = True) -> None:
-        """One frame cell (0-based row, col): the thumbnail (if any) under the token grid's
-        heatmap, on axes with integer row / column ticks and the frame's aspect ratio.
-        ``hover``: a text per cell, or one plotly.js hover template for all cells (smaller)."""
-        number = row * self.n_cols + col + 1
-        suffix = "" if number == 1 else str(number)
+        """One frame cell (0-based heatmap row, col): the token grid's opaque heatmap, on axes
+        with integer row / column ticks and the frame's aspect ratio (the frame itself is in
+        the top row). ``hover``: a text per cell, or one plotly.js hover template for all
+        cells (smaller)."""
+        suffix = self._axes(grid, row + self.frame_row, col)
         hovering = (dict(hovertemplate=hover) if isinstance(hover, str)
                     else dict(hovertext=hover, hoverinfo="text"))
         trace = dict(type="heatmap", z=z, **hovering, coloraxis=coloraxis, opacity=opacity,
-                     xgap=0 if grid.image else 0.5, ygap=0 if grid.image else 0.5,
-                     xaxis=f"x{suffix}", yaxis=f"y{suffix}", visible=visible)
+                     xgap=0.5, ygap=0.5, xaxis=f"x{suffix}", yaxis=f"y{suffix}",
+                     visible=visible)
         if show_text and text is not None:
-            trace.update(text=text, texttemplate="%{text}",
-                         textfont=dict(size=9, color="white", shadow="0px 0px 2px black"))
+            # no text colour: plotly.js picks black or white by contrast with each cell
+            trace.update(text=text, texttemplate="%{text}", textfont=dict(size=9))
         self.data.append(trace)
-        if grid.image and visible:
-            self.layout["images"].append(dict(
-                source=grid.image, xref=f"x{suffix}", yref=f"y{suffix}", x=-0.5, y=-0.5,
-                sizex=grid.width, sizey=grid.height, sizing="stretch", layer="below",
-                xanchor="left", yanchor="top"))
+
+    def _axes(self, grid: "_FrameGrid", row: int, col: int) -> str:
+        """The axis suffix of the cell at (row, col) of the whole figure, its axes made once."""
+        number = row * self.n_cols + col + 1
+        suffix = "" if number == 1 else str(number)
         if f"xaxis{suffix}" in self.layout:
-            return
+            return suffix
         step_x = max(1, math.ceil(grid.width / 4))
         step_y = max(1, math.ceil(grid.height / 4))
         axis = dict(tickmode="array", tickfont=dict(size=8), showgrid=False, zeroline=False,
@@ -606,6 +626,7 @@ class _FrameFigure:
             anchor=f"x{suffix}", range=[grid.height - 0.5, -0.5],
             tickvals=list(range(0, grid.height, step_y)), scaleanchor=f"x{suffix}",
             scaleratio=grid.aspect * grid.width / grid.height)
+        return suffix
 
     def html(self, div_id: str) -> str:
         data = json.dumps(self.data, separators=(",", ":"))
@@ -676,8 +697,9 @@ def _lens_sections(rows, frames_table, config):
         sections.append((
             figure_id, f"Logit lens over the frames{_sample_label(sample, task)}",
             f"Each video token's most probable vocabulary token under the logit lens (text; "
-            f"colour: its probability), drawn on the token's cell of its frame's own grid over "
-            f"the frame itself; rows are layers {', '.join(map(str, layers))} "
+            f"colour: its probability on the colour bar's scale), drawn on the token's cell of "
+            f"its frame's own grid, the frame itself in the top row; heatmap rows are layers "
+            f"{', '.join(map(str, layers))} "
             f"(evenly spaced from the first to the last), columns frames "
             f"{', '.join(map(str, frame_ids))}. Hover a cell for its top-3 tokens."
             + (" Grids larger than 12 tokens a side show the tokens on hover only." if big
@@ -734,7 +756,6 @@ def _attention_sections(rows, frames_table, config):
                           for r in cells.get((c, t, layer), [])]
                 maxima.append(max(values, default=1.0))
                 minima.append(min(values, default=0.0) if official else 0)
-            # images were added once per cell (the visible layer's pass); keep one copy each
             steps = [dict(method="update", label=str(layer),
                           args=[{"visible": [v == layer for v in visibility]},
                                 {"coloraxis.cmax": maxima[k], "coloraxis.cmin": minima[k]}])
@@ -760,10 +781,11 @@ def _attention_sections(rows, frames_table, config):
                            f"{query or default_query}",
                 (f"log10(5e-5 + attention) from the query token ({query_text}; mean over "
                  f"heads), as the official figure draws it, to each video token, on the "
-                 f"token's cell over its frame; layers {layers[0]}–{layers[-1]} (the official "
+                 f"token's cell of its frame's grid (the frame itself in the top row); layers {layers[0]}–{layers[-1]} (the official "
                  f"11–20 of 32, scaled). Rows: " if official else
                  f"Attention weight from the query ({query_text}; mean over heads and query "
-                 f"positions) to each video token, on the token's cell over its frame. Rows: ")
+                 f"positions) to each video token, on the token's cell of its frame's grid (the frame "
+                 f"itself in the top row). Rows: ")
                 + f"{' vs '.join(html.escape(c) for c in conditions)}"
                 + ((" (cross-frame edges blocked in every layer)" if official else
                     " (cross-frame edges blocked in the early-to-middle layers)") if knockout

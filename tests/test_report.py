@@ -324,7 +324,12 @@ def test_frame_views_put_each_token_on_its_frames_grid(report):
     # the compressed frame's two tokens sit at their kept (h, w): (1, 2) then (0, 1)
     assert compressed["text"][1][2] == f"p{kept[0]}" and compressed["text"][0][1] == f"p{kept[1]}"
     assert compressed["z"][0][0] is None
-    assert len(lens["layout"]["images"]) == 12 and lens["layout"]["coloraxis"]["colorbar"]
+    # each frame drawn once, in its own top row, beside (not under) the opaque cells
+    assert len(lens["layout"]["images"]) == 3 and lens["layout"]["coloraxis"]["colorbar"]
+    assert {i["yref"] for i in lens["layout"]["images"]} == {"y", "y2", "y3"}
+    assert {h["yaxis"] for h in heatmaps}.isdisjoint({"y", "y2", "y3"})
+    for stop in lens["layout"]["coloraxis"]["colorscale"]:
+        assert re.fullmatch(r"#[0-9a-f]{6}", stop[1]), stop  # opaque: no rgba alpha
     attention = _figure(page, "attention-maps")
     assert "attention" in attention["layout"]["coloraxis"]["colorbar"]["title"]["text"]
     slider = attention["layout"]["sliders"][0]
@@ -635,7 +640,7 @@ def test_report_of_the_real_analyses_on_a_tiny_model(tiny_backbone, layout, tmp_
         values = [r["change_pred"] for r in chosen if r["layer"] == layer]
         assert curve["y"][layer] == pytest.approx(sum(values) / len(values))
     lens = _figure(page, "lens-overlay")
-    assert len(lens["layout"]["images"]) == len(layout.frames) * min(4, vlm.n_layers)
+    assert len(lens["layout"]["images"]) == len(layout.frames)
 
 
 def test_a_run_with_no_selected_sample_still_gets_a_report(tmp_path):
