@@ -67,6 +67,9 @@ _ATTENTION_SCALE = [[0, "#ffffb2"], [0.25, "#fecc5c"], [0.5, "#fd8d3c"], [0.75, 
 #: Below this many samples a curve gets no bootstrap band (a percentile interval of 2–4 samples
 #: is mostly the samples themselves); its panel carries a warning instead.
 MIN_BAND_SAMPLES = 5
+_BAND_NOTE = (f"95 % bootstrap interval over samples, drawn once where curves coincide (hover "
+              f"a layer for every curve's value) and not drawn where a panel has fewer than "
+              f"{MIN_BAND_SAMPLES} samples (⚠)")
 _BOOTSTRAP_RESAMPLES = 2000
 _BOOTSTRAP_SEED = 0
 _MAX_FRAMES = 8        # frame columns in a frame-grounded figure (evenly spaced beyond that)
@@ -149,17 +152,55 @@ def _matrix(rows: list[dict], value, xs: Sequence[int]) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _add_curve(figure, xs, values, *, name, color, row, col, showlegend, hover_unit=""):
-    """One curve: the mean over samples (line) and its 95 % bootstrap band (filled)."""
+def _own_band_runs(centre, low, high, drawn) -> list[tuple[int, int]]:
+    """Index runs ``[start, stop)`` where a curve's band is its own: at a point where an earlier
+    curve of the panel has the same mean and interval (pathways that leave the answer as it
+    was all sit on the no-knockout value with one interval), stacking a second translucent band
+    only darkens the first into an opaque block, so it is drawn once."""
+    own = np.ones(len(centre), dtype=bool)
+    for other in drawn:
+        same = np.ones(len(centre), dtype=bool)
+        for mine, theirs in zip((centre, low, high), other):
+            same &= np.isclose(mine, theirs, rtol=0, atol=1e-9) | (np.isnan(mine)
+                                                                   & np.isnan(theirs))
+        own &= ~same
+    own &= ~np.isnan(centre)
+    runs, start = [], None
+    for i, flag in enumerate(list(own) + [False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def _add_curve(figure, xs, values, *, name, color, row, col, showlegend, hover_unit="",
+               drawn=None):
+    """One curve: the mean over samples (line) and its 95 % bootstrap band (filled) where the
+    band is not already drawn by an earlier curve of the panel (``drawn``: their
+    ``(centre, low, high)``, appended to); no band below :data:`MIN_BAND_SAMPLES` samples."""
     centre, low, high = bootstrap_band(values)
     n = values.shape[0]
     keep = ~np.isnan(centre)
     xs_kept = [x for x, k in zip(xs, keep) if k]
-    figure.add_trace(go.Scatter(
-        x=xs_kept + xs_kept[::-1], y=list(high[keep]) + list(low[keep])[::-1],
-        fill="toself", fillcolor=_rgba(color, 0.15), line=dict(width=0), mode="lines",
-        hoverinfo="skip", showlegend=False, legendgroup=name, name=f"{name} 95% CI"),
-        row=row, col=col)
+    runs = (_own_band_runs(centre, low, high, drawn if drawn is not None else [])
+            if n >= MIN_BAND_SAMPLES else [])
+    if drawn is not None:
+        drawn.append((centre, low, high))
+    if runs:
+        band_x: list = []
+        band_y: list = []
+        for start, stop in runs:
+            # reach the neighbouring points so a one-layer run is not a zero-width sliver
+            span = [i for i in range(max(0, start - 1), min(len(xs), stop + 1)) if keep[i]]
+            band_x += [xs[i] for i in span] + [xs[i] for i in span[::-1]] + [None]
+            band_y += [high[i] for i in span] + [low[i] for i in span[::-1]] + [None]
+        figure.add_trace(go.Scatter(
+            x=band_x[:-1], y=[float(v) if v is not None else None for v in band_y[:-1]],
+            fill="toself", fillcolor=_rgba(color, 0.15), line=dict(width=0), mode="lines",
+            hoverinfo="skip", showlegend=False, legendgroup=name, name=f"{name} 95% CI"),
+            row=row, col=col)
     figure.add_trace(go.Scatter(
         x=xs_kept, y=list(centre[keep]), name=name, legendgroup=name, showlegend=showlegend,
         mode="lines+markers", marker=dict(size=5), line=dict(color=color, width=2),
@@ -185,7 +226,11 @@ def _panels(rows: list[dict]) -> list[tuple[str, list[dict]]]:
 
 
 def _n_label(rows: list[dict]) -> str:
-    return f"n = {len({r['sample'] for r in rows})}"
+    """``n = …`` samples, with a warning where there are too few for a bootstrap band."""
+    n = len({r['sample'] for r in rows})
+    if n < MIN_BAND_SAMPLES:
+        return f"n = {n} ⚠ too few samples for an interval (< {MIN_BAND_SAMPLES})"
+    return f"n = {n}"
 
 
 def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
@@ -208,12 +253,14 @@ def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
     xs = sorted({r["layer"] for r in rows})
     for i, (task, task_rows) in enumerate(panels):
         row, col = divmod(i, n_cols)
+        drawn: list = []
         for name, color, keep in curves:
             chosen = [r for r in task_rows if keep(r)]
             if not chosen:
                 continue
             _add_curve(figure, xs, _matrix(chosen, value, xs), name=name, color=color,
-                       row=row + 1, col=col + 1, showlegend=i == 0, hover_unit=hover_unit)
+                       row=row + 1, col=col + 1, showlegend=i == 0, hover_unit=hover_unit,
+                       drawn=drawn)
         if lines[i] is not None:
             figure.add_hline(y=lines[i][0], line_dash="dash", line_color="#444", line_width=1,
                              row=row + 1, col=col + 1)
@@ -222,7 +269,8 @@ def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
     figure.update_xaxes(title_text=_LAYER_AXIS, row=n_rows)
     # a reference line's label makes the first row's titles two lines high: lift the legend
     two_line = any(line is not None for line in lines[:n_cols])
-    figure.update_layout(height=height_per_row * n_rows + 80,
+    # curves that coincide hide each other's line: one hover lists every curve at a layer
+    figure.update_layout(height=height_per_row * n_rows + 80, hovermode="x unified",
                          legend=dict(orientation="h", yanchor="bottom",
                                      y=1.0 + (0.12 + 0.1 * two_line) / n_rows,
                                      x=0, xanchor="left"),
@@ -240,6 +288,133 @@ def _curve_legend_names(rows) -> list[str]:
     names = {r["curve"] for r in rows}
     return sorted(names, key=lambda c: (PATHWAY_ORDER.index(c) if c in PATHWAY_ORDER
                                         else len(PATHWAY_ORDER), c))
+
+
+# ------------------------------------------------------------------------- against the paper
+# What the paper finds, each compared with the run's own numbers in the figure's caption. The
+# layer ranges are the paper's effective pathways for LLaVA-NeXT-7B (DESIGN Finding 4; 0-based
+# of 32 layers), scaled to the run's depth; nothing here is specific to a dataset or model.
+_PAPER_LAYERS = 32
+_PAPER_FLOW = {
+    "cross-frame": (5, 14, "early-to-middle"),
+    "video → question": (5, 19, "early-to-middle"),
+    "question → last": (15, 24, "middle-to-late"),
+}
+# pathways the paper's effective circuit blocks in every layer: blocking them costs little
+_PAPER_WEAK = ("video → last", "last → last")
+_WEAK_CHANGE = 20.0     # % change of p(predicted) that still counts as "little"
+_PAPER_RISE_DEPTH = (0.4, 0.85)  # p(true) rises after ~layer 20 of 32 (~60 % depth)
+
+
+def _scaled(layer: int, n_layers: int) -> int:
+    return round(layer * (n_layers - 1) / (_PAPER_LAYERS - 1))
+
+
+def _versus_paper(agrees: list[str], departs: list[str]) -> str:
+    """The caption's sentence on where this run agrees with the paper and where it departs."""
+    parts = []
+    if departs:
+        parts.append("<b>Departs from the paper:</b> " + "; ".join(departs) + ".")
+    if agrees:
+        parts.append("<b>As in the paper:</b> " + "; ".join(agrees) + ".")
+    return (" " + " ".join(parts)) if parts else ""
+
+
+def _flow_versus_paper(rows) -> str:
+    """Per pathway the paper names: where its mean drop over all samples is strongest, vs the
+    layers where the paper finds it effective; video → last and last → last should cost
+    little."""
+    n_layers = max(r["layer"] for r in rows) + 1
+    agrees, departs = [], []
+    for curve in _curve_legend_names(rows):
+        chosen = [r for r in rows if r["curve"] == curve]
+        means = {layer: mean(float(r["change_pred"]) for r in group)
+                 for layer, group in _by(chosen, "layer").items()
+                 if all(r.get("change_pred") is not None for r in group)}
+        if not means:
+            continue
+        worst = min(means, key=means.get)
+        drop = means[worst]
+        if curve in _PAPER_FLOW:
+            first, last, where = _PAPER_FLOW[curve]
+            low, high = _scaled(first, n_layers), _scaled(last, n_layers)
+            paper = (f"the paper finds it in the {where} layers ({first + 1}–{last + 1} of "
+                     f"{_PAPER_LAYERS}, here {low}–{high})")
+            if drop > -_WEAK_CHANGE / 4:
+                departs.append(f"blocking {curve} hardly changes p (at most {drop:.0f} %), "
+                               f"where {paper}")
+            elif low - 1 <= worst <= high + 1:
+                agrees.append(f"{curve} matters most at layer {worst} ({drop:.0f} %), {paper}")
+            else:
+                departs.append(f"{curve} matters most at layer {worst} ({drop:.0f} %), outside "
+                               f"the range where {paper}")
+        elif curve in _PAPER_WEAK:
+            if drop > -_WEAK_CHANGE:
+                agrees.append(f"blocking {curve} costs little (at most {drop:.0f} %)")
+            else:
+                departs.append(f"blocking {curve} costs {drop:.0f} % at layer {worst}; the "
+                               f"paper's effective pathways block it in every layer")
+    return _versus_paper(agrees, departs)
+
+
+def _probability_versus_paper(rows) -> str:
+    """Where the mean p(true option) first covers half its rise from the first to the last
+    layer, as a share of the depth, vs the paper's sharp rise after about layer 20 of 32."""
+    layers = sorted({r["layer"] for r in rows})
+    true = [mean(r["probability"] for r in rows if r["layer"] == l and r["is_true"])
+            for l in layers]
+    false = [mean([r["probability"] for r in rows if r["layer"] == l and not r["is_true"]]
+                  or [0.0]) for l in layers]
+    finding = "p(true) rises sharply after about layer 20 of 32 (~60 % depth)"
+    paper = f"the paper: {finding}"
+    if len(layers) < 2 or true[-1] - true[0] < 0.05:
+        return _versus_paper([], [f"p(true) does not rise over the layers ({true[0]:.2f} → "
+                                  f"{true[-1]:.2f}); {paper}"])
+    half = true[0] + (true[-1] - true[0]) / 2
+    rise = next(i for i, p in enumerate(true) if p >= half)
+    depth = rise / (len(layers) - 1)
+    where = (f"only at the last layer ({layers[rise]}, the model's output)"
+             if rise == len(layers) - 1 else f"at layer {layers[rise]} ({100 * depth:.0f} % depth)")
+    text = f"p(true) reaches half its rise {where}"
+    over = next((layers[i] for i, (t, f) in enumerate(zip(true, false)) if t > f + 0.05), None)
+    text += ("; it never clearly exceeds the false options' p" if over is None else
+             f", first clearly above the false options' at layer {over}")
+    low, high = _PAPER_RISE_DEPTH
+    if low <= depth <= high:
+        return _versus_paper([f"{text}; {paper}"], [])
+    return _versus_paper([], [f"{text}, {'later' if depth > high else 'earlier'} than in the "
+                              f"paper, where {finding}"])
+
+
+def _keywords_versus_paper(layers, shares) -> str:
+    """Temporal keywords should emerge in the middle layers (more than in the early ones) and
+    spatial ones early (before the temporal ones), as the paper's Finding 2 reads."""
+    n = len(layers)
+    if n < 3:
+        return ""
+    early = [i for i in range(n) if i / (n - 1) < 1 / 3]
+    middle = [i for i in range(n) if 1 / 3 <= i / (n - 1) <= 2 / 3]
+    share = {kind: (mean(values[i] for i in early), mean(values[i] for i in middle))
+             for kind, values in shares.items()}
+    agrees, departs = [], []
+    span = (f"layers {layers[early[0]]}–{layers[early[-1]]} vs "
+            f"{layers[middle[0]]}–{layers[middle[-1]]}")
+    t_early, t_middle = share["temporal"]
+    text = f"temporal keywords {t_early:.0f} % of video tokens early, {t_middle:.0f} % in the middle ({span})"
+    if t_middle > t_early:
+        agrees.append(f"{text}: they emerge in the middle layers")
+    else:
+        departs.append(f"{text}: they {'fall' if t_middle < t_early else 'stay flat'} with "
+                       f"depth, where the paper finds temporal concepts emerging in the middle "
+                       f"layers")
+    s_early, _ = share["spatial"]
+    text = f"spatial keywords {s_early:.0f} % early"
+    if s_early > 0 and s_early >= t_early:
+        agrees.append(f"{text}: spatial concepts appear early")
+    else:
+        departs.append(f"{text}, below the temporal ones; the paper finds spatial concepts "
+                       f"early")
+    return _versus_paper(agrees, departs)
 
 
 def _main_flow_rows(flow):
@@ -269,8 +444,8 @@ def _flow_sections(flow, samples, config):
                      f"Each curve blocks one pathway's attention edges in {window}; the value is "
                      f"(p<sub>knockout</sub> − p<sub>base</sub>) / p<sub>base</sub> × 100 for the "
                      f"token the model predicts without knockout. Line: mean over samples; "
-                     f"band: 95 % bootstrap interval over samples; n: samples per panel. "
-                     f"Samples: {chosen}.", change))
+                     f"band: {_BAND_NOTE}; n: samples per panel. "
+                     f"Samples: {chosen}." + _flow_versus_paper(rows), change))
     graded = [r for r in rows if r.get("correct") is not None]
     if graded:
         base_by_task = _base_accuracy(samples, flow)
@@ -297,7 +472,7 @@ def _flow_sections(flow, samples, config):
                        f"Samples: {chosen}")
         sections.append((
             "flow-accuracy", "Accuracy under knockout",
-            caption + " (mean and 95 % bootstrap interval over samples; n per panel). Dashed: "
+            caption + f" (mean and {_BAND_NOTE}; n per panel). Dashed: "
             "the model's accuracy without knockout over all samples it was evaluated on, the "
             "reference the drops compare to.", accuracy))
     return sections
@@ -354,7 +529,8 @@ def _probability_section(rows):
     return ("probability-trace", "Answer probability per layer (logit lens)",
             "Probability of the true option's letter and of the false options' letters (mean over "
             "the false options of a sample) at the last position, read with the logit lens after "
-            "each layer; mean over samples with 95 % bootstrap bands; n per panel.", figure)
+            f"each layer; mean over samples, band: {_BAND_NOTE}; n per panel."
+            + _probability_versus_paper(rows), figure)
 
 
 def _keyword_section(rows):
@@ -362,10 +538,12 @@ def _keyword_section(rows):
     layers = _by(rows, "layer")
     xs = sorted(layers)
     positions = [sum(r["positions"] for r in layers[x]) for x in xs]
+    shares = {}
     for kind, color in (("spatial", "#1f77b4"), ("temporal", "#ff7f0e")):
         counts = [sum(r[kind] for r in layers[x]) for x in xs]
+        shares[kind] = [100 * c / max(1, p) for c, p in zip(counts, positions)]
         figure.add_trace(go.Scatter(
-            x=xs, y=[100 * c / max(1, p) for c, p in zip(counts, positions)],
+            x=xs, y=shares[kind],
             customdata=np.stack([counts, positions], axis=-1), name=f"{kind} keywords",
             mode="lines+markers", line=dict(color=color),
             hovertemplate=f"{kind}: %{{customdata[0]}} of %{{customdata[1]}} video tokens "
@@ -377,8 +555,8 @@ def _keyword_section(rows):
     return ("keyword-frequency", "Spatial vs temporal concepts in video tokens",
             f"Share of video tokens whose top-1 logit-lens token is a spatial or a temporal "
             f"keyword, "
-            f"per layer, over the {n} video tokens read per layer (all lens samples together).",
-            figure)
+            f"per layer, over the {n} video tokens read per layer (all lens samples together)."
+            + _keywords_versus_paper(xs, shares), figure)
 
 
 def _finding_one_section(rows, config):
@@ -404,7 +582,7 @@ def _finding_one_section(rows, config):
                           and (column == "all tasks" or r["task"] == column)
                           and r.get("correct") is not None]
                 n = len({r["sample"] for r in chosen})
-                labels.append(f"{column}<br>n = {n}")
+                labels.append(f"{column}<br>n = {n}" + (" ⚠" if n < MIN_BAND_SAMPLES else ""))
                 if not chosen:
                     ys.append(None), lows.append(0), highs.append(0)
                     continue
@@ -412,6 +590,9 @@ def _finding_one_section(rows, config):
                                  lambda r: 100.0 * bool(r["correct"]), [0])
                 centre, low, high = bootstrap_band(values)
                 ys.append(float(centre[0]))
+                if n < MIN_BAND_SAMPLES:  # too few samples for an interval: none drawn
+                    lows.append(0), highs.append(0)
+                    continue
                 lows.append(float(centre[0] - low[0]))
                 highs.append(float(high[0] - centre[0]))
             color = colors.get(condition, "#1f77b4" if i == 0 else "#ff7f0e")
@@ -425,15 +606,45 @@ def _finding_one_section(rows, config):
                 hovertemplate=f"{html.escape(model)}, {html.escape(name)}<br>%{{x}}: "
                               f"%{{y:.1f}} %<extra></extra>"), row=1, col=i + 1)
     figure.update_yaxes(title_text="accuracy (%)", range=[0, 105], col=1)
+    versus = _finding_one_versus_paper(rows, models, image_model)
     figure.update_layout(barmode="group", height=440, margin=dict(t=50, b=90),
                          legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
     layers = ", ".join(_layer_span(l) for l in knockout_layers) or "the run's layers"
     return ("finding-1", "Finding 1: cross-frame knockout, video-fine-tuned vs image-only model",
             f"Accuracy per task without knockout and with every frame's tokens blocked from "
             f"attending to earlier frames in layers {layers} (the early-to-middle half). "
-            f"Error bars: 95 % bootstrap interval over samples; n: samples per task. A model that "
+            f"Error bars: 95 % bootstrap interval over samples (none where fewer than "
+            f"{MIN_BAND_SAMPLES} samples, marked ⚠); n: samples per task. A model that "
             f"needs cross-frame interaction for a task loses accuracy there; a model that reads "
-            f"each frame alone does not.", figure)
+            f"each frame alone does not." + versus, figure)
+
+
+def _finding_one_versus_paper(rows, models, image_model) -> str:
+    """The accuracy each model loses under cross-frame knockout over all samples, vs the
+    paper's large loss for the video-fine-tuned model and none for the image-only one."""
+    def accuracy(model, knocked_out):
+        chosen = [bool(r["correct"]) for r in rows if r["model"] == model
+                  and (r["condition"] != "base") == knocked_out and r.get("correct") is not None]
+        return 100 * mean(chosen) if chosen else None
+
+    drops = {}
+    for model in models:
+        base, knocked = accuracy(model, False), accuracy(model, True)
+        if base is not None and knocked is not None:
+            drops[model] = base - knocked
+    video = [m for m in drops if m != image_model]
+    if not video:
+        return ""
+    video_drop = drops[video[0]]
+    paper = ("the paper: the video-fine-tuned model loses 18–61 points per task, the image-only "
+             "one hardly any")
+    text = f"{video[0]} loses {video_drop:.1f} points over all tasks"
+    if image_model in drops:
+        text += f", {image_model} {drops[image_model]:.1f}"
+        ok = video_drop >= 5 and video_drop - drops[image_model] >= 5
+    else:
+        ok = video_drop >= 5
+    return _versus_paper([f"{text}; {paper}"], []) if ok else _versus_paper([], [f"{text}; {paper}"])
 
 
 def _layer_span(layers: Sequence[int]) -> str:
@@ -486,11 +697,12 @@ def _failure_section(flow, prob, samples):
         xs = sorted({r["layer"] for r in rows})
         for j, (_, want) in enumerate(groups):
             chosen_rows = [r for r in rows if verdict.get(r["sample"]) is want]
+            drawn: list = []
             for name, color, keep in curves:
                 chosen = [r for r in chosen_rows if keep(r)]
                 if chosen:
                     _add_curve(figure, xs, _matrix(chosen, value, xs), name=name, color=color,
-                               row=i + 1, col=j + 1, showlegend=j == 0)
+                               row=i + 1, col=j + 1, showlegend=j == 0, drawn=drawn)
         figure.update_yaxes(title_text=y_title, row=i + 1, col=1)
         figure.update_yaxes(matches=f"y{2 * i + 1}" if i else "y", row=i + 1, col=2)
         _integer_layer_axes(figure, xs)
@@ -500,8 +712,8 @@ def _failure_section(flow, prob, samples):
     return ("failure-diagnosis", "Failure diagnosis: correct vs wrong samples",
             "The same curves for samples the model answers correctly (left) and wrongly (right) "
             "without knockout, side by side on one scale: where the flow or the answer's "
-            "emergence differs is where the wrong answers go astray. Mean and 95 % bootstrap "
-            "bands over samples; n per panel. " + " ".join(notes), figure)
+            "emergence differs is where the wrong answers go astray. Mean over samples, band: "
+            f"{_BAND_NOTE}; n per panel. " + " ".join(notes), figure)
 
 
 # --------------------------------------------------------------------- frame-grounded views
