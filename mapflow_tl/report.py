@@ -15,7 +15,12 @@ Figures, each present when its table is (ids in :data:`FIGURE_IDS`):
 - ``lens-overlay`` and ``attention-maps``: the logit lens' top token and the attention from the
   query tokens drawn over the video's frames (thumbnails from the ``frames`` table) with each
   frame's own token grid, baseline vs cross-frame knockout;
-- ``pathway-table`` (Finding 4): effective pathways vs random pruning.
+- ``pruning`` and ``pathway-table`` (Finding 4): accuracy vs retained edges (each random seed a
+  point) and the per-task table, effective pathways vs random pruning.
+
+Each finding's caption compares the run's own numbers with the paper's finding and says where
+they depart; panels with fewer than :data:`MIN_BAND_SAMPLES` samples carry a warning instead of
+a band.
 
 Layers are numbered from 0 (``layer`` 0 is the first decoder block), as in every table; the
 paper counts from 1. A pathway keeps its colour in every figure.
@@ -48,7 +53,7 @@ _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#
             "#17becf", "#bcbd22", "#7f7f7f"]
 FIGURE_IDS = ("flow-change", "flow-accuracy", "finding-1", "failure-diagnosis",
               "probability-trace", "keyword-frequency", "lens-overlay", "attention-maps",
-              "pathway-table")
+              "pruning", "pathway-table")
 #: How the report numbers layers, stated in its header and on every layer axis.
 LAYER_NUMBERING = ("Layers are numbered from 0: layer ℓ is decoder block ℓ (0 = the first), "
                    "as in the tables; the paper's figures count from 1 (paper layer = ℓ + 1).")
@@ -474,7 +479,7 @@ def _flow_sections(flow, samples, config):
             "flow-accuracy", "Accuracy under knockout",
             caption + f" (mean and {_BAND_NOTE}; n per panel). Dashed: "
             "the model's accuracy without knockout over all samples it was evaluated on, the "
-            "reference the drops compare to.", accuracy))
+            "reference the drops compare to." + _flow_versus_paper(rows), accuracy))
     return sections
 
 
@@ -1025,6 +1030,70 @@ def pathway_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def _seed_of(row) -> Any:
+    seed = row.get("seed")
+    return None if isinstance(seed, float) and math.isnan(seed) else seed
+
+
+def _prune_section(rows):
+    """Accuracy vs retained edges over all tasks: the full model, the effective pathways and
+    each random seed as its own point (so one seed shows as one point, not as a spread)."""
+    figure = go.Figure()
+    points: dict[str, list[tuple[float, float, Any]]] = defaultdict(list)
+    for (variant, seed), group in _by(rows, "variant", "seed").items():
+        seed = None if isinstance(seed, float) and math.isnan(seed) else seed
+        graded = [bool(r["correct"]) for r in group if r.get("correct") is not None]
+        total = sum(r["total_edges"] for r in group)
+        if not graded or not total:
+            continue
+        points[variant].append((100 * sum(r["kept_edges"] for r in group) / total,
+                                100 * mean(graded), seed))
+    style = {"full": ("#7f7f7f", "square", "full model"),
+             "pathway": ("#1f77b4", "diamond", "effective pathways"),
+             "random": ("#d62728", "circle", "random pruning (one point per seed)")}
+    for variant, found in sorted(points.items(), key=lambda item: list(style).index(item[0])
+                                 if item[0] in style else len(style)):
+        color, symbol, name = style.get(variant, ("#9467bd", "x", variant))
+        found.sort(key=lambda p: (p[2] is None, p[2]))
+        figure.add_trace(go.Scatter(
+            x=[p[0] for p in found], y=[p[1] for p in found], mode="markers", name=name,
+            marker=dict(color=color, symbol=symbol, size=11, line=dict(width=1, color="#222")),
+            customdata=[["" if p[2] is None else f", seed {p[2]}"] for p in found],
+            hovertemplate=f"{html.escape(name)}%{{customdata[0]}}<br>retained %{{x:.1f}} %: "
+                          f"accuracy %{{y:.1f}} %<extra></extra>"))
+    figure.update_xaxes(title_text="retained attention edges (% of causal edges, all layers)",
+                        range=[0, 105])
+    figure.update_yaxes(title_text="accuracy over all tasks (%)", range=[-5, 105])
+    figure.update_layout(height=380, margin=dict(t=30),
+                         legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
+    seeds = sorted({_seed_of(r) for r in rows if r["variant"] == "random"} - {None}, key=str)
+    n = len({r["sample"] for r in rows})
+    caption = (f"Accuracy over all {n} samples vs the share of causal attention edges kept: the "
+               f"full model, only the circuit's effective pathways, and as many edges per layer "
+               f"pruned at random, each random seed its own point. ")
+    if not seeds:
+        caption += "This run has no random baseline. "
+    elif len(seeds) == 1:
+        caption += (f"The random baseline used <b>one seed</b> ({seeds[0]}): there is no spread "
+                    f"over seeds to show (run <code>mapflow-tl prune --random-seeds</code> with "
+                    f"two or more). ")
+    else:
+        caption += (f"The random baseline used {len(seeds)} seeds "
+                    f"({', '.join(map(str, seeds))}). ")
+    full, pathway = (mean(p[1] for p in points[v]) if points.get(v) else None
+                     for v in ("full", "pathway"))
+    random = mean(p[1] for p in points["random"]) if points.get("random") else None
+    paper = ("the paper: the pathways keep accuracy within about a point of the full model "
+             "while random pruning of the same share loses 7–11 points")
+    if full is not None and pathway is not None and random is not None:
+        text = (f"full {full:.1f} %, pathways {pathway:.1f} %, random {random:.1f} %"
+                + (" (mean over seeds)" if len(seeds) > 1 else ""))
+        ok = pathway >= full - 3 and random <= pathway - 5
+        caption += (_versus_paper([f"{text}; {paper}"], []) if ok else
+                    _versus_paper([], [f"{text}; {paper}"]))
+    return ("pruning", "Effective pathways vs random pruning", caption.strip(), figure)
+
+
 def _table_html(rows: list[dict[str, Any]], element_id: str = "") -> str:
     columns = [c for c in rows[0] if c != "accuracy_sd"
                and any(r.get(c) is not None for r in rows)]
@@ -1150,6 +1219,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         sections += _lens_sections(tables["lens"], tables["frames"], config)
     if tables["attention"]:
         sections += _attention_sections(tables["attention"], tables["frames"], config)
+    if tables["prune"]:
+        sections.append(_prune_section(tables["prune"]))
     if samples and not any(r.get("selected", True) for r in samples):
         mode = (config.get("definitions") or {}).get("sample_mode") or config.get("mode")
         sections.insert(0, ("no-selected-samples", "No sample was selected",
@@ -1172,12 +1243,15 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                                         div_id=figure_id, config=_PLOT_CONFIG))
         blocks.append((figure_id, title, content))
     if rows := tables["prune"]:
-        blocks.append(("pathway-table", "Effective pathways vs random pruning",
+        seeds = len({_seed_of(r) for r in rows if r["variant"] == "random"} - {None})
+        spread = ("mean ± standard deviation over its " f"{seeds} seeds" if seeds > 1 else
+                  "one seed, so no ± spread" if seeds == 1 else "no random baseline in this run")
+        blocks.append(("pathway-table", "Effective pathways vs random pruning, per task",
                        '<p class="caption">Accuracy per task with the full model, with only the '
                        'circuit\'s effective pathways kept, and with as many edges per layer '
-                       'pruned at random (mean ± standard deviation over the random seeds); '
-                       'retained: the share of causal attention edges kept over all layers.</p>'
-                       + _table_html(pathway_table(rows), "pathway-table")))
+                       f'pruned at random ({spread}; the seeds column says how many each row '
+                       'used); retained: the share of causal attention edges kept over all '
+                       'layers.</p>' + _table_html(pathway_table(rows), "pathway-table")))
     header = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                      for k, v in _header_rows(config, samples, run_dir))
     contents = "".join(f'<li><a href="#sec-{i}">{html.escape(t)}</a></li>'
