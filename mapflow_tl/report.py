@@ -31,6 +31,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
@@ -47,7 +48,7 @@ from .runs import read_run_config
 from .schema import PATHWAY_ORDER
 
 __all__ = ["build_report", "curve_color", "bootstrap_band", "pathway_table", "FIGURE_IDS",
-           "LAYER_NUMBERING"]
+           "LAYER_NUMBERING", "MIN_BAND_SAMPLES", "PLOTLY_MODES"]
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
             "#17becf", "#bcbd22", "#7f7f7f"]
@@ -1193,12 +1194,48 @@ nav ul{columns:2;font-size:0.92em;padding-left:20px}
 """
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def _plotly_script(plotly: str, path: Path) -> tuple[str, str]:
+    """The page's plotly.js ``<script>`` and the size note's words for it.
+
+    ``inline`` embeds plotly.js (offline, ~4.8 MB); ``cdn`` links plotly's CDN copy of the
+    bundled version; any other value is a file path: the bundled plotly.js is written there
+    when no file is, and the page links it by its path relative to the report."""
+    from plotly.offline.offline import get_plotlyjs_version
+
+    if plotly == "inline":
+        code = get_plotlyjs()
+        return (f'<script type="text/javascript">{code}</script>',
+                f"self-contained and offline (plotly.js {len(code.encode()) / 1e6:.2f} MB, ")
+    if plotly == "cdn":
+        url = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+        return (f'<script src="{url}" charset="utf-8"></script>',
+                f"plotly.js linked from {html.escape(url)}, so opening it needs the network (")
+    target = Path(plotly).expanduser()
+    if target.is_dir() or not target.suffix == ".js":
+        raise InputError(f"--plotly {plotly!r} is neither inline, cdn nor a path to a .js file; "
+                         f"give e.g. --plotly {Path(plotly) / 'plotly.min.js'}")
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(get_plotlyjs(), encoding="utf-8")
+    link = Path(os.path.relpath(target.resolve(), path.parent.resolve())).as_posix()
+    return (f'<script src="{html.escape(link)}" charset="utf-8"></script>',
+            f"plotly.js linked from {html.escape(link)}, which must travel with it (")
+
+
+#: How ``build_report`` puts plotly.js in the page (``report --plotly``).
+PLOTLY_MODES = ("inline", "cdn", "PATH")
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, *,
+                 plotly: str = "inline") -> Path:
     """Build ``report.html`` (or ``out``) from a run folder's saved tables; returns its path.
 
-    One self-contained HTML file: plotly.js and any frame thumbnails are embedded, nothing is
-    fetched when it is opened. Raises ``ValueError`` when the folder holds no result table."""
+    By default one self-contained HTML file: plotly.js and any frame thumbnails are embedded,
+    nothing is fetched when it is opened. ``plotly="cdn"`` or a path to a ``.js`` file links
+    plotly.js instead (a report of ~0.5 MB instead of ~5 MB; see :func:`_plotly_script`).
+    Raises ``InputError`` when the folder holds no result table."""
     run_dir = Path(run_dir)
+    path = Path(out) if out is not None else run_dir / "report.html"
     config = read_run_config(run_dir)
     tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
@@ -1258,14 +1295,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                        for i, t, _ in blocks)
     body = "\n".join(f'<section id="sec-{i}"><h2>{html.escape(t)}</h2>\n{c}</section>'
                      for i, t, c in blocks)
-    plotly_js = get_plotlyjs()
+    plotly_script, plotly_note = _plotly_script(plotly, path)
     title = html.escape(str(config.get("model", "")))
 
     def page(size_note: str) -> str:
         return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>mapflow-tl report: {title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<script type="text/javascript">{plotly_js}</script>
+{plotly_script}
 <style>{_CSS}</style>
 </head><body>
 <h1>mapflow-tl report</h1>
@@ -1277,11 +1314,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     draft = page("X" * 120)
     total = len(draft.encode("utf-8")) - 120
-    note = (f"This file: {total / 1e6:.2f} MB, self-contained and offline (plotly.js "
-            f"{len(plotly_js.encode()) / 1e6:.2f} MB, figures and thumbnails "
-            f"{(total - len(plotly_js.encode())) / 1e6:.2f} MB).")
+    script = len(plotly_script.encode())
+    note = (f"This file: {total / 1e6:.2f} MB, {plotly_note}figures and thumbnails "
+            f"{(total - script) / 1e6:.2f} MB).")
     text = page(note)
-    path = Path(out) if out is not None else run_dir / "report.html"
     temporary = path.with_suffix(".html.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
