@@ -657,3 +657,125 @@ def test_a_run_with_no_selected_sample_still_gets_a_report(tmp_path):
     page = build_report(tmp_path / "run").read_text()
     assert 'id="no-selected-samples"' in page and "none matched the sample mode 'wrong'" in page
     assert "All 3 evaluated samples" in page
+
+
+# ----------------------------------------------------------- bands, n and the paper's findings
+def _flow_row(sample, task, curve, layer, change):
+    return {"sample": sample, "task": task, "circuit": "c", "curve": curve, "layer": layer,
+            "layers": [layer], "k": 1, "style": "center", "base_token": 1, "base_p_pred": 0.9,
+            "base_p_true": 0.9, "base_correct": True, "base_option": 0, "p_pred": 0.5,
+            "p_true": 0.5, "change_pred": change, "change_true": change, "token": 1,
+            "option": 0, "correct": True, "edges": 4}
+
+
+def test_coinciding_bands_are_drawn_once_and_small_panels_warn_instead(tmp_path):
+    """Two pathways with the same values at layers 0–1 (both leave the answer as it was):
+    the second one's band covers only where it differs (layers 2–3, reaching back to layer 1),
+    so stacked translucent bands cannot darken into a block; a task with 3 samples (< 5) gets
+    no band and a warning in its title."""
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "flow", "model": "m"})
+    flow = []
+    for task, count in (("A", 5), ("B", 3)):
+        for i in range(count):
+            for layer in range(4):
+                same = -10.0 * i
+                flow.append(_flow_row(f"{task}{i}", task, "cross-frame", layer, same))
+                flow.append(_flow_row(f"{task}{i}", task, "video → last", layer,
+                                      same if layer < 2 else -50.0 - 7 * i))
+    writer.write("flow", flow)
+    writer.finish()
+    figure = _figure(build_report(out).read_text(), "flow-change")
+    bands = {(t["name"], t.get("xaxis", "x")): t for t in figure["data"]
+             if t["name"].endswith("95% CI")}
+    assert bands[("cross-frame 95% CI", "x")]["x"] == [0, 1, 2, 3, 3, 2, 1, 0]
+    assert bands[("video → last 95% CI", "x")]["x"] == [1, 2, 3, 3, 2, 1]
+    assert ("cross-frame 95% CI", "x2") in bands  # task A: 5 samples, a band
+    assert not any(axis == "x3" for _, axis in bands)  # task B: 3 samples, none
+    titles = [a["text"] for a in figure["layout"]["annotations"]]
+    assert any("B" in t and "n = 3 ⚠" in t for t in titles)
+    assert not any("A</b>" in t and "⚠" in t for t in titles)
+
+
+def _finding_run(tmp_path, true_by_layer, spatial, temporal, name="run"):
+    out = tmp_path / name
+    writer = RunWriter(out, {"command": "prob", "model": "m"})
+    writer.write("prob", [{"sample": f"s{i}", "task": "T", "layer": layer, "option": option,
+                           "is_true": option == 0,
+                           "probability": true_by_layer[layer] if option == 0 else 0.05}
+                          for i in range(2) for layer in range(len(true_by_layer))
+                          for option in range(2)])
+    writer.write("keywords", [{"layer": layer, "spatial": s, "temporal": t, "positions": 20}
+                              for layer, (s, t) in enumerate(zip(spatial, temporal))])
+    writer.finish()
+    page = build_report(out).read_text()
+    sections = [part.split('">', 1) for part in page.split('<section id="sec-')[1:]]
+    captions = {name: re.search(r'<p class="caption"[^>]*>(.*?)</p>', body, re.S).group(1)
+                for name, body in sections}
+    return captions["probability-trace"], captions["keyword-frequency"]
+
+
+def test_captions_say_where_the_run_departs_from_the_paper(tmp_path):
+    """From the run's own numbers: p(true) that rises only at the last of 8 layers, and temporal
+    keywords that fall with depth, depart from the paper (rise after ~60 % depth; temporal
+    concepts emerging in the middle layers); a rise at layer 4 of 8 (57 % depth) and temporal
+    keywords peaking in the middle agree."""
+    late, falling = _finding_run(tmp_path, [0.05] * 7 + [0.9], [8] * 8,
+                                 [8, 8, 8, 4, 4, 2, 1, 0])
+    assert "Departs from the paper" in late and "only at the last layer (7" in late
+    # depth ℓ/7: early thirds are layers 0–2 (8 of 20 tokens, 40 %), the middle third layers
+    # 3–4 (4 of 20, 20 %)
+    assert "Departs from the paper" in falling and "40 % of video tokens early" in falling
+    assert "20 % in the middle (layers 0–2 vs 3–4)" in falling and "fall with depth" in falling
+    middle, rising = _finding_run(tmp_path, [0.05, 0.05, 0.1, 0.2, 0.6, 0.8, 0.9, 0.9],
+                                  [10] * 8, [0, 0, 1, 6, 6, 4, 1, 0], "agrees")
+    # half the rise 0.05 → 0.9 is 0.475, first reached at layer 4 (4/7 = 57 % depth)
+    assert "Departs" not in middle and "As in the paper" in middle
+    assert "at layer 4 (57 % depth)" in middle
+    assert "Departs" not in rising and "emerge in the middle layers" in rising
+
+
+def test_pruning_figure_shows_each_seed_and_says_how_many(report, tmp_path):
+    page = report.read_text()
+    figure = _figure(page, "pruning")
+    points = {t["name"]: t for t in figure["data"]}
+    # hand-made run: full keeps 10/10 edges, pathway and random 6/10; random always wrong
+    full, pathway = points["full model"], points["effective pathways"]
+    assert (full["x"], full["y"]) == ([100.0], [100.0])
+    assert (pathway["x"], pathway["y"]) == ([60.0], [100.0])
+    assert points["random pruning (one point per seed)"]["y"] == [0.0]
+    assert "used <b>one seed</b> (0)" in page and "one seed, so no ± spread" in page
+    # three seeds: three points, each seed's accuracy over the samples (seed s: s of 3 right)
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "prune", "model": "m"})
+    writer.write("prune", [{"sample": f"s{i}", "task": "T", "circuit": "c",
+                            "variant": variant, "seed": seed, "token": 1,
+                            "correct": variant != "random" or i < seed, "p_true": 0.5,
+                            "kept_edges": 6, "total_edges": 10, "retained": 0.6}
+                           for i in range(3) for variant, seed in
+                           (("full", None), ("pathway", None), ("random", 1), ("random", 2),
+                            ("random", 3))])
+    writer.finish()
+    page = build_report(out).read_text()
+    random = {t["name"]: t for t in _figure(page, "pruning")["data"]}[
+        "random pruning (one point per seed)"]
+    assert random["y"] == pytest.approx([100 / 3, 200 / 3, 100.0])
+    assert "used 3 seeds (1, 2, 3)" in page and "over its 3 seeds" in page
+
+
+def test_plotly_can_be_linked_instead_of_inlined(run_dir, tmp_path):
+    from plotly.offline.offline import get_plotlyjs_version
+
+    from mapflow_tl.errors import InputError
+
+    cdn = build_report(run_dir, tmp_path / "cdn.html", plotly="cdn").read_text()
+    assert (f'<script src="https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"'
+            in cdn)
+    local = tmp_path / "site" / "report.html"
+    local.parent.mkdir()
+    page = build_report(run_dir, local, plotly=str(tmp_path / "js" / "plotly.min.js"))
+    assert '<script src="../js/plotly.min.js"' in page.read_text()
+    assert (tmp_path / "js" / "plotly.min.js").stat().st_size > 1e6
+    assert page.stat().st_size < 0.3 * build_report(run_dir, tmp_path / "in.html").stat().st_size
+    with pytest.raises(InputError, match="--plotly"):
+        build_report(run_dir, tmp_path / "x.html", plotly=str(tmp_path))
