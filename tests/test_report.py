@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -502,9 +503,29 @@ _CHECK_FIGURES = """JSON.stringify(
   width: d.getBoundingClientRect().width})))"""
 
 
-def render(path: Path, profile: Path) -> tuple[list[dict], list[str]]:
-    """Open ``path`` in headless Chromium; returns each plot's drawing summary and the console
-    errors / uncaught exceptions the page raised."""
+# where a heatmap cell of a plot is drawn on the page (CSS pixels from the document's top left)
+_CELL_POSITION = """(() => {
+  const d = document.getElementById(%(id)s);
+  const trace = d._fullData.filter(t => t.type === 'heatmap' && t.visible === true)[%(trace)d];
+  const name = a => a.length > 1 ? a[0] + 'axis' + a.slice(1) : a + 'axis';
+  const xa = d._fullLayout[name(trace.xaxis)], ya = d._fullLayout[name(trace.yaxis)];
+  const box = d.getBoundingClientRect();
+  return JSON.stringify({x: box.left + window.scrollX + xa._offset + xa.l2p(%(w)d),
+    y: box.top + window.scrollY + ya._offset + ya.l2p(%(h)d),
+    width: Math.abs(xa.l2p(1) - xa.l2p(0)), z: trace.z[%(h)d][%(w)d],
+    cmin: d._fullLayout.coloraxis.cmin, cmax: d._fullLayout.coloraxis.cmax,
+    scale: d._fullLayout.coloraxis.colorscale});
+})()"""
+
+
+def render(path: Path, profile: Path, cells: Sequence[dict] = ()
+           ) -> tuple[list[dict], list[str], dict]:
+    """Open ``path`` in headless Chromium (a 1300 px wide window); returns each plot's drawing
+    summary, the console errors / uncaught exceptions the page raised, and ``{"load_ms": the
+    page's load time, "cells": per entry of ``cells`` ({id, trace, h, w, dx}) the cell's value,
+    colour scale and the RGB of the pixel drawn ``dx`` cell widths right of its centre}``."""
+    from PIL import Image
+
     chromium = _chromium()
     browser = _DevTools(chromium, profile)
     try:
@@ -513,11 +534,31 @@ def render(path: Path, profile: Path) -> tuple[list[dict], list[str]]:
                                                          "flatten": True})["sessionId"]
         for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
             browser.send(domain, session=session)
+        browser.send("Emulation.setDeviceMetricsOverride", {
+            "width": 1300, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session=session)
         browser.send("Page.navigate", {"url": path.as_uri()}, session=session)
         browser.wait_event("Page.loadEventFired", timeout=60)
-        result = browser.send("Runtime.evaluate", {"expression": _CHECK_FIGURES,
-                                                   "returnByValue": True}, session=session)
-        plots = json.loads(result["result"]["value"])
+
+        def evaluate(expression):
+            return browser.send("Runtime.evaluate", {
+                "expression": expression, "returnByValue": True, "awaitPromise": True},
+                session=session)["result"]["value"]
+
+        result = {"load_ms": evaluate(
+            "new Promise(r => setTimeout(() => r(performance.getEntriesByType('navigation')[0]"
+            ".loadEventEnd), 0))"), "cells": []}
+        for cell in cells:
+            where = json.loads(evaluate(_CELL_POSITION % {**cell, "id": json.dumps(cell["id"])}))
+            x = where["x"] + cell.get("dx", 0) * where["width"]
+            shot = browser.send("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True,
+                "clip": {"x": x - 1, "y": where["y"] - 1, "width": 3, "height": 3, "scale": 1}},
+                session=session)
+            pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(shot["data"])))
+                                .convert("RGB"))
+            result["cells"].append({**where, "rgb": pixels[1, 1].tolist()})
+        plots = json.loads(evaluate(_CHECK_FIGURES))
         errors = []
         for event in browser.events:
             params = event.get("params", {})
@@ -531,7 +572,7 @@ def render(path: Path, profile: Path) -> tuple[list[dict], list[str]]:
                                                      for a in params["args"]))
             elif event["method"] == "Log.entryAdded" and params["entry"]["level"] == "error":
                 errors.append("log: " + params["entry"]["text"])
-        return plots, errors
+        return plots, errors, result
     finally:
         browser.close()
 
@@ -540,7 +581,7 @@ def test_report_renders_in_a_real_browser(report, tmp_path):
     if _chromium() is None:
         pytest.skip("headless Chromium is not installed: the report was not opened in a browser "
                     "(.ci/run installs Debian's chromium; apt-get install chromium to run this)")
-    plots, errors = render(report, tmp_path / "profile")
+    plots, errors, _ = render(report, tmp_path / "profile")
     assert errors == []
     page = report.read_text()
     expected = re.findall(r'Plotly\.newPlot\(\s*"([^"]+)"', page)
@@ -559,7 +600,7 @@ def test_browser_check_catches_a_broken_page(tmp_path):
     page.write_text('<html><body><div class="js-plotly-plot" id="empty"></div>'
                     '<script>console.error("bad thing"); undefinedFunction();</script>'
                     '</body></html>')
-    plots, errors = render(page, tmp_path / "profile")
+    plots, errors, _ = render(page, tmp_path / "profile")
     assert any("bad thing" in e for e in errors)
     assert any("undefinedFunction" in e for e in errors)
     assert plots == [{"id": "empty", "svg": 0, "traces": 0, "drawn": 0,
@@ -779,3 +820,48 @@ def test_plotly_can_be_linked_instead_of_inlined(run_dir, tmp_path):
     assert page.stat().st_size < 0.3 * build_report(run_dir, tmp_path / "in.html").stat().st_size
     with pytest.raises(InputError, match="--plotly"):
         build_report(run_dir, tmp_path / "x.html", plotly=str(tmp_path))
+
+
+def _scale_colour(scale, fraction):
+    """The RGB a plotly colour scale gives ``fraction`` (0–1): linear between its '#rrggbb'
+    stops, by hand."""
+    stops = [(float(at), [int(c[i:i + 2], 16) for i in (1, 3, 5)]) for at, c in scale]
+    for (a, low), (b, high) in zip(stops, stops[1:]):
+        if a <= fraction <= b:
+            t = (fraction - a) / (b - a)
+            return [lo + t * (hi - lo) for lo, hi in zip(low, high)]
+    raise ValueError(fraction)
+
+
+def test_frame_cells_have_the_colour_bars_colour_and_linked_plotly_loads(report, run_dir,
+                                                                         tmp_path):
+    """A screenshot in headless Chromium: a lens cell (top-1 probability 0.5) and an attention
+    cell are drawn in the colour their colour bar gives their value, not blended with the
+    frame under them (the hand-made frames are flat green, (0, 255, 100)); the report also
+    loads with plotly.js linked from a file, and both load times are measured."""
+    if _chromium() is None:
+        pytest.skip("headless Chromium is not installed")
+    layout = _mixed_layout()
+    # attention's middle layer (2) is shown: the value of frame 1's cell (1, 0) is its
+    # position / 100 + 2
+    cells = [{"id": "lens-overlay", "trace": 0, "h": 0, "w": 0, "dx": 0.35},
+             {"id": "attention-maps", "trace": 1, "h": 1, "w": 0, "dx": 0}]
+    _, errors, inline = render(report, tmp_path / "profile", cells)
+    assert errors == []
+    lens, attention = inline["cells"]
+    assert lens["z"] == 0.5 and (lens["cmin"], lens["cmax"]) == (0, 1)
+    position = layout.frames[1].start + 1 * 2 + 0  # frame 1 is a 3×2 grid: (h=1, w=0)
+    assert attention["z"] == pytest.approx(position / 100 + 2)
+    for cell in (lens, attention):
+        fraction = (cell["z"] - cell["cmin"]) / (cell["cmax"] - cell["cmin"])
+        expected = _scale_colour(cell["scale"], fraction)
+        assert np.abs(np.array(cell["rgb"]) - expected).max() <= 6, (cell, expected)
+    linked = build_report(run_dir, tmp_path / "site" / "report.html",
+                          plotly=str(tmp_path / "site" / "plotly.min.js"))
+    plots, errors, timing = render(linked, tmp_path / "profile2")
+    assert errors == [] and all(p["drawn"] >= 1 for p in plots) and len(plots) >= 8
+    print(f"report load time in headless Chromium: inline plotly.js {inline['load_ms']:.0f} ms "
+          f"({report.stat().st_size / 1e6:.2f} MB), linked {timing['load_ms']:.0f} ms "
+          f"({linked.stat().st_size / 1e6:.2f} MB)")
+    for load_ms in (inline["load_ms"], timing["load_ms"]):
+        assert 0 < load_ms < 30_000
