@@ -347,18 +347,18 @@ def _flow_versus_paper(rows) -> str:
             paper = (f"the paper finds it in the {where} layers ({first + 1}–{last + 1} of "
                      f"{_PAPER_LAYERS}, here {low}–{high})")
             if drop > -_WEAK_CHANGE / 4:
-                departs.append(f"blocking {curve} hardly changes p (at most {drop:.0f} %), "
+                departs.append(f"blocking {curve} hardly changes p (at most {round(drop)} %), "
                                f"where {paper}")
             elif low - 1 <= worst <= high + 1:
-                agrees.append(f"{curve} matters most at layer {worst} ({drop:.0f} %), {paper}")
+                agrees.append(f"{curve} matters most at layer {worst} ({round(drop)} %), {paper}")
             else:
-                departs.append(f"{curve} matters most at layer {worst} ({drop:.0f} %), outside "
+                departs.append(f"{curve} matters most at layer {worst} ({round(drop)} %), outside "
                                f"the range where {paper}")
         elif curve in _PAPER_WEAK:
             if drop > -_WEAK_CHANGE:
-                agrees.append(f"blocking {curve} costs little (at most {drop:.0f} %)")
+                agrees.append(f"blocking {curve} costs little (at most {round(drop)} %)")
             else:
-                departs.append(f"blocking {curve} costs {drop:.0f} % at layer {worst}; the "
+                departs.append(f"blocking {curve} costs {round(drop)} % at layer {worst}; the "
                                f"paper's effective pathways block it in every layer")
     return _versus_paper(agrees, departs)
 
