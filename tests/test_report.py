@@ -865,3 +865,32 @@ def test_frame_cells_have_the_colour_bars_colour_and_linked_plotly_loads(report,
           f"({linked.stat().st_size / 1e6:.2f} MB)")
     for load_ms in (inline["load_ms"], timing["load_ms"]):
         assert 0 < load_ms < 30_000
+
+
+def test_flow_finding_one_and_pruning_captions_compare_with_the_paper(report, tmp_path):
+    """Flow: of 8 layers, the paper's ranges scale to cross-frame 1–3 and question → last 3–5
+    (round(ℓ · 7 / 31)); a cross-frame drop strongest at layer 2 agrees, a question → last drop
+    strongest at layer 0 and a 50 % video → last drop depart. The hand-made run's Finding 1
+    (video model −33.3 points, image model 0) and pruning (full and pathways 100 %, random 0 %)
+    agree."""
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "flow", "model": "m"})
+    drops = {"cross-frame": 2, "question → last": 0, "video → last": 5}
+    writer.write("flow", [_flow_row(f"s{i}", "T", curve, layer,
+                                    -50.0 if layer == worst else -1.0)
+                          for i in range(5) for curve, worst in drops.items()
+                          for layer in range(8)])
+    writer.finish()
+    page = build_report(out).read_text()
+    caption = page[page.index('<section id="sec-flow-change">'):]
+    caption = caption[:caption.index("</p>")]
+    departs, _, agrees = caption.partition("<b>As in the paper:</b>")
+    assert "cross-frame matters most at layer 2 (-50 %)" in agrees and "here 1–3" in agrees
+    assert "question → last matters most at layer 0 (-50 %), outside" in departs
+    assert "here 3–5" in departs and "blocking video → last costs -50 % at layer 5" in departs
+    page = report.read_text()
+    finding = page[page.index('<section id="sec-finding-1">'):page.index("</p>", page.index(
+        '<section id="sec-finding-1">'))]
+    assert "As in the paper:</b> video-model loses 33.3 points over all tasks, image-model 0.0" \
+        in finding
+    assert "As in the paper:</b> full 100.0 %, pathways 100.0 %, random 0.0 %" in page
