@@ -1041,8 +1041,9 @@ def _prune_section(rows):
     each random seed as its own point (so one seed shows as one point, not as a spread)."""
     figure = go.Figure()
     points: dict[str, list[tuple[float, float, Any]]] = defaultdict(list)
-    for (variant, seed), group in _by(rows, "variant", "seed").items():
-        seed = None if isinstance(seed, float) and math.isnan(seed) else seed
+    # rows that went through pandas carry NaN for "no seed", and NaN keys never group
+    for (variant, seed), group in _by([{**r, "seed": _seed_of(r)} for r in rows],
+                                      "variant", "seed").items():
         graded = [bool(r["correct"]) for r in group if r.get("correct") is not None]
         total = sum(r["total_edges"] for r in group)
         if not graded or not total:
