@@ -15,7 +15,12 @@ Figures, each present when its table is (ids in :data:`FIGURE_IDS`):
 - ``lens-overlay`` and ``attention-maps``: the logit lens' top token and the attention from the
   query tokens drawn over the video's frames (thumbnails from the ``frames`` table) with each
   frame's own token grid, baseline vs cross-frame knockout;
-- ``pathway-table`` (Finding 4): effective pathways vs random pruning.
+- ``pruning`` and ``pathway-table`` (Finding 4): accuracy vs retained edges (each random seed a
+  point) and the per-task table, effective pathways vs random pruning.
+
+Each finding's caption compares the run's own numbers with the paper's finding and says where
+they depart; panels with fewer than :data:`MIN_BAND_SAMPLES` samples carry a warning instead of
+a band.
 
 Layers are numbered from 0 (``layer`` 0 is the first decoder block), as in every table; the
 paper counts from 1. A pathway keeps its colour in every figure.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
@@ -42,13 +48,13 @@ from .runs import read_run_config
 from .schema import PATHWAY_ORDER
 
 __all__ = ["build_report", "curve_color", "bootstrap_band", "pathway_table", "FIGURE_IDS",
-           "LAYER_NUMBERING"]
+           "LAYER_NUMBERING", "MIN_BAND_SAMPLES", "PLOTLY_MODES"]
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
             "#17becf", "#bcbd22", "#7f7f7f"]
 FIGURE_IDS = ("flow-change", "flow-accuracy", "finding-1", "failure-diagnosis",
               "probability-trace", "keyword-frequency", "lens-overlay", "attention-maps",
-              "pathway-table")
+              "pruning", "pathway-table")
 #: How the report numbers layers, stated in its header and on every layer axis.
 LAYER_NUMBERING = ("Layers are numbered from 0: layer ℓ is decoder block ℓ (0 = the first), "
                    "as in the tables; the paper's figures count from 1 (paper layer = ℓ + 1).")
@@ -56,12 +62,20 @@ _LAYER_AXIS = "layer (0-based)"
 # the option curves share a figure with the pathway curves (failure diagnosis): dark shades
 # that no pathway uses
 _TRUE_COLOR, _FALSE_COLOR = "#00441b", "#67000d"
-# colour scales of the frame views: transparent at 0 so the frame shows through where the
-# value is low (plotly.js' named scales differ from plotly.py's, so they are spelled out)
-_LENS_SCALE = [[0, "rgba(8,48,107,0)"], [1, "rgba(8,48,107,0.6)"]]
-_ATTENTION_SCALE = [[0, "rgba(255,255,178,0)"], [0.25, "rgba(254,204,92,0.5)"],
-                    [0.5, "rgba(253,141,60,0.65)"], [0.75, "rgba(240,59,32,0.8)"],
-                    [1, "rgba(189,0,38,0.92)"]]
+# colour scales of the frame views: opaque, so a cell's colour is the colour bar's colour for
+# its value (a translucent scale blended with the frame's pixels showed near-zero attention in
+# the frame's own colours); the frame itself is drawn beside the cells, in its own row.
+# plotly.js' named scales differ from plotly.py's, so they are spelled out (Blues, YlOrRd).
+_LENS_SCALE = [[0, "#f7fbff"], [0.25, "#c6dbef"], [0.5, "#6baed6"], [0.75, "#2171b5"],
+               [1, "#08306b"]]
+_ATTENTION_SCALE = [[0, "#ffffb2"], [0.25, "#fecc5c"], [0.5, "#fd8d3c"], [0.75, "#f03b20"],
+                    [1, "#bd0026"]]
+#: Below this many samples a curve gets no bootstrap band (a percentile interval of 2–4 samples
+#: is mostly the samples themselves); its panel carries a warning instead.
+MIN_BAND_SAMPLES = 5
+_BAND_NOTE = (f"95 % bootstrap interval over samples, drawn once where curves coincide (hover "
+              f"a layer for every curve's value) and not drawn where a panel has fewer than "
+              f"{MIN_BAND_SAMPLES} samples (⚠)")
 _BOOTSTRAP_RESAMPLES = 2000
 _BOOTSTRAP_SEED = 0
 _MAX_FRAMES = 8        # frame columns in a frame-grounded figure (evenly spaced beyond that)
@@ -144,17 +158,55 @@ def _matrix(rows: list[dict], value, xs: Sequence[int]) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _add_curve(figure, xs, values, *, name, color, row, col, showlegend, hover_unit=""):
-    """One curve: the mean over samples (line) and its 95 % bootstrap band (filled)."""
+def _own_band_runs(centre, low, high, drawn) -> list[tuple[int, int]]:
+    """Index runs ``[start, stop)`` where a curve's band is its own: at a point where an earlier
+    curve of the panel has the same mean and interval (pathways that leave the answer as it
+    was all sit on the no-knockout value with one interval), stacking a second translucent band
+    only darkens the first into an opaque block, so it is drawn once."""
+    own = np.ones(len(centre), dtype=bool)
+    for other in drawn:
+        same = np.ones(len(centre), dtype=bool)
+        for mine, theirs in zip((centre, low, high), other):
+            same &= np.isclose(mine, theirs, rtol=0, atol=1e-9) | (np.isnan(mine)
+                                                                   & np.isnan(theirs))
+        own &= ~same
+    own &= ~np.isnan(centre)
+    runs, start = [], None
+    for i, flag in enumerate(list(own) + [False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def _add_curve(figure, xs, values, *, name, color, row, col, showlegend, hover_unit="",
+               drawn=None):
+    """One curve: the mean over samples (line) and its 95 % bootstrap band (filled) where the
+    band is not already drawn by an earlier curve of the panel (``drawn``: their
+    ``(centre, low, high)``, appended to); no band below :data:`MIN_BAND_SAMPLES` samples."""
     centre, low, high = bootstrap_band(values)
     n = values.shape[0]
     keep = ~np.isnan(centre)
     xs_kept = [x for x, k in zip(xs, keep) if k]
-    figure.add_trace(go.Scatter(
-        x=xs_kept + xs_kept[::-1], y=list(high[keep]) + list(low[keep])[::-1],
-        fill="toself", fillcolor=_rgba(color, 0.15), line=dict(width=0), mode="lines",
-        hoverinfo="skip", showlegend=False, legendgroup=name, name=f"{name} 95% CI"),
-        row=row, col=col)
+    runs = (_own_band_runs(centre, low, high, drawn if drawn is not None else [])
+            if n >= MIN_BAND_SAMPLES else [])
+    if drawn is not None:
+        drawn.append((centre, low, high))
+    if runs:
+        band_x: list = []
+        band_y: list = []
+        for start, stop in runs:
+            # reach the neighbouring points so a one-layer run is not a zero-width sliver
+            span = [i for i in range(max(0, start - 1), min(len(xs), stop + 1)) if keep[i]]
+            band_x += [xs[i] for i in span] + [xs[i] for i in span[::-1]] + [None]
+            band_y += [high[i] for i in span] + [low[i] for i in span[::-1]] + [None]
+        figure.add_trace(go.Scatter(
+            x=band_x[:-1], y=[float(v) if v is not None else None for v in band_y[:-1]],
+            fill="toself", fillcolor=_rgba(color, 0.15), line=dict(width=0), mode="lines",
+            hoverinfo="skip", showlegend=False, legendgroup=name, name=f"{name} 95% CI"),
+            row=row, col=col)
     figure.add_trace(go.Scatter(
         x=xs_kept, y=list(centre[keep]), name=name, legendgroup=name, showlegend=showlegend,
         mode="lines+markers", marker=dict(size=5), line=dict(color=color, width=2),
@@ -180,7 +232,11 @@ def _panels(rows: list[dict]) -> list[tuple[str, list[dict]]]:
 
 
 def _n_label(rows: list[dict]) -> str:
-    return f"n = {len({r['sample'] for r in rows})}"
+    """``n = …`` samples, with a warning where there are too few for a bootstrap band."""
+    n = len({r['sample'] for r in rows})
+    if n < MIN_BAND_SAMPLES:
+        return f"n = {n} ⚠ too few samples for an interval (< {MIN_BAND_SAMPLES})"
+    return f"n = {n}"
 
 
 def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
@@ -203,12 +259,14 @@ def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
     xs = sorted({r["layer"] for r in rows})
     for i, (task, task_rows) in enumerate(panels):
         row, col = divmod(i, n_cols)
+        drawn: list = []
         for name, color, keep in curves:
             chosen = [r for r in task_rows if keep(r)]
             if not chosen:
                 continue
             _add_curve(figure, xs, _matrix(chosen, value, xs), name=name, color=color,
-                       row=row + 1, col=col + 1, showlegend=i == 0, hover_unit=hover_unit)
+                       row=row + 1, col=col + 1, showlegend=i == 0, hover_unit=hover_unit,
+                       drawn=drawn)
         if lines[i] is not None:
             figure.add_hline(y=lines[i][0], line_dash="dash", line_color="#444", line_width=1,
                              row=row + 1, col=col + 1)
@@ -217,7 +275,8 @@ def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
     figure.update_xaxes(title_text=_LAYER_AXIS, row=n_rows)
     # a reference line's label makes the first row's titles two lines high: lift the legend
     two_line = any(line is not None for line in lines[:n_cols])
-    figure.update_layout(height=height_per_row * n_rows + 80,
+    # curves that coincide hide each other's line: one hover lists every curve at a layer
+    figure.update_layout(height=height_per_row * n_rows + 80, hovermode="x unified",
                          legend=dict(orientation="h", yanchor="bottom",
                                      y=1.0 + (0.12 + 0.1 * two_line) / n_rows,
                                      x=0, xanchor="left"),
@@ -235,6 +294,133 @@ def _curve_legend_names(rows) -> list[str]:
     names = {r["curve"] for r in rows}
     return sorted(names, key=lambda c: (PATHWAY_ORDER.index(c) if c in PATHWAY_ORDER
                                         else len(PATHWAY_ORDER), c))
+
+
+# ------------------------------------------------------------------------- against the paper
+# What the paper finds, each compared with the run's own numbers in the figure's caption. The
+# layer ranges are the paper's effective pathways for LLaVA-NeXT-7B (DESIGN Finding 4; 0-based
+# of 32 layers), scaled to the run's depth; nothing here is specific to a dataset or model.
+_PAPER_LAYERS = 32
+_PAPER_FLOW = {
+    "cross-frame": (5, 14, "early-to-middle"),
+    "video → question": (5, 19, "early-to-middle"),
+    "question → last": (15, 24, "middle-to-late"),
+}
+# pathways the paper's effective circuit blocks in every layer: blocking them costs little
+_PAPER_WEAK = ("video → last", "last → last")
+_WEAK_CHANGE = 20.0     # % change of p(predicted) that still counts as "little"
+_PAPER_RISE_DEPTH = (0.4, 0.85)  # p(true) rises after ~layer 20 of 32 (~60 % depth)
+
+
+def _scaled(layer: int, n_layers: int) -> int:
+    return round(layer * (n_layers - 1) / (_PAPER_LAYERS - 1))
+
+
+def _versus_paper(agrees: list[str], departs: list[str]) -> str:
+    """The caption's sentence on where this run agrees with the paper and where it departs."""
+    parts = []
+    if departs:
+        parts.append("<b>Departs from the paper:</b> " + "; ".join(departs) + ".")
+    if agrees:
+        parts.append("<b>As in the paper:</b> " + "; ".join(agrees) + ".")
+    return (" " + " ".join(parts)) if parts else ""
+
+
+def _flow_versus_paper(rows) -> str:
+    """Per pathway the paper names: where its mean drop over all samples is strongest, vs the
+    layers where the paper finds it effective; video → last and last → last should cost
+    little."""
+    n_layers = max(r["layer"] for r in rows) + 1
+    agrees, departs = [], []
+    for curve in _curve_legend_names(rows):
+        chosen = [r for r in rows if r["curve"] == curve]
+        means = {layer: mean(float(r["change_pred"]) for r in group)
+                 for layer, group in _by(chosen, "layer").items()
+                 if all(r.get("change_pred") is not None for r in group)}
+        if not means:
+            continue
+        worst = min(means, key=means.get)
+        drop = means[worst]
+        if curve in _PAPER_FLOW:
+            first, last, where = _PAPER_FLOW[curve]
+            low, high = _scaled(first, n_layers), _scaled(last, n_layers)
+            paper = (f"the paper finds it in the {where} layers ({first + 1}–{last + 1} of "
+                     f"{_PAPER_LAYERS}, here {low}–{high})")
+            if drop > -_WEAK_CHANGE / 4:
+                departs.append(f"blocking {curve} hardly changes p (at most {round(drop)} %), "
+                               f"where {paper}")
+            elif low - 1 <= worst <= high + 1:
+                agrees.append(f"{curve} matters most at layer {worst} ({round(drop)} %), {paper}")
+            else:
+                departs.append(f"{curve} matters most at layer {worst} ({round(drop)} %), outside "
+                               f"the range where {paper}")
+        elif curve in _PAPER_WEAK:
+            if drop > -_WEAK_CHANGE:
+                agrees.append(f"blocking {curve} costs little (at most {round(drop)} %)")
+            else:
+                departs.append(f"blocking {curve} costs {round(drop)} % at layer {worst}; the "
+                               f"paper's effective pathways block it in every layer")
+    return _versus_paper(agrees, departs)
+
+
+def _probability_versus_paper(rows) -> str:
+    """Where the mean p(true option) first covers half its rise from the first to the last
+    layer, as a share of the depth, vs the paper's sharp rise after about layer 20 of 32."""
+    layers = sorted({r["layer"] for r in rows})
+    true = [mean(r["probability"] for r in rows if r["layer"] == l and r["is_true"])
+            for l in layers]
+    false = [mean([r["probability"] for r in rows if r["layer"] == l and not r["is_true"]]
+                  or [0.0]) for l in layers]
+    finding = "p(true) rises sharply after about layer 20 of 32 (~60 % depth)"
+    paper = f"the paper: {finding}"
+    if len(layers) < 2 or true[-1] - true[0] < 0.05:
+        return _versus_paper([], [f"p(true) does not rise over the layers ({true[0]:.2f} → "
+                                  f"{true[-1]:.2f}); {paper}"])
+    half = true[0] + (true[-1] - true[0]) / 2
+    rise = next(i for i, p in enumerate(true) if p >= half)
+    depth = rise / (len(layers) - 1)
+    where = (f"only at the last layer ({layers[rise]}, the model's output)"
+             if rise == len(layers) - 1 else f"at layer {layers[rise]} ({100 * depth:.0f} % depth)")
+    text = f"p(true) reaches half its rise {where}"
+    over = next((layers[i] for i, (t, f) in enumerate(zip(true, false)) if t > f + 0.05), None)
+    text += ("; it never clearly exceeds the false options' p" if over is None else
+             f", first clearly above the false options' at layer {over}")
+    low, high = _PAPER_RISE_DEPTH
+    if low <= depth <= high:
+        return _versus_paper([f"{text}; {paper}"], [])
+    return _versus_paper([], [f"{text}, {'later' if depth > high else 'earlier'} than in the "
+                              f"paper, where {finding}"])
+
+
+def _keywords_versus_paper(layers, shares) -> str:
+    """Temporal keywords should emerge in the middle layers (more than in the early ones) and
+    spatial ones early (before the temporal ones), as the paper's Finding 2 reads."""
+    n = len(layers)
+    if n < 3:
+        return ""
+    early = [i for i in range(n) if i / (n - 1) < 1 / 3]
+    middle = [i for i in range(n) if 1 / 3 <= i / (n - 1) <= 2 / 3]
+    share = {kind: (mean(values[i] for i in early), mean(values[i] for i in middle))
+             for kind, values in shares.items()}
+    agrees, departs = [], []
+    span = (f"layers {layers[early[0]]}–{layers[early[-1]]} vs "
+            f"{layers[middle[0]]}–{layers[middle[-1]]}")
+    t_early, t_middle = share["temporal"]
+    text = f"temporal keywords {t_early:.0f} % of video tokens early, {t_middle:.0f} % in the middle ({span})"
+    if t_middle > t_early:
+        agrees.append(f"{text}: they emerge in the middle layers")
+    else:
+        departs.append(f"{text}: they {'fall' if t_middle < t_early else 'stay flat'} with "
+                       f"depth, where the paper finds temporal concepts emerging in the middle "
+                       f"layers")
+    s_early, _ = share["spatial"]
+    text = f"spatial keywords {s_early:.0f} % early"
+    if s_early > 0 and s_early >= t_early:
+        agrees.append(f"{text}: spatial concepts appear early")
+    else:
+        departs.append(f"{text}, below the temporal ones; the paper finds spatial concepts "
+                       f"early")
+    return _versus_paper(agrees, departs)
 
 
 def _main_flow_rows(flow):
@@ -264,8 +450,8 @@ def _flow_sections(flow, samples, config):
                      f"Each curve blocks one pathway's attention edges in {window}; the value is "
                      f"(p<sub>knockout</sub> − p<sub>base</sub>) / p<sub>base</sub> × 100 for the "
                      f"token the model predicts without knockout. Line: mean over samples; "
-                     f"band: 95 % bootstrap interval over samples; n: samples per panel. "
-                     f"Samples: {chosen}.", change))
+                     f"band: {_BAND_NOTE}; n: samples per panel. "
+                     f"Samples: {chosen}." + _flow_versus_paper(rows), change))
     graded = [r for r in rows if r.get("correct") is not None]
     if graded:
         base_by_task = _base_accuracy(samples, flow)
@@ -292,9 +478,9 @@ def _flow_sections(flow, samples, config):
                        f"Samples: {chosen}")
         sections.append((
             "flow-accuracy", "Accuracy under knockout",
-            caption + " (mean and 95 % bootstrap interval over samples; n per panel). Dashed: "
+            caption + f" (mean and {_BAND_NOTE}; n per panel). Dashed: "
             "the model's accuracy without knockout over all samples it was evaluated on, the "
-            "reference the drops compare to.", accuracy))
+            "reference the drops compare to." + _flow_versus_paper(rows), accuracy))
     return sections
 
 
@@ -349,7 +535,8 @@ def _probability_section(rows):
     return ("probability-trace", "Answer probability per layer (logit lens)",
             "Probability of the true option's letter and of the false options' letters (mean over "
             "the false options of a sample) at the last position, read with the logit lens after "
-            "each layer; mean over samples with 95 % bootstrap bands; n per panel.", figure)
+            f"each layer; mean over samples, band: {_BAND_NOTE}; n per panel."
+            + _probability_versus_paper(rows), figure)
 
 
 def _keyword_section(rows):
@@ -357,10 +544,12 @@ def _keyword_section(rows):
     layers = _by(rows, "layer")
     xs = sorted(layers)
     positions = [sum(r["positions"] for r in layers[x]) for x in xs]
+    shares = {}
     for kind, color in (("spatial", "#1f77b4"), ("temporal", "#ff7f0e")):
         counts = [sum(r[kind] for r in layers[x]) for x in xs]
+        shares[kind] = [100 * c / max(1, p) for c, p in zip(counts, positions)]
         figure.add_trace(go.Scatter(
-            x=xs, y=[100 * c / max(1, p) for c, p in zip(counts, positions)],
+            x=xs, y=shares[kind],
             customdata=np.stack([counts, positions], axis=-1), name=f"{kind} keywords",
             mode="lines+markers", line=dict(color=color),
             hovertemplate=f"{kind}: %{{customdata[0]}} of %{{customdata[1]}} video tokens "
@@ -372,8 +561,8 @@ def _keyword_section(rows):
     return ("keyword-frequency", "Spatial vs temporal concepts in video tokens",
             f"Share of video tokens whose top-1 logit-lens token is a spatial or a temporal "
             f"keyword, "
-            f"per layer, over the {n} video tokens read per layer (all lens samples together).",
-            figure)
+            f"per layer, over the {n} video tokens read per layer (all lens samples together)."
+            + _keywords_versus_paper(xs, shares), figure)
 
 
 def _finding_one_section(rows, config):
@@ -399,7 +588,7 @@ def _finding_one_section(rows, config):
                           and (column == "all tasks" or r["task"] == column)
                           and r.get("correct") is not None]
                 n = len({r["sample"] for r in chosen})
-                labels.append(f"{column}<br>n = {n}")
+                labels.append(f"{column}<br>n = {n}" + (" ⚠" if n < MIN_BAND_SAMPLES else ""))
                 if not chosen:
                     ys.append(None), lows.append(0), highs.append(0)
                     continue
@@ -407,6 +596,9 @@ def _finding_one_section(rows, config):
                                  lambda r: 100.0 * bool(r["correct"]), [0])
                 centre, low, high = bootstrap_band(values)
                 ys.append(float(centre[0]))
+                if n < MIN_BAND_SAMPLES:  # too few samples for an interval: none drawn
+                    lows.append(0), highs.append(0)
+                    continue
                 lows.append(float(centre[0] - low[0]))
                 highs.append(float(high[0] - centre[0]))
             color = colors.get(condition, "#1f77b4" if i == 0 else "#ff7f0e")
@@ -420,15 +612,45 @@ def _finding_one_section(rows, config):
                 hovertemplate=f"{html.escape(model)}, {html.escape(name)}<br>%{{x}}: "
                               f"%{{y:.1f}} %<extra></extra>"), row=1, col=i + 1)
     figure.update_yaxes(title_text="accuracy (%)", range=[0, 105], col=1)
+    versus = _finding_one_versus_paper(rows, models, image_model)
     figure.update_layout(barmode="group", height=440, margin=dict(t=50, b=90),
                          legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
     layers = ", ".join(_layer_span(l) for l in knockout_layers) or "the run's layers"
     return ("finding-1", "Finding 1: cross-frame knockout, video-fine-tuned vs image-only model",
             f"Accuracy per task without knockout and with every frame's tokens blocked from "
             f"attending to earlier frames in layers {layers} (the early-to-middle half). "
-            f"Error bars: 95 % bootstrap interval over samples; n: samples per task. A model that "
+            f"Error bars: 95 % bootstrap interval over samples (none where fewer than "
+            f"{MIN_BAND_SAMPLES} samples, marked ⚠); n: samples per task. A model that "
             f"needs cross-frame interaction for a task loses accuracy there; a model that reads "
-            f"each frame alone does not.", figure)
+            f"each frame alone does not." + versus, figure)
+
+
+def _finding_one_versus_paper(rows, models, image_model) -> str:
+    """The accuracy each model loses under cross-frame knockout over all samples, vs the
+    paper's large loss for the video-fine-tuned model and none for the image-only one."""
+    def accuracy(model, knocked_out):
+        chosen = [bool(r["correct"]) for r in rows if r["model"] == model
+                  and (r["condition"] != "base") == knocked_out and r.get("correct") is not None]
+        return 100 * mean(chosen) if chosen else None
+
+    drops = {}
+    for model in models:
+        base, knocked = accuracy(model, False), accuracy(model, True)
+        if base is not None and knocked is not None:
+            drops[model] = base - knocked
+    video = [m for m in drops if m != image_model]
+    if not video:
+        return ""
+    video_drop = drops[video[0]]
+    paper = ("the paper: the video-fine-tuned model loses 18–61 points per task, the image-only "
+             "one hardly any")
+    text = f"{video[0]} loses {video_drop:.1f} points over all tasks"
+    if image_model in drops:
+        text += f", {image_model} {drops[image_model]:.1f}"
+        ok = video_drop >= 5 and video_drop - drops[image_model] >= 5
+    else:
+        ok = video_drop >= 5
+    return _versus_paper([f"{text}; {paper}"], []) if ok else _versus_paper([], [f"{text}; {paper}"])
 
 
 def _layer_span(layers: Sequence[int]) -> str:
@@ -481,11 +703,12 @@ def _failure_section(flow, prob, samples):
         xs = sorted({r["layer"] for r in rows})
         for j, (_, want) in enumerate(groups):
             chosen_rows = [r for r in rows if verdict.get(r["sample"]) is want]
+            drawn: list = []
             for name, color, keep in curves:
                 chosen = [r for r in chosen_rows if keep(r)]
                 if chosen:
                     _add_curve(figure, xs, _matrix(chosen, value, xs), name=name, color=color,
-                               row=i + 1, col=j + 1, showlegend=j == 0)
+                               row=i + 1, col=j + 1, showlegend=j == 0, drawn=drawn)
         figure.update_yaxes(title_text=y_title, row=i + 1, col=1)
         figure.update_yaxes(matches=f"y{2 * i + 1}" if i else "y", row=i + 1, col=2)
         _integer_layer_axes(figure, xs)
@@ -495,8 +718,8 @@ def _failure_section(flow, prob, samples):
     return ("failure-diagnosis", "Failure diagnosis: correct vs wrong samples",
             "The same curves for samples the model answers correctly (left) and wrongly (right) "
             "without knockout, side by side on one scale: where the flow or the answer's "
-            "emergence differs is where the wrong answers go astray. Mean and 95 % bootstrap "
-            "bands over samples; n per panel. " + " ".join(notes), figure)
+            "emergence differs is where the wrong answers go astray. Mean over samples, band: "
+            f"{_BAND_NOTE}; n per panel. " + " ".join(notes), figure)
 
 
 # --------------------------------------------------------------------- frame-grounded views
@@ -539,9 +762,16 @@ class _FrameGrid:
 class _FrameFigure:
     """A grid of frame cells (rows × frames) built as plain plotly.js JSON: the plotly Python
     objects validate every property on every update, which took tens of seconds for a few
-    hundred heatmaps; the frame views need none of it."""
+    hundred heatmaps; the frame views need none of it.
+
+    When the run saved thumbnails, the first row shows each frame itself and the heatmap rows
+    below it are opaque (their colours are the colour bar's); ``draw``'s ``row`` counts the
+    heatmap rows only."""
 
     def __init__(self, n_rows: int, frame_ids: Sequence[int], grids: dict, row_titles):
+        self.frame_row = int(any(g.image for g in grids.values()))
+        row_titles = ["video frame"] * self.frame_row + list(row_titles)
+        n_rows += self.frame_row
         self.n_rows, self.n_cols = n_rows, len(frame_ids)
         cell_width = 1080 / self.n_cols
         aspect = max(g.aspect for g in grids.values())
@@ -564,6 +794,14 @@ class _FrameFigure:
             height=self.height, margin=dict(t=50, l=40, r=110, b=60), font=_FONT,
             plot_bgcolor="white", paper_bgcolor="white", annotations=annotations, images=[],
             showlegend=False, hovermode="closest")
+        for j, t in enumerate(frame_ids):
+            grid = grids[t]
+            if grid.image:
+                suffix = self._axes(grid, 0, j)
+                self.layout["images"].append(dict(
+                    source=grid.image, xref=f"x{suffix}", yref=f"y{suffix}", x=-0.5, y=-0.5,
+                    sizex=grid.width, sizey=grid.height, sizing="stretch", layer="below",
+                    xanchor="left", yanchor="top"))
 
     def _x(self, col: int) -> float:
         return col * (self.width_share + self.h_space)
@@ -573,27 +811,27 @@ class _FrameFigure:
 
     def draw(self, grid: "_FrameGrid", z, text, hover, *, row: int, col: int, coloraxis: str,
              opacity: float, visible: bool = True, show_text: bool = True) -> None:
-        """One frame cell (0-based row, col): the thumbnail (if any) under the token grid's
-        heatmap, on axes with integer row / column ticks and the frame's aspect ratio.
-        ``hover``: a text per cell, or one plotly.js hover template for all cells (smaller)."""
-        number = row * self.n_cols + col + 1
-        suffix = "" if number == 1 else str(number)
+        """One frame cell (0-based heatmap row, col): the token grid's opaque heatmap, on axes
+        with integer row / column ticks and the frame's aspect ratio (the frame itself is in
+        the top row). ``hover``: a text per cell, or one plotly.js hover template for all
+        cells (smaller)."""
+        suffix = self._axes(grid, row + self.frame_row, col)
         hovering = (dict(hovertemplate=hover) if isinstance(hover, str)
                     else dict(hovertext=hover, hoverinfo="text"))
         trace = dict(type="heatmap", z=z, **hovering, coloraxis=coloraxis, opacity=opacity,
-                     xgap=0 if grid.image else 0.5, ygap=0 if grid.image else 0.5,
-                     xaxis=f"x{suffix}", yaxis=f"y{suffix}", visible=visible)
+                     xgap=0.5, ygap=0.5, xaxis=f"x{suffix}", yaxis=f"y{suffix}",
+                     visible=visible)
         if show_text and text is not None:
-            trace.update(text=text, texttemplate="%{text}",
-                         textfont=dict(size=9, color="white", shadow="0px 0px 2px black"))
+            # no text colour: plotly.js picks black or white by contrast with each cell
+            trace.update(text=text, texttemplate="%{text}", textfont=dict(size=9))
         self.data.append(trace)
-        if grid.image and visible:
-            self.layout["images"].append(dict(
-                source=grid.image, xref=f"x{suffix}", yref=f"y{suffix}", x=-0.5, y=-0.5,
-                sizex=grid.width, sizey=grid.height, sizing="stretch", layer="below",
-                xanchor="left", yanchor="top"))
+
+    def _axes(self, grid: "_FrameGrid", row: int, col: int) -> str:
+        """The axis suffix of the cell at (row, col) of the whole figure, its axes made once."""
+        number = row * self.n_cols + col + 1
+        suffix = "" if number == 1 else str(number)
         if f"xaxis{suffix}" in self.layout:
-            return
+            return suffix
         step_x = max(1, math.ceil(grid.width / 4))
         step_y = max(1, math.ceil(grid.height / 4))
         axis = dict(tickmode="array", tickfont=dict(size=8), showgrid=False, zeroline=False,
@@ -606,6 +844,7 @@ class _FrameFigure:
             anchor=f"x{suffix}", range=[grid.height - 0.5, -0.5],
             tickvals=list(range(0, grid.height, step_y)), scaleanchor=f"x{suffix}",
             scaleratio=grid.aspect * grid.width / grid.height)
+        return suffix
 
     def html(self, div_id: str) -> str:
         data = json.dumps(self.data, separators=(",", ":"))
@@ -676,8 +915,9 @@ def _lens_sections(rows, frames_table, config):
         sections.append((
             figure_id, f"Logit lens over the frames{_sample_label(sample, task)}",
             f"Each video token's most probable vocabulary token under the logit lens (text; "
-            f"colour: its probability), drawn on the token's cell of its frame's own grid over "
-            f"the frame itself; rows are layers {', '.join(map(str, layers))} "
+            f"colour: its probability on the colour bar's scale), drawn on the token's cell of "
+            f"its frame's own grid, the frame itself in the top row; heatmap rows are layers "
+            f"{', '.join(map(str, layers))} "
             f"(evenly spaced from the first to the last), columns frames "
             f"{', '.join(map(str, frame_ids))}. Hover a cell for its top-3 tokens."
             + (" Grids larger than 12 tokens a side show the tokens on hover only." if big
@@ -734,7 +974,6 @@ def _attention_sections(rows, frames_table, config):
                           for r in cells.get((c, t, layer), [])]
                 maxima.append(max(values, default=1.0))
                 minima.append(min(values, default=0.0) if official else 0)
-            # images were added once per cell (the visible layer's pass); keep one copy each
             steps = [dict(method="update", label=str(layer),
                           args=[{"visible": [v == layer for v in visibility]},
                                 {"coloraxis.cmax": maxima[k], "coloraxis.cmin": minima[k]}])
@@ -760,10 +999,11 @@ def _attention_sections(rows, frames_table, config):
                            f"{query or default_query}",
                 (f"log10(5e-5 + attention) from the query token ({query_text}; mean over "
                  f"heads), as the official figure draws it, to each video token, on the "
-                 f"token's cell over its frame; layers {layers[0]}–{layers[-1]} (the official "
+                 f"token's cell of its frame's grid (the frame itself in the top row); layers {layers[0]}–{layers[-1]} (the official "
                  f"11–20 of 32, scaled). Rows: " if official else
                  f"Attention weight from the query ({query_text}; mean over heads and query "
-                 f"positions) to each video token, on the token's cell over its frame. Rows: ")
+                 f"positions) to each video token, on the token's cell of its frame's grid (the frame "
+                 f"itself in the top row). Rows: ")
                 + f"{' vs '.join(html.escape(c) for c in conditions)}"
                 + ((" (cross-frame edges blocked in every layer)" if official else
                     " (cross-frame edges blocked in the early-to-middle layers)") if knockout
@@ -789,6 +1029,71 @@ def pathway_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       "kept_edges": sum(r["kept_edges"] for r in group) // len(group),
                       "total_edges": sum(r["total_edges"] for r in group) // len(group)})
     return table
+
+
+def _seed_of(row) -> Any:
+    seed = row.get("seed")
+    return None if isinstance(seed, float) and math.isnan(seed) else seed
+
+
+def _prune_section(rows):
+    """Accuracy vs retained edges over all tasks: the full model, the effective pathways and
+    each random seed as its own point (so one seed shows as one point, not as a spread)."""
+    figure = go.Figure()
+    points: dict[str, list[tuple[float, float, Any]]] = defaultdict(list)
+    # rows that went through pandas carry NaN for "no seed", and NaN keys never group
+    for (variant, seed), group in _by([{**r, "seed": _seed_of(r)} for r in rows],
+                                      "variant", "seed").items():
+        graded = [bool(r["correct"]) for r in group if r.get("correct") is not None]
+        total = sum(r["total_edges"] for r in group)
+        if not graded or not total:
+            continue
+        points[variant].append((100 * sum(r["kept_edges"] for r in group) / total,
+                                100 * mean(graded), seed))
+    style = {"full": ("#7f7f7f", "square", "full model"),
+             "pathway": ("#1f77b4", "diamond", "effective pathways"),
+             "random": ("#d62728", "circle", "random pruning (one point per seed)")}
+    for variant, found in sorted(points.items(), key=lambda item: list(style).index(item[0])
+                                 if item[0] in style else len(style)):
+        color, symbol, name = style.get(variant, ("#9467bd", "x", variant))
+        found.sort(key=lambda p: (p[2] is None, p[2]))
+        figure.add_trace(go.Scatter(
+            x=[p[0] for p in found], y=[p[1] for p in found], mode="markers", name=name,
+            marker=dict(color=color, symbol=symbol, size=11, line=dict(width=1, color="#222")),
+            customdata=[["" if p[2] is None else f", seed {p[2]}"] for p in found],
+            hovertemplate=f"{html.escape(name)}%{{customdata[0]}}<br>retained %{{x:.1f}} %: "
+                          f"accuracy %{{y:.1f}} %<extra></extra>"))
+    figure.update_xaxes(title_text="retained attention edges (% of causal edges, all layers)",
+                        range=[0, 105])
+    figure.update_yaxes(title_text="accuracy over all tasks (%)", range=[-5, 105])
+    figure.update_layout(height=380, margin=dict(t=30),
+                         legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
+    seeds = sorted({_seed_of(r) for r in rows if r["variant"] == "random"} - {None}, key=str)
+    n = len({r["sample"] for r in rows})
+    caption = (f"Accuracy over all {n} samples vs the share of causal attention edges kept: the "
+               f"full model, only the circuit's effective pathways, and as many edges per layer "
+               f"pruned at random, each random seed its own point. ")
+    if not seeds:
+        caption += "This run has no random baseline. "
+    elif len(seeds) == 1:
+        caption += (f"The random baseline used <b>one seed</b> ({seeds[0]}): there is no spread "
+                    f"over seeds to show (run <code>mapflow-tl prune --random-seeds</code> with "
+                    f"two or more). ")
+    else:
+        caption += (f"The random baseline used {len(seeds)} seeds "
+                    f"({', '.join(map(str, seeds))}). ")
+    full, pathway = (mean(p[1] for p in points[v]) if points.get(v) else None
+                     for v in ("full", "pathway"))
+    random = mean(p[1] for p in points["random"]) if points.get("random") else None
+    paper = ("the paper: the pathways keep accuracy within about a point of the full model "
+             "while random pruning of the same share loses 7–11 points")
+    if full is not None and pathway is not None and random is not None:
+        text = (f"full {full:.1f} %, pathways {pathway:.1f} %, random {random:.1f} %"
+                + (" (mean over seeds)" if len(seeds) > 1 else ""))
+        ok = pathway >= full - 3 and random <= pathway - 5
+        caption += (_versus_paper([f"{text}; {paper}"], []) if ok else
+                    _versus_paper([], [f"{text}; {paper}"]))
+    return ("pruning", "Effective pathways vs random pruning", caption.strip(), figure)
 
 
 def _table_html(rows: list[dict[str, Any]], element_id: str = "") -> str:
@@ -890,12 +1195,48 @@ nav ul{columns:2;font-size:0.92em;padding-left:20px}
 """
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def _plotly_script(plotly: str, path: Path) -> tuple[str, str]:
+    """The page's plotly.js ``<script>`` and the size note's words for it.
+
+    ``inline`` embeds plotly.js (offline, ~4.8 MB); ``cdn`` links plotly's CDN copy of the
+    bundled version; any other value is a file path: the bundled plotly.js is written there
+    when no file is, and the page links it by its path relative to the report."""
+    from plotly.offline.offline import get_plotlyjs_version
+
+    if plotly == "inline":
+        code = get_plotlyjs()
+        return (f'<script type="text/javascript">{code}</script>',
+                f"self-contained and offline (plotly.js {len(code.encode()) / 1e6:.2f} MB, ")
+    if plotly == "cdn":
+        url = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+        return (f'<script src="{url}" charset="utf-8"></script>',
+                f"plotly.js linked from {html.escape(url)}, so opening it needs the network (")
+    target = Path(plotly).expanduser()
+    if target.is_dir() or not target.suffix == ".js":
+        raise InputError(f"--plotly {plotly!r} is neither inline, cdn nor a path to a .js file; "
+                         f"give e.g. --plotly {Path(plotly) / 'plotly.min.js'}")
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(get_plotlyjs(), encoding="utf-8")
+    link = Path(os.path.relpath(target.resolve(), path.parent.resolve())).as_posix()
+    return (f'<script src="{html.escape(link)}" charset="utf-8"></script>',
+            f"plotly.js linked from {html.escape(link)}, which must travel with it (")
+
+
+#: How ``build_report`` puts plotly.js in the page (``report --plotly``).
+PLOTLY_MODES = ("inline", "cdn", "PATH")
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, *,
+                 plotly: str = "inline") -> Path:
     """Build ``report.html`` (or ``out``) from a run folder's saved tables; returns its path.
 
-    One self-contained HTML file: plotly.js and any frame thumbnails are embedded, nothing is
-    fetched when it is opened. Raises ``ValueError`` when the folder holds no result table."""
+    By default one self-contained HTML file: plotly.js and any frame thumbnails are embedded,
+    nothing is fetched when it is opened. ``plotly="cdn"`` or a path to a ``.js`` file links
+    plotly.js instead (a report of ~0.5 MB instead of ~5 MB; see :func:`_plotly_script`).
+    Raises ``InputError`` when the folder holds no result table."""
     run_dir = Path(run_dir)
+    path = Path(out) if out is not None else run_dir / "report.html"
     config = read_run_config(run_dir)
     tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
@@ -916,6 +1257,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         sections += _lens_sections(tables["lens"], tables["frames"], config)
     if tables["attention"]:
         sections += _attention_sections(tables["attention"], tables["frames"], config)
+    if tables["prune"]:
+        sections.append(_prune_section(tables["prune"]))
     if samples and not any(r.get("selected", True) for r in samples):
         mode = (config.get("definitions") or {}).get("sample_mode") or config.get("mode")
         sections.insert(0, ("no-selected-samples", "No sample was selected",
@@ -938,26 +1281,29 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                                         div_id=figure_id, config=_PLOT_CONFIG))
         blocks.append((figure_id, title, content))
     if rows := tables["prune"]:
-        blocks.append(("pathway-table", "Effective pathways vs random pruning",
+        seeds = len({_seed_of(r) for r in rows if r["variant"] == "random"} - {None})
+        spread = ("mean ± standard deviation over its " f"{seeds} seeds" if seeds > 1 else
+                  "one seed, so no ± spread" if seeds == 1 else "no random baseline in this run")
+        blocks.append(("pathway-table", "Effective pathways vs random pruning, per task",
                        '<p class="caption">Accuracy per task with the full model, with only the '
                        'circuit\'s effective pathways kept, and with as many edges per layer '
-                       'pruned at random (mean ± standard deviation over the random seeds); '
-                       'retained: the share of causal attention edges kept over all layers.</p>'
-                       + _table_html(pathway_table(rows), "pathway-table")))
+                       f'pruned at random ({spread}; the seeds column says how many each row '
+                       'used); retained: the share of causal attention edges kept over all '
+                       'layers.</p>' + _table_html(pathway_table(rows), "pathway-table")))
     header = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                      for k, v in _header_rows(config, samples, run_dir))
     contents = "".join(f'<li><a href="#sec-{i}">{html.escape(t)}</a></li>'
                        for i, t, _ in blocks)
     body = "\n".join(f'<section id="sec-{i}"><h2>{html.escape(t)}</h2>\n{c}</section>'
                      for i, t, c in blocks)
-    plotly_js = get_plotlyjs()
+    plotly_script, plotly_note = _plotly_script(plotly, path)
     title = html.escape(str(config.get("model", "")))
 
     def page(size_note: str) -> str:
         return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>mapflow-tl report: {title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<script type="text/javascript">{plotly_js}</script>
+{plotly_script}
 <style>{_CSS}</style>
 </head><body>
 <h1>mapflow-tl report</h1>
@@ -969,11 +1315,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     draft = page("X" * 120)
     total = len(draft.encode("utf-8")) - 120
-    note = (f"This file: {total / 1e6:.2f} MB, self-contained and offline (plotly.js "
-            f"{len(plotly_js.encode()) / 1e6:.2f} MB, figures and thumbnails "
-            f"{(total - len(plotly_js.encode())) / 1e6:.2f} MB).")
+    script = len(plotly_script.encode())
+    note = (f"This file: {total / 1e6:.2f} MB, {plotly_note}figures and thumbnails "
+            f"{(total - script) / 1e6:.2f} MB).")
     text = page(note)
-    path = Path(out) if out is not None else run_dir / "report.html"
     temporary = path.with_suffix(".html.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -324,7 +325,12 @@ def test_frame_views_put_each_token_on_its_frames_grid(report):
     # the compressed frame's two tokens sit at their kept (h, w): (1, 2) then (0, 1)
     assert compressed["text"][1][2] == f"p{kept[0]}" and compressed["text"][0][1] == f"p{kept[1]}"
     assert compressed["z"][0][0] is None
-    assert len(lens["layout"]["images"]) == 12 and lens["layout"]["coloraxis"]["colorbar"]
+    # each frame drawn once, in its own top row, beside (not under) the opaque cells
+    assert len(lens["layout"]["images"]) == 3 and lens["layout"]["coloraxis"]["colorbar"]
+    assert {i["yref"] for i in lens["layout"]["images"]} == {"y", "y2", "y3"}
+    assert {h["yaxis"] for h in heatmaps}.isdisjoint({"y", "y2", "y3"})
+    for stop in lens["layout"]["coloraxis"]["colorscale"]:
+        assert re.fullmatch(r"#[0-9a-f]{6}", stop[1]), stop  # opaque: no rgba alpha
     attention = _figure(page, "attention-maps")
     assert "attention" in attention["layout"]["coloraxis"]["colorbar"]["title"]["text"]
     slider = attention["layout"]["sliders"][0]
@@ -497,9 +503,29 @@ _CHECK_FIGURES = """JSON.stringify(
   width: d.getBoundingClientRect().width})))"""
 
 
-def render(path: Path, profile: Path) -> tuple[list[dict], list[str]]:
-    """Open ``path`` in headless Chromium; returns each plot's drawing summary and the console
-    errors / uncaught exceptions the page raised."""
+# where a heatmap cell of a plot is drawn on the page (CSS pixels from the document's top left)
+_CELL_POSITION = """(() => {
+  const d = document.getElementById(%(id)s);
+  const trace = d._fullData.filter(t => t.type === 'heatmap' && t.visible === true)[%(trace)d];
+  const name = a => a.length > 1 ? a[0] + 'axis' + a.slice(1) : a + 'axis';
+  const xa = d._fullLayout[name(trace.xaxis)], ya = d._fullLayout[name(trace.yaxis)];
+  const box = d.getBoundingClientRect();
+  return JSON.stringify({x: box.left + window.scrollX + xa._offset + xa.l2p(%(w)d),
+    y: box.top + window.scrollY + ya._offset + ya.l2p(%(h)d),
+    width: Math.abs(xa.l2p(1) - xa.l2p(0)), z: trace.z[%(h)d][%(w)d],
+    cmin: d._fullLayout.coloraxis.cmin, cmax: d._fullLayout.coloraxis.cmax,
+    scale: d._fullLayout.coloraxis.colorscale});
+})()"""
+
+
+def render(path: Path, profile: Path, cells: Sequence[dict] = ()
+           ) -> tuple[list[dict], list[str], dict]:
+    """Open ``path`` in headless Chromium (a 1300 px wide window); returns each plot's drawing
+    summary, the console errors / uncaught exceptions the page raised, and ``{"load_ms": the
+    page's load time, "cells": per entry of ``cells`` ({id, trace, h, w, dx}) the cell's value,
+    colour scale and the RGB of the pixel drawn ``dx`` cell widths right of its centre}``."""
+    from PIL import Image
+
     chromium = _chromium()
     browser = _DevTools(chromium, profile)
     try:
@@ -508,11 +534,31 @@ def render(path: Path, profile: Path) -> tuple[list[dict], list[str]]:
                                                          "flatten": True})["sessionId"]
         for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
             browser.send(domain, session=session)
+        browser.send("Emulation.setDeviceMetricsOverride", {
+            "width": 1300, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session=session)
         browser.send("Page.navigate", {"url": path.as_uri()}, session=session)
         browser.wait_event("Page.loadEventFired", timeout=60)
-        result = browser.send("Runtime.evaluate", {"expression": _CHECK_FIGURES,
-                                                   "returnByValue": True}, session=session)
-        plots = json.loads(result["result"]["value"])
+
+        def evaluate(expression):
+            return browser.send("Runtime.evaluate", {
+                "expression": expression, "returnByValue": True, "awaitPromise": True},
+                session=session)["result"]["value"]
+
+        result = {"load_ms": evaluate(
+            "new Promise(r => setTimeout(() => r(performance.getEntriesByType('navigation')[0]"
+            ".loadEventEnd), 0))"), "cells": []}
+        for cell in cells:
+            where = json.loads(evaluate(_CELL_POSITION % {**cell, "id": json.dumps(cell["id"])}))
+            x = where["x"] + cell.get("dx", 0) * where["width"]
+            shot = browser.send("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True,
+                "clip": {"x": x - 1, "y": where["y"] - 1, "width": 3, "height": 3, "scale": 1}},
+                session=session)
+            pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(shot["data"])))
+                                .convert("RGB"))
+            result["cells"].append({**where, "rgb": pixels[1, 1].tolist()})
+        plots = json.loads(evaluate(_CHECK_FIGURES))
         errors = []
         for event in browser.events:
             params = event.get("params", {})
@@ -526,7 +572,7 @@ def render(path: Path, profile: Path) -> tuple[list[dict], list[str]]:
                                                      for a in params["args"]))
             elif event["method"] == "Log.entryAdded" and params["entry"]["level"] == "error":
                 errors.append("log: " + params["entry"]["text"])
-        return plots, errors
+        return plots, errors, result
     finally:
         browser.close()
 
@@ -535,7 +581,7 @@ def test_report_renders_in_a_real_browser(report, tmp_path):
     if _chromium() is None:
         pytest.skip("headless Chromium is not installed: the report was not opened in a browser "
                     "(.ci/run installs Debian's chromium; apt-get install chromium to run this)")
-    plots, errors = render(report, tmp_path / "profile")
+    plots, errors, _ = render(report, tmp_path / "profile")
     assert errors == []
     page = report.read_text()
     expected = re.findall(r'Plotly\.newPlot\(\s*"([^"]+)"', page)
@@ -554,7 +600,7 @@ def test_browser_check_catches_a_broken_page(tmp_path):
     page.write_text('<html><body><div class="js-plotly-plot" id="empty"></div>'
                     '<script>console.error("bad thing"); undefinedFunction();</script>'
                     '</body></html>')
-    plots, errors = render(page, tmp_path / "profile")
+    plots, errors, _ = render(page, tmp_path / "profile")
     assert any("bad thing" in e for e in errors)
     assert any("undefinedFunction" in e for e in errors)
     assert plots == [{"id": "empty", "svg": 0, "traces": 0, "drawn": 0,
@@ -635,7 +681,7 @@ def test_report_of_the_real_analyses_on_a_tiny_model(tiny_backbone, layout, tmp_
         values = [r["change_pred"] for r in chosen if r["layer"] == layer]
         assert curve["y"][layer] == pytest.approx(sum(values) / len(values))
     lens = _figure(page, "lens-overlay")
-    assert len(lens["layout"]["images"]) == len(layout.frames) * min(4, vlm.n_layers)
+    assert len(lens["layout"]["images"]) == len(layout.frames)
 
 
 def test_a_run_with_no_selected_sample_still_gets_a_report(tmp_path):
@@ -652,3 +698,199 @@ def test_a_run_with_no_selected_sample_still_gets_a_report(tmp_path):
     page = build_report(tmp_path / "run").read_text()
     assert 'id="no-selected-samples"' in page and "none matched the sample mode 'wrong'" in page
     assert "All 3 evaluated samples" in page
+
+
+# ----------------------------------------------------------- bands, n and the paper's findings
+def _flow_row(sample, task, curve, layer, change):
+    return {"sample": sample, "task": task, "circuit": "c", "curve": curve, "layer": layer,
+            "layers": [layer], "k": 1, "style": "center", "base_token": 1, "base_p_pred": 0.9,
+            "base_p_true": 0.9, "base_correct": True, "base_option": 0, "p_pred": 0.5,
+            "p_true": 0.5, "change_pred": change, "change_true": change, "token": 1,
+            "option": 0, "correct": True, "edges": 4}
+
+
+def test_coinciding_bands_are_drawn_once_and_small_panels_warn_instead(tmp_path):
+    """Two pathways with the same values at layers 0–1 (both leave the answer as it was):
+    the second one's band covers only where it differs (layers 2–3, reaching back to layer 1),
+    so stacked translucent bands cannot darken into a block; a task with 3 samples (< 5) gets
+    no band and a warning in its title."""
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "flow", "model": "m"})
+    flow = []
+    for task, count in (("A", 5), ("B", 3)):
+        for i in range(count):
+            for layer in range(4):
+                same = -10.0 * i
+                flow.append(_flow_row(f"{task}{i}", task, "cross-frame", layer, same))
+                flow.append(_flow_row(f"{task}{i}", task, "video → last", layer,
+                                      same if layer < 2 else -50.0 - 7 * i))
+    writer.write("flow", flow)
+    writer.finish()
+    figure = _figure(build_report(out).read_text(), "flow-change")
+    bands = {(t["name"], t.get("xaxis", "x")): t for t in figure["data"]
+             if t["name"].endswith("95% CI")}
+    assert bands[("cross-frame 95% CI", "x")]["x"] == [0, 1, 2, 3, 3, 2, 1, 0]
+    assert bands[("video → last 95% CI", "x")]["x"] == [1, 2, 3, 3, 2, 1]
+    assert ("cross-frame 95% CI", "x2") in bands  # task A: 5 samples, a band
+    assert not any(axis == "x3" for _, axis in bands)  # task B: 3 samples, none
+    titles = [a["text"] for a in figure["layout"]["annotations"]]
+    assert any("B" in t and "n = 3 ⚠" in t for t in titles)
+    assert not any("A</b>" in t and "⚠" in t for t in titles)
+
+
+def _finding_run(tmp_path, true_by_layer, spatial, temporal, name="run"):
+    out = tmp_path / name
+    writer = RunWriter(out, {"command": "prob", "model": "m"})
+    writer.write("prob", [{"sample": f"s{i}", "task": "T", "layer": layer, "option": option,
+                           "is_true": option == 0,
+                           "probability": true_by_layer[layer] if option == 0 else 0.05}
+                          for i in range(2) for layer in range(len(true_by_layer))
+                          for option in range(2)])
+    writer.write("keywords", [{"layer": layer, "spatial": s, "temporal": t, "positions": 20}
+                              for layer, (s, t) in enumerate(zip(spatial, temporal))])
+    writer.finish()
+    page = build_report(out).read_text()
+    sections = [part.split('">', 1) for part in page.split('<section id="sec-')[1:]]
+    captions = {name: re.search(r'<p class="caption"[^>]*>(.*?)</p>', body, re.S).group(1)
+                for name, body in sections}
+    return captions["probability-trace"], captions["keyword-frequency"]
+
+
+def test_captions_say_where_the_run_departs_from_the_paper(tmp_path):
+    """From the run's own numbers: p(true) that rises only at the last of 8 layers, and temporal
+    keywords that fall with depth, depart from the paper (rise after ~60 % depth; temporal
+    concepts emerging in the middle layers); a rise at layer 4 of 8 (57 % depth) and temporal
+    keywords peaking in the middle agree."""
+    late, falling = _finding_run(tmp_path, [0.05] * 7 + [0.9], [8] * 8,
+                                 [8, 8, 8, 4, 4, 2, 1, 0])
+    assert "Departs from the paper" in late and "only at the last layer (7" in late
+    # depth ℓ/7: early thirds are layers 0–2 (8 of 20 tokens, 40 %), the middle third layers
+    # 3–4 (4 of 20, 20 %)
+    assert "Departs from the paper" in falling and "40 % of video tokens early" in falling
+    assert "20 % in the middle (layers 0–2 vs 3–4)" in falling and "fall with depth" in falling
+    middle, rising = _finding_run(tmp_path, [0.05, 0.05, 0.1, 0.2, 0.6, 0.8, 0.9, 0.9],
+                                  [10] * 8, [0, 0, 1, 6, 6, 4, 1, 0], "agrees")
+    # half the rise 0.05 → 0.9 is 0.475, first reached at layer 4 (4/7 = 57 % depth)
+    assert "Departs" not in middle and "As in the paper" in middle
+    assert "at layer 4 (57 % depth)" in middle
+    assert "Departs" not in rising and "emerge in the middle layers" in rising
+
+
+def test_pruning_figure_shows_each_seed_and_says_how_many(report, tmp_path):
+    page = report.read_text()
+    figure = _figure(page, "pruning")
+    points = {t["name"]: t for t in figure["data"]}
+    # hand-made run: full keeps 10/10 edges, pathway and random 6/10; random always wrong
+    full, pathway = points["full model"], points["effective pathways"]
+    assert (full["x"], full["y"]) == ([100.0], [100.0])
+    assert (pathway["x"], pathway["y"]) == ([60.0], [100.0])
+    assert points["random pruning (one point per seed)"]["y"] == [0.0]
+    assert "used <b>one seed</b> (0)" in page and "one seed, so no ± spread" in page
+    # three seeds: three points, each seed's accuracy over the samples (seed s: s of 3 right)
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "prune", "model": "m"})
+    writer.write("prune", [{"sample": f"s{i}", "task": "T", "circuit": "c",
+                            "variant": variant, "seed": seed, "token": 1,
+                            "correct": variant != "random" or i < seed, "p_true": 0.5,
+                            "kept_edges": 6, "total_edges": 10, "retained": 0.6}
+                           for i in range(3) for variant, seed in
+                           (("full", None), ("pathway", None), ("random", 1), ("random", 2),
+                            ("random", 3))])
+    writer.finish()
+    page = build_report(out).read_text()
+    random = {t["name"]: t for t in _figure(page, "pruning")["data"]}[
+        "random pruning (one point per seed)"]
+    assert random["y"] == pytest.approx([100 / 3, 200 / 3, 100.0])
+    assert "used 3 seeds (1, 2, 3)" in page and "over its 3 seeds" in page
+
+
+def test_plotly_can_be_linked_instead_of_inlined(run_dir, tmp_path):
+    from plotly.offline.offline import get_plotlyjs_version
+
+    from mapflow_tl.errors import InputError
+
+    cdn = build_report(run_dir, tmp_path / "cdn.html", plotly="cdn").read_text()
+    assert (f'<script src="https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"'
+            in cdn)
+    local = tmp_path / "site" / "report.html"
+    local.parent.mkdir()
+    page = build_report(run_dir, local, plotly=str(tmp_path / "js" / "plotly.min.js"))
+    assert '<script src="../js/plotly.min.js"' in page.read_text()
+    assert (tmp_path / "js" / "plotly.min.js").stat().st_size > 1e6
+    assert page.stat().st_size < 0.3 * build_report(run_dir, tmp_path / "in.html").stat().st_size
+    with pytest.raises(InputError, match="--plotly"):
+        build_report(run_dir, tmp_path / "x.html", plotly=str(tmp_path))
+
+
+def _scale_colour(scale, fraction):
+    """The RGB a plotly colour scale gives ``fraction`` (0–1): linear between its '#rrggbb'
+    stops, by hand."""
+    stops = [(float(at), [int(c[i:i + 2], 16) for i in (1, 3, 5)]) for at, c in scale]
+    for (a, low), (b, high) in zip(stops, stops[1:]):
+        if a <= fraction <= b:
+            t = (fraction - a) / (b - a)
+            return [lo + t * (hi - lo) for lo, hi in zip(low, high)]
+    raise ValueError(fraction)
+
+
+def test_frame_cells_have_the_colour_bars_colour_and_linked_plotly_loads(report, run_dir,
+                                                                         tmp_path):
+    """A screenshot in headless Chromium: a lens cell (top-1 probability 0.5) and an attention
+    cell are drawn in the colour their colour bar gives their value, not blended with the
+    frame under them (the hand-made frames are flat green, (0, 255, 100)); the report also
+    loads with plotly.js linked from a file, and both load times are measured."""
+    if _chromium() is None:
+        pytest.skip("headless Chromium is not installed")
+    layout = _mixed_layout()
+    # attention's middle layer (2) is shown: the value of frame 1's cell (1, 0) is its
+    # position / 100 + 2
+    cells = [{"id": "lens-overlay", "trace": 0, "h": 0, "w": 0, "dx": 0.35},
+             {"id": "attention-maps", "trace": 1, "h": 1, "w": 0, "dx": 0}]
+    _, errors, inline = render(report, tmp_path / "profile", cells)
+    assert errors == []
+    lens, attention = inline["cells"]
+    assert lens["z"] == 0.5 and (lens["cmin"], lens["cmax"]) == (0, 1)
+    position = layout.frames[1].start + 1 * 2 + 0  # frame 1 is a 3×2 grid: (h=1, w=0)
+    assert attention["z"] == pytest.approx(position / 100 + 2)
+    for cell in (lens, attention):
+        fraction = (cell["z"] - cell["cmin"]) / (cell["cmax"] - cell["cmin"])
+        expected = _scale_colour(cell["scale"], fraction)
+        assert np.abs(np.array(cell["rgb"]) - expected).max() <= 6, (cell, expected)
+    linked = build_report(run_dir, tmp_path / "site" / "report.html",
+                          plotly=str(tmp_path / "site" / "plotly.min.js"))
+    plots, errors, timing = render(linked, tmp_path / "profile2")
+    assert errors == [] and all(p["drawn"] >= 1 for p in plots) and len(plots) >= 8
+    print(f"report load time in headless Chromium: inline plotly.js {inline['load_ms']:.0f} ms "
+          f"({report.stat().st_size / 1e6:.2f} MB), linked {timing['load_ms']:.0f} ms "
+          f"({linked.stat().st_size / 1e6:.2f} MB)")
+    for load_ms in (inline["load_ms"], timing["load_ms"]):
+        assert 0 < load_ms < 30_000
+
+
+def test_flow_finding_one_and_pruning_captions_compare_with_the_paper(report, tmp_path):
+    """Flow: of 8 layers, the paper's ranges scale to cross-frame 1–3 and question → last 3–5
+    (round(ℓ · 7 / 31)); a cross-frame drop strongest at layer 2 agrees, a question → last drop
+    strongest at layer 0 and a 50 % video → last drop depart. The hand-made run's Finding 1
+    (video model −33.3 points, image model 0) and pruning (full and pathways 100 %, random 0 %)
+    agree."""
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "flow", "model": "m"})
+    drops = {"cross-frame": 2, "question → last": 0, "video → last": 5}
+    writer.write("flow", [_flow_row(f"s{i}", "T", curve, layer,
+                                    -50.0 if layer == worst else -1.0)
+                          for i in range(5) for curve, worst in drops.items()
+                          for layer in range(8)])
+    writer.finish()
+    page = build_report(out).read_text()
+    caption = page[page.index('<section id="sec-flow-change">'):]
+    caption = caption[:caption.index("</p>")]
+    departs, _, agrees = caption.partition("<b>As in the paper:</b>")
+    assert "cross-frame matters most at layer 2 (-50 %)" in agrees and "here 1–3" in agrees
+    assert "question → last matters most at layer 0 (-50 %), outside" in departs
+    assert "here 3–5" in departs and "blocking video → last costs -50 % at layer 5" in departs
+    page = report.read_text()
+    finding = page[page.index('<section id="sec-finding-1">'):page.index("</p>", page.index(
+        '<section id="sec-finding-1">'))]
+    assert "As in the paper:</b> video-model loses 33.3 points over all tasks, image-model 0.0" \
+        in finding
+    assert "As in the paper:</b> full 100.0 %, pathways 100.0 %, random 0.0 %" in page

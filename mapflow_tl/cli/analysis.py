@@ -312,7 +312,7 @@ def _crossframe(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from ..report import build_report
 
-    path = build_report(args.run_dir, args.output)
+    path = build_report(args.run_dir, args.output, plotly=args.plotly)
     print(f"report written to {path}")
     return 0
 
@@ -427,6 +427,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report = subparsers.add_parser("report", help="build report.html from a run directory")
     report.add_argument("run_dir")
     report.add_argument("--output", default=None, help="default: RUN_DIR/report.html")
+    report.add_argument("--plotly", default="inline", metavar="inline|cdn|PATH",
+                        help="how the page gets plotly.js: inline (default: embedded, ~4.8 MB, "
+                             "offline), cdn (linked from cdn.plot.ly), or PATH to a .js file "
+                             "(written there if missing, linked relative to the report)")
     report.set_defaults(handler=_report)
 
     circuits = subparsers.add_parser("circuits", help="list the available circuits")
