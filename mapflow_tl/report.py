@@ -874,8 +874,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     One self-contained HTML file: plotly.js and any frame thumbnails are embedded, nothing is
     fetched when it is opened. Raises ``ValueError`` when the folder holds no result table."""
+    from .outputs import REPORT_MARK, check_file_target, record
+
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    # the one write policy: never over a run's tables, run.json or a file that is not a report
+    path = check_file_target(Path(out) if out is not None else run_dir / "report.html")
     tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
                "prune", "frames")}
@@ -934,7 +938,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     def page(size_note: str) -> str:
         return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>mapflow-tl report: {title}</title>
+<html lang="en"><head><meta charset="utf-8">{REPORT_MARK}<title>mapflow-tl report: {title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <script type="text/javascript">{plotly_js}</script>
 <style>{_CSS}</style>
@@ -952,7 +956,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             f"{len(plotly_js.encode()) / 1e6:.2f} MB, figures and thumbnails "
             f"{(total - len(plotly_js.encode())) / 1e6:.2f} MB).")
     text = page(note)
-    path = Path(out) if out is not None else run_dir / "report.html"
+    if path.parent.resolve() == run_dir.resolve():
+        record(run_dir, "run", [path.name])   # the run's own: --overwrite removes it
     temporary = path.with_suffix(".html.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)

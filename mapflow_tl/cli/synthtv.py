@@ -28,11 +28,22 @@ def _log(message: str) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from .. import outputs
     from ..synthtv import generator as gen
 
+    out = Path(args.out)
+    # a folder we did not generate (a TVBench download, anything of the user's) is refused
+    # before a file is written; one we generated lists what it holds in synthtv.json
+    outputs.check_folder(out, "synthtv-benchmark")
     tasks = args.tasks or list(gen.ALL_TASKS)
     items = gen.generate(tasks, args.per_task, args.seed)
-    counts = gen.write_benchmark(args.out, items, write_videos=not args.no_videos)
+    names = [f"json/{gen.TASK_FILES[task]}" for task in items]
+    if not args.no_videos:
+        names += [f"video/{task}/{item.name}.mp4" for task, task_items in items.items()
+                  for item in task_items]
+    out.mkdir(parents=True, exist_ok=True)
+    outputs.record(out, "synthtv-benchmark", names)   # before writing: a crash leaves it ours
+    counts = gen.write_benchmark(out, items, write_videos=not args.no_videos)
     print(json.dumps({"out": str(args.out), "seed": args.seed, "counts": counts}, indent=2))
     return 0
 
