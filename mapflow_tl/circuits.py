@@ -198,14 +198,14 @@ def _run_user_code(path: Path, what: str, function: Callable, *args):
     except (Exception, SystemExit) as error:
         line = next((frame.lineno for frame in reversed(traceback.extract_tb(error.__traceback__))
                      if Path(frame.filename) == Path(path)), None)
-        where = f"{path}" + (f" line {line}" if line is not None else "")
-        what = f" in {what}" if what else ""
+        where = "" if line is None else f" (line {line})"
+        what = f" {what}" if what else ""
         if isinstance(error, SystemExit):
             cause = f"it called sys.exit({error.code!r})"
         else:
             cause = f"{type(error).__name__}: {error}"
-        raise InputError(f"circuit file {where} failed{what}: {cause}; fix the circuit file"
-                         ) from error
+        raise InputError(f"circuit file {path} failed to run{what}: {cause}{where}; fix the "
+                         f"circuit file") from error
 
 
 def _from_module(module: ModuleType, path: Path) -> Circuit:

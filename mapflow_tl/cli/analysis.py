@@ -68,8 +68,7 @@ def _selected_chunks(run: AnalysisRun, table: str | tuple[str, ...], mode: str, 
 
     def hand_over():
         yield list(pending)
-        for x, base in pending:
-            run.mark_done(x, base, selected=True)
+        run.mark_all_done([(x, base, True) for x, base in pending])
         pending.clear()
 
     for x in run.prepared("samples", done):
@@ -401,7 +400,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     report = subparsers.add_parser("report", help="build report.html from a run directory")
     report.add_argument("run_dir")
-    report.add_argument("--output", default=None, help="default: RUN_DIR/report.html")
+    report.add_argument("--output", default=None,
+                        help="an .html file (default: RUN_DIR/report.html); never a run's table "
+                             "or a file that is not a mapflow-tl report")
     report.set_defaults(handler=_report)
 
     circuits = subparsers.add_parser("circuits", help="list the available circuits")

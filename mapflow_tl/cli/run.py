@@ -260,11 +260,20 @@ class AnalysisRun:
     def mark_done(self, x: Any, base: dict[str, Any], selected: bool = True) -> None:
         """Write sample ``x``'s completion marker (its ``samples`` row) after its rows, with the
         number of rows written per table and circuit, which a resume checks."""
+        self.mark_all_done([(x, base, selected)])
+
+    def mark_all_done(self, done: Sequence[tuple[Any, dict[str, Any], bool]]) -> None:
+        """The completion markers of samples computed together, ``(x, base, selected)`` each, in
+        one write: a killed process leaves all of them or none, so a resume computes the same
+        group again (and gets the same bits)."""
         from ..schema import sample_fields
 
-        fields = sample_fields(x)
-        self.writer.write("samples", [{**fields, **base, "selected": selected,
-                                       "row_counts": self.writer.row_counts(fields["sample"])}])
+        rows = []
+        for x, base, selected in done:
+            fields = sample_fields(x)
+            rows.append({**fields, **base, "selected": selected,
+                         "row_counts": self.writer.row_counts(fields["sample"])})
+        self.writer.write("samples", rows)
 
     def each(self, table: str, done: set[tuple] | None = None) -> Iterator[tuple[Any, Any]]:
         """``(sample, prepared)`` for this rank's samples, with a progress bar, skipping those

@@ -198,7 +198,9 @@ def register(subparsers) -> None:
     synthtv.set_defaults(handler=lambda args: (synthtv.print_help(), 0)[1])
 
     generate = commands.add_parser("generate", help="write videos (.mp4) and TVBench-format JSON")
-    generate.add_argument("--out", required=True, help="output directory (json/, video/)")
+    generate.add_argument("--out", required=True,
+                          help="output directory (json/, video/): new, empty or one generate "
+                               "wrote (never a downloaded benchmark)")
     generate.add_argument("--per-task", type=int, default=200, help="questions per task")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--tasks", nargs="*", help="subset of tasks (default: all)")
