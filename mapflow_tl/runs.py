@@ -416,7 +416,10 @@ class RunWriter:
         if previous is not None and overwrite:
             outputs.remove_owned(self.out, "run")
         elif previous is not None:
-            kept = [name for name in outputs.owned_files(self.out, "run")
+            # the manifest's files, and a table of ours that a write cut off before it was
+            # listed (the manifest is written first, but a crash cannot be argued with)
+            kept = [name for name in sorted(set(outputs.owned_files(self.out, "run"))
+                                            | {f"{table}.jsonl" for table in TABLES})
                     if (self.out / name).is_file()]
             for name in kept:
                 if name.endswith(".jsonl"):
