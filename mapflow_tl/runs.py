@@ -412,6 +412,10 @@ class RunWriter:
         the manifest of the files the run owns."""
         check_run_folder(self.out, config, resume=resume, overwrite=overwrite)
         previous = _previous_config(self.out)
+        #: Resuming a run written before run.json listed its files (and every command marked
+        #: its samples done).
+        self._legacy = previous is not None and not overwrite \
+            and outputs.FILES_KEY not in previous
         kept: list[str] = []
         if previous is not None and overwrite:
             outputs.remove_owned(self.out, "run")
@@ -503,6 +507,11 @@ class RunWriter:
         marker. Markers written before counts were recorded are trusted. The samples redone
         are in :attr:`redone`."""
         tables = list(tables)
+        self.redone: list[str] = []
+        if self._legacy and not (self.out / f"{marker}.jsonl").is_file() and tables:
+            # a run from before manifests and markers (prune, attention): as it was resumed then,
+            # the samples in its first table are done
+            return self.completed(tables[0], "sample")
         actual: dict[str, dict[str, int]] = {}
         for table in tables:
             for row in read_table(self.out, table):
@@ -510,7 +519,6 @@ class RunWriter:
                     counts = actual.setdefault(str(row["sample"]), {})
                     counts[_count_key(table, row)] = counts.get(_count_key(table, row), 0) + 1
         markers, kept, done = read_table(self.out, marker), [], set()
-        self.redone: list[str] = []
         for row in markers:
             sample = str(row.get("sample"))
             if sample in done:

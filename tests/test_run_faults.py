@@ -325,3 +325,26 @@ def test_resume_over_another_number_of_ranks_is_refused_by_every_rank(tmp_path):
         check_run_folder(tmp_path, {**CONFIG, "world_size": 3}, resume=True, overwrite=False)
     check_run_folder(tmp_path, {**CONFIG, "world_size": 2}, resume=True, overwrite=False)
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command, table, extra", [
+    ("attention", "attention", ["--query", "last"]),
+    ("prune", "prune", ["--random-seeds", "0"]),
+])
+def test_attention_and_prune_resumes_recompute_deleted_rows(model_and_data, tmp_path, command,
+                                                            table, extra):
+    model_dir, data_dir = model_and_data
+    out = tmp_path / "run"
+    argv = [command, "--model", str(model_dir), "--dataset", "tvbench", "--data-root",
+            str(data_dir), "--out", str(out), "--limit", "1", *extra]
+    assert main(argv) == 0
+    complete = read_table(out, table)
+    victim = complete[-1]["sample"]
+    kept = json.dumps(next(r for r in complete if r["sample"] == victim))   # one row stays
+    _drop_rows(out, table, lambda r: r["sample"] != victim or json.dumps(r) == kept)
+    assert victim in {r["sample"] for r in read_table(out, table)}
+    assert len(read_table(out, table)) < len(complete)
+    assert main(argv + ["--resume"]) == 0
+    again = read_table(out, table)
+    assert sorted(json.dumps(r, sort_keys=True) for r in again) == \
+        sorted(json.dumps(r, sort_keys=True) for r in complete)

@@ -166,11 +166,13 @@ def _prune(args: argparse.Namespace) -> int:
         definitions["random_ratio"] = args.random_ratio
     run = AnalysisRun(args, "prune", config={"definitions": definitions,
                                              **circuit_config([circuit])}, circuits=[circuit])
-    for x in run.prepared("prune"):
+    for x in run.prepared("prune", run.done(("prune",))):
+        base = analyses.base_prediction(run.vlm, x, correctness=args.correctness)
         run.writer.write("prune", analyses.prune(run.vlm, x, circuit, seeds=args.random_seeds,
                                           baseline=args.random_baseline,
-                                          ratio=args.random_ratio,
+                                          ratio=args.random_ratio, base=base,
                                           correctness=args.correctness))
+        run.mark_done(x, base)
     out = run.finish()
     if run.world.is_main:
         for row in prune_summary(read_table(out, "prune")):
@@ -215,10 +217,11 @@ def _attention(args: argparse.Namespace) -> int:
 
     run = AnalysisRun(args, "attention", config={"definitions": definitions},
                       check_sample=check_queries)
-    for x in run.prepared("attention"):
+    for x in run.prepared("attention", run.done(("attention", "frames"))):
         run.writer.write("frames", frame_thumbnails(x))
         run.writer.write("attention", [row for query in queries
                                        for row in analyses.attention_to_frames(run.vlm, x, query)])
+        run.mark_done(x, analyses.base_prediction(run.vlm, x))
     run.finish()
     return 0
 
