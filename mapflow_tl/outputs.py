@@ -146,9 +146,14 @@ def record(folder: str | Path, kind: str, names: Iterable[str],
     atomically; ``base`` replaces the marker's other content (a run's configuration). Returns the
     marker's content."""
     folder = Path(folder)
-    content = dict(base) if base is not None else (_read_marker(folder, kind) or {})
     previous = _read_marker(folder, kind) or {}
-    files = set(content.get(FILES_KEY) or previous.get(FILES_KEY) or ())
+    content = dict(base) if base is not None else dict(previous)
+    if isinstance(content.get(FILES_KEY), list):
+        files = set(content[FILES_KEY])
+    elif isinstance(previous.get(FILES_KEY), list):
+        files = set(previous[FILES_KEY])
+    else:   # a folder from before manifests: what it holds of ours stays ours
+        files = {name for name in owned_files(folder, kind) if (folder / name).exists()}
     files |= {str(name) for name in names} | {MARKERS[kind]}
     content[FILES_KEY] = sorted(files)
     marker = _marker(folder, kind)

@@ -348,3 +348,21 @@ def test_attention_and_prune_resumes_recompute_deleted_rows(model_and_data, tmp_
     again = read_table(out, table)
     assert sorted(json.dumps(r, sort_keys=True) for r in again) == \
         sorted(json.dumps(r, sort_keys=True) for r in complete)
+
+
+def test_a_run_from_before_manifests_keeps_its_tables_owned(tmp_path):
+    """run.json without "files" (an older run): a report written into it must not shrink what
+    --overwrite replaces to the report, or the old flow.jsonl would stay and mix with new rows."""
+    (tmp_path / "run.json").write_text(json.dumps(CONFIG))
+    (tmp_path / "flow.jsonl").write_text('{"sample": "old"}\n')
+    (tmp_path / "notes.csv").write_text("mine\n")
+    from mapflow_tl import outputs
+
+    outputs.record(tmp_path, "run", ["report.html"])
+    assert json.loads((tmp_path / "run.json").read_text())["files"] == [
+        "flow.jsonl", "report.html", "run.json"]
+    writer = RunWriter(tmp_path, CONFIG, overwrite=True)
+    writer.write("flow", [{"sample": "new"}])
+    writer.close()
+    assert [r["sample"] for r in read_table(tmp_path, "flow")] == ["new"]
+    assert (tmp_path / "notes.csv").read_text() == "mine\n"
