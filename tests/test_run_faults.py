@@ -366,3 +366,21 @@ def test_a_run_from_before_manifests_keeps_its_tables_owned(tmp_path):
     writer.close()
     assert [r["sample"] for r in read_table(tmp_path, "flow")] == ["new"]
     assert (tmp_path / "notes.csv").read_text() == "mine\n"
+
+
+def test_overwrite_of_a_multi_rank_run_clears_only_what_its_manifests_list(tmp_path):
+    """--overwrite as 2 ranks over a run once split over 3: rank 0 removes the merged tables and
+    the third rank's shard files, and leaves a file of the user's in that shard."""
+    from mapflow_tl.cli.run import _clear_for_overwrite
+
+    for rank in range(3):
+        _shard(tmp_path, rank, [f"s{rank}"], world_size=3)
+    merged = RunWriter(tmp_path, {**CONFIG, "world_size": 3}, resume=True)
+    merge_shards(tmp_path, ["s0", "s1", "s2"], 3)
+    merged.close()
+    (tmp_path / "shards" / "rank-002" / "mine.txt").write_text("keep")
+    (tmp_path / "notes.csv").write_text("keep")
+    _clear_for_overwrite(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv", "shards"]
+    assert sorted(p.name for p in (tmp_path / "shards" / "rank-002").iterdir()) == ["mine.txt"]
+    assert (tmp_path / "shards" / "rank-000" / "flow.jsonl").is_file()   # its rank replaces it
