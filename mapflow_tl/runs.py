@@ -18,8 +18,11 @@ Nothing is lost, nothing is mixed:
   reclaimed). A second process is refused with the holder's pid and host.
 - Rows are appended as each sample finishes, so an interrupted run keeps everything it computed.
   ``--resume`` reopens the same folder: a damaged last line (a write cut off by a crash, or a
-  line that is not a JSON object) is dropped, the rows already present are skipped, and only the
-  rest is computed. Resuming with anything that changes the rows (:data:`IDENTITY_KEYS`: model,
+  line that is not a JSON object) is dropped, the samples marked done whose rows are all still
+  there (:meth:`RunWriter.verified`: each marker records its sample's rows per table and
+  circuit) are skipped, and only the rest is computed.
+- ``run.json`` lists the files the run wrote (its manifest, :mod:`mapflow_tl.outputs`, the one
+  write policy): ``--overwrite`` removes those and nothing else. Resuming with anything that changes the rows (:data:`IDENTITY_KEYS`: model,
   dataset, circuits and their file content, window, seed, number of ranks, definitions, ...) is
   refused, naming the difference.
 """
