@@ -32,7 +32,10 @@ __all__ = ["MARKERS", "FILES_KEY", "REPORT_MARK", "OutputError", "check_folder",
 
 #: The marker file of each kind of folder mapflow-tl writes: it says the folder is ours and holds
 #: the folder's manifest.
-MARKERS = {"run": "run.json", "synthtv-benchmark": "synthtv.json"}
+MARKERS = {"run": "run.json", "synthtv-benchmark": "synthtv.json",
+           # a trained SynthTV checkpoint: its training record (no manifest: retraining into it
+           # replaces the checkpoint's files, which save_pretrained names)
+           "synthtv-checkpoint": "training.json"}
 #: The marker's key listing the files written into the folder (paths relative to it).
 FILES_KEY = "files"
 #: Written into every report's ``<head>``: how ``report --output`` recognises a report it may

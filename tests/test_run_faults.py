@@ -384,3 +384,11 @@ def test_overwrite_of_a_multi_rank_run_clears_only_what_its_manifests_list(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv", "shards"]
     assert sorted(p.name for p in (tmp_path / "shards" / "rank-002").iterdir()) == ["mine.txt"]
     assert (tmp_path / "shards" / "rank-000" / "flow.jsonl").is_file()   # its rank replaces it
+
+
+def test_train_refuses_a_folder_that_is_not_a_checkpoint_before_training(tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("mine")
+    assert main(["synthtv", "train", "--stage", "image", "--steps", "1", "--no-knockout",
+                 "--out", str(tmp_path)]) == 2
+    assert "thesis.tex" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]

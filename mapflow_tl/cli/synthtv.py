@@ -55,8 +55,11 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads),
                                    ("init_from", args.init_from)) if v is not None}
     config = replace(config, **overrides, **_settings(args.set or [], config))
+    from .. import outputs
+
     name = train.MODEL_NAMES[args.stage]
     out = Path(args.out) if args.out else train.checkpoint_path(name)
+    outputs.check_folder(out, "synthtv-checkpoint")   # before training, not after
     start = time.time()
     monitor = _HeldOutMonitor(args.eval_per_task) if args.eval_every else None
     model, tokenizer, rows = train.train(config, log=_log, monitor=monitor,
