@@ -29,6 +29,7 @@ import hashlib
 import importlib.resources
 import importlib.util
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -73,11 +74,16 @@ class Circuit:
     def kind(self) -> str:
         return "flow" if self.curves is not None else "pathway"
 
+    def build(self, seg: SegmentMap, n_layers: int) -> dict[str, Edges] | PathwaySpec:
+        """:meth:`build_curves` or :meth:`build_pathway`, whichever the circuit defines."""
+        return (self.build_curves(seg, n_layers) if self.curves is not None
+                else self.build_pathway(seg, n_layers))
+
     def build_curves(self, seg: SegmentMap, n_layers: int) -> dict[str, Edges]:
         if self.curves is None:
             raise InputError(f"circuit {self.name!r} ({self.path}) is a pathway circuit; it has "
                              f"no knockout curves")
-        curves = self.curves(seg, n_layers)
+        curves = _run_user_code(self.path, "curves()", self.curves, seg, n_layers)
         if not curves or not all(isinstance(e, Edges) for e in curves.values()):
             raise InputError(f"circuit {self.name!r} ({self.path}): curves() must return a "
                              f"non-empty {{name: Edges}} mapping")
@@ -87,7 +93,7 @@ class Circuit:
         if self.pathway is None:
             raise InputError(f"circuit {self.name!r} ({self.path}) is an information-flow "
                              f"circuit; it has no pathway spec")
-        spec = self.pathway(seg, n_layers)
+        spec = _run_user_code(self.path, "pathway()", self.pathway, seg, n_layers)
         if not isinstance(spec, PathwaySpec):
             raise InputError(f"circuit {self.name!r} ({self.path}): pathway() must return a "
                              f"PathwaySpec")
@@ -180,12 +186,29 @@ def _import(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise InputError(f"cannot import circuit file {path}")
     module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:  # a user's file may raise anything; name the file, keep the cause
-        raise InputError(f"circuit file {path} failed to run: {type(error).__name__}: "
-                         f"{error}") from error
+    _run_user_code(path, "", spec.loader.exec_module, module)
     return module
+
+
+def _run_user_code(path: Path, what: str, function: Callable, *args):
+    """Call a circuit file's code. A user's file may raise anything, or call ``sys.exit`` (which
+    would end the command with its code, having done nothing): either is an InputError naming
+    the file and the line, with the cause kept. Ctrl-C stays Ctrl-C."""
+    try:
+        return function(*args)
+    except InputError:
+        raise   # already one line naming the thing (a layer range past the model, say)
+    except (Exception, SystemExit) as error:
+        line = next((frame.lineno for frame in reversed(traceback.extract_tb(error.__traceback__))
+                     if Path(frame.filename) == Path(path)), None)
+        where = "" if line is None else f" (line {line})"
+        what = f" {what}" if what else ""
+        if isinstance(error, SystemExit):
+            cause = f"it called sys.exit({error.code!r})"
+        else:
+            cause = f"{type(error).__name__}: {error}"
+        raise InputError(f"circuit file {path} failed to run{what}: {cause}{where}; fix the "
+                         f"circuit file") from error
 
 
 def _from_module(module: ModuleType, path: Path) -> Circuit:

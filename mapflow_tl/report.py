@@ -1233,11 +1233,16 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
 
     By default one self-contained HTML file: plotly.js and any frame thumbnails are embedded,
     nothing is fetched when it is opened. ``plotly="cdn"`` or a path to a ``.js`` file links
-    plotly.js instead (a report of ~0.5 MB instead of ~5 MB; see :func:`_plotly_script`).
-    Raises ``InputError`` when the folder holds no result table."""
+    plotly.js instead (a report of ~0.5 MB instead of ~5 MB; see :func:`_plotly_script`). Writes
+    through the one write policy (:mod:`mapflow_tl.outputs`): never over a run's tables,
+    ``run.json`` or a file that is not a mapflow-tl report. Raises ``InputError`` when the folder
+    holds no result table."""
+    from .outputs import REPORT_MARK, check_file_target, record
+
     run_dir = Path(run_dir)
-    path = Path(out) if out is not None else run_dir / "report.html"
     config = read_run_config(run_dir)
+    # the one write policy: never over a run's tables, run.json or a file that is not a report
+    path = check_file_target(Path(out) if out is not None else run_dir / "report.html")
     tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
                "prune", "frames")}
@@ -1301,7 +1306,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
 
     def page(size_note: str) -> str:
         return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>mapflow-tl report: {title}</title>
+<html lang="en"><head><meta charset="utf-8">{REPORT_MARK}<title>mapflow-tl report: {title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 {plotly_script}
 <style>{_CSS}</style>
@@ -1319,6 +1324,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     note = (f"This file: {total / 1e6:.2f} MB, {plotly_note}figures and thumbnails "
             f"{(total - script) / 1e6:.2f} MB).")
     text = page(note)
+    if path.parent.resolve() == run_dir.resolve():
+        record(run_dir, "run", [path.name])   # the run's own: --overwrite removes it
     temporary = path.with_suffix(".html.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)

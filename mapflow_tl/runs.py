@@ -18,8 +18,11 @@ Nothing is lost, nothing is mixed:
   reclaimed). A second process is refused with the holder's pid and host.
 - Rows are appended as each sample finishes, so an interrupted run keeps everything it computed.
   ``--resume`` reopens the same folder: a damaged last line (a write cut off by a crash, or a
-  line that is not a JSON object) is dropped, the rows already present are skipped, and only the
-  rest is computed. Resuming with anything that changes the rows (:data:`IDENTITY_KEYS`: model,
+  line that is not a JSON object) is dropped, the samples marked done whose rows are all still
+  there (:meth:`RunWriter.verified`: each marker records its sample's rows per table and
+  circuit) are skipped, and only the rest is computed.
+- ``run.json`` lists the files the run wrote (its manifest, :mod:`mapflow_tl.outputs`, the one
+  write policy): ``--overwrite`` removes those and nothing else. Resuming with anything that changes the rows (:data:`IDENTITY_KEYS`: model,
   dataset, circuits and their file content, window, seed, number of ranks, definitions, ...) is
   refused, naming the difference.
 """
@@ -42,6 +45,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from . import outputs
 from .errors import InputError, NonFiniteError
 from .schema import TABLES
 
@@ -54,7 +58,7 @@ __all__ = ["RunWriter", "RunFolderError", "read_table", "read_run_config", "pack
            "IDENTITY_KEYS", "identity_differences", "circuit_fingerprint", "merge_shards",
            "SHARDS_DIR", "CONFIG_FILE", "LOCK_FILE", "SKIPPED_COLUMNS", "skipped_row",
            "skipped_at_load", "skipped_at_prepare", "describe_skipped", "write_csv",
-           "sticky_interrupts", "check_interrupt"]
+           "sticky_interrupts", "check_interrupt", "check_run_folder"]
 
 CONFIG_FILE = "run.json"
 LOCK_FILE = "run.lock"
@@ -74,7 +78,7 @@ IDENTITY_KEYS = ("command", "model", "dataset", "data_root", "task", "limit", "s
 SKIPPED_COLUMNS = TABLES["skipped"]
 
 
-class RunFolderError(InputError):
+class RunFolderError(outputs.OutputError):
     """A run folder that cannot be used as asked, with the folder and the fix in one line.
 
     An :class:`~mapflow_tl.errors.InputError`: the command line reports it in one line (exit
@@ -306,21 +310,52 @@ def _write_holder(fd: int) -> None:
 
 
 # ---------------------------------------------------------------------------- the run folder
-def _foreign_entries(folder: Path) -> list[str]:
-    """The names in ``folder`` that no run of ours wrote, when it holds no ``run.json`` (a lock
-    file and a ``shards/`` folder of rank runs are ours)."""
-    if not folder.exists() or (folder / CONFIG_FILE).is_file():
-        return []
-    foreign = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name in (LOCK_FILE, CONFIG_FILE + ".tmp"):
-            continue
-        if (entry.name == SHARDS_DIR and entry.is_dir()
-                and all(rank.is_dir() and rank.name.startswith("rank-")
-                        and not _foreign_entries(rank) for rank in entry.iterdir())):
-            continue
-        foreign.append(entry.name)
-    return foreign
+def _count_key(table: str, row: Mapping[str, Any]) -> str:
+    """What a completion marker counts a row under: its table, and its circuit where it has one
+    (rows of one sample and circuit are written together)."""
+    circuit = row.get("circuit")
+    return table if circuit is None else f"{table}/{circuit}"
+
+
+def _shard_folders(folder: Path) -> list[Path]:
+    return sorted(path for path in (Path(folder) / SHARDS_DIR).glob("rank-*") if path.is_dir())
+
+
+def _check_ours(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise RunFolderError(f"{out}: resume and overwrite exclude each other; pass one of them")
+    try:
+        outputs.check_folder(out, "run")
+    except outputs.OutputError as error:
+        raise RunFolderError(str(error)) from None
+
+
+def check_run_folder(out: str | Path, config: Mapping[str, Any], *, resume: bool,
+                     overwrite: bool) -> None:
+    """Refuse, before anything is written, what a run with ``config`` may not do in ``out``: a
+    folder that is not a run of ours (:func:`mapflow_tl.outputs.check_folder`), a run there
+    without ``resume`` or ``overwrite``, or a resume whose :data:`IDENTITY_KEYS` differ from
+    the run's own or from any of its rank shards' (a run split over another number of ranks).
+
+    Every rank of a multi-rank run calls it on the top folder before any rank writes, so that
+    they all refuse together; a rank's own shard folder is checked again by its writer."""
+    out = Path(out)
+    _check_ours(out, resume=resume, overwrite=overwrite)
+    configs = ([(out, read_run_config(out))] if (out / CONFIG_FILE).is_file() else [])
+    configs += [(shard, read_run_config(shard)) for shard in _shard_folders(out)
+                if (shard / CONFIG_FILE).is_file()]
+    if not configs or overwrite:
+        return
+    if not resume:
+        raise RunFolderError(f"{out} already holds a run; pass --resume to continue it, "
+                             f"--overwrite to replace it, or choose another --out")
+    for folder, previous in configs:
+        differences = identity_differences(previous, config)
+        if differences:
+            where = "" if folder == out else f" (its shard {folder.name})"
+            raise RunFolderError(f"cannot resume {out}{where} with a different configuration: "
+                                 + "; ".join(differences)
+                                 + "; choose another --out for the new configuration")
 
 
 def _previous_config(folder: Path) -> dict[str, Any] | None:
@@ -359,18 +394,7 @@ class RunWriter:
         #: Damaged last lines dropped on resume, per table (a crash's torn write).
         self.repaired: dict[str, int] = {}
         self._lock: _FolderLock | None = None
-        if resume and overwrite:
-            raise RunFolderError(f"{self.out}: resume and overwrite exclude each other; "
-                                 f"pass one of them")
-        if self.out.exists() and not self.out.is_dir():
-            raise RunFolderError(f"{self.out} is a file, not a folder; choose a folder for --out")
-        foreign = _foreign_entries(self.out)
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
-                                              if len(foreign) > 5 else "")
-            raise RunFolderError(
-                f"{self.out} is not empty and is not a mapflow-tl run (no {CONFIG_FILE}; it "
-                f"holds {shown}); nothing in it was changed: choose a new or empty --out folder")
+        _check_ours(self.out, resume=resume, overwrite=overwrite)   # before the lock file
         config = _jsonable(config)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -381,33 +405,46 @@ class RunWriter:
             if isinstance(error, OSError):
                 raise _write_error(self.out, error) from error
             raise
-        self._tables: set[str] = {path.stem for path in self.out.glob("*.jsonl")}
+        self._tables: set[str] = {path.stem for path in self.out.glob("*.jsonl")
+                                  if path.name in self._files}
+        #: Rows written by this process, per sample: {sample: {"table" or "table/circuit": n}}.
+        self._written: dict[str, dict[str, int]] = {}
 
     def _open(self, config: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
-        """Under the lock: compare with the run already there, repair its tables, write
-        ``run.json``."""
+        """Under the lock: compare with the run already there (again: another process may have
+        written it since the constructor's check), repair its tables, write ``run.json`` with
+        the manifest of the files the run owns."""
+        check_run_folder(self.out, config, resume=resume, overwrite=overwrite)
         previous = _previous_config(self.out)
+        #: Resuming a run written before run.json listed its files (and every command marked
+        #: its samples done).
+        self._legacy = previous is not None and not overwrite \
+            and outputs.FILES_KEY not in previous
+        kept: list[str] = []
         if previous is not None and overwrite:
-            for pattern in ("*.jsonl", "*.csv", "*.parquet", "report.html", CONFIG_FILE):
-                for path in self.out.glob(pattern):
-                    path.unlink()
+            outputs.remove_owned(self.out, "run")
         elif previous is not None:
-            if not resume:
-                raise RunFolderError(f"{self.out} already holds a run; pass --resume to continue "
-                                     f"it, --overwrite to replace it, or choose another --out")
-            differences = identity_differences(previous, config)
-            if differences:
-                raise RunFolderError(f"cannot resume {self.out} with a different configuration: "
-                                     + "; ".join(differences)
-                                     + "; choose another --out for the new configuration")
-            for table in sorted(self.out.glob("*.jsonl")):
-                dropped = _drop_damaged_tail(table)
-                if dropped:
-                    self.repaired[table.stem] = dropped
-        self.config = {**config, "versions": package_versions()}
-        temporary = self.out / (CONFIG_FILE + ".tmp")
-        temporary.write_text(json.dumps(self.config, indent=2, default=str))
-        os.replace(temporary, self.out / CONFIG_FILE)
+            # the manifest's files, and a table of ours that a write cut off before it was
+            # listed (the manifest is written first, but a crash cannot be argued with)
+            kept = [name for name in sorted(set(outputs.owned_files(self.out, "run"))
+                                            | {f"{table}.jsonl" for table in TABLES})
+                    if (self.out / name).is_file()]
+            for name in kept:
+                if name.endswith(".jsonl"):
+                    dropped = _drop_damaged_tail(self.out / name)
+                    if dropped:
+                        self.repaired[Path(name).stem] = dropped
+        self.config = outputs.record(self.out, "run", kept,
+                                     base={**config, "versions": package_versions()})
+        self._files = set(self.config[outputs.FILES_KEY])
+
+    def _own(self, *names: str) -> None:
+        """Add files about to be written to the run's manifest (``run.json``): what
+        ``--overwrite`` may remove later."""
+        new = [name for name in names if name not in self._files]
+        if new:
+            self.config = outputs.record(self.out, "run", new)
+            self._files.update(new)
 
     # ---------------------------------------------------------------- the lock's lifetime
     def close(self) -> None:
@@ -457,6 +494,60 @@ class RunWriter:
         except OSError as error:
             raise _write_error(self.out, error) from error
 
+    def row_counts(self, sample: Any) -> str:
+        """What a completion marker records of the rows this process wrote for ``sample``: JSON
+        text of {"table" or "table/circuit": number of rows} (text, so every table format
+        stores it as one column). :meth:`verified` checks the tables against it on resume."""
+        return json.dumps(dict(sorted(self._written.get(str(sample), {}).items())))
+
+    def verified(self, marker: str, tables: Sequence[str]) -> set[tuple]:
+        """The samples marked done in ``marker`` (e.g. ``samples``) whose rows are all in
+        ``tables``, as :meth:`completed` keys; what ``--resume`` skips.
+
+        A marker records its sample's rows per table and circuit (:meth:`row_counts`). A sample
+        whose rows no longer match — rows deleted by hand, a table cut short or replaced —
+        loses its marker and its remaining rows here, so the run computes it again; so do rows
+        of samples without a marker (a crash between the rows and the marker) and a repeated
+        marker. Markers written before counts were recorded are trusted. The samples redone
+        are in :attr:`redone`."""
+        tables = list(tables)
+        self.redone: list[str] = []
+        if self._legacy and not (self.out / f"{marker}.jsonl").is_file() and tables:
+            # a run from before manifests and markers (prune, attention): as it was resumed then,
+            # the samples in its first table are done
+            return self.completed(tables[0], "sample")
+        actual: dict[str, dict[str, int]] = {}
+        for table in tables:
+            for row in read_table(self.out, table):
+                if row.get("sample") is not None:
+                    counts = actual.setdefault(str(row["sample"]), {})
+                    counts[_count_key(table, row)] = counts.get(_count_key(table, row), 0) + 1
+        markers, kept, done = read_table(self.out, marker), [], set()
+        for row in markers:
+            sample = str(row.get("sample"))
+            if sample in done:
+                continue
+            expected = row.get("row_counts")
+            if expected is not None:
+                try:
+                    expected = json.loads(expected) if isinstance(expected, str) else expected
+                    wanted = {key: int(n) for key, n in dict(expected).items()
+                              if key.split("/", 1)[0] in tables}
+                except (ValueError, TypeError):
+                    wanted = None
+                if wanted != actual.get(sample, {}):
+                    self.redone.append(sample)
+                    continue
+            done.add(sample)
+            kept.append(row)
+        if len(kept) != len(markers):
+            self._locked()
+            _rewrite_jsonl(self.out / f"{marker}.jsonl", kept)
+        keys = {self.key({"sample": sample}, "sample") for sample in done}
+        for table in tables:
+            self.retain(table, "sample", keys)
+        return keys
+
     @staticmethod
     def key(row: dict[str, Any], *keys: str) -> tuple:
         """The key of a row (or of a sample's fields) as :meth:`completed` reports it."""
@@ -474,7 +565,12 @@ class RunWriter:
             return
         payload = "".join(_json_line(table, row) for row in rows)
         self._locked()
+        for row in rows:
+            if row.get("sample") is not None:
+                counts = self._written.setdefault(str(row["sample"]), {})
+                counts[_count_key(table, row)] = counts.get(_count_key(table, row), 0) + 1
         try:
+            self._own(f"{table}.jsonl")
             with open(self.out / f"{table}.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(payload)
                 handle.flush()
@@ -488,6 +584,8 @@ class RunWriter:
 
         self._locked()
         try:
+            self._own(*(f"{table}.{ext}" for table in sorted(self._tables)
+                        for ext in ("jsonl", "csv", "parquet")))
             for table in sorted(self._tables):
                 write_csv(self.out / f"{table}.csv", read_table(self.out, table),
                           self.columns.get(table, ()))
@@ -676,17 +774,37 @@ def describe_skipped(row: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------- shards
-def merge_shards(out: str | Path, sample_order: list[str]) -> list[str]:
+def merge_shards(out: str | Path, sample_order: list[str], world_size: int | None = None
+                 ) -> list[str]:
     """Merge the per-rank shards ``out/shards/rank-*/<table>.jsonl`` into ``out/<table>.jsonl``,
     rows ordered by their sample's position in ``sample_order`` (rows of one sample keep their
-    order), written atomically. Returns the merged table names."""
+    order), written atomically and added to the run's manifest. Returns the merged table names.
+
+    Never duplicates: only the shards of ranks below ``world_size`` (default: all) count, and
+    each sample's rows come from one shard, the first (by rank) that holds it — a shard left by
+    a run over more ranks, or a sample computed by two ranks, cannot add its rows twice."""
     out = Path(out)
-    shard_dirs = sorted((out / SHARDS_DIR).glob("rank-*"))
+    shard_dirs = _shard_folders(out)
+    if world_size is not None:
+        shard_dirs = [folder for folder in shard_dirs
+                      if folder.name[len("rank-"):].isdigit()
+                      and int(folder.name[len("rank-"):]) < world_size]
     position = {sample: i for i, sample in enumerate(sample_order)}
-    tables = sorted({path.stem for folder in shard_dirs for path in folder.glob("*.jsonl")})
+    tables = sorted({path.stem for folder in shard_dirs for path in folder.glob("*.jsonl")
+                     if path.name in outputs.owned_files(folder, "run")})
+    by_shard = {folder: {table: read_table(folder, table) for table in tables}
+                for folder in shard_dirs}
+    owner: dict[str, Path] = {}
+    for folder in shard_dirs:
+        for rows in by_shard[folder].values():
+            for row in rows:
+                if row.get("sample") is not None:
+                    owner.setdefault(str(row["sample"]), folder)
     for table in tables:
-        rows = [row for folder in shard_dirs for row in read_table(folder, table)]
+        rows = [row for folder in shard_dirs for row in by_shard[folder][table]
+                if row.get("sample") is None or owner[str(row["sample"])] == folder]
         rows.sort(key=lambda row: position.get(str(row.get("sample")), len(position)))
+        outputs.record(out, "run", [f"{table}.jsonl", f"{table}.csv"])
         _rewrite_jsonl(out / f"{table}.jsonl", rows)
-        write_csv(out / f"{table}.csv", rows, SKIPPED_COLUMNS if table == "skipped" else ())
+        write_csv(out / f"{table}.csv", rows, TABLES.get(table, ()))
     return tables

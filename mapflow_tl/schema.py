@@ -32,7 +32,9 @@ BASE_COLUMNS = ("base_token", "base_p_pred", "base_p_true", "base_correct", "bas
 
 #: Table name → its columns, in order.
 TABLES: dict[str, tuple[str, ...]] = {
-    "samples": SAMPLE_COLUMNS + BASE_COLUMNS + ("selected",),
+    # row_counts: the sample's completion marker, JSON text {"table" or "table/circuit": rows}
+    # that --resume checks the tables against (mapflow_tl.runs.RunWriter.verified).
+    "samples": SAMPLE_COLUMNS + BASE_COLUMNS + ("selected", "row_counts"),
     "flow": SAMPLE_COLUMNS + ("circuit", "curve", "layer", "layers", "k", "style")
     + BASE_COLUMNS + ("p_pred", "p_true", "change_pred", "change_true", "token", "option",
                       "correct", "edges"),

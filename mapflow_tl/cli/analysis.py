@@ -50,7 +50,7 @@ def _sweep_check(args: argparse.Namespace, definitions: dict | None = None):
     return check
 
 
-def _selected(run: AnalysisRun, table: str, mode: str, correctness: str):
+def _selected(run: AnalysisRun, table: str | tuple[str, ...], mode: str, correctness: str):
     """This rank's prepared samples with their clean prediction, for those ``mode`` selects;
     every sample gets its ``samples`` row (the completion marker, written after its rows), so
     accuracies can count all evaluated samples."""
@@ -58,22 +58,21 @@ def _selected(run: AnalysisRun, table: str, mode: str, correctness: str):
         yield chunk[0]
 
 
-def _selected_chunks(run: AnalysisRun, table: str, mode: str, correctness: str, size: int):
+def _selected_chunks(run: AnalysisRun, table: str | tuple[str, ...], mode: str, correctness: str,
+                     size: int):
     """:func:`_selected` in lists of up to ``size`` selected samples, for analyses that compute
-    several samples together. The ``samples`` rows (completion markers) of a list's samples are
-    written when the next list is asked for, i.e. after the caller wrote their rows: an
-    interrupted run redoes at most the list it was computing."""
+    several samples together. The ``samples`` rows (completion markers, with the number of rows
+    each sample got in ``table``) of a list's samples are written when the next list is asked
+    for, i.e. after the caller wrote their rows: an interrupted run redoes at most the list it
+    was computing, and a resume redoes every sample whose rows are no longer all there."""
     from .. import analyses
-    from ..schema import sample_fields
 
-    done = run.writer.completed("samples", "sample")
-    run.writer.retain(table, "sample", done)
+    done = run.done((table,) if isinstance(table, str) else table)
     pending: list = []
 
     def hand_over():
         yield list(pending)
-        run.writer.write("samples", [{**sample_fields(x), **base, "selected": True}
-                                     for x, base in pending])
+        run.mark_all_done([(x, base, True) for x, base in pending])
         pending.clear()
 
     for x in run.prepared("samples", done):
@@ -83,7 +82,7 @@ def _selected_chunks(run: AnalysisRun, table: str, mode: str, correctness: str, 
             if len(pending) == size:
                 yield from hand_over()
         else:
-            run.writer.write("samples", [{**sample_fields(x), **base, "selected": False}])
+            run.mark_done(x, base, selected=False)
     if pending:
         yield from hand_over()
 
@@ -98,7 +97,7 @@ def _flow(args: argparse.Namespace) -> int:
                                sample_mode=args.mode)
     run = AnalysisRun(args, "flow", config={"definitions": definitions,
                                             **circuit_config(circuits)},
-                      check=_sweep_check(args, definitions))
+                      check=_sweep_check(args, definitions), circuits=circuits)
     vlm, writer = run.vlm, run.writer
     k = args.window or default_window_size(vlm.n_layers)
     centers = None if args.sweep_range is None else range(*args.sweep_range)
@@ -143,7 +142,7 @@ def _lens(args: argparse.Namespace) -> int:
     definitions = _definitions(correct=args.correctness, sample_mode=args.mode,
                                lens_kept=args.top_k, keyword_bin=args.bin_size)
     run = AnalysisRun(args, "lens", config={"definitions": definitions})
-    for x, _ in _selected(run, "lens", args.mode, args.correctness):
+    for x, _ in _selected(run, ("lens", "frames"), args.mode, args.correctness):
         rows = analyses.video_lens(run.vlm, x, k=args.top_k)
         # thumbnails only beside rows: a sample whose analysis stops leaves nothing behind
         run.writer.write("frames", frame_thumbnails(x))
@@ -180,12 +179,14 @@ def _prune(args: argparse.Namespace) -> int:
         definitions["random_ratio"] = (f"{ratio} (--random-ratio)" if args.random_ratio
                                        is not None else f"{ratio} (the paper's, {circuit.name})")
     run = AnalysisRun(args, "prune", config={"definitions": definitions,
-                                             **circuit_config([circuit])})
-    for x in run.prepared("prune"):
+                                             **circuit_config([circuit])}, circuits=[circuit])
+    for x in run.prepared("prune", run.done(("prune",))):
+        base = analyses.base_prediction(run.vlm, x, correctness=args.correctness)
         run.writer.write("prune", analyses.prune(run.vlm, x, circuit, seeds=args.random_seeds,
                                           baseline=args.random_baseline,
-                                          ratio=args.random_ratio,
+                                          ratio=args.random_ratio, base=base,
                                           correctness=args.correctness))
+        run.mark_done(x, base)
     out = run.finish()
     if run.world.is_main:
         for row in prune_summary(read_table(out, "prune")):
@@ -231,12 +232,20 @@ def _attention(args: argparse.Namespace) -> int:
         definitions.update(attention_layers="every layer",
                            attention_knockout="cross-frame in the early-to-middle half",
                            attention_scale="attention weight")
-    run = AnalysisRun(args, "attention", config={"definitions": definitions})
-    for x in run.prepared("attention"):
+
+    def check_queries(vlm, x) -> None:   # a query the prompt cannot answer, before writing
+        for query in queries:
+            analyses.attention_queries(vlm, x, query)
+
+    run = AnalysisRun(args, "attention", config={"definitions": definitions},
+                      check_sample=check_queries)
+    for x in run.prepared("attention", run.done(("attention", "frames"))):
         rows = [row for query in queries
                 for row in analyses.attention_to_frames(run.vlm, x, query, view=args.view)]
+        # thumbnails only beside rows: a sample whose analysis stops leaves nothing behind
         run.writer.write("frames", frame_thumbnails(x))
         run.writer.write("attention", rows)
+        run.mark_done(x, analyses.base_prediction(run.vlm, x))
     run.finish()
     return 0
 
@@ -263,11 +272,17 @@ def _crossframe(args: argparse.Namespace) -> int:
     from .. import analyses
     from ..models import load_videollm
     from ..runs import read_table
-    from ..schema import sample_fields
 
-    def check(vlm) -> None:
+    loaded: dict[str, object] = {}
+
+    def check(vlm) -> None:   # the second model loads here: a bad one is refused before writing
         if args.layers is not None:
             layer_range(*args.layers, vlm.n_layers, circuit="--layers")
+        if args.compare_model:
+            loaded["other"] = load_videollm(args.compare_model, dtype=getattr(torch, args.dtype),
+                                            device=vlm.backbone.cfg.device)
+            if args.layers:
+                layer_range(*args.layers, loaded["other"].n_layers, circuit="--layers")
 
     definitions = _definitions(correct=args.correctness,
                                crossframe_layers="--layers" if args.layers else
@@ -278,12 +293,8 @@ def _crossframe(args: argparse.Namespace) -> int:
     vlm, writer = run.vlm, run.writer
     layers = (list(layer_range(*args.layers, vlm.n_layers)) if args.layers
               else early_to_middle_layers(vlm.n_layers))
-    other = (load_videollm(args.compare_model, dtype=getattr(torch, args.dtype),
-                           device=run.device) if args.compare_model else None)
-    if other is not None and args.layers:
-        layer_range(*args.layers, other.n_layers, circuit="--layers")
-    done = writer.completed("samples", "sample")
-    writer.retain("crossframe", "sample", done)
+    other = loaded.get("other")
+    done = run.done(("crossframe",))
     for sample, x in run.each("samples", done):
         rows = analyses.crossframe_knockout(vlm, x, layers, model=args.model,
                                      correctness=args.correctness)
@@ -293,8 +304,7 @@ def _crossframe(args: argparse.Namespace) -> int:
             rows += analyses.crossframe_knockout(other, other.prepare(sample), other_layers,
                                           model=args.compare_model, correctness=args.correctness)
         writer.write("crossframe", rows)
-        base = analyses.base_prediction(vlm, x, correctness=args.correctness)
-        writer.write("samples", [{**sample_fields(x), **base, "selected": True}])
+        run.mark_done(x, analyses.base_prediction(vlm, x, correctness=args.correctness))
     out = run.finish()
     if run.world.is_main:
         rows = read_table(out, "crossframe")
@@ -426,7 +436,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     report = subparsers.add_parser("report", help="build report.html from a run directory")
     report.add_argument("run_dir")
-    report.add_argument("--output", default=None, help="default: RUN_DIR/report.html")
+    report.add_argument("--output", default=None,
+                        help="an .html file (default: RUN_DIR/report.html); never a run's table "
+                             "or a file that is not a mapflow-tl report")
     report.add_argument("--plotly", default="inline", metavar="inline|cdn|PATH",
                         help="how the page gets plotly.js: inline (default: embedded, ~4.8 MB, "
                              "offline), cdn (linked from cdn.plot.ly), or PATH to a .js file "

@@ -41,7 +41,6 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
     from ..report import build_report
     from ..results import frame_thumbnails
     from ..runs import CONFIG_FILE, read_table
-    from ..schema import sample_fields
     from ..synthtv import generator as gen
     from .run import AnalysisRun, circuit_config
 
@@ -59,9 +58,7 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
         "circuit": list(FLOW_CIRCUITS) + [PATHWAY_CIRCUIT], **circuit_config(flows + [pathway])})
     video, writer = run.vlm, run.writer
     image = load_videollm(IMAGE_MODEL, device=run.device)
-    done = writer.completed("samples", "sample")
-    for table in DEMO_TABLES:      # rows of a sample whose "samples" row never came: a crash's
-        writer.retain(table, "sample", done)
+    done = run.done(DEMO_TABLES)   # samples whose rows are all there; the rest is redone
     position = {str(getattr(sample, "id", "")): i for i, sample in enumerate(run.samples)}
     for sample, x in run.each("samples", done):
         index = position[str(getattr(sample, "id", ""))]
@@ -81,7 +78,7 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
         writer.write("crossframe", analyses.crossframe_knockout(video, x, model=VIDEO_MODEL)
                      + analyses.crossframe_knockout(image, image.prepare(sample),
                                                     model=IMAGE_MODEL))
-        writer.write("samples", [{**sample_fields(x), **base, "selected": True}])
+        run.mark_done(x, base)
     out = run.finish()
     run.write_derived(out, {"keywords": analyses.keyword_frequency(
         read_table(out, "lens"), gen.SPATIAL_WORDS, gen.TEMPORAL_WORDS, tokenizer=video.tokenizer)})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import InputError
 
@@ -163,6 +163,9 @@ def check_device(device: str) -> str:
     except (RuntimeError, ValueError):
         raise InputError(f"--device {device!r} is not a device torch knows; use cpu, cuda, "
                          f"cuda:N or mps") from None
+    if parsed.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise InputError(f"--device {device}: analyses need a device that holds data ({parsed.type} "
+                         f"does not); use cpu, cuda, cuda:N or mps")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: this torch has no CUDA device available; run "
                          f"with --device cpu")
@@ -202,13 +205,15 @@ class AnalysisRun:
 
     def __init__(self, args: argparse.Namespace, command: str,
                  config: dict[str, Any] | None = None,
-                 check: Callable[[Any], None] | None = None) -> None:
+                 check: Callable[[Any], None] | None = None, *,
+                 circuits: Sequence[Any] = (),
+                 check_sample: Callable[[Any, Any], None] | None = None) -> None:
         import torch
 
         from ..data.datasets import load_dataset
         from ..distributed import shard, world
         from ..models import load_videollm
-        from ..runs import RunWriter, skipped_at_load
+        from ..runs import RunWriter, check_run_folder, skipped_at_load
 
         check_sampling(args)
         self.args, self.world = args, world()
@@ -227,6 +232,7 @@ class AnalysisRun:
                                      getattr(args, "sample_seed", 42))
         self.order = [str(getattr(sample, "id", "")) for sample in samples]
         self.samples = shard(samples, self.world)
+        self._check_first_sample(samples, circuits, check_sample)
         self.config = {key: value for key, value in vars(args).items() if key not in _NOT_CONFIG}
         self.config.update(config or {})
         if "definitions" not in self.config:  # a caller that changes none records the defaults
@@ -239,13 +245,69 @@ class AnalysisRun:
                            model_content=checkpoint_fingerprint(args.model),
                            dataset_content=samples_fingerprint(samples))
         out = Path(args.out)
+        overwrite = getattr(args, "overwrite", False)
         if self.world.distributed:
+            # every rank checks the whole run before any rank writes: a resume over another
+            # number of ranks is refused by all of them, not by some while others write shards
+            check_run_folder(out, self.config, resume=args.resume, overwrite=overwrite)
+            self.world.barrier()
+            if overwrite and self.world.is_main:
+                _clear_for_overwrite(out, self.world.size)
+            self.world.barrier()
             out = out / "shards" / f"rank-{self.world.rank:03d}"
-        self.writer = RunWriter(out, self.config, resume=args.resume,
-                                overwrite=getattr(args, "overwrite", False))
+        self.writer = RunWriter(out, self.config, resume=args.resume, overwrite=overwrite)
         (self.writer.out / "skipped.jsonl").unlink(missing_ok=True)
         if self.world.is_main:
             self.writer.write("skipped", [skipped_at_load(s) for s in loaded.skipped])
+
+    def _check_first_sample(self, samples: list[Any], circuits: Sequence[Any],
+                            check_sample: Callable[[Any, Any], None] | None) -> None:
+        """Build every circuit (and run ``check_sample``) on the first sample that can be
+        prepared, before anything is written: a circuit that raises, exits or names a segment
+        the prompt lacks is a one-line error, not a traceback after ``run.json``."""
+        if not circuits and check_sample is None:
+            return
+        for sample in samples:
+            try:
+                x = self.vlm.prepare(sample)
+            except ValueError:
+                continue    # recorded as skipped when its turn comes
+            for circuit in circuits:
+                circuit.build(x.segments, self.vlm.n_layers)
+            if check_sample is not None:
+                check_sample(self.vlm, x)
+            return
+
+    def done(self, tables: Sequence[str]) -> set[tuple]:
+        """The samples already complete in this run folder: marked done in ``samples`` with all
+        their rows in ``tables`` (:meth:`~mapflow_tl.runs.RunWriter.verified`). Samples whose
+        rows went missing are named on stderr and computed again."""
+        done = self.writer.verified("samples", tables)
+        if self.writer.redone:
+            shown = ", ".join(self.writer.redone[:5]) + (
+                f" and {len(self.writer.redone) - 5} more" if len(self.writer.redone) > 5 else "")
+            print(f"{self.config['command']}: {len(self.writer.redone)} sample(s) marked done "
+                  f"have missing or extra rows in {', '.join(tables)} ({shown}); computing them "
+                  f"again", file=sys.stderr)
+        return done
+
+    def mark_done(self, x: Any, base: dict[str, Any], selected: bool = True) -> None:
+        """Write sample ``x``'s completion marker (its ``samples`` row) after its rows, with the
+        number of rows written per table and circuit, which a resume checks."""
+        self.mark_all_done([(x, base, selected)])
+
+    def mark_all_done(self, done: Sequence[tuple[Any, dict[str, Any], bool]]) -> None:
+        """The completion markers of samples computed together, ``(x, base, selected)`` each, in
+        one write: a killed process leaves all of them or none, so a resume computes the same
+        group again (and gets the same bits)."""
+        from ..schema import sample_fields
+
+        rows = []
+        for x, base, selected in done:
+            fields = sample_fields(x)
+            rows.append({**fields, **base, "selected": selected,
+                         "row_counts": self.writer.row_counts(fields["sample"])})
+        self.writer.write("samples", rows)
 
     def each(self, table: str, done: set[tuple] | None = None) -> Iterator[tuple[Any, Any]]:
         """``(sample, prepared)`` for this rank's samples, with a progress bar, skipping those
@@ -302,13 +364,32 @@ class AnalysisRun:
             self.world.barrier()
             if self.world.is_main:
                 merged = RunWriter(out, self.config, resume=True)   # holds the lock while merging
-                merge_shards(out, self.order)
+                merge_shards(out, self.order, self.world.size)
                 merged.close()
             self.world.barrier()
             self.world.close()
         if self.world.is_main:
             summarise_skipped(out)
         return out
+
+
+def _clear_for_overwrite(out: Path, size: int) -> None:
+    """``--overwrite`` of a multi-rank run, on rank 0 before any rank writes: the merged tables
+    and the shards of ranks this run does not have (each rank's writer replaces its own), only
+    the files their manifests list."""
+    from .. import outputs
+    from ..runs import SHARDS_DIR
+
+    outputs.remove_owned(out, "run")
+    for shard in sorted((out / SHARDS_DIR).glob("rank-*")):
+        number = shard.name[len("rank-"):]
+        if shard.is_dir() and (not number.isdigit() or int(number) >= size):
+            outputs.remove_owned(shard, "run")
+            (shard / "run.lock").unlink(missing_ok=True)
+            try:
+                shard.rmdir()
+            except OSError:
+                pass    # it holds files that are not ours: left as they are
 
 
 def summarise_skipped(out: Path) -> None:
@@ -345,9 +426,12 @@ def checkpoint_fingerprint(name_or_path: str) -> str:
 
 
 def samples_fingerprint(samples) -> str:
-    """16 hex digits of SHA-256 over every sample's id, question, options, answer and window:
-    an edited annotation file, or a dataset generated differently, is a different configuration
-    on ``--resume``. (Not the video paths: a dataset moved to another folder is the same.)"""
+    """16 hex digits of SHA-256 over every sample's id, question, options, answer and window,
+    and the size and modification time of its video: an edited annotation file, a dataset
+    generated differently or a video replaced between a run and its resume is a different
+    configuration on ``--resume``. (Not the video paths: a dataset moved to another folder with
+    its times kept — ``cp -p``, ``rsync -t`` — is the same. Only ``stat`` is read: hashing every
+    video at each start would cost more than the check is worth.)"""
     import hashlib
     import json
 
@@ -355,8 +439,24 @@ def samples_fingerprint(samples) -> str:
     for sample in samples:
         fields = [str(getattr(sample, name, None)) for name in
                   ("id", "question", "options", "answer_index", "start", "end")]
-        digest.update(json.dumps(fields).encode())
+        digest.update(json.dumps(fields + _video_stat(getattr(sample, "video", None))).encode())
     return digest.hexdigest()[:16]
+
+
+def _video_stat(video: Any) -> list[int]:
+    """Size and modification time (ns) of a video file, or of a frame folder's files; nothing
+    for a video that is not a path or cannot be read (preparing it will say why)."""
+    import os
+
+    if not isinstance(video, (str, Path)):
+        return []
+    try:
+        path = Path(video)
+        entries = sorted(path.iterdir()) if path.is_dir() else [path]
+        stats = [os.stat(entry) for entry in entries]
+    except OSError:
+        return []
+    return [value for stat in stats for value in (stat.st_size, stat.st_mtime_ns)]
 
 
 def circuit_config(circuits) -> dict[str, Any]:

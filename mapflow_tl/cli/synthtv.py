@@ -28,11 +28,22 @@ def _log(message: str) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from .. import outputs
     from ..synthtv import generator as gen
 
+    out = Path(args.out)
+    # a folder we did not generate (a TVBench download, anything of the user's) is refused
+    # before a file is written; one we generated lists what it holds in synthtv.json
+    outputs.check_folder(out, "synthtv-benchmark")
     tasks = args.tasks or list(gen.ALL_TASKS)
     items = gen.generate(tasks, args.per_task, args.seed)
-    counts = gen.write_benchmark(args.out, items, write_videos=not args.no_videos)
+    names = [f"json/{gen.TASK_FILES[task]}" for task in items]
+    if not args.no_videos:
+        names += [f"video/{task}/{item.name}.mp4" for task, task_items in items.items()
+                  for item in task_items]
+    out.mkdir(parents=True, exist_ok=True)
+    outputs.record(out, "synthtv-benchmark", names)   # before writing: a crash leaves it ours
+    counts = gen.write_benchmark(out, items, write_videos=not args.no_videos)
     print(json.dumps({"out": str(args.out), "seed": args.seed, "counts": counts}, indent=2))
     return 0
 
@@ -44,8 +55,11 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads),
                                    ("init_from", args.init_from)) if v is not None}
     config = replace(config, **overrides, **_settings(args.set or [], config))
+    from .. import outputs
+
     name = train.MODEL_NAMES[args.stage]
     out = Path(args.out) if args.out else train.checkpoint_path(name)
+    outputs.check_folder(out, "synthtv-checkpoint")   # before training, not after
     start = time.time()
     monitor = _HeldOutMonitor(args.eval_per_task) if args.eval_every else None
     model, tokenizer, rows = train.train(config, log=_log, monitor=monitor,
@@ -187,7 +201,9 @@ def register(subparsers) -> None:
     synthtv.set_defaults(handler=lambda args: (synthtv.print_help(), 0)[1])
 
     generate = commands.add_parser("generate", help="write videos (.mp4) and TVBench-format JSON")
-    generate.add_argument("--out", required=True, help="output directory (json/, video/)")
+    generate.add_argument("--out", required=True,
+                          help="output directory (json/, video/): new, empty or one generate "
+                               "wrote (never a downloaded benchmark)")
     generate.add_argument("--per-task", type=int, default=200, help="questions per task")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--tasks", nargs="*", help="subset of tasks (default: all)")
