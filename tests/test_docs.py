@@ -170,6 +170,43 @@ def test_every_code_block_of_the_page_runs(page, docs_run):
     assert docs_run[page] is None, f"{page}: an example fails\n{docs_run[page]}"
 
 
+
+# a path of this repository (mapflow_tl/commands.py, tests/test_x.py::test_name, circuits/*.py)
+REPO_PATH = re.compile(
+    r"(?<![\w./-])((?:mapflow_tl|tests|circuits|benchmarks|tutorials|docs)/[\w./*-]*[\w*])"
+    r"(?:::(\w+))?")
+
+
+def stale_references(text: str) -> list[str]:
+    """Repository paths in ``text`` that name no file (globs: no match), and ``file::name``
+    references whose file defines no such function or class."""
+    stale = []
+    for match in REPO_PATH.finditer(text):
+        path, name = match.group(1), match.group(2)
+        if not any(ROOT.glob(path)) if "*" in path else not (ROOT / path).exists():
+            stale.append(path)
+        elif name and not re.search(rf"^\s*(?:async\s+)?(?:def|class)\s+{name}\b",
+                                    (ROOT / path).read_text(), re.M):
+            stale.append(f"{path}::{name}")
+    return stale
+
+
+def test_stale_reference_finder():
+    text = ("`mapflow_tl/commands.py`, mapflow_tl/edges.py, circuits/pathway_*.py, "
+            "circuits/nothing_*.py, tests/test_docs.py::test_stale_reference_finder, "
+            "tests/test_docs.py::test_gone, other/evaluation/benchmarks/tvbench.py")
+    assert stale_references(text) == ["mapflow_tl/commands.py", "circuits/nothing_*.py",
+                                      "tests/test_docs.py::test_gone"]
+
+
+@pytest.mark.parametrize("page", PAGES + ["tutorials/README.md"])
+def test_every_file_and_test_a_page_names_exists(page):
+    """A page that names a module, a test or a circuit file names one that exists (the
+    benchmark guide once sent readers to mapflow_tl/commands.py)."""
+    stale = stale_references((ROOT / page).read_text())
+    assert not stale, f"{page} names what does not exist: {stale}"
+
+
 if __name__ == "__main__":
     head = CLI_DOC.read_text().split(GENERATED)[0]
     CLI_DOC.write_text(head + GENERATED + "\n\n" + cli_reference())
