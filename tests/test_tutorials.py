@@ -22,6 +22,8 @@ nbclient = pytest.importorskip("nbclient", reason="tutorial tests need nbclient 
                                                   "-e '.[dev]')")
 pytest.importorskip("ipykernel", reason="tutorial tests need ipykernel (pip install -e '.[dev]')")
 
+from test_wheel import installed  # noqa: E402,F401 (the wheel fixture, for the wheel test here)
+
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 EXECUTED = [path for path in NOTEBOOKS if path.name[:2] in {"01", "02", "03", "04", "05", "06"}]
@@ -103,3 +105,65 @@ def test_tutorial_executes(path, tmp_path, monkeypatch, synthtv_cache):
     elapsed = time.monotonic() - start
     print(f"{path.name}: {elapsed:.1f} s")
     assert elapsed < TIMEOUT_S, f"{path.name} took {elapsed:.0f} s (limit {TIMEOUT_S} s)"
+
+
+
+PLOTTING = [path for path in NOTEBOOKS if any("plotly" in source for source in _code(path))]
+
+
+@pytest.mark.parametrize("path", PLOTTING, ids=lambda path: path.stem)
+def test_figures_carry_a_static_copy(path):
+    """A plotly figure saved only as plotly JSON shows nothing on GitHub nor in nbconvert's HTML:
+    every notebook that draws asks plotly for a PNG copy too (when kaleido is installed)."""
+    setting = [line for source in _code(path) for line in source.splitlines()
+               if line.startswith("pio.renderers.default")]
+    assert setting and "plotly_mimetype+png" in setting[0], (
+        f"{path.name} does not set pio.renderers.default to \"plotly_mimetype+png\" (when kaleido "
+        f"is there) in its setup cell")
+
+
+def test_exported_html_shows_every_figure(tmp_path, monkeypatch, synthtv_cache):
+    """With the ``notebooks`` extra, an executed tutorial exported to HTML has one image per
+    figure (needs kaleido and a Chrome/Chromium; skipped without the extra)."""
+    pytest.importorskip("kaleido", reason="needs the notebooks extra (pip install -e '.[notebooks]')")
+    nbconvert = pytest.importorskip("nbconvert", reason="needs the notebooks extra")
+    from ipykernel.kernelspec import install as install_kernel
+
+    install_kernel(prefix=str(tmp_path / "jupyter"), kernel_name="mapflow-tests")
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter" / "share" / "jupyter"))
+    monkeypatch.setenv("MAPFLOW_CACHE", str(synthtv_cache))
+    notebook = nbformat.read(TUTORIALS / "02_attention_knockout.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=TIMEOUT_S, kernel_name="mapflow-tests",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", [])]
+    figures = sum("application/vnd.plotly.v1+json" in data for data in outputs)
+    html, _ = nbconvert.HTMLExporter().from_notebook_node(notebook)
+    assert figures >= 3 and html.count('src="data:image/png;base64,') == figures
+
+@pytest.mark.wheel
+def test_tutorial_6_runs_from_the_installed_wheel(tmp_path, monkeypatch, request):
+    """Tutorial 6 checks a new adapter against Hugging Face with helpers a model author imports
+    from the package (``mapflow_tl.testing``), not from this repository's ``tests/``: it runs in a
+    kernel of the fresh virtualenv holding only the built wheel, outside the source tree."""
+    import json
+
+    installed = request.getfixturevalue("installed")
+    spec = tmp_path / "jupyter" / "kernels" / "mapflow-wheel"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(installed["python"]), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "mapflow-tl wheel", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the worktree must not be importable
+    monkeypatch.setenv("MAPFLOW_CACHE", str(tmp_path / "cache"))
+    notebook = nbformat.read(TUTORIALS / "06_add_a_model.ipynb", as_version=4)
+    site = str(installed["site"])
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(
+        "import sys, mapflow_tl\n"
+        f"assert mapflow_tl.__file__.startswith({site!r}), mapflow_tl.__file__\n"
+        "assert not any(p.endswith('tests') for p in sys.path)"))
+    work = tmp_path / "work"
+    work.mkdir()
+    client = nbclient.NotebookClient(notebook, timeout=TIMEOUT_S, kernel_name="mapflow-wheel",
+                                     resources={"metadata": {"path": str(work)}})
+    client.execute()
