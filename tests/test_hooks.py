@@ -34,6 +34,44 @@ def test_window_errors(kwargs, message):
         window(center, **kwargs)
 
 
+def test_window_as_deep_as_the_model_warns_like_a_deeper_one():
+    """A centred window of k >= n_layers blocks every layer at every centre (a flat sweep): k ==
+    n_layers warns exactly as k > n_layers does; k = n_layers - 1 does not."""
+    import warnings
+
+    from mapflow_tl.layers import covers_every_layer
+
+    for k in (8, 9):
+        with pytest.warns(UserWarning, match=f"k={k} layers covers all 8 layers"):
+            assert window(3, n_layers=8, k=k) == list(range(0, min(8, 4 + (k - 1) // 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert window(3, n_layers=8, k=7) == list(range(0, 7))
+        assert window(0, n_layers=1, k=1) == [0]  # one layer: nothing to sweep, no warning
+        window(3, n_layers=8, k=8, style="top_down")  # only the centred window is flat
+    assert covers_every_layer(8, 8) and covers_every_layer(9, 8)
+    assert not covers_every_layer(7, 8) and not covers_every_layer(1, 1)
+
+
+def test_layer_range_and_early_to_middle_by_hand():
+    """The paper's 1-based inclusive "L6–15" is 0-based 5 … 14; the bounds themselves fit."""
+    from mapflow_tl.layers import check_layer, early_to_middle_layers, layer_range
+
+    assert list(layer_range(6, 15, 32)) == list(range(5, 15))
+    assert list(layer_range(1, 32, 32)) == list(range(32))
+    assert list(layer_range(7, 7, 8)) == [6]
+    for first, last in ((0, 3), (3, 33), (5, 4)):
+        with pytest.raises(ValueError, match=f"L{first}–{last}"):
+            layer_range(first, last, 32, circuit="c")
+    assert early_to_middle_layers(32) == list(range(16))
+    assert early_to_middle_layers(9) == list(range(4))
+    assert early_to_middle_layers(1) == [0]
+    assert check_layer(0, 4) == 0 and check_layer(3, 4) == 3
+    for bad in (4, -1, True, 1.0):
+        with pytest.raises(ValueError):
+            check_layer(bad, 4)
+
+
 # ---------------------------------------------------------------- knockout against HF
 def embeds_for(model, n, seed=1):
     generator = torch.Generator().manual_seed(seed)
