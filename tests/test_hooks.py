@@ -72,6 +72,46 @@ def test_layer_range_and_early_to_middle_by_hand():
             check_layer(bad, 4)
 
 
+# ---------------------------------------------------------------- check_hooks
+def test_check_hooks_accepts_a_filter_that_matches_some_hook_points(tiny_backbone):
+    """A name filter attaches to every hook point it accepts (TransformerLens): one that accepts
+    a single hook point, or a few, is valid; only one that accepts none is refused."""
+    from mapflow_tl.hooks import check_hooks
+
+    def noop(activation, hook):
+        return None
+
+    names = list(tiny_backbone.hook_dict)
+    check_hooks(tiny_backbone, [(lambda name: name == "blocks.1.hook_resid_pre", noop)])
+    check_hooks(tiny_backbone, [(lambda name: name.startswith("blocks.0."), noop)])
+    check_hooks(tiny_backbone, [(lambda name: name in names, noop)])
+    check_hooks(tiny_backbone, [("blocks.3.attn.hook_attn_scores", noop), ("hook_embed", noop)])
+    with pytest.raises(ValueError, match="accepts none of this model's"):
+        check_hooks(tiny_backbone, [(lambda name: name == "blocks.4.hook_resid_pre", noop)])
+    with pytest.raises(ValueError, match="layer 4 is outside \\[0, 4\\)"):
+        check_hooks(tiny_backbone, [("blocks.4.hook_resid_pre", noop)])
+    with pytest.raises(ValueError, match="did you mean 'blocks.0.hook_resid_pre'"):
+        check_hooks(tiny_backbone, [("blocks.0.hook_resid_pree", noop)])
+    with pytest.raises(ValueError, match="is not callable"):
+        check_hooks(tiny_backbone, [("blocks.0.hook_resid_pre", None)])
+
+
+def test_videollm_runs_a_filter_that_matches_some_hook_points(tiny_backbone):
+    """Through the backbone's run: a filter matching one hook point runs its hook exactly
+    there (and is not refused for leaving the others out)."""
+    from mapflow_tl.hooks import check_hooks
+
+    seen = []
+
+    def record(activation, hook):
+        seen.append(hook.name)
+
+    hooks = [(lambda name: name == "blocks.2.hook_resid_pre", record)]
+    check_hooks(tiny_backbone, hooks)
+    run_from_embeds(tiny_backbone, embeds_for(tiny_backbone, 5), fwd_hooks=hooks)
+    assert seen == ["blocks.2.hook_resid_pre"]
+
+
 # ---------------------------------------------------------------- knockout against HF
 def embeds_for(model, n, seed=1):
     generator = torch.Generator().manual_seed(seed)
