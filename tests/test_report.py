@@ -241,6 +241,72 @@ def test_bootstrap_band_by_hand():
     assert np.all((first[2] - first[1]) > 0.4) and np.all((first[2] - first[1]) < 0.9)
 
 
+def _percentile(sorted_values, q):
+    """numpy's default ("linear") percentile, by hand: position q/100·(n−1), interpolated."""
+    position = q / 100 * (len(sorted_values) - 1)
+    below = int(position)
+    above = min(below + 1, len(sorted_values) - 1)
+    return sorted_values[below] + (position - below) * (sorted_values[above] - sorted_values[below])
+
+
+def test_bootstrap_band_is_the_95_percent_percentile_interval_restated_by_hand():
+    """The band its label promises: resample the samples (rows) with replacement, 2000 times
+    with the report's fixed seed 0, take each resample's mean (NaN left out), and read the 2.5th
+    and 97.5th percentiles — restated with loops; a 90 % or 99 % band would differ."""
+    values = np.random.default_rng(7).normal(size=(12, 3))
+    values[3, 1] = np.nan
+    centre, low, high = bootstrap_band(values)
+    picks = np.random.default_rng(0).integers(0, 12, size=(2000, 12))
+    for column in range(3):
+        means = []
+        for pick in picks:
+            column_values = [values[i, column] for i in pick if not np.isnan(values[i, column])]
+            means.append(sum(column_values) / len(column_values))
+        means.sort()
+        present = [v for v in values[:, column] if not np.isnan(v)]
+        assert centre[column] == pytest.approx(sum(present) / len(present))
+        assert low[column] == pytest.approx(_percentile(means, 2.5))
+        assert high[column] == pytest.approx(_percentile(means, 97.5))
+        assert low[column] != pytest.approx(_percentile(means, 5.0))
+        assert high[column] != pytest.approx(_percentile(means, 95.0))
+    with pytest.raises(ValueError, match="n_samples"):
+        bootstrap_band(np.zeros((0, 3)))
+
+
+def test_check_row_notices_a_missing_or_an_extra_column():
+    from mapflow_tl.schema import TABLES, check_row
+
+    row = {column: 0 for column in TABLES["keywords"]}
+    check_row("keywords", row)
+    check_row("keywords", dict(reversed(list(row.items()))))  # order does not matter
+    missing = {c: 0 for c in TABLES["keywords"] if c != "temporal"}
+    with pytest.raises(ValueError, match=r"missing \['temporal'\] and extra \[\]"):
+        check_row("keywords", missing)
+    with pytest.raises(ValueError, match=r"missing \[\] and extra \['other'\]"):
+        check_row("keywords", {**row, "other": 1})
+    with pytest.raises(ValueError, match=r"missing \['spatial'\] and extra \['other'\]"):
+        check_row("keywords", {**{c: 0 for c in TABLES["keywords"] if c != "spatial"},
+                               "other": 1})
+
+
+def test_probability_trace_false_curve_excludes_the_true_option(tmp_path):
+    """Three options: the true one at 0.6 and two false ones at 0.1 and 0.3 in every layer; the
+    "false options" curve is their mean (0.2), never including the true option's 0.6."""
+    writer = RunWriter(tmp_path / "run", {"command": "prob", "model": "m", "n_layers": 3})
+    probabilities = {0: 0.1, 1: 0.6, 2: 0.3}
+    writer.write("prob", [{"sample": s, "task": "T", "layer": layer, "option": option,
+                           "is_true": option == 1, "probability": p * (1 + layer)}
+                          for s in ("s0", "s1") for layer in range(3)
+                          for option, p in probabilities.items()])
+    writer.finish()
+    page = build_report(tmp_path / "run").read_text()
+    figure = _figure(page, "probability-trace")
+    lines = {t["name"]: t for t in figure["data"] if t.get("mode") == "lines+markers"
+             and t.get("xaxis", "x") == "x"}
+    assert lines["true option"]["y"] == pytest.approx([0.6 * (1 + layer) for layer in range(3)])
+    assert lines["false options"]["y"] == pytest.approx([0.2 * (1 + layer) for layer in range(3)])
+
+
 def _figure(page: str, figure_id: str) -> dict:
     """The traces and layout ``Plotly.newPlot`` receives for ``figure_id`` in the page."""
     match = re.search(r'Plotly\.newPlot\(\s*"' + re.escape(figure_id) + r'",\s*', page)
