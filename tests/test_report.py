@@ -298,13 +298,21 @@ def test_probability_trace_false_curve_excludes_the_true_option(tmp_path):
                            "is_true": option == 1, "probability": p * (1 + layer)}
                           for s in ("s0", "s1") for layer in range(3)
                           for option, p in probabilities.items()])
+    # s0 answered correctly, s1 wrongly: the failure diagnosis draws both groups' curves too
+    writer.write("samples", [{"sample": s, "task": "T", "base_token": 1, "base_p_pred": 0.6,
+                              "base_p_true": 0.6, "base_correct": s == "s0", "base_option": 1,
+                              "selected": True} for s in ("s0", "s1")])
     writer.finish()
     page = build_report(tmp_path / "run").read_text()
-    figure = _figure(page, "probability-trace")
-    lines = {t["name"]: t for t in figure["data"] if t.get("mode") == "lines+markers"
-             and t.get("xaxis", "x") == "x"}
-    assert lines["true option"]["y"] == pytest.approx([0.6 * (1 + layer) for layer in range(3)])
-    assert lines["false options"]["y"] == pytest.approx([0.2 * (1 + layer) for layer in range(3)])
+    expected = {"true option": [0.6 * (1 + layer) for layer in range(3)],
+                "false options": [0.2 * (1 + layer) for layer in range(3)]}
+    for figure_id, panels in (("probability-trace", 1), ("failure-diagnosis", 2)):
+        lines = [t for t in _figure(page, figure_id)["data"] if t.get("mode") == "lines+markers"]
+        for name, values in expected.items():
+            drawn = [t for t in lines if t["name"] == name]
+            assert len(drawn) >= panels, (figure_id, name)
+            for trace in drawn:
+                assert trace["y"] == pytest.approx(values), (figure_id, name)
 
 
 def _figure(page: str, figure_id: str) -> dict:
