@@ -288,3 +288,46 @@ def test_edge_accounting_on_the_papers_layouts(circuit, layout, n_layers, ranges
     assert (kept, total) == official_edge_count(seg, n_layers, *ranges)
     # the paper's Table 1 is a mean over TVBench samples; one sample's layout lands within 2 points
     assert abs(kept / total - paper) < 0.02, kept / total
+
+
+def test_explicit_masks_and_pairs_at_their_bounds():
+    """from_mask keeps only the causal triangle (an entry above the diagonal is not an edge, so
+    it cannot make the mask "reach" past a shorter sequence); a smaller mask pads with no edges
+    to a longer sequence; from_pairs and leaves refuse a position equal to the length (one past
+    the end) with a one-line error, not an index error."""
+    import torch
+
+    from mapflow_tl.edges import Edges
+
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 3] = True          # above the diagonal: dropped
+    mask[2, 1] = True
+    edges = Edges.from_mask(mask)
+    assert edges.count(4) == 1 and edges.count(3) == 1
+    expected = torch.zeros(6, 6, dtype=torch.bool)
+    expected[2, 1] = True
+    assert torch.equal(edges.dense(6), expected)   # padded to a longer sequence
+    mask[3, 0] = True
+    with pytest.raises(ValueError, match="reach position 3, beyond the sequence of 3"):
+        Edges.from_mask(mask).dense(3)
+    assert Edges.from_pairs([2, 1], [0, 1], 3).count() == 2
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, 3\)"):
+        Edges.from_pairs([3], [0], 3)
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, 3\)"):
+        Edges.from_pairs([2], [3], 3)
+    with pytest.raises(ValueError, match="dst position 5 is beyond the sequence of 5"):
+        Edges(src=[0], dst=[5]).dense(5)
+    with pytest.raises(ValueError, match="src position 5 is beyond the sequence of 5"):
+        Edges(src=[5], dst=[0]).dense(5)
+    assert Edges(src=[0], dst=[4]).count(5) == 1
+
+
+def test_extent_of_one_sided_and_empty_expressions():
+    """An expression with keys but no queries (or none at all) mentions no edge: extent 0, and
+    its dense matrix over 0 positions is the empty 0×0 matrix."""
+    from mapflow_tl.edges import Edges
+
+    assert Edges(src=[5], dst=[]).extent() == 0 and Edges(src=[], dst=[5]).extent() == 0
+    assert Edges(src=[1, 2], dst=[4]).extent() == 5
+    assert Edges.empty().dense().shape == (0, 0) and Edges.empty().count() == 0
+    assert (Edges(src=[0], dst=[2]) | Edges(src=[6], dst=[1])).extent() == 7
