@@ -396,3 +396,56 @@ def test_random_baseline_count_is_exact_when_the_ratio_is_the_pathways_own():
     exact = int(Fraction(4024, 8 * causal_edge_count(66)) * causal_edge_count(66))
     assert exact == 503 and int((1 - 13664 / 17688) * 2211) == 502
     assert random_baseline_counts(Spec(), 66) == dict.fromkeys(range(8), 503)
+
+
+# ---------------------------------------------------------------- boundaries
+def test_head_knockout_refuses_a_head_equal_to_the_head_count(tiny_backbone, layout):
+    """Heads are 0 … n_heads − 1: head 3 of the 4-head model is fine, head 4 is a one-line
+    error naming the range, not an index error."""
+    n = layout.n_positions
+    embeds = embeds_for(tiny_backbone, n)
+    run_from_embeds(tiny_backbone, embeds, fwd_hooks=knockout(E.cross_frame(layout), [0], [3]))
+    with pytest.raises(ValueError, match=r"heads \[4\] outside \[0, 4\)"):
+        run_from_embeds(tiny_backbone, embeds,
+                        fwd_hooks=knockout(E.cross_frame(layout), [0], heads=[4]))
+
+
+def test_spec_hooks_only_where_something_is_blocked_and_describe_in_paper_numbers(layout):
+    """A spec attaches hooks only to the layers where some rule blocks edges; describe() writes
+    the paper's 1-based ranges ("L2–3", a single layer as "L5")."""
+    video_to_last = E.video_to_last(layout)
+    spec = PathwaySpec(6).block(video_to_last, [1, 2]).block(E.last_to_last(layout), [4])
+    assert [name for name, _ in spec.hooks()] == [f"blocks.{layer}.attn.hook_attn_scores"
+                                                  for layer in (1, 2, 4)]
+    assert spec.describe() == "block video → last in L2–3\nblock last → last in L5"
+    kept = PathwaySpec(4).keep(video_to_last, [0, 2])
+    assert kept.describe() == "keep video → last in L1, L3"
+    assert [name for name, _ in kept.hooks()] == ["blocks.1.attn.hook_attn_scores",
+                                                  "blocks.3.attn.hook_attn_scores"]
+
+
+def test_random_draw_may_take_every_edge_of_the_region(layout):
+    """A region with exactly as many causal edges as the count asks for is drawn whole; one
+    edge more is refused with the fix."""
+    n = layout.n_positions
+    total = n * (n + 1) // 2
+    region = Edges.from_mask(torch.ones(n, n, dtype=torch.bool))  # the whole triangle
+    hooks = random_knockout(1.0, seed=0, region=region, layers=[1], n_positions=n)
+    assert hooks[0][1].edges.count(n) == total
+    smaller = Edges.from_mask(torch.ones(n, n, dtype=torch.bool).tril(-1))
+    with pytest.raises(ValueError, match=f"cannot draw {total} random edges"):
+        random_knockout(1.0, seed=0, region=smaller, layers=[1], n_positions=n)
+
+
+def test_capture_keeps_the_chosen_positions_of_the_sequence_axis(tiny_backbone, layout):
+    """capture(positions=...) selects along the sequence axis (axis 1), not the batch axis."""
+    from mapflow_tl.hooks import capture
+
+    n = layout.n_positions
+    embeds = embeds_for(tiny_backbone, n)
+    whole, some = {}, {}
+    name = "blocks.1.hook_resid_pre"
+    run_from_embeds(tiny_backbone, embeds, fwd_hooks=capture(name, whole))
+    run_from_embeds(tiny_backbone, embeds, fwd_hooks=capture([name], some, positions=[0, 3, 5]))
+    assert whole[name].shape == (1, n, tiny_backbone.cfg.d_model)
+    assert torch.equal(some[name], whole[name][:, [0, 3, 5]])
