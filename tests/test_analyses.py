@@ -433,6 +433,58 @@ def test_official_action_sequence_keywords():
         keyword_lists("action")
 
 
+class _PieceTokenizer:
+    """Each word a fixed list of pieces; a lone SentencePiece "▁" may come first."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+        self.vocab = sorted({p for ps in pieces.values() for p in ps})
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.vocab.index(p) for p in self.pieces[text]]}
+
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids).replace("▁", " ")
+
+
+def test_keyword_reduction_skips_a_lone_word_start_piece_and_sorts():
+    """The first sub-token is the first piece with text: a lone "▁" before it is skipped; the
+    reduced keywords come sorted by sub-token, each with its words once; a word that reduces to
+    nothing is an error naming it."""
+    from mapflow_tl.keywords import first_subtoken, reduce_keywords
+
+    tokenizer = _PieceTokenizer({"tidy": ["▁", "tid", "y"], "up": ["▁up"], "bag": ["bag"],
+                                 "bags": ["bag", "s"], "empty": ["▁"], "none": []})
+    assert first_subtoken(tokenizer, "tidy") == "tid"
+    assert first_subtoken(tokenizer, "up") == "up"
+    assert reduce_keywords(tokenizer, ["up", "tidy", "bags", "bag", "bags"]) == {
+        "bag": ["bags", "bag"], "tid": ["tidy"], "up": ["up"]}
+    assert list(reduce_keywords(tokenizer, ["up", "tidy", "bag"])) == ["bag", "tid", "up"]
+    with pytest.raises(ValueError, match="'empty': its first sub-token decodes to nothing"):
+        first_subtoken(tokenizer, "empty")
+    with pytest.raises(ValueError, match="'none' tokenizes to nothing"):
+        first_subtoken(tokenizer, "none")
+
+
+def test_keyword_lists_default_and_json_files(tmp_path):
+    """No name: SynthTV's lists (the CLI default); a JSON file of two non-empty word lists; an
+    empty or missing word is refused naming the file."""
+    from mapflow_tl.keywords import keyword_lists
+    from mapflow_tl.synthtv import generator
+
+    assert keyword_lists() == (list(generator.SPATIAL_WORDS), list(generator.TEMPORAL_WORDS))
+    assert keyword_lists("synthtv") == keyword_lists(None)
+    good = tmp_path / "words.json"
+    good.write_text('{"spatial": ["cup"], "temporal": ["open", "close"]}')
+    assert keyword_lists(str(good)) == (["cup"], ["open", "close"])
+    for name, text in (("blank.json", '{"spatial": [" "], "temporal": ["open"]}'),
+                       ("number.json", '{"spatial": [3], "temporal": ["open"]}'),
+                       ("half.json", '{"spatial": ["cup"]}'), ("broken.json", "{")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=f"keywords .*{name}: expected a JSON file"):
+            keyword_lists(str(tmp_path / name))
+
+
 # ----------------------------------------------------------------------------- attention
 def test_attention_to_frames_is_the_head_mean_of_hf_attentions(vlm, xs, tiny_hf_llama):
     x, n = xs[0], xs[0].n_positions
