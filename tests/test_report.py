@@ -690,3 +690,54 @@ def test_a_run_with_no_selected_sample_still_gets_a_report(tmp_path):
     page = build_report(tmp_path / "run").read_text()
     assert 'id="no-selected-samples"' in page and "none matched the sample mode 'wrong'" in page
     assert "All 3 evaluated samples" in page
+
+
+def test_pathway_table_by_hand():
+    """Table 1's layout per task and variant: accuracy (random: mean over seeds), the seed
+    count on the random rows only, and kept / total edges per sample (the mean over rows)."""
+    from mapflow_tl.report import pathway_table
+
+    rows = []
+    for i in range(2):
+        rows.append({"sample": f"s{i}", "task": "T", "variant": "full", "seed": None,
+                     "correct": True, "kept_edges": 100, "total_edges": 100})
+        rows.append({"sample": f"s{i}", "task": "T", "variant": "pathway", "seed": None,
+                     "correct": i == 0, "kept_edges": 40 + 10 * i, "total_edges": 100})
+        for seed in (0, 1):
+            rows.append({"sample": f"s{i}", "task": "T", "variant": "random", "seed": seed,
+                         "correct": seed == 1, "kept_edges": 45, "total_edges": 100})
+    table = {row["variant"]: row for row in pathway_table(rows)}
+    assert table["full"]["accuracy"] == 100.0 and table["full"]["seeds"] is None
+    assert table["pathway"]["accuracy"] == 50.0 and table["pathway"]["seeds"] is None
+    assert table["pathway"]["kept_edges"] == 45 and table["pathway"]["total_edges"] == 100
+    assert table["pathway"]["retained"] == pytest.approx(0.45)
+    assert table["random"]["seeds"] == 2 and table["random"]["accuracy"] == 50.0
+    assert table["random"]["kept_edges"] == 45 and table["random"]["samples"] == 2
+
+
+def test_curve_colours_are_fixed_and_distinct_per_pathway():
+    """Each of the paper's pathways keeps its own colour (distinct while the palette lasts);
+    any other curve name gets a colour that depends on the name alone."""
+    from mapflow_tl.report import _PALETTE, curve_color
+    from mapflow_tl.schema import PATHWAY_ORDER
+
+    first = PATHWAY_ORDER[:len(_PALETTE)]
+    assert len({curve_color(curve) for curve in first}) == len(first)
+    assert curve_color("cross-frame") == _PALETTE[0]
+    assert curve_color("video → question") == _PALETTE[1]
+    assert curve_color("my curve") == curve_color("my curve") in _PALETTE
+
+
+def test_sample_layer_matrix_skips_missing_values():
+    """Per sample and layer the mean of the values present: None and NaN (rows that went
+    through pandas) are left out, a cell with none is NaN."""
+    import math
+
+    from mapflow_tl.report import _matrix
+
+    rows = [{"sample": "a", "layer": 0, "v": 1.0}, {"sample": "a", "layer": 0, "v": 3.0},
+            {"sample": "a", "layer": 1, "v": float("nan")}, {"sample": "b", "layer": 1, "v": 4.0},
+            {"sample": "b", "layer": 0, "v": None}, {"sample": "a", "layer": 1, "v": 5.0}]
+    matrix = _matrix(rows, lambda r: r["v"], [0, 1])
+    assert matrix[0].tolist() == [2.0, 5.0]
+    assert math.isnan(matrix[1, 0]) and matrix[1, 1] == 4.0
