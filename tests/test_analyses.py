@@ -311,6 +311,11 @@ def test_prune_summary_by_hand():
     assert by_task["T"]["accuracy_sd"] is None
     assert by_task["U"]["accuracy"] == pytest.approx(100.0) and by_task["U"]["samples"] == 1
     assert [row["task"] for row in prune_summary(rows)] == ["T", "U"]
+    seeded = [{"sample": s, "task": "T", "variant": "random", "seed": seed, "correct": True,
+               "kept_edges": 1, "total_edges": 2} for s in ("s0", "s1") for seed in (0, 1, 2)]
+    (random_row,) = prune_summary(seeded)
+    assert random_row["samples"] == 2 and random_row["seeds"] == 3
+    assert random_row["accuracy_sd"] == 0.0
 
 
 # ----------------------------------------------------------------------------- lens
