@@ -289,6 +289,16 @@ def test_check_row_notices_a_missing_or_an_extra_column():
                                "other": 1})
 
 
+def test_sample_fields_name_the_sample_and_its_task():
+    from types import SimpleNamespace
+
+    from mapflow_tl.schema import sample_fields
+
+    x = SimpleNamespace(meta={"id": "tvbench/12", "task": "Action Sequence"})
+    assert sample_fields(x) == {"sample": "tvbench/12", "task": "Action Sequence"}
+    assert sample_fields(SimpleNamespace(meta=None)) == {"sample": "", "task": ""}
+
+
 def test_probability_trace_false_curve_excludes_the_true_option(tmp_path):
     """Three options: the true one at 0.6 and two false ones at 0.1 and 0.3 in every layer; the
     "false options" curve is their mean (0.2), never including the true option's 0.6."""

@@ -235,3 +235,17 @@ def test_frames_must_come_in_order_and_options_may_all_be_false():
         Option("option_A", 21, 23, label="A", text_start=22, text_stop=23),
         Option("option_B", 24, 26, label="B", is_true=True))).option_texts] == [range(22, 23),
                                                                                    range(24, 26)]
+
+
+def test_video_spans_the_frame_extents_and_needs_a_gap_before_last():
+    """The derived video runs from the first frame's extent (its leading text included) to the
+    last frame's extent end; a map whose video ends at the last position has nothing between
+    them, which is a one-line error."""
+    seg = make(frames=(Frame("frame_0", 4, 7, index=0, extent_start=3, extent_stop=7),
+                       Frame("frame_1", 8, 11, index=1, extent_start=7, extent_stop=12)),
+               separators=())
+    assert seg.video == Span("video", 3, 12, "video")
+    assert seg.between_video_and_last.positions == range(12, 29)
+    tight = SegmentMap(n_positions=8, frames=(Frame("frame_0", 2, 7, index=0),))
+    with pytest.raises(ValueError, match="no positions between the video and the last position"):
+        tight.between_video_and_last
