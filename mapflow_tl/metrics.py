@@ -75,7 +75,15 @@ DEFINITIONS: dict[str, object] = {
 def relative_change(*, base, knockout):
     """Relative change of probability in percent (Map the Flow §2, "Metric"):
     ``(knockout − base) / base × 100``. Keyword-only, because the two are easy to swap and the
-    swap silently flips signs. Works on floats and on tensors of any shape (elementwise)."""
+    swap silently flips signs. Works on floats and on tensors of any shape (elementwise).
+
+    A base probability of exactly 0 has no relative change: a number gives ``None`` (the
+    official code divides by a bf16 probability that can underflow to 0.0, bug 14); a tensor,
+    which cannot hold None, gives NaN at those elements."""
+    if hasattr(base, "where"):  # a tensor: NaN where the base is 0, never ±inf
+        return (knockout - base) / base.where(base != 0, float("nan")) * 100.0
+    if base == 0:
+        return None
     return (knockout - base) / base * 100.0
 
 

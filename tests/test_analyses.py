@@ -289,6 +289,75 @@ def test_relative_change_is_keyword_only():
         A.relative_change(0.25, 0.5)
 
 
+def test_relative_change_of_a_zero_base_is_none_not_a_division():
+    """(p − p_base) / p_base × 100 by hand; a base probability of exactly 0 (a bf16 underflow)
+    has no relative change: None for a number, NaN for a tensor element, never inf or an
+    exception."""
+    from mapflow_tl.metrics import relative_change
+
+    assert relative_change(base=0.2, knockout=0.3) == pytest.approx(50.0)
+    assert relative_change(base=0.4, knockout=0.1) == pytest.approx(-75.0)
+    assert relative_change(base=0.0, knockout=0.3) is None
+    assert relative_change(base=0, knockout=0.0) is None
+    got = relative_change(base=torch.tensor([0.5, 0.0, 0.25]), knockout=torch.tensor([1.0, 0.2,
+                                                                                     0.0]))
+    assert got[0].item() == pytest.approx(100.0) and got[2].item() == pytest.approx(-100.0)
+    assert torch.isnan(got[1])
+
+
+def test_is_correct_ignores_case_and_surrounding_space_only():
+    """The official grading: decoded argmax == letter, lower-cased; SentencePiece's "▁A" decodes
+    to "A", Qwen's " A" keeps the space, so both sides are stripped."""
+    from mapflow_tl.metrics import is_correct
+
+    assert is_correct("A", "A") and is_correct(" a", "A") and is_correct("B\n", " b ")
+    assert not is_correct("B", "A") and not is_correct("AB", "A") and not is_correct("", "A")
+    with pytest.raises(ValueError, match="letter is empty"):
+        is_correct("A", " ")
+
+
+def test_accuracy_leaves_out_unknown_answers_and_ungraded_rows():
+    """A sample without a known answer (base_correct None) is not evaluated: neither in the base
+    accuracy nor in the all-samples denominator; a row whose correctness is None (no answer to
+    grade) counts in neither numerator nor the per-mode denominator."""
+    samples = [{"sample": "a", "base_correct": True}, {"sample": "b", "base_correct": False},
+               {"sample": "c", "base_correct": None}, {"sample": "d", "base_correct": True}]
+    rows = [{"sample": "a", "curve": "v", "layer": 0, "correct": True},
+            {"sample": "d", "curve": "v", "layer": 0, "correct": None},
+            {"sample": "d", "curve": "w", "layer": 0, "correct": False}]
+    assert A.base_accuracy(samples) == pytest.approx(2 / 3)
+    assert A.accuracy_by_layer(rows, samples) == {("v", 0): pytest.approx(1 / 3),
+                                                  ("w", 0): 0.0}
+    assert A.accuracy_by_layer(rows, over="selected") == {("v", 0): 1.0, ("w", 0): 0.0}
+    with pytest.raises(ValueError, match="no sample with a known answer"):
+        A.base_accuracy([{"sample": "c", "base_correct": None}])
+    with pytest.raises(ValueError, match="accuracy over must be one of"):
+        A.accuracy_by_layer(rows, samples, over="some")
+
+
+def test_prune_summary_by_hand():
+    """Per (task, variant): accuracy in percent over the graded rows (None left out), samples
+    counted once, retained = kept / total edges summed over rows; one seed has no spread."""
+    from mapflow_tl.metrics import prune_summary
+
+    rows = [{"sample": s, "task": t, "variant": "pathway", "seed": None, "correct": c,
+             "kept_edges": kept, "total_edges": 10}
+            for s, t, c, kept in (("s0", "T", True, 2), ("s1", "T", False, 4),
+                                  ("s2", "T", None, 6), ("s3", "U", True, 5))]
+    by_task = {row["task"]: row for row in prune_summary(rows)}
+    assert by_task["T"]["accuracy"] == pytest.approx(50.0)
+    assert by_task["T"]["samples"] == 3 and by_task["T"]["seeds"] == 1
+    assert by_task["T"]["retained"] == pytest.approx(12 / 30)
+    assert by_task["T"]["accuracy_sd"] is None
+    assert by_task["U"]["accuracy"] == pytest.approx(100.0) and by_task["U"]["samples"] == 1
+    assert [row["task"] for row in prune_summary(rows)] == ["T", "U"]
+    seeded = [{"sample": s, "task": "T", "variant": "random", "seed": seed, "correct": True,
+               "kept_edges": 1, "total_edges": 2} for s in ("s0", "s1") for seed in (0, 1, 2)]
+    (random_row,) = prune_summary(seeded)
+    assert random_row["samples"] == 2 and random_row["seeds"] == 3
+    assert random_row["accuracy_sd"] == 0.0
+
+
 # ----------------------------------------------------------------------------- lens
 def hf_hidden_states(hf, x):
     with torch.no_grad():
@@ -407,6 +476,58 @@ def test_official_action_sequence_keywords():
                                                 list(ACTION_SEQUENCE_TEMPORAL))
     with pytest.raises(ValueError, match="choose one of"):
         keyword_lists("action")
+
+
+class _PieceTokenizer:
+    """Each word a fixed list of pieces; a lone SentencePiece "▁" may come first."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+        self.vocab = sorted({p for ps in pieces.values() for p in ps})
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.vocab.index(p) for p in self.pieces[text]]}
+
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids).replace("▁", " ")
+
+
+def test_keyword_reduction_skips_a_lone_word_start_piece_and_sorts():
+    """The first sub-token is the first piece with text: a lone "▁" before it is skipped; the
+    reduced keywords come sorted by sub-token, each with its words once; a word that reduces to
+    nothing is an error naming it."""
+    from mapflow_tl.keywords import first_subtoken, reduce_keywords
+
+    tokenizer = _PieceTokenizer({"tidy": ["▁", "tid", "y"], "up": ["▁up"], "bag": ["bag"],
+                                 "bags": ["bag", "s"], "empty": ["▁"], "none": []})
+    assert first_subtoken(tokenizer, "tidy") == "tid"
+    assert first_subtoken(tokenizer, "up") == "up"
+    assert reduce_keywords(tokenizer, ["up", "tidy", "bags", "bag", "bags"]) == {
+        "bag": ["bags", "bag"], "tid": ["tidy"], "up": ["up"]}
+    assert list(reduce_keywords(tokenizer, ["up", "tidy", "bag"])) == ["bag", "tid", "up"]
+    with pytest.raises(ValueError, match="'empty': its first sub-token decodes to nothing"):
+        first_subtoken(tokenizer, "empty")
+    with pytest.raises(ValueError, match="'none' tokenizes to nothing"):
+        first_subtoken(tokenizer, "none")
+
+
+def test_keyword_lists_default_and_json_files(tmp_path):
+    """No name: SynthTV's lists (the CLI default); a JSON file of two non-empty word lists; an
+    empty or missing word is refused naming the file."""
+    from mapflow_tl.keywords import keyword_lists
+    from mapflow_tl.synthtv import generator
+
+    assert keyword_lists() == (list(generator.SPATIAL_WORDS), list(generator.TEMPORAL_WORDS))
+    assert keyword_lists("synthtv") == keyword_lists(None)
+    good = tmp_path / "words.json"
+    good.write_text('{"spatial": ["cup"], "temporal": ["open", "close"]}')
+    assert keyword_lists(str(good)) == (["cup"], ["open", "close"])
+    for name, text in (("blank.json", '{"spatial": [" "], "temporal": ["open"]}'),
+                       ("number.json", '{"spatial": [3], "temporal": ["open"]}'),
+                       ("half.json", '{"spatial": ["cup"]}'), ("broken.json", "{")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=f"keywords .*{name}: expected a JSON file"):
+            keyword_lists(str(tmp_path / name))
 
 
 # ----------------------------------------------------------------------------- attention

@@ -301,3 +301,102 @@ def test_src_and_dst_of_a_plain_edge_set_and_the_refusal_of_a_union(layout):
         E.cross_frame(layout).src
     with pytest.raises(ValueError, match="no single dst"):
         (E.video_to_last(layout) | E.question_to_last(layout)).dst
+
+
+def test_explicit_masks_and_pairs_at_their_bounds():
+    """from_mask keeps only the causal triangle (an entry above the diagonal is not an edge, so
+    it cannot make the mask "reach" past a shorter sequence); a smaller mask pads with no edges
+    to a longer sequence; from_pairs and leaves refuse a position equal to the length (one past
+    the end) with a one-line error, not an index error."""
+    import torch
+
+    from mapflow_tl.edges import Edges
+
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 3] = True          # above the diagonal: dropped
+    mask[2, 1] = True
+    edges = Edges.from_mask(mask)
+    assert edges.count(4) == 1 and edges.count(3) == 1
+    expected = torch.zeros(6, 6, dtype=torch.bool)
+    expected[2, 1] = True
+    assert torch.equal(edges.dense(6), expected)   # padded to a longer sequence
+    mask[3, 0] = True
+    with pytest.raises(ValueError, match="reach position 3, beyond the sequence of 3"):
+        Edges.from_mask(mask).dense(3)
+    assert Edges.from_pairs([2, 1], [0, 1], 3).count() == 2
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, 3\)"):
+        Edges.from_pairs([3], [0], 3)
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, 3\)"):
+        Edges.from_pairs([2], [3], 3)
+    with pytest.raises(ValueError, match="dst position 5 is beyond the sequence of 5"):
+        Edges(src=[0], dst=[5]).dense(5)
+    with pytest.raises(ValueError, match="src position 5 is beyond the sequence of 5"):
+        Edges(src=[5], dst=[0]).dense(5)
+    assert Edges(src=[0], dst=[4]).count(5) == 1
+
+
+def test_extent_of_one_sided_and_empty_expressions():
+    """An expression with keys but no queries (or none at all) mentions no edge: extent 0, and
+    its dense matrix over 0 positions is the empty 0×0 matrix."""
+    from mapflow_tl.edges import Edges
+
+    assert Edges(src=[5], dst=[]).extent() == 0 and Edges(src=[], dst=[5]).extent() == 0
+    assert Edges(src=[1, 2], dst=[4]).extent() == 5
+    assert Edges.empty().dense().shape == (0, 0) and Edges.empty().count() == 0
+    assert (Edges(src=[0], dst=[2]) | Edges(src=[6], dst=[1])).extent() == 7
+
+
+def _labelled_map():
+    """Frames with text around their tokens (extents) and options whose "(A) " label tokens
+    come before their text: system [0, 3), frame 0 tokens [4, 8) in extent [3, 8), frame 1
+    tokens [9, 13) in extent [8, 13), question [14, 18), option A [19, 22) (text [20, 22), true),
+    option B [23, 26) (text [24, 26)), last 29."""
+    from mapflow_tl.segments import Frame, Option, Span
+
+    return SegmentMap(
+        n_positions=30, system=Span("system", 0, 3, "system"),
+        frames=(Frame("frame_0", 4, 8, index=0, grid=(2, 2), extent_start=3, extent_stop=8),
+                Frame("frame_1", 9, 13, index=1, grid=(2, 2), extent_start=8, extent_stop=13)),
+        question=Span("question", 14, 18, "question"),
+        options=(Option("option_A", 19, 22, label="A", is_true=True, text_start=20, text_stop=22),
+                 Option("option_B", 23, 26, label="B", text_start=24, text_stop=26)))
+
+
+def test_option_pathways_take_the_label_and_frames_their_own_tokens():
+    """The official option span is "(A) text", label included; intra-frame edges stay inside a
+    frame's own tokens (the extent's text belongs to cross-frame only). Reference: pairs by hand."""
+    from reference import block_mask
+
+    seg = _labelled_map()
+    last = [29]
+    expected = {
+        "true option → last": [(range(19, 22), last)],
+        "false options → last": [(range(23, 26), last)],
+        "video → true option": [(range(3, 13), range(19, 22))],
+        "non-option question → true option": [(range(14, 18), range(19, 22))],
+        "intra-frame": [(range(4, 8), range(4, 8)), (range(9, 13), range(9, 13))],
+        "cross-frame": [(range(3, 8), range(8, 13))],
+    }
+    got = {"true option → last": E.true_option_to_last(seg),
+           "false options → last": E.false_options_to_last(seg),
+           "video → true option": E.video_to_true_option(seg),
+           "non-option question → true option": E.non_option_question_to_true_option(seg),
+           "intra-frame": E.intra_frame(seg), "cross-frame": E.cross_frame(seg)}
+    for name, pairs in expected.items():
+        assert torch.equal(got[name].dense(30), block_mask(30, pairs)), name
+
+
+def test_edges_refuse_another_samples_map_of_the_same_length():
+    """A pathway remembers the map it was built from: running it on another map of the same
+    length but other frames is refused, naming the fix; a map without frames has no cross-frame
+    pathway."""
+    seg = _labelled_map()
+    other = SegmentMap.sequential(system=3, frames=[(2, 2)] * 2, question=4, options=[3, 3],
+                                  true_option=0, between_options=1, before_last=7)
+    assert other.n_positions == seg.n_positions and other != seg
+    E.video_to_last(seg).check_fits(seg)
+    with pytest.raises(ValueError, match="another sample's segment map"):
+        E.video_to_last(seg).check_fits(other)
+    no_frames = SegmentMap(n_positions=10)
+    with pytest.raises(ValueError, match="no 'frames' segment"):
+        E.cross_frame(no_frames)

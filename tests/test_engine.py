@@ -292,3 +292,21 @@ def test_fast_equals_naive_on_synthtv(style):
     fast = sweep(backbone, embeds, configs, method="fast")
     naive = sweep(backbone, embeds, configs, method="naive")
     _assert_equal(fast, naive, configs, tolerance=1e-12)
+
+
+def test_layer_sweep_has_one_configuration_per_curve_and_every_centre():
+    """Without ``centers`` every layer is a window centre (0 … n_layers − 1), curve by curve,
+    each with the paper's window around it (written out by hand for k = 3 of 5 layers)."""
+    from mapflow_tl.edges import Edges
+    from mapflow_tl.engine import layer_sweep
+
+    a, b = Edges(src=[0], dst=[2]), Edges(src=[1], dst=[3])
+    configs = layer_sweep({"a": a, "b": b}, 5, k=3)
+    assert [(c.curve, c.center) for c in configs] == [(curve, center) for curve in "ab"
+                                                      for center in range(5)]
+    assert [c.layers for c in configs[:5]] == [(0, 1), (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4)]
+    assert configs[0].edges is a and configs[5].edges is b
+    assert [c.start_layer for c in configs[:5]] == [0, 0, 1, 2, 3]
+    assert [c.center for c in layer_sweep({"a": a}, 5, k=3, centers=[4, 1])] == [4, 1]
+    assert [c.layers for c in layer_sweep({"a": a}, 5, k=3, style="top_down")] == [
+        tuple(range(center, 5)) for center in range(5)]

@@ -34,6 +34,84 @@ def test_window_errors(kwargs, message):
         window(center, **kwargs)
 
 
+def test_window_as_deep_as_the_model_warns_like_a_deeper_one():
+    """A centred window of k >= n_layers blocks every layer at every centre (a flat sweep): k ==
+    n_layers warns exactly as k > n_layers does; k = n_layers - 1 does not."""
+    import warnings
+
+    from mapflow_tl.layers import covers_every_layer
+
+    for k in (8, 9):
+        with pytest.warns(UserWarning, match=f"k={k} layers covers all 8 layers"):
+            assert window(3, n_layers=8, k=k) == list(range(0, min(8, 4 + (k - 1) // 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert window(3, n_layers=8, k=7) == list(range(0, 7))
+        assert window(0, n_layers=1, k=1) == [0]  # one layer: nothing to sweep, no warning
+        window(3, n_layers=8, k=8, style="top_down")  # only the centred window is flat
+    assert covers_every_layer(8, 8) and covers_every_layer(9, 8)
+    assert not covers_every_layer(7, 8) and not covers_every_layer(1, 1)
+
+
+def test_layer_range_and_early_to_middle_by_hand():
+    """The paper's 1-based inclusive "L6–15" is 0-based 5 … 14; the bounds themselves fit."""
+    from mapflow_tl.layers import check_layer, early_to_middle_layers, layer_range
+
+    assert list(layer_range(6, 15, 32)) == list(range(5, 15))
+    assert list(layer_range(1, 32, 32)) == list(range(32))
+    assert list(layer_range(7, 7, 8)) == [6]
+    for first, last in ((0, 3), (3, 33), (5, 4)):
+        with pytest.raises(ValueError, match=f"L{first}–{last}"):
+            layer_range(first, last, 32, circuit="c")
+    assert early_to_middle_layers(32) == list(range(16))
+    assert early_to_middle_layers(9) == list(range(4))
+    assert early_to_middle_layers(1) == [0]
+    assert check_layer(0, 4) == 0 and check_layer(3, 4) == 3
+    for bad in (4, -1, True, 1.0):
+        with pytest.raises(ValueError):
+            check_layer(bad, 4)
+
+
+# ---------------------------------------------------------------- check_hooks
+def test_check_hooks_accepts_a_filter_that_matches_some_hook_points(tiny_backbone):
+    """A name filter attaches to every hook point it accepts (TransformerLens): one that accepts
+    a single hook point, or a few, is valid; only one that accepts none is refused."""
+    from mapflow_tl.hooks import check_hooks
+
+    def noop(activation, hook):
+        return None
+
+    names = list(tiny_backbone.hook_dict)
+    check_hooks(tiny_backbone, [(lambda name: name == "blocks.1.hook_resid_pre", noop)])
+    check_hooks(tiny_backbone, [(lambda name: name.startswith("blocks.0."), noop)])
+    check_hooks(tiny_backbone, [(lambda name: name in names, noop)])
+    check_hooks(tiny_backbone, [("blocks.3.attn.hook_attn_scores", noop), ("hook_embed", noop)])
+    with pytest.raises(ValueError, match="accepts none of this model's"):
+        check_hooks(tiny_backbone, [(lambda name: name == "blocks.4.hook_resid_pre", noop)])
+    with pytest.raises(ValueError, match="layer 4 is outside \\[0, 4\\)"):
+        check_hooks(tiny_backbone, [("blocks.4.hook_resid_pre", noop)])
+    with pytest.raises(ValueError, match="did you mean 'blocks.0.hook_resid_pre'"):
+        check_hooks(tiny_backbone, [("blocks.0.hook_resid_pree", noop)])
+    with pytest.raises(ValueError, match="is not callable"):
+        check_hooks(tiny_backbone, [("blocks.0.hook_resid_pre", None)])
+
+
+def test_videollm_runs_a_filter_that_matches_some_hook_points(tiny_backbone):
+    """Through the backbone's run: a filter matching one hook point runs its hook exactly
+    there (and is not refused for leaving the others out)."""
+    from mapflow_tl.hooks import check_hooks
+
+    seen = []
+
+    def record(activation, hook):
+        seen.append(hook.name)
+
+    hooks = [(lambda name: name == "blocks.2.hook_resid_pre", record)]
+    check_hooks(tiny_backbone, hooks)
+    run_from_embeds(tiny_backbone, embeds_for(tiny_backbone, 5), fwd_hooks=hooks)
+    assert seen == ["blocks.2.hook_resid_pre"]
+
+
 # ---------------------------------------------------------------- knockout against HF
 def embeds_for(model, n, seed=1):
     generator = torch.Generator().manual_seed(seed)
@@ -385,3 +463,56 @@ def test_knockout_takes_one_layer_as_an_int(tiny_backbone, layout):
         knockout(edges, layers=2.5)
     with pytest.raises(ValueError, match="layer 4 is outside"):
         knockout(edges, 4, n_layers=4)
+
+
+# ---------------------------------------------------------------- boundaries
+def test_head_knockout_refuses_a_head_equal_to_the_head_count(tiny_backbone, layout):
+    """Heads are 0 … n_heads − 1: head 3 of the 4-head model is fine, head 4 is a one-line
+    error naming the range, not an index error."""
+    n = layout.n_positions
+    embeds = embeds_for(tiny_backbone, n)
+    run_from_embeds(tiny_backbone, embeds, fwd_hooks=knockout(E.cross_frame(layout), [0], [3]))
+    with pytest.raises(ValueError, match=r"heads \[4\] outside \[0, 4\)"):
+        run_from_embeds(tiny_backbone, embeds,
+                        fwd_hooks=knockout(E.cross_frame(layout), [0], heads=[4]))
+
+
+def test_spec_hooks_only_where_something_is_blocked_and_describe_in_paper_numbers(layout):
+    """A spec attaches hooks only to the layers where some rule blocks edges; describe() writes
+    the paper's 1-based ranges ("L2–3", a single layer as "L5")."""
+    video_to_last = E.video_to_last(layout)
+    spec = PathwaySpec(6).block(video_to_last, [1, 2]).block(E.last_to_last(layout), [4])
+    assert [name for name, _ in spec.hooks()] == [f"blocks.{layer}.attn.hook_attn_scores"
+                                                  for layer in (1, 2, 4)]
+    assert spec.describe() == "block video → last in L2–3\nblock last → last in L5"
+    kept = PathwaySpec(4).keep(video_to_last, [0, 2])
+    assert kept.describe() == "keep video → last in L1, L3"
+    assert [name for name, _ in kept.hooks()] == ["blocks.1.attn.hook_attn_scores",
+                                                  "blocks.3.attn.hook_attn_scores"]
+
+
+def test_random_draw_may_take_every_edge_of_the_region(layout):
+    """A region with exactly as many causal edges as the count asks for is drawn whole; one
+    edge more is refused with the fix."""
+    n = layout.n_positions
+    total = n * (n + 1) // 2
+    region = Edges.from_mask(torch.ones(n, n, dtype=torch.bool))  # the whole triangle
+    hooks = random_knockout(1.0, seed=0, region=region, layers=[1], n_positions=n)
+    assert hooks[0][1].edges.count(n) == total
+    smaller = Edges.from_mask(torch.ones(n, n, dtype=torch.bool).tril(-1))
+    with pytest.raises(ValueError, match=f"cannot draw {total} random edges"):
+        random_knockout(1.0, seed=0, region=smaller, layers=[1], n_positions=n)
+
+
+def test_capture_keeps_the_chosen_positions_of_the_sequence_axis(tiny_backbone, layout):
+    """capture(positions=...) selects along the sequence axis (axis 1), not the batch axis."""
+    from mapflow_tl.hooks import capture
+
+    n = layout.n_positions
+    embeds = embeds_for(tiny_backbone, n)
+    whole, some = {}, {}
+    name = "blocks.1.hook_resid_pre"
+    run_from_embeds(tiny_backbone, embeds, fwd_hooks=capture(name, whole))
+    run_from_embeds(tiny_backbone, embeds, fwd_hooks=capture([name], some, positions=[0, 3, 5]))
+    assert whole[name].shape == (1, n, tiny_backbone.cfg.d_model)
+    assert torch.equal(some[name], whole[name][:, [0, 3, 5]])

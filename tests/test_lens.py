@@ -166,3 +166,32 @@ def test_lens_positions_may_be_a_segment(tiny_backbone, layout):
     assert torch.equal(frames, logit_lens(vlm, x, list(layout.frames[1].positions)))
     with pytest.raises(ValueError, match=r"a segment \(e.g. x.segments.last\)"):
         logit_lens(vlm, x, 3.5)
+
+
+def test_project_adds_the_unembedding_bias_and_top_tokens_bounds(tiny_backbone):
+    """The "unembed" projection is W_U plus its bias b_U (zero in Llama, so it is set here);
+    top_tokens takes 1 … d_vocab tokens; the trace refuses a token id equal to d_vocab."""
+    from mapflow_tl.lens import project, top_tokens
+
+    residual = torch.randn(3, tiny_backbone.cfg.d_model, generator=torch.Generator().manual_seed(2))
+    bias = torch.linspace(-1.0, 1.0, tiny_backbone.cfg.d_vocab)
+    saved = tiny_backbone.unembed.b_U.detach().clone()
+    try:
+        with torch.no_grad():
+            tiny_backbone.unembed.b_U.copy_(bias)
+        got = project(tiny_backbone, residual)
+    finally:
+        with torch.no_grad():
+            tiny_backbone.unembed.b_U.copy_(saved)
+    expected = residual @ tiny_backbone.unembed.W_U.detach() + bias
+    assert torch.allclose(got, expected, atol=1e-5)
+    vocab = tiny_backbone.cfg.d_vocab
+    probabilities, ids = top_tokens(got, k=vocab)
+    assert ids.shape == (3, vocab) and torch.allclose(probabilities.sum(-1), torch.ones(3))
+    for k in (0, vocab + 1):
+        with pytest.raises(ValueError, match=f"k must lie in \\[1, {vocab}\\]"):
+            top_tokens(got, k=k)
+    embeds = embeds_for(tiny_backbone, 6)
+    answer_probability_trace_from_embeds(tiny_backbone, embeds, [vocab - 1])
+    with pytest.raises(ValueError, match=f"token ids must lie in \\[0, {vocab}\\)"):
+        answer_probability_trace_from_embeds(tiny_backbone, embeds, [vocab])

@@ -377,3 +377,56 @@ def test_template_without_the_placeholder_is_an_error():
                                "{{ c.get('text', '') }}{% endfor %}{% endfor %}")
     with pytest.raises(ValueError, match="does not render the question block and the placeholder"):
         render_prompt(QUESTION, OPTIONS, media="<video>", template=tokenizer)
+
+
+# ------------------------------------------------------------- every family's prompt, pinned
+SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the "
+          "detail and movement of objects, and the action and pose of persons. Based on your "
+          "observations, select the best option that accurately addresses the question.")
+BLOCK = "Question: Q?\nOptions:\n(A) x\n(B) y\nOnly give the best option."
+MVBENCH_BLOCK = "Question: Q?\nOptions:\n(A) x\n(B) y \nOnly give the best option."
+V3_BLOCK = ("Question: Q?\nOptions:\n(A) x\n(B) y\nAnswer with the option's letter from the given "
+            "choices directly and only give the best option.")
+
+
+def _family_prompts():
+    """(family, renderer, style, media, the prompt written out by hand, byte for byte)."""
+    from mapflow_tl.models.internvl_chat import mvbench_phi3_conversation, phi3_chat_template
+    from mapflow_tl.models.pllava import pllava_conversation
+    from mapflow_tl.models.templates import TokenizerWithTemplate, vicuna_conversation
+
+    phi3 = TokenizerWithTemplate(qwen2_tokenizer(), phi3_chat_template("Be brief."))
+    chatml = qwen2_tokenizer()
+    return [
+        # LLaVA's Vicuna v1 conversation: a newline (not a space) after the video placeholder
+        ("vicuna", vicuna_conversation, MAPFLOW_STYLE, "<video>",
+         f"USER: <video>\n{BLOCK} ASSISTANT: Best option:("),
+        ("vicuna, no video", vicuna_conversation, MAPFLOW_STYLE, None,
+         f"USER: {BLOCK} ASSISTANT: Best option:("),
+        ("pllava paper", pllava_conversation, MVBENCH_STYLE, "<image>",
+         f"{SYSTEM}\n USER: <image>\n USER: {MVBENCH_BLOCK} ASSISTANT:Best option:("),
+        ("pllava mapflow", pllava_conversation, MAPFLOW_STYLE, "<image>",
+         f"{SYSTEM}\n USER: <image>\n USER: {BLOCK} ASSISTANT: Best option:("),
+        ("internvl paper", mvbench_phi3_conversation(), MVBENCH_STYLE, "<video>",
+         f"{SYSTEM}\n <|user|>\n<img><video></img>\n <|user|>\n{MVBENCH_BLOCK} "
+         f"<|assistant|>\nBest option:("),
+        ("internvl phi3 template", phi3, MAPFLOW_STYLE, "<video>",
+         f"<|system|>\nBe brief.<|end|><|user|>\n<video>\n{BLOCK}<|end|><|assistant|>\n"
+         f"Best option:("),
+        ("qwen chatml", chatml, MAPFLOW_STYLE, "<video>",
+         f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+         f"<video>{BLOCK}<|im_end|>\n<|im_start|>assistant\nBest option:("),
+        ("videollama3", chatml, VIDEOLLAMA3_STYLE, "<video>",
+         f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+         f"<video>{V3_BLOCK}<|im_end|>\n<|im_start|>assistant\n"),
+    ]
+
+
+def test_every_familys_prompt_byte_for_byte():
+    """Each family's conversation around the paper's block, compared with the whole prompt
+    written out by hand (the official conversations: roles, separators, the newline after the
+    media placeholder, the space — or none — before "Best option:(")."""
+    for family, renderer, style, media, expected in _family_prompts():
+        rendered = render_prompt("Q?", ["x", "y"], answer=1, media=media, template=renderer,
+                                 style=style)
+        assert rendered.text == expected, family

@@ -242,6 +242,90 @@ def test_bootstrap_band_by_hand():
     assert np.all((first[2] - first[1]) > 0.4) and np.all((first[2] - first[1]) < 0.9)
 
 
+def _percentile(sorted_values, q):
+    """numpy's default ("linear") percentile, by hand: position q/100·(n−1), interpolated."""
+    position = q / 100 * (len(sorted_values) - 1)
+    below = int(position)
+    above = min(below + 1, len(sorted_values) - 1)
+    return sorted_values[below] + (position - below) * (sorted_values[above] - sorted_values[below])
+
+
+def test_bootstrap_band_is_the_95_percent_percentile_interval_restated_by_hand():
+    """The band its label promises: resample the samples (rows) with replacement, 2000 times
+    with the report's fixed seed 0, take each resample's mean (NaN left out), and read the 2.5th
+    and 97.5th percentiles — restated with loops; a 90 % or 99 % band would differ."""
+    values = np.random.default_rng(7).normal(size=(12, 3))
+    values[3, 1] = np.nan
+    centre, low, high = bootstrap_band(values)
+    picks = np.random.default_rng(0).integers(0, 12, size=(2000, 12))
+    for column in range(3):
+        means = []
+        for pick in picks:
+            column_values = [values[i, column] for i in pick if not np.isnan(values[i, column])]
+            means.append(sum(column_values) / len(column_values))
+        means.sort()
+        present = [v for v in values[:, column] if not np.isnan(v)]
+        assert centre[column] == pytest.approx(sum(present) / len(present))
+        assert low[column] == pytest.approx(_percentile(means, 2.5))
+        assert high[column] == pytest.approx(_percentile(means, 97.5))
+        assert low[column] != pytest.approx(_percentile(means, 5.0))
+        assert high[column] != pytest.approx(_percentile(means, 95.0))
+    with pytest.raises(ValueError, match="n_samples"):
+        bootstrap_band(np.zeros((0, 3)))
+
+
+def test_check_row_notices_a_missing_or_an_extra_column():
+    from mapflow_tl.schema import TABLES, check_row
+
+    row = {column: 0 for column in TABLES["keywords"]}
+    check_row("keywords", row)
+    check_row("keywords", dict(reversed(list(row.items()))))  # order does not matter
+    missing = {c: 0 for c in TABLES["keywords"] if c != "temporal"}
+    with pytest.raises(ValueError, match=r"missing \['temporal'\] and extra \[\]"):
+        check_row("keywords", missing)
+    with pytest.raises(ValueError, match=r"missing \[\] and extra \['other'\]"):
+        check_row("keywords", {**row, "other": 1})
+    with pytest.raises(ValueError, match=r"missing \['spatial'\] and extra \['other'\]"):
+        check_row("keywords", {**{c: 0 for c in TABLES["keywords"] if c != "spatial"},
+                               "other": 1})
+
+
+def test_sample_fields_name_the_sample_and_its_task():
+    from types import SimpleNamespace
+
+    from mapflow_tl.schema import sample_fields
+
+    x = SimpleNamespace(meta={"id": "tvbench/12", "task": "Action Sequence"})
+    assert sample_fields(x) == {"sample": "tvbench/12", "task": "Action Sequence"}
+    assert sample_fields(SimpleNamespace(meta=None)) == {"sample": "", "task": ""}
+
+
+def test_probability_trace_false_curve_excludes_the_true_option(tmp_path):
+    """Three options: the true one at 0.6 and two false ones at 0.1 and 0.3 in every layer; the
+    "false options" curve is their mean (0.2), never including the true option's 0.6."""
+    writer = RunWriter(tmp_path / "run", {"command": "prob", "model": "m", "n_layers": 3})
+    probabilities = {0: 0.1, 1: 0.6, 2: 0.3}
+    writer.write("prob", [{"sample": s, "task": "T", "layer": layer, "option": option,
+                           "is_true": option == 1, "probability": p * (1 + layer)}
+                          for s in ("s0", "s1") for layer in range(3)
+                          for option, p in probabilities.items()])
+    # s0 answered correctly, s1 wrongly: the failure diagnosis draws both groups' curves too
+    writer.write("samples", [{"sample": s, "task": "T", "base_token": 1, "base_p_pred": 0.6,
+                              "base_p_true": 0.6, "base_correct": s == "s0", "base_option": 1,
+                              "selected": True} for s in ("s0", "s1")])
+    writer.finish()
+    page = build_report(tmp_path / "run").read_text()
+    expected = {"true option": [0.6 * (1 + layer) for layer in range(3)],
+                "false options": [0.2 * (1 + layer) for layer in range(3)]}
+    for figure_id, panels in (("probability-trace", 1), ("failure-diagnosis", 2)):
+        lines = [t for t in _figure(page, figure_id)["data"] if t.get("mode") == "lines+markers"]
+        for name, values in expected.items():
+            drawn = [t for t in lines if t["name"] == name]
+            assert len(drawn) >= panels, (figure_id, name)
+            for trace in drawn:
+                assert trace["y"] == pytest.approx(values), (figure_id, name)
+
+
 def _figure(page: str, figure_id: str) -> dict:
     """The traces and layout ``Plotly.newPlot`` receives for ``figure_id`` in the page."""
     match = re.search(r'Plotly\.newPlot\(\s*"' + re.escape(figure_id) + r'",\s*', page)
@@ -894,3 +978,54 @@ def test_flow_finding_one_and_pruning_captions_compare_with_the_paper(report, tm
     assert "As in the paper:</b> video-model loses 33.3 points over all tasks, image-model 0.0" \
         in finding
     assert "As in the paper:</b> full 100.0 %, pathways 100.0 %, random 0.0 %" in page
+
+
+def test_pathway_table_by_hand():
+    """Table 1's layout per task and variant: accuracy (random: mean over seeds), the seed
+    count on the random rows only, and kept / total edges per sample (the mean over rows)."""
+    from mapflow_tl.report import pathway_table
+
+    rows = []
+    for i in range(2):
+        rows.append({"sample": f"s{i}", "task": "T", "variant": "full", "seed": None,
+                     "correct": True, "kept_edges": 100, "total_edges": 100})
+        rows.append({"sample": f"s{i}", "task": "T", "variant": "pathway", "seed": None,
+                     "correct": i == 0, "kept_edges": 40 + 10 * i, "total_edges": 100})
+        for seed in (0, 1):
+            rows.append({"sample": f"s{i}", "task": "T", "variant": "random", "seed": seed,
+                         "correct": seed == 1, "kept_edges": 45, "total_edges": 100})
+    table = {row["variant"]: row for row in pathway_table(rows)}
+    assert table["full"]["accuracy"] == 100.0 and table["full"]["seeds"] is None
+    assert table["pathway"]["accuracy"] == 50.0 and table["pathway"]["seeds"] is None
+    assert table["pathway"]["kept_edges"] == 45 and table["pathway"]["total_edges"] == 100
+    assert table["pathway"]["retained"] == pytest.approx(0.45)
+    assert table["random"]["seeds"] == 2 and table["random"]["accuracy"] == 50.0
+    assert table["random"]["kept_edges"] == 45 and table["random"]["samples"] == 2
+
+
+def test_curve_colours_are_fixed_and_distinct_per_pathway():
+    """Each of the paper's pathways keeps its own colour (distinct while the palette lasts);
+    any other curve name gets a colour that depends on the name alone."""
+    from mapflow_tl.report import _PALETTE, curve_color
+    from mapflow_tl.schema import PATHWAY_ORDER
+
+    first = PATHWAY_ORDER[:len(_PALETTE)]
+    assert len({curve_color(curve) for curve in first}) == len(first)
+    assert curve_color("cross-frame") == _PALETTE[0]
+    assert curve_color("video → question") == _PALETTE[1]
+    assert curve_color("my curve") == curve_color("my curve") in _PALETTE
+
+
+def test_sample_layer_matrix_skips_missing_values():
+    """Per sample and layer the mean of the values present: None and NaN (rows that went
+    through pandas) are left out, a cell with none is NaN."""
+    import math
+
+    from mapflow_tl.report import _matrix
+
+    rows = [{"sample": "a", "layer": 0, "v": 1.0}, {"sample": "a", "layer": 0, "v": 3.0},
+            {"sample": "a", "layer": 1, "v": float("nan")}, {"sample": "b", "layer": 1, "v": 4.0},
+            {"sample": "b", "layer": 0, "v": None}, {"sample": "a", "layer": 1, "v": 5.0}]
+    matrix = _matrix(rows, lambda r: r["v"], [0, 1])
+    assert matrix[0].tolist() == [2.0, 5.0]
+    assert math.isnan(matrix[1, 0]) and matrix[1, 1] == 4.0

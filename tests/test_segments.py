@@ -183,3 +183,76 @@ def test_json_round_trip_keeps_extents_text_spans_and_the_coarse_question():
     del old["question_with_options"]  # a map saved before the field existed: derived
     assert seg.question_with_options.positions == range(5, 12)  # "Question:" at 5
     assert SegmentMap.from_dict(old).question_with_options.positions == range(6, 12)
+
+
+def test_frame_without_a_grid_maps_a_position_to_row_zero():
+    """A frame whose tokens have no spatial layout (grid None) is one row: its i-th token is
+    (t, 0, i), never (t, i, 0); asking it for a grid position is an error naming the frame."""
+    seg = make(frames=(Frame("frame_0", 3, 7, index=0), Frame("frame_1", 8, 12, index=1)))
+    assert [seg.frame_of(p) for p in range(3, 7)] == [(0, 0, i) for i in range(4)]
+    assert [seg.frame_of(p) for p in range(8, 12)] == [(1, 0, i) for i in range(4)]
+    assert seg.frame_of(7) is None and seg.frame_of(12) is None
+    with pytest.raises(ValueError, match="'frame_1' has no \\(H, W\\) grid"):
+        seg.frames[1].position(0, 1)
+    with pytest.raises(ValueError, match="'frame_0' has no \\(H, W\\) grid"):
+        seg.frames[0].coords(4)
+
+
+def test_span_bounds_are_half_open():
+    """[start, stop): the start is in, the stop is not; spans that touch do not overlap, spans
+    that share one position do."""
+    span = Span("question", 4, 7)
+    assert 4 in span and 6 in span and 7 not in span and 3 not in span
+    assert list(span) == [4, 5, 6] and len(span) == 3
+    assert not span.overlaps(Span("x", 7, 9)) and not Span("x", 2, 4).overlaps(span)
+    assert span.overlaps(Span("x", 6, 9)) and Span("x", 2, 5).overlaps(span)
+    assert span.overlaps(Span("x", 5, 6)) and Span("x", 0, 30).overlaps(span)
+
+
+def test_segments_may_touch_and_end_at_the_last_position():
+    """A segment that ends exactly where the next begins, or at n_positions, is valid; one more
+    position is an error naming both."""
+    seg = make(question=Span("question", 12, 21, "question"),
+               options=(Option("option_A", 21, 24, label="A"),
+                        Option("option_B", 24, 29, label="B", is_true=True)))
+    assert seg.question_with_options.positions == range(12, 29)
+    assert seg.between_video_and_last.positions == range(12, 29)
+    with pytest.raises(ValueError, match="'option_B' \\[23, 26\\) overlaps 'option_A'"):
+        make(options=(Option("option_A", 21, 24, label="A"),
+                      Option("option_B", 23, 26, label="B")))
+    with pytest.raises(ValueError, match="overlaps"):
+        make(question=Span("question", 11, 20, "question"))  # shares position 11 with frame 1
+    assert make(n_positions=26, last=Span("last", 25, 26, "last"),
+                options=(Option("option_A", 21, 23, label="A"),)).n_positions == 26
+    with pytest.raises(ValueError, match="\\[13, 26\\) runs past the sequence length 25"):
+        make(n_positions=25, last=Span("last", 24, 25, "last"))
+
+
+def test_frames_must_come_in_order_and_options_may_all_be_false():
+    with pytest.raises(ValueError, match="before frame 0 ends at 7"):
+        make(frames=(Frame("frame_0", 3, 7, index=0, grid=(2, 2)),
+                     Frame("frame_1", 2, 3, index=1, grid=(1, 1))),
+             system=None, separators=(), video=Span("video", 2, 12, "video"))
+    seg = make(options=(Option("option_A", 21, 23, label="A"),
+                        Option("option_B", 24, 26, label="B")))
+    assert [o.label for o in seg.false_options] == ["A", "B"]
+    seg = make()
+    assert seg.true_option.label == "B" and seg.false_options == (seg.options[0],)
+    assert [s.positions for s in make(options=(
+        Option("option_A", 21, 23, label="A", text_start=22, text_stop=23),
+        Option("option_B", 24, 26, label="B", is_true=True))).option_texts] == [range(22, 23),
+                                                                                   range(24, 26)]
+
+
+def test_video_spans_the_frame_extents_and_needs_a_gap_before_last():
+    """The derived video runs from the first frame's extent (its leading text included) to the
+    last frame's extent end; a map whose video ends at the last position has nothing between
+    them, which is a one-line error."""
+    seg = make(frames=(Frame("frame_0", 4, 7, index=0, extent_start=3, extent_stop=7),
+                       Frame("frame_1", 8, 11, index=1, extent_start=7, extent_stop=12)),
+               separators=())
+    assert seg.video == Span("video", 3, 12, "video")
+    assert seg.between_video_and_last.positions == range(12, 29)
+    tight = SegmentMap(n_positions=8, frames=(Frame("frame_0", 2, 7, index=0),))
+    with pytest.raises(ValueError, match="no positions between the video and the last position"):
+        tight.between_video_and_last

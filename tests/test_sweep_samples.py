@@ -211,3 +211,60 @@ def test_bfloat16_samples_together_stay_at_bfloat16_rounding():
                                            c.layers) for c in sample_configs]).softmax(-1)
         assert (got - slow).abs().max().item() < 0.03
         assert (got - reference).abs().max().item() < 0.03
+
+
+# a fourth, longer layout (31 positions), so that the samples have three different lengths
+LONGER = dict(question=7, options=[4, 4])
+
+
+@pytest.mark.parametrize("order", ["longest-last", "longest-first", "shortest-last"])
+def test_samples_in_any_order_come_back_in_the_callers_order(order):
+    """Samples of three lengths, given sorted, reversed or with the shortest last: the lean
+    path groups them by length and pads the batch to the longest, yet result i is sample i's own
+    sweep. An edge set with no causal edge ("last → video") equals the clean run, which must be
+    read at each sample's own last position, not the padded batch's. Reference: each sample
+    alone through the HF model with explicit masks, |Δp| <= 1e-5."""
+    hf_model, backbone = _model("llama-gqa-untied", seed=5)
+    layouts = LAYOUTS[:2] + [LONGER]
+    segs = [_segments(layout) for layout in layouts]
+    embeds = [torch.randn(1, seg.n_positions, 64, generator=torch.Generator().manual_seed(10 + i))
+              for i, seg in enumerate(segs)]
+    lengths = [seg.n_positions for seg in segs]
+    assert lengths == sorted(lengths) and len(set(lengths)) == 3
+    permutation = {"longest-last": [0, 1, 2], "longest-first": [2, 1, 0],
+                   "shortest-last": [1, 2, 0]}[order]
+    segs, embeds = [segs[i] for i in permutation], [embeds[i] for i in permutation]
+    curves = []
+    for seg in segs:
+        sample = {name: pair for name, pair in _curves(seg).items()
+                  if name in ("video → last", "question → last")}
+        n = seg.n_positions
+        sample["last → video"] = (Edges(src=seg.last, dst=seg.video),
+                                  [([n - 1], list(seg.video.positions))])
+        curves.append(sample)
+    configs = [layer_sweep({c: e for c, (e, _) in sample.items()}, N_LAYERS, k=1)
+               for sample in curves]
+    got = sweep_samples(backbone, embeds, configs, batch_budget_mb=1e4)
+    assert [len(logits) for logits in got] == [len(c) for c in configs]
+    for index, (sample_configs, logits) in enumerate(zip(configs, got)):
+        clean = hf_model(inputs_embeds=embeds[index]).logits[0, -1].detach()
+        for config, row in zip(sample_configs, logits):
+            expected = _expected(hf_model, embeds[index], curves[index][config.curve][1],
+                                 config.layers)
+            _check(row, expected, (order, index, config.curve, config.center))
+            if config.curve == "last → video":
+                _check(row, clean, (order, index, "clean"))
+    # and against each sample swept alone (tolerance, not bitwise: other batch shapes)
+    for sample, sample_configs, logits in zip(embeds, configs, got):
+        alone = sweep(backbone, sample, sample_configs, batch_budget_mb=1e4)
+        assert (alone.softmax(-1) - logits.softmax(-1)).abs().max().item() <= TOLERANCE
+
+
+def test_samples_are_grouped_shortest_first_with_little_padding():
+    """Groups are formed over the samples sorted by length (ties in the caller's order), so a
+    group pads to the length of similar samples, at most ``max_samples`` per group."""
+    _, backbone = _model("llama-gqa-untied", seed=5)
+    lengths = [25, 22, 31, 22, 40]
+    assert engine._sample_chunks(backbone, lengths, 2) == [[1, 3], [0, 2], [4]]
+    assert engine._sample_chunks(backbone, lengths, 1) == [[1], [3], [0], [2], [4]]
+    assert engine._sample_chunks(backbone, lengths, None) == [[1, 3, 0, 2, 4]]

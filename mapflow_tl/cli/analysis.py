@@ -342,6 +342,10 @@ def _circuits(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+_MODE_HELP = ("samples the analysis uses: those answered correctly (the paper's default), the "
+              "wrong ones or all (default %(default)s)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     flow = subparsers.add_parser("flow", help="attention-knockout information-flow sweep")
     add_run_arguments(flow)
@@ -350,7 +354,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "layers; below, the paper's 9 of 32 scaled to the depth, odd: 3 on "
                            "SynthTV's 8)")
     flow.add_argument("--style", default="center", choices=WINDOW_STYLES)
-    flow.add_argument("--mode", default="correct", choices=SAMPLE_MODES)
+    flow.add_argument("--mode", default="correct", choices=SAMPLE_MODES,
+                      help=_MODE_HELP)
     flow.add_argument("--sweep-range", type=int, nargs=2, default=None, metavar=("START", "END"),
                       help="window centres START … END-1 (0-based, END exclusive, as the "
                            "official --sweep_range; default every layer)")
@@ -370,7 +375,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prob = subparsers.add_parser("prob", help="answer-probability tracing (logit lens, last "
                                               "position)")
     add_run_arguments(prob, circuit=False)
-    prob.add_argument("--mode", default="correct", choices=SAMPLE_MODES)
+    prob.add_argument("--mode", default="correct", choices=SAMPLE_MODES,
+                      help=_MODE_HELP)
     prob.add_argument("--norm", action="store_true",
                       help="apply the final norm at intermediate layers too (official: off)")
     prob.add_argument("--top-k", type=positive_int, default=10,
@@ -380,7 +386,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     lens = subparsers.add_parser("lens", help="logit lens on video tokens, keyword frequency")
     add_run_arguments(lens, circuit=False)
-    lens.add_argument("--mode", default="correct", choices=SAMPLE_MODES)
+    lens.add_argument("--mode", default="correct", choices=SAMPLE_MODES,
+                      help=_MODE_HELP)
     lens.add_argument("--top-k", type=positive_int, default=5,
                       help="lens tokens kept per position (default %(default)s; top-1 counted)")
     lens.add_argument("--keywords", default="synthtv",
