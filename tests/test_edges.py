@@ -365,7 +365,7 @@ def _labelled_map():
 def test_option_pathways_take_the_label_and_frames_their_own_tokens():
     """The official option span is "(A) text", label included; intra-frame edges stay inside a
     frame's own tokens (the extent's text belongs to cross-frame only). Reference: pairs by hand."""
-    from reference import block_mask
+    from mapflow_tl.testing import block_mask
 
     seg = _labelled_map()
     last = [29]
