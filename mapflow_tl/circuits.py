@@ -51,7 +51,15 @@ __all__ = [
     "list_circuits",
     "load_circuit",
     "paper_pathway",
+    "PAPER_FLOW_CIRCUITS",
 ]
+
+#: The paper's information-flow circuits, what ``mapflow-tl flow`` runs without ``--circuit``:
+#: the official script's four ``--target`` choices (analysis/information_flow_analysis.py:63-64,
+#: 306-328): cross-frame (Finding 1), video/question/last (Fig. 3), question and options → last
+#: and video/question → true option (Fig. 4).
+PAPER_FLOW_CIRCUITS = ("cross-frame", "vql-to-ql", "question-and-options-to-last",
+                       "vq-to-true-opt")
 
 #: The package the repository's ``circuits/`` folder is installed as (see setup.py).
 BUILTIN_PACKAGE = "mapflow_tl.builtin_circuits"
@@ -282,7 +290,9 @@ def load_circuit(name_or_path: str | Path, extra_dirs: Iterable[str | Path] = ()
     available = sorted({file.name for file in files if file.name is not None})
     unread = [f"{file.path} ({file.problem})" for file in files if file.problem is not None]
     raise InputError(f"unknown circuit {name!r}; available: {available}"
-                     + (f"; not read: {'; '.join(unread)}" if unread else ""))
+                     + (f"; not read: {'; '.join(unread)}" if unread else "")
+                     + "; a circuit of your own: give its .py path, or its folder with "
+                       "--circuit-dir DIR or $MAPFLOW_CIRCUITS")
 
 
 def paper_pathway(

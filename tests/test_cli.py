@@ -278,9 +278,12 @@ PAPER_DEFAULTS = {
     ("prune", "random_baseline"): "official-uniform",
     ("crossframe", "layers"): None,       # the first half: L1-16 of 32
 }
-#: What ``flow`` and ``prune`` run without ``--circuit``: the paper's flow circuits (Finding 1
-#: and Fig. 3), and the shipped model's pathway.
-PAPER_CIRCUITS = {"flow": ["cross-frame", "vql-to-ql"], "prune": ["pathway-synthtv"]}
+#: What ``flow`` and ``prune`` run without ``--circuit``: every flow circuit of the paper (the
+#: official script's four --target choices, information_flow_analysis.py:63-64), and the
+#: shipped model's pathway.
+PAPER_CIRCUITS = {"flow": ["cross-frame", "vql-to-ql", "question-and-options-to-last",
+                           "vq-to-true-opt"],
+                  "prune": ["pathway-synthtv"]}
 
 
 def _leaf_parsers(parser, prefix=()):
@@ -408,3 +411,31 @@ def test_a_window_as_deep_as_the_model_is_refused_like_a_deeper_one():
     for bad in ((0, 9), (3, 3), (-1, 4)):
         with pytest.raises(ValueError, match="--sweep-range"):
             _sweep_check(SimpleNamespace(window=None, style="center", sweep_range=bad))(vlm)
+
+
+def test_circuit_dir_and_the_unknown_circuit_error(tmp_path, capsys):
+    """``--circuit-dir DIR`` finds a user's circuit by name; an unknown name says where circuits
+    come from (its .py path, --circuit-dir, $MAPFLOW_CIRCUITS); prune refuses two circuits."""
+    from mapflow_tl.circuits import load_circuit
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "halves.py").write_text(
+        'import mapflow_tl as mf\nNAME = "my-halves"\nDESCRIPTION = "video → last"\n\n'
+        'def curves(seg, n_layers):\n    return {"video → last": mf.video_to_last(seg)}\n')
+    assert load_circuit("my-halves", [folder]).name == "my-halves"
+    with pytest.raises(ValueError, match=r"--circuit-dir DIR or \$MAPFLOW_CIRCUITS"):
+        load_circuit("my-halves")
+    code = main(["flow", "--circuit", "my-halves", "--out", str(tmp_path / "a")])
+    assert code == 2 and "--circuit-dir" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    out = tmp_path / "run"
+    code = main(["flow", "--circuit-dir", str(folder), "--circuit", "my-halves", "--limit", "1",
+                 "--task", "action_sequence", "--mode", "all", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    from mapflow_tl.runs import read_table
+    assert {row["circuit"] for row in read_table(out, "flow")} == {"my-halves"}
+    code = main(["prune", "--circuit", "pathway-synthtv", "--circuit", "pathway-synthtv",
+                 "--out", str(tmp_path / "b")])
+    assert code == 2 and "one pathway circuit" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

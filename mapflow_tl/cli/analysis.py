@@ -89,10 +89,11 @@ def _selected_chunks(run: AnalysisRun, table: str | tuple[str, ...], mode: str, 
 
 def _flow(args: argparse.Namespace) -> int:
     from .. import analyses
-    from ..circuits import load_circuit
+    from ..circuits import PAPER_FLOW_CIRCUITS, load_circuit
     from ..runs import read_table
 
-    circuits = [load_circuit(name) for name in (args.circuit or ["cross-frame", "vql-to-ql"])]
+    circuits = [load_circuit(name, args.circuit_dir or ())
+                for name in (args.circuit or PAPER_FLOW_CIRCUITS)]
     definitions = _definitions(correct=args.correctness, accuracy=args.accuracy,
                                sample_mode=args.mode)
     run = AnalysisRun(args, "flow", config={"definitions": definitions,
@@ -165,7 +166,11 @@ def _prune(args: argparse.Namespace) -> int:
     from ..metrics import prune_summary
     from ..runs import read_table
 
-    circuit = load_circuit((args.circuit or ["pathway-synthtv"])[0])
+    if args.circuit and len(args.circuit) > 1:
+        raise InputError(f"prune compares one pathway circuit with random pruning, got "
+                         f"{len(args.circuit)} ({', '.join(args.circuit)}): run prune once per "
+                         f"circuit, each with its own --out")
+    circuit = load_circuit((args.circuit or ["pathway-synthtv"])[0], args.circuit_dir or ())
     definitions = _definitions(correct=args.correctness, random_baseline=args.random_baseline,
                                random_seeds=list(args.random_seeds))
     ratio = analyses.random_ratio(circuit, args.random_ratio)

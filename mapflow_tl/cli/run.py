@@ -125,6 +125,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) 
     if circuit:
         parser.add_argument("--circuit", action="append", default=None,
                             help="circuit name or .py file (repeatable)")
+        parser.add_argument("--circuit-dir", action="append", default=None, metavar="DIR",
+                            help="a folder of your own circuit files, searched before the "
+                                 "built-in ones (repeatable; also $MAPFLOW_CIRCUITS)")
 
 
 def check_sampling(args: argparse.Namespace) -> None:
