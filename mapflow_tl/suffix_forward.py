@@ -146,6 +146,7 @@ def lean_unsupported(model) -> str | None:
          f"positional embedding {cfg.positional_embedding_type!r}"),
         (not getattr(cfg, "rotary_adjacent_pairs", False), "rotary on adjacent pairs"),
         (cfg.gated_mlp, "a non-gated MLP"),
+        (not getattr(cfg, "num_experts", None), "mixture-of-experts MLPs"),
         (cfg.act_fn in _ACTIVATIONS, f"activation {cfg.act_fn!r}"),
         (not cfg.parallel_attn_mlp, "parallel attention and MLP"),
         (cfg.n_devices == 1, f"a model split over {cfg.n_devices} devices"),

@@ -39,12 +39,18 @@ LLAMA_LIKE = {
     # Qwen3-VL's text decoder: Qwen3 layers (q/k norm) under interleaved M-RoPE; its DeepStack
     # visual features are per-sample residual additions (RotaryPositions' ``additions``).
     "qwen3_vl_text": "Qwen3ForCausalLM",
+    # Qwen3-VL-MoE's: the same attention, every layer a sparse mixture of experts (TL's MoE
+    # block: softmax router, top-k, renormalised, gated SiLU experts).
+    "qwen3_vl_moe_text": "Qwen3MoeForCausalLM",
     # Phi-3: the same layer with fused ``qkv_proj`` and ``gate_up_proj`` weights (split on
     # conversion), optional partial rotary, a sliding window that every layer applies.
     "phi3": "Phi3ForCausalLM",
 }
 # Decoders whose attention normalises q and k per head (``self_attn.q_norm`` / ``k_norm``).
-QK_NORM = {"qwen3", "qwen3_vl_text"}
+QK_NORM = {"qwen3", "qwen3_vl_text", "qwen3_vl_moe_text"}
+# Decoders whose every MLP is a top-k mixture of experts whose router always renormalises the
+# top-k softmax weights (``Qwen3VLMoeTextTopKRouter``).
+MOE_RENORMALISED = {"qwen3_vl_moe_text"}
 
 
 def _rope_theta(text_config: Any) -> float:
@@ -181,7 +187,7 @@ def hooked_config_from_hf(
         tokenizer_prepends_bos=False,
     )
     scaling = _rope_scaling(text_config)
-    if model_type in ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text") \
+    if model_type in ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text", "qwen3_vl_moe_text") \
             or scaling.get("mrope_section") \
             or scaling.get("mrope_interleaved"):
         if positions != "per_sample":
@@ -206,6 +212,18 @@ def hooked_config_from_hf(
         raise InputError(f"{model_type} backbone with mlp_bias=True is not supported")
     if model_type in QK_NORM:
         cfg.update(use_qk_norm=True)
+    if model_type in MOE_RENORMALISED:
+        sparse_step = getattr(text_config, "decoder_sparse_step", 1)
+        dense_layers = list(getattr(text_config, "mlp_only_layers", None) or [])
+        if sparse_step != 1 or dense_layers:
+            # TransformerLens' config has one MLP kind for every block
+            raise InputError(
+                f"this {model_type} backbone mixes dense and mixture-of-experts layers "
+                f"(decoder_sparse_step={sparse_step}, mlp_only_layers={dense_layers}); "
+                f"TransformerLens holds one MLP kind for all layers, so it is not supported")
+        cfg.update(num_experts=text_config.num_experts,
+                   experts_per_token=text_config.num_experts_per_tok,
+                   d_mlp=text_config.moe_intermediate_size, norm_topk_prob=True)
     return HookedTransformerConfig(**cfg)
 
 
@@ -242,6 +260,19 @@ def _install_hf_rotary(model: HookedTransformer, text_model: nn.Module) -> None:
         block.attn._extend_rotary_embeddings = refuse
 
 
+def _experts(mlp: nn.Module, prefix: str, cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
+    """A sparse MoE block's router and experts (fused ``gate_up_proj [E, 2·d_mlp, d_model]``,
+    ``down_proj [E, d_model, d_mlp]``) as TransformerLens' ``MoE`` parameters (``nn.Linear``
+    weights, ``[out, in]``)."""
+    state = {f"{prefix}.W_gate.weight": mlp.gate.weight}
+    for expert in range(cfg.num_experts):
+        gate, up = mlp.experts.gate_up_proj[expert].chunk(2, dim=0)
+        state[f"{prefix}.experts.{expert}.W_gate.weight"] = gate
+        state[f"{prefix}.experts.{expert}.W_in.weight"] = up
+        state[f"{prefix}.experts.{expert}.W_out.weight"] = mlp.experts.down_proj[expert]
+    return state
+
+
 def _state_dict_llama_like(
     text_model: nn.Module, lm_head: nn.Module | None, cfg: HookedTransformerConfig
 ) -> dict[str, torch.Tensor]:
@@ -271,6 +302,9 @@ def _state_dict_llama_like(
         state[f"{prefix}.attn.b_O"] = (torch.zeros(cfg.d_model, dtype=attention.o_proj.weight.dtype)
                                        if o_bias is None else o_bias)
         mlp = layer.mlp
+        if cfg.num_experts:
+            state.update(_experts(mlp, f"{prefix}.mlp", cfg))
+            continue
         if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate, up = gate_up_proj(x).chunk(2)
             gate, up = mlp.gate_up_proj.weight.chunk(2, dim=0)
         else:
@@ -314,6 +348,9 @@ def hooked_from_hf(
         state, fold_ln=False, center_writing_weights=False, center_unembed=False,
         fold_value_biases=False, refactor_factored_attn_matrices=False,
     )
+    if cfg.num_experts:  # TL builds the MoE router and experts as fp32 nn.Linear whatever dtype
+        for block in model.blocks:
+            block.mlp.to(dtype)
     if n_devices > 1:
         model.move_model_modules_to_device()
     else:

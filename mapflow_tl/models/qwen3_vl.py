@@ -1,5 +1,6 @@
-"""Qwen3-VL (``qwen3_vl``): interleaved 3D rotary positions (M-RoPE), per-frame timestamp text,
-and DeepStack visual features carried as per-sample additions to the residual stream.
+"""Qwen3-VL and Qwen3-VL-MoE (``qwen3_vl``, ``qwen3_vl_moe``): interleaved 3D rotary positions
+(M-RoPE), per-frame timestamp text, and DeepStack visual features carried as per-sample additions
+to the residual stream.
 
 **DeepStack.** Besides the video features that replace the ``<|video_pad|>`` embeddings, the
 vision tower hands the decoder one more feature tensor per entry of
@@ -38,7 +39,13 @@ Timestamps: frames read from a video file carry their times; an array of frames 
 the HF processor then assumes 24 fps and frame indices 0 … T−1 (``<0.0 seconds>``,
 ``<0.1 seconds>``, …), which is what is used here too.
 
-**Qwen3-VL-MoE** (``qwen3_vl_moe``) is refused; see :class:`Qwen3VLMoeAdapter`.
+**Qwen3-VL-MoE** (``qwen3_vl_moe``) is the same model with every decoder MLP a sparse mixture of
+experts (``Qwen3VLMoeTextSparseMoeBlock``): router softmax in fp32, top-k, the k weights always
+renormalised, gated SiLU experts — TransformerLens' ``MoE`` block with ``norm_topk_prob=True``
+computes the same, expert by expert in the same order (``hooked_from_hf`` maps the fused expert
+weights). Checkpoints that mix dense and MoE layers (``mlp_only_layers``, ``decoder_sparse_step``
+> 1) are refused. The sweep engine's lean suffix forward does not restate MoE blocks, so its fast
+sweeps of this family run on the hooked path (exact, slower).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .adapter import FamilyAdapter, register_adapter
+from .adapter import register_adapter
 from .backbone import RotaryPositions
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import patchify, pixel_budget
@@ -193,19 +200,12 @@ class Qwen3VLAdapter(NativeVideoAdapter):
 
 
 @register_adapter
-class Qwen3VLMoeAdapter(FamilyAdapter):
-    """Qwen3-VL-MoE: refused, with the reason (see :meth:`load`)."""
+class Qwen3VLMoeAdapter(Qwen3VLAdapter):
+    """Qwen3-VL-MoE: the dense adapter's video, positions and DeepStack, with every decoder MLP a
+    top-k mixture of experts held by TransformerLens' ``MoE`` block (the router's softmax, top-k
+    and renormalisation are HF's; see the module docstring). Knockout sweeps run on the hooked
+    path: the lean suffix forward restates dense MLPs only."""
 
     model_types = ("qwen3_vl_moe",)
-    name = "Qwen3-VL-MoE (not supported)"
-
-    def load(self) -> None:
-        raise InputError(
-            f"{self.path}: Qwen3-VL-MoE (qwen3_vl_moe) cannot be loaded exactly: its decoder "
-            f"layers are sparse mixture-of-experts blocks, and mapflow-tl's backbone conversion "
-            f"(hooked_from_hf) and the sweep engine's lean suffix forward restate dense gated MLPs "
-            f"only. Use the dense Qwen3-VL (qwen3_vl) checkpoints (docs/models.md says why the "
-            f"MoE blocks are not carried)")
-
-    def prepare(self, sample: Any) -> Prepared:  # pragma: no cover - load() always refuses
-        raise InputError("Qwen3-VL-MoE is not supported; see load()")
+    name = "Qwen3-VL-MoE"
+    hf_class_name = "Qwen3VLMoeForConditionalGeneration"
