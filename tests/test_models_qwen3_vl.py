@@ -229,6 +229,15 @@ def test_qwen3_positions_and_deepstack_are_bound_to_their_sample(qwen3):
     assert (resumed - full).abs().max().item() <= 1e-5
 
 
+def test_qwen3_bad_residual_additions_are_refused_with_their_shape(qwen3):
+    vlm, x, _ = qwen3
+    positions = torch.tensor([5, 6])
+    for layer, values in ((0, torch.zeros(3, 48)), (0, torch.zeros(2, 7)), (9, torch.zeros(2, 48))):
+        with pytest.raises(ValueError, match="residual addition of layer"):
+            vlm.adapter.rotary.register(x.embeds, x.meta["position_ids"],
+                                        {layer: (positions, values)})
+
+
 @pytest.mark.parametrize("suffix", ["lean", "hooked"])
 def test_qwen3_fast_sweep_equals_naive_sweep(qwen3, suffix):
     """The fast sweep's suffix forwards add DeepStack when they recompute layers 0 and 1 (from a
