@@ -185,6 +185,25 @@ def test_qwen3_layout_follows_the_hf_processor(qwen3):
         assert rows.tolist() == [0, 0, 0, 1, 1, 1] and columns.tolist() == [0, 1, 2] * 2
 
 
+def test_qwen3_processor_cross_check_keeps_our_frames(qwen3, monkeypatch):
+    """Where torchvision exists, prepare() checks its ids against Qwen3VLProcessor's, which must
+    not re-sample the frames at 2 fps (it would keep 4 of 8 frames of an array)."""
+    import mapflow_tl.models.loading as loading
+
+    vlm, x, _ = qwen3
+    calls = []
+
+    def processor(**kwargs):
+        calls.append(kwargs)
+        return {"input_ids": x.input_ids}
+
+    monkeypatch.setattr(loading, "torchvision_available", lambda: True)
+    monkeypatch.setattr(vlm.adapter, "processor", processor)
+    vlm.prepare(VideoSample(frames_array(N_FRAMES, 32, 48), QUESTION, OPTIONS, answer=1))
+    assert calls and calls[0]["do_sample_frames"] is False
+    assert calls[0]["videos"][0].shape[0] == N_FRAMES
+
+
 def test_qwen3_timestamps_of_a_file_average_each_temporal_patch():
     from mapflow_tl.models.qwen3_vl import token_frame_times
     from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor

@@ -59,6 +59,7 @@ import torch
 from ..errors import InputError
 from .adapter import register_adapter
 from .backbone import RotaryPositions
+from .loading import check_processor_ids
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import patchify, pixel_budget
 from .prompt import _render_with_template
@@ -172,6 +173,12 @@ class Qwen3VLAdapter(NativeVideoAdapter):
             source_frames=source,
             meta={"input_frames_per_frame": temporal, "frame_seconds": seconds},
         )
+
+    def check_against_processor(self, text: str, frames: np.ndarray,
+                                input_ids: torch.Tensor) -> None:
+        """The HF processor's ids for the same frames: ``Qwen3VLVideoProcessor`` would otherwise
+        sample frames again at 2 fps (``do_sample_frames``), assuming 24 fps for an array."""
+        check_processor_ids(self, text, frames, input_ids, do_sample_frames=False)
 
     def extra_model_inputs(self, input_ids):
         # The processor's token types (text 0, image 1, video 2), from which M-RoPE is computed.
