@@ -54,7 +54,7 @@ from .errors import InputError
 from .hooks import HookList, KnockoutHook, attn_scores_hook_name, check_hooks, knockout
 from .layers import window
 from .suffix_forward import (SDPA_MIN_QUERIES, backbone_weights, clean_forward, lean_unsupported,
-                             rotary_tables, suffix_logits)
+                             residual_additions, rotary_tables, suffix_logits)
 
 __all__ = [
     "KnockoutConfig",
@@ -649,13 +649,14 @@ def _fast_sweep_lean(
                               _lean_working_bytes_per_config)
     batches = _batches(plans, n_layers, n_keys, batch_size, _LEAN_COSTS)
     embeds = [sample.to(model.cfg.device, model.cfg.dtype) for sample in embeds]
-    rotary = []
-    for sample in embeds:  # each sample's rotary tables (per-sample M-RoPE) as installed for it
-        _ensure_rotary(model, sample)
+    rotary, additions = [], []
+    for sample in embeds:  # each sample's rotary tables (per-sample M-RoPE) as installed for it,
+        _ensure_rotary(model, sample)  # and its residual additions (DeepStack)
         rotary.append(rotary_tables(model))
+        additions.append(residual_additions(model))
     weights = backbone_weights(model)
     clean = clean_forward(weights, embeds, {batch.start_layer for batch in batches},
-                          rotary=rotary)
+                          rotary=rotary, additions=additions)
     rows = [_edge_rows(n) for n in lengths]
     results = [[clean.logits[sample]] * len(sample_configs)
                for sample, sample_configs in enumerate(configs)]

@@ -105,6 +105,9 @@ class Frame(Span):
     grid: tuple[int, int] | None = None
     extent_start: int | None = None
     extent_stop: int | None = None
+    #: the input video frames this token frame covers, where a token frame covers several
+    #: (Qwen2-VL / Qwen3-VL temporal patches: (2t, 2t+1)); None when it is one input frame
+    source_frames: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -40,7 +40,9 @@ in fp32 for half types), Q/K/V projections with optional biases, optional per-he
 tables (``x·cos + rotate_half(x)·sin``; per-sample M-RoPE tables and Phi-3 LongRoPE tables are
 installed on the model by its adapter, so they are read, not recomputed), grouped-query attention
 scaled by ``1/attn_scale``, output projection, gated MLP ``(act(x W_gate) ⊙ x W_in + b_in) W_out +
-b_out``, final RMSNorm, unembedding, optional logit soft cap. :func:`lean_unsupported` names what
+b_out``, the adapter's per-sample additions to a block's output at some positions (Qwen3-VL's
+DeepStack visual features, read with :func:`residual_additions` as the tables are), final
+RMSNorm, unembedding, optional logit soft cap. :func:`lean_unsupported` names what
 it does not restate (any other normalisation, MLP or attention variant, a model split over
 several devices): the engine then stays on the hooked path.
 """
@@ -48,7 +50,7 @@ several devices): the engine then stays on the hooked path.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Sequence
 
@@ -65,6 +67,7 @@ __all__ = [
     "CleanRun",
     "backbone_weights",
     "rotary_tables",
+    "residual_additions",
     "lean_unsupported",
     "clean_forward",
     "suffix_logits",
@@ -143,6 +146,7 @@ def lean_unsupported(model) -> str | None:
          f"positional embedding {cfg.positional_embedding_type!r}"),
         (not getattr(cfg, "rotary_adjacent_pairs", False), "rotary on adjacent pairs"),
         (cfg.gated_mlp, "a non-gated MLP"),
+        (not getattr(cfg, "num_experts", None), "mixture-of-experts MLPs"),
         (cfg.act_fn in _ACTIVATIONS, f"activation {cfg.act_fn!r}"),
         (not cfg.parallel_attn_mlp, "parallel attention and MLP"),
         (cfg.n_devices == 1, f"a model split over {cfg.n_devices} devices"),
@@ -198,6 +202,15 @@ def rotary_tables(model) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """Each layer's rotary (cos, sin) tables ``[n_ctx, rotary_dim]`` as the model holds them now
     (per-sample M-RoPE tables are installed there by the adapter)."""
     return tuple((block.attn.rotary_cos, block.attn.rotary_sin) for block in model.blocks)
+
+
+def residual_additions(model) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """What the model's adapter adds to the residual stream after some blocks for the sample
+    whose forward last entered block 0 (Qwen3-VL's DeepStack features, installed by
+    :class:`~mapflow_tl.models.backbone.RotaryPositions`): ``{layer: (positions [k], values
+    [k, d_model])}``, empty for backbones without such additions."""
+    source = getattr(model, "mapflow_residual_additions", None)
+    return {} if source is None else dict(source())
 
 
 def backbone_weights(model) -> BackboneWeights:
@@ -361,7 +374,9 @@ class CleanRun:
     residual stream entering the layers it starts from ``{layer: [S, N, d_model]}``, the clean
     last-position logits ``[S, d_vocab]`` and each layer's rotary tables — ``[n_ctx,
     rotary_dim]`` when the samples share them, ``[S, N, rotary_dim]`` when each has its own
-    (M-RoPE). Entries past a sample's length are padding: no real position ever attends them."""
+    (M-RoPE) — and the additions to the output of some layers ``{layer: [S, N, d_model]}``
+    (DeepStack; zero where a sample adds nothing). Entries past a sample's length are padding:
+    no real position ever attends them."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
@@ -369,6 +384,7 @@ class CleanRun:
     logits: torch.Tensor
     lengths: tuple[int, ...]
     rotary: Tables
+    additions: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def _sample_tables(rotaries: Sequence[Tables], lengths: Sequence[int]) -> Tables:
@@ -405,6 +421,7 @@ def clean_forward(
     keep_residual: set[int] | frozenset[int] = frozenset(),
     *,
     rotary: Sequence[Tables] | None = None,
+    additions: Sequence[dict[int, tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> CleanRun:
     """One unablated forward of one sample, or of several in one batch, keeping what their
     knockout configurations reuse.
@@ -413,7 +430,9 @@ def clean_forward(
     attention a real position never sees the padding after it, so each sample's keys, values
     and residual stream are its own forward's (up to batched-matmul rounding). ``rotary`` gives
     each sample's per-layer (cos, sin) tables as :func:`backbone_weights` read them when that
-    sample's tables were installed (default: ``weights.rotary`` for every sample)."""
+    sample's tables were installed (default: ``weights.rotary`` for every sample);
+    ``additions`` each sample's :func:`residual_additions` (default: none), added to the output
+    of their layers here and in every suffix forward from this run."""
     samples = [embeds] if isinstance(embeds, torch.Tensor) else list(embeds)
     for sample in samples:
         if sample.dim() != 3 or sample.shape[0] != 1:
@@ -429,6 +448,12 @@ def clean_forward(
         x = samples[0].new_zeros(len(samples), n, samples[0].shape[-1])
         for row, sample in enumerate(samples):
             x[row, :sample.shape[1]] = sample[0]
+    dense: dict[int, torch.Tensor] = {}
+    for row, sample_additions in enumerate(additions or ()):
+        for layer, (positions, added) in sample_additions.items():
+            if layer not in dense:
+                dense[layer] = x.new_zeros(len(samples), n, x.shape[-1])
+            dense[layer][row, positions.to(x.device)] = added.to(x.device, x.dtype)
     keys, values, residual = [], [], {}
     for index, layer in enumerate(weights.layers):
         if index in keep_residual:
@@ -442,9 +467,11 @@ def clean_forward(
             q, k, v, is_causal=True, scale=1.0 / weights.attn_scale,
             enable_gqa=weights.n_kv_heads != weights.n_heads)
         x = _finish_block(weights, layer, x, z.transpose(1, 2).flatten(2))
+        if index in dense:  # zero elsewhere, so x + 0 leaves the other positions exact
+            x = x + dense[index]
     last = x[torch.arange(len(samples), device=x.device),
              torch.tensor(lengths, device=x.device) - 1]
-    return CleanRun(keys, values, residual, _head(weights, last), lengths, tables)
+    return CleanRun(keys, values, residual, _head(weights, last), lengths, tables, dense)
 
 
 # ---------------------------------------------------------------------- the suffix
@@ -624,12 +651,16 @@ def suffix_logits(
     single = len(set(samples)) == 1
     positions = None if layout.shared_first is not None else \
         layout.first.to(residual.device)[:, None] + torch.arange(Q, device=residual.device)
-    if single and layout.shared_first is not None:
-        x = residual[samples[0]:samples[0] + 1, P:P + Q].expand(B, -1, -1)
-    elif layout.shared_first is not None:
-        x = residual[layout.samples.to(residual.device), P:P + Q]
-    else:
-        x = residual[layout.samples.to(residual.device)[:, None], positions]
+
+    def cells(stream: torch.Tensor) -> torch.Tensor:
+        """Each element's recomputed positions of a clean-run tensor ``[S, N, d_model]``."""
+        if single and layout.shared_first is not None:
+            return stream[samples[0]:samples[0] + 1, P:P + Q].expand(B, -1, -1)
+        if layout.shared_first is not None:
+            return stream[layout.samples.to(stream.device), P:P + Q]
+        return stream[layout.samples.to(stream.device)[:, None], positions]
+
+    x = cells(residual)
     masks: dict[tuple[bool, ...], torch.Tensor] = {}
     tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     use_sdpa = Q >= SDPA_MIN_QUERIES
@@ -686,4 +717,6 @@ def suffix_logits(
         else:
             z = _folded_attention(weights, q, k, v, prefix_k, prefix_v, mask_for(index))
         x = _finish_block(weights, layer, x, z)
+        if index in clean.additions:
+            x = x + cells(clean.additions[index])
     return _head(weights, x[:, -1])

@@ -36,12 +36,21 @@ LLAMA_LIKE = {
     # loadable only with per-sample rotary tables (positions="per_sample", RotaryPositions).
     "qwen2_vl_text": "Qwen2ForCausalLM",
     "qwen2_5_vl_text": "Qwen2ForCausalLM",
+    # Qwen3-VL's text decoder: Qwen3 layers (q/k norm) under interleaved M-RoPE; its DeepStack
+    # visual features are per-sample residual additions (RotaryPositions' ``additions``).
+    "qwen3_vl_text": "Qwen3ForCausalLM",
+    # Qwen3-VL-MoE's: the same attention, every layer a sparse mixture of experts (TL's MoE
+    # block: softmax router, top-k, renormalised, gated SiLU experts).
+    "qwen3_vl_moe_text": "Qwen3MoeForCausalLM",
     # Phi-3: the same layer with fused ``qkv_proj`` and ``gate_up_proj`` weights (split on
     # conversion), optional partial rotary, a sliding window that every layer applies.
     "phi3": "Phi3ForCausalLM",
 }
 # Decoders whose attention normalises q and k per head (``self_attn.q_norm`` / ``k_norm``).
-QK_NORM = {"qwen3"}
+QK_NORM = {"qwen3", "qwen3_vl_text", "qwen3_vl_moe_text"}
+# Decoders whose every MLP is a top-k mixture of experts whose router always renormalises the
+# top-k softmax weights (``Qwen3VLMoeTextTopKRouter``).
+MOE_RENORMALISED = {"qwen3_vl_moe_text"}
 
 
 def _rope_theta(text_config: Any) -> float:
@@ -178,7 +187,8 @@ def hooked_config_from_hf(
         tokenizer_prepends_bos=False,
     )
     scaling = _rope_scaling(text_config)
-    if model_type in ("qwen2_vl_text", "qwen2_5_vl_text") or scaling.get("mrope_section") \
+    if model_type in ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text", "qwen3_vl_moe_text") \
+            or scaling.get("mrope_section") \
             or scaling.get("mrope_interleaved"):
         if positions != "per_sample":
             raise InputError(
@@ -202,6 +212,18 @@ def hooked_config_from_hf(
         raise InputError(f"{model_type} backbone with mlp_bias=True is not supported")
     if model_type in QK_NORM:
         cfg.update(use_qk_norm=True)
+    if model_type in MOE_RENORMALISED:
+        sparse_step = getattr(text_config, "decoder_sparse_step", 1)
+        dense_layers = list(getattr(text_config, "mlp_only_layers", None) or [])
+        if sparse_step != 1 or dense_layers:
+            # TransformerLens' config has one MLP kind for every block
+            raise InputError(
+                f"this {model_type} backbone mixes dense and mixture-of-experts layers "
+                f"(decoder_sparse_step={sparse_step}, mlp_only_layers={dense_layers}); "
+                f"TransformerLens holds one MLP kind for all layers, so it is not supported")
+        cfg.update(num_experts=text_config.num_experts,
+                   experts_per_token=text_config.num_experts_per_tok,
+                   d_mlp=text_config.moe_intermediate_size, norm_topk_prob=True)
     return HookedTransformerConfig(**cfg)
 
 
@@ -238,6 +260,19 @@ def _install_hf_rotary(model: HookedTransformer, text_model: nn.Module) -> None:
         block.attn._extend_rotary_embeddings = refuse
 
 
+def _experts(mlp: nn.Module, prefix: str, cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
+    """A sparse MoE block's router and experts (fused ``gate_up_proj [E, 2·d_mlp, d_model]``,
+    ``down_proj [E, d_model, d_mlp]``) as TransformerLens' ``MoE`` parameters (``nn.Linear``
+    weights, ``[out, in]``)."""
+    state = {f"{prefix}.W_gate.weight": mlp.gate.weight}
+    for expert in range(cfg.num_experts):
+        gate, up = mlp.experts.gate_up_proj[expert].chunk(2, dim=0)
+        state[f"{prefix}.experts.{expert}.W_gate.weight"] = gate
+        state[f"{prefix}.experts.{expert}.W_in.weight"] = up
+        state[f"{prefix}.experts.{expert}.W_out.weight"] = mlp.experts.down_proj[expert]
+    return state
+
+
 def _state_dict_llama_like(
     text_model: nn.Module, lm_head: nn.Module | None, cfg: HookedTransformerConfig
 ) -> dict[str, torch.Tensor]:
@@ -267,6 +302,9 @@ def _state_dict_llama_like(
         state[f"{prefix}.attn.b_O"] = (torch.zeros(cfg.d_model, dtype=attention.o_proj.weight.dtype)
                                        if o_bias is None else o_bias)
         mlp = layer.mlp
+        if cfg.num_experts:
+            state.update(_experts(mlp, f"{prefix}.mlp", cfg))
+            continue
         if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate, up = gate_up_proj(x).chunk(2)
             gate, up = mlp.gate_up_proj.weight.chunk(2, dim=0)
         else:
@@ -310,6 +348,9 @@ def hooked_from_hf(
         state, fold_ln=False, center_writing_weights=False, center_unembed=False,
         fold_value_biases=False, refactor_factored_attn_matrices=False,
     )
+    if cfg.num_experts:  # TL builds the MoE router and experts as fp32 nn.Linear whatever dtype
+        for block in model.blocks:
+            block.mlp.to(dtype)
     if n_devices > 1:
         model.move_model_modules_to_device()
     else:
@@ -477,18 +518,34 @@ class RotaryPositions:
 
     ``rotary`` maps position ids ``[3, 1, n]`` to the HF ``(cos, sin)`` tables ``[1, n, d_head]``
     (the HF text model's own ``rotary_emb``).
+
+    **Residual additions** (Qwen3-VL's DeepStack: visual features from intermediate vision layers
+    added to the hidden states at the visual positions after the first decoder layers) are
+    per-sample state of the same kind: ``register(..., additions={layer: (positions, values)})``
+    binds them to the sample with its tables, and a forward pre-hook on each
+    ``blocks.{layer}.hook_resid_post`` adds them to the block's output *before* any user hook on
+    that point runs — so ``run_with_hooks``, ``run_with_cache`` (``resid_post`` holds what HF's
+    layer output holds), knockouts, mid-stack starts and key/value-cache suffixes (only the
+    positions the suffix covers) all see them. :meth:`installed_additions` gives the lean suffix
+    forward of the sweep engine what the last forward from block 0 installed.
     """
 
     def __init__(self, model: HookedTransformer, rotary: Any, *, capacity: int = 64) -> None:
         self.model, self.rotary, self.capacity = model, rotary, capacity
-        self._samples: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self._installed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._samples: dict[tuple, tuple] = {}
+        self._installed: tuple | None = None
         self._next_block: int | None = None
         self._tokens = False
+        #: per block, the key/value-cache offset of the forward now running through it
+        self._offsets: dict[int, int] = {}
         self.handles = [model.embed.register_forward_pre_hook(self._before_embed)]
         self.handles += [block.register_forward_pre_hook(self._before_block(index),
                                                          with_kwargs=True)
                          for index, block in enumerate(model.blocks)]
+        self.handles += [block.hook_resid_post.register_forward_pre_hook(self._add_residual(index))
+                         for index, block in enumerate(model.blocks)]
+        # the lean suffix forward (mapflow_tl.suffix_forward.residual_additions) reads them here
+        model.mapflow_residual_additions = self.installed_additions
 
     @staticmethod
     def _fingerprint(embeds: torch.Tensor) -> torch.Tensor:
@@ -503,27 +560,65 @@ class RotaryPositions:
         return cos[0].to(self.model.cfg.dtype), sin[0].to(self.model.cfg.dtype)
 
     def register(self, embeds: Float[torch.Tensor, "1 pos d_model"],
-                 position_ids: torch.Tensor) -> None:
-        """Bind a prepared sample's embeddings to its position ids ``[3, 1, pos]``."""
+                 position_ids: torch.Tensor,
+                 additions: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """Bind a prepared sample's embeddings to its position ids ``[3, 1, pos]`` and, where
+        the model adds features to the residual stream after some blocks, to those additions:
+        ``{layer: (positions [k], values [k, d_model])}`` (class docstring)."""
         if position_ids.dim() != 3 or position_ids.shape[0] != 3 \
                 or position_ids.shape[-1] != embeds.shape[1]:
             raise InputError(f"position ids must be [3, 1, {embeds.shape[1]}], got "
                              f"{tuple(position_ids.shape)}")
+        checked = {}
+        for layer, (positions, values) in (additions or {}).items():
+            if not 0 <= layer < self.model.cfg.n_layers or positions.dim() != 1 \
+                    or tuple(values.shape) != (positions.shape[0], self.model.cfg.d_model):
+                raise InputError(f"residual addition of layer {layer}: positions [k] and values "
+                                 f"[k, {self.model.cfg.d_model}] in layers 0…"
+                                 f"{self.model.cfg.n_layers - 1}, got {tuple(positions.shape)} "
+                                 f"and {tuple(values.shape)}")
+            device = self.model.blocks[layer].attn.W_Q.device
+            checked[layer] = (positions.to(device, torch.long),
+                              values.detach().to(device, self.model.cfg.dtype))
         fingerprint = self._fingerprint(embeds[0])
         key = (int(embeds.shape[1]), float(fingerprint.sum()))
         self._samples.pop(key, None)
-        self._samples[key] = (fingerprint, *self.tables(position_ids))
+        self._samples[key] = (fingerprint, *self.tables(position_ids), checked)
         while len(self._samples) > self.capacity:
             self._samples.pop(next(iter(self._samples)))
 
+    def installed_additions(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """The residual additions of the sample whose forward last entered block 0 (none for
+        token ids): ``{layer: (positions, values)}``."""
+        return {} if self._installed is None else self._installed[3]
+
     def _install(self, cos: torch.Tensor, sin: torch.Tensor,
-                 fingerprint: torch.Tensor | None = None) -> None:
+                 fingerprint: torch.Tensor | None = None,
+                 additions: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         if self._installed is None or self._installed[0] is not cos:
             for block in self.model.blocks:
                 device = block.attn.W_Q.device
                 block.attn.rotary_cos = cos.to(device)
                 block.attn.rotary_sin = sin.to(device)
-        self._installed = (cos, sin, fingerprint)
+        self._installed = (cos, sin, fingerprint, additions or {})
+
+    def _add_residual(self, index: int):
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            addition = self.installed_additions().get(index)
+            if addition is None:
+                return None
+            residual = args[0]
+            positions, values = addition
+            offset = self._offsets.get(index, 0)
+            inside = (positions >= offset) & (positions < offset + residual.shape[1])
+            if not bool(inside.any()):
+                return None
+            at = positions[inside] - offset
+            # out of place: the block's input may be a caller's tensor (a resumed forward)
+            residual = residual.clone()
+            residual[:, at] = residual[:, at] + values[inside].to(residual.dtype)
+            return (residual,)
+        return hook
 
     def _unknown(self) -> ValueError:
         return ValueError(
@@ -553,8 +648,8 @@ class RotaryPositions:
         if any(entry[1] is not entries[0][1] for entry in entries):
             raise InputError("a batch mixes samples with different 3D rotary positions; run "
                              "them one at a time")
-        fingerprint, cos, sin = entries[0]
-        self._install(cos, sin, fingerprint)
+        fingerprint, cos, sin, additions = entries[0]
+        self._install(cos, sin, fingerprint, additions)
 
     def _before_embed(self, module: nn.Module, args: tuple) -> None:
         self._tokens = True  # token ids: the next block-0 input is their text-only embedding
@@ -565,6 +660,7 @@ class RotaryPositions:
             cache = kwargs.get("past_kv_cache_entry")
             offset = cache.past_keys.shape[1] if cache is not None else 0
             needed = offset + int(residual.shape[1])
+            self._offsets[index] = offset
             continuing = index == self._next_block
             self._next_block = index + 1
             if index == 0 and self._tokens:

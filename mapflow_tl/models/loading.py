@@ -291,16 +291,18 @@ def torchvision_available() -> bool:
 
 
 def check_processor_ids(adapter: Any, text: str, frames: np.ndarray,
-                        input_ids: Int[torch.Tensor, "1 pos"]) -> None:
+                        input_ids: Int[torch.Tensor, "1 pos"], **video_kwargs: Any) -> None:
     """Where the HF processor can run (torchvision installed), check that the ids it makes of the
-    prompt and the video equal ours, so the video positions are where it puts them."""
+    prompt and the video equal ours, so the video positions are where it puts them.
+    ``video_kwargs`` go to the processor call (e.g. ``do_sample_frames=False``)."""
     if not torchvision_available():
         return
     if adapter.processor is None:
         from transformers import AutoProcessor
 
         adapter.processor = AutoProcessor.from_pretrained(adapter.path)
-    theirs = adapter.processor(text=text, videos=[frames], return_tensors="pt")["input_ids"]
+    theirs = adapter.processor(text=text, videos=[frames], return_tensors="pt",
+                               **video_kwargs)["input_ids"]
     if not torch.equal(theirs.cpu(), input_ids.cpu()):
         raise RuntimeError(
             f"{adapter.name}: the HF processor makes {theirs.shape[1]} token ids of this prompt "

@@ -45,7 +45,9 @@ class VideoInputs:
     - ``frame_tokens[t]``: how many feature positions frame t kept, in order (the rest of the
       feature positions, e.g. LLaVA-OneVision's closing newline, are separators);
     - ``grids[t]``: frame t's (H, W) token grid when the frame kept all of it, else None (then
-      ``meta["kept_coords"][t]`` lists the (h, w) of each kept token).
+      ``meta["kept_coords"][t]`` lists the (h, w) of each kept token);
+    - ``source_frames[t]``: the input frames token frame t covers, when a token frame covers
+      several (a temporal patch); None when each token frame is one input frame.
     """
 
     model_kwargs: dict[str, torch.Tensor]
@@ -54,6 +56,7 @@ class VideoInputs:
     frame_tokens: list[int]
     grids: list[tuple[int, int] | None]
     meta: dict[str, Any] = field(default_factory=dict)
+    source_frames: list[tuple[int, ...]] | None = None
 
 
 class _Captured(Exception):
@@ -293,6 +296,8 @@ class NativeVideoAdapter(FamilyAdapter):
             if self.frame_extents:
                 extent = dict(extent_start=frames[-1].stop if frames else start,
                               extent_stop=last + 1 if t < len(video.frame_tokens) - 1 else stop)
+            if video.source_frames is not None:
+                extent["source_frames"] = tuple(video.source_frames[t])
             frames.append(Frame(f"frame_{t}", first, last + 1, index=t, grid=grid, **extent))
         inside = set(range(start, stop))
         for frame in frames:

@@ -1,5 +1,5 @@
 """Qwen2-VL and Qwen2.5-VL (``qwen2_vl``, ``qwen2_5_vl``): 3D multimodal rotary positions
-(M-RoPE), reproduced exactly; Qwen3-VL (``qwen3_vl``, ``qwen3_vl_moe``): refused, with the reason.
+(M-RoPE), reproduced exactly (Qwen3-VL is ``qwen3_vl.py``).
 
 **Why M-RoPE can be exact.** Qwen2-VL gives every token a (t, h, w) position: text tokens
 (p, p, p); video tokens (t₀ + t·Δ, h₀ + h, w₀ + w) on their grid; text after the video continues
@@ -18,11 +18,6 @@ resized to multiples of patch·merge (28 px) within [min_pixels, max_pixels], gr
 patches and merged 2×2, giving H×W tokens per token frame, flattened row-major, on
 ``<|video_pad|>`` tokens between ``<|vision_start|>`` and ``<|vision_end|>``. The SegmentMap's
 frames are these token frames (``Prepared.meta["input_frames_per_frame"]`` = 2).
-
-**Why Qwen3-VL is refused.** Its decoder adds "deepstack" visual features, taken from
-intermediate vision layers, to the hidden states of the first decoder layers at the visual
-positions. Injected input embeddings cannot carry them, and loading without them gives wrong
-activations in every layer.
 """
 
 from __future__ import annotations
@@ -32,14 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .adapter import FamilyAdapter, register_adapter
+from .adapter import register_adapter
 from .backbone import RotaryPositions
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import CLIP_MEAN, CLIP_STD, patchify, pixel_budget, smart_resize
 from .videollm import Prepared
 
-__all__ = ["QwenVLAdapter", "Qwen3VLAdapter"]
+__all__ = ["QwenVLAdapter"]
 
 #: transformers' default when a video's frame rate is unknown (``VideoMetadata.sampled_fps``).
 UNKNOWN_FPS = 24.0
@@ -102,6 +96,8 @@ class QwenVLAdapter(NativeVideoAdapter):
             feature_token_id=self.feature_token_id("video_token_id"),
             frame_tokens=[grid[0] * grid[1]] * grid_t,
             grids=[grid] * grid_t,
+            source_frames=[tuple(min(t * temporal + i, n_frames - 1) for i in range(temporal))
+                           for t in range(grid_t)],
             meta=meta,
         )
 
@@ -118,25 +114,3 @@ class QwenVLAdapter(NativeVideoAdapter):
             position_ids = position_ids[1:]
         prepared.meta["position_ids"] = position_ids.detach().cpu()
         self.rotary.register(prepared.embeds, position_ids)
-
-
-@register_adapter
-class Qwen3VLAdapter(FamilyAdapter):
-    """Qwen3-VL: refused (deepstack visual features enter the decoder's hidden states)."""
-
-    model_types = ("qwen3_vl", "qwen3_vl_moe")
-    name = "Qwen3-VL (not supported)"
-
-    def load(self) -> None:
-        raise InputError(
-            f"{self.path}: Qwen3-VL ({self.config.get('model_type')}) cannot be loaded exactly: "
-            f"besides its 3D rotary positions (which mapflow-tl reproduces for Qwen2-VL / "
-            f"Qwen2.5-VL), its decoder adds 'deepstack' visual features from intermediate vision "
-            f"layers to the hidden states of its first decoder layers "
-            f"(vision_config.deepstack_visual_indexes). A backbone fed injected input "
-            f"embeddings does not receive them, so every activation would differ from the Hugging "
-            f"Face model's. Use Qwen2.5-VL, or add the deepstack features as per-sample "
-            f"residual-stream additions first.")
-
-    def prepare(self, sample: Any) -> Prepared:  # pragma: no cover - load() always refuses
-        raise InputError("Qwen3-VL is not supported; see load()")
