@@ -152,8 +152,9 @@ def test_os_errors_name_the_file(tmp_path, capsys):
     code = main(["flow", "--out", str(blocker / "run"), "--limit", "1", "--task",
                  "action_sequence"])
     assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(blocker) in err[0]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("flow: loading model synthtv-video-ft")
+    assert len(lines) == 2 and str(blocker) in lines[1], lines
 
 
 def test_circuits_lists_the_good_files_and_names_the_broken_one(tmp_path, capsys):
@@ -439,3 +440,37 @@ def test_circuit_dir_and_the_unknown_circuit_error(tmp_path, capsys):
                  "--out", str(tmp_path / "b")])
     assert code == 2 and "one pathway circuit" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_progress_counts_written_samples_and_the_run_says_where_its_tables_are(
+        tmp_path, monkeypatch, capsys):
+    """The bar advances when a sample's rows are written, not when it is prepared (four samples
+    swept two at a time: the second sweep starts with two samples counted, not four); a
+    "loading model" line comes before the bar and the last line names the tables' folder and the
+    report command."""
+    from mapflow_tl import analyses
+    from mapflow_tl.cli.run import AnalysisRun
+
+    advanced, seen_at_sweep = [], []
+    real_advance, real_sweeps = AnalysisRun._advance, analyses.flow_sweeps
+
+    def advance(self, n):
+        advanced.append(n)
+        real_advance(self, n)
+
+    def sweeps(vlm, xs, *args, **kwargs):
+        seen_at_sweep.append(sum(advanced))
+        return real_sweeps(vlm, xs, *args, **kwargs)
+
+    monkeypatch.setattr(AnalysisRun, "_advance", advance)
+    monkeypatch.setattr(analyses, "flow_sweeps", sweeps)
+    out = tmp_path / "run"
+    code = main(["flow", "--circuit", "cross-frame", "--task", "action_sequence", "--limit", "4",
+                 "--mode", "all", "--sample-batch", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert seen_at_sweep == [0, 2] and sum(advanced) == 4
+    assert "4/4" in err and "flow: loading model synthtv-video-ft" in err
+    assert err.index("loading model") < err.index("0/4")
+    assert err.strip().splitlines()[-1] == (
+        f"mapflow-tl flow: tables in {out}; see them with: mapflow-tl report {out}")

@@ -282,9 +282,9 @@ def test_broken_model_folders_are_one_line_at_the_command_line(tmp_path, capsys,
     model = _broken_model(tmp_path, **fault)
     code = main(["flow", "--model", str(model), "--limit", "1", "--task", "object_count",
                  "--out", str(tmp_path / "run"), "--circuit", "cross-frame"])
-    err = capsys.readouterr().err.strip()
+    loading, err = capsys.readouterr().err.strip().splitlines()   # the loading line, the error
     assert code == 2
-    assert len(err.splitlines()) == 1 and err.startswith("mapflow-tl flow: error: ")
+    assert loading.startswith("flow: loading model ") and err.startswith("mapflow-tl flow: error: ")
     assert re.search(message, err), err
     assert str(model) in err
 

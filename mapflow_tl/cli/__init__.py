@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shlex
 import sys
 from typing import Sequence
 
@@ -71,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         with sticky_interrupts():
-            return args.handler(args)
+            code = args.handler(args)
+        _say_where_the_tables_are(args, code)
+        return code
     except KeyboardInterrupt:
         hint = ""
         if getattr(args, "out", None) is not None and hasattr(args, "resume"):
@@ -85,6 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mapflow-tl {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+
+
+def _say_where_the_tables_are(args: argparse.Namespace, code: int) -> None:
+    """The last line of every analysis command that wrote a run folder (on the main rank): where
+    its tables are and the command that draws them."""
+    out = getattr(args, "out", None)
+    if code != 0 or out is None or not hasattr(args, "resume") or args.command == "demo" \
+            or os.environ.get("RANK", "0") != "0":
+        return
+    print(f"mapflow-tl {args.command}: tables in {out}; see them with: mapflow-tl report "
+          f"{shlex.quote(str(out))}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,7 +116,7 @@ def _flow(args: argparse.Namespace) -> int:
         accuracy = (f", base accuracy {100 * analyses.base_accuracy(graded):.1f}% "
                     f"({len(graded)} samples)" if graded else "")
         print(f"flow: {selected}/{len(run.order)} samples in mode {args.mode!r}, window "
-              f"k={k}{accuracy}; tables in {out}")
+              f"k={k}{accuracy}")
     return 0
 
 
@@ -320,7 +320,7 @@ def _crossframe(args: argparse.Namespace) -> int:
                 if graded:
                     print(f"{model}: {condition}: {100 * sum(graded) / len(graded):.1f} % of "
                           f"{len(graded)}")
-        print(f"tables in {out}; mapflow-tl report {out} draws Finding 1 per task")
+        # the report draws Finding 1 per task (the closing line says how)
     return 0
 
 

@@ -222,6 +222,10 @@ class AnalysisRun:
         self.args, self.world = args, world()
         self.device = device = self.world.device(check_device(args.device))
         args.dtype = resolve_dtype(args.dtype, args.model, str(device))   # run.json: the one used
+        self._progress = None
+        if self.world.is_main:   # loading takes seconds to minutes before the first bar appears
+            print(f"{command}: loading model {args.model} ({args.dtype}, {device})…",
+                  file=sys.stderr, flush=True)
         self.vlm = load_videollm(args.model, dtype=getattr(torch, args.dtype), device=device)
         if str(device).startswith("cpu"):
             torch.set_num_threads(choose_threads(self.vlm.backbone.cfg.d_model,
@@ -311,6 +315,18 @@ class AnalysisRun:
             rows.append({**fields, **base, "selected": selected,
                          "row_counts": self.writer.row_counts(fields["sample"])})
         self.writer.write("samples", rows)
+        self._advance(len(rows))
+
+    def _close_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def _advance(self, n: int) -> None:
+        """The progress bar counts samples whose rows are written (or that were skipped), not
+        samples prepared: several samples swept together advance it when their rows are in."""
+        if self._progress is not None:
+            self._progress.update(n)
 
     def each(self, table: str, done: set[tuple] | None = None) -> Iterator[tuple[Any, Any]]:
         """``(sample, prepared)`` for this rank's samples, with a progress bar, skipping those
@@ -322,22 +338,31 @@ class AnalysisRun:
         from ..runs import RunWriter, check_interrupt, skipped_at_prepare
 
         done = self.writer.completed(table, "sample") if done is None else done
-        samples = tqdm(self.samples, desc=f"{self.config['command']}"
-                       + (f" [rank {self.world.rank}]" if self.world.distributed else ""),
-                       unit="sample", dynamic_ncols=True, position=self.world.rank)
-        for sample in samples:
-            check_interrupt()
-            sample_id = str(getattr(sample, "id", ""))
-            if RunWriter.key({"sample": sample_id}, "sample") in done:
-                continue
-            try:
-                prepared = self.vlm.prepare(sample)
-            except ValueError as error:
-                if self.args.strict:
-                    raise
-                self.writer.write("skipped", [skipped_at_prepare(sample, error)])
-                continue
-            yield sample, prepared
+        keys = [RunWriter.key({"sample": str(getattr(s, "id", ""))}, "sample")
+                for s in self.samples]
+        self._progress = tqdm(total=len(self.samples), initial=sum(k in done for k in keys),
+                              desc=f"{self.config['command']}"
+                              + (f" [rank {self.world.rank}]" if self.world.distributed else ""),
+                              unit="sample", dynamic_ncols=True, position=self.world.rank)
+        # closed by finish() (the last samples handed out are marked done after this loop
+        # ends), or here when the run stops, so that its error is the last line printed
+        try:
+            for sample, key in zip(self.samples, keys):
+                check_interrupt()
+                if key in done:
+                    continue
+                try:
+                    prepared = self.vlm.prepare(sample)
+                except ValueError as error:
+                    if self.args.strict:
+                        raise
+                    self.writer.write("skipped", [skipped_at_prepare(sample, error)])
+                    self._advance(1)
+                    continue
+                yield sample, prepared
+        except BaseException:
+            self._close_progress()
+            raise
 
     def prepared(self, table: str, done: set[tuple] | None = None) -> Iterator[Any]:
         """The prepared samples of :meth:`each`."""
@@ -361,6 +386,7 @@ class AnalysisRun:
         run directory holding the complete tables (on rank 0)."""
         from ..runs import RunWriter, merge_shards
 
+        self._close_progress()
         self.writer.finish()
         out = Path(self.args.out)
         if self.world.distributed:
