@@ -33,6 +33,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "internvl",
     "internvl_chat",
     "qwen_vl",
+    "smolvlm",
 )
 
 #: Built-in model names resolving to directories shipped with the package: the SynthTV model
