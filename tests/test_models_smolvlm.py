@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-import mapflow_tl as mf
+from family_checks import check_bf16, check_fast_sweep, check_flow_sweep, check_knockout
 from mapflow_tl.models import VideoSample, load_videollm
-from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 from test_models_qwen import OPTIONS, QUESTION, check_logits, frames_array, hf_model_of
 
 HF_CLASS = "SmolVLMForConditionalGeneration"
@@ -203,80 +202,25 @@ def test_smolvlm_number_words_are_num2words():
 
 def test_smolvlm_knockout_equals_hf_with_explicit_masks(smolvlm):
     vlm, x, hf_model = smolvlm
-    seg = x.segments
-    layers = [0, 2]
-    edges = (mf.cross_frame(seg) | mf.Edges(src=seg.video, dst=seg.question_with_options)
-             | mf.Edges(src=seg.true_option, dst=seg.last))
-    got = vlm.run_with_hooks(x, mf.knockout(edges, layers))
-    n = x.n_positions
-    pairs = [(seg.frames[s].positions, seg.frames[d].positions)
-             for d in range(len(seg.frames)) for s in range(d)]
-    coarse = seg.question_with_options
+    coarse = x.segments.question_with_options
     assert vlm.tokenizer.decode(x.input_ids[0, coarse.start:coarse.stop]).startswith(
         f"Question: {QUESTION}")
-    pairs += [(seg.video.positions, coarse.positions),
-              (seg.true_option.positions, [n - 1])]
-    blocked = block_mask(n, pairs)
-    heads = hf_model.config.text_config.num_attention_heads
-    masks = {layer: additive_mask(n, blocked, heads) for layer in layers}
-    expected = hf_logits_with_layer_masks(hf_model, masks, additive_mask(n, None, heads),
-                                          input_ids=x.input_ids, **x.meta["model_inputs"])
-    assert (got - vlm.run_with_hooks(x)).abs().max() > 1e-2  # the knockout changes something
-    diff = (got - expected).abs().max().item()
-    print(f"smolvlm knockout max abs diff {diff:.1e}")
-    assert diff <= 1e-4
+    print(f"smolvlm knockout max abs diff {check_knockout(vlm, x, hf_model):.1e}")
 
 
 def test_smolvlm_fast_sweep_equals_naive_sweep(smolvlm):
-    from mapflow_tl.engine import layer_sweep, sweep
-
     vlm, x, _ = smolvlm
-    seg = x.segments
-    configs = layer_sweep({"cross_frame": mf.cross_frame(seg),
-                           "video_to_last": mf.Edges(src=seg.video, dst=seg.last)},
-                          vlm.n_layers, k=1)
-    fast = sweep(vlm.backbone, x.embeds, configs, method="fast")
-    naive = sweep(vlm.backbone, x.embeds, configs, method="naive")
-    diff = (fast - naive).abs().max().item()
-    print(f"smolvlm fast vs naive sweep max abs diff {diff:.1e}")
-    assert diff <= 1e-4
-    assert (naive - vlm.run_with_hooks(x)[0, -1]).abs().max() > 1e-4  # knockouts act
+    print(f"smolvlm fast vs naive sweep max abs diff {check_fast_sweep(vlm, x):.1e}")
 
 
 def test_smolvlm_flow_sweep_matches_hf_with_explicit_masks(smolvlm):
-    """The experiment code, unchanged: a cross-frame flow sweep's knocked-out probability of the
-    true answer equals the HF model's with the cross-frame mask in that layer."""
     vlm, x, hf_model = smolvlm
-    rows = mf.flow_sweep(vlm, x, "cross-frame", k=1)
-    assert [row["layer"] for row in rows] == list(range(vlm.n_layers))
-    assert max(abs(row["change_true"]) for row in rows) > 1e-3  # the knockouts act
-    seg, n = x.segments, x.n_positions
-    blocked = block_mask(n, [(seg.frames[s].positions, seg.frames[d].positions)
-                             for d in range(len(seg.frames)) for s in range(d)])
-    heads = hf_model.config.text_config.num_attention_heads
-    for row in rows:
-        logits = hf_logits_with_layer_masks(
-            hf_model, {row["layer"]: additive_mask(n, blocked, heads)},
-            additive_mask(n, None, heads), input_ids=x.input_ids, **x.meta["model_inputs"])
-        expected = logits[0, -1].softmax(-1)[x.answer_token].item()
-        assert abs(row["p_true"] - expected) <= 1e-5
+    print(f"smolvlm flow sweep p_true max abs diff {check_flow_sweep(vlm, x, hf_model):.1e}")
 
 
 def test_smolvlm_bf16_runs_close_to_hf_bf16(smolvlm_dir):
-    low = load_videollm(smolvlm_dir, dtype=torch.bfloat16)
-    y = low.prepare(VideoSample(frames_array(), QUESTION, OPTIONS, answer=1))
-    assert y.embeds.dtype == torch.bfloat16 and low.backbone.cfg.dtype == torch.bfloat16
-    hf_low = hf_model_of(smolvlm_dir, HF_CLASS).to(torch.bfloat16)
-    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
-              for k, v in y.meta["model_inputs"].items()}
-    with torch.no_grad():
-        expected = hf_low(input_ids=y.input_ids, **inputs).logits.float()
-    got = low.run_with_hooks(y).float()
-    assert torch.isfinite(got).all()
-    assert (got - expected).abs().max().item() < 0.15  # bf16 rounding, not a wrong layout
-    best = expected[0, -1].max()
-    ours = expected[0, -1, got[0, -1].argmax()]
-    assert best - ours <= best.abs() * 2 ** -7
+    check_bf16(smolvlm_dir, HF_CLASS, VideoSample(frames_array(), QUESTION, OPTIONS, answer=1),
+               hf_model_of)
 
 
 def test_smolvlm_refuses_a_processor_of_another_size(tmp_path):

@@ -34,6 +34,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "internvl_chat",
     "qwen_vl",
     "smolvlm",
+    "perception_lm",
 )
 
 #: Built-in model names resolving to directories shipped with the package: the SynthTV model

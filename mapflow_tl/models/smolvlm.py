@@ -37,7 +37,7 @@ from jaxtyping import Float, UInt8
 
 from ..errors import InputError
 from .adapter import register_adapter
-from .loading import read_json
+from .loading import read_json, video_processor_settings
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import resize_and_normalize
 
@@ -125,7 +125,7 @@ class SmolVLMAdapter(NativeVideoAdapter):
         self.options = {**self.options,
                         "template": self.options.get("template") or DEFAULT_CHAT_TEMPLATE}
         super().load()
-        self.video_config = {**self.video_defaults, **self.video_settings()}
+        self.video_config = {**self.video_defaults, **video_processor_settings(self.path)}
         c = self.video_config
         if "video_sampling" in c:  # SmolVLMVideoProcessor.__init__: "size" wins over it
             c["size"] = c.get("size") or c["video_sampling"]["video_size"]
@@ -157,19 +157,6 @@ class SmolVLMAdapter(NativeVideoAdapter):
             raise InputError(f"{self.path}: config.json's image_token_id {image_token_id} is not "
                              f"the tokenizer's {self.image_token!r}; config.json and the "
                              f"tokenizer do not belong together")
-
-    def video_settings(self) -> dict:
-        """The video processor's settings where ``BaseVideoProcessor.from_pretrained`` finds
-        them: the ``video_processor`` entry of processor_config.json, else
-        video_preprocessor_config.json, else the image processor's preprocessor_config.json
-        (where SmolVLM checkpoints keep ``video_sampling``)."""
-        nested = read_json(self.path / "processor_config.json").get("video_processor")
-        if isinstance(nested, dict):
-            return nested
-        for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
-            if (self.path / name).is_file():
-                return read_json(self.path / name)
-        return {}
 
     def check_against_processor(self, text, frames, input_ids) -> None:
         """The HF processor also needs num2words for its intro; without it, no cross-check."""
