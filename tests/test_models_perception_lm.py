@@ -242,3 +242,26 @@ def test_perception_lm_refuses_a_processor_with_another_pooling(tmp_path):
     path = build(tmp_path / "model", pooling_ratio=1)
     with pytest.raises(ValueError, match="pooling_ratio 1 is not the model's"):
         load_videollm(path)
+
+
+def test_bicubic_resize_is_torchvisions():
+    """Frames resized as torchvision 0.29.1 resizes them on CPU (``F.resize`` bicubic,
+    antialias, uint8 in and out), the processors' path where torchvision is installed. The
+    references are sha256 digests of torchvision's own outputs for these frames (regenerate with
+    ``hashlib.sha256(F.resize(x, size, interpolation=BICUBIC, antialias=True).numpy()
+    .tobytes())``); a float resize rounded back to uint8 is up to 13 grey levels off."""
+    import hashlib
+
+    import numpy as np
+
+    from mapflow_tl.models.pixels import resize_and_normalize
+
+    frames = torch.from_numpy(np.random.RandomState(7).randint(0, 256, (2, 3, 11, 13),
+                                                               dtype=np.uint8))
+    torchvision_digests = {
+        (5, 6): "3eb6cdb97ef81ca3b386c6f5f7edc6de62b9049bc33fdf3ed6aaddd9f1dba23b",
+        (16, 20): "8321183cd9e416df0a8dd9922eca0063c1c3654963d6504c938333de64dab675"}
+    for size, digest in torchvision_digests.items():
+        resized = resize_and_normalize(frames, size, resample=3, do_rescale=False,
+                                       do_normalize=False).to(torch.uint8)
+        assert hashlib.sha256(resized.contiguous().numpy().tobytes()).hexdigest() == digest
