@@ -244,12 +244,19 @@ def test_perception_lm_refuses_a_processor_with_another_pooling(tmp_path):
         load_videollm(path)
 
 
-def test_bicubic_resize_is_torchvisions():
-    """Frames resized as torchvision 0.29.1 resizes them on CPU (``F.resize`` bicubic,
-    antialias, uint8 in and out), the processors' path where torchvision is installed. The
-    references are sha256 digests of torchvision's own outputs for these frames (regenerate with
-    ``hashlib.sha256(F.resize(x, size, interpolation=BICUBIC, antialias=True).numpy()
-    .tobytes())``); a float resize rounded back to uint8 is up to 13 grey levels off."""
+@pytest.mark.parametrize("resample, torchvision_digests", [
+    (3, {(5, 6): "3eb6cdb97ef81ca3b386c6f5f7edc6de62b9049bc33fdf3ed6aaddd9f1dba23b",
+         (16, 20): "8321183cd9e416df0a8dd9922eca0063c1c3654963d6504c938333de64dab675"}),
+    (1, {(5, 6): "9ade38d0e2e5117cab2bc5c5fdf99ba205cb8c339a9165e3235696cfdb5907f3",
+         (16, 20): "45a4b0848047f8b02999a09734ffacf73f0696b4b337315eb00634427ab81f4c"}),
+], ids=["bicubic", "lanczos"])
+def test_resize_is_torchvisions(resample, torchvision_digests):
+    """Frames resized as torchvision 0.29.1 resizes them on CPU (``F.resize``, antialias, uint8
+    in and out), the processors' path where torchvision is installed: bicubic (Perception LM &
+    co.) and LANCZOS (SmolVLM2). The references are sha256 digests of torchvision's own outputs
+    for these frames (regenerate with ``hashlib.sha256(F.resize(x, size, interpolation=...,
+    antialias=True).numpy().tobytes())``); a float resize rounded back to uint8 is up to 13
+    grey levels off for bicubic, Pillow's LANCZOS one level."""
     import hashlib
 
     import numpy as np
@@ -258,10 +265,7 @@ def test_bicubic_resize_is_torchvisions():
 
     frames = torch.from_numpy(np.random.RandomState(7).randint(0, 256, (2, 3, 11, 13),
                                                                dtype=np.uint8))
-    torchvision_digests = {
-        (5, 6): "3eb6cdb97ef81ca3b386c6f5f7edc6de62b9049bc33fdf3ed6aaddd9f1dba23b",
-        (16, 20): "8321183cd9e416df0a8dd9922eca0063c1c3654963d6504c938333de64dab675"}
     for size, digest in torchvision_digests.items():
-        resized = resize_and_normalize(frames, size, resample=3, do_rescale=False,
+        resized = resize_and_normalize(frames, size, resample=resample, do_rescale=False,
                                        do_normalize=False).to(torch.uint8)
         assert hashlib.sha256(resized.contiguous().numpy().tobytes()).hexdigest() == digest

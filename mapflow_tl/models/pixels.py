@@ -78,7 +78,8 @@ class FramePreprocessor:
 
 
 # ---------------------------------------------------------------------- torch video processors
-_RESAMPLE = {2: "bilinear", 3: "bicubic", "bilinear": "bilinear", "bicubic": "bicubic"}
+_RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic", "lanczos": "lanczos",
+             "bilinear": "bilinear", "bicubic": "bicubic"}
 
 
 def resize_and_normalize(
@@ -103,12 +104,12 @@ def resize_and_normalize(
     """
     mode = _RESAMPLE.get(resample)
     if mode is None:
-        raise InputError(f"video resample {resample!r} is not supported; use 2 (bilinear) or 3 "
-                         f"(bicubic) in video_preprocessor_config.json")
+        raise InputError(f"video resample {resample!r} is not supported; use 1 (lanczos), 2 "
+                         f"(bilinear) or 3 (bicubic) in video_preprocessor_config.json")
     if do_resize and tuple(frames.shape[-2:]) != tuple(size):
         if frames.device.type == "cpu":
-            # torch's native uint8 kernels, which torchvision's resize runs on CPU for both
-            # modes: the float path below differs from them by up to 13 grey levels (bicubic).
+            # torch's native uint8 kernels, which torchvision's resize runs on CPU (lanczos from
+            # torchvision 0.27): the float path below differs by up to 13 grey levels (bicubic).
             frames = nn.functional.interpolate(frames, size=list(size), mode=mode,
                                                align_corners=False, antialias=True)
         else:

@@ -89,16 +89,8 @@ def video_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:
 
 def _resize_uint8(frames: UInt8[torch.Tensor, "T 3 H W"], size: tuple[int, int],
                   resample: int) -> UInt8[torch.Tensor, "T 3 h w"]:
-    """One uint8 → uint8 resize: LANCZOS through Pillow, bilinear / bicubic as transformers'
-    torch backend (``resize_and_normalize`` without rescale and normalisation)."""
-    if tuple(frames.shape[-2:]) == tuple(size):
-        return frames
-    if resample == LANCZOS:
-        from PIL import Image
-
-        resized = [np.asarray(Image.fromarray(frame.permute(1, 2, 0).numpy()).resize(
-            (size[1], size[0]), Image.LANCZOS)) for frame in frames]
-        return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
+    """One uint8 → uint8 resize as transformers' torch backend does it (``resize_and_normalize``
+    without rescale and normalisation; LANCZOS through torch's kernel, as torchvision ≥ 0.27)."""
     return resize_and_normalize(frames, size, resample=resample, do_rescale=False,
                                 do_normalize=False).to(torch.uint8)
 
