@@ -223,6 +223,26 @@ def test_smolvlm_bf16_runs_close_to_hf_bf16(smolvlm_dir):
                hf_model_of)
 
 
+@pytest.mark.parametrize("drop_size", [False, True], ids=["size", "video_sampling"])
+def test_smolvlm_frame_sizes_are_the_video_processors(tmp_path, drop_size):
+    """The settings the HF video processor takes from the same file (its own __init__: the
+    file's "size" wins over video_sampling's video_size, which applies without it)."""
+    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+
+    path = build(tmp_path / "model")
+    settings = json.loads((path / "preprocessor_config.json").read_text())
+    settings["video_sampling"]["video_size"] = {"longest_edge": 48}
+    if drop_size:
+        del settings["size"]
+    (path / "preprocessor_config.json").write_text(json.dumps(settings))
+    processor = SmolVLMVideoProcessor(**settings)
+    ours = load_videollm(path).adapter.video_config
+    assert ours["size"] == {k: v for k, v in dict(processor.size).items() if v is not None}
+    assert ours["size"] == {"longest_edge": 48 if drop_size else 64}
+    assert ours["max_image_size"] == processor.max_image_size
+    assert ours["resample"] == processor.resample
+
+
 def test_smolvlm_refuses_a_processor_of_another_size(tmp_path):
     path = build(tmp_path / "model")
     settings = json.loads((path / "preprocessor_config.json").read_text())

@@ -117,10 +117,11 @@ class SmolVLMAdapter(NativeVideoAdapter):
         self.options = {**self.options,
                         "template": self.options.get("template") or DEFAULT_CHAT_TEMPLATE}
         super().load()
-        self.video_config = {**self.video_defaults, **video_processor_settings(self.path)}
-        c = self.video_config
-        if "video_sampling" in c:  # SmolVLMVideoProcessor.__init__: "size" wins over it
-            c["size"] = c.get("size") or c["video_sampling"]["video_size"]
+        settings = video_processor_settings(self.path)
+        if "video_sampling" in settings and "size" not in settings:
+            # SmolVLMVideoProcessor.__init__: the file's "size" wins, else the sampling's
+            settings["size"] = settings["video_sampling"]["video_size"]
+        self.video_config = c = {**self.video_defaults, **settings}
         vision = self.hf_config.vision_config
         patches = vision.image_size // vision.patch_size
         scale = self.hf_config.scale_factor
