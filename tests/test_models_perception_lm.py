@@ -269,3 +269,19 @@ def test_resize_is_torchvisions(resample, torchvision_digests):
         resized = resize_and_normalize(frames, size, resample=resample, do_rescale=False,
                                        do_normalize=False).to(torch.uint8)
         assert hashlib.sha256(resized.contiguous().numpy().tobytes()).hexdigest() == digest
+
+
+def test_perception_lm_defaults_are_the_video_processors():
+    """Settings a checkpoint's file leaves out take PerceptionLMVideoProcessor's own defaults."""
+    from transformers.models.perception_lm.video_processing_perception_lm import (
+        PerceptionLMVideoProcessor,
+    )
+
+    from mapflow_tl.models.perception_lm import PerceptionLMAdapter
+
+    processor, ours = PerceptionLMVideoProcessor(), PerceptionLMAdapter.video_defaults
+    assert ours["size"] == {k: v for k, v in dict(processor.size).items() if v is not None}
+    assert ours["resample"] == processor.resample
+    assert ours["image_mean"] == list(processor.image_mean)
+    assert ours["image_std"] == list(processor.image_std)
+    assert not processor.do_center_crop and processor.do_resize and processor.do_normalize
