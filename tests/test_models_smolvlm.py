@@ -192,6 +192,22 @@ def test_smolvlm_timestamps_of_a_video_file_follow_the_processor(smolvlm, monkey
     assert vlm.adapter.expansion(np.array([0.5, 30.5, 75.5])) == expected
 
 
+def test_smolvlm_from_an_mp4_file_writes_its_frames_times(smolvlm_dir, tmp_path):
+    """A video file's frames carry their times: 30 frames at 1 fps, midpoints 3, 10, 17, 25."""
+    from test_models_qwen import write_mp4
+
+    video = write_mp4(tmp_path / "clip.mp4", n_frames=30, fps=1)
+    vlm = load_videollm(smolvlm_dir, num_frames=4)
+    x = vlm.prepare(VideoSample(video, QUESTION, OPTIONS, answer=0))
+    assert x.meta["timestamps"] == [3.0, 10.0, 17.0, 25.0] and len(x.segments.frames) == 4
+    text = vlm.tokenizer.decode(x.input_ids[0, x.segments.video.start:x.segments.video.stop])
+    assert text.startswith("You are provided the following series of four frames from a "
+                           "0:00:25 [H:MM:SS] video.\n")
+    assert [line.split(":<")[0] for line in text.split("\n") if line.startswith("Frame")] == [
+        f"Frame from 00:{second:02d}" for second in (3, 10, 17, 25)]
+    check_logits(vlm, hf_model_of(smolvlm_dir, HF_CLASS), x)
+
+
 def test_smolvlm_number_words_are_num2words():
     from mapflow_tl.models.smolvlm import number_words
 
