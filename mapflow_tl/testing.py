@@ -68,7 +68,8 @@ def additive_mask(n: int, blocked: Bool[torch.Tensor, "query key"] | None, n_hea
 
 def decoder_layers(hf_model: torch.nn.Module) -> torch.nn.ModuleList:
     """The decoder layers of a Hugging Face causal LM or multimodal model."""
-    for path in ("model.layers", "model.language_model.layers", "language_model.model.layers"):
+    for path in ("model.layers", "model.language_model.layers", "language_model.model.layers",
+                 "model.text_model.layers"):
         module = hf_model
         try:
             for part in path.split("."):

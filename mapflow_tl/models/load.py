@@ -34,6 +34,8 @@ FAMILY_MODULES: tuple[str, ...] = (
     "internvl_chat",
     "qwen_vl",
     "qwen3_vl",
+    "smolvlm",
+    "perception_lm",
 )
 
 #: Built-in model names resolving to directories shipped with the package: the SynthTV model

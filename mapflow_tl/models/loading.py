@@ -28,6 +28,7 @@ __all__ = [
     "quiet_progress_bars",
     "read_weight_files",
     "load_tokenizer",
+    "video_processor_settings",
     "torchvision_available",
     "check_processor_ids",
 ]
@@ -266,6 +267,20 @@ def _mismatched(model_class: type, path: Path, dtype: torch.dtype, kwargs: dict)
     return "; ".join(entries[:3]) + more if entries else "shapes differ"
 
 
+def video_processor_settings(path: Path) -> dict[str, Any]:
+    """The HF video processor's settings where ``BaseVideoProcessor.from_pretrained`` finds them:
+    the ``video_processor`` entry of processor_config.json (transformers 5's layout), else
+    video_preprocessor_config.json, else the image processor's preprocessor_config.json (older
+    releases keep the video settings there); ``{}`` when none exists."""
+    nested = read_json(path / "processor_config.json").get("video_processor")
+    if isinstance(nested, dict):
+        return nested
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if (path / name).is_file():
+            return read_json(path / name)
+    return {}
+
+
 def load_tokenizer(path: Path) -> Any:
     """The checkpoint's fast tokenizer (offset mappings are needed for exact spans)."""
     from transformers import AutoTokenizer
@@ -302,6 +317,7 @@ def check_processor_ids(adapter: Any, text: str, frames: np.ndarray,
 
         adapter.processor = AutoProcessor.from_pretrained(adapter.path)
     theirs = adapter.processor(text=text, videos=[frames], return_tensors="pt",
+                               add_special_tokens=getattr(adapter, "add_special_tokens", True),
                                **video_kwargs)["input_ids"]
     if not torch.equal(theirs.cpu(), input_ids.cpu()):
         raise RuntimeError(

@@ -102,6 +102,8 @@ class NativeVideoAdapter(FamilyAdapter):
     default_frame_sampler: ClassVar[str] = "midpoints"
     #: Load options this family accepts besides the common ones.
     family_options: ClassVar[tuple[str, ...]] = ()
+    #: Attribute of the HF ``model.model`` that holds the text decoder (SmolVLM: "text_model").
+    text_model_attribute: ClassVar[str] = "language_model"
 
     def __init__(self, path: Path, config: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(path, config, **kwargs)
@@ -126,7 +128,7 @@ class NativeVideoAdapter(FamilyAdapter):
         self.video_config = {**self.video_defaults,
                              **read_json(self.path / "video_preprocessor_config.json")}
         self.hf_config = hf_model.config
-        language_model = hf_model.model.language_model
+        language_model = getattr(hf_model.model, self.text_model_attribute)
         # A tied lm_head shares the embedding's weight, so passing it is right either way.
         self.backbone = hooked_from_hf(
             language_model, hf_model.lm_head, hf_model.config.text_config,
@@ -194,7 +196,8 @@ class NativeVideoAdapter(FamilyAdapter):
         def stop(module, args, kwargs):
             raise _Captured(kwargs)
 
-        handle = model.language_model.register_forward_pre_hook(stop, with_kwargs=True)
+        handle = getattr(model, self.text_model_attribute).register_forward_pre_hook(
+            stop, with_kwargs=True)
         inputs = {name: value.to(device, self.dtype) if value.is_floating_point()
                   else value.to(device) for name, value in model_kwargs.items()}
         try:

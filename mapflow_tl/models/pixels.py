@@ -78,7 +78,8 @@ class FramePreprocessor:
 
 
 # ---------------------------------------------------------------------- torch video processors
-_RESAMPLE = {2: "bilinear", 3: "bicubic", "bilinear": "bilinear", "bicubic": "bicubic"}
+_RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic", "lanczos": "lanczos",
+             "bilinear": "bilinear", "bicubic": "bicubic"}
 
 
 def resize_and_normalize(
@@ -97,15 +98,18 @@ def resize_and_normalize(
     do (``TorchvisionBackend.resize`` + fused ``rescale_and_normalize``), in plain torch.
 
     transformers' video processors need torchvision, which has no CPU build for this torch on
-    PyPI; this mirrors their arithmetic: uint8 in, float interpolation, rounded back to uint8
-    (torchvision's uint8 path), then ``(x - mean/scale) / (std/scale)``.
+    PyPI; this mirrors their arithmetic: uint8 in, torch's uint8 antialiased interpolation
+    (torchvision's CPU path; elsewhere float interpolation rounded back to uint8), then
+    ``(x - mean/scale) / (std/scale)``.
     """
     mode = _RESAMPLE.get(resample)
     if mode is None:
-        raise InputError(f"video resample {resample!r} is not supported; use 2 (bilinear) or 3 "
-                         f"(bicubic) in video_preprocessor_config.json")
+        raise InputError(f"video resample {resample!r} is not supported; use 1 (lanczos), 2 "
+                         f"(bilinear) or 3 (bicubic) in video_preprocessor_config.json")
     if do_resize and tuple(frames.shape[-2:]) != tuple(size):
-        if mode == "bilinear" and frames.device.type == "cpu":
+        if frames.device.type == "cpu":
+            # torch's native uint8 kernels, which torchvision's resize runs on CPU (lanczos from
+            # torchvision 0.27): the float path below differs by up to 13 grey levels (bicubic).
             frames = nn.functional.interpolate(frames, size=list(size), mode=mode,
                                                align_corners=False, antialias=True)
         else:
