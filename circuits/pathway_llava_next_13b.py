@@ -9,8 +9,9 @@ video→video blocked after L20, question→question after L30.
 from mapflow_tl.circuits import paper_pathway
 
 NAME = "pathway-llava-next-13b"
-DESCRIPTION = ("effective pathway of LLaVA-NeXT-13B-Video-FT: cross-frame L6–15, video→question "
-               "L6–20, question→last L16–30 (40 layers)")
+DESCRIPTION = ("effective pathway of LLaVA-NeXT-13B-Video-FT: cross-frame 5–14 (L6–15), "
+               "video→question 5–19 (L6–20), question→last 15–29 (L16–30) (40 layers; blocks "
+               "0-based, the paper's 1-based ranges in brackets)")
 
 #: The official random baseline's ratio for this model, the default of ``prune``'s random
 #: pruning: ``--random_block_ratio 0.63`` in the official

@@ -9,8 +9,9 @@ accounting on the paper's layout."""
 from mapflow_tl.circuits import paper_pathway
 
 NAME = "pathway-llava-next-7b"
-DESCRIPTION = ("effective pathway of LLaVA-NeXT-7B-Video-FT: cross-frame L6–15, video→question "
-               "L6–20, question→last L16–25 (32 layers)")
+DESCRIPTION = ("effective pathway of LLaVA-NeXT-7B-Video-FT: cross-frame 5–14 (L6–15), "
+               "video→question 5–19 (L6–20), question→last 15–24 (L16–25) (32 layers; blocks "
+               "0-based, the paper's 1-based ranges in brackets)")
 
 #: The official random baseline's ratio for this model, the default of ``prune``'s random
 #: pruning: ``--random_block_ratio 0.58`` in the official

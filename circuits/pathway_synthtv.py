@@ -18,8 +18,10 @@ from mapflow_tl.layers import layer_range
 from mapflow_tl.hooks import PathwaySpec
 
 NAME = "pathway-synthtv"
-DESCRIPTION = ("SynthTV pathway, measured on synthtv-video-ft's flow curves: cross-frame L1–4, "
-               "video→question L1–5, question→last L1–8, video→last L1–3 (8 layers)")
+DESCRIPTION = ("SynthTV pathway, measured on synthtv-video-ft's flow curves: cross-frame 0–3 "
+               "(L1–4), video→question 0–4 (L1–5), question→last 0–7 (L1–8), video→last 0–2 "
+               "(L1–3) (8 layers; blocks 0-based, 1-based L ranges as the paper writes them in "
+               "brackets)")
 
 
 def pathway(seg, n_layers):

@@ -12,8 +12,9 @@ the official code does; docs/paper_parity.md has the edge accounting on the pape
 from mapflow_tl.circuits import paper_pathway
 
 NAME = "pathway-videollama3-7b"
-DESCRIPTION = ("effective pathway of VideoLLaMA3-7B: cross-frame L1–15, video→question L6–20, "
-               "question→last L21–28 (28 layers; official script)")
+DESCRIPTION = ("effective pathway of VideoLLaMA3-7B: cross-frame 0–14 (L1–15), video→question "
+               "5–19 (L6–20), question→last 20–27 (L21–28) (28 layers, official script; blocks "
+               "0-based, the paper's 1-based ranges in brackets)")
 
 #: The official random baseline's ratio for this model, the default of ``prune``'s random
 #: pruning: ``--random_block_ratio 0.42`` in the official

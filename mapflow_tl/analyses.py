@@ -382,8 +382,9 @@ def keyword_counts(rows: Iterable[dict[str, Any]], spatial: Sequence[str],
 
 def keyword_bins(counts: Iterable[dict[str, Any]], *, size: int = 5) -> list[dict[str, Any]]:
     """:func:`keyword_counts` summed over bins of ``size`` layers: 0-based layers
-    ``[i, i + size)`` labelled ``"i+1–i+size"`` (1-based), the last bin cut at the model's
-    depth. Five layers per bin, as the paper's labels say (the official plotting code sums six,
+    ``[i, i + size)`` labelled ``"i–j"`` with the layers it holds (0-based, as every layer
+    number the library shows; the paper's figure labels the first bin "1–5"), the last bin cut
+    at the model's depth. Five layers per bin, as the paper's labels say (the official plotting code sums six,
     ``.loc[kw, i:i+5]`` being inclusive — not reproduced). One row per (group, keyword, bin)
     (``keyword_bins`` table)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -399,7 +400,7 @@ def keyword_bins(counts: Iterable[dict[str, Any]], *, size: int = 5) -> list[dic
     out = []
     for entry in bins.values():
         out.append({"group": entry["group"], "keyword": entry["keyword"],
-                    "bin": f"{entry['first_layer'] + 1}–{entry['first_layer'] + size}",
+                    "bin": f"{entry['first_layer']}–{entry['last_layer']}",
                     "first_layer": entry["first_layer"], "last_layer": entry["last_layer"],
                     "count": entry["count"]})
     return out

@@ -259,25 +259,28 @@ class PathwaySpec:
         return baseline_spec
 
     def describe(self) -> str:
-        """The rules, one a line, with 1-based layer ranges as the paper and the circuit files
-        write them ("keep cross-frame in L6–15" = blocks 5…14)."""
+        """The rules, one a line, in 0-based blocks with the paper's 1-based range beside
+        ("keep cross-frame in blocks 5–14 (paper L6–15)")."""
         return "\n".join(rule[2] for rule in self.rules)
 
 
 def _ranges(layers: Iterable[int]) -> str:
-    """0-based blocks as the paper's 1-based ranges: [5, 6, 7, 9] → "L6–8, L10"."""
-    ordered = sorted(layer + 1 for layer in layers)
+    """0-based blocks with the paper's 1-based ranges beside: [5, 6, 7, 9] → "blocks 5–7, 9
+    (paper L6–8, L10)"."""
+    ordered = sorted(set(layers))
     if not ordered:
         return "no layer"
-    parts, start, previous = [], ordered[0], ordered[0]
+    runs, start, previous = [], ordered[0], ordered[0]
     for layer in ordered[1:] + [None]:
         if layer is None or layer != previous + 1:
-            parts.append(f"L{start}" if start == previous else f"L{start}–{previous}")
+            runs.append((start, previous))
             if layer is not None:
                 start = layer
         if layer is not None:
             previous = layer
-    return ", ".join(parts)
+    blocks = ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs)
+    paper = ", ".join(f"L{a + 1}" if a == b else f"L{a + 1}–{b + 1}" for a, b in runs)
+    return f"{'block' if len(ordered) == 1 else 'blocks'} {blocks} (paper {paper})"
 
 
 #: The random-pruning baselines: the official one (the same number of edges in every layer) and

@@ -456,9 +456,9 @@ def test_keyword_counts_first_subtoken_exact_and_five_layer_bins():
     bins = {(r["keyword"], r["bin"]): (r["count"], r["first_layer"], r["last_layer"]) for r in
             A.keyword_bins(A.keyword_counts(rows, spatial, temporal, tokenizer=tokenizer))}
     # five layers a bin: 0-based 0–4, 5–9, 10–11 (the official plot sums six: 0–5 would be 2)
-    assert bins[("tid", "1–5")] == (1, 0, 4)
-    assert bins[("tid", "6–10")] == (1, 5, 9)
-    assert bins[("tid", "11–15")] == (1, 10, 11)
+    assert bins[("tid", "0–4")] == (1, 0, 4)     # the paper's figure labels it "1–5"
+    assert bins[("tid", "5–9")] == (1, 5, 9)
+    assert bins[("tid", "10–11")] == (1, 10, 11)   # the last bin cut at the depth
     per_layer = A.keyword_frequency(rows, spatial, temporal, tokenizer=tokenizer)
     assert [r["spatial"] for r in per_layer][:7] == [0, 0, 0, 1, 1, 0, 1]
     assert [r["temporal"] for r in per_layer][:7] == [1, 0, 0, 0, 0, 1, 0]

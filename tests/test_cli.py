@@ -170,14 +170,15 @@ def test_circuits_lists_the_good_files_and_names_the_broken_one(tmp_path, capsys
 
 def test_crossframe_command_runs_finding_one_on_two_checkpoints(tmp_path, capsys, monkeypatch):
     """Finding 1 on any pair of checkpoints: the rows equal crossframe_knockout on the same
-    prepared samples, both models are drawn in the report, and --layers is 1-based."""
+    prepared samples, both models are drawn in the report, and --layers counts blocks from 0
+    (the paper's 1-based range as L1-4)."""
     import mapflow_tl as mf
     from mapflow_tl.runs import read_table
 
     monkeypatch.setenv("MAPFLOW_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "f1"
     assert main(["crossframe", "--model", "synthtv-video-ft", "--compare-model", "synthtv-image",
-                 "--task", "Action Sequence", "--limit", "2", "--layers", "1-4",
+                 "--task", "Action Sequence", "--limit", "2", "--layers", "0-3",
                  "--out", str(out)]) == 0
     rows = read_table(out, "crossframe")
     assert {r["model"] for r in rows} == {"synthtv-video-ft", "synthtv-image"}
@@ -190,9 +191,15 @@ def test_crossframe_command_runs_finding_one_on_two_checkpoints(tmp_path, capsys
         assert [r["correct"] for r in got] == [r["correct"] for r in expected]
     page = mf.build_report(out).read_text()
     assert 'id="finding-1"' in page and "image-only" in page
-    assert main(["crossframe", "--model", "synthtv-video-ft", "--layers", "5-9",
+    from mapflow_tl.cli.analysis import _layer_list
+    assert _layer_list("0-3") == _layer_list("L1-4") == _layer_list("l1–4") == (1, 4)
+    assert _layer_list("7") == (8, 8)
+    for bad in ("-1-3", "4-2", "L0-3", "a-b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _layer_list(bad)
+    assert main(["crossframe", "--model", "synthtv-video-ft", "--layers", "4-8",
                  "--out", str(tmp_path / "bad"), "--limit", "1"]) == 2
-    assert "L5–9" in capsys.readouterr().err
+    assert "L5–9" in capsys.readouterr().err        # blocks 4-8 of an 8-layer model
     assert not (tmp_path / "bad").exists()           # refused before anything was written
 
 

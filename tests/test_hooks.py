@@ -289,9 +289,10 @@ def test_spec_hooks_equal_per_layer_knockouts(tiny_backbone, layout):
     ours = run_from_embeds(tiny_backbone, embeds, fwd_hooks=spec.hooks())
     reference = run_from_embeds(tiny_backbone, embeds, fwd_hooks=manual)
     assert (ours - reference).abs().max() <= 1e-6
-    # 1-based ranges, as the paper and the circuit files write them: blocks 1–2 are L2–3
-    assert spec.describe().splitlines() == ["keep cross-frame in L2–3",
-                                            "block (video → last | last → last) in L1–4"]
+    # 0-based blocks, the paper's 1-based ranges beside: blocks 1–2 are its L2–3
+    assert spec.describe().splitlines() == [
+        "keep cross-frame in blocks 1–2 (paper L2–3)",
+        "block (video → last | last → last) in blocks 0–3 (paper L1–4)"]
 
 
 def test_from_mapping_modes():
@@ -479,14 +480,16 @@ def test_head_knockout_refuses_a_head_equal_to_the_head_count(tiny_backbone, lay
 
 def test_spec_hooks_only_where_something_is_blocked_and_describe_in_paper_numbers(layout):
     """A spec attaches hooks only to the layers where some rule blocks edges; describe() writes
-    the paper's 1-based ranges ("L2–3", a single layer as "L5")."""
+    0-based blocks with the paper's 1-based ranges beside ("blocks 1–2 (paper L2–3)", a single
+    layer as "block 4 (paper L5)")."""
     video_to_last = E.video_to_last(layout)
     spec = PathwaySpec(6).block(video_to_last, [1, 2]).block(E.last_to_last(layout), [4])
     assert [name for name, _ in spec.hooks()] == [f"blocks.{layer}.attn.hook_attn_scores"
                                                   for layer in (1, 2, 4)]
-    assert spec.describe() == "block video → last in L2–3\nblock last → last in L5"
+    assert spec.describe() == ("block video → last in blocks 1–2 (paper L2–3)\n"
+                               "block last → last in block 4 (paper L5)")
     kept = PathwaySpec(4).keep(video_to_last, [0, 2])
-    assert kept.describe() == "keep video → last in L1, L3"
+    assert kept.describe() == "keep video → last in blocks 0, 2 (paper L1, L3)"
     assert [name for name, _ in kept.hooks()] == ["blocks.1.attn.hook_attn_scores",
                                                   "blocks.3.attn.hook_attn_scores"]
 

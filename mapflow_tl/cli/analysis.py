@@ -256,15 +256,22 @@ def _attention(args: argparse.Namespace) -> int:
 
 
 def _layer_list(text: str) -> tuple[int, int]:
-    """argparse type for ``--layers FIRST-LAST``: the paper's 1-based, inclusive range."""
-    first, sep, last = text.partition("-")
+    """argparse type for ``--layers FIRST-LAST``: 0-based blocks, inclusive (``0-15``), or the
+    paper's 1-based range written as it writes it (``L1-16``, the same blocks). Returned as the
+    paper's 1-based bounds, which :func:`~mapflow_tl.layers.layer_range` reads."""
+    paper = text[:1] in ("L", "l")
+    first, sep, last = (text[1:] if paper else text).replace("–", "-").partition("-")
     try:
         bounds = (int(first), int(last if sep else first))
+        if not paper:
+            if bounds[0] < 0:
+                raise ValueError
+            bounds = (bounds[0] + 1, bounds[1] + 1)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FIRST-LAST (1-based, e.g. 1-16), got "
-                                         f"{text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected FIRST-LAST, 0-based blocks (e.g. 0-15) or "
+                                         f"the paper's L1-16, got {text!r}") from None
     if not 1 <= bounds[0] <= bounds[1]:
-        raise argparse.ArgumentTypeError(f"expected 1 <= FIRST <= LAST, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected FIRST <= LAST, got {text!r}")
     return bounds
 
 
@@ -441,8 +448,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             help="a second model run on the same samples, e.g. the image-only "
                                  "twin (drawn beside the first in the report)")
     crossframe.add_argument("--layers", type=_layer_list, default=None, metavar="FIRST-LAST",
-                            help="knocked-out layers, 1-based and inclusive as the paper writes "
-                                 "them (default: the first half, the paper's 1-16 of 32)")
+                            help="knocked-out blocks, 0-based and inclusive (0-15), or the "
+                                 "paper's 1-based range as L1-16 (default: the first half, the "
+                                 "paper's L1-16 of 32)")
     _add_correctness(crossframe)
     crossframe.set_defaults(handler=_crossframe)
 
