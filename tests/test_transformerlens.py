@@ -281,6 +281,20 @@ def test_return_types_as_in_transformerlens(vlm, x):
         vlm(unanswered, return_type="loss")
 
 
+def test_the_backbone_tokenizes_text_as_a_hooked_transformer_does(vlm):
+    """``vlm.backbone.to_tokens`` / ``to_string`` / ``to_str_tokens`` work on text, with the
+    checkpoint's tokenizer (a copy: TransformerLens fills special tokens in place, and the
+    prompts must keep the tokenizer as it is)."""
+    text = "what does the red circle do ?"
+    tokens = vlm.backbone.to_tokens(text, prepend_bos=False)
+    assert tokens[0].tolist() == vlm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert vlm.backbone.to_string(tokens[0]) == text
+    assert vlm.backbone.to_str_tokens(text, prepend_bos=False) == text.split()
+    assert vlm.backbone.tokenizer is not vlm.tokenizer
+    logits = vlm.backbone(text, prepend_bos=False)
+    assert logits.shape == (1, len(text.split()), vlm.cfg.d_vocab)
+
+
 # ------------------------------------------------------------------------------- names filter
 def test_names_filter_as_string_list_and_function(vlm, x):
     _, everything = vlm.run_with_cache(x)

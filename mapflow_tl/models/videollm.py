@@ -10,6 +10,8 @@ names a family.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +215,7 @@ class VideoLLM:
     def __init__(self, adapter: FamilyAdapter, name: str) -> None:
         self.adapter, self.name = adapter, name
         _install_placeholder_guard(self.backbone, placeholder_token_ids(adapter))
+        _give_the_backbone_its_tokenizer(self.backbone, self.tokenizer)
 
     @contextmanager
     def _building_embeddings(self) -> Iterator[None]:
@@ -395,6 +398,24 @@ class VideoLLM:
         cfg = self.backbone.cfg
         return (f"VideoLLM({self.name!r}, family={self.family}, {cfg.n_layers} layers, "
                 f"d_model={cfg.d_model})")
+
+
+def _give_the_backbone_its_tokenizer(backbone: HookedTransformer, tokenizer: Any) -> None:
+    """``vlm.backbone.to_tokens`` / ``to_string`` / ``to_str_tokens`` on text, as on any
+    HookedTransformer. TransformerLens' ``set_tokenizer`` fills missing special tokens and the
+    padding side in place, so it gets a copy: the prompts keep the checkpoint's own tokenizer.
+    The text surface is a convenience; a tokenizer TransformerLens cannot take (not a Hugging
+    Face tokenizer, or one it cannot re-open with a BOS token) leaves it off, with a warning."""
+    from transformers import PreTrainedTokenizerBase
+
+    if backbone.tokenizer is not None or not isinstance(tokenizer, PreTrainedTokenizerBase):
+        return
+    try:
+        backbone.set_tokenizer(copy.deepcopy(tokenizer))
+    except Exception as error:  # noqa: BLE001 — any failure only costs the text helpers
+        warnings.warn(f"vlm.backbone.to_tokens / to_string are unavailable: TransformerLens "
+                      f"could not take the tokenizer ({type(error).__name__}: {error}); "
+                      f"tokenize with vlm.tokenizer instead", stacklevel=3)
 
 
 def _edges_checked(x: Any, fwd_hooks: HookList) -> list:
