@@ -140,6 +140,11 @@ def hooked_config_from_hf(
     scale are not TransformerLens config fields: :func:`hooked_from_hf` installs the HF rotary
     module's own tables, so this config alone does not carry them.
 
+    GLM-4.1V (``glm4v_text``): the post-attention / post-MLP RMSNorms become TransformerLens'
+    ``ln1_post`` / ``ln2_post`` (``use_normalization_before_and_after``) and its partial rotary
+    rotates adjacent pairs (``rotary_adjacent_pairs``, ``rotary_dim`` from
+    ``rope_parameters["partial_rotary_factor"]``).
+
     ``positions="per_sample"`` accepts a multimodal rotary scheme (M-RoPE) on the promise that the
     caller supplies every sample's rotary angles through :class:`RotaryPositions`.
     """
