@@ -178,6 +178,30 @@ def test_glm4v_layout_follows_the_hf_processor(glm):
         assert rows.tolist() == [0, 0, 0, 1, 1, 1] and columns.tolist() == [0, 1, 2] * 2
 
 
+def test_glm4v_each_frame_holds_its_own_features(glm):
+    """Frame t's positions receive the t-th token frame of the model's own video features."""
+    vlm, x, hf_model = glm
+    inputs = x.meta["model_inputs"]
+    with torch.no_grad():
+        features = hf_model.model.get_video_features(
+            inputs["pixel_values_videos"], inputs["video_grid_thw"]).pooler_output[0]
+    cursor = 0
+    for frame in x.segments.frames:
+        count = frame.stop - frame.start
+        got = x.embeds[0, frame.start:frame.stop]
+        assert (got - features[cursor:cursor + count]).abs().max().item() == 0.0
+        cursor += count
+    assert cursor == features.shape[0]
+    assert (features[:6] - features[6:12]).abs().max() > 1e-3  # frames differ
+
+
+def test_glm4v_odd_frame_count_repeats_the_last_frame(glm):
+    vlm, _, hf_model = glm
+    y = vlm.prepare(VideoSample(frames_array(5, 32, 48, seed=3), QUESTION, OPTIONS, answer=0))
+    assert [frame.source_frames for frame in y.segments.frames] == [(0, 1), (2, 3), (4, 4)]
+    check_logits(vlm, hf_model, y)
+
+
 def test_glm4v_frame_seconds_follow_the_processor():
     from mapflow_tl.models.glm4v import glm4v_frame_seconds
 
