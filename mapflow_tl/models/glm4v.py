@@ -13,7 +13,7 @@ coordinate (``mrope_section``) and are repeated pairwise — TransformerLens'
 ``rotary_adjacent_pairs`` with ``rotary_dim`` applies the same formula, and
 :class:`~mapflow_tl.models.backbone.RotaryPositions` installs the HF text model's own tables of
 each sample's position ids. Measured on a tiny random model of the real classes (fp32): logits
-within 1e-5 of ``Glm4vForConditionalGeneration``'s own forward (``tests/test_models_glm4v.py``).
+within 6.6e-7 of ``Glm4vForConditionalGeneration``'s own forward (``tests/test_models_glm4v.py``).
 
 The sweep engine's lean suffix forward restates neither the post norms nor adjacent-pair
 rotation (``suffix_forward.lean_unsupported``), so this family's fast sweeps run on the hooked
