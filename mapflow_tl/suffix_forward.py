@@ -142,6 +142,8 @@ def lean_unsupported(model) -> str | None:
     checks = [
         (cfg.normalization_type == "RMS", f"normalization {cfg.normalization_type!r}"),
         (getattr(cfg, "final_rms", True), "a final LayerNorm"),
+        (not getattr(cfg, "use_normalization_before_and_after", False),
+         "norms after attention and MLP (GLM-4 sandwich norms)"),
         (cfg.positional_embedding_type == "rotary",
          f"positional embedding {cfg.positional_embedding_type!r}"),
         (not getattr(cfg, "rotary_adjacent_pairs", False), "rotary on adjacent pairs"),

@@ -45,12 +45,20 @@ LLAMA_LIKE = {
     # Phi-3: the same layer with fused ``qkv_proj`` and ``gate_up_proj`` weights (split on
     # conversion), optional partial rotary, a sliding window that every layer applies.
     "phi3": "Phi3ForCausalLM",
+    # GLM-4.1V's text decoder: the Llama layout plus an RMSNorm on the attention and MLP outputs
+    # before each residual add (TL's use_normalization_before_and_after: ln1_post / ln2_post),
+    # a fused gate_up_proj, and partial M-RoPE rotating adjacent pairs (per-sample tables).
+    "glm4v_text": "Glm4ForCausalLM",
 }
 # Decoders whose attention normalises q and k per head (``self_attn.q_norm`` / ``k_norm``).
 QK_NORM = {"qwen3", "qwen3_vl_text", "qwen3_vl_moe_text"}
 # Decoders whose every MLP is a top-k mixture of experts whose router always renormalises the
 # top-k softmax weights (``Qwen3VLMoeTextTopKRouter``).
 MOE_RENORMALISED = {"qwen3_vl_moe_text"}
+# Decoders that normalise the attention and MLP outputs before adding them to the residual stream
+# (GLM-4's post_self_attn_layernorm / post_mlp_layernorm) and rotate adjacent pairs of the first
+# partial_rotary_factor·d_head dimensions (GLM-4's rotate_half_llm, interleaved tables).
+SANDWICH_NORM = {"glm4v_text"}
 
 
 def _rope_theta(text_config: Any) -> float:
@@ -132,6 +140,11 @@ def hooked_config_from_hf(
     scale are not TransformerLens config fields: :func:`hooked_from_hf` installs the HF rotary
     module's own tables, so this config alone does not carry them.
 
+    GLM-4.1V (``glm4v_text``): the post-attention / post-MLP RMSNorms become TransformerLens'
+    ``ln1_post`` / ``ln2_post`` (``use_normalization_before_and_after``) and its partial rotary
+    rotates adjacent pairs (``rotary_adjacent_pairs``, ``rotary_dim`` from
+    ``rope_parameters["partial_rotary_factor"]``).
+
     ``positions="per_sample"`` accepts a multimodal rotary scheme (M-RoPE) on the promise that the
     caller supplies every sample's rotary angles through :class:`RotaryPositions`.
     """
@@ -147,6 +160,14 @@ def hooked_config_from_hf(
     d_head = getattr(text_config, "head_dim", None) or text_config.hidden_size // n_heads
     n_kv = getattr(text_config, "num_key_value_heads", None) or n_heads
     rotary_dim = d_head
+    if model_type in SANDWICH_NORM:
+        # HF's attention splits heads by hidden_size / heads whatever head_dim says, its rotary
+        # sizes the tables by head_dim: two different numbers cannot both be reproduced
+        if d_head != text_config.hidden_size // n_heads:
+            raise InputError(f"{model_type} backbone with head_dim {d_head} != hidden_size / "
+                             f"num_attention_heads: its attention and rotary disagree")
+        parameters = getattr(text_config, "rope_parameters", None) or {}
+        rotary_dim = int(d_head * float(parameters.get("partial_rotary_factor", 1.0)))
     if model_type == "phi3":
         factor = float(_rope_scaling(text_config).get(
             "partial_rotary_factor", getattr(text_config, "partial_rotary_factor", 1.0)) or 1.0)
@@ -175,7 +196,8 @@ def hooked_config_from_hf(
         positional_embedding_type="rotary",
         rotary_dim=rotary_dim,
         rotary_base=_rope_theta(text_config),
-        rotary_adjacent_pairs=False,
+        rotary_adjacent_pairs=model_type in SANDWICH_NORM,
+        use_normalization_before_and_after=model_type in SANDWICH_NORM,
         final_rms=True,
         gated_mlp=True,
         original_architecture=LLAMA_LIKE[model_type],
@@ -187,7 +209,8 @@ def hooked_config_from_hf(
         tokenizer_prepends_bos=False,
     )
     scaling = _rope_scaling(text_config)
-    if model_type in ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text", "qwen3_vl_moe_text") \
+    if model_type in ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text", "qwen3_vl_moe_text",
+                      "glm4v_text") \
             or scaling.get("mrope_section") \
             or scaling.get("mrope_interleaved"):
         if positions != "per_sample":
@@ -285,6 +308,9 @@ def _state_dict_llama_like(
         attention = layer.self_attn
         state[f"{prefix}.ln1.w"] = layer.input_layernorm.weight
         state[f"{prefix}.ln2.w"] = layer.post_attention_layernorm.weight
+        if cfg.use_normalization_before_and_after:  # GLM-4's sandwich norms
+            state[f"{prefix}.ln1_post.w"] = layer.post_self_attn_layernorm.weight
+            state[f"{prefix}.ln2_post.w"] = layer.post_mlp_layernorm.weight
         for name, (weight, bias), heads, underscore in zip(
             "QKV", _qkv(attention, cfg.n_heads * cfg.d_head, n_kv * cfg.d_head),
             (cfg.n_heads, n_kv, n_kv), ("", gqa, gqa)):

@@ -36,6 +36,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "qwen3_vl",
     "smolvlm",
     "perception_lm",
+    "glm4v",
 )
 
 #: Built-in model names resolving to directories shipped with the package: the SynthTV model
