@@ -408,13 +408,6 @@ def test_videollama3_frame_extents_are_the_official_frames(videollama3_paper):
     assert (got - vlm.run_with_hooks(x)).abs().max() > 1e-3
 
 
-def test_videollama3_remote_code_release_is_refused_with_the_reason(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "videollama3_qwen2", "architectures": ["Videollama3Qwen2ForCausalLM"]}))
-    with pytest.raises(ValueError, match="remote-code release.*model_type 'video_llama_3'"):
-        load_videollm(tmp_path)
-
-
 # ---------------------------------------------------------------------------- InternVL
 @pytest.fixture(scope="module")
 def internvl_dir(tmp_path_factory):
