@@ -475,6 +475,24 @@ def test_internvl_frames_sit_between_img_tokens(internvl):
                 assert torch.equal(x.embeds[0, frame.position(h, w)], features[frame.index, h, w])
 
 
+def test_internvl_knockout_equals_hf_with_explicit_masks(internvl):
+    vlm, x, hf_model = internvl
+    seg, n = x.segments, x.n_positions
+    layers = [0, 2]
+    edges = mf.cross_frame(seg) | mf.Edges(src=seg.video, dst=seg.last)
+    got = vlm.run_with_hooks(x, mf.knockout(edges, layers))
+    pairs = [(seg.frames[s].positions, seg.frames[d].positions)
+             for d in range(len(seg.frames)) for s in range(d)]
+    pairs.append((range(seg.video.start, seg.video.stop), [n - 1]))
+    blocked = block_mask(n, pairs)
+    heads = hf_model.config.text_config.num_attention_heads
+    masks = {layer: additive_mask(n, blocked, heads) for layer in layers}
+    expected = hf_logits_with_layer_masks(hf_model, masks, additive_mask(n, None, heads),
+                                          input_ids=x.input_ids, **x.meta["model_inputs"])
+    assert (got - vlm.run_with_hooks(x)).abs().max() > 1e-3
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
 # ---------------------------------------------------------------------------- files and bad input
 def write_mp4(path, n_frames: int = 30, fps: int = 10):
     import av
