@@ -171,3 +171,11 @@ def test_remote_release_weights_that_do_not_map_are_refused_by_name(remote, tmp_
     with pytest.raises(InputError, match="without a source.*model.projector.readout.2.bias"):
         load_videollm(rewrite(remote, tmp_path, state=state))
     shutil.rmtree(tmp_path / "changed")
+
+
+def test_remote_release_loads_without_asking_to_run_its_code(remote, capfd):
+    """Its config.json names remote code (auto_map): the tokenizer load must not offer to run it
+    (transformers prints "Do you wish to run the custom code?" and waits for an answer)."""
+    load_videollm(remote[0])
+    captured = capfd.readouterr()
+    assert "custom code" not in captured.out + captured.err
