@@ -34,6 +34,11 @@ Defaults follow the official Map-the-Flow VideoLLaMA3 runs (each a load option):
 - ``frame_sampler="linspace"``: frames of a video file at ``np.linspace(first, last, T,
   dtype=int)``, as the official path samples the decoded frames.
 
+The remote-code release the paper ran (``videollama3_qwen2``, ``Videollama3Qwen2ForCausalLM``)
+loads through :class:`VideoLlama3RemoteAdapter` without its code: its config and weights are
+mapped onto the native classes (:func:`remote_config`, :func:`remote_state_dict`), everything else
+is this family's.
+
 When the settings differ from the checkpoint's processor (compression off, another budget), the
 HF processor cannot make the same ids, so the cross-check against it is skipped; the tests
 compare logits with the HF model fed the same inputs instead.
