@@ -408,13 +408,6 @@ def test_videollama3_frame_extents_are_the_official_frames(videollama3_paper):
     assert (got - vlm.run_with_hooks(x)).abs().max() > 1e-3
 
 
-def test_videollama3_remote_code_release_is_refused_with_the_reason(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "videollama3_qwen2", "architectures": ["Videollama3Qwen2ForCausalLM"]}))
-    with pytest.raises(ValueError, match="remote-code release.*model_type 'video_llama_3'"):
-        load_videollm(tmp_path)
-
-
 # ---------------------------------------------------------------------------- InternVL
 @pytest.fixture(scope="module")
 def internvl_dir(tmp_path_factory):
@@ -480,6 +473,24 @@ def test_internvl_frames_sit_between_img_tokens(internvl):
         for h in range(3):
             for w in range(3):
                 assert torch.equal(x.embeds[0, frame.position(h, w)], features[frame.index, h, w])
+
+
+def test_internvl_knockout_equals_hf_with_explicit_masks(internvl):
+    vlm, x, hf_model = internvl
+    seg, n = x.segments, x.n_positions
+    layers = [0, 2]
+    edges = mf.cross_frame(seg) | mf.Edges(src=seg.video, dst=seg.last)
+    got = vlm.run_with_hooks(x, mf.knockout(edges, layers))
+    pairs = [(seg.frames[s].positions, seg.frames[d].positions)
+             for d in range(len(seg.frames)) for s in range(d)]
+    pairs.append((range(seg.video.start, seg.video.stop), [n - 1]))
+    blocked = block_mask(n, pairs)
+    heads = hf_model.config.text_config.num_attention_heads
+    masks = {layer: additive_mask(n, blocked, heads) for layer in layers}
+    expected = hf_logits_with_layer_masks(hf_model, masks, additive_mask(n, None, heads),
+                                          input_ids=x.input_ids, **x.meta["model_inputs"])
+    assert (got - vlm.run_with_hooks(x)).abs().max() > 1e-3
+    assert (got - expected).abs().max().item() <= 1e-4
 
 
 # ---------------------------------------------------------------------------- files and bad input

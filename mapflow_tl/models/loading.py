@@ -286,7 +286,9 @@ def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        # Never the checkpoint's own code (nor the prompt asking whether to run it): a
+        # remote-code config.json (auto_map) falls back to the plain config.
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001
         raise InputError(f"cannot load the tokenizer of {path}: {error}. The checkpoint needs "
                          f"its tokenizer files (tokenizer.json or tokenizer_config.json)") from None

@@ -115,8 +115,7 @@ class NativeVideoAdapter(FamilyAdapter):
     def load(self) -> None:
         import transformers
 
-        hf_model = load_hf_model(getattr(transformers, self.hf_class_name), self.path,
-                                 self.dtype)
+        hf_model = self.load_hf_model(getattr(transformers, self.hf_class_name))
         self.tokenizer = load_tokenizer(self.path)
         template = self.options.get("template") or load_chat_template(self.path, self.tokenizer)
         if not isinstance(template, str):
@@ -125,8 +124,7 @@ class NativeVideoAdapter(FamilyAdapter):
         self.tokenizer.chat_template = template
         self.placeholder = (getattr(self.tokenizer, self.placeholder_attribute, None)
                             or self.placeholder_default)
-        self.video_config = {**self.video_defaults,
-                             **read_json(self.path / "video_preprocessor_config.json")}
+        self.video_config = self.read_video_config()
         self.hf_config = hf_model.config
         language_model = getattr(hf_model.model, self.text_model_attribute)
         # A tied lm_head shares the embedding's weight, so passing it is right either way.
@@ -140,6 +138,16 @@ class NativeVideoAdapter(FamilyAdapter):
         first_device = self.device if self.n_devices == 1 else self.backbone.cfg.device
         self.vision = hf_model.to(first_device).eval()
         self.processor = None  # loaded on first use where torchvision exists (check below)
+
+    def load_hf_model(self, model_class: type) -> nn.Module:
+        """The full HF model from the checkpoint directory (a remote-code format overrides this
+        to map its weights onto ``model_class``)."""
+        return load_hf_model(model_class, self.path, self.dtype)
+
+    def read_video_config(self) -> dict[str, Any]:
+        """The video processor's settings: ``video_defaults`` overridden by
+        video_preprocessor_config.json."""
+        return {**self.video_defaults, **read_json(self.path / "video_preprocessor_config.json")}
 
     # ------------------------------------------------------------------ video
     def video_inputs(self, frames: UInt8[np.ndarray, "T H W 3"],

@@ -34,6 +34,11 @@ Defaults follow the official Map-the-Flow VideoLLaMA3 runs (each a load option):
 - ``frame_sampler="linspace"``: frames of a video file at ``np.linspace(first, last, T,
   dtype=int)``, as the official path samples the decoded frames.
 
+The remote-code release the paper ran (``videollama3_qwen2``, ``Videollama3Qwen2ForCausalLM``)
+loads through :class:`VideoLlama3RemoteAdapter` without its code: its config and weights are
+mapped onto the native classes (:func:`remote_config`, :func:`remote_state_dict`), everything else
+is this family's.
+
 When the settings differ from the checkpoint's processor (compression off, another budget), the
 HF processor cannot make the same ids, so the cross-check against it is skipped; the tests
 compare logits with the HF model fed the same inputs instead.
@@ -41,37 +46,27 @@ compare logits with the HF model fed the same inputs instead.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, UInt8
 
 from ..errors import InputError
-from .adapter import refuse_format, register_adapter
+from .adapter import register_adapter
+from .loading import check_loaded_keys, check_weights, read_json, read_weight_files
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import patchify, pixel_budget, smart_resize
 from .prompt import MAPFLOW_STYLE, VIDEOLLAMA3_STYLE
 
-__all__ = ["VideoLlama3Adapter", "compression_mask",
+__all__ = ["VideoLlama3Adapter", "VideoLlama3RemoteAdapter", "compression_mask",
+           "remote_config", "remote_state_dict",
            "videollama3_conversation", "PAPER_MAX_VISUAL_TOKENS"]
 
 #: The official Map-the-Flow VideoLLaMA3 runs' visual-token budget (8 frames × 12 × 12).
 PAPER_MAX_VISUAL_TOKENS = 1152
 #: The official processor's lower bound on a frame's tokens (``simple_batched_resize``).
 MIN_FRAME_TOKENS = 16
-
-
-# The remote-code release the paper ran (DAMO-NLP-SG/VideoLLaMA3-7B): its weights are named after
-# the remote code's modules (model.vision_encoder.*, model.mm_projector.*) and its processor is
-# remote code too. Mapping them onto the native classes needs the exact key correspondence and a
-# check that the remote encoder computes what the native one does, which cannot be verified here
-# without that code; an approximate load would give numbers that are not the model's.
-refuse_format(
-    "videollama3_qwen2",
-    "model_type 'videollama3_qwen2' is VideoLLaMA3's remote-code release "
-    "(Videollama3Qwen2ForCausalLM); mapflow-tl runs no remote code and does not map its weights "
-    "onto the native classes (their correspondence is not verified). Use a transformers-native "
-    "VideoLLaMA3 checkpoint of the same weights (model_type 'video_llama_3', "
-    "VideoLlama3ForConditionalGeneration)")
 
 
 def videollama3_conversation(block: str, media: str | None) -> str:
@@ -197,3 +192,150 @@ class VideoLlama3Adapter(NativeVideoAdapter):
                   "max_visual_tokens": self.max_visual_tokens,
                   "prompt_format": self.prompt_format, "frame_sampler": self.frame_sampler},
         )
+
+
+# ---------------------------------------------------------------------- the remote-code release
+#: The remote release's own fields (``Videollama3Qwen2Config``) and bookkeeping; the rest of its
+#: config.json is the Qwen2 backbone's.
+_REMOTE_FIELDS = ("model_type", "architectures", "auto_map", "vision_encoder",
+                  "vision_encoder_config", "mm_projector_type", "use_token_compression",
+                  "image_token_index", "mm_hidden_size", "transformers_version", "_name_or_path",
+                  "torch_dtype", "dtype")
+#: ``Videollama3VisionEncoderConfig`` fields, which ``VideoLlama3VisionConfig`` takes as they are.
+_ENCODER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "num_channels", "patch_size", "hidden_act", "layer_norm_eps",
+                   "attention_dropout")
+#: Remote weight-name prefixes → native ones, first match wins. The vision encoder's and the
+#: projector's inner names are the native ones already (SigLIP layout, ``readout.{0,2}``).
+_RENAMES = (("model.vision_encoder.", "model.vision_model."),
+            ("model.mm_projector.", "model.projector."),
+            ("model.", "model.language_model."),
+            ("lm_head.", "lm_head."))
+#: The remote image processor's class defaults (``Videollama3ImageProcessor``, CLIP mean/std)
+#: and the processor's ``video_merge_size``.
+_REMOTE_PROCESSOR_DEFAULTS = {
+    "resample": 3, "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255,
+    "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711], "patch_size": 14, "min_tokens": 16,
+    "max_tokens": 16384}
+
+
+def remote_config(config: dict[str, Any], where: str) -> Any:
+    """The native ``VideoLlama3Config`` that holds a ``videollama3_qwen2`` config.json, or an
+    :class:`InputError` naming the field the native classes cannot hold."""
+    from transformers import VideoLlama3Config
+
+    def refuse(field: str, why: str) -> InputError:
+        return InputError(f"{where}: config.json {field} {why}; the native VideoLLaMA3 classes "
+                          f"cannot hold it, so it is not loaded approximately")
+
+    architectures = config.get("architectures") or ["Videollama3Qwen2ForCausalLM"]
+    if "Videollama3Qwen2ForCausalLM" not in architectures:
+        raise refuse("architectures", f"{architectures} is not Videollama3Qwen2ForCausalLM")
+    encoder = config.get("vision_encoder_config")
+    if not isinstance(encoder, dict) or not encoder:
+        raise refuse("vision_encoder_config", f"is {encoder!r} (vision_encoder "
+                                              f"{config.get('vision_encoder')!r}): the tower "
+                                              f"would come from another checkpoint at run time")
+    projector = config.get("mm_projector_type", "mlp2x_gelu")
+    if projector != "mlp2x_gelu":
+        raise refuse("mm_projector_type", f"is {projector!r}; only 'mlp2x_gelu' (Linear, GELU, "
+                                          f"Linear: VideoLlama3Projector) maps")
+    token = config.get("image_token_index")
+    if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+        raise refuse("image_token_index", f"is {token!r}, not the id of the <image> token")
+    text = {k: v for k, v in config.items() if k not in _REMOTE_FIELDS}
+    vision = {k: encoder[k] for k in _ENCODER_FIELDS if k in encoder}
+    return VideoLlama3Config(
+        text_config={**text, "model_type": "qwen2"}, vision_config=vision,
+        image_token_id=token, video_token_id=token,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)))
+
+
+def remote_state_dict(state: dict[str, torch.Tensor], expected: set[str], tied: bool,
+                      where: str) -> dict[str, torch.Tensor]:
+    """The remote release's weights under the native names, checked one to one against the
+    native model's ``expected`` keys (``lm_head.weight`` may be absent when ``tied``); an
+    :class:`InputError` names the remote keys that do not map and the native keys left empty."""
+    out, origin, unmapped = {}, {}, []
+    for key, value in state.items():
+        prefix = next((p for p in _RENAMES if key.startswith(p[0])), None)
+        if prefix is None:
+            unmapped.append(key)
+            continue
+        name = prefix[1] + key[len(prefix[0]):]
+        out[name], origin[name] = value, key
+    unmapped += sorted(origin[name] for name in set(out) - expected)
+    missing = sorted(expected - set(out) - ({"lm_head.weight"} if tied else set()))
+    if unmapped or missing:
+        raise InputError(f"{where}: the remote VideoLLaMA3 weights do not map one to one onto "
+                         f"the native classes: unmapped {sorted(unmapped)[:5]}, native weights "
+                         f"without a source {missing[:5]}")
+    return {name: value for name, value in out.items() if name in expected}
+
+
+@register_adapter
+class VideoLlama3RemoteAdapter(VideoLlama3Adapter):
+    """VideoLLaMA3's remote-code release (``videollama3_qwen2``, ``Videollama3Qwen2ForCausalLM``,
+    the DAMO-NLP-SG/VideoLLaMA3-* checkpoints the paper ran), loaded WITHOUT its remote code:
+    config and weights are mapped onto ``VideoLlama3ForConditionalGeneration`` (see
+    docs/models.md), the video processor settings come from its ``preprocessor_config.json`` /
+    ``processor_config.json``, frames are resized with Pillow as its image processor does, and
+    the video tokens are its ``<image>`` token."""
+
+    model_types = ("videollama3_qwen2",)
+    name = "VideoLLaMA3 (remote-code format)"
+    placeholder_default = "<image>"
+    # The remote tokenizer names no video token; the processor writes "<image>" per video token.
+    placeholder_attribute = "_mapflow_no_such_attribute"
+
+    def load_hf_model(self, model_class: type) -> torch.nn.Module:
+        check_weights(self.path)
+        native = remote_config(self.config, str(self.path))
+        with torch.device("meta"):
+            expected = set(model_class(native).state_dict())
+        files = sorted(self.path.glob("*.safetensors")) or sorted(self.path.glob("*.bin"))
+        state = remote_state_dict(read_weight_files(files), expected,
+                                  native.tie_word_embeddings, str(self.path))
+        model, info = model_class.from_pretrained(
+            None, config=native, state_dict=state, dtype=self.dtype,
+            attn_implementation="eager", output_loading_info=True)
+        check_loaded_keys(model, info.get("missing_keys", ()), info.get("unexpected_keys", ()),
+                          f"{model_class.__name__} from {self.path}")
+        return model.eval()
+
+    def read_video_config(self) -> dict[str, Any]:
+        """The remote processor's settings (class defaults overridden by preprocessor_config.json,
+        ``video_merge_size`` of processor_config.json) in the native video processor's terms: the
+        token budget ``min_tokens`` / ``max_tokens`` becomes pixels of (patch·merge)² each."""
+        image = {**_REMOTE_PROCESSOR_DEFAULTS, **read_json(self.path / "preprocessor_config.json")}
+        merge = int(read_json(self.path / "processor_config.json").get("video_merge_size", 2))
+        factor = (int(image["patch_size"]) * merge) ** 2
+        return {**image, "merge_size": merge, "temporal_patch_size": 1,
+                "min_pixels": int(image["min_tokens"]) * factor,
+                "max_pixels": int(image["max_tokens"]) * factor,
+                "use_token_compression": bool(self.config.get("use_token_compression", True))}
+
+    def check_against_processor(self, text, frames, input_ids) -> None:
+        """The remote processor is remote code, which mapflow-tl does not run."""
+
+    def _pixels(self, frames: UInt8[np.ndarray, "T H W 3"],
+                size: tuple[int, int]) -> Float[torch.Tensor, "T 3 h w"]:
+        """Pillow resize (the remote image processor's ``transformers.image_transforms.resize``),
+        then rescale and normalise in float32."""
+        from PIL import Image
+
+        c = self.video_config
+        height, width = size
+        if c["do_resize"] and frames.shape[1:3] != (height, width):
+            frames = np.stack([np.asarray(Image.fromarray(frame).resize(
+                (width, height), resample=Image.Resampling(int(c["resample"]))))
+                for frame in frames])
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        if c["do_rescale"]:
+            pixels = pixels * float(c["rescale_factor"])
+        if c["do_normalize"]:
+            mean = torch.tensor(c["image_mean"], dtype=torch.float32)[:, None, None]
+            std = torch.tensor(c["image_std"], dtype=torch.float32)[:, None, None]
+            pixels = (pixels - mean) / std
+        return pixels
