@@ -43,8 +43,7 @@ from .adapter import register_adapter
 from .backbone import RotaryPositions
 from .loading import check_processor_ids
 from .native_adapter import NativeVideoAdapter, VideoInputs
-from .pixels import CLIP_MEAN, CLIP_STD, patchify, pixel_budget
-from .qwen3_vl import qwen3_frame_size
+from .pixels import CLIP_MEAN, CLIP_STD, patchify, pixel_budget, video_frame_size
 from .videollm import Prepared
 
 __all__ = ["Glm4vAdapter", "glm4v_frame_seconds"]
@@ -102,7 +101,7 @@ class Glm4vAdapter(NativeVideoAdapter):
         if n_frames < temporal:
             raise InputError(f"GLM-4.1V needs at least {temporal} frames (its temporal patch), "
                              f"got {n_frames}")
-        resized = qwen3_frame_size(n_frames, height, width, factor=patch * merge,
+        resized = video_frame_size(n_frames, height, width, factor=patch * merge,
                                    temporal=temporal, min_pixels=size["shortest_edge"],
                                    max_pixels=size["longest_edge"])
         patches, (grid_t, grid_h, grid_w) = patchify(self._pixels(frames, resized), patch,
@@ -153,10 +152,4 @@ class Glm4vAdapter(NativeVideoAdapter):
         return {"mm_token_type_ids": types.to(torch.int32)[None]}
 
     def bind(self, prepared: Prepared, captured: dict[str, Any]) -> None:
-        position_ids = captured.get("position_ids")
-        if position_ids is None:
-            raise RuntimeError(f"{self.hf_class_name} computed no 3D position ids for this prompt")
-        if position_ids.shape[0] == 4:  # text positions prepended for packed sequences
-            position_ids = position_ids[1:]
-        prepared.meta["position_ids"] = position_ids.detach().cpu()
-        self.rotary.register(prepared.embeds, position_ids)
+        self.bind_rotary_positions(prepared, captured)

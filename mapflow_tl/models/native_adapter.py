@@ -223,6 +223,22 @@ class NativeVideoAdapter(FamilyAdapter):
     def bind(self, prepared: Prepared, captured: dict[str, Any]) -> None:
         """Attach per-sample state the backbone needs besides the embeddings (none by default)."""
 
+    def bind_rotary_positions(self, prepared: Prepared, captured: dict[str, Any],
+                              additions: dict[int, tuple[torch.Tensor, torch.Tensor]]
+                              | None = None) -> None:
+        """:meth:`bind` of an M-RoPE family (``positions = "per_sample"``): the 3D position ids
+        the HF model computed for this prompt, recorded in ``prepared.meta["position_ids"]`` and
+        registered with the backbone's :class:`~mapflow_tl.models.backbone.RotaryPositions`
+        (``self.rotary``) for these embeddings, with any residual ``additions`` (layer →
+        positions, features; Qwen3-VL's DeepStack)."""
+        position_ids = captured.get("position_ids")
+        if position_ids is None:
+            raise RuntimeError(f"{self.hf_class_name} computed no 3D position ids for this prompt")
+        if position_ids.shape[0] == 4:  # text positions prepended for packed sequences
+            position_ids = position_ids[1:]
+        prepared.meta["position_ids"] = position_ids.detach().cpu()
+        self.rotary.register(prepared.embeds, position_ids, additions)
+
     def prepare(self, sample: VideoSample | Any) -> Prepared:
         sample = as_video_sample(sample)
         answer = answer_index(sample)

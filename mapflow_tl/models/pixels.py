@@ -24,7 +24,7 @@ from ..errors import InputError
 from .loading import read_json, torchvision_available
 
 __all__ = ["FramePreprocessor", "resize_and_normalize", "smart_resize", "pixel_budget",
-           "patchify", "CLIP_MEAN", "CLIP_STD"]
+           "video_frame_size", "patchify", "CLIP_MEAN", "CLIP_STD"]
 
 #: OpenAI CLIP's pixel mean and std, the default of several families' video processors.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -172,3 +172,31 @@ def patchify(
     patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(
         grid_t * grid_h * grid_w, 3 * temporal * patch * patch)
     return patches, (grid_t, grid_h, grid_w)
+
+
+def video_frame_size(n_frames: int, height: int, width: int, *, factor: int, temporal: int,
+                     min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The (height, width) every frame is resized to by a video processor that budgets the pixels
+    of the whole clip (``Qwen3VLVideoProcessor``, ``Glm4vVideoProcessor``): multiples of
+    ``factor``, aspect ratio kept, the pixels of all frames together (frames rounded to a multiple
+    of ``temporal``) within [min_pixels, max_pixels]."""
+    if n_frames < temporal:
+        raise InputError(f"the video processor needs at least {temporal} frames (its temporal "
+                         f"patch), got {n_frames}")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise InputError(f"frame aspect ratio {max(height, width) / min(height, width):.0f} is "
+                         f"above 200; the video processor cannot take such frames")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    t_bar = round(n_frames / temporal) * temporal
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((n_frames * height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (n_frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar

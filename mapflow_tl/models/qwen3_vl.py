@@ -50,52 +50,23 @@ sweeps of this family run on the hooked path (exact, slower).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import InputError
 from .adapter import register_adapter
 from .backbone import RotaryPositions
 from .loading import check_processor_ids
 from .native_adapter import NativeVideoAdapter, VideoInputs
-from .pixels import patchify, pixel_budget
+from .pixels import patchify, pixel_budget, video_frame_size
 from .prompt import _render_with_template
 from .videollm import Prepared
 
-__all__ = ["Qwen3VLAdapter", "Qwen3VLMoeAdapter", "qwen3_frame_size", "token_frame_times"]
+__all__ = ["Qwen3VLAdapter", "Qwen3VLMoeAdapter", "token_frame_times"]
 
 #: transformers' default when a video's frame rate is unknown (``Qwen3VLProcessor``).
 UNKNOWN_FPS = 24.0
-
-
-def qwen3_frame_size(n_frames: int, height: int, width: int, *, factor: int, temporal: int,
-                     min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """The (height, width) every frame is resized to by ``Qwen3VLVideoProcessor``: multiples of
-    ``factor``, aspect ratio kept, the pixels of all frames together (frames rounded to a multiple
-    of ``temporal``) within [min_pixels, max_pixels]."""
-    if n_frames < temporal:
-        raise InputError(f"Qwen3-VL needs at least {temporal} frames (its temporal patch), got "
-                         f"{n_frames}")
-    if height < factor or width < factor:
-        scale = max(factor / height, factor / width)
-        height, width = int(height * scale), int(width * scale)
-    if max(height, width) / min(height, width) > 200:
-        raise InputError(f"frame aspect ratio {max(height, width) / min(height, width):.0f} is "
-                         f"above 200; the video processor cannot take such frames")
-    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
-    t_bar = round(n_frames / temporal) * temporal
-    if t_bar * h_bar * w_bar > max_pixels:
-        beta = math.sqrt((n_frames * height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif t_bar * h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (n_frames * height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 def token_frame_times(times: np.ndarray, temporal: int) -> list[float]:
@@ -151,7 +122,7 @@ class Qwen3VLAdapter(NativeVideoAdapter):
             per_frame = max(min(c["max_video_tokens"] * factor * factor,
                                 max_pixels // n_frames), int(size["shortest_edge"] * 1.05))
             max_pixels = per_frame * n_frames
-        resized = qwen3_frame_size(n_frames, height, width, factor=factor, temporal=temporal,
+        resized = video_frame_size(n_frames, height, width, factor=factor, temporal=temporal,
                                    min_pixels=size["shortest_edge"], max_pixels=max_pixels)
         patches, (grid_t, grid_h, grid_w) = patchify(self._pixels(frames, resized), patch,
                                                      merge, temporal)
@@ -186,11 +157,6 @@ class Qwen3VLAdapter(NativeVideoAdapter):
         return {"mm_token_type_ids": video.to(torch.int32) * 2}
 
     def bind(self, prepared: Prepared, captured: dict[str, Any]) -> None:
-        position_ids = captured.get("position_ids")
-        if position_ids is None:
-            raise RuntimeError(f"{self.hf_class_name} computed no 3D position ids for this prompt")
-        if position_ids.shape[0] == 4:  # text positions prepended for packed sequences
-            position_ids = position_ids[1:]
         additions = {}
         deepstack = captured.get("deepstack_visual_embeds")
         if deepstack is not None:
@@ -201,9 +167,8 @@ class Qwen3VLAdapter(NativeVideoAdapter):
                                    f"{len(positions)} visual positions of this prompt")
             additions = {layer: (positions, features.detach())
                          for layer, features in enumerate(deepstack)}
-        prepared.meta["position_ids"] = position_ids.detach().cpu()
         prepared.meta["deepstack_layers"] = sorted(additions)
-        self.rotary.register(prepared.embeds, position_ids, additions)
+        self.bind_rotary_positions(prepared, captured, additions)
 
 
 @register_adapter

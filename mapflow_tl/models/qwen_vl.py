@@ -107,10 +107,4 @@ class QwenVLAdapter(NativeVideoAdapter):
         return {"mm_token_type_ids": video.to(torch.int32) * 2}
 
     def bind(self, prepared: Prepared, captured: dict[str, Any]) -> None:
-        position_ids = captured.get("position_ids")
-        if position_ids is None:
-            raise RuntimeError(f"{self.hf_class_name} computed no 3D position ids for this prompt")
-        if position_ids.shape[0] == 4:  # text positions prepended for packed sequences
-            position_ids = position_ids[1:]
-        prepared.meta["position_ids"] = position_ids.detach().cpu()
-        self.rotary.register(prepared.embeds, position_ids)
+        self.bind_rotary_positions(prepared, captured)
