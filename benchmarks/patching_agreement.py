@@ -22,7 +22,7 @@ import torch
 
 def main() -> None:
     import mapflow_tl as mf
-    from mapflow_tl.counterfactual import counterfactual, frame_segments
+    from mapflow_tl.counterfactuals import counterfactual, frame_segments
     from mapflow_tl.patching import attribution_patch, patch_sweep, rank_agreement
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

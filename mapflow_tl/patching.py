@@ -5,7 +5,7 @@ Activation patching (TransformerLens ``patching.py``; Meng et al. 2022, Wang et 
 had there, and asks how far the answer moves toward the source's. Here the positions are named
 segments — ``frame_3``, ``video``, ``question``, ``option_A``, ``last`` — mapped between the two
 prompts through their :class:`~mapflow_tl.segments.SegmentMap` by
-:func:`~mapflow_tl.counterfactual.align` (frame tokens by grid cell, through a counterfactual's
+:func:`~mapflow_tl.counterfactuals.align` (frame tokens by grid cell, through a counterfactual's
 frame correspondence; text by offset), so a counterfactual video whose prompt is longer or whose
 frames are reordered patches what corresponds, never raw positions.
 
@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from jaxtyping import Float
 
-from .counterfactual import align
+from .counterfactuals import align
 from .errors import InputError
 from .schema import check_row, sample_fields
 
@@ -158,7 +158,7 @@ def patched_logits(vlm: Any, target: Any, source: Any, segments: str | Sequence[
                    frames: Mapping[int, int] | None = None
                    ) -> Float[torch.Tensor, "1 pos d_vocab"]:
     """The target's logits with ``activation`` of ``layer`` patched from the source over
-    ``segments`` (names, :func:`~mapflow_tl.counterfactual.align`; an empty list patches
+    ``segments`` (names, :func:`~mapflow_tl.counterfactuals.align`; an empty list patches
     nothing), a full forward through :meth:`VideoLLM.run_with_hooks`. ``head`` picks one head of
     ``z``; ``frames`` is the frame correspondence (target input frame → source input frame)."""
     if activation == "z" and head is None:
@@ -194,7 +194,7 @@ def patch_sweep(vlm: Any, target: Any, source: Any, segments: str | Sequence[str
     """Patch ``activation`` from ``source`` into ``target`` for every segment × layer [× head]:
     one ``patch`` row each (``schema.TABLES["patch"]``, ``method="patch"``).
 
-    ``segments``: names as :func:`~mapflow_tl.counterfactual.align` takes them (``frame_t``,
+    ``segments``: names as :func:`~mapflow_tl.counterfactuals.align` takes them (``frame_t``,
     ``video``, ``question``, ``option_A``, ``last``, ``all``); ``by_position`` patches each of
     their positions on its own. ``layers``: default all. ``heads``: for ``z``, default all.
     ``frames``: the frame correspondence (``Counterfactual.frame_map``); default frame t ↔ t.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mapflow_tl.counterfactual import align, counterfactual
+from mapflow_tl.counterfactuals import align, counterfactual
 from mapflow_tl.errors import InputError
 from mapflow_tl.models import VideoSample
 from mapflow_tl.segments import Frame, SegmentMap

@@ -248,3 +248,41 @@ def test_rank_agreement_is_spearmans_rho():
 def test_bad_patches_are_refused(vlm, runs, call, message):
     with pytest.raises(InputError, match=message):
         call(vlm, *runs)
+
+
+# ----------------------------------------------------------------------------- command line
+def test_patch_command_resumes_and_reports_the_mean_scores(model_and_data, tmp_path):
+    """``mapflow-tl patch``: one patch and one attribution row per (frame | question | last) ×
+    layer per sample; a resume adds nothing; the report's heatmap is the mean score by hand."""
+    import json
+    import re
+
+    from mapflow_tl.cli import main
+    from mapflow_tl.report import build_report
+    from mapflow_tl.runs import read_table
+
+    model_dir, data_dir = model_and_data
+    out = tmp_path / "run"
+    command = ["patch", "--model", str(model_dir), "--data-root", str(data_dir),
+               "--task", "moving_direction", "--limit", "2", "--out", str(out)]
+    assert main(command) == 0
+    rows = read_table(out, "patch")
+    n_layers = json.loads((out / "run.json").read_text())["n_layers"]
+    per_sample = (8 + 2) * n_layers          # SynthTV's 8 frames, the question, the last position
+    assert len(rows) == 2 * 2 * per_sample
+    assert sorted({r["method"] for r in rows}) == ["attribution", "patch"]
+    assert {r["source"] for r in rows} == {f"{s}~reverse" for s in {r["sample"] for r in rows}}
+    assert main(command + ["--resume"]) == 0
+    assert len(read_table(out, "patch")) == len(rows)
+
+    page = build_report(out, plotly="cdn").read_text()
+    match = re.search(r'Plotly\.newPlot\(\s*"patching",\s*', page)
+    data, _ = json.JSONDecoder().raw_decode(page, match.end())
+    real = data[0]
+    for i, segment in enumerate(real["y"]):
+        for j, layer in enumerate(real["x"]):
+            scores = [r["score"] for r in rows if r["method"] == "patch"
+                      and r["segment"] == segment and r["layer"] == layer
+                      and r["score"] is not None]
+            assert real["z"][i][j] == pytest.approx(sum(scores) / len(scores))
+    assert real["y"][:2] == ["frame_0", "frame_1"] and real["y"][-2:] == ["question", "last"]
