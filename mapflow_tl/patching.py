@@ -266,9 +266,10 @@ def attribution_patch(vlm: Any, target: Any, source: Any, segments: str | Sequen
     for layer, name in zip(layers, names):
         delta_source, current, gradient = source_cache[name], activations[name], gradients[name]
         for unit in units:
-            where = torch.tensor([t for t, _ in unit.pairs], dtype=torch.long)
-            taken = torch.tensor([s for _, s in unit.pairs], dtype=torch.long)
-            delta = (delta_source[0, taken].float() - current[0, where].float())
+            device = current.device
+            where = torch.tensor([t for t, _ in unit.pairs], dtype=torch.long, device=device)
+            taken = torch.tensor([s for _, s in unit.pairs], dtype=torch.long, device=device)
+            delta = delta_source[0, taken].to(device).float() - current[0, where].float()
             product = delta * gradient[0, where].float()
             for head in heads:
                 estimate = product[:, head].sum() if head is not None else product.sum()

@@ -171,3 +171,26 @@ def test_synthtv_edited_frames_carry_the_original_frames_tokens(synthtv, kind, o
     for name in ("question", "option_A", "option_B", "last"):
         mine, theirs = zip(*align(edited.segments, original.segments, name))
         assert torch.equal(edited.input_ids[0, list(mine)], original.input_ids[0, list(theirs)])
+
+
+def test_frame_attribution_aligns_by_content_and_leaves_out_a_dropped_frame(synthtv):
+    """analyses.counterfactual_patching with a dropped frame: by content, original frame t is
+    patched from the edit's frame showing it; the dropped frame has no counterpart and no row."""
+    from mapflow_tl import analyses
+
+    vlm, data = synthtv
+    x = vlm.prepare(data[1])
+    rows = analyses.counterfactual_patching(vlm, data[1], x, "drop", frame=3,
+                                            align_frames="content", layers=[0],
+                                            attribution=False)
+    segments = [row["segment"] for row in rows]
+    assert segments == [f"frame_{t}" for t in range(8) if t != 3] + ["question", "last"]
+    assert {row["source"] for row in rows} == {f"{data[1].id}~drop:3"}
+    # the residual stream entering layer 0 is the embeddings: a frame patched from the frame
+    # showing the same image changes nothing
+    for row in rows:
+        if row["segment"].startswith("frame_"):
+            assert row["patched_diff"] == pytest.approx(row["target_diff"], abs=1e-4)
+    with pytest.raises(InputError, match="no counterpart"):
+        analyses.counterfactual_patching(vlm, data[1], x, "drop", frame=3,
+                                         align_frames="content", segments=["frame_3"])

@@ -286,3 +286,14 @@ def test_patch_command_resumes_and_reports_the_mean_scores(model_and_data, tmp_p
                       and r["score"] is not None]
             assert real["z"][i][j] == pytest.approx(sum(scores) / len(scores))
     assert real["y"][:2] == ["frame_0", "frame_1"] and real["y"][-2:] == ["question", "last"]
+
+
+def test_attribution_by_position_adds_up_to_the_segment(vlm, runs):
+    """The estimate is linear in the patch: the per-position rows of a segment sum to its row."""
+    target, source = runs
+    whole = P.attribution_patch(vlm, target, source, ["frame_1"], [1], activation="mlp_out")
+    parts = P.attribution_patch(vlm, target, source, ["frame_1"], [1], activation="mlp_out",
+                                by_position=True)
+    assert len(parts) == 6 and all(row["positions"] == 1 for row in parts)
+    assert sum(row["patched_diff"] - row["target_diff"] for row in parts) == pytest.approx(
+        whole[0]["patched_diff"] - whole[0]["target_diff"], abs=1e-5)
