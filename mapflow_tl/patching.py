@@ -148,9 +148,20 @@ def _patch_hook(pairs: Sequence[tuple[int, int]], source_activation: torch.Tenso
     return patch
 
 
+def _finite(vlm: Any, x: Any, logits: torch.Tensor, run: str) -> None:
+    """A run whose answer logits are NaN/inf stops here, naming where they first appear: a
+    patching score made of them would be written as a number."""
+    from .finite import require_finite
+
+    require_finite(logits[0, -1], vlm.backbone, x.embeds, what=f"the logits of the {run} run",
+                   sample=str(x.meta.get("id", "") or ""))
+
+
 def _source_cache(vlm: Any, source: Any, names: list[str]) -> tuple[torch.Tensor, Any]:
     with torch.no_grad():
-        return vlm.run_with_cache(source, names_filter=names)
+        logits, cache = vlm.run_with_cache(source, names_filter=names)
+    _finite(vlm, source, logits, "source")
+    return logits, cache
 
 
 def patched_logits(vlm: Any, target: Any, source: Any, segments: str | Sequence[str], layer: int,
@@ -211,6 +222,7 @@ def patch_sweep(vlm: Any, target: Any, source: Any, segments: str | Sequence[str
     resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
     with torch.no_grad():
         target_logits, target_cache = vlm.run_with_cache(target, names_filter=resid_names)
+    _finite(vlm, target, target_logits, "target")
     tokens = tokens or answer_tokens(target, source, target_logits, source_logits)
     target_diff = float(logit_diff(target_logits, tokens))
     source_diff = float(logit_diff(source_logits, tokens))
@@ -257,6 +269,7 @@ def attribution_patch(vlm: Any, target: Any, source: Any, segments: str | Sequen
     with torch.enable_grad():
         target_logits = vlm.run_with_hooks(leaf, [(n, keep) for n in names],
                                            [(n, keep_grad) for n in names])
+        _finite(vlm, target, target_logits.detach(), "target")
         tokens = tokens or answer_tokens(target, source, target_logits.detach(), source_logits)
         metric = logit_diff(target_logits, tokens)
         metric.backward()
