@@ -683,7 +683,8 @@ def counterfactual_patching(vlm: VideoLLM, sample: Any, x: Prepared, kind: str =
         segments = []
         for name in [f.name for f in target.segments.frames] + ["question", "last"]:
             try:
-                align(target.segments, source.segments, name, frames=frames)
+                align(target.segments, source.segments, name, frames=frames,
+                      coords=(target.meta.get("kept_coords"), source.meta.get("kept_coords")))
             except InputError:
                 continue    # a frame with no counterpart (dropped, from another video)
             segments.append(name)

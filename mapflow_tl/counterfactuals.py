@@ -194,19 +194,41 @@ def _counterpart_frame(frame: Frame, source: SegmentMap,
                      f"{[list(_input_frames(f)) for f in source.frames]}")
 
 
-def _frame_pairs(frame: Frame, other: Frame) -> list[tuple[int, int]]:
-    if frame.grid is not None and other.grid is not None:
-        if frame.grid != other.grid:
-            raise InputError(
-                f"segment {frame.name!r} is a {frame.grid[0]}×{frame.grid[1]} grid in the target "
-                f"and {other.name!r} a {other.grid[0]}×{other.grid[1]} grid in the source: their "
-                f"cells do not correspond; prepare both at the same resolution")
-    elif len(frame) != len(other) or (frame.grid is None) != (other.grid is None):
-        raise InputError(f"segment {frame.name!r} ({len(frame)} tokens) and the source's "
-                         f"{other.name!r} ({len(other)} tokens) have no common grid to align "
-                         f"their tokens by")
-    # same (h, w) ↔ same offset, frames being flattened row-major
-    return [(frame.start + i, other.start + i) for i in range(len(frame))]
+Coords = Sequence[Sequence[tuple[int, int]] | None]
+
+
+def _cells(frame: Frame, coords: Coords | None) -> list[tuple[int, int]] | None:
+    """(h, w) of each token of a frame, in sequence order: from its grid, or for a frame that
+    kept only some tokens (VideoLLaMA3's compressed frames, no grid on the map) from the kept
+    coordinates the model recorded (``x.meta["kept_coords"][t]``); None when neither is known."""
+    if frame.grid is not None:
+        return [divmod(i, frame.grid[1]) for i in range(len(frame))]
+    if coords is not None and frame.index < len(coords) and coords[frame.index] is not None:
+        cells = [tuple(int(v) for v in cell) for cell in coords[frame.index]]
+        if len(cells) != len(frame):
+            raise InputError(f"segment {frame.name!r} has {len(frame)} tokens but "
+                             f"{len(cells)} kept coordinates")
+        return cells
+    return None
+
+
+def _frame_pairs(frame: Frame, other: Frame, coords: tuple[Coords | None, Coords | None]
+                 ) -> list[tuple[int, int]]:
+    if frame.grid is not None and other.grid is not None and frame.grid != other.grid:
+        raise InputError(
+            f"segment {frame.name!r} is a {frame.grid[0]}×{frame.grid[1]} grid in the target "
+            f"and {other.name!r} a {other.grid[0]}×{other.grid[1]} grid in the source: their "
+            f"cells do not correspond; prepare both at the same resolution")
+    mine, theirs = _cells(frame, coords[0]), _cells(other, coords[1])
+    if mine is None or theirs is None:
+        which = frame.name if mine is None else f"the source's {other.name}"
+        raise InputError(f"segment {which!r} has no (H, W) grid on its map and no kept token "
+                         f"coordinates: its tokens cannot be matched cell by cell; pass "
+                         f"coords=(target.meta['kept_coords'], source.meta['kept_coords'])")
+    # the same cell ↔ the same content position; a cell one frame kept and the other dropped
+    # (compressed frames keep different tokens) has no counterpart and is not paired
+    where = {cell: other.start + i for i, cell in enumerate(theirs)}
+    return [(frame.start + i, where[cell]) for i, cell in enumerate(mine) if cell in where]
 
 
 def _span_pairs(span: Span, source: SegmentMap, what: str) -> list[tuple[int, int]]:
@@ -234,7 +256,9 @@ def _video_gaps(segments: SegmentMap) -> list[Span]:
 
 
 def align(target: SegmentMap, source: SegmentMap, segment: str, *,
-          frames: Mapping[int, int] | None = None) -> list[tuple[int, int]]:
+          frames: Mapping[int, int] | None = None,
+          coords: tuple[Coords | None, Coords | None] = (None, None)
+          ) -> list[tuple[int, int]]:
     """``(target position, source position)`` pairs that mean the same thing in two prompts.
 
     ``segment`` names a span of the target map: a frame (``"frame_3"``) maps by grid cell to its
@@ -245,7 +269,9 @@ def align(target: SegmentMap, source: SegmentMap, segment: str, *,
     with itself); any other name (``"question"``, ``"option_A"``, ``"last"``, a user's span)
     maps to the source's span of the same name by offset. Refuses, naming the reason, where the
     two maps do not correspond (grids of different shapes, spans of different lengths, a frame
-    with no counterpart).
+    with no counterpart). ``coords``: the kept (h, w) of each token of each frame, target's
+    and source's (``x.meta["kept_coords"]``), for frames that kept only some of their tokens and
+    carry no grid on the map; only the cells both frames kept are paired.
     """
     if segment == "all":
         if target.n_positions != source.n_positions:
@@ -258,12 +284,13 @@ def align(target: SegmentMap, source: SegmentMap, segment: str, *,
                          f"{['all'] + [s.name for s in target.spans()]}")
     span = target[segment]
     if isinstance(span, Frame):
-        return _frame_pairs(span, _counterpart_frame(span, source, frames))
+        return _frame_pairs(span, _counterpart_frame(span, source, frames), coords)
     if segment == "video":
         if source.video is None:
             raise InputError("segment 'video': the source has no video")
         pairs = [pair for frame in target.frames
-                 for pair in _frame_pairs(frame, _counterpart_frame(frame, source, frames))]
+                 for pair in _frame_pairs(frame, _counterpart_frame(frame, source, frames),
+                                          coords)]
         target_gaps, source_gaps = _video_gaps(target), _video_gaps(source)
         if [len(g) for g in target_gaps] != [len(g) for g in source_gaps]:
             raise InputError(f"segment 'video': the text between frames differs (target gaps "

@@ -72,7 +72,11 @@ def _units(target: Any, source: Any, segments: Sequence[str], frames: Mapping[in
         segments = [segments]
     units = []
     for name in segments:
-        pairs = tuple(align(target.segments, source.segments, name, frames=frames))
+        # frames that kept only some tokens are matched cell by cell through the coordinates
+        # the adapter recorded (VideoLLaMA3's compressed frames)
+        coords = (target.meta.get("kept_coords"), source.meta.get("kept_coords"))
+        pairs = tuple(align(target.segments, source.segments, name, frames=frames,
+                            coords=coords))
         if by_position:
             units += [_Unit(name, t, ((t, s),)) for t, s in pairs]
         else:

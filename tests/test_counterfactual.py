@@ -194,3 +194,25 @@ def test_frame_attribution_aligns_by_content_and_leaves_out_a_dropped_frame(synt
     with pytest.raises(InputError, match="no counterpart"):
         analyses.counterfactual_patching(vlm, data[1], x, "drop", frame=3,
                                          align_frames="content", segments=["frame_3"])
+
+
+def test_frames_that_kept_different_tokens_pair_only_their_common_cells():
+    """VideoLLaMA3-style compressed frames: no grid on the map, the kept (h, w) per frame in the
+    prepared input's meta; a frame with different token counts pairs the cells both kept."""
+    def seg(lengths):
+        frames, cursor = [], 1
+        for t, length in enumerate(lengths):
+            frames.append(Frame(f"frame_{t}", cursor, cursor + length, index=t))
+            cursor += length
+        return SegmentMap(cursor + 1, frames=tuple(frames))
+
+    target, source = seg([4, 2]), seg([4, 3])
+    target_kept = [[(0, 0), (0, 1), (1, 0), (1, 1)], [(0, 0), (1, 1)]]
+    source_kept = [[(0, 0), (0, 1), (1, 0), (1, 1)], [(0, 1), (1, 0), (1, 1)]]
+    coords = (target_kept, source_kept)
+    # target frame_1 = positions 5, 6 holding cells (0,0), (1,1); source frame_1 = 5, 6, 7
+    # holding (0,1), (1,0), (1,1): only (1,1) is in both
+    assert align(target, source, "frame_1", coords=coords) == [(6, 7)]
+    assert align(target, source, "frame_0", coords=coords) == [(p, p) for p in range(1, 5)]
+    with pytest.raises(InputError, match="no \\(H, W\\) grid on its map and no kept token"):
+        align(target, source, "frame_0")
