@@ -51,7 +51,8 @@ ACTIVATIONS = {
 
 
 def activation_hook_name(activation: str, layer: int) -> str:
-    """The TransformerLens hook point of ``activation`` (one of :data:`ACTIVATIONS`) in ``layer``."""
+    """The TransformerLens hook point of ``activation`` (one of :data:`ACTIVATIONS`) in
+    ``layer``."""
     if activation not in ACTIVATIONS:
         raise InputError(f"activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
     return ACTIVATIONS[activation].format(layer=layer)
