@@ -47,7 +47,12 @@ _EXPORTS: dict[str, str] = {
     # analyses (one function per analysis of the paper)
     **dict.fromkeys(("base_prediction", "flow_sweep", "flow_sweeps", "probability_trace",
                      "video_lens", "keyword_frequency", "keyword_counts", "keyword_bins", "prune",
-                     "attention_to_frames", "crossframe_knockout"), "analyses"),
+                     "attention_to_frames", "crossframe_knockout", "counterfactual_patching"),
+                    "analyses"),
+    # counterfactual videos and activation patching between two runs
+    **dict.fromkeys(("counterfactual", "Counterfactual", "align"), "counterfactuals"),
+    **dict.fromkeys(("patch_sweep", "patched_logits", "attribution_patch", "rank_agreement"),
+                    "patching"),
     # circuits, data, runs
     **dict.fromkeys(("Circuit", "load_circuit", "list_circuits"), "circuits"),
     **dict.fromkeys(("load_dataset", "list_datasets"), "data.datasets"),

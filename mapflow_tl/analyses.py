@@ -646,3 +646,51 @@ def crossframe_knockout(vlm: VideoLLM, x: Prepared, layers: Sequence[int] | None
                      "correct": grade(vlm, x, token, correctness,
                                       knockout=condition != "base")})
     return rows
+
+
+def counterfactual_patching(vlm: VideoLLM, sample: Any, x: Prepared, kind: str = "reverse", *,
+                            activation: str = "resid_pre", layers: Sequence[int] | None = None,
+                            segments: Sequence[str] | None = None, align_frames: str = "slot",
+                            seed: int = 0, frame: int | Sequence[int] = 0, other: Any = None,
+                            attribution: bool = True) -> list[dict[str, Any]]:
+    """Frame attribution for one sample: each frame's (and the question's, the last position's)
+    contribution to the answer, patched from a counterfactual of the video into the video as the
+    model saw it, in every layer — ``patch`` rows of :func:`mapflow_tl.patching.patch_sweep`,
+    followed by the same patches estimated by attribution patching (``attribution``).
+
+    The target is the sample with the frames the model sampled (``x.frames``), the source its
+    :func:`~mapflow_tl.counterfactuals.counterfactual` ``kind`` (``seed``, ``frame``, ``other`` as
+    there). ``align_frames``: ``"slot"`` patches frame t of the edit into frame t (what the
+    edited clip shows at that moment; needs the same frame count), ``"content"`` into the frame
+    showing the same image (``Counterfactual.frame_map``). ``segments`` default: every frame
+    with a counterpart, the question and the last position.
+    """
+    from dataclasses import replace as replaced
+
+    from .counterfactuals import align, counterfactual
+    from .models.videollm import as_video_sample
+    from .patching import attribution_patch, patch_sweep
+
+    if x.frames is None:
+        raise InputError(f"sample {_sample_id(x)!r}: the prepared input carries no frames to "
+                         f"edit; prepare it with a model adapter that records them")
+    if align_frames not in ("slot", "content"):
+        raise InputError(f"align_frames {align_frames!r} is not 'slot' or 'content'")
+    edit = counterfactual(replaced(as_video_sample(sample), video=x.frames), kind, seed=seed,
+                          frame=frame, other=other)
+    target, source = vlm.prepare(edit.original), vlm.prepare(edit.sample)
+    frames = None if align_frames == "slot" else edit.frame_map("to_counterfactual")
+    if segments is None:
+        segments = []
+        for name in [f.name for f in target.segments.frames] + ["question", "last"]:
+            try:
+                align(target.segments, source.segments, name, frames=frames,
+                      coords=(target.meta.get("kept_coords"), source.meta.get("kept_coords")))
+            except InputError:
+                continue    # a frame with no counterpart (dropped, from another video)
+            segments.append(name)
+    options = dict(layers=layers, activation=activation, frames=frames)
+    rows = patch_sweep(vlm, target, source, segments, **options)
+    if attribution:
+        rows += attribution_patch(vlm, target, source, segments, **options)
+    return rows

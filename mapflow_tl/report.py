@@ -16,7 +16,10 @@ Figures, each present when its table is (ids in :data:`FIGURE_IDS`):
   query tokens drawn over the video's frames (thumbnails from the ``frames`` table) with each
   frame's own token grid, baseline vs cross-frame knockout;
 - ``pruning`` and ``pathway-table`` (Finding 4): accuracy vs retained edges (each random seed a
-  point) and the per-task table, effective pathways vs random pruning.
+  point) and the per-task table, effective pathways vs random pruning;
+- ``patching``: the normalised activation-patching score per segment (frames, question, last) and
+  layer, real patching beside its attribution-patching estimate, with their rank agreement
+  (``patch``).
 
 Each finding's caption compares the run's own numbers with the paper's finding and says where
 they depart; panels with fewer than :data:`MIN_BAND_SAMPLES` samples carry a warning instead of
@@ -54,7 +57,7 @@ _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#
             "#17becf", "#bcbd22", "#7f7f7f"]
 FIGURE_IDS = ("flow-change", "flow-accuracy", "finding-1", "failure-diagnosis",
               "probability-trace", "keyword-frequency", "lens-overlay", "attention-maps",
-              "pruning", "pathway-table")
+              "pruning", "pathway-table", "patching")
 #: How the report numbers layers, stated in its header and on every layer axis.
 LAYER_NUMBERING = ("Layers are numbered from 0: layer ℓ is decoder block ℓ (0 = the first), "
                    "as in the tables; the paper's figures count from 1 (paper layer = ℓ + 1).")
@@ -1096,6 +1099,69 @@ def _prune_section(rows):
     return ("pruning", "Effective pathways vs random pruning", caption.strip(), figure)
 
 
+def _segment_order(name: str) -> tuple:
+    """Frames in frame order, then the other segments as they come in a prompt."""
+    if name.startswith("frame_") and name[len("frame_"):].isdigit():
+        return (0, int(name[len("frame_"):]), "")
+    order = ("video", "question", "question_with_options", "last")
+    return (1, order.index(name) if name in order else len(order), name)
+
+
+def _patching_section(rows):
+    """Mean normalised patching score per (segment, layer): one heatmap per activation and
+    method (real patching, attribution patching), samples with an undefined score left out."""
+    from .patching import rank_agreement
+
+    whole = [r for r in rows if r.get("position") is None]
+    activations = list(dict.fromkeys(r["activation"] for r in whole))
+    methods = [m for m in ("patch", "attribution") if any(r["method"] == m for r in whole)]
+    titles = [f"{activation}: {'patching' if method == 'patch' else 'attribution patching'}"
+              for activation in activations for method in methods]
+    figure = make_subplots(rows=len(activations), cols=len(methods), subplot_titles=titles,
+                           horizontal_spacing=0.08, vertical_spacing=0.12)
+    for i, activation in enumerate(activations):
+        for j, method in enumerate(methods):
+            chosen = [r for r in whole if r["activation"] == activation and r["method"] == method]
+            segments = sorted({r["segment"] for r in chosen}, key=_segment_order)
+            layers = sorted({int(r["layer"]) for r in chosen})
+            cells = _by(chosen, "segment", "layer")
+            z, counts = [], []
+            for segment in segments:
+                scores = [[r["score"] for r in cells.get((segment, layer), [])
+                           if r["score"] is not None and math.isfinite(r["score"])]
+                          for layer in layers]
+                z.append([mean(s) if s else None for s in scores])
+                counts.append([len(s) for s in scores])
+            figure.add_trace(go.Heatmap(
+                z=z, x=layers, y=segments, customdata=counts, coloraxis="coloraxis",
+                hovertemplate="%{y}, layer %{x}: score %{z:.3f} (mean of %{customdata} "
+                              "samples)<extra></extra>"), row=i + 1, col=j + 1)
+            figure.update_xaxes(title_text=_LAYER_AXIS, dtick=1, row=i + 1, col=j + 1)
+    figure.update_layout(height=320 * len(activations), margin=dict(t=40),
+                         coloraxis=dict(colorscale="RdBu", cmid=0,
+                                        colorbar=dict(title="score")))
+    agreement = []
+    for activation in activations:
+        real = [r for r in whole if r["activation"] == activation and r["method"] == "patch"]
+        estimated = [r for r in whole if r["activation"] == activation
+                     and r["method"] == "attribution"]
+        if len(real) >= 3 and estimated:
+            agreement.append(f"{activation} {rank_agreement(real, estimated):.2f}")
+    n = len({r["sample"] for r in whole})
+    sources = sorted({str(r["source"]).rpartition("~")[2] for r in whole} - {""})
+    caption = (f"Normalised patching score (patched − target) / (source − target) of the logit "
+               f"difference logit[source answer] − logit[target answer] at the last position, "
+               f"each segment of the video as the model saw it patched from "
+               f"{', '.join(sources) or 'the source run'} in one layer at a time; mean over "
+               f"{n} samples (1: the patch moves the answer all the way to the source's, 0: "
+               f"not at all).")
+    if agreement:
+        caption += (" Attribution patching estimates every patch from two forwards and one "
+                    "backward; Spearman rank correlation with real patching: "
+                    + ", ".join(agreement) + ".")
+    return ("patching", "Activation patching from a counterfactual video", caption, figure)
+
+
 def _table_html(rows: list[dict[str, Any]], element_id: str = "") -> str:
     columns = [c for c in rows[0] if c != "accuracy_sd"
                and any(r.get(c) is not None for r in rows)]
@@ -1245,7 +1311,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     path = check_file_target(Path(out) if out is not None else run_dir / "report.html")
     tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
-               "prune", "frames")}
+               "prune", "frames", "patch")}
     samples, flow, prob = tables["samples"], tables["flow"], tables["prob"]
     sections: list[tuple[str, str, str, Any]] = []
     if flow:
@@ -1264,6 +1330,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
         sections += _attention_sections(tables["attention"], tables["frames"], config)
     if tables["prune"]:
         sections.append(_prune_section(tables["prune"]))
+    if tables["patch"]:
+        sections.append(_patching_section(tables["patch"]))
     if samples and not any(r.get("selected", True) for r in samples):
         mode = (config.get("definitions") or {}).get("sample_mode") or config.get("mode")
         sections.insert(0, ("no-selected-samples", "No sample was selected",
@@ -1272,7 +1340,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                             f"run again with another --mode (e.g. all) to sweep them.", None))
     if not sections and not tables["prune"]:
         raise InputError(f"{run_dir} holds no result tables to report (flow, prob, keywords, "
-                         f"crossframe, lens, attention or prune); run an analysis into it first")
+                         f"crossframe, lens, attention, prune or patch); run an analysis into it "
+                         f"first")
     blocks = []
     for figure_id, title, caption, figure in sections:
         if figure is None:

@@ -54,6 +54,13 @@ TABLES: dict[str, tuple[str, ...]] = {
     # drawn under the lens and attention grids of the report (mapflow_tl.results documents it).
     "frames": SAMPLE_COLUMNS + ("frame", "source_frame", "grid_h", "grid_w", "coords", "width",
                                 "height", "image"),
+    # Activation patching (mapflow_tl.patching): one row per segment [position] × layer [× head];
+    # method "patch" (a real patch) or "attribution" (its gradient estimate); source: the sample
+    # patched from; *_diff: logit[source_token] − logit[target_token] at the last position;
+    # score: (patched − target) / (source − target), None when source and target are equal.
+    "patch": SAMPLE_COLUMNS + ("source", "method", "activation", "segment", "position", "layer",
+                               "head", "positions", "target_token", "source_token",
+                               "target_diff", "source_diff", "patched_diff", "score"),
     # stage: "load" (an entry the loader left out) or "prepare" (a sample that could not be
     # prepared); index: the entry in its annotation file; file: the file at fault.
     "skipped": ("sample", "task", "file", "index", "field", "reason", "stage"),

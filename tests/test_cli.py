@@ -269,7 +269,7 @@ import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
-ANALYSIS_COMMANDS = ("flow", "prob", "lens", "prune", "attention", "crossframe")
+ANALYSIS_COMMANDS = ("flow", "prob", "lens", "prune", "attention", "crossframe", "patch")
 
 #: The paper's / the official code's defaults, written out by hand (docs/paper_parity.md).
 #: Left out on purpose, because the paper-parity work is changing them (the lead adds them when

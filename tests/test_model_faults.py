@@ -339,7 +339,8 @@ def _nan_checkpoint(tmp_path, key: str):
 
 @pytest.mark.parametrize("command", [["flow", "--circuit", "cross-frame"],
                                      ["prune", "--circuit", "pathway-synthtv"],
-                                     ["crossframe"], ["prob"], ["lens"], ["attention"]])
+                                     ["crossframe"], ["prob"], ["lens"], ["attention"],
+                                     ["patch"]])
 @pytest.mark.parametrize("key, place, weight", [
     ("language_model.model.layers.2.mlp.down_proj.weight",
      r"the MLP output of layer 2 \(blocks\.2\.hook_mlp_out\)", r"blocks\.2\.mlp\.W_out"),
@@ -359,7 +360,8 @@ def test_a_nan_weight_stops_the_run_naming_the_layer_and_weight(tmp_path, capsys
                  "--out", str(out), *command[1:]])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
-    assert re.search(rf"error: sample 'object_count/0': the .* are not finite \(NaN "
+    # patch names the run at fault: the sample or its counterfactual ("object_count/0~reverse")
+    assert re.search(rf"error: sample 'object_count/0(~reverse)?': the .* are not finite \(NaN "
                      rf"or inf\); the values first become non-finite in {place}; the "
                      rf"checkpoint's weights {weight} hold NaN/inf", err), err
     for table in out.glob("*.jsonl"):  # nothing but what was refused at load

@@ -129,6 +129,14 @@ def _run_folder(root: Path) -> Path:
     writer.write("lens", lens)
     writer.write("attention", attention)
     writer.write("frames", _frames_rows())
+    writer.write("patch", [
+        {"sample": "s0", "task": "Task A", "source": "s0~reverse", "method": method,
+         "activation": "resid_pre", "segment": segment, "position": None, "layer": layer,
+         "head": None, "positions": 4, "target_token": 1, "source_token": 2,
+         "target_diff": -1.0, "source_diff": 1.0, "patched_diff": -1.0 + 2 * score,
+         "score": score}
+        for method in ("patch", "attribution") for segment in ("frame_0", "last")
+        for layer in range(4) for score in [layer / 4 if segment == "last" else 0.1]])
     writer.finish()
     return out
 
