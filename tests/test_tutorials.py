@@ -3,8 +3,10 @@ its headline numbers as it computes them (a notebook whose finding disappears fa
 only one that crashes).
 
 Notebook 7 (reproducing the paper on a GPU) needs the 7B checkpoint and TVBench and is not run.
-The notebooks are committed without outputs; they run here in a temporary copy, with the
-interpreter running the tests as their kernel and the SynthTV set cached in a temporary folder.
+The notebooks are committed without outputs; they run here in a temporary copy, as a reader of
+the wheel runs them: their kernel is a fresh virtualenv holding only the built wheel
+(tests/test_wheel.py), in a folder outside the source tree, the SynthTV set cached in a temporary
+folder.
 """
 
 from __future__ import annotations
@@ -88,24 +90,39 @@ def synthtv_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("synthtv-cache")
 
 
+@pytest.mark.wheel
 @pytest.mark.parametrize("path", EXECUTED, ids=lambda path: path.stem)
-def test_tutorial_executes(path, tmp_path, monkeypatch, synthtv_cache):
-    from ipykernel.kernelspec import install as install_kernel
+def test_tutorial_executes_from_the_installed_wheel(path, tmp_path, monkeypatch, synthtv_cache,
+                                                    installed):
+    """Each tutorial runs as a reader of the wheel runs it: in a kernel of the fresh virtualenv
+    holding only the built wheel (its dependencies from this environment), in a folder outside
+    the source tree, with nothing of this repository importable (tutorial 6's HF-equivalence
+    helpers come from ``mapflow_tl.testing``, not ``tests/``)."""
+    import json
 
-    # A kernel spec running this very interpreter, in a private Jupyter data folder.
-    install_kernel(prefix=str(tmp_path / "jupyter"), kernel_name="mapflow-tests")
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter" / "share" / "jupyter")
-                       + os.pathsep + os.environ.get("JUPYTER_PATH", ""))
+    spec = tmp_path / "jupyter" / "kernels" / "mapflow-wheel"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(installed["python"]), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "mapflow-tl wheel", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the source tree must not be importable
     monkeypatch.setenv("MAPFLOW_CACHE", str(synthtv_cache))
     notebook = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=TIMEOUT_S, kernel_name="mapflow-tests",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    site = str(installed["site"])
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(
+        "import sys, mapflow_tl\n"
+        f"assert mapflow_tl.__file__.startswith({site!r}), mapflow_tl.__file__\n"
+        "assert not any(p.endswith('tests') for p in sys.path)"))
+    work = tmp_path / "work"
+    work.mkdir()
+    client = nbclient.NotebookClient(notebook, timeout=TIMEOUT_S, kernel_name="mapflow-wheel",
+                                     resources={"metadata": {"path": str(work)}})
     start = time.monotonic()
     client.execute()
     elapsed = time.monotonic() - start
     print(f"{path.name}: {elapsed:.1f} s")
     assert elapsed < TIMEOUT_S, f"{path.name} took {elapsed:.0f} s (limit {TIMEOUT_S} s)"
-
 
 
 PLOTTING = [path for path in NOTEBOOKS if any("plotly" in source for source in _code(path))]
@@ -139,31 +156,3 @@ def test_exported_html_shows_every_figure(tmp_path, monkeypatch, synthtv_cache):
     figures = sum("application/vnd.plotly.v1+json" in data for data in outputs)
     html, _ = nbconvert.HTMLExporter().from_notebook_node(notebook)
     assert figures >= 3 and html.count('src="data:image/png;base64,') == figures
-
-@pytest.mark.wheel
-def test_tutorial_6_runs_from_the_installed_wheel(tmp_path, monkeypatch, request):
-    """Tutorial 6 checks a new adapter against Hugging Face with helpers a model author imports
-    from the package (``mapflow_tl.testing``), not from this repository's ``tests/``: it runs in a
-    kernel of the fresh virtualenv holding only the built wheel, outside the source tree."""
-    import json
-
-    installed = request.getfixturevalue("installed")
-    spec = tmp_path / "jupyter" / "kernels" / "mapflow-wheel"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [str(installed["python"]), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "mapflow-tl wheel", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.delenv("PYTHONPATH", raising=False)  # the worktree must not be importable
-    monkeypatch.setenv("MAPFLOW_CACHE", str(tmp_path / "cache"))
-    notebook = nbformat.read(TUTORIALS / "06_add_a_model.ipynb", as_version=4)
-    site = str(installed["site"])
-    notebook.cells.insert(0, nbformat.v4.new_code_cell(
-        "import sys, mapflow_tl\n"
-        f"assert mapflow_tl.__file__.startswith({site!r}), mapflow_tl.__file__\n"
-        "assert not any(p.endswith('tests') for p in sys.path)"))
-    work = tmp_path / "work"
-    work.mkdir()
-    client = nbclient.NotebookClient(notebook, timeout=TIMEOUT_S, kernel_name="mapflow-wheel",
-                                     resources={"metadata": {"path": str(work)}})
-    client.execute()
