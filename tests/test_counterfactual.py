@@ -12,6 +12,9 @@ from mapflow_tl.counterfactuals import align, counterfactual
 from mapflow_tl.errors import InputError
 from mapflow_tl.models import VideoSample
 from mapflow_tl.segments import Frame, SegmentMap
+# tiny random models of two real families, built once per session by their own test modules
+from test_models_qwen import videollama3_dir  # noqa: F401 (fixture)
+from test_models_smolvlm import smolvlm_dir  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -216,3 +219,75 @@ def test_frames_that_kept_different_tokens_pair_only_their_common_cells():
     assert align(target, source, "frame_0", coords=coords) == [(p, p) for p in range(1, 5)]
     with pytest.raises(InputError, match="no \\(H, W\\) grid on its map and no kept token"):
         align(target, source, "frame_0")
+
+
+# ------------------------------------------------------- real families on tiny random models
+def test_smolvlm_reversed_frames_align_through_their_separators(smolvlm_dir):
+    """SmolVLM writes "Frame from mm:ss" text between frames and encodes each frame on its own:
+    aligned by content, the reversed run's frame t holds, cell by cell, the original run's frame
+    T-1-t tokens; the separators pair slot by slot (the same text, as the reversed clip is timed
+    like the original); the question pairs by offset."""
+    from test_models_qwen import OPTIONS, QUESTION, frames_array
+
+    from mapflow_tl.models import load_videollm
+
+    vlm = load_videollm(smolvlm_dir)
+    cf = counterfactual(VideoSample(frames_array(), QUESTION, OPTIONS, answer=1), "reverse")
+    original, edited = vlm.prepare(cf.original), vlm.prepare(cf.sample)
+    assert original.segments.separators, "the fixture must have text between frames"
+    n = len(edited.segments.frames)
+    frames = cf.frame_map("to_original")
+    for frame in edited.segments.frames:
+        pairs = align(edited.segments, original.segments, frame.name, frames=frames)
+        # the original frame at T-1-t, read off the original map, not through align
+        assert [s for _, s in pairs] == list(original.segments.frames[n - 1 - frame.index]
+                                             .positions)
+        mine, theirs = zip(*pairs)
+        # an independent check of the pairing: the tokens themselves, computed per frame
+        assert torch.allclose(edited.embeds[0, list(mine)], original.embeds[0, list(theirs)],
+                              atol=1e-5)
+        assert not torch.allclose(edited.embeds[0, list(mine)],
+                                  original.embeds[0, list(frame.positions)], atol=1e-3)
+    video = align(edited.segments, original.segments, "video", frames=frames)
+    for separator in edited.segments.separators:
+        gap = [(t, s) for t, s in video if separator.start <= t < separator.stop]
+        assert gap == [(p, p) for p in separator.positions]
+        assert torch.equal(edited.input_ids[0, separator.start:separator.stop],
+                           original.input_ids[0, separator.start:separator.stop])
+    mine, theirs = zip(*align(edited.segments, original.segments, "question"))
+    assert torch.equal(edited.input_ids[0, list(mine)], original.input_ids[0, list(theirs)])
+
+
+def test_videollama3_compressed_frames_align_by_their_kept_cells(videollama3_dir):
+    """VideoLLaMA3 with token compression keeps, per frame, only the cells that changed since
+    the previous frame, so reversing the clip changes how many tokens each frame has (here 6, 2,
+    1, 6 → 6, 6, 1, 2). Aligned by content through the kept coordinates, each reversed frame
+    pairs only the cells both runs kept, and those hold the same image's tokens."""
+    from test_models_qwen import MODEL_OWN, OPTIONS, QUESTION, static_video
+
+    from mapflow_tl.models import load_videollm
+
+    vlm = load_videollm(videollama3_dir, **MODEL_OWN)
+    cf = counterfactual(VideoSample(static_video(), QUESTION, OPTIONS, answer=2), "reverse")
+    original, edited = vlm.prepare(cf.original), vlm.prepare(cf.sample)
+    assert [len(f) for f in original.segments.frames] == [6, 2, 1, 6]
+    assert [len(f) for f in edited.segments.frames] == [6, 6, 1, 2]
+    coords = (edited.meta["kept_coords"], original.meta["kept_coords"])
+    frames = cf.frame_map("to_original")
+    for frame in edited.segments.frames:
+        pairs = align(edited.segments, original.segments, frame.name, frames=frames,
+                      coords=coords)
+        source = original.segments.frames[3 - frame.index]
+        # the cells both kept, by hand from the two runs' recorded coordinates
+        kept_here = [tuple(c) for c in coords[0][frame.index]]
+        kept_there = [tuple(c) for c in coords[1][source.index]]
+        expected = [(frame.start + i, source.start + kept_there.index(cell))
+                    for i, cell in enumerate(kept_here) if cell in kept_there]
+        assert pairs == expected and pairs
+        mine, theirs = zip(*pairs)
+        assert torch.allclose(edited.embeds[0, list(mine)], original.embeds[0, list(theirs)],
+                              atol=1e-5)
+    # slot alignment of frame 1 (6 kept cells against the original's 2) pairs their 2 common cells
+    assert len(align(edited.segments, original.segments, "frame_1", coords=coords)) == 2
+    with pytest.raises(InputError, match="no \\(H, W\\) grid on its map and no kept token"):
+        align(edited.segments, original.segments, "frame_2", frames=frames)
