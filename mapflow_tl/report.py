@@ -86,6 +86,11 @@ _MAX_LENS_LAYERS = 4   # layer rows in the lens figure
 _MAX_FRAME_SAMPLES = 2  # samples drawn in the frame-grounded views
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 _FONT = dict(family="Helvetica, Arial, sans-serif", size=12)
+#: The patching score's diverging scale, spelled out: plotly.js and plotly's Python package
+#: orient the named "RdBu" opposite ways, and the two patching figures must agree (blue: the
+#: patch moves the answer towards the counterfactual's).
+_SCORE_SCALE = [[0.0, "rgb(103,0,31)"], [0.25, "rgb(214,96,77)"], [0.5, "rgb(247,247,247)"],
+                [0.75, "rgb(67,147,195)"], [1.0, "rgb(5,48,97)"]]
 
 
 def curve_color(curve: str) -> str:
@@ -1138,7 +1143,7 @@ def _patching_section(rows):
                               "samples)<extra></extra>"), row=i + 1, col=j + 1)
             figure.update_xaxes(title_text=_LAYER_AXIS, dtick=1, row=i + 1, col=j + 1)
     figure.update_layout(height=320 * len(activations), margin=dict(t=40),
-                         coloraxis=dict(colorscale="RdBu", cmid=0,
+                         coloraxis=dict(colorscale=_SCORE_SCALE, cmid=0,
                                         colorbar=dict(title="score")))
     agreement = []
     for activation in activations:
@@ -1160,6 +1165,58 @@ def _patching_section(rows):
                     "backward; Spearman rank correlation with real patching: "
                     + ", ".join(agreement) + ".")
     return ("patching", "Activation patching from a counterfactual video", caption, figure)
+
+
+def _patching_frame_sections(rows, frames_table):
+    """"Which frames matter": per sample, each frame's thumbnail above its normalised patching
+    score in each layer (real patching of the whole frame, the first activation patched), on one
+    diverging scale: the frames whose content carries the answer, and where."""
+    whole = [r for r in rows if r.get("position") is None and r["method"] == "patch"
+             and str(r["segment"]).startswith("frame_")]
+    if not whole:
+        return []
+    activation = whole[0]["activation"]
+    whole = [r for r in whole if r["activation"] == activation]
+    sections = []
+    for number, sample in enumerate(list(dict.fromkeys(r["sample"] for r in whole))
+                                    [:_MAX_FRAME_SAMPLES]):
+        sample_rows = [r for r in whole if r["sample"] == sample]
+        task = sample_rows[0].get("task", "")
+        thumbs = _frame_rows(frames_table, sample)
+        by_frame = _by(sample_rows, "segment")
+        frame_ids = _pick(sorted(int(s[len("frame_"):]) for s in by_frame), _MAX_FRAMES)
+        # one cell a frame and layer: the frame's thumbnail keeps its aspect, its token grid is
+        # not what was patched (the whole frame was)
+        grids = {t: _FrameGrid({**thumbs[t], "grid_h": 1, "grid_w": 1, "coords": None}
+                               if t in thumbs else None, [{"h": 0, "w": 0}])
+                 for t in frame_ids}
+        layers = _pick(sorted({int(r["layer"]) for r in sample_rows}), 2 * _MAX_LENS_LAYERS)
+        figure = _FrameFigure(len(layers), frame_ids, grids, [f"layer {l}" for l in layers])
+        cells = _by(sample_rows, "segment", "layer")
+        for i, layer in enumerate(layers):
+            for j, t in enumerate(frame_ids):
+                scores = [r["score"] for r in cells.get((f"frame_{t}", layer), [])
+                          if r["score"] is not None and math.isfinite(r["score"])]
+                score = scores[0] if scores else None
+                figure.draw(grids[t], [[score]], [["" if score is None else f"{score:.2f}"]],
+                            [[f"frame {t}, layer {layer}: score "
+                              + ("undefined" if score is None else f"{score:.3f}")]],
+                            row=i, col=j, coloraxis="coloraxis", opacity=1.0)
+        figure.layout.update(coloraxis=dict(
+            colorscale=_SCORE_SCALE, cmin=-1, cmax=1,
+            colorbar=dict(title=dict(text="score", side="top"), len=0.6, thickness=12)))
+        source = str(sample_rows[0]["source"]).rpartition("~")[2] or "the source run"
+        note = ("" if any(g.image for g in grids.values()) else
+                " This run saved no frame thumbnails, so the frames are drawn without the video.")
+        figure_id = "patching-frames" if number == 0 else f"patching-frames-{number + 1}"
+        sections.append((
+            figure_id, f"Which frames matter{_sample_label(sample, task)}",
+            f"Each frame of the video as the model saw it (top row), patched whole from the "
+            f"{html.escape(source)} counterfactual in one layer at a time ({activation}): the "
+            f"normalised patching score of the answer's logit difference (1: the patch alone "
+            f"moves the answer all the way to the counterfactual's; 0: not at all; the colour is "
+            f"the colour bar's), layers {', '.join(map(str, layers))}." + note, figure))
+    return sections
 
 
 def _table_html(rows: list[dict[str, Any]], element_id: str = "") -> str:
@@ -1332,6 +1389,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
         sections.append(_prune_section(tables["prune"]))
     if tables["patch"]:
         sections.append(_patching_section(tables["patch"]))
+        sections += _patching_frame_sections(tables["patch"], tables["frames"])
     if samples and not any(r.get("selected", True) for r in samples):
         mode = (config.get("definitions") or {}).get("sample_mode") or config.get("mode")
         sections.insert(0, ("no-selected-samples", "No sample was selected",

@@ -287,6 +287,38 @@ def test_patch_command_resumes_and_reports_the_mean_scores(model_and_data, tmp_p
             assert real["z"][i][j] == pytest.approx(sum(scores) / len(scores))
     assert real["y"][:2] == ["frame_0", "frame_1"] and real["y"][-2:] == ["question", "last"]
 
+    # "which frames matter": each frame's thumbnail above its score in each layer, the first
+    # sample's real patching (resid_pre) by hand, one cell a frame and layer
+    frames = read_table(out, "frames")
+    first = rows[0]["sample"]
+    assert sorted(r["frame"] for r in frames if r["sample"] == first) == list(range(8))
+    match = re.search(r'Plotly\.newPlot\("patching-frames",\s*', page)
+    assert match, "no frames view for the patching run"
+    decoder = json.JSONDecoder()
+    rest = page[match.end():]
+    cells, end = decoder.raw_decode(rest)
+    layout, _ = decoder.raw_decode(rest[end:].lstrip(", "))
+    assert len(layout["images"]) == 8 and all(i["source"].startswith("data:image/") for i in
+                                               layout["images"])
+    layers = sorted({r["layer"] for r in rows})
+    assert len(cells) == 8 * len(layers)
+    for i, layer in enumerate(layers):
+        for t in range(8):
+            (expected,) = [r["score"] for r in rows if r["sample"] == first
+                           and r["method"] == "patch" and r["segment"] == f"frame_{t}"
+                           and r["layer"] == layer]
+            assert cells[i * 8 + t]["z"] == [[pytest.approx(expected)]]
+    assert layout["coloraxis"]["cmin"] == -1 and layout["coloraxis"]["cmax"] == 1
+    # one colour for one score in both patching figures (plotly.js' named "RdBu" runs the other
+    # way round from plotly.py's): blue is towards the counterfactual in each
+    match = re.search(r'Plotly\.newPlot\(\s*"patching",\s*', page)
+    rest = page[match.end():]
+    _, end = decoder.raw_decode(rest)
+    heatmap_layout, _ = decoder.raw_decode(rest[end:].lstrip(", "))
+    scale = [[float(a), b] for a, b in heatmap_layout["coloraxis"]["colorscale"]]
+    assert scale == [[float(a), b] for a, b in layout["coloraxis"]["colorscale"]]
+    assert scale[-1][1] == "rgb(5,48,97)"   # the highest score is dark blue
+
 
 def test_attribution_by_position_adds_up_to_the_segment(vlm, runs):
     """The estimate is linear in the patch: the per-position rows of a segment sum to its row."""

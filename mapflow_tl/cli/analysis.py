@@ -338,6 +338,7 @@ def _patch(args: argparse.Namespace) -> int:
     of the same patches and their rank agreement."""
     from .. import analyses
     from ..patching import rank_agreement
+    from ..results import frame_thumbnails
     from ..runs import read_table
 
     frame = args.frame[0] if len(args.frame) == 1 else tuple(args.frame)
@@ -348,11 +349,14 @@ def _patch(args: argparse.Namespace) -> int:
                      "(patched - target) / (source - target)",
         patch_attribution=not args.no_attribution)
     run = AnalysisRun(args, "patch", config={"definitions": definitions})
-    for sample, x in run.each("samples", run.done(("patch",))):
-        run.writer.write("patch", analyses.counterfactual_patching(
+    for sample, x in run.each("samples", run.done(("patch", "frames"))):
+        rows = analyses.counterfactual_patching(
             run.vlm, sample, x, args.counterfactual, activation=args.activation,
             align_frames=args.align_frames, seed=args.seed, frame=frame,
-            attribution=not args.no_attribution))
+            attribution=not args.no_attribution)
+        # the frames the report draws the scores over ("which frames matter"), beside the rows
+        run.writer.write("frames", frame_thumbnails(x))
+        run.writer.write("patch", rows)
         run.mark_done(x, analyses.base_prediction(run.vlm, x))
     out = run.finish()
     if run.world.is_main:
