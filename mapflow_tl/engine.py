@@ -80,16 +80,26 @@ SUFFIX_FORWARDS = ("auto", "lean", "hooked")
 
 @dataclass(frozen=True)
 class KnockoutConfig:
-    """One point of a sweep: block ``edges`` in ``layers``; ``curve`` and ``center`` label it."""
+    """One point of a sweep: block ``edges`` in ``layers``; ``curve`` and ``center`` label it.
+
+    ``heads``: the attention heads the edges are blocked in (0-based query heads; a head-resolved
+    sweep knocks out one at a time), ``None`` for all heads — the paper's knockout."""
 
     curve: str
     edges: Edges
     layers: tuple[int, ...]
     center: int | None = None
+    heads: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
             raise InputError(f"knockout config {self.curve!r} (center {self.center}) has no layer")
+        if self.heads is not None:
+            heads = tuple(sorted({int(h) for h in self.heads}))
+            if not heads or heads[0] < 0:
+                raise InputError(f"knockout config {self.curve!r}: heads must be non-negative "
+                                 f"head indices (None for all heads), got {self.heads!r}")
+            object.__setattr__(self, "heads", heads)
 
     @property
     def start_layer(self) -> int:
@@ -104,14 +114,22 @@ def layer_sweep(
     k: int = 9,
     style: str = "center",
     centers: Iterable[int] | None = None,
+    heads: Iterable[int] | None = None,
 ) -> list[KnockoutConfig]:
-    """One configuration per (curve, window centre): the paper's layer-wise knockout sweep."""
+    """One configuration per (curve, window centre): the paper's layer-wise knockout sweep.
+
+    With ``heads``, one configuration per (curve, window centre, head), each blocking the curve's
+    edges in that one head only: the head-resolved sweep."""
     centers = range(n_layers) if centers is None else list(centers)
+    per_head = [None] if heads is None else [(int(h),) for h in heads]
+    if not per_head:
+        raise InputError("layer_sweep heads=[] sweeps nothing; pass None for all heads at once")
     return [
         KnockoutConfig(curve, edges, tuple(window(center, n_layers=n_layers, k=k, style=style)),
-                       center)
+                       center, head)
         for curve, edges in curves.items()
         for center in centers
+        for head in per_head
     ]
 
 
@@ -174,18 +192,23 @@ class BatchedKnockoutHook:
     Batch element b has its own boolean ``[query, key]`` mask (the rows of its edge set for the
     recomputed query positions); ``active[b]`` says whether element b's configuration blocks this
     layer — an inactive element gets an all-False mask. Scores of masked (query, key) pairs are set
-    to −∞ in all heads (Attention Knockout, Map the Flow §2).
+    to −∞ in all heads (Attention Knockout, Map the Flow §2), or, with ``heads`` ``[batch,
+    head]``, in the heads element b marks.
     """
 
     def __init__(
         self,
         masks: Bool[torch.Tensor, "batch query key"],
         active: Bool[torch.Tensor, " batch"],
+        heads: Bool[torch.Tensor, "batch head"] | None = None,
     ) -> None:
         if masks.dim() != 3 or active.shape != masks.shape[:1]:
             raise ValueError(f"masks must be [batch, query, key] and active [batch], got "
                              f"{tuple(masks.shape)} and {tuple(active.shape)}")
+        if heads is not None and (heads.dim() != 2 or heads.shape[0] != masks.shape[0]):
+            raise ValueError(f"heads must be [batch, head], got {tuple(heads.shape)}")
         self.masks = masks if bool(active.all()) else masks & active.to(masks.device)[:, None, None]
+        self.heads = heads
 
     def __call__(
         self, scores: Float[torch.Tensor, "batch head query key"], hook
@@ -195,7 +218,13 @@ class BatchedKnockoutHook:
         if got != expected:
             raise ValueError(f"{hook.name}: attention scores have [batch, query, key] = {got}, "
                              f"the batched knockout masks {expected}")
-        return scores.masked_fill(self.masks[:, None].to(scores.device), float("-inf"))
+        if self.heads is None:
+            return scores.masked_fill(self.masks[:, None].to(scores.device), float("-inf"))
+        if self.heads.shape[1] != scores.shape[1]:
+            raise ValueError(f"{hook.name}: {scores.shape[1]} heads, the head masks "
+                             f"{self.heads.shape[1]}")
+        blocked = self.masks[:, None] & self.heads[:, :, None, None].to(self.masks.device)
+        return scores.masked_fill(blocked.to(scores.device), float("-inf"))
 
     def __repr__(self) -> str:
         return f"BatchedKnockoutHook(batch {self.masks.shape[0]}, {self.masks.shape[1]} queries)"
@@ -298,6 +327,9 @@ def sweep_samples(
     for sample_configs in configs:
         for config in sample_configs:
             knockout(config.edges, config.layers, n_layers=n_layers)  # validates the layers
+            if config.heads is not None and config.heads[-1] >= model.cfg.n_heads:
+                raise InputError(f"knockout config {config.curve!r}: heads {list(config.heads)} "
+                                 f"outside the model's {model.cfg.n_heads} heads (0-based)")
     user_hooks: HookList = list(fwd_hooks)
     check_hooks(model, user_hooks)
     if method == "naive":
@@ -306,7 +338,8 @@ def sweep_samples(
         results = []
         for sample, sample_configs in zip(embeds, configs):
             rows = [run_from_embeds(model, sample, fwd_hooks=knockout(
-                config.edges, config.layers, n_layers=n_layers) + user_hooks, grad=False)[0, -1]
+                config.edges, config.layers, config.heads, n_layers=n_layers) + user_hooks,
+                grad=False)[0, -1]
                 for config in sample_configs]
             results.append(torch.stack(rows) if rows else _no_logits(model))
         return results
@@ -616,6 +649,18 @@ def _edge_rows(n_positions: int):
     return rows
 
 
+def _head_masks(configs: Sequence[KnockoutConfig], n_heads: int,
+                device) -> torch.Tensor | None:
+    """``[batch, head]``: the heads each configuration blocks its edges in; ``None`` when every
+    configuration blocks all heads (the mask then stays one ``[query, key]`` per element)."""
+    if all(config.heads is None for config in configs):
+        return None
+    masks = torch.zeros(len(configs), n_heads, dtype=torch.bool, device=device)
+    for row, config in enumerate(configs):
+        masks[row, slice(None) if config.heads is None else list(config.heads)] = True
+    return masks
+
+
 def _split_on_oom(run_batch, start_layer: int, n_queries: int,
                   members: tuple[tuple[int, int], ...]) -> None:
     """Run a batch; out of memory, run its halves instead (recursively)."""
@@ -669,7 +714,9 @@ def _fast_sweep_lean(
         active = torch.tensor([[layer in config.layers for _, config in chunk]
                                for layer in range(n_layers)], device=device)
         logits = suffix_logits(weights, clean, s, blocked, active,
-                               [sample for sample, _ in chunk])
+                               [sample for sample, _ in chunk],
+                               heads=_head_masks([config for _, config in chunk],
+                                                 model.cfg.n_heads, device))
         for row, (sample, index) in enumerate(members):
             results[sample][index] = logits[row]
 
@@ -735,12 +782,13 @@ def _fast_sweep_hooked(
         )
         start = clean_resid[s][:, p:]
         batch_masks = torch.stack([rows(config, p, start.device) for config in chunk])
+        head_masks = _head_masks(chunk, model.cfg.n_heads, start.device)
         hooks: HookList = []
         for layer in range(s, n_layers):
             active = torch.tensor([layer in config.layers for config in chunk])
             if bool(active.any()):
                 hooks.append((attn_scores_hook_name(layer),
-                              BatchedKnockoutHook(batch_masks, active)))
+                              BatchedKnockoutHook(batch_masks, active, head_masks)))
         with _attached(model, hooks + user_hooks):
             residual = model(start.repeat(size, 1, 1), start_at_layer=s, stop_at_layer=n_layers,
                              past_kv_cache=cache)

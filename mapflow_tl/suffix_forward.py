@@ -618,6 +618,7 @@ def suffix_logits(
     blocked: Bool[torch.Tensor, "batch query key"] | Sequence[Bool[torch.Tensor, "query _"]],
     active: Bool[torch.Tensor, "layer batch"],
     samples: Sequence[int] | None = None,
+    heads: Bool[torch.Tensor, "batch head"] | None = None,
 ) -> Float[torch.Tensor, "batch d_vocab"]:
     """Last-position logits of a batch of knockout configurations, possibly of several samples.
 
@@ -628,7 +629,9 @@ def suffix_logits(
     last Q are the clean run's (``clean.residual[start_layer]`` must be kept, and no element may
     block an earlier query or layer): the suffix forward restates the backbone block on the
     recomputed cells only (module docstring). Elements of different samples share every layer
-    call; each reads its own sample's clean keys and values.
+    call; each reads its own sample's clean keys and values. ``heads[b]`` (default: all) marks
+    the query heads element b blocks its pairs in; the mask is then per head (``heads`` times
+    larger), so a batch without head-resolved elements passes ``None``.
     """
     B, Q = len(blocked), blocked[0].shape[0]
     samples = [0] * B if samples is None else list(samples)
@@ -642,8 +645,11 @@ def suffix_logits(
     order = sorted(range(B), key=samples.__getitem__)
     if order != list(range(B)):  # group elements by sample; logits are put back in order
         logits = suffix_logits(weights, clean, start_layer, [blocked[i] for i in order],
-                               active[:, order], [samples[i] for i in order])
+                               active[:, order], [samples[i] for i in order],
+                               None if heads is None else heads[order])
         return logits[torch.tensor(order, device=logits.device).argsort()]
+    if heads is not None and heads.shape != (B, weights.n_heads):
+        raise ValueError(f"heads must be [{B}, {weights.n_heads}], got {tuple(heads.shape)}")
     device = blocked[0].device
     layout = _layout(clean, samples, Q, device)
     P = layout.n_prefix
@@ -673,7 +679,11 @@ def suffix_logits(
         pattern = tuple(active[layer].tolist())
         if pattern not in masks:
             allowed = allowed_base
-            if all(pattern):
+            if heads is not None and any(pattern):
+                # [B, heads, Q, P+Q]: element b's pairs blocked in its marked heads only
+                on = heads.to(device) & active[layer].to(device)[:, None]
+                allowed = allowed[:, None] & ~(slot_blocked[:, None] & on[:, :, None, None])
+            elif all(pattern):
                 allowed = allowed & ~slot_blocked
             elif any(pattern):
                 allowed = allowed & ~(slot_blocked & active[layer].to(device)[:, None, None])
@@ -681,8 +691,16 @@ def suffix_logits(
                 torch.float16, torch.bfloat16) else torch.float32
             additive = torch.zeros(allowed.shape, dtype=compute, device=device)
             additive.masked_fill_(~allowed, float("-inf"))
-            # SDPA: [B, 1, Q, P+Q]; folded: [B, 1, Q, 1, P+Q] (kv heads, query heads per kv head)
-            masks[pattern] = additive[:, None] if use_sdpa else additive[:, None, :, None]
+            if additive.dim() == 4:
+                # per head, query head h = kv head h // g (GQA): SDPA [B, heads, Q, P+Q];
+                # folded [B, kv, Q, g, P+Q]
+                kv, g = weights.n_kv_heads, weights.n_heads // weights.n_kv_heads
+                masks[pattern] = additive if use_sdpa else \
+                    additive.expand(len(blocked), -1, -1, -1).unflatten(1, (kv, g)) \
+                    .transpose(2, 3)
+            else:
+                # SDPA: [B, 1, Q, P+Q]; folded: [B, 1, Q, 1, P+Q] (kv heads, query heads per kv)
+                masks[pattern] = additive[:, None] if use_sdpa else additive[:, None, :, None]
         return masks[pattern]
 
     def rotary_for(index: int) -> tuple[torch.Tensor, torch.Tensor]:

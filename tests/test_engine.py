@@ -13,6 +13,7 @@ import torch
 
 from mapflow_tl import edges as E
 from mapflow_tl.edges import Edges
+from mapflow_tl.errors import InputError
 from mapflow_tl.engine import (
     KnockoutConfig,
     layer_sweep,
@@ -310,3 +311,78 @@ def test_layer_sweep_has_one_configuration_per_curve_and_every_centre():
     assert [c.center for c in layer_sweep({"a": a}, 5, k=3, centers=[4, 1])] == [4, 1]
     assert [c.layers for c in layer_sweep({"a": a}, 5, k=3, style="top_down")] == [
         tuple(range(center, 5)) for center in range(5)]
+
+
+# ---------------------------------------------------------------------- head-resolved sweeps
+def test_head_configs_fast_equals_naive_on_both_suffix_forwards(llama, inputs):
+    """Head-resolved configurations (one head each, GQA: 4 query heads over 2 key/value heads)
+    mixed in one sweep with all-head ones: the lean and the hooked suffix forwards both give the
+    naive method's logits, through the folded ("→ last") and the SDPA (many queries) attention."""
+    seg, embeds = inputs
+    curves = {"cross-frame": E.cross_frame(seg), "video → last": E.video_to_last(seg),
+              "video → question": E.video_to_question(seg)}
+    configs = layer_sweep(curves, N_LAYERS, k=K, heads=range(llama.cfg.n_heads)) \
+        + layer_sweep(curves, N_LAYERS, k=K)
+    assert {config.heads for config in configs} == {(0,), (1,), (2,), (3,), None}
+    naive = sweep(llama, embeds, configs, method="naive")
+    _assert_equal(sweep(llama, embeds, configs, suffix="lean"), naive, configs)
+    _assert_equal(sweep(llama, embeds, configs, suffix="hooked"), naive, configs)
+    # not vacuous: one head's knockout differs from another's and from the all-head knockout
+    by_key = {(c.curve, c.center, c.heads): p for c, p in zip(configs, naive.softmax(-1))}
+    for curve in curves:
+        spread = max(float((by_key[(curve, center, (0,))] - by_key[(curve, center, (1,))])
+                           .abs().max()) for center in range(N_LAYERS))
+        assert spread > 1e-4, f"heads 0 and 1 of {curve} give the same output"
+        all_heads = max(float((by_key[(curve, center, (2,))] - by_key[(curve, center, None)])
+                              .abs().max()) for center in range(N_LAYERS))
+        assert all_heads > 1e-4, f"head 2 of {curve} gives the all-head knockout"
+
+
+def _hand_blocked(seg: SegmentMap, curve: str) -> torch.Tensor:
+    """The curve's blocked (query, key) pairs, written out from the layout's spans."""
+    n = seg.n_positions
+    blocked = torch.zeros(n, n, dtype=torch.bool)
+    frames = [list(frame.positions) for frame in seg.frames]
+    if curve == "cross-frame":
+        for t in range(1, len(frames)):
+            earlier = [p for frame in frames[:t] for p in frame]
+            blocked[torch.tensor(frames[t])[:, None], torch.tensor(earlier)[None]] = True
+    else:  # video → last
+        blocked[n - 1, torch.tensor([p for frame in frames for p in frame])] = True
+    return blocked
+
+
+@pytest.mark.parametrize("curve", ["cross-frame", "video → last"])
+@pytest.mark.parametrize("suffix", ["lean", "hooked"])
+def test_head_knockout_equals_hf_with_a_per_head_mask(tiny_hf_llama, tiny_backbone, layout,
+                                                      curve, suffix):
+    """A head-resolved sweep point equals the Hugging Face model run with an explicit additive
+    mask that blocks the curve's pairs in that head only (GQA: heads 1 and 2 belong to different
+    key/value heads)."""
+    from mapflow_tl.testing import additive_mask, hf_logits_with_layer_masks
+
+    n, n_heads = layout.n_positions, tiny_backbone.cfg.n_heads
+    edges = {"cross-frame": E.cross_frame, "video → last": E.video_to_last}[curve](layout)
+    embeds = torch.randn(1, n, tiny_backbone.cfg.d_model, generator=torch.Generator().manual_seed(4))
+    configs = [KnockoutConfig(curve, edges, (1, 2), heads=(head,)) for head in (1, 2)]
+    ours = sweep(tiny_backbone, embeds, configs, suffix=suffix)
+    blocked = _hand_blocked(layout, curve)
+    for row, head in enumerate((1, 2)):
+        reference = hf_logits_with_layer_masks(
+            tiny_hf_llama, {layer: additive_mask(n, blocked, n_heads, heads=[head])
+                            for layer in (1, 2)},
+            additive_mask(n, None, n_heads), inputs_embeds=embeds)[0, -1]
+        assert (ours[row] - reference).abs().max() <= 1e-4, f"head {head}"
+    assert (ours[0] - ours[1]).abs().max() > 1e-3, "the two heads' knockouts should differ"
+
+
+def test_head_configs_bad_input_names_the_problem(llama, inputs):
+    seg, embeds = inputs
+    with pytest.raises(InputError, match="heads"):
+        KnockoutConfig("x", E.video_to_last(seg), (1,), heads=())
+    with pytest.raises(InputError, match="heads"):
+        KnockoutConfig("x", E.video_to_last(seg), (1,), heads=(-1,))
+    with pytest.raises(InputError, match="outside the model's 4 heads"):
+        sweep(llama, embeds, [KnockoutConfig("x", E.video_to_last(seg), (1,), heads=(4,))])
+    with pytest.raises(InputError, match="heads"):
+        layer_sweep({"x": E.video_to_last(seg)}, N_LAYERS, heads=[])
