@@ -713,10 +713,10 @@ def _fast_sweep_lean(
                    for sample, config in chunk]
         active = torch.tensor([[layer in config.layers for _, config in chunk]
                                for layer in range(n_layers)], device=device)
+        heads = _head_masks([config for _, config in chunk], model.cfg.n_heads, device)
         logits = suffix_logits(weights, clean, s, blocked, active,
                                [sample for sample, _ in chunk],
-                               heads=_head_masks([config for _, config in chunk],
-                                                 model.cfg.n_heads, device))
+                               **({} if heads is None else {"heads": heads}))
         for row, (sample, index) in enumerate(members):
             results[sample][index] = logits[row]
 
