@@ -55,6 +55,8 @@ __all__ = [
     "select",
     "flow_sweep",
     "flow_sweeps",
+    "head_sweep",
+    "head_sweeps",
     "accuracy_by_layer",
     "base_accuracy",
     "probability_trace",
@@ -239,17 +241,98 @@ def _require_finite_sweep(vlm: VideoLLM, x: Prepared, labelled,
     if not bool(bad.any()):
         return
     circuit, config = labelled[int(bad.nonzero()[0])]
-    hooks = knockout(config.edges, config.layers, n_layers=vlm.n_layers)
+    hooks = knockout(config.edges, config.layers, config.heads, n_layers=vlm.n_layers)
     clean = vlm.run_with_hooks(x)[0, -1]
     require_finite(clean, vlm.backbone, x.embeds, (), what="the logits of the clean forward",
                    sample=_sample_id(x))
     what = (f"the logits of the knockout sweep's configuration {circuit!r} curve "
-            f"{config.curve!r} in layers {list(config.layers)}")
+            f"{config.curve!r} in layers {list(config.layers)}"
+            + ("" if config.heads is None else f" heads {list(config.heads)}"))
     rerun = vlm.run_with_hooks(x, hooks)[0, -1]
     require_finite(rerun, vlm.backbone, x.embeds, hooks, what=what, sample=_sample_id(x))
     # the rerun alone is finite: the sweep's batched forward was not
     require_finite(logits, vlm.backbone, x.embeds, hooks, what=what + " (batched in the sweep)",
                    sample=_sample_id(x))
+
+
+def head_sweep(
+    vlm: VideoLLM,
+    x: Prepared,
+    circuit: Circuit | str,
+    *,
+    k: int = 1,
+    centers: Iterable[int] | None = None,
+    heads: Iterable[int] | None = None,
+    method: str = "fast",
+    base: dict[str, Any] | None = None,
+    correctness: str = "official",
+) -> list[dict[str, Any]]:
+    """Head-resolved knockout sweep of one sample: for each curve of ``circuit``, each window
+    centre (``centers``, default every layer) and each attention head (``heads``, default all),
+    knock the curve's edges out in the window of ``k`` layers (default 1: the layer alone) in
+    that one head and record what :func:`flow_sweep` records — the knocked-out probabilities of
+    the clean run's predicted and of the ground-truth token, their relative change ×100, the new
+    answer and its correctness. One row per curve × centre × head (``heads`` table): a layer ×
+    head map per pathway of which heads carry it. :func:`head_sweeps` runs several samples."""
+    return head_sweeps(vlm, [x], [circuit], k=k, centers=centers, heads=heads, method=method,
+                       bases=None if base is None else [base], correctness=correctness)[0]
+
+
+@torch.no_grad()
+def head_sweeps(
+    vlm: VideoLLM,
+    xs: Sequence[Prepared],
+    circuits: Sequence[Circuit | str] | Circuit | str,
+    *,
+    k: int = 1,
+    centers: Iterable[int] | None = None,
+    heads: Iterable[int] | None = None,
+    method: str = "fast",
+    bases: Sequence[dict[str, Any] | None] | None = None,
+    correctness: str = "official",
+    max_samples: int | None = None,
+) -> list[list[dict[str, Any]]]:
+    """:func:`head_sweep` of every sample in ``xs`` under every circuit, computed as one knockout
+    sweep (:func:`~mapflow_tl.engine.sweep_samples`): each head's configurations share the clean
+    forwards and layer calls with the other heads' (each batch element carries its own head)."""
+    circuits = _circuits(circuits)
+    if isinstance(xs, Prepared):
+        raise InputError("head_sweeps takes a list of prepared samples; for one use "
+                         "head_sweep(vlm, x, circuit)")
+    n_layers, n_heads = vlm.n_layers, vlm.backbone.cfg.n_heads
+    heads = list(range(n_heads)) if heads is None else [int(h) for h in heads]
+    bad = [h for h in heads if not 0 <= h < n_heads]
+    if bad or not heads:
+        raise InputError(f"heads {bad or heads} are not heads of this model: give 0-based head "
+                         f"indices below {n_heads}, or None for every head")
+    centers = None if centers is None else list(centers)
+    bases = [None] * len(xs) if bases is None else list(bases)
+    if len(bases) != len(xs):
+        raise InputError(f"head_sweeps needs one base per sample, got {len(bases)} for "
+                         f"{len(xs)} samples")
+    bases = [base or base_prediction(vlm, x, correctness=correctness)
+             for x, base in zip(xs, bases)]
+    labelled = [[(circuit.name, config) for circuit in circuits
+                 for config in layer_sweep(circuit.build_curves(x.segments, n_layers), n_layers,
+                                           k=k, centers=centers, heads=heads)]
+                for x in xs]
+    logits = sweep_samples(vlm.backbone, [x.embeds for x in xs],
+                           [[config for _, config in sample] for sample in labelled],
+                           method=method, max_samples=max_samples)
+    out = []
+    for x, sample, sample_logits, base in zip(xs, labelled, logits, bases):
+        _require_finite_sweep(vlm, x, sample, sample_logits)
+        rows = []
+        for row, (circuit, config) in zip(
+                _flow_rows(vlm, x, sample, sample_logits.float().softmax(-1), k, "center", base,
+                           correctness), sample):
+            rows.append({
+                **sample_fields(x), "circuit": row["circuit"], "curve": row["curve"],
+                "layer": row["layer"], "layers": row["layers"], "head": config.heads[0],
+                **base, **{column: row[column] for column in (
+                    "p_pred", "p_true", "change_pred", "change_true", "token", "correct")}})
+        out.append(rows)
+    return out
 
 
 def _circuits(circuits: Sequence[Circuit | str] | Circuit | str) -> list[Circuit]:

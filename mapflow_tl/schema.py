@@ -38,6 +38,10 @@ TABLES: dict[str, tuple[str, ...]] = {
     "flow": SAMPLE_COLUMNS + ("circuit", "curve", "layer", "layers", "k", "style")
     + BASE_COLUMNS + ("p_pred", "p_true", "change_pred", "change_true", "token", "option",
                       "correct", "edges"),
+    # Head-resolved knockout (analyses.head_sweep): one row per curve × window centre × head;
+    # the curve's edges are blocked in that one head only, in ``layers``.
+    "heads": SAMPLE_COLUMNS + ("circuit", "curve", "layer", "layers", "head") + BASE_COLUMNS
+    + ("p_pred", "p_true", "change_pred", "change_true", "token", "correct"),
     "prob": SAMPLE_COLUMNS + ("layer", "option", "token", "is_true", "probability", "p_pred",
                               "top_ids", "top_tokens", "top_probs"),
     "lens": SAMPLE_COLUMNS + ("layer", "position", "frame", "h", "w", "top_ids", "top_tokens",

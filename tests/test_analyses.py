@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from mapflow_tl import analyses as A
+from mapflow_tl import edges
+from mapflow_tl.errors import InputError
 from mapflow_tl.circuits import Circuit, load_circuit
 from mapflow_tl.edges import Edges
 from mapflow_tl.models import FamilyAdapter, Prepared, VideoLLM, VideoSample
@@ -189,6 +191,60 @@ def test_every_flow_row_equals_the_hf_model_with_explicit_masks(vlm, xs, tiny_hf
             assert row["edges"] == int(blocked.sum())
             flipped += (letter(token) == letter(truth)) != (letter(predicted) == letter(truth))
     assert flipped > 0, "no knockout changed an answer's correctness: the test would be blind"
+
+
+def test_every_head_row_equals_the_hf_model_with_a_per_head_mask(vlm, xs, tiny_hf_llama):
+    """head_sweep (k=1: each layer alone, each head alone) against the HF model run with an
+    explicit additive mask blocking the curve's pairs in that one head of that one layer."""
+    n_layers, n_heads = vlm.n_layers, tiny_hf_llama.config.num_attention_heads
+    x = xs[0]
+    n, seg = x.n_positions, x.segments
+    circuit, pairs = hand_circuit(seg, n)
+    pairs["cross-frame"] = hand_cross_frame(seg)
+    rows = A.head_sweep(vlm, x, load_circuit("cross-frame")) + A.head_sweep(vlm, x, circuit)
+    assert len(rows) == 4 * n_layers * n_heads
+    assert {(r["curve"], r["layer"], r["head"]) for r in rows} == {
+        (c, l, h) for c in pairs for l in range(n_layers) for h in range(n_heads)}
+    clean = hf_probabilities(tiny_hf_llama, x)
+    predicted, truth = int(clean.argmax()), x.answer_token
+    spread = 0.0
+    for row in rows:
+        blocked = block_mask(n, pairs[row["curve"]])
+        mask = additive_mask(n, blocked, n_heads, heads=[row["head"]])
+        logits = hf_logits_with_layer_masks(tiny_hf_llama, {row["layer"]: mask},
+                                            additive_mask(n, None, n_heads),
+                                            inputs_embeds=x.embeds)
+        knocked = logits[0, -1].double().softmax(-1)
+        assert row["layers"] == [row["layer"]]
+        assert row["base_token"] == predicted
+        assert row["p_pred"] == pytest.approx(float(knocked[predicted]), abs=1e-5)
+        assert row["p_true"] == pytest.approx(float(knocked[truth]), abs=1e-5)
+        change = (knocked[predicted] - clean[predicted]) / clean[predicted] * 100
+        assert row["change_pred"] == pytest.approx(float(change), rel=1e-3, abs=1e-3)
+        assert row["token"] == int(knocked.argmax())
+        assert row["correct"] == official_knockout(row["token"], x)
+        spread = max(spread, abs(row["change_pred"]))
+    assert spread > 1e-2, "no head's knockout moved the answer: the test would be blind"
+
+
+def test_head_sweep_is_the_flow_sweep_resolved_by_head(vlm, xs):
+    """Consistency with flow_sweep: the same (curve, window) points and clean answer; a curve
+    with no causal edge (question → video) moves nothing in any head; and one head's knockout
+    moves the answer less than every head's together, summed over the sweep."""
+    x = xs[1]
+    circuit = Circuit("two", "test", None, curves=lambda s, L: {
+        "video → last": edges.video_to_last(s), "question → video": edges.question_to_video(s)})
+    flow = A.flow_sweep(vlm, x, circuit, k=1)
+    heads = A.head_sweep(vlm, x, circuit, heads=[0, 3])
+    assert {(r["curve"], r["layer"], tuple(r["layers"])) for r in heads} == \
+        {(r["curve"], r["layer"], tuple(r["layers"])) for r in flow}
+    assert {r["head"] for r in heads} == {0, 3}
+    assert all(r[c] == flow[0][c] for r in heads for c in
+               ("base_token", "base_p_pred", "base_p_true", "base_correct", "base_option"))
+    assert all(abs(r["change_pred"]) < 1e-3 for r in heads if r["curve"] == "question → video")
+    assert any(abs(r["change_pred"]) > 1e-2 for r in heads if r["curve"] == "video → last")
+    with pytest.raises(InputError, match="heads"):
+        A.head_sweep(vlm, x, circuit, heads=[4])
 
 
 def test_flow_sweeps_of_several_samples_equal_each_sample_alone(vlm, xs):
@@ -767,6 +823,7 @@ def test_rows_have_exactly_their_tables_columns(vlm, xs, tmp_path):
                               tokenizer=SubwordTokenizer())
     tables = {
         "flow": A.flow_sweep(vlm, x, load_circuit("cross-frame"), k=K),
+        "heads": A.head_sweep(vlm, x, load_circuit("cross-frame"), centers=[1], heads=[0]),
         "prob": A.probability_trace(vlm, x), "lens": lens,
         "keywords": A.keyword_frequency(lens, ["A"], ["C"], tokenizer=_Letters()),
         "keyword_counts": counts, "keyword_bins": A.keyword_bins(counts),
