@@ -913,6 +913,37 @@ def test_cli_defaults_as_a_user_calls_them(model_and_data, tmp_path, capsys):
     assert json.loads((out / "run.json").read_text())["definitions"]["trace_norm"] is False
 
 
+def test_cli_heads_rows_equal_the_analysis_and_bad_heads_are_refused(model_and_data, tmp_path,
+                                                                     capsys):
+    """``mapflow-tl heads`` goes through the run orchestration: one row per curve × layer ×
+    head of each selected sample, equal to head_sweep run directly; a head the model does not
+    have is a one-line error before anything is written."""
+    from mapflow_tl.cli import main
+    from mapflow_tl.data.datasets import load_dataset
+    from mapflow_tl.models import load_videollm
+    from mapflow_tl.runs import read_table
+
+    model_dir, data_dir = model_and_data
+    common = ["--model", str(model_dir), "--dataset", "tvbench", "--data-root", str(data_dir),
+              "--limit", "1", "--mode", "all", "--circuit", "cross-frame"]
+    out = tmp_path / "heads"
+    assert main(["heads", *common, "--out", str(out), "--window", "3", "--sweep-range", "2", "4",
+                 "--heads", "0", "1"]) == 0
+    table = read_table(out, "heads")
+    sample_id = table[0]["sample"]
+    rows = [r for r in table if r["sample"] == sample_id]
+    assert {(r["layer"], r["head"]) for r in rows} == {(l, h) for l in (2, 3) for h in (0, 1)}
+    assert len(rows) == 4
+    vlm = load_videollm(str(model_dir))
+    sample = next(s for s in load_dataset("tvbench", data_dir) if s.id == sample_id)
+    direct = A.head_sweep(vlm, vlm.prepare(sample), load_circuit("cross-frame"), k=3,
+                          centers=range(2, 4), heads=[0, 1])
+    assert_rows_close(rows, direct)
+    assert main(["heads", *common, "--out", str(tmp_path / "bad"), "--heads", "99"]) == 2
+    assert "--heads [99]" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "heads.jsonl").exists()
+
+
 def test_cli_refuses_bad_sampling_before_writing(model_and_data, tmp_path, capsys):
     from mapflow_tl.cli import main
 

@@ -120,6 +120,42 @@ def _flow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _heads(args: argparse.Namespace) -> int:
+    """Head-resolved knockout maps (:func:`mapflow_tl.analyses.head_sweeps`), through the same
+    run orchestration and sample selection as ``flow``."""
+    from .. import analyses
+    from ..circuits import PAPER_FLOW_CIRCUITS, load_circuit
+
+    circuits = [load_circuit(name, args.circuit_dir or ())
+                for name in (args.circuit or PAPER_FLOW_CIRCUITS)]
+    definitions = _definitions(correct=args.correctness, sample_mode=args.mode)
+    sweep_check = _sweep_check(args, definitions)
+
+    def check(vlm) -> None:
+        sweep_check(vlm)
+        n_heads = vlm.backbone.cfg.n_heads
+        bad = [h for h in args.heads or () if not 0 <= h < n_heads]
+        if bad:
+            raise InputError(f"--heads {bad}: this model has {n_heads} attention heads per "
+                             f"layer (0-based: 0 … {n_heads - 1}); leave --heads out for all")
+
+    run = AnalysisRun(args, "heads", config={"definitions": definitions,
+                                             **circuit_config(circuits)},
+                      check=check, circuits=circuits)
+    vlm, writer = run.vlm, run.writer
+    centers = None if args.sweep_range is None else range(*args.sweep_range)
+    for chunk in _selected_chunks(run, "heads", args.mode, args.correctness, args.sample_batch):
+        for rows in analyses.head_sweeps(vlm, [x for x, _ in chunk], circuits, k=args.window,
+                                         centers=centers, heads=args.heads, method=args.method,
+                                         bases=[base for _, base in chunk],
+                                         correctness=args.correctness):
+            writer.write("heads", rows)
+    run.finish()
+    if run.world.is_main:
+        print(f"heads: window k={args.window}, {vlm.backbone.cfg.n_heads} heads per layer")
+    return 0
+
+
 def _prob(args: argparse.Namespace) -> int:
     from .. import analyses
 
@@ -421,6 +457,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "together, so an interrupted run redoes at most N (default "
                            "%(default)s)")
     flow.set_defaults(handler=_flow)
+
+    heads = subparsers.add_parser(
+        "heads", help="head-resolved knockout: a layer × head map of each pathway")
+    add_run_arguments(heads)
+    heads.add_argument("--window", type=positive_int, default=1,
+                       help="window size k: each head's knockout spans k layers centred on the "
+                            "map's layer (default %(default)s: the layer alone)")
+    heads.add_argument("--heads", type=int, nargs="+", default=None, metavar="H",
+                       help="0-based heads to map (default: every head)")
+    heads.add_argument("--mode", default="correct", choices=SAMPLE_MODES, help=_MODE_HELP)
+    heads.add_argument("--sweep-range", type=int, nargs=2, default=None,
+                       metavar=("START", "END"),
+                       help="layers START … END-1 (0-based, END exclusive; default every layer)")
+    _add_correctness(heads)
+    heads.add_argument("--method", default="fast", choices=("fast", "naive"),
+                       help="sweep engine (default %(default)s)")
+    heads.add_argument("--sample-batch", type=positive_int, default=8, metavar="N",
+                       help="sweep up to N samples together (default %(default)s)")
+    heads.set_defaults(handler=_heads, style="center")
 
     prob = subparsers.add_parser("prob", help="answer-probability tracing (logit lens, last "
                                               "position)")
