@@ -19,7 +19,9 @@ Figures, each present when its table is (ids in :data:`FIGURE_IDS`):
   point) and the per-task table, effective pathways vs random pruning;
 - ``patching``: the normalised activation-patching score per segment (frames, question, last) and
   layer, real patching beside its attribution-patching estimate, with their rank agreement
-  (``patch``).
+  (``patch``);
+- ``head-maps``: per blocked pathway, a layer × head heatmap of the mean relative change of the
+  predicted answer's probability when that one head's edges are knocked out (``heads``).
 
 Each finding's caption compares the run's own numbers with the paper's finding and says where
 they depart; panels with fewer than :data:`MIN_BAND_SAMPLES` samples carry a warning instead of
@@ -57,7 +59,7 @@ _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#
             "#17becf", "#bcbd22", "#7f7f7f"]
 FIGURE_IDS = ("flow-change", "flow-accuracy", "finding-1", "failure-diagnosis",
               "probability-trace", "keyword-frequency", "lens-overlay", "attention-maps",
-              "pruning", "pathway-table", "patching")
+              "pruning", "pathway-table", "patching", "head-maps")
 #: How the report numbers layers, stated in its header and on every layer axis.
 LAYER_NUMBERING = ("Layers are numbered from 0: layer ℓ is decoder block ℓ (0 = the first), "
                    "as in the tables; the paper's figures count from 1 (paper layer = ℓ + 1).")
@@ -1167,6 +1169,46 @@ def _patching_section(rows):
     return ("patching", "Activation patching from a counterfactual video", caption, figure)
 
 
+def _heads_section(rows):
+    """Mean relative change of the predicted answer's probability per (layer, head): one
+    layer × head heatmap per curve, on one diverging scale centred on 0 (red: the head's
+    knockout lowers the answer's probability), rows without a change (a zero base) left out."""
+    curves = sorted({r["curve"] for r in rows}, key=lambda c: (
+        PATHWAY_ORDER.index(c) if c in PATHWAY_ORDER else len(PATHWAY_ORDER), c))
+    n_rows, n_cols = _panel_grid(len(curves), columns=2)
+    figure = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=curves,
+                           horizontal_spacing=0.1, vertical_spacing=0.14)
+    for index, curve in enumerate(curves):
+        chosen = [r for r in rows if r["curve"] == curve]
+        layers = sorted({int(r["layer"]) for r in chosen})
+        heads = sorted({int(r["head"]) for r in chosen})
+        cells = _by(chosen, "head", "layer")
+        z, counts = [], []
+        for head in heads:
+            changes = [[r["change_pred"] for r in cells.get((head, layer), [])
+                        if r["change_pred"] is not None and math.isfinite(r["change_pred"])]
+                       for layer in layers]
+            z.append([mean(c) if c else None for c in changes])
+            counts.append([len(c) for c in changes])
+        row, col = index // n_cols + 1, index % n_cols + 1
+        figure.add_trace(go.Heatmap(
+            z=z, x=layers, y=heads, customdata=counts, coloraxis="coloraxis",
+            hovertemplate="layer %{x}, head %{y}: %{z:.2f} % (mean of %{customdata} "
+                          "samples)<extra></extra>"), row=row, col=col)
+        figure.update_xaxes(title_text=_LAYER_AXIS, dtick=1, row=row, col=col)
+        figure.update_yaxes(title_text="head", dtick=1, row=row, col=col)
+    figure.update_layout(height=340 * n_rows, margin=dict(t=40),
+                         coloraxis=dict(colorscale=_SCORE_SCALE, cmid=0,
+                                        colorbar=dict(title="change %")))
+    windows = sorted({len(r["layers"]) for r in rows})
+    n = len({r["sample"] for r in rows})
+    caption = (f"Relative change (%) of the clean run's predicted answer probability when a "
+               f"pathway's edges are knocked out in one attention head only, in a window of "
+               f"{' / '.join(map(str, windows))} layer(s) centred on each layer; mean over {n} "
+               f"samples. Strongly negative cells are the heads that carry the pathway.")
+    return ("head-maps", "Head-level knockout maps", caption, figure)
+
+
 def _patching_frame_sections(rows, frames_table):
     """"Which frames matter": per sample, each frame's thumbnail above its normalised patching
     score in each layer (real patching of the whole frame, the first activation patched), on one
@@ -1368,7 +1410,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     path = check_file_target(Path(out) if out is not None else run_dir / "report.html")
     tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
-               "prune", "frames", "patch")}
+               "prune", "frames", "patch", "heads")}
     samples, flow, prob = tables["samples"], tables["flow"], tables["prob"]
     sections: list[tuple[str, str, str, Any]] = []
     if flow:
@@ -1390,6 +1432,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     if tables["patch"]:
         sections.append(_patching_section(tables["patch"]))
         sections += _patching_frame_sections(tables["patch"], tables["frames"])
+    if tables["heads"]:
+        sections.append(_heads_section(tables["heads"]))
     if samples and not any(r.get("selected", True) for r in samples):
         mode = (config.get("definitions") or {}).get("sample_mode") or config.get("mode")
         sections.insert(0, ("no-selected-samples", "No sample was selected",
@@ -1398,7 +1442,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                             f"run again with another --mode (e.g. all) to sweep them.", None))
     if not sections and not tables["prune"]:
         raise InputError(f"{run_dir} holds no result tables to report (flow, prob, keywords, "
-                         f"crossframe, lens, attention, prune or patch); run an analysis into it "
+                         f"crossframe, lens, attention, prune, patch or heads); run an analysis "
+                         f"into it "
                          f"first")
     blocks = []
     for figure_id, title, caption, figure in sections:

@@ -137,8 +137,21 @@ def _run_folder(root: Path) -> Path:
          "score": score}
         for method in ("patch", "attribution") for segment in ("frame_0", "last")
         for layer in range(4) for score in [layer / 4 if segment == "last" else 0.1]])
+    writer.write("heads", [_head_row(sample, curve, layer, head, change)
+                           for sample, offset in (("s0", 0.0), ("s1", 10.0))
+                           for curve, sign in (("cross-frame", -1), ("video → last", 1))
+                           for layer in range(4) for head in range(2)
+                           for change in [sign * (layer * 10 + head) + offset]])
     writer.finish()
     return out
+
+
+def _head_row(sample, curve, layer, head, change):
+    return {"sample": sample, "task": "Task A", "circuit": "c", "curve": curve, "layer": layer,
+            "layers": [layer], "head": head, "base_token": 1, "base_p_pred": 0.9,
+            "base_p_true": 0.9, "base_correct": True, "base_option": 0, "p_pred": 0.5,
+            "p_true": 0.5, "change_pred": change, "change_true": change, "token": 1,
+            "correct": True}
 
 
 @pytest.fixture(scope="module")
@@ -386,6 +399,22 @@ def test_flow_figures_by_hand(report):
     # the no-knockout line is the accuracy over all six evaluated samples (4/6), not 100 %
     lines = [s for s in accuracy["layout"]["shapes"] if s.get("y0") == s.get("y1")]
     assert pytest.approx(100 * 4 / 6) in [s["y0"] for s in lines]
+
+
+def test_head_maps_by_hand(report):
+    """One layer × head heatmap per curve, in the pathways' order; each cell the mean of the
+    two samples' change_pred, computed by hand."""
+    figure = _figure(report.read_text(), "head-maps")
+    titles = [a["text"] for a in figure["layout"]["annotations"]]
+    assert titles[:2] == ["cross-frame", "video → last"]
+    for trace, sign in zip(figure["data"], (-1, 1)):
+        assert trace["type"] == "heatmap"
+        assert list(trace["x"]) == [0, 1, 2, 3] and list(trace["y"]) == [0, 1]
+        expected = [[(sign * (l * 10 + h) + sign * (l * 10 + h) + 10) / 2 for l in range(4)]
+                    for h in range(2)]
+        assert [list(map(float, row)) for row in trace["z"]] == expected
+        assert trace["customdata"] == [[2] * 4] * 2
+    assert figure["layout"]["coloraxis"]["cmid"] == 0
 
 
 def test_finding_one_and_failure_diagnosis_by_hand(report):
