@@ -44,6 +44,7 @@ import itertools
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import torch
@@ -389,28 +390,35 @@ def _itemsize(model: HookedTransformer) -> int:
     return torch.empty(0, dtype=model.cfg.dtype).element_size()
 
 
-def _working_bytes_per_config(model: HookedTransformer, n_queries: int, n_keys: int) -> int:
+def _working_bytes_per_config(model: HookedTransformer, n_queries: int, n_keys: int,
+                              per_head_mask: bool = False) -> int:
     """Estimated peak working memory of one batch element of a suffix forward (one layer).
 
     Attention scores with their masked, softmaxed copies (≈5 × heads × queries × keys), the keys
     and values concatenated with the cache, rotated and repeated to all heads (≈8 × keys ×
     heads × d_head), and the residual/MLP activations of the recomputed queries.
+    ``per_head_mask``: head-resolved configurations' boolean knockout mask is per head (one
+    byte × heads × queries × keys).
     """
     cfg = model.cfg
     d_attn = cfg.n_heads * cfg.d_head
     elements = (5 * cfg.n_heads * n_queries * n_keys + 8 * n_keys * d_attn
                 + n_queries * (4 * (cfg.d_mlp or 0) + 8 * cfg.d_model))
-    return elements * _itemsize(model)
+    mask = cfg.n_heads * n_queries * n_keys if per_head_mask else 0
+    return elements * _itemsize(model) + mask
 
 
-def _lean_working_bytes_per_config(model: HookedTransformer, n_queries: int, n_keys: int) -> int:
+def _lean_working_bytes_per_config(model: HookedTransformer, n_queries: int, n_keys: int,
+                                   per_head_mask: bool = False) -> int:
     """Estimated peak working memory of one batch element of a lean suffix forward (one layer).
 
     Few queries (batch-folded attention): the scores, their mask, softmax and the prefix part of
     the pattern (≈4 × heads × queries × keys) — no copy of the cached keys. Many queries (SDPA):
     the cached keys/values concatenated with the element's own (2 × keys × kv width), the
     additive mask and SDPA's own scores (≈3 × heads × queries × keys at most). Plus the
-    residual/MLP activations of the recomputed queries."""
+    residual/MLP activations of the recomputed queries. ``per_head_mask``: a batch with
+    head-resolved configurations has its masks per head — the additive one (heads × queries ×
+    keys) and the boolean one it is built from."""
     cfg = model.cfg
     d_kv = (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
     attention = 4 * cfg.n_heads * n_queries * n_keys
@@ -418,7 +426,10 @@ def _lean_working_bytes_per_config(model: HookedTransformer, n_queries: int, n_k
         attention = 2 * n_keys * d_kv + 3 * cfg.n_heads * n_queries * n_keys
     elements = attention + n_queries * (4 * (cfg.d_mlp or 0) + 8 * cfg.d_model
                                         + 3 * cfg.n_heads * cfg.d_head)
-    return elements * _itemsize(model)
+    if not per_head_mask:
+        return elements * _itemsize(model)
+    per_head = cfg.n_heads * n_queries * n_keys
+    return (elements + per_head) * _itemsize(model) + per_head
 
 
 @dataclass(frozen=True)
@@ -690,8 +701,9 @@ def _fast_sweep_lean(
     lengths = [sample.shape[1] for sample in embeds]
     n_keys = max(lengths)
     plans = [(plan_sweep(sample_configs, n)[0], n) for sample_configs, n in zip(configs, lengths)]
+    per_head = any(config.heads is not None for sample in configs for config in sample)
     batch_size = _batch_sizer(model, n_keys, batch_budget_mb, max_batch,
-                              _lean_working_bytes_per_config)
+                              partial(_lean_working_bytes_per_config, per_head_mask=per_head))
     batches = _batches(plans, n_layers, n_keys, batch_size, _LEAN_COSTS)
     embeds = [sample.to(model.cfg.device, model.cfg.dtype) for sample in embeds]
     rotary, additions = [], []
@@ -742,8 +754,9 @@ def _fast_sweep_hooked(
 
     n_layers, n_positions = model.cfg.n_layers, embeds.shape[1]
     groups, _ = plan_sweep(configs, n_positions)
+    per_head = any(config.heads is not None for config in configs)
     batch_size = _batch_sizer(model, n_positions, batch_budget_mb, max_batch,
-                              _working_bytes_per_config)
+                              partial(_working_bytes_per_config, per_head_mask=per_head))
     batches = _batches([(groups, n_positions)], n_layers, n_positions, batch_size,
                        _HOOKED_COSTS)
     embeds = embeds.to(model.cfg.device, model.cfg.dtype)

@@ -386,3 +386,32 @@ def test_head_configs_bad_input_names_the_problem(llama, inputs):
         sweep(llama, embeds, [KnockoutConfig("x", E.video_to_last(seg), (1,), heads=(4,))])
     with pytest.raises(InputError, match="heads"):
         layer_sweep({"x": E.video_to_last(seg)}, N_LAYERS, heads=[])
+
+
+def test_head_resolved_batches_budget_for_their_per_head_masks(llama, inputs, monkeypatch):
+    """A head-resolved batch's knockout mask is per head: under the same memory budget its
+    batches are smaller than those of the same configurations over all heads, and the results
+    are unchanged."""
+    import mapflow_tl.engine as engine
+
+    seg, embeds = inputs
+    n = seg.n_positions
+    edges = E.cross_frame(seg)
+    first = edges.first_query(n)
+    all_heads = [KnockoutConfig("cf", edges, (2,), 2)] * 8
+    per_head = [KnockoutConfig("cf", edges, (2,), 2, heads=(h % 4,)) for h in range(8)]
+    budget = 4 * engine._lean_working_bytes_per_config(llama, n - first, n) / 2**20
+    sizes = []
+    real = engine.suffix_logits
+
+    def counting(*args, **kwargs):
+        sizes.append(len(args[3]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "suffix_logits", counting)
+    sweep(llama, embeds, all_heads, batch_budget_mb=budget, suffix="lean")
+    assert sizes == [4, 4]
+    sizes.clear()
+    fast = sweep(llama, embeds, per_head, batch_budget_mb=budget, suffix="lean")
+    assert max(sizes) < 4 and sum(sizes) == 8
+    _assert_equal(fast, sweep(llama, embeds, per_head, method="naive"), per_head)
