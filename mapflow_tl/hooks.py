@@ -95,6 +95,26 @@ class KnockoutHook:
         return f"KnockoutHook({self.edges.name}, {heads})"
 
 
+class _OtherHeadsKnockout(KnockoutHook):
+    """Knockout of ``edges`` in every head except ``kept`` (a head-level pathway's open layers):
+    the complement is taken when the scores show the model's head count."""
+
+    def __init__(self, edges: Edges, kept: Sequence[int]) -> None:
+        super().__init__(edges)
+        self.kept = tuple(kept)
+
+    def __call__(self, scores, hook):
+        n_heads = scores.shape[1]
+        if self.kept[-1] >= n_heads:
+            raise InputError(f"pathway keeps heads {list(self.kept)} of {self.edges.name!r}, "
+                             f"but {hook.name} has {n_heads} heads (0-based)")
+        self.heads = [h for h in range(n_heads) if h not in self.kept]
+        return super().__call__(scores, hook) if self.heads else scores
+
+    def __repr__(self) -> str:
+        return f"KnockoutHook({self.edges.name}, all heads but {list(self.kept)})"
+
+
 def knockout(
     edges: Edges,
     layers: int | Iterable[int],
@@ -150,6 +170,8 @@ class PathwaySpec:
 
     n_layers: int
     rules: list[tuple[Edges, frozenset[int], str]] = field(default_factory=list)
+    #: Head-level keeps: (edges, layers they stay open in, the only heads they stay open in).
+    head_rules: list[tuple[Edges, frozenset[int], tuple[int, ...]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.n_layers, bool) or not isinstance(self.n_layers, int) \
@@ -160,11 +182,24 @@ class PathwaySpec:
     def _layers(self, layers: Iterable[int]) -> frozenset[int]:
         return frozenset(check_layer(layer, self.n_layers) for layer in layers)
 
-    def keep(self, edges: Edges, layers: Iterable[int]) -> "PathwaySpec":
-        """Keep ``edges`` open only in ``layers``; block them in every other layer."""
+    def keep(self, edges: Edges, layers: Iterable[int],
+             heads: Sequence[int] | None = None) -> "PathwaySpec":
+        """Keep ``edges`` open only in ``layers``; block them in every other layer.
+
+        ``heads`` (0-based): a head-level pathway — in ``layers`` the edges stay open only in
+        these heads and are blocked in every other head. Edge accounting counts (query, key)
+        pairs per layer, as the paper does: a pair open in some head counts as kept."""
         open_layers = self._layers(layers)
         blocked = frozenset(range(self.n_layers)) - open_layers
-        self.rules.append((edges, blocked, f"keep {edges.name} in {_ranges(open_layers)}"))
+        description = f"keep {edges.name} in {_ranges(open_layers)}"
+        if heads is not None:
+            kept = tuple(sorted({int(h) for h in heads}))
+            if not kept or kept[0] < 0:
+                raise InputError(f"keep {edges.name!r}: heads must be non-negative head indices "
+                                 f"(None keeps every head), got {heads!r}")
+            self.head_rules.append((edges, open_layers, kept))
+            description += f", heads {', '.join(map(str, kept))} only"
+        self.rules.append((edges, blocked, description))
         self._blocked_cache = None
         return self
 
@@ -213,6 +248,9 @@ class PathwaySpec:
                 continue
             hook = shared.setdefault(id(edges), KnockoutHook(edges))
             hooks.append((attn_scores_hook_name(layer), hook))
+        for edges, open_layers, kept in self.head_rules:
+            hook = _OtherHeadsKnockout(edges, kept)
+            hooks += [(attn_scores_hook_name(layer), hook) for layer in sorted(open_layers)]
         return hooks
 
     def blocked_counts(self, n_positions: int) -> list[int]:

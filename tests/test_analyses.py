@@ -710,6 +710,31 @@ PATHWAY = ("from mapflow_tl.circuits import paper_pathway\n"
            " question_to_last=(3, 4))\n")
 
 
+def test_prune_evaluates_a_head_level_pathway_like_the_layer_level_one(vlm, xs, tiny_hf_llama):
+    """A head-level pathway (video → last open only in head 2 of blocks 1–3, closed everywhere
+    else) evaluated by prune: its pathway row is the HF model with per-head additive masks."""
+    from mapflow_tl.hooks import PathwaySpec
+
+    x = xs[0]
+    n, seg, n_heads = x.n_positions, x.segments, tiny_hf_llama.config.num_attention_heads
+    circuit = Circuit("heads-pathway", "test", None, pathway=lambda s, L: PathwaySpec(L).keep(
+        edges.video_to_last(s), [1, 2, 3], heads=[2]))
+    rows = A.prune(vlm, x, circuit, seeds=(0,))
+    pathway = next(r for r in rows if r["variant"] == "pathway")
+    blocked = block_mask(n, [(positions(seg.video), [n - 1])])
+    masks = {layer: additive_mask(n, blocked, n_heads, heads=[0, 1, 3]) for layer in (1, 2, 3)}
+    masks[0] = additive_mask(n, blocked, n_heads)
+    logits = hf_logits_with_layer_masks(tiny_hf_llama, masks, additive_mask(n, None, n_heads),
+                                        inputs_embeds=x.embeds)
+    knocked = logits[0, -1].double().softmax(-1)
+    assert pathway["p_true"] == pytest.approx(float(knocked[x.answer_token]), abs=1e-5)
+    assert pathway["token"] == int(knocked.argmax())
+    all_closed = hf_probabilities(tiny_hf_llama, x, {layer: blocked for layer in range(4)})
+    assert float((all_closed - knocked).abs().max()) > 1e-3, "head 2 should matter"
+    # edge accounting counts (query, key) pairs per layer: open in one head is kept
+    assert pathway["kept_edges"] == pathway["total_edges"] - int(blocked.sum())
+
+
 def hand_pathway_blocked(seg, n):
     """The tiny pathway, 0-based: keep cross-frame in 0–1, video→question in 0–2,
     question→last in 2–3; video→last and last→last always blocked; video→video after 2."""

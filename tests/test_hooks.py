@@ -3,6 +3,7 @@ import torch
 
 import mapflow_tl.edges as E
 from mapflow_tl.edges import Edges, causal_edge_count
+from mapflow_tl.errors import InputError
 from mapflow_tl.hooks import PathwaySpec, knockout, random_knockout
 from mapflow_tl.layers import window
 from mapflow_tl.models.backbone import run_from_embeds
@@ -293,6 +294,38 @@ def test_spec_hooks_equal_per_layer_knockouts(tiny_backbone, layout):
     assert spec.describe().splitlines() == [
         "keep cross-frame in blocks 1–2 (paper L2–3)",
         "block (video → last | last → last) in blocks 0–3 (paper L1–4)"]
+
+
+def test_head_level_pathway_equals_hf_with_per_head_masks(tiny_hf_llama, tiny_backbone, layout):
+    """A head-level keep: cross-frame open only in head 1 (GQA: key/value head 0) of blocks 1–2,
+    blocked in every head elsewhere; video → last blocked everywhere. Against the HF model with
+    explicit per-head additive masks; the same edge accounting as the all-head pathway."""
+    n, heads = layout.n_positions, tiny_backbone.cfg.n_heads
+    spans = spans_of(layout)
+    cross, to_last = block_mask(n, spans["cross-frame"]), block_mask(n, spans["video→last"])
+    spec = (PathwaySpec(4).keep(E.cross_frame(layout), [1, 2], heads=[1])
+            .block(E.video_to_last(layout), range(4)))
+    embeds = embeds_for(tiny_backbone, n, seed=6)
+    ours = run_from_embeds(tiny_backbone, embeds, fwd_hooks=spec.hooks())
+    closed = additive_mask(n, cross | to_last, heads)
+    open_in_one = torch.minimum(additive_mask(n, to_last, heads),
+                                additive_mask(n, cross, heads, heads=[0, 2, 3]))
+    reference = hf_logits_with_layer_masks(tiny_hf_llama, {0: closed, 1: open_in_one,
+                                                           2: open_in_one, 3: closed},
+                                           additive_mask(n, None, heads), inputs_embeds=embeds)
+    assert (ours - reference).abs().max() <= 1e-4
+    all_heads = (PathwaySpec(4).keep(E.cross_frame(layout), [1, 2])
+                 .block(E.video_to_last(layout), range(4)))
+    other = run_from_embeds(tiny_backbone, embeds, fwd_hooks=all_heads.hooks())
+    assert (ours - other).abs().max() > 1e-3, "keeping one head should differ from keeping all"
+    assert spec.edge_accounting(n) == all_heads.edge_accounting(n)
+    assert spec.describe().splitlines()[0] == ("keep cross-frame in blocks 1–2 (paper L2–3), "
+                                               "heads 1 only")
+    with pytest.raises(InputError, match="heads"):
+        PathwaySpec(4).keep(E.cross_frame(layout), [1], heads=[])
+    bad = PathwaySpec(4).keep(E.cross_frame(layout), [1], heads=[4])
+    with pytest.raises(InputError, match="has 4 heads"):
+        run_from_embeds(tiny_backbone, embeds, fwd_hooks=bad.hooks())
 
 
 def test_from_mapping_modes():
