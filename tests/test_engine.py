@@ -363,7 +363,8 @@ def test_head_knockout_equals_hf_with_a_per_head_mask(tiny_hf_llama, tiny_backbo
 
     n, n_heads = layout.n_positions, tiny_backbone.cfg.n_heads
     edges = {"cross-frame": E.cross_frame, "video → last": E.video_to_last}[curve](layout)
-    embeds = torch.randn(1, n, tiny_backbone.cfg.d_model, generator=torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(4)
+    embeds = torch.randn(1, n, tiny_backbone.cfg.d_model, generator=generator)
     configs = [KnockoutConfig(curve, edges, (1, 2), heads=(head,)) for head in (1, 2)]
     ours = sweep(tiny_backbone, embeds, configs, suffix=suffix)
     blocked = _hand_blocked(layout, curve)
