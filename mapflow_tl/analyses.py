@@ -205,30 +205,46 @@ def flow_sweeps(
     (:func:`~mapflow_tl.engine.sweep_samples`), so that the samples and circuits share the clean
     forwards and layer calls; at most ``max_samples`` samples share them at a time. Circuits
     may be given by name."""
+    k = default_window_size(vlm.n_layers) if k is None else k
+    swept = _sweep_circuits(vlm, xs, circuits, "flow_sweeps", k=k, style=style, centers=centers,
+                            heads=None, method=method, bases=bases, correctness=correctness,
+                            max_samples=max_samples)
+    return [_flow_rows(vlm, x, sample, probabilities, k, style, base, correctness)
+            for x, sample, probabilities, base in swept]
+
+
+def _sweep_circuits(vlm: VideoLLM, xs: Sequence[Prepared],
+                    circuits: Sequence[Circuit | str] | Circuit | str, caller: str, *, k: int,
+                    style: str, centers: Iterable[int] | None, heads: list[int] | None,
+                    method: str, bases: Sequence[dict[str, Any] | None] | None,
+                    correctness: str, max_samples: int | None) -> list[tuple]:
+    """The one knockout sweep behind :func:`flow_sweeps` and :func:`head_sweeps`: every
+    circuit's curves of every sample as window (× head) configurations, swept together by the
+    engine; per sample ``(x, [(circuit name, config)], probabilities [config, d_vocab], base)``.
+    Non-finite logits stop here, naming where they appear."""
     circuits = _circuits(circuits)
     if isinstance(xs, Prepared):
-        raise InputError("flow_sweeps takes a list of prepared samples; for one use "
-                         "flow_sweep(vlm, x, circuit)")
+        one = caller.removesuffix("s")
+        raise InputError(f"{caller} takes a list of prepared samples; for one use "
+                         f"{one}(vlm, x, circuit)")
     n_layers = vlm.n_layers
-    k = default_window_size(n_layers) if k is None else k
     centers = None if centers is None else list(centers)
     bases = [None] * len(xs) if bases is None else list(bases)
     if len(bases) != len(xs):
-        raise InputError(f"flow_sweeps needs one base per sample, got {len(bases)} for "
+        raise InputError(f"{caller} needs one base per sample, got {len(bases)} for "
                          f"{len(xs)} samples")
     bases = [base or base_prediction(vlm, x, correctness=correctness)
              for x, base in zip(xs, bases)]
     labelled = [[(circuit.name, config) for circuit in circuits
                  for config in layer_sweep(circuit.build_curves(x.segments, n_layers), n_layers,
-                                           k=k, style=style, centers=centers)]
+                                           k=k, style=style, centers=centers, heads=heads)]
                 for x in xs]
     logits = sweep_samples(vlm.backbone, [x.embeds for x in xs],
                            [[config for _, config in sample] for sample in labelled],
                            method=method, max_samples=max_samples)
     for x, sample, sample_logits in zip(xs, labelled, logits):
         _require_finite_sweep(vlm, x, sample, sample_logits)
-    return [_flow_rows(vlm, x, sample, sample_logits.float().softmax(-1), k, style, base,
-                       correctness)
+    return [(x, sample, sample_logits.float().softmax(-1), base)
             for x, sample, sample_logits, base in zip(xs, labelled, logits, bases)]
 
 
@@ -295,37 +311,21 @@ def head_sweeps(
     """:func:`head_sweep` of every sample in ``xs`` under every circuit, computed as one knockout
     sweep (:func:`~mapflow_tl.engine.sweep_samples`): each head's configurations share the clean
     forwards and layer calls with the other heads' (each batch element carries its own head)."""
-    circuits = _circuits(circuits)
-    if isinstance(xs, Prepared):
-        raise InputError("head_sweeps takes a list of prepared samples; for one use "
-                         "head_sweep(vlm, x, circuit)")
-    n_layers, n_heads = vlm.n_layers, vlm.backbone.cfg.n_heads
+    n_heads = vlm.backbone.cfg.n_heads
     heads = list(range(n_heads)) if heads is None else [int(h) for h in heads]
     bad = [h for h in heads if not 0 <= h < n_heads]
     if bad or not heads:
         raise InputError(f"heads {bad or heads} are not heads of this model: give 0-based head "
                          f"indices below {n_heads}, or None for every head")
-    centers = None if centers is None else list(centers)
-    bases = [None] * len(xs) if bases is None else list(bases)
-    if len(bases) != len(xs):
-        raise InputError(f"head_sweeps needs one base per sample, got {len(bases)} for "
-                         f"{len(xs)} samples")
-    bases = [base or base_prediction(vlm, x, correctness=correctness)
-             for x, base in zip(xs, bases)]
-    labelled = [[(circuit.name, config) for circuit in circuits
-                 for config in layer_sweep(circuit.build_curves(x.segments, n_layers), n_layers,
-                                           k=k, centers=centers, heads=heads)]
-                for x in xs]
-    logits = sweep_samples(vlm.backbone, [x.embeds for x in xs],
-                           [[config for _, config in sample] for sample in labelled],
-                           method=method, max_samples=max_samples)
+    swept = _sweep_circuits(vlm, xs, circuits, "head_sweeps", k=k, style="center",
+                            centers=centers, heads=heads, method=method, bases=bases,
+                            correctness=correctness, max_samples=max_samples)
     out = []
-    for x, sample, sample_logits, base in zip(xs, labelled, logits, bases):
-        _require_finite_sweep(vlm, x, sample, sample_logits)
+    for x, sample, probabilities, base in swept:
         rows = []
         for row, (circuit, config) in zip(
-                _flow_rows(vlm, x, sample, sample_logits.float().softmax(-1), k, "center", base,
-                           correctness), sample):
+                _flow_rows(vlm, x, sample, probabilities, k, "center", base, correctness),
+                sample):
             rows.append({
                 **sample_fields(x), "circuit": row["circuit"], "curve": row["curve"],
                 "layer": row["layer"], "layers": row["layers"], "head": config.heads[0],
