@@ -29,7 +29,9 @@ _EXPORTS: dict[str, str] = {
         "video_to_question", "video_to_last", "question_to_last", "question_to_question",
         "last_to_last", "question_to_video", "non_option_question_to_last",
         "true_option_to_last", "false_options_to_last", "video_to_non_option_question",
-        "non_option_question_to_true_option", "video_to_true_option"), "edges"),
+        "non_option_question_to_true_option", "video_to_true_option", "video_to_response",
+        "question_to_response", "response_to_response", "response_to_last", "anchors_to_last"),
+        "edges"),
     # layers and hooks
     **dict.fromkeys(("window", "layer_range", "early_to_middle_layers", "default_window_size",
                      "WINDOW_STYLES"), "layers"),
