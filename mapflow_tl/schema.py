@@ -22,6 +22,8 @@ PATHWAY_ORDER = (
     "cross-frame", "video → question", "video → last", "question → last", "last → last",
     "non-option question → last", "true option → last", "false options → last",
     "video → non-option question", "non-option question → true option", "video → true option",
+    # open-ended answers (circuits open-ended, open-ended-response)
+    "video → response", "question → response", "response → response", "response → last",
 )
 
 #: Columns identifying the sample a row belongs to.
