@@ -825,6 +825,7 @@ def open_ended_flow(
     centers: Iterable[int] | None = None,
     method: str = "fast",
     knockout_generation: int = 0,
+    answer_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Information flow into an open-ended answer (Map the Flow appendix; the official
     ``information_flow_analysis_open_ended.py``).
@@ -846,6 +847,10 @@ def open_ended_flow(
        each teacher-forced sequence's clean keys/values are computed once and only the rows a
        knockout can change are recomputed). Metric: p = softmax(logits at the last position)
        [anchor token], relative change (p − p_clean) / p_clean × 100.
+    ``answer_ids``: trace this answer instead of generating one (a reference answer, a
+    counterfactual one); it is not the model's own, so no anchor is skipped for not being the
+    clean argmax.
+
     5. ``knockout_generation`` > 0: the official variant that also generates that many tokens
        with the knockout on (:func:`~mapflow_tl.hooks.knockout_during_generation`) and
        records the text (one generation per configuration: slow).
@@ -871,11 +876,18 @@ def open_ended_flow(
     if answer_prefix:
         prefix_ids = tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]
         x = vlm.extend(x, prefix_ids, response=False)
-    response, step_logits = vlm.generate(x, max_new_tokens)
-    require_finite(step_logits, vlm.backbone, x.embeds, (), what="the logits of the answer",
-                   sample=_sample_id(x))
-    response_ids = response.tolist()
-    first = step_logits[0].float().softmax(-1)
+    if answer_ids is None:
+        response, step_logits = vlm.generate(x, max_new_tokens)
+        require_finite(step_logits, vlm.backbone, x.embeds, (), what="the logits of the answer",
+                       sample=_sample_id(x))
+        response_ids = response.tolist()
+        first = step_logits[0].float().softmax(-1)
+    else:
+        response_ids = [int(i) for i in answer_ids]
+        if not response_ids:
+            raise InputError("answer_ids is empty: give the answer's token ids, or None to "
+                             "generate the answer")
+        first = _last_probabilities(vlm, x)
     base = {"base_token": response_ids[0], "base_p_pred": float(first[response_ids[0]]),
             "base_p_true": None, "base_correct": None, "base_option": None}
     found = find_anchors(tokenizer, response_ids, anchors, words=words)
@@ -916,7 +928,7 @@ def open_ended_flow(
         probabilities = sample_logits.float().softmax(-1)
         token = response_ids[anchor.index]
         clean = probabilities[0]
-        if int(clean.argmax()) != token:
+        if answer_ids is None and int(clean.argmax()) != token:
             continue    # official: the teacher-forced clean run must predict the anchor
         answer["traced"].append(order)
         base_p = float(clean[token])

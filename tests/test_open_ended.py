@@ -5,6 +5,7 @@ Hugging Face model with explicit masks, and ``flow --open-ended`` end to end wit
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import numpy as np
@@ -215,6 +216,17 @@ def test_open_ended_knockout_probability_equals_hf_with_explicit_masks(
     assert len(rows) == 3 * 8 * 3
     assert {(r["anchor_order"], r["anchor_position"]) for r in rows} == {(3, 2), (4, 3), (5, 4)}
 
+    # a given answer with function words between its anchors: the official open token applies
+    given = vlm.tokenizer("the red square grows after the circle shrinks",
+                          add_special_tokens=False)["input_ids"]
+    forced = analyses.open_ended_flow(vlm, x, ["open-ended", "open-ended-response"],
+                                      n_anchors=6, k=3, centers=[0, 3, 7], answer_ids=given)
+    # content anchors red 1, square 2, grows 3, after 4, circle 6, shrinks 7: anchor 1
+    # (position 1) has no "non-last response"; for "shrinks" the token before "circle" is open
+    assert forced["answer"]["traced"] == [2, 3, 4, 5, 6]
+    check = [(ids, rows, (2, 3, 4), lambda j: list(range(j))),
+             (given, forced["rows"], (2, 3, 4, 6, 7), lambda j: [1, 2, 3, 4, 6, 7])]
+
     model_dir, _ = model_and_data
     hf = LlavaNextVideoForConditionalGeneration.from_pretrained(
         model_dir, attn_implementation="eager").eval()
@@ -222,13 +234,15 @@ def test_open_ended_knockout_probability_equals_hf_with_explicit_masks(
     P = x.n_positions
     question = _question_positions(vlm.tokenizer, x.input_ids[0], "what does the red circle do ?")
     pixels = x.meta["pixel_values_videos"]
-    for j in (2, 3, 4):
-        input_ids = torch.cat([x.input_ids[0], response[:j]])[None]
+    cases = [(answer_ids, answer_rows, j, anchors(j)) for answer_ids, answer_rows, js, anchors
+             in check for j in js]
+    for ids, rows, j, anchor_indices in cases:
+        input_ids = torch.cat([x.input_ids[0], torch.tensor(ids[:j])])[None]
         n = input_ids.shape[1]
         video = (input_ids[0] == hf.config.video_token_id).nonzero()[:, 0].tolist()
         last, answer = [n - 1], list(range(P, n - 1))
         blocked_answer = _official_non_last_response(
-            answer, [P + i for i in range(j) if i < j - 1])
+            answer, [P + i for i in anchor_indices if i < j - 1])
         hand = {
             ("open-ended", "video → question"): [(video, question)],
             ("open-ended", "video → response"): [(video, blocked_answer)],
@@ -254,6 +268,9 @@ def test_open_ended_knockout_probability_equals_hf_with_explicit_masks(
                                                 pixel_values_videos=pixels)
             p = float(logits[0, -1].softmax(-1)[ids[j]])
             assert abs(p - row["p"]) <= 1e-4, (row["curve"], j, centre, p, row["p"])
+            # and relatively: this untrained model's probabilities are ~1/vocab, where 1e-4
+            # absolute would hide a wrong edge
+            assert abs(math.log(p) - math.log(row["p"])) <= 1e-4, (row["curve"], j, centre)
             assert abs(row["change"] - (row["p"] - row["base_p"]) / row["base_p"] * 100) <= 1e-6
 
 
