@@ -15,6 +15,7 @@ import torch
 from mapflow_tl import edges
 from mapflow_tl.anchors import find_anchors
 from mapflow_tl.errors import InputError
+from mapflow_tl.schema import BASE_COLUMNS, TABLES
 from mapflow_tl.segments import SegmentMap
 from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 
@@ -215,6 +216,9 @@ def test_open_ended_knockout_probability_equals_hf_with_explicit_masks(
     assert result["selected"] and result["answer"]["traced"] == [3, 4, 5]
     assert len(rows) == 3 * 8 * 3
     assert {(r["anchor_order"], r["anchor_position"]) for r in rows} == {(3, 2), (4, 3), (5, 4)}
+    assert all(tuple(row) == TABLES["open_ended"] for row in rows)
+    assert tuple(result["answer"]) == TABLES["answers"]
+    assert tuple(result["base"]) == BASE_COLUMNS
 
     # a given answer with function words between its anchors: the official open token applies
     given = vlm.tokenizer("the red square grows after the circle shrinks",
