@@ -539,7 +539,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="sweep up to N samples together: they share clean forwards and "
                            "layer calls (fewer where memory is short) and their rows are written "
                            "together, so an interrupted run redoes at most N (default "
-                           "%(default)s)")
+                           "%(default)s; --open-ended sweeps one answer's anchors together)")
     group = flow.add_argument_group(
         "open-ended answers", "trace the flow into the model's own answer (the official "
         "information_flow_analysis_open_ended.py): each sample is asked without its options, the "
