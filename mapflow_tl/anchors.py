@@ -1,7 +1,7 @@
 """Anchor words of a generated answer: the tokens whose generation an open-ended flow traces.
 
-The official open-ended script (byminji/map-the-flow, analysis/information_flow_analysis_open_ended.py)
-takes the verbs of the answer as spaCy's ``en_core_web_lg`` tags them, finds them among the
+The official open-ended script (byminji/map-the-flow,
+``analysis/information_flow_analysis_open_ended.py``) takes the verbs of the answer as spaCy's ``en_core_web_lg`` tags them, finds them among the
 answer's tokens decoded one at a time (a word is one token, or two tokens decoded and joined),
 and traces the generation of the n-th one from its first token. mapflow-tl offers:
 

@@ -226,8 +226,8 @@ class SegmentMap:
     derived from ``question`` and ``options`` when not given) and ``last`` (the final input
     position). An open-ended answer teacher-forced after the prompt (:meth:`with_response`)
     adds ``response`` (the answer's tokens before the last position) and ``anchors`` (named
-    spans of chosen answer words inside it). ``extra`` holds a user's own named spans (for instance one temporal keyword inside
-    the question); these may overlap the built-in segments.
+    spans of chosen answer words inside it). ``extra`` holds a user's own named spans (for
+    instance one temporal keyword inside the question); these may overlap the built-in segments.
 
     Build it with explicit :class:`Span` objects (model adapters compute them) or lay a synthetic
     prompt out with :meth:`sequential`. Every inconsistency raises ``ValueError`` naming the
