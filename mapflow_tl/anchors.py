@@ -1,9 +1,10 @@
 """Anchor words of a generated answer: the tokens whose generation an open-ended flow traces.
 
 The official open-ended script (byminji/map-the-flow,
-``analysis/information_flow_analysis_open_ended.py``) takes the verbs of the answer as spaCy's ``en_core_web_lg`` tags them, finds them among the
-answer's tokens decoded one at a time (a word is one token, or two tokens decoded and joined),
-and traces the generation of the n-th one from its first token. mapflow-tl offers:
+``analysis/information_flow_analysis_open_ended.py``) takes the verbs of the answer as spaCy's
+``en_core_web_lg`` tags them, finds them among the answer's tokens decoded one at a time (a word
+is one token, or two tokens decoded and joined), and traces the generation of the n-th one from
+its first token. mapflow-tl offers:
 
 - ``"content"`` (default, no dependency): the first tokens of the answer's content words — a word
   start whose text has a letter and is not a function word (:data:`FUNCTION_WORDS`);
