@@ -23,7 +23,8 @@ from typing import Any, Iterable, Sequence
 
 from .errors import InputError
 
-__all__ = ["Anchor", "ANCHOR_METHODS", "FUNCTION_WORDS", "find_anchors", "spacy_verbs"]
+__all__ = ["Anchor", "ANCHOR_METHODS", "FUNCTION_WORDS", "find_anchors", "spacy_pipeline",
+           "spacy_verbs"]
 
 #: How anchors are chosen (module docstring).
 ANCHOR_METHODS = ("content", "words", "verbs")
@@ -90,21 +91,32 @@ def _match_words(tokenizer: Any, ids: Sequence[int], words: Iterable[str]) -> li
     return anchors
 
 
-def spacy_verbs(text: str, model: str = "en_core_web_lg") -> list[str]:
-    """The verbs spaCy's ``model`` tags in ``text`` (part of speech ``VERB``), sorted and
-    unique — the official bag of verbs. Needs spaCy and the model installed; nothing is
-    downloaded."""
+_SPACY_MODELS: dict[str, Any] = {}
+
+
+def spacy_pipeline(model: str = "en_core_web_lg") -> Any:
+    """spaCy's ``model`` pipeline, loaded once per process (the official script loads it for
+    every sample, OE:236: the same tags, slower). Needs spaCy and the model installed; nothing
+    is downloaded: without them, a one-line error says how to install them."""
+    if model in _SPACY_MODELS:
+        return _SPACY_MODELS[model]
     try:
         import spacy
     except ImportError:
         raise InputError("anchors 'verbs' need spaCy: pip install spacy, then python -m spacy "
                          f"download {model}; or use anchors 'content' or 'words'") from None
     try:
-        nlp = spacy.load(model)
+        _SPACY_MODELS[model] = spacy.load(model)
     except OSError:
         raise InputError(f"anchors 'verbs' need spaCy's {model!r} model: python -m spacy "
                          f"download {model}; or use anchors 'content' or 'words'") from None
-    return sorted({token.text for token in nlp(text) if token.pos_ == "VERB"})
+    return _SPACY_MODELS[model]
+
+
+def spacy_verbs(text: str, model: str = "en_core_web_lg") -> list[str]:
+    """The verbs spaCy's ``model`` tags in ``text`` (part of speech ``VERB``), sorted and
+    unique — the official bag of verbs (OE:236-251)."""
+    return sorted({token.text for token in spacy_pipeline(model)(text) if token.pos_ == "VERB"})
 
 
 def find_anchors(tokenizer: Any, ids: Sequence[int], method: str = "content", *,

@@ -4,6 +4,7 @@ Hugging Face model with explicit masks, and ``flow --open-ended`` end to end wit
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -343,4 +344,7 @@ def test_open_ended_options_without_open_ended_are_refused(model_and_data, tmp_p
     assert "--mode" in capsys.readouterr().err
     assert main(base + ["--open-ended", "--anchors", "words"]) == 2
     assert "--anchor-words" in capsys.readouterr().err
+    if importlib.util.find_spec("spacy") is None:
+        assert main(base + ["--open-ended", "--anchors", "verbs"]) == 2
+        assert "pip install spacy" in capsys.readouterr().err
     assert not out.exists()

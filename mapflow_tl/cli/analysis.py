@@ -159,6 +159,10 @@ def _open_ended_flow(args: argparse.Namespace) -> int:
         raise InputError("--anchors words needs --anchor-words WORD [WORD ...]")
     if args.anchor_words and args.anchors != "words":
         raise InputError("--anchor-words is read with --anchors words")
+    if args.anchors == "verbs":   # spaCy and its model, before anything is written
+        from ..anchors import spacy_pipeline
+
+        spacy_pipeline()
     if args.knockout_generation < 0:
         raise InputError(f"--knockout-generation {args.knockout_generation}: give a number of "
                          f"tokens, or 0 for off")
