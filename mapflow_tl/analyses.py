@@ -924,7 +924,7 @@ def open_ended_flow(
     rows = []
     for (order, anchor), x_anchor, configs, sample_logits in zip(traced, sequences, labelled,
                                                                  logits):
-        _require_finite_sweep(vlm, x_anchor, configs[1:], sample_logits[1:])
+        _require_finite_sweep(vlm, x_anchor, configs, sample_logits)
         probabilities = sample_logits.float().softmax(-1)
         token = response_ids[anchor.index]
         clean = probabilities[0]
