@@ -342,6 +342,8 @@ def test_open_ended_options_without_open_ended_are_refused(model_and_data, tmp_p
     assert "--anchors apply to open-ended flows only" in capsys.readouterr().err
     assert main(base + ["--open-ended", "--mode", "all"]) == 2
     assert "--mode" in capsys.readouterr().err
+    assert main(base + ["--open-ended", "--correctness", "token-id"]) == 2
+    assert "--correctness" in capsys.readouterr().err
     assert main(base + ["--open-ended", "--anchors", "words"]) == 2
     assert "--anchor-words" in capsys.readouterr().err
     if importlib.util.find_spec("spacy") is None:

@@ -155,6 +155,11 @@ def _open_ended_flow(args: argparse.Namespace) -> int:
         raise InputError("--mode selects by the answer's correctness, which an open-ended "
                          "answer does not have; leave it out with --open-ended (samples are "
                          "traced when their answer has enough anchors, as officially)")
+    if args.accuracy != "all-samples" or args.correctness != "official":
+        raise InputError("--accuracy and --correctness grade answer letters; an open-ended "
+                         "flow has none: leave them out with --open-ended")
+    # they grade nothing here: kept out of run.json
+    del args.accuracy, args.correctness
     if args.anchors == "words" and not args.anchor_words:
         raise InputError("--anchors words needs --anchor-words WORD [WORD ...]")
     if args.anchor_words and args.anchors != "words":
@@ -168,6 +173,7 @@ def _open_ended_flow(args: argparse.Namespace) -> int:
                          f"tokens, or 0 for off")
     circuits = [load_circuit(name, args.circuit_dir or ())
                 for name in (args.circuit or ("open-ended",))]
+
     def check_sample(vlm, x) -> None:
         # the circuits read an answer's spans: build them on this prompt with a stand-in
         # three-token answer (one earlier anchor) before anything is written
