@@ -350,3 +350,15 @@ def test_open_ended_options_without_open_ended_are_refused(model_and_data, tmp_p
         assert main(base + ["--open-ended", "--anchors", "verbs"]) == 2
         assert "pip install spacy" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_generation_ends_at_the_backbones_context(tiny_backbone):
+    from mapflow_tl.models.backbone import generate_from_embeds
+
+    n_ctx = tiny_backbone.cfg.n_ctx
+    embeds = torch.randn(1, n_ctx - 3, tiny_backbone.cfg.d_model)
+    tokens, logits = generate_from_embeds(tiny_backbone, embeds, max_new_tokens=10)
+    assert len(tokens) == 3 and logits.shape[0] == 3
+    with pytest.raises(InputError, match="no room for an answer"):
+        generate_from_embeds(tiny_backbone, torch.randn(1, n_ctx, tiny_backbone.cfg.d_model),
+                             max_new_tokens=1)

@@ -455,7 +455,8 @@ def generate_from_embeds(
     Step i appends the argmax of the last position's logits (the official open-ended script's
     ``generate(do_sample=False, num_beams=1)``), embedded with the backbone's own token
     embedding; decoding stops after ``max_new_tokens`` tokens or after a token in ``stop_ids``
-    (kept, as HF keeps the end-of-sequence token). ``fwd_hooks`` stay on for every step; under
+    (kept, as HF keeps the end-of-sequence token), or where the sequence fills the backbone's
+    context (``cfg.n_ctx``). ``fwd_hooks`` stay on for every step; under
     the key/value cache a step's attention scores are ``[batch, head, new, all keys]``, so a
     hook that reads positions from their shape acts the same with and without the cache.
 
@@ -470,6 +471,13 @@ def generate_from_embeds(
         raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     hooks = list(fwd_hooks)
     check_hooks(model, hooks)
+    # the backbone reproduces HF up to its context (n_ctx: max_position_embeddings, capped at
+    # an active sliding window): the answer ends there
+    room = model.cfg.n_ctx - embeds.shape[1]
+    if room < 1:
+        raise InputError(f"the prompt has {embeds.shape[1]} positions, the backbone's whole "
+                         f"context ({model.cfg.n_ctx}): no room for an answer")
+    max_new_tokens = min(max_new_tokens, room)
     stop = {int(i) for i in stop_ids}
     sequence = embeds.to(model.cfg.device, model.cfg.dtype)
     cache = None
