@@ -95,7 +95,6 @@ def _flow(args: argparse.Namespace) -> int:
     if args.open_ended:
         return _open_ended_flow(args)
     _refuse_open_ended_options(args)
-    args.mode = args.mode or "correct"
     circuits = [load_circuit(name, args.circuit_dir or ())
                 for name in (args.circuit or PAPER_FLOW_CIRCUITS)]
     definitions = _definitions(correct=args.correctness, accuracy=args.accuracy,
@@ -151,15 +150,15 @@ def _open_ended_flow(args: argparse.Namespace) -> int:
     from .. import analyses
     from ..circuits import load_circuit
 
-    if args.mode is not None:
+    if args.mode != "correct":
         raise InputError("--mode selects by the answer's correctness, which an open-ended "
                          "answer does not have; leave it out with --open-ended (samples are "
                          "traced when their answer has enough anchors, as officially)")
     if args.accuracy != "all-samples" or args.correctness != "official":
         raise InputError("--accuracy and --correctness grade answer letters; an open-ended "
                          "flow has none: leave them out with --open-ended")
-    # they grade nothing here: kept out of run.json
-    del args.accuracy, args.correctness
+    # they select and grade nothing here: kept out of run.json
+    del args.mode, args.accuracy, args.correctness
     if args.anchors == "words" and not args.anchor_words:
         raise InputError("--anchors words needs --anchor-words WORD [WORD ...]")
     if args.anchor_words and args.anchors != "words":
@@ -534,8 +533,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "layers; below, the paper's 9 of 32 scaled to the depth, odd: 3 on "
                            "SynthTV's 8)")
     flow.add_argument("--style", default="center", choices=WINDOW_STYLES)
-    flow.add_argument("--mode", default=None, choices=SAMPLE_MODES,
-                      help=_MODE_HELP + " (multiple choice only)")
+    flow.add_argument("--mode", default="correct", choices=SAMPLE_MODES,
+                      help=_MODE_HELP)
     flow.add_argument("--sweep-range", type=int, nargs=2, default=None, metavar=("START", "END"),
                       help="window centres START … END-1 (0-based, END exclusive, as the "
                            "official --sweep_range; default every layer)")
