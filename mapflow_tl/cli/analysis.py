@@ -111,6 +111,10 @@ def _flow(args: argparse.Namespace) -> int:
             writer.write("flow", rows)
     out = run.finish()
     if run.world.is_main:
+        # "temporal keywords as checkpoints": derived whenever the vq-to-true-opt curves ran
+        checkpoints = analyses.checkpoint_shares(read_table(out, "flow"))
+        if checkpoints:
+            run.write_derived(out, {"checkpoints": checkpoints})
         samples = read_table(out, "samples")
         selected = sum(bool(r["selected"]) for r in samples)
         graded = [r for r in samples if r.get("base_correct") is not None]
