@@ -806,6 +806,9 @@ def diagnosis_evidence(vlm: VideoLLM, sample: Any, x: Prepared, *,
       video, the same number of frames so that every model takes it) — ``shuffled_token``,
       ``frozen_token``.
 
+    Each token also decoded on its own (``base_text``, ``true_text``, ``crossframe_text``,
+    ``shuffled_text``, ``frozen_text``), for the report.
+
     The task-level evidence (the task's most frequent answer) and the verdict are
     :func:`diagnose`'s, from every sample's row."""
     from dataclasses import replace as replaced
@@ -828,11 +831,16 @@ def diagnosis_evidence(vlm: VideoLLM, sample: Any, x: Prepared, *,
         probabilities = _last_probabilities(vlm, vlm.prepare(edit.sample),
                                             what=f"the {kind}d video's forward")
         edited[kind] = int(probabilities.argmax())
+    tokens = {"base": base["base_token"], "true": x.answer_token,
+              "crossframe": crossframe_token, "shuffled": edited["shuffle"],
+              "frozen": edited["freeze"]}
     return {**sample_fields(x), "base_token": base["base_token"],
             "base_correct": base["base_correct"], "true_token": x.answer_token,
             "crossframe_layers": list(layers), "crossframe_token": crossframe_token,
             "crossframe_correct": grade(vlm, x, crossframe_token, correctness, knockout=True),
             "shuffle_seed": seed, "shuffled_token": edited["shuffle"],
-            "frozen_frame": frozen_frame, "frozen_token": edited["freeze"]}
+            "frozen_frame": frozen_frame, "frozen_token": edited["freeze"],
+            **{f"{name}_text": None if token is None else _decode(vlm, token)
+               for name, token in tokens.items()}}
 
 

@@ -271,7 +271,9 @@ def diagnose(samples: Iterable[dict[str, Any]], evidence: Iterable[dict[str, Any
       samples (``reference_samples`` of them), ``integration_distance`` the root-mean-square
       difference (percentage points), ``integration_like_correct`` = r ≥ ``similar`` (None
       where either profile is missing, incomplete or constant). A description beside the
-      verdict, not part of it.
+      verdict, not part of it;
+    - the tokens decoded (``*_text``, as the evidence rows carry them; ``task_mode_text`` when
+      some evidence row of the run decoded that token, else None).
 
     Rows in the order of ``evidence``."""
     samples = list(samples)
@@ -286,6 +288,11 @@ def diagnose(samples: Iterable[dict[str, Any]], evidence: Iterable[dict[str, Any
         counted[task] = len(correct)
         reference[task] = ([sum(column) / len(correct) for column in zip(*correct)]
                            if correct else None)
+    evidence = list(evidence)
+    # the decoded tokens the evidence rows carry, to spell the task's most frequent answer
+    spelled = {row[f"{name}_token"]: row[f"{name}_text"] for row in evidence
+               for name in ("base", "true", "crossframe", "shuffled", "frozen")
+               if row.get(f"{name}_text") is not None}
     rows = []
     for row in evidence:
         task = row["task"]
@@ -311,7 +318,10 @@ def diagnose(samples: Iterable[dict[str, Any]], evidence: Iterable[dict[str, Any
             "same_frozen": same_frozen, "same_task_mode": same_mode, "case2": case2,
             "verdict": verdict, "integration_r": r, "integration_distance": distance,
             "integration_like_correct": None if r is None else r >= similar,
-            "reference_samples": counted.get(task, 0)})
+            "reference_samples": counted.get(task, 0),
+            **{f"{name}_text": row.get(f"{name}_text")
+               for name in ("base", "true", "crossframe", "shuffled", "frozen")},
+            "task_mode_text": spelled.get(mode_token)})
     return rows
 
 

@@ -1316,16 +1316,28 @@ def _diagnosis_blocks(rows, frames_table) -> list[tuple[str, str, str]]:
         return "–" if value is None else f"{value:.2f}" if isinstance(value, float) else \
             html.escape(str(value))
 
-    columns = ("sample", "task", "verdict", "base_token", "true_token", "crossframe_token",
-               "shuffled_token", "frozen_token", "task_mode_token", "task_mode_share",
-               "integration_r", "integration_distance")
-    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in columns)
+    def answer(row, name):
+        """The decoded answer with its token id: 'B' (24)."""
+        text, token = row.get(f"{name}_text"), row[f"{name}_token"]
+        if token is None:
+            return "–"
+        return html.escape(f"{text.strip()!r} ({token})" if text is not None else str(token))
+
+    answers = ("base", "true", "crossframe", "shuffled", "frozen", "task_mode")
+    columns = ("sample", "task", "verdict", "answer", "truth", "cross-frame knockout",
+               "shuffled", "frozen", "task's most frequent", "its share", "integration r",
+               "integration distance")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = ""
     for row in rows:
         link = (f'<a href="#{_frames_anchor(row["sample"])}">'
                 f'{html.escape(str(row["sample"]))}</a>')
+        cells = ([html.escape(str(row["task"])), html.escape(row["verdict"])]
+                 + [answer(row, name) for name in answers]
+                 + [number(row[c]) for c in ("task_mode_share", "integration_r",
+                                             "integration_distance")])
         body += ("<tr><td>" + link + "</td>"
-                 + "".join(f"<td>{number(row[c])}</td>" for c in columns[1:]) + "</tr>")
+                 + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
     samples = (f'<table class="data" id="diagnosis-samples"><thead><tr>{head}</tr></thead>'
                f"<tbody>{body}</tbody></table>")
     strips = ""

@@ -145,6 +145,10 @@ def test_evidence_columns_equal_the_hf_model_on_hand_edited_frames(diagnosed):
         assert row["shuffled_token"] == hand["shuffled"]
         assert row["frozen_token"] == hand["frozen"]
         assert (row["shuffle_seed"], row["frozen_frame"]) == (3, 1)
+        for name, token in (("base", hand["clean"]), ("true", hand["truth"]),
+                            ("crossframe", hand["knocked"]), ("shuffled", hand["shuffled"]),
+                            ("frozen", hand["frozen"])):
+            assert row[f"{name}_text"] == f"t{token}"
 
 
 def test_evidence_needs_the_frames(diagnosed):
@@ -192,6 +196,9 @@ def test_verdicts_task_mode_and_integration_similarity_by_hand():
         {"sample": "w4", "task": "t", "base_token": 9, "true_token": 5, "crossframe_token": 9,
          "crossframe_correct": False, "shuffled_token": 9, "frozen_token": 3},
     ]
+    for ev in evidence:
+        ev.update({f"{n}_text": f"<{ev[n + '_token']}>"
+                   for n in ("base", "true", "crossframe", "shuffled", "frozen")})
     rows = A.diagnose(samples, evidence, flow, n_layers)
     assert [r["sample"] for r in rows] == ["w2", "w1", "w3", "w4"]
     counts = Counter(r["base_token"] for r in samples)
@@ -204,6 +211,8 @@ def test_verdicts_task_mode_and_integration_similarity_by_hand():
         assert row["verdict"] == expected_verdicts[row["sample"]]
         assert row["task_mode_token"] == 5 and row["task_mode_share"] == pytest.approx(3 / 7)
         assert row["reference_samples"] == 3
+        assert row["task_mode_text"] == "<5>"        # spelled by the rows that decoded 5
+        assert row["frozen_text"] == f"<{row['frozen_token']}>"
         ev = next(e for e in evidence if e["sample"] == row["sample"])
         assert row["same_shuffled"] == (ev["shuffled_token"] == ev["base_token"])
         assert row["same_frozen"] == (ev["frozen_token"] == ev["base_token"])
@@ -227,10 +236,11 @@ def test_a_task_without_correct_samples_has_no_reference():
     samples = [{"sample": "w", "task": "t", "base_token": 1, "base_correct": False}]
     evidence = [{"sample": "w", "task": "t", "base_token": 1, "true_token": 2,
                  "crossframe_token": 1, "crossframe_correct": False, "shuffled_token": 3,
-                 "frozen_token": 1}]
+                 "frozen_token": 1, "base_text": "B"}]
     [row] = A.diagnose(samples, evidence, flow_rows("w", "t", {("video → question", 1): -5.0}), 8)
     assert row["reference_samples"] == 0 and row["integration_r"] is None
     assert row["verdict"] == "Case 2"          # its own answer is the task's only one: the mode
+    assert row["task_mode_text"] == "B" and row["true_text"] is None
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -313,6 +323,7 @@ def test_cli_diagnose_rows_resume_and_report(model_and_data, tmp_path, capsys):
     # the report: counts per task and verdict, each verdict linked to its sample's frames
     text = build_report(out, plotly="cdn").read_text()
     assert 'id="diagnosis-counts"' in text
+    assert "task&#x27;s most frequent" in text or "task's most frequent" in text
     for task in {r["task"] for r in diagnosis}:
         counts = Counter(r["verdict"] for r in diagnosis if r["task"] == task)
         cells = "".join(f"<td>{counts.get(v, 0)}</td>" for v in A.VERDICTS)

@@ -658,7 +658,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="the frame the frozen video repeats (default %(default)s: the "
                                "first)")
     diagnose.add_argument("--window", type=positive_int, default=None,
-                          help="window size k of the integration curves (default as flow's)")
+                          help="window size k of the integration curves (as flow's: the "
+                               "official 9, or the paper's 9 of 32 scaled below 18 layers)")
     _add_correctness(diagnose)
     diagnose.add_argument("--method", default="fast", choices=("fast", "naive"),
                           help="sweep engine (default %(default)s)")
