@@ -331,3 +331,36 @@ def test_cli_diagnose_rows_resume_and_report(model_and_data, tmp_path, capsys):
     for row in diagnosis:
         anchor = "frames-" + row["sample"].replace("/", "-")
         assert f'href="#{anchor}"' in text and f'id="{anchor}"' in text
+
+
+def test_cli_flow_writes_the_checkpoint_table_and_the_report_draws_it(model_and_data, tmp_path):
+    import re
+
+    from mapflow_tl.cli import main
+    from mapflow_tl.report import build_report
+
+    model_dir, data_dir = model_and_data
+    out = tmp_path / "flow"
+    assert main(["flow", "--model", str(model_dir), "--data-root", str(data_dir), "--out",
+                 str(out), "--threads", "1", "--circuit", "vq-to-true-opt", "--mode", "all",
+                 "--limit", "2"]) == 0
+    flow, table = read(out, "flow"), read(out, "checkpoints")
+    assert [r["task"] for r in table] == list(dict.fromkeys(r["task"] for r in flow))
+    names = ("video → true option", "video → non-option question",
+             "non-option question → true option")
+    for row in table:     # the losses again by hand from the flow rows
+        loss = {}
+        for curve in names:
+            by_layer: dict[int, list[float]] = {}
+            for r in flow:
+                if r["task"] == row["task"] and r["curve"] == curve:
+                    by_layer.setdefault(r["layer"], []).append(r["change_true"])
+            loss[curve] = max(0.0, -min(np.mean(v) for v in by_layer.values()))
+        assert row["direct_loss"] == pytest.approx(loss[names[0]])
+        assert row["indirect_loss"] == pytest.approx(min(loss[names[1]], loss[names[2]]))
+    page = build_report(out, plotly="cdn").read_text()
+    assert 'id="checkpoints"' in page and 'id="checkpoint-table"' in page
+    match = re.search(r'Plotly\.newPlot\(\s*"checkpoints",\s*', page)
+    data, _ = json.JSONDecoder().raw_decode(page, match.end())
+    direct = next(t for t in data if t["name"].startswith("direct"))
+    assert direct["y"] == pytest.approx([r["direct_share"] for r in table])
