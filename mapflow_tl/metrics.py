@@ -255,8 +255,8 @@ def diagnose(samples: Iterable[dict[str, Any]], evidence: Iterable[dict[str, Any
              similar: float = INTEGRATION_SIMILAR) -> list[dict[str, Any]]:
     """The failure verdict of every wrongly answered sample (``diagnosis`` table), from a run's
     rows: ``samples`` (every evaluated sample's clean answer), ``evidence``
-    (:func:`mapflow_tl.analyses.diagnosis_evidence` of the wrong ones) and ``flow`` (the :data:`INTEGRATION_CIRCUIT`
-    rows of correct and wrong samples). Columns:
+    (:func:`mapflow_tl.analyses.diagnosis_evidence` of the wrong ones) and ``flow`` (the
+    :data:`INTEGRATION_CIRCUIT` rows of correct and wrong samples). Columns:
 
     - ``case1`` = ``crossframe_correct``: blocking cross-frame attention in the early-to-middle
       layers flips the answer to the truth;
