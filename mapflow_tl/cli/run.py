@@ -203,14 +203,16 @@ class AnalysisRun:
     different one) — in particular ``definitions``, the metric and lens definitions the command
     uses (e.g. ``{"correct": "decoded-letter", "accuracy": "all-samples"}``), so that an old run
     stays interpretable. ``check(vlm)`` validates arguments that depend on the model (a layer
-    range) after loading it and before anything is written.
+    range) after loading it and before anything is written. ``adapt(samples)`` returns the
+    samples the command asks (``eval --open-ended``: without their options).
     """
 
     def __init__(self, args: argparse.Namespace, command: str,
                  config: dict[str, Any] | None = None,
                  check: Callable[[Any], None] | None = None, *,
                  circuits: Sequence[Any] = (),
-                 check_sample: Callable[[Any, Any], None] | None = None) -> None:
+                 check_sample: Callable[[Any, Any], None] | None = None,
+                 adapt: Callable[[list[Any]], list[Any]] | None = None) -> None:
         import torch
 
         from ..data.datasets import load_dataset
@@ -237,6 +239,8 @@ class AnalysisRun:
                               allow_outside_root=getattr(args, "allow_outside_root", False))
         samples = subsample_per_task(list(loaded), getattr(args, "sample", None),
                                      getattr(args, "sample_seed", 42))
+        if adapt is not None:   # before the fingerprint: a resume sees the samples as asked
+            samples = adapt(samples)
         self.order = [str(getattr(sample, "id", "")) for sample in samples]
         self.samples = shard(samples, self.world)
         self._check_first_sample(samples, circuits, check_sample)
