@@ -118,8 +118,9 @@ def _write_scorer_files(out: Path, files: dict[str, list[dict]]) -> list[str]:
     return names
 
 
-def print_summary(summary: list[dict], file=sys.stdout) -> None:
-    """The per-task accuracy table ``eval`` prints."""
+def print_summary(summary: list[dict], file=None) -> None:
+    """The per-task accuracy table ``eval`` prints (to ``file``, default standard output)."""
+    file = sys.stdout if file is None else file
     width = max([len(row["task"]) for row in summary] + [4])
     has_exact = any(row["exact"] is not None for row in summary)
     print(f"{'task':<{width}}  samples  accuracy" + ("  exact" if has_exact else ""), file=file)

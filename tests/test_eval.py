@@ -1,0 +1,175 @@
+"""``mapflow-tl eval``: the accuracy pass on the shipped SynthTV model, checked against the
+Hugging Face model answering the same items by hand (its own prompt encoding, the full-vocabulary
+argmax at the last position, the official grading ``answer.lower() == gt.lower()``); resume; the
+report's accuracy table; the scorer files of open-ended sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mapflow_tl.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+pytest.importorskip("mapflow_tl.synthtv.generator")
+
+TASKS = ["action_antonym", "scene_transition", "object_count"]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # the SynthTV evaluation set is cached under HOME
+    monkeypatch.delenv("MAPFLOW_CACHE", raising=False)
+    return tmp_path
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _eval(out: Path, *extra: str) -> int:
+    argv = ["eval", "--out", str(out), "--limit", "4"]
+    for task in TASKS:
+        argv += ["--task", task]
+    return main(argv + list(extra))
+
+
+@pytest.mark.parametrize("model", ["synthtv-video-ft", "synthtv-image"])
+def test_eval_agrees_with_the_hf_model_answering_by_hand(home, capsys, model):
+    """Both shipped models: the video model answers nearly all of these, the image-only twin
+    about 40 %, so right and wrong answers are both checked. The reference reads the same
+    frames (the written mp4, decoded with PyAV) through SynthTV's own prompt encoding."""
+    import numpy as np
+    import torch
+
+    from mapflow_tl.data import load_dataset
+    from mapflow_tl.synthtv import generator as gen
+    from mapflow_tl.synthtv.evaluate import EVAL_SEED, load, model_config
+    from mapflow_tl.synthtv.train import answer_logits, make_batch
+
+    assert _eval(home / "run", "--model", model) == 0
+    printed = capsys.readouterr().out
+    rows = _rows(home / "run" / "eval.jsonl")
+    assert len(rows) == 12 and all(row["kind"] == "choice" for row in rows)
+
+    # the same items, answered by the HF model through SynthTV's own prompt encoding
+    hf_model, tokenizer = load(model)
+    config = model_config(hf_model)
+    items = gen.generate(TASKS, 4, EVAL_SEED)
+    hits: dict[str, list[bool]] = {}
+    by_id = {row["sample"]: row for row in rows}
+    av = pytest.importorskip("av")
+    samples = {s.id: s for s in load_dataset("synthtv", tasks=TASKS, limit=4)}
+    with torch.no_grad():
+        for task in TASKS:
+            for index, item in enumerate(items[task]):
+                # the frames the run read: the written mp4 (lossy), decoded here with PyAV
+                with av.open(str(samples[f"{task}/{index}"].video)) as container:
+                    decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+                # SynthTV writes each frame `repeat` times, losslessly: any copy is that frame
+                repeat = len(decoded) // len(item.states)
+                blocks = np.stack(decoded).reshape(len(item.states), repeat, *decoded[0].shape)
+                assert (blocks == blocks[:, :1]).all()
+                item._frames = blocks[:, 0]
+                probabilities = answer_logits(hf_model, make_batch([item], tokenizer, config))[0]
+                probabilities = probabilities.float().softmax(-1)
+                token = int(probabilities.argmax())
+                letter = "ABCDEFG"[item.answer_index]
+                correct = tokenizer.decode([token]).lower() == letter.lower()
+                row = by_id[f"{task}/{index}"]
+                assert row["truth"] == letter and row["correct"] == correct
+                assert row["prediction"] == tokenizer.decode([token])
+                assert row["p_pred"] == pytest.approx(float(probabilities[token]), abs=1e-4)
+                truth_id = tokenizer.convert_tokens_to_ids(letter)
+                assert row["p_true"] == pytest.approx(float(probabilities[truth_id]), abs=1e-4)
+                hits.setdefault(row["task"], []).append(correct)
+    every = [hit for task_hits in hits.values() for hit in task_hits]
+    if model == "synthtv-image":
+        assert 0 < sum(every) < len(every)   # the check saw right and wrong answers
+    for task, task_hits in [*hits.items(), ("all", every)]:
+        accuracy = 100 * sum(task_hits) / len(task_hits)
+        line = next(line for line in printed.splitlines() if line.startswith(task + " "))
+        assert line.split()[-2:] == [str(len(task_hits)), f"{accuracy:.1f}"], line
+
+
+def test_eval_resumes_where_it_stopped_and_refuses_another_grading(home, capsys):
+    out = home / "run"
+    assert _eval(out) == 0
+    full = _rows(out / "eval.jsonl")
+    # a run killed after its 9th sample: the last three rows and markers are gone
+    for table in ("eval", "samples"):
+        path = out / f"{table}.jsonl"
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(lines[:9]))
+    capsys.readouterr()
+    assert _eval(out, "--resume") == 0
+    assert " 9/12 " in capsys.readouterr().err   # the bar starts where the run stopped
+    assert _rows(out / "eval.jsonl") == full
+    assert len(_rows(out / "samples.jsonl")) == 12
+    assert _eval(out, "--resume") == 0          # nothing left to do: no rows added
+    assert _rows(out / "eval.jsonl") == full
+    before = (out / "eval.jsonl").read_bytes()
+    assert _eval(out, "--resume", "--correctness", "token-id") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "choose another --out for the new configuration" in err[-1]
+    assert (out / "eval.jsonl").read_bytes() == before
+
+
+def test_report_draws_the_accuracy_per_task(home, capsys):
+    out = home / "run"
+    assert _eval(out) == 0
+    rows = _rows(out / "eval.jsonl")
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert 'id="accuracy"' in page and 'id="accuracy-table"' in page
+    table = page[page.index('id="accuracy-table"'):]
+    for task in {row["task"] for row in rows}:
+        graded = [row["correct"] for row in rows if row["task"] == task]
+        assert f"<td>{task}</td><td>{len(graded)}</td><td>{100 * sum(graded) / len(graded):.1f} %" \
+            in table
+
+
+def test_vcgbench_answers_are_written_as_video_chatgpt_reads_them(tmp_path):
+    """Video-ChatGPT's quantitative_evaluation/evaluate_benchmark_*.py read ``--pred_path``: a
+    JSON list of the annotation entries with ``pred`` added (consistency: ``pred1``,
+    ``pred2``)."""
+    from mapflow_tl.cli.evaluate import scorer_files
+    from mapflow_tl.data import load_dataset
+
+    qa = tmp_path / "VCGBench" / "Benchmarking_QA"
+    qa.mkdir(parents=True)
+    (qa / "generic_qa.json").write_text(json.dumps(
+        [{"Q": "What is he doing?", "A": "Juggling.", "video_name": "v_1"}]))
+    (qa / "temporal_qa.json").write_text(json.dumps([]))
+    (qa / "consistency_qa.json").write_text(json.dumps(
+        [{"Q1": "What is eaten?", "Q2": "What does the parrot eat?", "A": "Cream.",
+          "video_name": "v_2"}]))
+    samples = list(load_dataset("vcgbench", tmp_path / "VCGBench", check_videos=False))
+    rows = [{"sample": s.id, "task": s.task, "kind": "open", "prediction": f"answer {i}",
+             "truth": s.reference, "correct": False, "exact": False}
+            for i, s in enumerate(samples)]
+    assert scorer_files("vcgbench", rows, samples) == {
+        "generic_qa": [{"Q": "What is he doing?", "A": "Juggling.", "video_name": "v_1",
+                        "pred": "answer 0"}],
+        "consistency_qa": [{"Q1": "What is eaten?", "Q2": "What does the parrot eat?",
+                            "A": "Cream.", "video_name": "v_2", "pred1": "answer 1",
+                            "pred2": "answer 2"}],
+    }
+    # half a pair (a run limited or stopped between the phrasings) is not a scorer entry
+    assert "consistency_qa" not in scorer_files("vcgbench", rows[:2], samples)
+
+
+@pytest.mark.parametrize("prediction, reference, exact, contains", [
+    ("Left.", "left", True, True),
+    ("it moves to the left", "left", False, True),
+    ("leftover", "left", False, False),
+    ("the Kitchen to the garden", "kitchen to the garden.", False, True),
+    ("kitchen  to the GARDEN", "kitchen to the garden.", True, True),
+    ("", "three", False, False),
+])
+def test_open_answer_match(prediction, reference, exact, contains):
+    from mapflow_tl.metrics import open_answer_match
+
+    assert open_answer_match(prediction, reference) == (exact, contains)
