@@ -26,15 +26,25 @@ __all__ = ["register", "SCORER_FOLDER", "scorer_files"]
 SCORER_FOLDER = "scorer"
 
 
-def _as_open_ended(sample: Any, answer_prompt: str | None) -> Any:
-    """A multiple-choice sample asked without its options: the reference is the answer as named
-    without options (SynthTV's ``named_answer``) or the true option's text."""
-    if getattr(sample, "open_ended", False):
-        return sample if answer_prompt is None else dataclasses.replace(
-            sample, answer_prompt=answer_prompt)
-    reference = (sample.metadata or {}).get("named_answer", sample.answer)
-    return dataclasses.replace(sample, options=(), answer_index=None, reference=str(reference),
-                               answer_prompt=answer_prompt)
+def _as_open_ended(sample: Any, *, open_ended: bool, answer_prompt: str | None,
+                   question_prefix: str | None) -> Any:
+    """The sample as ``eval`` asks it. A multiple-choice sample stays as it is unless
+    ``open_ended``: then it is asked without its options, its reference the answer as named
+    without options (SynthTV's ``named_answer``) or the true option's text. An open-ended
+    question starts with ``question_prefix`` (default: the dataset's own, e.g. TVBench
+    open-ended's official "Question: ") and its answer with ``answer_prompt`` (default: the
+    dataset's own)."""
+    if not getattr(sample, "open_ended", False):
+        if not open_ended:
+            return sample
+        reference = (sample.metadata or {}).get("named_answer", sample.answer)
+        sample = dataclasses.replace(sample, options=(), answer_index=None,
+                                     reference=str(reference), answer_prompt=None)
+    prefix = (sample.metadata or {}).get("question_prefix", "") if question_prefix is None \
+        else question_prefix
+    return dataclasses.replace(
+        sample, question=prefix + sample.question,
+        answer_prompt=sample.answer_prompt if answer_prompt is None else answer_prompt)
 
 
 def _vcgbench_entries(rows: list[dict], samples: dict[str, Any]) -> dict[str, list[dict]]:
@@ -136,18 +146,19 @@ def _eval(args: argparse.Namespace) -> int:
     from ..metrics import DEFINITIONS, eval_summary
     from ..runs import read_table
 
-    open_ended = args.open_ended
     definitions = {**DEFINITIONS, "correct": args.correctness,
                    "open_ended_answer": f"greedy, at most {args.max_new_tokens} new tokens",
                    "open_ended_correct": "reference words contained (exact: equal), case, "
                                          "spacing and trailing punctuation ignored"}
-    adapt = None
-    if open_ended or args.answer_prompt is not None:
-        def adapt(samples):
-            return [_as_open_ended(s, args.answer_prompt) if open_ended or s.open_ended else s
-                    for s in samples]
-    run = AnalysisRun(args, "eval", config={"definitions": definitions}, adapt=adapt)
-    references = {str(s.id): getattr(s, "reference", None) for s in run.samples}
+    def ask(sample):
+        return _as_open_ended(sample, open_ended=args.open_ended,
+                              answer_prompt=args.answer_prompt,
+                              question_prefix=args.question_prefix)
+
+    run = AnalysisRun(args, "eval", config={"definitions": definitions},
+                      sample_transform=ask)
+    asked = {str(s.id): ask(s) for s in run.samples}
+    references = {key: getattr(s, "reference", None) for key, s in asked.items()}
     for sample, x in run.each("eval", run.done(("eval",))):
         base, row = analyses.evaluate(run.vlm, x, reference=references.get(str(sample.id)),
                                       correctness=args.correctness,
@@ -159,7 +170,7 @@ def _eval(args: argparse.Namespace) -> int:
         rows = read_table(out, "eval")
         summary = eval_summary(rows)
         print_summary(summary)
-        samples = run.samples if not run.world.distributed else []
+        samples = list(asked.values()) if not run.world.distributed else []
         if samples:
             written = _write_scorer_files(out, scorer_files(args.dataset, rows, samples))
             if written:
@@ -191,6 +202,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="start the open-ended answers with TEXT (default: the dataset's "
                              "own, e.g. TVBench open-ended's per-task prompts, else none; "
                              "SynthTV models learnt 'Best option:(')")
+    parser.add_argument("--question-prefix", default=None, metavar="TEXT",
+                        help="put TEXT before every open-ended question (default: the "
+                             "dataset's own: 'Question: ' for tvbench-oe, as the official "
+                             "prompt, else none; SynthTV models learnt 'Question: ')")
     parser.add_argument("--max-new-tokens", type=positive_int, default=100,
                         help="longest open-ended answer in tokens (default %(default)s, the "
                              "official)")

@@ -203,8 +203,7 @@ class AnalysisRun:
     different one) — in particular ``definitions``, the metric and lens definitions the command
     uses (e.g. ``{"correct": "decoded-letter", "accuracy": "all-samples"}``), so that an old run
     stays interpretable. ``check(vlm)`` validates arguments that depend on the model (a layer
-    range) after loading it and before anything is written. ``adapt(samples)`` returns the
-    samples the command asks (``eval --open-ended``: without their options).
+    range) after loading it and before anything is written.
     """
 
     def __init__(self, args: argparse.Namespace, command: str,
@@ -212,7 +211,7 @@ class AnalysisRun:
                  check: Callable[[Any], None] | None = None, *,
                  circuits: Sequence[Any] = (),
                  check_sample: Callable[[Any, Any], None] | None = None,
-                 adapt: Callable[[list[Any]], list[Any]] | None = None) -> None:
+                 sample_transform: Callable[[Any], Any] | None = None) -> None:
         import torch
 
         from ..data.datasets import load_dataset
@@ -222,6 +221,9 @@ class AnalysisRun:
 
         check_sampling(args)
         self.args, self.world = args, world()
+        # what each sample is turned into before it is prepared (the open-ended question of a
+        # multiple-choice sample); the samples' identity (ids, fingerprint) stays the loaded one
+        self._transform = sample_transform or (lambda sample: sample)
         self.device = device = self.world.device(check_device(args.device))
         args.dtype = resolve_dtype(args.dtype, args.model, str(device))   # run.json: the one used
         self._progress = None
@@ -239,8 +241,6 @@ class AnalysisRun:
                               allow_outside_root=getattr(args, "allow_outside_root", False))
         samples = subsample_per_task(list(loaded), getattr(args, "sample", None),
                                      getattr(args, "sample_seed", 42))
-        if adapt is not None:   # before the fingerprint: a resume sees the samples as asked
-            samples = adapt(samples)
         self.order = [str(getattr(sample, "id", "")) for sample in samples]
         self.samples = shard(samples, self.world)
         self._check_first_sample(samples, circuits, check_sample)
@@ -280,7 +280,7 @@ class AnalysisRun:
             return
         for sample in samples:
             try:
-                x = self.vlm.prepare(sample)
+                x = self.vlm.prepare(self._transform(sample))
             except ValueError:
                 continue    # recorded as skipped when its turn comes
             for circuit in circuits:
@@ -356,7 +356,7 @@ class AnalysisRun:
                 if key in done:
                     continue
                 try:
-                    prepared = self.vlm.prepare(sample)
+                    prepared = self.vlm.prepare(self._transform(sample))
                 except ValueError as error:
                     if self.args.strict:
                         raise

@@ -953,6 +953,9 @@ _OE_QUESTION_OBJECTS = tuple(f"the {colour} {shape}" for colour in (
 _OE_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
                     "nine")
 _OE_PLACES = ("throughout", "beginning", "middle", "end")
+#: What the official open-ended prompt puts before the question (``qa_template``:
+#: ``f"Question: {question}\n"``); kept apart from the question text, which stays the text alone.
+TVBENCH_OPEN_ENDED_PREFIX = "Question: "
 #: The question the official code asks every Scene Transition video open-endedly.
 SCENE_TRANSITION_QUESTION = ("Where does the scene in the video change from one place to another "
                              "place?")
@@ -1020,7 +1023,8 @@ def load_tvbench_open_ended(
     (``tvbench_open_ended``): the TVBench download read by :func:`load_tvbench`, every question
     without its options, with the reference answer and the per-task answer prompt of
     :func:`tvbench_open_ended` (``Sample.reference``, ``Sample.answer_prompt``). The options are
-    kept in ``metadata["candidates"]``. Arguments as :func:`load_tvbench`."""
+    kept in ``metadata["candidates"]``, the official prompt's "Question: " before the question in
+    ``metadata["question_prefix"]``. Arguments as :func:`load_tvbench`."""
     loaded = load_tvbench(data_root, tasks, limit, strict=strict, check_videos=check_videos,
                           allow_outside_root=allow_outside_root)
     collector = _Collector(strict)
@@ -1038,7 +1042,8 @@ def load_tvbench_open_ended(
         samples.append(dataclasses.replace(
             sample, dataset="tvbench-oe", question=question, options=(), answer_index=None,
             reference=reference, answer_prompt=prompt,
-            metadata={**sample.metadata, "candidates": list(sample.options)}))
+            metadata={**sample.metadata, "candidates": list(sample.options),
+                      "question_prefix": TVBENCH_OPEN_ENDED_PREFIX}))
     return LoadedBenchmark("tvbench-oe", loaded.root, samples, collector.skipped)
 
 
