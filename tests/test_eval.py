@@ -173,3 +173,68 @@ def test_open_answer_match(prediction, reference, exact, contains):
     from mapflow_tl.metrics import open_answer_match
 
     assert open_answer_match(prediction, reference) == (exact, contains)
+
+
+needs_generate = pytest.mark.skipif(
+    not hasattr(__import__("mapflow_tl.models.videollm", fromlist=["VideoLLM"]).VideoLLM,
+                "generate"),
+    reason="open-ended answers need VideoLLM.generate (the openended branch)")
+
+
+@needs_generate
+def test_open_ended_eval_agrees_with_hf_generate_and_scores_named_answers(home, capsys):
+    """SynthTV asked without options (the prompt its models learnt open-endedly: "Question: "
+    before the question, the answer after "Best option:("): each answer equals the Hugging Face
+    model's own greedy ``generate`` from SynthTV's open-ended prompt encoding and the same
+    frames; ``correct`` / ``exact`` restate the named-answer match by hand."""
+    import numpy as np
+    import torch
+
+    from mapflow_tl.data import load_dataset
+    from mapflow_tl.synthtv import build
+    from mapflow_tl.synthtv import generator as gen
+    from mapflow_tl.synthtv.evaluate import EVAL_SEED, load, model_config
+
+    av = pytest.importorskip("av")
+    tasks = ["scene_transition", "moving_direction"]
+    argv = ["eval", "--out", str(home / "oe"), "--limit", "2", "--open-ended",
+            "--question-prefix", "Question: ", "--answer-prompt", "Best option:(",
+            "--max-new-tokens", "12"]
+    for task in tasks:
+        argv += ["--task", task]
+    assert main(argv) == 0
+    rows = {row["sample"]: row for row in _rows(home / "oe" / "eval.jsonl")}
+    assert len(rows) == 4 and {row["kind"] for row in rows.values()} == {"open"}
+
+    model, tokenizer = load("synthtv-video-ft")
+    config = model_config(model)
+    items = gen.generate(tasks, 2, EVAL_SEED)
+    samples = {s.id: s for s in load_dataset("synthtv", tasks=tasks, limit=2)}
+    for task in tasks:
+        for index, item in enumerate(items[task]):
+            sample_id = f"{task}/{index}"
+            with av.open(str(samples[sample_id].video)) as container:
+                decoded = np.stack([f.to_ndarray(format="rgb24")
+                                    for f in container.decode(video=0)])
+            item._frames = decoded[::len(decoded) // len(item.states)]
+            ids = torch.tensor([build.encode_item(item, tokenizer, config,
+                                                  open_ended=True)["input_ids"]])
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     pixel_values_videos=build.normalize_frames(
+                                         item.frames)[None],
+                                     max_new_tokens=12, do_sample=False, num_beams=1)
+            expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            row = rows[sample_id]
+            assert row["prediction"] == expected, sample_id
+            assert row["truth"] == item.named_answer
+            words = lambda text: "".join(c if c.isalnum() else " " for c in text.lower()).split()
+            ref, pred = words(item.named_answer), words(expected)
+            assert row["correct"] == any(pred[i:i + len(ref)] == ref for i in range(len(pred)))
+            assert row["exact"] == (" ".join(expected.lower().split()).rstrip(".") ==
+                                    item.named_answer.lower())
+    out_text = capsys.readouterr().out
+    assert "exact" in out_text.splitlines()[0]
+    results = json.loads((home / "oe" / "scorer" / "results.json").read_text())
+    assert [(r["pred"], r["gt"]) for r in results] == \
+        [(rows[k]["prediction"], rows[k]["truth"]) for k in rows]
