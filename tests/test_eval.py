@@ -238,3 +238,47 @@ def test_open_ended_eval_agrees_with_hf_generate_and_scores_named_answers(home, 
     results = json.loads((home / "oe" / "scorer" / "results.json").read_text())
     assert [(r["pred"], r["gt"]) for r in results] == \
         [(rows[k]["prediction"], rows[k]["truth"]) for k in rows]
+
+
+def test_eval_on_a_videomme_download(home, capsys):
+    """The accuracy pass over a hand-made Video-MME download (tests/test_data_long_open.py's
+    fixture in the published parquet layout): one row per question, graded against its letter."""
+    from test_data_long_open import VIDEOMME_ROWS, write_mp4, write_videomme
+
+    root = write_videomme(home / "Video-MME", VIDEOMME_ROWS, write_mp4(home / "clip.mp4"))
+    assert main(["eval", "--dataset", "videomme", "--data-root", str(root),
+                 "--out", str(home / "vm")]) == 0
+    rows = _rows(home / "vm" / "eval.jsonl")
+    assert [(r["sample"], r["truth"]) for r in rows] == [("Counting Problem/001-1", "C"),
+                                                         ("Information Synopsis/001-2", "B")]
+    assert all(r["correct"] == (r["prediction"].lower() == r["truth"].lower()) for r in rows)
+    assert "Counting Problem" in capsys.readouterr().out
+
+
+@needs_generate
+def test_vcgbench_eval_writes_the_scorer_files(home, capsys):
+    from test_data_long_open import write_mp4
+
+    qa = home / "VCGBench" / "Benchmarking_QA"
+    qa.mkdir(parents=True)
+    (qa / "generic_qa.json").write_text(json.dumps(
+        [{"Q": "What is he doing?", "A": "Juggling.", "video_name": "v_1"}]))
+    (qa / "temporal_qa.json").write_text("[]")
+    (qa / "consistency_qa.json").write_text(json.dumps(
+        [{"Q1": "What is eaten?", "Q2": "What does it eat?", "A": "Cream.",
+          "video_name": "v_1"}]))
+    write_mp4(home / "VCGBench" / "Test_Videos" / "v_1.mp4")
+    out = home / "vcg"
+    assert main(["eval", "--dataset", "vcgbench", "--data-root", str(home / "VCGBench"),
+                 "--out", str(out), "--max-new-tokens", "4"]) == 0
+    rows = {r["sample"]: r for r in _rows(out / "eval.jsonl")}
+    generic = json.loads((out / "scorer" / "generic_qa.json").read_text())
+    consistency = json.loads((out / "scorer" / "consistency_qa.json").read_text())
+    assert generic == [{"Q": "What is he doing?", "A": "Juggling.", "video_name": "v_1",
+                        "pred": rows["generic_qa/0"]["prediction"]}]
+    assert consistency == [{"Q1": "What is eaten?", "Q2": "What does it eat?", "A": "Cream.",
+                            "video_name": "v_1",
+                            "pred1": rows["consistency_qa/0/1"]["prediction"],
+                            "pred2": rows["consistency_qa/0/2"]["prediction"]}]
+    manifest = json.loads((out / "run.json").read_text())["files"]
+    assert "scorer/generic_qa.json" in manifest and "scorer/consistency_qa.json" in manifest
