@@ -282,3 +282,29 @@ def test_vcgbench_eval_writes_the_scorer_files(home, capsys):
                             "pred2": rows["consistency_qa/0/2"]["prediction"]}]
     manifest = json.loads((out / "run.json").read_text())["files"]
     assert "scorer/generic_qa.json" in manifest and "scorer/consistency_qa.json" in manifest
+
+
+def test_tvbench_open_ended_prompt_carries_the_official_prefix_and_answer_prompt(tmp_path):
+    """What ``eval`` asks a TVBench open-ended sample: "Question: " before the question, no
+    options, and the assistant's answer started with the task's official answer prompt."""
+    import mapflow_tl as mf
+    from mapflow_tl.cli.evaluate import _as_open_ended
+    from test_data_long_open import write_mp4
+
+    root = tmp_path / "TVBench"
+    (root / "json").mkdir(parents=True)
+    (root / "json" / "moving_direction.json").write_text(json.dumps([
+        {"video": "c.mp4", "question": "What direction does the cyan sphere move?",
+         "candidates": ["Moving left.", "Moving right."], "answer": "Moving right."}]))
+    write_mp4(root / "video" / "moving_direction" / "c.mp4")
+    sample = mf.load_dataset("tvbench-oe", root)[0]
+    asked = _as_open_ended(sample, open_ended=False, answer_prompt=None, question_prefix=None)
+    x = mf.load_videollm("synthtv-video-ft").prepare(asked)
+    assert "Question: What direction does the cyan sphere move?" in x.prompt
+    assert "Moving left." not in x.prompt and not len(x.answer_ids)
+    assert x.prompt.rstrip().endswith("The cyan sphere moves to the")
+    # --answer-prompt and --question-prefix replace the dataset's own
+    other = _as_open_ended(sample, open_ended=False, answer_prompt="Answer:",
+                           question_prefix="Q: ")
+    assert (other.question, other.answer_prompt) == \
+        ("Q: What direction does the cyan sphere move?", "Answer:")
