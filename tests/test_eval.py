@@ -308,3 +308,22 @@ def test_tvbench_open_ended_prompt_carries_the_official_prefix_and_answer_prompt
                            question_prefix="Q: ")
     assert (other.question, other.answer_prompt) == \
         ("Q: What direction does the cyan sphere move?", "Answer:")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "videomme", "--data-root", "{home}/nowhere"], "a Video-MME data root"),
+    (["--dataset", "vcgbench"], "pass data_root (--data-root on the command line)"),
+])
+def test_eval_bad_input_is_one_line_and_writes_nothing(home, capsys, argv, message):
+    out = home / "run"
+    code = main(["eval", "--out", str(out)] + [a.format(home=home) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 2 and message in err[-1]   # the loading line, the error
+    assert not out.exists()
+
+
+def test_eval_refuses_a_zero_token_answer(home, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--out", str(home / "run"), "--max-new-tokens", "0"])
+    assert "--max-new-tokens: must be at least 1" in capsys.readouterr().err
+    assert not (home / "run").exists()
