@@ -327,3 +327,22 @@ def test_eval_refuses_a_zero_token_answer(home, capsys):
         main(["eval", "--out", str(home / "run"), "--max-new-tokens", "0"])
     assert "--max-new-tokens: must be at least 1" in capsys.readouterr().err
     assert not (home / "run").exists()
+
+
+def test_synthtv_samples_carry_the_answer_as_named_without_options(home):
+    """``eval --open-ended`` scores SynthTV against the generator's named answer (Scene
+    Transition names "B after A" as "A to B"), which TVBench's file format cannot hold."""
+    from mapflow_tl.cli.evaluate import _as_open_ended
+    from mapflow_tl.data import load_dataset
+    from mapflow_tl.synthtv import generator as gen
+    from mapflow_tl.synthtv.evaluate import EVAL_SEED
+
+    samples = load_dataset("synthtv", tasks=["scene_transition"], limit=6)
+    items = gen.generate(["scene_transition"], 6, EVAL_SEED)["scene_transition"]
+    assert [s.metadata["named_answer"] for s in samples] == [i.named_answer for i in items]
+    assert any(i.named_answer != i.answer for i in items)   # the case that needs it
+    asked = [_as_open_ended(s, open_ended=True, answer_prompt="Best option:(",
+                            question_prefix="Question: ") for s in samples]
+    assert [a.reference for a in asked] == [i.named_answer for i in items]
+    assert all(a.options == () and a.answer_index is None for a in asked)
+    assert [a.question for a in asked] == [f"Question: {i.question}" for i in items]
