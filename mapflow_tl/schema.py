@@ -65,6 +65,13 @@ TABLES: dict[str, tuple[str, ...]] = {
     "patch": SAMPLE_COLUMNS + ("source", "method", "activation", "segment", "position", "layer",
                                "head", "positions", "target_token", "source_token",
                                "target_diff", "source_diff", "patched_diff", "score"),
+    # The accuracy pass (analyses.evaluate, `mapflow-tl eval`): one row per sample. kind
+    # "choice": prediction = the argmax token decoded, option = the most probable option's
+    # letter, truth = the true letter, correct = the official grading; kind "open": prediction =
+    # the generated answer, truth = the reference answer, correct = it contains the reference's
+    # words, exact = equal to it (None without a reference).
+    "eval": SAMPLE_COLUMNS + ("kind", "prediction", "option", "truth", "correct", "exact",
+                              "p_pred", "p_true"),
     # stage: "load" (an entry the loader left out) or "prepare" (a sample that could not be
     # prepared); index: the entry in its annotation file; file: the file at fault.
     "skipped": ("sample", "task", "file", "index", "field", "reason", "stage"),
