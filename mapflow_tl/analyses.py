@@ -78,6 +78,8 @@ __all__ = [
     "integration_profiles",
     "diagnose",
     "checkpoint_shares",
+    "evaluate",
+    "MAX_NEW_TOKENS",
 ]
 
 
@@ -844,3 +846,46 @@ def diagnosis_evidence(vlm: VideoLLM, sample: Any, x: Prepared, *,
                for name, token in tokens.items()}}
 
 
+#: The official open-ended generation's length (analysis/causal_intervention_tools.py
+#: ``generate_from_input``, tasks/eval/vcgbench ``max_new_tokens=100``).
+MAX_NEW_TOKENS = 100
+
+#: ``base_prediction``'s columns of a sample asked open-endedly: no letter is read.
+_NO_BASE = dict.fromkeys(("base_token", "base_p_pred", "base_p_true", "base_correct",
+                          "base_option"))
+
+
+@torch.no_grad()
+def evaluate(vlm: VideoLLM, x: Prepared, *, reference: str | None = None,
+             correctness: str = "official", base: dict[str, Any] | None = None,
+             max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One sample's answer for the accuracy pass (the official ``--eval_only``):
+    ``(base, row)`` — the ``samples`` table's clean-run columns and the ``eval`` table's row.
+
+    - A multiple-choice prompt: the clean run's answer (:func:`base_prediction`: the argmax over
+      the full vocabulary at the last position, graded by ``correctness``, the official rule by
+      default: ``acc_base += answer.lower() == gt.lower()``); ``prediction`` is that token
+      decoded, ``option`` the letter of the most probable option, ``truth`` the true letter,
+      ``p_pred`` / ``p_true`` their probabilities.
+    - An open-ended prompt (no options): the greedy answer, at most ``max_new_tokens`` tokens
+      (``vlm.generate``), decoded without special tokens; ``truth`` is ``reference``,
+      ``correct`` whether the reference's words appear in the answer and ``exact`` whether the
+      two are equal (:func:`~mapflow_tl.metrics.open_answer_match`; None without a reference).
+    """
+    from .metrics import open_answer_match
+
+    fields = sample_fields(x)
+    if len(x.answer_ids):
+        base = base_prediction(vlm, x, correctness=correctness) if base is None else base
+        truth = None if x.answer is None else option_label(x.answer)
+        return base, {**fields, "kind": "choice",
+                      "prediction": _decode(vlm, base["base_token"]),
+                      "option": option_label(base["base_option"]), "truth": truth,
+                      "correct": base["base_correct"], "exact": None,
+                      "p_pred": base["base_p_pred"], "p_true": base["base_p_true"]}
+    tokens, _ = vlm.generate(x, max_new_tokens=max_new_tokens)
+    text = vlm.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True).strip()
+    exact, contains = (None, None) if reference is None else open_answer_match(text, reference)
+    return dict(_NO_BASE), {**fields, "kind": "open", "prediction": text, "option": None,
+                            "truth": reference, "correct": contains, "exact": exact,
+                            "p_pred": None, "p_true": None}

@@ -29,9 +29,9 @@ from .layers import integration_layers
 
 __all__ = ["relative_change", "is_correct", "official_correct", "CORRECTNESS",
            "ACCURACY_OVER", "DEFINITIONS",
-           "base_accuracy", "accuracy_by_layer", "prune_summary", "VERDICTS",
-           "INTEGRATION_CIRCUIT", "INTEGRATION_SIMILAR", "CHECKPOINT_CURVES",
-           "integration_profiles", "diagnose", "checkpoint_shares"]
+           "base_accuracy", "accuracy_by_layer", "prune_summary", "open_answer_match",
+           "eval_summary", "VERDICTS", "INTEGRATION_CIRCUIT", "INTEGRATION_SIMILAR",
+           "CHECKPOINT_CURVES", "integration_profiles", "diagnose", "checkpoint_shares"]
 
 #: How a prediction is graded: the decoded token against the bare letter as the official code
 #: compares them ("official": exact string, lower-cased only in the clean run); the decoded
@@ -371,3 +371,49 @@ def checkpoint_shares(flow: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                     "direct_share": direct / total if total else None,
                     "indirect_share": indirect / total if total else None})
     return out
+
+
+def _normal_answer(text: str) -> str:
+    """An answer as the open-ended match compares it: case folded, runs of whitespace one space,
+    surrounding spaces and trailing sentence punctuation dropped."""
+    return " ".join(str(text).split()).casefold().rstrip(".!?,;:").strip()
+
+
+def open_answer_match(prediction: str, reference: str) -> tuple[bool, bool]:
+    """``(exact, contains)`` of a generated answer against a short reference answer (a named
+    answer: "left", "three", "kitchen to the garden"): equal, and the reference appearing in the
+    prediction as whole words, both after :func:`_normal_answer` (case, spacing, trailing
+    punctuation ignored). A judge-free score for short named answers; long free-text answers
+    (VCGBench) need their benchmark's judge."""
+    ref_words, pred_words = _words(reference), _words(prediction)
+    if not ref_words:
+        return False, False
+    exact = _normal_answer(prediction) == _normal_answer(reference)
+    n = len(ref_words)
+    contains = any(pred_words[i:i + n] == ref_words for i in range(len(pred_words) - n + 1))
+    return exact, contains
+
+
+def _words(text: str) -> list[str]:
+    """Case-folded words of ``text``: runs of letters and digits ("hat/cap" → hat, cap)."""
+    return "".join(ch if ch.isalnum() else " " for ch in str(text).casefold()).split()
+
+
+def eval_summary(rows: Iterable[dict]) -> list[dict]:
+    """Accuracy per task and over all samples of an ``eval`` table: ``{"task", "samples",
+    "accuracy"}`` (% of rows with ``correct``; rows without a grade left out) and, where the
+    task has open-ended rows, ``"exact"`` (% exact matches). Tasks in first-appearance order,
+    then ``"all"``."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("correct") is not None:
+            groups.setdefault(str(row.get("task", "")), []).append(row)
+    every = [row for group in groups.values() for row in group]
+    summary = []
+    for task, group in [*groups.items(), *([("all", every)] if every else [])]:
+        entry = {"task": task, "samples": len(group),
+                 "accuracy": 100 * sum(bool(r["correct"]) for r in group) / len(group)}
+        exact = [bool(r["exact"]) for r in group if r.get("exact") is not None]
+        entry["exact"] = 100 * sum(exact) / len(exact) if exact else None
+        summary.append(entry)
+    return summary

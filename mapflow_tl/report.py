@@ -1113,6 +1113,34 @@ def _prune_section(rows):
     return ("pruning", "Effective pathways vs random pruning", caption.strip(), figure)
 
 
+def _eval_section(rows):
+    """Accuracy per task of an accuracy pass (``mapflow-tl eval``): one bar per task and one
+    over all samples, from the ``eval`` table (:func:`~mapflow_tl.metrics.eval_summary`)."""
+    from .metrics import eval_summary
+
+    summary = eval_summary(rows)
+    figure = go.Figure(go.Bar(
+        x=[row["task"] for row in summary], y=[row["accuracy"] for row in summary],
+        marker_color=["#7f7f7f" if row["task"] == "all" else "#1f77b4" for row in summary],
+        customdata=[[row["samples"]] for row in summary],
+        hovertemplate="%{x}: %{y:.1f} % of %{customdata[0]} samples<extra></extra>"))
+    figure.update_yaxes(title_text="accuracy (%)", range=[0, 105])
+    figure.update_layout(height=340, margin=dict(t=30))
+    kinds = {row.get("kind") for row in rows}
+    grading = []
+    if "choice" in kinds:
+        grading.append("a multiple-choice answer is correct when the argmax token equals the "
+                       "true letter (the official --eval_only grading)")
+    if "open" in kinds:
+        grading.append("an open-ended answer is correct when it contains the reference answer's "
+                       "words (exact: equal to it); long free-text answers need their "
+                       "benchmark's judge, which reads the answers in scorer/")
+    n = sum(row.get("correct") is not None for row in rows)
+    caption = (f"Accuracy of every evaluated sample ({n}), per task and over all: "
+               + "; ".join(grading) + ".")
+    return ("accuracy", "Accuracy per task", caption, figure), summary
+
+
 def _segment_order(name: str) -> tuple:
     """Frames in frame order, then the other segments as they come in a prompt."""
     if name.startswith("frame_") and name[len("frame_"):].isdigit():
@@ -1538,9 +1566,13 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     path = check_file_target(Path(out) if out is not None else run_dir / "report.html")
     tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
-               "prune", "frames", "patch", "heads", "diagnosis")}
+               "prune", "frames", "patch", "heads", "eval", "diagnosis")}
     samples, flow, prob = tables["samples"], tables["flow"], tables["prob"]
     sections: list[tuple[str, str, str, Any]] = []
+    accuracy_table = None
+    if tables["eval"]:
+        section, accuracy_table = _eval_section(tables["eval"])
+        sections.append(section)
     if flow:
         sections += _flow_sections(flow, samples, config)
     if tables["crossframe"]:
@@ -1567,7 +1599,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
         sections.append(_checkpoint_section(checkpoints))
     if tables["diagnosis"]:
         sections.append(_diagnosis_section(tables["diagnosis"]))
-    if samples and not any(r.get("selected", True) for r in samples):
+    if samples and not tables["eval"] and not any(r.get("selected", True) for r in samples):
         mode = (config.get("definitions") or {}).get("sample_mode") or config.get("mode")
         sections.insert(0, ("no-selected-samples", "No sample was selected",
                             f"All {len(samples)} evaluated samples are in the samples table, "
@@ -1575,9 +1607,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                             f"run again with another --mode (e.g. all) to sweep them.", None))
     if not sections and not tables["prune"]:
         raise InputError(f"{run_dir} holds no result tables to report (flow, prob, keywords, "
-                         f"crossframe, lens, attention, prune, patch or heads); run an analysis "
-                         f"into it "
-                         f"first")
+                         f"crossframe, lens, attention, prune, patch, heads, eval or diagnosis); run an "
+                         f"analysis into it first")
     blocks = []
     for figure_id, title, caption, figure in sections:
         if figure is None:
@@ -1590,6 +1621,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                        + figure.to_html(full_html=False, include_plotlyjs=False,
                                         div_id=figure_id, config=_PLOT_CONFIG))
         blocks.append((figure_id, title, content))
+    if accuracy_table:
+        blocks.append(("accuracy-table", "Accuracy per task, table",
+                       '<p class="caption">The figures of the accuracy plot: samples graded and '
+                       'accuracy per task (exact: the share of open-ended answers equal to the '
+                       'reference).</p>' + _table_html(accuracy_table, "accuracy-table")))
     if rows := tables["prune"]:
         seeds = len({_seed_of(r) for r in rows if r["variant"] == "random"} - {None})
         spread = ("mean ± standard deviation over its " f"{seeds} seeds" if seeds > 1 else

@@ -85,6 +85,13 @@ TABLES: dict[str, tuple[str, ...]] = {
     "checkpoints": ("task", "samples", "direct_loss", "video_to_question_loss",
                     "question_to_option_loss", "indirect_loss", "direct_share",
                     "indirect_share"),
+    # The accuracy pass (analyses.evaluate, `mapflow-tl eval`): one row per sample. kind
+    # "choice": prediction = the argmax token decoded, option = the most probable option's
+    # letter, truth = the true letter, correct = the official grading; kind "open": prediction =
+    # the generated answer, truth = the reference answer, correct = it contains the reference's
+    # words, exact = equal to it (None without a reference).
+    "eval": SAMPLE_COLUMNS + ("kind", "prediction", "option", "truth", "correct", "exact",
+                              "p_pred", "p_true"),
     # stage: "load" (an entry the loader left out) or "prepare" (a sample that could not be
     # prepared); index: the entry in its annotation file; file: the file at fault.
     "skipped": ("sample", "task", "file", "index", "field", "reason", "stage"),
