@@ -1607,8 +1607,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                             f"run again with another --mode (e.g. all) to sweep them.", None))
     if not sections and not tables["prune"]:
         raise InputError(f"{run_dir} holds no result tables to report (flow, prob, keywords, "
-                         f"crossframe, lens, attention, prune, patch, heads, eval or diagnosis); run an "
-                         f"analysis into it first")
+                         f"crossframe, lens, attention, prune, patch, heads, eval or "
+                         f"diagnosis); run an analysis into it first")
     blocks = []
     for figure_id, title, caption, figure in sections:
         if figure is None:
