@@ -364,3 +364,15 @@ def test_cli_flow_writes_the_checkpoint_table_and_the_report_draws_it(model_and_
     data, _ = json.JSONDecoder().raw_decode(page, match.end())
     direct = next(t for t in data if t["name"].startswith("direct"))
     assert direct["y"] == pytest.approx([r["direct_share"] for r in table])
+
+
+def test_integration_layers_are_the_papers_7b_pathway_ranges_scaled():
+    # L6–20 and L16–25 of 32 (1-based, the paper's 7B effective pathway) are 0-based 5–19, 15–24
+    assert integration_layers(32) == {"video → question": list(range(5, 20)),
+                                      "question → last": list(range(15, 25))}
+    for n in (1, 2, 4, 8, 28, 40, 80):
+        windows = integration_layers(n)
+        for (first, stop), layers in zip(((5, 20), (15, 25)), windows.values()):
+            lower, upper = int(np.floor(first * n / 32)), int(np.ceil(stop * n / 32))
+            expected = list(range(min(lower, n - 1), max(min(upper, n), lower + 1)))
+            assert layers == expected and layers and all(0 <= l < n for l in layers)
