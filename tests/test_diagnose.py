@@ -376,3 +376,15 @@ def test_integration_layers_are_the_papers_7b_pathway_ranges_scaled():
             lower, upper = int(np.floor(first * n / 32)), int(np.ceil(stop * n / 32))
             expected = list(range(min(lower, n - 1), max(min(upper, n), lower + 1)))
             assert layers == expected and layers and all(0 <= l < n for l in layers)
+
+
+def test_cli_diagnose_refuses_a_frame_outside_the_clip_before_writing(model_and_data, tmp_path,
+                                                                      capsys):
+    from mapflow_tl.cli import main
+
+    model_dir, data_dir = model_and_data
+    out = tmp_path / "run"
+    assert main(["diagnose", "--model", str(model_dir), "--data-root", str(data_dir), "--out",
+                 str(out), "--threads", "1", "--frozen-frame", "8", "--limit", "1"]) == 2
+    assert "--frozen-frame 8: the model sees 8 frames (0 … 7)" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

@@ -441,9 +441,17 @@ def _diagnose(args: argparse.Namespace) -> int:
         if args.layers is not None:
             layer_range(*args.layers, vlm.n_layers, circuit="--layers")
 
+    def check_frames(vlm, x) -> None:   # refused on the first sample, before writing
+        if x.frames is None:
+            raise InputError(f"diagnose: sample {x.meta.get('id', '')!r} carries no frames to "
+                             f"shuffle or freeze; this model's adapter does not record them")
+        if not 0 <= args.frozen_frame < len(x.frames):
+            raise InputError(f"--frozen-frame {args.frozen_frame}: the model sees "
+                             f"{len(x.frames)} frames (0 … {len(x.frames) - 1})")
+
     run = AnalysisRun(args, "diagnose", config={"definitions": definitions,
                                                 **circuit_config([circuit])},
-                      check=check, circuits=[circuit])
+                      check=check, circuits=[circuit], check_sample=check_frames)
     vlm, writer = run.vlm, run.writer
     n_layers = vlm.n_layers
     k = args.window or default_window_size(n_layers)
