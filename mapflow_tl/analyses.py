@@ -41,8 +41,9 @@ from .keywords import reduce_keywords
 from .layers import (attention_map_layers, check_layer, default_window_size,
                      early_to_middle_layers)
 from .lens import answer_probability_trace, iter_logit_lens, top_tokens
-from .metrics import (CORRECTNESS, accuracy_by_layer, base_accuracy, is_correct,
-                      official_correct, relative_change)
+from .metrics import (CORRECTNESS, INTEGRATION_CIRCUIT, INTEGRATION_SIMILAR, VERDICTS,
+                      accuracy_by_layer, base_accuracy, checkpoint_shares, diagnose,
+                      integration_profiles, is_correct, official_correct, relative_change)
 from .schema import SAMPLE_MODES, sample_fields
 from .models.prompt import option_label
 from .models.videollm import Prepared, VideoLLM
@@ -74,6 +75,13 @@ __all__ = [
     "early_to_middle_layers",
     "open_ended_sample",
     "open_ended_flow",
+    "VERDICTS",
+    "diagnosis_evidence",
+    "integration_profiles",
+    "diagnose",
+    "checkpoint_shares",
+    "evaluate",
+    "MAX_NEW_TOKENS",
 ]
 
 #: The clean run inside a sweep: an empty edge set gets the clean logits without a forward.
@@ -782,6 +790,110 @@ def counterfactual_patching(vlm: VideoLLM, sample: Any, x: Prepared, kind: str =
     if attribution:
         rows += attribution_patch(vlm, target, source, segments, **options)
     return rows
+
+
+# ----------------------------------------------------------------------------- failure diagnosis
+@torch.no_grad()
+def diagnosis_evidence(vlm: VideoLLM, sample: Any, x: Prepared, *,
+                       base: dict[str, Any] | None = None, layers: Sequence[int] | None = None,
+                       seed: int = 0, frozen_frame: int = 0,
+                       correctness: str = "official") -> dict[str, Any]:
+    """The per-sample evidence for the paper's two failure mechanisms (one
+    ``diagnosis_evidence`` row), computed from the sample alone:
+
+    - Case 1 (spurious cross-frame interaction): the answer (argmax over the full vocabulary at
+      the last position) with every frame's tokens blocked from earlier frames' tokens in
+      ``layers`` (default the early-to-middle half,
+      :func:`~mapflow_tl.layers.early_to_middle_layers`, the knockout of
+      :func:`crossframe_knockout`) — ``crossframe_token`` and whether it answers correctly
+      (``crossframe_correct``, :func:`grade` under knockout);
+    - Case 2 (a static answer): the answer with the frames the model saw (``x.frames``)
+      shuffled (:func:`~mapflow_tl.counterfactuals.counterfactual` ``"shuffle"``, ``seed``) and
+      frozen at frame ``frozen_frame`` (every frame replaced by that one: the single-frame
+      video, the same number of frames so that every model takes it) — ``shuffled_token``,
+      ``frozen_token``.
+
+    Each token also decoded on its own (``base_text``, ``true_text``, ``crossframe_text``,
+    ``shuffled_text``, ``frozen_text``), for the report.
+
+    The task-level evidence (the task's most frequent answer) and the verdict are
+    :func:`diagnose`'s, from every sample's row."""
+    from dataclasses import replace as replaced
+
+    from .counterfactuals import counterfactual
+    from .models.videollm import as_video_sample
+
+    if x.frames is None:
+        raise InputError(f"sample {_sample_id(x)!r}: the prepared input carries no frames to "
+                         f"shuffle or freeze; prepare it with a model adapter that records them")
+    base = base or base_prediction(vlm, x, correctness=correctness)
+    layers = early_to_middle_layers(vlm.n_layers) if layers is None else list(layers)
+    knocked = _last_probabilities(vlm, x, knockout(edges.cross_frame(x.segments), layers),
+                                  what="the cross-frame knockout forward")
+    crossframe_token = int(knocked.argmax())
+    video = replaced(as_video_sample(sample), video=x.frames)
+    edited = {}
+    for kind in ("shuffle", "freeze"):
+        edit = counterfactual(video, kind, seed=seed, frame=frozen_frame)
+        probabilities = _last_probabilities(vlm, vlm.prepare(edit.sample),
+                                            what=f"the {kind}d video's forward")
+        edited[kind] = int(probabilities.argmax())
+    tokens = {"base": base["base_token"], "true": x.answer_token,
+              "crossframe": crossframe_token, "shuffled": edited["shuffle"],
+              "frozen": edited["freeze"]}
+    return {**sample_fields(x), "base_token": base["base_token"],
+            "base_correct": base["base_correct"], "true_token": x.answer_token,
+            "crossframe_layers": list(layers), "crossframe_token": crossframe_token,
+            "crossframe_correct": grade(vlm, x, crossframe_token, correctness, knockout=True),
+            "shuffle_seed": seed, "shuffled_token": edited["shuffle"],
+            "frozen_frame": frozen_frame, "frozen_token": edited["freeze"],
+            **{f"{name}_text": None if token is None else _decode(vlm, token)
+               for name, token in tokens.items()}}
+
+
+#: The official open-ended generation's length (analysis/causal_intervention_tools.py
+#: ``generate_from_input``, tasks/eval/vcgbench ``max_new_tokens=100``).
+MAX_NEW_TOKENS = 100
+
+#: ``base_prediction``'s columns of a sample asked open-endedly: no letter is read.
+_NO_BASE = dict.fromkeys(("base_token", "base_p_pred", "base_p_true", "base_correct",
+                          "base_option"))
+
+
+@torch.no_grad()
+def evaluate(vlm: VideoLLM, x: Prepared, *, reference: str | None = None,
+             correctness: str = "official", base: dict[str, Any] | None = None,
+             max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One sample's answer for the accuracy pass (the official ``--eval_only``):
+    ``(base, row)`` — the ``samples`` table's clean-run columns and the ``eval`` table's row.
+
+    - A multiple-choice prompt: the clean run's answer (:func:`base_prediction`: the argmax over
+      the full vocabulary at the last position, graded by ``correctness``, the official rule by
+      default: ``acc_base += answer.lower() == gt.lower()``); ``prediction`` is that token
+      decoded, ``option`` the letter of the most probable option, ``truth`` the true letter,
+      ``p_pred`` / ``p_true`` their probabilities.
+    - An open-ended prompt (no options): the greedy answer, at most ``max_new_tokens`` tokens
+      (``vlm.generate``), decoded without special tokens; ``truth`` is ``reference``,
+      ``correct`` whether the reference's words appear in the answer and ``exact`` whether the
+      two are equal (:func:`~mapflow_tl.metrics.open_answer_match`; None without a reference).
+    """
+    from .metrics import open_answer_match
+
+    fields = sample_fields(x)
+    if len(x.answer_ids):
+        base = base_prediction(vlm, x, correctness=correctness) if base is None else base
+        truth = None if x.answer is None else option_label(x.answer)
+        return base, {**fields, "kind": "choice",
+                      "prediction": _decode(vlm, base["base_token"]),
+                      "option": option_label(base["base_option"]), "truth": truth,
+                      "correct": base["base_correct"], "exact": None,
+                      "p_pred": base["base_p_pred"], "p_true": base["base_p_true"]}
+    tokens, _ = vlm.generate(x, max_new_tokens=max_new_tokens)
+    text = vlm.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True).strip()
+    exact, contains = (None, None) if reference is None else open_answer_match(text, reference)
+    return dict(_NO_BASE), {**fields, "kind": "open", "prediction": text, "option": None,
+                            "truth": reference, "correct": contains, "exact": exact,
+                            "p_pred": None, "p_true": None}
 
 
 # ---------------------------------------------------------------------- open-ended answers

@@ -1,4 +1,5 @@
-"""Analysis commands: flow, prob, lens, prune, attention, crossframe, patch, report, circuits.
+"""Analysis commands: flow, prob, lens, prune, attention, crossframe, patch, diagnose, report,
+circuits.
 
 Each analysis command is a per-sample step over an :class:`~mapflow_tl.cli.run.AnalysisRun`,
 which owns loading, resuming, progress and writing; the step calls one function of
@@ -12,7 +13,7 @@ import sys
 
 from ..errors import InputError
 from ..layers import (WINDOW_STYLES, covers_every_layer, default_window_size,
-                      early_to_middle_layers, layer_range, window_rule)
+                      early_to_middle_layers, integration_layers, layer_range, window_rule)
 from ..schema import SAMPLE_MODES
 from .run import AnalysisRun, add_run_arguments, circuit_config, positive_int
 
@@ -113,6 +114,10 @@ def _flow(args: argparse.Namespace) -> int:
             writer.write("flow", rows)
     out = run.finish()
     if run.world.is_main:
+        # "temporal keywords as checkpoints": derived whenever the vq-to-true-opt curves ran
+        checkpoints = analyses.checkpoint_shares(read_table(out, "flow"))
+        if checkpoints:
+            run.write_derived(out, {"checkpoints": checkpoints})
         samples = read_table(out, "samples")
         selected = sum(bool(r["selected"]) for r in samples)
         graded = [r for r in samples if r.get("base_correct") is not None]
@@ -498,6 +503,83 @@ def _patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    """Failure diagnosis: for every sample the mid-late integration curves (the
+    ``vql-to-ql`` flow rows at :func:`~mapflow_tl.layers.integration_layers`), for every wrong
+    one the evidence of the paper's two failure mechanisms
+    (:func:`mapflow_tl.analyses.diagnosis_evidence`) and its frames; at the end the verdict
+    table (:func:`mapflow_tl.analyses.diagnose`), which needs the whole run (the task's most
+    frequent answer, the correct samples' mean curve) and is derived again on every resume."""
+    from .. import analyses
+    from ..circuits import load_circuit
+    from ..results import frame_thumbnails
+    from ..runs import read_table
+
+    circuit = load_circuit(analyses.INTEGRATION_CIRCUIT)
+    definitions = _definitions(
+        correct=args.correctness, sample_mode="all",
+        diagnose_case1="cross-frame knockout in " + (
+            "--layers" if args.layers else "the early-to-middle half (the paper's L1-16 of 32, "
+                                           "scaled)") + " gives a correct answer",
+        diagnose_case2="the shuffled and the frozen video give the same answer token, or the "
+                       "answer is the task's most frequent over the run's samples",
+        diagnose_shuffle_seed=args.shuffle_seed, diagnose_frozen_frame=args.frozen_frame,
+        diagnose_integration=f"Pearson r of change_pred (video → question, question → last at "
+                             f"integration_layers) with the task's correct samples' mean >= "
+                             f"{analyses.INTEGRATION_SIMILAR}")
+    check_window = _sweep_check(args, definitions)
+
+    def check(vlm) -> None:
+        check_window(vlm)
+        if args.layers is not None:
+            layer_range(*args.layers, vlm.n_layers, circuit="--layers")
+
+    def check_frames(vlm, x) -> None:   # refused on the first sample, before writing
+        if x.frames is None:
+            raise InputError(f"diagnose: sample {x.meta.get('id', '')!r} carries no frames to "
+                             f"shuffle or freeze; this model's adapter does not record them")
+        if not 0 <= args.frozen_frame < len(x.frames):
+            raise InputError(f"--frozen-frame {args.frozen_frame}: the model sees "
+                             f"{len(x.frames)} frames (0 … {len(x.frames) - 1})")
+
+    run = AnalysisRun(args, "diagnose", config={"definitions": definitions,
+                                                **circuit_config([circuit])},
+                      check=check, circuits=[circuit], check_sample=check_frames)
+    vlm, writer = run.vlm, run.writer
+    n_layers = vlm.n_layers
+    k = args.window or default_window_size(n_layers)
+    centers = sorted({l for ls in integration_layers(n_layers).values() for l in ls})
+    layers = (list(layer_range(*args.layers, n_layers)) if args.layers
+              else early_to_middle_layers(n_layers))
+    tables = ("flow", "diagnosis_evidence", "frames")
+    for sample, x in run.each("samples", run.done(tables)):
+        base = analyses.base_prediction(vlm, x, correctness=args.correctness)
+        rows = analyses.flow_sweep(vlm, x, circuit, k=k, centers=centers, method=args.method,
+                                   base=base, correctness=args.correctness)
+        if base["base_correct"] is False:
+            evidence = analyses.diagnosis_evidence(
+                vlm, sample, x, base=base, layers=layers, seed=args.shuffle_seed,
+                frozen_frame=args.frozen_frame, correctness=args.correctness)
+            # the verdict links to the frames the model saw
+            writer.write("frames", frame_thumbnails(x))
+            writer.write("diagnosis_evidence", [evidence])
+        writer.write("flow", rows)
+        run.mark_done(x, base)
+    out = run.finish()
+    if run.world.is_main:
+        rows = analyses.diagnose(read_table(out, "samples"),
+                                 read_table(out, "diagnosis_evidence"),
+                                 read_table(out, "flow"), n_layers)
+        run.write_derived(out, {"diagnosis": rows})
+        for task in dict.fromkeys(r["task"] for r in rows):
+            counts = {v: sum(r["verdict"] == v for r in rows if r["task"] == task)
+                      for v in analyses.VERDICTS}
+            print(f"diagnose: {task}: " + ", ".join(f"{v} {n}" for v, n in counts.items()))
+        if not rows:
+            print("diagnose: no sample was answered wrongly: nothing to diagnose")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from ..report import build_report
 
@@ -690,6 +772,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     patch.add_argument("--no-attribution", action="store_true",
                        help="skip the attribution-patching estimate")
     patch.set_defaults(handler=_patch)
+
+    diagnose = subparsers.add_parser(
+        "diagnose", help="failure diagnosis: a verdict per wrongly answered sample (Case 1: "
+                         "cross-frame interaction misled it; Case 2: a static answer) with the "
+                         "evidence behind it")
+    add_run_arguments(diagnose, circuit=False)
+    diagnose.add_argument("--layers", type=_layer_list, default=None, metavar="FIRST-LAST",
+                          help="blocks of the Case-1 cross-frame knockout, 0-based and inclusive "
+                               "(0-15) or the paper's L1-16 (default: the early-to-middle half)")
+    diagnose.add_argument("--shuffle-seed", type=int, default=0,
+                          help="seed of the frame shuffle (default %(default)s)")
+    diagnose.add_argument("--frozen-frame", type=int, default=0, metavar="T",
+                          help="the frame the frozen video repeats (default %(default)s: the "
+                               "first)")
+    diagnose.add_argument("--window", type=positive_int, default=None,
+                          help="window size k of the integration curves (as flow's: the "
+                               "official 9, or the paper's 9 of 32 scaled below 18 layers)")
+    _add_correctness(diagnose)
+    diagnose.add_argument("--method", default="fast", choices=("fast", "naive"),
+                          help="sweep engine (default %(default)s)")
+    diagnose.set_defaults(handler=_diagnose, style="center", sweep_range=None)
 
     report = subparsers.add_parser("report", help="build report.html from a run directory")
     report.add_argument("run_dir")

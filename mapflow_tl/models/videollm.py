@@ -39,7 +39,9 @@ class VideoSample:
 
     ``video`` is a path (file, frame folder, GIF) or frames as a uint8 array ``[T, H, W, 3]``.
     ``options`` are the option texts without labels; ``answer`` the index of the true one (None
-    when unknown). ``start``/``end`` bound the clip in seconds.
+    when unknown). ``start``/``end`` bound the clip in seconds. ``answer_prompt``: an open-ended
+    question's start of the answer, appended after the assistant turn opens (TVBench
+    open-ended's per-task prompts; None: the model answers from the bare turn).
     """
 
     video: str | Path | np.ndarray
@@ -50,6 +52,7 @@ class VideoSample:
     end: float | None = None
     id: str = ""
     task: str = ""
+    answer_prompt: str | None = None
 
     def __post_init__(self) -> None:
         _check_options_container(self.options, self.id)
@@ -86,7 +89,8 @@ def as_video_sample(sample: Any) -> VideoSample:
     return VideoSample(video=sample.video, question=sample.question,
                        options=tuple(options), answer=answer,
                        start=getattr(sample, "start", None), end=getattr(sample, "end", None),
-                       id=str(getattr(sample, "id", "")), task=str(getattr(sample, "task", "")))
+                       id=str(getattr(sample, "id", "")), task=str(getattr(sample, "task", "")),
+                       answer_prompt=getattr(sample, "answer_prompt", None))
 
 
 @dataclass
