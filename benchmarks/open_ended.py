@@ -46,9 +46,7 @@ def main() -> None:
     prepared, answers = [], []
     start = time.perf_counter()
     for sample in samples:
-        x = vlm.prepare(analyses.open_ended_sample(sample, "Question: "))
-        prefix = vlm.tokenizer("Best option:(", add_special_tokens=False)["input_ids"]
-        x = vlm.extend(x, prefix, response=False)
+        x = vlm.prepare(analyses.open_ended_sample(sample, "Question: ", "Best option:("))
         ids, _ = vlm.generate(x, args.max_new_tokens)
         prepared.append(x)
         answers.append(ids.tolist())

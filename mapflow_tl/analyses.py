@@ -907,17 +907,26 @@ KNOCKOUT_GENERATION_TOKENS = 100
 OPEN_ENDED_ANCHORS = 3
 
 
-def open_ended_sample(sample: Any, question_prefix: str = "") -> Any:
+def open_ended_sample(sample: Any, question_prefix: str | None = None,
+                      answer_prompt: str | None = None) -> Any:
     """The open-ended question of a (multiple-choice) sample: no options, no answer index, the
-    question text after ``question_prefix`` (SynthTV's training prompt says "Question: ";
-    the official VCGBench prompt is the question alone)."""
+    question text after ``question_prefix`` and the answer after ``answer_prompt`` (the
+    assistant's turn starts with it). None keeps the dataset's own (a loader's
+    ``metadata["question_prefix"]``, e.g. TVBench open-ended's official "Question: ", and
+    ``answer_prompt``; none otherwise). SynthTV's open-ended training
+    prompt is ``question_prefix="Question: ", answer_prompt="Best option:("``; the official
+    VCGBench prompt is the question alone."""
     from dataclasses import replace
 
     from .models.videollm import as_video_sample
 
+    if question_prefix is None:
+        question_prefix = (getattr(sample, "metadata", None) or {}).get("question_prefix", "")
     video_sample = as_video_sample(sample)
     return replace(video_sample, options=(), answer=None,
-                   question=question_prefix + video_sample.question)
+                   question=question_prefix + video_sample.question,
+                   answer_prompt=(video_sample.answer_prompt if answer_prompt is None
+                                  else answer_prompt))
 
 
 @torch.no_grad()
@@ -931,7 +940,6 @@ def open_ended_flow(
     n_anchors: int = OPEN_ENDED_ANCHORS,
     min_anchors: int | None = None,
     max_new_tokens: int = OPEN_ENDED_MAX_NEW_TOKENS,
-    answer_prefix: str = "",
     k: int | None = None,
     style: str = "center",
     centers: Iterable[int] | None = None,
@@ -942,8 +950,8 @@ def open_ended_flow(
     """Information flow into an open-ended answer (Map the Flow appendix; the official
     ``information_flow_analysis_open_ended.py``).
 
-    1. The model answers the open-ended prompt ``x`` (after ``answer_prefix``, tokens appended
-       to the prompt) greedily, at most ``max_new_tokens`` tokens (:meth:`VideoLLM.generate`).
+    1. The model answers the open-ended prompt ``x`` (:func:`open_ended_sample` prepared)
+       greedily, at most ``max_new_tokens`` tokens (:meth:`VideoLLM.generate`).
     2. Anchors are found in the answer (:func:`mapflow_tl.anchors.find_anchors`: ``anchors``
        ``"content"``, ``"words"`` with ``words``, or the official ``"verbs"``); a sample with
        fewer than ``min_anchors`` (default ``n_anchors``; official 3) is not traced.
@@ -985,9 +993,6 @@ def open_ended_flow(
     k = default_window_size(n_layers) if k is None else k
     centers = None if centers is None else list(centers)
     tokenizer = vlm.tokenizer
-    if answer_prefix:
-        prefix_ids = tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]
-        x = vlm.extend(x, prefix_ids, response=False)
     if answer_ids is None:
         response, step_logits = vlm.generate(x, max_new_tokens)
         require_finite(step_logits, vlm.backbone, x.embeds, (), what="the logits of the answer",

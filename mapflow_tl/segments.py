@@ -457,17 +457,6 @@ class SegmentMap:
                        anchors=tuple(Span(name, start, stop, "anchor")
                                      for name, start, stop in anchors))
 
-    def continued(self, n_tokens: int) -> "SegmentMap":
-        """The map of this prompt continued by ``n_tokens`` more prompt tokens (an assistant
-        prefix such as "Answer:" placed before the answer): ``last`` moves to the final one;
-        every other segment keeps its positions."""
-        if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-            raise InputError(f"continued needs a positive number of tokens, got {n_tokens!r}")
-        if self.response is not None:
-            raise InputError("this segment map already has a response; continue the prompt's map")
-        n = self.n_positions + n_tokens
-        return replace(self, n_positions=n, last=Span("last", n - 1, n, "last"))
-
     def with_span(self, name: str, start: int, stop: int) -> "SegmentMap":
         """A copy with one more user-named span (for example a temporal keyword)."""
         return replace(self, extra=self.extra + (Span(name, start, stop, "custom"),))

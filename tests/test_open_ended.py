@@ -304,7 +304,7 @@ def test_flow_open_ended_end_to_end_with_resume(model_and_data, tmp_path, capsys
     argv = ["flow", "--open-ended", "--model", str(model_dir), "--dataset", "tvbench",
             "--data-root", str(data_dir), "--limit", "1", "--out", str(out),
             "--max-new-tokens", "6", "--n-anchors", "4", "--question-prefix", "Question: ",
-            "--answer-prefix", "Best option:(", "--knockout-generation", "2",
+            "--answer-prompt", "Best option:(", "--knockout-generation", "2",
             "--sweep-range", "2", "5"]
     assert main(argv) == 0
     rows, answers = read_table(out, "open_ended"), read_table(out, "answers")
@@ -315,7 +315,7 @@ def test_flow_open_ended_end_to_end_with_resume(model_and_data, tmp_path, capsys
     assert {r["layer"] for r in rows} == {2, 3, 4}
     assert all(isinstance(r["knockout_response"], str) for r in rows)
     config = read_run_config(out)
-    assert config["answer_prefix"] == "Best option:(" and config["open_ended"] is True
+    assert config["answer_prompt"] == "Best option:(" and config["open_ended"] is True
     assert config["definitions"]["anchors"] == "content"
     # resume: nothing recomputed, nothing duplicated
     assert main(argv + ["--resume"]) == 0

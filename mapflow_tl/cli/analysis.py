@@ -130,7 +130,7 @@ def _flow(args: argparse.Namespace) -> int:
 
 #: ``flow --open-ended`` options and their defaults (left out of a multiple-choice run).
 _OPEN_ENDED_OPTIONS = {"anchors": "content", "anchor_words": None, "n_anchors": 3,
-                       "max_new_tokens": 256, "question_prefix": "", "answer_prefix": "",
+                       "max_new_tokens": 256, "question_prefix": None, "answer_prompt": None,
                        "knockout_generation": 0}
 
 
@@ -193,7 +193,7 @@ def _open_ended_flow(args: argparse.Namespace) -> int:
                                             **circuit_config(circuits)},
                       check=_sweep_check(args, definitions), check_sample=check_sample,
                       sample_transform=lambda sample: analyses.open_ended_sample(
-                          sample, args.question_prefix))
+                          sample, args.question_prefix, args.answer_prompt))
     vlm, writer = run.vlm, run.writer
     k = args.window or default_window_size(vlm.n_layers)
     centers = None if args.sweep_range is None else range(*args.sweep_range)
@@ -202,7 +202,7 @@ def _open_ended_flow(args: argparse.Namespace) -> int:
         result = analyses.open_ended_flow(
             vlm, x, circuits, anchors=args.anchors, words=args.anchor_words,
             n_anchors=args.n_anchors, max_new_tokens=args.max_new_tokens,
-            answer_prefix=args.answer_prefix, k=k, style=args.style, centers=centers,
+            k=k, style=args.style, centers=centers,
             method=args.method, knockout_generation=args.knockout_generation)
         writer.write("answers", [result["answer"]])
         writer.write("open_ended", result["rows"])
@@ -649,12 +649,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "traced (official: 3)")
     group.add_argument("--max-new-tokens", type=positive_int, default=256, metavar="N",
                        help="longest answer generated (official: 256)")
-    group.add_argument("--question-prefix", default="", metavar="TEXT",
+    group.add_argument("--question-prefix", default=None, metavar="TEXT",
                        help="text before the question (SynthTV's open-ended training prompt: "
-                            "'Question: '; official: none)")
-    group.add_argument("--answer-prefix", default="", metavar="TEXT",
-                       help="prompt text the answer starts after, appended after the "
-                            "assistant turn (SynthTV: 'Best option:('; official: none)")
+                            "'Question: '; default: the dataset's own, none officially)")
+    group.add_argument("--answer-prompt", default=None, metavar="TEXT",
+                       help="text the assistant's turn starts with, before the answer "
+                            "(SynthTV: 'Best option:('; default: the dataset's own, none "
+                            "officially)")
     group.add_argument("--knockout-generation", type=int, default=0, metavar="N",
                        help="also generate N tokens with each knockout on and record the text "
                             "(the official variant, 100 tokens; one generation per window: "

@@ -437,14 +437,13 @@ class VideoLLM:
         return torch.tensor(tokens, dtype=torch.long), logits
 
     def extend(self, x: Prepared, token_ids: Sequence[int] | torch.Tensor, *,
-               anchors: Sequence[tuple[str, int, int]] = (), response: bool = True) -> Prepared:
+               anchors: Sequence[tuple[str, int, int]] = ()) -> Prepared:
         """The prompt followed by text tokens (an answer teacher-forced): embeddings of the
         tokens appended (the backbone's token embedding, as the prompt's text), ``input_ids``
         extended and a :class:`~mapflow_tl.segments.SegmentMap` over the longer sequence
         (:meth:`~mapflow_tl.segments.SegmentMap.with_response`: the appended tokens before the
         new last position are ``response``, ``anchors`` named spans in it, ``(name, start,
-        stop)`` as sequence positions). ``response=False`` appends prompt text instead (an
-        assistant prefix before the answer: :meth:`~mapflow_tl.segments.SegmentMap.continued`)."""
+        stop)`` as sequence positions)."""
         self._refuse_per_sample_positions("appending an answer to the prompt")
         ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
         if not len(ids):
@@ -454,8 +453,7 @@ class VideoLLM:
             new = self.backbone.embed(ids[None].to(device)).to(x.embeds.dtype)
         embeds = torch.cat([x.embeds, new.to(x.embeds.device)], dim=1)
         input_ids = torch.cat([x.input_ids, ids[None].to(x.input_ids.device)], dim=1)
-        segments = (x.segments.with_response(len(ids), anchors=anchors) if response
-                    else x.segments.continued(len(ids)))
+        segments = x.segments.with_response(len(ids), anchors=anchors)
         return Prepared(embeds=embeds, segments=segments, input_ids=input_ids,
                         answer_ids=x.answer_ids, answer=x.answer, prompt=x.prompt,
                         frames=x.frames, meta=dict(x.meta), tokenizer=x.tokenizer)
