@@ -501,6 +501,33 @@ def _flow_sections(flow, samples, config):
     return sections
 
 
+def _open_ended_sections(rows, answers):
+    """The flow into an open-ended answer: relative change of the anchor token's probability
+    per layer window and pathway, one panel over all traced anchors and one per anchor order."""
+    circuits = sorted({r["circuit"] for r in rows})
+    pairs = sorted({(r["circuit"], r["curve"]) for r in rows},
+                   key=lambda pair: (circuits.index(pair[0]), _curve_legend_names(
+                       [r for r in rows if r["circuit"] == pair[0]]).index(pair[1])))
+    curves = [(curve if len(circuits) == 1 else f"{circuit} · {curve}", curve_color(curve),
+               (lambda r, c=circuit, v=curve: r["circuit"] == c and r["curve"] == v))
+              for circuit, curve in pairs]
+    # panels by anchor order: the panel helper groups by "task"
+    by_anchor = [{**r, "task": f"anchor {r['anchor_order']}"} for r in rows]
+    figure = _curve_panels(by_anchor, curves, lambda r: r.get("change"),
+                           y_title="% change of p(anchor)", hover_unit=" %")
+    k = sorted({r.get("k") for r in rows if r.get("k") is not None})
+    traced = sum(1 for a in answers if a.get("traced"))
+    caption = (f"The model answers each question without options (greedy); the answer is "
+               f"teacher-forced up to an anchor word and each curve blocks one pathway into the "
+               f"answer in a window of {k[0] if len(k) == 1 else k} layers centred on each "
+               f"layer; the value is (p<sub>knockout</sub> − p<sub>base</sub>) / "
+               f"p<sub>base</sub> × 100 of the anchor's token at the position before it. "
+               f"\"last\" is that position, \"response\" the answer before it. Line: mean "
+               f"over samples; band: {_BAND_NOTE}. First panel: every traced anchor; then one "
+               f"panel per anchor order. {traced} of {len(answers)} answers traced.")
+    return [("open-ended-change", "Flow into the open-ended answer", caption, figure)]
+
+
 def _over_all_evaluated(graded: list[dict], samples: list[dict]) -> list[dict]:
     """Flow rows plus, for every evaluated sample without rows (one the sample mode left out or
     the figure does not show), a not-correct row at each (curve, layer): the mean over samples is
@@ -1566,7 +1593,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     path = check_file_target(Path(out) if out is not None else run_dir / "report.html")
     tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
-               "prune", "frames", "patch", "heads", "eval", "diagnosis")}
+               "prune", "frames", "patch", "heads", "eval", "diagnosis", "open_ended",
+               "answers")}
     samples, flow, prob = tables["samples"], tables["flow"], tables["prob"]
     sections: list[tuple[str, str, str, Any]] = []
     accuracy_table = None
@@ -1599,6 +1627,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
         sections.append(_checkpoint_section(checkpoints))
     if tables["diagnosis"]:
         sections.append(_diagnosis_section(tables["diagnosis"]))
+    if tables["open_ended"]:
+        sections += _open_ended_sections(tables["open_ended"], tables["answers"])
     if samples and not tables["eval"] and not any(r.get("selected", True) for r in samples):
         mode = (config.get("definitions") or {}).get("sample_mode") or config.get("mode")
         sections.insert(0, ("no-selected-samples", "No sample was selected",

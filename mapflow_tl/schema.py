@@ -22,6 +22,8 @@ PATHWAY_ORDER = (
     "cross-frame", "video → question", "video → last", "question → last", "last → last",
     "non-option question → last", "true option → last", "false options → last",
     "video → non-option question", "non-option question → true option", "video → true option",
+    # open-ended answers (circuits open-ended, open-ended-response)
+    "video → response", "question → response", "response → response", "response → last",
 )
 
 #: Columns identifying the sample a row belongs to.
@@ -42,6 +44,19 @@ TABLES: dict[str, tuple[str, ...]] = {
     # the curve's edges are blocked in that one head only, in ``layers``.
     "heads": SAMPLE_COLUMNS + ("circuit", "curve", "layer", "layers", "head") + BASE_COLUMNS
     + ("p_pred", "p_true", "change_pred", "change_true", "token", "correct"),
+    # Open-ended flow (analyses.open_ended_flow): one row per traced anchor × curve × window
+    # centre. The answer is teacher-forced up to the anchor (anchor_order: 1 = its first
+    # anchor; anchor_position: the anchor's first token in the answer, 0-based); p / base_p:
+    # probability of the anchor's token at the position before it under the knockout / clean;
+    # change: (p − base_p) / base_p × 100; token: the argmax under the knockout;
+    # knockout_response: the answer generated with the knockout on (None unless asked for).
+    "open_ended": SAMPLE_COLUMNS + ("circuit", "curve", "layer", "layers", "k", "style",
+                                    "anchor_order", "anchor_text", "anchor_position",
+                                    "anchor_token", "base_p", "p", "change", "token", "edges",
+                                    "knockout_response"),
+    # The clean greedy answer of an open-ended run, one row per sample: its token ids, decoded
+    # text and the anchors found in it ([{"index", "n_tokens", "text"}]), traced or not.
+    "answers": SAMPLE_COLUMNS + ("response", "response_ids", "anchors", "traced"),
     "prob": SAMPLE_COLUMNS + ("layer", "option", "token", "is_true", "probability", "p_pred",
                               "top_ids", "top_tokens", "top_probs"),
     "lens": SAMPLE_COLUMNS + ("layer", "position", "frame", "h", "w", "top_ids", "top_tokens",
