@@ -14,7 +14,7 @@ REPO_CIRCUITS = Path(__file__).resolve().parents[1] / "circuits"
 BUILTIN_NAMES = {
     "cross-frame", "pathway-llava-next-13b", "pathway-llava-next-7b", "pathway-mini-internvl-4b",
     "pathway-synthtv", "pathway-videollama3-7b", "question-and-options-to-last", "vq-to-true-opt",
-    "vql-to-ql",
+    "vql-to-ql", "open-ended", "open-ended-response",
 }
 
 
