@@ -333,6 +333,21 @@ def sweep_samples(
                                  f"outside the model's {model.cfg.n_heads} heads (0-based)")
     user_hooks: HookList = list(fwd_hooks)
     check_hooks(model, user_hooks)
+    from .models.bridge import is_bridge
+
+    if is_bridge(model) and method == "fast":
+        # TransformerLens 4's bridge has no TransformerLens key/value cache to start a hooked
+        # suffix forward from: what would run on the hooked path runs through the bridge with
+        # hooks, one full forward per configuration (the naive method)
+        reason = "suffix='hooked' was asked for" if suffix == "hooked" \
+            else _lean_refusal(model, user_hooks)
+        if reason is not None:
+            if suffix == "lean":
+                raise InputError(f"the lean suffix forward cannot run this sweep: {reason}; use "
+                                 f"suffix='auto'")
+            _warn_once(f"knockout sweep runs the naive method on the bridge backend (one full "
+                       f"forward per configuration): {reason}")
+            method = "naive"
     if method == "naive":
         from .models.backbone import run_from_embeds
 
@@ -577,6 +592,10 @@ def _ensure_rotary(model: HookedTransformer, embeds: torch.Tensor) -> None:
     TransformerLens extends short tables in the layer that needs them; one block-0 forward of
     the hooked model does both (its output is not used)."""
     n = embeds.shape[1]
+    reserve = getattr(getattr(model, "mapflow_rotary_tables", None), "reserve", None)
+    if reserve is not None:  # a TransformerLens 4 bridge: HF's own tables, computed to length n
+        reserve(n)
+        return
     per_sample = bool(model.blocks[0]._forward_pre_hooks)
     if per_sample or model.blocks[0].attn.rotary_cos.shape[0] < n:
         model(embeds, start_at_layer=0, stop_at_layer=1)

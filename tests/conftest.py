@@ -41,9 +41,9 @@ def tiny_hf_llama():
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_hf_llama):
-    from mapflow_tl.models.backbone import hooked_from_hf
+    from mapflow_tl.testing import backbone_of
 
-    return hooked_from_hf(tiny_hf_llama.model, tiny_hf_llama.lm_head, tiny_hf_llama.config)
+    return backbone_of(tiny_hf_llama.model, tiny_hf_llama.lm_head, tiny_hf_llama.config)
 
 
 @pytest.fixture(scope="session")

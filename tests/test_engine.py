@@ -22,7 +22,8 @@ from mapflow_tl.engine import (
     sweep,
 )
 from mapflow_tl.layers import WINDOW_STYLES
-from mapflow_tl.models.backbone import hooked_from_hf, run_from_embeds
+from mapflow_tl.models.backbone import run_from_embeds
+from mapflow_tl.testing import backbone_of
 from mapflow_tl.segments import SegmentMap
 from mapflow_tl.testing import tiny_llama
 
@@ -76,7 +77,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def llama():
     hf = tiny_llama(N_LAYERS, seed=0)
     _reinit(hf)
-    return hooked_from_hf(hf.model, hf.lm_head, hf.config)
+    return backbone_of(hf.model, hf.lm_head, hf.config)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +240,7 @@ def test_qwen2_backbone_with_biases():
     hf = Qwen2ForCausalLM(config).eval()
     _reinit(hf, seed=4)
     assert hf.model.layers[0].self_attn.q_proj.bias is not None
-    model = hooked_from_hf(hf.model, hf.lm_head, hf.config)
+    model = backbone_of(hf.model, hf.lm_head, hf.config)
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, 64, generator=torch.Generator().manual_seed(5))
     configs = layer_sweep(_paper_curves(seg), 4, k=3, style="center")

@@ -17,7 +17,7 @@ from mapflow_tl import engine, suffix_forward
 from mapflow_tl.edges import Edges
 from mapflow_tl.engine import KnockoutConfig, layer_sweep, sweep
 from mapflow_tl.layers import WINDOW_STYLES
-from mapflow_tl.models.backbone import hooked_from_hf
+from mapflow_tl.testing import backbone_of
 from mapflow_tl.segments import SegmentMap
 from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 
@@ -140,7 +140,7 @@ def family(request):
     if hf_model.config.tie_word_embeddings:
         assert hf_model.lm_head.weight.data_ptr() == hf_model.model.embed_tokens.weight.data_ptr()
     tied = hf_model.config.tie_word_embeddings
-    backbone = hooked_from_hf(hf_model.model, None if tied else hf_model.lm_head, hf_model.config)
+    backbone = backbone_of(hf_model.model, None if tied else hf_model.lm_head, hf_model.config)
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, hf_model.config.hidden_size,
                          generator=torch.Generator().manual_seed(7))
@@ -180,7 +180,7 @@ def test_both_attention_forms_equal_hf(name, attention, monkeypatch):
     torch.manual_seed(0)
     hf_model = FAMILIES[name]().eval()
     _scale(hf_model, seed=11)
-    backbone = hooked_from_hf(hf_model.model, hf_model.lm_head, hf_model.config)
+    backbone = backbone_of(hf_model.model, hf_model.lm_head, hf_model.config)
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, hf_model.config.hidden_size,
                          generator=torch.Generator().manual_seed(7))
@@ -247,7 +247,7 @@ def llama_family():
     torch.manual_seed(0)
     hf_model = _llama().eval()
     _scale(hf_model, seed=3)
-    backbone = hooked_from_hf(hf_model.model, hf_model.lm_head, hf_model.config)
+    backbone = backbone_of(hf_model.model, hf_model.lm_head, hf_model.config)
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, 64, generator=torch.Generator().manual_seed(7))
     configs = layer_sweep({c: e for c, (e, _) in _curves(seg).items()}, N_LAYERS, k=1)
@@ -392,7 +392,7 @@ def test_bfloat16_lean_sweep_stays_at_bfloat16_rounding():
     torch.manual_seed(0)
     hf_model = _llama().eval()
     _scale(hf_model, seed=5)
-    backbone = hooked_from_hf(hf_model.model, hf_model.lm_head, hf_model.config,
+    backbone = backbone_of(hf_model.model, hf_model.lm_head, hf_model.config,
                               dtype=torch.bfloat16)
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, 64, generator=torch.Generator().manual_seed(7))

@@ -10,19 +10,25 @@ embeddings (:func:`run_from_embeds`) rather than token ids.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import einops
 import torch
 from jaxtyping import Float
 from torch import nn
-from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
+from transformer_lens import ActivationCache  # in TransformerLens 3.9 and 4.x alike
 
 from ..errors import InputError
 from ..hooks import HookList, check_hooks
+from .backends import resolve_backend
+from .bridge import bridge_from_hf, is_bridge
 
-__all__ = ["LLAMA_LIKE", "QK_NORM", "hooked_config_from_hf", "hooked_from_hf", "run_from_embeds",
-           "cache_from_embeds", "RotaryPositions"]
+if TYPE_CHECKING:  # TransformerLens 4 removed these; they are imported where the hooked path runs
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+__all__ = ["LLAMA_LIKE", "QK_NORM", "backbone_config_fields", "hooked_config_from_hf",
+           "hooked_from_hf", "backbone_from_hf", "run_from_embeds", "cache_from_embeds",
+           "RotaryPositions"]
 
 # HF text model_types that share the Llama decoder layout (q/k/v/o projections, optional q/k/v
 # biases, gated SiLU MLP, RMSNorm, rotary positions; Qwen3 adds an RMSNorm over each head of q and
@@ -125,7 +131,26 @@ def hooked_config_from_hf(
     n_ctx: int | None = None,
     positions: str = "sequential",
 ) -> HookedTransformerConfig:
-    """A ``HookedTransformerConfig`` that reproduces a Hugging Face text-decoder config.
+    """A ``HookedTransformerConfig`` of :func:`backbone_config_fields` (TransformerLens 3.9)."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(**backbone_config_fields(
+        text_config, dtype=dtype, device=device, n_devices=n_devices, n_ctx=n_ctx,
+        positions=positions))
+
+
+def backbone_config_fields(
+    text_config: Any,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    n_devices: int = 1,
+    n_ctx: int | None = None,
+    positions: str = "sequential",
+) -> dict[str, Any]:
+    """HookedTransformer config fields that reproduce a Hugging Face text-decoder config — the
+    one description both backends are built from (the hooked backend's
+    ``HookedTransformerConfig``, the bridge's ``cfg``).
 
     Handles grouped-query attention, q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3),
     ``rope_theta``, Llama-3 and linear rope scaling, the RMSNorm epsilon and the head dimension
@@ -247,7 +272,7 @@ def hooked_config_from_hf(
         cfg.update(num_experts=text_config.num_experts,
                    experts_per_token=text_config.num_experts_per_tok,
                    d_mlp=text_config.moe_intermediate_size, norm_topk_prob=True)
-    return HookedTransformerConfig(**cfg)
+    return cfg
 
 
 def _qkv(attention: nn.Module, q_size: int, kv_size: int):
@@ -297,9 +322,12 @@ def _experts(mlp: nn.Module, prefix: str, cfg: HookedTransformerConfig) -> dict[
 
 
 def _state_dict_llama_like(
-    text_model: nn.Module, lm_head: nn.Module | None, cfg: HookedTransformerConfig
+    text_model: nn.Module, lm_head: nn.Module | None, cfg: Any, *, zero_biases: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Map a Llama-layout decoder's weights onto HookedTransformer parameter names."""
+    """Map a Llama-layout decoder's weights onto HookedTransformer parameter names (views of the
+    HF weights where the layout allows). ``cfg``: a HookedTransformer-like config (the hooked
+    backend's, or the bridge's ``cfg``). ``zero_biases=False`` leaves out the biases HF does not
+    have instead of filling them with zeros (HookedTransformer needs them, a reader does not)."""
     n_kv = cfg.n_key_value_heads or cfg.n_heads
     gqa = "_" if cfg.n_key_value_heads is not None else ""
     state: dict[str, torch.Tensor] = {"embed.W_E": text_model.embed_tokens.weight}
@@ -308,7 +336,7 @@ def _state_dict_llama_like(
         attention = layer.self_attn
         state[f"{prefix}.ln1.w"] = layer.input_layernorm.weight
         state[f"{prefix}.ln2.w"] = layer.post_attention_layernorm.weight
-        if cfg.use_normalization_before_and_after:  # GLM-4's sandwich norms
+        if getattr(cfg, "use_normalization_before_and_after", False):  # GLM-4's sandwich norms
             state[f"{prefix}.ln1_post.w"] = layer.post_self_attn_layernorm.weight
             state[f"{prefix}.ln2_post.w"] = layer.post_mlp_layernorm.weight
         for name, (weight, bias), heads, underscore in zip(
@@ -316,19 +344,22 @@ def _state_dict_llama_like(
             (cfg.n_heads, n_kv, n_kv), ("", gqa, gqa)):
             state[f"{prefix}.attn.{underscore}W_{name}"] = einops.rearrange(
                 weight, "(n h) m -> n m h", n=heads)
-            state[f"{prefix}.attn.{underscore}b_{name}"] = (
-                torch.zeros(heads, cfg.d_head, dtype=weight.dtype)
-                if bias is None else einops.rearrange(bias, "(n h) -> n h", n=heads))
-        if cfg.use_qk_norm:
+            if bias is not None or zero_biases:
+                state[f"{prefix}.attn.{underscore}b_{name}"] = (
+                    torch.zeros(heads, cfg.d_head, dtype=weight.dtype)
+                    if bias is None else einops.rearrange(bias, "(n h) -> n h", n=heads))
+        if getattr(cfg, "use_qk_norm", False):
             state[f"{prefix}.attn.q_norm.w"] = attention.q_norm.weight
             state[f"{prefix}.attn.k_norm.w"] = attention.k_norm.weight
         state[f"{prefix}.attn.W_O"] = einops.rearrange(
             attention.o_proj.weight, "m (n h) -> n h m", n=cfg.n_heads)
         o_bias = attention.o_proj.bias
-        state[f"{prefix}.attn.b_O"] = (torch.zeros(cfg.d_model, dtype=attention.o_proj.weight.dtype)
-                                       if o_bias is None else o_bias)
+        if o_bias is not None or zero_biases:
+            state[f"{prefix}.attn.b_O"] = (
+                torch.zeros(cfg.d_model, dtype=attention.o_proj.weight.dtype)
+                if o_bias is None else o_bias)
         mlp = layer.mlp
-        if cfg.num_experts:
+        if getattr(cfg, "num_experts", None):
             state.update(_experts(mlp, f"{prefix}.mlp", cfg))
             continue
         if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate, up = gate_up_proj(x).chunk(2)
@@ -337,13 +368,17 @@ def _state_dict_llama_like(
             gate, up = mlp.gate_proj.weight, mlp.up_proj.weight
         state[f"{prefix}.mlp.W_in"] = up.T
         state[f"{prefix}.mlp.W_gate"] = gate.T
-        state[f"{prefix}.mlp.b_in"] = torch.zeros(cfg.d_mlp, dtype=up.dtype)
+        if zero_biases:
+            state[f"{prefix}.mlp.b_in"] = torch.zeros(cfg.d_mlp, dtype=up.dtype)
         state[f"{prefix}.mlp.W_out"] = mlp.down_proj.weight.T
-        state[f"{prefix}.mlp.b_out"] = torch.zeros(cfg.d_model, dtype=mlp.down_proj.weight.dtype)
+        if zero_biases:
+            state[f"{prefix}.mlp.b_out"] = torch.zeros(cfg.d_model,
+                                                       dtype=mlp.down_proj.weight.dtype)
     state["ln_final.w"] = text_model.norm.weight
     unembed = lm_head.weight if lm_head is not None else text_model.embed_tokens.weight
     state["unembed.W_U"] = unembed.T
-    state["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=unembed.dtype)
+    if zero_biases:
+        state["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=unembed.dtype)
     return state
 
 
@@ -365,6 +400,8 @@ def hooked_from_hf(
     ``n_devices > 1`` splits the blocks across that many GPUs (TransformerLens' own scheme).
     ``positions="per_sample"``: see :func:`hooked_config_from_hf` and :class:`RotaryPositions`.
     """
+    from transformer_lens import HookedTransformer
+
     cfg = hooked_config_from_hf(text_config, dtype=dtype, device=device, n_devices=n_devices,
                                 n_ctx=n_ctx, positions=positions)
     state = {name: tensor.detach().to(dtype) for name, tensor in
@@ -385,6 +422,55 @@ def hooked_from_hf(
             and _rope_type(text_config) in ("longrope", "su"):
         _install_hf_rotary(model, text_model)
     return model.eval()
+
+
+def backbone_from_hf(
+    text_model: nn.Module,
+    lm_head: nn.Module | None,
+    text_config: Any,
+    *,
+    backend: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    n_devices: int = 1,
+    n_ctx: int | None = None,
+    positions: str = "sequential",
+) -> Any:
+    """The language backbone of a VideoLLM on the chosen TransformerLens backend (module
+    :mod:`~mapflow_tl.models.backends`): ``"hooked"`` — :func:`hooked_from_hf`, a
+    ``HookedTransformer`` with the HF weights converted (TransformerLens 3.9); ``"bridge"`` —
+    :func:`~mapflow_tl.models.bridge.bridge_from_hf`, a ``TransformerBridge`` around the HF
+    decoder itself (TransformerLens 4). Both are built from the same
+    :func:`backbone_config_fields`, so both refuse what neither reproduces exactly, and both
+    expose HookedTransformer's hook names and ``cfg`` fields. ``backend=None``: the installed
+    TransformerLens decides.
+
+    On the bridge the HF decoder modules become the backbone's: the caller must keep them (the
+    hooked backend copies the weights, so its caller may drop the HF decoder)."""
+    backend = resolve_backend(backend)
+    if backend == "hooked":
+        return hooked_from_hf(text_model, lm_head, text_config, dtype=dtype, device=device,
+                              n_devices=n_devices, n_ctx=n_ctx, positions=positions)
+    fields = backbone_config_fields(text_config, dtype=dtype, device=device,
+                                    n_devices=n_devices, n_ctx=n_ctx, positions=positions)
+    if positions != "sequential":
+        raise InputError(
+            f"the bridge backend does not yet carry per-sample 3D rotary positions (M-RoPE) of "
+            f"this {getattr(text_config, 'model_type', '?')} backbone; use backend='hooked' "
+            f"(pip install 'transformer-lens>=3.9,<4')")
+    if getattr(text_config, "model_type", None) == "phi3" \
+            and _rope_type(text_config) in ("longrope", "su"):
+        raise InputError("the bridge backend does not cap Phi-3's LongRoPE context as the hooked "
+                         "backend does; use backend='hooked' (pip install "
+                         "'transformer-lens>=3.9,<4')")
+    return bridge_from_hf(text_model, lm_head, text_config, fields, dtype=dtype, device=device,
+                          n_devices=n_devices)
+
+
+def keeps_hf_decoder(backbone: Any) -> bool:
+    """Whether the backbone runs the HF decoder modules themselves (the bridge): then a caller
+    must not drop them after building it, as it may after a hooked conversion."""
+    return is_bridge(backbone)
 
 
 def _check_embeds(model: HookedTransformer, embeds: torch.Tensor) -> None:
@@ -409,6 +495,10 @@ def _forward_from_embeds(
     ``hook_embed`` or ``blocks.0.hook_resid_pre``) must not change the caller's prepared
     embeddings, which TransformerLens users expect since token embeddings are always fresh."""
     residual = model.hook_embed(embeds.to(model.cfg.device, model.cfg.dtype, copy=True))
+    if is_bridge(model):
+        # a float input is HF's inputs_embeds: the embedding layer is skipped, the residual
+        # stream enters block 0 (the bridge's start_at_layer=0 would run the same forward)
+        return model(residual, stop_at_layer=stop_at_layer, return_type=return_type)
     return model(residual, start_at_layer=0, stop_at_layer=stop_at_layer,
                  return_type=return_type)
 
@@ -517,7 +607,10 @@ class BackboneCache(ActivationCache):
         scaled = super().apply_ln_to_stack(residual_stack, layer, mlp_input, pos_slice,
                                            batch_slice, has_batch_dim, recompute_ln)
         final = layer is None or layer == -1 or layer == self.model.cfg.n_layers
-        weight = getattr(getattr(self.model, "ln_final", None), "w", None)
+        final_norm = getattr(self.model, "ln_final", None)
+        weight = getattr(final_norm, "w", None)
+        if weight is None and is_bridge(self.model):  # the bridge's norm wraps HF's RMSNorm
+            weight = getattr(final_norm, "weight", None)
         if recompute_ln or not final or weight is None:
             return scaled  # recompute_ln runs ln_final itself, weight included
         return scaled * weight

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from jaxtyping import Float, Int, UInt8
-from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens import ActivationCache  # in TransformerLens 3.9 and 4.x alike
 
 from ..errors import InputError
 from ..hooks import HookList, check_hooks
@@ -28,6 +28,8 @@ from ..segments import SegmentMap
 from .backbone import cache_from_embeds, run_from_embeds
 
 if TYPE_CHECKING:  # the adapter module imports this one; the name is needed for annotations only
+    from transformer_lens import HookedTransformer  # TransformerLens 3.9; 4.x: TransformerBridge
+
     from .adapter import FamilyAdapter
 
 __all__ = ["VideoSample", "Prepared", "VideoLLM", "as_video_sample", "placeholder_token_ids"]
@@ -232,6 +234,12 @@ class VideoLLM:
         return self.adapter.backbone
 
     @property
+    def backend(self) -> str:
+        """The backbone's TransformerLens backend: ``"hooked"`` (a ``HookedTransformer``,
+        TransformerLens 3.9) or ``"bridge"`` (a ``TransformerBridge``, TransformerLens 4)."""
+        return self.adapter.backend
+
+    @property
     def vision(self) -> Any:
         return self.adapter.vision
 
@@ -411,7 +419,10 @@ def _give_the_backbone_its_tokenizer(backbone: HookedTransformer, tokenizer: Any
     if backbone.tokenizer is not None or not isinstance(tokenizer, PreTrainedTokenizerBase):
         return
     try:
-        backbone.set_tokenizer(copy.deepcopy(tokenizer))
+        if hasattr(backbone, "set_tokenizer"):
+            backbone.set_tokenizer(copy.deepcopy(tokenizer))
+        else:  # TransformerLens 4's bridge wires its tokenizer on assignment
+            backbone.tokenizer = copy.deepcopy(tokenizer)
     except Exception as error:  # noqa: BLE001 — any failure only costs the text helpers
         warnings.warn(f"vlm.backbone.to_tokens / to_string are unavailable: TransformerLens "
                       f"could not take the tokenizer ({type(error).__name__}: {error}); "
