@@ -11,6 +11,26 @@ settings.register_profile("ci", derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "hooked_backend: tests of the HookedTransformer's own machinery (TransformerLens "
+        "3.9: its key/value cache, its parameters, the hooked suffix path); skipped on the "
+        "bridge backend, whose equivalents the other tests check")
+
+
+def pytest_collection_modifyitems(config, items):
+    from mapflow_tl.models.backends import installed_transformer_lens
+
+    version = installed_transformer_lens() or "0"
+    if not version.startswith("4."):
+        return
+    skip = pytest.mark.skip(reason=f"HookedTransformer machinery; TransformerLens {version} "
+                                   f"runs the bridge backend")
+    for item in items:
+        if "hooked_backend" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):

@@ -254,6 +254,7 @@ def llama_family():
     return backbone, embeds, configs
 
 
+@pytest.mark.hooked_backend
 def test_user_hooks_fall_back_to_the_hooked_path_and_say_so_once(llama_family, caplog,
                                                                  monkeypatch):
     backbone, embeds, configs = llama_family
@@ -300,6 +301,7 @@ def test_lean_path_runs_no_hooked_forward(llama_family, monkeypatch):
     sweep(backbone, embeds, configs)
 
 
+@pytest.mark.hooked_backend
 def test_weights_are_prepared_once_and_follow_edits(llama_family):
     backbone, embeds, configs = llama_family
     first = suffix_forward.backbone_weights(backbone)
@@ -319,6 +321,7 @@ def test_weights_are_prepared_once_and_follow_edits(llama_family):
             backbone.blocks[0].attn.W_Q.mul_(0.5)
 
 
+@pytest.mark.hooked_backend
 def test_large_backbones_project_from_their_own_qkv_weights(llama_family, monkeypatch):
     """Above PACKED_QKV_MAX_MB no packed copy is made (Q/K/V are projected from the model's own
     weights): the same logits, and the hooked path agrees."""

@@ -585,7 +585,30 @@ def cache_from_embeds(
     with _grad_mode(grad), model.hooks(fwd_hooks=hooks + caching_hooks):
         output = _forward_from_embeds(model, embeds, return_type=return_type,
                                       stop_at_layer=stop_at_layer)
+    if is_bridge(model):
+        cache = _under_hooked_names(model, cache, names_filter)
     return output, BackboneCache(cache, model, has_batch_dim=not remove_batch_dim)
+
+
+def _under_hooked_names(model: Any, cache: dict[str, torch.Tensor],
+                        names_filter: Any) -> dict[str, torch.Tensor]:
+    """A bridge's cache keyed as a HookedTransformer's: the bridge stores each activation under
+    its hook point's canonical name (``blocks.0.hook_in``); here every hook-point name the filter
+    accepts — the HookedTransformer aliases (``blocks.0.hook_resid_pre``) included — holds it,
+    so ``cache["resid_pre", 0]``, ``accumulated_resid`` and ``decompose_resid`` work as on the
+    hooked backend."""
+    if names_filter is None:
+        accepts = None
+    elif callable(names_filter):
+        accepts = names_filter
+    else:
+        wanted = {names_filter} if isinstance(names_filter, str) else set(names_filter)
+        accepts = wanted.__contains__
+    keyed = {}
+    for name, point in model.hook_dict.items():
+        if (accepts is None or accepts(name)) and point.name in cache:
+            keyed[name] = cache[point.name]
+    return keyed
 
 
 class BackboneCache(ActivationCache):
