@@ -592,9 +592,9 @@ def _ensure_rotary(model: HookedTransformer, embeds: torch.Tensor) -> None:
     TransformerLens extends short tables in the layer that needs them; one block-0 forward of
     the hooked model does both (its output is not used)."""
     n = embeds.shape[1]
-    reserve = getattr(getattr(model, "mapflow_rotary_tables", None), "reserve", None)
-    if reserve is not None:  # a TransformerLens 4 bridge: HF's own tables, computed to length n
-        reserve(n)
+    prepare = getattr(getattr(model, "mapflow_rotary_tables", None), "prepare", None)
+    if prepare is not None:  # a TransformerLens 4 bridge: HF's own tables for this sample
+        prepare(embeds)
         return
     per_sample = bool(model.blocks[0]._forward_pre_hooks)
     if per_sample or model.blocks[0].attn.rotary_cos.shape[0] < n:

@@ -24,11 +24,12 @@ def pytest_collection_modifyitems(config, items):
     version = installed_transformer_lens() or "0"
     if not version.startswith("4."):
         return
-    skip = pytest.mark.skip(reason=f"HookedTransformer machinery; TransformerLens {version} "
-                                   f"runs the bridge backend")
     for item in items:
-        if "hooked_backend" in item.keywords:
-            item.add_marker(skip)
+        marker = item.get_closest_marker("hooked_backend")
+        if marker is not None:
+            why = marker.args[0] if marker.args else "HookedTransformer machinery"
+            item.add_marker(pytest.mark.skip(
+                reason=f"{why}; TransformerLens {version} runs the bridge backend"))
 
 
 @pytest.fixture(scope="module")

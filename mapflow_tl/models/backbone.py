@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # TransformerLens 4 removed these; they are imported where th
 
 __all__ = ["LLAMA_LIKE", "QK_NORM", "backbone_config_fields", "hooked_config_from_hf",
            "hooked_from_hf", "backbone_from_hf", "run_from_embeds", "cache_from_embeds",
-           "RotaryPositions"]
+           "RotaryPositions", "BridgePositions", "rotary_positions"]
 
 # HF text model_types that share the Llama decoder layout (q/k/v/o projections, optional q/k/v
 # biases, gated SiLU MLP, RMSNorm, rotary positions; Qwen3 adds an RMSNorm over each head of q and
@@ -453,16 +453,15 @@ def backbone_from_hf(
                               n_devices=n_devices, n_ctx=n_ctx, positions=positions)
     fields = backbone_config_fields(text_config, dtype=dtype, device=device,
                                     n_devices=n_devices, n_ctx=n_ctx, positions=positions)
-    if positions != "sequential":
+    model_type = getattr(text_config, "model_type", None)
+    if model_type in SANDWICH_NORM:
+        # TransformerLens 4.3's Glm4 adapter reconstructs attention with half-split rotary over
+        # the whole head; GLM-4.1V rotates adjacent pairs of a partial rotary_dim (measured: its
+        # logits differ from HF's by 0.60), so the bridge would not compute what HF computes
         raise InputError(
-            f"the bridge backend does not yet carry per-sample 3D rotary positions (M-RoPE) of "
-            f"this {getattr(text_config, 'model_type', '?')} backbone; use backend='hooked' "
+            f"the bridge backend cannot host the {model_type} backbone exactly (TransformerLens "
+            f"4.3 rotates its partial adjacent-pair rotary as half-split); use backend='hooked' "
             f"(pip install 'transformer-lens>=3.9,<4')")
-    if getattr(text_config, "model_type", None) == "phi3" \
-            and _rope_type(text_config) in ("longrope", "su"):
-        raise InputError("the bridge backend does not cap Phi-3's LongRoPE context as the hooked "
-                         "backend does; use backend='hooked' (pip install "
-                         "'transformer-lens>=3.9,<4')")
     return bridge_from_hf(text_model, lm_head, text_config, fields, dtype=dtype, device=device,
                           n_devices=n_devices)
 
@@ -818,3 +817,127 @@ class RotaryPositions:
                     f"{needed} positions, but no forward from this sample's embeddings ran "
                     f"first; run the full forward from vlm.prepare()'s embeddings first")
         return hook
+
+
+class BridgePositions:
+    """:class:`RotaryPositions` for a TransformerLens 4 bridge (backend ``"bridge"``): the same
+    binding of a prepared sample's embeddings to its 3D position ids and residual additions,
+    delivered the way the bridge runs — HF's own decoder computes the rotary tables from
+    ``position_ids``, so a forward pre-hook on the HF causal LM looks the embeddings up and passes
+    their position ids (never a forward with positions it does not know: unknown embeddings are
+    the same ``ValueError``); the additions (Qwen3-VL's DeepStack) enter as forward pre-hooks on
+    ``blocks.{layer}.hook_resid_post``, before any user hook there, as on the hooked backend.
+
+    The lean suffix forward of the sweep engine reads the tables and additions of the sample
+    :meth:`prepare` (or the last forward) installed: ``rotary_tables`` / ``residual_additions``
+    of :mod:`mapflow_tl.suffix_forward`."""
+
+    def __init__(self, model: Any, rotary: Any, *, capacity: int = 64) -> None:
+        self.model, self.rotary, self.capacity = model, rotary, capacity
+        self._samples: dict[tuple, tuple] = {}
+        self._installed: tuple | None = None
+        shell = model.original_model
+        self.handles = [shell.register_forward_pre_hook(self._before_forward, with_kwargs=True)]
+        self.handles += [
+            model.hook_dict[f"blocks.{index}.hook_resid_post"].register_forward_pre_hook(
+                self._add_residual(index)) for index in range(model.cfg.n_layers)]
+        object.__setattr__(model, "mapflow_rotary_tables", self)
+        object.__setattr__(model, "mapflow_residual_additions", self.installed_additions)
+
+    tables = RotaryPositions.tables
+    _fingerprint = staticmethod(RotaryPositions._fingerprint)
+    _unknown = RotaryPositions._unknown
+
+    def _device(self) -> torch.device:
+        return next(self.model.original_model.parameters()).device
+
+    def register(self, embeds: Float[torch.Tensor, "1 pos d_model"],
+                 position_ids: torch.Tensor,
+                 additions: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """As :meth:`RotaryPositions.register`."""
+        if position_ids.dim() != 3 or position_ids.shape[0] != 3 \
+                or position_ids.shape[-1] != embeds.shape[1]:
+            raise InputError(f"position ids must be [3, 1, {embeds.shape[1]}], got "
+                             f"{tuple(position_ids.shape)}")
+        cfg, device = self.model.cfg, self._device()
+        checked = {}
+        for layer, (positions, values) in (additions or {}).items():
+            if not 0 <= layer < cfg.n_layers or positions.dim() != 1 \
+                    or tuple(values.shape) != (positions.shape[0], cfg.d_model):
+                raise InputError(f"residual addition of layer {layer}: positions [k] and values "
+                                 f"[k, {cfg.d_model}] in layers 0…{cfg.n_layers - 1}, got "
+                                 f"{tuple(positions.shape)} and {tuple(values.shape)}")
+            checked[layer] = (positions.to(device, torch.long),
+                              values.detach().to(device, cfg.dtype))
+        fingerprint = self._fingerprint(embeds[0])
+        key = (int(embeds.shape[1]), float(fingerprint.sum()))
+        self._samples.pop(key, None)
+        self._samples[key] = (fingerprint, position_ids.to(device), checked)
+        while len(self._samples) > self.capacity:
+            self._samples.pop(next(iter(self._samples)))
+
+    def installed_additions(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        return {} if self._installed is None else self._installed[3]
+
+    def prepare(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Install the sample these embeddings ``[batch, pos, d_model]`` belong to (every row
+        the same sample); returns its position ids ``[3, batch, pos]``."""
+        entries = []
+        for row in embeds:
+            fingerprint = self._fingerprint(row)
+            entry = self._samples.get((int(fingerprint.shape[0]), float(fingerprint.sum())))
+            if entry is None or not torch.equal(entry[0], fingerprint):
+                raise self._unknown()
+            entries.append(entry)
+        if any(entry[1] is not entries[0][1] for entry in entries):
+            raise InputError("a batch mixes samples with different 3D rotary positions; run "
+                             "them one at a time")
+        entry = entries[0]
+        fingerprint, position_ids, additions = entry
+        if self._installed is None or self._installed[5] is not entry:
+            cos, sin = self.tables(position_ids)
+            self._installed = (cos, sin, fingerprint, additions, position_ids, entry)
+        return position_ids.expand(3, embeds.shape[0], -1)
+
+    def __call__(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Each layer's (cos, sin) of the installed sample (the lean suffix forward's tables)."""
+        if self._installed is None:
+            raise self._unknown()
+        return ((self._installed[0], self._installed[1]),) * self.model.cfg.n_layers
+
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None or "position_ids" in kwargs and kwargs["position_ids"] is not None:
+            self._installed = None  # token ids: HF's text-only positions, no additions
+            return None
+        if getattr(self.model.blocks[0], "_start_at_layer_idx", None):
+            # a forward resumed mid-stack (start_at_layer > 0) carries a residual stream, not
+            # embeddings: it continues the installed sample, whose forward must have run first
+            installed = self._installed
+            if installed is None or installed[4].shape[-1] != embeds.shape[1]:
+                raise InputError(
+                    f"a forward starting mid-stack needs the 3D rotary positions of "
+                    f"{embeds.shape[1]} positions, but no forward from this sample's embeddings "
+                    f"ran first; run the full forward from vlm.prepare()'s embeddings first")
+            kwargs["position_ids"] = installed[4].expand(3, embeds.shape[0], -1)
+            return args, kwargs
+        kwargs["position_ids"] = self.prepare(embeds)
+        return args, kwargs
+
+    def _add_residual(self, index: int):
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            addition = self.installed_additions().get(index)
+            if addition is None:
+                return None
+            positions, values = addition
+            residual = args[0].clone()  # out of place: the caller's tensor stays as it was
+            residual[:, positions] = residual[:, positions] + values.to(residual.dtype)
+            return (residual,)
+        return hook
+
+
+def rotary_positions(backbone: Any, rotary: Any) -> RotaryPositions | BridgePositions:
+    """The per-sample 3D rotary positions (M-RoPE) of a backbone on either backend:
+    :class:`RotaryPositions` (hooked) or :class:`BridgePositions` (bridge). ``rotary``: the HF
+    text model's ``rotary_emb``."""
+    return (BridgePositions if is_bridge(backbone) else RotaryPositions)(backbone, rotary)

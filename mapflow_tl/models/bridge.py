@@ -57,7 +57,14 @@ def _causal_lm_shell(architecture: str, text_model: nn.Module, lm_head: nn.Modul
                          f"this backbone (use backend='hooked' with transformer-lens 3.9)")
     try:
         with torch.device("meta"):
-            shell = model_class(text_config)
+            try:
+                shell = model_class(text_config)
+            except (AttributeError, TypeError, ValueError):
+                # a multimodal model's text config (Qwen3VLTextConfig) lacks fields the causal
+                # LM's own config class has: build the shell from that class with its values
+                values = {key: value for key, value in text_config.to_dict().items()
+                          if key not in ("model_type", "architectures")}
+                shell = model_class(model_class.config_class(**values))
     except Exception as error:  # noqa: BLE001 — the config class belongs to another model
         raise InputError(
             f"the bridge backend cannot build {architecture} from this "
@@ -153,6 +160,10 @@ class HFRotaryTables:
     def reserve(self, n: int) -> None:
         if n > self.n:
             self.n, self._tables = n, None
+
+    def prepare(self, embeds: torch.Tensor) -> None:
+        """Cover the positions of these embeddings ``[batch, pos, d_model]``."""
+        self.reserve(int(embeds.shape[1]))
 
     @torch.no_grad()
     def __call__(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
