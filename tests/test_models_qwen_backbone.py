@@ -6,7 +6,7 @@ Reference: the Hugging Face causal LM itself (eager attention) on the same token
 import pytest
 import torch
 
-from mapflow_tl.models.backbone import hooked_config_from_hf, run_from_embeds
+from mapflow_tl.models.backbone import backbone_config_fields, run_from_embeds
 from mapflow_tl.testing import backbone_of
 
 
@@ -88,4 +88,4 @@ def test_unreproducible_backbones_are_refused(change, message):
     config = Qwen2Config(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, **change)
     with pytest.raises(ValueError, match=message):
-        hooked_config_from_hf(config)
+        backbone_config_fields(config)

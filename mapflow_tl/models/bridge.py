@@ -129,7 +129,48 @@ def bridge_from_hf(
     # with the modules they read)
     object.__setattr__(bridge, "mapflow_parameters", HFParameters(text_model, lm_head, cfg))
     object.__setattr__(bridge, "mapflow_rotary_tables", HFRotaryTables(text_model, cfg))
+    check_scores_are_editable(bridge)
     return bridge.eval()
+
+
+@torch.no_grad()
+def check_scores_are_editable(bridge: Any) -> None:
+    """Refuse a bridge on which a knockout would silently change nothing.
+
+    A knockout edits ``blocks.{l}.attn.hook_attn_scores`` before the softmax. The bridge fires
+    that hook only where it reconstructs the attention itself; where it delegates to an HF
+    kernel, the hook would not fire (or its edits would not reach the softmax) and every
+    knockout would be a no-op. A three-position forward checks every layer: the hook fires once
+    per layer, and −∞ on the score of the last query to key 0 makes that pattern entry 0."""
+    n_layers, width = bridge.cfg.n_layers, bridge.cfg.d_model
+    fired, patterns = [0] * n_layers, {}
+
+    def cut(scores: torch.Tensor, hook: Any) -> torch.Tensor:
+        layer = int(hook.name.split(".")[1])
+        fired[layer] += 1
+        scores = scores.clone()
+        scores[..., -1, 0] = float("-inf")
+        return scores
+
+    def keep(pattern: torch.Tensor, hook: Any) -> None:
+        patterns[int(hook.name.split(".")[1])] = pattern
+
+    hooks = [(f"blocks.{layer}.attn.hook_attn_scores", cut) for layer in range(n_layers)]
+    hooks += [(f"blocks.{layer}.attn.hook_pattern", keep) for layer in range(n_layers)]
+    probe = torch.zeros(1, 3, width, dtype=bridge.cfg.dtype,
+                        device=next(bridge.original_model.parameters()).device)
+    probe[..., 0] = 1.0
+    with bridge.hooks(fwd_hooks=hooks):
+        bridge(probe, return_type=None)
+    broken = [layer for layer in range(n_layers)
+              if fired[layer] != 1 or layer not in patterns
+              or float(patterns[layer][..., -1, 0].abs().max()) != 0.0]
+    if broken:
+        raise InputError(
+            f"on this backbone TransformerLens' bridge does not let a knockout edit the "
+            f"pre-softmax attention scores of layers {broken} (attention run by an HF kernel), "
+            f"so knockouts would silently change nothing; use backend='hooked' (pip install "
+            f"'transformer-lens>=3.9,<4')")
 
 
 class HFParameters:
