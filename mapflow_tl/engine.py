@@ -35,7 +35,10 @@ per-call weight copies. A sweep that carries hooks of its own (``fwd_hooks``, or
 the model) runs them through the ``HookedTransformer`` instead (``suffix="hooked"``: the clean
 run fills a TransformerLens key/value cache, suffix forwards start mid-stack with
 ``start_at_layer=s`` and ``past_kv_cache``, each batch element carries its own mask through
-:class:`BatchedKnockoutHook`). Both give the naive method's logits up to rounding.
+:class:`BatchedKnockoutHook`). Both give the naive method's logits up to rounding. On the
+TransformerLens 4 bridge backend the lean path reads the bridge's HF weights through the same
+``backbone_weights``; what would take the hooked path runs the naive method there (the bridge has
+no TransformerLens key/value cache), with a warning once.
 """
 
 from __future__ import annotations

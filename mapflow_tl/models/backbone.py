@@ -1,10 +1,13 @@
-"""The language backbone as a TransformerLens ``HookedTransformer``.
+"""The language backbone as a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
 
 A VideoLLM's text model (Llama / Vicuna / Mistral / Qwen2 / Qwen3 / Phi-3 decoder) is converted
-weight by weight to a ``HookedTransformer`` *without* any weight processing that changes
-intermediate activations: no LayerNorm folding, no centring, no value-bias folding. Hooks
-therefore see exactly what the Hugging Face model computes, and the video tokens are injected as
-embeddings (:func:`run_from_embeds`) rather than token ids.
+weight by weight to a ``HookedTransformer`` (TransformerLens 3.9, backend ``"hooked"``) *without*
+any weight processing that changes intermediate activations: no LayerNorm folding, no centring,
+no value-bias folding. On TransformerLens 4 (backend ``"bridge"``) the HF decoder itself runs
+inside a ``TransformerBridge`` (:mod:`mapflow_tl.models.bridge`), with the same hook names and
+config fields. Either way hooks see exactly what the Hugging Face model computes, and the video
+tokens are injected as embeddings (:func:`run_from_embeds`) rather than token ids.
+:func:`backbone_from_hf` builds the backbone on the chosen backend (:mod:`.backends`).
 """
 
 from __future__ import annotations

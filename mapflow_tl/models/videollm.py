@@ -202,9 +202,11 @@ NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 
 
 class VideoLLM:
-    """A loaded VideoLLM: HF vision side + ``HookedTransformer`` language backbone.
+    """A loaded VideoLLM: HF vision side + TransformerLens language backbone.
 
-    ``backbone`` is the HookedTransformer (unprocessed weights, hooks see what HF computes);
+    ``backbone`` is a ``HookedTransformer`` (TransformerLens 3.9) or a ``TransformerBridge``
+    (TransformerLens 4), as :attr:`backend` says (unprocessed weights, hooks see what HF
+    computes, HookedTransformer's hook names on both);
     ``vision`` the HF vision tower and projector; ``processor`` / ``tokenizer`` the HF ones.
 
     TransformerLens conventions hold on the whole model, video included: ``vlm.run_with_hooks(x,
