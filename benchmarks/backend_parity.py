@@ -41,6 +41,7 @@ def _families(models: Path) -> dict:
     sys.path.insert(0, str(TESTS))
     import family_checks
     import test_models_llava as llava
+    import test_models_qwen3_vl as qwen3_vl
     import test_models_qwen_vl as qwen_vl
     from test_models_qwen import OPTIONS, QUESTION, frames_array, hf_model_of
 
@@ -60,6 +61,12 @@ def _families(models: Path) -> dict:
             qwen_vl.build(model_type, path)
         out[model_type] = ("native", path, {}, VideoSample(frames_array(4, 32, 48), QUESTION,
                                                             OPTIONS, answer=1))
+    path = models / "qwen3_vl"  # DeepStack: per-sample residual additions in layers 0 and 1
+    if not (path / "config.json").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        qwen3_vl.build(path)
+    out["qwen3_vl"] = ("native", path, {}, VideoSample(frames_array(qwen3_vl.N_FRAMES, 32, 48),
+                                                        QUESTION, OPTIONS, answer=1))
     return out, llava, family_checks, hf_model_of
 
 
