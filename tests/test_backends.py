@@ -138,3 +138,28 @@ def test_the_bridge_refuses_a_backbone_whose_scores_a_knockout_cannot_edit(tiny_
             check_scores_are_editable(bridge)
     finally:
         bridge.reset_hooks(including_permanent=True)
+
+
+@pytest.mark.skipif(BACKEND != "bridge", reason="the bridge's own fallback")
+def test_on_the_bridge_a_sweep_with_its_own_hooks_runs_naive_and_says_so_once(synthtv, caplog,
+                                                                             monkeypatch):
+    """The bridge has no TransformerLens key/value cache for a hooked suffix forward: a fast
+    sweep that carries hooks runs one full forward per configuration, with the hooks, and says
+    so once."""
+    from mapflow_tl import engine
+    from mapflow_tl.engine import layer_sweep, sweep
+
+    vlm, x = synthtv
+    monkeypatch.setattr(engine, "_WARNED", set())
+    configs = layer_sweep({"video → last": mf.Edges(src=x.segments.video, dst=x.segments.last)},
+                          vlm.n_layers, k=3)
+    hooks = [("blocks.1.hook_mlp_out", lambda activation, hook: activation * 0.5)]
+    with caplog.at_level("WARNING", logger="mapflow_tl.engine"):
+        fast = sweep(vlm.backbone, x.embeds, configs, fwd_hooks=hooks)
+        sweep(vlm.backbone, x.embeds, configs, fwd_hooks=hooks)
+    warnings = [r for r in caplog.records if "naive method on the bridge" in r.message]
+    assert len(warnings) == 1 and "blocks.1.hook_mlp_out" in warnings[0].message
+    naive = sweep(vlm.backbone, x.embeds, configs, method="naive", fwd_hooks=hooks)
+    assert torch.equal(fast, naive)
+    unhooked = sweep(vlm.backbone, x.embeds, configs, method="naive")
+    assert (naive - unhooked).abs().max() > 1e-3  # the hook did act

@@ -301,14 +301,15 @@ def test_lean_path_runs_no_hooked_forward(llama_family, monkeypatch):
     sweep(backbone, embeds, configs)
 
 
-@pytest.mark.hooked_backend
 def test_weights_are_prepared_once_and_follow_edits(llama_family):
     backbone, embeds, configs = llama_family
     first = suffix_forward.backbone_weights(backbone)
     assert suffix_forward.backbone_weights(backbone).layers[0].W_qkv is first.layers[0].W_qkv
     before = sweep(backbone, embeds, configs[:1])
+    # the model's own W_Q: a HookedTransformer's parameter, or a view of the bridge's HF q_proj
+    W_Q = suffix_forward._parameters(backbone)["blocks.0.attn.W_Q"]
     with torch.no_grad():
-        backbone.blocks[0].attn.W_Q.mul_(2.0)  # an in-place edit of a packed weight
+        W_Q.mul_(2.0)  # an in-place edit of a packed weight
     try:
         assert suffix_forward.backbone_weights(backbone).layers[0].W_qkv \
             is not first.layers[0].W_qkv
@@ -318,10 +319,9 @@ def test_weights_are_prepared_once_and_follow_edits(llama_family):
         assert (after - before).abs().max().item() > 1e-3
     finally:
         with torch.no_grad():
-            backbone.blocks[0].attn.W_Q.mul_(0.5)
+            W_Q.mul_(0.5)
 
 
-@pytest.mark.hooked_backend
 def test_large_backbones_project_from_their_own_qkv_weights(llama_family, monkeypatch):
     """Above PACKED_QKV_MAX_MB no packed copy is made (Q/K/V are projected from the model's own
     weights): the same logits, and the hooked path agrees."""
@@ -332,7 +332,8 @@ def test_large_backbones_project_from_their_own_qkv_weights(llama_family, monkey
     monkeypatch.setattr(suffix_forward, "PACKED_QKV_MAX_MB", 0)
     weights = suffix_forward.backbone_weights(backbone)
     assert all(layer.W_qkv is None for layer in weights.layers)
-    assert weights.layers[0].qkv_parts[0] is backbone.blocks[0].attn.W_Q  # a view, not a copy
+    own_W_Q = suffix_forward._parameters(backbone)["blocks.0.attn.W_Q"]
+    assert weights.layers[0].qkv_parts[0].data_ptr() == own_W_Q.data_ptr()  # not a copy
     own = sweep(backbone, embeds, configs)
     hooked = sweep(backbone, embeds, configs, suffix="hooked")
     assert (own.softmax(-1) - kept.softmax(-1)).abs().max().item() <= 1e-6
