@@ -212,7 +212,9 @@ class HFRotaryTables:
         device = next(self.text_model.parameters()).device
         if self._tables is None or self._tables[0][0].device != device:
             probe = torch.zeros(1, dtype=torch.float32, device=device)
-            cos, sin = rotary(probe, torch.arange(max(self.n, 1), device=device)[None])
+            # nothing reserved yet (weights read outside a sweep): a context's worth of tables
+            n = self.n or min(int(self.cfg.n_ctx), 8192)
+            cos, sin = rotary(probe, torch.arange(n, device=device)[None])
             pair = (cos[0].to(self.cfg.dtype), sin[0].to(self.cfg.dtype))
             self._tables = (pair,) * self.cfg.n_layers
         return self._tables
