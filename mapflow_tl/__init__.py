@@ -29,12 +29,15 @@ _EXPORTS: dict[str, str] = {
         "video_to_question", "video_to_last", "question_to_last", "question_to_question",
         "last_to_last", "question_to_video", "non_option_question_to_last",
         "true_option_to_last", "false_options_to_last", "video_to_non_option_question",
-        "non_option_question_to_true_option", "video_to_true_option"), "edges"),
+        "non_option_question_to_true_option", "video_to_true_option", "video_to_response",
+        "question_to_response", "response_to_response", "response_to_last", "anchors_to_last"),
+        "edges"),
     # layers and hooks
     **dict.fromkeys(("window", "layer_range", "early_to_middle_layers", "default_window_size",
                      "WINDOW_STYLES"), "layers"),
     **dict.fromkeys(("knockout", "KnockoutHook", "PathwaySpec", "random_knockout", "capture",
-                     "check_hooks", "attn_scores_hook_name"), "hooks"),
+                     "check_hooks", "attn_scores_hook_name", "knockout_during_generation"),
+                    "hooks"),
     # sweeps, lens, metrics
     **dict.fromkeys(("KnockoutConfig", "layer_sweep", "sweep", "sweep_samples"), "engine"),
     **dict.fromkeys(("answer_probability_trace", "AnswerTrace", "logit_lens", "iter_logit_lens",
@@ -47,8 +50,10 @@ _EXPORTS: dict[str, str] = {
     # analyses (one function per analysis of the paper)
     **dict.fromkeys(("base_prediction", "flow_sweep", "flow_sweeps", "probability_trace",
                      "video_lens", "keyword_frequency", "keyword_counts", "keyword_bins", "prune",
-                     "attention_to_frames", "crossframe_knockout", "counterfactual_patching"),
+                     "attention_to_frames", "crossframe_knockout", "counterfactual_patching",
+                     "open_ended_sample", "open_ended_flow"),
                     "analyses"),
+    **dict.fromkeys(("find_anchors", "Anchor"), "anchors"),
     # counterfactual videos and activation patching between two runs
     **dict.fromkeys(("counterfactual", "Counterfactual", "align"), "counterfactuals"),
     **dict.fromkeys(("patch_sweep", "patched_logits", "attribution_patch", "rank_agreement"),

@@ -33,7 +33,7 @@ import torch
 from . import edges
 from .circuits import Circuit, load_circuit
 from .edges import Edges
-from .engine import layer_sweep, sweep_samples
+from .engine import KnockoutConfig, layer_sweep, sweep_samples
 from .errors import InputError
 from .finite import require_finite
 from .hooks import RANDOM_BASELINES, PathwaySpec, knockout
@@ -41,8 +41,9 @@ from .keywords import reduce_keywords
 from .layers import (attention_map_layers, check_layer, default_window_size,
                      early_to_middle_layers)
 from .lens import answer_probability_trace, iter_logit_lens, top_tokens
-from .metrics import (CORRECTNESS, accuracy_by_layer, base_accuracy, is_correct,
-                      official_correct, relative_change)
+from .metrics import (CORRECTNESS, INTEGRATION_CIRCUIT, INTEGRATION_SIMILAR, VERDICTS,
+                      accuracy_by_layer, base_accuracy, checkpoint_shares, diagnose,
+                      integration_profiles, is_correct, official_correct, relative_change)
 from .schema import SAMPLE_MODES, sample_fields
 from .models.prompt import option_label
 from .models.videollm import Prepared, VideoLLM
@@ -72,7 +73,19 @@ __all__ = [
     "ATTENTION_VIEWS",
     "crossframe_knockout",
     "early_to_middle_layers",
+    "open_ended_sample",
+    "open_ended_flow",
+    "VERDICTS",
+    "diagnosis_evidence",
+    "integration_profiles",
+    "diagnose",
+    "checkpoint_shares",
+    "evaluate",
+    "MAX_NEW_TOKENS",
 ]
+
+#: The clean run inside a sweep: an empty edge set gets the clean logits without a forward.
+_CLEAN = KnockoutConfig("clean", Edges.empty(), (0,))
 
 
 def _decode(vlm: VideoLLM, token: int) -> str:
@@ -777,3 +790,279 @@ def counterfactual_patching(vlm: VideoLLM, sample: Any, x: Prepared, kind: str =
     if attribution:
         rows += attribution_patch(vlm, target, source, segments, **options)
     return rows
+
+
+# ----------------------------------------------------------------------------- failure diagnosis
+@torch.no_grad()
+def diagnosis_evidence(vlm: VideoLLM, sample: Any, x: Prepared, *,
+                       base: dict[str, Any] | None = None, layers: Sequence[int] | None = None,
+                       seed: int = 0, frozen_frame: int = 0,
+                       correctness: str = "official") -> dict[str, Any]:
+    """The per-sample evidence for the paper's two failure mechanisms (one
+    ``diagnosis_evidence`` row), computed from the sample alone:
+
+    - Case 1 (spurious cross-frame interaction): the answer (argmax over the full vocabulary at
+      the last position) with every frame's tokens blocked from earlier frames' tokens in
+      ``layers`` (default the early-to-middle half,
+      :func:`~mapflow_tl.layers.early_to_middle_layers`, the knockout of
+      :func:`crossframe_knockout`) — ``crossframe_token`` and whether it answers correctly
+      (``crossframe_correct``, :func:`grade` under knockout);
+    - Case 2 (a static answer): the answer with the frames the model saw (``x.frames``)
+      shuffled (:func:`~mapflow_tl.counterfactuals.counterfactual` ``"shuffle"``, ``seed``) and
+      frozen at frame ``frozen_frame`` (every frame replaced by that one: the single-frame
+      video, the same number of frames so that every model takes it) — ``shuffled_token``,
+      ``frozen_token``.
+
+    Each token also decoded on its own (``base_text``, ``true_text``, ``crossframe_text``,
+    ``shuffled_text``, ``frozen_text``), for the report.
+
+    The task-level evidence (the task's most frequent answer) and the verdict are
+    :func:`diagnose`'s, from every sample's row."""
+    from dataclasses import replace as replaced
+
+    from .counterfactuals import counterfactual
+    from .models.videollm import as_video_sample
+
+    if x.frames is None:
+        raise InputError(f"sample {_sample_id(x)!r}: the prepared input carries no frames to "
+                         f"shuffle or freeze; prepare it with a model adapter that records them")
+    base = base or base_prediction(vlm, x, correctness=correctness)
+    layers = early_to_middle_layers(vlm.n_layers) if layers is None else list(layers)
+    knocked = _last_probabilities(vlm, x, knockout(edges.cross_frame(x.segments), layers),
+                                  what="the cross-frame knockout forward")
+    crossframe_token = int(knocked.argmax())
+    video = replaced(as_video_sample(sample), video=x.frames)
+    edited = {}
+    for kind in ("shuffle", "freeze"):
+        edit = counterfactual(video, kind, seed=seed, frame=frozen_frame)
+        probabilities = _last_probabilities(vlm, vlm.prepare(edit.sample),
+                                            what=f"the {kind}d video's forward")
+        edited[kind] = int(probabilities.argmax())
+    tokens = {"base": base["base_token"], "true": x.answer_token,
+              "crossframe": crossframe_token, "shuffled": edited["shuffle"],
+              "frozen": edited["freeze"]}
+    return {**sample_fields(x), "base_token": base["base_token"],
+            "base_correct": base["base_correct"], "true_token": x.answer_token,
+            "crossframe_layers": list(layers), "crossframe_token": crossframe_token,
+            "crossframe_correct": grade(vlm, x, crossframe_token, correctness, knockout=True),
+            "shuffle_seed": seed, "shuffled_token": edited["shuffle"],
+            "frozen_frame": frozen_frame, "frozen_token": edited["freeze"],
+            **{f"{name}_text": None if token is None else _decode(vlm, token)
+               for name, token in tokens.items()}}
+
+
+#: The official open-ended generation's length (analysis/causal_intervention_tools.py
+#: ``generate_from_input``, tasks/eval/vcgbench ``max_new_tokens=100``).
+MAX_NEW_TOKENS = 100
+
+#: ``base_prediction``'s columns of a sample asked open-endedly: no letter is read.
+_NO_BASE = dict.fromkeys(("base_token", "base_p_pred", "base_p_true", "base_correct",
+                          "base_option"))
+
+
+@torch.no_grad()
+def evaluate(vlm: VideoLLM, x: Prepared, *, reference: str | None = None,
+             correctness: str = "official", base: dict[str, Any] | None = None,
+             max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One sample's answer for the accuracy pass (the official ``--eval_only``):
+    ``(base, row)`` — the ``samples`` table's clean-run columns and the ``eval`` table's row.
+
+    - A multiple-choice prompt: the clean run's answer (:func:`base_prediction`: the argmax over
+      the full vocabulary at the last position, graded by ``correctness``, the official rule by
+      default: ``acc_base += answer.lower() == gt.lower()``); ``prediction`` is that token
+      decoded, ``option`` the letter of the most probable option, ``truth`` the true letter,
+      ``p_pred`` / ``p_true`` their probabilities.
+    - An open-ended prompt (no options): the greedy answer, at most ``max_new_tokens`` tokens
+      (``vlm.generate``), decoded without special tokens; ``truth`` is ``reference``,
+      ``correct`` whether the reference's words appear in the answer and ``exact`` whether the
+      two are equal (:func:`~mapflow_tl.metrics.open_answer_match`; None without a reference).
+    """
+    from .metrics import open_answer_match
+
+    fields = sample_fields(x)
+    if len(x.answer_ids):
+        base = base_prediction(vlm, x, correctness=correctness) if base is None else base
+        truth = None if x.answer is None else option_label(x.answer)
+        return base, {**fields, "kind": "choice",
+                      "prediction": _decode(vlm, base["base_token"]),
+                      "option": option_label(base["base_option"]), "truth": truth,
+                      "correct": base["base_correct"], "exact": None,
+                      "p_pred": base["base_p_pred"], "p_true": base["base_p_true"]}
+    tokens, _ = vlm.generate(x, max_new_tokens=max_new_tokens)
+    text = vlm.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True).strip()
+    exact, contains = (None, None) if reference is None else open_answer_match(text, reference)
+    return dict(_NO_BASE), {**fields, "kind": "open", "prediction": text, "option": None,
+                            "truth": reference, "correct": contains, "exact": exact,
+                            "p_pred": None, "p_true": None}
+
+
+# ---------------------------------------------------------------------- open-ended answers
+#: The official open-ended script's generation lengths: the answer (``max_new_tokens=256``,
+#: analysis/information_flow_analysis_open_ended.py) and each generation under a knockout
+#: (``--max_new_tokens``, default 100).
+OPEN_ENDED_MAX_NEW_TOKENS = 256
+KNOCKOUT_GENERATION_TOKENS = 100
+#: Anchors the official script traces (``--generation_anchor_order`` 1, 2, 3; a sample needs at
+#: least three).
+OPEN_ENDED_ANCHORS = 3
+
+
+def open_ended_sample(sample: Any, question_prefix: str | None = None,
+                      answer_prompt: str | None = None) -> Any:
+    """The open-ended question of a (multiple-choice) sample: no options, no answer index, the
+    question text after ``question_prefix`` and the answer after ``answer_prompt`` (the
+    assistant's turn starts with it). None keeps the dataset's own (a loader's
+    ``metadata["question_prefix"]``, e.g. TVBench open-ended's official "Question: ", and
+    ``answer_prompt``; none otherwise). SynthTV's open-ended training
+    prompt is ``question_prefix="Question: ", answer_prompt="Best option:("``; the official
+    VCGBench prompt is the question alone."""
+    from dataclasses import replace
+
+    from .models.videollm import as_video_sample
+
+    if question_prefix is None:
+        question_prefix = (getattr(sample, "metadata", None) or {}).get("question_prefix", "")
+    video_sample = as_video_sample(sample)
+    return replace(video_sample, options=(), answer=None,
+                   question=question_prefix + video_sample.question,
+                   answer_prompt=(video_sample.answer_prompt if answer_prompt is None
+                                  else answer_prompt))
+
+
+@torch.no_grad()
+def open_ended_flow(
+    vlm: VideoLLM,
+    x: Prepared,
+    circuits: Sequence[Circuit | str] | Circuit | str,
+    *,
+    anchors: str = "content",
+    words: Sequence[str] | None = None,
+    n_anchors: int = OPEN_ENDED_ANCHORS,
+    min_anchors: int | None = None,
+    max_new_tokens: int = OPEN_ENDED_MAX_NEW_TOKENS,
+    k: int | None = None,
+    style: str = "center",
+    centers: Iterable[int] | None = None,
+    method: str = "fast",
+    knockout_generation: int = 0,
+    answer_ids: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Information flow into an open-ended answer (Map the Flow appendix; the official
+    ``information_flow_analysis_open_ended.py``).
+
+    1. The model answers the open-ended prompt ``x`` (:func:`open_ended_sample` prepared)
+       greedily, at most ``max_new_tokens`` tokens (:meth:`VideoLLM.generate`).
+    2. Anchors are found in the answer (:func:`mapflow_tl.anchors.find_anchors`: ``anchors``
+       ``"content"``, ``"words"`` with ``words``, or the official ``"verbs"``); a sample with
+       fewer than ``min_anchors`` (default ``n_anchors``; official 3) is not traced.
+    3. For the n-th anchor (n = 1 … ``n_anchors``) the answer is teacher-forced up to the
+       anchor's first token: the sequence is prompt + answer[:j], its last position the token
+       before the anchor, ``response`` the answer tokens before that, earlier anchors named
+       spans in it (:meth:`VideoLLM.extend`). Anchors at answer position j < 2 (empty
+       "non-last response") and anchors the teacher-forced clean run does not predict (argmax
+       ≠ anchor token) are skipped, as officially.
+    4. Each curve of ``circuits`` (``open-ended`` is the official target "vqrl-to-qrl") is
+       knocked out in each window (``k``, ``style``, ``centers`` as :func:`flow_sweep`); all
+       anchors' configurations run as one engine sweep (:func:`~mapflow_tl.engine.sweep_samples`:
+       each teacher-forced sequence's clean keys/values are computed once and only the rows a
+       knockout can change are recomputed). Metric: p = softmax(logits at the last position)
+       [anchor token], relative change (p − p_clean) / p_clean × 100.
+    ``answer_ids``: trace this answer instead of generating one (a reference answer, a
+    counterfactual one); it is not the model's own, so no anchor is skipped for not being the
+    clean argmax.
+
+    5. ``knockout_generation`` > 0: the official variant that also generates that many tokens
+       with the knockout on (:func:`~mapflow_tl.hooks.knockout_during_generation`) and
+       records the text (one generation per configuration: slow).
+
+    Returns ``{"base": the samples-table columns (base_token: the answer's first token),
+    "selected": traced or not, "answer": the answers row, "rows": the open_ended rows}``.
+    """
+    from .anchors import find_anchors
+    from .hooks import knockout_during_generation
+
+    circuits = _circuits(circuits)
+    for circuit in circuits:
+        if circuit.curves is None:
+            raise InputError(f"circuit {circuit.name!r} is a pathway circuit; open-ended flow "
+                             f"sweeps information-flow circuits (open-ended, ...)")
+    if isinstance(n_anchors, bool) or not isinstance(n_anchors, int) or n_anchors < 1:
+        raise InputError(f"n_anchors must be a positive int, got {n_anchors!r}")
+    min_anchors = n_anchors if min_anchors is None else min_anchors
+    n_layers = vlm.n_layers
+    k = default_window_size(n_layers) if k is None else k
+    centers = None if centers is None else list(centers)
+    tokenizer = vlm.tokenizer
+    if answer_ids is None:
+        response, step_logits = vlm.generate(x, max_new_tokens)
+        require_finite(step_logits, vlm.backbone, x.embeds, (), what="the logits of the answer",
+                       sample=_sample_id(x))
+        response_ids = response.tolist()
+        first = step_logits[0].float().softmax(-1)
+    else:
+        response_ids = [int(i) for i in answer_ids]
+        if not response_ids:
+            raise InputError("answer_ids is empty: give the answer's token ids, or None to "
+                             "generate the answer")
+        first = _last_probabilities(vlm, x)
+    base = {"base_token": response_ids[0], "base_p_pred": float(first[response_ids[0]]),
+            "base_p_true": None, "base_correct": None, "base_option": None}
+    found = find_anchors(tokenizer, response_ids, anchors, words=words)
+    answer = {**sample_fields(x), "response": tokenizer.decode(response_ids),
+              "response_ids": response_ids,
+              "anchors": [{"index": a.index, "n_tokens": a.n_tokens, "text": a.text}
+                          for a in found],
+              "traced": []}
+    selected = len(found) >= min_anchors
+    if not selected:
+        return {"base": base, "selected": False, "answer": answer, "rows": []}
+    prompt_length = x.n_positions
+    traced, sequences, labelled = [], [], []
+    for order, anchor in enumerate(found[:n_anchors], start=1):
+        j = anchor.index
+        if j < 2:
+            continue    # official: an empty "non-last response" skips the sample's anchor
+        last = prompt_length + j - 1
+        spans = [(f"anchor_{m}", prompt_length + a.index,
+                  min(prompt_length + a.index + a.n_tokens, last))
+                 for m, a in enumerate(found, start=1) if a.index < j - 1]
+        x_anchor = vlm.extend(x, response_ids[:j], anchors=spans)
+        configs = [(None, _CLEAN)]
+        for circuit in circuits:
+            curves = circuit.build_curves(x_anchor.segments, n_layers)
+            configs += [(circuit.name, config) for config in
+                        layer_sweep(curves, n_layers, k=k, style=style, centers=centers)]
+        traced.append((order, anchor))
+        sequences.append(x_anchor)
+        labelled.append(configs)
+    logits = sweep_samples(vlm.backbone, [s.embeds for s in sequences],
+                           [[config for _, config in configs] for configs in labelled],
+                           method=method)
+    rows = []
+    for (order, anchor), x_anchor, configs, sample_logits in zip(traced, sequences, labelled,
+                                                                 logits):
+        _require_finite_sweep(vlm, x_anchor, configs, sample_logits)
+        probabilities = sample_logits.float().softmax(-1)
+        token = response_ids[anchor.index]
+        clean = probabilities[0]
+        if answer_ids is None and int(clean.argmax()) != token:
+            continue    # official: the teacher-forced clean run must predict the anchor
+        answer["traced"].append(order)
+        base_p = float(clean[token])
+        for (circuit, config), p in zip(configs[1:], probabilities[1:]):
+            generated = None
+            if knockout_generation:
+                hooks = knockout_during_generation(config.edges, config.layers,
+                                                   x_anchor.n_positions, n_layers=n_layers)
+                ids, _ = vlm.generate(x_anchor, knockout_generation, fwd_hooks=hooks)
+                generated = tokenizer.decode(ids.tolist())
+            rows.append({
+                **sample_fields(x), "circuit": circuit, "curve": config.curve,
+                "layer": config.center, "layers": list(config.layers), "k": k, "style": style,
+                "anchor_order": order, "anchor_text": anchor.text,
+                "anchor_position": anchor.index, "anchor_token": token,
+                "base_p": base_p, "p": float(p[token]), "change": _change(float(p[token]), base_p),
+                "token": int(p.argmax()), "edges": config.edges.count(x_anchor.n_positions),
+                "knockout_response": generated,
+            })
+    return {"base": base, "selected": True, "answer": answer, "rows": rows}

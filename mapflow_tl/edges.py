@@ -42,6 +42,12 @@ __all__ = [
     "video_to_non_option_question",
     "non_option_question_to_true_option",
     "video_to_true_option",
+    "official_response_span",
+    "video_to_response",
+    "question_to_response",
+    "response_to_response",
+    "response_to_last",
+    "anchors_to_last",
 ]
 
 Positions = Union[Span, range, int, Sequence[int], Sequence[Span], torch.Tensor]
@@ -445,6 +451,80 @@ def non_option_question_to_true_option(seg: SegmentMap) -> Edges:
 def video_to_true_option(seg: SegmentMap) -> Edges:
     """Video → the true option."""
     return Edges(src=_need(seg, "video"), dst=seg.true_option, name="video → true option")
+
+
+# ---------------------------------------------------------------------- open-ended answers
+# A teacher-forced answer (SegmentMap.with_response): "response" is the answer's tokens before the
+# last position, whose next-token prediction is the anchor word being traced. The official
+# open-ended script (analysis/information_flow_analysis_open_ended.py, target "vqrl-to-qrl")
+# blocks video → question, video → non-last response, video → last, question → last and non-last
+# response → last, its question being the question text alone (find_token_range of the question).
+
+
+def _response(seg: SegmentMap) -> Span:
+    if seg.response is None:
+        raise InputError("this segment map has no 'response' segment: append an answer of at "
+                         "least two tokens (SegmentMap.with_response / VideoLLM.extend)")
+    return seg.response
+
+
+def official_response_span(seg: SegmentMap, open_tokens: int = 1) -> Span:
+    """The official "non-last response" of an open-ended knockout: the response without its
+    last ``open_tokens`` tokens (left open "to avoid spike", official ``--num_open_tokens``,
+    default 1), except that the last earlier anchor inside the response stays in it, and at
+    least its first token is kept (official lines 311–323)."""
+    response = _response(seg)
+    if isinstance(open_tokens, bool) or not isinstance(open_tokens, int) or open_tokens < 0:
+        raise InputError(f"open_tokens must be a non-negative int, got {open_tokens!r}")
+    if open_tokens == 0:
+        return response
+    length = len(response)
+    end = length - open_tokens
+    # the official code keeps the last anchor (its first token) blocked
+    firsts = [a.start for a in seg.anchors if a.start in response]
+    if firsts:
+        end = max(max(firsts) - response.start + 1, end)
+    end = max(1, end)
+    return Span("response_blocked", response.start, response.start + end, "response")
+
+
+@_records_segment_map
+def video_to_response(seg: SegmentMap, *, open_tokens: int = 0) -> Edges:
+    """Video → response: the answer's tokens before the last position reading the video
+    (official "Video -/-> Non-last response" with ``open_tokens=1``)."""
+    return Edges(src=_need(seg, "video"), dst=official_response_span(seg, open_tokens),
+                 name="video → response")
+
+
+@_records_segment_map
+def question_to_response(seg: SegmentMap) -> Edges:
+    """Question text → response: the answer's tokens before the last position reading the
+    question."""
+    return Edges(src=_need(seg, "question"), dst=_response(seg), name="question → response")
+
+
+@_records_segment_map
+def response_to_response(seg: SegmentMap) -> Edges:
+    """Response → response: the answer's tokens before the last position reading each other,
+    diagonal included."""
+    response = _response(seg)
+    return Edges(src=response, dst=response, name="response → response")
+
+
+@_records_segment_map
+def response_to_last(seg: SegmentMap, *, open_tokens: int = 0) -> Edges:
+    """Response → last: the token before the traced anchor reading the earlier answer
+    (official "Non-last response -/-> Last" with ``open_tokens=1``)."""
+    return Edges(src=official_response_span(seg, open_tokens), dst=seg.last,
+                 name="response → last")
+
+
+@_records_segment_map
+def anchors_to_last(seg: SegmentMap) -> Edges:
+    """The earlier anchors (every token of each) → last."""
+    if not seg.anchors:
+        raise InputError("this segment map has no answer anchors before the last position")
+    return Edges(src=list(seg.anchors), dst=seg.last, name="anchors → last")
 
 
 def _named(edges: Edges, name: str) -> Edges:

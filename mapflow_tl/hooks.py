@@ -28,6 +28,7 @@ __all__ = [
     "HookList",
     "attn_scores_hook_name",
     "knockout",
+    "knockout_during_generation",
     "KnockoutHook",
     "PathwaySpec",
     "random_knockout",
@@ -149,6 +150,53 @@ def knockout(
         raise InputError("heads=[] would knock out nothing; pass None for all heads")
     hook = KnockoutHook(edges, heads)
     return [(attn_scores_hook_name(layer), hook) for layer in sorted(set(layers))]
+
+
+class _GenerationKnockoutHook(KnockoutHook):
+    """Knockout of ``edges`` over a prompt of ``n_positions`` positions that keeps acting while
+    tokens are generated after it: a generated token's query blocks the keys the prompt's last
+    position blocks, and every generated key stays open — the official open-ended script's mask
+    for decoding steps (``new_mask[..., 0, :k] = mask[..., -1, :k]``, zeros beyond k;
+    analysis/causal_intervention_tools.py, ``_set_block_attn_hooks``)."""
+
+    def __init__(self, edges: Edges, n_positions: int, heads: Sequence[int] | None = None
+                 ) -> None:
+        super().__init__(edges, heads)
+        self.n_positions = n_positions
+
+    def mask(self, n_keys: int, device: torch.device) -> Bool[torch.Tensor, "query key"]:
+        n = self.n_positions
+        if n_keys <= n:
+            return super().mask(n_keys, device)
+        key = (n_keys, torch.device(device))
+        mask = self._masks.get(key)
+        if mask is None:
+            prompt = super().mask(n, device)
+            mask = torch.zeros(n_keys, n_keys, dtype=torch.bool, device=device)
+            mask[:n, :n] = prompt
+            mask[n:, :n] = prompt[n - 1]
+            self._masks[key] = mask
+        return mask
+
+    def __repr__(self) -> str:
+        return f"GenerationKnockoutHook({self.edges.name}, prompt of {self.n_positions})"
+
+
+def knockout_during_generation(
+    edges: Edges,
+    layers: int | Iterable[int],
+    n_positions: int,
+    heads: Sequence[int] | None = None,
+    *,
+    n_layers: int | None = None,
+) -> HookList:
+    """:func:`knockout` of ``edges`` over a prompt of ``n_positions`` positions that stays on
+    while an answer is generated after it (``VideoLLM.generate(x, fwd_hooks=...)``): each
+    generated token's query blocks what the prompt's last position blocks, generated keys stay
+    open (the official open-ended script's knockout during generation)."""
+    hooks = knockout(edges, layers, heads, n_layers=n_layers)
+    hook = _GenerationKnockoutHook(edges, n_positions, heads)
+    return [(name, hook) for name, _ in hooks]
 
 
 @dataclass

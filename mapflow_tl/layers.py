@@ -12,7 +12,8 @@ import warnings
 from .errors import InputError
 
 __all__ = ["WINDOW_STYLES", "check_layer", "window", "layer_range", "early_to_middle_layers",
-           "default_window_size", "window_rule", "covers_every_layer", "attention_map_layers"]
+           "default_window_size", "window_rule", "covers_every_layer", "attention_map_layers",
+           "integration_layers"]
 
 WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
 
@@ -99,6 +100,18 @@ def early_to_middle_layers(n_layers: int) -> list[int]:
     """The paper's early-to-middle block for cross-frame knockout (Finding 1): layers 1–16 of 32
     (1-based), i.e. the first half of the model, scaled to its depth (0-based indices)."""
     return list(range(0, max(1, n_layers // 2)))
+
+
+def integration_layers(n_layers: int) -> dict[str, list[int]]:
+    """The mid-late layers where the paper's 7B effective pathway keeps each integration path
+    (Finding 4: video → question in L6–20, question → last in L16–25 of 32, 1-based), scaled to
+    the depth: 0-based ``[⌊5L/32⌋, ⌈20L/32⌉)`` and ``[⌊15L/32⌋, ⌈25L/32⌉)``. The failure
+    diagnosis compares a wrong sample's knockout curves with the correct samples' here."""
+    def scaled(first: int, stop: int) -> list[int]:
+        lower, upper = first * n_layers // 32, -(-stop * n_layers // 32)
+        return list(range(min(lower, n_layers - 1), max(min(upper, n_layers), lower + 1)))
+
+    return {"video → question": scaled(5, 20), "question → last": scaled(15, 25)}
 
 
 #: Below this depth the official k = 9 no longer fits the model (at 8 layers it would cover every

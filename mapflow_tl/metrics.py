@@ -1,4 +1,5 @@
-"""The paper's knockout metrics: relative change, correctness, accuracy, the pruning summary.
+"""The paper's knockout metrics: relative change, correctness, accuracy, the pruning summary, and
+the row-level failure diagnosis (verdicts, integration similarity, checkpoint shares).
 
 Plain Python (no torch import), so the report and the command line can use the same
 definitions without loading a model. Definitions (Map the Flow §2, official code
@@ -21,13 +22,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from statistics import mean, stdev
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import InputError
+from .layers import integration_layers
 
 __all__ = ["relative_change", "is_correct", "official_correct", "CORRECTNESS",
            "ACCURACY_OVER", "DEFINITIONS",
-           "base_accuracy", "accuracy_by_layer", "prune_summary"]
+           "base_accuracy", "accuracy_by_layer", "prune_summary", "open_answer_match",
+           "eval_summary", "VERDICTS", "INTEGRATION_CIRCUIT", "INTEGRATION_SIMILAR",
+           "CHECKPOINT_CURVES", "integration_profiles", "diagnose", "checkpoint_shares"]
 
 #: How a prediction is graded: the decoded token against the bare letter as the official code
 #: compares them ("official": exact string, lower-cased only in the clean run); the decoded
@@ -191,3 +195,225 @@ def prune_summary(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "retained": kept / total if total else None,
         })
     return table
+
+
+# ----------------------------------------------------------------------------- failure diagnosis
+#: The verdict of a wrong sample (Map the Flow's failure analysis): Case 1, spurious cross-frame
+#: interaction misled the video representation; Case 2, the model fell back to a static answer.
+VERDICTS = ("Case 1", "Case 2", "both", "neither")
+
+#: The circuit whose mid-late curves :func:`integration_profiles` reads.
+INTEGRATION_CIRCUIT = "vql-to-ql"
+
+#: A wrong sample's integration path "looks like the correct samples'" when the Pearson
+#: correlation of its mid-late knockout profile with theirs reaches this (Cohen's "large").
+INTEGRATION_SIMILAR = 0.5
+
+
+def integration_profiles(flow: Iterable[dict[str, Any]], n_layers: int
+                         ) -> dict[str, list[float | None]]:
+    """Each sample's mid-late integration profile from ``flow`` rows of the
+    :data:`INTEGRATION_CIRCUIT`: the relative change of its own predicted answer's probability
+    (``change_pred``) with video → question knocked out at the window centres of
+    :func:`~mapflow_tl.layers.integration_layers` ``["video → question"]``, followed by
+    question → last at ``["question → last"]`` — how much each mid-late layer of the two
+    integration paths carries the answer the model gave. Samples lacking a centre get None
+    there."""
+    windows = integration_layers(n_layers)
+    values: dict[str, dict[tuple[str, int], float | None]] = {}
+    for row in flow:
+        if row.get("circuit") == INTEGRATION_CIRCUIT and row.get("curve") in windows:
+            values.setdefault(row["sample"], {})[(row["curve"], row["layer"])] = \
+                row["change_pred"]
+    return {sample: [cells.get((curve, layer)) for curve, layers in windows.items()
+                     for layer in layers]
+            for sample, cells in values.items()}
+
+
+def _pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Pearson's r, None when either vector is constant (r undefined)."""
+    n = len(a)
+    mean_a, mean_b = sum(a) / n, sum(b) / n
+    da, db = [v - mean_a for v in a], [v - mean_b for v in b]
+    norm = (sum(v * v for v in da) * sum(v * v for v in db)) ** 0.5
+    return None if norm == 0 else sum(p * q for p, q in zip(da, db)) / norm
+
+
+def _task_modes(samples: Sequence[dict[str, Any]]) -> dict[str, tuple[int, float]]:
+    """Per task: the answer (clean predicted token) the model gives most often over the run's
+    evaluated samples of that task, ties to the smallest token id, and its share."""
+    counts: dict[str, dict[int, int]] = {}
+    for row in samples:
+        per_task = counts.setdefault(row["task"], {})
+        per_task[row["base_token"]] = per_task.get(row["base_token"], 0) + 1
+    return {task: (min(c, key=lambda t: (-c[t], t)), max(c.values()) / sum(c.values()))
+            for task, c in counts.items()}
+
+
+def diagnose(samples: Iterable[dict[str, Any]], evidence: Iterable[dict[str, Any]],
+             flow: Iterable[dict[str, Any]], n_layers: int, *,
+             similar: float = INTEGRATION_SIMILAR) -> list[dict[str, Any]]:
+    """The failure verdict of every wrongly answered sample (``diagnosis`` table), from a run's
+    rows: ``samples`` (every evaluated sample's clean answer), ``evidence``
+    (:func:`mapflow_tl.analyses.diagnosis_evidence` of the wrong ones) and ``flow`` (the
+    :data:`INTEGRATION_CIRCUIT` rows of correct and wrong samples). Columns:
+
+    - ``case1`` = ``crossframe_correct``: blocking cross-frame attention in the early-to-middle
+      layers flips the answer to the truth;
+    - ``same_shuffled`` / ``same_frozen``: the shuffled / frozen video gives the same answer
+      token; ``same_task_mode``: the answer is the task's most frequent one (``task_mode_token``
+      over the run's own evaluated samples of the task, its share ``task_mode_share``);
+      ``case2`` = (``same_shuffled`` and ``same_frozen``) or ``same_task_mode``: the answer
+      needs neither the frames' order nor their motion, or it is the task's prior;
+    - ``verdict``: "both", "Case 1", "Case 2" or "neither" (:data:`VERDICTS`);
+    - ``integration_r``: Pearson correlation of the sample's mid-late integration profile
+      (:func:`integration_profiles`) with the mean profile of the task's correctly answered
+      samples (``reference_samples`` of them), ``integration_distance`` the root-mean-square
+      difference (percentage points), ``integration_like_correct`` = r ≥ ``similar`` (None
+      where either profile is missing, incomplete or constant). A description beside the
+      verdict, not part of it;
+    - the tokens decoded (``*_text``, as the evidence rows carry them; ``task_mode_text`` when
+      some evidence row of the run decoded that token, else None).
+
+    Rows in the order of ``evidence``."""
+    samples = list(samples)
+    modes = _task_modes(samples)
+    profiles = integration_profiles(flow, n_layers)
+    reference: dict[str, list[float] | None] = {}
+    counted: dict[str, int] = {}
+    for task in modes:
+        correct = [profiles[r["sample"]] for r in samples
+                   if r["task"] == task and r["base_correct"] is True
+                   and r["sample"] in profiles and None not in profiles[r["sample"]]]
+        counted[task] = len(correct)
+        reference[task] = ([sum(column) / len(correct) for column in zip(*correct)]
+                           if correct else None)
+    evidence = list(evidence)
+    # the decoded tokens the evidence rows carry, to spell the task's most frequent answer
+    spelled = {row[f"{name}_token"]: row[f"{name}_text"] for row in evidence
+               for name in ("base", "true", "crossframe", "shuffled", "frozen")
+               if row.get(f"{name}_text") is not None}
+    rows = []
+    for row in evidence:
+        task = row["task"]
+        mode_token, mode_share = modes.get(task, (None, None))
+        same_shuffled = row["shuffled_token"] == row["base_token"]
+        same_frozen = row["frozen_token"] == row["base_token"]
+        same_mode = mode_token == row["base_token"]
+        case1 = bool(row["crossframe_correct"])
+        case2 = (same_shuffled and same_frozen) or same_mode
+        verdict = ("both" if case1 and case2 else "Case 1" if case1 else
+                   "Case 2" if case2 else "neither")
+        profile, mean = profiles.get(row["sample"]), reference.get(task)
+        r = distance = None
+        if profile is not None and mean is not None and None not in profile:
+            r = _pearson(profile, mean)
+            distance = (sum((p - q) ** 2 for p, q in zip(profile, mean)) / len(mean)) ** 0.5
+        rows.append({
+            "sample": row["sample"], "task": task, "base_token": row["base_token"],
+            "true_token": row["true_token"], "crossframe_token": row["crossframe_token"],
+            "case1": case1, "shuffled_token": row["shuffled_token"],
+            "frozen_token": row["frozen_token"], "task_mode_token": mode_token,
+            "task_mode_share": mode_share, "same_shuffled": same_shuffled,
+            "same_frozen": same_frozen, "same_task_mode": same_mode, "case2": case2,
+            "verdict": verdict, "integration_r": r, "integration_distance": distance,
+            "integration_like_correct": None if r is None else r >= similar,
+            "reference_samples": counted.get(task, 0),
+            **{f"{name}_text": row.get(f"{name}_text")
+               for name in ("base", "true", "crossframe", "shuffled", "frozen")},
+            "task_mode_text": spelled.get(mode_token)})
+    return rows
+
+
+#: The curves of the ``vq-to-true-opt`` circuit that :func:`checkpoint_shares` reads.
+CHECKPOINT_CURVES = {"direct": "video → true option",
+                     "to question": "video → non-option question",
+                     "question to option": "non-option question → true option"}
+
+
+def checkpoint_shares(flow: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's "temporal keywords as checkpoints" as a measurement, per task, from the
+    ``vq-to-true-opt`` flow rows (``checkpoints`` table). For each of its three curves, the
+    *loss* is the largest drop of the true option's probability over the window centres,
+    ``max(0, −min_l mean_samples change_true(l))`` in percent (mean over the task's samples at
+    each centre); then
+
+    - ``direct_loss`` = loss(video → true option);
+    - ``indirect_loss`` = min(loss(video → non-option question), loss(non-option question →
+      true option)): a route of two links in series carries no more than its weaker link;
+    - ``direct_share`` = direct / (direct + indirect), ``indirect_share`` = 1 − direct_share
+      (None when both losses are 0).
+
+    One row per task with all three curves, tasks in order of appearance."""
+    sums: dict[str, dict[str, dict[int, list[float]]]] = {}
+    samples: dict[str, set] = {}
+    wanted = set(CHECKPOINT_CURVES.values())
+    for row in flow:
+        if row.get("curve") in wanted and row.get("change_true") is not None:
+            cell = sums.setdefault(row["task"], {}).setdefault(row["curve"], {})
+            cell.setdefault(row["layer"], []).append(row["change_true"])
+            samples.setdefault(row["task"], set()).add(row["sample"])
+    out = []
+    for task, curves in sums.items():
+        if set(curves) != wanted:
+            continue
+        loss = {curve: max(0.0, -min(sum(v) / len(v) for v in by_layer.values()))
+                for curve, by_layer in curves.items()}
+        direct = loss[CHECKPOINT_CURVES["direct"]]
+        indirect = min(loss[CHECKPOINT_CURVES["to question"]],
+                       loss[CHECKPOINT_CURVES["question to option"]])
+        total = direct + indirect
+        out.append({"task": task, "samples": len(samples[task]),
+                    "direct_loss": direct,
+                    "video_to_question_loss": loss[CHECKPOINT_CURVES["to question"]],
+                    "question_to_option_loss": loss[CHECKPOINT_CURVES["question to option"]],
+                    "indirect_loss": indirect,
+                    "direct_share": direct / total if total else None,
+                    "indirect_share": indirect / total if total else None})
+    return out
+
+
+def _normal_answer(text: str) -> str:
+    """An answer as the open-ended match compares it: case folded, runs of whitespace one space,
+    surrounding spaces and trailing sentence punctuation dropped."""
+    return " ".join(str(text).split()).casefold().rstrip(".!?,;:").strip()
+
+
+def open_answer_match(prediction: str, reference: str) -> tuple[bool, bool]:
+    """``(exact, contains)`` of a generated answer against a short reference answer (a named
+    answer: "left", "three", "kitchen to the garden"): equal, and the reference appearing in the
+    prediction as whole words, both after :func:`_normal_answer` (case, spacing, trailing
+    punctuation ignored). A judge-free score for short named answers; long free-text answers
+    (VCGBench) need their benchmark's judge."""
+    ref_words, pred_words = _words(reference), _words(prediction)
+    if not ref_words:
+        return False, False
+    exact = _normal_answer(prediction) == _normal_answer(reference)
+    n = len(ref_words)
+    contains = any(pred_words[i:i + n] == ref_words for i in range(len(pred_words) - n + 1))
+    return exact, contains
+
+
+def _words(text: str) -> list[str]:
+    """Case-folded words of ``text``: runs of letters and digits ("hat/cap" → hat, cap)."""
+    return "".join(ch if ch.isalnum() else " " for ch in str(text).casefold()).split()
+
+
+def eval_summary(rows: Iterable[dict]) -> list[dict]:
+    """Accuracy per task and over all samples of an ``eval`` table: ``{"task", "samples",
+    "accuracy"}`` (% of rows with ``correct``; rows without a grade left out) and, where the
+    task has open-ended rows, ``"exact"`` (% exact matches). Tasks in first-appearance order,
+    then ``"all"``."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("correct") is not None:
+            groups.setdefault(str(row.get("task", "")), []).append(row)
+    every = [row for group in groups.values() for row in group]
+    summary = []
+    for task, group in [*groups.items(), *([("all", every)] if every else [])]:
+        entry = {"task": task, "samples": len(group),
+                 "accuracy": 100 * sum(bool(r["correct"]) for r in group) / len(group)}
+        exact = [bool(r["exact"]) for r in group if r.get("exact") is not None]
+        entry["exact"] = 100 * sum(exact) / len(exact) if exact else None
+        summary.append(entry)
+    return summary

@@ -22,6 +22,12 @@ Figures, each present when its table is (ids in :data:`FIGURE_IDS`):
   (``patch``);
 - ``head-maps``: per blocked pathway, a layer × head heatmap of the mean relative change of the
   predicted answer's probability when that one head's edges are knocked out (``heads``).
+- ``diagnosis-verdicts`` (``diagnose`` runs): the failure verdict counts per task as bars, the
+  ``diagnosis-counts`` table, and one row per wrong sample with its evidence, each linked to the
+  frames the model saw (``diagnosis``, ``frames``);
+- ``checkpoints``: per task, the share of the video → true-option information that goes directly
+  vs through the non-option question, from the ``vq-to-true-opt`` flow curves
+  (:func:`mapflow_tl.analyses.checkpoint_shares`), a bar figure and its table.
 
 Each finding's caption compares the run's own numbers with the paper's finding and says where
 they depart; panels with fewer than :data:`MIN_BAND_SAMPLES` samples carry a warning instead of
@@ -48,6 +54,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from .errors import InputError
+from .metrics import VERDICTS as _VERDICTS
 from .results import read_rows
 from .runs import read_run_config
 from .schema import PATHWAY_ORDER
@@ -492,6 +499,33 @@ def _flow_sections(flow, samples, config):
             "the model's accuracy without knockout over all samples it was evaluated on, the "
             "reference the drops compare to." + _flow_versus_paper(rows), accuracy))
     return sections
+
+
+def _open_ended_sections(rows, answers):
+    """The flow into an open-ended answer: relative change of the anchor token's probability
+    per layer window and pathway, one panel over all traced anchors and one per anchor order."""
+    circuits = sorted({r["circuit"] for r in rows})
+    pairs = sorted({(r["circuit"], r["curve"]) for r in rows},
+                   key=lambda pair: (circuits.index(pair[0]), _curve_legend_names(
+                       [r for r in rows if r["circuit"] == pair[0]]).index(pair[1])))
+    curves = [(curve if len(circuits) == 1 else f"{circuit} · {curve}", curve_color(curve),
+               (lambda r, c=circuit, v=curve: r["circuit"] == c and r["curve"] == v))
+              for circuit, curve in pairs]
+    # panels by anchor order: the panel helper groups by "task"
+    by_anchor = [{**r, "task": f"anchor {r['anchor_order']}"} for r in rows]
+    figure = _curve_panels(by_anchor, curves, lambda r: r.get("change"),
+                           y_title="% change of p(anchor)", hover_unit=" %")
+    k = sorted({r.get("k") for r in rows if r.get("k") is not None})
+    traced = sum(1 for a in answers if a.get("traced"))
+    caption = (f"The model answers each question without options (greedy); the answer is "
+               f"teacher-forced up to an anchor word and each curve blocks one pathway into the "
+               f"answer in a window of {k[0] if len(k) == 1 else k} layers centred on each "
+               f"layer; the value is (p<sub>knockout</sub> − p<sub>base</sub>) / "
+               f"p<sub>base</sub> × 100 of the anchor's token at the position before it. "
+               f"\"last\" is that position, \"response\" the answer before it. Line: mean "
+               f"over samples; band: {_BAND_NOTE}. First panel: every traced anchor; then one "
+               f"panel per anchor order. {traced} of {len(answers)} answers traced.")
+    return [("open-ended-change", "Flow into the open-ended answer", caption, figure)]
 
 
 def _over_all_evaluated(graded: list[dict], samples: list[dict]) -> list[dict]:
@@ -1106,6 +1140,34 @@ def _prune_section(rows):
     return ("pruning", "Effective pathways vs random pruning", caption.strip(), figure)
 
 
+def _eval_section(rows):
+    """Accuracy per task of an accuracy pass (``mapflow-tl eval``): one bar per task and one
+    over all samples, from the ``eval`` table (:func:`~mapflow_tl.metrics.eval_summary`)."""
+    from .metrics import eval_summary
+
+    summary = eval_summary(rows)
+    figure = go.Figure(go.Bar(
+        x=[row["task"] for row in summary], y=[row["accuracy"] for row in summary],
+        marker_color=["#7f7f7f" if row["task"] == "all" else "#1f77b4" for row in summary],
+        customdata=[[row["samples"]] for row in summary],
+        hovertemplate="%{x}: %{y:.1f} % of %{customdata[0]} samples<extra></extra>"))
+    figure.update_yaxes(title_text="accuracy (%)", range=[0, 105])
+    figure.update_layout(height=340, margin=dict(t=30))
+    kinds = {row.get("kind") for row in rows}
+    grading = []
+    if "choice" in kinds:
+        grading.append("a multiple-choice answer is correct when the argmax token equals the "
+                       "true letter (the official --eval_only grading)")
+    if "open" in kinds:
+        grading.append("an open-ended answer is correct when it contains the reference answer's "
+                       "words (exact: equal to it); long free-text answers need their "
+                       "benchmark's judge, which reads the answers in scorer/")
+    n = sum(row.get("correct") is not None for row in rows)
+    caption = (f"Accuracy of every evaluated sample ({n}), per task and over all: "
+               + "; ".join(grading) + ".")
+    return ("accuracy", "Accuracy per task", caption, figure), summary
+
+
 def _segment_order(name: str) -> tuple:
     """Frames in frame order, then the other segments as they come in a prompt."""
     if name.startswith("frame_") and name[len("frame_"):].isdigit():
@@ -1261,6 +1323,127 @@ def _patching_frame_sections(rows, frames_table):
     return sections
 
 
+# ------------------------------------------------------------------------------ diagnosis
+_VERDICT_COLORS = {"Case 1": "#d62728", "Case 2": "#1f77b4", "both": "#9467bd",
+                   "neither": "#7f7f7f"}
+
+
+def _frames_anchor(sample: Any) -> str:
+    """The HTML id of a sample's frame strip: the sample id with anything but letters, digits,
+    ``_`` and ``-`` replaced by ``-``."""
+    return "frames-" + "".join(c if c.isalnum() or c in "_-" else "-" for c in str(sample))
+
+
+def _diagnosis_section(rows):
+    """Failure verdict counts per task as stacked bars (``diagnosis-verdicts``)."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    figure = go.Figure()
+    for verdict in _VERDICTS:
+        figure.add_bar(name=verdict, x=tasks, marker_color=_VERDICT_COLORS[verdict],
+                       y=[sum(r["verdict"] == verdict for r in rows if r["task"] == t)
+                          for t in tasks])
+    figure.update_layout(barmode="stack", height=380, yaxis_title="wrong samples",
+                         legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
+    return ("diagnosis-verdicts", "Failure diagnosis: a verdict per wrong sample",
+            "Every sample the model answers wrongly, by the paper's two failure mechanisms "
+            "(docs/diagnose.md): <b>Case 1</b>, blocking cross-frame attention in the "
+            "early-to-middle layers gives the right answer (spurious cross-frame interaction "
+            "misled the video representation); <b>Case 2</b>, the answer is static — the "
+            "shuffled and the frozen video give the same answer, or it is the answer the model "
+            "gives most often on the task; <b>both</b>; <b>neither</b>. The tables below give "
+            "the counts and every sample's evidence, linked to its frames.", figure)
+
+
+def _diagnosis_blocks(rows, frames_table) -> list[tuple[str, str, str]]:
+    """The verdict counts per task (``diagnosis-counts``), one row per wrong sample with the
+    numbers behind its verdict linked to its frames, and the frame strips."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("task", *_VERDICTS, "wrong samples"))
+    body = ""
+    for task in tasks + ["all tasks"]:
+        chosen = [r for r in rows if task == "all tasks" or r["task"] == task]
+        cells = "".join(f"<td>{sum(r['verdict'] == v for r in chosen)}</td>" for v in _VERDICTS)
+        body += f"<tr><td>{html.escape(str(task))}</td>{cells}<td>{len(chosen)}</td></tr>"
+    counts = (f'<table class="data" id="diagnosis-counts"><thead><tr>{head}</tr></thead>'
+              f"<tbody>{body}</tbody></table>")
+
+    def number(value):
+        return "–" if value is None else f"{value:.2f}" if isinstance(value, float) else \
+            html.escape(str(value))
+
+    def answer(row, name):
+        """The decoded answer with its token id: 'B' (24)."""
+        text, token = row.get(f"{name}_text"), row[f"{name}_token"]
+        if token is None:
+            return "–"
+        return html.escape(f"{text.strip()!r} ({token})" if text is not None else str(token))
+
+    answers = ("base", "true", "crossframe", "shuffled", "frozen", "task_mode")
+    columns = ("sample", "task", "verdict", "answer", "truth", "cross-frame knockout",
+               "shuffled", "frozen", "task's most frequent", "its share", "integration r",
+               "integration distance")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = ""
+    for row in rows:
+        link = (f'<a href="#{_frames_anchor(row["sample"])}">'
+                f'{html.escape(str(row["sample"]))}</a>')
+        cells = ([html.escape(str(row["task"])), html.escape(row["verdict"])]
+                 + [answer(row, name) for name in answers]
+                 + [number(row[c]) for c in ("task_mode_share", "integration_r",
+                                             "integration_distance")])
+        body += ("<tr><td>" + link + "</td>"
+                 + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    samples = (f'<table class="data" id="diagnosis-samples"><thead><tr>{head}</tr></thead>'
+               f"<tbody>{body}</tbody></table>")
+    strips = ""
+    for row in rows:
+        thumbs = _frame_rows(frames_table, row["sample"])
+        images = "".join(f'<img src="{thumbs[t]["image"]}" alt="frame {t}" title="frame {t}" '
+                         f'style="height:64px;margin-right:3px">' for t in sorted(thumbs)
+                         if thumbs[t].get("image"))
+        strips += (f'<div id="{_frames_anchor(row["sample"])}" style="margin:6px 0">'
+                   f'<b>{html.escape(str(row["sample"]))}</b> ({html.escape(str(row["task"]))}'
+                   f', {html.escape(row["verdict"])}): '
+                   + (images or "<i>no frame thumbnails in this run</i>") + "</div>")
+    return [("diagnosis-table", "Failure verdicts per task and per sample",
+             '<p class="caption">Verdict counts per task, then every wrong sample with the '
+             "tokens behind its verdict: its answer, the truth, the answer with cross-frame "
+             "attention blocked in the early-to-middle layers, with the frames shuffled and "
+             "frozen, the task's most frequent answer and its share; integration r / distance: "
+             "how its mid-late video → question and question → last knockout curve compares "
+             "with the task's correct samples' mean (Pearson r, RMS difference in percentage "
+             "points). Each sample links to its frames below.</p>" + counts + samples
+             + "<h3>Frames of the wrong samples</h3>" + strips)]
+
+
+def _checkpoint_rows(flow) -> list[dict[str, Any]]:
+    """:func:`mapflow_tl.metrics.checkpoint_shares` of the flow table (the vq-to-true-opt
+    curves), one row per task that has all three."""
+    from .metrics import checkpoint_shares
+
+    return checkpoint_shares(flow)
+
+
+def _checkpoint_section(rows):
+    """Direct vs through-the-question share of the video → true-option information per task
+    (``checkpoints``)."""
+    tasks = [r["task"] for r in rows]
+    figure = go.Figure()
+    for column, name, color in (("direct_share", "direct: video → true option", "#d62728"),
+                                ("indirect_share", "through the non-option question",
+                                 "#1f77b4")):
+        figure.add_bar(name=name, x=tasks, y=[r[column] for r in rows], marker_color=color)
+    figure.update_layout(barmode="stack", height=360, yaxis=dict(title="share", range=[0, 1]),
+                         legend=dict(orientation="h", y=1.12, x=0))
+    return ("checkpoints", "Temporal keywords as checkpoints: direct vs through the question",
+            "Per task, how the video's information reaches the true option: the direct share "
+            "is the largest mean drop of the true option's probability with video → true "
+            "option blocked, over that plus the indirect route's (the smaller of the drops with "
+            "video → non-option question and non-option question → true option blocked: a "
+            "route in series carries no more than its weaker link); the table gives the drops "
+            "(%). A task without any drop has no share.", figure)
+
+
 def _table_html(rows: list[dict[str, Any]], element_id: str = "") -> str:
     columns = [c for c in rows[0] if c != "accuracy_sd"
                and any(r.get(c) is not None for r in rows)]
@@ -1410,9 +1593,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     path = check_file_target(Path(out) if out is not None else run_dir / "report.html")
     tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
-               "prune", "frames", "patch", "heads")}
+               "prune", "frames", "patch", "heads", "eval", "diagnosis", "open_ended",
+               "answers")}
     samples, flow, prob = tables["samples"], tables["flow"], tables["prob"]
     sections: list[tuple[str, str, str, Any]] = []
+    accuracy_table = None
+    if tables["eval"]:
+        section, accuracy_table = _eval_section(tables["eval"])
+        sections.append(section)
     if flow:
         sections += _flow_sections(flow, samples, config)
     if tables["crossframe"]:
@@ -1434,7 +1622,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
         sections += _patching_frame_sections(tables["patch"], tables["frames"])
     if tables["heads"]:
         sections.append(_heads_section(tables["heads"]))
-    if samples and not any(r.get("selected", True) for r in samples):
+    checkpoints = _checkpoint_rows(flow)
+    if checkpoints:
+        sections.append(_checkpoint_section(checkpoints))
+    if tables["diagnosis"]:
+        sections.append(_diagnosis_section(tables["diagnosis"]))
+    if tables["open_ended"]:
+        sections += _open_ended_sections(tables["open_ended"], tables["answers"])
+    if samples and not tables["eval"] and not any(r.get("selected", True) for r in samples):
         mode = (config.get("definitions") or {}).get("sample_mode") or config.get("mode")
         sections.insert(0, ("no-selected-samples", "No sample was selected",
                             f"All {len(samples)} evaluated samples are in the samples table, "
@@ -1442,9 +1637,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                             f"run again with another --mode (e.g. all) to sweep them.", None))
     if not sections and not tables["prune"]:
         raise InputError(f"{run_dir} holds no result tables to report (flow, prob, keywords, "
-                         f"crossframe, lens, attention, prune, patch or heads); run an analysis "
-                         f"into it "
-                         f"first")
+                         f"crossframe, lens, attention, prune, patch, heads, eval or "
+                         f"diagnosis); run an analysis into it first")
     blocks = []
     for figure_id, title, caption, figure in sections:
         if figure is None:
@@ -1457,6 +1651,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                        + figure.to_html(full_html=False, include_plotlyjs=False,
                                         div_id=figure_id, config=_PLOT_CONFIG))
         blocks.append((figure_id, title, content))
+    if accuracy_table:
+        blocks.append(("accuracy-table", "Accuracy per task, table",
+                       '<p class="caption">The figures of the accuracy plot: samples graded and '
+                       'accuracy per task (exact: the share of open-ended answers equal to the '
+                       'reference).</p>' + _table_html(accuracy_table, "accuracy-table")))
     if rows := tables["prune"]:
         seeds = len({_seed_of(r) for r in rows if r["variant"] == "random"} - {None})
         spread = ("mean ± standard deviation over its " f"{seeds} seeds" if seeds > 1 else
@@ -1467,6 +1666,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                        f'pruned at random ({spread}; the seeds column says how many each row '
                        'used); retained: the share of causal attention edges kept over all '
                        'layers.</p>' + _table_html(pathway_table(rows), "pathway-table")))
+    if checkpoints:
+        blocks.append(("checkpoint-table", "Direct vs through-the-question losses, per task",
+                       _table_html(checkpoints, "checkpoint-table")))
+    if tables["diagnosis"]:
+        blocks += _diagnosis_blocks(tables["diagnosis"], tables["frames"])
     header = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                      for k, v in _header_rows(config, samples, run_dir))
     contents = "".join(f'<li><a href="#sec-{i}">{html.escape(t)}</a></li>'

@@ -22,6 +22,8 @@ PATHWAY_ORDER = (
     "cross-frame", "video → question", "video → last", "question → last", "last → last",
     "non-option question → last", "true option → last", "false options → last",
     "video → non-option question", "non-option question → true option", "video → true option",
+    # open-ended answers (circuits open-ended, open-ended-response)
+    "video → response", "question → response", "response → response", "response → last",
 )
 
 #: Columns identifying the sample a row belongs to.
@@ -42,6 +44,19 @@ TABLES: dict[str, tuple[str, ...]] = {
     # the curve's edges are blocked in that one head only, in ``layers``.
     "heads": SAMPLE_COLUMNS + ("circuit", "curve", "layer", "layers", "head") + BASE_COLUMNS
     + ("p_pred", "p_true", "change_pred", "change_true", "token", "correct"),
+    # Open-ended flow (analyses.open_ended_flow): one row per traced anchor × curve × window
+    # centre. The answer is teacher-forced up to the anchor (anchor_order: 1 = its first
+    # anchor; anchor_position: the anchor's first token in the answer, 0-based); p / base_p:
+    # probability of the anchor's token at the position before it under the knockout / clean;
+    # change: (p − base_p) / base_p × 100; token: the argmax under the knockout;
+    # knockout_response: the answer generated with the knockout on (None unless asked for).
+    "open_ended": SAMPLE_COLUMNS + ("circuit", "curve", "layer", "layers", "k", "style",
+                                    "anchor_order", "anchor_text", "anchor_position",
+                                    "anchor_token", "base_p", "p", "change", "token", "edges",
+                                    "knockout_response"),
+    # The clean greedy answer of an open-ended run, one row per sample: its token ids, decoded
+    # text and the anchors found in it ([{"index", "n_tokens", "text"}]), traced or not.
+    "answers": SAMPLE_COLUMNS + ("response", "response_ids", "anchors", "traced"),
     "prob": SAMPLE_COLUMNS + ("layer", "option", "token", "is_true", "probability", "p_pred",
                               "top_ids", "top_tokens", "top_probs"),
     "lens": SAMPLE_COLUMNS + ("layer", "position", "frame", "h", "w", "top_ids", "top_tokens",
@@ -65,6 +80,33 @@ TABLES: dict[str, tuple[str, ...]] = {
     "patch": SAMPLE_COLUMNS + ("source", "method", "activation", "segment", "position", "layer",
                                "head", "positions", "target_token", "source_token",
                                "target_diff", "source_diff", "patched_diff", "score"),
+    # Failure diagnosis (analyses.diagnosis_evidence): one row per wrongly answered sample, the
+    # answer under cross-frame knockout in the early-to-middle layers and with the frames shuffled
+    # and frozen.
+    "diagnosis_evidence": SAMPLE_COLUMNS + (
+        "base_token", "base_correct", "true_token", "crossframe_layers", "crossframe_token",
+        "crossframe_correct", "shuffle_seed", "shuffled_token", "frozen_frame", "frozen_token",
+        "base_text", "true_text", "crossframe_text", "shuffled_text", "frozen_text"),
+    # The verdict per wrong sample (analyses.diagnose), derived from the whole run: Case 1 / Case 2
+    # / both / neither with the evidence behind it and the integration-path similarity.
+    "diagnosis": SAMPLE_COLUMNS + (
+        "base_token", "true_token", "crossframe_token", "case1", "shuffled_token",
+        "frozen_token", "task_mode_token", "task_mode_share", "same_shuffled", "same_frozen",
+        "same_task_mode", "case2", "verdict", "integration_r", "integration_distance",
+        "integration_like_correct", "reference_samples", "base_text", "true_text",
+        "crossframe_text", "shuffled_text", "frozen_text", "task_mode_text"),
+    # "Temporal keywords as checkpoints" (analyses.checkpoint_shares): per task, the direct and
+    # the through-the-question losses of the true option's probability from vq-to-true-opt curves.
+    "checkpoints": ("task", "samples", "direct_loss", "video_to_question_loss",
+                    "question_to_option_loss", "indirect_loss", "direct_share",
+                    "indirect_share"),
+    # The accuracy pass (analyses.evaluate, `mapflow-tl eval`): one row per sample. kind
+    # "choice": prediction = the argmax token decoded, option = the most probable option's
+    # letter, truth = the true letter, correct = the official grading; kind "open": prediction =
+    # the generated answer, truth = the reference answer, correct = it contains the reference's
+    # words, exact = equal to it (None without a reference).
+    "eval": SAMPLE_COLUMNS + ("kind", "prediction", "option", "truth", "correct", "exact",
+                              "p_pred", "p_true"),
     # stage: "load" (an entry the loader left out) or "prepare" (a sample that could not be
     # prepared); index: the entry in its annotation file; file: the file at fault.
     "skipped": ("sample", "task", "file", "index", "field", "reason", "stage"),

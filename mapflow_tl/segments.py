@@ -42,7 +42,8 @@ class Span:
     """A half-open range of sequence positions ``[start, stop)`` with a name.
 
     ``kind`` says what the span is (``system``, ``video``, ``frame``, ``separator``, ``question``,
-    ``option``, ``last``, ``text`` or ``custom`` for a user's own span).
+    ``option``, ``last``, ``text``, ``response`` and ``anchor`` (an open-ended answer's tokens and
+    chosen words in it) or ``custom`` for a user's own span).
     """
 
     name: str
@@ -223,8 +224,10 @@ class SegmentMap:
     without "Question:" and the options), ``options[i]`` ("(A) text", label included),
     ``question_with_options`` (the coarse question: "Question:" through the end of the last option;
     derived from ``question`` and ``options`` when not given) and ``last`` (the final input
-    position). ``extra`` holds a user's own named spans (for instance one temporal keyword inside
-    the question); these may overlap the built-in segments.
+    position). An open-ended answer teacher-forced after the prompt (:meth:`with_response`)
+    adds ``response`` (the answer's tokens before the last position) and ``anchors`` (named
+    spans of chosen answer words inside it). ``extra`` holds a user's own named spans (for
+    instance one temporal keyword inside the question); these may overlap the built-in segments.
 
     Build it with explicit :class:`Span` objects (model adapters compute them) or lay a synthetic
     prompt out with :meth:`sequential`. Every inconsistency raises ``ValueError`` naming the
@@ -241,6 +244,8 @@ class SegmentMap:
     last: Span | None = None
     extra: tuple[Span, ...] = field(default=())
     question_with_options: Span | None = None
+    response: Span | None = None
+    anchors: tuple[Span, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.n_positions, bool) or not isinstance(self.n_positions, int):
@@ -250,6 +255,7 @@ class SegmentMap:
         object.__setattr__(self, "frames", tuple(self.frames))
         object.__setattr__(self, "separators", tuple(self.separators))
         object.__setattr__(self, "options", tuple(self.options))
+        object.__setattr__(self, "anchors", tuple(self.anchors))
         extra = self.extra.values() if isinstance(self.extra, Mapping) else self.extra
         object.__setattr__(self, "extra", tuple(extra))
         if self.last is None:
@@ -282,9 +288,17 @@ class SegmentMap:
             raise InputError(
                 f"segment 'last' [{self.last.start}, {self.last.stop}) must be exactly one position"
             )
-        top_level = [s for s in (self.system, self.video, self.question, self.last) if s]
+        top_level = [s for s in (self.system, self.video, self.question, self.last,
+                                 self.response) if s]
         top_level += list(self.options)
         self._check_disjoint(top_level, "")
+        for anchor in self.anchors:
+            if self.response is None or not (self.response.start <= anchor.start
+                                             and anchor.stop <= self.response.stop):
+                where = ("no 'response'" if self.response is None else
+                         f"'response' [{self.response.start}, {self.response.stop})")
+                raise InputError(f"segment {anchor.name!r} [{anchor.start}, {anchor.stop}) is "
+                                 f"an answer anchor but lies outside {where}")
         self._validate_question_with_options()
         if self.frames or self.separators:
             if self.video is None:
@@ -346,7 +360,8 @@ class SegmentMap:
     def spans(self) -> list[Span]:
         """Every span of the map, ordered by start position."""
         candidates: list[Span | None] = [self.system, self.video, self.question,
-                                         self.question_with_options, self.last]
+                                         self.question_with_options, self.last, self.response]
+        candidates += list(self.anchors)
         candidates += list(self.frames) + list(self.separators) + list(self.options)
         candidates += list(self.extra)
         return sorted((s for s in candidates if s is not None), key=lambda s: (s.start, -s.stop))
@@ -419,6 +434,28 @@ class SegmentMap:
                 h, w = frame.coords(position) if frame.grid else (0, position - frame.start)
                 return frame.index, h, w
         return None
+
+    def with_response(self, n_tokens: int,
+                      anchors: Sequence[tuple[str, int, int]] = ()) -> "SegmentMap":
+        """The map of this prompt followed by ``n_tokens`` answer tokens (an open-ended answer
+        teacher-forced, Map the Flow appendix; official ``information_flow_analysis_open_ended``):
+        ``last`` moves to the final appended token (the position whose next-token prediction is
+        read), ``response`` is the appended tokens before it (None when only one is appended:
+        the official "non-last response" range is then empty), ``anchors`` are named spans
+        ``(name, start, stop)`` of sequence positions inside ``response``. The prompt's own
+        segments keep their positions; its former last position becomes unnamed text."""
+        if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+            raise InputError(f"with_response needs a positive number of appended tokens, got "
+                             f"{n_tokens!r}")
+        if self.response is not None:
+            raise InputError("this segment map already has a response; extend the prompt's map")
+        n = self.n_positions + n_tokens
+        response = (Span("response", self.n_positions, n - 1, "response") if n_tokens > 1
+                    else None)
+        return replace(self, n_positions=n, last=Span("last", n - 1, n, "last"),
+                       response=response,
+                       anchors=tuple(Span(name, start, stop, "anchor")
+                                     for name, start, stop in anchors))
 
     def with_span(self, name: str, start: int, stop: int) -> "SegmentMap":
         """A copy with one more user-named span (for example a temporal keyword)."""
@@ -521,6 +558,8 @@ class SegmentMap:
             "last": one(self.last),
             "extra": [one(s) for s in self.extra],
             "question_with_options": one(self.question_with_options),
+            "response": one(self.response),
+            "anchors": [one(a) for a in self.anchors],
         }
 
     @classmethod
@@ -545,6 +584,8 @@ class SegmentMap:
             last=one(data.get("last")),
             extra=tuple(_span_from_dict(s) for s in data.get("extra", ())),
             question_with_options=one(data.get("question_with_options")),
+            response=one(data.get("response")),
+            anchors=tuple(_span_from_dict(a) for a in data.get("anchors", ())),
         )
 
     def to_json(self) -> str:

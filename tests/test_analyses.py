@@ -855,6 +855,7 @@ def test_rows_have_exactly_their_tables_columns(vlm, xs, tmp_path):
         "prune": A.prune(vlm, x, load_circuit(path), seeds=(0,)),
         "attention": A.attention_to_frames(vlm, x),
         "crossframe": A.crossframe_knockout(vlm, x),
+        "eval": [A.evaluate(vlm, x)[1]],
     }
     for table, rows in tables.items():
         assert rows, table

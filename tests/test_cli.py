@@ -9,7 +9,7 @@ def test_help_lists_every_command(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
     for command in ("demo", "flow", "prob", "lens", "prune", "attention", "report", "circuits",
-                    "data"):
+                    "data", "eval"):
         assert command in out
 
 

@@ -150,9 +150,11 @@ def tomato(tmp_path, mp4) -> Path:
 
 
 def test_registry():
-    assert list_datasets() == ["mvbench", "synthtv", "tomato", "tvbench"]
-    assert list_datasets(builtin=False) == ["mvbench", "tomato", "tvbench"]
-    with pytest.raises(DataError, match="unknown dataset 'kinetics'; available: mvbench"):
+    assert list_datasets() == ["longvideobench", "mvbench", "synthtv", "tomato", "tvbench",
+                               "tvbench-oe", "vcgbench", "videomme"]
+    assert list_datasets(builtin=False) == ["longvideobench", "mvbench", "tomato", "tvbench",
+                                            "tvbench-oe", "vcgbench", "videomme"]
+    with pytest.raises(DataError, match="unknown dataset 'kinetics'; available: longvideobench, mvbench"):
         load_dataset("kinetics", ".")
 
 

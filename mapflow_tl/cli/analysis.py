@@ -1,4 +1,5 @@
-"""Analysis commands: flow, prob, lens, prune, attention, crossframe, patch, report, circuits.
+"""Analysis commands: flow, prob, lens, prune, attention, crossframe, patch, diagnose, report,
+circuits.
 
 Each analysis command is a per-sample step over an :class:`~mapflow_tl.cli.run.AnalysisRun`,
 which owns loading, resuming, progress and writing; the step calls one function of
@@ -12,7 +13,7 @@ import sys
 
 from ..errors import InputError
 from ..layers import (WINDOW_STYLES, covers_every_layer, default_window_size,
-                      early_to_middle_layers, layer_range, window_rule)
+                      early_to_middle_layers, integration_layers, layer_range, window_rule)
 from ..schema import SAMPLE_MODES
 from .run import AnalysisRun, add_run_arguments, circuit_config, positive_int
 
@@ -92,6 +93,9 @@ def _flow(args: argparse.Namespace) -> int:
     from ..circuits import PAPER_FLOW_CIRCUITS, load_circuit
     from ..runs import read_table
 
+    if args.open_ended:
+        return _open_ended_flow(args)
+    _refuse_open_ended_options(args)
     circuits = [load_circuit(name, args.circuit_dir or ())
                 for name in (args.circuit or PAPER_FLOW_CIRCUITS)]
     definitions = _definitions(correct=args.correctness, accuracy=args.accuracy,
@@ -110,6 +114,10 @@ def _flow(args: argparse.Namespace) -> int:
             writer.write("flow", rows)
     out = run.finish()
     if run.world.is_main:
+        # "temporal keywords as checkpoints": derived whenever the vq-to-true-opt curves ran
+        checkpoints = analyses.checkpoint_shares(read_table(out, "flow"))
+        if checkpoints:
+            run.write_derived(out, {"checkpoints": checkpoints})
         samples = read_table(out, "samples")
         selected = sum(bool(r["selected"]) for r in samples)
         graded = [r for r in samples if r.get("base_correct") is not None]
@@ -117,6 +125,96 @@ def _flow(args: argparse.Namespace) -> int:
                     f"({len(graded)} samples)" if graded else "")
         print(f"flow: {selected}/{len(run.order)} samples in mode {args.mode!r}, window "
               f"k={k}{accuracy}")
+    return 0
+
+
+#: ``flow --open-ended`` options and their defaults (left out of a multiple-choice run).
+_OPEN_ENDED_OPTIONS = {"anchors": "content", "anchor_words": None, "n_anchors": 3,
+                       "max_new_tokens": 256, "question_prefix": None, "answer_prompt": None,
+                       "knockout_generation": 0}
+
+
+def _refuse_open_ended_options(args: argparse.Namespace) -> None:
+    """A multiple-choice flow given an open-ended option is refused in one line (the option
+    would silently do nothing); the options stay out of its run.json."""
+    given = [name for name, default in _OPEN_ENDED_OPTIONS.items()
+             if getattr(args, name) != default]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise InputError(f"{flags} apply to open-ended flows only; add --open-ended")
+    for name in (*_OPEN_ENDED_OPTIONS, "open_ended"):
+        delattr(args, name)
+
+
+def _open_ended_flow(args: argparse.Namespace) -> int:
+    """``flow --open-ended``: information flow into the model's own answer
+    (:func:`mapflow_tl.analyses.open_ended_flow`) through the same run orchestration as
+    ``flow``: each sample is asked without its options, answers greedily, and the flow into its
+    anchor words is swept; ``samples`` marks the ones traced (enough anchors), ``answers`` holds
+    every answer, ``open_ended`` the rows."""
+    from .. import analyses
+    from ..circuits import load_circuit
+
+    if args.mode != "correct":
+        raise InputError("--mode selects by the answer's correctness, which an open-ended "
+                         "answer does not have; leave it out with --open-ended (samples are "
+                         "traced when their answer has enough anchors, as officially)")
+    if args.accuracy != "all-samples" or args.correctness != "official":
+        raise InputError("--accuracy and --correctness grade answer letters; an open-ended "
+                         "flow has none: leave them out with --open-ended")
+    # they select and grade nothing here: kept out of run.json
+    del args.mode, args.accuracy, args.correctness
+    if args.anchors == "words" and not args.anchor_words:
+        raise InputError("--anchors words needs --anchor-words WORD [WORD ...]")
+    if args.anchor_words and args.anchors != "words":
+        raise InputError("--anchor-words is read with --anchors words")
+    if args.anchors == "verbs":   # spaCy and its model, before anything is written
+        from ..anchors import spacy_pipeline
+
+        spacy_pipeline()
+    if args.knockout_generation < 0:
+        raise InputError(f"--knockout-generation {args.knockout_generation}: give a number of "
+                         f"tokens, or 0 for off")
+    circuits = [load_circuit(name, args.circuit_dir or ())
+                for name in (args.circuit or ("open-ended",))]
+
+    def check_sample(vlm, x) -> None:
+        # the circuits read an answer's spans: build them on this prompt with a stand-in
+        # three-token answer (one earlier anchor) before anything is written
+        n = x.n_positions
+        segments = x.segments.with_response(3, anchors=[("anchor_1", n, n + 1)])
+        for circuit in circuits:
+            circuit.build(segments, vlm.n_layers)
+
+    definitions = _definitions(sample_mode=f"open-ended: answers with at least "
+                                           f"{args.n_anchors} anchors",
+                               anchors=args.anchors)
+    run = AnalysisRun(args, "flow", config={"definitions": definitions,
+                                            **circuit_config(circuits)},
+                      check=_sweep_check(args, definitions), check_sample=check_sample,
+                      sample_transform=lambda sample: analyses.open_ended_sample(
+                          sample, args.question_prefix, args.answer_prompt))
+    vlm, writer = run.vlm, run.writer
+    k = args.window or default_window_size(vlm.n_layers)
+    centers = None if args.sweep_range is None else range(*args.sweep_range)
+    done = run.done(("open_ended", "answers"))
+    for x in run.prepared("samples", done):
+        result = analyses.open_ended_flow(
+            vlm, x, circuits, anchors=args.anchors, words=args.anchor_words,
+            n_anchors=args.n_anchors, max_new_tokens=args.max_new_tokens,
+            k=k, style=args.style, centers=centers,
+            method=args.method, knockout_generation=args.knockout_generation)
+        writer.write("answers", [result["answer"]])
+        writer.write("open_ended", result["rows"])
+        run.mark_done(x, result["base"], selected=result["selected"])
+    out = run.finish()
+    if run.world.is_main:
+        from ..runs import read_table
+
+        samples = read_table(out, "samples")
+        traced = sum(bool(r["selected"]) for r in samples)
+        print(f"flow --open-ended: {traced}/{len(run.order)} answers traced (at least "
+              f"{args.n_anchors} {args.anchors} anchors), window k={k}")
     return 0
 
 
@@ -406,6 +504,83 @@ def _patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    """Failure diagnosis: for every sample the mid-late integration curves (the
+    ``vql-to-ql`` flow rows at :func:`~mapflow_tl.layers.integration_layers`), for every wrong
+    one the evidence of the paper's two failure mechanisms
+    (:func:`mapflow_tl.analyses.diagnosis_evidence`) and its frames; at the end the verdict
+    table (:func:`mapflow_tl.analyses.diagnose`), which needs the whole run (the task's most
+    frequent answer, the correct samples' mean curve) and is derived again on every resume."""
+    from .. import analyses
+    from ..circuits import load_circuit
+    from ..results import frame_thumbnails
+    from ..runs import read_table
+
+    circuit = load_circuit(analyses.INTEGRATION_CIRCUIT)
+    definitions = _definitions(
+        correct=args.correctness, sample_mode="all",
+        diagnose_case1="cross-frame knockout in " + (
+            "--layers" if args.layers else "the early-to-middle half (the paper's L1-16 of 32, "
+                                           "scaled)") + " gives a correct answer",
+        diagnose_case2="the shuffled and the frozen video give the same answer token, or the "
+                       "answer is the task's most frequent over the run's samples",
+        diagnose_shuffle_seed=args.shuffle_seed, diagnose_frozen_frame=args.frozen_frame,
+        diagnose_integration=f"Pearson r of change_pred (video → question, question → last at "
+                             f"integration_layers) with the task's correct samples' mean >= "
+                             f"{analyses.INTEGRATION_SIMILAR}")
+    check_window = _sweep_check(args, definitions)
+
+    def check(vlm) -> None:
+        check_window(vlm)
+        if args.layers is not None:
+            layer_range(*args.layers, vlm.n_layers, circuit="--layers")
+
+    def check_frames(vlm, x) -> None:   # refused on the first sample, before writing
+        if x.frames is None:
+            raise InputError(f"diagnose: sample {x.meta.get('id', '')!r} carries no frames to "
+                             f"shuffle or freeze; this model's adapter does not record them")
+        if not 0 <= args.frozen_frame < len(x.frames):
+            raise InputError(f"--frozen-frame {args.frozen_frame}: the model sees "
+                             f"{len(x.frames)} frames (0 … {len(x.frames) - 1})")
+
+    run = AnalysisRun(args, "diagnose", config={"definitions": definitions,
+                                                **circuit_config([circuit])},
+                      check=check, circuits=[circuit], check_sample=check_frames)
+    vlm, writer = run.vlm, run.writer
+    n_layers = vlm.n_layers
+    k = args.window or default_window_size(n_layers)
+    centers = sorted({l for ls in integration_layers(n_layers).values() for l in ls})
+    layers = (list(layer_range(*args.layers, n_layers)) if args.layers
+              else early_to_middle_layers(n_layers))
+    tables = ("flow", "diagnosis_evidence", "frames")
+    for sample, x in run.each("samples", run.done(tables)):
+        base = analyses.base_prediction(vlm, x, correctness=args.correctness)
+        rows = analyses.flow_sweep(vlm, x, circuit, k=k, centers=centers, method=args.method,
+                                   base=base, correctness=args.correctness)
+        if base["base_correct"] is False:
+            evidence = analyses.diagnosis_evidence(
+                vlm, sample, x, base=base, layers=layers, seed=args.shuffle_seed,
+                frozen_frame=args.frozen_frame, correctness=args.correctness)
+            # the verdict links to the frames the model saw
+            writer.write("frames", frame_thumbnails(x))
+            writer.write("diagnosis_evidence", [evidence])
+        writer.write("flow", rows)
+        run.mark_done(x, base)
+    out = run.finish()
+    if run.world.is_main:
+        rows = analyses.diagnose(read_table(out, "samples"),
+                                 read_table(out, "diagnosis_evidence"),
+                                 read_table(out, "flow"), n_layers)
+        run.write_derived(out, {"diagnosis": rows})
+        for task in dict.fromkeys(r["task"] for r in rows):
+            counts = {v: sum(r["verdict"] == v for r in rows if r["task"] == task)
+                      for v in analyses.VERDICTS}
+            print(f"diagnose: {task}: " + ", ".join(f"{v} {n}" for v, n in counts.items()))
+        if not rows:
+            print("diagnose: no sample was answered wrongly: nothing to diagnose")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from ..report import build_report
 
@@ -456,7 +631,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="sweep up to N samples together: they share clean forwards and "
                            "layer calls (fewer where memory is short) and their rows are written "
                            "together, so an interrupted run redoes at most N (default "
-                           "%(default)s)")
+                           "%(default)s; --open-ended sweeps one answer's anchors together)")
+    group = flow.add_argument_group(
+        "open-ended answers", "trace the flow into the model's own answer (the official "
+        "information_flow_analysis_open_ended.py): each sample is asked without its options, the "
+        "model answers greedily, and the probability of each anchor word given the answer before "
+        "it is measured under each knockout (default circuit: open-ended)")
+    group.add_argument("--open-ended", action="store_true",
+                       help="sweep the flow into the generated answer")
+    group.add_argument("--anchors", default="content", choices=("content", "words", "verbs"),
+                       help="anchor words: first tokens of content words (default), the words "
+                            "of --anchor-words, or the verbs spaCy's en_core_web_lg tags "
+                            "(official; needs spaCy and that model installed)")
+    group.add_argument("--anchor-words", nargs="+", default=None, metavar="WORD",
+                       help="the words that are anchors, with --anchors words")
+    group.add_argument("--n-anchors", type=positive_int, default=3, metavar="N",
+                       help="trace anchors 1 … N of each answer; answers with fewer are not "
+                            "traced (official: 3)")
+    group.add_argument("--max-new-tokens", type=positive_int, default=256, metavar="N",
+                       help="longest answer generated (official: 256)")
+    group.add_argument("--question-prefix", default=None, metavar="TEXT",
+                       help="text before the question (SynthTV's open-ended training prompt: "
+                            "'Question: '; default: the dataset's own, none officially)")
+    group.add_argument("--answer-prompt", default=None, metavar="TEXT",
+                       help="text the assistant's turn starts with, before the answer "
+                            "(SynthTV: 'Best option:('; default: the dataset's own, none "
+                            "officially)")
+    group.add_argument("--knockout-generation", type=int, default=0, metavar="N",
+                       help="also generate N tokens with each knockout on and record the text "
+                            "(the official variant, 100 tokens; one generation per window: "
+                            "slow; default 0: off)")
     flow.set_defaults(handler=_flow)
 
     heads = subparsers.add_parser(
@@ -570,6 +774,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     patch.add_argument("--no-attribution", action="store_true",
                        help="skip the attribution-patching estimate")
     patch.set_defaults(handler=_patch)
+
+    diagnose = subparsers.add_parser(
+        "diagnose", help="failure diagnosis: a verdict per wrongly answered sample (Case 1: "
+                         "cross-frame interaction misled it; Case 2: a static answer) with the "
+                         "evidence behind it")
+    add_run_arguments(diagnose, circuit=False)
+    diagnose.add_argument("--layers", type=_layer_list, default=None, metavar="FIRST-LAST",
+                          help="blocks of the Case-1 cross-frame knockout, 0-based and inclusive "
+                               "(0-15) or the paper's L1-16 (default: the early-to-middle half)")
+    diagnose.add_argument("--shuffle-seed", type=int, default=0,
+                          help="seed of the frame shuffle (default %(default)s)")
+    diagnose.add_argument("--frozen-frame", type=int, default=0, metavar="T",
+                          help="the frame the frozen video repeats (default %(default)s: the "
+                               "first)")
+    diagnose.add_argument("--window", type=positive_int, default=None,
+                          help="window size k of the integration curves (as flow's: the "
+                               "official 9, or the paper's 9 of 32 scaled below 18 layers)")
+    _add_correctness(diagnose)
+    diagnose.add_argument("--method", default="fast", choices=("fast", "naive"),
+                          help="sweep engine (default %(default)s)")
+    diagnose.set_defaults(handler=_diagnose, style="center", sweep_range=None)
 
     report = subparsers.add_parser("report", help="build report.html from a run directory")
     report.add_argument("run_dir")

@@ -215,7 +215,8 @@ class AnalysisRun:
                  config: dict[str, Any] | None = None,
                  check: Callable[[Any], None] | None = None, *,
                  circuits: Sequence[Any] = (),
-                 check_sample: Callable[[Any, Any], None] | None = None) -> None:
+                 check_sample: Callable[[Any, Any], None] | None = None,
+                 sample_transform: Callable[[Any], Any] | None = None) -> None:
         import torch
 
         from ..data.datasets import load_dataset
@@ -225,6 +226,9 @@ class AnalysisRun:
 
         check_sampling(args)
         self.args, self.world = args, world()
+        # what each sample is turned into before it is prepared (the open-ended question of a
+        # multiple-choice sample); the samples' identity (ids, fingerprint) stays the loaded one
+        self._transform = sample_transform or (lambda sample: sample)
         self.device = device = self.world.device(check_device(args.device))
         args.dtype = resolve_dtype(args.dtype, args.model, str(device))   # run.json: the one used
         from ..models.backends import resolve_backend
@@ -285,7 +289,7 @@ class AnalysisRun:
             return
         for sample in samples:
             try:
-                x = self.vlm.prepare(sample)
+                x = self.vlm.prepare(self._transform(sample))
             except ValueError:
                 continue    # recorded as skipped when its turn comes
             for circuit in circuits:
@@ -361,7 +365,7 @@ class AnalysisRun:
                 if key in done:
                     continue
                 try:
-                    prepared = self.vlm.prepare(sample)
+                    prepared = self.vlm.prepare(self._transform(sample))
                 except ValueError as error:
                     if self.args.strict:
                         raise

@@ -10,7 +10,8 @@ from .._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("LoadedBenchmark", "Sample", "Skipped", "load_mvbench", "load_tomato",
-                     "load_tvbench"), "loaders"),
+                     "load_tvbench", "load_videomme", "load_longvideobench",
+                     "load_tvbench_open_ended", "load_vcgbench"), "loaders"),
     **dict.fromkeys(("DATASETS", "list_datasets", "load_dataset"), "datasets"),
     "DataError": "errors",
     **dict.fromkeys(("VideoClip", "VideoInfo", "probe_video", "read_sample_video",

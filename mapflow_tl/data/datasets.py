@@ -42,6 +42,16 @@ DATASETS: dict[str, DatasetSpec] = {
     "mvbench": DatasetSpec("mapflow_tl.data.loaders:load_mvbench",
                            "MVBench (OpenGVLab/MVBench)"),
     "tomato": DatasetSpec("mapflow_tl.data.loaders:load_tomato", "TOMATO (yale-nlp/TOMATO)"),
+    "videomme": DatasetSpec("mapflow_tl.data.loaders:load_videomme",
+                            "Video-MME (lmms-lab/Video-MME), long videos, no subtitles"),
+    "longvideobench": DatasetSpec("mapflow_tl.data.loaders:load_longvideobench",
+                                  "LongVideoBench (longvideobench/LongVideoBench), validation "
+                                  "set, no subtitles"),
+    "tvbench-oe": DatasetSpec("mapflow_tl.data.loaders:load_tvbench_open_ended",
+                              "TVBench asked open-endedly, with the official per-task answer "
+                              "prompts"),
+    "vcgbench": DatasetSpec("mapflow_tl.data.loaders:load_vcgbench",
+                            "VCGBench (Video-ChatGPT's benchmark), open-ended"),
 }
 
 

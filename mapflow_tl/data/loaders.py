@@ -1,4 +1,5 @@
-"""Multiple-choice video benchmarks as one :class:`Sample` type: TVBench, MVBench and TOMATO.
+"""Video benchmarks as one :class:`Sample` type: multiple choice (TVBench, MVBench, TOMATO,
+Video-MME, LongVideoBench) and open-ended (TVBench open-ended, VCGBench).
 
 Each loader reads a local root directory laid out exactly as the benchmark publishes it (see
 ``docs/data.md``); nothing is downloaded. Problems are reported with the file and field at fault:
@@ -12,9 +13,11 @@ load keeps going and records each bad sample as a :class:`Skipped`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +32,15 @@ __all__ = [
     "Skipped",
     "TOMATO_TASKS",
     "TVBENCH_TASKS",
+    "VCGBENCH_TASKS",
+    "load_longvideobench",
     "load_mvbench",
     "load_tomato",
     "load_tvbench",
+    "load_tvbench_open_ended",
+    "load_vcgbench",
+    "load_videomme",
+    "tvbench_open_ended",
     "task_choices",
     "task_key",
 ]
@@ -49,6 +58,9 @@ class Sample:
     - ``source``: "<annotation file>[<entry>]", where the sample came from; ``entry``: that
       entry's list position or key (``None`` for a sample built by hand).
     - ``metadata``: the benchmark's other fields of the entry, untouched.
+    - open-ended questions (TVBench open-ended, VCGBench) have no ``options`` and
+      ``answer_index=None``; ``reference`` is their reference answer text and ``answer_prompt``
+      the text the official code starts the assistant's answer with (``None``: none).
     """
 
     id: str
@@ -57,22 +69,31 @@ class Sample:
     video: Path
     question: str
     options: tuple[str, ...]
-    answer_index: int
+    answer_index: int | None
     start: float | None = None
     end: float | None = None
     source: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     entry: int | str | None = None
+    reference: str | None = None
+    answer_prompt: str | None = None
+
+    @property
+    def open_ended(self) -> bool:
+        """Whether the question is asked without options (answered in free text)."""
+        return not self.options
 
     @property
     def answer(self) -> str:
-        """The text of the true option."""
+        """The text of the true option (an open-ended question: its reference answer)."""
+        if self.answer_index is None:
+            return "" if self.reference is None else self.reference
         return self.options[self.answer_index]
 
     @property
-    def answer_letter(self) -> str:
-        """The true option's letter, "A" for index 0."""
-        return string.ascii_uppercase[self.answer_index]
+    def answer_letter(self) -> str | None:
+        """The true option's letter, "A" for index 0 (``None`` for an open-ended question)."""
+        return None if self.answer_index is None else string.ascii_uppercase[self.answer_index]
 
     @property
     def bounds(self) -> tuple[float, float] | None:
@@ -717,3 +738,365 @@ def load_tomato(
             path, stem, collector, limit,
             lambda key, entry, stem=stem, path=path: build(stem, path, key, entry), keyed=True)
     return LoadedBenchmark("tomato", root, samples, collector.skipped)
+
+
+# ------------------------------------------------------------------ long-video benchmarks
+#: Video-MME (HF lmms-lab/Video-MME): the annotation parquet, and the columns a sample needs.
+VIDEOMME_PARQUET = "videomme/test-00000-of-00001.parquet"
+VIDEOMME_COLUMNS = ("videoID", "question_id", "task_type", "question", "options", "answer")
+#: The video file types the official loader tries, in its order (tasks/eval/videomme).
+VIDEO_SUFFIXES = ("mp4", "avi", "mov", "mkv")
+
+
+def _read_parquet_rows(path: Path, columns: Sequence[str], collector: _Collector,
+                       dataset: str) -> list[dict[str, Any]] | None:
+    """The rows of a parquet file as dicts (None, recorded with ``collector``, when it is missing,
+    unreadable or lacks one of ``columns``)."""
+    if not path.is_file():
+        collector.problem(path, None, None, f"annotation file missing: a {dataset} data root "
+                                            f"holds {VIDEOMME_PARQUET} as published")
+        return None
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # a core dependency; only a broken install lacks it
+        raise DataError(f"{path}: reading {dataset}'s parquet needs pyarrow: pip install "
+                        f"pyarrow", path=path) from None
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # noqa: BLE001 - pyarrow raises its own error types
+        collector.problem(path, None, None, f"unreadable parquet file ({error})")
+        return None
+    missing = [name for name in columns if name not in table.column_names]
+    if missing:
+        collector.problem(path, None, None, f"missing column(s) {missing} (has "
+                                            f"{table.column_names})")
+        return None
+    return table.to_pylist()
+
+
+def _find_video(root: Path, folder: Path, name: str, suffixes: Sequence[str],
+                allow_outside_root: bool) -> Path:
+    """``folder/name.<suffix>`` for the first suffix that exists (the first one when none does,
+    for the "not found" message)."""
+    candidates = [_inside(root, folder, f"{name}.{suffix}", allow_outside_root)
+                  for suffix in suffixes]
+    return next((path for path in candidates if path.exists()), candidates[0])
+
+
+def _lettered_options(entry: Mapping, name: str) -> tuple[str, ...]:
+    """Video-MME's options, each written with its letter ("A. Apples."): the texts without the
+    label (every benchmark's options are rendered by the prompt code, labels included). An
+    option whose label is not its own letter is an error, since the answer names a letter."""
+    value = entry.get(name)
+    if hasattr(value, "tolist"):  # a numpy array from a pandas-written file
+        value = value.tolist()
+    labelled = _options({name: value}, name)
+    texts = []
+    for index, option in enumerate(labelled):
+        label = f"{string.ascii_uppercase[index]}."
+        if not option.startswith(label) or not option[len(label):].strip():
+            raise _FieldError(name, f"option {index} {option!r} does not start with its letter "
+                                    f"{label!r} followed by its text")
+        texts.append(option[len(label):].strip())
+    return _options({name: texts}, name)
+
+
+def _letter_answer(value: Any, options: tuple[str, ...]) -> int:
+    """An answer given as the letter of an option ("B")."""
+    letters = string.ascii_uppercase[:len(options)]
+    if not isinstance(value, str) or value.strip().upper() not in tuple(letters):
+        raise _FieldError("answer", f"{value!r} is not one of the option letters "
+                                    f"{', '.join(letters)}")
+    return letters.index(value.strip().upper())
+
+
+def load_videomme(
+    data_root: str | Path,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+    *,
+    strict: bool = True,
+    check_videos: bool = True,
+    allow_outside_root: bool = False,
+) -> LoadedBenchmark:
+    """Video-MME as published on Hugging Face (lmms-lab/Video-MME), read as the official
+    Map-the-Flow loader does (``tasks/eval/videomme``): ``<root>/videomme/test-00000-of-00001.
+    parquet`` with one row per question (``video_id, duration, domain, sub_category, url,
+    videoID, question_id, task_type, question, options, answer``; ``options`` are written with
+    their letters, "A. Apples.", ``answer`` is a letter), videos unpacked from
+    ``videos_chunked_*.zip`` to ``<root>/data/<videoID>.mp4`` (``.avi``, ``.mov``, ``.mkv`` are
+    tried too). Tasks are the 12 ``task_type`` values; the whole video is used. Subtitles
+    (``subtitle/``) are not read, as in the official code. Other arguments as
+    :func:`load_tvbench`.
+    """
+    root = _require_root(data_root, "videomme", "Video-MME",
+                         f"{VIDEOMME_PARQUET} and data/<videoID>.mp4")
+    path = root / VIDEOMME_PARQUET
+    collector = _Collector(strict)
+    rows = _read_parquet_rows(path, VIDEOMME_COLUMNS, collector, "Video-MME") or []
+    available = list(dict.fromkeys(str(row.get("task_type")) for row in rows
+                                   if isinstance(row.get("task_type"), str)))
+    stems = _select(available, {}, tasks, "Video-MME")
+    known = {"videoID", "question_id", "task_type", "question", "options", "answer"}
+    counts: dict[str, int] = {}
+    samples: list[Sample] = []
+    for index, row in enumerate(rows):
+        task = row.get("task_type")
+        if isinstance(task, str) and task not in stems:
+            continue
+        if isinstance(task, str) and limit is not None and counts.get(task, 0) >= limit:
+            continue
+        try:
+            task = _text(row, "task_type")
+            key = _text(row, "question_id")
+            question = _text(row, "question")
+            options = _lettered_options(row, "options")
+            answer_index = _letter_answer(row.get("answer"), options)
+            video = _find_video(root, root / "data", _text(row, "videoID"), VIDEO_SUFFIXES,
+                                allow_outside_root)
+            _check_video(video, check_videos)
+        except _FieldError as error:
+            collector.problem(path, index, error.field_name, error.reason,
+                              task if isinstance(task, str) else None)
+            continue
+        counts[task] = counts.get(task, 0) + 1
+        samples.append(Sample(
+            id=f"{task}/{key}", dataset="videomme", task=task, video=video, question=question,
+            options=options, answer_index=answer_index, source=f"{path}[{index}]",
+            metadata={k: v for k, v in row.items() if k not in known}, entry=index))
+    return LoadedBenchmark("videomme", root, samples, collector.skipped)
+
+
+#: LongVideoBench (HF longvideobench/LongVideoBench): the validation annotations.
+LONGVIDEOBENCH_FILE = "lvb_val.json"
+
+
+def load_longvideobench(
+    data_root: str | Path,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+    *,
+    strict: bool = True,
+    check_videos: bool = True,
+    allow_outside_root: bool = False,
+) -> LoadedBenchmark:
+    """LongVideoBench as published on Hugging Face (longvideobench/LongVideoBench), read as the
+    official Map-the-Flow loader does (``tasks/eval/longvideobench``): ``<root>/lvb_val.json``
+    lists ``{"video_id", "question", "candidates", "correct_choice" (option index),
+    "question_category", "video_path", "duration", "subtitle_path", "id", ...}``; the video is
+    ``<root>/videos/<video_path>``. Tasks are the ``question_category`` values (``T3O``,
+    ``S2E``, ...). Interleaved subtitles are off, as in the official analyses
+    (``insert_text=False``). Other arguments as :func:`load_tvbench`.
+    """
+    root = Path(data_root)
+    path = root / LONGVIDEOBENCH_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found; a LongVideoBench data root must hold "
+                        f"{LONGVIDEOBENCH_FILE} and videos/", path=path)
+    collector = _Collector(strict)
+    entries = _read_json(path, collector, "")
+    if entries is not None and not isinstance(entries, list):
+        collector.problem(path, None, None,
+                          f"expected a JSON list of entries, got {type(entries).__name__}")
+        entries = None
+    entries = entries or []
+    available = list(dict.fromkeys(e["question_category"] for e in entries
+                                   if isinstance(e, dict)
+                                   and isinstance(e.get("question_category"), str)))
+    stems = _select(available, {}, tasks, "LongVideoBench")
+    known = {"question", "candidates", "correct_choice", "question_category", "video_path", "id"}
+    counts: dict[str, int] = {}
+    samples: list[Sample] = []
+    for index, entry in enumerate(entries):
+        task = entry.get("question_category") if isinstance(entry, dict) else None
+        if isinstance(task, str) and (task not in stems or (
+                limit is not None and counts.get(task, 0) >= limit)):
+            continue
+        try:
+            if not isinstance(entry, dict):
+                raise _FieldError("<entry>", f"expected an object, got {type(entry).__name__}")
+            task = _text(entry, "question_category")
+            key = entry.get("id", index)
+            question = _text(entry, "question")
+            options = _options(entry, "candidates")
+            if "correct_choice" not in entry:
+                raise _FieldError("correct_choice", "missing (the test set's lvb_test_wo_gt.json "
+                                                    "has no answers; use lvb_val.json)")
+            answer_index = _tomato_answer(entry["correct_choice"], options)
+            video = _inside(root, root / "videos", _text(entry, "video_path"),
+                            allow_outside_root)
+            _check_video(video, check_videos)
+        except _FieldError as error:
+            field_name = None if error.field_name == "<entry>" else error.field_name
+            if error.field_name == "answer":
+                field_name = "correct_choice"
+            collector.problem(path, index, field_name, error.reason,
+                              task if isinstance(task, str) else None)
+            continue
+        counts[task] = counts.get(task, 0) + 1
+        samples.append(Sample(
+            id=f"{task}/{key}", dataset="longvideobench", task=task, video=video,
+            question=question, options=options, answer_index=answer_index,
+            source=f"{path}[{index}]",
+            metadata={k: v for k, v in entry.items() if k not in known}, entry=index))
+    return LoadedBenchmark("longvideobench", root, samples, collector.skipped)
+
+
+# ------------------------------------------------------------------ open-ended benchmarks
+# TVBench open-ended: the official Map-the-Flow code asks TVBench's questions without options
+# and starts the answer with a per-task prompt (tasks/eval/mvbench/__init__.py, BaseDataset with
+# open_ended=True); the word lists below are its own.
+_OE_ANSWER_OBJECTS = ("jacket", "shoe", "bag", "headphone", "hat/cap", "glasses")
+_OE_QUESTION_OBJECTS = tuple(f"the {colour} {shape}" for colour in (
+    "cyan", "green", "blue", "gray", "purple", "yellow", "brown", "red")
+    for shape in ("sphere", "cylinder", "cube"))
+_OE_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                    "nine")
+_OE_PLACES = ("throughout", "beginning", "middle", "end")
+#: What the official open-ended prompt puts before the question (``qa_template``:
+#: ``f"Question: {question}\n"``); kept apart from the question text, which stays the text alone.
+TVBENCH_OPEN_ENDED_PREFIX = "Question: "
+#: The question the official code asks every Scene Transition video open-endedly.
+SCENE_TRANSITION_QUESTION = ("Where does the scene in the video change from one place to another "
+                             "place?")
+
+
+def tvbench_open_ended(task: str, question: str, answer: str) -> tuple[str, str, str | None]:
+    """``(question, reference answer, answer prompt)`` of a TVBench question asked open-endedly,
+    as the official code writes them: Action Antonym, Action Sequence, Action Localization,
+    Moving Direction, Object Count and Scene Transition get an answer prompt and a reference
+    named the way that prompt continues ("... moves to the" → "left"); the other tasks keep their
+    question and answer, with no prompt. Raises ``_FieldError`` where the official code would
+    fail (an Action Localization question naming no ``action '...'``, a count that is not a
+    digit) or would take an answer the entry does not give (a localization answer naming no
+    part of the video)."""
+    key = task_key(task)
+    if key == task_key("Action Antonym"):
+        found = next((word for word in _OE_ANSWER_OBJECTS if word in answer), "")
+        prompt = (f"\nThe action being performed in the video regarding the {found} is to"
+                  if found else "\nThe action being performed in the video is to")
+        return question, answer.lower(), prompt
+    if key == task_key("Action Sequence"):
+        return question, answer.lower(), "\nThe action the person is doing first is to"
+    if key == task_key("Action Localization"):
+        match = re.search(r"action '(.*?)'", question)
+        if match is None:
+            raise _FieldError("question", "names no action '...' to ask about open-endedly")
+        # the official search, in its order and case: "Throughout", "beginning", "middle", "end"
+        place = next((p for p in _OE_PLACES
+                      if (p.capitalize() if p == "throughout" else p) in answer), None)
+        if place is None:
+            raise _FieldError("answer", f"{answer!r} names no part of the video "
+                                        f"(Throughout, beginning, middle, end)")
+        return question, place, f"\nThe action '{match.group(1)}' occurs at the"
+    if key == task_key("Moving Direction"):
+        found = next((word for word in _OE_QUESTION_OBJECTS if word in question), "the object")
+        return (question, "right" if "right" in answer else "left",
+                f"\n{found[:1].upper() + found[1:]} moves to the")
+    if key == task_key("Object Count"):
+        if not (len(answer) == 1 and answer.isascii() and answer.isdigit()):
+            raise _FieldError("answer", f"{answer!r} is not a count from 0 to 9")
+        return question, _OE_NUMBER_WORDS[int(answer)], "\nThe number of moving objects is"
+    if key == task_key("Scene Transition"):
+        named = answer.lower()
+        # the official tests and replacements: str.replace drops every occurrence, not only
+        # the leading one
+        for test, lead in (("from the", "from the "), ("from a", "from a "), ("from", "from ")):
+            if named.startswith(test):
+                named = named.replace(lead, "")
+                break
+        return (SCENE_TRANSITION_QUESTION, named,
+                "\nThe scene in the video changes from the")
+    return question, answer, None
+
+
+def load_tvbench_open_ended(
+    data_root: str | Path,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+    *,
+    strict: bool = True,
+    check_videos: bool = True,
+    allow_outside_root: bool = False,
+) -> LoadedBenchmark:
+    """TVBench asked open-endedly, as the official Map-the-Flow code does
+    (``tvbench_open_ended``): the TVBench download read by :func:`load_tvbench`, every question
+    without its options, with the reference answer and the per-task answer prompt of
+    :func:`tvbench_open_ended` (``Sample.reference``, ``Sample.answer_prompt``). The options are
+    kept in ``metadata["candidates"]``, the official prompt's "Question: " before the question in
+    ``metadata["question_prefix"]``. Arguments as :func:`load_tvbench`."""
+    loaded = load_tvbench(data_root, tasks, limit, strict=strict, check_videos=check_videos,
+                          allow_outside_root=allow_outside_root)
+    collector = _Collector(strict)
+    collector.skipped = list(loaded.skipped)
+    samples: list[Sample] = []
+    for sample in loaded:
+        stem = sample.id.split("/", 1)[0]
+        try:
+            question, reference, prompt = tvbench_open_ended(sample.task, sample.question,
+                                                             sample.answer)
+        except _FieldError as error:
+            collector.problem(loaded.root / "json" / f"{stem}.json", sample.entry,
+                              error.field_name, error.reason, sample.task)
+            continue
+        samples.append(dataclasses.replace(
+            sample, dataset="tvbench-oe", question=question, options=(), answer_index=None,
+            reference=reference, answer_prompt=prompt,
+            metadata={**sample.metadata, "candidates": list(sample.options),
+                      "question_prefix": TVBENCH_OPEN_ENDED_PREFIX}))
+    return LoadedBenchmark("tvbench-oe", loaded.root, samples, collector.skipped)
+
+
+#: VCGBench (Video-ChatGPT's quantitative benchmark): task file → its question fields.
+VCGBENCH_TASKS: dict[str, tuple[str, ...]] = {
+    "generic_qa": ("Q",),
+    "temporal_qa": ("Q",),
+    "consistency_qa": ("Q1", "Q2"),
+}
+
+
+def load_vcgbench(
+    data_root: str | Path,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+    *,
+    strict: bool = True,
+    check_videos: bool = True,
+    allow_outside_root: bool = False,
+) -> LoadedBenchmark:
+    """VCGBench, Video-ChatGPT's quantitative evaluation (github mbzuai-oryx/Video-ChatGPT),
+    laid out as the official Map-the-Flow loader reads it (``tasks/eval/vcgbench``):
+    ``<root>/Benchmarking_QA/{generic_qa,temporal_qa,consistency_qa}.json`` list
+    ``{"Q", "A", "video_name"}`` (consistency: ``"Q1"``, ``"Q2"`` — two phrasings of one
+    question — and ``"A"``), videos at ``<root>/Test_Videos/<video_name>.mp4`` (or ``.mkv``).
+    Open-ended samples (no options; ``reference`` = ``A``); a consistency entry gives two,
+    ``consistency_qa/<i>/1`` and ``/2``, one per phrasing, as the official code asks both.
+    ``limit`` counts entries. Other arguments as :func:`load_tvbench`."""
+    root = _require_root(data_root, "Benchmarking_QA", "VCGBench",
+                         "Benchmarking_QA/<task>.json and Test_Videos/")
+    stems = _select(list(VCGBENCH_TASKS), {}, tasks, "VCGBench")
+    collector = _Collector(strict)
+    samples: list[Sample] = []
+    for stem in stems:
+        path = root / "Benchmarking_QA" / f"{stem}.json"
+        keys = VCGBENCH_TASKS[stem]
+
+        def build(index: int, entry: Mapping[str, Any], stem=stem, path=path,
+                  keys=keys) -> list[Sample]:
+            questions = [_text(entry, key) for key in keys]
+            reference = _text(entry, "A")
+            video = _find_video(root, root / "Test_Videos", _text(entry, "video_name"),
+                                ("mp4", "mkv"), allow_outside_root)
+            _check_video(video, check_videos)
+            metadata = {k: v for k, v in entry.items() if k not in {"A", *keys}}
+            return [Sample(id=f"{stem}/{index}" + (f"/{n}" if len(keys) > 1 else ""),
+                           dataset="vcgbench", task=stem, video=video, question=question,
+                           options=(), answer_index=None, source=f"{path}[{index}]",
+                           metadata={**metadata, **({"phrasing": n} if len(keys) > 1 else {})},
+                           entry=index, reference=reference)
+                    for n, question in enumerate(questions, start=1)]
+
+        # _read_task_file keeps one object per entry: a consistency entry's pair travels as one
+        groups = _read_task_file(path, stem, collector, limit, build)
+        samples += [sample for group in groups for sample in group]
+    return LoadedBenchmark("vcgbench", root, samples, collector.skipped)

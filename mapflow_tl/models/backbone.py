@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # TransformerLens 4 removed these; they are imported where th
 
 __all__ = ["LLAMA_LIKE", "QK_NORM", "backbone_config_fields", "hooked_config_from_hf",
            "hooked_from_hf", "backbone_from_hf", "run_from_embeds", "cache_from_embeds",
-           "RotaryPositions", "BridgePositions", "rotary_positions"]
+           "generate_from_embeds", "RotaryPositions", "BridgePositions", "rotary_positions"]
 
 # HF text model_types that share the Llama decoder layout (q/k/v/o projections, optional q/k/v
 # biases, gated SiLU MLP, RMSNorm, rotary positions; Qwen3 adds an RMSNorm over each head of q and
@@ -530,6 +530,83 @@ def run_from_embeds(
     with _grad_mode(grad), model.hooks(fwd_hooks=hooks):
         return _forward_from_embeds(model, embeds, return_type=return_type,
                                     stop_at_layer=stop_at_layer)
+
+
+@torch.no_grad()
+def generate_from_embeds(
+    model: HookedTransformer,
+    embeds: Float[torch.Tensor, "1 pos d_model"],
+    *,
+    max_new_tokens: int,
+    stop_ids: Iterable[int] = (),
+    fwd_hooks: HookList | Sequence = (),
+    use_cache: bool = True,
+) -> tuple[list[int], Float[torch.Tensor, "new d_vocab"]]:
+    """Greedy decoding from input embeddings: ``(token ids, logits of each step)``.
+
+    Step i appends the argmax of the last position's logits (the official open-ended script's
+    ``generate(do_sample=False, num_beams=1)``), embedded with the backbone's own token
+    embedding; decoding stops after ``max_new_tokens`` tokens or after a token in ``stop_ids``
+    (kept, as HF keeps the end-of-sequence token), or where the sequence fills the backbone's
+    context (``cfg.n_ctx``). ``fwd_hooks`` stay on for every step; under
+    the key/value cache a step's attention scores are ``[batch, head, new, all keys]``, so a
+    hook that reads positions from their shape acts the same with and without the cache.
+
+    ``use_cache=True`` (default) feeds only the new token after the first forward, reading the
+    earlier keys and values from a key/value cache; ``False`` reruns the whole sequence every
+    step (the reference the cache is checked against). This is the one function that touches
+    TransformerLens' key/value cache for generation: a backend without it changes this body
+    only.
+    """
+    _check_embeds(model, embeds)
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    hooks = list(fwd_hooks)
+    check_hooks(model, hooks)
+    # the backbone reproduces HF up to its context (n_ctx: max_position_embeddings, capped at
+    # an active sliding window): the answer ends there
+    room = model.cfg.n_ctx - embeds.shape[1]
+    if room < 1:
+        raise InputError(f"the prompt has {embeds.shape[1]} positions, the backbone's whole "
+                         f"context ({model.cfg.n_ctx}): no room for an answer")
+    max_new_tokens = min(max_new_tokens, room)
+    stop = {int(i) for i in stop_ids}
+    sequence = embeds.to(model.cfg.device, model.cfg.dtype)
+    cache = None
+    bridge = is_bridge(model)
+    # TransformerLens 4's bridge has no TransformerLens key/value cache: there every step
+    # recomputes the whole sequence (use_cache=False: the same tokens, the reference path)
+    if use_cache and not bridge:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    tokens: list[int] = []
+    step_logits: list[torch.Tensor] = []
+    step_input = sequence
+    with model.hooks(fwd_hooks=hooks):
+        for _ in range(max_new_tokens):
+            residual = model.hook_embed(step_input.clone())
+            if cache is None and bridge:
+                logits = model(residual, return_type="logits")  # inputs_embeds
+            elif cache is None:
+                logits = model(residual, start_at_layer=0, return_type="logits")
+            else:
+                logits = model(residual, start_at_layer=0, return_type="logits",
+                               past_kv_cache=cache)
+            last = logits[0, -1]
+            token = int(last.argmax())
+            tokens.append(token)
+            step_logits.append(last)
+            if token in stop:
+                break
+            new = model.embed(torch.tensor([[token]], device=model.cfg.device)).to(
+                model.cfg.dtype)
+            if cache is None:
+                sequence = torch.cat([sequence, new], dim=1)
+                step_input = sequence
+            else:
+                step_input = new
+    return tokens, torch.stack(step_logits)
 
 
 def _grad_mode(grad: bool | None) -> Any:

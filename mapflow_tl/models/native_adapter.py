@@ -250,6 +250,7 @@ class NativeVideoAdapter(FamilyAdapter):
         options = list(sample.options)
         rendered = render_prompt(sample.question, options, template=self.conversation(),
                                  answer=answer, media=self.placeholder, open_ended=not options,
+                                 assistant_prefix=None if options else sample.answer_prompt,
                                  style=self.prompt_style)
         media = rendered.media
         text = rendered.text[:media.start] + video.expansion + rendered.text[media.stop:]

@@ -157,7 +157,8 @@ class SplicedVideoAdapter(FamilyAdapter):
                                 max_frames=maximum, sampler=self.frame_sampler)
         rendered = render_prompt(question, options, template=self.template, answer=answer,
                                  media=self.media_token, media_type=self.media_type,
-                                 open_ended=not options, style=self.prompt_style)
+                                 open_ended=not options, style=self.prompt_style,
+                                 assistant_prefix=None if options else sample.answer_prompt)
         tokens = tokenize_prompt(self.tokenizer, rendered, add_special_tokens=True)
         answer_ids = (answer_token_ids(self.tokenizer, rendered.text, rendered.labels)
                       if options else torch.zeros(0, dtype=torch.long))

@@ -25,7 +25,7 @@ from transformer_lens import ActivationCache  # in TransformerLens 3.9 and 4.x a
 from ..errors import InputError
 from ..hooks import HookList, check_hooks
 from ..segments import SegmentMap
-from .backbone import cache_from_embeds, run_from_embeds
+from .backbone import cache_from_embeds, generate_from_embeds, run_from_embeds
 
 if TYPE_CHECKING:  # the adapter module imports this one; the name is needed for annotations only
     from transformer_lens import HookedTransformer  # TransformerLens 3.9; 4.x: TransformerBridge
@@ -41,7 +41,9 @@ class VideoSample:
 
     ``video`` is a path (file, frame folder, GIF) or frames as a uint8 array ``[T, H, W, 3]``.
     ``options`` are the option texts without labels; ``answer`` the index of the true one (None
-    when unknown). ``start``/``end`` bound the clip in seconds.
+    when unknown). ``start``/``end`` bound the clip in seconds. ``answer_prompt``: an open-ended
+    question's start of the answer, appended after the assistant turn opens (TVBench
+    open-ended's per-task prompts; None: the model answers from the bare turn).
     """
 
     video: str | Path | np.ndarray
@@ -52,6 +54,7 @@ class VideoSample:
     end: float | None = None
     id: str = ""
     task: str = ""
+    answer_prompt: str | None = None
 
     def __post_init__(self) -> None:
         _check_options_container(self.options, self.id)
@@ -88,7 +91,8 @@ def as_video_sample(sample: Any) -> VideoSample:
     return VideoSample(video=sample.video, question=sample.question,
                        options=tuple(options), answer=answer,
                        start=getattr(sample, "start", None), end=getattr(sample, "end", None),
-                       id=str(getattr(sample, "id", "")), task=str(getattr(sample, "task", "")))
+                       id=str(getattr(sample, "id", "")), task=str(getattr(sample, "task", "")),
+                       answer_prompt=getattr(sample, "answer_prompt", None))
 
 
 @dataclass
@@ -403,6 +407,66 @@ class VideoLLM:
         require_finite(logits, self.backbone, x.embeds, fwd_hooks, what="the logits of the forward",
                        sample=str(x.meta.get("id", "") or ""))
         return logits.float().softmax(-1)[x.answer_ids.to(logits.device)]
+
+    def _refuse_per_sample_positions(self, what: str) -> None:
+        # Positions of appended text under per-sample rotary tables (M-RoPE) continue the
+        # prompt's 3D positions; the tables are bound to the prepared embeddings, so appending
+        # tokens needs the adapter to extend them, which no adapter does yet.
+        if getattr(self.adapter, "rotary", None) is not None:
+            raise InputError(f"{what} is not supported for {self.family} yet: its per-sample 3D "
+                             f"rotary positions (M-RoPE) are bound to the prepared prompt and "
+                             f"are not extended to appended tokens; use a model with 1D "
+                             f"positions (LLaVA-NeXT, InternVL, VideoLLaMA3, SynthTV)")
+
+    def stop_token_ids(self) -> list[int]:
+        """Token ids that end an answer: the tokenizer's end-of-sequence token."""
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return [] if eos is None else [int(eos)]
+
+    def generate(
+        self,
+        x: Prepared,
+        max_new_tokens: int = 256,
+        *,
+        fwd_hooks: HookList = (),
+        use_cache: bool = True,
+        stop_ids: Sequence[int] | None = None,
+    ) -> tuple[Int[torch.Tensor, " new"], Float[torch.Tensor, "new d_vocab"]]:
+        """Greedy answer to the prepared prompt, video injected as embeddings: ``(token ids,
+        logits of each step)``, at most ``max_new_tokens`` tokens, ending at an end-of-sequence
+        token (:meth:`stop_token_ids`, kept in the result) — HF ``generate(do_sample=False,
+        num_beams=1)`` as the official open-ended script calls it. ``fwd_hooks`` apply in every
+        step (a knockout during generation). ``use_cache=False`` recomputes the whole sequence
+        each step (same tokens; the reference the key/value cache is checked against)."""
+        self._refuse_per_sample_positions("open-ended generation")
+        stop = self.stop_token_ids() if stop_ids is None else list(stop_ids)
+        hooks = _edges_checked(x, fwd_hooks)
+        tokens, logits = generate_from_embeds(self.backbone, _embeds(x),
+                                              max_new_tokens=max_new_tokens, stop_ids=stop,
+                                              fwd_hooks=hooks, use_cache=use_cache)
+        return torch.tensor(tokens, dtype=torch.long), logits
+
+    def extend(self, x: Prepared, token_ids: Sequence[int] | torch.Tensor, *,
+               anchors: Sequence[tuple[str, int, int]] = ()) -> Prepared:
+        """The prompt followed by text tokens (an answer teacher-forced): embeddings of the
+        tokens appended (the backbone's token embedding, as the prompt's text), ``input_ids``
+        extended and a :class:`~mapflow_tl.segments.SegmentMap` over the longer sequence
+        (:meth:`~mapflow_tl.segments.SegmentMap.with_response`: the appended tokens before the
+        new last position are ``response``, ``anchors`` named spans in it, ``(name, start,
+        stop)`` as sequence positions)."""
+        self._refuse_per_sample_positions("appending an answer to the prompt")
+        ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
+        if not len(ids):
+            return x
+        device = self.backbone.cfg.device
+        with torch.no_grad():
+            new = self.backbone.embed(ids[None].to(device)).to(x.embeds.dtype)
+        embeds = torch.cat([x.embeds, new.to(x.embeds.device)], dim=1)
+        input_ids = torch.cat([x.input_ids, ids[None].to(x.input_ids.device)], dim=1)
+        segments = x.segments.with_response(len(ids), anchors=anchors)
+        return Prepared(embeds=embeds, segments=segments, input_ids=input_ids,
+                        answer_ids=x.answer_ids, answer=x.answer, prompt=x.prompt,
+                        frames=x.frames, meta=dict(x.meta), tokenizer=x.tokenizer)
 
     def __repr__(self) -> str:
         cfg = self.backbone.cfg

@@ -7,6 +7,7 @@ takes, so a SynthTV run exercises the real video reading and prompt code.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -59,7 +60,13 @@ def load_synthtv(tasks: Sequence[str] | None = None, limit: int | None = None, *
         gen.write_benchmark(folder, items)
         (folder / "complete").write_text("ok\n")
     loaded = load_tvbench(folder, resolved, require_windows=False)  # SynthTV writes none
-    return LoadedBenchmark("synthtv", loaded.root, loaded.samples, loaded.skipped)
+    # the answer as named without options (what the models learnt to say open-endedly), for
+    # `mapflow-tl eval --open-ended`; TVBench's file format has no field for it
+    named = {item.name: item.named_answer for group in items.values() for item in group}
+    samples = [dataclasses.replace(sample, metadata={
+        **sample.metadata, "named_answer": named.get(Path(sample.video).stem, sample.answer)})
+        for sample in loaded.samples]
+    return LoadedBenchmark("synthtv", loaded.root, samples, loaded.skipped)
 
 
 def _fingerprint(items_by_task: dict[str, list[Any]]) -> str:
