@@ -46,7 +46,7 @@ _EXPORTS: dict[str, str] = {
     # models
     **dict.fromkeys(("Prepared", "VideoLLM", "VideoSample", "load_videollm",
                      "supported_architectures"), "models"),
-    **dict.fromkeys(("hooked_from_hf", "run_from_embeds"), "models.backbone"),
+    **dict.fromkeys(("hooked_from_hf", "backbone_from_hf", "run_from_embeds"), "models.backbone"),
     # analyses (one function per analysis of the paper)
     **dict.fromkeys(("base_prediction", "flow_sweep", "flow_sweeps", "probability_trace",
                      "video_lens", "keyword_frequency", "keyword_counts", "keyword_bins", "prune",

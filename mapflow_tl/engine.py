@@ -35,7 +35,10 @@ per-call weight copies. A sweep that carries hooks of its own (``fwd_hooks``, or
 the model) runs them through the ``HookedTransformer`` instead (``suffix="hooked"``: the clean
 run fills a TransformerLens key/value cache, suffix forwards start mid-stack with
 ``start_at_layer=s`` and ``past_kv_cache``, each batch element carries its own mask through
-:class:`BatchedKnockoutHook`). Both give the naive method's logits up to rounding.
+:class:`BatchedKnockoutHook`). Both give the naive method's logits up to rounding. On the
+TransformerLens 4 bridge backend the lean path reads the bridge's HF weights through the same
+``backbone_weights``; what would take the hooked path runs the naive method there (the bridge has
+no TransformerLens key/value cache), with a warning once.
 """
 
 from __future__ import annotations
@@ -333,6 +336,21 @@ def sweep_samples(
                                  f"outside the model's {model.cfg.n_heads} heads (0-based)")
     user_hooks: HookList = list(fwd_hooks)
     check_hooks(model, user_hooks)
+    from .models.bridge import is_bridge
+
+    if is_bridge(model) and method == "fast":
+        # TransformerLens 4's bridge has no TransformerLens key/value cache to start a hooked
+        # suffix forward from: what would run on the hooked path runs through the bridge with
+        # hooks, one full forward per configuration (the naive method)
+        reason = "suffix='hooked' was asked for" if suffix == "hooked" \
+            else _lean_refusal(model, user_hooks)
+        if reason is not None:
+            if suffix == "lean":
+                raise InputError(f"the lean suffix forward cannot run this sweep: {reason}; use "
+                                 f"suffix='auto'")
+            _warn_once(f"knockout sweep runs the naive method on the bridge backend (one full "
+                       f"forward per configuration): {reason}")
+            method = "naive"
     if method == "naive":
         from .models.backbone import run_from_embeds
 
@@ -577,6 +595,10 @@ def _ensure_rotary(model: HookedTransformer, embeds: torch.Tensor) -> None:
     TransformerLens extends short tables in the layer that needs them; one block-0 forward of
     the hooked model does both (its output is not used)."""
     n = embeds.shape[1]
+    prepare = getattr(getattr(model, "mapflow_rotary_tables", None), "prepare", None)
+    if prepare is not None:  # a TransformerLens 4 bridge: HF's own tables for this sample
+        prepare(embeds)
+        return
     per_sample = bool(model.blocks[0]._forward_pre_hooks)
     if per_sample or model.blocks[0].attn.rotary_cos.shape[0] < n:
         model(embeds, start_at_layer=0, stop_at_layer=1)

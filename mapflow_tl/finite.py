@@ -32,8 +32,11 @@ _WATCHED = (
 
 
 def _non_finite_weights(model: Any, prefixes: Sequence[str]) -> list[str]:
-    """Names of the model's parameters under ``prefixes`` that hold NaN or inf."""
-    return [name for name, weight in model.named_parameters()
+    """Names of the model's parameters under ``prefixes`` that hold NaN or inf, under
+    HookedTransformer's names on either backend (the lean forward's one weight reader)."""
+    from .suffix_forward import _parameters
+
+    return [name for name, weight in _parameters(model).items()
             if name.startswith(tuple(prefixes)) and not bool(torch.isfinite(weight).all())]
 
 
@@ -52,13 +55,16 @@ def first_non_finite(
                 [])
     seen: list[str] = []
 
-    def watch(activation: torch.Tensor, hook: Any) -> None:
-        if not seen and not bool(torch.isfinite(activation).all()):
-            seen.append(hook.name)
+    def watcher(name: str):
+        # the name watched, not hook.name: a bridge names its hook points canonically
+        def watch(activation: torch.Tensor, hook: Any) -> None:
+            if not seen and not bool(torch.isfinite(activation).all()):
+                seen.append(name)
+        return watch
 
     names = ["hook_embed"] + [f"blocks.{layer}.{point}" for layer in range(model.cfg.n_layers)
                               for point, _ in _WATCHED]
-    watched = [(name, watch) for name in names if name in model.hook_dict]
+    watched = [(name, watcher(name)) for name in names if name in model.hook_dict]
     with torch.no_grad():
         # the watchers go last, so that they see what the caller's hooks wrote
         logits = run_from_embeds(model, embeds, fwd_hooks=list(fwd_hooks) + watched)

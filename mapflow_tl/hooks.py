@@ -481,13 +481,17 @@ def capture(
     names = [names] if isinstance(names, str) else list(names)
     index = None if positions is None else torch.as_tensor(positions, dtype=torch.long)
 
-    def save(activation: torch.Tensor, hook) -> None:
-        value = activation.detach()
-        if index is not None:
-            value = value[:, index.to(value.device)]
-        store[hook.name] = value
+    def saver(name: str):
+        # keyed by the name asked for: on a TransformerLens 4 bridge ``hook.name`` is the
+        # canonical name (``blocks.1.hook_in``) of the HookedTransformer alias asked for
+        def save(activation: torch.Tensor, hook) -> None:
+            value = activation.detach()
+            if index is not None:
+                value = value[:, index.to(value.device)]
+            store[name] = value
+        return save
 
-    return [(name, save) for name in names]
+    return [(name, saver(name)) for name in names]
 
 
 def check_hooks(model, hooks: HookList) -> None:

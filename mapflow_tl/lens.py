@@ -23,16 +23,18 @@ last entry the normed final output whatever ``read`` and ``norm`` are.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
 
 from .errors import InputError
 from .hooks import HookList, capture
 from .models.backbone import run_from_embeds
 from .segments import Span
+
+if TYPE_CHECKING:  # TransformerLens 3.9's class; on TransformerLens 4 a TransformerBridge
+    from transformer_lens import HookedTransformer
 
 __all__ = ["LENS_MATRICES", "LENS_READS", "residual_stream", "logit_lens", "iter_logit_lens",
            "project", "top_tokens", "answer_probability_trace", "AnswerTrace",

@@ -262,18 +262,19 @@ def attribution_patch(vlm: Any, target: Any, source: Any, segments: str | Sequen
     activations: dict[str, torch.Tensor] = {}
     gradients: dict[str, torch.Tensor] = {}
 
-    def keep(activation_value: torch.Tensor, hook: Any) -> None:
-        activations[hook.name] = activation_value.detach()
-
-    def keep_grad(gradient: torch.Tensor, hook: Any) -> None:
-        gradients[hook.name] = gradient.detach()
+    # keyed by the name asked for: a TransformerLens 4 bridge names its hook points canonically
+    # (blocks.0.hook_in for blocks.0.hook_resid_pre)
+    def keeper(name: str, into: dict[str, torch.Tensor]):
+        def keep(value: torch.Tensor, hook: Any) -> None:
+            into[name] = value.detach()
+        return keep
 
     # a leaf that requires grad makes every activation of the forward differentiable, whatever
     # the backbone's parameters say (a loaded model may have them frozen)
     leaf = replace(target, embeds=target.embeds.detach().requires_grad_())
     with torch.enable_grad():
-        target_logits = vlm.run_with_hooks(leaf, [(n, keep) for n in names],
-                                           [(n, keep_grad) for n in names])
+        target_logits = vlm.run_with_hooks(leaf, [(n, keeper(n, activations)) for n in names],
+                                           [(n, keeper(n, gradients)) for n in names])
         _finite(vlm, target, target_logits.detach(), "target")
         tokens = tokens or answer_tokens(target, source, target_logits.detach(), source_logits)
         metric = logit_diff(target_logits, tokens)

@@ -195,14 +195,31 @@ def _pack_qkv(parts: tuple[torch.Tensor, ...]) -> Float[torch.Tensor, "d_model q
     return packed
 
 
-def _stamp(model) -> tuple:
+def _stamp(parameters: dict[str, torch.Tensor]) -> tuple:
     """Changes whenever a weight is replaced, moved, cast or edited in place."""
-    return tuple((p.data_ptr(), p.dtype, p.device, p._version) for p in model.parameters())
+    return tuple((p.data_ptr(), p.dtype, p.device, p._version) for p in parameters.values())
+
+
+def _parameters(model) -> dict[str, torch.Tensor]:
+    """The backbone's weights under HookedTransformer's parameter names (``blocks.{l}.attn.W_Q
+    [heads, d_model, d_head]``, ``blocks.{l}.attn._W_K`` under grouped-query attention, …).
+
+    A ``HookedTransformer`` holds them as its parameters. A TransformerLens 4 bridge keeps the
+    Hugging Face weights; it carries ``mapflow_parameters`` (set by
+    :func:`~mapflow_tl.models.bridge.bridge_from_hf`), which lays them out under the same names
+    (views of HF's tensors) — so the lean forward reads both backends through this one function.
+    """
+    source = getattr(model, "mapflow_parameters", None)
+    return dict(model.named_parameters()) if source is None else source()
 
 
 def rotary_tables(model) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """Each layer's rotary (cos, sin) tables ``[n_ctx, rotary_dim]`` as the model holds them now
-    (per-sample M-RoPE tables are installed there by the adapter)."""
+    (per-sample M-RoPE tables are installed there by the adapter). A bridge computes them with
+    the HF decoder's own rotary module (``mapflow_rotary_tables``)."""
+    source = getattr(model, "mapflow_rotary_tables", None)
+    if source is not None:
+        return source()
     return tuple((block.attn.rotary_cos, block.attn.rotary_sin) for block in model.blocks)
 
 
@@ -218,7 +235,8 @@ def residual_additions(model) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
 def backbone_weights(model) -> BackboneWeights:
     """The backbone's weights as the lean forward reads them, prepared once and cached.
 
-    Reads only a ``HookedTransformer``'s public parameters (``W_Q [heads, d_model, d_head]``, …),
+    Reads only a ``HookedTransformer``'s public parameters (``W_Q [heads, d_model, d_head]``, …;
+    a TransformerLens 4 bridge's HF weights under the same names, :func:`_parameters`),
     its config, and the rotary (cos, sin) tables its attention layers hold (the adapters install
     per-sample M-RoPE or LongRoPE tables there; they are read on every call, never cached). Q/K/V
     are packed into one matrix (a copy, made once) if all layers' take at most
@@ -226,7 +244,8 @@ def backbone_weights(model) -> BackboneWeights:
     weights are rebuilt when any parameter changes (moved, cast, replaced or edited in place).
     """
     rotary = rotary_tables(model)
-    stamp = (_stamp(model), PACKED_QKV_MAX_MB)
+    params = _parameters(model)
+    stamp = (_stamp(params), PACKED_QKV_MAX_MB)
     cached = _WEIGHTS.get(model)
     if cached is not None and cached[0] == stamp:
         return replace(cached[1], rotary=rotary)
@@ -235,10 +254,11 @@ def backbone_weights(model) -> BackboneWeights:
     n_kv = cfg.n_key_value_heads or n_heads
     gqa = cfg.n_key_value_heads is not None
 
-    def qkv(attn, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def qkv(prefix: str, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The model's own ``[heads, d_model, d_head]`` weight and its bias ``[heads·d_head]``."""
-        weight = getattr(attn, f"_W_{name}" if gqa and name != "Q" else f"W_{name}")
-        bias = getattr(attn, f"_b_{name}" if gqa and name != "Q" else f"b_{name}", None)
+        underscore = "_" if gqa and name != "Q" else ""
+        weight = params[f"{prefix}.attn.{underscore}W_{name}"]
+        bias = params.get(f"{prefix}.attn.{underscore}b_{name}")
         return weight, None if bias is None else bias.reshape(-1)
 
     def nonzero(bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -249,34 +269,38 @@ def backbone_weights(model) -> BackboneWeights:
                    <= PACKED_QKV_MAX_MB * 2**20)
     layers = []
     with torch.no_grad():
-        for block in model.blocks:
-            attn, mlp = block.attn, block.mlp
-            parts = [qkv(attn, name) for name in "QKV"]
+        for index in range(cfg.n_layers):
+            prefix = f"blocks.{index}"
+            parts = [qkv(prefix, name) for name in "QKV"]
             biases = [bias if bias is not None else torch.zeros(
                 weight.shape[0] * weight.shape[2], dtype=weight.dtype, device=weight.device)
                 for weight, bias in parts]
             b_qkv = nonzero(torch.cat(biases))
             raw = tuple(weight for weight, _ in parts)
+            qk_norm = cfg.use_qk_norm
             layers.append(LayerWeights(
-                ln_attn=block.ln1.w,
+                ln_attn=params[f"{prefix}.ln1.w"],
                 W_qkv=_pack_qkv(raw) if keep_packed else None,
                 qkv_parts=raw,
                 b_qkv=b_qkv,
-                q_norm=attn.q_norm.w if cfg.use_qk_norm else None,
-                k_norm=attn.k_norm.w if cfg.use_qk_norm else None,
-                W_O=attn.W_O.reshape(n_heads * d_head, cfg.d_model),  # a view
-                b_O=nonzero(attn.b_O),
-                ln_mlp=block.ln2.w,
-                W_gate=mlp.W_gate, W_in=mlp.W_in, b_in=nonzero(mlp.b_in),
-                W_out=mlp.W_out, b_out=nonzero(mlp.b_out),
+                q_norm=params[f"{prefix}.attn.q_norm.w"] if qk_norm else None,
+                k_norm=params[f"{prefix}.attn.k_norm.w"] if qk_norm else None,
+                # a view where the layout allows
+                W_O=params[f"{prefix}.attn.W_O"].reshape(n_heads * d_head, cfg.d_model),
+                b_O=nonzero(params.get(f"{prefix}.attn.b_O")),
+                ln_mlp=params[f"{prefix}.ln2.w"],
+                W_gate=params[f"{prefix}.mlp.W_gate"], W_in=params[f"{prefix}.mlp.W_in"],
+                b_in=nonzero(params.get(f"{prefix}.mlp.b_in")),
+                W_out=params[f"{prefix}.mlp.W_out"],
+                b_out=nonzero(params.get(f"{prefix}.mlp.b_out")),
             ))
     weights = BackboneWeights(
-        layers=tuple(layers), ln_final=model.ln_final.w, W_U=model.unembed.W_U,
-        b_U=nonzero(model.unembed.b_U), n_heads=n_heads, n_kv_heads=n_kv, d_head=d_head,
+        layers=tuple(layers), ln_final=params["ln_final.w"], W_U=params["unembed.W_U"],
+        b_U=nonzero(params.get("unembed.b_U")), n_heads=n_heads, n_kv_heads=n_kv, d_head=d_head,
         eps=float(cfg.eps), attn_scale=float(cfg.attn_scale if cfg.use_attn_scale else 1.0),
         activation=_ACTIVATIONS[cfg.act_fn],
         logits_soft_cap=float(cfg.output_logits_soft_cap or -1.0),
-        dtype=cfg.dtype, device=model.W_E.device,
+        dtype=cfg.dtype, device=params["embed.W_E"].device,
     )
     _WEIGHTS[model] = (stamp, weights)
     return replace(weights, rotary=rotary)

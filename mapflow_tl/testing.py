@@ -24,7 +24,8 @@ import torch
 from jaxtyping import Bool, Float
 
 __all__ = ["PROBABILITY_TOLERANCE", "RELATIVE_CHANGE_COLUMNS", "block_mask", "additive_mask",
-           "decoder_layers", "hf_logits_with_layer_masks", "tiny_llama", "assert_rows_close"]
+           "decoder_layers", "hf_logits_with_layer_masks", "tiny_llama", "backbone_of",
+           "assert_rows_close"]
 
 #: The largest difference in a probability that batching, sharding or the thread count may make
 #: (float rounding of differently shaped sums); answers, flags and counts must not change at all.
@@ -118,6 +119,20 @@ def tiny_llama(n_layers: int = 8, seed: int = 0, vocab: int = 64) -> torch.nn.Mo
                          num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, attn_implementation="eager")
     return LlamaForCausalLM(config).eval()
+
+
+def backbone_of(text_model: torch.nn.Module, lm_head: torch.nn.Module | None, text_config: Any,
+                **options: Any) -> Any:
+    """:func:`~mapflow_tl.models.backbone.backbone_from_hf` on the installed backend, leaving the
+    given HF modules untouched so that they stay an independent reference: the bridge backend
+    wraps (and edits in place) the modules it is given, so it gets a copy of them."""
+    import copy
+
+    from .models.backbone import backbone_from_hf, resolve_backend
+
+    if resolve_backend(options.pop("backend", None)) == "bridge":
+        text_model, lm_head = copy.deepcopy((text_model, lm_head))
+    return backbone_from_hf(text_model, lm_head, text_config, **options)
 
 
 def assert_rows_close(actual: Sequence[Mapping[str, Any]], expected: Sequence[Mapping[str, Any]],

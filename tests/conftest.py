@@ -11,6 +11,27 @@ settings.register_profile("ci", derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "hooked_backend: tests of the HookedTransformer's own machinery (TransformerLens "
+        "3.9: its key/value cache, its parameters, the hooked suffix path); skipped on the "
+        "bridge backend, whose equivalents the other tests check")
+
+
+def pytest_collection_modifyitems(config, items):
+    from mapflow_tl.models.backends import installed_transformer_lens
+
+    version = installed_transformer_lens() or "0"
+    if not version.startswith("4."):
+        return
+    for item in items:
+        marker = item.get_closest_marker("hooked_backend")
+        if marker is not None:
+            why = marker.args[0] if marker.args else "HookedTransformer machinery"
+            item.add_marker(pytest.mark.skip(
+                reason=f"{why}; TransformerLens {version} runs the bridge backend"))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
@@ -41,9 +62,9 @@ def tiny_hf_llama():
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_hf_llama):
-    from mapflow_tl.models.backbone import hooked_from_hf
+    from mapflow_tl.testing import backbone_of
 
-    return hooked_from_hf(tiny_hf_llama.model, tiny_hf_llama.lm_head, tiny_hf_llama.config)
+    return backbone_of(tiny_hf_llama.model, tiny_hf_llama.lm_head, tiny_hf_llama.config)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """docs/models.md keeps up with the registry: every registered ``model_type`` has its row in the
-summary table (family, HF class, backbone, token layout, verifying tests, measured differences),
+summary table (family, HF class, backbone, token layout, verifying tests, measured differences,
+TransformerLens backends),
 and every test file a row names exists."""
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def test_every_registered_model_type_has_a_row():
     stale = sorted(set(rows) - registered)
     assert not stale, f"docs/models.md lists {stale}, which load_videollm does not register"
     for model_type, cells in rows.items():
-        assert len(cells) == 7 and all(cells), f"{model_type}: a cell of its row is empty"
+        assert len(cells) == 8 and all(cells), f"{model_type}: a cell of its row is empty"
 
 
 def test_every_verifying_test_file_exists():

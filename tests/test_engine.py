@@ -22,7 +22,9 @@ from mapflow_tl.engine import (
     sweep,
 )
 from mapflow_tl.layers import WINDOW_STYLES
-from mapflow_tl.models.backbone import hooked_from_hf, run_from_embeds
+from mapflow_tl.models.backbone import run_from_embeds
+from mapflow_tl.models.backends import default_backend
+from mapflow_tl.testing import backbone_of
 from mapflow_tl.segments import SegmentMap
 from mapflow_tl.testing import tiny_llama
 
@@ -76,7 +78,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def llama():
     hf = tiny_llama(N_LAYERS, seed=0)
     _reinit(hf)
-    return hooked_from_hf(hf.model, hf.lm_head, hf.config)
+    return backbone_of(hf.model, hf.lm_head, hf.config)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +160,7 @@ def test_batching_and_budget_do_not_change_results(llama, inputs):
     _assert_equal(shuffled, sweep(llama, embeds, configs)[order], [configs[i] for i in order])
 
 
+@pytest.mark.hooked_backend
 def test_empty_edge_set_is_the_clean_run_without_a_forward(llama, inputs):
     seg, embeds = inputs
     configs = layer_sweep({"question → video": E.question_to_video(seg)}, N_LAYERS, k=K)
@@ -174,6 +177,7 @@ def test_empty_edge_set_is_the_clean_run_without_a_forward(llama, inputs):
     torch.testing.assert_close(logits, clean.expand(len(configs), -1), rtol=0, atol=1e-5)
 
 
+@pytest.mark.hooked_backend
 def test_configs_sharing_first_query_share_batches(llama, inputs):
     seg, embeds = inputs
     curves = {name: edges for name, edges in _paper_curves(seg).items() if name.endswith("→ last")}
@@ -239,7 +243,7 @@ def test_qwen2_backbone_with_biases():
     hf = Qwen2ForCausalLM(config).eval()
     _reinit(hf, seed=4)
     assert hf.model.layers[0].self_attn.q_proj.bias is not None
-    model = hooked_from_hf(hf.model, hf.lm_head, hf.config)
+    model = backbone_of(hf.model, hf.lm_head, hf.config)
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, 64, generator=torch.Generator().manual_seed(5))
     configs = layer_sweep(_paper_curves(seg), 4, k=3, style="center")
@@ -249,6 +253,7 @@ def test_qwen2_backbone_with_biases():
     assert float((naive.softmax(-1) - clean).abs().max()) > 1e-3
 
 
+@pytest.mark.hooked_backend
 def test_out_of_memory_halves_the_batch_and_continues(llama, inputs, caplog):
     """A batch that runs out of memory is split in halves, logged, and the sweep goes on with the
     same results (the OOM is provoked by a hook that refuses batches of more than 2)."""
@@ -292,7 +297,10 @@ def test_fast_equals_naive_on_synthtv(style):
     embeds = x.embeds.to(torch.float64)
     fast = sweep(backbone, embeds, configs, method="fast")
     naive = sweep(backbone, embeds, configs, method="naive")
-    _assert_equal(fast, naive, configs, tolerance=1e-12)
+    # on the bridge the naive forwards are HF's modules, whose softmax and RMSNorm compute in
+    # float32 whatever the dtype (measured 5.8e-7 in a probability): float32 rounding, not 1e-12
+    _assert_equal(fast, naive, configs,
+                  tolerance=1e-12 if default_backend() == "hooked" else 1e-5)
 
 
 def test_layer_sweep_has_one_configuration_per_curve_and_every_centre():

@@ -22,6 +22,9 @@ from mapflow_tl.models import VideoSample, load_videollm
 from test_models_qwen import (OPTIONS, QUESTION, byte_level_tokenizer, check_layout, check_logits,
                               frames_array, hf_model_of, scale_up)
 
+# the bridge backend refuses GLM-4.1V (tests/test_backends.py checks the refusal)
+pytestmark = pytest.mark.hooked_backend("GLM-4.1V runs on the hooked backend only")
+
 CLASS = "Glm4vForConditionalGeneration"
 N_FRAMES = 4
 SPECIALS = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>",

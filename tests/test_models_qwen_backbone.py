@@ -6,7 +6,8 @@ Reference: the Hugging Face causal LM itself (eager attention) on the same token
 import pytest
 import torch
 
-from mapflow_tl.models.backbone import hooked_config_from_hf, hooked_from_hf, run_from_embeds
+from mapflow_tl.models.backbone import backbone_config_fields, run_from_embeds
+from mapflow_tl.testing import backbone_of
 
 
 def _tiny(config_class, model_class, **overrides):
@@ -28,7 +29,7 @@ def _tiny(config_class, model_class, **overrides):
 
 
 def _max_diff(hf_model, dtype=torch.float32):
-    backbone = hooked_from_hf(hf_model.model, hf_model.lm_head, hf_model.config, dtype=dtype)
+    backbone = backbone_of(hf_model.model, hf_model.lm_head, hf_model.config, dtype=dtype)
     ids = torch.randint(0, hf_model.config.vocab_size, (1, 23), generator=torch.Generator()
                         .manual_seed(1))
     with torch.no_grad():
@@ -87,4 +88,4 @@ def test_unreproducible_backbones_are_refused(change, message):
     config = Qwen2Config(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, **change)
     with pytest.raises(ValueError, match=message):
-        hooked_config_from_hf(config)
+        backbone_config_fields(config)

@@ -17,7 +17,7 @@ from mapflow_tl import engine, suffix_forward
 from mapflow_tl.edges import Edges
 from mapflow_tl.engine import KnockoutConfig, layer_sweep, sweep
 from mapflow_tl.layers import WINDOW_STYLES
-from mapflow_tl.models.backbone import hooked_from_hf
+from mapflow_tl.testing import backbone_of
 from mapflow_tl.segments import SegmentMap
 from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 
@@ -140,7 +140,7 @@ def family(request):
     if hf_model.config.tie_word_embeddings:
         assert hf_model.lm_head.weight.data_ptr() == hf_model.model.embed_tokens.weight.data_ptr()
     tied = hf_model.config.tie_word_embeddings
-    backbone = hooked_from_hf(hf_model.model, None if tied else hf_model.lm_head, hf_model.config)
+    backbone = backbone_of(hf_model.model, None if tied else hf_model.lm_head, hf_model.config)
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, hf_model.config.hidden_size,
                          generator=torch.Generator().manual_seed(7))
@@ -180,7 +180,7 @@ def test_both_attention_forms_equal_hf(name, attention, monkeypatch):
     torch.manual_seed(0)
     hf_model = FAMILIES[name]().eval()
     _scale(hf_model, seed=11)
-    backbone = hooked_from_hf(hf_model.model, hf_model.lm_head, hf_model.config)
+    backbone = backbone_of(hf_model.model, hf_model.lm_head, hf_model.config)
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, hf_model.config.hidden_size,
                          generator=torch.Generator().manual_seed(7))
@@ -247,13 +247,14 @@ def llama_family():
     torch.manual_seed(0)
     hf_model = _llama().eval()
     _scale(hf_model, seed=3)
-    backbone = hooked_from_hf(hf_model.model, hf_model.lm_head, hf_model.config)
+    backbone = backbone_of(hf_model.model, hf_model.lm_head, hf_model.config)
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, 64, generator=torch.Generator().manual_seed(7))
     configs = layer_sweep({c: e for c, (e, _) in _curves(seg).items()}, N_LAYERS, k=1)
     return backbone, embeds, configs
 
 
+@pytest.mark.hooked_backend
 def test_user_hooks_fall_back_to_the_hooked_path_and_say_so_once(llama_family, caplog,
                                                                  monkeypatch):
     backbone, embeds, configs = llama_family
@@ -305,8 +306,10 @@ def test_weights_are_prepared_once_and_follow_edits(llama_family):
     first = suffix_forward.backbone_weights(backbone)
     assert suffix_forward.backbone_weights(backbone).layers[0].W_qkv is first.layers[0].W_qkv
     before = sweep(backbone, embeds, configs[:1])
+    # the model's own W_Q: a HookedTransformer's parameter, or a view of the bridge's HF q_proj
+    W_Q = suffix_forward._parameters(backbone)["blocks.0.attn.W_Q"]
     with torch.no_grad():
-        backbone.blocks[0].attn.W_Q.mul_(2.0)  # an in-place edit of a packed weight
+        W_Q.mul_(2.0)  # an in-place edit of a packed weight
     try:
         assert suffix_forward.backbone_weights(backbone).layers[0].W_qkv \
             is not first.layers[0].W_qkv
@@ -316,7 +319,7 @@ def test_weights_are_prepared_once_and_follow_edits(llama_family):
         assert (after - before).abs().max().item() > 1e-3
     finally:
         with torch.no_grad():
-            backbone.blocks[0].attn.W_Q.mul_(0.5)
+            W_Q.mul_(0.5)
 
 
 def test_large_backbones_project_from_their_own_qkv_weights(llama_family, monkeypatch):
@@ -329,7 +332,8 @@ def test_large_backbones_project_from_their_own_qkv_weights(llama_family, monkey
     monkeypatch.setattr(suffix_forward, "PACKED_QKV_MAX_MB", 0)
     weights = suffix_forward.backbone_weights(backbone)
     assert all(layer.W_qkv is None for layer in weights.layers)
-    assert weights.layers[0].qkv_parts[0] is backbone.blocks[0].attn.W_Q  # a view, not a copy
+    own_W_Q = suffix_forward._parameters(backbone)["blocks.0.attn.W_Q"]
+    assert weights.layers[0].qkv_parts[0].data_ptr() == own_W_Q.data_ptr()  # not a copy
     own = sweep(backbone, embeds, configs)
     hooked = sweep(backbone, embeds, configs, suffix="hooked")
     assert (own.softmax(-1) - kept.softmax(-1)).abs().max().item() <= 1e-6
@@ -392,7 +396,7 @@ def test_bfloat16_lean_sweep_stays_at_bfloat16_rounding():
     torch.manual_seed(0)
     hf_model = _llama().eval()
     _scale(hf_model, seed=5)
-    backbone = hooked_from_hf(hf_model.model, hf_model.lm_head, hf_model.config,
+    backbone = backbone_of(hf_model.model, hf_model.lm_head, hf_model.config,
                               dtype=torch.bfloat16)
     seg = _segments()
     embeds = torch.randn(1, seg.n_positions, 64, generator=torch.Generator().manual_seed(7))

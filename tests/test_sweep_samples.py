@@ -15,7 +15,7 @@ import mapflow_tl as mf
 from mapflow_tl import engine, suffix_forward
 from mapflow_tl.edges import Edges
 from mapflow_tl.engine import layer_sweep, sweep, sweep_samples
-from mapflow_tl.models.backbone import hooked_from_hf
+from mapflow_tl.testing import backbone_of
 from mapflow_tl.segments import SegmentMap
 from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
 from test_suffix_forward import FAMILIES, N_LAYERS, TOLERANCE, _check, _scale
@@ -51,7 +51,7 @@ def _model(name: str, seed: int):
     hf_model = FAMILIES[name]().eval()
     _scale(hf_model, seed=seed)
     tied = hf_model.config.tie_word_embeddings
-    backbone = hooked_from_hf(hf_model.model, None if tied else hf_model.lm_head, hf_model.config)
+    backbone = backbone_of(hf_model.model, None if tied else hf_model.lm_head, hf_model.config)
     return hf_model, backbone
 
 
@@ -196,7 +196,7 @@ def test_bfloat16_samples_together_stay_at_bfloat16_rounding():
     """In bf16 (the GPU dtype) samples swept together stay within bf16 rounding of each sample's
     fp32 HF reference and of the naive bf16 sweep."""
     hf_model, _ = _model("llama-gqa-untied", seed=5)
-    backbone = hooked_from_hf(hf_model.model, hf_model.lm_head, hf_model.config,
+    backbone = backbone_of(hf_model.model, hf_model.lm_head, hf_model.config,
                               dtype=torch.bfloat16)
     segs, embeds = _samples(64)
     curves = [_curves(seg) for seg in segs]

@@ -426,7 +426,8 @@ def _crossframe(args: argparse.Namespace) -> int:
             layer_range(*args.layers, vlm.n_layers, circuit="--layers")
         if args.compare_model:
             loaded["other"] = load_videollm(args.compare_model, dtype=getattr(torch, args.dtype),
-                                            device=vlm.backbone.cfg.device)
+                                            device=vlm.backbone.cfg.device,
+                                            backend=vlm.backend)
             if args.layers:
                 layer_range(*args.layers, loaded["other"].n_layers, circuit="--layers")
 

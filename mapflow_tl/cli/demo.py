@@ -57,7 +57,7 @@ def run_demo(out: str | Path = "outputs/demo", *, per_task: int = 12, seed: int 
         "image_model": IMAGE_MODEL, "window": window_k, "lens_samples": lens_samples,
         "circuit": list(FLOW_CIRCUITS) + [PATHWAY_CIRCUIT], **circuit_config(flows + [pathway])})
     video, writer = run.vlm, run.writer
-    image = load_videollm(IMAGE_MODEL, device=run.device)
+    image = load_videollm(IMAGE_MODEL, device=run.device, backend=video.backend)
     done = run.done(DEMO_TABLES)   # samples whose rows are all there; the rest is redone
     position = {str(getattr(sample, "id", "")): i for i, sample in enumerate(run.samples)}
     for sample, x in run.each("samples", done):
@@ -161,6 +161,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="questions per SynthTV task")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
+    demo.add_argument("--backend", default="auto", choices=("auto", "hooked", "bridge"),
+                      help="TransformerLens backend: hooked (transformer-lens 3.9), bridge (4.x) "
+                           "or auto (default: the installed one)")
     demo.add_argument("--threads", type=positive_int, default=None,
                       help="CPU threads for torch (default: chosen for the model's size)")
     demo.add_argument("--overwrite", action="store_true",

@@ -110,6 +110,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) 
                         help=f"one of {', '.join(sorted(DTYPE_NAMES))} (default auto: the "
                              f"checkpoint's own dtype on a GPU, as the official bf16 runs; "
                              f"float32 on the CPU); run.json records the dtype used")
+    parser.add_argument("--backend", default="auto", choices=("auto", "hooked", "bridge"),
+                        help="TransformerLens backend of the backbone: hooked (HookedTransformer, "
+                             "transformer-lens 3.9), bridge (TransformerBridge, transformer-lens "
+                             "4.x) or auto (default: the installed one); run.json records the "
+                             "one used")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: chosen for the model's size)")
@@ -226,11 +231,15 @@ class AnalysisRun:
         self._transform = sample_transform or (lambda sample: sample)
         self.device = device = self.world.device(check_device(args.device))
         args.dtype = resolve_dtype(args.dtype, args.model, str(device))   # run.json: the one used
+        from ..models.backends import resolve_backend
+
+        args.backend = resolve_backend(getattr(args, "backend", None))  # run.json: the one used
         self._progress = None
         if self.world.is_main:   # loading takes seconds to minutes before the first bar appears
             print(f"{command}: loading model {args.model} ({args.dtype}, {device})…",
                   file=sys.stderr, flush=True)
-        self.vlm = load_videollm(args.model, dtype=getattr(torch, args.dtype), device=device)
+        self.vlm = load_videollm(args.model, dtype=getattr(torch, args.dtype), device=device,
+                                 backend=args.backend)
         if str(device).startswith("cpu"):
             torch.set_num_threads(choose_threads(self.vlm.backbone.cfg.d_model,
                                                  self.vlm.n_layers, args.threads))

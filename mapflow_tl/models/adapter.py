@@ -53,9 +53,14 @@ class FamilyAdapter(ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, path: Path, config: dict[str, Any], *, dtype: torch.dtype,
-                 device: str | torch.device, n_devices: int = 1, **options: Any) -> None:
+                 device: str | torch.device, n_devices: int = 1, backend: str | None = None,
+                 **options: Any) -> None:
+        from .backends import resolve_backend
+
         self.path, self.config, self.dtype, self.device = path, config, dtype, device
         self.n_devices, self.options = n_devices, options
+        #: the TransformerLens backend of the backbone ("hooked" or "bridge"; models/backends.py)
+        self.backend = resolve_backend(backend)
 
     @classmethod
     def accepts(cls, config: dict[str, Any]) -> bool:
@@ -66,7 +71,8 @@ class FamilyAdapter(ABC):
     @abstractmethod
     def load(self) -> None:
         """Load the HF model parts from ``self.path`` (vision tower, projector, processor, text
-        model) and set ``self.backbone`` (a HookedTransformer), ``self.vision``,
+        model) and set ``self.backbone`` (``backbone_from_hf(..., backend=self.backend)``: a
+        HookedTransformer or a TransformerBridge), ``self.vision``,
         ``self.processor`` and ``self.tokenizer``."""
 
     @abstractmethod

@@ -1,28 +1,37 @@
-"""The language backbone as a TransformerLens ``HookedTransformer``.
+"""The language backbone as a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
 
 A VideoLLM's text model (Llama / Vicuna / Mistral / Qwen2 / Qwen3 / Phi-3 decoder) is converted
-weight by weight to a ``HookedTransformer`` *without* any weight processing that changes
-intermediate activations: no LayerNorm folding, no centring, no value-bias folding. Hooks
-therefore see exactly what the Hugging Face model computes, and the video tokens are injected as
-embeddings (:func:`run_from_embeds`) rather than token ids.
+weight by weight to a ``HookedTransformer`` (TransformerLens 3.9, backend ``"hooked"``) *without*
+any weight processing that changes intermediate activations: no LayerNorm folding, no centring,
+no value-bias folding. On TransformerLens 4 (backend ``"bridge"``) the HF decoder itself runs
+inside a ``TransformerBridge`` (:mod:`mapflow_tl.models.bridge`), with the same hook names and
+config fields. Either way hooks see exactly what the Hugging Face model computes, and the video
+tokens are injected as embeddings (:func:`run_from_embeds`) rather than token ids.
+:func:`backbone_from_hf` builds the backbone on the chosen backend (:mod:`.backends`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import einops
 import torch
 from jaxtyping import Float
 from torch import nn
-from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
+from transformer_lens import ActivationCache  # in TransformerLens 3.9 and 4.x alike
 
 from ..errors import InputError
 from ..hooks import HookList, check_hooks
+from .backends import resolve_backend
+from .bridge import bridge_from_hf, is_bridge
 
-__all__ = ["LLAMA_LIKE", "QK_NORM", "hooked_config_from_hf", "hooked_from_hf", "run_from_embeds",
-           "cache_from_embeds", "generate_from_embeds", "RotaryPositions"]
+if TYPE_CHECKING:  # TransformerLens 4 removed these; they are imported where the hooked path runs
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+__all__ = ["LLAMA_LIKE", "QK_NORM", "backbone_config_fields", "hooked_config_from_hf",
+           "hooked_from_hf", "backbone_from_hf", "run_from_embeds", "cache_from_embeds",
+           "generate_from_embeds", "RotaryPositions", "BridgePositions", "rotary_positions"]
 
 # HF text model_types that share the Llama decoder layout (q/k/v/o projections, optional q/k/v
 # biases, gated SiLU MLP, RMSNorm, rotary positions; Qwen3 adds an RMSNorm over each head of q and
@@ -125,7 +134,26 @@ def hooked_config_from_hf(
     n_ctx: int | None = None,
     positions: str = "sequential",
 ) -> HookedTransformerConfig:
-    """A ``HookedTransformerConfig`` that reproduces a Hugging Face text-decoder config.
+    """A ``HookedTransformerConfig`` of :func:`backbone_config_fields` (TransformerLens 3.9)."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(**backbone_config_fields(
+        text_config, dtype=dtype, device=device, n_devices=n_devices, n_ctx=n_ctx,
+        positions=positions))
+
+
+def backbone_config_fields(
+    text_config: Any,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    n_devices: int = 1,
+    n_ctx: int | None = None,
+    positions: str = "sequential",
+) -> dict[str, Any]:
+    """HookedTransformer config fields that reproduce a Hugging Face text-decoder config — the
+    one description both backends are built from (the hooked backend's
+    ``HookedTransformerConfig``, the bridge's ``cfg``).
 
     Handles grouped-query attention, q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3),
     ``rope_theta``, Llama-3 and linear rope scaling, the RMSNorm epsilon and the head dimension
@@ -247,7 +275,7 @@ def hooked_config_from_hf(
         cfg.update(num_experts=text_config.num_experts,
                    experts_per_token=text_config.num_experts_per_tok,
                    d_mlp=text_config.moe_intermediate_size, norm_topk_prob=True)
-    return HookedTransformerConfig(**cfg)
+    return cfg
 
 
 def _qkv(attention: nn.Module, q_size: int, kv_size: int):
@@ -297,9 +325,12 @@ def _experts(mlp: nn.Module, prefix: str, cfg: HookedTransformerConfig) -> dict[
 
 
 def _state_dict_llama_like(
-    text_model: nn.Module, lm_head: nn.Module | None, cfg: HookedTransformerConfig
+    text_model: nn.Module, lm_head: nn.Module | None, cfg: Any, *, zero_biases: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Map a Llama-layout decoder's weights onto HookedTransformer parameter names."""
+    """Map a Llama-layout decoder's weights onto HookedTransformer parameter names (views of the
+    HF weights where the layout allows). ``cfg``: a HookedTransformer-like config (the hooked
+    backend's, or the bridge's ``cfg``). ``zero_biases=False`` leaves out the biases HF does not
+    have instead of filling them with zeros (HookedTransformer needs them, a reader does not)."""
     n_kv = cfg.n_key_value_heads or cfg.n_heads
     gqa = "_" if cfg.n_key_value_heads is not None else ""
     state: dict[str, torch.Tensor] = {"embed.W_E": text_model.embed_tokens.weight}
@@ -308,7 +339,7 @@ def _state_dict_llama_like(
         attention = layer.self_attn
         state[f"{prefix}.ln1.w"] = layer.input_layernorm.weight
         state[f"{prefix}.ln2.w"] = layer.post_attention_layernorm.weight
-        if cfg.use_normalization_before_and_after:  # GLM-4's sandwich norms
+        if getattr(cfg, "use_normalization_before_and_after", False):  # GLM-4's sandwich norms
             state[f"{prefix}.ln1_post.w"] = layer.post_self_attn_layernorm.weight
             state[f"{prefix}.ln2_post.w"] = layer.post_mlp_layernorm.weight
         for name, (weight, bias), heads, underscore in zip(
@@ -316,19 +347,22 @@ def _state_dict_llama_like(
             (cfg.n_heads, n_kv, n_kv), ("", gqa, gqa)):
             state[f"{prefix}.attn.{underscore}W_{name}"] = einops.rearrange(
                 weight, "(n h) m -> n m h", n=heads)
-            state[f"{prefix}.attn.{underscore}b_{name}"] = (
-                torch.zeros(heads, cfg.d_head, dtype=weight.dtype)
-                if bias is None else einops.rearrange(bias, "(n h) -> n h", n=heads))
-        if cfg.use_qk_norm:
+            if bias is not None or zero_biases:
+                state[f"{prefix}.attn.{underscore}b_{name}"] = (
+                    torch.zeros(heads, cfg.d_head, dtype=weight.dtype)
+                    if bias is None else einops.rearrange(bias, "(n h) -> n h", n=heads))
+        if getattr(cfg, "use_qk_norm", False):
             state[f"{prefix}.attn.q_norm.w"] = attention.q_norm.weight
             state[f"{prefix}.attn.k_norm.w"] = attention.k_norm.weight
         state[f"{prefix}.attn.W_O"] = einops.rearrange(
             attention.o_proj.weight, "m (n h) -> n h m", n=cfg.n_heads)
         o_bias = attention.o_proj.bias
-        state[f"{prefix}.attn.b_O"] = (torch.zeros(cfg.d_model, dtype=attention.o_proj.weight.dtype)
-                                       if o_bias is None else o_bias)
+        if o_bias is not None or zero_biases:
+            state[f"{prefix}.attn.b_O"] = (
+                torch.zeros(cfg.d_model, dtype=attention.o_proj.weight.dtype)
+                if o_bias is None else o_bias)
         mlp = layer.mlp
-        if cfg.num_experts:
+        if getattr(cfg, "num_experts", None):
             state.update(_experts(mlp, f"{prefix}.mlp", cfg))
             continue
         if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate, up = gate_up_proj(x).chunk(2)
@@ -337,13 +371,17 @@ def _state_dict_llama_like(
             gate, up = mlp.gate_proj.weight, mlp.up_proj.weight
         state[f"{prefix}.mlp.W_in"] = up.T
         state[f"{prefix}.mlp.W_gate"] = gate.T
-        state[f"{prefix}.mlp.b_in"] = torch.zeros(cfg.d_mlp, dtype=up.dtype)
+        if zero_biases:
+            state[f"{prefix}.mlp.b_in"] = torch.zeros(cfg.d_mlp, dtype=up.dtype)
         state[f"{prefix}.mlp.W_out"] = mlp.down_proj.weight.T
-        state[f"{prefix}.mlp.b_out"] = torch.zeros(cfg.d_model, dtype=mlp.down_proj.weight.dtype)
+        if zero_biases:
+            state[f"{prefix}.mlp.b_out"] = torch.zeros(cfg.d_model,
+                                                       dtype=mlp.down_proj.weight.dtype)
     state["ln_final.w"] = text_model.norm.weight
     unembed = lm_head.weight if lm_head is not None else text_model.embed_tokens.weight
     state["unembed.W_U"] = unembed.T
-    state["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=unembed.dtype)
+    if zero_biases:
+        state["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=unembed.dtype)
     return state
 
 
@@ -365,6 +403,8 @@ def hooked_from_hf(
     ``n_devices > 1`` splits the blocks across that many GPUs (TransformerLens' own scheme).
     ``positions="per_sample"``: see :func:`hooked_config_from_hf` and :class:`RotaryPositions`.
     """
+    from transformer_lens import HookedTransformer
+
     cfg = hooked_config_from_hf(text_config, dtype=dtype, device=device, n_devices=n_devices,
                                 n_ctx=n_ctx, positions=positions)
     state = {name: tensor.detach().to(dtype) for name, tensor in
@@ -385,6 +425,54 @@ def hooked_from_hf(
             and _rope_type(text_config) in ("longrope", "su"):
         _install_hf_rotary(model, text_model)
     return model.eval()
+
+
+def backbone_from_hf(
+    text_model: nn.Module,
+    lm_head: nn.Module | None,
+    text_config: Any,
+    *,
+    backend: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    n_devices: int = 1,
+    n_ctx: int | None = None,
+    positions: str = "sequential",
+) -> Any:
+    """The language backbone of a VideoLLM on the chosen TransformerLens backend (module
+    :mod:`~mapflow_tl.models.backends`): ``"hooked"`` — :func:`hooked_from_hf`, a
+    ``HookedTransformer`` with the HF weights converted (TransformerLens 3.9); ``"bridge"`` —
+    :func:`~mapflow_tl.models.bridge.bridge_from_hf`, a ``TransformerBridge`` around the HF
+    decoder itself (TransformerLens 4). Both are built from the same
+    :func:`backbone_config_fields`, so both refuse what neither reproduces exactly, and both
+    expose HookedTransformer's hook names and ``cfg`` fields. ``backend=None``: the installed
+    TransformerLens decides.
+
+    On the bridge the HF decoder modules become the backbone's: the caller must keep them (the
+    hooked backend copies the weights, so its caller may drop the HF decoder)."""
+    backend = resolve_backend(backend)
+    if backend == "hooked":
+        return hooked_from_hf(text_model, lm_head, text_config, dtype=dtype, device=device,
+                              n_devices=n_devices, n_ctx=n_ctx, positions=positions)
+    fields = backbone_config_fields(text_config, dtype=dtype, device=device,
+                                    n_devices=n_devices, n_ctx=n_ctx, positions=positions)
+    model_type = getattr(text_config, "model_type", None)
+    if model_type in SANDWICH_NORM:
+        # TransformerLens 4.3's Glm4 adapter reconstructs attention with half-split rotary over
+        # the whole head; GLM-4.1V rotates adjacent pairs of a partial rotary_dim (measured: its
+        # logits differ from HF's by 0.60), so the bridge would not compute what HF computes
+        raise InputError(
+            f"the bridge backend cannot host the {model_type} backbone exactly (TransformerLens "
+            f"4.3 rotates its partial adjacent-pair rotary as half-split); use backend='hooked' "
+            f"(pip install 'transformer-lens>=3.9,<4')")
+    return bridge_from_hf(text_model, lm_head, text_config, fields, dtype=dtype, device=device,
+                          n_devices=n_devices)
+
+
+def keeps_hf_decoder(backbone: Any) -> bool:
+    """Whether the backbone runs the HF decoder modules themselves (the bridge): then a caller
+    must not drop them after building it, as it may after a hooked conversion."""
+    return is_bridge(backbone)
 
 
 def _check_embeds(model: HookedTransformer, embeds: torch.Tensor) -> None:
@@ -409,6 +497,10 @@ def _forward_from_embeds(
     ``hook_embed`` or ``blocks.0.hook_resid_pre``) must not change the caller's prepared
     embeddings, which TransformerLens users expect since token embeddings are always fresh."""
     residual = model.hook_embed(embeds.to(model.cfg.device, model.cfg.dtype, copy=True))
+    if is_bridge(model):
+        # a float input is HF's inputs_embeds: the embedding layer is skipped, the residual
+        # stream enters block 0 (the bridge's start_at_layer=0 would run the same forward)
+        return model(residual, stop_at_layer=stop_at_layer, return_type=return_type)
     return model(residual, start_at_layer=0, stop_at_layer=stop_at_layer,
                  return_type=return_type)
 
@@ -481,7 +573,10 @@ def generate_from_embeds(
     stop = {int(i) for i in stop_ids}
     sequence = embeds.to(model.cfg.device, model.cfg.dtype)
     cache = None
-    if use_cache:
+    bridge = is_bridge(model)
+    # TransformerLens 4's bridge has no TransformerLens key/value cache: there every step
+    # recomputes the whole sequence (use_cache=False: the same tokens, the reference path)
+    if use_cache and not bridge:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
@@ -491,7 +586,9 @@ def generate_from_embeds(
     with model.hooks(fwd_hooks=hooks):
         for _ in range(max_new_tokens):
             residual = model.hook_embed(step_input.clone())
-            if cache is None:
+            if cache is None and bridge:
+                logits = model(residual, return_type="logits")  # inputs_embeds
+            elif cache is None:
                 logits = model(residual, start_at_layer=0, return_type="logits")
             else:
                 logits = model(residual, start_at_layer=0, return_type="logits",
@@ -567,7 +664,30 @@ def cache_from_embeds(
     with _grad_mode(grad), model.hooks(fwd_hooks=hooks + caching_hooks):
         output = _forward_from_embeds(model, embeds, return_type=return_type,
                                       stop_at_layer=stop_at_layer)
+    if is_bridge(model):
+        cache = _under_hooked_names(model, cache, names_filter)
     return output, BackboneCache(cache, model, has_batch_dim=not remove_batch_dim)
+
+
+def _under_hooked_names(model: Any, cache: dict[str, torch.Tensor],
+                        names_filter: Any) -> dict[str, torch.Tensor]:
+    """A bridge's cache keyed as a HookedTransformer's: the bridge stores each activation under
+    its hook point's canonical name (``blocks.0.hook_in``); here every hook-point name the filter
+    accepts — the HookedTransformer aliases (``blocks.0.hook_resid_pre``) included — holds it,
+    so ``cache["resid_pre", 0]``, ``accumulated_resid`` and ``decompose_resid`` work as on the
+    hooked backend."""
+    if names_filter is None:
+        accepts = None
+    elif callable(names_filter):
+        accepts = names_filter
+    else:
+        wanted = {names_filter} if isinstance(names_filter, str) else set(names_filter)
+        accepts = wanted.__contains__
+    keyed = {}
+    for name, point in model.hook_dict.items():
+        if (accepts is None or accepts(name)) and point.name in cache:
+            keyed[name] = cache[point.name]
+    return keyed
 
 
 class BackboneCache(ActivationCache):
@@ -589,7 +709,10 @@ class BackboneCache(ActivationCache):
         scaled = super().apply_ln_to_stack(residual_stack, layer, mlp_input, pos_slice,
                                            batch_slice, has_batch_dim, recompute_ln)
         final = layer is None or layer == -1 or layer == self.model.cfg.n_layers
-        weight = getattr(getattr(self.model, "ln_final", None), "w", None)
+        final_norm = getattr(self.model, "ln_final", None)
+        weight = getattr(final_norm, "w", None)
+        if weight is None and is_bridge(self.model):  # the bridge's norm wraps HF's RMSNorm
+            weight = getattr(final_norm, "weight", None)
         if recompute_ln or not final or weight is None:
             return scaled  # recompute_ln runs ln_final itself, weight included
         return scaled * weight
@@ -774,3 +897,127 @@ class RotaryPositions:
                     f"{needed} positions, but no forward from this sample's embeddings ran "
                     f"first; run the full forward from vlm.prepare()'s embeddings first")
         return hook
+
+
+class BridgePositions:
+    """:class:`RotaryPositions` for a TransformerLens 4 bridge (backend ``"bridge"``): the same
+    binding of a prepared sample's embeddings to its 3D position ids and residual additions,
+    delivered the way the bridge runs — HF's own decoder computes the rotary tables from
+    ``position_ids``, so a forward pre-hook on the HF causal LM looks the embeddings up and passes
+    their position ids (never a forward with positions it does not know: unknown embeddings are
+    the same ``ValueError``); the additions (Qwen3-VL's DeepStack) enter as forward pre-hooks on
+    ``blocks.{layer}.hook_resid_post``, before any user hook there, as on the hooked backend.
+
+    The lean suffix forward of the sweep engine reads the tables and additions of the sample
+    :meth:`prepare` (or the last forward) installed: ``rotary_tables`` / ``residual_additions``
+    of :mod:`mapflow_tl.suffix_forward`."""
+
+    def __init__(self, model: Any, rotary: Any, *, capacity: int = 64) -> None:
+        self.model, self.rotary, self.capacity = model, rotary, capacity
+        self._samples: dict[tuple, tuple] = {}
+        self._installed: tuple | None = None
+        shell = model.original_model
+        self.handles = [shell.register_forward_pre_hook(self._before_forward, with_kwargs=True)]
+        self.handles += [
+            model.hook_dict[f"blocks.{index}.hook_resid_post"].register_forward_pre_hook(
+                self._add_residual(index)) for index in range(model.cfg.n_layers)]
+        object.__setattr__(model, "mapflow_rotary_tables", self)
+        object.__setattr__(model, "mapflow_residual_additions", self.installed_additions)
+
+    tables = RotaryPositions.tables
+    _fingerprint = staticmethod(RotaryPositions._fingerprint)
+    _unknown = RotaryPositions._unknown
+
+    def _device(self) -> torch.device:
+        return next(self.model.original_model.parameters()).device
+
+    def register(self, embeds: Float[torch.Tensor, "1 pos d_model"],
+                 position_ids: torch.Tensor,
+                 additions: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """As :meth:`RotaryPositions.register`."""
+        if position_ids.dim() != 3 or position_ids.shape[0] != 3 \
+                or position_ids.shape[-1] != embeds.shape[1]:
+            raise InputError(f"position ids must be [3, 1, {embeds.shape[1]}], got "
+                             f"{tuple(position_ids.shape)}")
+        cfg, device = self.model.cfg, self._device()
+        checked = {}
+        for layer, (positions, values) in (additions or {}).items():
+            if not 0 <= layer < cfg.n_layers or positions.dim() != 1 \
+                    or tuple(values.shape) != (positions.shape[0], cfg.d_model):
+                raise InputError(f"residual addition of layer {layer}: positions [k] and values "
+                                 f"[k, {cfg.d_model}] in layers 0…{cfg.n_layers - 1}, got "
+                                 f"{tuple(positions.shape)} and {tuple(values.shape)}")
+            checked[layer] = (positions.to(device, torch.long),
+                              values.detach().to(device, cfg.dtype))
+        fingerprint = self._fingerprint(embeds[0])
+        key = (int(embeds.shape[1]), float(fingerprint.sum()))
+        self._samples.pop(key, None)
+        self._samples[key] = (fingerprint, position_ids.to(device), checked)
+        while len(self._samples) > self.capacity:
+            self._samples.pop(next(iter(self._samples)))
+
+    def installed_additions(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        return {} if self._installed is None else self._installed[3]
+
+    def prepare(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Install the sample these embeddings ``[batch, pos, d_model]`` belong to (every row
+        the same sample); returns its position ids ``[3, batch, pos]``."""
+        entries = []
+        for row in embeds:
+            fingerprint = self._fingerprint(row)
+            entry = self._samples.get((int(fingerprint.shape[0]), float(fingerprint.sum())))
+            if entry is None or not torch.equal(entry[0], fingerprint):
+                raise self._unknown()
+            entries.append(entry)
+        if any(entry[1] is not entries[0][1] for entry in entries):
+            raise InputError("a batch mixes samples with different 3D rotary positions; run "
+                             "them one at a time")
+        entry = entries[0]
+        fingerprint, position_ids, additions = entry
+        if self._installed is None or self._installed[5] is not entry:
+            cos, sin = self.tables(position_ids)
+            self._installed = (cos, sin, fingerprint, additions, position_ids, entry)
+        return position_ids.expand(3, embeds.shape[0], -1)
+
+    def __call__(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Each layer's (cos, sin) of the installed sample (the lean suffix forward's tables)."""
+        if self._installed is None:
+            raise self._unknown()
+        return ((self._installed[0], self._installed[1]),) * self.model.cfg.n_layers
+
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None or "position_ids" in kwargs and kwargs["position_ids"] is not None:
+            self._installed = None  # token ids: HF's text-only positions, no additions
+            return None
+        if getattr(self.model.blocks[0], "_start_at_layer_idx", None):
+            # a forward resumed mid-stack (start_at_layer > 0) carries a residual stream, not
+            # embeddings: it continues the installed sample, whose forward must have run first
+            installed = self._installed
+            if installed is None or installed[4].shape[-1] != embeds.shape[1]:
+                raise InputError(
+                    f"a forward starting mid-stack needs the 3D rotary positions of "
+                    f"{embeds.shape[1]} positions, but no forward from this sample's embeddings "
+                    f"ran first; run the full forward from vlm.prepare()'s embeddings first")
+            kwargs["position_ids"] = installed[4].expand(3, embeds.shape[0], -1)
+            return args, kwargs
+        kwargs["position_ids"] = self.prepare(embeds)
+        return args, kwargs
+
+    def _add_residual(self, index: int):
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            addition = self.installed_additions().get(index)
+            if addition is None:
+                return None
+            positions, values = addition
+            residual = args[0].clone()  # out of place: the caller's tensor stays as it was
+            residual[:, positions] = residual[:, positions] + values.to(residual.dtype)
+            return (residual,)
+        return hook
+
+
+def rotary_positions(backbone: Any, rotary: Any) -> RotaryPositions | BridgePositions:
+    """The per-sample 3D rotary positions (M-RoPE) of a backbone on either backend:
+    :class:`RotaryPositions` (hooked) or :class:`BridgePositions` (bridge). ``rotary``: the HF
+    text model's ``rotary_emb``."""
+    return (BridgePositions if is_bridge(backbone) else RotaryPositions)(backbone, rotary)

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import InputError
 from .adapter import register_adapter
-from .backbone import RotaryPositions
+from .backbone import rotary_positions
 from .loading import check_processor_ids
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import CLIP_MEAN, CLIP_STD, patchify, pixel_budget, video_frame_size
@@ -82,7 +82,7 @@ class Glm4vAdapter(NativeVideoAdapter):
     def load(self) -> None:
         super().load()
         #: Binds each prepared sample's M-RoPE tables to its embeddings.
-        self.rotary = RotaryPositions(self.backbone, self.vision.model.language_model.rotary_emb)
+        self.rotary = rotary_positions(self.backbone, self.vision.model.language_model.rotary_emb)
         width = self.rotary.tables(torch.zeros(3, 1, 1, dtype=torch.long))[0].shape[-1]
         if width != self.backbone.cfg.rotary_dim:  # a config whose factor HF reads elsewhere
             raise InputError(f"{self.path}: the HF rotary tables rotate {width} dimensions per "

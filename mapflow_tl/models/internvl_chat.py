@@ -61,7 +61,7 @@ from torch import nn
 
 from ..errors import InputError
 from .adapter import register_adapter
-from .backbone import hooked_from_hf
+from .backbone import backbone_from_hf
 from .loading import check_weights, load_tokenizer, read_weight_files
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .prompt import MAPFLOW_STYLE, MVBENCH_STYLE, MVBENCH_SYSTEM_PROMPT
@@ -335,8 +335,9 @@ class InternVLChatAdapter(NativeVideoAdapter):
                     allow_missing=("lm_head.weight",) if tied else ())
         rotary = type(model.model.rotary_emb)(config)  # its buffers were built on meta
         model.model.rotary_emb = rotary
-        backbone = hooked_from_hf(model.model, None if tied else model.lm_head, config,
-                                  dtype=self.dtype, device=self.device, n_devices=self.n_devices)
+        backbone = backbone_from_hf(model.model, None if tied else model.lm_head, config,
+                                    backend=self.backend, dtype=self.dtype, device=self.device,
+                                    n_devices=self.n_devices)
         return backbone, config
 
     # ------------------------------------------------------------------ video

@@ -109,19 +109,26 @@ def load_videollm(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     n_devices: int = 1,
+    backend: str | None = None,
     **options: Any,
 ) -> VideoLLM:
-    """Load a VideoLLM: its HF vision side and its language backbone as a ``HookedTransformer``.
+    """Load a VideoLLM: its HF vision side and its language backbone as a ``HookedTransformer``
+    (TransformerLens 3.9) or a ``TransformerBridge`` (TransformerLens 4).
 
     Reads ``config.json`` (``model_type`` / ``architectures``), picks the family adapter (see
     :func:`supported_architectures`) and loads. ``n_devices > 1`` splits the backbone across GPUs;
+    ``backend`` is ``"hooked"``, ``"bridge"`` or None / ``"auto"`` — the one the installed
+    TransformerLens provides (:mod:`mapflow_tl.models.backends`; ``vlm.backend`` says which);
     ``options`` are family-specific load options (for example a pooling shape).
     """
+    from .backends import resolve_backend
+
+    backend = resolve_backend(backend)  # a wrong one fails before any weight is read
     check_devices(n_devices, device)
     path = resolve_checkpoint(name_or_path)
     config = read_config(path)
     adapter_class = adapter_for(config, str(path))
     adapter = adapter_class(path, config, dtype=dtype, device=device, n_devices=n_devices,
-                            **options)
+                            backend=backend, **options)
     adapter.load()
     return VideoLLM(adapter, str(name_or_path))

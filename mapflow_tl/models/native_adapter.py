@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..segments import Frame, Option, SegmentMap, Span
 from .adapter import (FamilyAdapter, answer_index, check_context_length, check_num_frames_options,
                       frame_sampler_option)
-from .backbone import hooked_from_hf
+from .backbone import backbone_from_hf, keeps_hf_decoder
 from .frames import load_frames
 from .loading import check_processor_ids, load_hf_model, load_tokenizer, read_json
 from .pixels import resize_and_normalize
@@ -128,12 +128,14 @@ class NativeVideoAdapter(FamilyAdapter):
         self.hf_config = hf_model.config
         language_model = getattr(hf_model.model, self.text_model_attribute)
         # A tied lm_head shares the embedding's weight, so passing it is right either way.
-        self.backbone = hooked_from_hf(
+        self.backbone = backbone_from_hf(
             language_model, hf_model.lm_head, hf_model.config.text_config,
-            dtype=self.dtype, device=self.device, n_devices=self.n_devices,
-            positions=self.positions)
-        # The backbone owns the decoder now: keep embeddings, rotary, vision tower, projector.
-        language_model.layers = nn.ModuleList()
+            backend=self.backend, dtype=self.dtype, device=self.device,
+            n_devices=self.n_devices, positions=self.positions)
+        # A converted backbone owns a copy of the decoder now: keep embeddings, rotary, vision
+        # tower, projector (a bridge runs the HF decoder itself, which stays where it is).
+        if not keeps_hf_decoder(self.backbone):
+            language_model.layers = nn.ModuleList()
         hf_model.lm_head = nn.Identity()
         first_device = self.device if self.n_devices == 1 else self.backbone.cfg.device
         self.vision = hf_model.to(first_device).eval()

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from .adapter import register_adapter
-from .backbone import RotaryPositions
+from .backbone import rotary_positions
 from .loading import check_processor_ids
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import patchify, pixel_budget, video_frame_size
@@ -95,7 +95,7 @@ class Qwen3VLAdapter(NativeVideoAdapter):
     def load(self) -> None:
         super().load()
         #: Binds each prepared sample's M-RoPE tables and DeepStack features to its embeddings.
-        self.rotary = RotaryPositions(self.backbone, self.vision.model.language_model.rotary_emb)
+        self.rotary = rotary_positions(self.backbone, self.vision.model.language_model.rotary_emb)
         self.vision_start = getattr(self.tokenizer, "vision_start_token", None) \
             or "<|vision_start|>"
         self.vision_end = getattr(self.tokenizer, "vision_end_token", None) or "<|vision_end|>"

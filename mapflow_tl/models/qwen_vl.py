@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .adapter import register_adapter
-from .backbone import RotaryPositions
+from .backbone import rotary_positions
 from .native_adapter import NativeVideoAdapter, VideoInputs
 from .pixels import CLIP_MEAN, CLIP_STD, patchify, pixel_budget, smart_resize
 from .videollm import Prepared
@@ -63,7 +63,7 @@ class QwenVLAdapter(NativeVideoAdapter):
     def load(self) -> None:
         super().load()
         #: Binds each prepared sample's M-RoPE tables to its embeddings.
-        self.rotary = RotaryPositions(self.backbone, self.vision.model.language_model.rotary_emb)
+        self.rotary = rotary_positions(self.backbone, self.vision.model.language_model.rotary_emb)
 
     def video_inputs(self, frames, timestamps) -> VideoInputs:
         c = self.video_config

@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import InputError
 from .adapter import (FamilyAdapter, answer_index, check_context_length, check_num_frames_options,
                       frame_sampler_option)
-from .backbone import hooked_from_hf
+from .backbone import backbone_from_hf
 from .frames import load_frames
 from .loading import check_processor_ids, check_weights, load_hf_model, load_tokenizer
 from .pixels import FramePreprocessor
@@ -116,7 +116,8 @@ class SplicedVideoAdapter(FamilyAdapter):
         self.tokenizer = load_tokenizer(self.path)
         model = self.load_model()
         self.backbone = self._backbone(model)
-        # The text decoder now lives in the backbone; drop the HF copy to halve the memory.
+        # The text decoder now lives in the backbone (a converted copy, or — on the bridge —
+        # the same modules, which the bridge keeps): drop the HF model's references to it.
         model.model.language_model = None
         model.lm_head = None
         vision_device = self.device if self.n_devices == 1 else self.backbone.cfg.device
@@ -144,8 +145,9 @@ class SplicedVideoAdapter(FamilyAdapter):
         tied = bool(getattr(hf_model.config, "tie_word_embeddings", False)
                     or getattr(self.text_config, "tie_word_embeddings", False))
         lm_head = None if tied else hf_model.lm_head
-        return hooked_from_hf(hf_model.model.language_model, lm_head, self.text_config,
-                              dtype=self.dtype, device=self.device, n_devices=self.n_devices)
+        return backbone_from_hf(hf_model.model.language_model, lm_head, self.text_config,
+                                backend=self.backend, dtype=self.dtype, device=self.device,
+                                n_devices=self.n_devices)
 
     def prepare(self, sample: VideoSample | Any) -> Prepared:
         sample = as_video_sample(sample)

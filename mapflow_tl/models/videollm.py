@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from jaxtyping import Float, Int, UInt8
-from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens import ActivationCache  # in TransformerLens 3.9 and 4.x alike
 
 from ..errors import InputError
 from ..hooks import HookList, check_hooks
@@ -28,6 +28,8 @@ from ..segments import SegmentMap
 from .backbone import cache_from_embeds, generate_from_embeds, run_from_embeds
 
 if TYPE_CHECKING:  # the adapter module imports this one; the name is needed for annotations only
+    from transformer_lens import HookedTransformer  # TransformerLens 3.9; 4.x: TransformerBridge
+
     from .adapter import FamilyAdapter
 
 __all__ = ["VideoSample", "Prepared", "VideoLLM", "as_video_sample", "placeholder_token_ids"]
@@ -204,9 +206,11 @@ NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 
 
 class VideoLLM:
-    """A loaded VideoLLM: HF vision side + ``HookedTransformer`` language backbone.
+    """A loaded VideoLLM: HF vision side + TransformerLens language backbone.
 
-    ``backbone`` is the HookedTransformer (unprocessed weights, hooks see what HF computes);
+    ``backbone`` is a ``HookedTransformer`` (TransformerLens 3.9) or a ``TransformerBridge``
+    (TransformerLens 4), as :attr:`backend` says (unprocessed weights, hooks see what HF
+    computes, HookedTransformer's hook names on both);
     ``vision`` the HF vision tower and projector; ``processor`` / ``tokenizer`` the HF ones.
 
     TransformerLens conventions hold on the whole model, video included: ``vlm.run_with_hooks(x,
@@ -234,6 +238,12 @@ class VideoLLM:
     @property
     def backbone(self) -> HookedTransformer:
         return self.adapter.backbone
+
+    @property
+    def backend(self) -> str:
+        """The backbone's TransformerLens backend: ``"hooked"`` (a ``HookedTransformer``,
+        TransformerLens 3.9) or ``"bridge"`` (a ``TransformerBridge``, TransformerLens 4)."""
+        return self.adapter.backend
 
     @property
     def vision(self) -> Any:
@@ -475,7 +485,10 @@ def _give_the_backbone_its_tokenizer(backbone: HookedTransformer, tokenizer: Any
     if backbone.tokenizer is not None or not isinstance(tokenizer, PreTrainedTokenizerBase):
         return
     try:
-        backbone.set_tokenizer(copy.deepcopy(tokenizer))
+        if hasattr(backbone, "set_tokenizer"):
+            backbone.set_tokenizer(copy.deepcopy(tokenizer))
+        else:  # TransformerLens 4's bridge wires its tokenizer on assignment
+            backbone.tokenizer = copy.deepcopy(tokenizer)
     except Exception as error:  # noqa: BLE001 — any failure only costs the text helpers
         warnings.warn(f"vlm.backbone.to_tokens / to_string are unavailable: TransformerLens "
                       f"could not take the tokenizer ({type(error).__name__}: {error}); "
