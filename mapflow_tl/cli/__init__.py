@@ -25,6 +25,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 COMMAND_MODULES: tuple[str, ...] = (
     "mapflow_tl.cli.demo",
     "mapflow_tl.cli.analysis",
+    "mapflow_tl.cli.discover",
     "mapflow_tl.cli.data",
     "mapflow_tl.cli.synthtv",
 )
