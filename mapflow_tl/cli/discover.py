@@ -79,14 +79,14 @@ def _discover(args: argparse.Namespace) -> int:
         bases.append(analyses.base_prediction(run.vlm, x, correctness=args.correctness))
     if not xs:
         raise InputError("no sample could be prepared; see skipped.jsonl in --out")
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     found = discovery.discover(
         run.vlm, xs, bases, correctness=args.correctness, targets=args.targets,
         epsilon=args.epsilon, order=args.order, passes=args.passes, budget=args.budget,
         search_fraction=args.search_fraction, split_seed=args.split_seed, hands=hands,
         seeds=args.random_seeds, per_sample=args.per_sample, sample_budget=args.sample_budget,
         method=args.method)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     result, split = found["result"], found["split"]
     writer = run.writer
     for table, rows in found["tables"].items():
@@ -101,7 +101,7 @@ def _discover(args: argparse.Namespace) -> int:
     search_ids = sorted(s for s, where in split.items() if where == "search")
     eval_ids = sorted(s for s, where in split.items() if where == "eval")
     cost = {"evaluations": result.evaluations, "forward_equivalents": result.forwards,
-            "complete": result.complete, "seconds": seconds,
+            "complete": result.complete, "seconds": seconds, "cpu_seconds": cpu_seconds,
             "threads": torch.get_num_threads()}
     provenance = (
         f"Pathway discovered by mapflow-tl discover (mapflow_tl.discovery) — not hand-written.\n\n"
@@ -139,7 +139,7 @@ def _discover(args: argparse.Namespace) -> int:
     if run.world.is_main:
         print(f"discover: {len(search_ids)} search / {len(eval_ids)} held-out samples; "
               f"{result.evaluations} evaluations ({result.forwards:.1f} forward equivalents) "
-              f"in {seconds:.1f} s" + ("" if result.complete else "; budget SPENT"))
+              f"in {seconds:.1f} s ({cpu_seconds:.1f} s of CPU)" + ("" if result.complete else "; budget SPENT"))
         for t, layers in open_layers.items():
             print(f"  {t:<32} {_ranges(layers)}")
         print(f"held out: full {full['accuracy']:.1f} %, discovered {final['accuracy']:.1f} % "
