@@ -51,7 +51,8 @@ def backbone(d_model: int, n_layers: int, n_positions: int, seed: int, init_std:
     config = LlamaConfig(vocab_size=512, hidden_size=d_model,
                          intermediate_size=int(round(d_model * 11008 / 4096)),
                          num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                         head_dim=d_model // n_heads, max_position_embeddings=max(2048, n_positions),
+                         head_dim=d_model // n_heads,
+                         max_position_embeddings=max(2048, n_positions),
                          attn_implementation="sdpa")
     torch.manual_seed(seed)
     hf = LlamaForCausalLM(config).eval()

@@ -357,9 +357,14 @@ def circuit_source(name: str, description: str, provenance: str, n_layers: int, 
     """The text of a discovered pathway's circuit file: the usual shape (``NAME``,
     ``DESCRIPTION``, ``pathway(seg, n_layers)``), its provenance in the docstring, the open
     layers as data."""
-    layers = ",\n".join(f"    {json.dumps(type_name, ensure_ascii=False)}: {list(open_layers[type_name])}"
-                        for type_name in open_layers)
-    return (f'"""{provenance}\n"""\n\n'
+    import textwrap
+
+    layers = ",\n".join(f"    {json.dumps(name, ensure_ascii=False)}: {list(open_layers[name])}"
+                        for name in open_layers)
+    # wrapped to the project's line length; no backslash or closing quotes can end the docstring
+    text = "\n\n".join(textwrap.fill(paragraph, 96) for paragraph in provenance.split("\n"))
+    text = text.replace("\\", "/").replace('"""', "'''")
+    return (f'"""{text}\n"""\n\n'
             f"from mapflow_tl.discovery import pathway_from_layers\n"
             f"from mapflow_tl.errors import InputError\n\n"
             f"NAME = {json.dumps(name)}\n"
@@ -372,8 +377,9 @@ def circuit_source(name: str, description: str, provenance: str, n_layers: int, 
             f"OPEN_LAYERS = {{\n{layers},\n}}\n\n\n"
             f"def pathway(seg, n_layers):\n"
             f"    if n_layers != N_LAYERS:\n"
-            f"        raise InputError(f\"circuit {{NAME!r}} was discovered on a {{N_LAYERS}}-layer \"\n"
-            f"                         f\"model; this one has {{n_layers}} layers\")\n"
+            f"        raise InputError(f\"circuit {{NAME!r}} was discovered on a \"\n"
+            f"                         f\"{{N_LAYERS}}-layer model; this one has \"\n"
+            f"                         f\"{{n_layers}} layers\")\n"
             f"    return pathway_from_layers(seg, n_layers, OPEN_LAYERS, targets=TARGETS, "
             f"circuit=NAME)\n")
 

@@ -213,3 +213,26 @@ def test_discover_refuses_resume_and_flow_circuits(model_and_data, tmp_path, cap
     assert "cannot resume" in capsys.readouterr().err
     assert main(["discover", *common, "--circuit", "cross-frame"]) == 2
     assert "flow circuits" in capsys.readouterr().err
+
+
+def test_the_circuit_file_is_a_loadable_circuit_whatever_its_provenance_says(tmp_path):
+    """Backslashes and triple quotes in the provenance cannot break the file; a model of another
+    depth is refused by name."""
+    from mapflow_tl.circuits import load_circuit
+
+    seg = _layout()
+    opened = {name: ([1] if name == "video → last" else [])
+              for name in discovery.edge_types(seg)}
+    source = discovery.circuit_source("x-found", "one line", 'C:\\models\\m """ done\nsecond',
+                                      N_LAYERS, "coarse", opened)
+    path = tmp_path / "x_found.py"
+    path.write_text(source)
+    circuit = load_circuit(path)
+    spec = circuit.build_pathway(seg, N_LAYERS)
+    n = seg.n_positions
+    # by hand: only the last position's video keys in layer 1 stay open among the typed edges
+    assert not spec.blocked(1).dense(n)[n - 1, seg.video.start:seg.video.stop].any()
+    assert spec.blocked(0).dense(n)[n - 1, seg.video.start:seg.video.stop].all()
+    assert max(len(line) for line in source.splitlines()) <= 100
+    with pytest.raises(InputError, match="3-layer model; this one has 4"):
+        circuit.build_pathway(seg, 4)

@@ -139,7 +139,8 @@ def _discover(args: argparse.Namespace) -> int:
     if run.world.is_main:
         print(f"discover: {len(search_ids)} search / {len(eval_ids)} held-out samples; "
               f"{result.evaluations} evaluations ({result.forwards:.1f} forward equivalents) "
-              f"in {seconds:.1f} s ({cpu_seconds:.1f} s of CPU)" + ("" if result.complete else "; budget SPENT"))
+              f"in {seconds:.1f} s ({cpu_seconds:.1f} s of CPU)"
+              + ("" if result.complete else "; budget SPENT"))
         for t, layers in open_layers.items():
             print(f"  {t:<32} {_ranges(layers)}")
         print(f"held out: full {full['accuracy']:.1f} %, discovered {final['accuracy']:.1f} % "
