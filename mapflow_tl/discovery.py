@@ -63,6 +63,7 @@ __all__ = [
     "evaluate_pathways",
     "circuit_source",
     "discover",
+    "variability",
 ]
 
 #: The edge-type partitions the search can use (:func:`edge_types`).
@@ -518,3 +519,18 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
     return {"result": result, "split": split,
             "tables": {"discover": rows, "discover_path": path,
                        "discover_samples": per_sample_rows}}
+
+
+def variability(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per edge type and layer, from ``discover_samples`` rows: how many per-sample pathways
+    there are, how many keep the layer open, and the share that differ from the per-task
+    pathway there (open where it is closed, or closed where it is open)."""
+    cells: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault((row["edge_type"], int(row["layer"])), []).append(row)
+    return [{"edge_type": name, "layer": layer, "samples": len(group),
+             "task_open": bool(group[0]["task_open"]),
+             "sample_open": sum(bool(r["sample_open"]) for r in group),
+             "differ": sum(bool(r["sample_open"]) != bool(r["task_open"]) for r in group)
+             / len(group)}
+            for (name, layer), group in cells.items()]

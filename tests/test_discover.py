@@ -236,3 +236,11 @@ def test_the_circuit_file_is_a_loadable_circuit_whatever_its_provenance_says(tmp
     assert max(len(line) for line in source.splitlines()) <= 100
     with pytest.raises(InputError, match="3-layer model; this one has 4"):
         circuit.build_pathway(seg, 4)
+
+
+def test_variability_by_hand():
+    rows = [{"sample": s, "edge_type": "t", "layer": 0, "task_open": True, "sample_open": o}
+            for s, o in (("a", True), ("b", False), ("c", False), ("d", True))]
+    assert discovery.variability(rows) == [{"edge_type": "t", "layer": 0, "samples": 4,
+                                            "task_open": True, "sample_open": 2,
+                                            "differ": 0.5}]

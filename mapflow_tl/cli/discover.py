@@ -153,6 +153,16 @@ def _discover(args: argparse.Namespace) -> int:
                 print(f"  {row['label']}: {row['accuracy']:.1f} % with "
                       f"{100 * row['retained']:.1f} % kept; random at its fraction "
                       f"{mean:.1f} % (mean of {len(randoms)} seeds)")
+        varied = [v for v in discovery.variability(found["tables"]["discover_samples"])
+                  if v["differ"] > 0]
+        if found["tables"]["discover_samples"]:
+            n = len({r["sample"] for r in found["tables"]["discover_samples"]})
+            print(f"per-sample pathways ({n} samples) differ from the per-task one in "
+                  f"{len(varied)} (edge type, layer) cells:")
+            for v in sorted(varied, key=lambda v: -v["differ"])[:10]:
+                print(f"  {v['edge_type']:<32} layer {v['layer']}: {100 * v['differ']:.0f} % "
+                      f"of samples (task pathway {'open' if v['task_open'] else 'closed'}, "
+                      f"open in {v['sample_open']}/{v['samples']})")
         print(f"circuit written to {path}; use it with --circuit {path} or --circuit-dir "
               f"{path.parent} --circuit {name}", file=sys.stderr)
     del out
