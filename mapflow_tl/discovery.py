@@ -278,11 +278,13 @@ class _Unit:
 
 def search_together(model, units: Sequence[Sequence[SearchSample]], *, targets: str = "coarse",
                     epsilon: float = 0.02, order: Sequence[str] | None = None, passes: int = 2,
-                    budget: int | None = None, method: str = "fast") -> list[SearchResult]:
+                    budget: int | None = None, method: str = "fast",
+                    progress: Callable[[str], None] | None = None) -> list[SearchResult]:
     """:func:`greedy_search` of several independent searches (a per-task one, or one per
     sample: per-sample adaptive pathways) stepped together: each round, every unfinished
     search's candidates on every one of its samples are one engine sweep
-    (:func:`~mapflow_tl.engine.sweep_samples`). ``budget`` bounds each search's evaluations."""
+    (:func:`~mapflow_tl.engine.sweep_samples`). ``budget`` bounds each search's evaluations;
+    ``progress`` is called with a line after each round."""
     from .engine import KnockoutConfig, recomputed_cells, sweep_samples
 
     if not 0.0 <= epsilon < 1.0:
@@ -330,6 +332,11 @@ def search_together(model, units: Sequence[Sequence[SearchSample]], *, targets: 
             accuracies = [_accuracy([sample[c] for sample in per_sample])
                           for c in range(len(unit.pending))]
             unit._advance(accuracies)
+        if progress is not None:
+            done = sum(unit.pending is None for unit in searches)
+            progress(f"{sum(unit.result.evaluations for unit in searches)} evaluations, "
+                     f"{sum(len(unit.result.steps) - 1 for unit in searches)} accepted steps, "
+                     f"{done}/{len(searches)} search(es) finished")
     return [unit.result for unit in searches]
 
 
@@ -403,7 +410,8 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
              order: Sequence[str] | None = None, passes: int = 2, budget: int | None = None,
              search_fraction: float = 0.5, split_seed: int = 0, hands: Sequence[Any] = (),
              seeds: Sequence[int] = (0, 1, 2), per_sample: int = 0,
-             sample_budget: int | None = 200, method: str = "fast") -> dict[str, Any]:
+             sample_budget: int | None = 200, method: str = "fast",
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Discover a per-task pathway on the search split of prepared samples ``xs`` (clean
     predictions ``bases``, :func:`~mapflow_tl.analyses.base_prediction`), evaluate it on the
     held-out split, and optionally search ``per_sample`` per-sample pathways.
@@ -438,7 +446,8 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
                          f"{len(held_out)} evaluation samples; both need some: load more "
                          f"samples or change --search-fraction")
     backbone, n_layers = vlm.backbone, vlm.n_layers
-    options = dict(targets=targets, epsilon=epsilon, order=order, passes=passes, method=method)
+    options = dict(targets=targets, epsilon=epsilon, order=order, passes=passes, method=method,
+                   progress=progress)
     result = search_together(backbone, [search], budget=budget, **options)[0]
 
     # the trade-off curve on the held-out split: every variant of every sample, one sweep

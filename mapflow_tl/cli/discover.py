@@ -85,7 +85,8 @@ def _discover(args: argparse.Namespace) -> int:
         epsilon=args.epsilon, order=args.order, passes=args.passes, budget=args.budget,
         search_fraction=args.search_fraction, split_seed=args.split_seed, hands=hands,
         seeds=args.random_seeds, per_sample=args.per_sample, sample_budget=args.sample_budget,
-        method=args.method)
+        method=args.method,
+        progress=lambda line: print(f"discover: {line}", file=sys.stderr, flush=True))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     result, split = found["result"], found["split"]
     writer = run.writer
