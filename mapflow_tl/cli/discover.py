@@ -214,7 +214,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     discover.add_argument("--sample-budget", type=positive_int, default=200, metavar="N",
                           help="evaluations per per-sample search (default %(default)s)")
     discover.add_argument("--name", default=None,
-                          help="the circuit's name (default discovered-<model folder>)")
+                          help="the circuit's name (without it: discovered-<model folder>)")
     discover.add_argument("--correctness", default="official", choices=CORRECTNESS,
                           help="how an answer is graded (default %(default)s, as prune)")
     discover.add_argument("--method", default="fast", choices=("fast", "naive"),
