@@ -270,7 +270,7 @@ def _require_finite_sweep(vlm: VideoLLM, x: Prepared, labelled,
     if not bool(bad.any()):
         return
     circuit, config = labelled[int(bad.nonzero()[0])]
-    hooks = knockout(config.edges, config.layers, config.heads, n_layers=vlm.n_layers)
+    hooks = config.hooks(vlm.n_layers)
     clean = vlm.run_with_hooks(x)[0, -1]
     require_finite(clean, vlm.backbone, x.embeds, (), what="the logits of the clean forward",
                    sample=_sample_id(x))

@@ -94,10 +94,21 @@ class KnockoutConfig:
     layers: tuple[int, ...]
     center: int | None = None
     heads: tuple[int, ...] | None = None
+    #: A pathway's configuration (:meth:`from_pathway`): the edges blocked in each of
+    #: ``layers``, in the same order; ``edges`` is then their union (what the fast method plans
+    #: with: no position before its first query can change). ``None``: ``edges`` in every layer.
+    per_layer: tuple[Edges, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
             raise InputError(f"knockout config {self.curve!r} (center {self.center}) has no layer")
+        if self.per_layer is not None:
+            if len(self.per_layer) != len(self.layers):
+                raise InputError(f"knockout config {self.curve!r}: {len(self.per_layer)} "
+                                 f"per-layer edge sets for {len(self.layers)} layers")
+            if self.heads is not None:
+                raise InputError(f"knockout config {self.curve!r}: per-layer edge sets block "
+                                 f"all heads; a head-level pathway runs through its hooks")
         if self.heads is not None:
             heads = tuple(sorted({int(h) for h in self.heads}))
             if not heads or heads[0] < 0:
@@ -109,6 +120,48 @@ class KnockoutConfig:
     def start_layer(self) -> int:
         """The first layer the knockout touches: every earlier layer equals the clean run."""
         return min(self.layers)
+
+    def layer_edges(self, layer: int) -> Edges:
+        """The edges this configuration blocks in ``layer`` (one of its ``layers``)."""
+        if self.per_layer is None:
+            return self.edges
+        return self.per_layer[self.layers.index(layer)]
+
+    def hooks(self, n_layers: int | None = None) -> HookList:
+        """The configuration as knockout hooks (what the naive method runs): ``edges`` in
+        ``layers``, or each layer's own edge set."""
+        if self.per_layer is None:
+            return knockout(self.edges, self.layers, self.heads, n_layers=n_layers)
+        shared: dict[int, KnockoutHook] = {}
+        hooks: HookList = []
+        for layer, edges in zip(self.layers, self.per_layer):
+            knockout(edges, [layer], n_layers=n_layers)   # validates the layer
+            hook = shared.setdefault(id(edges), KnockoutHook(edges))
+            hooks.append((attn_scores_hook_name(layer), hook))
+        return hooks
+
+    @classmethod
+    def from_pathway(cls, spec, curve: str, n_positions: int) -> "KnockoutConfig":
+        """The configuration of an effective-pathway spec
+        (:class:`~mapflow_tl.hooks.PathwaySpec`, Map the Flow Finding 4): in every layer the
+        spec's blocked edges (:meth:`~mapflow_tl.hooks.PathwaySpec.blocked`), so that the engine
+        evaluates a pathway — and batches many of them, of many samples — like a knockout
+        window. A spec that blocks nothing gives a configuration equal to the clean run. A
+        head-level spec (``keep(..., heads=)``) is refused: run its hooks."""
+        if spec.head_rules:
+            raise InputError(f"pathway {curve!r} keeps some edges in chosen heads only; the "
+                             f"engine's pathway configurations block all heads: evaluate it "
+                             f"with spec.hooks()")
+        layers, per_layer = [], []
+        for layer in range(spec.n_layers):
+            edges = spec.blocked(layer)
+            if edges.extent() and not edges.is_empty(n_positions):
+                layers.append(layer)
+                per_layer.append(edges)
+        if not layers:
+            return cls(curve, Edges.empty(), (0,), per_layer=(Edges.empty(),))
+        union = Edges.union({id(e): e for e in per_layer}.values())
+        return cls(curve, union, tuple(layers), per_layer=tuple(per_layer))
 
 
 def layer_sweep(
@@ -356,9 +409,8 @@ def sweep_samples(
 
         results = []
         for sample, sample_configs in zip(embeds, configs):
-            rows = [run_from_embeds(model, sample, fwd_hooks=knockout(
-                config.edges, config.layers, config.heads, n_layers=n_layers) + user_hooks,
-                grad=False)[0, -1]
+            rows = [run_from_embeds(model, sample, fwd_hooks=config.hooks(n_layers)
+                                    + user_hooks, grad=False)[0, -1]
                 for config in sample_configs]
             results.append(torch.stack(rows) if rows else _no_logits(model))
         return results
@@ -667,16 +719,19 @@ def _batch_sizer(model: HookedTransformer, n_positions: int, batch_budget_mb: fl
 
 
 def _edge_rows(n_positions: int):
-    """``rows(config, first_query, device)``: the blocked rows ``first_query …`` of a
-    configuration's dense edge mask, one mask per distinct edge set."""
+    """``rows(config, first_query, device, layer=None)``: the blocked rows ``first_query …`` of
+    a configuration's dense edge mask (of its edges in ``layer`` for a per-layer
+    configuration), one mask per distinct edge set."""
     masks: dict[int, torch.Tensor] = {}
 
-    def rows(config: KnockoutConfig, first_query: int, device) -> torch.Tensor:
-        mask = masks.get(id(config.edges))
+    def rows(config: KnockoutConfig, first_query: int, device,
+             layer: int | None = None) -> torch.Tensor:
+        edges = config.edges if layer is None else config.layer_edges(layer)
+        mask = masks.get(id(edges))
         if mask is None:
             # KnockoutHook.mask validates (no query loses every key) exactly as the naive path.
-            mask = KnockoutHook(config.edges).mask(n_positions, device)
-            masks[id(config.edges)] = mask
+            mask = KnockoutHook(edges).mask(n_positions, device)
+            masks[id(edges)] = mask
         return mask[first_query:]
 
     return rows
@@ -748,9 +803,16 @@ def _fast_sweep_lean(
         active = torch.tensor([[layer in config.layers for _, config in chunk]
                                for layer in range(n_layers)], device=device)
         heads = _head_masks([config for _, config in chunk], model.cfg.n_heads, device)
+        options = {} if heads is None else {"heads": heads}
+        if any(config.per_layer is not None for _, config in chunk):
+            # pathways: each layer its own rows (an inactive element's are never read)
+            options["layer_blocked"] = {
+                layer: [rows[sample](config, lengths[sample] - n_queries, device, layer)
+                        if config.per_layer is not None and layer in config.layers
+                        else blocked[row] for row, (sample, config) in enumerate(chunk)]
+                for layer in range(s, n_layers) if bool(active[layer].any())}
         logits = suffix_logits(weights, clean, s, blocked, active,
-                               [sample for sample, _ in chunk],
-                               **({} if heads is None else {"heads": heads}))
+                               [sample for sample, _ in chunk], **options)
         for row, (sample, index) in enumerate(members):
             results[sample][index] = logits[row]
 
@@ -818,12 +880,16 @@ def _fast_sweep_hooked(
         start = clean_resid[s][:, p:]
         batch_masks = torch.stack([rows(config, p, start.device) for config in chunk])
         head_masks = _head_masks(chunk, model.cfg.n_heads, start.device)
+        per_layer = any(config.per_layer is not None for config in chunk)
         hooks: HookList = []
         for layer in range(s, n_layers):
             active = torch.tensor([layer in config.layers for config in chunk])
             if bool(active.any()):
+                masks = batch_masks if not per_layer else torch.stack([
+                    rows(config, p, start.device, layer) if layer in config.layers
+                    else batch_masks[row] for row, config in enumerate(chunk)])
                 hooks.append((attn_scores_hook_name(layer),
-                              BatchedKnockoutHook(batch_masks, active, head_masks)))
+                              BatchedKnockoutHook(masks, active, head_masks)))
         with _attached(model, hooks + user_hooks):
             residual = model(start.repeat(size, 1, 1), start_at_layer=s, stop_at_layer=n_layers,
                              past_kv_cache=cache)

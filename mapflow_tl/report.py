@@ -45,7 +45,7 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any, Sequence
 
 import numpy as np
@@ -66,7 +66,8 @@ _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#
             "#17becf", "#bcbd22", "#7f7f7f"]
 FIGURE_IDS = ("flow-change", "flow-accuracy", "finding-1", "failure-diagnosis",
               "probability-trace", "keyword-frequency", "lens-overlay", "attention-maps",
-              "pruning", "pathway-table", "patching", "head-maps")
+              "pruning", "pathway-table", "patching", "head-maps", "pathway-tradeoff",
+              "pathway-variability")
 #: How the report numbers layers, stated in its header and on every layer axis.
 LAYER_NUMBERING = ("Layers are numbered from 0: layer ℓ is decoder block ℓ (0 = the first), "
                    "as in the tables; the paper's figures count from 1 (paper layer = ℓ + 1).")
@@ -1168,6 +1169,134 @@ def _eval_section(rows):
     return ("accuracy", "Accuracy per task", caption, figure), summary
 
 
+#: The trade-off figure's methods: colour, marker, legend name.
+_TRADEOFF_STYLE = {
+    "search": ("#1f77b4", "circle", "discovered (search path), held out"),
+    "search-split": ("#9ecae1", "circle-open", "search path on the search split"),
+    "hand": ("#2ca02c", "diamond", "hand-written pathway {label}, held out"),
+    "random": ("#d62728", "x", "random pruning at the same fraction, held out (mean ± sd "
+                               "over {seeds} seed(s))"),
+    "full": ("#7f7f7f", "square", "full model, held out"),
+}
+
+
+def _discover_section(rows, config):
+    """The trade-off curve of a pathway search (``discover`` rows): retained edges vs accuracy
+    for every accepted step of the search (on the held-out split, and dashed on the search
+    split as the search saw it), each hand-written pathway, and the random baseline at each of
+    their fractions (mean ± sd over seeds), with the full model."""
+    figure = go.Figure()
+    rows = [{**r, "seed": _seed_of(r), "step": _seed_of({"seed": r.get("step")})}
+            for r in rows]
+
+    def point(r):
+        return 100 * r["retained"], r["accuracy"]
+
+    def add(xs, ys, style, *, label="", seeds=0, mode="lines+markers", dash=None, error=None,
+            hover=None):
+        color, symbol, name = _TRADEOFF_STYLE[style]
+        name = name.format(label=label, seeds=seeds)
+        figure.add_trace(go.Scatter(
+            x=xs, y=ys, mode=mode, name=name,
+            line=dict(color=color, dash=dash), marker=dict(color=color, symbol=symbol, size=9,
+                                                          line=dict(width=1, color=color)),
+            error_y=None if error is None else dict(type="data", array=error, color=color),
+            customdata=hover, hovertemplate=(
+                ("%{customdata}<br>" if hover is not None else "")
+                + "retained %{x:.1f} %: accuracy %{y:.1f} %<extra>" + html.escape(name[:40])
+                + "</extra>")))
+
+    held = [r for r in rows if r["split"] == "eval"]
+    searched = sorted((r for r in held if r["method"] == "search"), key=lambda r: r["step"])
+    full = [r for r in held if r["method"] == "full"]
+    start = [(100.0, full[0]["accuracy"])] if full else []
+    if searched:
+        points = start + [point(r) for r in searched]
+        add([p[0] for p in points], [p[1] for p in points], "search",
+            hover=["full model"] * len(start) + [r["label"] for r in searched])
+    on_search = sorted((r for r in rows if r["split"] == "search" and r["method"] in
+                        ("search", "full")), key=lambda r: r["step"])
+    if on_search:
+        add([point(r)[0] for r in on_search], [point(r)[1] for r in on_search], "search-split",
+            dash="dot", hover=[r["label"] for r in on_search])
+    for label in dict.fromkeys(r["label"] for r in held if r["method"] == "hand"):
+        [hand] = [r for r in held if r["method"] == "hand" and r["label"] == label]
+        add([point(hand)[0]], [point(hand)[1]], "hand", label=label, mode="markers",
+            hover=[label])
+    randoms = _by([r for r in held if r["method"] == "random"], "label")
+    seeds = len({r["seed"] for r in held if r["method"] == "random"})
+    if randoms:
+        means = sorted(((mean(100 * r["retained"] for r in group),
+                         mean(r["accuracy"] for r in group),
+                         stdev([r["accuracy"] for r in group]) if len(group) > 1 else 0.0,
+                         label) for label, group in randoms.items()))
+        add([m[0] for m in means], [m[1] for m in means], "random", seeds=seeds,
+            error=[m[2] for m in means], hover=[m[3] for m in means])
+    if full:
+        add([100.0], [full[0]["accuracy"]], "full", mode="markers", hover=["full model"])
+    figure.update_xaxes(title_text="retained attention edges (% of causal edges, all layers, "
+                                   "summed over samples)", autorange="reversed")
+    figure.update_yaxes(title_text="accuracy (%)", range=[-5, 105])
+    figure.update_layout(height=420, margin=dict(t=30),
+                         legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
+    record = config.get("discover") or {}
+    definitions = config.get("definitions") or {}
+    n_eval = full[0]["samples"] if full else 0
+    n_search = len(record.get("search_samples") or ())
+    caption = (f"Accuracy vs the share of causal attention edges kept (the paper's accounting: "
+               f"kept over all causal edges, summed over layers and samples), right to left as "
+               f"the search removes edges. Blue: each accepted step of the greedy search "
+               f"(ε = {definitions.get('search_epsilon_points', '?')} points, order "
+               f"{definitions.get('search_order', '?')}) measured on the {n_eval} held-out "
+               f"samples; dotted: the same steps on the {n_search} search samples, as the "
+               f"search saw them; red: random pruning of the same fraction "
+               f"(official-uniform, drawn afresh per sample and seed), mean ± sd over "
+               f"{seeds} seed(s); green: hand-written pathways.")
+    cost = record.get("cost") or {}
+    if cost:
+        caption += (f" The search cost {cost.get('evaluations')} evaluations (pathway × sample), "
+                    f"{cost.get('forward_equivalents', 0):.0f} forward equivalents"
+                    + ("" if cost.get("complete", True) else "; its budget ran out") + ".")
+    return ("pathway-tradeoff", "Discovered pathway: the trade-off curve", caption, figure)
+
+
+def _discover_samples_section(rows):
+    """Per-sample adaptive pathways against the per-task one: per edge type and layer, the
+    share of samples whose own pathway differs (open where the task's is closed or closed where
+    it is open)."""
+    types = list(dict.fromkeys(r["edge_type"] for r in rows))
+    layers = sorted({int(r["layer"]) for r in rows})
+    cells = _by(rows, "edge_type", "layer")
+    z, text, hover = [], [], []
+    for name in types:
+        z.append([]), text.append([]), hover.append([])
+        for layer in layers:
+            group = cells.get((name, layer), [])
+            differ = sum(bool(r["sample_open"]) != bool(r["task_open"]) for r in group)
+            opened = sum(bool(r["sample_open"]) for r in group)
+            task = bool(group[0]["task_open"]) if group else False
+            z[-1].append(differ / len(group) if group else None)
+            text[-1].append("●" if task else "")
+            hover[-1].append(f"task pathway: {'open' if task else 'closed'}; open in {opened} "
+                             f"of {len(group)} sample pathways")
+    figure = go.Figure(go.Heatmap(
+        z=z, x=layers, y=types, text=text, texttemplate="%{text}", customdata=hover,
+        zmin=0, zmax=1, colorscale=_ATTENTION_SCALE, colorbar=dict(title="differ"),
+        hovertemplate="%{y}, layer %{x}: %{z:.0%} of samples differ<br>%{customdata}"
+                      "<extra></extra>"))
+    figure.update_xaxes(title_text=_LAYER_AXIS, dtick=1)
+    figure.update_layout(height=120 + 40 * len(types), margin=dict(t=30))
+    n = len({r["sample"] for r in rows})
+    incomplete = len({r["sample"] for r in rows if not r["complete"]})
+    caption = (f"A pathway searched for each of {n} held-out samples the full model answers "
+               f"correctly (same greedy search, the sample alone as its search split), against "
+               f"the per-task pathway (● = open in the per-task pathway): the colour is the "
+               f"share of samples whose own pathway differs there."
+               + (f" {incomplete} per-sample search(es) ran out of budget." if incomplete
+                  else ""))
+    return ("pathway-variability", "Per-sample pathways vs the per-task one", caption, figure)
+
+
 def _segment_order(name: str) -> tuple:
     """Frames in frame order, then the other segments as they come in a prompt."""
     if name.startswith("frame_") and name[len("frame_"):].isdigit():
@@ -1594,7 +1723,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     tables = {name: read_rows(run_dir, name) for name in
               ("samples", "flow", "prob", "keywords", "crossframe", "lens", "attention",
                "prune", "frames", "patch", "heads", "eval", "diagnosis", "open_ended",
-               "answers")}
+               "answers", "discover", "discover_samples")}
     samples, flow, prob = tables["samples"], tables["flow"], tables["prob"]
     sections: list[tuple[str, str, str, Any]] = []
     accuracy_table = None
@@ -1629,6 +1758,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
         sections.append(_diagnosis_section(tables["diagnosis"]))
     if tables["open_ended"]:
         sections += _open_ended_sections(tables["open_ended"], tables["answers"])
+    if tables["discover"]:
+        sections.append(_discover_section(tables["discover"], config))
+    if tables["discover_samples"]:
+        sections.append(_discover_samples_section(tables["discover_samples"]))
     if samples and not tables["eval"] and not any(r.get("selected", True) for r in samples):
         mode = (config.get("definitions") or {}).get("sample_mode") or config.get("mode")
         sections.insert(0, ("no-selected-samples", "No sample was selected",
@@ -1637,8 +1770,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                             f"run again with another --mode (e.g. all) to sweep them.", None))
     if not sections and not tables["prune"]:
         raise InputError(f"{run_dir} holds no result tables to report (flow, prob, keywords, "
-                         f"crossframe, lens, attention, prune, patch, heads, eval or "
-                         f"diagnosis); run an analysis into it first")
+                         f"crossframe, lens, attention, prune, patch, heads, eval, diagnosis "
+                         f"or discover); run an analysis into it first")
     blocks = []
     for figure_id, title, caption, figure in sections:
         if figure is None:

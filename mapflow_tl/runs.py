@@ -446,6 +446,37 @@ class RunWriter:
             self.config = outputs.record(self.out, "run", new)
             self._files.update(new)
 
+    def record_config(self, extra: Mapping[str, Any]) -> None:
+        """Add ``extra`` to ``run.json`` (what a run learns only as it runs: a search's split).
+        Keys of the configuration a resume compares are refused."""
+        clash = sorted(set(extra) & set(IDENTITY_KEYS))
+        if clash:
+            raise ValueError(f"record_config cannot change the run's identity keys {clash}")
+        self._locked()
+        self.config = outputs.record(self.out, "run", [],
+                                     base={**self.config, **_jsonable(dict(extra))})
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a file of the run's own (``name`` relative to the run folder, e.g. a discovered
+        circuit ``circuits/x.py``), listed in the manifest first so that ``--overwrite`` removes
+        it; a file already there that the run does not own is refused, never replaced."""
+        path = outputs._inside(self.out, name)
+        if path is None:
+            raise RunFolderError(f"{name!r} is not a path inside the run folder {self.out}")
+        if path.exists() and name not in self._files:
+            raise RunFolderError(f"{path} exists and is not one of this run's files; nothing "
+                                 f"was written: remove it yourself or choose another --out")
+        self._locked()
+        self._own(name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as error:
+            raise _write_error(self.out, error) from error
+        return path
+
     # ---------------------------------------------------------------- the lock's lifetime
     def close(self) -> None:
         """Release the folder's lock (idempotent)."""

@@ -107,6 +107,18 @@ TABLES: dict[str, tuple[str, ...]] = {
     # words, exact = equal to it (None without a reference).
     "eval": SAMPLE_COLUMNS + ("kind", "prediction", "option", "truth", "correct", "exact",
                               "p_pred", "p_true"),
+    # Pathway discovery (mapflow_tl.discovery): the trade-off curve, one row per variant
+    # (method full / search / hand / random) and seed on a split ("eval": held out; "search":
+    # the samples the search chose on), accuracy in %, edges summed over layers and samples.
+    "discover": ("method", "step", "label", "seed", "split", "samples", "correct", "accuracy",
+                 "kept_edges", "total_edges", "retained"),
+    # The search's accepted steps (open_layers: JSON {edge type: [0-based layers]}); cost so far
+    # in evaluations (pathway × sample) and forward equivalents (recomputed cells).
+    "discover_path": ("search", "step", "edge_type", "change", "open_layers", "search_accuracy",
+                      "evaluations", "forwards", "complete"),
+    # Per-sample adaptive pathways against the per-task one: one row per sample × type × layer.
+    "discover_samples": SAMPLE_COLUMNS + ("edge_type", "layer", "task_open", "sample_open",
+                                          "sample_retained", "evaluations", "complete"),
     # stage: "load" (an entry the loader left out) or "prepare" (a sample that could not be
     # prepared); index: the entry in its annotation file; file: the file at fault.
     "skipped": ("sample", "task", "file", "index", "field", "reason", "stage"),

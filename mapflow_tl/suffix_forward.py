@@ -52,7 +52,7 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -643,6 +643,7 @@ def suffix_logits(
     active: Bool[torch.Tensor, "layer batch"],
     samples: Sequence[int] | None = None,
     heads: Bool[torch.Tensor, "batch head"] | None = None,
+    layer_blocked: Mapping[int, Sequence[Bool[torch.Tensor, "query _"]]] | None = None,
 ) -> Float[torch.Tensor, "batch d_vocab"]:
     """Last-position logits of a batch of knockout configurations, possibly of several samples.
 
@@ -655,7 +656,9 @@ def suffix_logits(
     recomputed cells only (module docstring). Elements of different samples share every layer
     call; each reads its own sample's clean keys and values. ``heads[b]`` (default: all) marks
     the query heads element b blocks its pairs in; the mask is then per head (``heads`` times
-    larger), so a batch without head-resolved elements passes ``None``.
+    larger), so a batch without head-resolved elements passes ``None``. ``layer_blocked[l]``
+    (effective pathways, whose blocked edges differ by layer): each element's rows in layer l,
+    in place of ``blocked`` there.
     """
     B, Q = len(blocked), blocked[0].shape[0]
     samples = [0] * B if samples is None else list(samples)
@@ -670,14 +673,17 @@ def suffix_logits(
     if order != list(range(B)):  # group elements by sample; logits are put back in order
         logits = suffix_logits(weights, clean, start_layer, [blocked[i] for i in order],
                                active[:, order], [samples[i] for i in order],
-                               None if heads is None else heads[order])
+                               None if heads is None else heads[order],
+                               None if layer_blocked is None else
+                               {layer: [rows[i] for i in order]
+                                for layer, rows in layer_blocked.items()})
         return logits[torch.tensor(order, device=logits.device).argsort()]
     if heads is not None and heads.shape != (B, weights.n_heads):
         raise ValueError(f"heads must be [{B}, {weights.n_heads}], got {tuple(heads.shape)}")
     device = blocked[0].device
     layout = _layout(clean, samples, Q, device)
     P = layout.n_prefix
-    slot_blocked = _slot_blocked(blocked, layout, Q)
+    slot_blocked_all = _slot_blocked(blocked, layout, Q)
     allowed_base = _allowed(layout, Q, device)
     residual = clean.residual[start_layer]
     single = len(set(samples)) == 1
@@ -701,7 +707,12 @@ def suffix_logits(
         """The additive mask of a layer (0 or −∞: padding, causal and each active element's
         knockout), one per pattern of active elements."""
         pattern = tuple(active[layer].tolist())
+        own_rows = None if layer_blocked is None else layer_blocked.get(layer)
+        if own_rows is not None:   # the layer's own rows: one mask per distinct row set
+            pattern = pattern + tuple(id(rows) for rows in own_rows)
         if pattern not in masks:
+            slot_blocked = slot_blocked_all if own_rows is None else \
+                _slot_blocked(own_rows, layout, Q)
             allowed = allowed_base
             if heads is not None and any(pattern):
                 # [B, heads, Q, P+Q]: element b's pairs blocked in its marked heads only

@@ -424,3 +424,44 @@ def test_head_resolved_batches_budget_for_their_per_head_masks(llama, inputs, mo
     fast = sweep(llama, embeds, per_head, batch_budget_mb=budget, suffix="lean")
     assert max(sizes) < 4 and sum(sizes) == 8
     _assert_equal(fast, sweep(llama, embeds, per_head, method="naive"), per_head)
+
+
+@pytest.mark.parametrize("suffix", ["lean", "hooked"])
+def test_pathway_configs_equal_hf_with_each_layers_own_mask(tiny_hf_llama, tiny_backbone,
+                                                            layout, suffix):
+    """An effective pathway as one engine configuration (KnockoutConfig.from_pathway: different
+    edges blocked in different layers) equals the Hugging Face model run with each layer's own
+    explicit additive mask, built with plain loops; several pathways, batched together, each
+    keep their own layers' masks; a pathway that blocks nothing is the clean run."""
+    from mapflow_tl.hooks import PathwaySpec
+    from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
+
+    n, n_heads, n_layers = layout.n_positions, tiny_backbone.cfg.n_heads, 4
+    video = list(range(layout.video.start, layout.video.stop))
+    question = list(layout.question_with_options.positions)
+    last = [n - 1]
+    frames = [list(frame.positions) for frame in layout.frames]
+    cross = [(sum(frames[:t], []), frames[t]) for t in range(1, len(frames))]
+    specs = [
+        (PathwaySpec(n_layers).keep(E.cross_frame(layout), [1, 2])
+         .keep(E.video_to_last(layout), [3]).block(E.question_to_last(layout), [0, 2])),
+        PathwaySpec(n_layers).keep(E.video_to_question(layout), [0]),
+        PathwaySpec(n_layers),
+    ]
+    hand = [  # per layer: (keys, queries) pairs blocked, written out from the rules above
+        {0: cross + [(video, last), (question, last)], 1: [(video, last)],
+         2: [(video, last), (question, last)], 3: cross},
+        {layer: [(video, question)] for layer in (1, 2, 3)},
+        {},
+    ]
+    generator = torch.Generator().manual_seed(5)
+    embeds = torch.randn(1, n, tiny_backbone.cfg.d_model, generator=generator)
+    configs = [KnockoutConfig.from_pathway(spec, f"p{i}", n) for i, spec in enumerate(specs)]
+    ours = sweep(tiny_backbone, embeds, configs, suffix=suffix)
+    for row, blocked in enumerate(hand):
+        reference = hf_logits_with_layer_masks(
+            tiny_hf_llama, {layer: additive_mask(n, block_mask(n, pairs), n_heads)
+                            for layer, pairs in blocked.items()},
+            additive_mask(n, None, n_heads), inputs_embeds=embeds)[0, -1]
+        assert (ours[row] - reference).abs().max() <= 1e-4, f"pathway {row}"
+    assert (ours[0] - ours[2]).abs().max() > 1e-3, "the pathway should change the answer"

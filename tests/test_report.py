@@ -142,8 +142,34 @@ def _run_folder(root: Path) -> Path:
                            for curve, sign in (("cross-frame", -1), ("video → last", 1))
                            for layer in range(4) for head in range(2)
                            for change in [sign * (layer * 10 + head) + offset]])
+    writer.write("discover", _discover_rows())
+    writer.write("discover_samples", [
+        {"sample": sample, "task": "T", "edge_type": edge_type, "layer": layer,
+         "task_open": layer < 2, "sample_open": layer < (1 if sample == "s0" else 2),
+         "sample_retained": 0.5, "evaluations": 10, "complete": True}
+        for sample in ("s0", "s1") for edge_type in ("cross-frame", "video → last")
+        for layer in range(4)])
     writer.finish()
     return out
+
+
+def _discover_rows():
+    """A search path of two steps, a hand pathway and two random seeds per point, by hand."""
+    def row(method, step, label, seed, split, accuracy, retained):
+        return {"method": method, "step": step, "label": label, "seed": seed, "split": split,
+                "samples": 10, "correct": round(accuracy / 10), "accuracy": accuracy,
+                "kept_edges": int(retained * 1000), "total_edges": 1000, "retained": retained}
+
+    rows = [row("full", 0, "full model", None, "eval", 90.0, 1.0),
+            row("full", 0, "full model", None, "search", 80.0, 1.0)]
+    for step, retained, accuracy in ((1, 0.8, 90.0), (2, 0.5, 80.0)):
+        label = f"step {step}"
+        rows.append(row("search", step, label, None, "eval", accuracy, retained))
+        rows.append(row("search", step, label, None, "search", accuracy - 10, retained))
+        rows += [row("random", step, f"random at {label}", seed, "eval", 40.0 + 10 * seed,
+                     retained + 0.001 * seed) for seed in (0, 2)]
+    rows.append(row("hand", None, "hand-c", None, "eval", 70.0, 0.7))
+    return rows
 
 
 def _head_row(sample, curve, layer, head, change):
@@ -1066,3 +1092,36 @@ def test_sample_layer_matrix_skips_missing_values():
     matrix = _matrix(rows, lambda r: r["v"], [0, 1])
     assert matrix[0].tolist() == [2.0, 5.0]
     assert math.isnan(matrix[1, 0]) and matrix[1, 1] == 4.0
+
+
+def test_tradeoff_figure_by_hand(report):
+    """The trade-off figure draws the held-out search path from the full model on, the search
+    split dotted, the hand pathway, and the random baseline as its seeds' mean ± sd; each method
+    has its own colour, and a trace's line and markers share it (what the legend shows)."""
+    figure = _figure(report.read_text(), "pathway-tradeoff")
+    traces = {t["name"].split(",")[0].split(" (")[0]: t for t in figure["data"]}
+    search = traces["discovered"]
+    assert search["x"] == pytest.approx([100.0, 80.0, 50.0])
+    assert search["y"] == pytest.approx([90.0, 90.0, 80.0])
+    on_search = traces["search path on the search split"]
+    assert on_search["y"] == pytest.approx([80.0, 80.0, 70.0])
+    assert on_search["line"]["dash"] == "dot"
+    random = traces["random pruning at the same fraction"]
+    assert random["y"] == pytest.approx([50.0, 50.0])            # mean of 40 and 60
+    assert random["error_y"]["array"] == pytest.approx([14.1421356, 14.1421356])
+    assert random["x"] == pytest.approx([50.1, 80.1])
+    assert traces["hand-written pathway hand-c"]["y"] == [70.0]
+    colours = [t["marker"]["color"] for t in figure["data"]]
+    assert len(set(colours)) == len(colours)
+    for trace in figure["data"]:
+        assert trace["line"]["color"] == trace["marker"]["color"], trace["name"]
+
+
+def test_pathway_variability_by_hand(report):
+    """Per edge type and layer, the share of sample pathways that differ from the task's: s0
+    closes layer 1 where the task keeps it open, s1 agrees everywhere."""
+    figure = _figure(report.read_text(), "pathway-variability")
+    [heatmap] = figure["data"]
+    assert heatmap["y"] == ["cross-frame", "video → last"]
+    assert heatmap["z"] == [[0, 0.5, 0, 0], [0, 0.5, 0, 0]]
+    assert heatmap["text"][0] == ["●", "●", "", ""]

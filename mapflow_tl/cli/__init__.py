@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mapflow_tl.cli.demo",
     "mapflow_tl.cli.analysis",
     "mapflow_tl.cli.evaluate",
+    "mapflow_tl.cli.discover",
     "mapflow_tl.cli.data",
     "mapflow_tl.cli.synthtv",
 )
