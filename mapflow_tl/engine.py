@@ -715,6 +715,7 @@ def _fast_sweep_lean(
     clean = clean_forward(weights, embeds, {batch.start_layer for batch in batches},
                           rotary=rotary, additions=additions)
     rows = [_edge_rows(n) for n in lengths]
+    plans: dict = {}  # the segmented attention's plans per edge set, reused across batches
     results = [[clean.logits[sample]] * len(sample_configs)
                for sample, sample_configs in enumerate(configs)]
     device = embeds[0].device
@@ -727,7 +728,7 @@ def _fast_sweep_lean(
                                for layer in range(n_layers)], device=device)
         heads = _head_masks([config for _, config in chunk], model.cfg.n_heads, device)
         logits = suffix_logits(weights, clean, s, blocked, active,
-                               [sample for sample, _ in chunk],
+                               [sample for sample, _ in chunk], plans=plans,
                                **({} if heads is None else {"heads": heads}))
         for row, (sample, index) in enumerate(members):
             results[sample][index] = logits[row]

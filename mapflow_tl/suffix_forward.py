@@ -610,6 +610,151 @@ def _causal_chunked_sdpa(weights: BackboneWeights, q, keys, values, mask: torch.
     return torch.cat(parts, dim=2)
 
 
+# ---------------------------------------------------------------------- segmented attention
+#: The CPU flash-attention kernel that also returns each query's log-sum-exp, so that attention
+#: over disjoint key sets can be merged exactly (None where this torch lacks it).
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+#: Most query rows per run of the segmented attention (see :func:`_attention_plan`).
+RUN_MAX_QUERIES = 512
+#: A run whose keys before it split into more allowed ranges than this gathers them into one.
+MAX_KEY_RANGES = 3
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Recomputed queries ``start … stop − 1`` (0-based among the Q recomputed) that share their
+    allowed keys before ``P + start``: ``ranges`` of key slots (contiguous), or ``gather`` (the
+    slot indices, when there are many ranges); ``diagonal`` is None when the run's own keys
+    ``P + start … P + stop − 1`` are plainly causal, else the additive ``[R, R]`` mask of causal
+    and knockout there; ``dead`` marks the run's rows that see none of their own keys (the
+    flash kernel gives such a row a log-sum-exp of 0, not −∞)."""
+
+    start: int
+    stop: int
+    ranges: tuple[tuple[int, int], ...]
+    gather: torch.Tensor | None
+    diagonal: torch.Tensor | None
+    dead: torch.Tensor | None = None
+
+
+def _attention_plan(blocked: torch.Tensor | None, n_prefix: int, n_queries: int, dtype,
+                    device) -> list[_Run] | None:
+    """How the segmented attention covers Q recomputed queries over P + Q key slots.
+
+    ``blocked`` ``[Q, P + Q]`` (a knocked-out layer's blocked pairs; None: plain causal). Rows
+    are cut into runs of consecutive queries whose blocked keys before the run agree (a frame's
+    queries under a cross-frame knockout, a question's under a video → question one; at most
+    ``RUN_MAX_QUERIES``); a run then attends the allowed key ranges before it without any mask
+    and its own keys causally (a mask only where the knockout cuts inside the run), merged by
+    their log-sum-exps. Keys a knockout blocks are never read. Returns None for plain causal
+    attention whose prefix is small (P ≤ Q / 4): one causal kernel over padded queries costs
+    less there (:func:`_segmented_attention`)."""
+    P, Q = n_prefix, n_queries
+    if blocked is None and 4 * P <= Q:
+        return None
+    starts = set(range(0, Q, RUN_MAX_QUERIES))
+    if blocked is not None:
+        # row i starts a run when it disagrees with row i − 1 on keys before P + i − 1 (the keys
+        # both see outside their own diagonal block), checked in blocks of rows
+        columns = torch.arange(P + Q, device=blocked.device)
+        for first in range(1, Q, 1024):
+            last = min(Q, first + 1024)
+            rows = torch.arange(first, last, device=blocked.device)
+            differ = (blocked[first:last] != blocked[first - 1:last - 1]) \
+                & (columns[None, :] < (P + rows - 1)[:, None])
+            starts.update((rows[differ.any(dim=1)]).tolist())
+    bounds = sorted(starts) + [Q]
+    causal = torch.ones(RUN_MAX_QUERIES, RUN_MAX_QUERIES, dtype=torch.bool,
+                        device=device).tril()
+    runs = []
+    for start, stop in zip(bounds, bounds[1:]):
+        length = stop - start
+        dead = None
+        if blocked is None:
+            ranges, gather, diagonal = ((0, P + start),), None, None
+        else:
+            allowed = ~blocked[start, :P + start]
+            edges = torch.diff(allowed.to(torch.int8), prepend=allowed.new_zeros(1, dtype=torch.int8),
+                               append=allowed.new_zeros(1, dtype=torch.int8))
+            opens = (edges == 1).nonzero().flatten().tolist()
+            closes = (edges == -1).nonzero().flatten().tolist()
+            ranges, gather = tuple(zip(opens, closes)), None
+            if len(ranges) > MAX_KEY_RANGES:
+                ranges, gather = (), allowed.nonzero().flatten().to(device)
+            own = blocked[start:stop, P + start:P + stop]
+            diagonal = None
+            if bool(own.any()):
+                keep = causal[:length, :length].to(own.device) & ~own
+                diagonal = torch.zeros(length, length, dtype=dtype, device=device) \
+                    .masked_fill_(~keep.to(device), float("-inf"))
+                if not bool(keep.any(dim=1).all()):
+                    dead = ~keep.any(dim=1).to(device)
+        runs.append(_Run(start, stop, ranges, gather, diagonal, dead))
+    return runs
+
+
+def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Attention over disjoint key sets ``(out [B, H, R, d], lse [B, H, R])`` → over their
+    union: ``Σ exp(lse_i − lse) · out_i`` with ``lse = log Σ exp(lse_i)``. A part in which a
+    query sees no key (lse −∞) weighs 0."""
+    if len(parts) == 1:
+        return parts[0][0]
+    dtype = parts[0][0].dtype
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    lse = torch.stack([part[1] for part in parts]).to(compute)
+    top = lse.max(dim=0).values
+    weights = torch.exp(lse - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
+    total = weights.sum(dim=0)
+    out = None
+    for weight, (part, part_lse) in zip(weights, parts):
+        part = part.to(compute)
+        if not bool(torch.isfinite(part_lse).all()):
+            part = torch.where(torch.isfinite(part_lse)[..., None], part, torch.zeros_like(part))
+        term = part * weight[..., None]
+        out = term if out is None else out + term
+    return (out / total[..., None]).to(dtype)
+
+
+def _segmented_attention(weights: BackboneWeights, q, keys, values, plan: list[_Run] | None,
+                         n_prefix: int) -> torch.Tensor:
+    """Exact attention of q ``[B, heads, Q, d]`` over keys/values ``[B, heads, P + Q, d]`` (no
+    GQA) by the runs of :func:`_attention_plan`: unmasked flash attention over each allowed key
+    range, causal (or masked) over the run's own keys, merged by log-sum-exp. ``plan`` None:
+    plain causal attention, run as one causal kernel over the P prefix queries (zeros, their
+    output dropped) and the Q recomputed ones."""
+    scale = 1.0 / weights.attn_scale
+    P = n_prefix
+    if plan is None:
+        padded = torch.cat([q.new_zeros(q.shape[0], q.shape[1], P, q.shape[3]), q], dim=2)
+        return _FLASH_CPU(padded, keys, values, 0.0, True, scale=scale)[0][:, :, P:]
+    outs = []
+    for run in plan:
+        rows = q[:, :, run.start:run.stop]
+        parts = [_FLASH_CPU(rows, keys[:, :, a:b], values[:, :, a:b], 0.0, False, scale=scale)
+                 for a, b in run.ranges if b > a]
+        if run.gather is not None and run.gather.numel():
+            parts.append(_FLASH_CPU(rows, keys[:, :, run.gather], values[:, :, run.gather], 0.0,
+                                    False, scale=scale))
+        own = slice(P + run.start, P + run.stop)
+        out, lse = _FLASH_CPU(rows, keys[:, :, own], values[:, :, own], 0.0,
+                              run.diagonal is None, attn_mask=run.diagonal, scale=scale)
+        if run.dead is not None:
+            lse = lse.masked_fill(run.dead, float("-inf"))
+        parts.append((out, lse))
+        outs.append(_merge(parts))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def _segmented_ok(weights: BackboneWeights, layout: "_Layout", heads, use_sdpa: bool) -> bool:
+    """Whether a batch's many-query attention runs segmented (:func:`_segmented_attention`):
+    CPU, the flash kernel present, no GQA (the kernel takes as many key heads as query heads),
+    every element's first recomputed position the same and no head-resolved knockout."""
+    return (use_sdpa and _FLASH_CPU is not None and weights.device.type == "cpu"
+            and weights.n_kv_heads == weights.n_heads and layout.shared_first is not None
+            and heads is None and weights.dtype in (torch.float32, torch.float64,
+                                                    torch.bfloat16))
+
+
 @torch.inference_mode()
 def suffix_logits(
     weights: BackboneWeights,
@@ -619,6 +764,7 @@ def suffix_logits(
     active: Bool[torch.Tensor, "layer batch"],
     samples: Sequence[int] | None = None,
     heads: Bool[torch.Tensor, "batch head"] | None = None,
+    plans: dict | None = None,
 ) -> Float[torch.Tensor, "batch d_vocab"]:
     """Last-position logits of a batch of knockout configurations, possibly of several samples.
 
@@ -631,7 +777,9 @@ def suffix_logits(
     recomputed cells only (module docstring). Elements of different samples share every layer
     call; each reads its own sample's clean keys and values. ``heads[b]`` (default: all) marks
     the query heads element b blocks its pairs in; the mask is then per head (``heads`` times
-    larger), so a batch without head-resolved elements passes ``None``.
+    larger), so a batch without head-resolved elements passes ``None``. ``plans``: a dict the
+    caller keeps for one sweep (and its ``blocked`` tensors alive), in which the segmented
+    attention's plans of each edge set are reused from batch to batch.
     """
     B, Q = len(blocked), blocked[0].shape[0]
     samples = [0] * B if samples is None else list(samples)
@@ -646,15 +794,38 @@ def suffix_logits(
     if order != list(range(B)):  # group elements by sample; logits are put back in order
         logits = suffix_logits(weights, clean, start_layer, [blocked[i] for i in order],
                                active[:, order], [samples[i] for i in order],
-                               None if heads is None else heads[order])
+                               None if heads is None else heads[order], plans)
         return logits[torch.tensor(order, device=logits.device).argsort()]
     if heads is not None and heads.shape != (B, weights.n_heads):
         raise ValueError(f"heads must be [{B}, {weights.n_heads}], got {tuple(heads.shape)}")
     device = blocked[0].device
     layout = _layout(clean, samples, Q, device)
     P = layout.n_prefix
-    slot_blocked = _slot_blocked(blocked, layout, Q)
-    allowed_base = _allowed(layout, Q, device)
+    use_sdpa = Q >= SDPA_MIN_QUERIES
+    segmented = _segmented_ok(weights, layout, heads, use_sdpa)
+    # the dense masks of the other forms (a float [B, Q, P + Q] per pattern): not built when
+    # the attention runs segmented, which reads the blocked rows as they are
+    slot_blocked = None if segmented else _slot_blocked(blocked, layout, Q)
+    allowed_base = None if segmented else _allowed(layout, Q, device)
+    plans = {} if plans is None else plans
+    active_rows = active.tolist()
+
+    def plan_for(layer: int) -> list[tuple[list[int], list[_Run] | None]]:
+        """The segmented attention's element groups of a layer (elements with the same blocked
+        rows, or not blocking this layer) and each group's plan."""
+        groups: dict[object, list[int]] = {}
+        for b in range(B):
+            key = None if not active_rows[layer][b] else (
+                blocked[b].data_ptr(), tuple(blocked[b].shape), tuple(blocked[b].stride()))
+            groups.setdefault(key, []).append(b)
+        planned = []
+        for key, members in groups.items():
+            cache_key = (key, P, Q)
+            if cache_key not in plans:
+                plans[cache_key] = _attention_plan(
+                    None if key is None else blocked[members[0]], P, Q, weights.dtype, device)
+            planned.append((members, plans[cache_key]))
+        return planned
     residual = clean.residual[start_layer]
     single = len(set(samples)) == 1
     positions = None if layout.shared_first is not None else \
@@ -671,7 +842,6 @@ def suffix_logits(
     x = cells(residual)
     masks: dict[tuple[bool, ...], torch.Tensor] = {}
     tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    use_sdpa = Q >= SDPA_MIN_QUERIES
 
     def mask_for(layer: int) -> torch.Tensor:
         """The additive mask of a layer (0 or −∞: padding, causal and each active element's
@@ -732,6 +902,19 @@ def suffix_logits(
                     if prefix_v.shape[0] > 1 else prefix_v.expand(B, -1, -1, -1)
             keys = torch.cat([prefix_k, k.transpose(1, 2)], dim=2)
             values = torch.cat([prefix_v, v.transpose(1, 2)], dim=2)
+        if segmented:
+            q_heads = q.transpose(1, 2)
+            groups = plan_for(index)
+            if len(groups) == 1:
+                z = _segmented_attention(weights, q_heads, keys, values, groups[0][1], P)
+            else:
+                z = q_heads.new_empty(q_heads.shape)
+                for members, plan in groups:
+                    rows = torch.tensor(members, device=q_heads.device)
+                    z[rows] = _segmented_attention(weights, q_heads[rows], keys[rows],
+                                                   values[rows], plan, P)
+            z = z.transpose(1, 2).flatten(2)
+        elif use_sdpa:
             z = _causal_chunked_sdpa(weights, q.transpose(1, 2), keys, values, mask_for(index),
                                      P).transpose(1, 2).flatten(2)
         else:
