@@ -124,7 +124,8 @@ def random_workload(args, scale: str):
     share_rotary_tables(backbone, hf.model)
     generator = torch.Generator().manual_seed(args.seed + 1)
     embeds = torch.randn(1, n, d_model, generator=generator).to(args.device, dtype)
-    configs = layer_sweep(paper_curves(seg), args.n_layers, k=args.k)
+    centers = range(0, args.n_layers, args.centers_stride) if args.centers_stride > 1 else None
+    configs = layer_sweep(paper_curves(seg), args.n_layers, k=args.k, centers=centers)
     return hf.model, hf.lm_head, backbone, embeds, configs
 
 
@@ -278,7 +279,8 @@ def memory_child(args, scale: str, path: str) -> dict:
     command = [sys.executable, __file__, "--memory-child", path, "--scale", scale,
                "--device", args.device, "--dtype", args.dtype, "--d-model", str(args.d_model),
                "--n-layers", str(args.n_layers), "--k", str(args.k), "--vocab", str(args.vocab),
-               "--threads", str(args.threads), "--seed", str(args.seed)]
+               "--threads", str(args.threads), "--seed", str(args.seed),
+               "--centers-stride", str(args.centers_stride)]
     finished = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
@@ -535,6 +537,9 @@ def main() -> None:
     parser.add_argument("--long-peers", nargs="*", default=["hf_sdpa"],
                         choices=["hf_eager", "hf_sdpa", "naive"],
                         help="full-forward peers at the long scales")
+    parser.add_argument("--centers-stride", type=int, default=1,
+                        help="every path sweeps every n-th window centre only (1: all; a "
+                             "cheaper long-scale run, every ratio on the same subset)")
     parser.add_argument("--clean-repeats", type=int, default=2,
                         help="clean HF forwards per round (the ideal bound's unit)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory children")
@@ -553,6 +558,7 @@ def main() -> None:
     import transformers
 
     report = {"device": args.device, "dtype": args.dtype, "d_model": args.d_model,
+              "centers_stride": args.centers_stride, "argv": sys.argv[1:],
               "threads": args.threads, "k": args.k, "torch": torch.__version__,
               "transformers": transformers.__version__, "machine": platform.machine(),
               "date": time.strftime("%Y-%m-%d", time.gmtime()), "scales": {}}

@@ -616,6 +616,7 @@ def _causal_chunked_sdpa(weights: BackboneWeights, q, keys, values, mask: torch.
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 #: Most query rows per run of the segmented attention (see :func:`_attention_plan`).
 RUN_MAX_QUERIES = 512
+PADDED_CAUSAL = True
 #: A run whose keys before it split into more allowed ranges than this gathers them into one.
 MAX_KEY_RANGES = 3
 
@@ -650,7 +651,7 @@ def _attention_plan(blocked: torch.Tensor | None, n_prefix: int, n_queries: int,
     attention whose prefix is small (P ≤ Q / 4): one causal kernel over padded queries costs
     less there (:func:`_segmented_attention`)."""
     P, Q = n_prefix, n_queries
-    if blocked is None and 4 * P <= Q:
+    if blocked is None:
         return None
     starts = set(range(0, Q, RUN_MAX_QUERIES))
     if blocked is not None:
@@ -715,28 +716,60 @@ def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     return (out / total[..., None]).to(dtype)
 
 
-def _segmented_attention(weights: BackboneWeights, q, keys, values, plan: list[_Run] | None,
-                         n_prefix: int) -> torch.Tensor:
-    """Exact attention of q ``[B, heads, Q, d]`` over keys/values ``[B, heads, P + Q, d]`` (no
-    GQA) by the runs of :func:`_attention_plan`: unmasked flash attention over each allowed key
-    range, causal (or masked) over the run's own keys, merged by log-sum-exp. ``plan`` None:
-    plain causal attention, run as one causal kernel over the P prefix queries (zeros, their
-    output dropped) and the Q recomputed ones."""
+def _segmented_attention(weights: BackboneWeights, q, own_k, own_v, prefix_k, prefix_v,
+                         plan: list[_Run] | None, n_prefix: int) -> torch.Tensor:
+    """Exact attention of q ``[B, heads, Q, d]`` (no GQA) over the clean prefix ``prefix_k/v``
+    ``[G, heads, P, d]`` (element b reads group b // (B / G)) and the batch's own keys/values
+    ``own_k/v`` ``[B, heads, Q, d]``, by the runs of :func:`_attention_plan`: unmasked flash
+    attention over each allowed key range, causal (or masked) over the run's own keys, merged
+    by log-sum-exp. The elements of a group are folded into the query axis over the prefix, so
+    the clean keys are read once per group and never copied per element. ``plan`` None: plain
+    causal attention, the prefix for every query and the own keys causally."""
     scale = 1.0 / weights.attn_scale
     P = n_prefix
-    if plan is None:
-        padded = torch.cat([q.new_zeros(q.shape[0], q.shape[1], P, q.shape[3]), q], dim=2)
+    B, H, _, d = q.shape
+    G = prefix_k.shape[0]
+    m = B // G
+
+    def over_prefix(rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+        R = rows.shape[2]
+        folded = rows.unflatten(0, (G, m)).transpose(1, 2).reshape(G, H, m * R, d)
+        out, lse = _FLASH_CPU(folded, keys, values, 0.0, False, scale=scale)
+        return (out.reshape(G, H, m, R, d).transpose(1, 2).reshape(B, H, R, d),
+                lse.reshape(G, H, m, R).transpose(1, 2).reshape(B, H, R))
+
+    if plan is None and PADDED_CAUSAL and 4 * P <= q.shape[2] and G == B:
+        # small prefix: one causal kernel over the prefix queries (zeros, output dropped) and
+        # the recomputed ones costs less than two kernels and a merge
+        keys = torch.cat([prefix_k, own_k], dim=2)
+        values = torch.cat([prefix_v, own_v], dim=2)
+        padded = torch.cat([q.new_zeros(B, H, P, d), q], dim=2)
         return _FLASH_CPU(padded, keys, values, 0.0, True, scale=scale)[0][:, :, P:]
+    if plan is None:
+        parts = [over_prefix(q, prefix_k, prefix_v)] if P else []
+        parts.append(_FLASH_CPU(q, own_k, own_v, 0.0, True, scale=scale))
+        return _merge(parts)
     outs = []
     for run in plan:
         rows = q[:, :, run.start:run.stop]
-        parts = [_FLASH_CPU(rows, keys[:, :, a:b], values[:, :, a:b], 0.0, False, scale=scale)
-                 for a, b in run.ranges if b > a]
-        if run.gather is not None and run.gather.numel():
-            parts.append(_FLASH_CPU(rows, keys[:, :, run.gather], values[:, :, run.gather], 0.0,
-                                    False, scale=scale))
-        own = slice(P + run.start, P + run.stop)
-        out, lse = _FLASH_CPU(rows, keys[:, :, own], values[:, :, own], 0.0,
+        parts = []
+        for a, b in run.ranges:
+            if a < min(b, P):
+                parts.append(over_prefix(rows, prefix_k[:, :, a:min(b, P)],
+                                         prefix_v[:, :, a:min(b, P)]))
+            if b > max(a, P):
+                own = slice(max(a, P) - P, b - P)
+                parts.append(_FLASH_CPU(rows, own_k[:, :, own], own_v[:, :, own], 0.0, False,
+                                        scale=scale))
+        if run.gather is not None:
+            early, late = run.gather[run.gather < P], run.gather[run.gather >= P] - P
+            if early.numel():
+                parts.append(over_prefix(rows, prefix_k[:, :, early], prefix_v[:, :, early]))
+            if late.numel():
+                parts.append(_FLASH_CPU(rows, own_k[:, :, late], own_v[:, :, late], 0.0, False,
+                                        scale=scale))
+        own = slice(run.start, run.stop)
+        out, lse = _FLASH_CPU(rows, own_k[:, :, own], own_v[:, :, own], 0.0,
                               run.diagonal is None, attn_mask=run.diagonal, scale=scale)
         if run.dead is not None:
             lse = lse.masked_fill(run.dead, float("-inf"))
@@ -894,7 +927,25 @@ def suffix_logits(
         q, k, v = _qkv(weights, index, x, *rotary_for(index))
         prefix_k, prefix_v = _prefix(clean.keys[index], layout), _prefix(clean.values[index],
                                                                           layout)
-        if use_sdpa:
+        if segmented:
+            q_heads, own_k, own_v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            groups = plan_for(index)
+            if len(groups) == 1:
+                z = _segmented_attention(weights, q_heads, own_k, own_v, prefix_k, prefix_v,
+                                         groups[0][1], P)
+            else:
+                z = q_heads.new_empty(q_heads.shape)
+                per_group = B // prefix_k.shape[0]
+                for members, plan in groups:
+                    rows = torch.tensor(members, device=q_heads.device)
+                    # one clean prefix for all, or each member's own
+                    shared = prefix_k.shape[0] == 1
+                    z[rows] = _segmented_attention(
+                        weights, q_heads[rows], own_k[rows], own_v[rows],
+                        prefix_k if shared else prefix_k[rows // per_group],
+                        prefix_v if shared else prefix_v[rows // per_group], plan, P)
+            z = z.transpose(1, 2).flatten(2)
+        elif use_sdpa:
             if layout.per_group > 1:
                 prefix_k = prefix_k.repeat_interleave(layout.per_group, 0) \
                     if prefix_k.shape[0] > 1 else prefix_k.expand(B, -1, -1, -1)
@@ -902,19 +953,6 @@ def suffix_logits(
                     if prefix_v.shape[0] > 1 else prefix_v.expand(B, -1, -1, -1)
             keys = torch.cat([prefix_k, k.transpose(1, 2)], dim=2)
             values = torch.cat([prefix_v, v.transpose(1, 2)], dim=2)
-        if segmented:
-            q_heads = q.transpose(1, 2)
-            groups = plan_for(index)
-            if len(groups) == 1:
-                z = _segmented_attention(weights, q_heads, keys, values, groups[0][1], P)
-            else:
-                z = q_heads.new_empty(q_heads.shape)
-                for members, plan in groups:
-                    rows = torch.tensor(members, device=q_heads.device)
-                    z[rows] = _segmented_attention(weights, q_heads[rows], keys[rows],
-                                                   values[rows], plan, P)
-            z = z.transpose(1, 2).flatten(2)
-        elif use_sdpa:
             z = _causal_chunked_sdpa(weights, q.transpose(1, 2), keys, values, mask_for(index),
                                      P).transpose(1, 2).flatten(2)
         else:
