@@ -3,19 +3,24 @@
 Peers, all on the same weights and the same input embeddings:
 
 - ``hf_eager``: the Hugging Face model with eager attention, one full forward per configuration,
-  the configuration's additive ``[1, 1, pos, pos]`` mask (causal + −∞ on its blocked edges) in its
-  knocked-out layers and the plain causal mask elsewhere — the paper's official method;
-- ``hf_sdpa``: the same with SDPA attention (what a modern user runs);
+  the configuration's additive ``[1, 1, pos, pos]`` mask (causal + −∞ on its blocked edges) in
+  its knocked-out layers only; every other layer keeps the mask HF builds itself — the paper's
+  official method, in the form a user writes it;
+- ``hf_sdpa``: the same with SDPA attention (what a modern user runs; the layers without a
+  knockout get no mask and run SDPA's causal kernel);
 - ``naive``: ``sweep(method="naive")``, one HookedTransformer forward per configuration;
 - ``fast``: ``sweep(method="fast")``, the default (the lean suffix forward of
   :mod:`mapflow_tl.suffix_forward`);
-- ``ideal``: the HF SDPA time divided by the ideal speedup, the ratio of (layer, position) cells a
-  full forward per configuration computes to the cells the fast method recomputes.
+- ``hf_clean``: one clean HF SDPA forward (no mask), timed in every round;
+- ``ideal``: the sweep's recomputed (layer, position) cells at the cost of a cell of that clean
+  forward: clean time × recomputed cells / (layers × positions).
 
 The workload: the paper's four information-flow targets (11 pathways) over every window centre
-(k = 9) of a random Llama-shaped backbone with 32 layers and 8 frames of video tokens (``small``:
-8×4×4 video tokens, 194 positions; ``paper``: 8×12×12, 1257 positions), or the shipped SynthTV
-model's vql-to-ql circuit on one generated sample (``synthtv``).
+(k = 9; ``--centers-stride`` keeps every n-th centre, for every path) of a random Llama-shaped
+backbone with 32 layers and 8, 32 or 64 frames of video tokens (``small``: 8×4×4 video tokens,
+194 positions; ``paper``: 8×12×12, 1257 positions; ``long32``: 32×12×12, 4713 positions;
+``long64``: 64×12×12, 9321 positions), or the shipped SynthTV model's vql-to-ql circuit on one
+generated sample (``synthtv``). The long scales run only the ``--long-peers`` (HF SDPA).
 
 Interleaving: the run is cut into ``--rounds`` rounds; in each round every path runs once, in an
 order that rotates from round to round, so that load from other jobs on a shared machine falls on
@@ -26,23 +31,28 @@ number of configurations. The fast path runs the whole sweep in every round (and
 curves as a sweep of their own); its time is the mean over rounds. Times are wall clock, with
 process CPU time beside them (robust when other jobs share the cores).
 
-Memory: the fast sweep and a clean forward filling a key/value cache each run once more in a
-child process of their own; the peak resident memory while that path runs (sampled every 0.5 ms;
-model and runtime included) or the peak CUDA memory is reported.
+Memory: each of the fast sweep, a clean forward filling a TransformerLens key/value cache
+(``clean_tl``), a clean HF SDPA forward filling its cache (``clean_hf``) and one HF SDPA
+knockout forward (``hf_knockout``) runs once more in a child process of its own; the peak
+resident memory while it runs (sampled every 0.5 ms) minus the memory just before it (the loaded
+model), or the peak CUDA memory minus the allocated memory before, is its working memory.
 
-    python benchmarks/knockout_sweep.py --threads 1 --scale small
-    python benchmarks/knockout_sweep.py --threads 1 --scale paper --stride 16 --rounds 2
-    python benchmarks/knockout_sweep.py --threads 1 --scale synthtv
+    python benchmarks/knockout_sweep.py --threads 1 --scale paper --rounds 2 --stride 32
+    python benchmarks/knockout_sweep.py --threads 1 --scale long32 --rounds 1 --stride 32 \
+        --no-float64
+    python benchmarks/knockout_sweep.py --threads 1 --scale long64 --rounds 1 --stride 16 \
+        --centers-stride 4 --no-float64
     python benchmarks/knockout_sweep.py --device cuda --d-model 4096 --dtype bfloat16 --scale paper
 
-Prints ONE JSON line: the settings, and per scale ``speedup_vs_hf_sdpa``, ``speedup_vs_hf_eager``,
-``ideal_speedup``, ``fast_over_ideal``, ``last_speedup_vs_hf_sdpa``, ``max_abs_diff``
-(probabilities, fast vs the HF eager and SDPA references over the configurations they ran),
-``argmax_equal``, the times (``*_s``, ``*_cpu_s``), the memory ratio ``fast_peak_over_clean``, and
-on CPU ``float64_max_abs_diff_vs_naive`` / ``_vs_hf_sdpa``: the fast sweep against the naive sweep
-and HF SDPA, all in float64, on every ``--float64-stride``-th configuration (float64 rounding
-against the naive sweep if the fast path is exact; HF computes its norms and rotary in float32).
-All paths use the HF model's rotary tables (``share_rotary_tables``).
+Prints ONE JSON line: the settings, and per scale ``speedup_vs_<peer>`` (and ``cpu_…``),
+``ideal_s``, ``fast_over_ideal`` (``_cpu``), ``ideal_speedup_vs_<peer>``,
+``last_speedup_vs_<peer>``, ``max_abs_diff`` (probabilities, fast vs the HF references over the
+configurations they ran), ``argmax_equal``, the times (``*_s``, ``*_cpu_s``), ``peak_mb``,
+``working_mb`` and the working-memory ratios ``fast_working_over_{clean_tl,clean_hf,
+hf_knockout}``, and, on CPU below the long scales, ``float64_max_abs_diff_vs_naive`` /
+``_vs_hf_sdpa``: the fast sweep against the naive sweep and HF SDPA, all in float64, on every
+``--float64-stride``-th configuration. All paths use the HF model's rotary tables
+(``share_rotary_tables``).
 """
 
 from __future__ import annotations
