@@ -3,19 +3,24 @@
 Peers, all on the same weights and the same input embeddings:
 
 - ``hf_eager``: the Hugging Face model with eager attention, one full forward per configuration,
-  the configuration's additive ``[1, 1, pos, pos]`` mask (causal + −∞ on its blocked edges) in its
-  knocked-out layers and the plain causal mask elsewhere — the paper's official method;
-- ``hf_sdpa``: the same with SDPA attention (what a modern user runs);
+  the configuration's additive ``[1, 1, pos, pos]`` mask (causal + −∞ on its blocked edges) in
+  its knocked-out layers only; every other layer keeps the mask HF builds itself — the paper's
+  official method, in the form a user writes it;
+- ``hf_sdpa``: the same with SDPA attention (what a modern user runs; the layers without a
+  knockout get no mask and run SDPA's causal kernel);
 - ``naive``: ``sweep(method="naive")``, one HookedTransformer forward per configuration;
 - ``fast``: ``sweep(method="fast")``, the default (the lean suffix forward of
   :mod:`mapflow_tl.suffix_forward`);
-- ``ideal``: the HF SDPA time divided by the ideal speedup, the ratio of (layer, position) cells a
-  full forward per configuration computes to the cells the fast method recomputes.
+- ``hf_clean``: one clean HF SDPA forward (no mask), timed in every round;
+- ``ideal``: the sweep's recomputed (layer, position) cells at the cost of a cell of that clean
+  forward: clean time × recomputed cells / (layers × positions).
 
 The workload: the paper's four information-flow targets (11 pathways) over every window centre
-(k = 9) of a random Llama-shaped backbone with 32 layers and 8 frames of video tokens (``small``:
-8×4×4 video tokens, 194 positions; ``paper``: 8×12×12, 1257 positions), or the shipped SynthTV
-model's vql-to-ql circuit on one generated sample (``synthtv``).
+(k = 9; ``--centers-stride`` keeps every n-th centre, for every path) of a random Llama-shaped
+backbone with 32 layers and 8, 32 or 64 frames of video tokens (``small``: 8×4×4 video tokens,
+194 positions; ``paper``: 8×12×12, 1257 positions; ``long32``: 32×12×12, 4713 positions;
+``long64``: 64×12×12, 9321 positions), or the shipped SynthTV model's vql-to-ql circuit on one
+generated sample (``synthtv``). The long scales run only the ``--long-peers`` (HF SDPA).
 
 Interleaving: the run is cut into ``--rounds`` rounds; in each round every path runs once, in an
 order that rotates from round to round, so that load from other jobs on a shared machine falls on
@@ -26,23 +31,28 @@ number of configurations. The fast path runs the whole sweep in every round (and
 curves as a sweep of their own); its time is the mean over rounds. Times are wall clock, with
 process CPU time beside them (robust when other jobs share the cores).
 
-Memory: the fast sweep and a clean forward filling a key/value cache each run once more in a
-child process of their own; the peak resident memory while that path runs (sampled every 0.5 ms;
-model and runtime included) or the peak CUDA memory is reported.
+Memory: each of the fast sweep, a clean forward filling a TransformerLens key/value cache
+(``clean_tl``), a clean HF SDPA forward filling its cache (``clean_hf``) and one HF SDPA
+knockout forward (``hf_knockout``) runs once more in a child process of its own; the peak
+resident memory while it runs (sampled every 0.5 ms) minus the memory just before it (the loaded
+model), or the peak CUDA memory minus the allocated memory before, is its working memory.
 
-    python benchmarks/knockout_sweep.py --threads 1 --scale small
-    python benchmarks/knockout_sweep.py --threads 1 --scale paper --stride 16 --rounds 2
-    python benchmarks/knockout_sweep.py --threads 1 --scale synthtv
+    python benchmarks/knockout_sweep.py --threads 1 --scale paper --rounds 2 --stride 32
+    python benchmarks/knockout_sweep.py --threads 1 --scale long32 --rounds 1 --stride 32 \
+        --no-float64
+    python benchmarks/knockout_sweep.py --threads 1 --scale long64 --rounds 1 --stride 16 \
+        --centers-stride 4 --no-float64
     python benchmarks/knockout_sweep.py --device cuda --d-model 4096 --dtype bfloat16 --scale paper
 
-Prints ONE JSON line: the settings, and per scale ``speedup_vs_hf_sdpa``, ``speedup_vs_hf_eager``,
-``ideal_speedup``, ``fast_over_ideal``, ``last_speedup_vs_hf_sdpa``, ``max_abs_diff``
-(probabilities, fast vs the HF eager and SDPA references over the configurations they ran),
-``argmax_equal``, the times (``*_s``, ``*_cpu_s``), the memory ratio ``fast_peak_over_clean``, and
-on CPU ``float64_max_abs_diff_vs_naive`` / ``_vs_hf_sdpa``: the fast sweep against the naive sweep
-and HF SDPA, all in float64, on every ``--float64-stride``-th configuration (float64 rounding
-against the naive sweep if the fast path is exact; HF computes its norms and rotary in float32).
-All paths use the HF model's rotary tables (``share_rotary_tables``).
+Prints ONE JSON line: the settings, and per scale ``speedup_vs_<peer>`` (and ``cpu_…``),
+``ideal_s``, ``fast_over_ideal`` (``_cpu``), ``ideal_speedup_vs_<peer>``,
+``last_speedup_vs_<peer>``, ``max_abs_diff`` (probabilities, fast vs the HF references over the
+configurations they ran), ``argmax_equal``, the times (``*_s``, ``*_cpu_s``), ``peak_mb``,
+``working_mb`` and the working-memory ratios ``fast_working_over_{clean_tl,clean_hf,
+hf_knockout}``, and, on CPU below the long scales, ``float64_max_abs_diff_vs_naive`` /
+``_vs_hf_sdpa``: the fast sweep against the naive sweep and HF SDPA, all in float64, on every
+``--float64-stride``-th configuration. All paths use the HF model's rotary tables
+(``share_rotary_tables``).
 """
 
 from __future__ import annotations
@@ -71,9 +81,15 @@ SCALES = {
                   between_options=2, before_last=6),
     "paper": dict(frames=[(12, 12)] * 8, system=35, after_video=5, question=30, options=[6, 6, 6],
                   between_options=3, before_last=10),
+    # long videos: 32 and 64 frames of 12×12 tokens (≈ 4,700 and ≈ 9,300 positions)
+    "long32": dict(frames=[(12, 12)] * 32, system=35, after_video=5, question=30,
+                   options=[6, 6, 6], between_options=3, before_last=10),
+    "long64": dict(frames=[(12, 12)] * 64, system=35, after_video=5, question=30,
+                   options=[6, 6, 6], between_options=3, before_last=10),
 }
 LAST_CURVES = ("video → last", "question → last", "last → last", "non-option question → last",
                "true option → last", "false options → last")
+LONG_SCALES = ("long32", "long64")
 FLOW_CIRCUITS = ("cross-frame", "vql-to-ql", "question-and-options-to-last", "vq-to-true-opt")
 SYNTHTV = "synthtv-video-ft"
 
@@ -118,7 +134,8 @@ def random_workload(args, scale: str):
     share_rotary_tables(backbone, hf.model)
     generator = torch.Generator().manual_seed(args.seed + 1)
     embeds = torch.randn(1, n, d_model, generator=generator).to(args.device, dtype)
-    configs = layer_sweep(paper_curves(seg), args.n_layers, k=args.k)
+    centers = range(0, args.n_layers, args.centers_stride) if args.centers_stride > 1 else None
+    configs = layer_sweep(paper_curves(seg), args.n_layers, k=args.k, centers=centers)
     return hf.model, hf.lm_head, backbone, embeds, configs
 
 
@@ -157,18 +174,21 @@ def share_rotary_tables(backbone, decoder) -> None:
 
 # ---------------------------------------------------------------------- the HF peers
 class LayerMasks:
-    """Forward pre-hooks that give decoder layer l the mask ``masks[l]`` (``default`` elsewhere),
-    replacing the ``attention_mask`` the HF model passes — the official code's per-layer mask."""
+    """Forward pre-hooks that give decoder layer l the mask ``masks[l]`` and leave every other
+    layer the mask the HF model builds itself — what a user of the official method writes: a 4D
+    mask only in the knocked-out layers. (With SDPA and no padding the model builds no mask at
+    all, so the other layers run SDPA's causal kernel; an explicit causal mask in every layer
+    made the peer ≈ 1.2× slower at 1,257 positions.)"""
 
     def __init__(self, decoder) -> None:
         self.masks: dict[int, torch.Tensor] = {}
-        self.default: torch.Tensor | None = None
         self.handles = [layer.register_forward_pre_hook(self._swap(index), with_kwargs=True)
                         for index, layer in enumerate(decoder.layers)]
 
     def _swap(self, index: int):
         def swap(module, args, kwargs):
-            kwargs["attention_mask"] = self.masks.get(index, self.default)
+            if index in self.masks:
+                kwargs["attention_mask"] = self.masks[index]
             return args, kwargs
         return swap
 
@@ -182,24 +202,35 @@ def set_attention(decoder, implementation: str) -> None:
     assert decoder.config._attn_implementation == implementation
 
 
+def knockout_mask(config, n: int, dtype, device) -> torch.Tensor:
+    """The official method's additive ``[1, 1, pos, pos]`` mask: causal and −∞ on the blocked
+    edges."""
+    minimum = torch.finfo(dtype).min
+    blocked = config.edges.dense(n).to(device) | torch.ones(n, n, dtype=torch.bool,
+                                                             device=device).triu(1)
+    return torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(blocked, minimum)[None, None]
+
+
 @torch.no_grad()
 def hf_sweep(decoder, lm_head, masks: LayerMasks, embeds, configs) -> torch.Tensor:
-    """Last-position logits: one full HF forward per configuration with its additive masks."""
+    """Last-position logits: one full HF forward per configuration, its additive mask in its
+    knocked-out layers only."""
     n = embeds.shape[1]
-    minimum = torch.finfo(embeds.dtype).min
-    causal = torch.zeros(n, n, dtype=embeds.dtype, device=embeds.device)
-    causal.masked_fill_(torch.ones(n, n, dtype=torch.bool, device=embeds.device).triu(1),
-                        minimum)
-    masks.default = causal[None, None]
     rows = []
     for config in configs:
-        blocked = config.edges.dense(n).to(embeds.device)
-        knocked = causal.masked_fill(blocked, minimum)[None, None]
+        knocked = knockout_mask(config, n, embeds.dtype, embeds.device)
         masks.masks = {layer: knocked for layer in config.layers}
         hidden = decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state[:, -1]
+        del knocked
+        masks.masks = {}
         rows.append(lm_head(hidden)[0])
-    masks.masks = {}
     return torch.stack(rows)
+
+
+@torch.no_grad()
+def hf_clean(decoder, embeds) -> None:
+    """One clean HF forward (no mask: SDPA's causal kernel), the unit of the ideal bound."""
+    decoder(inputs_embeds=embeds, use_cache=False)
 
 
 # ---------------------------------------------------------------------- timing
@@ -254,39 +285,72 @@ class PeakRSS(threading.Thread):
 
 
 def memory_child(args, scale: str, path: str) -> dict:
-    """Peak memory of one path in a fresh process: ``fast`` (the sweep) or ``clean`` (one
-    HookedTransformer forward filling a TransformerLens key/value cache)."""
+    """Peak memory of one path in a fresh process (see :func:`run_memory_child`)."""
     command = [sys.executable, __file__, "--memory-child", path, "--scale", scale,
                "--device", args.device, "--dtype", args.dtype, "--d-model", str(args.d_model),
                "--n-layers", str(args.n_layers), "--k", str(args.k), "--vocab", str(args.vocab),
-               "--threads", str(args.threads), "--seed", str(args.seed)]
+               "--threads", str(args.threads), "--seed", str(args.seed),
+               "--centers-stride", str(args.centers_stride)]
     finished = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
+MEMORY_PATHS = ("fast", "clean_tl", "clean_hf", "hf_knockout")
+
+
+def _release_freed_memory() -> None:
+    """Give memory freed while building the model back to the system (glibc keeps it
+    otherwise), so that the baseline is what the loaded model holds."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_memory_child(args) -> None:
+    """One path in this fresh process, after the model is loaded: ``fast`` (the whole sweep),
+    ``clean_tl`` (one HookedTransformer forward filling a TransformerLens key/value cache — what
+    the fast path starts from), ``clean_hf`` (one HF SDPA forward filling its ``DynamicCache``)
+    or ``hf_knockout`` (one HF SDPA forward with a 4D mask in the knocked-out layers of the
+    first configuration — every configuration costs a full forward the same). Prints the peak
+    resident memory while the path runs and the baseline just before (the loaded model): their
+    difference is the working memory the path adds."""
     torch.set_num_threads(args.threads)
     scale = args.scale[0]
     decoder, lm_head, backbone, embeds, configs = (
         synthtv_workload(args) if scale == "synthtv" else random_workload(args, scale))
-    del decoder, lm_head  # only the backbone runs here
+    path = args.memory_child
+    if path not in ("clean_hf", "hf_knockout"):
+        del decoder, lm_head
     gc.collect()
+    _release_freed_memory()
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
     base = rss_mb()
     with torch.inference_mode(), PeakRSS() as peak:
-        if args.memory_child == "fast":
+        if path == "fast":
             sweep(backbone, embeds, configs)
-        else:
+        elif path == "clean_tl":
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
             cache = TransformerLensKeyValueCache.init_cache(backbone.cfg, backbone.cfg.device, 1)
             backbone(embeds, start_at_layer=0, past_kv_cache=cache)
+        elif path == "clean_hf":
+            set_attention(decoder, "sdpa")
+            decoder(inputs_embeds=embeds, use_cache=True)
+        else:
+            set_attention(decoder, "sdpa")
+            masks = LayerMasks(decoder)
+            hf_sweep(decoder, lm_head, masks, embeds, configs[:1])
     out = {"peak_rss_mb": peak.peak, "base_rss_mb": base}
     if cuda:
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["base_cuda_mb"] = base_cuda / 2**20
     print(json.dumps(out))
 
 
@@ -295,11 +359,12 @@ def run_scale(args, scale: str) -> dict:
         synthtv_workload(args) if scale == "synthtv" else random_workload(args, scale))
     n, n_layers = embeds.shape[1], backbone.cfg.n_layers
     last = [c for c in configs if c.curve in LAST_CURVES]
-    stride = args.stride if scale == "paper" else args.stride_small
+    stride = args.stride_small if scale in ("small", "synthtv") else args.stride
     rounds = min(args.rounds, stride)
+    peers = list(args.peers) if scale not in LONG_SCALES else list(args.long_peers)
     masks = LayerMasks(decoder)
     clock = Clock(args.device)
-    ran: dict[str, list[int]] = {"hf_eager": [], "hf_sdpa": [], "naive": []}
+    ran: dict[str, list[int]] = {peer: [] for peer in peers}
     logits: dict[str, dict[int, torch.Tensor]] = {path: {} for path in ran}
     fast_logits = None
 
@@ -315,14 +380,21 @@ def run_scale(args, scale: str) -> dict:
         ran[path] += indices
         logits[path].update({i: row.float().cpu() for i, row in zip(indices, out)})
 
+    def clean_forwards(count: int) -> None:
+        set_attention(decoder, "sdpa")
+        for _ in range(count):
+            with clock.time("hf_clean"):
+                hf_clean(decoder, embeds)
+
     # Untimed warm-up of every path (allocator, kernel choice, weight preparation).
     for path in ran:
         full_forward_peer(path, [0])
         ran[path].clear()
+    clean_forwards(1)
     sweep(backbone, embeds, configs[:2])
     clock.wall.clear(), clock.cpu.clear()
 
-    paths = ["hf_eager", "hf_sdpa", "naive", "fast"]
+    paths = [*peers, "hf_clean", "fast"]
     for r in range(rounds):
         offset = r * stride // rounds
         indices = list(range(offset, len(configs), stride))
@@ -333,6 +405,9 @@ def run_scale(args, scale: str) -> dict:
                 with clock.time("fast_last"):
                     sweep(backbone, embeds, last)
                 fast_logits = out.float().cpu()
+                del out
+            elif path == "hf_clean":
+                clean_forwards(args.clean_repeats)
             else:
                 full_forward_peer(path, indices)
     masks.remove()
@@ -343,68 +418,87 @@ def run_scale(args, scale: str) -> dict:
 
     result: dict = {"n_positions": n, "n_layers": n_layers, "n_configs": len(configs),
                     "n_last_configs": len(last), "rounds": rounds,
-                    "peer_configs_timed": len(ran["hf_sdpa"]), "peer_stride": stride}
+                    "peer_configs_timed": len(ran[peers[0]]) if peers else 0,
+                    "peer_stride": stride, "peers": peers}
+    fast_cells = recomputed_cells(configs, n, n_layers)
+    forward_cells = n_layers * n
+    last_cells = recomputed_cells(last, n, n_layers) if last else 0
     for cpu in (False, True):
         suffix = "_cpu_s" if cpu else "_s"
-        fast = (clock.cpu if cpu else clock.wall)["fast"] / rounds
-        fast_last = (clock.cpu if cpu else clock.wall)["fast_last"] / rounds
+        times = clock.cpu if cpu else clock.wall
+        fast = times["fast"] / rounds
+        fast_last = times["fast_last"] / rounds
         for path in ran:
             result[f"{path}{suffix}"] = round(per_sweep(path, len(configs), cpu), 3)
             result[f"{path}_last{suffix}"] = round(per_sweep(path, len(last), cpu), 3)
         result[f"fast{suffix}"] = round(fast, 3)
         result[f"fast_last{suffix}"] = round(fast_last, 3)
-    ideal = (recomputed_cells(configs, n, n_layers, method="naive")
-             / recomputed_cells(configs, n, n_layers))
-    result["ideal_speedup"] = round(ideal, 2)
-    if last:
-        result["last_ideal_speedup"] = round(
-            recomputed_cells(last, n, n_layers, method="naive")
-            / recomputed_cells(last, n, n_layers), 2)
-    for peer in ("hf_sdpa", "hf_eager", "naive"):
-        result[f"speedup_vs_{peer}"] = round(result[f"{peer}_s"] / result["fast_s"], 2)
-        result[f"cpu_speedup_vs_{peer}"] = round(result[f"{peer}_cpu_s"] / result["fast_cpu_s"],
-                                                 2)
+        clean = times["hf_clean"] / (rounds * args.clean_repeats)
+        result[f"hf_clean_forward{suffix}"] = round(clean, 4)
+        # The ideal: the recomputed (layer, position) cells of the sweep, each at the cost of a
+        # cell of one *clean* forward (HF SDPA, its causal kernel, no mask).
+        result[f"ideal{suffix}"] = round(clean * fast_cells / forward_cells, 3)
+        result[f"fast_over_ideal{'_cpu' if cpu else ''}"] = round(
+            fast / (clean * fast_cells / forward_cells), 3)
         if last:
-            result[f"last_speedup_vs_{peer}"] = round(
-                result[f"{peer}_last_s"] / result["fast_last_s"], 2)
-            result[f"last_cpu_speedup_vs_{peer}"] = round(
-                result[f"{peer}_last_cpu_s"] / result["fast_last_cpu_s"], 2)
-    result["ideal_s"] = round(result["hf_sdpa_s"] / ideal, 3)
-    result["fast_over_ideal"] = round(result["fast_s"] / result["ideal_s"], 3)
-    result["cpu_fast_over_ideal"] = round(ideal / result["cpu_speedup_vs_hf_sdpa"], 3)
+            result[f"ideal_last{suffix}"] = round(clean * last_cells / forward_cells, 4)
+            result[f"fast_last_over_ideal{'_cpu' if cpu else ''}"] = round(
+                fast_last / (clean * last_cells / forward_cells), 3)
+    result["cells_speedup"] = round(len(configs) * forward_cells / fast_cells, 2)
+    if last:
+        result["last_cells_speedup"] = round(len(last) * forward_cells / last_cells, 2)
+    for peer in ran:
+        for cpu in (False, True):
+            prefix, suffix = ("cpu_", "_cpu_s") if cpu else ("", "_s")
+            result[f"{prefix}speedup_vs_{peer}"] = round(
+                result[f"{peer}{suffix}"] / result[f"fast{suffix}"], 2)
+            result[f"{prefix}ideal_speedup_vs_{peer}"] = round(
+                result[f"{peer}{suffix}"] / result[f"ideal{suffix}"], 2)
+            if last:
+                result[f"{prefix}last_speedup_vs_{peer}"] = round(
+                    result[f"{peer}_last{suffix}"] / result[f"fast_last{suffix}"], 2)
 
     fast_p = fast_logits.softmax(-1)
     differences, argmax_equal = {}, True
-    for peer in ("hf_eager", "hf_sdpa", "naive"):
+    for peer in ran:
         indices = sorted(logits[peer])
         peer_p = torch.stack([logits[peer][i] for i in indices]).softmax(-1)
         differences[peer] = float((fast_p[indices] - peer_p).abs().max())
         argmax_equal &= bool(torch.equal(fast_p[indices].argmax(-1), peer_p.argmax(-1)))
-    result["max_abs_diff"] = max(differences["hf_eager"], differences["hf_sdpa"])
-    # float32 rounding between two exact implementations of this model, for scale: HF eager
-    # against HF SDPA on the same configurations
-    indices = sorted(logits["hf_sdpa"])
-    eager_p = torch.stack([logits["hf_eager"][i] for i in indices]).softmax(-1)
-    sdpa_p = torch.stack([logits["hf_sdpa"][i] for i in indices]).softmax(-1)
-    result["hf_eager_vs_hf_sdpa_max_abs_diff"] = float((eager_p - sdpa_p).abs().max())
+    hf_peers = [peer for peer in ("hf_eager", "hf_sdpa") if peer in ran]
+    if hf_peers:
+        result["max_abs_diff"] = max(differences[peer] for peer in hf_peers)
+    if "hf_eager" in ran and "hf_sdpa" in ran:
+        # float32 rounding between two exact implementations of this model, for scale
+        indices = sorted(logits["hf_sdpa"])
+        eager_p = torch.stack([logits["hf_eager"][i] for i in indices]).softmax(-1)
+        sdpa_p = torch.stack([logits["hf_sdpa"][i] for i in indices]).softmax(-1)
+        result["hf_eager_vs_hf_sdpa_max_abs_diff"] = float((eager_p - sdpa_p).abs().max())
     result["max_abs_diff_by_peer"] = differences
     result["argmax_equal"] = argmax_equal
     # how far the knockouts move the probabilities at all (a check is vacuous at 0)
-    indices = sorted(logits["hf_sdpa"])
-    with torch.no_grad():
-        clean_p = backbone(embeds, start_at_layer=0)[0, -1].float().softmax(-1).cpu()
-    result["max_knockout_effect"] = float((fast_p[indices] - clean_p).abs().max())
-    if not args.no_float64 and not args.device.startswith("cuda"):
+    if ran:
+        indices = sorted(logits[peers[0]])
+        with torch.no_grad():
+            clean_p = backbone(embeds, start_at_layer=0)[0, -1].float().softmax(-1).cpu()
+        result["max_knockout_effect"] = float((fast_p[indices] - clean_p).abs().max())
+    if not args.no_float64 and not args.device.startswith("cuda") and scale not in LONG_SCALES:
         result.update(float64_check(decoder, lm_head, backbone, embeds,
                                     configs[::args.float64_stride]))
+    del decoder, lm_head, backbone, embeds, configs, last, logits
+    gc.collect()
     if not args.no_memory:
-        fast_memory = memory_child(args, scale, "fast")
-        clean_memory = memory_child(args, scale, "clean")
-        key = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
-        result["peak_mb"] = {"fast": round(fast_memory[key], 1),
-                             "clean_forward_with_kv_cache": round(clean_memory[key], 1),
-                             "before_the_run": round(clean_memory["base_rss_mb"], 1)}
-        result["fast_peak_over_clean"] = round(fast_memory[key] / clean_memory[key], 3)
+        key = "cuda_mb" if args.device.startswith("cuda") else "rss_mb"
+        peak, working = {}, {}
+        for path in MEMORY_PATHS:
+            measured = memory_child(args, scale, path)
+            peak[path] = round(measured[f"peak_{key}"], 1)
+            working[path] = round(measured[f"peak_{key}"] - measured[f"base_{key}"], 1)
+        result["peak_mb"] = peak
+        result["working_mb"] = working
+        result["fast_peak_over_clean"] = round(peak["fast"] / peak["clean_tl"], 3)
+        for other in ("clean_tl", "clean_hf", "hf_knockout"):
+            result[f"fast_working_over_{other}"] = round(working["fast"] / working[other], 3)
     return result
 
 
@@ -447,6 +541,17 @@ def main() -> None:
                         help="full-forward peers run every stride-th configuration (paper scale)")
     parser.add_argument("--stride-small", type=int, default=4,
                         help="the same at the small and SynthTV scales")
+    parser.add_argument("--peers", nargs="*", default=["hf_eager", "hf_sdpa", "naive"],
+                        choices=["hf_eager", "hf_sdpa", "naive"],
+                        help="full-forward peers at the small, paper and SynthTV scales")
+    parser.add_argument("--long-peers", nargs="*", default=["hf_sdpa"],
+                        choices=["hf_eager", "hf_sdpa", "naive"],
+                        help="full-forward peers at the long scales")
+    parser.add_argument("--centers-stride", type=int, default=1,
+                        help="every path sweeps every n-th window centre only (1: all; a "
+                             "cheaper long-scale run, every ratio on the same subset)")
+    parser.add_argument("--clean-repeats", type=int, default=2,
+                        help="clean HF forwards per round (the ideal bound's unit)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory children")
     parser.add_argument("--no-float64", action="store_true",
                         help="skip the float64 exactness check (CPU only)")
@@ -463,6 +568,7 @@ def main() -> None:
     import transformers
 
     report = {"device": args.device, "dtype": args.dtype, "d_model": args.d_model,
+              "centers_stride": args.centers_stride, "argv": sys.argv[1:],
               "threads": args.threads, "k": args.k, "torch": torch.__version__,
               "transformers": transformers.__version__, "machine": platform.machine(),
               "date": time.strftime("%Y-%m-%d", time.gmtime()), "scales": {}}

@@ -792,6 +792,7 @@ def _fast_sweep_lean(
     clean = clean_forward(weights, embeds, {batch.start_layer for batch in batches},
                           rotary=rotary, additions=additions)
     rows = [_edge_rows(n) for n in lengths]
+    plans: dict = {}  # the segmented attention's plans per edge set, reused across batches
     results = [[clean.logits[sample]] * len(sample_configs)
                for sample, sample_configs in enumerate(configs)]
     device = embeds[0].device
@@ -812,7 +813,7 @@ def _fast_sweep_lean(
                         else blocked[row] for row, (sample, config) in enumerate(chunk)]
                 for layer in range(s, n_layers) if bool(active[layer].any())}
         logits = suffix_logits(weights, clean, s, blocked, active,
-                               [sample for sample, _ in chunk], **options)
+                               [sample for sample, _ in chunk], plans=plans, **options)
         for row, (sample, index) in enumerate(members):
             results[sample][index] = logits[row]
 

@@ -634,6 +634,187 @@ def _causal_chunked_sdpa(weights: BackboneWeights, q, keys, values, mask: torch.
     return torch.cat(parts, dim=2)
 
 
+# ---------------------------------------------------------------------- segmented attention
+#: The CPU flash-attention kernel that also returns each query's log-sum-exp, so that attention
+#: over disjoint key sets can be merged exactly (None where this torch lacks it).
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+#: Most query rows per run of the segmented attention (see :func:`_attention_plan`).
+RUN_MAX_QUERIES = 512
+#: Plain causal attention with a small clean prefix (P ≤ Q / 4) runs as one causal kernel over
+#: padded queries rather than as prefix + own parts merged (the two measured within noise of
+#: each other on CPU at 1257 positions; the single kernel was not slower).
+PADDED_CAUSAL = True
+#: A run whose keys before it split into more allowed ranges than this gathers them into one.
+MAX_KEY_RANGES = 3
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Recomputed queries ``start … stop − 1`` (0-based among the Q recomputed) that share their
+    allowed keys before ``P + start``: ``ranges`` of key slots (contiguous), or ``gather`` (the
+    slot indices, when there are many ranges); ``diagonal`` is None when the run's own keys
+    ``P + start … P + stop − 1`` are plainly causal, else the additive ``[R, R]`` mask of causal
+    and knockout there; ``dead`` marks the run's rows that see none of their own keys (the
+    flash kernel gives such a row a log-sum-exp of 0, not −∞)."""
+
+    start: int
+    stop: int
+    ranges: tuple[tuple[int, int], ...]
+    gather: torch.Tensor | None
+    diagonal: torch.Tensor | None
+    dead: torch.Tensor | None = None
+
+
+def _attention_plan(blocked: torch.Tensor | None, n_prefix: int, n_queries: int, dtype,
+                    device) -> list[_Run] | None:
+    """How the segmented attention covers Q recomputed queries over P + Q key slots.
+
+    ``blocked`` ``[Q, P + Q]`` (a knocked-out layer's blocked pairs; None: plain causal). Rows
+    are cut into runs of consecutive queries whose blocked keys before the run agree (a frame's
+    queries under a cross-frame knockout, a question's under a video → question one; at most
+    ``RUN_MAX_QUERIES``); a run then attends the allowed key ranges before it without any mask
+    and its own keys causally (a mask only where the knockout cuts inside the run), merged by
+    their log-sum-exps. Keys a knockout blocks are never read. Returns None for plain causal
+    attention whose prefix is small (P ≤ Q / 4): one causal kernel over padded queries costs
+    less there (:func:`_segmented_attention`)."""
+    P, Q = n_prefix, n_queries
+    if blocked is None:
+        return None
+    starts = set(range(0, Q, RUN_MAX_QUERIES))
+    if blocked is not None:
+        # row i starts a run when it disagrees with row i − 1 on keys before P + i − 1 (the keys
+        # both see outside their own diagonal block), checked in blocks of rows
+        columns = torch.arange(P + Q, device=blocked.device)
+        for first in range(1, Q, 1024):
+            last = min(Q, first + 1024)
+            rows = torch.arange(first, last, device=blocked.device)
+            differ = (blocked[first:last] != blocked[first - 1:last - 1]) \
+                & (columns[None, :] < (P + rows - 1)[:, None])
+            starts.update((rows[differ.any(dim=1)]).tolist())
+    bounds = sorted(starts) + [Q]
+    causal = torch.ones(RUN_MAX_QUERIES, RUN_MAX_QUERIES, dtype=torch.bool,
+                        device=device).tril()
+    runs = []
+    for start, stop in zip(bounds, bounds[1:]):
+        length = stop - start
+        dead = None
+        if blocked is None:
+            ranges, gather, diagonal = ((0, P + start),), None, None
+        else:
+            allowed = ~blocked[start, :P + start]
+            edges = torch.diff(allowed.to(torch.int8), prepend=allowed.new_zeros(1, dtype=torch.int8),
+                               append=allowed.new_zeros(1, dtype=torch.int8))
+            opens = (edges == 1).nonzero().flatten().tolist()
+            closes = (edges == -1).nonzero().flatten().tolist()
+            ranges, gather = tuple(zip(opens, closes)), None
+            if len(ranges) > MAX_KEY_RANGES:
+                ranges, gather = (), allowed.nonzero().flatten().to(device)
+            own = blocked[start:stop, P + start:P + stop]
+            diagonal = None
+            if bool(own.any()):
+                keep = causal[:length, :length].to(own.device) & ~own
+                diagonal = torch.zeros(length, length, dtype=dtype, device=device) \
+                    .masked_fill_(~keep.to(device), float("-inf"))
+                if not bool(keep.any(dim=1).all()):
+                    dead = ~keep.any(dim=1).to(device)
+        runs.append(_Run(start, stop, ranges, gather, diagonal, dead))
+    return runs
+
+
+def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Attention over disjoint key sets ``(out [B, H, R, d], lse [B, H, R])`` → over their
+    union: ``Σ exp(lse_i − lse) · out_i`` with ``lse = log Σ exp(lse_i)``. A part in which a
+    query sees no key (lse −∞) weighs 0."""
+    if len(parts) == 1:
+        return parts[0][0]
+    dtype = parts[0][0].dtype
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    lse = torch.stack([part[1] for part in parts]).to(compute)
+    top = lse.max(dim=0).values
+    weights = torch.exp(lse - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
+    total = weights.sum(dim=0)
+    out = None
+    for weight, (part, part_lse) in zip(weights, parts):
+        part = part.to(compute)
+        if not bool(torch.isfinite(part_lse).all()):
+            part = torch.where(torch.isfinite(part_lse)[..., None], part, torch.zeros_like(part))
+        term = part * weight[..., None]
+        out = term if out is None else out + term
+    return (out / total[..., None]).to(dtype)
+
+
+def _segmented_attention(weights: BackboneWeights, q, own_k, own_v, prefix_k, prefix_v,
+                         plan: list[_Run] | None, n_prefix: int) -> torch.Tensor:
+    """Exact attention of q ``[B, heads, Q, d]`` (no GQA) over the clean prefix ``prefix_k/v``
+    ``[G, heads, P, d]`` (element b reads group b // (B / G)) and the batch's own keys/values
+    ``own_k/v`` ``[B, heads, Q, d]``, by the runs of :func:`_attention_plan`: unmasked flash
+    attention over each allowed key range, causal (or masked) over the run's own keys, merged
+    by log-sum-exp. The elements of a group are folded into the query axis over the prefix, so
+    the clean keys are read once per group and never copied per element. ``plan`` None: plain
+    causal attention, the prefix for every query and the own keys causally."""
+    scale = 1.0 / weights.attn_scale
+    P = n_prefix
+    B, H, _, d = q.shape
+    G = prefix_k.shape[0]
+    m = B // G
+
+    def over_prefix(rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+        R = rows.shape[2]
+        folded = rows.unflatten(0, (G, m)).transpose(1, 2).reshape(G, H, m * R, d)
+        out, lse = _FLASH_CPU(folded, keys, values, 0.0, False, scale=scale)
+        return (out.reshape(G, H, m, R, d).transpose(1, 2).reshape(B, H, R, d),
+                lse.reshape(G, H, m, R).transpose(1, 2).reshape(B, H, R))
+
+    if plan is None and PADDED_CAUSAL and 4 * P <= q.shape[2] and G == B:
+        # small prefix: one causal kernel over the prefix queries (zeros, output dropped) and
+        # the recomputed ones costs less than two kernels and a merge
+        keys = torch.cat([prefix_k, own_k], dim=2)
+        values = torch.cat([prefix_v, own_v], dim=2)
+        padded = torch.cat([q.new_zeros(B, H, P, d), q], dim=2)
+        return _FLASH_CPU(padded, keys, values, 0.0, True, scale=scale)[0][:, :, P:]
+    if plan is None:
+        parts = [over_prefix(q, prefix_k, prefix_v)] if P else []
+        parts.append(_FLASH_CPU(q, own_k, own_v, 0.0, True, scale=scale))
+        return _merge(parts)
+    outs = []
+    for run in plan:
+        rows = q[:, :, run.start:run.stop]
+        parts = []
+        for a, b in run.ranges:
+            if a < min(b, P):
+                parts.append(over_prefix(rows, prefix_k[:, :, a:min(b, P)],
+                                         prefix_v[:, :, a:min(b, P)]))
+            if b > max(a, P):
+                own = slice(max(a, P) - P, b - P)
+                parts.append(_FLASH_CPU(rows, own_k[:, :, own], own_v[:, :, own], 0.0, False,
+                                        scale=scale))
+        if run.gather is not None:
+            early, late = run.gather[run.gather < P], run.gather[run.gather >= P] - P
+            if early.numel():
+                parts.append(over_prefix(rows, prefix_k[:, :, early], prefix_v[:, :, early]))
+            if late.numel():
+                parts.append(_FLASH_CPU(rows, own_k[:, :, late], own_v[:, :, late], 0.0, False,
+                                        scale=scale))
+        own = slice(run.start, run.stop)
+        out, lse = _FLASH_CPU(rows, own_k[:, :, own], own_v[:, :, own], 0.0,
+                              run.diagonal is None, attn_mask=run.diagonal, scale=scale)
+        if run.dead is not None:
+            lse = lse.masked_fill(run.dead, float("-inf"))
+        parts.append((out, lse))
+        outs.append(_merge(parts))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def _segmented_ok(weights: BackboneWeights, layout: "_Layout", heads, use_sdpa: bool) -> bool:
+    """Whether a batch's many-query attention runs segmented (:func:`_segmented_attention`):
+    CPU, the flash kernel present, no GQA (the kernel takes as many key heads as query heads),
+    every element's first recomputed position the same and no head-resolved knockout."""
+    return (use_sdpa and _FLASH_CPU is not None and weights.device.type == "cpu"
+            and weights.n_kv_heads == weights.n_heads and layout.shared_first is not None
+            and heads is None and weights.dtype in (torch.float32, torch.float64,
+                                                    torch.bfloat16))
+
+
 @torch.inference_mode()
 def suffix_logits(
     weights: BackboneWeights,
@@ -644,6 +825,7 @@ def suffix_logits(
     samples: Sequence[int] | None = None,
     heads: Bool[torch.Tensor, "batch head"] | None = None,
     layer_blocked: Mapping[int, Sequence[Bool[torch.Tensor, "query _"]]] | None = None,
+    plans: dict | None = None,
 ) -> Float[torch.Tensor, "batch d_vocab"]:
     """Last-position logits of a batch of knockout configurations, possibly of several samples.
 
@@ -658,7 +840,9 @@ def suffix_logits(
     the query heads element b blocks its pairs in; the mask is then per head (``heads`` times
     larger), so a batch without head-resolved elements passes ``None``. ``layer_blocked[l]``
     (effective pathways, whose blocked edges differ by layer): each element's rows in layer l,
-    in place of ``blocked`` there.
+    in place of ``blocked`` there. ``plans``: a dict the caller keeps for one sweep (and its
+    ``blocked`` and ``layer_blocked`` tensors alive), in which the segmented attention's plans
+    of each edge set are reused from batch to batch.
     """
     B, Q = len(blocked), blocked[0].shape[0]
     samples = [0] * B if samples is None else list(samples)
@@ -676,15 +860,39 @@ def suffix_logits(
                                None if heads is None else heads[order],
                                None if layer_blocked is None else
                                {layer: [rows[i] for i in order]
-                                for layer, rows in layer_blocked.items()})
+                                for layer, rows in layer_blocked.items()}, plans)
         return logits[torch.tensor(order, device=logits.device).argsort()]
     if heads is not None and heads.shape != (B, weights.n_heads):
         raise ValueError(f"heads must be [{B}, {weights.n_heads}], got {tuple(heads.shape)}")
     device = blocked[0].device
     layout = _layout(clean, samples, Q, device)
     P = layout.n_prefix
-    slot_blocked_all = _slot_blocked(blocked, layout, Q)
-    allowed_base = _allowed(layout, Q, device)
+    use_sdpa = Q >= SDPA_MIN_QUERIES
+    segmented = _segmented_ok(weights, layout, heads, use_sdpa)
+    # the dense masks of the other forms (a float [B, Q, P + Q] per pattern): not built when
+    # the attention runs segmented, which reads the blocked rows as they are
+    slot_blocked_all = None if segmented else _slot_blocked(blocked, layout, Q)
+    allowed_base = None if segmented else _allowed(layout, Q, device)
+    plans = {} if plans is None else plans
+    active_rows = active.tolist()
+
+    def plan_for(layer: int) -> list[tuple[list[int], list[_Run] | None]]:
+        """The segmented attention's element groups of a layer (elements with the same blocked
+        rows, or not blocking this layer) and each group's plan."""
+        own = blocked if layer_blocked is None else layer_blocked.get(layer, blocked)
+        groups: dict[object, list[int]] = {}
+        for b in range(B):
+            key = None if not active_rows[layer][b] else (
+                own[b].data_ptr(), tuple(own[b].shape), tuple(own[b].stride()))
+            groups.setdefault(key, []).append(b)
+        planned = []
+        for key, members in groups.items():
+            cache_key = (key, P, Q)
+            if cache_key not in plans:
+                plans[cache_key] = _attention_plan(
+                    None if key is None else own[members[0]], P, Q, weights.dtype, device)
+            planned.append((members, plans[cache_key]))
+        return planned
     residual = clean.residual[start_layer]
     single = len(set(samples)) == 1
     positions = None if layout.shared_first is not None else \
@@ -701,7 +909,6 @@ def suffix_logits(
     x = cells(residual)
     masks: dict[tuple[bool, ...], torch.Tensor] = {}
     tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    use_sdpa = Q >= SDPA_MIN_QUERIES
 
     def mask_for(layer: int) -> torch.Tensor:
         """The additive mask of a layer (0 or −∞: padding, causal and each active element's
@@ -759,7 +966,25 @@ def suffix_logits(
         q, k, v = _qkv(weights, index, x, *rotary_for(index))
         prefix_k, prefix_v = _prefix(clean.keys[index], layout), _prefix(clean.values[index],
                                                                           layout)
-        if use_sdpa:
+        if segmented:
+            q_heads, own_k, own_v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            groups = plan_for(index)
+            if len(groups) == 1:
+                z = _segmented_attention(weights, q_heads, own_k, own_v, prefix_k, prefix_v,
+                                         groups[0][1], P)
+            else:
+                z = q_heads.new_empty(q_heads.shape)
+                per_group = B // prefix_k.shape[0]
+                for members, plan in groups:
+                    rows = torch.tensor(members, device=q_heads.device)
+                    # one clean prefix for all, or each member's own
+                    shared = prefix_k.shape[0] == 1
+                    z[rows] = _segmented_attention(
+                        weights, q_heads[rows], own_k[rows], own_v[rows],
+                        prefix_k if shared else prefix_k[rows // per_group],
+                        prefix_v if shared else prefix_v[rows // per_group], plan, P)
+            z = z.transpose(1, 2).flatten(2)
+        elif use_sdpa:
             if layout.per_group > 1:
                 prefix_k = prefix_k.repeat_interleave(layout.per_group, 0) \
                     if prefix_k.shape[0] > 1 else prefix_k.expand(B, -1, -1, -1)

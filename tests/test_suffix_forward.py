@@ -345,10 +345,10 @@ def test_out_of_memory_on_the_lean_path_halves_the_batch(llama_family, monkeypat
     reference = sweep(backbone, embeds, configs, suffix="hooked")
     real = engine.suffix_logits
 
-    def refuse_big_batches(weights, clean, start, blocked, active, samples):
+    def refuse_big_batches(weights, clean, start, blocked, active, samples, **options):
         if len(blocked) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(weights, clean, start, blocked, active, samples)
+        return real(weights, clean, start, blocked, active, samples, **options)
 
     monkeypatch.setattr(engine, "suffix_logits", refuse_big_batches)
     with caplog.at_level("WARNING", logger="mapflow_tl.engine"):

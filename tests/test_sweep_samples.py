@@ -107,9 +107,9 @@ def test_layer_calls_are_shared_across_samples(monkeypatch):
     calls: list[list[int]] = []
     real = engine.suffix_logits
 
-    def record(weights, clean, start, blocked, active, samples):
+    def record(weights, clean, start, blocked, active, samples, **options):
         calls.append(list(samples))
-        return real(weights, clean, start, blocked, active, samples)
+        return real(weights, clean, start, blocked, active, samples, **options)
 
     monkeypatch.setattr(engine, "suffix_logits", record)
     together = sweep_samples(backbone, embeds, configs, batch_budget_mb=1e4)

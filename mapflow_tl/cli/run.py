@@ -115,6 +115,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) 
                              "transformer-lens 3.9), bridge (TransformerBridge, transformer-lens "
                              "4.x) or auto (default: the installed one); run.json records the "
                              "one used")
+    parser.add_argument("--num-frames", type=positive_int, default=None, metavar="N",
+                        help="frames sampled from each video (default: the model family's "
+                             "own); a prompt longer than the model's context is refused with "
+                             "the largest N that fits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: chosen for the model's size)")
@@ -238,8 +242,10 @@ class AnalysisRun:
         if self.world.is_main:   # loading takes seconds to minutes before the first bar appears
             print(f"{command}: loading model {args.model} ({args.dtype}, {device})…",
                   file=sys.stderr, flush=True)
+        frames = {} if getattr(args, "num_frames", None) is None \
+            else {"num_frames": args.num_frames}
         self.vlm = load_videollm(args.model, dtype=getattr(torch, args.dtype), device=device,
-                                 backend=args.backend)
+                                 backend=args.backend, **frames)
         if str(device).startswith("cpu"):
             torch.set_num_threads(choose_threads(self.vlm.backbone.cfg.d_model,
                                                  self.vlm.n_layers, args.threads))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ __all__ = [
     "refuse_format",
     "answer_index",
     "check_context_length",
+    "frame_budget",
 ]
 
 
@@ -192,17 +193,59 @@ def answer_index(sample: VideoSample) -> int | None:
     return int(answer)
 
 
-def check_context_length(n_positions: int, text_config: Any) -> None:
+def frame_budget(n_positions: int, limit: int, n_frames: int | None,
+                 video_positions: Callable[[int], int | None] | None,
+                 from_file: bool = True) -> str:
+    """How the prompt's positions split between its frames and the rest, and the largest frame
+    count that fits ``limit`` positions — the second half of a too-long-prompt error.
+
+    ``video_positions(k)``: positions k frames take (non-decreasing in k). Without it (or
+    without ``n_frames``) only the flag is named. ``from_file``: the frames were sampled from a
+    video file (``num_frames`` picks how many), not given as an array (used as given)."""
+    flag = ("load_videollm(..., num_frames=N), CLI --num-frames N" if from_file
+            else "the sample's frame array is used as given: pass fewer frames")
+    video = None if n_frames is None or video_positions is None else video_positions(n_frames)
+    if video is None or n_frames < 1:
+        return f"use fewer frames ({flag})"
+    other = n_positions - video
+    per_frame = video / n_frames
+    per_frame_text = f"{video // n_frames}" if video % n_frames == 0 else f"≈ {per_frame:.1f}"
+    split = (f"{n_frames} frames × {per_frame_text} tokens per frame + {other} other positions")
+    # frame counts are at most a few thousand: a linear scan over them is cheap
+    counts = {k: video_positions(k) for k in range(1, n_frames)}
+    if n_frames > 1 and all(count is None for count in counts.values()):
+        return f"{split}; use fewer frames ({flag})"  # the family cannot tell before its tower
+    fits = [k for k, count in counts.items() if count is not None and other + count <= limit]
+    if not fits:
+        fewest = counts.get(1) if counts.get(1) is not None else video
+        return (f"{split}; no frame count fits (the fewest frames still take {other + fewest} "
+                f"positions): shorten the prompt or use a model with a longer context")
+    best = max(fits)
+    if not from_file:
+        return f"{split}; at most {best} frames fit ({flag})"
+    return f"{split}; at most {best} frames fit — pass num_frames={best} ({flag})"
+
+
+def check_context_length(n_positions: int, text_config: Any, *, n_frames: int | None = None,
+                         video_positions: Callable[[int], int | None] | None = None,
+                         from_file: bool = True) -> None:
     """Refuse a prompt longer than the backbone reproduces: past ``max_position_embeddings``, or
-    past an active sliding window (the HookedTransformer backbone attends to all positions)."""
+    past an active sliding window (the HookedTransformer backbone attends to all positions).
+
+    With ``n_frames`` (the frames sampled) and ``video_positions`` (frame count → the positions
+    the video takes), the one-line error names the frames, tokens per frame, the positions
+    needed, the model's context and the largest frame count that fits (:func:`frame_budget`;
+    ``from_file``: whether ``num_frames`` chose them)."""
     limit = getattr(text_config, "max_position_embeddings", None)
     if limit is not None and n_positions > limit:
         raise InputError(f"the prompt has {n_positions} positions, more than the backbone's "
-                         f"max_position_embeddings {limit}; use fewer frames (num_frames)")
+                         f"max_position_embeddings {limit}: "
+                         f"{frame_budget(n_positions, limit, n_frames, video_positions, from_file)}")
     window = getattr(text_config, "sliding_window", None)
     if window is not None and getattr(text_config, "use_sliding_window", True) \
             and n_positions > window:
         raise InputError(
             f"the prompt has {n_positions} positions, more than the backbone's sliding "
             f"window {window}; the HookedTransformer backbone attends to all positions, so "
-            f"it would not reproduce the model. Use fewer frames (num_frames)")
+            f"it would not reproduce the model: "
+            f"{frame_budget(n_positions, window, n_frames, video_positions, from_file)}")

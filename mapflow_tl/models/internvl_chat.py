@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .adapter import register_adapter
+from .adapter import frame_budget, register_adapter
 from .backbone import backbone_from_hf
 from .loading import check_weights, load_tokenizer, read_weight_files
 from .native_adapter import NativeVideoAdapter, VideoInputs
@@ -407,10 +407,12 @@ class InternVLChatAdapter(NativeVideoAdapter):
     def check_against_processor(self, text, frames, input_ids) -> None:
         """No HF processor exists for the remote-code format; the expansion is built here."""
 
-    def check_length(self, n_positions: int) -> None:
+    def check_length(self, n_positions: int, n_frames: int | None = None,
+                     video_positions=None, from_file: bool = True) -> None:
         limit = self.backbone.cfg.n_ctx
         if n_positions > limit:
             raise InputError(
                 f"the prompt has {n_positions} positions, more than the {limit} this backbone "
                 f"reproduces exactly (its sliding window, LongRoPE's original context or "
-                f"max_position_embeddings); use fewer frames (num_frames)")
+                f"max_position_embeddings): "
+                f"{frame_budget(n_positions, limit, n_frames, video_positions, from_file)}")

@@ -259,11 +259,14 @@ class NativeVideoAdapter(FamilyAdapter):
                                   return_offsets_mapping=True)
         offsets = [tuple(int(x) for x in pair) for pair in encoding["offset_mapping"]]
         input_ids = torch.tensor([encoding["input_ids"]], dtype=torch.long)
-        self.check_length(input_ids.shape[1])
-        if timestamps is None:  # with a file's timestamps the processor would need its metadata
-            self.check_against_processor(rendered.text, frames, input_ids)
         video_span = token_span(text, offsets, CharSpan(media.start, media.start
                                                          + len(video.expansion)), "video")
+        n_video = video_span[1] - video_span[0]
+        self.check_length(input_ids.shape[1], n_frames=len(frames),
+                          video_positions=lambda k: n_video if k == len(frames) else None,
+                          from_file=isinstance(sample.video, (str, Path)))
+        if timestamps is None:  # with a file's timestamps the processor would need its metadata
+            self.check_against_processor(rendered.text, frames, input_ids)
         question, option_spans, option_texts, coarse = prompt_spans(text, offsets, rendered,
                                                                     shift)
         segments = self._segments(input_ids, video, video_span, question,
@@ -285,10 +288,13 @@ class NativeVideoAdapter(FamilyAdapter):
         self.bind(prepared, captured)
         return prepared
 
-    def check_length(self, n_positions: int) -> None:
+    def check_length(self, n_positions: int, n_frames: int | None = None,
+                     video_positions=None, from_file: bool = True) -> None:
         """Refuse a prompt longer than the backbone reproduces (see
-        :func:`~mapflow_tl.models.adapter.check_context_length`)."""
-        check_context_length(n_positions, self.hf_config.text_config)
+        :func:`~mapflow_tl.models.adapter.check_context_length`; ``n_frames`` and
+        ``video_positions`` name the frames in the error)."""
+        check_context_length(n_positions, self.hf_config.text_config, n_frames=n_frames,
+                             video_positions=video_positions, from_file=from_file)
 
     def check_against_processor(self, text: str, frames: np.ndarray,
                                 input_ids: torch.Tensor) -> None:

@@ -166,7 +166,9 @@ class SplicedVideoAdapter(FamilyAdapter):
         # fix: refuse a too-long prompt before the vision tower spends memory on the frames.
         n_video = self.video_token_count(len(frames))
         if n_video is not None:
-            check_context_length(tokens.input_ids.shape[1] - 1 + n_video, self.text_config)
+            check_context_length(tokens.input_ids.shape[1] - 1 + n_video, self.text_config,
+                                 n_frames=len(frames), video_positions=self.video_token_count,
+                                 from_file=isinstance(sample.video, (str, Path)))
         with torch.no_grad():
             video = self.video_tokens(frames)
         if n_video is not None and video.features.shape[0] != n_video:
