@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import mapflow_tl as mf
+from family_checks import check_generate, check_open_ended_knockout
 from mapflow_tl.models import VideoSample, load_videollm
 from mapflow_tl.models.backbone import run_from_embeds
 from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
@@ -411,3 +412,15 @@ def test_qwen3_moe_mixing_dense_layers_is_refused(tmp_path):
     path = build(tmp_path, moe={**MOE, "mlp_only_layers": [0]})
     with pytest.raises(ValueError, match="mixes dense and mixture-of-experts"):
         load_videollm(path)
+
+
+def test_qwen3_generate_and_teacher_forced_answer_equal_hf(qwen3):
+    """Greedy generation (cache and no cache) = HF's own generate, the appended tokens at HF's
+    3D positions, and the teacher-forced answer's logits = HF's forward on the whole sequence."""
+    vlm, x, hf_model = qwen3
+    check_generate(vlm, x, hf_model)
+
+
+def test_qwen3_open_ended_knockout_equals_hf_with_explicit_masks(qwen3):
+    vlm, x, hf_model = qwen3
+    check_open_ended_knockout(vlm, x, hf_model)

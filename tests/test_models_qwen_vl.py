@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mapflow_tl as mf
+from family_checks import check_generate, check_open_ended_knockout
 from mapflow_tl.models import VideoSample, load_videollm
 from mapflow_tl.models.backbone import run_from_embeds
 from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
@@ -185,3 +186,15 @@ def test_mrope_bf16_runs_close_to_hf_bf16(qwen_vl, tmp_path):
     best = expected[0, -1].max()
     ours = expected[0, -1, got[0, -1].argmax()]
     assert best - ours <= best.abs() * 2 ** -7
+
+
+def test_mrope_generate_and_teacher_forced_answer_equal_hf(qwen_vl):
+    """Greedy generation (cache and no cache) = HF's own generate, the appended tokens at HF's
+    3D positions, and the teacher-forced answer's logits = HF's forward on the whole sequence."""
+    vlm, x, hf_model = qwen_vl
+    check_generate(vlm, x, hf_model)
+
+
+def test_mrope_open_ended_knockout_equals_hf_with_explicit_masks(qwen_vl):
+    vlm, x, hf_model = qwen_vl
+    check_open_ended_knockout(vlm, x, hf_model)
