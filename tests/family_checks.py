@@ -125,8 +125,10 @@ def check_generate(vlm, x, hf_model, n_new=5) -> dict[str, float]:
     positions are HF's (``rope_deltas`` added to the cache position); the teacher-forced answer
     (``extend``) gives the logits of HF's forward on the whole sequence (its own M-RoPE). Returns
     the max abs differences."""
+    registered = len(vlm.adapter.rotary._samples)
     tokens, logits = vlm.generate(x, n_new, stop_ids=[])
     again, logits_no_cache = vlm.generate(x, n_new, stop_ids=[], use_cache=False)
+    assert len(vlm.adapter.rotary._samples) == registered  # each step's binding dropped
     expected, expected_logits, deltas = hf_generate(hf_model, x, n_new)
     assert tokens.tolist() == again.tolist() == expected.tolist(), (tokens, again, expected)
     assert len(set(tokens.tolist())) > 1  # not one token repeated: the positions matter
@@ -140,19 +142,22 @@ def check_generate(vlm, x, hf_model, n_new=5) -> dict[str, float]:
     assert torch.equal(y.meta["position_ids"][:, :, :n], x.meta["position_ids"])
     with torch.no_grad():
         full = hf_model(input_ids=y.input_ids, **hf_inputs_with_text(x, n_new)).logits
-    forced = (vlm(y) - full).abs().max().item()
+    forced = (vlm(y) - full).abs()
+    answer_rows = forced[0, n - 1:].max().item()  # the rows that predict the answer
+    forced = forced.max().item()
     assert forced <= 1e-4, forced
     # generation's positions and the full forward's coincide here: the prompt ends at its
     # largest position (both continue from it)
     assert int(x.meta["position_ids"][:, 0, -1].max()) == int(x.meta["position_ids"].max())
     # the prompt's own binding outlives generation (only each step's was dropped)
     assert (vlm(x)[0, -1] - expected_logits[0]).abs().max().item() <= 1e-4
-    return {"generate": step, "extend": forced}
+    return {"generate": step, "extend": forced, "extend_answer_rows": answer_rows}
 
 
-def check_open_ended_knockout(vlm, x, hf_model, n_new=4, layers=(0, 1)) -> float:
+def check_open_ended_knockout(vlm, x, hf_model, n_new=4, layers=(0, 1)) -> dict[str, float]:
     """On a teacher-forced answer: video → response ∪ question → last in ``layers`` equals the HF
-    model on the whole sequence with the equivalent explicit 4D mask."""
+    model on the whole sequence with the equivalent explicit 4D mask. Returns the max abs
+    differences over all rows and over the rows that predict the answer."""
     from mapflow_tl import edges
 
     tokens, _ = vlm.generate(x, n_new, stop_ids=[])
@@ -169,7 +174,7 @@ def check_open_ended_knockout(vlm, x, hf_model, n_new=4, layers=(0, 1)) -> float
     expected = hf_logits_with_layer_masks(hf_model, {layer: blocked for layer in layers},
                                           additive_mask(n, None, heads), input_ids=y.input_ids,
                                           **hf_inputs_with_text(x, n_new))
-    assert (got - vlm(y)).abs().max() > 1e-3  # the knockout changes something
-    diff = (got - expected).abs().max().item()
-    assert diff <= 1e-4, diff
-    return diff
+    assert (got - vlm(y))[0, P - 1:].abs().max() > 1e-3  # the knockout changes the answer
+    diff = (got - expected).abs()
+    assert diff.max().item() <= 1e-4, diff.max().item()
+    return {"knockout": diff.max().item(), "knockout_answer_rows": diff[0, P - 1:].max().item()}

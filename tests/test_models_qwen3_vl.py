@@ -424,3 +424,24 @@ def test_qwen3_generate_and_teacher_forced_answer_equal_hf(qwen3):
 def test_qwen3_open_ended_knockout_equals_hf_with_explicit_masks(qwen3):
     vlm, x, hf_model = qwen3
     check_open_ended_knockout(vlm, x, hf_model)
+
+
+def test_qwen3_open_ended_flow_fast_equals_naive(qwen3_dir):
+    """The experiment code, unchanged, on an M-RoPE family with DeepStack: the open-ended flow
+    over a teacher-forced answer gives the same rows with the fast (lean suffix) and the naive
+    sweep, and its knockouts act."""
+    from mapflow_tl import analyses
+
+    vlm = load_videollm(qwen3_dir)
+    x = vlm.prepare(VideoSample(frames_array(N_FRAMES, 32, 48), QUESTION))
+    given = vlm.generate(x, 8, stop_ids=[])[0].tolist()
+    kwargs = dict(n_anchors=4, k=1, answer_ids=given, anchors="words",
+                  words=sorted({vlm.tokenizer.decode([i]) for i in given}))
+    fast = analyses.open_ended_flow(vlm, x, "open-ended", **kwargs)
+    naive = analyses.open_ended_flow(vlm, x, "open-ended", method="naive", **kwargs)
+    assert fast["answer"]["traced"] and len(fast["rows"]) == len(naive["rows"]) > 0
+    assert max(abs(row["change"]) for row in fast["rows"]) > 1e-2
+    for a, b in zip(fast["rows"], naive["rows"]):
+        assert (a["curve"], a["layer"], a["anchor_order"]) == (b["curve"], b["layer"],
+                                                               b["anchor_order"])
+        assert abs(a["p"] - b["p"]) <= 1e-5
