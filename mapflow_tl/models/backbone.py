@@ -743,6 +743,9 @@ class RotaryPositions:
     engine's forwards work too: a suffix of the embeddings after a key/value cache must match the
     installed sample (whose forward filled the cache) over those positions, and a forward that
     starts mid-stack (``start_at_layer > 0``) reuses the installed tables and must fit in them.
+    Generation from a key/value cache feeds one new token at a time: its suffix may continue the
+    installed sample into a longer registered sequence (the adapter's ``bind_appended``
+    registers each step's), whose tables are then installed.
 
     ``rotary`` maps position ids ``[3, 1, n]`` to the HF ``(cos, sin)`` tables ``[1, n, d_head]``
     (the HF text model's own ``rotary_emb``).
