@@ -445,3 +445,8 @@ def test_qwen3_open_ended_flow_fast_equals_naive(qwen3_dir):
         assert (a["curve"], a["layer"], a["anchor_order"]) == (b["curve"], b["layer"],
                                                                b["anchor_order"])
         assert abs(a["p"] - b["p"]) <= 1e-5
+
+
+def test_qwen3_moe_generate_and_teacher_forced_answer_equal_hf(qwen3_moe):
+    vlm, x, hf_model = qwen3_moe
+    check_generate(vlm, x, hf_model)
