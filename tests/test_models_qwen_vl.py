@@ -198,3 +198,21 @@ def test_mrope_generate_and_teacher_forced_answer_equal_hf(qwen_vl):
 def test_mrope_open_ended_knockout_equals_hf_with_explicit_masks(qwen_vl):
     vlm, x, hf_model = qwen_vl
     check_open_ended_knockout(vlm, x, hf_model)
+
+
+def test_mrope_knockout_during_generation_cache_equals_no_cache(qwen_vl):
+    """A knockout kept on while generating under M-RoPE: the key/value-cached steps (each
+    continuing the sample's 3D positions) give the tokens and logits of full recomputation, and
+    the first step is the prompt's knockout."""
+    from mapflow_tl.hooks import knockout_during_generation
+
+    vlm, x, hf_model = qwen_vl
+    cut = mf.Edges(src=x.segments.video, dst=x.segments.last)
+    hooks = knockout_during_generation(cut, [0, 1], x.n_positions, n_layers=vlm.n_layers)
+    cached, cached_logits = vlm.generate(x, 4, fwd_hooks=hooks, stop_ids=[])
+    full, full_logits = vlm.generate(x, 4, fwd_hooks=hooks, use_cache=False, stop_ids=[])
+    assert cached.tolist() == full.tolist()
+    assert (cached_logits - full_logits).abs().max() <= 1e-4
+    first = vlm.run_with_hooks(x, mf.knockout(cut, [0, 1]))[0, -1]
+    assert (first - cached_logits[0]).abs().max() <= 1e-4
+    assert (first - vlm(x)[0, -1]).abs().max() > 1e-3  # the knockout acts
