@@ -94,3 +94,87 @@ def check_bf16(path, hf_class, sample, hf_model_of) -> None:
     best = expected[0, -1].max()
     ours = expected[0, -1, got[0, -1].argmax()]
     assert best - ours <= best.abs() * 2 ** -7
+
+
+def hf_generate(hf_model, x, n_new):
+    """The HF model's own greedy ``generate`` on the prompt's token ids and pixels: ``(new token
+    ids, logits of each step [n_new, d_vocab], rope_deltas)`` — exactly ``n_new`` tokens (no end
+    token stops it)."""
+    with torch.no_grad():
+        out = hf_model.generate(input_ids=x.input_ids, **x.meta["model_inputs"],
+                                max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                                num_beams=1, output_logits=True, return_dict_in_generate=True,
+                                pad_token_id=0)
+    deltas = getattr(hf_model.model, "rope_deltas", None)
+    return out.sequences[0, x.n_positions:], torch.stack(out.logits)[:, 0], deltas
+
+
+def hf_inputs_with_text(x, n_new):
+    """The HF model's inputs for the prompt followed by ``n_new`` text tokens: the processor's
+    token types (``mm_token_type_ids``, from which M-RoPE is computed) padded with text (0)."""
+    inputs = dict(x.meta["model_inputs"])
+    if "mm_token_type_ids" in inputs:
+        types = inputs["mm_token_type_ids"]
+        inputs["mm_token_type_ids"] = torch.cat([types, types.new_zeros(1, n_new)], dim=1)
+    return inputs
+
+
+def check_generate(vlm, x, hf_model, n_new=5) -> dict[str, float]:
+    """Greedy generation, with and without the key/value cache, equals the HF model's own
+    ``generate`` token for token, each step's logits within 1e-4; the appended tokens' 3D
+    positions are HF's (``rope_deltas`` added to the cache position); the teacher-forced answer
+    (``extend``) gives the logits of HF's forward on the whole sequence (its own M-RoPE). Returns
+    the max abs differences."""
+    registered = len(vlm.adapter.rotary._samples)
+    tokens, logits = vlm.generate(x, n_new, stop_ids=[])
+    again, logits_no_cache = vlm.generate(x, n_new, stop_ids=[], use_cache=False)
+    assert len(vlm.adapter.rotary._samples) == registered  # each step's binding dropped
+    expected, expected_logits, deltas = hf_generate(hf_model, x, n_new)
+    assert tokens.tolist() == again.tolist() == expected.tolist(), (tokens, again, expected)
+    assert len(set(tokens.tolist())) > 1  # not one token repeated: the positions matter
+    step = max((logits - expected_logits).abs().max().item(),
+               (logits_no_cache - expected_logits).abs().max().item())
+    assert step <= 1e-4, step
+    n = x.n_positions
+    y = vlm.extend(x, tokens)
+    appended = torch.arange(n, n + n_new) + int(deltas[0, 0])
+    assert torch.equal(y.meta["position_ids"][:, 0, n:], appended.expand(3, -1))
+    assert torch.equal(y.meta["position_ids"][:, :, :n], x.meta["position_ids"])
+    with torch.no_grad():
+        full = hf_model(input_ids=y.input_ids, **hf_inputs_with_text(x, n_new)).logits
+    forced = (vlm(y) - full).abs()
+    answer_rows = forced[0, n - 1:].max().item()  # the rows that predict the answer
+    forced = forced.max().item()
+    assert forced <= 1e-4, forced
+    # generation's positions and the full forward's coincide here: the prompt ends at its
+    # largest position (both continue from it)
+    assert int(x.meta["position_ids"][:, 0, -1].max()) == int(x.meta["position_ids"].max())
+    # the prompt's own binding outlives generation (only each step's was dropped)
+    assert (vlm(x)[0, -1] - expected_logits[0]).abs().max().item() <= 1e-4
+    return {"generate": step, "extend": forced, "extend_answer_rows": answer_rows}
+
+
+def check_open_ended_knockout(vlm, x, hf_model, n_new=4, layers=(0, 1)) -> dict[str, float]:
+    """On a teacher-forced answer: video → response ∪ question → last in ``layers`` equals the HF
+    model on the whole sequence with the equivalent explicit 4D mask. Returns the max abs
+    differences over all rows and over the rows that predict the answer."""
+    from mapflow_tl import edges
+
+    tokens, _ = vlm.generate(x, n_new, stop_ids=[])
+    y = vlm.extend(x, tokens)
+    seg = y.segments
+    cut = edges.video_to_response(seg, open_tokens=0) | mf.Edges(src=seg.question,
+                                                                 dst=seg.last)
+    got = vlm.run_with_hooks(y, mf.knockout(cut, list(layers)))
+    n, P = y.n_positions, x.n_positions
+    answer = list(range(P, n - 1))  # the appended tokens before the new last position
+    pairs = [(list(seg.video), answer), (list(seg.question), [n - 1])]
+    heads = hf_model.config.text_config.num_attention_heads
+    blocked = additive_mask(n, block_mask(n, pairs), heads)
+    expected = hf_logits_with_layer_masks(hf_model, {layer: blocked for layer in layers},
+                                          additive_mask(n, None, heads), input_ids=y.input_ids,
+                                          **hf_inputs_with_text(x, n_new))
+    assert (got - vlm(y))[0, P - 1:].abs().max() > 1e-3  # the knockout changes the answer
+    diff = (got - expected).abs()
+    assert diff.max().item() <= 1e-4, diff.max().item()
+    return {"knockout": diff.max().item(), "knockout_answer_rows": diff[0, P - 1:].max().item()}

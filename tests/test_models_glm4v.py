@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import mapflow_tl as mf
-from family_checks import check_bf16, check_fast_sweep, check_flow_sweep, check_knockout
+from family_checks import (check_bf16, check_fast_sweep, check_flow_sweep, check_generate,
+                           check_knockout, check_open_ended_knockout)
 from mapflow_tl.models import VideoSample, load_videollm
 from test_models_qwen import (OPTIONS, QUESTION, byte_level_tokenizer, check_layout, check_logits,
                               frames_array, hf_model_of, scale_up)
@@ -258,3 +259,15 @@ def test_glm4v_head_dim_unlike_the_attention_split_is_refused(tmp_path):
     config.head_dim = 16
     with pytest.raises(ValueError, match="attention and rotary disagree"):
         hooked_config_from_hf(config, positions="per_sample")
+
+
+def test_glm4v_generate_and_teacher_forced_answer_equal_hf(glm):
+    """Greedy generation (cache and no cache) = HF's own generate, the appended tokens at HF's
+    3D positions, and the teacher-forced answer's logits = HF's forward on the whole sequence."""
+    vlm, x, hf_model = glm
+    check_generate(vlm, x, hf_model)
+
+
+def test_glm4v_open_ended_knockout_equals_hf_with_explicit_masks(glm):
+    vlm, x, hf_model = glm
+    check_open_ended_knockout(vlm, x, hf_model)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import mapflow_tl as mf
+from family_checks import check_generate, check_open_ended_knockout
 from mapflow_tl.models import VideoSample, load_videollm
 from mapflow_tl.models.backbone import run_from_embeds
 from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
@@ -411,3 +412,41 @@ def test_qwen3_moe_mixing_dense_layers_is_refused(tmp_path):
     path = build(tmp_path, moe={**MOE, "mlp_only_layers": [0]})
     with pytest.raises(ValueError, match="mixes dense and mixture-of-experts"):
         load_videollm(path)
+
+
+def test_qwen3_generate_and_teacher_forced_answer_equal_hf(qwen3):
+    """Greedy generation (cache and no cache) = HF's own generate, the appended tokens at HF's
+    3D positions, and the teacher-forced answer's logits = HF's forward on the whole sequence."""
+    vlm, x, hf_model = qwen3
+    check_generate(vlm, x, hf_model)
+
+
+def test_qwen3_open_ended_knockout_equals_hf_with_explicit_masks(qwen3):
+    vlm, x, hf_model = qwen3
+    check_open_ended_knockout(vlm, x, hf_model)
+
+
+def test_qwen3_open_ended_flow_fast_equals_naive(qwen3_dir):
+    """The experiment code, unchanged, on an M-RoPE family with DeepStack: the open-ended flow
+    over a teacher-forced answer gives the same rows with the fast (lean suffix) and the naive
+    sweep, and its knockouts act."""
+    from mapflow_tl import analyses
+
+    vlm = load_videollm(qwen3_dir)
+    x = vlm.prepare(VideoSample(frames_array(N_FRAMES, 32, 48), QUESTION))
+    given = vlm.generate(x, 8, stop_ids=[])[0].tolist()
+    kwargs = dict(n_anchors=4, k=1, answer_ids=given, anchors="words",
+                  words=sorted({vlm.tokenizer.decode([i]) for i in given}))
+    fast = analyses.open_ended_flow(vlm, x, "open-ended", **kwargs)
+    naive = analyses.open_ended_flow(vlm, x, "open-ended", method="naive", **kwargs)
+    assert fast["answer"]["traced"] and len(fast["rows"]) == len(naive["rows"]) > 0
+    assert max(abs(row["change"]) for row in fast["rows"]) > 1e-2
+    for a, b in zip(fast["rows"], naive["rows"]):
+        assert (a["curve"], a["layer"], a["anchor_order"]) == (b["curve"], b["layer"],
+                                                               b["anchor_order"])
+        assert abs(a["p"] - b["p"]) <= 1e-5
+
+
+def test_qwen3_moe_generate_and_teacher_forced_answer_equal_hf(qwen3_moe):
+    vlm, x, hf_model = qwen3_moe
+    check_generate(vlm, x, hf_model)

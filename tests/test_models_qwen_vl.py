@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mapflow_tl as mf
+from family_checks import check_generate, check_open_ended_knockout
 from mapflow_tl.models import VideoSample, load_videollm
 from mapflow_tl.models.backbone import run_from_embeds
 from mapflow_tl.testing import additive_mask, block_mask, hf_logits_with_layer_masks
@@ -185,3 +186,33 @@ def test_mrope_bf16_runs_close_to_hf_bf16(qwen_vl, tmp_path):
     best = expected[0, -1].max()
     ours = expected[0, -1, got[0, -1].argmax()]
     assert best - ours <= best.abs() * 2 ** -7
+
+
+def test_mrope_generate_and_teacher_forced_answer_equal_hf(qwen_vl):
+    """Greedy generation (cache and no cache) = HF's own generate, the appended tokens at HF's
+    3D positions, and the teacher-forced answer's logits = HF's forward on the whole sequence."""
+    vlm, x, hf_model = qwen_vl
+    check_generate(vlm, x, hf_model)
+
+
+def test_mrope_open_ended_knockout_equals_hf_with_explicit_masks(qwen_vl):
+    vlm, x, hf_model = qwen_vl
+    check_open_ended_knockout(vlm, x, hf_model)
+
+
+def test_mrope_knockout_during_generation_cache_equals_no_cache(qwen_vl):
+    """A knockout kept on while generating under M-RoPE: the key/value-cached steps (each
+    continuing the sample's 3D positions) give the tokens and logits of full recomputation, and
+    the first step is the prompt's knockout."""
+    from mapflow_tl.hooks import knockout_during_generation
+
+    vlm, x, hf_model = qwen_vl
+    cut = mf.Edges(src=x.segments.video, dst=x.segments.last)
+    hooks = knockout_during_generation(cut, [0, 1], x.n_positions, n_layers=vlm.n_layers)
+    cached, cached_logits = vlm.generate(x, 4, fwd_hooks=hooks, stop_ids=[])
+    full, full_logits = vlm.generate(x, 4, fwd_hooks=hooks, use_cache=False, stop_ids=[])
+    assert cached.tolist() == full.tolist()
+    assert (cached_logits - full_logits).abs().max() <= 1e-4
+    first = vlm.run_with_hooks(x, mf.knockout(cut, [0, 1]))[0, -1]
+    assert (first - cached_logits[0]).abs().max() <= 1e-4
+    assert (first - vlm(x)[0, -1]).abs().max() > 1e-3  # the knockout acts

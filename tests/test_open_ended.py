@@ -85,6 +85,24 @@ def test_knockout_during_generation_cache_equals_no_cache_and_copies_the_last_ro
         assert mask[row, :9].tolist() == dense[8].tolist() and not mask[row, 9:].any()
 
 
+def test_appended_text_continues_from_the_largest_3d_position_by_hand():
+    from mapflow_tl.models.native_adapter import continue_text_positions
+
+    # text 0-1, a video whose temporal positions (2, 6) reach past its height/width (2, 3)
+    # and the text after it (4, 5): HF's generation continues from the maximum, 6 + 1
+    prompt = torch.tensor([[0, 1, 2, 2, 6, 6, 4, 5],
+                           [0, 1, 2, 3, 2, 3, 4, 5],
+                           [0, 1, 2, 2, 3, 3, 4, 5]])[:, None]
+    continued = continue_text_positions(prompt, 3)
+    assert continued.shape == (3, 1, 11) and torch.equal(continued[:, :, :8], prompt)
+    assert continued[:, 0, 8:].tolist() == [[7, 8, 9]] * 3
+    # rope_deltas = max + 1 − n, added to the cache positions n, n + 1, … (HF's generation)
+    assert continued[0, 0, 8:].tolist() == [p + (6 + 1 - 8) for p in (8, 9, 10)]
+    assert torch.equal(continue_text_positions(prompt, 0), prompt)
+    with pytest.raises(InputError, match="position ids"):
+        continue_text_positions(prompt[0], 1)
+
+
 # ---------------------------------------------------------------------- anchors
 class _Pieces:
     """A tokenizer of fixed pieces: decode joins them (a piece starting with a space starts a

@@ -81,6 +81,20 @@ class FamilyAdapter(ABC):
         """Build the prompt, tokenize it, compute the video features, splice them into the
         embeddings and return them with the exact SegmentMap."""
 
+    def bind_appended(self, prompt: Prepared, embeds: torch.Tensor,
+                      input_ids: torch.Tensor | None = None) -> dict[str, Any]:
+        """Bind ``embeds`` ``[1, prompt + k, d_model]`` — the prompt's embeddings followed by
+        ``k`` appended text tokens (a generated or teacher-forced answer) — to whatever
+        per-sample state the backbone reads besides the embeddings, as the HF model would for
+        those tokens during generation; ``input_ids`` ``[1, prompt + k]`` where known. Returns
+        the ``meta`` entries that differ for the longer sequence. Default: nothing to bind (1D
+        positions continue 0 … n−1 by themselves)."""
+        return {}
+
+    def unbind(self, embeds: torch.Tensor) -> None:
+        """Drop what :meth:`bind_appended` bound for ``embeds`` (generation binds each step's
+        sequence and drops the one before). Default: nothing."""
+
 
 _ADAPTERS: list[type[FamilyAdapter]] = []
 #: model_type → why a known checkpoint format is refused (see :func:`refuse_format`).

@@ -541,6 +541,7 @@ def generate_from_embeds(
     stop_ids: Iterable[int] = (),
     fwd_hooks: HookList | Sequence = (),
     use_cache: bool = True,
+    on_append: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[list[int], Float[torch.Tensor, "new d_vocab"]]:
     """Greedy decoding from input embeddings: ``(token ids, logits of each step)``.
 
@@ -557,6 +558,12 @@ def generate_from_embeds(
     step (the reference the cache is checked against). This is the one function that touches
     TransformerLens' key/value cache for generation: a backend without it changes this body
     only.
+
+    ``on_append(sequence)`` is called with the whole sequence ``[1, pos + i, d_model]`` after
+    each appended token, before the forward that reads it: where positions are bound to the
+    embeddings (per-sample M-RoPE, :class:`RotaryPositions`) the caller registers the longer
+    sequence's positions there; with the cache only the new token is fed, and the positions'
+    binding finds the registered continuation of the sample that filled the cache.
     """
     _check_embeds(model, embeds)
     if max_new_tokens < 1:
@@ -601,11 +608,11 @@ def generate_from_embeds(
                 break
             new = model.embed(torch.tensor([[token]], device=model.cfg.device)).to(
                 model.cfg.dtype)
-            if cache is None:
+            if cache is None or on_append is not None:
                 sequence = torch.cat([sequence, new], dim=1)
-                step_input = sequence
-            else:
-                step_input = new
+            if on_append is not None:
+                on_append(sequence)
+            step_input = sequence if cache is None else new
     return tokens, torch.stack(step_logits)
 
 
@@ -736,6 +743,9 @@ class RotaryPositions:
     engine's forwards work too: a suffix of the embeddings after a key/value cache must match the
     installed sample (whose forward filled the cache) over those positions, and a forward that
     starts mid-stack (``start_at_layer > 0``) reuses the installed tables and must fit in them.
+    Generation from a key/value cache feeds one new token at a time: its suffix may continue the
+    installed sample into a longer registered sequence (the adapter's ``bind_appended``
+    registers each step's), whose tables are then installed.
 
     ``rotary`` maps position ids ``[3, 1, n]`` to the HF ``(cos, sin)`` tables ``[1, n, d_head]``
     (the HF text model's own ``rotary_emb``).
@@ -759,7 +769,8 @@ class RotaryPositions:
         self._tokens = False
         #: per block, the key/value-cache offset of the forward now running through it
         self._offsets: dict[int, int] = {}
-        self.handles = [model.embed.register_forward_pre_hook(self._before_embed)]
+        self.handles = [model.embed.register_forward_pre_hook(self._before_embed),
+                        model.register_forward_pre_hook(self._before_forward)]
         self.handles += [block.register_forward_pre_hook(self._before_block(index),
                                                          with_kwargs=True)
                          for index, block in enumerate(model.blocks)]
@@ -807,6 +818,31 @@ class RotaryPositions:
         self._samples[key] = (fingerprint, *self.tables(position_ids), checked)
         while len(self._samples) > self.capacity:
             self._samples.pop(next(iter(self._samples)))
+
+    def _entry(self, embeds: torch.Tensor) -> tuple:
+        """The registered entry of these embeddings ``[1, pos, d_model]`` (``ValueError`` if
+        none)."""
+        fingerprint = self._fingerprint(embeds[0])
+        entry = self._samples.get((int(fingerprint.shape[0]), float(fingerprint.sum())))
+        if entry is None or not torch.equal(entry[0], fingerprint):
+            raise self._unknown()
+        return entry
+
+    def additions_of(self, embeds: Float[torch.Tensor, "1 pos d_model"]
+                     ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """The residual additions registered with these embeddings: ``{layer: (positions,
+        values)}`` (a sample that continues them — an appended answer — keeps them)."""
+        return self._entry(embeds)[-1]
+
+    def forget(self, embeds: Float[torch.Tensor, "1 pos d_model"]) -> None:
+        """Drop the registration of these embeddings (nothing if they have none): generation
+        registers every step's sequence and forgets the one before, so the prepared samples
+        stay within :attr:`capacity`."""
+        fingerprint = self._fingerprint(embeds[0])
+        key = (int(fingerprint.shape[0]), float(fingerprint.sum()))
+        entry = self._samples.get(key)
+        if entry is not None and torch.equal(entry[0], fingerprint):
+            del self._samples[key]
 
     def installed_additions(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """The residual additions of the sample whose forward last entered block 0 (none for
@@ -856,10 +892,20 @@ class RotaryPositions:
         if offset:
             installed = self._installed
             stop = offset + embeds.shape[1]
-            if installed is None or installed[2] is None or installed[2].shape[0] < stop or \
-                    not all(torch.equal(installed[2][offset:stop], f) for f in fingerprints):
+            if installed is None or installed[2] is None:
                 raise self._unknown()
-            return
+            if installed[2].shape[0] >= stop and \
+                    all(torch.equal(installed[2][offset:stop], f) for f in fingerprints):
+                return
+            # generation: the suffix continues the installed sample (whose forward filled the
+            # cache) into a longer sequence registered with its own positions (on_append)
+            for entry in reversed(self._samples.values()):
+                if entry[0].shape[0] == stop \
+                        and torch.equal(entry[0][:offset], installed[2][:offset]) \
+                        and all(torch.equal(entry[0][offset:], f) for f in fingerprints):
+                    self._install(entry[1], entry[2], entry[0], entry[3])
+                    return
+            raise self._unknown()
         entries = []
         for fingerprint in fingerprints:
             entry = self._samples.get((int(fingerprint.shape[0]), float(fingerprint.sum())))
@@ -874,6 +920,13 @@ class RotaryPositions:
 
     def _before_embed(self, module: nn.Module, args: tuple) -> None:
         self._tokens = True  # token ids: the next block-0 input is their text-only embedding
+
+    def _before_forward(self, module: nn.Module, args: tuple) -> None:
+        # A forward given embeddings (a residual stream) is not a token-id forward, even when
+        # the token embedding ran just before it outside a forward (generation and extend embed
+        # the appended tokens with it)
+        if args and torch.is_tensor(args[0]) and args[0].is_floating_point():
+            self._tokens = False
 
     def _before_block(self, index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -927,6 +980,9 @@ class BridgePositions:
     tables = RotaryPositions.tables
     _fingerprint = staticmethod(RotaryPositions._fingerprint)
     _unknown = RotaryPositions._unknown
+    _entry = RotaryPositions._entry
+    additions_of = RotaryPositions.additions_of
+    forget = RotaryPositions.forget
 
     def _device(self) -> torch.device:
         return next(self.model.original_model.parameters()).device

@@ -28,7 +28,25 @@ from .prompt import (MAPFLOW_STYLE, CharSpan, PromptStyle, answer_token_ids, pro
 from .templates import load_chat_template
 from .videollm import Prepared, VideoSample, as_video_sample
 
-__all__ = ["VideoInputs", "NativeVideoAdapter"]
+__all__ = ["VideoInputs", "NativeVideoAdapter", "continue_text_positions"]
+
+
+def continue_text_positions(position_ids: Int[torch.Tensor, "3 1 pos"],
+                            n_new: int) -> Int[torch.Tensor, "3 1 pos_plus_new"]:
+    """3D rotary position ids (M-RoPE) of a prompt followed by ``n_new`` text tokens, as the HF
+    Qwen2-VL / Qwen2.5-VL / Qwen3-VL / GLM-4.1V models give them while generating: appended
+    token ``j`` (0-based) sits at ``max(position_ids) + 1 + j`` on all three axes (their
+    ``rope_deltas = max + 1 − n`` added to the cache position ``n + j``). The maximum is over
+    the whole prompt and all axes, so it is the last prompt token's position + 1 unless the
+    video's temporal positions reach further than the text after it."""
+    if position_ids.dim() != 3 or position_ids.shape[0] != 3 or n_new < 0:
+        raise InputError(f"position ids must be [3, 1, pos] and n_new >= 0, got "
+                         f"{tuple(position_ids.shape)} and {n_new}")
+    start = int(position_ids.max()) + 1
+    new = torch.arange(start, start + n_new, dtype=position_ids.dtype,
+                       device=position_ids.device)
+    return torch.cat([position_ids, new.view(1, 1, -1).expand(3, position_ids.shape[1], -1)],
+                     dim=-1)
 
 #: Frames sampled from a video file when the ``num_frames`` load option does not say.
 DEFAULT_NUM_FRAMES = 8
@@ -240,6 +258,30 @@ class NativeVideoAdapter(FamilyAdapter):
             position_ids = position_ids[1:]
         prepared.meta["position_ids"] = position_ids.detach().cpu()
         self.rotary.register(prepared.embeds, position_ids, additions)
+
+    def bind_appended(self, prompt: Prepared, embeds: torch.Tensor,
+                      input_ids: torch.Tensor | None = None) -> dict[str, Any]:
+        """:meth:`FamilyAdapter.bind_appended`. Under per-sample 3D positions (M-RoPE) the
+        appended text tokens get :func:`continue_text_positions` of the prompt's (the positions
+        HF's generation gives them: ``rope_deltas``) and keep the prompt's residual additions
+        (DeepStack: at visual positions only, so none for the appended tokens); ``meta`` gets
+        the longer ``position_ids`` and, with ``input_ids``, the model inputs computed from them
+        (Qwen's token types)."""
+        updates: dict[str, Any] = {}
+        if input_ids is not None:
+            updates["model_inputs"] = {**prompt.meta.get("model_inputs", {}),
+                                       **self.extra_model_inputs(input_ids)}
+        if self.positions != "per_sample":
+            return updates
+        n_new = embeds.shape[1] - prompt.n_positions
+        position_ids = continue_text_positions(prompt.meta["position_ids"], n_new)
+        self.rotary.register(embeds, position_ids, self.rotary.additions_of(prompt.embeds))
+        updates["position_ids"] = position_ids
+        return updates
+
+    def unbind(self, embeds: torch.Tensor) -> None:
+        if self.positions == "per_sample":
+            self.rotary.forget(embeds)
 
     def prepare(self, sample: VideoSample | Any) -> Prepared:
         sample = as_video_sample(sample)

@@ -408,16 +408,6 @@ class VideoLLM:
                        sample=str(x.meta.get("id", "") or ""))
         return logits.float().softmax(-1)[x.answer_ids.to(logits.device)]
 
-    def _refuse_per_sample_positions(self, what: str) -> None:
-        # Positions of appended text under per-sample rotary tables (M-RoPE) continue the
-        # prompt's 3D positions; the tables are bound to the prepared embeddings, so appending
-        # tokens needs the adapter to extend them, which no adapter does yet.
-        if getattr(self.adapter, "rotary", None) is not None:
-            raise InputError(f"{what} is not supported for {self.family} yet: its per-sample 3D "
-                             f"rotary positions (M-RoPE) are bound to the prepared prompt and "
-                             f"are not extended to appended tokens; use a model with 1D "
-                             f"positions (LLaVA-NeXT, InternVL, VideoLLaMA3, SynthTV)")
-
     def stop_token_ids(self) -> list[int]:
         """Token ids that end an answer: the tokenizer's end-of-sequence token."""
         eos = getattr(self.tokenizer, "eos_token_id", None)
@@ -437,13 +427,31 @@ class VideoLLM:
         token (:meth:`stop_token_ids`, kept in the result) — HF ``generate(do_sample=False,
         num_beams=1)`` as the official open-ended script calls it. ``fwd_hooks`` apply in every
         step (a knockout during generation). ``use_cache=False`` recomputes the whole sequence
-        each step (same tokens; the reference the key/value cache is checked against)."""
-        self._refuse_per_sample_positions("open-ended generation")
+        each step (same tokens; the reference the key/value cache is checked against).
+
+        Each longer sequence is bound by the adapter as the HF model binds it while generating
+        (:meth:`~mapflow_tl.models.adapter.FamilyAdapter.bind_appended`: under per-sample 3D
+        positions, M-RoPE, the appended tokens continue from the prompt's largest position);
+        only the current step's binding is kept, none after the answer is complete."""
         stop = self.stop_token_ids() if stop_ids is None else list(stop_ids)
         hooks = _edges_checked(x, fwd_hooks)
-        tokens, logits = generate_from_embeds(self.backbone, _embeds(x),
-                                              max_new_tokens=max_new_tokens, stop_ids=stop,
-                                              fwd_hooks=hooks, use_cache=use_cache)
+        embeds = _embeds(x)
+        bound: list[torch.Tensor] = []
+
+        def bind(sequence: torch.Tensor) -> None:
+            self.adapter.bind_appended(x, sequence)
+            if bound:
+                self.adapter.unbind(bound.pop())
+            bound.append(sequence)
+
+        try:
+            tokens, logits = generate_from_embeds(self.backbone, embeds,
+                                                  max_new_tokens=max_new_tokens, stop_ids=stop,
+                                                  fwd_hooks=hooks, use_cache=use_cache,
+                                                  on_append=bind)
+        finally:
+            for sequence in bound:
+                self.adapter.unbind(sequence)
         return torch.tensor(tokens, dtype=torch.long), logits
 
     def extend(self, x: Prepared, token_ids: Sequence[int] | torch.Tensor, *,
@@ -453,8 +461,9 @@ class VideoLLM:
         extended and a :class:`~mapflow_tl.segments.SegmentMap` over the longer sequence
         (:meth:`~mapflow_tl.segments.SegmentMap.with_response`: the appended tokens before the
         new last position are ``response``, ``anchors`` named spans in it, ``(name, start,
-        stop)`` as sequence positions)."""
-        self._refuse_per_sample_positions("appending an answer to the prompt")
+        stop)`` as sequence positions). The longer sequence is bound as the HF model binds
+        it while generating (:meth:`~mapflow_tl.models.adapter.FamilyAdapter.bind_appended`;
+        M-RoPE: ``meta["position_ids"]`` continues from the prompt's largest position)."""
         ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
         if not len(ids):
             return x
@@ -464,9 +473,10 @@ class VideoLLM:
         embeds = torch.cat([x.embeds, new.to(x.embeds.device)], dim=1)
         input_ids = torch.cat([x.input_ids, ids[None].to(x.input_ids.device)], dim=1)
         segments = x.segments.with_response(len(ids), anchors=anchors)
+        meta = {**x.meta, **self.adapter.bind_appended(x, embeds, input_ids)}
         return Prepared(embeds=embeds, segments=segments, input_ids=input_ids,
                         answer_ids=x.answer_ids, answer=x.answer, prompt=x.prompt,
-                        frames=x.frames, meta=dict(x.meta), tokenizer=x.tokenizer)
+                        frames=x.frames, meta=meta, tokenizer=x.tokenizer)
 
     def __repr__(self) -> str:
         cfg = self.backbone.cfg
