@@ -1252,8 +1252,10 @@ def _discover_section(rows, config):
     figure.update_xaxes(title_text="retained attention edges (% of causal edges, all layers, "
                                    "summed over samples)", autorange="reversed")
     figure.update_yaxes(title_text="accuracy (%)", range=[-5, 105])
-    figure.update_layout(height=420, margin=dict(t=30),
-                         legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
+    # the legend's long names beside the plot squeezed it to half the page: below it instead
+    figure.update_layout(height=480, margin=dict(t=30),
+                         legend=dict(orientation="h", x=0, y=-0.2, xanchor="left",
+                                     yanchor="top"))
     record = config.get("discover") or {}
     definitions = config.get("definitions") or {}
     n_eval = full[0]["samples"] if full else 0
@@ -1266,7 +1268,11 @@ def _discover_section(rows, config):
                f"samples; dotted: the same steps on the {n_search} search samples, as the "
                f"search saw them; red: random pruning of the same fraction "
                f"(official-uniform, drawn afresh per sample and seed), mean ± sd over "
-               f"{seeds} seed(s); green: hand-written pathways.")
+               f"{seeds} seed(s)"
+               + ("; green: hand-written pathways" if any(r["method"] == "hand" for r in held)
+                  else "") + ". <b>Departs from the paper:</b> the paper's pathways are written "
+               "by hand (layer ranges \"determined manually\"); the search and its held-out "
+               "split are mapflow-tl's (docs/discover.md).")
     cost = record.get("cost") or {}
     if cost:
         caption += (f" The search cost {cost.get('evaluations')} evaluations (pathway × sample), "
@@ -1306,7 +1312,9 @@ def _discover_samples_section(rows):
     caption = (f"A pathway searched for each of {n} held-out samples the full model answers "
                f"correctly (same greedy search, the sample alone as its search split), against "
                f"the per-task pathway (● = open in the per-task pathway): the colour is the "
-               f"share of samples whose own pathway differs there."
+               f"share of samples whose own pathway differs there. <b>Departs from the "
+               f"paper:</b> it names sample-adaptive pathways only as a future direction "
+               f"(docs/discover.md)."
                + (f" {incomplete} per-sample search(es) ran out of budget." if incomplete
                   else ""))
     return ("pathway-variability", "Per-sample pathways vs the per-task one", caption, figure)

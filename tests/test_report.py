@@ -1244,3 +1244,23 @@ def test_verdict_bars_count_in_whole_numbers_and_the_caption_says_it_departs(tmp
     caption = _captions(page)["diagnosis-verdicts"]
     assert "Departs from the paper:</b>" in caption
     assert f"r ≥ {INTEGRATION_SIMILAR}" in caption and "paper_parity" in caption
+
+
+def test_tradeoff_legend_sits_below_and_captions_say_the_search_departs(report, tmp_path):
+    """The trade-off legend is horizontal under the plot (beside it, its long names squeezed
+    the plot to half the page); the caption names green only where a hand-written pathway is
+    drawn, and both discover captions say the search is not the paper's."""
+    page = report.read_text()
+    legend = _figure(page, "pathway-tradeoff")["layout"]["legend"]
+    assert legend["orientation"] == "h" and legend["y"] < 0
+    captions = _captions(page)
+    assert "green: hand-written pathways" in captions["pathway-tradeoff"]
+    assert "Departs from the paper:</b> the paper's pathways are written by hand" in \
+        captions["pathway-tradeoff"]
+    assert "Departs from the paper:</b>" in captions["pathway-variability"]
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "discover", "model": "m"})
+    writer.write("discover", [r for r in _discover_rows() if r["method"] != "hand"])
+    writer.finish()
+    alone = _captions(build_report(out).read_text())["pathway-tradeoff"]
+    assert "green" not in alone and "Departs from the paper" in alone
