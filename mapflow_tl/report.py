@@ -1836,8 +1836,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     if accuracy_table:
         blocks.append(("accuracy-table", "Accuracy per task, table",
                        '<p class="caption">The figures of the accuracy plot: samples graded and '
-                       'accuracy per task (exact: the share of open-ended answers equal to the '
-                       'reference).</p>' + _table_html(accuracy_table, "accuracy-table")))
+                       'accuracy per task'
+                       # "exact" is a column only where the run has open-ended answers
+                       + (' (exact: the share of open-ended answers equal to the reference)'
+                          if any(row.get("exact") is not None for row in accuracy_table) else '')
+                       + '.</p>' + _table_html(accuracy_table, "accuracy-table")))
     if rows := tables["prune"]:
         seeds = len({_seed_of(r) for r in rows if r["variant"] == "random"} - {None})
         spread = ("mean ± standard deviation over its " f"{seeds} seeds" if seeds > 1 else

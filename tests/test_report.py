@@ -1264,3 +1264,25 @@ def test_tradeoff_legend_sits_below_and_captions_say_the_search_departs(report, 
     writer.finish()
     alone = _captions(build_report(out).read_text())["pathway-tradeoff"]
     assert "green" not in alone and "Departs from the paper" in alone
+
+
+def test_accuracy_table_caption_names_exact_only_for_open_ended_answers(tmp_path):
+    """A multiple-choice run's accuracy table has no "exact" column, so its caption does not
+    explain one; a run with an open-ended answer has the column and the explanation."""
+    def run(name, rows):
+        out = tmp_path / name
+        writer = RunWriter(out, {"command": "eval", "model": "m"})
+        writer.write("eval", rows)
+        writer.finish()
+        page = build_report(out).read_text()
+        return _captions(page)["accuracy-table"], page
+
+    choice = [{"sample": f"s{i}", "task": "T", "kind": "choice", "prediction": "A", "option": 0,
+               "truth": "A" if i else "B", "correct": bool(i), "exact": None, "p_pred": 0.9,
+               "p_true": 0.9} for i in range(2)]
+    caption, page = run("choice", choice)
+    assert "exact" not in caption and "<th>exact</th>" not in page
+    open_row = {**choice[0], "sample": "o0", "kind": "open", "prediction": "two", "option": None,
+                "truth": "two", "correct": True, "exact": True}
+    caption, page = run("open", choice + [open_row])
+    assert "exact: the share of open-ended answers" in caption and "<th>exact</th>" in page
