@@ -1306,6 +1306,8 @@ def _discover_samples_section(rows):
         hovertemplate="%{y}, layer %{x}: %{z:.0%} of samples differ<br>%{customdata}"
                       "<extra></extra>"))
     figure.update_xaxes(title_text=_LAYER_AXIS, dtick=1)
+    # edge types read top-down in the search's order (a heatmap's y axis runs bottom-up)
+    figure.update_yaxes(autorange="reversed")
     figure.update_layout(height=120 + 40 * len(types), margin=dict(t=30))
     n = len({r["sample"] for r in rows})
     incomplete = len({r["sample"] for r in rows if not r["complete"]})

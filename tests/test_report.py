@@ -1131,6 +1131,8 @@ def test_pathway_variability_by_hand(report):
     figure = _figure(report.read_text(), "pathway-variability")
     [heatmap] = figure["data"]
     assert heatmap["y"] == ["cross-frame", "video → last"]
+    # drawn top-down in that order, as the tables list the edge types
+    assert figure["layout"]["yaxis"]["autorange"] == "reversed"
     assert heatmap["z"] == [[0, 0.5, 0, 0], [0, 0.5, 0, 0]]
     assert heatmap["text"][0] == ["●", "●", "", ""]
 
