@@ -1528,7 +1528,7 @@ def _diagnosis_blocks(rows, frames_table) -> list[tuple[str, str, str]]:
         chosen = [r for r in rows if task == "all tasks" or r["task"] == task]
         cells = "".join(f"<td>{sum(r['verdict'] == v for r in chosen)}</td>" for v in _VERDICTS)
         body += f"<tr><td>{html.escape(str(task))}</td>{cells}<td>{len(chosen)}</td></tr>"
-    counts = (f'<table class="data" id="diagnosis-counts"><thead><tr>{head}</tr></thead>'
+    counts = (f'<table class="data counts" id="diagnosis-counts"><thead><tr>{head}</tr></thead>'
               f"<tbody>{body}</tbody></table>")
 
     def number(value):
@@ -1565,9 +1565,12 @@ def _diagnosis_blocks(rows, frames_table) -> list[tuple[str, str, str]]:
         images = "".join(f'<img src="{thumbs[t]["image"]}" alt="frame {t}" title="frame {t}" '
                          f'style="height:64px;margin-right:3px">' for t in sorted(thumbs)
                          if thumbs[t].get("image"))
-        strips += (f'<div id="{_frames_anchor(row["sample"])}" style="margin:6px 0">'
-                   f'<b>{html.escape(str(row["sample"]))}</b> ({html.escape(str(row["task"]))}'
-                   f', {html.escape(row["verdict"])}): '
+        # the label in a fixed-width column: every strip's frames start at the same x, so
+        # frame t of one sample sits above frame t of the next
+        strips += (f'<div id="{_frames_anchor(row["sample"])}" class="strip" '
+                   f'style="display:flex;align-items:center;margin:6px 0">'
+                   f'<span style="flex:0 0 24em"><b>{html.escape(str(row["sample"]))}</b> '
+                   f'({html.escape(str(row["task"]))}, {html.escape(row["verdict"])})</span>'
                    + (images or "<i>no frame thumbnails in this run</i>") + "</div>")
     return [("diagnosis-table", "Failure verdicts per task and per sample",
              '<p class="caption">Verdict counts per task, then every wrong sample with the '
@@ -1714,6 +1717,7 @@ table.meta td{padding:3px 0}
 table.data td,table.data th{border:1px solid #ccc;padding:4px 10px;text-align:right}
 table.data td:first-child,table.data td:nth-child(2),table.data th:first-child,
 table.data th:nth-child(2){text-align:left}
+table.data.counts td:nth-child(2),table.data.counts th:nth-child(2){text-align:right}
 nav ul{columns:2;font-size:0.92em;padding-left:20px}
 .size{color:#666;font-size:0.85em}
 """

@@ -1288,3 +1288,56 @@ def test_accuracy_table_caption_names_exact_only_for_open_ended_answers(tmp_path
                 "truth": "two", "correct": True, "exact": True}
     caption, page = run("open", choice + [open_row])
     assert "exact: the share of open-ended answers" in caption and "<th>exact</th>" in page
+
+
+_STRIPS_AND_COUNTS = """JSON.stringify({
+  strips: Array.from(document.querySelectorAll('div.strip')).map(d => ({
+    id: d.id, first: d.querySelector('img').getBoundingClientRect().left})),
+  links: Array.from(document.querySelectorAll('#diagnosis-samples a')).map(a => a.hash),
+  align: Array.from(document.querySelectorAll('#diagnosis-counts tr')).map(r =>
+    Array.from(r.children).map(c => getComputedStyle(c).textAlign))})"""
+
+
+def test_diagnosis_frames_line_up_and_counts_align_in_a_real_browser(tmp_path):
+    """Two wrong samples with labels of different lengths: in Chromium each frame strip
+    starts at the same x (the label had no fixed width, so strips were staggered), each
+    sample's link leads to its strip, every count column is right-aligned (Case 1's was left),
+    and the page raises no console error."""
+    if _chromium() is None:
+        pytest.skip("headless Chromium is not installed")
+    from mapflow_tl.schema import TABLES
+
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "diagnose", "model": "m"})
+    row = dict.fromkeys(TABLES["diagnosis"])
+    samples = ("s0", "a_much_longer_sample_name/12")
+    writer.write("diagnosis", [{**row, "sample": s, "task": task, "verdict": verdict,
+                                "base_token": 1, "true_token": 2}
+                               for s, task, verdict in zip(samples, ("T", "Long Task Name"),
+                                                           ("Case 1", "neither"))])
+    writer.write("frames", _frames_rows("s0") + _frames_rows(samples[1]))
+    writer.finish()
+    page = build_report(out)
+    browser = _DevTools(_chromium(), tmp_path / "profile")
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target,
+                                                         "flatten": True})["sessionId"]
+        for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+            browser.send(domain, session=session)
+        browser.send("Page.navigate", {"url": page.as_uri()}, session=session)
+        browser.wait_event("Page.loadEventFired", timeout=60)
+        found = json.loads(browser.send("Runtime.evaluate", {
+            "expression": _STRIPS_AND_COUNTS, "returnByValue": True},
+            session=session)["result"]["value"])
+        errors = [e for e in browser.events if e["method"] == "Runtime.exceptionThrown"
+                  or (e["method"] == "Runtime.consoleAPICalled"
+                      and e["params"]["type"] == "error")]
+    finally:
+        browser.close()
+    assert errors == []
+    assert len(found["strips"]) == 2
+    assert found["strips"][0]["first"] == pytest.approx(found["strips"][1]["first"], abs=0.5)
+    assert found["links"] == ["#" + s["id"] for s in found["strips"]]
+    for cells in found["align"]:
+        assert cells[0] == "left" and set(cells[1:]) == {"right"}, cells
