@@ -1569,7 +1569,8 @@ def _diagnosis_blocks(rows, frames_table) -> list[tuple[str, str, str]]:
         # frame t of one sample sits above frame t of the next
         strips += (f'<div id="{_frames_anchor(row["sample"])}" class="strip" '
                    f'style="display:flex;align-items:center;margin:6px 0">'
-                   f'<span style="flex:0 0 26em;padding-right:0.5em"><b>{html.escape(str(row["sample"]))}</b> '
+                   f'<span style="flex:0 0 26em;padding-right:0.5em">'
+                   f'<b>{html.escape(str(row["sample"]))}</b> '
                    f'({html.escape(str(row["task"]))}, {html.escape(row["verdict"])})</span>'
                    + (images or "<i>no frame thumbnails in this run</i>") + "</div>")
     return [("diagnosis-table", "Failure verdicts per task and per sample",
