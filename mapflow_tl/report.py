@@ -62,8 +62,11 @@ from .schema import PATHWAY_ORDER
 __all__ = ["build_report", "curve_color", "bootstrap_band", "pathway_table", "FIGURE_IDS",
            "LAYER_NUMBERING", "MIN_BAND_SAMPLES", "PLOTLY_MODES"]
 
+# one colour per pathway of schema.PATHWAY_ORDER (15): with fewer, the list wrapped round and
+# "video → response" took "video → question"'s red in the same open-ended figure
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-            "#17becf", "#bcbd22", "#7f7f7f"]
+            "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#843c39", "#637939", "#7b4173",
+            "#8c6d31"]
 FIGURE_IDS = ("flow-change", "flow-accuracy", "finding-1", "failure-diagnosis",
               "probability-trace", "keyword-frequency", "lens-overlay", "attention-maps",
               "pruning", "pathway-table", "patching", "head-maps", "pathway-tradeoff",
@@ -239,11 +242,11 @@ def _panel_grid(n_panels: int, columns: int = 3):
     return math.ceil(n_panels / cols), cols
 
 
-def _panels(rows: list[dict]) -> list[tuple[str, list[dict]]]:
-    """The all-task panel first, then one per task (only the all-task one when there is one
-    task)."""
+def _panels(rows: list[dict], all_label: str = "all tasks") -> list[tuple[str, list[dict]]]:
+    """The all-task panel (titled ``all_label``) first, then one per task (only the all-task
+    one when there is one task)."""
     tasks = _by(rows, "task")
-    panels = [("all tasks", rows)]
+    panels = [(all_label, rows)]
     if len(tasks) > 1:
         panels += sorted(tasks.items(), key=lambda item: str(item[0]))
     return panels
@@ -253,17 +256,20 @@ def _n_label(rows: list[dict]) -> str:
     """``n = …`` samples, with a warning where there are too few for a bootstrap band."""
     n = len({r['sample'] for r in rows})
     if n < MIN_BAND_SAMPLES:
-        return f"n = {n} ⚠ too few samples for an interval (< {MIN_BAND_SAMPLES})"
+        # short: three panels share a row, and a longer title ran into its neighbour's; the
+        # captions say what ⚠ means (_BAND_NOTE)
+        return f"n = {n} ⚠"
     return f"n = {n}"
 
 
 def _curve_panels(rows, curves, value, *, y_title, hover_unit="", baseline=None,
-                  height_per_row=300):
+                  height_per_row=300, all_label="all tasks"):
     """Panels (all tasks, then each task) of curves over layers, with bootstrap bands.
 
     ``curves``: ``[(name, color, row filter)]``; ``value(row)`` the plotted number;
-    ``baseline(task_rows, task) -> (y, label) | None`` a dashed reference line per panel."""
-    panels = _panels(rows)
+    ``baseline(task_rows, task) -> (y, label) | None`` a dashed reference line per panel;
+    ``all_label`` the first panel's title (rows grouped by something else than the task)."""
+    panels = _panels(rows, all_label)
     n_rows, n_cols = _panel_grid(len(panels))
     lines = [baseline(task_rows, task) if baseline is not None else None
              for task, task_rows in panels]
@@ -458,9 +464,17 @@ def _flow_sections(flow, samples, config):
               "the failure diagnosis below compares them with the others"
               if filtered else _sample_set_phrase(rows, config))
     k = sorted({r.get("k") for r in rows if r.get("k") is not None})
-    window = ("one layer at a time" if k == [1] else
-              f"a window of {k[0]} consecutive layers centred on each layer (cut at the model's "
-              f"ends)" if len(k) == 1 else "the run's layer windows")
+    centres = sorted({r["layer"] for r in rows})
+    n_layers = config.get("n_layers")
+    # a run that swept only some centres (diagnose: the integration layers; --sweep-range)
+    # says which, rather than "each layer"
+    every = not n_layers or centres == list(range(n_layers))
+    swept = "" if every else f"the centres this run swept, of 0–{n_layers - 1}"
+    window = (("one layer at a time" + ("" if every else f", layers {_layer_span(centres)} "
+                                                          f"({swept})")) if k == [1] else
+              f"a window of {k[0]} consecutive layers centred on "
+              + ("each layer (" if every else f"layers {_layer_span(centres)} ({swept}; ")
+              + "cut at the model's ends)" if len(k) == 1 else "the run's layer windows")
     sections = []
     change = _curve_panels(rows, curves, lambda r: r.get("change_pred"),
                            y_title="% change of p(predicted answer)", hover_unit=" %")
@@ -515,7 +529,8 @@ def _open_ended_sections(rows, answers):
     # panels by anchor order: the panel helper groups by "task"
     by_anchor = [{**r, "task": f"anchor {r['anchor_order']}"} for r in rows]
     figure = _curve_panels(by_anchor, curves, lambda r: r.get("change"),
-                           y_title="% change of p(anchor)", hover_unit=" %")
+                           y_title="% change of p(anchor)", hover_unit=" %",
+                           all_label="all anchors")
     k = sorted({r.get("k") for r in rows if r.get("k") is not None})
     traced = sum(1 for a in answers if a.get("traced"))
     caption = (f"The model answers each question without options (greedy); the answer is "
@@ -1237,8 +1252,10 @@ def _discover_section(rows, config):
     figure.update_xaxes(title_text="retained attention edges (% of causal edges, all layers, "
                                    "summed over samples)", autorange="reversed")
     figure.update_yaxes(title_text="accuracy (%)", range=[-5, 105])
-    figure.update_layout(height=420, margin=dict(t=30),
-                         legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
+    # the legend's long names beside the plot squeezed it to half the page: below it instead
+    figure.update_layout(height=480, margin=dict(t=30),
+                         legend=dict(orientation="h", x=0, y=-0.2, xanchor="left",
+                                     yanchor="top"))
     record = config.get("discover") or {}
     definitions = config.get("definitions") or {}
     n_eval = full[0]["samples"] if full else 0
@@ -1251,7 +1268,11 @@ def _discover_section(rows, config):
                f"samples; dotted: the same steps on the {n_search} search samples, as the "
                f"search saw them; red: random pruning of the same fraction "
                f"(official-uniform, drawn afresh per sample and seed), mean ± sd over "
-               f"{seeds} seed(s); green: hand-written pathways.")
+               f"{seeds} seed(s)"
+               + ("; green: hand-written pathways" if any(r["method"] == "hand" for r in held)
+                  else "") + ". <b>Departs from the paper:</b> the paper's pathways are written "
+               "by hand (layer ranges \"determined manually\"); the search and its held-out "
+               "split are mapflow-tl's (docs/discover.md).")
     cost = record.get("cost") or {}
     if cost:
         caption += (f" The search cost {cost.get('evaluations')} evaluations (pathway × sample), "
@@ -1285,13 +1306,17 @@ def _discover_samples_section(rows):
         hovertemplate="%{y}, layer %{x}: %{z:.0%} of samples differ<br>%{customdata}"
                       "<extra></extra>"))
     figure.update_xaxes(title_text=_LAYER_AXIS, dtick=1)
+    # edge types read top-down in the search's order (a heatmap's y axis runs bottom-up)
+    figure.update_yaxes(autorange="reversed")
     figure.update_layout(height=120 + 40 * len(types), margin=dict(t=30))
     n = len({r["sample"] for r in rows})
     incomplete = len({r["sample"] for r in rows if not r["complete"]})
     caption = (f"A pathway searched for each of {n} held-out samples the full model answers "
                f"correctly (same greedy search, the sample alone as its search split), against "
                f"the per-task pathway (● = open in the per-task pathway): the colour is the "
-               f"share of samples whose own pathway differs there."
+               f"share of samples whose own pathway differs there. <b>Departs from the "
+               f"paper:</b> it names sample-adaptive pathways only as a future direction "
+               f"(docs/discover.md)."
                + (f" {incomplete} per-sample search(es) ran out of budget." if incomplete
                   else ""))
     return ("pathway-variability", "Per-sample pathways vs the per-task one", caption, figure)
@@ -1465,13 +1490,19 @@ def _frames_anchor(sample: Any) -> str:
 
 def _diagnosis_section(rows):
     """Failure verdict counts per task as stacked bars (``diagnosis-verdicts``)."""
+    from .metrics import INTEGRATION_SIMILAR
+
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     figure = go.Figure()
     for verdict in _VERDICTS:
         figure.add_bar(name=verdict, x=tasks, marker_color=_VERDICT_COLORS[verdict],
                        y=[sum(r["verdict"] == verdict for r in rows if r["task"] == t)
                           for t in tasks])
-    figure.update_layout(barmode="stack", height=380, yaxis_title="wrong samples",
+    most = max((sum(r["task"] == t for r in rows) for t in tasks), default=0)
+    # counts: whole-number ticks (plotly's own gave 0.2, 0.4, … for one wrong sample)
+    figure.update_layout(barmode="stack", height=380,
+                         yaxis=dict(title="wrong samples", tickformat="d", rangemode="tozero",
+                                    dtick=max(1, math.ceil(most / 8))),
                          legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
     return ("diagnosis-verdicts", "Failure diagnosis: a verdict per wrong sample",
             "Every sample the model answers wrongly, by the paper's two failure mechanisms "
@@ -1480,7 +1511,11 @@ def _diagnosis_section(rows):
             "misled the video representation); <b>Case 2</b>, the answer is static — the "
             "shuffled and the frozen video give the same answer, or it is the answer the model "
             "gives most often on the task; <b>both</b>; <b>neither</b>. The tables below give "
-            "the counts and every sample's evidence, linked to its frames.", figure)
+            "the counts and every sample's evidence, linked to its frames. <b>Departs from the "
+            "paper:</b> the paper reads its failure cases off figures and its code has no "
+            "failure analysis; these verdicts, and the integration r (alike at r ≥ "
+            f"{INTEGRATION_SIMILAR}), are mapflow-tl definitions (docs/paper_parity.md).",
+            figure)
 
 
 def _diagnosis_blocks(rows, frames_table) -> list[tuple[str, str, str]]:
@@ -1493,7 +1528,7 @@ def _diagnosis_blocks(rows, frames_table) -> list[tuple[str, str, str]]:
         chosen = [r for r in rows if task == "all tasks" or r["task"] == task]
         cells = "".join(f"<td>{sum(r['verdict'] == v for r in chosen)}</td>" for v in _VERDICTS)
         body += f"<tr><td>{html.escape(str(task))}</td>{cells}<td>{len(chosen)}</td></tr>"
-    counts = (f'<table class="data" id="diagnosis-counts"><thead><tr>{head}</tr></thead>'
+    counts = (f'<table class="data counts" id="diagnosis-counts"><thead><tr>{head}</tr></thead>'
               f"<tbody>{body}</tbody></table>")
 
     def number(value):
@@ -1530,9 +1565,13 @@ def _diagnosis_blocks(rows, frames_table) -> list[tuple[str, str, str]]:
         images = "".join(f'<img src="{thumbs[t]["image"]}" alt="frame {t}" title="frame {t}" '
                          f'style="height:64px;margin-right:3px">' for t in sorted(thumbs)
                          if thumbs[t].get("image"))
-        strips += (f'<div id="{_frames_anchor(row["sample"])}" style="margin:6px 0">'
-                   f'<b>{html.escape(str(row["sample"]))}</b> ({html.escape(str(row["task"]))}'
-                   f', {html.escape(row["verdict"])}): '
+        # the label in a fixed-width column: every strip's frames start at the same x, so
+        # frame t of one sample sits above frame t of the next
+        strips += (f'<div id="{_frames_anchor(row["sample"])}" class="strip" '
+                   f'style="display:flex;align-items:center;margin:6px 0">'
+                   f'<span style="flex:0 0 26em;padding-right:0.5em">'
+                   f'<b>{html.escape(str(row["sample"]))}</b> '
+                   f'({html.escape(str(row["task"]))}, {html.escape(row["verdict"])})</span>'
                    + (images or "<i>no frame thumbnails in this run</i>") + "</div>")
     return [("diagnosis-table", "Failure verdicts per task and per sample",
              '<p class="caption">Verdict counts per task, then every wrong sample with the '
@@ -1553,14 +1592,20 @@ def _checkpoint_rows(flow) -> list[dict[str, Any]]:
     return checkpoint_shares(flow)
 
 
-def _checkpoint_section(rows):
+def _checkpoint_section(rows, windows: Sequence[int] = ()):
     """Direct vs through-the-question share of the video → true-option information per task
-    (``checkpoints``)."""
+    (``checkpoints``); ``windows``: the window sizes k of the flow rows behind it."""
+    from .metrics import CHECKPOINT_CURVES
+
     tasks = [r["task"] for r in rows]
     figure = go.Figure()
-    for column, name, color in (("direct_share", "direct: video → true option", "#d62728"),
-                                ("indirect_share", "through the non-option question",
-                                 "#1f77b4")):
+    # each route in its pathway's colour of the flow figures above (the indirect one in its
+    # second link's), so a bar reads against the curves it comes from
+    for column, name, color in (
+            ("direct_share", "direct: video → true option",
+             curve_color(CHECKPOINT_CURVES["direct"])),
+            ("indirect_share", "through the non-option question",
+             curve_color(CHECKPOINT_CURVES["question to option"]))):
         figure.add_bar(name=name, x=tasks, y=[r[column] for r in rows], marker_color=color)
     figure.update_layout(barmode="stack", height=360, yaxis=dict(title="share", range=[0, 1]),
                          legend=dict(orientation="h", y=1.12, x=0))
@@ -1570,7 +1615,13 @@ def _checkpoint_section(rows):
             "option blocked, over that plus the indirect route's (the smaller of the drops with "
             "video → non-option question and non-option question → true option blocked: a "
             "route in series carries no more than its weaker link); the table gives the drops "
-            "(%). A task without any drop has no share.", figure)
+            "(%). A task without any drop has no share. <b>Departs from the paper:</b> the "
+            "paper reads the checkpoints off these curves (Fig. 4) and gives no number; the "
+            "shares are a mapflow-tl measure (docs/paper_parity.md)"
+            + ("" if list(windows) == [9] else
+               f", and each drop is over a window of k = "
+               f"{', '.join(map(str, windows)) or '?'} layers (the paper's k = 9 of 32)")
+            + ".", figure)
 
 
 def _table_html(rows: list[dict[str, Any]], element_id: str = "") -> str:
@@ -1667,6 +1718,7 @@ table.meta td{padding:3px 0}
 table.data td,table.data th{border:1px solid #ccc;padding:4px 10px;text-align:right}
 table.data td:first-child,table.data td:nth-child(2),table.data th:first-child,
 table.data th:nth-child(2){text-align:left}
+table.data.counts td:nth-child(2),table.data.counts th:nth-child(2){text-align:right}
 nav ul{columns:2;font-size:0.92em;padding-left:20px}
 .size{color:#666;font-size:0.85em}
 """
@@ -1753,7 +1805,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
         sections.append(_heads_section(tables["heads"]))
     checkpoints = _checkpoint_rows(flow)
     if checkpoints:
-        sections.append(_checkpoint_section(checkpoints))
+        from .metrics import CHECKPOINT_CURVES
+
+        sections.append(_checkpoint_section(checkpoints, sorted(
+            {r["k"] for r in flow if r.get("curve") in CHECKPOINT_CURVES.values()
+             and r.get("k") is not None})))
     if tables["diagnosis"]:
         sections.append(_diagnosis_section(tables["diagnosis"]))
     if tables["open_ended"]:
@@ -1787,8 +1843,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     if accuracy_table:
         blocks.append(("accuracy-table", "Accuracy per task, table",
                        '<p class="caption">The figures of the accuracy plot: samples graded and '
-                       'accuracy per task (exact: the share of open-ended answers equal to the '
-                       'reference).</p>' + _table_html(accuracy_table, "accuracy-table")))
+                       'accuracy per task'
+                       # "exact" is a column only where the run has open-ended answers
+                       + (' (exact: the share of open-ended answers equal to the reference)'
+                          if any(row.get("exact") is not None for row in accuracy_table) else '')
+                       + '.</p>' + _table_html(accuracy_table, "accuracy-table")))
     if rows := tables["prune"]:
         seeds = len({_seed_of(r) for r in rows if r["variant"] == "random"} - {None})
         spread = ("mean ± standard deviation over its " f"{seeds} seeds" if seeds > 1 else

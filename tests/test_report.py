@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from mapflow_tl.report import FIGURE_IDS, bootstrap_band, build_report
+from mapflow_tl.report import (FIGURE_IDS, MIN_BAND_SAMPLES, bootstrap_band, build_report,
+                               curve_color)
 from mapflow_tl.results import frame_thumbnails, load_run, read_rows, table_frame, write_tables
 from mapflow_tl.runs import RunWriter, read_table
 from mapflow_tl.segments import Frame, SegmentMap
@@ -883,6 +884,11 @@ def test_coinciding_bands_are_drawn_once_and_small_panels_warn_instead(tmp_path)
     titles = [a["text"] for a in figure["layout"]["annotations"]]
     assert any("B" in t and "n = 3 ⚠" in t for t in titles)
     assert not any("A</b>" in t and "⚠" in t for t in titles)
+    # the warning stays short (three panels share a row; a longer one ran into its
+    # neighbour's title) and the caption says what it means
+    assert not any("too few" in t for t in titles)
+    page = build_report(out).read_text()
+    assert f"fewer than {MIN_BAND_SAMPLES} samples (⚠)" in _captions(page)["flow-change"]
 
 
 def _finding_run(tmp_path, true_by_layer, spatial, temporal, name="run"):
@@ -1072,8 +1078,10 @@ def test_curve_colours_are_fixed_and_distinct_per_pathway():
     from mapflow_tl.report import _PALETTE, curve_color
     from mapflow_tl.schema import PATHWAY_ORDER
 
-    first = PATHWAY_ORDER[:len(_PALETTE)]
-    assert len({curve_color(curve) for curve in first}) == len(first)
+    # every one of them: the palette used to wrap round, and the open-ended figure drew
+    # "video → response" in "video → question"'s red
+    assert len(_PALETTE) >= len(PATHWAY_ORDER)
+    assert len({curve_color(curve) for curve in PATHWAY_ORDER}) == len(PATHWAY_ORDER)
     assert curve_color("cross-frame") == _PALETTE[0]
     assert curve_color("video → question") == _PALETTE[1]
     assert curve_color("my curve") == curve_color("my curve") in _PALETTE
@@ -1123,5 +1131,213 @@ def test_pathway_variability_by_hand(report):
     figure = _figure(report.read_text(), "pathway-variability")
     [heatmap] = figure["data"]
     assert heatmap["y"] == ["cross-frame", "video → last"]
+    # drawn top-down in that order, as the tables list the edge types
+    assert figure["layout"]["yaxis"]["autorange"] == "reversed"
     assert heatmap["z"] == [[0, 0.5, 0, 0], [0, 0.5, 0, 0]]
     assert heatmap["text"][0] == ["●", "●", "", ""]
+
+
+# ------------------------------------------------- the sections added for eval / diagnose / OE
+def _captions(page: str) -> dict[str, str]:
+    """Each section's caption, by the section's id."""
+    sections = [part.split('">', 1) for part in page.split('<section id="sec-')[1:]]
+    return {name: match.group(1) for name, body in sections
+            if (match := re.search(r'<p class="caption"[^>]*>(.*?)</p>', body, re.S))}
+
+
+def _legend_colours(figure) -> dict[str, str]:
+    """Legend entry → the colour its line is drawn in (plotly draws the legend's marker from
+    the trace itself, so a duplicate here is two legend entries of one colour)."""
+    return {t["name"]: t["line"]["color"] for t in figure["data"]
+            if t.get("showlegend", True) and t.get("mode") != "none" and "line" in t
+            and not t["name"].endswith("95% CI")}
+
+
+def test_open_ended_figure_gives_each_pathway_its_own_colour_and_titles_its_anchor_panel(
+        tmp_path):
+    """The open-ended circuits' five curves are five colours (video → response was drawn in
+    video → question's red), each its pathway's colour; the first panel is over every anchor,
+    not "all tasks"."""
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "flow", "model": "m", "n_layers": 2})
+    curves = ("video → question", "video → last", "question → last", "video → response",
+              "response → last")
+    rows = [{"sample": f"s{i}", "task": "T", "circuit": "open-ended", "curve": curve,
+             "layer": layer, "layers": [layer], "k": 1, "style": "center",
+             "anchor_order": order, "anchor_text": "two", "anchor_position": 3,
+             "anchor_token": 7, "base_p": 0.5, "p": 0.25, "change": -50.0, "token": 7,
+             "edges": 4, "knockout_response": None}
+            for i in range(2) for curve in curves for layer in range(2) for order in (1, 2)]
+    writer.write("open_ended", rows)
+    writer.write("answers", [{"sample": f"s{i}", "task": "T", "response": "two",
+                              "response_ids": [7], "anchors": [], "traced": [1, 2]}
+                             for i in range(2)])
+    writer.finish()
+    figure = _figure(build_report(out).read_text(), "open-ended-change")
+    colours = _legend_colours(figure)
+    assert sorted(colours) == sorted(curves)
+    assert len(set(colours.values())) == len(curves)
+    assert all(colours[c] == curve_color(c) for c in curves)
+    titles = [a["text"] for a in figure["layout"]["annotations"]]
+    assert titles[0].startswith("<b>all anchors</b>")
+    assert [t.split("</b>")[0] for t in titles[1:3]] == ["<b>anchor 1", "<b>anchor 2"]
+
+
+def _checkpoint_flow_run(tmp_path, k=3, layers=range(4), n_layers=4):
+    out = tmp_path / f"run-k{k}"
+    writer = RunWriter(out, {"command": "flow", "model": "m", "n_layers": n_layers})
+    changes = {"video → true option": -40.0, "video → non-option question": -30.0,
+               "non-option question → true option": -10.0}
+    writer.write("flow", [{**_flow_row(f"s{i}", "T", curve, layer, change if layer == 1 else 0.0),
+                           "k": k, "circuit": "vq-to-true-opt"}
+                          for i in range(2) for curve, change in changes.items()
+                          for layer in layers])
+    writer.finish()
+    return build_report(out).read_text()
+
+
+def test_checkpoint_bars_take_their_pathways_colours_and_the_caption_says_it_departs(tmp_path):
+    """Direct: video → true option's colour, as its curve in the flow figure above (the bars
+    were red and blue, the flow figure's video → question and cross-frame); through the
+    question: its second link's. Shares by hand: direct 40, indirect min(30, 10) = 10 → 0.8.
+    The caption says the shares are not the paper's, and that k = 3 is not the paper's 9."""
+    page = _checkpoint_flow_run(tmp_path)
+    flow = _legend_colours(_figure(page, "flow-change"))
+    bars = {t["name"]: t for t in _figure(page, "checkpoints")["data"]}
+    direct = bars["direct: video → true option"]
+    indirect = bars["through the non-option question"]
+    assert direct["marker"]["color"] == flow["video → true option"]
+    assert indirect["marker"]["color"] == flow["non-option question → true option"]
+    assert direct["y"] == pytest.approx([0.8]) and indirect["y"] == pytest.approx([0.2])
+    caption = _captions(page)["checkpoints"]
+    assert "Departs from the paper:</b>" in caption and "Fig. 4" in caption
+    assert "window of k = 3 layers (the paper's k = 9 of 32)" in caption
+    assert "window of k" not in _captions(_checkpoint_flow_run(tmp_path, k=9))["checkpoints"]
+
+
+def test_flow_caption_names_the_centres_a_partial_sweep_covered(tmp_path):
+    """A run that swept only some window centres (diagnose sweeps the integration layers)
+    says which, instead of "centred on each layer"."""
+    partial = _captions(_checkpoint_flow_run(tmp_path, layers=(1, 2)))["flow-change"]
+    assert ("centred on layers 1–2 (the centres this run swept, of 0–3; cut at the model's "
+            "ends)") in partial
+    full = _captions(_checkpoint_flow_run(tmp_path, k=9))["flow-change"]
+    assert "centred on each layer (cut at the model's ends)" in full
+
+
+def test_verdict_bars_count_in_whole_numbers_and_the_caption_says_it_departs(tmp_path):
+    """One wrong sample: the count axis ticks 0, 1 (plotly's own gave 0.2, 0.4, …); each
+    verdict's bar is its legend colour; the caption says the verdicts are mapflow-tl's."""
+    from mapflow_tl.metrics import INTEGRATION_SIMILAR
+    from mapflow_tl.schema import TABLES
+
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "diagnose", "model": "m"})
+    row = dict.fromkeys(TABLES["diagnosis"])
+    writer.write("diagnosis", [{**row, "sample": "s0", "task": "T", "verdict": "Case 2",
+                                "base_token": 1, "true_token": 2}])
+    writer.finish()
+    page = build_report(out).read_text()
+    figure = _figure(page, "diagnosis-verdicts")
+    axis = figure["layout"]["yaxis"]
+    assert axis["tickformat"] == "d" and axis["dtick"] == 1
+    counts = {t["name"]: t["y"] for t in figure["data"]}
+    assert counts == {"Case 1": [0], "Case 2": [1], "both": [0], "neither": [0]}
+    caption = _captions(page)["diagnosis-verdicts"]
+    assert "Departs from the paper:</b>" in caption
+    assert f"r ≥ {INTEGRATION_SIMILAR}" in caption and "paper_parity" in caption
+
+
+def test_tradeoff_legend_sits_below_and_captions_say_the_search_departs(report, tmp_path):
+    """The trade-off legend is horizontal under the plot (beside it, its long names squeezed
+    the plot to half the page); the caption names green only where a hand-written pathway is
+    drawn, and both discover captions say the search is not the paper's."""
+    page = report.read_text()
+    legend = _figure(page, "pathway-tradeoff")["layout"]["legend"]
+    assert legend["orientation"] == "h" and legend["y"] < 0
+    captions = _captions(page)
+    assert "green: hand-written pathways" in captions["pathway-tradeoff"]
+    assert "Departs from the paper:</b> the paper's pathways are written by hand" in \
+        captions["pathway-tradeoff"]
+    assert "Departs from the paper:</b>" in captions["pathway-variability"]
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "discover", "model": "m"})
+    writer.write("discover", [r for r in _discover_rows() if r["method"] != "hand"])
+    writer.finish()
+    alone = _captions(build_report(out).read_text())["pathway-tradeoff"]
+    assert "green" not in alone and "Departs from the paper" in alone
+
+
+def test_accuracy_table_caption_names_exact_only_for_open_ended_answers(tmp_path):
+    """A multiple-choice run's accuracy table has no "exact" column, so its caption does not
+    explain one; a run with an open-ended answer has the column and the explanation."""
+    def run(name, rows):
+        out = tmp_path / name
+        writer = RunWriter(out, {"command": "eval", "model": "m"})
+        writer.write("eval", rows)
+        writer.finish()
+        page = build_report(out).read_text()
+        return _captions(page)["accuracy-table"], page
+
+    choice = [{"sample": f"s{i}", "task": "T", "kind": "choice", "prediction": "A", "option": 0,
+               "truth": "A" if i else "B", "correct": bool(i), "exact": None, "p_pred": 0.9,
+               "p_true": 0.9} for i in range(2)]
+    caption, page = run("choice", choice)
+    assert "exact" not in caption and "<th>exact</th>" not in page
+    open_row = {**choice[0], "sample": "o0", "kind": "open", "prediction": "two", "option": None,
+                "truth": "two", "correct": True, "exact": True}
+    caption, page = run("open", choice + [open_row])
+    assert "exact: the share of open-ended answers" in caption and "<th>exact</th>" in page
+
+
+_STRIPS_AND_COUNTS = """JSON.stringify({
+  strips: Array.from(document.querySelectorAll('div.strip')).map(d => ({
+    id: d.id, first: d.querySelector('img').getBoundingClientRect().left})),
+  links: Array.from(document.querySelectorAll('#diagnosis-samples a')).map(a => a.hash),
+  align: Array.from(document.querySelectorAll('#diagnosis-counts tr')).map(r =>
+    Array.from(r.children).map(c => getComputedStyle(c).textAlign))})"""
+
+
+def test_diagnosis_frames_line_up_and_counts_align_in_a_real_browser(tmp_path):
+    """Two wrong samples with labels of different lengths: in Chromium each frame strip
+    starts at the same x (the label had no fixed width, so strips were staggered), each
+    sample's link leads to its strip, every count column is right-aligned (Case 1's was left),
+    and the page raises no console error."""
+    if _chromium() is None:
+        pytest.skip("headless Chromium is not installed")
+    from mapflow_tl.schema import TABLES
+
+    out = tmp_path / "run"
+    writer = RunWriter(out, {"command": "diagnose", "model": "m"})
+    row = dict.fromkeys(TABLES["diagnosis"])
+    samples = ("s0", "a_much_longer_sample_name/12")
+    writer.write("diagnosis", [{**row, "sample": s, "task": task, "verdict": verdict,
+                                "base_token": 1, "true_token": 2}
+                               for s, task, verdict in zip(samples, ("T", "Long Task Name"),
+                                                           ("Case 1", "neither"))])
+    writer.write("frames", _frames_rows("s0") + _frames_rows(samples[1]))
+    writer.finish()
+    page = build_report(out)
+    browser = _DevTools(_chromium(), tmp_path / "profile")
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target,
+                                                         "flatten": True})["sessionId"]
+        for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+            browser.send(domain, session=session)
+        browser.send("Page.navigate", {"url": page.as_uri()}, session=session)
+        browser.wait_event("Page.loadEventFired", timeout=60)
+        found = json.loads(browser.send("Runtime.evaluate", {
+            "expression": _STRIPS_AND_COUNTS, "returnByValue": True},
+            session=session)["result"]["value"])
+        errors = [e for e in browser.events if e["method"] == "Runtime.exceptionThrown"
+                  or (e["method"] == "Runtime.consoleAPICalled"
+                      and e["params"]["type"] == "error")]
+    finally:
+        browser.close()
+    assert errors == []
+    assert len(found["strips"]) == 2
+    assert found["strips"][0]["first"] == pytest.approx(found["strips"][1]["first"], abs=0.5)
+    assert found["links"] == ["#" + s["id"] for s in found["strips"]]
+    for cells in found["align"]:
+        assert cells[0] == "left" and set(cells[1:]) == {"right"}, cells
