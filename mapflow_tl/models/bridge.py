@@ -12,6 +12,11 @@ reconstructed rotary attention (so a knockout's −∞ edits reach the softmax),
 ``hook_resid_pre/post``, ``hook_pattern``, ``hook_embed``; ``hooks()``, ``get_caching_hooks``,
 ``hook_dict``, ``reset_hooks``; ``cfg`` with HookedTransformer's field names.
 
+Where the decoder rotates adjacent pairs (GLM-4.1V), TransformerLens' reconstruction is told the
+layout the HF rotary module returns its tables in, read off that module (never off the family
+name): with the wrong layout GLM-4.1V's logits were 0.60 from HF's, with the right one they equal
+HF's exactly.
+
 The bridge needs a ``*ForCausalLM`` module; a VideoLLM's text decoder sits inside the multimodal
 model without one, so :func:`bridge_from_hf` builds the causal-LM shell on the meta device and
 gives it the decoder and the LM head (the same modules: nothing is copied).
