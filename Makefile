@@ -14,11 +14,12 @@ BRIDGE_VENV ?= .venv-tl4
 BRIDGE_PY := $(BRIDGE_VENV)/bin/python
 BRIDGE_STAMP := $(BRIDGE_VENV)/.mapflow-installed
 # the bridge subset: the backend seam, the core (hooks, engine, lean suffix forward, the
-# TransformerLens surface), a Llama family (the LLaVA adapters), an M-RoPE family (Qwen2-VL /
-# Qwen2.5-VL; Qwen3-VL generation), the SynthTV organism and its demo
+# TransformerLens surface), a Llama family (the LLaVA adapters), the M-RoPE families (Qwen2-VL /
+# Qwen2.5-VL; Qwen3-VL generation; GLM-4.1V: sandwich norms, partial adjacent-pair rotary), the
+# SynthTV organism and its demo
 BRIDGE_TESTS := tests/test_backends.py tests/test_hooks.py tests/test_engine.py \
 	tests/test_suffix_forward.py tests/test_transformerlens.py tests/test_models_llava.py \
-	tests/test_models_qwen_vl.py tests/test_models_llava_synthtv.py \
+	tests/test_models_qwen_vl.py tests/test_models_glm4v.py tests/test_models_llava_synthtv.py \
 	"tests/test_models_qwen3_vl.py::test_qwen3_generate_and_teacher_forced_answer_equal_hf" \
 	"tests/test_cli.py::test_demo_table_agrees_with_the_analyses_run_separately"
 

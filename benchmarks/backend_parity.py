@@ -7,7 +7,7 @@ the comparison runs in two steps, one per environment, on the same checkpoint fi
     # in the TransformerLens 3.9 environment: builds the tiny checkpoints once, measures, saves
     python benchmarks/backend_parity.py --models /tmp/parity-models --out /tmp/hooked.pt
     # in the TransformerLens 4 environment: the same checkpoints
-    /work/venv-tl4/bin/python benchmarks/backend_parity.py --models /tmp/parity-models \
+    .venv-tl4/bin/python benchmarks/backend_parity.py --models /tmp/parity-models \
         --out /tmp/bridge.pt
     # either environment: the two backends against each other
     python benchmarks/backend_parity.py --compare /tmp/hooked.pt /tmp/bridge.pt
@@ -21,7 +21,8 @@ method against one full forward per configuration). ``--compare`` prints, per fa
 logits, knockout logits and fast-sweep logits between the two saved runs. fp32, CPU.
 
 The tiny checkpoints are the test suite's own builders (tests/test_models_llava.py,
-tests/test_models_qwen_vl.py, tests/test_models_qwen3_vl.py): random weights, real HF classes.
+tests/test_models_qwen_vl.py, tests/test_models_qwen3_vl.py, tests/test_models_glm4v.py): random
+weights, real HF classes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def _families(models: Path) -> dict:
     """family → (checkpoint dir, load options, sample, HF logits fn, HF knockout fn)."""
     sys.path.insert(0, str(TESTS))
     import family_checks
+    import test_models_glm4v as glm4v
     import test_models_llava as llava
     import test_models_qwen3_vl as qwen3_vl
     import test_models_qwen_vl as qwen_vl
@@ -67,6 +69,11 @@ def _families(models: Path) -> dict:
         qwen3_vl.build(path)
     out["qwen3_vl"] = ("native", path, {}, VideoSample(frames_array(qwen3_vl.N_FRAMES, 32, 48),
                                                         QUESTION, OPTIONS, answer=1))
+    path = models / "glm4v"  # sandwich norms, partial M-RoPE rotating adjacent pairs
+    if not (path / "config.json").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        glm4v.build(path)
+    out["glm4v"] = ("native", path, {}, glm4v.sample())
     return out, llava, family_checks, hf_model_of
 
 

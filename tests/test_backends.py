@@ -106,19 +106,27 @@ def test_run_json_records_the_backend(model_and_data, tmp_path):
 
 @pytest.mark.skipif(BACKEND != "bridge", reason="the bridge backend's own refusal")
 def test_the_bridge_refuses_what_it_cannot_host_exactly():
-    from transformers import Glm4vTextConfig
+    """Rotary tables for adjacent pairs in neither layout TransformerLens can rotate
+    (interleaved or half-duplicated) are refused, never rotated wrongly; one device only."""
+    from types import SimpleNamespace
 
-    from mapflow_tl.models.backbone import backbone_from_hf
+    from torch import nn
 
-    config = Glm4vTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                             num_attention_heads=4, num_key_value_heads=2, vocab_size=50)
-    with pytest.raises(InputError, match="cannot host the glm4v_text backbone exactly.*"
+    from mapflow_tl.models.bridge import _match_rotary_layout, bridge_from_hf
+
+    class ScrambledRotary(nn.Module):
+        def forward(self, x, position_ids):
+            table = torch.arange(8.0).expand(*position_ids.shape, 8) * position_ids[..., None]
+            return table.cos(), table.sin()
+
+    text_model = nn.Module()
+    text_model.rotary_emb, text_model.weight = ScrambledRotary(), nn.Parameter(torch.zeros(1))
+    bridge = SimpleNamespace(cfg=SimpleNamespace(rotary_adjacent_pairs=True), blocks=[])
+    with pytest.raises(InputError, match="neither interleaved nor half-duplicated.*"
                                          "backend='hooked'"):
-        backbone_from_hf(None, None, config, positions="per_sample")
+        _match_rotary_layout(bridge, text_model)
     with pytest.raises(InputError, match="one device"):
-        from mapflow_tl.models.bridge import bridge_from_hf
-
-        bridge_from_hf(None, None, config, {}, n_devices=2)
+        bridge_from_hf(None, None, None, {}, n_devices=2)
 
 
 @pytest.mark.skipif(BACKEND != "bridge", reason="the bridge backend's own load-time check")

@@ -20,11 +20,13 @@ import mapflow_tl as mf
 from family_checks import (check_bf16, check_fast_sweep, check_flow_sweep, check_generate,
                            check_knockout, check_open_ended_knockout)
 from mapflow_tl.models import VideoSample, load_videollm
+from mapflow_tl.models.backends import default_backend
 from test_models_qwen import (OPTIONS, QUESTION, byte_level_tokenizer, check_layout, check_logits,
                               frames_array, hf_model_of, scale_up)
 
-# the bridge backend refuses GLM-4.1V (tests/test_backends.py checks the refusal)
-pytestmark = pytest.mark.hooked_backend("GLM-4.1V runs on the hooked backend only")
+# Runs on both TransformerLens backends (`make test-bridge` includes this module); the tests of
+# the hooked restatement's own parts are marked hooked_backend, the bridge's twin is
+# test_glm4v_bridge_rotates_with_the_hf_table_layout.
 
 CLASS = "Glm4vForConditionalGeneration"
 N_FRAMES = 4
@@ -110,6 +112,7 @@ def test_glm4v_logits_equal_hf_own_forward(glm):
     print(f"glm4v fp32 logits max |diff| vs HF: {diff:.2e}")
 
 
+@pytest.mark.hooked_backend("the HookedTransformer's restated post norms and pair rotation")
 def test_glm4v_post_norms_and_pair_rotation_matter(glm):
     """Each ingredient of the restatement changes the logits when left out (so the equality
     above is not an accident of the random model): without a post norm, or rotating halves
@@ -129,6 +132,31 @@ def test_glm4v_post_norms_and_pair_rotation_matter(glm):
         assert (vlm.run_with_hooks(x) - exact).abs().max() > 1e-3
     finally:
         vlm.backbone.cfg.rotary_adjacent_pairs = True
+
+
+@pytest.mark.skipif(default_backend() != "bridge", reason="the bridge's rotary layout")
+def test_glm4v_bridge_rotates_with_the_hf_table_layout(glm):
+    """On the bridge, TransformerLens reconstructs the attention (so hook_attn_scores edits reach
+    the softmax) and rotates adjacent pairs with the HF tables in their own layout: GLM-4.1V's
+    M-RoPE module returns them interleaved ([c0, c0, c1, c1, ...], read off the HF module here);
+    read as half-duplicated instead, the logits are no longer HF's."""
+    vlm, x, hf_model = glm
+    rotary = hf_model.model.language_model.rotary_emb
+    with torch.no_grad():
+        cos, _ = rotary(torch.zeros(1), torch.arange(4)[None])
+    assert torch.equal(cos[..., 0::2], cos[..., 1::2])  # HF's own layout: interleaved
+    assert not torch.equal(cos[..., :3], cos[..., 3:])
+    configs = {id(block.attn.config): block.attn.config for block in vlm.backbone.blocks}
+    assert all(c.rotary_interleaved_cos_sin for c in configs.values())
+    exact = vlm.run_with_hooks(x)
+    for config in configs.values():
+        config.rotary_interleaved_cos_sin = False
+    try:
+        assert (vlm.run_with_hooks(x) - exact).abs().max() > 1e-2
+    finally:
+        for config in configs.values():
+            config.rotary_interleaved_cos_sin = True
+    assert torch.equal(vlm.run_with_hooks(x), exact)
 
 
 def test_glm4v_attn_out_is_what_hf_adds_to_the_residual(glm):
@@ -251,14 +279,14 @@ def test_glm4v_feature_tokens_outside_the_video_are_refused(glm):
 
 
 def test_glm4v_head_dim_unlike_the_attention_split_is_refused(tmp_path):
-    from mapflow_tl.models.backbone import hooked_config_from_hf
+    from mapflow_tl.models.backbone import backbone_config_fields
     from transformers import Glm4vTextConfig
 
     config = Glm4vTextConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=2,
                              vocab_size=64, num_hidden_layers=1, intermediate_size=96)
     config.head_dim = 16
     with pytest.raises(ValueError, match="attention and rotary disagree"):
-        hooked_config_from_hf(config, positions="per_sample")
+        backbone_config_fields(config, positions="per_sample")  # both backends' config
 
 
 def test_glm4v_generate_and_teacher_forced_answer_equal_hf(glm):

@@ -456,15 +456,6 @@ def backbone_from_hf(
                               n_devices=n_devices, n_ctx=n_ctx, positions=positions)
     fields = backbone_config_fields(text_config, dtype=dtype, device=device,
                                     n_devices=n_devices, n_ctx=n_ctx, positions=positions)
-    model_type = getattr(text_config, "model_type", None)
-    if model_type in SANDWICH_NORM:
-        # TransformerLens 4.3's Glm4 adapter reconstructs attention with half-split rotary over
-        # the whole head; GLM-4.1V rotates adjacent pairs of a partial rotary_dim (measured: its
-        # logits differ from HF's by 0.60), so the bridge would not compute what HF computes
-        raise InputError(
-            f"the bridge backend cannot host the {model_type} backbone exactly (TransformerLens "
-            f"4.3 rotates its partial adjacent-pair rotary as half-split); use backend='hooked' "
-            f"(pip install 'transformer-lens>=3.9,<4')")
     return bridge_from_hf(text_model, lm_head, text_config, fields, dtype=dtype, device=device,
                           n_devices=n_devices)
 

@@ -12,6 +12,11 @@ reconstructed rotary attention (so a knockout's −∞ edits reach the softmax),
 ``hook_resid_pre/post``, ``hook_pattern``, ``hook_embed``; ``hooks()``, ``get_caching_hooks``,
 ``hook_dict``, ``reset_hooks``; ``cfg`` with HookedTransformer's field names.
 
+Where the decoder rotates adjacent pairs (GLM-4.1V), TransformerLens' reconstruction is told the
+layout the HF rotary module returns its tables in, read off that module (never off the family
+name): with the wrong layout GLM-4.1V's logits were 0.60 from HF's, with the right one they equal
+HF's exactly.
+
 The bridge needs a ``*ForCausalLM`` module; a VideoLLM's text decoder sits inside the multimodal
 model without one, so :func:`bridge_from_hf` builds the causal-LM shell on the meta device and
 gives it the decoder and the LM head (the same modules: nothing is copied).
@@ -123,6 +128,7 @@ def bridge_from_hf(
     cfg.attn_scale = math.sqrt(cfg.d_head)
     cfg.use_attn_scale = True
     cfg.device = str(device)
+    _match_rotary_layout(bridge, text_model)
     # what the lean suffix forward of the sweep engine reads (suffix_forward.backbone_weights):
     # the HF weights under HookedTransformer's names, and the HF rotary module's tables
     # (plain attributes, not submodules: deep copies and .to() of the bridge carry them along
@@ -131,6 +137,39 @@ def bridge_from_hf(
     object.__setattr__(bridge, "mapflow_rotary_tables", HFRotaryTables(text_model, cfg))
     check_scores_are_editable(bridge)
     return bridge.eval()
+
+
+@torch.no_grad()
+def _match_rotary_layout(bridge: Any, text_model: nn.Module) -> None:
+    """Tell the bridge's reconstructed attention the layout of the HF rotary tables it rotates
+    adjacent pairs with, read off the HF rotary module itself (never off the family name).
+
+    TransformerLens 4.3 rotates adjacent pairs (``rotary_adjacent_pairs``) with tables either in
+    the half-duplicated layout ``[c₀ … c_{h−1}, c₀ … c_{h−1}]`` (GLM-4's text rotary; TL
+    re-lays them out) or already interleaved ``[c₀, c₀, c₁, c₁, …]``
+    (``rotary_interleaved_cos_sin``; used as given). GLM-4.1V's M-RoPE module returns
+    interleaved tables: read as half-duplicated, its logits differed from HF's by 0.60. The
+    flag is set on the config every attention component reads (a copy of ``bridge.cfg``)."""
+    if not getattr(bridge.cfg, "rotary_adjacent_pairs", False):
+        return
+    rotary = text_model.rotary_emb
+    probe = torch.zeros(1, dtype=torch.float32, device=next(text_model.parameters()).device)
+    # positions 0 … 3 on every axis: position 1 separates the frequencies, so the two layouts
+    # differ wherever two frequencies do
+    cos, _ = rotary(probe, torch.arange(4, device=probe.device)[None])
+    cos = cos.reshape(-1, cos.shape[-1])
+    half = cos.shape[-1] // 2
+    interleaved = torch.equal(cos[:, 0::2], cos[:, 1::2])
+    duplicated = torch.equal(cos[:, :half], cos[:, half:])
+    if interleaved == duplicated:
+        raise InputError(
+            f"the HF rotary tables of this backbone ({type(rotary).__name__}) are neither "
+            f"interleaved nor half-duplicated, so the bridge cannot rotate them as HF does; use "
+            f"backend='hooked' (pip install 'transformer-lens>=3.9,<4')")
+    configs = {id(bridge.cfg): bridge.cfg}
+    configs.update({id(block.attn.config): block.attn.config for block in bridge.blocks})
+    for config in configs.values():
+        config.rotary_interleaved_cos_sin = interleaved
 
 
 @torch.no_grad()
