@@ -270,3 +270,20 @@ def test_context_goes_before_the_question_and_the_spans_follow():
     assert rendered.question.of(rendered.text) == "Why?"
     assert [o.of(rendered.text) for o in rendered.options] == ["(A) yes", "(B) no"]
     assert rendered.question_with_options.of(rendered.text).startswith("Question: Why?")
+
+
+def test_an_edited_video_keeps_the_subtitles_of_the_clean_frames(videomme):
+    import mapflow_tl as mf
+    from mapflow_tl.counterfactuals import counterfactual
+
+    (videomme / "subtitle").mkdir()
+    (videomme / "subtitle" / "fFjv93ACGo8.srt").write_text(SRT)
+    sample = load_dataset("videomme", videomme, subtitles=True)[0]
+    # 4 frames by the sample's rule, linspace(0, 19, 4) = 0, 6, 12, 19: cues 1 and 2 (hand)
+    edit = counterfactual(sample, "reverse", num_frames=4)
+    context = "This video's subtitles are listed below: \nhello\nworld"
+    assert edit.original.subtitles == edit.sample.subtitles == context
+    vlm = mf.load_videollm("synthtv-video-ft")
+    # the prepared sample records the text it used, which analyses hand to their edits
+    assert vlm.prepare(sample).meta["subtitles"].startswith("This video's subtitles")
+    assert context + "\nQuestion:" in vlm.prepare(edit.sample).prompt

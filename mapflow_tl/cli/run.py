@@ -268,6 +268,11 @@ class AnalysisRun:
                                                  self.vlm.n_layers, args.threads))
         if check is not None:
             check(self.vlm)
+        if getattr(args, "frame_sampler", None) is None and hasattr(args, "frame_sampler"):
+            # run.json: the benchmark's official rule (None: the model family's own)
+            from ..data.datasets import resolve_dataset
+
+            args.frame_sampler = resolve_dataset(args.dataset).frame_sampler
         loaded = load_dataset(args.dataset, args.data_root, args.task, args.limit,
                               seed=args.seed, strict=args.strict,
                               allow_outside_root=getattr(args, "allow_outside_root", False),

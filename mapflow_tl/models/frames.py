@@ -91,12 +91,16 @@ def load_frames_and_context(
     """:func:`load_frames` and the text the sample's subtitles put before the question for the
     sampled frames (``sample.subtitles``: :meth:`~mapflow_tl.data.subtitles.Subtitles.context`
     of the frame indices and the file's frame rate; ``None`` without subtitles). Subtitles need
-    a video read from a file: frames given as an array have no times to match."""
+    a video read from a file: frames given as an array have no times to match, unless
+    ``sample.subtitles`` is already the chosen text (a string: an edit of a prepared sample's
+    frames keeps the text chosen for them, ``Prepared.meta["subtitles"]``)."""
     video = sample.video
     what = f"sample {getattr(sample, 'id', '') or ''}".strip() or "video"
     timestamps = None
     context = None
     subtitles = getattr(sample, "subtitles", None)
+    if isinstance(subtitles, str):
+        context, subtitles = subtitles, None
     if isinstance(video, (str, Path)):
         from ..data.video import read_video
 

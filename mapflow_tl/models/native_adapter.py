@@ -327,7 +327,8 @@ class NativeVideoAdapter(FamilyAdapter):
                             frames=frames,
                             meta={"family": self.name, "model_inputs": model_inputs,
                                   "prompt_style": self.prompt_style.name,
-                                  **video.meta, "frame_sampler": sampler})
+                                  **video.meta, "frame_sampler": sampler,
+                                  **({} if context is None else {"subtitles": context})})
         self.bind(prepared, captured)
         return prepared
 

@@ -187,7 +187,9 @@ class SplicedVideoAdapter(FamilyAdapter):
                         answer_ids=answer_ids, answer=answer, prompt=rendered.text,
                         frames=frames, meta={"family": self.name, **video.meta,
                                              "prompt_style": self.prompt_style.name,
-                                             "frame_sampler": sampler})
+                                             "frame_sampler": sampler,
+                                             **({} if context is None else
+                                                {"subtitles": context})})
 
     def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
         """Frames → pixels on the vision device in the vision dtype."""
