@@ -287,3 +287,24 @@ def test_an_edited_video_keeps_the_subtitles_of_the_clean_frames(videomme):
     # the prepared sample records the text it used, which analyses hand to their edits
     assert vlm.prepare(sample).meta["subtitles"].startswith("This video's subtitles")
     assert context + "\nQuestion:" in vlm.prepare(edit.sample).prompt
+
+
+def test_eval_with_subtitles_on_a_benchmark_without_them_is_one_line(tmp_path, monkeypatch,
+                                                                       capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = tmp_path / "run"
+    code = main(["eval", "--out", str(out), "--dataset", "tvbench", "--data-root",
+                 str(tmp_path), "--subtitles"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "dataset 'tvbench' has no subtitles to read" in err[-1]
+    assert not out.exists()
+
+
+def test_the_frame_sampler_and_subtitles_are_part_of_a_runs_identity():
+    from mapflow_tl.runs import identity_differences
+
+    then = {"dataset": "videomme", "frame_sampler": "linspace"}
+    assert identity_differences(then, {**then, "frame_sampler": "midpoints"}) == \
+        ["frame_sampler: 'linspace' then, 'midpoints' now"]
+    assert identity_differences(then, {**then, "subtitles": True}) == \
+        ["subtitles: None then, True now"]

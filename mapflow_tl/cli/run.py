@@ -93,7 +93,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "official rule — Video-MME linspace, LongVideoBench its "
                              "load_video, VCGBench Video-ChatGPT's get_seq_frames — else the "
                              "model family's own; docs/data.md)")
-    parser.add_argument("--subtitles", action="store_true",
+    # default None, not False: a run.json written before the flag existed resumes (no key = None)
+    parser.add_argument("--subtitles", action="store_true", default=None,
                         help="put the subtitles of the sampled frames into the prompt, as the "
                              "benchmark's official evaluation with subtitles does (Video-MME, "
                              "LongVideoBench; default off)")
