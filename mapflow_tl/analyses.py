@@ -772,7 +772,9 @@ def counterfactual_patching(vlm: VideoLLM, sample: Any, x: Prepared, kind: str =
                          f"edit; prepare it with a model adapter that records them")
     if align_frames not in ("slot", "content"):
         raise InputError(f"align_frames {align_frames!r} is not 'slot' or 'content'")
-    edit = counterfactual(replaced(as_video_sample(sample), video=x.frames), kind, seed=seed,
+    # the edit keeps the subtitle text chosen for the clean frames: only the video differs
+    edit = counterfactual(replaced(as_video_sample(sample), video=x.frames,
+                                   subtitles=x.meta.get("subtitles")), kind, seed=seed,
                           frame=frame, other=other)
     target, source = vlm.prepare(edit.original), vlm.prepare(edit.sample)
     frames = None if align_frames == "slot" else edit.frame_map("to_counterfactual")
@@ -831,7 +833,7 @@ def diagnosis_evidence(vlm: VideoLLM, sample: Any, x: Prepared, *,
     knocked = _last_probabilities(vlm, x, knockout(edges.cross_frame(x.segments), layers),
                                   what="the cross-frame knockout forward")
     crossframe_token = int(knocked.argmax())
-    video = replaced(as_video_sample(sample), video=x.frames)
+    video = replaced(as_video_sample(sample), video=x.frames, subtitles=x.meta.get("subtitles"))
     edited = {}
     for kind in ("shuffle", "freeze"):
         edit = counterfactual(video, kind, seed=seed, frame=frozen_frame)

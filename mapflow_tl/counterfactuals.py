@@ -63,17 +63,23 @@ class Counterfactual:
         raise InputError(f"direction {direction!r} is not 'to_original' or 'to_counterfactual'")
 
 
-def _frames_of(sample: Any, num_frames: int | None, sampler: str) -> np.ndarray:
-    from .models.frames import check_frames, load_frames
+def _frames_of(sample: Any, num_frames: int | None, sampler: str) -> tuple[np.ndarray, Any]:
+    """The sample's frames and its subtitles as they stay with those frames: the text chosen for
+    the sampled frames (a file's subtitles are matched once, to the original frames; an edit
+    keeps that text, so only the video differs)."""
+    from .models.frames import check_frames, load_frames_and_context
 
     video = sample.video
+    subtitles = getattr(sample, "subtitles", None)
     if isinstance(video, np.ndarray) or hasattr(video, "detach"):
-        return check_frames(video, what=f"sample {sample.id!r}")
+        return check_frames(video, what=f"sample {sample.id!r}"), subtitles
     if num_frames is None:
         raise InputError(f"sample {sample.id!r}: its video is a file; pass num_frames= (the number "
                          f"of frames the model samples, e.g. 8) so the edit works on those frames")
-    frames, _ = load_frames(sample, num_frames=num_frames, sampler=sampler)
-    return frames
+    frames, _, context = load_frames_and_context(
+        sample, num_frames=num_frames,
+        sampler=sampler or getattr(sample, "frame_sampler", None) or "midpoints")
+    return frames, (subtitles if context is None else context)
 
 
 def _frame_index(frame: Any, n_frames: int, kind: str) -> int:
@@ -87,7 +93,7 @@ def _frame_index(frame: Any, n_frames: int, kind: str) -> int:
 
 def counterfactual(sample: Any, kind: str, *, seed: int = 0, frame: int | Sequence[int] = 0,
                    other: Any = None, num_frames: int | None = None,
-                   sampler: str = "midpoints") -> Counterfactual:
+                   sampler: str | None = None) -> Counterfactual:
     """The sample with its frames edited by ``kind`` (one of :data:`KINDS`).
 
     - ``reverse``: the frames in reverse order;
@@ -100,7 +106,8 @@ def counterfactual(sample: Any, kind: str, *, seed: int = 0, frame: int | Sequen
       array of the same frame size).
 
     A video file is read to ``num_frames`` frames with ``sampler`` first (the model's own
-    count); an array is used as given. The question, options and answer are kept: whether the
+    count; default: the sample's benchmark rule, else the segment midpoints), its subtitles (if
+    any) matched to those frames and kept as text with the edit; an array is used as given. The question, options and answer are kept: whether the
     answer still holds after the edit is the question being asked of the model.
     """
     from .models.videollm import as_video_sample
@@ -108,7 +115,7 @@ def counterfactual(sample: Any, kind: str, *, seed: int = 0, frame: int | Sequen
     if kind not in KINDS:
         raise InputError(f"counterfactual kind {kind!r} is not one of {KINDS}")
     sample = as_video_sample(sample)
-    frames = _frames_of(sample, num_frames, sampler)
+    frames, subtitles = _frames_of(sample, num_frames, sampler)
     n = frames.shape[0]
     edited: np.ndarray
     if kind == "reverse":
@@ -144,7 +151,7 @@ def counterfactual(sample: Any, kind: str, *, seed: int = 0, frame: int | Sequen
             raise InputError("counterfactual 'replace' needs other= (a sample or a frames array) "
                              "whose frame replaces this one")
         other_frames = other if isinstance(other, np.ndarray) else _frames_of(
-            as_video_sample(other), num_frames, sampler)
+            as_video_sample(other), num_frames, sampler)[0]
         if t >= other_frames.shape[0]:
             raise InputError(f"counterfactual 'replace': the other video has "
                              f"{other_frames.shape[0]} frames, no frame {t}")
@@ -158,7 +165,7 @@ def counterfactual(sample: Any, kind: str, *, seed: int = 0, frame: int | Sequen
     if kind != "replace":
         edited = frames[np.asarray(origin)]
     suffix = {"reverse": kind, "shuffle": f"{kind}:{seed}"}.get(kind, f"{kind}:{frame}")
-    base = replace(sample, video=frames)
+    base = replace(sample, video=frames, subtitles=subtitles)
     edit = replace(base, video=np.ascontiguousarray(edited), id=f"{sample.id}~{suffix}")
     return Counterfactual(kind=kind, sample=edit, original=base, origin=tuple(origin))
 

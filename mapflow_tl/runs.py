@@ -71,7 +71,7 @@ IDENTITY_KEYS = ("command", "model", "dataset", "data_root", "task", "limit", "s
                  "sample_seed", "circuit", "circuit_content", "window", "style", "mode",
                  "sweep_range", "method", "seed", "dtype", "top_k", "keywords", "world_size",
                  "definitions", "compare_model", "layers", "query", "model_content",
-                 "dataset_content")
+                 "dataset_content", "frame_sampler", "subtitles")
 #: Columns of the ``skipped`` table (declared in :mod:`mapflow_tl.schema`): one schema for entries
 #: left out when the dataset is loaded (``stage`` "load") and samples that could not be prepared
 #: (``stage`` "prepare").

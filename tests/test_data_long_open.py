@@ -102,14 +102,14 @@ LVB_ENTRIES = [
      "correct_choice": 1, "position": [1, 2], "topic_category": "NP-News-Programs",
      "question_category": "TOS", "level": "L2-Relation", "id": "86CxyhFV9MI_0",
      "video_path": "86CxyhFV9MI.mp4", "subtitle_path": "86CxyhFV9MI_en.json",
-     "duration_group": 600, "starting_timestamp_for_subtitles": 0, "duration": 527.0,
+     "duration_group": 600, "starting_timestamp_for_subtitles": 0, "duration": 2.0,
      "view_count": 1000},
     {"video_id": "QS2HD3BXRB8", "question": "What happens after the woman opens the box?",
      "candidates": ["she laughs", "she cries", "she leaves"], "correct_choice": 0,
      "topic_category": "LF-Life", "question_category": "E3E", "level": "L1-Perception",
      "id": "QS2HD3BXRB8_1", "video_path": "QS2HD3BXRB8.mp4",
      "subtitle_path": "QS2HD3BXRB8_en.json", "duration_group": 15,
-     "starting_timestamp_for_subtitles": 0, "duration": 12.0, "view_count": 20},
+     "starting_timestamp_for_subtitles": 0, "duration": 1.5, "view_count": 20},
 ]
 
 
@@ -243,8 +243,9 @@ def test_longvideobench_loads_the_published_json(lvb):
     first = data[0]
     assert first.answer == "come on, run" and first.answer_letter == "B"
     assert first.video == lvb / "videos" / "86CxyhFV9MI.mp4"
-    assert first.metadata["subtitle_path"] == "86CxyhFV9MI_en.json"   # kept, never read
-    assert first.metadata["duration"] == 527.0
+    assert first.metadata["subtitle_path"] == "86CxyhFV9MI_en.json"   # kept, read on request
+    assert first.metadata["duration"] == first.duration == 2.0
+    assert first.frame_sampler == "longvideobench" and first.subtitles is None
     assert [s.id for s in load_dataset("longvideobench", lvb, tasks=["E3E"])] == \
         ["E3E/QS2HD3BXRB8_1"]
     assert load_dataset("longvideobench", lvb, limit=1).counts() == {"TOS": 1, "E3E": 1}

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..data.datasets import list_datasets
-from .run import positive_int
+from .run import add_sampling_arguments, positive_int
 
 __all__ = ["register"]
 
@@ -16,7 +16,8 @@ def _check(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset, print_report
 
     report = check_dataset(args.dataset, args.data_root, args.task, args.limit,
-                           allow_outside_root=args.allow_outside_root)
+                           allow_outside_root=args.allow_outside_root,
+                           frame_sampler=args.frame_sampler, subtitles=args.subtitles)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -41,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("--limit", type=positive_int, default=None,
                        help="check only the first N per task")
+    add_sampling_arguments(check)
     check.add_argument("--allow-outside-root", action="store_true",
                        help="accept annotation paths that lead outside --data-root")
     check.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -83,6 +83,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--frame-sampler`` and ``--subtitles``: how a benchmark's frames are picked and whether
+    its subtitles go into the prompt (analysis commands, ``eval`` and ``data check``)."""
+    from ..data.video import FRAME_SAMPLERS
+
+    parser.add_argument("--frame-sampler", default=None, choices=FRAME_SAMPLERS,
+                        help="how frames are picked from each video (default: the benchmark's "
+                             "official rule — Video-MME linspace, LongVideoBench its "
+                             "load_video, VCGBench Video-ChatGPT's get_seq_frames — else the "
+                             "model family's own; docs/data.md)")
+    # default None, not False: a run.json written before the flag existed resumes (no key = None)
+    parser.add_argument("--subtitles", action="store_true", default=None,
+                        help="put the subtitles of the sampled frames into the prompt, as the "
+                             "benchmark's official evaluation with subtitles does (Video-MME, "
+                             "LongVideoBench; default off)")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) -> None:
     """The arguments every analysis command shares."""
     from ..data.datasets import list_datasets
@@ -98,6 +115,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, circuit: bool = True) 
                              "default: all)")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="the first N samples of each task")
+    add_sampling_arguments(parser)
     parser.add_argument("--sample", type=positive_int, default=None, metavar="N",
                         help="N samples of each task drawn at random, seeded with --sample-seed "
                              "(the official --test_ratio: random.seed(seed); random.sample, per "
@@ -251,9 +269,16 @@ class AnalysisRun:
                                                  self.vlm.n_layers, args.threads))
         if check is not None:
             check(self.vlm)
+        if getattr(args, "frame_sampler", None) is None and hasattr(args, "frame_sampler"):
+            # run.json: the benchmark's official rule (None: the model family's own)
+            from ..data.datasets import resolve_dataset
+
+            args.frame_sampler = resolve_dataset(args.dataset).frame_sampler
         loaded = load_dataset(args.dataset, args.data_root, args.task, args.limit,
                               seed=args.seed, strict=args.strict,
-                              allow_outside_root=getattr(args, "allow_outside_root", False))
+                              allow_outside_root=getattr(args, "allow_outside_root", False),
+                              frame_sampler=getattr(args, "frame_sampler", None),
+                              subtitles=getattr(args, "subtitles", False))
         samples = subsample_per_task(list(loaded), getattr(args, "sample", None),
                                      getattr(args, "sample_seed", 42))
         self.order = [str(getattr(sample, "id", "")) for sample in samples]

@@ -8,6 +8,7 @@ a dataset is loaded, so listing the names costs nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ class DatasetSpec:
     loader: str
     description: str
     builtin: bool = False
+    #: the benchmark's official frame sampler (:data:`~mapflow_tl.data.video.FRAME_SAMPLERS`),
+    #: given to every sample; None leaves it to the model family (the paper's own runs)
+    frame_sampler: str | None = None
+    #: whether the loader can read the benchmark's subtitles (``subtitles=True``)
+    subtitles: bool = False
 
     def load(self):
         module, _, function = self.loader.partition(":")
@@ -42,16 +48,21 @@ DATASETS: dict[str, DatasetSpec] = {
     "mvbench": DatasetSpec("mapflow_tl.data.loaders:load_mvbench",
                            "MVBench (OpenGVLab/MVBench)"),
     "tomato": DatasetSpec("mapflow_tl.data.loaders:load_tomato", "TOMATO (yale-nlp/TOMATO)"),
+    # Video-MME publishes no inference code; lmms-eval's task picks the subtitle lines of
+    # np.linspace(0, n - 1, k, dtype=int) frames, the frames its models sample
     "videomme": DatasetSpec("mapflow_tl.data.loaders:load_videomme",
-                            "Video-MME (lmms-lab/Video-MME), long videos, no subtitles"),
+                            "Video-MME (lmms-lab/Video-MME), long videos, subtitles optional",
+                            frame_sampler="linspace", subtitles=True),
     "longvideobench": DatasetSpec("mapflow_tl.data.loaders:load_longvideobench",
                                   "LongVideoBench (longvideobench/LongVideoBench), validation "
-                                  "set, no subtitles"),
+                                  "set, subtitles optional",
+                                  frame_sampler="longvideobench", subtitles=True),
     "tvbench-oe": DatasetSpec("mapflow_tl.data.loaders:load_tvbench_open_ended",
                               "TVBench asked open-endedly, with the official per-task answer "
                               "prompts"),
     "vcgbench": DatasetSpec("mapflow_tl.data.loaders:load_vcgbench",
-                            "VCGBench (Video-ChatGPT's benchmark), open-ended"),
+                            "VCGBench (Video-ChatGPT's benchmark), open-ended",
+                            frame_sampler="video-chatgpt"),
 }
 
 
@@ -81,6 +92,8 @@ def load_dataset(
     strict: bool = True,
     check_videos: bool = True,
     allow_outside_root: bool = False,
+    frame_sampler: str | None = None,
+    subtitles: bool = False,
 ):
     """Load dataset ``name`` (see :func:`list_datasets`) as a
     :class:`~mapflow_tl.data.loaders.LoadedBenchmark` (iterate it for samples; ``.skipped``
@@ -99,8 +112,36 @@ def load_dataset(
     - ``allow_outside_root``: accept annotation paths that lead outside ``data_root`` (``../``,
       absolute paths); refused by default, so a hostile annotation file cannot point a run at
       arbitrary files.
+    - ``frame_sampler``: how each sample's frames are picked from its video, a name in
+      :data:`~mapflow_tl.data.video.FRAME_SAMPLERS`; default: the benchmark's official rule
+      (``DatasetSpec.frame_sampler``; docs/data.md), or the model family's own where the
+      registry names none (TVBench, MVBench, TOMATO, SynthTV: the paper's runs).
+    - ``subtitles``: read the benchmark's subtitles into each sample (Video-MME,
+      LongVideoBench; off by default); a dataset without subtitles refuses it.
     """
     spec = resolve_dataset(name)
+    from .video import FRAME_SAMPLERS
+
+    if frame_sampler is not None and frame_sampler not in FRAME_SAMPLERS:
+        raise DataError(f"frame sampler {frame_sampler!r} is not one of "
+                        f"{', '.join(FRAME_SAMPLERS)}", field="frame_sampler")
+    if subtitles and not spec.subtitles:
+        with_subtitles = ", ".join(n for n, s in DATASETS.items() if s.subtitles)
+        raise DataError(f"dataset {name!r} has no subtitles to read; subtitles are available "
+                        f"for {with_subtitles}", field="subtitles")
+    sampler = frame_sampler or spec.frame_sampler
+    loaded = _load(spec, name, data_root, tasks, limit, seed=seed, strict=strict,
+                   check_videos=check_videos, allow_outside_root=allow_outside_root,
+                   subtitles=subtitles)
+    if sampler is not None:
+        loaded.samples = [dataclasses.replace(sample, frame_sampler=sampler)
+                          for sample in loaded.samples]
+    return loaded
+
+
+def _load(spec: DatasetSpec, name, data_root, tasks, limit, *, seed, strict, check_videos,
+          allow_outside_root, subtitles):
+    """The registry entry's loader called with the options it takes."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a whole number of at least 1, got {limit!r}",
                         field="limit")
@@ -114,4 +155,6 @@ def load_dataset(
     options = {"require_windows": False} if spec.builtin else {}
     if allow_outside_root:
         options["allow_outside_root"] = True
+    if subtitles:
+        options["subtitles"] = True
     return loader(data_root, tasks, limit, strict=strict, check_videos=check_videos, **options)

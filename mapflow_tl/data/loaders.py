@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .errors import DataError
+from .subtitles import Subtitles
 
 __all__ = [
     "LoadedBenchmark",
@@ -61,6 +62,11 @@ class Sample:
     - open-ended questions (TVBench open-ended, VCGBench) have no ``options`` and
       ``answer_index=None``; ``reference`` is their reference answer text and ``answer_prompt``
       the text the official code starts the assistant's answer with (``None``: none).
+    - ``frame_sampler``: the benchmark's official frame sampler (a name in
+      :data:`~mapflow_tl.data.video.FRAME_SAMPLERS`, set from the dataset registry; ``None``: the
+      model family's own); ``duration``: the annotation's length in seconds where the sampler
+      needs it (LongVideoBench); ``subtitles``: a :class:`~mapflow_tl.data.subtitles.Subtitles`
+      when subtitles were asked for (``None``: off, the default).
     """
 
     id: str
@@ -77,6 +83,9 @@ class Sample:
     entry: int | str | None = None
     reference: str | None = None
     answer_prompt: str | None = None
+    frame_sampler: str | None = None
+    duration: float | None = None
+    subtitles: Any = None
 
     @property
     def open_ended(self) -> bool:
@@ -818,6 +827,7 @@ def load_videomme(
     strict: bool = True,
     check_videos: bool = True,
     allow_outside_root: bool = False,
+    subtitles: bool = False,
 ) -> LoadedBenchmark:
     """Video-MME as published on Hugging Face (lmms-lab/Video-MME), read as the official
     Map-the-Flow loader does (``tasks/eval/videomme``): ``<root>/videomme/test-00000-of-00001.
@@ -826,11 +836,17 @@ def load_videomme(
     their letters, "A. Apples.", ``answer`` is a letter), videos unpacked from
     ``videos_chunked_*.zip`` to ``<root>/data/<videoID>.mp4`` (``.avi``, ``.mov``, ``.mkv`` are
     tried too). Tasks are the 12 ``task_type`` values; the whole video is used. Subtitles
-    (``subtitle/``) are not read, as in the official code. Other arguments as
-    :func:`load_tvbench`.
+    (``subtitles=True``) are ``<root>/subtitle/<videoID>.srt`` (``subtitle.zip`` unpacked), put
+    into the prompt by lmms-eval's official rule (:mod:`mapflow_tl.data.subtitles`); off by
+    default, as in the Map-the-Flow code. Other arguments as :func:`load_tvbench`.
     """
     root = _require_root(data_root, "videomme", "Video-MME",
                          f"{VIDEOMME_PARQUET} and data/<videoID>.mp4")
+    subtitle_folder = root / "subtitle"
+    if subtitles and not subtitle_folder.is_dir():
+        raise DataError(f"{subtitle_folder}: not found; Video-MME subtitles are "
+                        f"subtitle/<videoID>.srt (unpack subtitle.zip there) or leave "
+                        f"--subtitles off", path=subtitle_folder, field="subtitles")
     path = root / VIDEOMME_PARQUET
     collector = _Collector(strict)
     rows = _read_parquet_rows(path, VIDEOMME_COLUMNS, collector, "Video-MME") or []
@@ -855,6 +871,12 @@ def load_videomme(
             video = _find_video(root, root / "data", _text(row, "videoID"), VIDEO_SUFFIXES,
                                 allow_outside_root)
             _check_video(video, check_videos)
+            track = None
+            if subtitles:
+                srt = _inside(root, subtitle_folder, _text(row, "videoID") + ".srt",
+                              allow_outside_root)
+                # the official prompt says "No subtitles available" for a video without a file
+                track = Subtitles("videomme", srt if srt.is_file() else None)
         except _FieldError as error:
             collector.problem(path, index, error.field_name, error.reason,
                               task if isinstance(task, str) else None)
@@ -863,7 +885,8 @@ def load_videomme(
         samples.append(Sample(
             id=f"{task}/{key}", dataset="videomme", task=task, video=video, question=question,
             options=options, answer_index=answer_index, source=f"{path}[{index}]",
-            metadata={k: v for k, v in row.items() if k not in known}, entry=index))
+            metadata={k: v for k, v in row.items() if k not in known}, entry=index,
+            subtitles=track))
     return LoadedBenchmark("videomme", root, samples, collector.skipped)
 
 
@@ -879,14 +902,18 @@ def load_longvideobench(
     strict: bool = True,
     check_videos: bool = True,
     allow_outside_root: bool = False,
+    subtitles: bool = False,
 ) -> LoadedBenchmark:
     """LongVideoBench as published on Hugging Face (longvideobench/LongVideoBench), read as the
     official Map-the-Flow loader does (``tasks/eval/longvideobench``): ``<root>/lvb_val.json``
     lists ``{"video_id", "question", "candidates", "correct_choice" (option index),
     "question_category", "video_path", "duration", "subtitle_path", "id", ...}``; the video is
     ``<root>/videos/<video_path>``. Tasks are the ``question_category`` values (``T3O``,
-    ``S2E``, ...). Interleaved subtitles are off, as in the official analyses
-    (``insert_text=False``). Other arguments as :func:`load_tvbench`.
+    ``S2E``, ...). ``duration`` (seconds) is kept for LongVideoBench's frame sampler.
+    Subtitles are off, as in the official analyses (``insert_text=False``); ``subtitles=True``
+    reads ``<root>/subtitles/<subtitle_path>`` (shifted by ``starting_timestamp_for_subtitles``)
+    and puts the lines of the sampled frames before the question, not interleaved
+    (:mod:`mapflow_tl.data.subtitles`). Other arguments as :func:`load_tvbench`.
     """
     root = Path(data_root)
     path = root / LONGVIDEOBENCH_FILE
@@ -926,6 +953,25 @@ def load_longvideobench(
             video = _inside(root, root / "videos", _text(entry, "video_path"),
                             allow_outside_root)
             _check_video(video, check_videos)
+            duration = entry.get("duration")
+            if duration is not None and (isinstance(duration, bool) or not isinstance(
+                    duration, (int, float)) or not duration > 0):
+                raise _FieldError("duration", f"{duration!r} is not a positive number of "
+                                              f"seconds")
+            track = None
+            if subtitles:
+                name = _text(entry, "subtitle_path")
+                offset = entry.get("starting_timestamp_for_subtitles", 0.0)
+                if isinstance(offset, bool) or not isinstance(offset, (int, float)):
+                    raise _FieldError("starting_timestamp_for_subtitles",
+                                      f"{offset!r} is not a number of seconds")
+                track = Subtitles("longvideobench",
+                                  _inside(root, root / "subtitles", name, allow_outside_root),
+                                  float(offset), None if duration is None else float(duration))
+                if not track.path.is_file():
+                    raise _FieldError("subtitle_path", f"{track.path} not found (unpack the "
+                                                       f"subtitles into subtitles/ or leave "
+                                                       f"--subtitles off)")
         except _FieldError as error:
             field_name = None if error.field_name == "<entry>" else error.field_name
             if error.field_name == "answer":
@@ -938,7 +984,8 @@ def load_longvideobench(
             id=f"{task}/{key}", dataset="longvideobench", task=task, video=video,
             question=question, options=options, answer_index=answer_index,
             source=f"{path}[{index}]",
-            metadata={k: v for k, v in entry.items() if k not in known}, entry=index))
+            metadata={k: v for k, v in entry.items() if k not in known}, entry=index,
+            duration=None if duration is None else float(duration), subtitles=track))
     return LoadedBenchmark("longvideobench", root, samples, collector.skipped)
 
 

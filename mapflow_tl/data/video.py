@@ -50,12 +50,14 @@ __all__ = [
     "FRAME_SAMPLERS",
     "fps_indices",
     "linspace_indices",
+    "longvideobench_indices",
     "probe_video",
     "read_sample_video",
     "read_video",
     "resolve_reader",
     "segment_midpoints",
     "uniform_indices",
+    "video_chatgpt_indices",
 ]
 
 DEFAULT_NUM_FRAMES = 8
@@ -202,9 +204,71 @@ def linspace_indices(
     return np.linspace(start_idx, end_idx, num_frames, dtype=int).astype(np.int64) - first
 
 
-#: Frame samplers by name: the paper's segment midpoints (LLaVA / InternVL path, TVBench and
-#: TOMATO) and linspace (TOMATO's own code, the official VideoLLaMA3 path).
-FRAME_SAMPLERS = ("midpoints", "linspace")
+def longvideobench_indices(
+    info: VideoInfo,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    duration: float | None = None,
+) -> np.ndarray:
+    """0-based frame positions ``[num_frames]`` as LongVideoBench's official ``load_video``
+    (longvideobench/LongVideoBench ``longvideobench/longvideobench_dataset.py``) takes them:
+    with ``duration`` the annotation's length in seconds (default: the file's),
+
+        total = int(duration * fps);   n = min(num_frames, int(duration))
+        index_i = int(total / n) * i        i = 0 .. n-1
+
+    so a video shorter than ``num_frames`` seconds gives one frame a second; the last index is
+    then repeated up to ``num_frames`` (the Map-the-Flow copy of ``load_video``, so every model
+    gets the frame count it was set up for; the benchmark's own code returns the n frames).
+    """
+    if num_frames < 1:
+        raise InputError(f"num_frames must be at least 1, got {num_frames}")
+    duration = info.duration if duration is None else float(duration)
+    if not duration >= 1:
+        # the official code divides by int(duration) = 0 here
+        raise DataError(f"{info.path}: LongVideoBench sampling takes one frame per whole second "
+                        f"and the duration is {duration:g} s; fix the entry's duration or pass "
+                        f"another frame sampler", path=info.path, field="duration")
+    total = int(duration * info.fps)
+    count = min(num_frames, int(duration))
+    indices = [int(total / count) * i for i in range(count)]
+    indices += [indices[-1]] * (num_frames - count)
+    if indices[-1] >= info.num_frames:
+        # decord refuses an index past the end: the annotation's duration is longer than the file
+        raise DataError(f"{info.path}: LongVideoBench sampling asks for frame {indices[-1]} "
+                        f"(duration {duration:g} s at {info.fps:g} fps) of a video of "
+                        f"{info.num_frames} frames; the file is shorter than its annotation: "
+                        f"download it again", path=info.path, field="duration")
+    return np.asarray(indices, dtype=np.int64)
+
+
+def video_chatgpt_indices(
+    info: VideoInfo,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    bounds: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """0-based frame positions ``[num_frames]`` as Video-ChatGPT's evaluation (VCGBench;
+    mbzuai-oryx/Video-ChatGPT ``video_chatgpt/eval/model_utils.py``: ``get_seq_frames``) takes
+    them from the n frames of the (bounded) range:
+
+        seg = (n - 1) / num_frames
+        index_i = (round(seg * i) + round(seg * (i + 1))) // 2        i = 0 .. num_frames-1
+
+    (``round`` half to even, NumPy's). The official code asks for ``min(n, num_frames)`` frames;
+    here a range shorter than ``num_frames`` repeats frames, so the count stays the model's.
+    """
+    if num_frames < 1:
+        raise InputError(f"num_frames must be at least 1, got {num_frames}")
+    first, start_idx, end_idx = _index_range(info, bounds)
+    seg = float(end_idx - start_idx) / num_frames
+    indices = [(int(np.round(seg * i)) + int(np.round(seg * (i + 1)))) // 2
+               for i in range(num_frames)]
+    return start_idx - first + np.asarray(indices, dtype=np.int64)
+
+
+#: Frame samplers by name: the paper's segment midpoints (LLaVA / InternVL path, TVBench's own
+#: ``get_index`` and TOMATO), linspace (TOMATO's own code, the official VideoLLaMA3 path, Video-MME
+#: as lmms-eval samples it), LongVideoBench's ``load_video`` and Video-ChatGPT's ``get_seq_frames``.
+FRAME_SAMPLERS = ("midpoints", "linspace", "longvideobench", "video-chatgpt")
 
 
 def fps_indices(
@@ -547,6 +611,7 @@ def read_video(
     num_threads: int = 1,
     reader: VideoReaderChoice = "auto",
     sampler: str = "midpoints",
+    duration: float | None = None,
 ) -> VideoClip:
     """Read a video file, GIF or frame folder and sample frames from it.
 
@@ -558,7 +623,9 @@ def read_video(
     reference behaviour; "error": raise). ``reader`` picks the video-file library: "auto"
     (decord where installed, else PyAV; :func:`resolve_reader`), "decord" or "pyav" — the same
     frames either way. ``sampler`` picks the ``num_frames`` frames: "midpoints" (default, above)
-    or "linspace" (:func:`linspace_indices`: first to last frame, TOMATO's and VideoLLaMA3's).
+    or "linspace" (:func:`linspace_indices`: first to last frame, TOMATO's and VideoLLaMA3's),
+    "longvideobench" (:func:`longvideobench_indices`, over the annotation's ``duration``; bounds
+    are refused) or "video-chatgpt" (:func:`video_chatgpt_indices`).
 
     Returns a :class:`VideoClip` with frames uint8 ``[T, H, W, 3]``, 0-based ``indices [T]`` and
     ``timestamps [T]`` in seconds (frame folders: frame number / fps, the reference's numbering).
@@ -570,6 +637,13 @@ def read_video(
         raise InputError(f"sampler {sampler!r} is not one of {FRAME_SAMPLERS}")
     if fps is None and sampler == "linspace":
         indices = linspace_indices(info, num_frames, bounds)
+    elif fps is None and sampler == "longvideobench":
+        if bounds is not None:
+            raise InputError(f"{path}: the longvideobench sampler reads a whole video (its "
+                             f"duration), not a [start, end] window; pick another frame sampler")
+        indices = longvideobench_indices(info, num_frames, duration)
+    elif fps is None and sampler == "video-chatgpt":
+        indices = video_chatgpt_indices(info, num_frames, bounds)
     elif fps is None:
         indices = uniform_indices(info, num_frames, bounds, short_video)
     else:

@@ -37,6 +37,7 @@ __all__ = [
     "adapter_for",
     "check_num_frames_options",
     "frame_sampler_option",
+    "sample_frame_sampler",
     "refuse_format",
     "answer_index",
     "check_context_length",
@@ -164,10 +165,23 @@ def frame_sampler_option(adapter: FamilyAdapter, default: str = "midpoints") -> 
     """The ``frame_sampler`` load option: how frames are picked from a video file, "midpoints"
     (the paper's LLaVA / InternVL evaluation, TVBench and TOMATO alike) or "linspace" (TOMATO's
     own code and the official VideoLLaMA3 runs); ``default`` is the family's official one."""
+    from ..data.video import FRAME_SAMPLERS
+
     sampler = adapter.options.get("frame_sampler", default)
-    if sampler not in ("midpoints", "linspace"):
-        raise InputError(f"frame_sampler {sampler!r} is not one of 'midpoints', 'linspace'")
+    if sampler not in FRAME_SAMPLERS:
+        raise InputError(f"frame_sampler {sampler!r} is not one of "
+                         f"{', '.join(repr(name) for name in FRAME_SAMPLERS)}")
     return sampler
+
+
+def sample_frame_sampler(adapter: FamilyAdapter, sample: Any) -> str:
+    """The frame sampler for one sample: the ``frame_sampler`` load option when the user gave
+    it, else the sample's benchmark rule (``sample.frame_sampler``, set by the dataset registry:
+    Video-MME, LongVideoBench, VCGBench), else the family's official one
+    (``adapter.frame_sampler``). The same for every family."""
+    if "frame_sampler" in adapter.options:
+        return adapter.frame_sampler
+    return getattr(sample, "frame_sampler", None) or adapter.frame_sampler
 
 
 def answer_index(sample: VideoSample) -> int | None:

@@ -15,7 +15,7 @@ from jaxtyping import Float, UInt8
 
 from ..errors import InputError
 
-__all__ = ["check_frames", "load_frames", "evenly_timed"]
+__all__ = ["check_frames", "load_frames", "load_frames_and_context", "evenly_timed"]
 
 
 def check_frames(
@@ -74,23 +74,51 @@ def load_frames(
 ) -> tuple[UInt8[np.ndarray, "T H W 3"], Float[np.ndarray, " T"] | None]:
     """The frames of a sample and their timestamps in seconds: its array as given (timestamps
     None), or ``num_frames`` frames sampled from its video file / frame folder / GIF by
-    ``sampler`` ("midpoints": the paper's segment midpoints; "linspace": first to last frame, as
-    TOMATO's code and the official VideoLLaMA3 runs), start/end bounds applied."""
+    ``sampler`` (a name in :data:`~mapflow_tl.data.video.FRAME_SAMPLERS`: "midpoints", the
+    paper's segment midpoints; "linspace", first to last frame, as TOMATO's code and the official
+    VideoLLaMA3 runs; "longvideobench" and "video-chatgpt", those benchmarks' official rules),
+    start/end bounds applied."""
+    frames, timestamps, _ = load_frames_and_context(
+        sample, num_frames=num_frames, min_frames=min_frames, max_frames=max_frames,
+        sampler=sampler)
+    return frames, timestamps
+
+
+def load_frames_and_context(
+    sample: Any, *, num_frames: int, min_frames: int = 1, max_frames: int | None = None,
+    sampler: str = "midpoints",
+) -> tuple[UInt8[np.ndarray, "T H W 3"], Float[np.ndarray, " T"] | None, str | None]:
+    """:func:`load_frames` and the text the sample's subtitles put before the question for the
+    sampled frames (``sample.subtitles``: :meth:`~mapflow_tl.data.subtitles.Subtitles.context`
+    of the frame indices and the file's frame rate; ``None`` without subtitles). Subtitles need
+    a video read from a file: frames given as an array have no times to match, unless
+    ``sample.subtitles`` is already the chosen text (a string: an edit of a prepared sample's
+    frames keeps the text chosen for them, ``Prepared.meta["subtitles"]``)."""
     video = sample.video
     what = f"sample {getattr(sample, 'id', '') or ''}".strip() or "video"
     timestamps = None
+    context = None
+    subtitles = getattr(sample, "subtitles", None)
+    if isinstance(subtitles, str):
+        context, subtitles = subtitles, None
     if isinstance(video, (str, Path)):
         from ..data.video import read_video
 
         start, end = getattr(sample, "start", None), getattr(sample, "end", None)
         bounds = None if start is None and end is None else (
             start if start is not None else 0.0, end if end is not None else math.inf)
-        clip = read_video(video, num_frames, bounds=bounds, sampler=sampler)
+        clip = read_video(video, num_frames, bounds=bounds, sampler=sampler,
+                          duration=getattr(sample, "duration", None))
         frames, timestamps = clip.frames, np.asarray(clip.timestamps, dtype=np.float64)
         if sampler == "linspace" and clip.info.kind == "video":
             timestamps = evenly_timed(clip.indices, clip.info.num_frames, clip.info.fps, bounds)
+        if subtitles is not None:
+            context = subtitles.context(clip.indices, clip.info.fps)
         what = str(video)
     else:
+        if subtitles is not None:
+            raise InputError(f"{what}: subtitles are matched to the times of frames read from "
+                             f"a video file; this sample's frames are an array")
         frames = video
     return (check_frames(frames, min_frames=min_frames, max_frames=max_frames, what=what),
-            timestamps)
+            timestamps, context)

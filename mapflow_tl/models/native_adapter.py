@@ -18,9 +18,9 @@ from torch import nn
 from ..errors import InputError
 from ..segments import Frame, Option, SegmentMap, Span
 from .adapter import (FamilyAdapter, answer_index, check_context_length, check_num_frames_options,
-                      frame_sampler_option)
+                      frame_sampler_option, sample_frame_sampler)
 from .backbone import backbone_from_hf, keeps_hf_decoder
-from .frames import load_frames
+from .frames import load_frames_and_context
 from .loading import check_processor_ids, load_hf_model, load_tokenizer, read_json
 from .pixels import resize_and_normalize
 from .prompt import (MAPFLOW_STYLE, CharSpan, PromptStyle, answer_token_ids, prompt_spans,
@@ -286,14 +286,15 @@ class NativeVideoAdapter(FamilyAdapter):
     def prepare(self, sample: VideoSample | Any) -> Prepared:
         sample = as_video_sample(sample)
         answer = answer_index(sample)
-        frames, timestamps = load_frames(sample, num_frames=self.num_frames,
-                                         sampler=self.frame_sampler)
+        sampler = sample_frame_sampler(self, sample)
+        frames, timestamps, context = load_frames_and_context(
+            sample, num_frames=self.num_frames, sampler=sampler)
         video = self.video_inputs(frames, timestamps)
         options = list(sample.options)
         rendered = render_prompt(sample.question, options, template=self.conversation(),
                                  answer=answer, media=self.placeholder, open_ended=not options,
                                  assistant_prefix=None if options else sample.answer_prompt,
-                                 style=self.prompt_style)
+                                 style=self.prompt_style, context=context)
         media = rendered.media
         text = rendered.text[:media.start] + video.expansion + rendered.text[media.stop:]
         shift = len(video.expansion) - (media.stop - media.start)
@@ -326,7 +327,8 @@ class NativeVideoAdapter(FamilyAdapter):
                             frames=frames,
                             meta={"family": self.name, "model_inputs": model_inputs,
                                   "prompt_style": self.prompt_style.name,
-                                  "frame_sampler": self.frame_sampler, **video.meta})
+                                  **video.meta, "frame_sampler": sampler,
+                                  **({} if context is None else {"subtitles": context})})
         self.bind(prepared, captured)
         return prepared
 

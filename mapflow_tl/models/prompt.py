@@ -58,6 +58,7 @@ __all__ = [
     "MVBENCH_STYLE",
     "VIDEOLLAMA3_STYLE",
     "option_label",
+    "with_context",
     "CharSpan",
     "OptionChars",
     "PromptBlock",
@@ -281,6 +282,20 @@ def open_ended_block(question: str) -> PromptBlock:
     return PromptBlock(question, CharSpan(0, len(question)))
 
 
+def with_context(block: PromptBlock, context: str) -> PromptBlock:
+    """``block`` with ``context`` and a newline before it, its spans moved along: Video-MME's
+    official subtitle prompt (lmms-eval ``videomme_doc_to_text_subtitle``) is
+    ``"This video's subtitles are listed below: \n" + lines + "\n" + question``."""
+    if not isinstance(context, str):
+        raise InputError(f"context must be a string, got {type(context).__name__}")
+    shift = len(context) + 1
+    coarse = block.question_with_options
+    return replace(block, text=context + "\n" + block.text,
+                   question=block.question.shifted(shift),
+                   options=tuple(option.shifted(shift) for option in block.options),
+                   question_with_options=None if coarse is None else coarse.shifted(shift))
+
+
 # ---------------------------------------------------------------------- chat templates
 #: A conversation renderer: (user text, media placeholder or None) -> (prompt text that ends where
 #: the assistant's answer begins). Families without an HF chat template supply one.
@@ -338,6 +353,7 @@ def render_prompt(
     open_ended: bool = False,
     assistant_prefix: str | None = None,
     style: PromptStyle = MAPFLOW_STYLE,
+    context: str | None = None,
 ) -> RenderedPrompt:
     """Render the paper's prompt through a family's chat template, keeping exact char spans.
 
@@ -350,9 +366,13 @@ def render_prompt(
     ``style``'s assistant prefix (``Best option:(``; ``assistant_prefix`` overrides it) is
     appended after it, joined by the style's ``before_prefix`` (default: one space when the
     generation prompt does not end in whitespace, as in ``ASSISTANT: Best option:(``).
+    ``context`` (a benchmark's subtitles, :func:`with_context`) starts the user block, on its own
+    line(s) before "Question:"; it is in no span.
     """
     block = open_ended_block(question) if open_ended else multiple_choice_block(
         question, options, answer=answer, style=style)
+    if context is not None:
+        block = with_context(block, context)
     if callable(template) and not hasattr(template, "apply_chat_template"):
         text = template(block.text, media)
         if not isinstance(text, str):

@@ -28,9 +28,9 @@ from torch import nn
 
 from ..errors import InputError
 from .adapter import (FamilyAdapter, answer_index, check_context_length, check_num_frames_options,
-                      frame_sampler_option)
+                      frame_sampler_option, sample_frame_sampler)
 from .backbone import backbone_from_hf
-from .frames import load_frames
+from .frames import load_frames_and_context
 from .loading import check_processor_ids, check_weights, load_hf_model, load_tokenizer
 from .pixels import FramePreprocessor
 from .prompt import MAPFLOW_STYLE, PromptStyle, answer_token_ids, render_prompt, tokenize_prompt
@@ -153,12 +153,15 @@ class SplicedVideoAdapter(FamilyAdapter):
         sample = as_video_sample(sample)
         question, options, answer = sample.question, tuple(sample.options), answer_index(sample)
         minimum, maximum = self.frame_limits()
-        frames, _ = load_frames(sample, num_frames=self.num_frames, min_frames=minimum,
-                                max_frames=maximum, sampler=self.frame_sampler)
+        sampler = sample_frame_sampler(self, sample)
+        frames, _, context = load_frames_and_context(
+            sample, num_frames=self.num_frames, min_frames=minimum, max_frames=maximum,
+            sampler=sampler)
         rendered = render_prompt(question, options, template=self.template, answer=answer,
                                  media=self.media_token, media_type=self.media_type,
                                  open_ended=not options, style=self.prompt_style,
-                                 assistant_prefix=None if options else sample.answer_prompt)
+                                 assistant_prefix=None if options else sample.answer_prompt,
+                                 context=context)
         tokens = tokenize_prompt(self.tokenizer, rendered, add_special_tokens=True)
         answer_ids = (answer_token_ids(self.tokenizer, rendered.text, rendered.labels)
                       if options else torch.zeros(0, dtype=torch.long))
@@ -184,7 +187,9 @@ class SplicedVideoAdapter(FamilyAdapter):
                         answer_ids=answer_ids, answer=answer, prompt=rendered.text,
                         frames=frames, meta={"family": self.name, **video.meta,
                                              "prompt_style": self.prompt_style.name,
-                                             "frame_sampler": self.frame_sampler})
+                                             "frame_sampler": sampler,
+                                             **({} if context is None else
+                                                {"subtitles": context})})
 
     def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
         """Frames → pixels on the vision device in the vision dtype."""

@@ -44,6 +44,10 @@ class VideoSample:
     when unknown). ``start``/``end`` bound the clip in seconds. ``answer_prompt``: an open-ended
     question's start of the answer, appended after the assistant turn opens (TVBench
     open-ended's per-task prompts; None: the model answers from the bare turn).
+    ``frame_sampler``: the benchmark's frame sampler (None: the family's; a ``frame_sampler`` load
+    option overrides both), ``duration`` the annotation's length in seconds (LongVideoBench's
+    sampler), ``subtitles`` a :class:`~mapflow_tl.data.subtitles.Subtitles` whose lines for the
+    sampled frames go before the question (None: no subtitles).
     """
 
     video: str | Path | np.ndarray
@@ -55,6 +59,9 @@ class VideoSample:
     id: str = ""
     task: str = ""
     answer_prompt: str | None = None
+    frame_sampler: str | None = None
+    duration: float | None = None
+    subtitles: Any = None
 
     def __post_init__(self) -> None:
         _check_options_container(self.options, self.id)
@@ -92,7 +99,10 @@ def as_video_sample(sample: Any) -> VideoSample:
                        options=tuple(options), answer=answer,
                        start=getattr(sample, "start", None), end=getattr(sample, "end", None),
                        id=str(getattr(sample, "id", "")), task=str(getattr(sample, "task", "")),
-                       answer_prompt=getattr(sample, "answer_prompt", None))
+                       answer_prompt=getattr(sample, "answer_prompt", None),
+                       frame_sampler=getattr(sample, "frame_sampler", None),
+                       duration=getattr(sample, "duration", None),
+                       subtitles=getattr(sample, "subtitles", None))
 
 
 @dataclass
