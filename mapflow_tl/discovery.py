@@ -28,6 +28,16 @@ one changed something, since closing a later type can make an earlier one closab
 bounds the evaluations (one candidate pathway on one sample); a search that would exceed it
 stops before that round and keeps its last accepted pathway, recording that it was cut short.
 
+**Start** (``start``). ``scratch``: the full model, as above. ``curves``: each type's initial
+range comes from its flow curve on the search samples (:func:`curve_ranges`): the paper's
+layer-wise knockout sweep of the type alone (window ``k`` centred on each layer), the mean
+relative change of the probability of the full model's answer over the search samples it answers
+correctly; the range is the hull of the windows whose knockout lowers that probability by more
+than ``threshold`` (a fraction, default 0.05 = 5 %), none (closed everywhere) when no window
+does. The start pathway is evaluated first; accepted, it is the first step and the same greedy
+shrinking follows; refused, the search starts from scratch (the evaluation is counted either
+way). The curves are computed on the search split only, so the held-out split stays unseen.
+
 **Cost** is counted as evaluations (the issue's "forwards": one pathway, one sample) and as
 forward equivalents: the (layer, position) cells the fast engine recomputes over those of one
 full forward (:func:`~mapflow_tl.engine.recomputed_cells`).
@@ -52,6 +62,7 @@ from .layers import check_layer
 
 __all__ = [
     "SEARCH_TARGETS",
+    "START_CHOICES",
     "SPLIT_RULE",
     "SearchSample",
     "SearchResult",
@@ -59,6 +70,7 @@ __all__ = [
     "pathway_from_layers",
     "split_of",
     "greedy_search",
+    "curve_ranges",
     "search_together",
     "evaluate_pathways",
     "circuit_source",
@@ -68,6 +80,9 @@ __all__ = [
 
 #: The edge-type partitions the search can use (:func:`edge_types`).
 SEARCH_TARGETS = ("coarse", "fine")
+
+#: Where the search starts (:func:`greedy_search`'s ``starts``, :func:`curve_ranges`).
+START_CHOICES = ("scratch", "curves")
 
 #: How samples are split (recorded in run.json with the fraction and seed).
 SPLIT_RULE = ("search when int(sha256('discover:{seed}:{sample id}')[:16], 16) / 2**64 < "
@@ -164,6 +179,9 @@ class SearchResult:
     forwards: float = 0.0
     complete: bool = True
     order: list[str] = field(default_factory=list)
+    #: How the search started: ``"scratch"``, ``"curves"`` (the curves' start accepted) or
+    #: ``"curves refused"`` (evaluated, not accepted: the search went on from scratch).
+    start: str = "scratch"
 
     def open_layers(self, ranges: Ranges | None = None) -> dict[str, list[int]]:
         """Each edge type's open layers (of ``ranges``, default the result's)."""
@@ -180,9 +198,17 @@ def _accuracy(flags: Sequence[bool | None]) -> float:
 
 
 def _steps(ranges: Ranges, order: Sequence[str], n_layers: int, passes: int, accept,
-           record: Callable[[str, str, Ranges, float], None]):
+           record: Callable[[str, str, Ranges, float], None], start: Ranges | None = None,
+           started: Callable[[bool], None] = lambda accepted: None):
     """The greedy shrinking as a coroutine: yields candidate range sets, receives their
-    accuracies; ``ranges`` is updated in place as candidates are accepted."""
+    accuracies; ``ranges`` is updated in place as candidates are accepted. With ``start`` (the
+    flow curves' ranges) that pathway is tried first and, accepted, replaces the full model."""
+    if start is not None and dict(start) != ranges:
+        [accuracy] = yield [dict(start)]
+        started(accept(accuracy))
+        if accept(accuracy):
+            ranges.update(start)
+            record("", "start: the flow curves' ranges", ranges, accuracy)
     for _ in range(passes):
         changed = False
         for name in order:
@@ -216,7 +242,7 @@ class _Unit:
 
     def __init__(self, samples: Sequence[SearchSample], n_layers: int, targets: str,
                  epsilon: float, order: Sequence[str] | None, passes: int,
-                 budget: int | None) -> None:
+                 budget: int | None, start: Ranges | None = None) -> None:
         if not samples:
             raise InputError("a pathway search needs at least one search sample")
         self.samples, self.targets, self.budget = list(samples), targets, budget
@@ -238,8 +264,16 @@ class _Unit:
                                    order=list(self.order))
         self._record("", "start: every edge type open in every layer", self.ranges,
                      self.full_accuracy)
+        if start is not None and set(start) != set(names):
+            raise InputError(f"a start pathway must name exactly the edge types {names}; got "
+                             f"{sorted(start)}")
+
+        def started(accepted: bool) -> None:
+            self.result.start = "curves" if accepted else "curves refused"
+
         self._coroutine = _steps(self.ranges, self.order, n_layers, passes,
-                                 lambda accuracy: accuracy >= floor, self._record)
+                                 lambda accuracy: accuracy >= floor, self._record, start,
+                                 started)
         self.pending: list[Ranges] | None = None
         self._advance(None)
 
@@ -279,12 +313,14 @@ class _Unit:
 def search_together(model, units: Sequence[Sequence[SearchSample]], *, targets: str = "coarse",
                     epsilon: float = 0.02, order: Sequence[str] | None = None, passes: int = 2,
                     budget: int | None = None, method: str = "fast",
-                    progress: Callable[[str], None] | None = None) -> list[SearchResult]:
+                    progress: Callable[[str], None] | None = None,
+                    starts: Sequence[Ranges | None] | None = None) -> list[SearchResult]:
     """:func:`greedy_search` of several independent searches (a per-task one, or one per
     sample: per-sample adaptive pathways) stepped together: each round, every unfinished
     search's candidates on every one of its samples are one engine sweep
     (:func:`~mapflow_tl.engine.sweep_samples`). ``budget`` bounds each search's evaluations;
-    ``progress`` is called with a line after each round."""
+    ``progress`` is called with a line after each round. ``starts[i]``: search i's start
+    ranges (:func:`curve_ranges`), None: from scratch."""
     from .engine import KnockoutConfig, recomputed_cells, sweep_samples
 
     if not 0.0 <= epsilon < 1.0:
@@ -295,8 +331,11 @@ def search_together(model, units: Sequence[Sequence[SearchSample]], *, targets: 
     if budget is not None and budget < 1:
         raise InputError(f"the search budget is a number of evaluations >= 1, got {budget!r}")
     n_layers = model.cfg.n_layers
-    searches = [_Unit(samples, n_layers, targets, epsilon, order, passes, budget)
-                for samples in units]
+    starts = [None] * len(units) if starts is None else list(starts)
+    if len(starts) != len(units):
+        raise InputError(f"{len(starts)} start pathways for {len(units)} searches")
+    searches = [_Unit(samples, n_layers, targets, epsilon, order, passes, budget, start)
+                for samples, start in zip(units, starts)]
     while True:
         active = []
         for unit in searches:
@@ -344,6 +383,69 @@ def greedy_search(model, samples: Sequence[SearchSample], **options) -> SearchRe
     """The per-task pathway search (module docstring) on ``samples`` (the search split) over the
     backbone ``model`` (a ``HookedTransformer``); options as :func:`search_together`."""
     return search_together(model, [samples], **options)[0]
+
+
+def curve_ranges(model, samples: Sequence[SearchSample], *, targets: str = "coarse",
+                 window: int | None = None, threshold: float = 0.05,
+                 method: str = "fast") -> dict[str, Any]:
+    """The flow curves' start for :func:`greedy_search` (module docstring, "Start").
+
+    For each edge type and window centre l: the type knocked out in the window (the paper's
+    layer sweep, :func:`~mapflow_tl.engine.layer_sweep`, ``k`` = ``window``, default
+    :func:`~mapflow_tl.layers.default_window_size`) on each sample of ``samples`` the full model
+    answers correctly, and the relative change ``(p_knocked - p_clean) / p_clean`` of the
+    probability of its clean answer token, averaged over those samples. A centre is *needed*
+    when that mean is below ``-threshold``; the type's start range is the hull of the needed
+    centres' windows (None when none is needed).
+
+    Returns ``{"ranges": {type: (first, last) | None}, "rows": [{edge_type, center, layers,
+    samples, relative_change, needed}], "evaluations": configs × samples (one knocked-out
+    window of one type on one sample), "forwards": recomputed cells over one forward's}``."""
+    from .engine import KnockoutConfig, layer_sweep, recomputed_cells, sweep_samples
+    from .layers import default_window_size
+
+    if not 0.0 <= threshold < 1.0:
+        raise InputError(f"the curves' threshold is a relative drop in [0, 1) (0.05 = 5 %), got "
+                         f"{threshold!r}")
+    used = [s for s in samples if s.full_correct]
+    if not used:
+        raise InputError("the flow curves' start needs search samples the full model answers "
+                         "correctly; none is: start from scratch")
+    n_layers = model.cfg.n_layers
+    k = default_window_size(n_layers) if window is None else window
+    embeds, configs, forwards = [], [], 0.0
+    for sample in used:
+        n = sample.n_positions
+        sample_configs = [KnockoutConfig("clean", E.Edges.empty(), (0,), per_layer=(
+            E.Edges.empty(),))] + layer_sweep(edge_types(sample.segments, targets), n_layers, k=k)
+        embeds.append(sample.embeds)
+        configs.append(sample_configs)
+        forwards += recomputed_cells(sample_configs, n, n_layers, method=method) / (n_layers * n)
+    logits = sweep_samples(model, embeds, configs, method=method)
+    change: dict[tuple[str, int], list[float]] = {}
+    window_of: dict[tuple[str, int], tuple[int, ...]] = {}
+    for sample_configs, sample_logits in zip(configs, logits):
+        probs = sample_logits.float().softmax(-1)
+        answer = int(probs[0].argmax())
+        clean = float(probs[0, answer])
+        for config, p in zip(sample_configs[1:], probs[1:]):
+            key = (config.curve, int(config.center))
+            change.setdefault(key, []).append((float(p[answer]) - clean) / clean)
+            window_of[key] = config.layers
+    rows, ranges = [], {name: None for name in edge_types(used[0].segments, targets)}
+    for (name, center), values in change.items():
+        mean = sum(values) / len(values)
+        needed = mean < -threshold
+        layers = window_of[(name, center)]
+        rows.append({"edge_type": name, "center": center, "layers": list(layers),
+                     "samples": len(values), "relative_change": mean, "needed": needed})
+        if needed:
+            bounds = ranges[name]
+            ranges[name] = (min(layers) if bounds is None else min(bounds[0], min(layers)),
+                            max(layers) if bounds is None else max(bounds[1], max(layers)))
+    evaluations = sum(len(c) - 1 for c in configs)
+    return {"ranges": ranges, "rows": rows, "evaluations": evaluations, "forwards": forwards,
+            "window": k, "threshold": threshold}
 
 
 def evaluate_pathways(model, samples: Sequence[SearchSample],
@@ -411,7 +513,9 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
              search_fraction: float = 0.5, split_seed: int = 0, hands: Sequence[Any] = (),
              seeds: Sequence[int] = (0, 1, 2), per_sample: int = 0,
              sample_budget: int | None = 200, method: str = "fast",
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[str], None] | None = None, start: str = "scratch",
+             curve_window: int | None = None, curve_threshold: float = 0.05
+             ) -> dict[str, Any]:
     """Discover a per-task pathway on the search split of prepared samples ``xs`` (clean
     predictions ``bases``, :func:`~mapflow_tl.analyses.base_prediction`), evaluate it on the
     held-out split, and optionally search ``per_sample`` per-sample pathways.
@@ -422,7 +526,10 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
     baseline — :meth:`~mapflow_tl.hooks.PathwaySpec.random_like`, official-uniform at each of
     those pathways' own blocked fraction, drawn per sample and seed — plus the search steps'
     search-split accuracies), ``discover_path`` (the accepted steps) and ``discover_samples``
-    (per-sample pathways against the per-task one, layer by layer)."""
+    (per-sample pathways against the per-task one, layer by layer), and with ``start="curves"``
+    ``discover_curves`` (the flow curves of the search split the start came from,
+    :func:`curve_ranges`; their cost is ``"curves"`` in the result). Per-sample searches start
+    from scratch."""
     from .analyses import grade, video_region
     from .schema import sample_fields
 
@@ -448,7 +555,15 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
     backbone, n_layers = vlm.backbone, vlm.n_layers
     options = dict(targets=targets, epsilon=epsilon, order=order, passes=passes, method=method,
                    progress=progress)
-    result = search_together(backbone, [search], budget=budget, **options)[0]
+    if start not in START_CHOICES:
+        raise InputError(f"the search starts from one of {START_CHOICES}, got {start!r}")
+    curves = None
+    if start == "curves":
+        # on the search split only: the held-out samples never shape the start
+        curves = curve_ranges(backbone, search, targets=targets, window=curve_window,
+                              threshold=curve_threshold, method=method)
+    result = search_together(backbone, [search], budget=budget,
+                             starts=[curves["ranges"] if curves else None], **options)[0]
 
     # the trade-off curve on the held-out split: every variant of every sample, one sweep
     variants: list[tuple[str, int | None, str, int | None]] = []   # method, step, label, seed
@@ -525,9 +640,13 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
                         "sample_open": layer in sample_open[name],
                         "sample_retained": kept / total, "evaluations": found.evaluations,
                         "complete": found.complete})
+    curve_rows = [{**row, "layers": json.dumps(row["layers"])}
+                  for row in (curves["rows"] if curves else [])]
     return {"result": result, "split": split,
+            "curves": None if curves is None else {
+                key: curves[key] for key in ("evaluations", "forwards", "window", "threshold")},
             "tables": {"discover": rows, "discover_path": path,
-                       "discover_samples": per_sample_rows}}
+                       "discover_samples": per_sample_rows, "discover_curves": curve_rows}}
 
 
 def variability(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -116,6 +116,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     # in evaluations (pathway × sample) and forward equivalents (recomputed cells).
     "discover_path": ("search", "step", "edge_type", "change", "open_layers", "search_accuracy",
                       "evaluations", "forwards", "complete"),
+    # The flow curves a search started from (discover --start curves), on the search split:
+    # per edge type and window centre, the mean relative change of p(the full model's answer)
+    # over the search samples it answers correctly; needed: below -threshold.
+    "discover_curves": ("edge_type", "center", "layers", "samples", "relative_change",
+                        "needed"),
     # Per-sample adaptive pathways against the per-task one: one row per sample × type × layer.
     "discover_samples": SAMPLE_COLUMNS + ("edge_type", "layer", "task_open", "sample_open",
                                           "sample_retained", "evaluations", "complete"),

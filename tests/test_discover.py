@@ -109,6 +109,37 @@ def test_the_search_recovers_the_known_pathway(known):
     assert result.evaluations == 6 * 8 + 8 + 2 * 16 + 8
 
 
+def test_the_curves_start_recovers_the_pathway_with_fewer_evaluations(known):
+    """Starting from the flow curves: only video → last at layer 1 lowers p(answer) (to a tie
+    of four zero logits, p = 1/4: a relative change of about −3/4), so the start keeps it alone;
+    the search then checks that start (8 evaluations), fails to close video → last (8) and
+    cannot shrink a one-layer range: 16 evaluations against scratch's 96. The curves cost one
+    window (k = 1 at 3 layers) per type and layer per sample: 7 × 3 × 8 = 168, stated apart."""
+    curves = discovery.curve_ranges(known, _samples())
+    assert curves["ranges"] == {name: ((1, 1) if name == "video → last" else None)
+                                for name in curves["ranges"]}
+    assert curves["evaluations"] == 7 * 3 * 8 and curves["window"] == 1
+    [drop] = [r["relative_change"] for r in curves["rows"]
+              if r["edge_type"] == "video → last" and r["center"] == 1]
+    assert -0.75 <= drop < -0.74
+    started = discovery.search_together(known, [_samples()], starts=[curves["ranges"]])[0]
+    scratch = discovery.greedy_search(known, _samples())
+    assert started.start == "curves" and scratch.start == "scratch"
+    assert started.open_layers() == scratch.open_layers()
+    assert started.evaluations == 8 + 8 and scratch.evaluations == 6 * 8 + 8 + 2 * 16 + 8
+    assert [s["change"] for s in started.steps][1] == "start: the flow curves' ranges"
+
+
+def test_a_refused_curves_start_falls_back_to_scratch(known):
+    """A start that closes video → last is evaluated (8), refused, and the search goes on from
+    the full model to the same pathway at scratch's cost plus those 8."""
+    closed = {name: None for name in discovery.edge_types(_layout())}
+    result = discovery.search_together(known, [_samples()], starts=[closed])[0]
+    assert result.start == "curves refused"
+    assert result.open_layers() == discovery.greedy_search(known, _samples()).open_layers()
+    assert result.evaluations == 8 + 6 * 8 + 8 + 2 * 16 + 8
+
+
 def test_the_search_agrees_with_the_naive_method(known):
     fast = discovery.greedy_search(known, _samples(), method="fast")
     naive = discovery.greedy_search(known, _samples(), method="naive")

@@ -45,7 +45,6 @@ def _discover(args: argparse.Namespace) -> int:
     from .. import analyses, discovery
     from ..circuits import load_circuit
     from ..metrics import DEFINITIONS
-    from ..schema import sample_fields
 
     if args.resume:
         raise InputError("discover is one search over all samples and cannot resume halfway; "
@@ -63,6 +62,7 @@ def _discover(args: argparse.Namespace) -> int:
                              "(mapflow_tl.discovery)",
                    "search_targets": args.targets, "search_epsilon_points": 100 * args.epsilon,
                    "search_order": args.order or "most edges per layer first",
+                   "search_start": args.start,
                    "search_passes": args.passes, "search_budget_evaluations": args.budget,
                    "split_rule": discovery.SPLIT_RULE,
                    "search_fraction": args.search_fraction, "split_seed": args.split_seed,
@@ -71,6 +71,14 @@ def _discover(args: argparse.Namespace) -> int:
                    "random_seeds": list(args.random_seeds),
                    "per_sample": args.per_sample,
                    "per_sample_budget_evaluations": args.sample_budget}
+    if args.start == "curves":
+        definitions.update({
+            "search_start_curves": "per edge type, the layer sweep (window centred on each layer) "
+                                   "on the search samples the full model answers correctly: mean "
+                                   "relative change of p(its answer); start range = hull of the "
+                                   "windows below -threshold (mapflow_tl.discovery.curve_ranges)",
+            "search_curve_window": args.curve_window or "default for the depth",
+            "search_curve_threshold": args.curve_threshold})
     run = AnalysisRun(args, "discover", config={"definitions": definitions,
                                                 **circuit_config(hands)}, circuits=hands)
     xs, bases = [], []
@@ -85,13 +93,15 @@ def _discover(args: argparse.Namespace) -> int:
         epsilon=args.epsilon, order=args.order, passes=args.passes, budget=args.budget,
         search_fraction=args.search_fraction, split_seed=args.split_seed, hands=hands,
         seeds=args.random_seeds, per_sample=args.per_sample, sample_budget=args.sample_budget,
-        method=args.method,
+        method=args.method, start=args.start, curve_window=args.curve_window,
+        curve_threshold=args.curve_threshold,
         progress=lambda line: print(f"discover: {line}", file=sys.stderr, flush=True))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     result, split = found["result"], found["split"]
     writer = run.writer
     for table, rows in found["tables"].items():
-        writer.write(table, rows)
+        if rows or table != "discover_curves":
+            writer.write(table, rows)
     run.mark_all_done([(x, base, True) for x, base in zip(xs, bases)])
 
     eval_rows = {(r["method"], r["step"], r["seed"]): r for r in found["tables"]["discover"]
@@ -103,7 +113,19 @@ def _discover(args: argparse.Namespace) -> int:
     eval_ids = sorted(s for s, where in split.items() if where == "eval")
     cost = {"evaluations": result.evaluations, "forward_equivalents": result.forwards,
             "complete": result.complete, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "start": result.start}
+    if found["curves"]:
+        # the curves the start came from are part of what the search cost
+        cost.update(curve_evaluations=found["curves"]["evaluations"],
+                    curve_forward_equivalents=found["curves"]["forwards"],
+                    curve_window=found["curves"]["window"])
+    curve_note = ("" if not found["curves"] else
+                  f" Started from the flow curves of the search split (window "
+                  f"{found['curves']['window']}, a window needed when it lowers p(answer) by "
+                  f"more than {100 * args.curve_threshold:g} %): start "
+                  f"{'accepted' if result.start == 'curves' else 'refused, so from scratch'}; "
+                  f"the curves cost {found['curves']['evaluations']} evaluations, "
+                  f"{found['curves']['forwards']:.1f} forward equivalents.")
     provenance = (
         f"Pathway discovered by mapflow-tl discover (mapflow_tl.discovery) — not hand-written.\n\n"
         f"Model {args.model}, dataset {args.dataset}"
@@ -122,7 +144,7 @@ def _discover(args: argparse.Namespace) -> int:
         f"with {100 * final['retained']:.1f} % of the edges kept (summed over layers and "
         f"samples), full model {full['accuracy']:.1f} %.\n"
         f"Cost: {result.evaluations} evaluations (pathway × sample), "
-        f"{result.forwards:.1f} forward equivalents on the fast engine.")
+        f"{result.forwards:.1f} forward equivalents on the fast engine.{curve_note}")
     open_layers = result.open_layers()
     description = (f"discovered pathway of {args.model}: "
                    + "; ".join(f"{t} {_ranges(layers)}" for t, layers in open_layers.items())
@@ -142,6 +164,10 @@ def _discover(args: argparse.Namespace) -> int:
               f"{result.evaluations} evaluations ({result.forwards:.1f} forward equivalents) "
               f"in {seconds:.1f} s ({cpu_seconds:.1f} s of CPU)"
               + ("" if result.complete else "; budget SPENT"))
+        if found["curves"]:
+            print(f"start {result.start}: the flow curves cost "
+                  f"{found['curves']['evaluations']} more evaluations "
+                  f"({found['curves']['forwards']:.1f} forward equivalents)")
         for t, layers in open_layers.items():
             print(f"  {t:<32} {_ranges(layers)}")
         print(f"held out: full {full['accuracy']:.1f} %, discovered {final['accuracy']:.1f} % "
@@ -198,6 +224,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     discover.add_argument("--order", nargs="+", default=None, metavar="TYPE",
                           help="edge types in the order the search visits them (default: most "
                                "edges per layer first)")
+    discover.add_argument("--start", default="scratch", choices=("scratch", "curves"),
+                          help="scratch: every edge type open in every layer; curves: each "
+                               "type's range from its flow curve on the search split (the "
+                               "windows whose knockout costs more than --curve-threshold), "
+                               "checked, then shrunk (default %(default)s)")
+    discover.add_argument("--curve-window", type=positive_int, default=None, metavar="K",
+                          help="knockout window of the curves for --start curves (default: "
+                               "the flow default for the model's depth)")
+    discover.add_argument("--curve-threshold", type=_fraction, default=0.05,
+                          help="relative drop of p(answer) that marks a window as needed, for "
+                               "--start curves (default %(default)s: 5 %%)")
     discover.add_argument("--passes", type=positive_int, default=2,
                           help="passes over the edge types (default %(default)s)")
     discover.add_argument("--search-fraction", type=_fraction, default=0.5,
