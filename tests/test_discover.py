@@ -140,6 +140,51 @@ def test_a_refused_curves_start_falls_back_to_scratch(known):
     assert result.evaluations == 8 + 6 * 8 + 8 + 2 * 16 + 8
 
 
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("curves", [False, True], ids=["scratch", "curves"])
+def test_a_search_killed_after_any_step_resumes_to_the_same_pathway(known, curves):
+    """The search is killed (an exception in its step recorder) right after its k-th accepted
+    step is recorded, for every k; resumed from the recorded rows (checked by
+    steps_from_path), it ends with the uninterrupted search's steps, pathway and cost."""
+    start = [discovery.curve_ranges(known, _samples())["ranges"]] if curves else None
+    full = discovery.search_together(known, [_samples()], starts=start)[0]
+    names = list(discovery.edge_types(_layout()))
+    assert len(full.steps) >= (2 if curves else 9)   # curves: the start, then no step
+    for k in range(1, len(full.steps)):
+        rows = []   # step 0 (the start) is recorded too
+
+        def record(_, step, k=k, rows=rows):
+            rows.append(discovery.path_row(step))
+            if step["step"] == k:
+                raise _Killed
+
+        with pytest.raises(_Killed):
+            discovery.search_together(known, [_samples()], starts=start, on_step=record)
+        steps = discovery.steps_from_path(rows, names, N_LAYERS)
+        assert len(steps) == k + 1
+        resumed = discovery.search_together(known, [_samples()], starts=start,
+                                            resume_steps=[steps])[0]
+        assert resumed.ranges == full.ranges and resumed.start == full.start
+        assert (resumed.evaluations, resumed.forwards) == (full.evaluations, full.forwards)
+        assert [{**s, "accuracy": round(s["accuracy"], 9)} for s in resumed.steps] == \
+            [{**s, "accuracy": round(s["accuracy"], 9)} for s in full.steps]
+
+
+def test_recorded_steps_are_checked_before_a_resume(known):
+    full = discovery.greedy_search(known, _samples())
+    rows = [discovery.path_row(step) for step in full.steps]
+    names = list(discovery.edge_types(_layout()))
+    with pytest.raises(InputError, match="steps 0, 1"):
+        discovery.steps_from_path(rows[:2] + rows[3:], names, N_LAYERS)
+    with pytest.raises(InputError, match="names edge types"):
+        discovery.steps_from_path(rows, names[:-1], N_LAYERS)
+    with pytest.raises(InputError, match="not a range"):
+        discovery.steps_from_path(rows, names, 2)
+
+
 def test_the_search_agrees_with_the_naive_method(known):
     fast = discovery.greedy_search(known, _samples(), method="fast")
     naive = discovery.greedy_search(known, _samples(), method="naive")
@@ -234,16 +279,47 @@ def test_discover_writes_a_circuit_that_prune_reproduces(model_and_data, tmp_pat
     assert retained == pytest.approx(record["held_out"]["retained"])
 
 
-def test_discover_refuses_resume_and_flow_circuits(model_and_data, tmp_path, capsys):
+def test_a_killed_discover_resumes_from_its_table(model_and_data, tmp_path, monkeypatch):
+    """A discover run killed after writing two accepted steps to discover_path resumes with
+    --resume (its rows checked, the last step re-measured) and ends with the uninterrupted run's
+    pathway and search path; a finished run, a flow circuit and a foreign table are refused."""
     from mapflow_tl.cli import main
+    from mapflow_tl.runs import RunWriter, read_table
 
     model_dir, data_dir = model_and_data
     common = ["--model", str(model_dir), "--dataset", "synthtv", "--data-root", str(data_dir),
-              "--out", str(tmp_path / "x")]
-    assert main(["discover", *common, "--resume"]) == 2
-    assert "cannot resume" in capsys.readouterr().err
-    assert main(["discover", *common, "--circuit", "cross-frame"]) == 2
-    assert "flow circuits" in capsys.readouterr().err
+              "--random-seeds", "0", "--name", "found"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["discover", *common, "--out", str(whole)]) == 0
+    expected = read_table(whole, "discover_path")
+    assert len(expected) >= 3, "the search must accept two steps for this test to mean much"
+
+    write = RunWriter.write
+
+    def killing(self, table, rows):
+        write(self, table, rows)
+        if table == "discover_path" and len(read_table(self.out, table)) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunWriter, "write", killing)
+    assert main(["discover", *common, "--out", str(cut)]) == 130   # "interrupted: --resume"
+    monkeypatch.setattr(RunWriter, "write", write)
+    assert len(read_table(cut, "discover_path")) == 3 and not read_table(cut, "discover")
+    assert main(["discover", *common, "--out", str(cut), "--resume"]) == 0
+    assert read_table(cut, "discover_path") == expected
+    assert (cut / "circuits" / "found.py").read_text().split('"""')[2] == \
+        (whole / "circuits" / "found.py").read_text().split('"""')[2]
+
+    assert main(["discover", *common, "--out", str(cut), "--resume"]) == 2   # finished
+    path = cut / "discover_path.jsonl"
+    (cut / "discover.jsonl").unlink()
+    lines = path.read_text().splitlines()
+    step = json.loads(lines[1])
+    step["search_accuracy"] -= 10
+    path.write_text("\n".join([lines[0], json.dumps(step)]) + "\n")
+    assert main(["discover", *common, "--out", str(cut), "--resume"]) == 2   # not this run's
+    assert main(["discover", *common, "--out", str(tmp_path / "x"), "--circuit",
+                 "cross-frame"]) == 2
 
 
 def test_the_circuit_file_is_a_loadable_circuit_whatever_its_provenance_says(tmp_path):

@@ -2,8 +2,11 @@
 
 The command runs through the one orchestration (:class:`~mapflow_tl.cli.run.AnalysisRun`:
 loading, the run folder, skipped samples); the search is :func:`mapflow_tl.discovery.discover`.
-Unlike the per-sample analyses it is one search over all samples, so it cannot resume halfway:
-rerun it with ``--overwrite``.
+Unlike the per-sample analyses it is one search over all samples: its accepted steps are
+written to ``discover_path`` as they are accepted, and ``--resume`` (same configuration, checked
+by run.json) goes on from the last one after checking the table's rows and re-measuring that
+step's accuracy (:func:`mapflow_tl.discovery.discover`), to the pathway the uninterrupted search
+finds.
 """
 
 from __future__ import annotations
@@ -46,9 +49,6 @@ def _discover(args: argparse.Namespace) -> int:
     from ..circuits import load_circuit
     from ..metrics import DEFINITIONS
 
-    if args.resume:
-        raise InputError("discover is one search over all samples and cannot resume halfway; "
-                         "rerun it with --overwrite (or another --out)")
     if args.search_fraction <= 0.0:
         raise InputError("--search-fraction must be above 0 so that the search has samples")
     name = _circuit_name(args)
@@ -81,6 +81,16 @@ def _discover(args: argparse.Namespace) -> int:
             "search_curve_threshold": args.curve_threshold})
     run = AnalysisRun(args, "discover", config={"definitions": definitions,
                                                 **circuit_config(hands)}, circuits=hands)
+    from ..runs import read_table
+
+    resume_path = None
+    if args.resume:
+        if read_table(run.writer.out, "discover"):
+            raise InputError(f"{args.out} holds a finished discover run (its trade-off curve is "
+                             f"written); nothing to resume: rerun it with --overwrite to search "
+                             f"again")
+        # the accepted steps the interrupted run wrote: checked, then the search goes on
+        resume_path = read_table(run.writer.out, "discover_path") or None
     xs, bases = [], []
     for x in run.prepared("samples", set()):
         xs.append(x)
@@ -94,13 +104,15 @@ def _discover(args: argparse.Namespace) -> int:
         search_fraction=args.search_fraction, split_seed=args.split_seed, hands=hands,
         seeds=args.random_seeds, per_sample=args.per_sample, sample_budget=args.sample_budget,
         method=args.method, start=args.start, curve_window=args.curve_window,
-        curve_threshold=args.curve_threshold,
+        curve_threshold=args.curve_threshold, resume_path=resume_path,
+        record_path=lambda row: run.writer.write("discover_path", [row]),
         progress=lambda line: print(f"discover: {line}", file=sys.stderr, flush=True))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     result, split = found["result"], found["split"]
     writer = run.writer
     for table, rows in found["tables"].items():
-        if rows or table != "discover_curves":
+        # discover_path was written step by step, as the search accepted them
+        if table != "discover_path" and (rows or table != "discover_curves"):
             writer.write(table, rows)
     run.mark_all_done([(x, base, True) for x, base in zip(xs, bases)])
 
