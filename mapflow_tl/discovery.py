@@ -184,6 +184,8 @@ class SearchResult:
     #: How the search started: ``"scratch"``, ``"curves"`` (the curves' start accepted) or
     #: ``"curves refused"`` (evaluated, not accepted: the search went on from scratch).
     start: str = "scratch"
+    #: The curves' start pathway's accuracy on the search samples (None: not evaluated here).
+    start_accuracy: float | None = None
 
     def open_layers(self, ranges: Ranges | None = None) -> dict[str, list[int]]:
         """Each edge type's open layers (of ``ranges``, default the result's)."""
@@ -201,7 +203,7 @@ def _accuracy(flags: Sequence[bool | None]) -> float:
 
 def _steps(ranges: Ranges, order: Sequence[str], n_layers: int, passes: int, accept,
            record: Callable[..., None], start: Ranges | None = None,
-           started: Callable[[bool], None] = lambda accepted: None,
+           started: Callable[[bool, float], None] = lambda accepted, accuracy: None,
            resume: tuple[int, int, bool] | None = None):
     """The greedy shrinking as a coroutine: yields candidate range sets, receives their
     accuracies; ``ranges`` is updated in place as candidates are accepted. With ``start`` (the
@@ -211,7 +213,7 @@ def _steps(ranges: Ranges, order: Sequence[str], n_layers: int, passes: int, acc
     type's shrinking when the step was the type's, at the type otherwise."""
     if resume is None and start is not None and dict(start) != ranges:
         [accuracy] = yield [dict(start)]
-        started(accept(accuracy))
+        started(accept(accuracy), accuracy)
         if accept(accuracy):
             ranges.update(start)
             record("", "start: the flow curves' ranges", ranges, accuracy, 0)
@@ -300,8 +302,9 @@ class _Unit:
             raise InputError(f"a start pathway must name exactly the edge types {names}; got "
                              f"{sorted(start)}")
 
-        def started(accepted: bool) -> None:
+        def started(accepted: bool, accuracy: float) -> None:
             self.result.start = "curves" if accepted else "curves refused"
+            self.result.start_accuracy = accuracy
 
         self._coroutine = _steps(self.ranges, self.order, n_layers, passes,
                                  lambda accuracy: accuracy >= floor, self._record, start,

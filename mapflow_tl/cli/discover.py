@@ -130,7 +130,9 @@ def _discover(args: argparse.Namespace) -> int:
         # the curves the start came from are part of what the search cost
         cost.update(curve_evaluations=found["curves"]["evaluations"],
                     curve_forward_equivalents=found["curves"]["forwards"],
-                    curve_window=found["curves"]["window"])
+                    curve_window=found["curves"]["window"],
+                    curve_start_search_accuracy=None if result.start_accuracy is None
+                    else 100 * result.start_accuracy)
     curve_note = ("" if not found["curves"] else
                   f" Started from the flow curves of the search split (window "
                   f"{found['curves']['window']}, a window needed when it lowers p(answer) by "
