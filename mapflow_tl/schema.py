@@ -116,7 +116,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     # they are accepted (what --resume goes on from); pass: 0-based pass over the types; cost so
     # far in evaluations (pathway × sample) and forward equivalents (recomputed cells). A search
     # its budget stopped ends with a closing row, complete false, repeating the kept pathway.
-    "discover_path": ("search", "step", "pass", "edge_type", "change", "open_layers", "search_accuracy",
+    "discover_path": ("search", "step", "pass", "edge_type", "change", "open_layers",
+                      "search_accuracy",
                       "evaluations", "forwards", "complete"),
     # The flow curves a search started from (discover --start curves), on the search split:
     # per edge type and window centre, the mean relative change of p(the full model's answer)
