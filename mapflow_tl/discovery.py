@@ -689,7 +689,9 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
         resume_steps=[resumed],
         on_step=None if record_path is None else (lambda _, step: record_path(path_row(step))),
         **options)[0]
-    if record_path is not None and not result.complete:
+    # a resumed search its budget had already stopped has its closing row
+    closed = bool(resume_path) and resume_path[-1].get("complete") is False
+    if record_path is not None and not result.complete and not closed:
         record_path(path_row({**result.steps[-1], "step": len(result.steps), "pass": None,
                               "edge_type": "", "change": f"stopped: budget spent, the pathway "
                               f"of step {result.steps[-1]['step']} is kept"}, complete=False))

@@ -321,6 +321,15 @@ def test_a_killed_discover_resumes_from_its_table(model_and_data, tmp_path, monk
     assert main(["discover", *common, "--out", str(tmp_path / "x"), "--circuit",
                  "cross-frame"]) == 2
 
+    # a search its budget stopped, killed before its final tables: one closing row, kept
+    budget = tmp_path / "budget"
+    assert main(["discover", *common, "--out", str(budget), "--budget", "12"]) == 0
+    stopped = read_table(budget, "discover_path")
+    assert [r["complete"] for r in stopped] == [True] * (len(stopped) - 1) + [False]
+    (budget / "discover.jsonl").unlink()
+    assert main(["discover", *common, "--out", str(budget), "--budget", "12", "--resume"]) == 0
+    assert read_table(budget, "discover_path") == stopped
+
 
 def test_the_circuit_file_is_a_loadable_circuit_whatever_its_provenance_says(tmp_path):
     """Backslashes and triple quotes in the provenance cannot break the file; a model of another
