@@ -279,7 +279,8 @@ def test_discover_writes_a_circuit_that_prune_reproduces(model_and_data, tmp_pat
     assert retained == pytest.approx(record["held_out"]["retained"])
 
 
-def test_a_killed_discover_resumes_from_its_table(model_and_data, tmp_path, monkeypatch):
+def test_a_killed_discover_resumes_from_its_table(model_and_data, tmp_path, monkeypatch,
+                                                 capsys):
     """A discover run killed after writing two accepted steps to discover_path resumes with
     --resume (its rows checked, the last step re-measured) and ends with the uninterrupted run's
     pathway and search path; a finished run, a flow circuit and a foreign table are refused."""
@@ -320,6 +321,9 @@ def test_a_killed_discover_resumes_from_its_table(model_and_data, tmp_path, monk
     assert main(["discover", *common, "--out", str(cut), "--resume"]) == 2   # not this run's
     assert main(["discover", *common, "--out", str(tmp_path / "x"), "--circuit",
                  "cross-frame"]) == 2
+    # this untrained model answers no search sample: there are no curves to start from
+    assert main(["discover", *common, "--out", str(tmp_path / "y"), "--start", "curves"]) == 2
+    assert "start from scratch" in capsys.readouterr().err
 
     # a search its budget stopped, killed before its final tables: one closing row, kept
     budget = tmp_path / "budget"
