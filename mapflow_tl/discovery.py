@@ -28,6 +28,16 @@ one changed something, since closing a later type can make an earlier one closab
 bounds the evaluations (one candidate pathway on one sample); a search that would exceed it
 stops before that round and keeps its last accepted pathway, recording that it was cut short.
 
+**Start** (``start``). ``scratch``: the full model, as above. ``curves``: each type's initial
+range comes from its flow curve on the search samples (:func:`curve_ranges`): the paper's
+layer-wise knockout sweep of the type alone (window ``k`` centred on each layer), the mean
+relative change of the probability of the full model's answer over the search samples it answers
+correctly; the range is the hull of the windows whose knockout lowers that probability by more
+than ``threshold`` (a fraction, default 0.05 = 5 %), none (closed everywhere) when no window
+does. The start pathway is evaluated first; accepted, it is the first step and the same greedy
+shrinking follows; refused, the search starts from scratch (the evaluation is counted either
+way). The curves are computed on the search split only, so the held-out split stays unseen.
+
 **Cost** is counted as evaluations (the issue's "forwards": one pathway, one sample) and as
 forward equivalents: the (layer, position) cells the fast engine recomputes over those of one
 full forward (:func:`~mapflow_tl.engine.recomputed_cells`).
@@ -52,6 +62,7 @@ from .layers import check_layer
 
 __all__ = [
     "SEARCH_TARGETS",
+    "START_CHOICES",
     "SPLIT_RULE",
     "SearchSample",
     "SearchResult",
@@ -59,6 +70,9 @@ __all__ = [
     "pathway_from_layers",
     "split_of",
     "greedy_search",
+    "curve_ranges",
+    "path_row",
+    "steps_from_path",
     "search_together",
     "evaluate_pathways",
     "circuit_source",
@@ -68,6 +82,9 @@ __all__ = [
 
 #: The edge-type partitions the search can use (:func:`edge_types`).
 SEARCH_TARGETS = ("coarse", "fine")
+
+#: Where the search starts (:func:`greedy_search`'s ``starts``, :func:`curve_ranges`).
+START_CHOICES = ("scratch", "curves")
 
 #: How samples are split (recorded in run.json with the fraction and seed).
 SPLIT_RULE = ("search when int(sha256('discover:{seed}:{sample id}')[:16], 16) / 2**64 < "
@@ -164,6 +181,11 @@ class SearchResult:
     forwards: float = 0.0
     complete: bool = True
     order: list[str] = field(default_factory=list)
+    #: How the search started: ``"scratch"``, ``"curves"`` (the curves' start accepted) or
+    #: ``"curves refused"`` (evaluated, not accepted: the search went on from scratch).
+    start: str = "scratch"
+    #: The curves' start pathway's accuracy on the search samples (None: not evaluated here).
+    start_accuracy: float | None = None
 
     def open_layers(self, ranges: Ranges | None = None) -> dict[str, list[int]]:
         """Each edge type's open layers (of ``ranges``, default the result's)."""
@@ -180,20 +202,38 @@ def _accuracy(flags: Sequence[bool | None]) -> float:
 
 
 def _steps(ranges: Ranges, order: Sequence[str], n_layers: int, passes: int, accept,
-           record: Callable[[str, str, Ranges, float], None]):
+           record: Callable[..., None], start: Ranges | None = None,
+           started: Callable[[bool, float], None] = lambda accepted, accuracy: None,
+           resume: tuple[int, int, bool] | None = None):
     """The greedy shrinking as a coroutine: yields candidate range sets, receives their
-    accuracies; ``ranges`` is updated in place as candidates are accepted."""
-    for _ in range(passes):
-        changed = False
-        for name in order:
+    accuracies; ``ranges`` is updated in place as candidates are accepted. With ``start`` (the
+    flow curves' ranges) that pathway is tried first and, accepted, replaces the full model.
+    ``resume`` = (pass, index of the type in ``order``, inside): go on from an accepted step
+    (``ranges`` already its ranges) exactly where the uninterrupted search would — inside that
+    type's shrinking when the step was the type's, at the type otherwise."""
+    if resume is None and start is not None and dict(start) != ranges:
+        [accuracy] = yield [dict(start)]
+        started(accept(accuracy), accuracy)
+        if accept(accuracy):
+            ranges.update(start)
+            record("", "start: the flow curves' ranges", ranges, accuracy, 0)
+    first_pass, first_index, inside = resume or (0, 0, False)
+    for pass_ in range(first_pass, passes):
+        # an accepted step in the resumed pass changed something
+        changed = resume is not None and inside and pass_ == first_pass
+        for index, name in enumerate(order):
+            resumed = pass_ == first_pass
+            if resumed and index < first_index:
+                continue
             if ranges[name] is None:
                 continue
-            [accuracy] = yield [{**ranges, name: None}]
-            if accept(accuracy):
-                ranges[name] = None
-                record(name, "closed everywhere", ranges, accuracy)
-                changed = True
-                continue
+            if not (resumed and inside and index == first_index):
+                [accuracy] = yield [{**ranges, name: None}]
+                if accept(accuracy):
+                    ranges[name] = None
+                    record(name, "closed everywhere", ranges, accuracy, pass_)
+                    changed = True
+                    continue
             while True:
                 first, last = ranges[name]
                 if first == last:
@@ -205,7 +245,7 @@ def _steps(ranges: Ranges, order: Sequence[str], n_layers: int, passes: int, acc
                     break
                 ranges[name] = candidates[best]
                 record(name, f"layers {candidates[best][0]}–{candidates[best][1]}", ranges,
-                       accuracies[best])
+                       accuracies[best], pass_)
                 changed = True
         if not changed:
             return
@@ -216,7 +256,9 @@ class _Unit:
 
     def __init__(self, samples: Sequence[SearchSample], n_layers: int, targets: str,
                  epsilon: float, order: Sequence[str] | None, passes: int,
-                 budget: int | None) -> None:
+                 budget: int | None, start: Ranges | None = None,
+                 resume_steps: Sequence[Mapping[str, Any]] | None = None,
+                 on_step: Callable[[dict[str, Any]], None] | None = None) -> None:
         if not samples:
             raise InputError("a pathway search needs at least one search sample")
         self.samples, self.targets, self.budget = list(samples), targets, budget
@@ -236,18 +278,48 @@ class _Unit:
         self.ranges: Ranges = {name: (0, n_layers - 1) for name in names}
         self.result = SearchResult(dict(self.ranges), [], self.full_accuracy,
                                    order=list(self.order))
-        self._record("", "start: every edge type open in every layer", self.ranges,
-                     self.full_accuracy)
+        self.on_step = on_step
+        resume = None
+        if resume_steps and len(resume_steps) > 1:
+            # go on from the last accepted step: its ranges, cost and place in the search
+            self.result.steps = [dict(step, ranges=dict(step["ranges"]))
+                                 for step in resume_steps]
+            last = self.result.steps[-1]
+            self.ranges.update(last["ranges"])
+            self.result.evaluations, self.result.forwards = last["evaluations"], last["forwards"]
+            if start is not None:
+                curves = any(step["change"] == "start: the flow curves' ranges"
+                             for step in self.result.steps)
+                self.result.start = "curves" if curves else "curves refused"
+            if last["edge_type"]:
+                resume = (int(last["pass"]), self.order.index(last["edge_type"]), True)
+            else:
+                resume = (0, 0, False)
+        else:
+            self._record("", "start: every edge type open in every layer", self.ranges,
+                         self.full_accuracy, 0)
+        if start is not None and set(start) != set(names):
+            raise InputError(f"a start pathway must name exactly the edge types {names}; got "
+                             f"{sorted(start)}")
+
+        def started(accepted: bool, accuracy: float) -> None:
+            self.result.start = "curves" if accepted else "curves refused"
+            self.result.start_accuracy = accuracy
+
         self._coroutine = _steps(self.ranges, self.order, n_layers, passes,
-                                 lambda accuracy: accuracy >= floor, self._record)
+                                 lambda accuracy: accuracy >= floor, self._record, start,
+                                 started, resume)
         self.pending: list[Ranges] | None = None
         self._advance(None)
 
-    def _record(self, name: str, change: str, ranges: Ranges, accuracy: float) -> None:
-        self.result.steps.append({
-            "step": len(self.result.steps), "edge_type": name, "change": change,
-            "ranges": dict(ranges), "accuracy": accuracy,
-            "evaluations": self.result.evaluations, "forwards": self.result.forwards})
+    def _record(self, name: str, change: str, ranges: Ranges, accuracy: float,
+                pass_: int) -> None:
+        step = {"step": len(self.result.steps), "edge_type": name, "change": change,
+                "ranges": dict(ranges), "accuracy": accuracy, "pass": pass_,
+                "evaluations": self.result.evaluations, "forwards": self.result.forwards}
+        self.result.steps.append(step)
+        if self.on_step is not None:
+            self.on_step(step)
 
     def _advance(self, accuracies: list[float] | None) -> None:
         try:
@@ -279,12 +351,20 @@ class _Unit:
 def search_together(model, units: Sequence[Sequence[SearchSample]], *, targets: str = "coarse",
                     epsilon: float = 0.02, order: Sequence[str] | None = None, passes: int = 2,
                     budget: int | None = None, method: str = "fast",
-                    progress: Callable[[str], None] | None = None) -> list[SearchResult]:
+                    progress: Callable[[str], None] | None = None,
+                    starts: Sequence[Ranges | None] | None = None,
+                    resume_steps: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
+                    on_step: Callable[[int, dict[str, Any]], None] | None = None
+                    ) -> list[SearchResult]:
     """:func:`greedy_search` of several independent searches (a per-task one, or one per
     sample: per-sample adaptive pathways) stepped together: each round, every unfinished
     search's candidates on every one of its samples are one engine sweep
     (:func:`~mapflow_tl.engine.sweep_samples`). ``budget`` bounds each search's evaluations;
-    ``progress`` is called with a line after each round."""
+    ``progress`` is called with a line after each round. ``starts[i]``: search i's start
+    ranges (:func:`curve_ranges`), None: from scratch. ``resume_steps[i]``: search i's accepted
+    steps so far (as recorded, :func:`steps_from_path`): it goes on from the last one as the
+    uninterrupted search would. ``on_step(i, step)`` is called as search i accepts a step (to
+    record it durably)."""
     from .engine import KnockoutConfig, recomputed_cells, sweep_samples
 
     if not 0.0 <= epsilon < 1.0:
@@ -295,8 +375,14 @@ def search_together(model, units: Sequence[Sequence[SearchSample]], *, targets: 
     if budget is not None and budget < 1:
         raise InputError(f"the search budget is a number of evaluations >= 1, got {budget!r}")
     n_layers = model.cfg.n_layers
-    searches = [_Unit(samples, n_layers, targets, epsilon, order, passes, budget)
-                for samples in units]
+    starts = [None] * len(units) if starts is None else list(starts)
+    if len(starts) != len(units):
+        raise InputError(f"{len(starts)} start pathways for {len(units)} searches")
+    resume_steps = [None] * len(units) if resume_steps is None else list(resume_steps)
+    searches = [_Unit(samples, n_layers, targets, epsilon, order, passes, budget, start, done,
+                      None if on_step is None else
+                      (lambda step, i=i: on_step(i, step)))
+                for i, (samples, start, done) in enumerate(zip(units, starts, resume_steps))]
     while True:
         active = []
         for unit in searches:
@@ -340,10 +426,126 @@ def search_together(model, units: Sequence[Sequence[SearchSample]], *, targets: 
     return [unit.result for unit in searches]
 
 
+def path_row(step: Mapping[str, Any], complete: bool = True) -> dict[str, Any]:
+    """The ``discover_path`` row of an accepted step (``complete``: the search had not been
+    stopped by its budget)."""
+    return {"search": "task", "step": step["step"], "pass": step.get("pass"),
+            "edge_type": step["edge_type"], "change": step["change"],
+            "open_layers": json.dumps(_open_layers(step["ranges"]), ensure_ascii=False),
+            "search_accuracy": 100 * step["accuracy"], "evaluations": step["evaluations"],
+            "forwards": step["forwards"], "complete": complete}
+
+
+def steps_from_path(rows: Sequence[Mapping[str, Any]], names: Sequence[str],
+                    n_layers: int) -> list[dict[str, Any]]:
+    """The accepted steps a ``discover_path`` table recorded (for a resume), checked: numbered
+    0, 1, … without gaps, step 0 the full model, every step naming exactly the edge types
+    ``names`` with contiguous 0-based open layers below ``n_layers``, the cost never falling.
+    A closing row of a search its budget stopped (``complete`` False) is dropped. Raises
+    :class:`InputError` saying what to do otherwise."""
+    fix = "rerun with --overwrite (or another --out)"
+    steps = []
+    for index, row in enumerate(rows):
+        if row.get("search") != "task":
+            raise InputError(f"discover_path row {index} is not of the per-task search; {fix}")
+        if row.get("complete") is False:
+            continue
+        try:
+            layers = json.loads(row["open_layers"])
+        except (TypeError, ValueError):
+            raise InputError(f"discover_path step {row.get('step')}: unreadable open layers; "
+                             f"{fix}") from None
+        if sorted(layers) != sorted(names):
+            raise InputError(f"discover_path step {row.get('step')} names edge types "
+                             f"{sorted(layers)}, this search {sorted(names)}; {fix}")
+        ranges: Ranges = {}
+        for name in names:
+            opened = layers[name]
+            if opened and (opened != list(range(opened[0], opened[-1] + 1))
+                           or not 0 <= opened[0] <= opened[-1] < n_layers):
+                raise InputError(f"discover_path step {row.get('step')}: {name} open in "
+                                 f"{opened}, not a range of the model's {n_layers} layers; {fix}")
+            ranges[name] = (opened[0], opened[-1]) if opened else None
+        steps.append({"step": int(row["step"]), "edge_type": row["edge_type"],
+                      "change": row["change"], "ranges": ranges,
+                      "accuracy": row["search_accuracy"] / 100, "pass": row.get("pass"),
+                      "evaluations": int(row["evaluations"]), "forwards": row["forwards"]})
+    if not steps or [s["step"] for s in steps] != list(range(len(steps))) \
+            or any(b != (0, n_layers - 1) for b in steps[0]["ranges"].values()):
+        raise InputError(f"discover_path does not hold the search's steps 0, 1, … from the full "
+                         f"model; {fix}")
+    if any(b["evaluations"] < a["evaluations"] for a, b in zip(steps, steps[1:])):
+        raise InputError(f"discover_path: the recorded cost falls between steps; {fix}")
+    return steps
+
+
 def greedy_search(model, samples: Sequence[SearchSample], **options) -> SearchResult:
     """The per-task pathway search (module docstring) on ``samples`` (the search split) over the
     backbone ``model`` (a ``HookedTransformer``); options as :func:`search_together`."""
     return search_together(model, [samples], **options)[0]
+
+
+def curve_ranges(model, samples: Sequence[SearchSample], *, targets: str = "coarse",
+                 window: int | None = None, threshold: float = 0.05,
+                 method: str = "fast") -> dict[str, Any]:
+    """The flow curves' start for :func:`greedy_search` (module docstring, "Start").
+
+    For each edge type and window centre l: the type knocked out in the window (the paper's
+    layer sweep, :func:`~mapflow_tl.engine.layer_sweep`, ``k`` = ``window``, default
+    :func:`~mapflow_tl.layers.default_window_size`) on each sample of ``samples`` the full model
+    answers correctly, and the relative change ``(p_knocked - p_clean) / p_clean`` of the
+    probability of its clean answer token, averaged over those samples. A centre is *needed*
+    when that mean is below ``-threshold``; the type's start range is the hull of the needed
+    centres' windows (None when none is needed).
+
+    Returns ``{"ranges": {type: (first, last) | None}, "rows": [{edge_type, center, layers,
+    samples, relative_change, needed}], "evaluations": configs × samples (one knocked-out
+    window of one type on one sample), "forwards": recomputed cells over one forward's}``."""
+    from .engine import KnockoutConfig, layer_sweep, recomputed_cells, sweep_samples
+    from .layers import default_window_size
+
+    if not 0.0 <= threshold < 1.0:
+        raise InputError(f"the curves' threshold is a relative drop in [0, 1) (0.05 = 5 %), got "
+                         f"{threshold!r}")
+    used = [s for s in samples if s.full_correct]
+    if not used:
+        raise InputError("the flow curves' start needs search samples the full model answers "
+                         "correctly; none is: start from scratch")
+    n_layers = model.cfg.n_layers
+    k = default_window_size(n_layers) if window is None else window
+    embeds, configs, forwards = [], [], 0.0
+    for sample in used:
+        n = sample.n_positions
+        sample_configs = [KnockoutConfig("clean", E.Edges.empty(), (0,), per_layer=(
+            E.Edges.empty(),))] + layer_sweep(edge_types(sample.segments, targets), n_layers, k=k)
+        embeds.append(sample.embeds)
+        configs.append(sample_configs)
+        forwards += recomputed_cells(sample_configs, n, n_layers, method=method) / (n_layers * n)
+    logits = sweep_samples(model, embeds, configs, method=method)
+    change: dict[tuple[str, int], list[float]] = {}
+    window_of: dict[tuple[str, int], tuple[int, ...]] = {}
+    for sample_configs, sample_logits in zip(configs, logits):
+        probs = sample_logits.float().softmax(-1)
+        answer = int(probs[0].argmax())
+        clean = float(probs[0, answer])
+        for config, p in zip(sample_configs[1:], probs[1:]):
+            key = (config.curve, int(config.center))
+            change.setdefault(key, []).append((float(p[answer]) - clean) / clean)
+            window_of[key] = config.layers
+    rows, ranges = [], {name: None for name in edge_types(used[0].segments, targets)}
+    for (name, center), values in change.items():
+        mean = sum(values) / len(values)
+        needed = mean < -threshold
+        layers = window_of[(name, center)]
+        rows.append({"edge_type": name, "center": center, "layers": list(layers),
+                     "samples": len(values), "relative_change": mean, "needed": needed})
+        if needed:
+            bounds = ranges[name]
+            ranges[name] = (min(layers) if bounds is None else min(bounds[0], min(layers)),
+                            max(layers) if bounds is None else max(bounds[1], max(layers)))
+    evaluations = sum(len(c) - 1 for c in configs)
+    return {"ranges": ranges, "rows": rows, "evaluations": evaluations, "forwards": forwards,
+            "window": k, "threshold": threshold}
 
 
 def evaluate_pathways(model, samples: Sequence[SearchSample],
@@ -411,7 +613,10 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
              search_fraction: float = 0.5, split_seed: int = 0, hands: Sequence[Any] = (),
              seeds: Sequence[int] = (0, 1, 2), per_sample: int = 0,
              sample_budget: int | None = 200, method: str = "fast",
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[str], None] | None = None, start: str = "scratch",
+             curve_window: int | None = None, curve_threshold: float = 0.05,
+             resume_path: Sequence[Mapping[str, Any]] | None = None,
+             record_path: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Discover a per-task pathway on the search split of prepared samples ``xs`` (clean
     predictions ``bases``, :func:`~mapflow_tl.analyses.base_prediction`), evaluate it on the
     held-out split, and optionally search ``per_sample`` per-sample pathways.
@@ -422,7 +627,17 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
     baseline — :meth:`~mapflow_tl.hooks.PathwaySpec.random_like`, official-uniform at each of
     those pathways' own blocked fraction, drawn per sample and seed — plus the search steps'
     search-split accuracies), ``discover_path`` (the accepted steps) and ``discover_samples``
-    (per-sample pathways against the per-task one, layer by layer)."""
+    (per-sample pathways against the per-task one, layer by layer), and with ``start="curves"``
+    ``discover_curves`` (the flow curves of the search split the start came from,
+    :func:`curve_ranges`; their cost is ``"curves"`` in the result). Per-sample searches start
+    from scratch.
+
+    ``record_path`` is called with each ``discover_path`` row as the search accepts the step
+    (and with a closing row, ``complete`` False, when the budget stops it), so that a killed
+    search keeps its work; ``resume_path``: those rows of an earlier, interrupted run of the
+    same configuration. The search goes on from their last step after checking them
+    (:func:`steps_from_path`) and re-measuring that step's accuracy on the search split, which
+    must equal the recorded one."""
     from .analyses import grade, video_region
     from .schema import sample_fields
 
@@ -448,7 +663,38 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
     backbone, n_layers = vlm.backbone, vlm.n_layers
     options = dict(targets=targets, epsilon=epsilon, order=order, passes=passes, method=method,
                    progress=progress)
-    result = search_together(backbone, [search], budget=budget, **options)[0]
+    if start not in START_CHOICES:
+        raise InputError(f"the search starts from one of {START_CHOICES}, got {start!r}")
+    curves = None
+    if start == "curves":
+        # on the search split only: the held-out samples never shape the start
+        curves = curve_ranges(backbone, search, targets=targets, window=curve_window,
+                              threshold=curve_threshold, method=method)
+    resumed = None
+    if resume_path:
+        names = list(edge_types(search[0].segments, targets))
+        resumed = steps_from_path(resume_path, names, n_layers)
+        last = resumed[-1]
+        tokens = evaluate_pathways(backbone, search, [[pathway_from_layers(
+            s.segments, n_layers, _open_layers(last["ranges"]), targets=targets)]
+            for s in search], method=method)
+        accuracy = _accuracy([s.correct(t[0]) for s, t in zip(search, tokens)])
+        if abs(accuracy - last["accuracy"]) > 1e-9:
+            raise InputError(f"discover --resume: step {last['step']} recorded "
+                             f"{100 * last['accuracy']:.2f} % on the search split, this model and "
+                             f"data give {100 * accuracy:.2f} %: the table is not this run's; "
+                             f"rerun with --overwrite")
+    result = search_together(
+        backbone, [search], budget=budget, starts=[curves["ranges"] if curves else None],
+        resume_steps=[resumed],
+        on_step=None if record_path is None else (lambda _, step: record_path(path_row(step))),
+        **options)[0]
+    # a resumed search its budget had already stopped has its closing row
+    closed = bool(resume_path) and resume_path[-1].get("complete") is False
+    if record_path is not None and not result.complete and not closed:
+        record_path(path_row({**result.steps[-1], "step": len(result.steps), "pass": None,
+                              "edge_type": "", "change": f"stopped: budget spent, the pathway "
+                              f"of step {result.steps[-1]['step']} is kept"}, complete=False))
 
     # the trade-off curve on the held-out split: every variant of every sample, one sweep
     variants: list[tuple[str, int | None, str, int | None]] = []   # method, step, label, seed
@@ -501,12 +747,11 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
                    correct=round(step["accuracy"] * len(search)))
         rows.append(row)
 
-    path = [{"search": "task", "step": step["step"], "edge_type": step["edge_type"],
-             "change": step["change"],
-             "open_layers": json.dumps(_open_layers(step["ranges"]), ensure_ascii=False),
-             "search_accuracy": 100 * step["accuracy"], "evaluations": step["evaluations"],
-             "forwards": step["forwards"], "complete": result.complete}
-            for step in result.steps]
+    path = [path_row(step) for step in result.steps]
+    if not result.complete:
+        path.append(path_row({**result.steps[-1], "step": len(result.steps), "pass": None,
+                              "edge_type": "", "change": f"stopped: budget spent, the pathway "
+                              f"of step {result.steps[-1]['step']} is kept"}, complete=False))
 
     per_sample_rows = []
     chosen = [s for s, _ in held_out if s.full_correct][:per_sample]
@@ -525,9 +770,13 @@ def discover(vlm, xs: Sequence[Any], bases: Sequence[Mapping[str, Any]], *,
                         "sample_open": layer in sample_open[name],
                         "sample_retained": kept / total, "evaluations": found.evaluations,
                         "complete": found.complete})
+    curve_rows = [{**row, "layers": json.dumps(row["layers"])}
+                  for row in (curves["rows"] if curves else [])]
     return {"result": result, "split": split,
+            "curves": None if curves is None else {
+                key: curves[key] for key in ("evaluations", "forwards", "window", "threshold")},
             "tables": {"discover": rows, "discover_path": path,
-                       "discover_samples": per_sample_rows}}
+                       "discover_samples": per_sample_rows, "discover_curves": curve_rows}}
 
 
 def variability(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

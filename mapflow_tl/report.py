@@ -1278,6 +1278,14 @@ def _discover_section(rows, config):
         caption += (f" The search cost {cost.get('evaluations')} evaluations (pathway × sample), "
                     f"{cost.get('forward_equivalents', 0):.0f} forward equivalents"
                     + ("" if cost.get("complete", True) else "; its budget ran out") + ".")
+    if "curve_evaluations" in cost:
+        accepted = cost.get("start") == "curves"
+        caption += (f" It started from the flow curves of the search split (window "
+                    f"{cost.get('curve_window')}): that start was "
+                    + ("accepted" if accepted else "refused, so the search started from the "
+                       "full model")
+                    + f"; the curves cost {cost['curve_evaluations']} evaluations, "
+                      f"{cost.get('curve_forward_equivalents', 0):.0f} forward equivalents more.")
     return ("pathway-tradeoff", "Discovered pathway: the trade-off curve", caption, figure)
 
 

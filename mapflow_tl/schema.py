@@ -112,10 +112,18 @@ TABLES: dict[str, tuple[str, ...]] = {
     # the samples the search chose on), accuracy in %, edges summed over layers and samples.
     "discover": ("method", "step", "label", "seed", "split", "samples", "correct", "accuracy",
                  "kept_edges", "total_edges", "retained"),
-    # The search's accepted steps (open_layers: JSON {edge type: [0-based layers]}); cost so far
-    # in evaluations (pathway × sample) and forward equivalents (recomputed cells).
-    "discover_path": ("search", "step", "edge_type", "change", "open_layers", "search_accuracy",
+    # The search's accepted steps (open_layers: JSON {edge type: [0-based layers]}), written as
+    # they are accepted (what --resume goes on from); pass: 0-based pass over the types; cost so
+    # far in evaluations (pathway × sample) and forward equivalents (recomputed cells). A search
+    # its budget stopped ends with a closing row, complete false, repeating the kept pathway.
+    "discover_path": ("search", "step", "pass", "edge_type", "change", "open_layers",
+                      "search_accuracy",
                       "evaluations", "forwards", "complete"),
+    # The flow curves a search started from (discover --start curves), on the search split:
+    # per edge type and window centre, the mean relative change of p(the full model's answer)
+    # over the search samples it answers correctly; needed: below -threshold.
+    "discover_curves": ("edge_type", "center", "layers", "samples", "relative_change",
+                        "needed"),
     # Per-sample adaptive pathways against the per-task one: one row per sample × type × layer.
     "discover_samples": SAMPLE_COLUMNS + ("edge_type", "layer", "task_open", "sample_open",
                                           "sample_retained", "evaluations", "complete"),

@@ -109,6 +109,82 @@ def test_the_search_recovers_the_known_pathway(known):
     assert result.evaluations == 6 * 8 + 8 + 2 * 16 + 8
 
 
+def test_the_curves_start_recovers_the_pathway_with_fewer_evaluations(known):
+    """Starting from the flow curves: only video → last at layer 1 lowers p(answer) (to a tie
+    of four zero logits, p = 1/4: a relative change of about −3/4), so the start keeps it alone;
+    the search then checks that start (8 evaluations), fails to close video → last (8) and
+    cannot shrink a one-layer range: 16 evaluations against scratch's 96. The curves cost one
+    window (k = 1 at 3 layers) per type and layer per sample: 7 × 3 × 8 = 168, stated apart."""
+    curves = discovery.curve_ranges(known, _samples())
+    assert curves["ranges"] == {name: ((1, 1) if name == "video → last" else None)
+                                for name in curves["ranges"]}
+    assert curves["evaluations"] == 7 * 3 * 8 and curves["window"] == 1
+    [drop] = [r["relative_change"] for r in curves["rows"]
+              if r["edge_type"] == "video → last" and r["center"] == 1]
+    assert -0.75 <= drop < -0.74
+    started = discovery.search_together(known, [_samples()], starts=[curves["ranges"]])[0]
+    scratch = discovery.greedy_search(known, _samples())
+    assert started.start == "curves" and scratch.start == "scratch"
+    assert started.open_layers() == scratch.open_layers()
+    assert started.evaluations == 8 + 8 and scratch.evaluations == 6 * 8 + 8 + 2 * 16 + 8
+    assert [s["change"] for s in started.steps][1] == "start: the flow curves' ranges"
+
+
+def test_a_refused_curves_start_falls_back_to_scratch(known):
+    """A start that closes video → last is evaluated (8), refused, and the search goes on from
+    the full model to the same pathway at scratch's cost plus those 8."""
+    closed = {name: None for name in discovery.edge_types(_layout())}
+    result = discovery.search_together(known, [_samples()], starts=[closed])[0]
+    assert result.start == "curves refused"
+    assert result.open_layers() == discovery.greedy_search(known, _samples()).open_layers()
+    assert result.evaluations == 8 + 6 * 8 + 8 + 2 * 16 + 8
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("curves", [False, True], ids=["scratch", "curves"])
+def test_a_search_killed_after_any_step_resumes_to_the_same_pathway(known, curves):
+    """The search is killed (an exception in its step recorder) right after its k-th accepted
+    step is recorded, for every k; resumed from the recorded rows (checked by
+    steps_from_path), it ends with the uninterrupted search's steps, pathway and cost."""
+    start = [discovery.curve_ranges(known, _samples())["ranges"]] if curves else None
+    full = discovery.search_together(known, [_samples()], starts=start)[0]
+    names = list(discovery.edge_types(_layout()))
+    assert len(full.steps) >= (2 if curves else 9)   # curves: the start, then no step
+    for k in range(1, len(full.steps)):
+        rows = []   # step 0 (the start) is recorded too
+
+        def record(_, step, k=k, rows=rows):
+            rows.append(discovery.path_row(step))
+            if step["step"] == k:
+                raise _Killed
+
+        with pytest.raises(_Killed):
+            discovery.search_together(known, [_samples()], starts=start, on_step=record)
+        steps = discovery.steps_from_path(rows, names, N_LAYERS)
+        assert len(steps) == k + 1
+        resumed = discovery.search_together(known, [_samples()], starts=start,
+                                            resume_steps=[steps])[0]
+        assert resumed.ranges == full.ranges and resumed.start == full.start
+        assert (resumed.evaluations, resumed.forwards) == (full.evaluations, full.forwards)
+        assert [{**s, "accuracy": round(s["accuracy"], 9)} for s in resumed.steps] == \
+            [{**s, "accuracy": round(s["accuracy"], 9)} for s in full.steps]
+
+
+def test_recorded_steps_are_checked_before_a_resume(known):
+    full = discovery.greedy_search(known, _samples())
+    rows = [discovery.path_row(step) for step in full.steps]
+    names = list(discovery.edge_types(_layout()))
+    with pytest.raises(InputError, match="steps 0, 1"):
+        discovery.steps_from_path(rows[:2] + rows[3:], names, N_LAYERS)
+    with pytest.raises(InputError, match="names edge types"):
+        discovery.steps_from_path(rows, names[:-1], N_LAYERS)
+    with pytest.raises(InputError, match="not a range"):
+        discovery.steps_from_path(rows, names, 2)
+
+
 def test_the_search_agrees_with_the_naive_method(known):
     fast = discovery.greedy_search(known, _samples(), method="fast")
     naive = discovery.greedy_search(known, _samples(), method="naive")
@@ -203,16 +279,60 @@ def test_discover_writes_a_circuit_that_prune_reproduces(model_and_data, tmp_pat
     assert retained == pytest.approx(record["held_out"]["retained"])
 
 
-def test_discover_refuses_resume_and_flow_circuits(model_and_data, tmp_path, capsys):
+def test_a_killed_discover_resumes_from_its_table(model_and_data, tmp_path, monkeypatch,
+                                                 capsys):
+    """A discover run killed after writing two accepted steps to discover_path resumes with
+    --resume (its rows checked, the last step re-measured) and ends with the uninterrupted run's
+    pathway and search path; a finished run, a flow circuit and a foreign table are refused."""
     from mapflow_tl.cli import main
+    from mapflow_tl.runs import RunWriter, read_table
 
     model_dir, data_dir = model_and_data
     common = ["--model", str(model_dir), "--dataset", "synthtv", "--data-root", str(data_dir),
-              "--out", str(tmp_path / "x")]
-    assert main(["discover", *common, "--resume"]) == 2
-    assert "cannot resume" in capsys.readouterr().err
-    assert main(["discover", *common, "--circuit", "cross-frame"]) == 2
-    assert "flow circuits" in capsys.readouterr().err
+              "--random-seeds", "0", "--name", "found"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["discover", *common, "--out", str(whole)]) == 0
+    expected = read_table(whole, "discover_path")
+    assert len(expected) >= 3, "the search must accept two steps for this test to mean much"
+
+    write = RunWriter.write
+
+    def killing(self, table, rows):
+        write(self, table, rows)
+        if table == "discover_path" and len(read_table(self.out, table)) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunWriter, "write", killing)
+    assert main(["discover", *common, "--out", str(cut)]) == 130   # "interrupted: --resume"
+    monkeypatch.setattr(RunWriter, "write", write)
+    assert len(read_table(cut, "discover_path")) == 3 and not read_table(cut, "discover")
+    assert main(["discover", *common, "--out", str(cut), "--resume"]) == 0
+    assert read_table(cut, "discover_path") == expected
+    assert (cut / "circuits" / "found.py").read_text().split('"""')[2] == \
+        (whole / "circuits" / "found.py").read_text().split('"""')[2]
+
+    assert main(["discover", *common, "--out", str(cut), "--resume"]) == 2   # finished
+    path = cut / "discover_path.jsonl"
+    (cut / "discover.jsonl").unlink()
+    lines = path.read_text().splitlines()
+    step = json.loads(lines[1])
+    step["search_accuracy"] -= 10
+    path.write_text("\n".join([lines[0], json.dumps(step)]) + "\n")
+    assert main(["discover", *common, "--out", str(cut), "--resume"]) == 2   # not this run's
+    assert main(["discover", *common, "--out", str(tmp_path / "x"), "--circuit",
+                 "cross-frame"]) == 2
+    # this untrained model answers no search sample: there are no curves to start from
+    assert main(["discover", *common, "--out", str(tmp_path / "y"), "--start", "curves"]) == 2
+    assert "start from scratch" in capsys.readouterr().err
+
+    # a search its budget stopped, killed before its final tables: one closing row, kept
+    budget = tmp_path / "budget"
+    assert main(["discover", *common, "--out", str(budget), "--budget", "12"]) == 0
+    stopped = read_table(budget, "discover_path")
+    assert [r["complete"] for r in stopped] == [True] * (len(stopped) - 1) + [False]
+    (budget / "discover.jsonl").unlink()
+    assert main(["discover", *common, "--out", str(budget), "--budget", "12", "--resume"]) == 0
+    assert read_table(budget, "discover_path") == stopped
 
 
 def test_the_circuit_file_is_a_loadable_circuit_whatever_its_provenance_says(tmp_path):

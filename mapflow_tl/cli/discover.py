@@ -2,8 +2,11 @@
 
 The command runs through the one orchestration (:class:`~mapflow_tl.cli.run.AnalysisRun`:
 loading, the run folder, skipped samples); the search is :func:`mapflow_tl.discovery.discover`.
-Unlike the per-sample analyses it is one search over all samples, so it cannot resume halfway:
-rerun it with ``--overwrite``.
+Unlike the per-sample analyses it is one search over all samples: its accepted steps are
+written to ``discover_path`` as they are accepted, and ``--resume`` (same configuration, checked
+by run.json) goes on from the last one after checking the table's rows and re-measuring that
+step's accuracy (:func:`mapflow_tl.discovery.discover`), to the pathway the uninterrupted search
+finds.
 """
 
 from __future__ import annotations
@@ -45,11 +48,7 @@ def _discover(args: argparse.Namespace) -> int:
     from .. import analyses, discovery
     from ..circuits import load_circuit
     from ..metrics import DEFINITIONS
-    from ..schema import sample_fields
 
-    if args.resume:
-        raise InputError("discover is one search over all samples and cannot resume halfway; "
-                         "rerun it with --overwrite (or another --out)")
     if args.search_fraction <= 0.0:
         raise InputError("--search-fraction must be above 0 so that the search has samples")
     name = _circuit_name(args)
@@ -63,6 +62,7 @@ def _discover(args: argparse.Namespace) -> int:
                              "(mapflow_tl.discovery)",
                    "search_targets": args.targets, "search_epsilon_points": 100 * args.epsilon,
                    "search_order": args.order or "most edges per layer first",
+                   "search_start": args.start,
                    "search_passes": args.passes, "search_budget_evaluations": args.budget,
                    "split_rule": discovery.SPLIT_RULE,
                    "search_fraction": args.search_fraction, "split_seed": args.split_seed,
@@ -71,8 +71,26 @@ def _discover(args: argparse.Namespace) -> int:
                    "random_seeds": list(args.random_seeds),
                    "per_sample": args.per_sample,
                    "per_sample_budget_evaluations": args.sample_budget}
+    if args.start == "curves":
+        definitions.update({
+            "search_start_curves": "per edge type, the layer sweep (window centred on each layer) "
+                                   "on the search samples the full model answers correctly: mean "
+                                   "relative change of p(its answer); start range = hull of the "
+                                   "windows below -threshold (mapflow_tl.discovery.curve_ranges)",
+            "search_curve_window": args.curve_window or "default for the depth",
+            "search_curve_threshold": args.curve_threshold})
     run = AnalysisRun(args, "discover", config={"definitions": definitions,
                                                 **circuit_config(hands)}, circuits=hands)
+    from ..runs import read_table
+
+    resume_path = None
+    if args.resume:
+        if read_table(run.writer.out, "discover"):
+            raise InputError(f"{args.out} holds a finished discover run (its trade-off curve is "
+                             f"written); nothing to resume: rerun it with --overwrite to search "
+                             f"again")
+        # the accepted steps the interrupted run wrote: checked, then the search goes on
+        resume_path = read_table(run.writer.out, "discover_path") or None
     xs, bases = [], []
     for x in run.prepared("samples", set()):
         xs.append(x)
@@ -85,13 +103,17 @@ def _discover(args: argparse.Namespace) -> int:
         epsilon=args.epsilon, order=args.order, passes=args.passes, budget=args.budget,
         search_fraction=args.search_fraction, split_seed=args.split_seed, hands=hands,
         seeds=args.random_seeds, per_sample=args.per_sample, sample_budget=args.sample_budget,
-        method=args.method,
+        method=args.method, start=args.start, curve_window=args.curve_window,
+        curve_threshold=args.curve_threshold, resume_path=resume_path,
+        record_path=lambda row: run.writer.write("discover_path", [row]),
         progress=lambda line: print(f"discover: {line}", file=sys.stderr, flush=True))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     result, split = found["result"], found["split"]
     writer = run.writer
     for table, rows in found["tables"].items():
-        writer.write(table, rows)
+        # discover_path was written step by step, as the search accepted them
+        if table != "discover_path" and (rows or table != "discover_curves"):
+            writer.write(table, rows)
     run.mark_all_done([(x, base, True) for x, base in zip(xs, bases)])
 
     eval_rows = {(r["method"], r["step"], r["seed"]): r for r in found["tables"]["discover"]
@@ -103,7 +125,21 @@ def _discover(args: argparse.Namespace) -> int:
     eval_ids = sorted(s for s, where in split.items() if where == "eval")
     cost = {"evaluations": result.evaluations, "forward_equivalents": result.forwards,
             "complete": result.complete, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "start": result.start}
+    if found["curves"]:
+        # the curves the start came from are part of what the search cost
+        cost.update(curve_evaluations=found["curves"]["evaluations"],
+                    curve_forward_equivalents=found["curves"]["forwards"],
+                    curve_window=found["curves"]["window"],
+                    curve_start_search_accuracy=None if result.start_accuracy is None
+                    else 100 * result.start_accuracy)
+    curve_note = ("" if not found["curves"] else
+                  f" Started from the flow curves of the search split (window "
+                  f"{found['curves']['window']}, a window needed when it lowers p(answer) by "
+                  f"more than {100 * args.curve_threshold:g} %): start "
+                  f"{'accepted' if result.start == 'curves' else 'refused, so from scratch'}; "
+                  f"the curves cost {found['curves']['evaluations']} evaluations, "
+                  f"{found['curves']['forwards']:.1f} forward equivalents.")
     provenance = (
         f"Pathway discovered by mapflow-tl discover (mapflow_tl.discovery) — not hand-written.\n\n"
         f"Model {args.model}, dataset {args.dataset}"
@@ -122,7 +158,7 @@ def _discover(args: argparse.Namespace) -> int:
         f"with {100 * final['retained']:.1f} % of the edges kept (summed over layers and "
         f"samples), full model {full['accuracy']:.1f} %.\n"
         f"Cost: {result.evaluations} evaluations (pathway × sample), "
-        f"{result.forwards:.1f} forward equivalents on the fast engine.")
+        f"{result.forwards:.1f} forward equivalents on the fast engine.{curve_note}")
     open_layers = result.open_layers()
     description = (f"discovered pathway of {args.model}: "
                    + "; ".join(f"{t} {_ranges(layers)}" for t, layers in open_layers.items())
@@ -142,6 +178,10 @@ def _discover(args: argparse.Namespace) -> int:
               f"{result.evaluations} evaluations ({result.forwards:.1f} forward equivalents) "
               f"in {seconds:.1f} s ({cpu_seconds:.1f} s of CPU)"
               + ("" if result.complete else "; budget SPENT"))
+        if found["curves"]:
+            print(f"start {result.start}: the flow curves cost "
+                  f"{found['curves']['evaluations']} more evaluations "
+                  f"({found['curves']['forwards']:.1f} forward equivalents)")
         for t, layers in open_layers.items():
             print(f"  {t:<32} {_ranges(layers)}")
         print(f"held out: full {full['accuracy']:.1f} %, discovered {final['accuracy']:.1f} % "
@@ -198,6 +238,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     discover.add_argument("--order", nargs="+", default=None, metavar="TYPE",
                           help="edge types in the order the search visits them (default: most "
                                "edges per layer first)")
+    discover.add_argument("--start", default="scratch", choices=("scratch", "curves"),
+                          help="scratch: every edge type open in every layer; curves: each "
+                               "type's range from its flow curve on the search split (the "
+                               "windows whose knockout costs more than --curve-threshold), "
+                               "checked, then shrunk (default %(default)s)")
+    discover.add_argument("--curve-window", type=positive_int, default=None, metavar="K",
+                          help="knockout window of the curves for --start curves (default: "
+                               "the flow default for the model's depth)")
+    discover.add_argument("--curve-threshold", type=_fraction, default=0.05,
+                          help="relative drop of p(answer) that marks a window as needed, for "
+                               "--start curves (default %(default)s: 5 %%)")
     discover.add_argument("--passes", type=positive_int, default=2,
                           help="passes over the edge types (default %(default)s)")
     discover.add_argument("--search-fraction", type=_fraction, default=0.5,
