@@ -16,7 +16,8 @@ Peers, all on the same weights and the same input embeddings:
   forward: clean time × recomputed cells / (layers × positions).
 
 The workload: the paper's four information-flow targets (11 pathways) over every window centre
-(k = 9; ``--centers-stride`` keeps every n-th centre, for every path) of a random Llama-shaped
+(k = 9; ``--centers-stride`` keeps every n-th centre, for every path; ``--last-all-centers``
+keeps every centre of the "→ last" curves, timed as a sweep of their own) of a random Llama-shaped
 backbone with 32 layers and 8, 32 or 64 frames of video tokens (``small``: 8×4×4 video tokens,
 194 positions; ``paper``: 8×12×12, 1257 positions; ``long32``: 32×12×12, 4713 positions;
 ``long64``: 64×12×12, 9321 positions), or the shipped SynthTV model's vql-to-ql circuit on one
@@ -41,7 +42,7 @@ model), or the peak CUDA memory minus the allocated memory before, is its workin
     python benchmarks/knockout_sweep.py --threads 1 --scale long32 --rounds 1 --stride 32 \
         --no-float64
     python benchmarks/knockout_sweep.py --threads 1 --scale long64 --rounds 1 --stride 16 \
-        --centers-stride 4 --no-float64
+        --centers-stride 4 --last-all-centers --no-float64
     python benchmarks/knockout_sweep.py --device cuda --d-model 4096 --dtype bfloat16 --scale paper
 
 Prints ONE JSON line: the settings, and per scale ``speedup_vs_<peer>`` (and ``cpu_…``),
@@ -359,6 +360,13 @@ def run_scale(args, scale: str) -> dict:
         synthtv_workload(args) if scale == "synthtv" else random_workload(args, scale))
     n, n_layers = embeds.shape[1], backbone.cfg.n_layers
     last = [c for c in configs if c.curve in LAST_CURVES]
+    if args.last_all_centers and scale != "synthtv":
+        # the "→ last" curves at every window centre (cheap on the fast path) while the rest of
+        # the sweep keeps every --centers-stride-th; the full-forward peers' "→ last" time is
+        # their mean time per configuration (the same for every configuration) × this count
+        seg = SegmentMap.sequential(true_option=1, **SCALES[scale])
+        last = [c for c in layer_sweep(paper_curves(seg), n_layers, k=args.k)
+                if c.curve in LAST_CURVES]
     stride = args.stride_small if scale in ("small", "synthtv") else args.stride
     rounds = min(args.rounds, stride)
     peers = list(args.peers) if scale not in LONG_SCALES else list(args.long_peers)
@@ -550,6 +558,10 @@ def main() -> None:
     parser.add_argument("--centers-stride", type=int, default=1,
                         help="every path sweeps every n-th window centre only (1: all; a "
                              "cheaper long-scale run, every ratio on the same subset)")
+    parser.add_argument("--last-all-centers", action="store_true",
+                        help="the \"→ last\" curves at every window centre whatever "
+                             "--centers-stride (their full-forward peers' time is the mean time "
+                             "per configuration × their count)")
     parser.add_argument("--clean-repeats", type=int, default=2,
                         help="clean HF forwards per round (the ideal bound's unit)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory children")
@@ -568,7 +580,7 @@ def main() -> None:
     import transformers
 
     report = {"device": args.device, "dtype": args.dtype, "d_model": args.d_model,
-              "centers_stride": args.centers_stride, "argv": sys.argv[1:],
+              "centers_stride": args.centers_stride, "last_all_centers": args.last_all_centers, "argv": sys.argv[1:],
               "threads": args.threads, "k": args.k, "torch": torch.__version__,
               "transformers": transformers.__version__, "machine": platform.machine(),
               "date": time.strftime("%Y-%m-%d", time.gmtime()), "scales": {}}

@@ -480,6 +480,8 @@ def clean_forward(
             if layer not in dense:
                 dense[layer] = x.new_zeros(len(samples), n, x.shape[-1])
             dense[layer][row, positions.to(x.device)] = added.to(x.device, x.dtype)
+    rows = torch.arange(len(samples), device=x.device)
+    ends = torch.tensor(lengths, device=x.device) - 1
     keys, values, residual = [], [], {}
     for index, layer in enumerate(weights.layers):
         if index in keep_residual:
@@ -489,15 +491,26 @@ def clean_forward(
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         keys.append(k.contiguous())
         values.append(v.contiguous())
-        z = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=1.0 / weights.attn_scale,
-            enable_gqa=weights.n_kv_heads != weights.n_heads)
+        gqa = weights.n_kv_heads != weights.n_heads
+        if index == len(weights.layers) - 1:
+            # Only the last position's output of the last layer is read (the logits): its
+            # attention and MLP run for that query alone — every key, but a sample's padding.
+            valid = None if len(samples) == 1 else \
+                (torch.arange(n, device=x.device) <= ends[:, None])[:, None, None]
+            z = F.scaled_dot_product_attention(
+                q[rows, :, ends][:, :, None], k, v, attn_mask=valid,
+                scale=1.0 / weights.attn_scale, enable_gqa=gqa)
+            x = _finish_block(weights, layer, x[rows, ends][:, None],
+                              z.transpose(1, 2).flatten(2))[:, 0]
+            if index in dense:
+                x = x + dense[index][rows, ends]
+            break
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           scale=1.0 / weights.attn_scale, enable_gqa=gqa)
         x = _finish_block(weights, layer, x, z.transpose(1, 2).flatten(2))
         if index in dense:  # zero elsewhere, so x + 0 leaves the other positions exact
             x = x + dense[index]
-    last = x[torch.arange(len(samples), device=x.device),
-             torch.tensor(lengths, device=x.device) - 1]
-    return CleanRun(keys, values, residual, _head(weights, last), lengths, tables, dense)
+    return CleanRun(keys, values, residual, _head(weights, x), lengths, tables, dense)
 
 
 # ---------------------------------------------------------------------- the suffix
@@ -542,12 +555,13 @@ def _layout(clean: CleanRun, samples: Sequence[int], n_queries: int, device) -> 
 
 
 def _slot_blocked(blocked: Sequence[torch.Tensor], layout: _Layout, n_queries: int) -> torch.Tensor:
-    """Each element's blocked rows ``[Q, length]`` as ``[B, Q, P + Q]`` in the slot layout."""
+    """Each element's blocked rows ``[R, length]`` (the last R ≤ Q recomputed queries) as
+    ``[B, R, P + Q]`` in the slot layout."""
     if layout.shared_first is not None and all(b.shape[1] == layout.n_prefix + n_queries
                                                for b in blocked):
         return torch.stack(list(blocked))
     P = layout.n_prefix
-    slots = torch.zeros(len(blocked), n_queries, P + n_queries, dtype=torch.bool,
+    slots = torch.zeros(len(blocked), blocked[0].shape[0], P + n_queries, dtype=torch.bool,
                         device=blocked[0].device)
     for row, (rows, first) in enumerate(zip(blocked, layout.first.tolist())):
         slots[row, :, :first] = rows[:, :first]
@@ -564,6 +578,36 @@ def _allowed(layout: _Layout, n_queries: int, device) -> torch.Tensor:
     prefix = torch.arange(P, device=device)[None, :] < layout.first.to(device)[:, None]
     return torch.cat([prefix[:, None, :].expand(-1, Q, -1),
                       own[None].expand(len(layout.first), -1, -1)], dim=2)
+
+
+def _additive_mask(weights: BackboneWeights, allowed: torch.Tensor, slot_blocked: torch.Tensor,
+                   active: torch.Tensor, heads: torch.Tensor | None, sdpa: bool,
+                   n_elements: int) -> torch.Tensor:
+    """One layer's additive mask (0 or −∞) from the allowed slots ``[B | 1, R, P + Q]`` and the
+    elements' blocked slots ``[B, R, P + Q]``, blocked where ``active`` ``[B]`` (and, with
+    ``heads`` ``[B, heads]``, in the marked heads only): SDPA's ``[B, 1 | heads, R, P + Q]``
+    or the folded form's ``[B, 1 | kv, R, 1 | g, P + Q]``."""
+    device = allowed.device
+    if heads is not None and bool(active.any()):
+        # [B, heads, R, P+Q]: element b's pairs blocked in its marked heads only
+        on = heads.to(device) & active.to(device)[:, None]
+        allowed = allowed[:, None] & ~(slot_blocked[:, None] & on[:, :, None, None])
+    elif bool(active.all()):
+        allowed = allowed & ~slot_blocked
+    elif bool(active.any()):
+        allowed = allowed & ~(slot_blocked & active.to(device)[:, None, None])
+    compute = weights.dtype if sdpa or weights.dtype not in (
+        torch.float16, torch.bfloat16) else torch.float32
+    additive = torch.zeros(allowed.shape, dtype=compute, device=device)
+    additive.masked_fill_(~allowed, float("-inf"))
+    if additive.dim() == 4:
+        # per head, query head h = kv head h // g (GQA): SDPA [B, heads, R, P+Q];
+        # folded [B, kv, R, g, P+Q]
+        kv, g = weights.n_kv_heads, weights.n_heads // weights.n_kv_heads
+        return additive if sdpa else \
+            additive.expand(n_elements, -1, -1, -1).unflatten(1, (kv, g)).transpose(2, 3)
+    # SDPA: [B, 1, R, P+Q]; folded: [B, 1, R, 1, P+Q] (kv heads, query heads per kv)
+    return additive[:, None] if sdpa else additive[:, None, :, None]
 
 
 def _prefix(cached: torch.Tensor, layout: _Layout) -> torch.Tensor:
@@ -920,30 +964,17 @@ def suffix_logits(
         if pattern not in masks:
             slot_blocked = slot_blocked_all if own_rows is None else \
                 _slot_blocked(own_rows, layout, Q)
-            allowed = allowed_base
-            if heads is not None and any(pattern):
-                # [B, heads, Q, P+Q]: element b's pairs blocked in its marked heads only
-                on = heads.to(device) & active[layer].to(device)[:, None]
-                allowed = allowed[:, None] & ~(slot_blocked[:, None] & on[:, :, None, None])
-            elif all(pattern):
-                allowed = allowed & ~slot_blocked
-            elif any(pattern):
-                allowed = allowed & ~(slot_blocked & active[layer].to(device)[:, None, None])
-            compute = weights.dtype if use_sdpa or weights.dtype not in (
-                torch.float16, torch.bfloat16) else torch.float32
-            additive = torch.zeros(allowed.shape, dtype=compute, device=device)
-            additive.masked_fill_(~allowed, float("-inf"))
-            if additive.dim() == 4:
-                # per head, query head h = kv head h // g (GQA): SDPA [B, heads, Q, P+Q];
-                # folded [B, kv, Q, g, P+Q]
-                kv, g = weights.n_kv_heads, weights.n_heads // weights.n_kv_heads
-                masks[pattern] = additive if use_sdpa else \
-                    additive.expand(len(blocked), -1, -1, -1).unflatten(1, (kv, g)) \
-                    .transpose(2, 3)
-            else:
-                # SDPA: [B, 1, Q, P+Q]; folded: [B, 1, Q, 1, P+Q] (kv heads, query heads per kv)
-                masks[pattern] = additive[:, None] if use_sdpa else additive[:, None, :, None]
+            masks[pattern] = _additive_mask(weights, allowed_base, slot_blocked, active[layer],
+                                            heads, use_sdpa, B)
         return masks[pattern]
+
+    def last_row_mask(layer: int) -> torch.Tensor:
+        """The folded form's additive mask ``[B, 1 | kv, 1, 1 | g, P+Q]`` of the last query
+        alone (padding and knockout; it sees every own position)."""
+        own_rows = blocked if layer_blocked is None else layer_blocked.get(layer, blocked)
+        return _additive_mask(weights, _allowed(layout, Q, device)[:, -1:],
+                              _slot_blocked([rows[-1:] for rows in own_rows], layout, Q),
+                              active[layer], heads, False, B)
 
     def rotary_for(index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The recomputed positions' rotary tables: ``[Q, rot]`` or ``[B, Q, rot]``."""
@@ -966,6 +997,15 @@ def suffix_logits(
         q, k, v = _qkv(weights, index, x, *rotary_for(index))
         prefix_k, prefix_v = _prefix(clean.keys[index], layout), _prefix(clean.values[index],
                                                                           layout)
+        if index == weights.n_layers - 1 and Q > 1:
+            # Only the last position's output of the last layer is read: its keys and values
+            # need every recomputed position, its attention and MLP the last query alone.
+            z = _folded_attention(weights, q[:, -1:], k, v, prefix_k, prefix_v,
+                                  last_row_mask(index))
+            x = _finish_block(weights, layer, x[:, -1:], z)
+            if index in clean.additions:
+                x = x + cells(clean.additions[index])[:, -1:]
+            break
         if segmented:
             q_heads, own_k, own_v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             groups = plan_for(index)

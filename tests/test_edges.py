@@ -166,6 +166,9 @@ def test_algebra_matches_python_sets(data):
     assert edges.count(n) == len(reference)
     first = min((q for q, _ in reference), default=None)
     assert edges.first_query(n) == first
+    # cached per length: asked again, and over a longer sequence (padding adds no edge)
+    assert edges.first_query(n) == first
+    assert edges.first_query(n + 3) == first and as_set(edges.dense(n + 3)) == reference
 
 
 @settings(max_examples=30, deadline=None)
