@@ -41,7 +41,7 @@ model), or the peak CUDA memory minus the allocated memory before, is its workin
     python benchmarks/knockout_sweep.py --threads 1 --scale paper --rounds 2 --stride 32
     python benchmarks/knockout_sweep.py --threads 1 --scale long32 --rounds 1 --stride 32 \
         --no-float64
-    python benchmarks/knockout_sweep.py --threads 1 --scale long64 --rounds 1 --stride 16 \
+    python benchmarks/knockout_sweep.py --threads 1 --scale long64 --rounds 1 --stride 32 \
         --centers-stride 4 --last-all-centers --no-float64
     python benchmarks/knockout_sweep.py --device cuda --d-model 4096 --dtype bfloat16 --scale paper
 
